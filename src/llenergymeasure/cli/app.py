@@ -1,0 +1,190 @@
+"""``llem`` entry point: commands, exit codes and error display.
+
+Exit codes: 0 ok, 1 runtime error, 2 usage or config error, 130 interrupted.
+Heavy modules are imported inside commands so that ``llem --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from llenergymeasure._version import __version__
+
+app = typer.Typer(
+    name="llem",
+    help="Measure the energy and efficiency of LLM inference.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class CycleOrder(str, Enum):
+    sequential = "sequential"
+    interleaved = "interleaved"
+    shuffled = "shuffled"
+
+
+def _version_callback(value: bool) -> None:
+    if not value:
+        return
+    from llenergymeasure.engines.registry import engine_version
+
+    typer.echo(f"llem {__version__}")
+    for backend in ("pytorch", "vllm", "tensorrt"):
+        version = engine_version(backend)
+        typer.echo(f"  {backend:<9} {version or 'not installed'}")
+    raise typer.Exit(EXIT_OK)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version_callback, is_eager=True, help="Show versions and exit."
+        ),
+    ] = False,
+) -> None:
+    """Measure the energy and efficiency of LLM inference."""
+
+
+def report_error(exc: BaseException, *, verbose: bool) -> int:
+    """Print an error the way users should see it and return the exit code."""
+    from pydantic import ValidationError
+
+    from llenergymeasure.exceptions import ConfigError, LLEMError
+
+    if isinstance(exc, KeyboardInterrupt):
+        typer.echo("interrupted", err=True)
+        return EXIT_INTERRUPTED
+    if verbose:
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    if isinstance(exc, ValidationError):
+        from llenergymeasure.config.loading import validation_config_error
+
+        exc = validation_config_error(exc, source=None)
+    if isinstance(exc, ConfigError):
+        typer.echo(f"error: {exc}", err=True)
+        return EXIT_USAGE
+    if isinstance(exc, LLEMError):
+        typer.echo(f"error: {exc}", err=True)
+        return exc.exit_code
+    typer.echo(f"error: unexpected {type(exc).__name__}: {exc}", err=True)
+    if not verbose:
+        typer.echo("  (run again with --verbose for the traceback)", err=True)
+    return EXIT_RUNTIME
+
+
+@app.command()
+def run(
+    config: Annotated[
+        Optional[Path],  # noqa: UP045 - typer needs Optional on 3.10
+        typer.Argument(help="Experiment or study YAML.", show_default=False),
+    ] = None,
+    model: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--model", "-m", help="HF model id, local path, or builtin:tiny."),
+    ] = None,
+    backend: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--backend", "-b", help="pytorch, vllm or tensorrt."),
+    ] = None,
+    dataset: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--dataset", "-d", help="aienergyscore, synthetic, or a .jsonl path."),
+    ] = None,
+    n: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option("-n", help="Number of prompts."),
+    ] = None,
+    batch_size: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option("--batch-size", help="pytorch batch size."),
+    ] = None,
+    precision: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--precision", help="fp32, fp16, bf16, int8, fp8, int4."),
+    ] = None,
+    output: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--output", "-o", help="Results directory."),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Validate and preview; run nothing.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="Only the final summary.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Tracebacks and detail.")] = False,
+    export_csv: Annotated[
+        bool, typer.Option("--export-csv", help="Also write the result as CSV.")
+    ] = False,
+    cycles: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option("--cycles", help="Study cycles (default 3 unless the YAML sets it)."),
+    ] = None,
+    order: Annotated[
+        Optional[CycleOrder],  # noqa: UP045
+        typer.Option("--order", help="Cycle order."),
+    ] = None,
+    no_gaps: Annotated[
+        bool, typer.Option("--no-gaps", help="No thermal gaps between runs.")
+    ] = False,
+    resume: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--resume", help="Continue an interrupted study directory."),
+    ] = None,
+) -> None:
+    """Run an experiment or a study (or preview it with --dry-run)."""
+    from llenergymeasure.cli.run_cmd import RunOptions, execute_run
+
+    options = RunOptions(
+        config=config,
+        model=model,
+        backend=backend,
+        dataset=dataset,
+        n=n,
+        batch_size=batch_size,
+        precision=precision,
+        output=output,
+        dry_run=dry_run,
+        quiet=quiet,
+        verbose=verbose,
+        export_csv=export_csv,
+        cycles=cycles,
+        order=order.value if order else None,
+        no_gaps=no_gaps,
+        resume=resume,
+    )
+    try:
+        code = execute_run(options)
+    except (Exception, KeyboardInterrupt) as exc:
+        code = report_error(exc, verbose=verbose)
+    raise typer.Exit(code)
+
+
+@app.command("config")
+def config_command(
+    verbose: Annotated[bool, typer.Option("--verbose", help="Show every setting.")] = False,
+) -> None:
+    """Show the environment, installed engines, energy backends and user config."""
+    from llenergymeasure.cli.config_cmd import show_config
+
+    try:
+        code = show_config(verbose=verbose)
+    except (Exception, KeyboardInterrupt) as exc:
+        code = report_error(exc, verbose=verbose)
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

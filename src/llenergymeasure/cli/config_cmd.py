@@ -1,0 +1,97 @@
+"""``llem config``: what this machine has, what llem will use, and what to do next."""
+
+from __future__ import annotations
+
+import importlib.util
+import platform
+import sys
+
+import typer
+
+from llenergymeasure.config.user_config import effective_settings, user_config_path
+from llenergymeasure.engines.registry import engine_version
+
+
+def _gpus() -> tuple[list[str], str | None]:
+    """One line per NVIDIA GPU via NVML, or an explanation of why none are visible."""
+    try:
+        import pynvml
+    except ImportError:
+        return [], "nvidia-ml-py is not installed"
+    try:
+        pynvml.nvmlInit()
+    except Exception as exc:  # NVMLError_LibraryNotFound, DriverNotLoaded, ...
+        return [], f"NVML unavailable ({exc}); no NVIDIA driver visible"
+    try:
+        lines = []
+        driver = pynvml.nvmlSystemGetDriverVersion()
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            h = pynvml.nvmlDeviceGetHandleByIndex(i)
+            name = pynvml.nvmlDeviceGetName(h)
+            mem = pynvml.nvmlDeviceGetMemoryInfo(h).total / 1024**3
+            try:
+                limit = f"{pynvml.nvmlDeviceGetPowerManagementLimit(h) / 1000:.0f} W limit"
+            except pynvml.NVMLError:
+                limit = "power limit n/a"
+            lines.append(f"[{i}] {name}, {mem:.0f} GiB, {limit}, driver {driver}")
+        return lines, None if lines else "NVML found no GPUs"
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def show_config(*, verbose: bool) -> int:
+    """Print the environment report; returns the exit code."""
+    from llenergymeasure._version import __version__
+
+    echo = typer.echo
+    echo(f"llem {__version__}")
+    echo(f"Python   {sys.version.split()[0]} ({sys.executable})")
+    echo(f"OS       {platform.platform()}")
+
+    echo("\nGPUs")
+    gpus, why = _gpus()
+    for line in gpus:
+        echo(f"  {line}")
+    if why:
+        echo(f"  none: {why}. Runs will work on CPU but GPU energy is not measured.")
+
+    echo("\nEngines")
+    engines = {b: engine_version(b) for b in ("pytorch", "vllm", "tensorrt")}
+    for backend, version in engines.items():
+        shown = version or f'not installed  (pip install "llenergymeasure[{backend}]")'
+        echo(f"  {backend:<9} {shown}")
+
+    echo("\nEnergy backends")
+    zeus = importlib.util.find_spec("zeus") is not None
+    codecarbon = importlib.util.find_spec("codecarbon") is not None
+    echo(f"  nvml        {'available' if gpus else 'unavailable (no GPU)'}")
+    echo(f"  zeus        {'installed' if zeus else 'not installed'}")
+    echo(f"  codecarbon  {'installed' if codecarbon else 'not installed'}")
+
+    settings = effective_settings()
+    path = user_config_path()
+    echo(f"\nUser config  {path} ({'found' if path.exists() else 'not found: using defaults'})")
+    keys = sorted(settings) if verbose else [
+        "output.results_dir",
+        "measurement.energy_backend",
+        "measurement.carbon_intensity_gco2_kwh",
+        "measurement.datacenter_pue",
+        "measurement.sampling_interval_ms",
+        "runners.pytorch",
+    ]
+    for key in keys:
+        s = settings[key]
+        echo(f"  {key:<40} {s.value!s:<14} [{s.source}]")
+
+    echo("\nNext steps")
+    if not engines["pytorch"]:
+        echo('  - install the PyTorch engine: pip install "llenergymeasure[pytorch]"')
+    if not gpus:
+        echo("  - no GPU: energy will be labelled unavailable; use a machine with an NVIDIA GPU")
+    if settings["measurement.carbon_intensity_gco2_kwh"].value is None:
+        echo(
+            "  - set measurement.carbon_intensity_gco2_kwh in the user config "
+            "(or LLEM_CARBON_INTENSITY) to get CO2 figures"
+        )
+    echo("  - try it: llem run --model builtin:tiny --dataset synthetic -n 20")
+    return 0

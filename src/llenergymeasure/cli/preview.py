@@ -1,0 +1,121 @@
+"""``--dry-run`` output: the resolved experiment or the study grid, with skipped points."""
+
+from __future__ import annotations
+
+import typer
+
+from llenergymeasure.config.hashing import measurement_config_hash
+from llenergymeasure.config.models import ExperimentConfig, SyntheticDatasetConfig
+from llenergymeasure.config.study import StudyConfig
+from llenergymeasure.harness.vram import VramEstimate, estimate_vram
+
+
+def _dataset_label(config: ExperimentConfig) -> str:
+    d = config.dataset
+    if isinstance(d, SyntheticDatasetConfig):
+        return f"synthetic({d.input_len}->{d.output_len})"
+    return d
+
+
+def _batch(config: ExperimentConfig) -> int:
+    if config.pytorch and config.pytorch.batch_size:
+        return config.pytorch.batch_size
+    if config.vllm and config.vllm.max_num_seqs:
+        return config.vllm.max_num_seqs
+    if config.tensorrt and config.tensorrt.max_batch_size:
+        return config.tensorrt.max_batch_size
+    return 1
+
+
+def _seq_len(config: ExperimentConfig) -> int:
+    if isinstance(config.dataset, SyntheticDatasetConfig):
+        return config.dataset.input_len + config.dataset.output_len
+    return 512 + config.effective_max_new_tokens
+
+
+def _vram(config: ExperimentConfig, cache: dict[tuple[str, str, int, int], VramEstimate | None]) -> VramEstimate | None:
+    key = (config.model, config.precision, _batch(config), _seq_len(config))
+    if key not in cache:
+        cache[key] = estimate_vram(
+            config.model, config.precision, batch_size=key[2], seq_len=key[3]
+        )
+    return cache[key]
+
+
+def _varying_fields(study: StudyConfig) -> list[str]:
+    """Dotted names of the fields whose values differ between the study's experiments."""
+    flat: list[dict[str, object]] = []
+    for e in study.experiments:
+        row: dict[str, object] = {}
+        _flatten(e.model_dump(exclude_none=True), "", row)
+        flat.append(row)
+    keys = sorted({k for row in flat for k in row})
+    return [k for k in keys if len({repr(row.get(k)) for row in flat}) > 1]
+
+
+def _flatten(obj: object, prefix: str, out: dict[str, object]) -> None:
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            _flatten(v, f"{prefix}{k}.", out)
+    else:
+        out[prefix[:-1]] = obj
+
+
+def preview_experiment(config: ExperimentConfig) -> None:
+    """Print the resolved single experiment."""
+    typer.echo("Dry run: configuration is valid; nothing was run.\n")
+    typer.echo(f"  model            {config.model}")
+    typer.echo(f"  backend          {config.backend}")
+    typer.echo(f"  precision        {config.precision}")
+    typer.echo(f"  dataset          {_dataset_label(config)}  (n={config.n})")
+    typer.echo(f"  max_new_tokens   {config.effective_max_new_tokens}")
+    typer.echo(f"  decoding         {config.decoder.decoding_strategy}")
+    typer.echo(f"  batch            {_batch(config)}")
+    typer.echo(f"  config hash      {measurement_config_hash(config)}")
+    est = estimate_vram(config.model, config.precision, batch_size=_batch(config), seq_len=_seq_len(config))
+    typer.echo("  VRAM estimate    " + _vram_text(est))
+    if est is None:
+        typer.echo(
+            "  note: the model's config.json is not available locally, so no VRAM estimate"
+        )
+
+
+def _vram_text(est: VramEstimate | None) -> str:
+    if est is None:
+        return "n/a"
+    return f"{est.total_gib:.2f} GiB (weights {est.weights_gib:.2f} + KV {est.kv_cache_gib:.2f})"
+
+
+def preview_study(study: StudyConfig) -> None:
+    """Print the study grid: each experiment, the skipped points, counts and cycles."""
+    ex = study.execution
+    varying = [v for v in _varying_fields(study) if v != "backend"]
+    typer.echo(f"Dry run of study '{study.name}' (design hash {study.study_design_hash}); nothing was run.\n")
+    header = ["#", "backend", "model", *varying, "VRAM est."]
+    cache: dict[tuple[str, str, int, int], VramEstimate | None] = {}
+    rows: list[list[str]] = []
+    for i, e in enumerate(study.experiments, 1):
+        flat: dict[str, object] = {}
+        _flatten(e.model_dump(exclude_none=True), "", flat)
+        est = _vram(e, cache)
+        rows.append(
+            [str(i), e.backend, e.model, *[str(flat.get(k, "-")) for k in varying],
+             f"{est.total_gib:.2f} GiB" if est else "n/a"]
+        )
+    widths = [max(len(header[c]), *(len(r[c]) for r in rows)) for c in range(len(header))]
+    typer.echo("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    typer.echo("  ".join("-" * w for w in widths))
+    for r in rows:
+        typer.echo("  ".join(v.ljust(w) for v, w in zip(r, widths)))
+    if study.skipped:
+        typer.echo(f"\nSkipped ({len(study.skipped)}):")
+        for s in study.skipped:
+            shown = ", ".join(f"{k}={v}" for k, v in s.overrides.items())
+            typer.echo(f"  - {s.source} [{shown}]: {s.reason}")
+    total_runs = len(study.experiments) * ex.n_cycles
+    typer.echo(
+        f"\n{len(study.experiments)} experiments x {ex.n_cycles} cycles ({ex.cycle_order}) = "
+        f"{total_runs} runs; {len(study.skipped)} skipped"
+    )
+    if any(est is None for est in cache.values()):
+        typer.echo("note: VRAM shown as n/a where the model's config.json is not available locally")

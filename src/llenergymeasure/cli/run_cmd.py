@@ -1,0 +1,180 @@
+"""``llem run``: turn flags and YAML into a resolved experiment or study, then preview or run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from llenergymeasure.config.models import ExperimentConfig
+from llenergymeasure.config.study import StudyConfig
+from llenergymeasure.exceptions import ConfigError
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Everything ``llem run`` was given on the command line."""
+
+    config: Path | None = None
+    model: str | None = None
+    backend: str | None = None
+    dataset: str | None = None
+    n: int | None = None
+    batch_size: int | None = None
+    precision: str | None = None
+    output: Path | None = None
+    dry_run: bool = False
+    quiet: bool = False
+    verbose: bool = False
+    export_csv: bool = False
+    cycles: int | None = None
+    order: str | None = None
+    no_gaps: bool = False
+    resume: Path | None = None
+
+
+def cli_overrides(opts: RunOptions) -> dict[str, Any]:
+    """Nested config mapping of the flags that override YAML fields (CLI wins)."""
+    out: dict[str, Any] = {}
+    if opts.model is not None:
+        out["model"] = opts.model
+    if opts.backend is not None:
+        out["backend"] = opts.backend
+    if opts.precision is not None:
+        out["precision"] = opts.precision
+    if opts.n is not None:
+        out["n"] = opts.n
+    if opts.dataset is not None:
+        out["dataset"] = opts.dataset
+    if opts.batch_size is not None:
+        out["pytorch"] = {"batch_size": opts.batch_size}
+    return out
+
+
+@dataclass
+class ResolvedRun:
+    """What ``llem run`` will do: one experiment or a study."""
+
+    experiment: ExperimentConfig | None
+    study: StudyConfig | None
+    cycles_from_yaml: bool = False
+
+
+def resolve(opts: RunOptions) -> ResolvedRun:
+    """Load YAML (if any), apply CLI overrides, and validate everything."""
+    from llenergymeasure.config.loading import (
+        apply_default_backend,
+        is_study_mapping,
+        key_lines,
+        read_yaml_mapping,
+        validate_experiment_dict,
+    )
+    from llenergymeasure.config.study import deep_merge, expand_study
+
+    overrides = cli_overrides(opts)
+    if opts.n is not None and opts.n < 1:
+        raise ConfigError(f"-n must be at least 1, got {opts.n}")
+    if opts.batch_size is not None and opts.batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {opts.batch_size}")
+    if opts.cycles is not None and opts.cycles < 1:
+        raise ConfigError(f"--cycles must be at least 1, got {opts.cycles}")
+
+    if opts.config is None:
+        if opts.model is None:
+            raise ConfigError(
+                "nothing to run: give a config file or --model",
+                hint="llem run --model builtin:tiny --dataset synthetic -n 20",
+            )
+        data = apply_default_backend(overrides)
+        _check_batch_size_backend(data, opts)
+        return ResolvedRun(experiment=validate_experiment_dict(data, source="command line"), study=None)
+
+    data, text = read_yaml_mapping(opts.config)
+    lines = key_lines(text)
+    if is_study_mapping(data):
+        study_data = dict(data)
+        if "backend" in overrides:
+            study_data["backend"] = overrides.pop("backend")
+        if "model" in overrides:
+            study_data["model"] = overrides.pop("model")
+        study = expand_study(
+            study_data,
+            source=opts.config,
+            base_dir=opts.config.parent,
+            lines=lines,
+            overrides=overrides or None,
+        )
+        execution = study.execution
+        cycles_from_yaml = "n_cycles" in execution.model_fields_set
+        updates: dict[str, Any] = {}
+        if opts.cycles is not None:
+            updates["n_cycles"] = opts.cycles
+        elif not cycles_from_yaml:
+            updates["n_cycles"] = 3  # SPEC 3.3: CLI default when the YAML does not set it
+        if opts.order is not None:
+            updates["cycle_order"] = opts.order
+        if opts.no_gaps:
+            updates["config_gap_seconds"] = 0.0
+            updates["cycle_gap_seconds"] = 0.0
+        if updates:
+            study = study.model_copy(update={"execution": execution.model_copy(update=updates)})
+        return ResolvedRun(experiment=None, study=study, cycles_from_yaml=cycles_from_yaml)
+
+    for flag, value in (("--cycles", opts.cycles), ("--order", opts.order)):
+        if value is not None:
+            raise ConfigError(f"{flag} applies to studies; {opts.config} is a single experiment")
+    merged = apply_default_backend(deep_merge(data, overrides))
+    if "backend" in overrides and overrides["backend"] != data.get("backend"):
+        for section in ("pytorch", "vllm", "tensorrt"):
+            if section != overrides["backend"] and section not in overrides:
+                merged.pop(section, None)
+    _check_batch_size_backend(merged, opts)
+    return ResolvedRun(
+        experiment=validate_experiment_dict(merged, source=opts.config, lines=lines), study=None
+    )
+
+
+def _check_batch_size_backend(data: dict[str, Any], opts: RunOptions) -> None:
+    if opts.batch_size is not None and data.get("backend") not in (None, "pytorch"):
+        raise ConfigError(
+            f"--batch-size sets pytorch.batch_size, but backend is {data.get('backend')!r}",
+            hint="for vllm set vllm.max_num_seqs in the YAML; for tensorrt tensorrt.max_batch_size",
+        )
+
+
+def execute_run(opts: RunOptions) -> int:
+    """Run ``llem run`` with parsed options; returns the exit code."""
+    if opts.resume is not None:
+        if opts.config is not None:
+            raise ConfigError("--resume takes the study directory; do not also give a config")
+        raise ConfigError(
+            "--resume is not available yet: the study runner has not landed",
+            hint="see the project's open issues",
+        )
+    resolved = resolve(opts)
+    if opts.dry_run:
+        from llenergymeasure.cli.preview import preview_experiment, preview_study
+
+        if resolved.study is not None:
+            preview_study(resolved.study)
+        else:
+            assert resolved.experiment is not None
+            preview_experiment(resolved.experiment)
+        return 0
+    if resolved.study is not None:
+        raise ConfigError(
+            "running studies is not available yet: the study runner has not landed",
+            hint="preview it with --dry-run, or run its experiments one at a time",
+        )
+    assert resolved.experiment is not None
+    from llenergymeasure.cli.run_experiment_cmd import run_single
+
+    return run_single(resolved.experiment, opts)
+
+
+def echo_err(message: str, opts: RunOptions) -> None:
+    """Progress/phase message on stderr (suppressed by --quiet)."""
+    if not opts.quiet:
+        typer.echo(message, err=True)

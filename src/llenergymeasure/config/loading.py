@@ -1,0 +1,245 @@
+"""YAML loading and human-readable validation errors.
+
+Only ``yaml.safe_load`` is used. Every problem becomes a ``ConfigError`` that names the file,
+the key path, its line where known, and — for unknown keys — the closest valid key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from llenergymeasure.config.models import ExperimentConfig
+from llenergymeasure.exceptions import ConfigError
+
+KeyPath = tuple[str | int, ...]
+
+
+def read_yaml_mapping(path: str | Path) -> tuple[dict[str, Any], str]:
+    """Read a YAML file that must hold a mapping. Returns (data, text)."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"config file not found: {p}", hint="check the path (relative to cwd)")
+    if p.is_dir():
+        raise ConfigError(f"config path is a directory, not a YAML file: {p}")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {p}: {exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(p)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(
+            f"invalid YAML in {where}: {problem}",
+            hint="check indentation and that every 'key: value' pair has a space after ':'",
+        ) from exc
+    if data is None:
+        raise ConfigError(f"config file is empty: {p}", hint="see examples/experiment.yaml")
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{p}: top level must be a mapping of keys to values, got {type(data).__name__}"
+        )
+    return data, text
+
+
+def key_lines(text: str) -> dict[KeyPath, int]:
+    """Map each key path in a YAML document to its 1-based line number."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return {}
+    lines: dict[KeyPath, int] = {}
+
+    def walk(node: yaml.Node | None, prefix: KeyPath) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                key = (*prefix, str(key_node.value))
+                lines[key] = key_node.start_mark.line + 1
+                walk(value_node, key)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                lines[(*prefix, i)] = item.start_mark.line + 1
+                walk(item, (*prefix, i))
+
+    walk(root, ())
+    return lines
+
+
+def _submodel(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _submodel(arg)
+        if found is not None:
+            return found
+    if get_origin(annotation) is not None:
+        return None
+    return None
+
+
+def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    current: type[BaseModel] | None = model
+    for part in loc:
+        if current is None:
+            return None
+        field = current.model_fields.get(str(part))
+        if field is None:
+            continue  # union tags ("synthetic") and list indices
+        current = _submodel(field.annotation)
+    return current
+
+
+def _all_field_homes(model: type[BaseModel], prefix: str = "") -> dict[str, list[str]]:
+    """field name -> dotted paths where it is valid (to say `batch_size` lives in pytorch:)."""
+    homes: dict[str, list[str]] = {}
+    for name, field in model.model_fields.items():
+        path = f"{prefix}{name}"
+        homes.setdefault(name, []).append(path)
+        sub = _submodel(field.annotation)
+        if sub is not None and sub is not model:
+            for k, v in _all_field_homes(sub, f"{path}.").items():
+                homes.setdefault(k, []).extend(v)
+    return homes
+
+
+def suggest_key(bad: str, valid: list[str]) -> str | None:
+    """Closest valid key to a misspelt one, or None."""
+    matches = difflib.get_close_matches(bad, valid, n=1, cutoff=0.6)
+    if matches:
+        return matches[0]
+    lowered = {v.lower(): v for v in valid}
+    return lowered.get(bad.lower().replace("-", "_"))
+
+
+_UNION_TAGS = {"name", "synthetic"}
+
+
+def _clean_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    out = []
+    for i, part in enumerate(loc):
+        if part in _UNION_TAGS and i > 0 and loc[i - 1] == "dataset":
+            continue
+        if isinstance(part, str) and part.startswith("function-"):
+            continue
+        out.append(part)
+    return tuple(out)
+
+
+def describe_validation_error(
+    exc: ValidationError,
+    model: type[BaseModel] = ExperimentConfig,
+    *,
+    lines: dict[KeyPath, int] | None = None,
+    prefix: KeyPath = (),
+) -> list[str]:
+    """One readable line per pydantic error, naming the key path, line and a hint."""
+    messages: list[str] = []
+    lines = lines or {}
+    homes = _all_field_homes(model)
+    for err in exc.errors(include_url=False):
+        loc = _clean_loc(tuple(err["loc"]))
+        full = (*prefix, *loc)
+        dotted = ".".join(str(p) for p in full)
+        line = lines.get(tuple(str(p) if not isinstance(p, int) else p for p in full))
+        at = f" (line {line})" if line else ""
+        if err["type"] == "extra_forbidden":
+            parent = _model_at(model, loc[:-1])
+            bad = str(loc[-1]) if loc else "?"
+            where = ".".join(str(p) for p in (*prefix, *loc[:-1]))
+            msg = f"unknown key '{bad}' " + (f"in {where}" if where else "at the top level") + at
+            valid = sorted(parent.model_fields) if parent is not None else []
+            guess = suggest_key(bad, valid)
+            if guess:
+                msg += f": did you mean '{guess}'?"
+            elif bad in homes:
+                msg += f": '{bad}' belongs under {' or '.join(homes[bad])}"
+            elif valid:
+                msg += f". Valid keys: {', '.join(valid)}"
+            messages.append(msg)
+            continue
+        text = str(err["msg"])
+        for lead in ("Value error, ", "Assertion failed, "):
+            if text.startswith(lead):
+                text = text[len(lead) :]
+        got = ""
+        if err["type"] not in ("value_error", "missing") and "input" in err:
+            value = err["input"]
+            if not isinstance(value, (dict, list)):
+                got = f" (got {value!r})"
+        if err["type"] == "missing":
+            text = "required field is missing"
+        if err["type"] == "literal_error" and isinstance(err.get("input"), str):
+            options = re.findall(r"'([^']*)'", str(err.get("ctx", {}).get("expected", "")))
+            guess = suggest_key(err["input"], options)
+            if guess:
+                got = f" (got {err['input']!r}; did you mean '{guess}'?)"
+                messages.append(f"{dotted}{at}: {text}{got}" if full else f"{text}{got}")
+                continue
+        messages.append(f"{dotted}{at}: {text}{got}" if full else f"{text}{got}")
+    return messages
+
+
+def validation_config_error(
+    exc: ValidationError,
+    *,
+    source: str | Path | None,
+    model: type[BaseModel] = ExperimentConfig,
+    lines: dict[KeyPath, int] | None = None,
+    prefix: KeyPath = (),
+) -> ConfigError:
+    """Turn a pydantic ValidationError into a ConfigError listing every problem."""
+    problems = describe_validation_error(exc, model, lines=lines, prefix=prefix)
+    where = f"{source}: " if source else ""
+    if len(problems) == 1:
+        return ConfigError(f"{where}{problems[0]}")
+    body = "\n".join(f"  - {p}" for p in problems)
+    return ConfigError(f"{where}{len(problems)} problems in the config:\n{body}")
+
+
+def validate_experiment_dict(
+    data: dict[str, Any],
+    *,
+    source: str | Path | None = None,
+    lines: dict[KeyPath, int] | None = None,
+) -> ExperimentConfig:
+    """Validate a plain mapping as an ExperimentConfig, raising ConfigError on problems."""
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise validation_config_error(exc, source=source, lines=lines) from None
+
+
+def apply_default_backend(data: dict[str, Any]) -> dict[str, Any]:
+    """Fill ``backend`` when omitted (SPEC 2: the one installed engine, else pytorch)."""
+    if "backend" in data:
+        return data
+    from llenergymeasure.engines.registry import default_backend
+
+    return {**data, "backend": default_backend()}
+
+
+def load_experiment_config(path: str | Path) -> ExperimentConfig:
+    """Load one experiment YAML file into an ExperimentConfig."""
+    data, text = read_yaml_mapping(path)
+    if is_study_mapping(data):
+        raise ConfigError(
+            f"{path} is a study (it has sweep:, experiments: or a list of backends), "
+            "not a single experiment",
+            hint="load it with StudyConfig.from_yaml / llem.run_study",
+        )
+    return validate_experiment_dict(
+        apply_default_backend(data), source=path, lines=key_lines(text)
+    )
+
+
+def is_study_mapping(data: dict[str, Any]) -> bool:
+    """SPEC 3.3: a file is a study if it has sweep:, experiments:, or a list of backends."""
+    return "sweep" in data or "experiments" in data or isinstance(data.get("backend"), list)

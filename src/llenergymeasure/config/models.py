@@ -1,0 +1,260 @@
+"""Experiment configuration: one ``ExperimentConfig`` type with optional engine sections.
+
+Normative source: ``seeds/experiment-config.md`` plus SPEC 3.2's resolved points.
+Engine-section fields default to ``None`` meaning "the engine's own default"; the engine
+resolves them at run time and the result records the effective value.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
+
+from llenergymeasure.config.ssot import BUILTIN_DATASETS, DECODING_SUPPORT, PRECISION_SUPPORT
+
+Backend = Literal["pytorch", "vllm", "tensorrt"]
+Precision = Literal["fp32", "fp16", "bf16", "int8", "fp8", "int4"]
+
+_FORBID = ConfigDict(extra="forbid")
+
+
+class DecoderConfig(BaseModel):
+    """How tokens are chosen. ``ignore_eos`` forces full-length generation."""
+
+    model_config = _FORBID
+
+    temperature: float = Field(1.0, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int | None = Field(None, ge=0)
+    repetition_penalty: float = Field(1.0, gt=0.0)
+    decoding_strategy: Literal["greedy", "sampling", "beam"] = "greedy"
+    num_beams: int | None = Field(None, ge=1)  # beam search only
+    speculative_decoding: bool = False
+    draft_model: str | None = None
+    ignore_eos: bool = False
+
+    @model_validator(mode="after")
+    def validate_decoder(self) -> DecoderConfig:
+        if self.num_beams is not None and self.decoding_strategy != "beam":
+            raise ValueError("num_beams requires decoding_strategy='beam'")
+        if self.speculative_decoding and not self.draft_model:
+            raise ValueError("speculative_decoding=True requires draft_model to be set")
+        return self
+
+
+class WarmupConfig(BaseModel):
+    """Warmup before the measurement window (excluded from every metric)."""
+
+    model_config = _FORBID
+
+    n_warmup: int = Field(3, ge=0)  # fixed count of full-length prompts
+    thermal_floor_seconds: float = Field(60.0, ge=0.0)  # < 30 s adds a warning to the result
+    convergence_detection: bool = False
+    cv_target: float = Field(0.05, gt=0.0)
+    max_prompts: int = Field(20, ge=1)
+
+
+class BaselineConfig(BaseModel):
+    """Idle-power baseline measured before the model is loaded."""
+
+    model_config = _FORBID
+
+    enabled: bool = True
+    duration_seconds: float = Field(30.0, gt=0.0)
+
+
+class SyntheticDatasetConfig(BaseModel):
+    """``n`` generated prompts of exactly ``input_len`` tokens; ``output_len`` sets max_new_tokens."""
+
+    model_config = _FORBID
+
+    n: int = Field(ge=1)
+    input_len: int = Field(512, ge=1)
+    output_len: int = Field(128, ge=1)
+    seed: int = 42
+
+
+class LoRAConfig(BaseModel):
+    """A LoRA adapter applied to the base model (``adapter_id`` or ``adapter_path``)."""
+
+    model_config = _FORBID
+
+    adapter_id: str | None = None
+    adapter_path: str | None = None
+    merge_weights: bool = False  # False measures adapter overhead, True the deployed cost
+
+    @model_validator(mode="after")
+    def validate_adapter_source(self) -> LoRAConfig:
+        if self.adapter_id is None and self.adapter_path is None:
+            raise ValueError("LoRAConfig requires either adapter_id or adapter_path")
+        if self.adapter_id is not None and self.adapter_path is not None:
+            raise ValueError("Specify adapter_id OR adapter_path, not both")
+        return self
+
+
+class PyTorchConfig(BaseModel):
+    """transformers engine settings; ``None`` = engine default (see docstrings)."""
+
+    model_config = _FORBID
+
+    batch_size: int | None = Field(None, ge=1)  # None -> 1
+    batching_strategy: Literal["static", "dynamic"] | None = None  # None -> static
+    attn_implementation: Literal["sdpa", "flash_attention_2", "eager"] | None = None
+    torch_compile: bool | None = None  # None -> False
+    load_in_4bit: bool | None = None
+    load_in_8bit: bool | None = None
+    num_processes: int | None = Field(None, ge=1)  # data-parallel processes; None -> 1
+
+    @model_validator(mode="after")
+    def validate_quantization(self) -> PyTorchConfig:
+        if self.load_in_4bit and self.load_in_8bit:
+            raise ValueError("load_in_4bit and load_in_8bit are mutually exclusive")
+        return self
+
+
+class VLLMConfig(BaseModel):
+    """vLLM engine settings; ``None`` = vLLM's default."""
+
+    model_config = _FORBID
+
+    max_num_seqs: int | None = Field(None, ge=1)  # None -> 256
+    tensor_parallel_size: int | None = Field(None, ge=1)  # None -> 1
+    gpu_memory_utilization: float | None = Field(None, gt=0.0, le=1.0)  # None -> 0.9
+    enable_prefix_caching: bool | None = None
+    block_size: int | None = Field(None, ge=1)
+    quantization: Literal["awq", "gptq", "fp8"] | None = None
+    enable_lora: bool | None = None
+    max_lora_rank: int | None = Field(None, ge=1)
+
+
+class TensorRTConfig(BaseModel):
+    """TensorRT-LLM settings. Compile-time fields change the built engine."""
+
+    model_config = _FORBID
+
+    max_batch_size: int | None = Field(None, ge=1)  # compile-time
+    tp_size: int | None = Field(None, ge=1)
+    pp_size: int | None = Field(None, ge=1)
+    max_seq_len: int | None = Field(None, ge=1)  # compile-time
+    kv_cache_type: Literal["paged"] | None = None
+    quantization: Literal["int8_sq", "int4_awq", "fp8"] | None = None
+    builder_opt_level: int | None = Field(None, ge=0, le=5)
+    engine_path: str | None = None  # pre-compiled engine (skips the build)
+
+
+def _dataset_kind(value: Any) -> str:
+    return "synthetic" if isinstance(value, (dict, SyntheticDatasetConfig)) else "name"
+
+
+# A dataset is a name/path string or a synthetic mapping; the discriminator keeps validation
+# errors about one branch from being reported against the other.
+DatasetSpec = Annotated[
+    Annotated[str, Tag("name")] | Annotated[SyntheticDatasetConfig, Tag("synthetic")],
+    Discriminator(_dataset_kind),
+]
+
+
+class ExperimentConfig(BaseModel):
+    """One measurement: a model, an engine, a workload and how to measure it."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: str = Field(min_length=1)  # HF hub id, local path, or builtin:tiny
+    backend: Backend
+    precision: Precision = "bf16"
+    dataset: DatasetSpec = "aienergyscore"
+    n: int = Field(100, ge=1)  # prompts taken from the dataset, in order
+    max_new_tokens: int = Field(128, ge=1)
+    random_seed: int = 42
+
+    decoder: DecoderConfig = Field(default_factory=DecoderConfig)
+    warmup: WarmupConfig = Field(default_factory=WarmupConfig)
+    baseline: BaselineConfig = Field(default_factory=BaselineConfig)
+
+    pytorch: PyTorchConfig | None = None
+    vllm: VLLMConfig | None = None
+    tensorrt: TensorRTConfig | None = None
+
+    lora: LoRAConfig | None = None
+    passthrough_kwargs: dict[str, Any] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_synthetic_shorthand(cls, data: Any) -> Any:
+        # `dataset: synthetic` is shorthand for a synthetic set of `n` prompts with defaults.
+        if isinstance(data, dict) and data.get("dataset") == "synthetic":
+            n = data.get("n", 100)
+            data = {**data, "dataset": {"n": n} if isinstance(n, int) and n >= 1 else {"n": 1}}
+        return data
+
+    @field_validator("dataset", mode="before")
+    @classmethod
+    def _check_dataset(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if not value:
+                raise ValueError("dataset must not be empty")
+            if value not in BUILTIN_DATASETS and not value.endswith(".jsonl"):
+                raise ValueError(
+                    f"dataset {value!r} is not known: use 'aienergyscore', 'synthetic', "
+                    "a mapping {n, input_len, output_len, seed}, or a path to a .jsonl file"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def validate_backend_compatibility(self) -> ExperimentConfig:
+        if (valid := PRECISION_SUPPORT.get(self.backend)) and self.precision not in valid:
+            raise ValueError(
+                f"{self.backend} does not support precision={self.precision!r}. Valid: {valid}"
+            )
+        if (
+            valid := DECODING_SUPPORT.get(self.backend)
+        ) and self.decoder.decoding_strategy not in valid:
+            raise ValueError(
+                f"{self.backend} does not support decoding_strategy="
+                f"{self.decoder.decoding_strategy!r}. Valid: {valid}"
+            )
+        for section in ("pytorch", "vllm", "tensorrt"):
+            if getattr(self, section) is not None and self.backend != section:
+                raise ValueError(
+                    f"{section}: config section provided but backend={self.backend!r}. "
+                    f"Remove the {section}: section or set backend: {section}."
+                )
+        if self.lora is not None:
+            if self.backend == "tensorrt":
+                raise ValueError(
+                    "lora: is not supported with backend tensorrt: TensorRT-LLM engines must be "
+                    "pre-merged. Merge with peft (PeftModel.from_pretrained(base, adapter)"
+                    ".merge_and_unload().save_pretrained('./merged')) and set model: ./merged"
+                )
+            if self.backend == "vllm" and not (self.vllm and self.vllm.enable_lora):
+                raise ValueError("lora: with backend vllm requires vllm.enable_lora: true")
+        if isinstance(self.dataset, SyntheticDatasetConfig) and self.dataset.n < self.n:
+            raise ValueError(
+                f"n={self.n} prompts requested but the synthetic dataset generates only "
+                f"dataset.n={self.dataset.n}"
+            )
+        return self
+
+    @property
+    def effective_max_new_tokens(self) -> int:
+        """Synthetic ``output_len`` sets max_new_tokens; otherwise the top-level value."""
+        if isinstance(self.dataset, SyntheticDatasetConfig):
+            return self.dataset.output_len
+        return self.max_new_tokens
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> ExperimentConfig:
+        """Load and validate an experiment YAML (``yaml.safe_load``); errors are ``ConfigError``."""
+        from llenergymeasure.config.loading import load_experiment_config
+
+        return load_experiment_config(path)

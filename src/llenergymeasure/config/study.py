@@ -1,0 +1,358 @@
+"""Study configuration and grid expansion (SPEC 3.3).
+
+A study YAML holds fixed experiment fields, a ``sweep:`` grid and/or an explicit
+``experiments:`` list, and an ``execution:`` block. Expansion resolves it into a list of
+valid ``ExperimentConfig`` objects plus the grid points that were skipped, each with its reason.
+Precedence: built-in defaults < ``base:`` file < inline fields < sweep < experiments entry.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from llenergymeasure.config.hashing import measurement_config_hash, study_design_hash
+from llenergymeasure.config.loading import (
+    KeyPath,
+    describe_validation_error,
+    is_study_mapping,
+    key_lines,
+    read_yaml_mapping,
+    suggest_key,
+    validation_config_error,
+)
+from llenergymeasure.config.models import ExperimentConfig
+from llenergymeasure.config.ssot import BACKENDS
+from llenergymeasure.exceptions import ConfigError
+
+STUDY_KEYS = ("name", "base", "sweep", "experiments", "execution")
+
+
+class ExecutionConfig(BaseModel):
+    """How a study runs; excluded from the study design hash."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n_cycles: int = Field(1, ge=1)  # the CLI uses 3 when the YAML does not set it
+    cycle_order: Literal["sequential", "interleaved", "shuffled"] = "sequential"
+    config_gap_seconds: float | None = Field(None, ge=0)  # None -> user config
+    cycle_gap_seconds: float | None = Field(None, ge=0)  # None -> user config
+    shuffle_seed: int = 42
+    experiment_timeout_seconds: float | None = Field(None, gt=0)
+
+
+class SkippedExperiment(BaseModel):
+    """A grid point that failed validation: what it was and why it was skipped."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str  # "sweep" or "experiments[3]"
+    overrides: dict[str, Any]
+    reason: str
+
+
+class StudyConfig(BaseModel):
+    """A resolved study: valid experiments, skipped points and how to execute them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    experiments: list[ExperimentConfig]
+    skipped: list[SkippedExperiment] = Field(default_factory=list)
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
+    study_design_hash: str
+    source_path: str | None = None
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **kwargs: Any) -> StudyConfig:
+        """Load and expand a study YAML (see ``load_study``)."""
+        return load_study(path, **kwargs)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], **kwargs: Any) -> StudyConfig:
+        """Expand a study mapping (same grammar as the YAML)."""
+        return expand_study(data, **kwargs)
+
+    @classmethod
+    def of_one(cls, config: ExperimentConfig, *, name: str | None = None) -> StudyConfig:
+        """A study of a single experiment (how ``run_experiment`` goes through the runner)."""
+        return cls(
+            name=name or _default_name(),
+            experiments=[config],
+            study_design_hash=study_design_hash([config]),
+        )
+
+
+def _default_name() -> str:
+    return f"study_{datetime.now().strftime('%Y-%m-%dT%H-%M-%S')}"
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge; ``override`` wins; inputs are not mutated."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def dotted_to_nested(path: str, value: Any) -> dict[str, Any]:
+    """``"decoder.temperature", 0.7`` -> ``{"decoder": {"temperature": 0.7}}``."""
+    parts = path.split(".")
+    nested: dict[str, Any] = {parts[-1]: value}
+    for part in reversed(parts[:-1]):
+        nested = {part: nested}
+    return nested
+
+
+def _check_key_path(path: str, *, where: str) -> None:
+    """Fail fast (not skip) when a sweep/override key names no config field."""
+    model: type[BaseModel] | None = ExperimentConfig
+    walked: list[str] = []
+    for part in path.split("."):
+        if model is None:
+            raise ConfigError(f"{where}: '{'.'.join(walked)}' has no sub-fields (key {path!r})")
+        if part not in model.model_fields:
+            valid = sorted(model.model_fields)
+            guess = suggest_key(part, valid)
+            scope = ".".join(walked) or "the experiment config"
+            msg = f"{where}: unknown key {path!r} ('{part}' is not a field of {scope})"
+            raise ConfigError(msg, hint=f"did you mean '{guess}'?" if guess else None)
+        walked.append(part)
+        from llenergymeasure.config.loading import _submodel
+
+        model = _submodel(model.model_fields[part].annotation)
+
+
+def _drop_other_sections(data: dict[str, Any], backend: str) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if k not in BACKENDS or k == backend}
+
+
+def _as_values(key: str, values: Any) -> list[Any]:
+    if not isinstance(values, list):
+        return [values]  # a scalar sweeps over one value
+    if not values:
+        raise ConfigError(
+            f"sweep: key {key!r} has an empty list", hint="give at least one value or remove it"
+        )
+    return values
+
+
+def expand_study(
+    data: dict[str, Any],
+    *,
+    source: str | Path | None = None,
+    base_dir: Path | None = None,
+    lines: dict[KeyPath, int] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> StudyConfig:
+    """Resolve a study mapping into valid experiments and skipped points.
+
+    ``overrides`` (nested mapping, e.g. from CLI flags) is applied last to every point.
+    """
+    where = str(source) if source else "study"
+    unknown = [k for k in data if k not in STUDY_KEYS and k not in ExperimentConfig.model_fields]
+    for key in unknown:
+        guess = suggest_key(key, [*STUDY_KEYS, *ExperimentConfig.model_fields])
+        line = (lines or {}).get((key,))
+        at = f" (line {line})" if line else ""
+        raise ConfigError(
+            f"{where}: unknown key '{key}' at the top level{at}",
+            hint=f"did you mean '{guess}'?" if guess else "see examples/study.yaml",
+        )
+
+    name = data.get("name") or _default_name()
+    if not isinstance(name, str):
+        raise ConfigError(f"{where}: name must be a string, got {name!r}")
+
+    try:
+        execution = ExecutionConfig.model_validate(data.get("execution") or {})
+    except ValidationError as exc:
+        raise validation_config_error(
+            exc, source=source, model=ExecutionConfig, lines=lines, prefix=("execution",)
+        ) from None
+
+    fixed: dict[str, Any] = {}
+    if data.get("base") is not None:
+        fixed = _load_base(data["base"], base_dir=base_dir, where=where)
+    inline = {k: v for k, v in data.items() if k not in STUDY_KEYS}
+    fixed = deep_merge(fixed, inline)
+
+    sweep = data.get("sweep") or {}
+    if not isinstance(sweep, dict):
+        raise ConfigError(f"{where}: sweep: must be a mapping of key -> list of values")
+    experiments = data.get("experiments") or []
+    if not isinstance(experiments, list):
+        raise ConfigError(f"{where}: experiments: must be a list of mappings")
+
+    universal: dict[str, list[Any]] = {}
+    scoped: dict[str, dict[str, list[Any]]] = {}
+    for key, values in sweep.items():
+        key = str(key)
+        head, _, rest = key.partition(".")
+        if head in BACKENDS and rest:
+            _check_key_path(key, where=f"{where}: sweep")
+            scoped.setdefault(head, {})[key] = _as_values(key, values)
+        else:
+            if key == "backend":
+                raise ConfigError(
+                    f"{where}: sweep over backend is written as a top-level list",
+                    hint="backend: [pytorch, vllm]",
+                )
+            _check_key_path(key, where=f"{where}: sweep")
+            universal[key] = _as_values(key, values)
+
+    backends = _resolve_backends(fixed.get("backend"), scoped, experiments, where=where)
+    for b in scoped:
+        if b not in backends:
+            raise ConfigError(
+                f"{where}: sweep has {b}.* keys but backend {b!r} is not in backend: {backends}",
+                hint=f"add {b} to backend:, or remove the {b}.* sweep keys",
+            )
+    fixed.pop("backend", None)
+
+    candidates: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
+    if sweep or not experiments:
+        for backend in backends:
+            dims = {**universal, **scoped.get(backend, {})}
+            keys = list(dims)
+            for combo in itertools.product(*(dims[k] for k in keys)):
+                point = dict(zip(keys, combo))
+                merged = deep_merge(_drop_other_sections(fixed, backend), {"backend": backend})
+                for k, v in point.items():
+                    merged = deep_merge(merged, dotted_to_nested(k, v))
+                candidates.append(("sweep", {"backend": backend, **point}, merged))
+
+    for i, entry in enumerate(experiments):
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where}: experiments[{i}] must be a mapping, got {entry!r}")
+        backend = entry.get("backend")
+        if backend is None:
+            if len(backends) != 1:
+                raise ConfigError(
+                    f"{where}: experiments[{i}] does not set backend and the study has "
+                    f"several ({backends})",
+                    hint="add backend: to this entry",
+                )
+            backend = backends[0]
+        merged = deep_merge(_drop_other_sections(fixed, str(backend)), {"backend": backend})
+        merged = deep_merge(merged, entry)
+        candidates.append((f"experiments[{i}]", entry, merged))
+
+    valid: list[ExperimentConfig] = []
+    skipped: list[SkippedExperiment] = []
+    seen: dict[str, str] = {}
+    for origin, shown, merged in candidates:
+        if overrides:
+            merged = deep_merge(merged, _overrides_for(overrides, str(merged.get("backend"))))
+        try:
+            config = ExperimentConfig.model_validate(merged)
+        except ValidationError as exc:
+            reason = "; ".join(describe_validation_error(exc))
+            skipped.append(SkippedExperiment(source=origin, overrides=shown, reason=reason))
+            continue
+        h = measurement_config_hash(config)
+        if h in seen:
+            skipped.append(
+                SkippedExperiment(
+                    source=origin, overrides=shown, reason=f"duplicate of {seen[h]} ({h})"
+                )
+            )
+            continue
+        seen[h] = origin
+        valid.append(config)
+
+    if not valid:
+        reasons = "\n".join(f"  - {s.source} {s.overrides}: {s.reason}" for s in skipped[:10])
+        more = f"\n  ... and {len(skipped) - 10} more" if len(skipped) > 10 else ""
+        raise ConfigError(
+            f"{where}: every experiment of the study is invalid ({len(skipped)} skipped):\n"
+            f"{reasons}{more}"
+        )
+
+    return StudyConfig(
+        name=name,
+        experiments=valid,
+        skipped=skipped,
+        execution=execution,
+        study_design_hash=study_design_hash(valid),
+        source_path=str(source) if source else None,
+    )
+
+
+def _overrides_for(overrides: dict[str, Any], backend: str) -> dict[str, Any]:
+    """CLI overrides minus other engines' sections (``--batch-size`` only touches pytorch)."""
+    return _drop_other_sections(overrides, backend)
+
+
+def _resolve_backends(
+    value: Any,
+    scoped: dict[str, dict[str, list[Any]]],
+    experiments: list[Any],
+    *,
+    where: str,
+) -> list[str]:
+    if value is None:
+        if len(scoped) == 1:
+            return list(scoped)
+        if len(scoped) > 1:
+            raise ConfigError(
+                f"{where}: backend: is not set and the sweep has keys for several backends "
+                f"({', '.join(sorted(scoped))}), so it is ambiguous",
+                hint=f"set backend: [{', '.join(sorted(scoped))}]",
+            )
+        if experiments and all(isinstance(e, dict) and "backend" in e for e in experiments):
+            return sorted({str(e["backend"]) for e in experiments}, key=_backend_order)
+        from llenergymeasure.engines.registry import default_backend
+
+        return [default_backend()]
+    backends = value if isinstance(value, list) else [value]
+    if not backends:
+        raise ConfigError(f"{where}: backend: is an empty list")
+    for b in backends:
+        if b not in BACKENDS:
+            guess = suggest_key(str(b), list(BACKENDS))
+            raise ConfigError(
+                f"{where}: unknown backend {b!r}; valid: {', '.join(BACKENDS)}",
+                hint=f"did you mean '{guess}'?" if guess else None,
+            )
+    if len(set(backends)) != len(backends):
+        raise ConfigError(f"{where}: backend: lists a backend twice: {backends}")
+    return [str(b) for b in backends]
+
+
+def _backend_order(b: str) -> int:
+    return BACKENDS.index(b) if b in BACKENDS else len(BACKENDS)
+
+
+def _load_base(base: Any, *, base_dir: Path | None, where: str) -> dict[str, Any]:
+    if not isinstance(base, str):
+        raise ConfigError(f"{where}: base: must be a path to an experiment YAML")
+    path = Path(base)
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    if not path.exists():
+        raise ConfigError(
+            f"{where}: base: file not found: {path}",
+            hint="base: is resolved relative to the study file",
+        )
+    data, _ = read_yaml_mapping(path)
+    if is_study_mapping(data):
+        raise ConfigError(f"{where}: base: {path} is itself a study; it must be one experiment")
+    return data
+
+
+def load_study(path: str | Path, *, overrides: dict[str, Any] | None = None) -> StudyConfig:
+    """Load a study YAML file and expand it."""
+    data, text = read_yaml_mapping(path)
+    p = Path(path)
+    return expand_study(
+        data, source=p, base_dir=p.parent, lines=key_lines(text), overrides=overrides
+    )

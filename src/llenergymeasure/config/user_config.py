@@ -1,0 +1,161 @@
+"""Machine-level user configuration (SPEC 3.4) and its environment-variable overrides.
+
+File: ``~/.config/llenergymeasure/config.yaml`` (platformdirs), or the file named by
+``LLEM_CONFIG``. A missing file means defaults; an invalid file is a ``ConfigError`` naming it.
+Precedence: built-in default < user config file < environment variable.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from llenergymeasure.config.loading import key_lines, read_yaml_mapping, validation_config_error
+from llenergymeasure.config.ssot import BACKENDS
+from llenergymeasure.exceptions import ConfigError
+
+_FORBID = ConfigDict(extra="forbid")
+_RUNNER_RE = re.compile(r"^(local|docker:\S+|slurm)$")
+
+
+class OutputSection(BaseModel):
+    model_config = _FORBID
+    results_dir: str = "./results"
+
+
+class MeasurementSection(BaseModel):
+    model_config = _FORBID
+    energy_backend: Literal["auto", "nvml", "zeus", "codecarbon", "none"] = "auto"
+    carbon_intensity_gco2_kwh: float | None = Field(None, ge=0)  # None: CO2 not computed
+    datacenter_pue: float = Field(1.0, ge=1.0)
+    datacenter_location: str | None = None  # ISO-3166-1 code
+    sampling_interval_ms: int = Field(100, ge=10, le=10_000)
+
+
+class ExecutionSection(BaseModel):
+    model_config = _FORBID
+    config_gap_seconds: float = Field(60.0, ge=0)
+    cycle_gap_seconds: float = Field(300.0, ge=0)
+
+
+class UserConfig(BaseModel):
+    """Machine facts and defaults; never part of an experiment's identity."""
+
+    model_config = _FORBID
+
+    output: OutputSection = Field(default_factory=OutputSection)
+    runners: dict[str, str] = Field(default_factory=dict)
+    measurement: MeasurementSection = Field(default_factory=MeasurementSection)
+    execution: ExecutionSection = Field(default_factory=ExecutionSection)
+
+    @field_validator("runners")
+    @classmethod
+    def _check_runners(cls, value: dict[str, str]) -> dict[str, str]:
+        for backend, runner in value.items():
+            if backend not in BACKENDS:
+                raise ValueError(f"runners: unknown backend {backend!r}; valid: {list(BACKENDS)}")
+            if not _RUNNER_RE.match(runner):
+                raise ValueError(
+                    f"runners.{backend}: {runner!r} is not a runner; use 'local' or "
+                    "'docker:<image>'"
+                )
+        return value
+
+
+def user_config_path() -> Path:
+    """The user config file in effect: ``$LLEM_CONFIG`` or the platform config dir."""
+    env = os.environ.get("LLEM_CONFIG")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_config_dir
+
+    return Path(user_config_dir("llenergymeasure")) / "config.yaml"
+
+
+def load_user_config(path: Path | None = None) -> UserConfig:
+    """Read the user config file (defaults when it does not exist)."""
+    p = path or user_config_path()
+    if not p.exists():
+        if path is None and os.environ.get("LLEM_CONFIG"):
+            raise ConfigError(f"LLEM_CONFIG points to a file that does not exist: {p}")
+        return UserConfig()
+    if p.stat().st_size == 0:
+        return UserConfig()
+    data, text = read_yaml_mapping(p)
+    try:
+        return UserConfig.model_validate(data)
+    except ValidationError as exc:
+        raise validation_config_error(
+            exc, source=p, model=UserConfig, lines=key_lines(text)
+        ) from None
+
+
+class Setting(BaseModel):
+    """An effective setting and where its value came from."""
+
+    value: Any
+    source: str  # "default", "user config (<path>)" or "env LLEM_..."
+
+
+_ENV_FLOATS = {
+    "measurement.carbon_intensity_gco2_kwh": "LLEM_CARBON_INTENSITY",
+    "measurement.datacenter_pue": "LLEM_DATACENTER_PUE",
+}
+
+
+def effective_settings(path: Path | None = None) -> dict[str, Setting]:
+    """Every user-level setting with its effective value and source (env > file > default)."""
+    p = path or user_config_path()
+    config = load_user_config(path)
+    raw: dict[str, Any] = {}
+    if p.exists() and p.stat().st_size > 0:
+        raw, _ = read_yaml_mapping(p)
+    out: dict[str, Setting] = {}
+    file_src = f"user config ({p})"
+    for section in ("output", "measurement", "execution"):
+        model = getattr(config, section)
+        for field in type(model).model_fields:
+            key = f"{section}.{field}"
+            set_in_file = isinstance(raw.get(section), dict) and field in raw[section]
+            out[key] = Setting(
+                value=getattr(model, field), source=file_src if set_in_file else "default"
+            )
+    for key, env in _ENV_FLOATS.items():
+        if os.environ.get(env):
+            text = os.environ[env]
+            try:
+                value = float(text)
+            except ValueError:
+                raise ConfigError(f"environment variable {env}={text!r} is not a number") from None
+            if value < 0 or (env == "LLEM_DATACENTER_PUE" and value < 1.0):
+                raise ConfigError(f"environment variable {env}={text!r} is out of range")
+            out[key] = Setting(value=value, source=f"env {env}")
+    for backend in BACKENDS:
+        env = f"LLEM_RUNNER_{backend.upper()}"
+        if os.environ.get(env):
+            runner = os.environ[env]
+            if not _RUNNER_RE.match(runner):
+                raise ConfigError(
+                    f"environment variable {env}={runner!r} is not a runner",
+                    hint="use 'local' or 'docker:<image>'",
+                )
+            out[f"runners.{backend}"] = Setting(value=runner, source=f"env {env}")
+        elif backend in config.runners:
+            out[f"runners.{backend}"] = Setting(value=config.runners[backend], source=file_src)
+        else:
+            out[f"runners.{backend}"] = Setting(value="local", source="default")
+    no_prompt = os.environ.get("LLEM_NO_PROMPT", "")
+    out["no_prompt"] = Setting(
+        value=no_prompt.lower() in ("1", "true", "yes"),
+        source="env LLEM_NO_PROMPT" if no_prompt else "default",
+    )
+    return out
+
+
+def setting(key: str, path: Path | None = None) -> Any:
+    """The effective value of one setting, e.g. ``setting("measurement.datacenter_pue")``."""
+    return effective_settings(path)[key].value

@@ -1,0 +1,53 @@
+"""Error hierarchy. Every error llem raises on purpose is an ``LLEMError``.
+
+The CLI maps them to exit codes: ``ConfigError`` (and pydantic validation errors) -> 2,
+other ``LLEMError`` -> 1, ``KeyboardInterrupt`` -> 130.
+"""
+
+from __future__ import annotations
+
+
+class LLEMError(Exception):
+    """Base class of every error llem raises deliberately.
+
+    ``hint`` is an optional one-line suggestion shown under the message.
+    """
+
+    exit_code: int = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        if self.hint:
+            return f"{self.message}\n  hint: {self.hint}"
+        return self.message
+
+
+class ConfigError(LLEMError):
+    """Invalid configuration or usage: bad YAML, unknown key, wrong type, invalid combination."""
+
+    exit_code = 2
+
+
+class BackendError(LLEMError):
+    """An inference engine or energy backend failed, or is missing."""
+
+
+class PreFlightError(LLEMError):
+    """One or more pre-flight checks failed; ``problems`` lists every one of them."""
+
+    def __init__(self, problems: list[str], *, hint: str | None = None) -> None:
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"pre-flight checks failed ({len(self.problems)}):\n{lines}", hint=hint)
+
+
+class ExperimentError(LLEMError):
+    """An experiment failed while running."""
+
+
+class StudyError(LLEMError):
+    """A study could not be prepared or run."""

@@ -1,0 +1,105 @@
+"""Rough GPU-memory estimate from a model's ``config.json`` (no weights, no torch).
+
+Used by ``--dry-run`` and pre-flight. Weights: parameter count from the architecture
+(decoder-only transformer shapes) x bytes per parameter; KV cache: 2 x layers x kv_heads x
+head_dim x bytes x (batch x sequence length). Activations and allocator slack are not counted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+BYTES_PER_PARAM = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}
+
+
+class VramEstimate(BaseModel):
+    """Estimated GPU memory for one experiment, in GiB."""
+
+    parameters: int
+    weights_gib: float
+    kv_cache_gib: float
+    total_gib: float
+    source: str  # the config.json it came from
+
+
+def find_local_model_config(model: str) -> Path | None:
+    """Path of a locally available ``config.json`` for ``model`` (no download), or None."""
+    if model.startswith("builtin:"):
+        from llenergymeasure.engines import builtin
+
+        key = model.split(":", 1)[1]
+        version = builtin._BUILTIN_MODELS.get(key)
+        if version is None:
+            return None
+        folder = builtin.llem_cache_root() / "models" / version
+        return folder / "config.json" if (folder / builtin.MARKER_FILE).exists() else None
+    local = Path(model).expanduser()
+    if (local / "config.json").exists():
+        return local / "config.json"
+    if "/" not in model or local.exists():
+        return None
+    hub_cache = os.environ.get("HF_HUB_CACHE") or os.path.join(
+        os.environ.get("HF_HOME", os.path.join(Path.home(), ".cache", "huggingface")), "hub"
+    )
+    snapshots = Path(hub_cache) / f"models--{model.replace('/', '--')}" / "snapshots"
+    if snapshots.is_dir():
+        for snap in sorted(snapshots.iterdir()):
+            if (snap / "config.json").exists():
+                return snap / "config.json"
+    return None
+
+
+def count_parameters(cfg: dict[str, Any]) -> int:
+    """Parameter count of a decoder-only transformer from its HF config."""
+    cfg = cfg.get("text_config", cfg)
+    hidden = int(cfg["hidden_size"])
+    layers = int(cfg["num_hidden_layers"])
+    heads = int(cfg.get("num_attention_heads", 1))
+    kv_heads = int(cfg.get("num_key_value_heads") or heads)
+    head_dim = int(cfg.get("head_dim") or hidden // heads)
+    inter = int(cfg.get("intermediate_size") or 4 * hidden)
+    vocab = int(cfg.get("vocab_size", 0))
+    attn = hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim + heads * head_dim * hidden
+    gated = cfg.get("hidden_act", "silu") in ("silu", "swiglu", "gelu_pytorch_tanh") or cfg.get(
+        "model_type"
+    ) in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3")
+    mlp = (3 if gated else 2) * hidden * inter
+    norms = 2 * hidden
+    embed = vocab * hidden * (1 if cfg.get("tie_word_embeddings", False) else 2)
+    return layers * (attn + mlp + norms) + embed + hidden
+
+
+def estimate_vram(
+    model: str, precision: str, *, batch_size: int = 1, seq_len: int = 640
+) -> VramEstimate | None:
+    """Estimate GPU memory, or None when the model's config is not available locally."""
+    path = find_local_model_config(model)
+    if path is None:
+        return None
+    try:
+        cfg = json.loads(path.read_text())
+        params = count_parameters(cfg)
+        text = cfg.get("text_config", cfg)
+        heads = int(text.get("num_attention_heads", 1))
+        kv_heads = int(text.get("num_key_value_heads") or heads)
+        head_dim = int(text.get("head_dim") or int(text["hidden_size"]) // heads)
+        layers = int(text["num_hidden_layers"])
+    except (KeyError, ValueError, TypeError, json.JSONDecodeError):
+        return None
+    weight_bytes = BYTES_PER_PARAM.get(precision, 2.0)
+    kv_bytes = 2 * layers * kv_heads * head_dim * min(weight_bytes, 2.0) * batch_size * seq_len
+    gib = 1024.0**3
+    weights = params * weight_bytes / gib
+    kv = kv_bytes / gib
+    return VramEstimate(
+        parameters=params,
+        weights_gib=round(weights, 3),
+        kv_cache_gib=round(kv, 3),
+        total_gib=round(weights + kv, 3),
+        source=str(path),
+    )
