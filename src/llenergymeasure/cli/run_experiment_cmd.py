@@ -1,0 +1,77 @@
+"""``llem run`` of a single experiment: measure in-process, save, print the summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from llenergymeasure.cli.run_cmd import RunOptions
+from llenergymeasure.config.models import ExperimentConfig
+from llenergymeasure.results.models import ExperimentResult
+
+
+def _fmt(value: float | None, unit: str, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}g} {unit}".strip()
+
+
+def format_summary(result: ExperimentResult, path: Path | None) -> str:
+    """The final summary printed on stdout."""
+    e = result.energy
+    lines = [
+        f"llem result  {result.config.model}  [{result.config.backend}, {result.config.precision}]",
+        f"  config hash          {result.measurement_config_hash}",
+        f"  prompts / tokens     {result.n_requests} prompts, {result.input_tokens} in, "
+        f"{result.output_tokens} out",
+        f"  window               {result.duration_s:.3f} s",
+        f"  throughput           {result.tokens_per_second:.2f} tok/s, "
+        f"{result.requests_per_second:.3f} req/s",
+        f"  latency mean/p50/p99 {_ms(result.latency.mean)} / {_ms(result.latency.p50)} / "
+        f"{_ms(result.latency.p99)}",
+        f"  TTFT mean / ITL mean {_ms(result.ttft.mean)} / {_ms(result.itl.mean)}",
+    ]
+    if e.available:
+        lines += [
+            f"  energy (raw)         {_fmt(result.energy_total_j, 'J', 5)}  [{e.backend}: {e.method}]",
+            f"  energy / out token   {_fmt(result.energy_per_output_token_j, 'J', 4)} raw, "
+            f"{_fmt(result.energy_per_output_token_adjusted_j, 'J', 4)} baseline-adjusted",
+            f"  mean power           {_fmt(result.mean_power_w, 'W', 4)}, baseline "
+            f"{_fmt(e.baseline_power_w, 'W', 4)}",
+        ]
+        if e.counter_vs_poll_diff_pct is not None:
+            lines.append(f"  counter vs poll      {e.counter_vs_poll_diff_pct:+.2f} %")
+    else:
+        lines.append(f"  energy               not measured ({e.backend}: no GPU energy sensor)")
+    if result.carbon.co2_g is not None:
+        lines.append(f"  CO2                  {result.carbon.co2_g:.4g} g")
+    if result.measurement_warnings:
+        lines.append(f"  warnings             {', '.join(result.measurement_warnings)}")
+    if path is not None:
+        lines.append(f"  saved                {path}")
+    return "\n".join(lines)
+
+
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value * 1000:.2f} ms"
+
+
+def run_single(config: ExperimentConfig, opts: RunOptions) -> int:
+    """Measure ``config`` in this process and write it under the results directory."""
+    from llenergymeasure.api import measure
+    from llenergymeasure.config.user_config import setting
+    from llenergymeasure.results.io import experiment_dir_name, unique_directory
+
+    def progress(message: str) -> None:
+        if not opts.quiet:
+            typer.echo(f"[llem] {message}", err=True)
+
+    results_root = opts.output or Path(setting("output.results_dir"))
+    measured = measure(config, progress=progress)
+    name = experiment_dir_name(config.model, config.backend, measured.result.started_at_utc.astimezone())
+    directory = unique_directory(results_root, name)
+    path = measured.save(directory, export_csv=opts.export_csv)
+    typer.echo(format_summary(measured.result, path))
+    return 0
+
+
+__all__ = ["format_summary", "run_single"]

@@ -1,0 +1,94 @@
+"""The ``EnergyBackend`` protocol and the result models every backend returns."""
+
+from __future__ import annotations
+
+from importlib import metadata
+from typing import Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel, Field
+
+__all__ = [
+    "DeviceEnergy",
+    "EnergyBackend",
+    "EnergyMeasurement",
+    "EnergyMethod",
+    "distribution_version",
+]
+
+EnergyMethod = Literal[
+    "nvml_counter", "nvml_power_integration", "zeus", "codecarbon", "unavailable"
+]
+
+
+class DeviceEnergy(BaseModel):
+    """Energy of one device over the measurement window.
+
+    ``energy_j`` is the value used for the total (counter where it worked, else the poll
+    integral); ``counter_energy_j`` and ``poll_energy_j`` keep both estimates when known.
+    ``method`` is an ``EnergyMethod`` value.
+    """
+
+    model_config = {"extra": "forbid"}
+
+    device_index: int
+    device_uuid: str | None = None
+    device_name: str | None = None
+    energy_j: float | None
+    method: str
+    counter_energy_j: float | None = None
+    poll_energy_j: float | None = None
+
+
+class EnergyMeasurement(BaseModel):
+    """What an energy backend measured between ``begin()`` and ``end()``.
+
+    ``total_energy_j`` sums the devices (``None`` when energy was not measured for every
+    device). ``counter_vs_poll_diff_pct`` = (poll - counter) / counter x 100 over the
+    devices that have both.
+    """
+
+    model_config = {"extra": "forbid"}
+
+    backend: str
+    backend_version: str | None = None
+    available: bool
+    method: EnergyMethod
+    total_energy_j: float | None
+    duration_s: float
+    devices: list[DeviceEnergy] = Field(default_factory=list)
+    poll_energy_j: float | None = None
+    counter_vs_poll_diff_pct: float | None = None
+    notes: list[str] = Field(default_factory=list)
+
+
+@runtime_checkable
+class EnergyBackend(Protocol):
+    """Structural interface of an energy backend: ``begin()`` then ``end()`` per window."""
+
+    name: str
+
+    def version(self) -> str | None:
+        """Version of the underlying library, if any."""
+        ...
+
+    def is_available(self) -> bool:
+        """Whether this backend can measure on this machine now."""
+        ...
+
+    def begin(self) -> None:
+        """Open the measurement window."""
+        ...
+
+    def end(self) -> EnergyMeasurement:
+        """Close the window and return its measurement."""
+        ...
+
+
+def distribution_version(*names: str) -> str | None:
+    """Installed version of the first of ``names`` that is installed, else ``None``."""
+    for name in names:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return None

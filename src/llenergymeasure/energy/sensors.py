@@ -1,0 +1,334 @@
+"""GPU sensors: the ``GpuSensor`` protocol and its NVML implementation.
+
+A sensor exposes the *selected* devices as positions ``0 .. device_count() - 1``. For
+``NvmlSensor`` built from ``CUDA_VISIBLE_DEVICES`` that position is the CUDA ordinal the
+inference engine sees (``cuda:0`` is the first visible device), which is also what Zeus calls
+a GPU index. ``DeviceInfo.nvml_index`` keeps the physical NVML index.
+
+``pynvml`` (package ``nvidia-ml-py``) is imported lazily, inside functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+from llenergymeasure.exceptions import BackendError
+
+__all__ = [
+    "DeviceInfo",
+    "GpuSensor",
+    "NvmlSensor",
+    "SensorReading",
+    "nvml_available",
+    "visible_nvml_indices",
+]
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """Static facts about one selected device.
+
+    ``index`` is the sensor position (the value passed to ``read``), ``nvml_index`` the
+    physical NVML index where known. ``power_limit_w`` is the enforced power limit.
+    """
+
+    index: int
+    uuid: str
+    name: str
+    total_memory_bytes: int | None
+    power_limit_w: float | None
+    supports_energy_counter: bool
+    persistence_mode: bool | None
+    nvml_index: int | None = None
+
+
+@dataclass(frozen=True)
+class SensorReading:
+    """One reading of one device. ``t`` is ``time.monotonic()`` seconds (or the fake clock).
+
+    Every field is ``None`` when the driver could not read it. ``energy_mj`` is the
+    device's total-energy counter in millijoules (monotonic since driver load).
+    """
+
+    t: float
+    power_w: float | None = None
+    energy_mj: int | None = None
+    temperature_c: float | None = None
+    sm_clock_mhz: int | None = None
+    utilization_pct: float | None = None
+    memory_used_bytes: int | None = None
+
+
+@runtime_checkable
+class GpuSensor(Protocol):
+    """Structural interface of a GPU sensor (NVML in production, fakes in tests)."""
+
+    def device_count(self) -> int:
+        """Number of selected devices."""
+        ...
+
+    def device_info(self, i: int) -> DeviceInfo:
+        """Static information about selected device ``i``."""
+        ...
+
+    def read(self, i: int) -> SensorReading:
+        """Read every live field of selected device ``i``; unreadable fields are ``None``."""
+        ...
+
+    def close(self) -> None:
+        """Release the driver handle. Idempotent."""
+        ...
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA_VISIBLE_DEVICES -> NVML indices
+
+
+def visible_nvml_indices(
+    cuda_visible_devices: str | None,
+    uuids_by_index: Sequence[str] | Mapping[int, str],
+) -> list[int]:
+    """Map a ``CUDA_VISIBLE_DEVICES`` value to NVML indices, in CUDA ordinal order.
+
+    ``uuids_by_index`` gives each NVML index's UUID (``"GPU-..."``). Accepted tokens:
+    integers (NVML index; assumes ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` or a homogeneous machine,
+    where CUDA's default order coincides with NVML's), full UUIDs and unique UUID prefixes
+    (``GPU-8f3a``). ``None`` means every device; ``""`` means none. As CUDA does, a negative
+    integer hides itself and every device after it (``-1`` hides all). ``MIG-`` devices,
+    unknown or ambiguous UUIDs, out-of-range indices and duplicates raise ``BackendError``.
+    """
+    mapping: dict[int, str] = (
+        dict(uuids_by_index)
+        if isinstance(uuids_by_index, Mapping)
+        else dict(enumerate(uuids_by_index))
+    )
+    all_indices = sorted(mapping)
+    if cuda_visible_devices is None:
+        return all_indices
+    value = cuda_visible_devices.strip()
+    if value == "":
+        return []
+
+    result: list[int] = []
+    for raw in value.split(","):
+        token = raw.strip()
+        if token.upper().startswith("MIG-"):
+            raise BackendError(
+                f"CUDA_VISIBLE_DEVICES contains a MIG device ({token!r}); "
+                "energy measurement of MIG instances is not supported",
+                hint="NVML reports energy per physical GPU, not per MIG slice; "
+                "measure on a whole GPU",
+            )
+        index = _resolve_token(token, mapping, all_indices)
+        if index is None:  # negative integer: CUDA stops enumerating here
+            break
+        if index in result:
+            raise BackendError(f"CUDA_VISIBLE_DEVICES lists device {token!r} twice")
+        result.append(index)
+    return result
+
+
+def _resolve_token(token: str, mapping: dict[int, str], all_indices: list[int]) -> int | None:
+    try:
+        number = int(token)
+    except ValueError:
+        number = None
+    if number is not None:
+        if number < 0:
+            return None
+        if number not in mapping:
+            raise BackendError(
+                f"CUDA_VISIBLE_DEVICES names device {number}, but NVML sees "
+                f"{len(all_indices)} device(s) (indices {all_indices})"
+            )
+        return number
+    if not token.upper().startswith("GPU-"):
+        raise BackendError(
+            f"cannot interpret CUDA_VISIBLE_DEVICES entry {token!r}: "
+            "expected an integer index or a GPU-<uuid> (prefix)"
+        )
+    wanted = token.lower()
+    matches = [i for i in all_indices if mapping[i].lower().startswith(wanted)]
+    if not matches:
+        raise BackendError(f"CUDA_VISIBLE_DEVICES names {token!r}, which matches no visible GPU")
+    if len(matches) > 1:
+        raise BackendError(
+            f"CUDA_VISIBLE_DEVICES entry {token!r} is ambiguous: it matches NVML devices {matches}"
+        )
+    return matches[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# NVML
+
+
+def _import_pynvml() -> Any:
+    import pynvml
+
+    return pynvml
+
+
+def nvml_available(nvml: Any | None = None) -> bool:
+    """True when pynvml imports, ``nvmlInit`` succeeds and at least one GPU is visible."""
+    try:
+        lib = nvml if nvml is not None else _import_pynvml()
+        lib.nvmlInit()
+    except Exception:
+        return False
+    try:
+        return int(lib.nvmlDeviceGetCount()) >= 1
+    except Exception:
+        return False
+    finally:
+        with contextlib.suppress(Exception):
+            lib.nvmlShutdown()
+
+
+class NvmlSensor:
+    """``GpuSensor`` over NVML (``pynvml``).
+
+    ``devices``: NVML indices to measure, in order. ``None`` selects the devices named by
+    ``CUDA_VISIBLE_DEVICES`` (every device when unset), see ``visible_nvml_indices``.
+    ``nvml`` lets tests pass a pynvml-like fake module. ``nvmlInit`` runs once, in the
+    constructor; ``close()`` calls ``nvmlShutdown``.
+    """
+
+    def __init__(
+        self,
+        devices: Sequence[int] | None = None,
+        *,
+        nvml: Any | None = None,
+        cuda_visible_devices: str | None = None,
+        use_env: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._nvml = nvml if nvml is not None else self._load()
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._closed = False
+        try:
+            self._nvml.nvmlInit()
+        except Exception as exc:
+            raise BackendError(
+                f"NVML initialisation failed: {exc}",
+                hint="no NVIDIA GPU/driver visible; check `nvidia-smi`",
+            ) from exc
+        try:
+            count = int(self._nvml.nvmlDeviceGetCount())
+            if devices is None:
+                uuids = [
+                    _as_str(self._nvml.nvmlDeviceGetUUID(self._nvml.nvmlDeviceGetHandleByIndex(i)))
+                    for i in range(count)
+                ]
+                env = cuda_visible_devices
+                if env is None and use_env:
+                    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+                selected = visible_nvml_indices(env, uuids)
+            else:
+                selected = list(devices)
+                for idx in selected:
+                    if not 0 <= idx < count:
+                        raise BackendError(
+                            f"NVML device index {idx} out of range (found {count} device(s))"
+                        )
+            self._nvml_indices = selected
+            self._handles = [self._nvml.nvmlDeviceGetHandleByIndex(i) for i in selected]
+        except BaseException:
+            self.close()
+            raise
+        self._info: dict[int, DeviceInfo] = {}
+
+    @staticmethod
+    def _load() -> Any:
+        try:
+            return _import_pynvml()
+        except ImportError as exc:  # pragma: no cover - nvidia-ml-py is a hard dependency
+            raise BackendError(
+                "pynvml is not importable", hint='pip install "nvidia-ml-py"'
+            ) from exc
+
+    @property
+    def nvml_indices(self) -> list[int]:
+        """Physical NVML indices of the selected devices, in sensor order."""
+        return list(self._nvml_indices)
+
+    def device_count(self) -> int:
+        """Number of selected devices."""
+        return len(self._handles)
+
+    def device_info(self, i: int) -> DeviceInfo:
+        """Static facts of selected device ``i`` (cached)."""
+        if i in self._info:
+            return self._info[i]
+        lib, handle = self._nvml, self._handles[i]
+        mem = self._try(lambda: lib.nvmlDeviceGetMemoryInfo(handle))
+        limit_mw = self._try(lambda: lib.nvmlDeviceGetEnforcedPowerLimit(handle))
+        persistence = self._try(lambda: lib.nvmlDeviceGetPersistenceMode(handle))
+        counter = self._try(lambda: lib.nvmlDeviceGetTotalEnergyConsumption(handle))
+        info = DeviceInfo(
+            index=i,
+            uuid=_as_str(self._try(lambda: lib.nvmlDeviceGetUUID(handle)) or f"nvml-{i}"),
+            name=_as_str(self._try(lambda: lib.nvmlDeviceGetName(handle)) or "unknown"),
+            total_memory_bytes=int(mem.total) if mem is not None else None,
+            power_limit_w=float(limit_mw) / 1000.0 if limit_mw is not None else None,
+            supports_energy_counter=counter is not None,
+            persistence_mode=bool(persistence) if persistence is not None else None,
+            nvml_index=self._nvml_indices[i],
+        )
+        self._info[i] = info
+        return info
+
+    def read(self, i: int) -> SensorReading:
+        """Read all live fields of selected device ``i``; NVML errors give ``None`` fields."""
+        lib, handle = self._nvml, self._handles[i]
+        t = self._clock()
+        energy = self._try(lambda: lib.nvmlDeviceGetTotalEnergyConsumption(handle))
+        power_mw = self._try(lambda: lib.nvmlDeviceGetPowerUsage(handle))
+        temp = self._try(lambda: lib.nvmlDeviceGetTemperature(handle, lib.NVML_TEMPERATURE_GPU))
+        clock = self._try(lambda: lib.nvmlDeviceGetClockInfo(handle, lib.NVML_CLOCK_SM))
+        util = self._try(lambda: lib.nvmlDeviceGetUtilizationRates(handle))
+        mem = self._try(lambda: lib.nvmlDeviceGetMemoryInfo(handle))
+        return SensorReading(
+            t=t,
+            power_w=float(power_mw) / 1000.0 if power_mw is not None else None,
+            energy_mj=int(energy) if energy is not None else None,
+            temperature_c=float(temp) if temp is not None else None,
+            sm_clock_mhz=int(clock) if clock is not None else None,
+            utilization_pct=float(util.gpu) if util is not None else None,
+            memory_used_bytes=int(mem.used) if mem is not None else None,
+        )
+
+    def close(self) -> None:
+        """Shut NVML down (once)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        with contextlib.suppress(Exception):
+            self._nvml.nvmlShutdown()
+
+    def __enter__(self) -> NvmlSensor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _try(self, fn: Callable[[], _T]) -> _T | None:
+        try:
+            return fn()
+        except self._nvml.NVMLError:
+            return None
+
+
+def _as_str(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    return str(value)

@@ -1,0 +1,116 @@
+"""Writing results safely: atomic files, unique output directories, flat tables."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+import tempfile
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` via a temp file in the same directory and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    """Atomic text write (UTF-8)."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def model_slug(model: str) -> str:
+    """Filesystem-safe short name of a model id: ``meta-llama/Llama-3.1-8B`` -> ``Llama-3.1-8B``."""
+    name = model.rstrip("/").split("/")[-1].split(":")[-1] or "model"
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name)[:80]
+
+
+def unique_directory(parent: Path, name: str) -> Path:
+    """Create and return ``parent/name``, or ``name_1``, ``name_2``... never reusing one."""
+    parent.mkdir(parents=True, exist_ok=True)
+    candidate = parent / name
+    i = 0
+    while True:
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            i += 1
+            candidate = parent / f"{name}_{i}"
+
+
+def experiment_dir_name(model: str, backend: str, when: datetime) -> str:
+    """``<model-slug>_<backend>_<YYYY-MM-DDTHH-MM-SS>`` (SPEC 5)."""
+    return f"{model_slug(model)}_{backend}_{when.strftime('%Y-%m-%dT%H-%M-%S')}"
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts -> dotted keys; lists and scalars kept as values (lists as JSON text)."""
+    import json
+
+    out: dict[str, Any] = {}
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+    elif isinstance(obj, list):
+        out[prefix[:-1]] = json.dumps(obj)
+    else:
+        out[prefix[:-1]] = obj
+    return out
+
+
+def _table(rows: list[dict[str, Any]]) -> Any:
+    import pyarrow as pa
+
+    columns: dict[str, list[Any]] = {}
+    for row in rows:
+        for key in row:
+            columns.setdefault(key, [])
+    for row in rows:
+        for key in columns:
+            columns[key].append(row.get(key))
+    arrays = {}
+    for key, values in columns.items():
+        try:
+            arrays[key] = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            arrays[key] = pa.array([None if v is None else str(v) for v in values])
+    return pa.table(arrays)
+
+
+def write_rows_parquet(rows: list[dict[str, Any]], path: Path) -> Path:
+    """Write flat rows as a parquet table, atomically."""
+    import pyarrow.parquet as pq
+
+    sink = io.BytesIO()
+    pq.write_table(_table(rows), sink)
+    return atomic_write_bytes(path, sink.getvalue())
+
+
+def write_rows_csv(rows: list[dict[str, Any]], path: Path) -> Path:
+    """Write flat rows as CSV, atomically."""
+    keys: list[str] = []
+    for row in rows:
+        keys.extend(k for k in row if k not in keys)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(rows)
+    return atomic_write_text(path, buf.getvalue())

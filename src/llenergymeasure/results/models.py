@@ -1,0 +1,280 @@
+"""The research-grade result of one experiment (SPEC 5).
+
+Every energy figure carries the method that produced it; every timing figure comes from
+``time.perf_counter`` around device-synchronised work. JSON is the primary format and
+``ExperimentResult.from_json(r.to_json())`` reproduces ``r`` exactly.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from llenergymeasure.config.models import ExperimentConfig
+from llenergymeasure.energy.base import DeviceEnergy
+from llenergymeasure.energy.baseline import BaselineMeasurement
+
+SCHEMA_VERSION = "1.0"
+
+REPRODUCIBILITY_NOTES = (
+    "GPU energy comes from NVML, whose power and energy readings are accurate to about +-5 W "
+    "(NVIDIA's documented tolerance); energy totals use the hardware total-energy counter where "
+    "the GPU has one (Volta and newer) and integrated 100 ms power polling otherwise, recorded "
+    "in energy.method. Idle baseline power is measured before the model is loaded and "
+    "subtracted as baseline_power_w x window duration to give energy_adjusted_j. Results depend "
+    "on GPU model, driver, clocks, temperature and co-located load; compare runs from one "
+    "machine and one study, repeated over cycles."
+)
+
+_FORBID = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class DistributionStats(BaseModel):
+    """Summary of a sample of durations in seconds (computed over every raw sample)."""
+
+    model_config = _FORBID
+
+    n: int
+    mean: float | None
+    p50: float | None
+    p90: float | None
+    p99: float | None
+    min: float | None
+    max: float | None
+
+
+class FlopsEstimate(BaseModel):
+    """Inference FLOPs of the measurement window (warmup excluded)."""
+
+    model_config = _FORBID
+
+    total_flops: float
+    flops_per_output_token: float | None
+    parameter_count: int
+    method: str  # "2 x params x tokens (input + output)"
+    confidence: Literal["high", "medium", "low"]
+    notes: list[str] = Field(default_factory=list)
+
+
+class CarbonEstimate(BaseModel):
+    """CO2 = energy (kWh) x carbon intensity x PUE, each with its source."""
+
+    model_config = _FORBID
+
+    energy_kwh: float | None
+    co2_g: float | None
+    carbon_intensity_gco2_kwh: float | None
+    carbon_intensity_source: str
+    datacenter_pue: float
+    datacenter_pue_source: str
+    datacenter_location: str | None
+    basis: Literal["energy_total_j"] = "energy_total_j"
+
+
+class EnergyBreakdown(BaseModel):
+    """Energy of the measurement window: raw, baseline, adjusted, per device, and how."""
+
+    model_config = _FORBID
+
+    available: bool
+    backend: str
+    backend_version: str | None
+    method: str
+    total_j: float | None
+    per_device: list[DeviceEnergy] = Field(default_factory=list)
+    counter_energy_j: float | None = None
+    poll_energy_j: float | None = None
+    counter_vs_poll_diff_pct: float | None = None
+    baseline: BaselineMeasurement | None = None
+    baseline_power_w: float | None = None
+    baseline_energy_j: float | None = None
+    adjusted_j: float | None = None
+    notes: list[str] = Field(default_factory=list)
+
+
+class SteadyStateWindow(BaseModel):
+    """Part of the measurement window where power stayed within +-10 % of its median."""
+
+    model_config = _FORBID
+
+    start_s: float  # seconds from the start of the measurement window
+    end_s: float
+    mean_power_w: float
+    fraction_of_window: float
+
+
+class WarmupResult(BaseModel):
+    """What warmup did before the window opened."""
+
+    model_config = _FORBID
+
+    runs: int
+    prompts_per_run: int
+    duration_s: float
+    latencies_s: list[float]
+    convergence_detection: bool
+    converged: bool | None = None
+    final_cv: float | None = None
+    thermal_floor_seconds: float
+
+
+class PhaseTimings(BaseModel):
+    """Wall time of each phase, seconds (perf_counter)."""
+
+    model_config = _FORBID
+
+    preflight_s: float = 0.0
+    environment_s: float = 0.0
+    baseline_s: float = 0.0
+    load_s: float = 0.0
+    dataset_s: float = 0.0
+    warmup_s: float = 0.0
+    thermal_floor_s: float = 0.0
+    measurement_s: float = 0.0
+    total_s: float = 0.0
+
+
+class RequestResult(BaseModel):
+    """One prompt of the measurement window (raw data for late aggregation)."""
+
+    model_config = _FORBID
+
+    index: int
+    input_tokens: int
+    output_tokens: int
+    latency_s: float
+    ttft_s: float | None
+    batch_index: int
+    process_index: int = 0
+
+
+class EnvironmentSnapshot(BaseModel):
+    """Machine and software the experiment ran on."""
+
+    model_config = _FORBID
+
+    python_version: str
+    os: str
+    cpu_model: str | None
+    cpu_count: int | None
+    gpus: list[dict[str, Any]] = Field(default_factory=list)
+    driver_version: str | None = None
+    cuda_version: str | None = None
+    cuda_version_source: str | None = None
+    persistence_mode: list[bool | None] = Field(default_factory=list)
+    engine: str
+    engine_version: str | None
+    library_versions: dict[str, str | None] = Field(default_factory=dict)
+    pip_freeze_sha256: str | None = None
+    llem_version: str
+    hostname: str | None = None
+    cuda_visible_devices: str | None = None
+
+
+class ExperimentResult(BaseModel):
+    """Everything measured in one experiment, with the config that produced it."""
+
+    model_config = _FORBID
+
+    schema_version: str = SCHEMA_VERSION
+    llem_version: str
+    experiment_id: str
+    started_at_utc: datetime
+    finished_at_utc: datetime
+    config: ExperimentConfig
+    measurement_config_hash: str
+    effective_parameters: dict[str, Any]
+    dataset: dict[str, Any]
+
+    # Headline metrics
+    energy_total_j: float | None
+    energy_adjusted_j: float | None
+    energy_per_output_token_j: float | None
+    energy_per_output_token_adjusted_j: float | None
+    mean_power_w: float | None
+    tokens_per_second: float
+    requests_per_second: float
+    input_tokens: int
+    output_tokens: int
+    n_requests: int
+    duration_s: float
+    latency: DistributionStats
+    ttft: DistributionStats
+    itl: DistributionStats
+    peak_memory_bytes: int | None
+
+    energy: EnergyBreakdown
+    flops: FlopsEstimate | None
+    carbon: CarbonEstimate
+    environment: EnvironmentSnapshot
+    warmup: WarmupResult
+    timing: PhaseTimings
+    measurement_warnings: list[str]
+    measurement_methodology: Literal["total", "steady_state"] = "total"
+    steady_state_window: SteadyStateWindow | None = None
+    warmup_excluded_samples: int = 0
+    timeseries_samples: int = 0
+    reproducibility_notes: str = REPRODUCIBILITY_NOTES
+    requests: list[RequestResult] = Field(default_factory=list)
+    process_results: list[dict[str, Any]] = Field(default_factory=list)
+    output_dir: str | None = None
+
+    def to_json(self, path: str | Path | None = None, *, indent: int = 2) -> str:
+        """Serialise to JSON; with ``path``, also write it atomically."""
+        text = self.model_dump_json(indent=indent)
+        if path is not None:
+            from llenergymeasure.results.io import atomic_write_text
+
+            atomic_write_text(Path(path), text + "\n")
+        return text
+
+    @classmethod
+    def from_json(cls, source: str | Path) -> ExperimentResult:
+        """Load from a JSON string or a file path."""
+        if isinstance(source, Path) or (isinstance(source, str) and not source.lstrip().startswith("{")):
+            source = Path(source).read_text(encoding="utf-8")
+        return cls.model_validate_json(source)
+
+    def summary_row(self) -> dict[str, Any]:
+        """Flat dict of config columns and headline metrics (one row for tables)."""
+        from llenergymeasure.results.io import flatten
+
+        row: dict[str, Any] = {
+            "experiment_id": self.experiment_id,
+            "measurement_config_hash": self.measurement_config_hash,
+            "started_at_utc": self.started_at_utc.isoformat(),
+        }
+        row.update({f"config.{k}": v for k, v in flatten(self.config.model_dump(mode="json")).items()})
+        for key in (
+            "energy_total_j", "energy_adjusted_j", "energy_per_output_token_j",
+            "energy_per_output_token_adjusted_j", "mean_power_w", "tokens_per_second",
+            "requests_per_second", "input_tokens", "output_tokens", "n_requests", "duration_s",
+            "peak_memory_bytes",
+        ):
+            row[key] = getattr(self, key)
+        for name in ("latency", "ttft", "itl"):
+            stats = getattr(self, name)
+            for stat in ("mean", "p50", "p90", "p99"):
+                row[f"{name}_{stat}_s"] = getattr(stats, stat)
+        row["energy_method"] = self.energy.method
+        row["energy_backend"] = self.energy.backend
+        row["baseline_power_w"] = self.energy.baseline_power_w
+        row["co2_g"] = self.carbon.co2_g
+        row["flops_total"] = self.flops.total_flops if self.flops else None
+        row["warnings"] = ",".join(self.measurement_warnings)
+        return row
+
+    def to_parquet(self, path: str | Path) -> Path:
+        """Write the one-row summary table (config columns + metrics) as parquet, atomically."""
+        from llenergymeasure.results.io import write_rows_parquet
+
+        return write_rows_parquet([self.summary_row()], Path(path))
+
+    def to_csv(self, path: str | Path) -> Path:
+        """Write the one-row summary table as CSV, atomically."""
+        from llenergymeasure.results.io import write_rows_csv
+
+        return write_rows_csv([self.summary_row()], Path(path))
