@@ -32,7 +32,8 @@ def format_summary(result: ExperimentResult, path: Path | None) -> str:
     ]
     if e.available:
         lines += [
-            f"  energy (raw)         {_fmt(result.energy_total_j, 'J', 5)}  [{e.backend}: {e.method}]",
+            f"  energy (raw)         {_fmt(result.energy_total_j, 'J', 5)}  "
+            f"[{e.backend}: {e.method}]",
             f"  energy / out token   {_fmt(result.energy_per_output_token_j, 'J', 4)} raw, "
             f"{_fmt(result.energy_per_output_token_adjusted_j, 'J', 4)} baseline-adjusted",
             f"  mean power           {_fmt(result.mean_power_w, 'W', 4)}, baseline "
@@ -67,7 +68,9 @@ def run_single(config: ExperimentConfig, opts: RunOptions) -> int:
 
     results_root = opts.output or Path(setting("output.results_dir"))
     measured = measure(config, progress=progress)
-    name = experiment_dir_name(config.model, config.backend, measured.result.started_at_utc.astimezone())
+    name = experiment_dir_name(
+        config.model, config.backend, measured.result.started_at_utc.astimezone()
+    )
     directory = unique_directory(results_root, name)
     path = measured.save(directory, export_csv=opts.export_csv)
     typer.echo(format_summary(measured.result, path))

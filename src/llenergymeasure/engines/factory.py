@@ -11,9 +11,7 @@ from llenergymeasure.exceptions import BackendError
 def create_engine(backend: str) -> InferenceBackend:
     """The engine implementation of ``backend``; BackendError with the install command if absent."""
     if not engine_installed(backend):
-        raise BackendError(
-            f"engine '{backend}' is not installed", hint=ENGINE_EXTRAS.get(backend)
-        )
+        raise BackendError(f"engine '{backend}' is not installed", hint=ENGINE_EXTRAS.get(backend))
     if backend == "pytorch":
         from llenergymeasure.engines.pytorch import PyTorchBackend
 

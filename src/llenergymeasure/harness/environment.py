@@ -19,8 +19,20 @@ from llenergymeasure.engines.registry import engine_version
 from llenergymeasure.results.models import EnvironmentSnapshot
 
 _KEY_LIBRARIES = (
-    "torch", "transformers", "accelerate", "peft", "bitsandbytes", "flash-attn", "vllm",
-    "tensorrt-llm", "nvidia-ml-py", "zeus", "zeus-ml", "codecarbon", "pydantic", "numpy",
+    "torch",
+    "transformers",
+    "accelerate",
+    "peft",
+    "bitsandbytes",
+    "flash-attn",
+    "vllm",
+    "tensorrt-llm",
+    "nvidia-ml-py",
+    "zeus",
+    "zeus-ml",
+    "codecarbon",
+    "pydantic",
+    "numpy",
 )
 
 

@@ -174,7 +174,10 @@ def measurement_warnings(
         warnings.append("thermal_drift_detected")
     if throttled:
         warnings.append("thermal_throttling")
-    if counter_vs_poll_diff_pct is not None and abs(counter_vs_poll_diff_pct) > POLL_DISAGREEMENT_PCT:
+    if (
+        counter_vs_poll_diff_pct is not None
+        and abs(counter_vs_poll_diff_pct) > POLL_DISAGREEMENT_PCT
+    ):
         warnings.append("energy_counter_poll_disagreement")
     if thermal_floor_seconds < THERMAL_FLOOR_RECOMMENDED_S:
         warnings.append("thermal_floor_below_recommended")

@@ -18,13 +18,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from llenergymeasure._version import __version__
 from llenergymeasure.config.hashing import measurement_config_hash
 from llenergymeasure.config.models import ExperimentConfig, SyntheticDatasetConfig
 from llenergymeasure.energy.base import EnergyBackend, EnergyMeasurement
-from llenergymeasure.energy.baseline import BaselineCache, BaselineMeasurement, get_or_measure_baseline
+from llenergymeasure.energy.baseline import (
+    BaselineCache,
+    BaselineMeasurement,
+    get_or_measure_baseline,
+)
 from llenergymeasure.energy.maths import adjusted_energy_j
 from llenergymeasure.energy.sampler import EnergySampler
 from llenergymeasure.energy.sensors import GpuSensor
@@ -65,7 +69,9 @@ class MeasurementSettings:
         return cls(
             sampling_interval_ms=int(s["measurement.sampling_interval_ms"].value),
             carbon_intensity_gco2_kwh=intensity.value,
-            carbon_intensity_source=intensity.source if intensity.value is not None else "not configured",
+            carbon_intensity_source=intensity.source
+            if intensity.value is not None
+            else "not configured",
             datacenter_pue=float(pue.value),
             datacenter_pue_source=pue.source,
             datacenter_location=s["measurement.datacenter_location"].value,
@@ -197,7 +203,10 @@ class ExperimentOrchestrator:
             )
             timings.baseline_s = time.perf_counter() - t
             if baseline.from_cache:
-                say(f"idle baseline {baseline.power_w:.1f} W (cached, {baseline.cache_age_s:.0f} s old)")
+                say(
+                    f"idle baseline {baseline.power_w:.1f} W "
+                    f"(cached, {baseline.cache_age_s:.0f} s old)"
+                )
             else:
                 say(f"idle baseline {baseline.power_w:.1f} W")
 
@@ -285,7 +294,7 @@ class ExperimentOrchestrator:
         self, config: ExperimentConfig, prompts: Sequence[Any], sampler: EnergySampler | None
     ) -> WarmupResult:
         wc = config.warmup
-        batch = (config.pytorch.batch_size if config.pytorch and config.pytorch.batch_size else 1)
+        batch = config.pytorch.batch_size if config.pytorch and config.pytorch.batch_size else 1
         warm_prompts = list(prompts[: max(1, min(batch, len(prompts)))])
         runs = wc.max_prompts if wc.convergence_detection else wc.n_warmup
         latencies: list[float] = []
@@ -356,7 +365,11 @@ class ExperimentOrchestrator:
         poll_j = energy.poll_energy_j
         if poll_j is None and sampler is not None and n_devices:
             parts = [sampler.poll_energy_j(w0, w1, d) for d in sampler.device_indices()]
-            poll_j = math.fsum(p for p in parts if p is not None) if all(p is not None for p in parts) else None
+            poll_j = (
+                math.fsum(p for p in parts if p is not None)
+                if all(p is not None for p in parts)
+                else None
+            )
         counter_j = (
             math.fsum(d.counter_energy_j for d in energy.devices if d.counter_energy_j is not None)
             if any(d.counter_energy_j is not None for d in energy.devices)
@@ -364,7 +377,12 @@ class ExperimentOrchestrator:
         )
         diff_pct = energy.counter_vs_poll_diff_pct
         reference = counter_j if counter_j is not None else energy.total_energy_j
-        if diff_pct is None and reference and poll_j is not None and energy.method != "nvml_power_integration":
+        if (
+            diff_pct is None
+            and reference
+            and poll_j is not None
+            and energy.method != "nvml_power_integration"
+        ):
             diff_pct = (poll_j - reference) / reference * 100.0
 
         total = energy.total_energy_j if energy.available else None
@@ -400,7 +418,9 @@ class ExperimentOrchestrator:
         ttfts = [r.ttft_s for r in records if r.ttft_s is not None]
         itls = [x for r in records for x in r.itl_s]
         flops = (
-            m.estimate_flops(parameter_count, in_tokens, out_tokens) if parameter_count > 0 else None
+            m.estimate_flops(parameter_count, in_tokens, out_tokens)
+            if parameter_count > 0
+            else None
         )
         carbon = m.estimate_carbon(
             total,
@@ -441,7 +461,9 @@ class ExperimentOrchestrator:
             dataset=dataset_info,
             energy_total_j=total,
             energy_adjusted_j=adjusted,
-            energy_per_output_token_j=total / out_tokens if total is not None and out_tokens else None,
+            energy_per_output_token_j=total / out_tokens
+            if total is not None and out_tokens
+            else None,
             energy_per_output_token_adjusted_j=(
                 adjusted / out_tokens if adjusted is not None and out_tokens else None
             ),
@@ -481,7 +503,9 @@ class ExperimentOrchestrator:
         )
 
 
-def default_components(config: ExperimentConfig, settings: MeasurementSettings) -> tuple[InferenceBackend, EnergyBackend, GpuSensor | None]:
+def default_components(
+    config: ExperimentConfig, settings: MeasurementSettings
+) -> tuple[InferenceBackend, EnergyBackend, GpuSensor | None]:
     """The real engine, energy backend and NVML sensor (None on a machine without NVML)."""
     from llenergymeasure.config.user_config import setting
     from llenergymeasure.energy.select import select_energy_backend
@@ -491,8 +515,10 @@ def default_components(config: ExperimentConfig, settings: MeasurementSettings) 
     engine = create_engine(config.backend)
     sensor: GpuSensor | None = NvmlSensor() if nvml_available() else None
     sampler = (
-        EnergySampler(sensor, interval_ms=settings.sampling_interval_ms) if sensor is not None else None
+        EnergySampler(sensor, interval_ms=settings.sampling_interval_ms)
+        if sensor is not None
+        else None
     )
     choice = os.environ.get("LLEM_ENERGY_BACKEND") or setting("measurement.energy_backend")
-    energy = select_energy_backend(choice, sensor=sensor, sampler=sampler)
+    energy = select_energy_backend(cast(Any, choice), sensor=sensor, sampler=sampler)
     return engine, energy, sensor

@@ -234,7 +234,9 @@ class ExperimentResult(BaseModel):
     @classmethod
     def from_json(cls, source: str | Path) -> ExperimentResult:
         """Load from a JSON string or a file path."""
-        if isinstance(source, Path) or (isinstance(source, str) and not source.lstrip().startswith("{")):
+        if isinstance(source, Path) or (
+            isinstance(source, str) and not source.lstrip().startswith("{")
+        ):
             source = Path(source).read_text(encoding="utf-8")
         return cls.model_validate_json(source)
 
@@ -247,11 +249,21 @@ class ExperimentResult(BaseModel):
             "measurement_config_hash": self.measurement_config_hash,
             "started_at_utc": self.started_at_utc.isoformat(),
         }
-        row.update({f"config.{k}": v for k, v in flatten(self.config.model_dump(mode="json")).items()})
+        row.update(
+            {f"config.{k}": v for k, v in flatten(self.config.model_dump(mode="json")).items()}
+        )
         for key in (
-            "energy_total_j", "energy_adjusted_j", "energy_per_output_token_j",
-            "energy_per_output_token_adjusted_j", "mean_power_w", "tokens_per_second",
-            "requests_per_second", "input_tokens", "output_tokens", "n_requests", "duration_s",
+            "energy_total_j",
+            "energy_adjusted_j",
+            "energy_per_output_token_j",
+            "energy_per_output_token_adjusted_j",
+            "mean_power_w",
+            "tokens_per_second",
+            "requests_per_second",
+            "input_tokens",
+            "output_tokens",
+            "n_requests",
+            "duration_s",
             "peak_memory_bytes",
         ):
             row[key] = getattr(self, key)

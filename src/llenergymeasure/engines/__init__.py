@@ -1,0 +1,1 @@
+"""Inference engines (PyTorch, vLLM, TensorRT-LLM) and the built-in tiny model."""

@@ -1,0 +1,105 @@
+"""The inference-engine contract: what the harness needs from an engine, and what it gets back.
+
+Engines are structural: anything with these methods is an ``InferenceBackend`` (tests inject
+fakes). Importing this module imports no engine library.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from llenergymeasure.config.models import ExperimentConfig
+    from llenergymeasure.datasets import Prompt
+
+__all__ = ["InferenceBackend", "LoadInfo", "RequestRecord"]
+
+
+@dataclass
+class RequestRecord:
+    """Timing and token counts of one request (one prompt) of a run.
+
+    ``output_tokens`` counts generated tokens up to and including EOS, never padding.
+    ``ttft_s`` is None where the engine cannot time the first token (e.g. beam search);
+    ``itl_s`` holds the gaps between successive tokens of this request
+    (``output_tokens - 1`` entries when per-token timing is available, else empty).
+    """
+
+    index: int
+    input_tokens: int
+    output_tokens: int
+    latency_s: float
+    ttft_s: float | None
+    itl_s: list[float] = field(default_factory=list)
+    batch_index: int = 0
+
+
+@dataclass
+class LoadInfo:
+    """What loading the model cost and produced."""
+
+    load_time_s: float
+    parameter_count: int
+    model_dtype: str
+    device: str
+    notes: list[str] = field(default_factory=list)
+
+
+@runtime_checkable
+class InferenceBackend(Protocol):
+    """An inference engine the harness can drive.
+
+    Call order: ``preflight`` -> ``load`` -> ``generate`` (warmup, then measurement) ->
+    ``unload``. ``preflight`` must be cheap and must not load the model.
+    """
+
+    name: str
+
+    def version(self) -> str:
+        """Version of the underlying engine library."""
+        ...
+
+    def preflight(self, config: ExperimentConfig) -> list[str]:
+        """Problems that would stop ``config`` from running (empty list = ok)."""
+        ...
+
+    def load(self, config: ExperimentConfig) -> LoadInfo:
+        """Load model and tokenizer (and adapters, draft model, ...) for ``config``."""
+        ...
+
+    @property
+    def tokenizer(self) -> Any:
+        """The loaded HuggingFace tokenizer; None before ``load`` (must not raise)."""
+        ...
+
+    def generate(
+        self,
+        prompts: Sequence[Prompt],
+        config: ExperimentConfig,
+        *,
+        phase: str = "measurement",
+    ) -> list[RequestRecord]:
+        """Run ``prompts`` and return one record per prompt, in prompt order."""
+        ...
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (``cuda.synchronize`` on GPU; no-op on CPU)."""
+        ...
+
+    def effective_parameters(self) -> dict[str, Any]:
+        """Every parameter actually used, with None-sentinels resolved to the engine default."""
+        ...
+
+    def reset_peak_memory(self) -> None:
+        """Reset the device's peak-memory counter."""
+        ...
+
+    def peak_memory_bytes(self) -> int | None:
+        """Peak device memory since the last reset, or None where not measurable (CPU)."""
+        ...
+
+    def unload(self) -> None:
+        """Release the model and free device memory."""
+        ...

@@ -1,0 +1,826 @@
+"""PyTorch / transformers inference engine.
+
+Importing this module imports neither torch nor transformers: both are imported inside methods.
+
+How a run works (see ``PyTorchBackend.generate``):
+
+- Prompts are tokenised once, up front, and grouped into batches of ``pytorch.batch_size``
+  (default 1). ``static`` batching keeps dataset order; ``dynamic`` sorts prompts by token length
+  first (length-sorted buckets, less padding). Batches are left-padded with an attention mask and
+  moved to the device before any generation starts.
+- Each batch is one ``model.generate`` call. Its ``max_new_tokens`` is the largest limit of the
+  requests in it (a prompt's own ``max_new_tokens`` overrides ``config.max_new_tokens``); each
+  request's counted output is then trimmed to its own limit. With ``decoder.ignore_eos`` the
+  batch is forced to that full length (``min_new_tokens = max_new_tokens``).
+- ``output_tokens`` counts generated tokens up to and including the first EOS (padding after it
+  is never counted). ``latency_s`` is the time from the start of the batch's ``generate`` call to
+  the return of its sequences: in static batching every request of a batch is delivered when the
+  batch completes. ``ttft_s`` is the time to the batch's first generated token; ``itl_s`` are the
+  gaps between this request's successive tokens, up to its last counted token.
+- Per-token times come from a streamer (``_StepTimer``) that records one ``perf_counter`` per
+  decoding step and does nothing else. transformers already moves each step's new tokens to the
+  host (one small ``[batch]`` copy, at a point where the loop synchronises anyway to check for
+  EOS), so the timer adds no device synchronisation. Beam search cannot stream in transformers:
+  its records carry ``ttft_s=None`` and no ``itl_s``.
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import importlib.util
+import itertools
+import os
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+from time import perf_counter
+from typing import TYPE_CHECKING, Any
+
+from llenergymeasure.engines.base import LoadInfo, RequestRecord
+from llenergymeasure.exceptions import BackendError
+
+if TYPE_CHECKING:
+    from llenergymeasure.config.models import ExperimentConfig
+    from llenergymeasure.datasets import Prompt
+
+__all__ = [
+    "DEFAULT_BATCHING_STRATEGY",
+    "DEFAULT_BATCH_SIZE",
+    "DEFAULT_NUM_BEAMS",
+    "ENGINE_PASSTHROUGH_KEYS",
+    "LOAD_PASSTHROUGH_KEYS",
+    "PyTorchBackend",
+    "split_passthrough_kwargs",
+]
+
+# ─── Engine defaults (what a None in the pytorch: section resolves to) ──────────
+DEFAULT_BATCH_SIZE = 1
+DEFAULT_BATCHING_STRATEGY = "static"
+DEFAULT_TORCH_COMPILE = False
+DEFAULT_NUM_BEAMS = 4
+DEFAULT_NUM_PROCESSES = 1
+
+_PRECISION_TO_DTYPE = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+#: ``passthrough_kwargs`` keys forwarded to ``from_pretrained`` (model; a subset to the tokenizer).
+LOAD_PASSTHROUGH_KEYS = frozenset(
+    {
+        "revision",
+        "trust_remote_code",
+        "low_cpu_mem_usage",
+        "device_map",
+        "max_memory",
+        "offload_folder",
+        "offload_state_dict",
+        "offload_buffers",
+        "quantization_config",
+        "use_safetensors",
+        "variant",
+        "subfolder",
+        "cache_dir",
+        "local_files_only",
+        "token",
+        "code_revision",
+        "use_kernels",
+        "key_mapping",
+        "force_download",
+    }
+)
+_TOKENIZER_LOAD_KEYS = frozenset(
+    {"revision", "trust_remote_code", "cache_dir", "local_files_only", "token", "force_download"}
+)
+
+#: ``passthrough_kwargs`` keys this engine interprets itself.
+#: ``torch_compile_mode``: ``torch.compile`` mode for transformers' generate compile path.
+ENGINE_PASSTHROUGH_KEYS = frozenset({"torch_compile_mode"})
+
+# Keys that have a first-class config field: setting them in passthrough_kwargs is a conflict.
+_CONFLICTING_KEYS = {
+    "dtype": "precision",
+    "torch_dtype": "precision",
+    "attn_implementation": "pytorch.attn_implementation",
+    "load_in_4bit": "pytorch.load_in_4bit",
+    "load_in_8bit": "pytorch.load_in_8bit",
+    "max_new_tokens": "max_new_tokens",
+    "min_new_tokens": "decoder.ignore_eos",
+    "do_sample": "decoder.decoding_strategy",
+    "num_beams": "decoder.num_beams",
+    "temperature": "decoder.temperature",
+    "top_p": "decoder.top_p",
+    "top_k": "decoder.top_k",
+    "repetition_penalty": "decoder.repetition_penalty",
+    "assistant_model": "decoder.draft_model",
+    "disable_compile": "pytorch.torch_compile",
+}
+# generate() options that would break one-record-per-prompt accounting or are internal.
+_FORBIDDEN_GENERATE_KEYS = frozenset(
+    {
+        "num_return_sequences",
+        "return_dict_in_generate",
+        "streamer",
+        "max_length",
+        "is_assistant",
+        "transformers_version",
+        "_from_model_config",
+    }
+)
+
+
+def _generation_config_keys() -> frozenset[str]:
+    """Every option ``transformers.GenerationConfig`` knows (for the installed version)."""
+    from transformers import GenerationConfig
+
+    return frozenset(k for k in vars(GenerationConfig()) if not k.startswith("_"))
+
+
+def split_passthrough_kwargs(
+    kwargs: dict[str, Any] | None,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], list[str]]:
+    """Split ``passthrough_kwargs`` into (load, generate, engine) kwargs and problems.
+
+    Load keys are a fixed set of ``from_pretrained`` options; generate keys are whatever
+    ``GenerationConfig`` accepts in the installed transformers. Unknown keys, and keys that
+    have a config field of their own, are problems naming the key.
+    """
+    load: dict[str, Any] = {}
+    gen: dict[str, Any] = {}
+    engine: dict[str, Any] = {}
+    problems: list[str] = []
+    if not kwargs:
+        return load, gen, engine, problems
+    gen_keys = _generation_config_keys()
+    for key, value in kwargs.items():
+        if key in _CONFLICTING_KEYS:
+            problems.append(
+                f"passthrough_kwargs.{key} is controlled by the config field "
+                f"'{_CONFLICTING_KEYS[key]}'; set it there instead"
+            )
+        elif key in _FORBIDDEN_GENERATE_KEYS:
+            problems.append(
+                f"passthrough_kwargs.{key} is not allowed with the pytorch engine "
+                "(it would break per-request accounting)"
+            )
+        elif key in ENGINE_PASSTHROUGH_KEYS:
+            engine[key] = value
+        elif key in LOAD_PASSTHROUGH_KEYS:
+            load[key] = value
+        elif key in gen_keys:
+            gen[key] = value
+        else:
+            problems.append(
+                f"passthrough_kwargs.{key} is not a known option of the pytorch engine "
+                "(neither a from_pretrained option nor a transformers GenerationConfig field)"
+            )
+    return load, gen, engine, problems
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith(("/", "./", "../", "~", ".\\")) or Path(name).expanduser().exists()
+
+
+def _offline_hint() -> str:
+    return (
+        "check the model id and network access; offline, put the model in the HF cache and set "
+        "HF_HUB_OFFLINE=1, or pass a local directory as `model:`"
+    )
+
+
+class _StepTimer:
+    """A generate() streamer that timestamps every decoding step and does nothing else.
+
+    transformers calls ``put`` once with the prompt ids, then once per step with that step's new
+    tokens (shape ``[batch]``; assisted generation passes ``[1, k]`` for ``k`` accepted tokens),
+    then ``end``. The prompt call is skipped.
+    """
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.sizes: list[int] = []
+        self.end_time: float | None = None
+        self._prompt_seen = False
+
+    def put(self, value: Any) -> None:
+        now = perf_counter()
+        if not self._prompt_seen:
+            self._prompt_seen = True
+            return
+        self.times.append(now)
+        self.sizes.append(int(value.shape[-1]) if value.dim() > 1 else 1)
+
+    def end(self) -> None:
+        self.end_time = perf_counter()
+
+    def token_times(self) -> list[float]:
+        """One timestamp per generated position (tokens of one step share its time)."""
+        if all(n == 1 for n in self.sizes):
+            return self.times
+        out: list[float] = []
+        for t, n in zip(self.times, self.sizes, strict=True):
+            out.extend([t] * n)
+        return out
+
+
+@functools.lru_cache(maxsize=1)
+def _streamer_class() -> type:
+    """``_StepTimer`` mixed with transformers' ``BaseStreamer`` (built lazily, once)."""
+    from transformers.generation.streamers import BaseStreamer
+
+    return type("StepTimerStreamer", (_StepTimer, BaseStreamer), {})
+
+
+def _make_streamer() -> _StepTimer:
+    """A fresh per-batch step timer usable as a generate() streamer."""
+    timer: _StepTimer = _streamer_class()()
+    return timer
+
+
+class PyTorchBackend:
+    """Inference through HuggingFace transformers ``generate`` on one device."""
+
+    name = "pytorch"
+
+    def __init__(self) -> None:
+        self._model: Any = None
+        self._draft: Any = None
+        self._tokenizer: Any = None
+        self._device: Any = None
+        self._config: ExperimentConfig | None = None
+        self._gen_kwargs: dict[str, Any] = {}
+        self._engine_kwargs: dict[str, Any] = {}
+        self._eos_ids: list[int] = []
+        self._load_notes: list[str] = []
+        self._model_source: str | None = None
+        self._last_outputs: list[tuple[list[int], Any, list[int]]] = []
+        self.last_phase: str | None = None
+
+    # ─── Introspection ──────────────────────────────────────────────────────
+    def version(self) -> str:
+        """Installed transformers version ("not installed" when missing)."""
+        try:
+            return metadata.version("transformers")
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    @property
+    def tokenizer(self) -> Any:
+        """The loaded tokenizer (left padding, pad token set); None before ``load``.
+
+        (Never raises: ``isinstance(x, InferenceBackend)`` reads it on Python 3.10/3.11.)
+        """
+        return self._tokenizer
+
+    # ─── Pre-flight ─────────────────────────────────────────────────────────
+    def preflight(self, config: ExperimentConfig) -> list[str]:
+        """Collect every problem that would stop ``config`` from running; loads nothing."""
+        problems: list[str] = []
+        missing = [m for m in ("torch", "transformers") if importlib.util.find_spec(m) is None]
+        if missing:
+            problems.append(
+                f'pytorch engine needs {", ".join(missing)}: pip install "llenergymeasure[pytorch]"'
+            )
+            return problems
+        self._config = config
+
+        if config.precision not in _PRECISION_TO_DTYPE:
+            problems.append(
+                f"pytorch engine does not support precision={config.precision!r}; "
+                f"valid: {sorted(_PRECISION_TO_DTYPE)}"
+            )
+        load_kw, _gen_kw, _engine_kw, pt_problems = split_passthrough_kwargs(
+            config.passthrough_kwargs
+        )
+        problems.extend(pt_problems)
+        problems.extend(self._check_model_source(config.model, "model", load_kw))
+
+        pt = config.pytorch
+        batch_size = self._batch_size(config)
+        if batch_size < 1:
+            problems.append(f"pytorch.batch_size must be >= 1, got {batch_size}")
+        if pt is not None:
+            if pt.load_in_4bit and pt.load_in_8bit:
+                problems.append("pytorch.load_in_4bit and pytorch.load_in_8bit are exclusive")
+            if (pt.load_in_4bit or pt.load_in_8bit) and importlib.util.find_spec(
+                "bitsandbytes"
+            ) is None:
+                problems.append(
+                    "pytorch.load_in_4bit/load_in_8bit need bitsandbytes: pip install bitsandbytes"
+                )
+            if (pt.num_processes or 1) > 1:
+                problems.append(
+                    "pytorch.num_processes > 1 (data parallel) is not supported yet; "
+                    "set it to 1 or leave it unset"
+                )
+            if pt.attn_implementation == "flash_attention_2" and (
+                importlib.util.find_spec("flash_attn") is None
+            ):
+                problems.append(
+                    "pytorch.attn_implementation=flash_attention_2 needs flash-attn: "
+                    "pip install flash-attn (or use sdpa)"
+                )
+
+        dec = config.decoder
+        if dec.speculative_decoding:
+            if batch_size != 1:
+                problems.append(
+                    "decoder.speculative_decoding (assisted generation) needs "
+                    f"pytorch.batch_size=1, got {batch_size}"
+                )
+            if dec.draft_model:
+                problems.extend(self._check_model_source(dec.draft_model, "decoder.draft_model"))
+
+        if config.lora is not None:
+            if importlib.util.find_spec("peft") is None:
+                problems.append("lora: needs peft: pip install peft")
+            path = config.lora.adapter_path
+            if path is not None and not Path(path).expanduser().is_dir():
+                problems.append(f"lora.adapter_path {path!r} is not a directory")
+        return problems
+
+    def _check_model_source(
+        self, name: str, field_name: str, load_kw: dict[str, Any] | None = None
+    ) -> list[str]:
+        """Cheap check that ``name`` can be resolved (no download, no model load)."""
+        if name.startswith("builtin:"):
+            try:
+                from llenergymeasure.engines import builtin
+            except ImportError:
+                return [f"{field_name}: built-in models are not available in this install"]
+            known = getattr(builtin, "BUILTIN_MODELS", None)
+            if not builtin.is_builtin_model(name) or (known is not None and name not in known):
+                valid = ", ".join(known) if known else "builtin:tiny"
+                return [f"{field_name}: unknown built-in model {name!r}; valid: {valid}"]
+            return []
+        if _looks_like_path(name):
+            path = Path(name).expanduser()
+            if not path.is_dir():
+                return [f"{field_name}: local model directory {name!r} does not exist"]
+            if not (path / "config.json").is_file():
+                return [f"{field_name}: {name!r} has no config.json (not a HF model folder)"]
+            return []
+        # Hub id: fine if cached; offline and not cached is a problem; online it downloads.
+        load_kw = load_kw or {}
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(
+                name,
+                "config.json",
+                cache_dir=load_kw.get("cache_dir"),
+                revision=load_kw.get("revision"),
+            )
+        except Exception as e:  # invalid repo id and the like
+            return [f"{field_name}: {name!r} is neither a local directory nor a hub id ({e})"]
+        if isinstance(cached, str):
+            return []
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+        if offline:
+            return [
+                f"{field_name}: {name!r} is not in the HF cache and HF_HUB_OFFLINE is set; "
+                "download it first or pass a local directory"
+            ]
+        return []
+
+    # ─── Load ───────────────────────────────────────────────────────────────
+    def _resolve_source(self, name: str) -> str:
+        if name.startswith("builtin:"):
+            from llenergymeasure.engines.builtin import resolve_builtin_model
+
+            return str(resolve_builtin_model(name))
+        if _looks_like_path(name):
+            return str(Path(name).expanduser())
+        return name
+
+    def load(self, config: ExperimentConfig) -> LoadInfo:
+        """Load tokenizer, model (dtype, attention, quantisation), LoRA adapter and draft model."""
+        t0 = perf_counter()
+        import torch
+        import transformers
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model: Any
+
+        load_kw, gen_kw, engine_kw, problems = split_passthrough_kwargs(config.passthrough_kwargs)
+        if problems:
+            raise BackendError("; ".join(problems))
+        if config.precision not in _PRECISION_TO_DTYPE:
+            raise BackendError(f"pytorch engine does not support precision={config.precision!r}")
+        self._config = config
+        self._engine_kwargs = engine_kw
+        self._load_notes = []
+        device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+        self._device = device
+        dtype = getattr(torch, _PRECISION_TO_DTYPE[config.precision])
+        pt = config.pytorch
+
+        model_kw: dict[str, Any] = {"device_map": str(device)}
+        model_kw[_dtype_kwarg_name(transformers.__version__)] = dtype
+        if pt is not None and pt.attn_implementation is not None:
+            model_kw["attn_implementation"] = pt.attn_implementation
+        if pt is not None and (pt.load_in_4bit or pt.load_in_8bit):
+            from transformers import BitsAndBytesConfig
+
+            if pt.load_in_4bit:
+                model_kw["quantization_config"] = BitsAndBytesConfig(
+                    load_in_4bit=True, bnb_4bit_compute_dtype=dtype
+                )
+            else:
+                model_kw["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+        model_kw.update(load_kw)
+
+        source = self._resolve_source(config.model)
+        self._model_source = source
+        tok_kw = {k: v for k, v in load_kw.items() if k in _TOKENIZER_LOAD_KEYS}
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source, **tok_kw)
+            model = AutoModelForCausalLM.from_pretrained(source, **model_kw)
+        except Exception as e:
+            raise BackendError(
+                f"could not load model {config.model!r}: {type(e).__name__}: {e}",
+                hint=_offline_hint(),
+            ) from e
+        model.eval()
+
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token is None:
+            if tokenizer.eos_token is None:
+                raise BackendError(
+                    f"tokenizer of {config.model!r} has neither a pad nor an eos token",
+                    hint="set a pad token in the tokenizer config",
+                )
+            tokenizer.pad_token = tokenizer.eos_token
+
+        if config.lora is not None:
+            from peft import PeftModel
+
+            adapter = config.lora.adapter_path or config.lora.adapter_id
+            if adapter is None:
+                raise BackendError("lora: needs adapter_path or adapter_id")
+            try:
+                model = PeftModel.from_pretrained(model, adapter)
+            except Exception as e:
+                raise BackendError(
+                    f"could not load LoRA adapter {adapter!r}: {type(e).__name__}: {e}"
+                ) from e
+            if config.lora.merge_weights:
+                model = model.merge_and_unload()
+            model.eval()
+
+        draft = None
+        if config.decoder.speculative_decoding and config.decoder.draft_model:
+            draft_kw = {"device_map": str(device)}
+            draft_kw[_dtype_kwarg_name(transformers.__version__)] = dtype
+            try:
+                draft = AutoModelForCausalLM.from_pretrained(
+                    self._resolve_source(config.decoder.draft_model), **draft_kw
+                )
+            except Exception as e:
+                raise BackendError(
+                    f"could not load draft model {config.decoder.draft_model!r}: "
+                    f"{type(e).__name__}: {e}",
+                    hint=_offline_hint(),
+                ) from e
+            draft.eval()
+
+        self._model, self._tokenizer, self._draft = model, tokenizer, draft
+        self._gen_kwargs = gen_kw
+        self._eos_ids = self._resolve_eos_ids(gen_kw)
+        if device.type != "cuda" and self._torch_compile(config):
+            self._load_notes.append(
+                "torch_compile requested but transformers compiles generate only on "
+                "accelerators: running uncompiled on CPU"
+            )
+        if device.type == "cpu":
+            self._load_notes.append("running on CPU: no GPU energy")
+        self.synchronize()
+        return LoadInfo(
+            load_time_s=perf_counter() - t0,
+            parameter_count=int(sum(p.numel() for p in model.parameters())),
+            model_dtype=str(model.dtype).removeprefix("torch."),
+            device=str(device),
+            notes=list(self._load_notes),
+        )
+
+    def _resolve_eos_ids(self, gen_kw: dict[str, Any]) -> list[int]:
+        eos = gen_kw.get("eos_token_id")
+        if eos is None:
+            eos = getattr(self._model.generation_config, "eos_token_id", None)
+        if eos is None:
+            eos = self._tokenizer.eos_token_id
+        if eos is None:
+            return []
+        return [int(e) for e in eos] if isinstance(eos, (list, tuple)) else [int(eos)]
+
+    # ─── Resolution of None-sentinels ──────────────────────────────────────
+    @staticmethod
+    def _batch_size(config: ExperimentConfig) -> int:
+        bs = config.pytorch.batch_size if config.pytorch is not None else None
+        return DEFAULT_BATCH_SIZE if bs is None else int(bs)
+
+    @staticmethod
+    def _batching_strategy(config: ExperimentConfig) -> str:
+        s = config.pytorch.batching_strategy if config.pytorch is not None else None
+        return DEFAULT_BATCHING_STRATEGY if s is None else str(s)
+
+    @staticmethod
+    def _torch_compile(config: ExperimentConfig) -> bool:
+        tc = config.pytorch.torch_compile if config.pytorch is not None else None
+        return DEFAULT_TORCH_COMPILE if tc is None else bool(tc)
+
+    def _decoding_kwargs(self, config: ExperimentConfig) -> dict[str, Any]:
+        """generate() kwargs fixed for the whole run (everything except the length limits)."""
+        dec = config.decoder
+        kw: dict[str, Any] = {
+            "pad_token_id": self._tokenizer.pad_token_id,
+            "repetition_penalty": dec.repetition_penalty,
+        }
+        if dec.decoding_strategy == "sampling":
+            kw.update(
+                do_sample=True,
+                num_beams=1,
+                temperature=dec.temperature,
+                top_p=dec.top_p,
+                top_k=0 if dec.top_k is None else dec.top_k,  # 0 = no top-k filtering
+            )
+        elif dec.decoding_strategy == "beam":
+            kw.update(do_sample=False, num_beams=dec.num_beams or DEFAULT_NUM_BEAMS)
+        else:
+            kw.update(do_sample=False, num_beams=1)
+        if self._draft is not None:
+            kw["assistant_model"] = self._draft
+        compile_on = self._torch_compile(config)
+        kw["disable_compile"] = not compile_on
+        if compile_on:
+            # transformers' own compile path: compiled forward over a static KV cache
+            kw["cache_implementation"] = "static"
+            mode = self._engine_kwargs.get("torch_compile_mode")
+            if mode is not None:
+                from transformers import CompileConfig
+
+                kw["compile_config"] = CompileConfig(mode=mode)
+        kw.update(self._gen_kwargs)
+        if "stop_strings" in kw:
+            kw["tokenizer"] = self._tokenizer
+        return kw
+
+    def effective_parameters(self) -> dict[str, Any]:
+        """Every parameter the engine uses, None-sentinels resolved (needs ``load`` first)."""
+        if self._model is None or self._config is None:
+            raise BackendError("pytorch engine: effective_parameters() requested before load()")
+        import torch
+
+        config = self._config
+        pt = config.pytorch
+        dec = config.decoder
+        kw = self._decoding_kwargs(config)
+        sampling = dec.decoding_strategy == "sampling"
+        model_cfg = getattr(self._model, "config", None)
+        return {
+            "engine": self.name,
+            "engine_version": self.version(),
+            "torch_version": torch.__version__,
+            "model": config.model,
+            "model_source": self._model_source,
+            "device": str(self._device),
+            "precision": config.precision,
+            "dtype": str(self._model.dtype).removeprefix("torch."),
+            "batch_size": self._batch_size(config),
+            "batching_strategy": self._batching_strategy(config),
+            "attn_implementation": getattr(model_cfg, "_attn_implementation", None),
+            "torch_compile": self._torch_compile(config),
+            "torch_compile_mode": self._engine_kwargs.get("torch_compile_mode"),
+            "cache_implementation": kw.get("cache_implementation") or "dynamic",
+            "load_in_4bit": bool(pt.load_in_4bit) if pt is not None else False,
+            "load_in_8bit": bool(pt.load_in_8bit) if pt is not None else False,
+            "num_processes": (pt.num_processes if pt is not None else None)
+            or DEFAULT_NUM_PROCESSES,
+            "decoding_strategy": dec.decoding_strategy,
+            "do_sample": kw["do_sample"],
+            "num_beams": kw["num_beams"],
+            "temperature": dec.temperature if sampling else None,
+            "top_p": dec.top_p if sampling else None,
+            "top_k": kw["top_k"] if sampling else None,
+            "repetition_penalty": dec.repetition_penalty,
+            "random_seed": config.random_seed if sampling else None,
+            "max_new_tokens": _default_max_new_tokens(config),
+            "ignore_eos": dec.ignore_eos,
+            "min_new_tokens": "max_new_tokens" if dec.ignore_eos else None,
+            "speculative_decoding": dec.speculative_decoding,
+            "draft_model": dec.draft_model if dec.speculative_decoding else None,
+            "lora": (
+                {
+                    "adapter": config.lora.adapter_path or config.lora.adapter_id,
+                    "merge_weights": config.lora.merge_weights,
+                }
+                if config.lora is not None
+                else None
+            ),
+            "padding_side": self._tokenizer.padding_side,
+            "pad_token_id": self._tokenizer.pad_token_id,
+            "eos_token_id": list(self._eos_ids),
+            "passthrough_kwargs": dict(config.passthrough_kwargs or {}),
+        }
+
+    # ─── Generation ─────────────────────────────────────────────────────────
+    def _require_loaded(self) -> tuple[Any, Any]:
+        if self._model is None or self._tokenizer is None:
+            raise BackendError("pytorch engine: generate() called before load()")
+        return self._model, self._tokenizer
+
+    def _prepare_batches(
+        self, prompts: Sequence[Prompt], config: ExperimentConfig
+    ) -> list[tuple[list[int], list[int], Any, Any, int]]:
+        """Tokenise once, batch, left-pad, move to the device.
+
+        Returns (prompt positions, input lengths, input_ids, attention_mask, max_new_tokens)
+        per batch.
+        """
+        import torch
+
+        tokenizer = self._tokenizer
+        encoded: list[list[int]] = tokenizer([p.text for p in prompts])["input_ids"]
+        for p, ids in zip(prompts, encoded, strict=True):
+            if not ids:
+                raise BackendError(f"prompt {p.index} tokenises to zero tokens")
+        default_max = _default_max_new_tokens(config)
+        limits = [
+            p.max_new_tokens if p.max_new_tokens is not None else default_max for p in prompts
+        ]
+        order = list(range(len(prompts)))
+        if self._batching_strategy(config) == "dynamic":
+            order.sort(key=lambda i: len(encoded[i]))
+        bs = self._batch_size(config)
+        pad_id = tokenizer.pad_token_id
+        batches = []
+        for start in range(0, len(order), bs):
+            pos = order[start : start + bs]
+            width = max(len(encoded[i]) for i in pos)
+            input_ids = torch.full((len(pos), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(pos), width), dtype=torch.long)
+            for row, i in enumerate(pos):
+                n = len(encoded[i])
+                input_ids[row, width - n :] = torch.tensor(encoded[i], dtype=torch.long)
+                mask[row, width - n :] = 1
+            batches.append(
+                (
+                    pos,
+                    [len(encoded[i]) for i in pos],
+                    input_ids.to(self._device),
+                    mask.to(self._device),
+                    max(limits[i] for i in pos),
+                )
+            )
+        return batches
+
+    def generate(
+        self,
+        prompts: Sequence[Prompt],
+        config: ExperimentConfig,
+        *,
+        phase: str = "measurement",
+    ) -> list[RequestRecord]:
+        """Run every prompt (batched as configured); one record per prompt, in prompt order."""
+        model, _ = self._require_loaded()
+        import torch
+
+        self.last_phase = phase
+        if not prompts:
+            return []
+        base_kw = self._decoding_kwargs(config)
+        sampling = config.decoder.decoding_strategy == "sampling"
+        stream = int(base_kw["num_beams"]) == 1  # transformers cannot stream beam search
+        ignore_eos = config.decoder.ignore_eos
+        default_max = _default_max_new_tokens(config)
+        limits = [
+            p.max_new_tokens if p.max_new_tokens is not None else default_max for p in prompts
+        ]
+        batches = self._prepare_batches(prompts, config)
+        eos = torch.tensor(self._eos_ids, dtype=torch.long) if self._eos_ids else None
+
+        records: list[RequestRecord | None] = [None] * len(prompts)
+        self._last_outputs = []
+        for batch_index, (pos, in_lens, input_ids, mask, max_new) in enumerate(batches):
+            kw = dict(base_kw, max_new_tokens=max_new)
+            if ignore_eos:
+                kw["min_new_tokens"] = max_new
+            streamer = _make_streamer() if stream else None
+            if sampling:
+                torch.manual_seed(config.random_seed)
+            t0 = perf_counter()
+            try:
+                out = model.generate(
+                    input_ids=input_ids, attention_mask=mask, streamer=streamer, **kw
+                )
+                seqs = getattr(out, "sequences", out)
+                gen = seqs[:, input_ids.shape[1] :].cpu()
+            except (RuntimeError, ValueError, TypeError) as e:
+                raise self._generation_error(e, len(pos)) from e
+            t_end = perf_counter()
+
+            counts = [min(c, limits[i]) for c, i in zip(_output_counts(gen, eos), pos, strict=True)]
+            self._last_outputs.append((pos, gen, counts))
+            times = streamer.token_times() if streamer is not None else []
+            for row, i in enumerate(pos):
+                n_out = counts[row]
+                own = times[:n_out]
+                records[i] = RequestRecord(
+                    index=prompts[i].index,
+                    input_tokens=in_lens[row],
+                    output_tokens=n_out,
+                    latency_s=t_end - t0,
+                    ttft_s=(own[0] - t0) if own else None,
+                    itl_s=[b - a for a, b in itertools.pairwise(own)],
+                    batch_index=batch_index,
+                )
+        return [r for r in records if r is not None]
+
+    def _generation_error(self, error: Exception, batch_len: int) -> BackendError:
+        dtype = str(self._model.dtype).removeprefix("torch.")
+        text = str(error)
+        hint: str | None = None
+        if "out of memory" in text.lower():
+            hint = "lower pytorch.batch_size or max_new_tokens, or use a smaller precision"
+        elif not self._on_cuda() and dtype != "float32":
+            hint = f"{dtype} may be unsupported for this model on CPU: try precision fp32"
+        return BackendError(
+            f"generation failed on {self._device} with dtype {dtype} "
+            f"(batch of {batch_len}): {type(error).__name__}: {text}",
+            hint=hint,
+        )
+
+    def last_output_token_ids(self) -> list[list[int]]:
+        """Counted generated token ids of each prompt of the last ``generate`` call.
+
+        In prompt order; for inspection and tests (converted only when asked for).
+        """
+        n = sum(len(pos) for pos, _, _ in self._last_outputs)
+        out: list[list[int]] = [[] for _ in range(n)]
+        for pos, gen, counts in self._last_outputs:
+            rows = gen.tolist()
+            for row, i in enumerate(pos):
+                out[i] = rows[row][: counts[row]]
+        return out
+
+    # ─── Device housekeeping ────────────────────────────────────────────────
+    def _on_cuda(self) -> bool:
+        return self._device is not None and self._device.type == "cuda"
+
+    def synchronize(self) -> None:
+        """``torch.cuda.synchronize`` on GPU; no-op on CPU."""
+        if self._on_cuda():
+            import torch
+
+            torch.cuda.synchronize(self._device)
+
+    def reset_peak_memory(self) -> None:
+        """Reset the CUDA peak-allocation counter (no-op on CPU)."""
+        if self._on_cuda():
+            import torch
+
+            torch.cuda.reset_peak_memory_stats(self._device)
+
+    def peak_memory_bytes(self) -> int | None:
+        """``torch.cuda.max_memory_allocated`` since the last reset; None on CPU."""
+        if not self._on_cuda():
+            return None
+        import torch
+
+        return int(torch.cuda.max_memory_allocated(self._device))
+
+    def unload(self) -> None:
+        """Drop model, draft and tokenizer and release cached device memory."""
+        on_cuda = self._on_cuda()
+        self._model = self._draft = self._tokenizer = None
+        self._last_outputs = []
+        gc.collect()
+        if on_cuda:
+            import torch
+
+            torch.cuda.empty_cache()
+
+
+def _default_max_new_tokens(config: ExperimentConfig) -> int:
+    """The run's max_new_tokens (a synthetic dataset's ``output_len`` sets it)."""
+    value = getattr(config, "effective_max_new_tokens", None)
+    return int(value if value is not None else config.max_new_tokens)
+
+
+def _output_counts(gen: Any, eos: Any) -> list[int]:
+    """Generated tokens per row up to and including the first EOS (all of them if none)."""
+    import torch
+
+    width = int(gen.shape[1])
+    if eos is None or width == 0:
+        return [width] * int(gen.shape[0])
+    is_eos = torch.isin(gen, eos)
+    first = is_eos.to(torch.int8).argmax(dim=1) + 1
+    return torch.where(is_eos.any(dim=1), first, torch.full_like(first, width)).tolist()
+
+
+def _dtype_kwarg_name(transformers_version: str) -> str:
+    """``dtype`` (transformers >= 4.56) or the older ``torch_dtype``."""
+    try:
+        major, minor = (int(x) for x in transformers_version.split(".")[:2])
+    except ValueError:
+        return "dtype"
+    return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"

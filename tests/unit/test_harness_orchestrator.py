@@ -1,0 +1,283 @@
+"""The measurement protocol (SPEC 4) driven end to end with a fake engine and fake sensors."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pyarrow.parquet as pq
+import pytest
+
+from llenergymeasure.config.hashing import measurement_config_hash
+from llenergymeasure.config.models import ExperimentConfig
+from llenergymeasure.energy.baseline import BaselineCache
+from llenergymeasure.energy.fakes import FakeEnergyBackend
+from llenergymeasure.energy.nvml_backend import NvmlEnergyBackend
+from llenergymeasure.energy.sampler import EnergySampler
+from llenergymeasure.energy.sensors import DeviceInfo, SensorReading
+from llenergymeasure.engines.fakes import FakeEngine
+from llenergymeasure.exceptions import PreFlightError
+from llenergymeasure.harness.orchestrator import ExperimentOrchestrator, MeasurementSettings
+from llenergymeasure.results.models import ExperimentResult
+
+
+class SwitchingSensor:
+    """Devices draw ``idle_w`` until ``load()`` and ``busy_w`` until ``idle()``.
+
+    The energy counter integrates the drawn power exactly, like NVML's total-energy counter.
+    """
+
+    def __init__(self, n_devices: int = 2, idle_w: float = 50.0, busy_w: float = 250.0) -> None:
+        self.n = n_devices
+        self.idle_w, self.busy_w = idle_w, busy_w
+        self.power = idle_w
+        self._lock = threading.Lock()
+        self._t = time.monotonic()
+        self._energy_j = [1000.0] * n_devices
+
+    def _advance(self) -> float:
+        now = time.monotonic()
+        for i in range(self.n):
+            self._energy_j[i] += self.power * (now - self._t)
+        self._t = now
+        return now
+
+    def load(self) -> None:
+        with self._lock:
+            self._advance()
+            self.power = self.busy_w
+
+    def idle(self) -> None:
+        with self._lock:
+            self._advance()
+            self.power = self.idle_w
+
+    def device_count(self) -> int:
+        return self.n
+
+    def device_info(self, i: int) -> DeviceInfo:
+        return DeviceInfo(
+            index=i,
+            uuid=f"GPU-switch-{i}",
+            name="Switching GPU",
+            total_memory_bytes=80 << 30,
+            power_limit_w=700.0,
+            supports_energy_counter=True,
+            persistence_mode=True,
+        )
+
+    def read(self, i: int) -> SensorReading:
+        with self._lock:
+            t = self._advance()
+            return SensorReading(
+                t=t,
+                power_w=self.power,
+                energy_mj=round(self._energy_j[i] * 1000),
+                temperature_c=45.0,
+                sm_clock_mhz=1500,
+                utilization_pct=90.0,
+                memory_used_bytes=1 << 30,
+            )
+
+    def close(self) -> None:
+        pass
+
+
+def _config(**overrides: object) -> ExperimentConfig:
+    data: dict[str, object] = {
+        "model": "fake-model",
+        "backend": "pytorch",
+        "dataset": {"n": 6, "input_len": 16, "output_len": 20},
+        "n": 6,
+        "warmup": {"n_warmup": 2, "thermal_floor_seconds": 0},
+        "baseline": {"duration_seconds": 0.3},
+    }
+    data.update(overrides)
+    return ExperimentConfig.model_validate(data)
+
+
+def _orchestrator(
+    sensor: SwitchingSensor, engine: FakeEngine, **kwargs: object
+) -> ExperimentOrchestrator:
+    sampler = EnergySampler(sensor, interval_ms=10)
+    return ExperimentOrchestrator(
+        engine=engine,
+        energy_backend=NvmlEnergyBackend(sensor=sensor, sampler=sampler),
+        sensor=sensor,
+        settings=MeasurementSettings(sampling_interval_ms=10),
+        baseline_cache=kwargs.pop("baseline_cache", BaselineCache()),  # type: ignore[arg-type]
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def _switching_engine(sensor: SwitchingSensor, **kwargs: object) -> FakeEngine:
+    return FakeEngine(
+        on_generate=lambda phase: sensor.load(),
+        on_generate_end=lambda phase: sensor.idle(),
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def test_energy_is_the_counter_delta_and_adjusted_energy_subtracts_the_idle_baseline() -> None:
+    sensor = SwitchingSensor(n_devices=2, idle_w=50.0, busy_w=250.0)
+    engine = _switching_engine(sensor, output_tokens=20, seconds_per_token=0.003)
+    result = _orchestrator(sensor, engine).run(_config()).result
+
+    assert result.energy.method == "nvml_counter"
+    assert result.energy.available
+    assert len(result.energy.per_device) == 2
+    assert result.energy_total_j == pytest.approx(
+        sum(d.energy_j for d in result.energy.per_device if d.energy_j is not None)
+    )
+    # two devices at 250 W for the whole window (the fake engine sleeps, the sensor integrates)
+    assert result.energy_total_j == pytest.approx(2 * 250.0 * result.duration_s, rel=0.05)
+    assert result.energy.baseline_power_w == pytest.approx(100.0)
+    assert result.energy_adjusted_j == pytest.approx(
+        result.energy_total_j - 100.0 * result.duration_s
+    )
+    assert result.energy_per_output_token_j == pytest.approx(
+        result.energy_total_j / result.output_tokens
+    )
+    assert result.output_tokens == 6 * 20
+    assert result.energy.counter_vs_poll_diff_pct is not None
+    assert abs(result.energy.counter_vs_poll_diff_pct) < 10
+
+
+def test_result_hash_equals_the_config_hash_and_records_engine_parameters() -> None:
+    sensor = SwitchingSensor()
+    config = _config()
+    result = _orchestrator(sensor, _switching_engine(sensor)).run(config).result
+    assert result.measurement_config_hash == measurement_config_hash(config)
+    assert result.config == config
+    assert result.effective_parameters == {"batch_size": 1, "engine": "fake"}
+    assert result.environment.gpus[0]["uuid"] == "GPU-switch-0"
+
+
+def test_warmup_runs_before_the_window_and_is_excluded_from_the_metrics() -> None:
+    sensor = SwitchingSensor()
+    engine = _switching_engine(sensor)
+    result = _orchestrator(sensor, engine).run(_config()).result
+    assert [phase for phase, _ in engine.calls] == ["warmup", "warmup", "measurement"]
+    assert result.warmup.runs == 2
+    assert result.n_requests == 6
+    assert [r.index for r in result.requests] == list(range(6))
+
+
+def test_short_runs_and_a_short_thermal_floor_carry_warnings() -> None:
+    sensor = SwitchingSensor()
+    result = _orchestrator(sensor, _switching_engine(sensor)).run(_config()).result
+    assert "short_measurement_duration" in result.measurement_warnings
+    assert "thermal_floor_below_recommended" in result.measurement_warnings
+    assert "nvml_low_sample_count" in result.measurement_warnings
+
+
+def test_thermal_floor_waits_the_configured_time_with_the_injected_sleep() -> None:
+    sensor = SwitchingSensor()
+    slept: list[float] = []
+    orch = _orchestrator(sensor, _switching_engine(sensor), sleep=slept.append)
+    result = orch.run(_config(warmup={"n_warmup": 1, "thermal_floor_seconds": 45})).result
+    assert slept == [45]
+    assert "thermal_floor_below_recommended" not in result.measurement_warnings
+
+
+def test_preflight_reports_every_problem_at_once_before_loading_anything() -> None:
+    sensor = SwitchingSensor()
+    engine = FakeEngine(problems=["engine problem one", "engine problem two"])
+    orch = _orchestrator(sensor, engine)
+    with pytest.raises(PreFlightError) as info:
+        orch.run(_config(dataset="missing/prompts.jsonl"))
+    assert len(info.value.problems) == 3
+    assert any("missing/prompts.jsonl" in p for p in info.value.problems)
+    assert not engine.loaded
+
+
+def test_the_idle_baseline_is_cached_within_a_process_and_the_provenance_recorded() -> None:
+    sensor = SwitchingSensor()
+    cache = BaselineCache()
+    first = _orchestrator(sensor, _switching_engine(sensor), baseline_cache=cache).run(_config())
+    second = _orchestrator(sensor, _switching_engine(sensor), baseline_cache=cache).run(_config())
+    assert first.result.energy.baseline is not None and second.result.energy.baseline is not None
+    assert not first.result.energy.baseline.from_cache
+    assert second.result.energy.baseline.from_cache
+    assert second.result.timing.baseline_s < first.result.timing.baseline_s
+
+
+def test_convergence_detection_stops_warmup_once_latency_is_stable() -> None:
+    sensor = SwitchingSensor()
+    engine = _switching_engine(sensor, seconds_per_token=0.002)
+    config = _config(
+        warmup={
+            "n_warmup": 3,
+            "thermal_floor_seconds": 0,
+            "convergence_detection": True,
+            "cv_target": 0.5,
+            "max_prompts": 10,
+        }
+    )
+    result = _orchestrator(sensor, engine).run(config).result
+    assert result.warmup.convergence_detection
+    assert result.warmup.converged is True
+    assert 3 <= result.warmup.runs < 10
+
+
+def test_timeseries_has_rows_per_device_labelled_by_phase(tmp_path) -> None:
+    sensor = SwitchingSensor(n_devices=2)
+    measured = _orchestrator(sensor, _switching_engine(sensor, seconds_per_token=0.005)).run(
+        _config()
+    )
+    path = measured.save(tmp_path / "run")
+    table = pq.read_table(tmp_path / "run" / "timeseries.parquet").to_pydict()
+    assert set(table["device_index"]) == {0, 1}
+    assert {"baseline", "warmup", "measurement"} <= set(table["phase"])
+    assert measured.result.timeseries_samples == len(table["phase"])
+    assert measured.result.warmup_excluded_samples == table["phase"].count("warmup")
+    assert json.loads(path.read_text())["output_dir"] == str(tmp_path / "run")
+
+
+def test_result_json_round_trips_exactly(tmp_path) -> None:
+    sensor = SwitchingSensor()
+    result = _orchestrator(sensor, _switching_engine(sensor)).run(_config()).result
+    again = ExperimentResult.from_json(result.to_json())
+    assert again == result
+    result.to_json(tmp_path / "r.json")
+    assert ExperimentResult.from_json(tmp_path / "r.json") == result
+
+
+def test_cpu_run_without_sensor_labels_energy_unavailable() -> None:
+    from llenergymeasure.energy.null_backend import NullEnergyBackend
+
+    orch = ExperimentOrchestrator(engine=FakeEngine(), energy_backend=NullEnergyBackend())
+    measured = orch.run(_config(warmup={"n_warmup": 1, "thermal_floor_seconds": 60}))
+    r = measured.result
+    assert not r.energy.available
+    assert r.energy_total_j is None and r.energy_per_output_token_j is None
+    assert r.energy.method == "unavailable"
+    assert r.carbon.co2_g is None
+    assert r.tokens_per_second > 0
+    assert measured.timeseries is None
+    assert r.timing.thermal_floor_s == 0.0  # nothing to protect when energy is not measured
+
+
+def test_carbon_uses_intensity_and_pue_with_their_sources() -> None:
+    settings = MeasurementSettings(
+        carbon_intensity_gco2_kwh=400.0,
+        carbon_intensity_source="env LLEM_CARBON_INTENSITY",
+        datacenter_pue=1.5,
+        datacenter_pue_source="user config",
+    )
+    orch = ExperimentOrchestrator(
+        engine=FakeEngine(), energy_backend=FakeEnergyBackend(3.6e6), settings=settings
+    )
+    carbon = orch.run(_config()).result.carbon
+    assert carbon.energy_kwh == pytest.approx(1.0)
+    assert carbon.co2_g == pytest.approx(600.0)
+    assert carbon.carbon_intensity_source == "env LLEM_CARBON_INTENSITY"
+
+
+def test_engine_is_unloaded_even_when_generation_fails() -> None:
+    engine = FakeEngine(fail_in_generate=RuntimeError("CUDA out of memory"))
+    orch = ExperimentOrchestrator(engine=engine, energy_backend=FakeEnergyBackend())
+    with pytest.raises(RuntimeError, match="out of memory"):
+        orch.run(_config())
+    assert engine.unloaded
