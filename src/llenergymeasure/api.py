@@ -10,7 +10,9 @@ from llenergymeasure.exceptions import ConfigError
 from llenergymeasure.results.models import ExperimentResult
 
 
-def _build_config(config: str | Path | ExperimentConfig | None, kwargs: dict[str, Any]) -> ExperimentConfig:
+def _build_config(
+    config: str | Path | ExperimentConfig | None, kwargs: dict[str, Any]
+) -> ExperimentConfig:
     from llenergymeasure.config.loading import (
         apply_default_backend,
         is_study_mapping,

@@ -71,14 +71,18 @@ def show_config(*, verbose: bool) -> int:
     settings = effective_settings()
     path = user_config_path()
     echo(f"\nUser config  {path} ({'found' if path.exists() else 'not found: using defaults'})")
-    keys = sorted(settings) if verbose else [
-        "output.results_dir",
-        "measurement.energy_backend",
-        "measurement.carbon_intensity_gco2_kwh",
-        "measurement.datacenter_pue",
-        "measurement.sampling_interval_ms",
-        "runners.pytorch",
-    ]
+    keys = (
+        sorted(settings)
+        if verbose
+        else [
+            "output.results_dir",
+            "measurement.energy_backend",
+            "measurement.carbon_intensity_gco2_kwh",
+            "measurement.datacenter_pue",
+            "measurement.sampling_interval_ms",
+            "runners.pytorch",
+        ]
+    )
     for key in keys:
         s = settings[key]
         echo(f"  {key:<40} {s.value!s:<14} [{s.source}]")

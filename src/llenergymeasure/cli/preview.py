@@ -33,7 +33,9 @@ def _seq_len(config: ExperimentConfig) -> int:
     return 512 + config.effective_max_new_tokens
 
 
-def _vram(config: ExperimentConfig, cache: dict[tuple[str, str, int, int], VramEstimate | None]) -> VramEstimate | None:
+def _vram(
+    config: ExperimentConfig, cache: dict[tuple[str, str, int, int], VramEstimate | None]
+) -> VramEstimate | None:
     key = (config.model, config.precision, _batch(config), _seq_len(config))
     if key not in cache:
         cache[key] = estimate_vram(
@@ -72,12 +74,12 @@ def preview_experiment(config: ExperimentConfig) -> None:
     typer.echo(f"  decoding         {config.decoder.decoding_strategy}")
     typer.echo(f"  batch            {_batch(config)}")
     typer.echo(f"  config hash      {measurement_config_hash(config)}")
-    est = estimate_vram(config.model, config.precision, batch_size=_batch(config), seq_len=_seq_len(config))
+    est = estimate_vram(
+        config.model, config.precision, batch_size=_batch(config), seq_len=_seq_len(config)
+    )
     typer.echo("  VRAM estimate    " + _vram_text(est))
     if est is None:
-        typer.echo(
-            "  note: the model's config.json is not available locally, so no VRAM estimate"
-        )
+        typer.echo("  note: the model's config.json is not available locally, so no VRAM estimate")
 
 
 def _vram_text(est: VramEstimate | None) -> str:
@@ -90,7 +92,10 @@ def preview_study(study: StudyConfig) -> None:
     """Print the study grid: each experiment, the skipped points, counts and cycles."""
     ex = study.execution
     varying = [v for v in _varying_fields(study) if v != "backend"]
-    typer.echo(f"Dry run of study '{study.name}' (design hash {study.study_design_hash}); nothing was run.\n")
+    typer.echo(
+        f"Dry run of study '{study.name}' (design hash {study.study_design_hash}); "
+        "nothing was run.\n"
+    )
     header = ["#", "backend", "model", *varying, "VRAM est."]
     cache: dict[tuple[str, str, int, int], VramEstimate | None] = {}
     rows: list[list[str]] = []
@@ -99,14 +104,19 @@ def preview_study(study: StudyConfig) -> None:
         _flatten(e.model_dump(exclude_none=True), "", flat)
         est = _vram(e, cache)
         rows.append(
-            [str(i), e.backend, e.model, *[str(flat.get(k, "-")) for k in varying],
-             f"{est.total_gib:.2f} GiB" if est else "n/a"]
+            [
+                str(i),
+                e.backend,
+                e.model,
+                *[str(flat.get(k, "-")) for k in varying],
+                f"{est.total_gib:.2f} GiB" if est else "n/a",
+            ]
         )
     widths = [max(len(header[c]), *(len(r[c]) for r in rows)) for c in range(len(header))]
-    typer.echo("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    typer.echo("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
     typer.echo("  ".join("-" * w for w in widths))
     for r in rows:
-        typer.echo("  ".join(v.ljust(w) for v, w in zip(r, widths)))
+        typer.echo("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
     if study.skipped:
         typer.echo(f"\nSkipped ({len(study.skipped)}):")
         for s in study.skipped:
@@ -117,5 +127,13 @@ def preview_study(study: StudyConfig) -> None:
         f"\n{len(study.experiments)} experiments x {ex.n_cycles} cycles ({ex.cycle_order}) = "
         f"{total_runs} runs; {len(study.skipped)} skipped"
     )
+    typer.echo(
+        f"gaps: between experiments {_gap(ex.config_gap_seconds)}, "
+        f"between cycles {_gap(ex.cycle_gap_seconds)}"
+    )
     if any(est is None for est in cache.values()):
         typer.echo("note: VRAM shown as n/a where the model's config.json is not available locally")
+
+
+def _gap(seconds: float | None) -> str:
+    return "from user config" if seconds is None else f"{seconds:g} s"

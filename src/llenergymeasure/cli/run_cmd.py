@@ -89,7 +89,9 @@ def resolve(opts: RunOptions) -> ResolvedRun:
             )
         data = apply_default_backend(overrides)
         _check_batch_size_backend(data, opts)
-        return ResolvedRun(experiment=validate_experiment_dict(data, source="command line"), study=None)
+        return ResolvedRun(
+            experiment=validate_experiment_dict(data, source="command line"), study=None
+        )
 
     data, text = read_yaml_mapping(opts.config)
     lines = key_lines(text)
@@ -125,6 +127,8 @@ def resolve(opts: RunOptions) -> ResolvedRun:
     for flag, value in (("--cycles", opts.cycles), ("--order", opts.order)):
         if value is not None:
             raise ConfigError(f"{flag} applies to studies; {opts.config} is a single experiment")
+    # A value that came from a flag must not be reported at the YAML line it replaced.
+    lines = {k: v for k, v in lines.items() if not _overridden(k, overrides)}
     merged = apply_default_backend(deep_merge(data, overrides))
     if "backend" in overrides and overrides["backend"] != data.get("backend"):
         for section in ("pytorch", "vllm", "tensorrt"):
@@ -134,6 +138,15 @@ def resolve(opts: RunOptions) -> ResolvedRun:
     return ResolvedRun(
         experiment=validate_experiment_dict(merged, source=opts.config, lines=lines), study=None
     )
+
+
+def _overridden(path: tuple[Any, ...], overrides: dict[str, Any]) -> bool:
+    node: Any = overrides
+    for part in path:
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 def _check_batch_size_backend(data: dict[str, Any], opts: RunOptions) -> None:

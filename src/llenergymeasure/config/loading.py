@@ -66,8 +66,9 @@ def key_lines(text: str) -> dict[KeyPath, int]:
                 walk(value_node, key)
         elif isinstance(node, yaml.SequenceNode):
             for i, item in enumerate(node.value):
-                lines[(*prefix, i)] = item.start_mark.line + 1
-                walk(item, (*prefix, i))
+                item_key = (*prefix, i)
+                lines[item_key] = item.start_mark.line + 1
+                walk(item, item_key)
 
     walk(root, ())
     return lines
@@ -157,7 +158,10 @@ def describe_validation_error(
             msg = f"unknown key '{bad}' " + (f"in {where}" if where else "at the top level") + at
             valid = sorted(parent.model_fields) if parent is not None else []
             guess = suggest_key(bad, valid)
-            if guess:
+            if guess and bad in homes:  # top-level n_warmup: close to 'warmup', valid elsewhere
+                msg += f": did you mean '{guess}'? ('{bad}' belongs under "
+                msg += f"{' or '.join(homes[bad])})"
+            elif guess:
                 msg += f": did you mean '{guess}'?"
             elif bad in homes:
                 msg += f": '{bad}' belongs under {' or '.join(homes[bad])}"
@@ -235,9 +239,7 @@ def load_experiment_config(path: str | Path) -> ExperimentConfig:
             "not a single experiment",
             hint="load it with StudyConfig.from_yaml / llem.run_study",
         )
-    return validate_experiment_dict(
-        apply_default_backend(data), source=path, lines=key_lines(text)
-    )
+    return validate_experiment_dict(apply_default_backend(data), source=path, lines=key_lines(text))
 
 
 def is_study_mapping(data: dict[str, Any]) -> bool:

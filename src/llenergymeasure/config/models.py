@@ -74,7 +74,7 @@ class BaselineConfig(BaseModel):
 
 
 class SyntheticDatasetConfig(BaseModel):
-    """``n`` generated prompts of exactly ``input_len`` tokens; ``output_len`` sets max_new_tokens."""
+    """``n`` generated prompts of exactly ``input_len`` tokens; ``output_len`` = max_new_tokens."""
 
     model_config = _FORBID
 

@@ -224,7 +224,7 @@ def expand_study(
             dims = {**universal, **scoped.get(backend, {})}
             keys = list(dims)
             for combo in itertools.product(*(dims[k] for k in keys)):
-                point = dict(zip(keys, combo))
+                point = dict(zip(keys, combo, strict=True))
                 merged = deep_merge(_drop_other_sections(fixed, backend), {"backend": backend})
                 for k, v in point.items():
                     merged = deep_merge(merged, dotted_to_nested(k, v))
@@ -233,16 +233,18 @@ def expand_study(
     for i, entry in enumerate(experiments):
         if not isinstance(entry, dict):
             raise ConfigError(f"{where}: experiments[{i}] must be a mapping, got {entry!r}")
-        backend = entry.get("backend")
-        if backend is None:
+        entry_backend = entry.get("backend")
+        if entry_backend is None:
             if len(backends) != 1:
                 raise ConfigError(
                     f"{where}: experiments[{i}] does not set backend and the study has "
                     f"several ({backends})",
                     hint="add backend: to this entry",
                 )
-            backend = backends[0]
-        merged = deep_merge(_drop_other_sections(fixed, str(backend)), {"backend": backend})
+            entry_backend = backends[0]
+        merged = deep_merge(
+            _drop_other_sections(fixed, str(entry_backend)), {"backend": entry_backend}
+        )
         merged = deep_merge(merged, entry)
         candidates.append((f"experiments[{i}]", entry, merged))
 

@@ -7,6 +7,7 @@ Precedence: built-in default < user config file < environment variable.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -131,7 +132,11 @@ def effective_settings(path: Path | None = None) -> dict[str, Setting]:
                 value = float(text)
             except ValueError:
                 raise ConfigError(f"environment variable {env}={text!r} is not a number") from None
-            if value < 0 or (env == "LLEM_DATACENTER_PUE" and value < 1.0):
+            if (
+                not math.isfinite(value)
+                or value < 0
+                or (env == "LLEM_DATACENTER_PUE" and value < 1.0)
+            ):
                 raise ConfigError(f"environment variable {env}={text!r} is out of range")
             out[key] = Setting(value=value, source=f"env {env}")
     for backend in BACKENDS:
