@@ -1,0 +1,20 @@
+"""Shared helpers for benchmark scripts: replace one ``## Section`` of BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+BENCHMARKS_MD = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
+
+
+def update_section(body: str, title: str, path: Path = BENCHMARKS_MD) -> None:
+    """Replace the ``## {title}`` section of ``path`` with ``body`` (append if absent)."""
+    block = f"## {title}\n\n{body.strip()}\n"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: block + "\n", text).rstrip() + "\n"
+    else:
+        text = text.rstrip() + "\n\n" + block
+    path.write_text(text)

@@ -1,0 +1,5 @@
+"""``python -m llenergymeasure`` runs the ``llem`` CLI."""
+
+from llenergymeasure.cli.app import main
+
+main()

@@ -1,0 +1,35 @@
+"""Shared test fixtures: keep every test away from the real user config and caches."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def isolated_user_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
+    """No test reads ~/.config, the llem cache, the HF cache or a developer's LLEM_* variables."""
+    home = tmp_path_factory.mktemp("home")
+    for name in list(os.environ):
+        if name.startswith("LLEM_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "config"))
+    monkeypatch.setenv("LLEM_CACHE_DIR", str(home / "llem-cache"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(home / "hf-cache"))
+    return home
+
+
+@pytest.fixture
+def write_yaml(tmp_path: Path) -> Callable[..., Path]:
+    """Write text to ``tmp_path/<name>`` and return the path."""
+
+    def _write(text: str, name: str = "config.yaml") -> Path:
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    return _write
