@@ -91,7 +91,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", required=True)
     parser.add_argument("--cases", default="1:4,8:16", help="batch:n pairs")
-    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--input-len", type=int, default=512)
     parser.add_argument("--output-len", type=int, default=128)
     parser.add_argument("--out", type=Path, default=Path(".devout/overhead"))
@@ -154,6 +154,15 @@ def main() -> None:
                 flush=True,
             )
         med = lambda runs, k: statistics.median(r[k] for r in runs)  # noqa: E731
+        # Paired ratios (each llem run against the bare run just before it) cancel slow drift.
+        tps_ratios = [
+            ll["tokens_per_second"] / b["tokens_per_second"]
+            for b, ll in zip(bare, llem, strict=True)
+        ]
+        jpt_ratios = [
+            ll["energy_per_output_token_j"] / b["energy_per_output_token_j"]
+            for b, ll in zip(bare, llem, strict=True)
+        ]
         rows.append(
             {
                 "batch": batch,
@@ -163,6 +172,13 @@ def main() -> None:
                 "bare_jpt": med(bare, "energy_per_output_token_j"),
                 "llem_jpt": med(llem, "energy_per_output_token_j"),
                 "window_s": med(llem, "duration_s"),
+                "tps_ratio": statistics.median(tps_ratios),
+                "tps_ratio_range": (min(tps_ratios), max(tps_ratios)),
+                "jpt_ratio": statistics.median(jpt_ratios),
+                "bare_tps_range": (
+                    min(r["tokens_per_second"] for r in bare),
+                    max(r["tokens_per_second"] for r in bare),
+                ),
                 "bare_runs": bare,
                 "llem_runs": llem,
             }
@@ -170,15 +186,18 @@ def main() -> None:
     gpu = sensor.device_info(0).name
     sensor.close()
     lines = [
-        "| batch | prompts | bare tok/s | llem tok/s | llem/bare | bare J/tok | llem J/tok "
-        "| llem/bare | window s |",
+        "| batch | prompts | bare tok/s (min-max) | llem tok/s | llem/bare tok/s, paired "
+        "median (min-max) | bare J/tok | llem J/tok | llem/bare J/tok | window s |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
+        lo, hi = r["bare_tps_range"]
+        rlo, rhi = r["tps_ratio_range"]
         lines.append(
-            f"| {r['batch']} | {r['n']} | {r['bare_tps']:.2f} | {r['llem_tps']:.2f} | "
-            f"{r['llem_tps'] / r['bare_tps']:.3f} | {r['bare_jpt']:.3f} | {r['llem_jpt']:.3f} | "
-            f"{r['llem_jpt'] / r['bare_jpt']:.3f} | {r['window_s']:.1f} |"
+            f"| {r['batch']} | {r['n']} | {r['bare_tps']:.2f} ({lo:.1f}-{hi:.1f}) | "
+            f"{r['llem_tps']:.2f} | {r['tps_ratio']:.3f} ({rlo:.3f}-{rhi:.3f}) | "
+            f"{r['bare_jpt']:.3f} | {r['llem_jpt']:.3f} | {r['jpt_ratio']:.3f} | "
+            f"{r['window_s']:.1f} |"
         )
     meta = (
         f"- GPU: {gpu}; torch {torch.__version__}, transformers {transformers.__version__}; "

@@ -165,7 +165,10 @@ def build_tiny_tokenizer() -> object:
 def _write_tiny_model(folder: Path) -> None:
     """Build ``builtin:tiny`` deterministically and ``save_pretrained`` it into ``folder``."""
     import torch
+    import transformers
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    transformers.utils.logging.disable_progress_bar()
 
     config = LlamaConfig(
         vocab_size=TINY_VOCAB_SIZE,

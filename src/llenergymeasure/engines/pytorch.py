@@ -398,6 +398,9 @@ class PyTorchBackend:
         import transformers
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        # llem prints its own phase progress; transformers' per-shard bars would interleave.
+        transformers.utils.logging.disable_progress_bar()
+
         model: Any
 
         load_kw, gen_kw, engine_kw, problems = split_passthrough_kwargs(config.passthrough_kwargs)
