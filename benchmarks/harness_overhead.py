@@ -45,7 +45,9 @@ class PreloadedEngine:
         pass
 
 
-def experiment(model: str, batch: int, n: int, input_len: int, output_len: int) -> ExperimentConfig:
+def experiment(
+    model: str, batch: int, n: int, input_len: int, output_len: int, compile_: bool = False
+) -> ExperimentConfig:
     return ExperimentConfig.model_validate(
         {
             "model": model,
@@ -56,18 +58,24 @@ def experiment(model: str, batch: int, n: int, input_len: int, output_len: int) 
             "decoder": {"ignore_eos": True},
             "warmup": {"n_warmup": 1, "thermal_floor_seconds": 0},
             "baseline": {"enabled": False},
-            "pytorch": {"batch_size": batch},
+            "pytorch": {"batch_size": batch, "torch_compile": compile_},
         }
     )
 
 
 def bare_run(
-    model: Any, batches: list[tuple[Any, Any]], output_len: int, energy: Any
+    model: Any, batches: list[tuple[Any, Any]], output_len: int, energy: Any, compile_: bool
 ) -> dict[str, float]:
     """Plain generate loop over pre-tokenised, on-device batches."""
     import torch
 
-    kw = dict(max_new_tokens=output_len, min_new_tokens=output_len, do_sample=False, pad_token_id=0)
+    kw: dict[str, Any] = dict(
+        max_new_tokens=output_len, min_new_tokens=output_len, do_sample=False, pad_token_id=0
+    )
+    if compile_:  # transformers' own compile path, as llem uses it
+        kw["cache_implementation"] = "static"
+    else:
+        kw["disable_compile"] = True
     model.generate(input_ids=batches[0][0], attention_mask=batches[0][1], **kw)  # warmup
     torch.cuda.synchronize()
     energy.begin()
@@ -95,6 +103,7 @@ def main() -> None:
     parser.add_argument("--input-len", type=int, default=512)
     parser.add_argument("--output-len", type=int, default=128)
     parser.add_argument("--out", type=Path, default=Path(".devout/overhead"))
+    parser.add_argument("--compile", action="store_true", help="torch_compile + static cache")
     args = parser.parse_args()
 
     import torch
@@ -110,12 +119,14 @@ def main() -> None:
     cases = [tuple(int(x) for x in c.split(":")) for c in args.cases.split(",")]
     sensor = NvmlSensor()
     engine = PyTorchBackend()
-    first = experiment(args.model, cases[0][0], cases[0][1], args.input_len, args.output_len)
+    first = experiment(
+        args.model, cases[0][0], cases[0][1], args.input_len, args.output_len, args.compile
+    )
     info = engine.load(first)
     model, tokenizer = engine._model, engine.tokenizer  # the very same objects llem uses
     rows: list[dict[str, Any]] = []
     for batch, n in cases:
-        config = experiment(args.model, batch, n, args.input_len, args.output_len)
+        config = experiment(args.model, batch, n, args.input_len, args.output_len, args.compile)
         prompts = load_prompts(config.dataset, n, tokenizer=tokenizer)
         batches = []
         for i in range(0, n, batch):
@@ -203,16 +214,19 @@ def main() -> None:
         f"- GPU: {gpu}; torch {torch.__version__}, transformers {transformers.__version__}; "
         f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC\n"
         f"- Model: Llama-3.1-8B-shaped, random weights, bf16, {args.input_len}-token synthetic "
-        f"prompts, {args.output_len} forced new tokens, dynamic KV cache, medians of "
-        f"{args.reps} interleaved runs each\n"
+        f"prompts, {args.output_len} forced new tokens, "
+        f"{'torch_compile + static KV cache' if args.compile else 'dynamic KV cache (eager)'}, "
+        f"medians of {args.reps} interleaved runs each\n"
         "- Reproduce: `python benchmarks/make_llama8b_shaped.py --out .devout/llama8b && "
-        "python benchmarks/harness_overhead.py --model .devout/llama8b`"
+        f"python benchmarks/harness_overhead.py --model .devout/llama8b --cases {args.cases} "
+        f"--reps {args.reps}{' --compile' if args.compile else ''}`"
     )
     table = "\n".join(lines) + "\n\n" + meta + "\n"
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "harness_overhead.md").write_text(table)
-    (args.out / "harness_overhead.json").write_text(json.dumps(rows, indent=2))
+    tag = "compiled" if args.compile else "eager"
+    (args.out / f"harness_overhead_{tag}.md").write_text(table)
+    (args.out / f"harness_overhead_{tag}.json").write_text(json.dumps(rows, indent=2))
 
 
 if __name__ == "__main__":
