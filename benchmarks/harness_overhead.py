@@ -140,7 +140,13 @@ def main() -> None:
             sampler = EnergySampler(sensor, interval_ms=100)
             with sampler:
                 bare.append(
-                    bare_run(model, batches, args.output_len, NvmlEnergyBackend(sensor, sampler))
+                    bare_run(
+                        model,
+                        batches,
+                        args.output_len,
+                        NvmlEnergyBackend(sensor, sampler),
+                        args.compile,
+                    )
                 )
             sampler = EnergySampler(sensor, interval_ms=100)
             orch = ExperimentOrchestrator(
