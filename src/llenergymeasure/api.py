@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llenergymeasure.config.models import ExperimentConfig
 from llenergymeasure.exceptions import ConfigError
-from llenergymeasure.results.models import ExperimentResult
+from llenergymeasure.results.models import ExperimentResult, StudyResult
+
+if TYPE_CHECKING:
+    from llenergymeasure.config.study import StudyConfig
 
 
 def _build_config(
@@ -39,8 +42,12 @@ def _build_config(
     )
 
 
-def measure(config: ExperimentConfig, *, progress: Any = None) -> Any:
-    """Run one experiment in this process with the real components; returns a MeasuredExperiment."""
+def measure(config: ExperimentConfig, *, progress: Any = None, baseline_cache: Any = None) -> Any:
+    """Run one experiment in this process with the real components; returns a MeasuredExperiment.
+
+    ``baseline_cache`` (a ``BaselineCache``) replaces the per-process idle-baseline cache; the
+    study runner passes one backed by a file so that its runs share one baseline.
+    """
     from llenergymeasure.harness.orchestrator import (
         ExperimentOrchestrator,
         MeasurementSettings,
@@ -54,6 +61,7 @@ def measure(config: ExperimentConfig, *, progress: Any = None) -> Any:
         energy_backend=energy,
         sensor=sensor,
         settings=settings,
+        baseline_cache=baseline_cache,
         progress=progress or (lambda _msg: None),
     )
     try:
@@ -75,11 +83,55 @@ def run_experiment(
     return measure(_build_config(config, kwargs)).result
 
 
-def run_study(study: Any, *, output_dir: Any = None) -> Any:
-    """Run a study (grid x cycles) with per-experiment isolation. Not available yet."""
-    from llenergymeasure.exceptions import StudyError
+class _Unset:
+    def __repr__(self) -> str:
+        return "<unset>"
 
-    raise StudyError(
-        "run_study is not available yet: the study runner has not landed",
-        hint="run experiments one at a time with run_experiment()",
+
+_UNSET: Any = _Unset()
+
+
+def run_study(
+    study: str | Path | StudyConfig,
+    *,
+    output_dir: str | Path | None = _UNSET,
+    quiet: bool = False,
+) -> StudyResult:
+    """Run a study (grid x cycles), each run in a fresh subprocess; returns its ``StudyResult``.
+
+    ``study`` is a study YAML path or a ``StudyConfig``. Results go to
+    ``<output_dir>/<study-name>_<timestamp>/`` (manifest, per-run ``result.json`` +
+    ``timeseries.parquet``, ``study_summary.json``, ``results.parquet``); ``output_dir``
+    defaults to the user config ``output.results_dir``. ``output_dir=None`` keeps nothing on
+    disk: files pass through a private temporary directory that is removed before returning,
+    and the results are available only as ``StudyResult.results``. A study whose runs failed
+    still returns normally; check ``result.failed`` / ``result.ok``.
+    """
+    from llenergymeasure.config.study import StudyConfig
+    from llenergymeasure.study.runner import run_study_config
+
+    config = study if isinstance(study, StudyConfig) else StudyConfig.from_yaml(study)
+    if output_dir is _UNSET:
+        from llenergymeasure.config.user_config import setting
+
+        output_dir = setting("output.results_dir")
+    root = Path(output_dir) if output_dir is not None else None
+    return run_study_config(config, output_dir=root, quiet=quiet)
+
+
+def resume_study(
+    study_dir: str | Path, *, study: str | Path | StudyConfig | None = None, quiet: bool = False
+) -> StudyResult:
+    """Continue an interrupted or partly failed study in its directory.
+
+    The manifest holds the resolved configs, so the YAML is not needed. When ``study`` is
+    given (or the manifest's source YAML still exists) and it expands to a different design
+    hash, ``ConfigError`` is raised instead of mixing two designs in one directory.
+    """
+    from llenergymeasure.config.study import StudyConfig
+    from llenergymeasure.study.runner import resume_study_dir
+
+    config = (
+        study if isinstance(study, StudyConfig) or study is None else StudyConfig.from_yaml(study)
     )
+    return resume_study_dir(study_dir, study=config, quiet=quiet)

@@ -1,7 +1,7 @@
 """Error hierarchy. Every error llem raises on purpose is an ``LLEMError``.
 
-The CLI maps them to exit codes: ``ConfigError`` (and pydantic validation errors) -> 2,
-other ``LLEMError`` -> 1, ``KeyboardInterrupt`` -> 130.
+The CLI maps them to exit codes: ``ConfigError``, ``PreFlightError`` (and pydantic validation
+errors) -> 2, other ``LLEMError`` -> 1, ``KeyboardInterrupt`` -> 130.
 """
 
 from __future__ import annotations
@@ -37,7 +37,13 @@ class BackendError(LLEMError):
 
 
 class PreFlightError(LLEMError):
-    """One or more pre-flight checks failed; ``problems`` lists every one of them."""
+    """One or more pre-flight checks failed; ``problems`` lists every one of them.
+
+    Pre-flight problems are bad input or a missing prerequisite (file, model, engine), so the
+    CLI exits with 2 like other usage errors.
+    """
+
+    exit_code = 2
 
     def __init__(self, problems: list[str], *, hint: str | None = None) -> None:
         self.problems = list(problems)

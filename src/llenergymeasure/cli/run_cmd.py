@@ -71,7 +71,7 @@ def resolve(opts: RunOptions) -> ResolvedRun:
         read_yaml_mapping,
         validate_experiment_dict,
     )
-    from llenergymeasure.config.study import deep_merge, expand_study
+    from llenergymeasure.config.study import deep_merge
 
     overrides = cli_overrides(opts)
     if opts.n is not None and opts.n < 1:
@@ -96,18 +96,9 @@ def resolve(opts: RunOptions) -> ResolvedRun:
     data, text = read_yaml_mapping(opts.config)
     lines = key_lines(text)
     if is_study_mapping(data):
-        study_data = dict(data)
-        if "backend" in overrides:
-            study_data["backend"] = overrides.pop("backend")
-        if "model" in overrides:
-            study_data["model"] = overrides.pop("model")
-        study = expand_study(
-            study_data,
-            source=opts.config,
-            base_dir=opts.config.parent,
-            lines=lines,
-            overrides=overrides or None,
-        )
+        from llenergymeasure.study.design import expand_study_file
+
+        study = expand_study_file(opts.config, overrides, data=data, text=text)
         execution = study.execution
         cycles_from_yaml = "n_cycles" in execution.model_fields_set
         updates: dict[str, Any] = {}
@@ -158,14 +149,13 @@ def _check_batch_size_backend(data: dict[str, Any], opts: RunOptions) -> None:
 
 
 def execute_run(opts: RunOptions) -> int:
-    """Run ``llem run`` with parsed options; returns the exit code."""
+    """Run ``llem run`` with parsed options; returns the exit code.
+
+    Studies exit 0 when every run completed and 1 when any run failed (the study itself always
+    runs to the end); 2 for config/usage errors, 130 when interrupted.
+    """
     if opts.resume is not None:
-        if opts.config is not None:
-            raise ConfigError("--resume takes the study directory; do not also give a config")
-        raise ConfigError(
-            "--resume is not available yet: the study runner has not landed",
-            hint="see the project's open issues",
-        )
+        return resume_run(opts)
     resolved = resolve(opts)
     if opts.dry_run:
         from llenergymeasure.cli.preview import preview_experiment, preview_study
@@ -177,14 +167,84 @@ def execute_run(opts: RunOptions) -> int:
             preview_experiment(resolved.experiment)
         return 0
     if resolved.study is not None:
-        raise ConfigError(
-            "running studies is not available yet: the study runner has not landed",
-            hint="preview it with --dry-run, or run its experiments one at a time",
-        )
+        return run_study_cli(resolved.study, opts)
     assert resolved.experiment is not None
     from llenergymeasure.cli.run_experiment_cmd import run_single
 
     return run_single(resolved.experiment, opts)
+
+
+def run_study_cli(study: StudyConfig, opts: RunOptions) -> int:
+    """Run a study under the results directory; summary table on stdout."""
+    from llenergymeasure.config.user_config import setting
+    from llenergymeasure.study.runner import StudyRunner
+
+    results_root = opts.output or Path(setting("output.results_dir"))
+    runner = StudyRunner.create(
+        study, results_root, overrides=cli_overrides(opts) or None, quiet=opts.quiet
+    )
+    if not opts.quiet:
+        typer.echo(f"[llem] study directory: {runner.study_dir}", err=True)
+    return _report_study(runner.run(), runner)
+
+
+def resume_run(opts: RunOptions) -> int:
+    """``llem run --resume DIR [CONFIG]``: continue a study in its directory.
+
+    The manifest holds the resolved configs, so CONFIG is optional; when given (with the same
+    flags as the first run) or when the study file recorded in the manifest still exists, its
+    design hash must match the manifest's, else this is a ConfigError (exit 2).
+    """
+    from llenergymeasure.config.loading import is_study_mapping, read_yaml_mapping
+    from llenergymeasure.study.runner import StudyRunner
+
+    assert opts.resume is not None
+    study: StudyConfig | None = None
+    if opts.config is not None:
+        data, _ = read_yaml_mapping(opts.config)
+        if not is_study_mapping(data):
+            raise ConfigError(
+                f"--resume takes the study directory; {opts.config} is a single experiment, "
+                "not a study",
+                hint="llem run --resume <study-dir> [study.yaml]",
+            )
+    for flag, given in (
+        ("--cycles", opts.cycles is not None),
+        ("--order", opts.order is not None),
+        ("--output", opts.output is not None),
+        ("--dry-run", opts.dry_run),
+        ("--export-csv", opts.export_csv),
+    ):
+        if given:
+            raise ConfigError(
+                f"{flag} cannot be used with --resume: a resumed study keeps its directory and "
+                "execution settings",
+                hint="only --no-gaps, --quiet and --verbose apply when resuming",
+            )
+    if opts.config is not None:
+        study = resolve(opts).study
+    elif cli_overrides(opts):
+        raise ConfigError(
+            "--resume without a study file takes no config flags (-m, -b, -d, -n, ...)",
+            hint="pass the study file with the same flags as the first run to check its design",
+        )
+    gaps = (0.0, 0.0) if opts.no_gaps else None
+    runner = StudyRunner.resume(opts.resume, study=study, quiet=opts.quiet, gaps=gaps)
+    if not opts.quiet:
+        counts = runner.manifest.counts()
+        typer.echo(
+            f"[llem] resuming {runner.study_dir}: {counts['completed']} of "
+            f"{len(runner.manifest.runs)} runs already completed",
+            err=True,
+        )
+    return _report_study(runner.run(), runner)
+
+
+def _report_study(result: Any, runner: Any) -> int:
+    from llenergymeasure.study.summary import format_study_summary, study_exit_code
+
+    typer.echo(format_study_summary(result, runner.manifest))
+    return study_exit_code(result)
 
 
 def echo_err(message: str, opts: RunOptions) -> None:

@@ -290,3 +290,119 @@ class ExperimentResult(BaseModel):
         from llenergymeasure.results.io import write_rows_csv
 
         return write_rows_csv([self.summary_row()], Path(path))
+
+
+# --- studies -------------------------------------------------------------------------------
+
+
+class StudySkipped(BaseModel):
+    """A grid point that was not run because it is invalid (or a duplicate), with the reason."""
+
+    model_config = _FORBID
+
+    source: str  # "sweep" or "experiments[3]"
+    overrides: dict[str, Any]
+    reason: str
+
+
+class StudyFailedRun(BaseModel):
+    """A run (config x cycle) that did not complete, and why."""
+
+    model_config = _FORBID
+
+    run_id: str
+    config_hash: str
+    cycle: int
+    status: str  # "failed" or "interrupted"
+    error_type: str
+    message: str
+
+
+class StudyCounts(BaseModel):
+    """How many grid points and runs there were, and what became of them.
+
+    ``generated`` = grid points expanded (valid + skipped); ``experiments`` = valid configs;
+    ``runs_planned`` = experiments x cycles; ``ran`` = runs attempted; ``not_run`` = still pending.
+    """
+
+    model_config = _FORBID
+
+    generated: int
+    skipped: int
+    experiments: int
+    runs_planned: int
+    ran: int
+    completed: int
+    failed: int
+    not_run: int
+
+
+class StudyProtocol(BaseModel):
+    """The measurement protocol a study actually used (execution block + what the runs did)."""
+
+    model_config = _FORBID
+
+    isolation: str = "fresh spawned subprocess per run"
+    n_cycles: int
+    cycle_order: str
+    shuffle_seed: int
+    config_gap_seconds: float
+    cycle_gap_seconds: float
+    experiment_timeout_seconds: float | None
+    energy_backends: list[str] = Field(default_factory=list)
+    energy_methods: list[str] = Field(default_factory=list)
+    baseline_enabled: list[bool] = Field(default_factory=list)
+    baseline_runs_measured: int = 0
+    baseline_runs_from_cache: int = 0
+    warmup_runs: list[int] = Field(default_factory=list)
+    thermal_floor_seconds: list[float] = Field(default_factory=list)
+
+
+class StudyResult(BaseModel):
+    """Outcome of a study (``study_summary.json``): counts, skipped and failed runs, file paths.
+
+    Results are referenced by path (``result_files``, relative to ``study_dir``), not embedded.
+    ``results`` holds the completed runs' ``ExperimentResult`` objects in memory (in run order)
+    for library callers; it is not serialised.
+    """
+
+    model_config = _FORBID
+
+    schema_version: str = SCHEMA_VERSION
+    llem_version: str
+    study_name: str
+    study_design_hash: str
+    runner: str = "local"
+    study_dir: str | None = None
+    started_at_utc: datetime
+    finished_at_utc: datetime
+    protocol: StudyProtocol
+    counts: StudyCounts
+    skipped: list[StudySkipped] = Field(default_factory=list)
+    failed: list[StudyFailedRun] = Field(default_factory=list)
+    result_files: list[str] = Field(default_factory=list)
+    results_table: str | None = None  # "results.parquet", relative to study_dir
+    results: list[ExperimentResult] = Field(default_factory=list, exclude=True)
+
+    @property
+    def ok(self) -> bool:
+        """True when every planned run completed."""
+        return self.counts.completed == self.counts.runs_planned
+
+    def to_json(self, path: str | Path | None = None, *, indent: int = 2) -> str:
+        """Serialise to JSON (not the in-memory ``results``); with ``path``, write atomically."""
+        text = self.model_dump_json(indent=indent)
+        if path is not None:
+            from llenergymeasure.results.io import atomic_write_text
+
+            atomic_write_text(Path(path), text + "\n")
+        return text
+
+    @classmethod
+    def from_json(cls, source: str | Path) -> StudyResult:
+        """Load from a JSON string or a file path (``results`` comes back empty)."""
+        if isinstance(source, Path) or (
+            isinstance(source, str) and not source.lstrip().startswith("{")
+        ):
+            source = Path(source).read_text(encoding="utf-8")
+        return cls.model_validate_json(source)

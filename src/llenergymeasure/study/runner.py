@@ -1,0 +1,521 @@
+"""Runs a study: every config x cycle in a fresh spawned subprocess, checkpointed in a manifest.
+
+Order (``execution.cycle_order``): ``sequential`` = all cycles of A, then B...; ``interleaved``
+= A B C, A B C; ``shuffled`` = each cycle in a random order drawn from ``shuffle_seed``.
+
+Gaps: before each run after the first of a session, ``cycle_gap_seconds`` when the run starts a
+new pass over the grid (its cycle differs from the previous run's, in interleaved/shuffled
+order) and ``config_gap_seconds`` otherwise. In sequential order the cycles of one config are
+back to back, so every gap is a config gap. ``None`` gaps come from the user config.
+
+Failures (exception, crash, OOM kill, timeout) are recorded in the manifest and the study goes
+on. Ctrl-C (or SIGTERM) stops the current run's subprocess, marks it ``interrupted``, leaves a
+valid manifest and re-raises ``KeyboardInterrupt``.
+
+Resume (``resume_study_dir``): the manifest holds the resolved configs, so no YAML is needed.
+Completed runs (config hash + cycle, with their result file present) are kept; failed,
+interrupted, pending and stale ``running`` runs run again, in the same directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import random
+import re
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any
+
+from pydantic import ValidationError
+
+from llenergymeasure._version import __version__
+from llenergymeasure.config.hashing import measurement_config_hash
+from llenergymeasure.config.study import ExecutionConfig, StudyConfig
+from llenergymeasure.exceptions import StudyError
+from llenergymeasure.results.models import ExperimentResult, StudyResult
+from llenergymeasure.study.manifest import (
+    RunEntry,
+    RunError,
+    StudyManifest,
+    StudySession,
+    load_manifest,
+    manifest_path,
+    utc_now,
+    write_manifest,
+)
+from llenergymeasure.study.progress import StudyProgress, countdown
+from llenergymeasure.study.worker import RunRequest, Worker, child_main, measure_worker
+
+DEFAULT_WORKER: Worker = measure_worker
+STOP_GRACE_S = 5.0  # after terminate(), how long a run's process gets before kill()
+BASELINE_CACHE_NAME = ".baseline_cache.json"
+LOCK_NAME = ".study.lock"
+
+ManifestWriter = Callable[[StudyManifest, Path], None]
+
+
+# --- planning ------------------------------------------------------------------------------
+
+
+def run_order(n_configs: int, execution: ExecutionConfig) -> list[tuple[int, int]]:
+    """``(config_index, cycle)`` pairs in execution order; cycles are 1-based."""
+    cycles = range(1, execution.n_cycles + 1)
+    configs = list(range(n_configs))
+    if execution.cycle_order == "sequential":
+        return [(i, c) for i in configs for c in cycles]
+    if execution.cycle_order == "interleaved":
+        return [(i, c) for c in cycles for i in configs]
+    rng = random.Random(execution.shuffle_seed)
+    order: list[tuple[int, int]] = []
+    for c in cycles:
+        perm = list(configs)
+        rng.shuffle(perm)
+        order.extend((i, c) for i in perm)
+    return order
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:80] or "study"
+
+
+def plan_runs(study: StudyConfig) -> list[RunEntry]:
+    """One pending ``RunEntry`` per config x cycle, in run order."""
+    from llenergymeasure.results.io import model_slug
+
+    hashes = [measurement_config_hash(c) for c in study.experiments]
+    runs: list[RunEntry] = []
+    for position, (i, cycle) in enumerate(run_order(len(study.experiments), study.execution), 1):
+        config = study.experiments[i]
+        runs.append(
+            RunEntry(
+                run_id=f"{position:03d}_{model_slug(config.model)}_{config.backend}_c{cycle}",
+                position=position,
+                config_index=i,
+                config_hash=hashes[i],
+                cycle=cycle,
+            )
+        )
+    return runs
+
+
+def resolve_gaps(execution: ExecutionConfig) -> tuple[float, float]:
+    """``(config_gap, cycle_gap)`` in seconds; ``None`` in the study -> user config defaults."""
+    config_gap, cycle_gap = execution.config_gap_seconds, execution.cycle_gap_seconds
+    if config_gap is None or cycle_gap is None:
+        from llenergymeasure.config.user_config import effective_settings
+
+        settings = effective_settings()
+        if config_gap is None:
+            config_gap = float(settings["execution.config_gap_seconds"].value)
+        if cycle_gap is None:
+            cycle_gap = float(settings["execution.cycle_gap_seconds"].value)
+    return float(config_gap), float(cycle_gap)
+
+
+def gap_before(
+    previous: RunEntry, upcoming: RunEntry, order: str, gaps: tuple[float, float]
+) -> tuple[str, float]:
+    """Which gap to wait before ``upcoming`` ran right after ``previous``: (label, seconds)."""
+    if order != "sequential" and upcoming.cycle != previous.cycle:
+        return "cycle gap", gaps[1]
+    return "config gap", gaps[0]
+
+
+# --- the study lock --------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _study_lock(study_dir: Path) -> Iterator[None]:
+    """Exclusive lock on the study directory for this process (released even on SIGKILL)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    fd = os.open(study_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise StudyError(
+                f"{study_dir} is being run by another llem process",
+                hint="wait for it to finish, or stop it first",
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (e.g. a batch scheduler's cancel) ends the study like Ctrl-C does."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "the run's process did not exit"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        oom = " (often the out-of-memory killer)" if -code == signal.SIGKILL else ""
+        return f"the run's process was killed by {name}{oom} before sending a result"
+    return f"the run's process exited with code {code} without sending a result"
+
+
+# --- the runner ------------------------------------------------------------------------------
+
+
+class StudyRunner:
+    """Executes the runs of a study directory's manifest (see the module docstring)."""
+
+    def __init__(
+        self,
+        study_dir: Path,
+        manifest: StudyManifest,
+        *,
+        worker: Worker | None = None,
+        quiet: bool = False,
+        sleep: Callable[[float], None] = time.sleep,
+        gaps: tuple[float, float] | None = None,
+        manifest_writer: ManifestWriter = write_manifest,
+        persist: bool = True,
+        stream: IO[str] | None = None,
+    ) -> None:
+        self.study_dir = Path(study_dir)
+        self.manifest = manifest
+        self.worker: Worker = worker if worker is not None else DEFAULT_WORKER
+        self.quiet = quiet
+        self.sleep = sleep
+        self.gaps = gaps if gaps is not None else resolve_gaps(manifest.execution)
+        self.write = manifest_writer
+        self.persist = persist
+        self.stream = stream
+        self.results: dict[str, ExperimentResult] = {}
+        self._proc: Any = None
+        self._progress: StudyProgress | None = None
+        self._ctx = multiprocessing.get_context("spawn")
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        study: StudyConfig,
+        results_root: Path,
+        *,
+        overrides: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> StudyRunner:
+        """A new study directory ``<results_root>/<name>_<timestamp>/`` with its manifest."""
+        from llenergymeasure.results.io import unique_directory
+
+        stamp = datetime.now().strftime("%Y-%m-%dT%H-%M-%S")
+        study_dir = unique_directory(Path(results_root), f"{_slug(study.name)}_{stamp}")
+        source = str(Path(study.source_path).resolve()) if study.source_path else None
+        now = utc_now()
+        manifest = StudyManifest(
+            llem_version=__version__,
+            study_name=study.name,
+            study_design_hash=study.study_design_hash,
+            source_path=source,
+            overrides=overrides or None,
+            created_at=now,
+            updated_at=now,
+            execution=study.execution,
+            experiments=study.experiments,
+            skipped=study.skipped,
+            runs=plan_runs(study),
+        )
+        runner = cls(study_dir, manifest, **kwargs)
+        runner._save()
+        return runner
+
+    @classmethod
+    def resume(
+        cls, study_dir: Path, *, study: StudyConfig | None = None, **kwargs: Any
+    ) -> StudyRunner:
+        """Continue the study in ``study_dir``; ``ConfigError`` if it is not a study or the
+        given (or stored) study file now expands to a different design."""
+        from llenergymeasure.study.design import check_design
+
+        study_dir = Path(study_dir)
+        manifest = load_manifest(study_dir)
+        note = check_design(manifest, study_dir, study)
+        runner = cls(study_dir, manifest, **kwargs)
+        if note and not runner.quiet:
+            print(f"[llem] {note}", file=runner.stream or sys.stderr)
+        return runner
+
+    # -- running ------------------------------------------------------------------------------
+    def run(self) -> StudyResult:
+        """Run every run that is not completed; returns the study's ``StudyResult``."""
+        with _study_lock(self.study_dir), _sigterm_as_interrupt():
+            return self._run_locked()
+
+    def _run_locked(self) -> StudyResult:
+        self._load_completed()
+        session = StudySession(pid=os.getpid(), started_at=utc_now())
+        self.manifest.sessions.append(session)
+        self._save()
+        todo = [r for r in sorted(self.manifest.runs, key=lambda r: r.position)]
+        todo = [r for r in todo if r.status != "completed"]
+        done = len(self.manifest.runs) - len(todo)
+        self._progress = StudyProgress(
+            len(self.manifest.runs), done, quiet=self.quiet, stream=self.stream
+        )
+        previous: RunEntry | None = None
+        try:
+            for entry in todo:
+                if previous is not None:
+                    label, seconds = gap_before(
+                        previous, entry, self.manifest.execution.cycle_order, self.gaps
+                    )
+                    if seconds > 0:
+                        countdown(seconds, label=label, progress=self._progress, sleep=self.sleep)
+                self._execute(entry)
+                self._progress.advance()
+                previous = entry
+        except KeyboardInterrupt:
+            self._interrupted(session)
+            raise
+        finally:
+            if self._proc is not None:  # a bug in the runner itself: leave no orphan behind
+                self._stop(self._proc)
+                self._proc = None
+            self._progress.close()
+        session.finished_at = utc_now()
+        session.outcome = "finished"
+        self._save()
+        return self._finish()
+
+    def _execute(self, entry: RunEntry) -> None:
+        assert self._progress is not None
+        config = self.manifest.experiments[entry.config_index]
+        run_dir = self.study_dir / entry.run_id
+        entry.status = "running"
+        entry.attempts += 1
+        entry.started_at = utc_now()
+        entry.finished_at = None
+        entry.result_path = None
+        entry.error = None
+        entry.pid = None
+        request = RunRequest(
+            run_id=entry.run_id,
+            config=config,
+            run_dir=str(run_dir),
+            cycle=entry.cycle,
+            position=entry.position,
+            attempt=entry.attempts,
+            baseline_cache_path=str(self.study_dir / BASELINE_CACHE_NAME),
+        )
+        self._progress.message(
+            f"run {entry.position}/{len(self.manifest.runs)} {entry.run_id} "
+            f"(config {entry.config_hash}, cycle {entry.cycle})"
+        )
+        receiver, sender = self._ctx.Pipe(duplex=False)
+        proc = self._ctx.Process(
+            target=child_main,
+            args=(self.worker, request, sender, os.getpid()),
+            name=f"llem-{entry.run_id}",
+        )
+        self._proc = proc  # stays set if we are interrupted, so the handler can stop it
+        try:
+            proc.start()
+            sender.close()
+            entry.pid = proc.pid
+            self._save()
+            outcome = self._wait(entry, proc, receiver)
+        finally:
+            receiver.close()
+        self._proc = None
+        entry.finished_at = utc_now()
+        if isinstance(outcome, RunError):
+            entry.status = "failed"
+            entry.error = outcome
+            self._progress.message(f"{entry.run_id} FAILED: {outcome.type}: {outcome.message}")
+        else:
+            result, path = outcome
+            self.results[entry.run_id] = result
+            entry.status = "completed"
+            entry.result_path = os.path.relpath(path, self.study_dir)
+            self._progress.message(f"{entry.run_id} completed")
+        self._save()
+
+    def _wait(
+        self, entry: RunEntry, proc: Any, receiver: Any
+    ) -> RunError | tuple[ExperimentResult, Path]:
+        """Relay progress until the run reports, dies or times out."""
+        assert self._progress is not None
+        timeout = self.manifest.execution.experiment_timeout_seconds
+        deadline = None if timeout is None else time.monotonic() + timeout
+        final: tuple[str, dict[str, Any]] | None = None
+        while True:
+            wait = 0.2
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self._stop(proc)
+                    return RunError(
+                        type="TimeoutError",
+                        message=f"the run exceeded experiment_timeout_seconds={timeout:g} and "
+                        "its process was terminated",
+                    )
+                wait = min(wait, left)
+            if receiver.poll(wait):
+                try:
+                    kind, payload = receiver.recv()
+                except (EOFError, OSError):
+                    break  # the process ended without a final message
+                if kind == "progress":
+                    self._progress.message(f"{entry.run_id}: {payload}")
+                    continue
+                final = (kind, payload)
+                break
+            if not proc.is_alive() and not receiver.poll(0):
+                break
+        proc.join(STOP_GRACE_S)
+        if proc.is_alive():
+            self._stop(proc)
+        if final is None:
+            return RunError(type="WorkerCrashed", message=_describe_exit(proc.exitcode))
+        kind, payload = final
+        if kind != "ok":
+            return RunError(
+                type=str(payload.get("type", "Exception")),
+                message=str(payload.get("message", "")),
+                traceback=payload.get("traceback"),
+            )
+        path = Path(payload["result_path"])
+        try:
+            text = payload.get("result_json") or path.read_text(encoding="utf-8")
+            result = ExperimentResult.model_validate_json(text)
+        except (OSError, ValueError, ValidationError) as exc:
+            return RunError(type="InvalidResult", message=f"could not read {path}: {exc}")
+        return result, path
+
+    @staticmethod
+    def _stop(proc: Any) -> None:
+        """terminate(), then kill() if the process has not exited within the grace period."""
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(STOP_GRACE_S)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(STOP_GRACE_S)
+
+    def _interrupted(self, session: StudySession) -> None:
+        """Ctrl-C: stop the current run, mark it interrupted, leave a valid manifest."""
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # no second interrupt here
+        try:
+            if self._proc is not None:
+                self._stop(self._proc)
+            now = utc_now()
+            for entry in self.manifest.runs:
+                if entry.status == "running":
+                    entry.status = "interrupted"
+                    entry.finished_at = now
+                    entry.error = RunError(
+                        type="KeyboardInterrupt",
+                        message="interrupted while running; continue with llem run --resume "
+                        f"{self.study_dir}",
+                    )
+            session.finished_at = now
+            session.outcome = "interrupted"
+            self._save()
+            if self._progress is not None:
+                self._progress.message(
+                    f"interrupted; continue with: llem run --resume {self.study_dir}"
+                )
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+
+    def _load_completed(self) -> None:
+        """Read the results of runs completed earlier; a missing one is run again."""
+        for entry in self.manifest.runs:
+            if entry.status != "completed" or entry.run_id in self.results:
+                continue
+            path = self.study_dir / (entry.result_path or "")
+            try:
+                self.results[entry.run_id] = ExperimentResult.from_json(path)
+            except (OSError, ValueError, ValidationError):
+                if not self.quiet:
+                    print(
+                        f"[llem] {entry.run_id}: result file {path} is missing or unreadable; "
+                        "it will run again",
+                        file=self.stream or sys.stderr,
+                    )
+                entry.status = "pending"
+                entry.result_path = None
+
+    def _finish(self) -> StudyResult:
+        from llenergymeasure.study.summary import build_study_result, write_study_outputs
+
+        result = build_study_result(
+            self.manifest,
+            self.results,
+            study_dir=self.study_dir if self.persist else None,
+            gaps=self.gaps,
+            finished_at=utc_now(),
+        )
+        if self.persist:
+            write_study_outputs(self.study_dir, result, self.manifest, self.results)
+        return result
+
+    def _save(self) -> None:
+        self.write(self.manifest, manifest_path(self.study_dir))
+
+
+# --- entry points ----------------------------------------------------------------------------
+
+
+def run_study_config(
+    study: StudyConfig,
+    *,
+    output_dir: Path | None,
+    overrides: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> StudyResult:
+    """Run a fresh study under ``output_dir``.
+
+    ``output_dir=None``: nothing is kept on disk; the runs still execute in spawned
+    subprocesses, exchanging files through a private temporary directory that is deleted
+    before returning, and the results are only in ``StudyResult.results``.
+    """
+    if output_dir is None:
+        with tempfile.TemporaryDirectory(prefix="llem-study-") as tmp:
+            runner = StudyRunner.create(study, Path(tmp), persist=False, **kwargs)
+            return runner.run()
+    return StudyRunner.create(study, Path(output_dir), overrides=overrides, **kwargs).run()
+
+
+def resume_study_dir(
+    study_dir: str | Path, *, study: StudyConfig | None = None, **kwargs: Any
+) -> StudyResult:
+    """Continue an interrupted or partly failed study in its own directory."""
+    return StudyRunner.resume(Path(study_dir), study=study, **kwargs).run()

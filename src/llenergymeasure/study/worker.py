@@ -1,0 +1,139 @@
+"""What runs inside each study run's spawned subprocess.
+
+The parent starts ``child_main(worker, request, conn)`` in a fresh ``spawn`` process. The
+worker measures one experiment and returns a ``MeasuredExperiment``; ``child_main`` saves it
+into the run's directory (``result.json`` + ``timeseries.parquet``) and sends a small status
+over the pipe: the result JSON itself when it is under ``PIPE_PAYLOAD_LIMIT`` bytes, otherwise
+only its path (the file is the fallback for large payloads). Phase messages go over the same
+pipe as ``("progress", text)``.
+
+Workers must be picklable top-level callables (functions, or instances of top-level classes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from llenergymeasure.config.models import ExperimentConfig
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+
+    from llenergymeasure.harness.orchestrator import MeasuredExperiment
+
+PIPE_PAYLOAD_LIMIT = 1_000_000  # bytes of result JSON sent over the pipe; larger: path only
+PARENT_POLL_S = 0.5  # how often a child checks that the study process is still alive
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """Everything a worker needs to measure one run (picklable)."""
+
+    run_id: str
+    config: ExperimentConfig
+    run_dir: str
+    cycle: int
+    position: int
+    attempt: int
+    baseline_cache_path: str | None = None
+
+
+class Worker(Protocol):
+    """Measures one run in the child process; ``progress`` forwards phase messages."""
+
+    def __call__(
+        self, request: RunRequest, progress: Callable[[str], None]
+    ) -> MeasuredExperiment: ...
+
+
+def measure_worker(request: RunRequest, progress: Callable[[str], None]) -> MeasuredExperiment:
+    """The real measurement: engine, energy backend and sensor from this machine.
+
+    Uses the study's on-disk baseline cache so that only the first run pays the idle baseline.
+    """
+    from llenergymeasure.api import measure
+    from llenergymeasure.energy.baseline import BaselineCache
+
+    cache = (
+        BaselineCache(path=request.baseline_cache_path)
+        if request.baseline_cache_path is not None
+        else None
+    )
+    measured: MeasuredExperiment = measure(request.config, progress=progress, baseline_cache=cache)
+    return measured
+
+
+def short_traceback(exc: BaseException, frames: int = 6, max_chars: int = 4000) -> str:
+    """The last ``frames`` frames of ``exc``'s traceback, capped at ``max_chars``."""
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-frames))
+    return text if len(text) <= max_chars else "..." + text[-max_chars:]
+
+
+def _send(conn: Connection, message: tuple[str, Any]) -> None:
+    # The parent may be gone or have stopped listening: then there is nothing left to tell.
+    with contextlib.suppress(BrokenPipeError, EOFError, OSError):
+        conn.send(message)
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)  # unwinds finally blocks (engine unload) before exiting
+
+
+def _watch_parent(ppid: int) -> None:
+    while True:
+        time.sleep(PARENT_POLL_S)
+        if os.getppid() != ppid:  # the study process died (e.g. SIGKILL): stop measuring
+            os._exit(70)
+
+
+def child_main(
+    worker: Worker, request: RunRequest, conn: Connection, parent_pid: int | None = None
+) -> None:
+    """Entry point of a run's subprocess: measure, save, report over ``conn``.
+
+    ``parent_pid`` is the study process; if it dies (even before this function starts) the
+    child exits rather than measuring for nobody.
+    """
+    # The study process decides what Ctrl-C means (it terminates this run); SIGTERM unwinds.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    ppid = parent_pid if parent_pid is not None else os.getppid()
+    if os.getppid() != ppid:
+        os._exit(70)
+    threading.Thread(target=_watch_parent, args=(ppid,), daemon=True).start()
+
+    def progress(message: str) -> None:
+        _send(conn, ("progress", message))
+
+    try:
+        measured = worker(request, progress)
+        path = measured.save(Path(request.run_dir))
+        text = measured.result.model_dump_json()
+        payload = {
+            "result_path": str(path),
+            "result_json": text if len(text.encode("utf-8")) <= PIPE_PAYLOAD_LIMIT else None,
+        }
+        _send(conn, ("ok", payload))
+    except BaseException as exc:
+        _send(
+            conn,
+            (
+                "error",
+                {
+                    "type": type(exc).__name__,
+                    "message": str(exc) or repr(exc),
+                    "traceback": short_traceback(exc),
+                },
+            ),
+        )
+    finally:
+        conn.close()
