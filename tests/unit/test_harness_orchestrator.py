@@ -281,3 +281,29 @@ def test_engine_is_unloaded_even_when_generation_fails() -> None:
     with pytest.raises(RuntimeError, match="out of memory"):
         orch.run(_config())
     assert engine.unloaded
+
+
+def test_preflight_refuses_a_model_whose_estimated_memory_exceeds_the_free_gpu_memory(
+    tmp_path,
+) -> None:
+    big = tmp_path / "big-model"
+    big.mkdir()
+    (big / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "llama",
+                "hidden_size": 16384,
+                "intermediate_size": 53248,
+                "num_hidden_layers": 126,
+                "num_attention_heads": 128,
+                "num_key_value_heads": 8,
+                "vocab_size": 128256,
+            }
+        )
+    )
+    sensor = SwitchingSensor()  # 80 GiB cards
+    engine = FakeEngine()
+    orch = _orchestrator(sensor, engine)
+    with pytest.raises(PreFlightError, match="exceeds the"):
+        orch.run(_config(model=str(big)))
+    assert not engine.loaded

@@ -135,7 +135,34 @@ class ExperimentOrchestrator:
             problems.append(
                 f"energy backend '{self.energy_backend.name}' is not available on this machine"
             )
+        problems.extend(self._vram_problems(config))
         return problems
+
+    def _vram_problems(self, config: ExperimentConfig) -> list[str]:
+        """Estimated weights + KV cache vs free memory of the first GPU (when both are known)."""
+        if self.sensor is None or self.sensor.device_count() == 0:
+            return []
+        from llenergymeasure.harness.vram import estimate_vram
+
+        batch = config.pytorch.batch_size if config.pytorch and config.pytorch.batch_size else 1
+        seq = (
+            config.dataset.input_len + config.dataset.output_len
+            if isinstance(config.dataset, SyntheticDatasetConfig)
+            else 512 + config.max_new_tokens
+        )
+        estimate = estimate_vram(config.model, config.precision, batch_size=batch, seq_len=seq)
+        info = self.sensor.device_info(0)
+        used = self.sensor.read(0).memory_used_bytes
+        if estimate is None or info.total_memory_bytes is None or used is None:
+            return []
+        free_gib = (info.total_memory_bytes - used) / 1024**3
+        if estimate.total_gib > free_gib:
+            return [
+                f"estimated GPU memory {estimate.total_gib:.1f} GiB (weights "
+                f"{estimate.weights_gib:.1f} + KV cache {estimate.kv_cache_gib:.1f}) exceeds the "
+                f"{free_gib:.1f} GiB free on {info.name}"
+            ]
+        return []
 
     # -- the protocol ---------------------------------------------------------------------
     def run(self, config: ExperimentConfig) -> MeasuredExperiment:
