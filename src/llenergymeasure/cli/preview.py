@@ -7,7 +7,7 @@ import typer
 from llenergymeasure.config.hashing import measurement_config_hash
 from llenergymeasure.config.models import ExperimentConfig, SyntheticDatasetConfig
 from llenergymeasure.config.study import StudyConfig
-from llenergymeasure.harness.vram import VramEstimate, estimate_vram
+from llenergymeasure.harness.vram import VramEstimate, estimate_vram, weight_precision
 
 
 def _dataset_label(config: ExperimentConfig) -> str:
@@ -36,10 +36,10 @@ def _seq_len(config: ExperimentConfig) -> int:
 def _vram(
     config: ExperimentConfig, cache: dict[tuple[str, str, int, int], VramEstimate | None]
 ) -> VramEstimate | None:
-    key = (config.model, config.precision, _batch(config), _seq_len(config))
+    key = (config.model, weight_precision(config), _batch(config), _seq_len(config))
     if key not in cache:
         cache[key] = estimate_vram(
-            config.model, config.precision, batch_size=key[2], seq_len=key[3]
+            config.model, weight_precision(config), batch_size=key[2], seq_len=key[3]
         )
     return cache[key]
 
@@ -75,7 +75,7 @@ def preview_experiment(config: ExperimentConfig) -> None:
     typer.echo(f"  batch            {_batch(config)}")
     typer.echo(f"  config hash      {measurement_config_hash(config)}")
     est = estimate_vram(
-        config.model, config.precision, batch_size=_batch(config), seq_len=_seq_len(config)
+        config.model, weight_precision(config), batch_size=_batch(config), seq_len=_seq_len(config)
     )
     typer.echo("  VRAM estimate    " + _vram_text(est))
     if est is None:

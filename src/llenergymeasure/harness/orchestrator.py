@@ -142,7 +142,7 @@ class ExperimentOrchestrator:
         """Estimated weights + KV cache vs free memory of the first GPU (when both are known)."""
         if self.sensor is None or self.sensor.device_count() == 0:
             return []
-        from llenergymeasure.harness.vram import estimate_vram
+        from llenergymeasure.harness.vram import estimate_vram, weight_precision
 
         batch = config.pytorch.batch_size if config.pytorch and config.pytorch.batch_size else 1
         seq = (
@@ -150,7 +150,9 @@ class ExperimentOrchestrator:
             if isinstance(config.dataset, SyntheticDatasetConfig)
             else 512 + config.max_new_tokens
         )
-        estimate = estimate_vram(config.model, config.precision, batch_size=batch, seq_len=seq)
+        estimate = estimate_vram(
+            config.model, weight_precision(config), batch_size=batch, seq_len=seq
+        )
         info = self.sensor.device_info(0)
         used = self.sensor.read(0).memory_used_bytes
         if estimate is None or info.total_memory_bytes is None or used is None:

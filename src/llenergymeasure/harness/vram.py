@@ -103,3 +103,13 @@ def estimate_vram(
         total_gib=round(weights + kv, 3),
         source=str(path),
     )
+
+
+def weight_precision(config: object) -> str:
+    """Precision the weights are stored in: bitsandbytes 4/8-bit loading overrides ``precision``."""
+    pt = getattr(config, "pytorch", None)
+    if pt is not None and getattr(pt, "load_in_4bit", None):
+        return "int4"
+    if pt is not None and getattr(pt, "load_in_8bit", None):
+        return "int8"
+    return str(getattr(config, "precision", "bf16"))
