@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
-import pytest
 
 from llenergymeasure.config.hashing import measurement_config_hash
 from llenergymeasure.config.study import ExecutionConfig, StudyConfig
@@ -171,9 +170,7 @@ def test_a_2x2_grid_in_2_interleaved_cycles_runs_8_runs_in_order_with_gaps(tmp_p
 
 def test_failed_crashed_and_killed_runs_are_recorded_and_the_study_continues(tmp_path):
     study = make_study(TWO_CONFIGS, n_cycles=2, cycle_order="interleaved")
-    worker = ScriptedWorker(
-        fail_at=frozenset({1}), exit_at=frozenset({2}), kill_at=frozenset({3})
-    )
+    worker = ScriptedWorker(fail_at=frozenset({1}), exit_at=frozenset({2}), kill_at=frozenset({3}))
     runner = StudyRunner.create(study, tmp_path, worker=worker, quiet=True)
     result = runner.run()
 
@@ -245,7 +242,9 @@ def test_only_the_first_run_of_a_study_measures_the_idle_baseline(tmp_path):
             "execution": {"n_cycles": 3, "config_gap_seconds": 0, "cycle_gap_seconds": 0},
         }
     )
-    runner = StudyRunner.create(study, tmp_path, worker=ScriptedWorker(with_sensor=True), quiet=True)
+    runner = StudyRunner.create(
+        study, tmp_path, worker=ScriptedWorker(with_sensor=True), quiet=True
+    )
     result = runner.run()
 
     baselines = [r.energy.baseline for r in result.results]

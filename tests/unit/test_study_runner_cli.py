@@ -22,9 +22,9 @@ from typer.testing import CliRunner
 
 import llenergymeasure as llem
 from llenergymeasure.cli.app import app
+from llenergymeasure.study.design import expand_study_file
 from llenergymeasure.study.manifest import StudyManifest, load_manifest
 from llenergymeasure.study.runner import StudyRunner
-from llenergymeasure.study.design import expand_study_file
 
 STUDY_YAML = """\
 name: {name}
@@ -58,7 +58,10 @@ cli = CliRunner()
 
 
 def study_file(
-    write_yaml: Callable[..., Path], *, name: str = "cli-study", batch_sizes: str = "[1]",
+    write_yaml: Callable[..., Path],
+    *,
+    name: str = "cli-study",
+    batch_sizes: str = "[1]",
     cycles: int = 1,
 ) -> Path:
     text = STUDY_YAML.format(name=name, batch_sizes=batch_sizes, cycles=cycles)

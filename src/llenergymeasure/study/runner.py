@@ -277,6 +277,13 @@ class StudyRunner:
 
     def _run_locked(self) -> StudyResult:
         self._load_completed()
+        for entry in self.manifest.runs:
+            if entry.status == "running":  # its study process died (we hold the lock now)
+                entry.status = "interrupted"
+                entry.error = RunError(
+                    type="StudyProcessDied",
+                    message="the study process ended while this run was running",
+                )
         session = StudySession(pid=os.getpid(), started_at=utc_now())
         self.manifest.sessions.append(session)
         self._save()
