@@ -1,0 +1,622 @@
+"""vLLM inference engine on the offline ``vllm.LLM`` API.
+
+Importing this module imports neither vllm nor torch: both are imported inside methods.
+
+Written against the public API of vLLM 0.11.x (``vllm/entrypoints/llm.py``: ``LLM(model, *,
+tensor_parallel_size, dtype, quantization, seed, gpu_memory_utilization, **EngineArgs)``,
+``LLM.generate(prompts, sampling_params, *, use_tqdm, lora_request)``,
+``LLM.beam_search(prompts, BeamSearchParams, lora_request)``; ``vllm.sampling_params``
+``SamplingParams`` / ``BeamSearchParams(beam_width, max_tokens, ignore_eos, temperature,
+length_penalty)``; ``vllm.lora.request.LoRARequest(lora_name, lora_int_id, lora_path)``;
+``RequestOutput.metrics``: ``RequestStateStats`` in the V1 engine, ``RequestMetrics`` in V0).
+Not verified on hardware: the tests run against a fake ``vllm`` package.
+
+How a run works (``VLLMBackend.generate``):
+
+- Config -> engine arguments (``build_engine_args``): every ``vllm:`` field is passed under its
+  own name when set; ``None`` is not passed, so vLLM's own default applies, and the effective
+  value is read back from the engine config after load (``llm.llm_engine.vllm_config``), else
+  the documented default in ``VLLM_DEFAULTS`` is recorded (with its source).
+- ``precision`` -> ``dtype`` (fp16 -> float16, bf16 -> bfloat16). int4 / int8 need a quantized
+  checkpoint and a method: int4 -> ``vllm.quantization: awq | gptq``; int8 ->
+  ``vllm.quantization: gptq`` (8-bit GPTQ checkpoint); activations then run in float16.
+  ``vllm.quantization: fp8`` is allowed with fp16 / bf16 (fp8 weights, 16-bit activations).
+- All prompts go to one ``LLM.generate`` call (vLLM schedules them itself, up to
+  ``max_num_seqs`` at a time), one ``SamplingParams`` per prompt: greedy = temperature 0;
+  sampling = temperature/top_p/top_k (-1 = off)/repetition_penalty/seed; ``max_tokens`` is the
+  prompt's own limit or the experiment's; ``ignore_eos`` sets ``ignore_eos=True`` and
+  ``min_tokens=max_tokens``.
+- Beam search goes through ``LLM.beam_search`` (one call per distinct ``max_tokens``); its
+  records carry no TTFT/ITL (vLLM drives beam search one step at a time from Python).
+- LoRA: one ``LoRARequest("llem-adapter", 1, <adapter path or hub id>)`` per request.
+- Speculative decoding: ``speculative_config={"model": draft_model,
+  "num_speculative_tokens": 5}`` (``passthrough_kwargs.num_speculative_tokens`` overrides 5).
+- Timings per request come from ``RequestOutput.metrics``: V1 ``first_token_latency`` (TTFT) and
+  ``last_token_ts - first_token_ts`` (decode time); V0 ``first_token_time - arrival_time`` and
+  ``last_token_time - first_token_time``. vLLM records only the first and last token times, so
+  each request's ``itl_s`` holds its mean inter-token interval, once per gap. Where metrics are
+  missing, TTFT/ITL are None/empty, latency is the wall time of the whole call, and a note says so.
+  ``disable_log_stats=False`` is passed so that the V1 engine collects them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import importlib.util
+import json
+import struct
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+from time import perf_counter
+from typing import TYPE_CHECKING, Any
+
+from llenergymeasure.engines.base import LoadInfo, RequestRecord
+from llenergymeasure.exceptions import BackendError
+
+if TYPE_CHECKING:
+    from llenergymeasure.config.models import ExperimentConfig
+    from llenergymeasure.datasets import Prompt
+
+__all__ = [
+    "DEFAULT_NUM_BEAMS",
+    "DEFAULT_NUM_SPECULATIVE_TOKENS",
+    "INSTALL_HINT",
+    "LORA_NAME",
+    "VLLM_DEFAULTS",
+    "VLLMBackend",
+    "build_engine_args",
+    "request_timings",
+]
+
+INSTALL_HINT = 'pip install "llenergymeasure[vllm]"'
+DEFAULT_NUM_BEAMS = 4
+DEFAULT_NUM_SPECULATIVE_TOKENS = 5
+LORA_NAME = "llem-adapter"
+LORA_INT_ID = 1
+
+#: vLLM's documented defaults for the ``vllm:`` fields (recorded only when the engine config
+#: cannot be read back). V1 may raise max_num_seqs on large GPUs; the engine config then wins.
+VLLM_DEFAULTS: dict[str, Any] = {
+    "max_num_seqs": 256,
+    "tensor_parallel_size": 1,
+    "gpu_memory_utilization": 0.9,
+    "enable_prefix_caching": True,  # V1 default
+    "block_size": 16,
+    "quantization": None,
+    "enable_lora": False,
+    "max_lora_rank": 16,
+}
+
+# vllm: field -> (engine config section, attribute) for reading the effective value back.
+_ENGINE_CONFIG_PATHS: dict[str, tuple[str, str]] = {
+    "max_num_seqs": ("scheduler_config", "max_num_seqs"),
+    "tensor_parallel_size": ("parallel_config", "tensor_parallel_size"),
+    "gpu_memory_utilization": ("cache_config", "gpu_memory_utilization"),
+    "enable_prefix_caching": ("cache_config", "enable_prefix_caching"),
+    "block_size": ("cache_config", "block_size"),
+    "quantization": ("model_config", "quantization"),
+    "max_lora_rank": ("lora_config", "max_lora_rank"),
+}
+
+_PRECISION_TO_DTYPE = {"fp16": "float16", "bf16": "bfloat16", "int8": "float16", "int4": "float16"}
+#: Quantization methods that make precision int4 / int8 possible with vLLM.
+QUANT_FOR_PRECISION: dict[str, tuple[str, ...]] = {"int4": ("awq", "gptq"), "int8": ("gptq",)}
+
+# passthrough_kwargs keys that have a config field of their own.
+_CONFLICTING_KEYS = {
+    "model": "model",
+    "dtype": "precision",
+    "seed": "random_seed",
+    "quantization": "vllm.quantization",
+    "max_num_seqs": "vllm.max_num_seqs",
+    "tensor_parallel_size": "vllm.tensor_parallel_size",
+    "gpu_memory_utilization": "vllm.gpu_memory_utilization",
+    "enable_prefix_caching": "vllm.enable_prefix_caching",
+    "block_size": "vllm.block_size",
+    "enable_lora": "vllm.enable_lora",
+    "max_lora_rank": "vllm.max_lora_rank",
+    "speculative_config": "decoder.draft_model",
+}
+#: passthrough_kwargs keys this engine interprets itself (not engine arguments).
+ENGINE_PASSTHROUGH_KEYS = frozenset({"num_speculative_tokens"})
+
+
+def _model_source(name: str) -> str:
+    """Local folder for ``builtin:`` models; anything else is passed to vLLM unchanged."""
+    from llenergymeasure.engines import builtin
+
+    if builtin.is_builtin_model(name):
+        return str(builtin.resolve_builtin_model(name))
+    return name
+
+
+def build_engine_args(config: ExperimentConfig, model_source: str | None = None) -> dict[str, Any]:
+    """The keyword arguments of ``vllm.LLM(...)`` for ``config`` (None-sentinels omitted)."""
+    v = config.vllm
+    args: dict[str, Any] = {
+        "model": model_source if model_source is not None else config.model,
+        "dtype": _PRECISION_TO_DTYPE.get(config.precision, config.precision),
+        "seed": config.random_seed,
+        "disable_log_stats": False,  # V1 collects per-request metrics only with stats on
+    }
+    if v is not None:
+        for name in (
+            "max_num_seqs",
+            "tensor_parallel_size",
+            "gpu_memory_utilization",
+            "enable_prefix_caching",
+            "block_size",
+            "quantization",
+            "enable_lora",
+            "max_lora_rank",
+        ):
+            value = getattr(v, name)
+            if value is not None:
+                args[name] = value
+    passthrough = dict(config.passthrough_kwargs or {})
+    dec = config.decoder
+    if dec.speculative_decoding and dec.draft_model:
+        args["speculative_config"] = {
+            "model": dec.draft_model,
+            "num_speculative_tokens": int(
+                passthrough.get("num_speculative_tokens", DEFAULT_NUM_SPECULATIVE_TOKENS)
+            ),
+        }
+    for key, value in passthrough.items():
+        if key not in ENGINE_PASSTHROUGH_KEYS and key not in _CONFLICTING_KEYS:
+            args[key] = value
+    return args
+
+
+def _seconds(value: Any) -> float | None:
+    """A float (or timedelta) timestamp/duration; None for missing or zero."""
+    if value is None:
+        return None
+    if hasattr(value, "total_seconds"):
+        value = value.total_seconds()
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return f if f > 0 else None
+
+
+def request_timings(
+    output: Any, n_out: int
+) -> tuple[float | None, float | None, list[float]] | None:
+    """(ttft_s, latency_s, itl_s) of one ``RequestOutput`` from its metrics; None if absent.
+
+    V1 ``RequestStateStats``: TTFT = ``first_token_latency``; decode = ``last_token_ts -
+    first_token_ts`` (engine-core monotonic clock). V0 ``RequestMetrics``: TTFT =
+    ``first_token_time - arrival_time``; decode = ``last_token_time - first_token_time``.
+    ``itl_s`` is the mean interval (decode / (n_out - 1)) once per gap.
+    """
+    m = getattr(output, "metrics", None)
+    if m is None:
+        return None
+    if hasattr(m, "first_token_latency"):  # V1 RequestStateStats
+        ttft = _seconds(m.first_token_latency)
+        first, last = (
+            _seconds(getattr(m, "first_token_ts", None)),
+            _seconds(getattr(m, "last_token_ts", None)),
+        )
+    elif hasattr(m, "first_token_time"):  # V0 RequestMetrics
+        arrival = _seconds(getattr(m, "arrival_time", None))
+        first = _seconds(m.first_token_time)
+        last = _seconds(getattr(m, "last_token_time", None))
+        ttft = first - arrival if first is not None and arrival is not None else None
+    else:
+        return None
+    if ttft is None:
+        return None
+    decode = last - first if first is not None and last is not None and last >= first else None
+    latency = ttft + decode if decode is not None else None
+    itl: list[float] = []
+    if decode is not None and n_out > 1:
+        itl = [decode / (n_out - 1)] * (n_out - 1)
+    return ttft, latency, itl
+
+
+def _count_safetensors_params(folder: Path) -> int:
+    """Parameters in a folder's ``*.safetensors`` files, from their headers (no tensor load)."""
+    total = 0
+    for file in sorted(folder.glob("*.safetensors")):
+        with file.open("rb") as f:
+            (size,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(size))
+        for key, info in header.items():
+            if key == "__metadata__":
+                continue
+            n = 1
+            for dim in info.get("shape", []):
+                n *= int(dim)
+            total += n
+    return total
+
+
+class VLLMBackend:
+    """Inference through vLLM's offline ``LLM`` engine."""
+
+    name = "vllm"
+
+    def __init__(self) -> None:
+        self._llm: Any = None
+        self._tokenizer: Any = None
+        self._config: ExperimentConfig | None = None
+        self._engine_args: dict[str, Any] = {}
+        self._model_source: str | None = None
+        self._notes: list[str] = []
+        self._lora_request: Any = None
+        self.last_phase: str | None = None
+
+    # ─── Introspection ──────────────────────────────────────────────────────
+    def version(self) -> str:
+        """Installed vLLM version ("not installed" when missing)."""
+        try:
+            return metadata.version("vllm")
+        except metadata.PackageNotFoundError:
+            if importlib.util.find_spec("vllm") is None:
+                return "not installed"
+            import vllm
+
+            return str(getattr(vllm, "__version__", "unknown"))
+
+    @property
+    def tokenizer(self) -> Any:
+        """vLLM's tokenizer (``LLM.get_tokenizer()``); None before ``load``."""
+        return self._tokenizer
+
+    # ─── Pre-flight ─────────────────────────────────────────────────────────
+    def preflight(self, config: ExperimentConfig) -> list[str]:
+        """Every problem that would stop ``config`` from running; imports and loads nothing."""
+        if importlib.util.find_spec("vllm") is None:
+            return [f"vllm engine is not installed: {INSTALL_HINT}"]
+        problems: list[str] = []
+        self._config = config
+        v = config.vllm
+        quant = v.quantization if v is not None else None
+        if config.precision not in _PRECISION_TO_DTYPE:
+            problems.append(
+                f"vllm engine does not support precision={config.precision!r}; "
+                f"valid: {sorted(_PRECISION_TO_DTYPE)}"
+            )
+        elif config.precision in QUANT_FOR_PRECISION:
+            allowed = QUANT_FOR_PRECISION[config.precision]
+            if quant not in allowed:
+                problems.append(
+                    f"precision={config.precision} with vllm needs a pre-quantized checkpoint and "
+                    f"vllm.quantization set to one of {list(allowed)} (got {quant!r})"
+                )
+        for key in config.passthrough_kwargs or {}:
+            if key in _CONFLICTING_KEYS:
+                problems.append(
+                    f"passthrough_kwargs.{key} is controlled by the config field "
+                    f"'{_CONFLICTING_KEYS[key]}'; set it there instead"
+                )
+        problems.extend(self._check_model(config.model, "model"))
+        dec = config.decoder
+        if dec.decoding_strategy == "beam" and dec.speculative_decoding:
+            problems.append(
+                "decoder.speculative_decoding cannot be combined with beam search in vllm"
+            )
+        if dec.speculative_decoding and dec.draft_model:
+            problems.extend(self._check_model(dec.draft_model, "decoder.draft_model"))
+        if config.lora is not None:
+            if not (v is not None and v.enable_lora):
+                problems.append("lora: with backend vllm requires vllm.enable_lora: true")
+            if config.lora.merge_weights:
+                problems.append(
+                    "lora.merge_weights=true is not possible with vllm (adapters are applied "
+                    "unmerged through LoRARequest); merge with peft and set model: to the merged "
+                    "folder, or set merge_weights: false"
+                )
+            path = config.lora.adapter_path
+            if path is not None and not Path(path).expanduser().is_dir():
+                problems.append(f"lora.adapter_path {path!r} is not a directory")
+        return problems
+
+    @staticmethod
+    def _check_model(name: str, field_name: str) -> list[str]:
+        """Cheap check of a local model folder or built-in name (hub ids are vLLM's to fetch)."""
+        from llenergymeasure.engines import builtin
+
+        if builtin.is_builtin_model(name):
+            if name not in builtin.BUILTIN_MODELS:
+                return [
+                    f"{field_name}: unknown built-in model {name!r}; valid: "
+                    + ", ".join(builtin.BUILTIN_MODELS)
+                ]
+            return []
+        if name.startswith(("/", "./", "../", "~")):
+            path = Path(name).expanduser()
+            if not (path / "config.json").is_file():
+                return [f"{field_name}: {name!r} is not a HF model folder (no config.json)"]
+        return []
+
+    # ─── Load ───────────────────────────────────────────────────────────────
+    def load(self, config: ExperimentConfig) -> LoadInfo:
+        """Start ``vllm.LLM`` with the engine arguments of ``config``."""
+        problems = self.preflight(config)
+        if problems:
+            raise BackendError("vllm engine cannot run this config: " + "; ".join(problems))
+        from vllm import LLM
+
+        self._config = config
+        self._notes = []
+        self._model_source = _model_source(config.model)
+        self._engine_args = build_engine_args(config, self._model_source)
+        t0 = perf_counter()
+        try:
+            self._llm = LLM(**self._engine_args)
+        except TypeError as e:
+            raise BackendError(
+                f"vllm.LLM rejected the engine arguments: {e}",
+                hint="check passthrough_kwargs against vLLM's EngineArgs",
+            ) from e
+        except Exception as e:
+            raise BackendError(
+                f"vllm failed to load {config.model}: {type(e).__name__}: {e}",
+                hint="lower vllm.gpu_memory_utilization or max_num_seqs if it ran out of memory",
+            ) from e
+        self._tokenizer = self._llm.get_tokenizer()
+        if config.lora is not None:
+            from vllm.lora.request import LoRARequest
+
+            adapter = config.lora.adapter_path or config.lora.adapter_id
+            self._lora_request = LoRARequest(LORA_NAME, LORA_INT_ID, str(adapter))
+        params = self._parameter_count()
+        if params == 0:
+            self._notes.append(
+                "parameter count unavailable (no local safetensors): FLOPs not estimated"
+            )
+        return LoadInfo(
+            load_time_s=perf_counter() - t0,
+            parameter_count=params,
+            model_dtype=str(self._effective("dtype", self._engine_args["dtype"])[0]).removeprefix(
+                "torch."
+            ),
+            device="cuda",
+            notes=list(self._notes),
+        )
+
+    def _parameter_count(self) -> int:
+        """Parameters from the safetensors headers of the local (or HF-cached) model folder."""
+        src = self._model_source or ""
+        folder = Path(src).expanduser()
+        try:
+            if not folder.is_dir():
+                from huggingface_hub import snapshot_download
+
+                folder = Path(snapshot_download(src, local_files_only=True))
+            return _count_safetensors_params(folder)
+        except Exception:
+            return 0
+
+    # ─── Effective values ───────────────────────────────────────────────────
+    def _engine_config(self) -> Any:
+        engine = getattr(self._llm, "llm_engine", None)
+        return getattr(engine, "vllm_config", None)
+
+    def _effective(self, name: str, requested: Any) -> tuple[Any, str]:
+        """(value, source) of one engine setting: engine config > config > documented default."""
+        vc = self._engine_config()
+        if vc is not None:
+            if name == "dtype":
+                value = getattr(getattr(vc, "model_config", None), "dtype", None)
+                if value is not None:
+                    return str(value), "engine config"
+            elif name == "enable_lora":
+                if hasattr(vc, "lora_config"):
+                    return vc.lora_config is not None, "engine config"
+            elif name in _ENGINE_CONFIG_PATHS:
+                section, attr = _ENGINE_CONFIG_PATHS[name]
+                obj = getattr(vc, section, None)
+                if obj is not None and hasattr(obj, attr):
+                    return getattr(obj, attr), "engine config"
+        if requested is not None:
+            return requested, "config"
+        return VLLM_DEFAULTS.get(name), "documented default"
+
+    def effective_parameters(self) -> dict[str, Any]:
+        """Every parameter used, None-sentinels resolved (engine config where readable)."""
+        if self._llm is None or self._config is None:
+            raise BackendError("vllm engine: effective_parameters() requested before load()")
+        config = self._config
+        v = config.vllm
+        dec = config.decoder
+        sampling = dec.decoding_strategy == "sampling"
+        engine: dict[str, Any] = {}
+        sources: dict[str, str] = {}
+        for name in VLLM_DEFAULTS:
+            requested = getattr(v, name) if v is not None else None
+            engine[name], sources[name] = self._effective(name, requested)
+        dtype, sources["dtype"] = self._effective("dtype", self._engine_args.get("dtype"))
+        return {
+            "engine": self.name,
+            "engine_version": self.version(),
+            "model": config.model,
+            "model_source": self._model_source,
+            "precision": config.precision,
+            "dtype": str(dtype).removeprefix("torch."),
+            **engine,
+            "effective_value_sources": sources,
+            "decoding_strategy": dec.decoding_strategy,
+            "temperature": dec.temperature if sampling else 0.0,
+            "top_p": dec.top_p if sampling else None,
+            "top_k": (-1 if dec.top_k is None else dec.top_k) if sampling else None,
+            "repetition_penalty": dec.repetition_penalty,
+            "random_seed": config.random_seed,
+            "num_beams": (dec.num_beams or DEFAULT_NUM_BEAMS)
+            if dec.decoding_strategy == "beam"
+            else 1,
+            "max_new_tokens": int(config.effective_max_new_tokens),
+            "ignore_eos": dec.ignore_eos,
+            "min_tokens": "max_tokens" if dec.ignore_eos else 0,
+            "speculative_config": self._engine_args.get("speculative_config"),
+            "lora": (
+                {
+                    "lora_name": LORA_NAME,
+                    "lora_int_id": LORA_INT_ID,
+                    "lora_path": config.lora.adapter_path or config.lora.adapter_id,
+                }
+                if config.lora is not None
+                else None
+            ),
+            "engine_args": {k: v for k, v in self._engine_args.items() if k != "model"},
+            "passthrough_kwargs": dict(config.passthrough_kwargs or {}),
+            "notes": list(self._notes),
+        }
+
+    # ─── Generation ─────────────────────────────────────────────────────────
+    def _sampling_params(self, config: ExperimentConfig, max_tokens: int) -> Any:
+        from vllm.sampling_params import SamplingParams
+
+        dec = config.decoder
+        kw: dict[str, Any] = {
+            "max_tokens": max_tokens,
+            "repetition_penalty": dec.repetition_penalty,
+        }
+        if dec.decoding_strategy == "sampling":
+            kw.update(
+                temperature=dec.temperature,
+                top_p=dec.top_p,
+                top_k=-1 if dec.top_k is None else dec.top_k,
+                seed=config.random_seed,
+            )
+        else:
+            kw["temperature"] = 0.0  # greedy
+        if dec.ignore_eos:
+            kw.update(ignore_eos=True, min_tokens=max_tokens)
+        return SamplingParams(**kw)
+
+    def generate(
+        self,
+        prompts: Sequence[Prompt],
+        config: ExperimentConfig,
+        *,
+        phase: str = "measurement",
+    ) -> list[RequestRecord]:
+        """Run every prompt; one record per prompt, in prompt order."""
+        if self._llm is None:
+            raise BackendError("vllm engine: generate() called before load()")
+        self.last_phase = phase
+        if not prompts:
+            return []
+        default_max = int(config.effective_max_new_tokens)
+        limits = [default_max if p.max_new_tokens is None else p.max_new_tokens for p in prompts]
+        if config.decoder.decoding_strategy == "beam":
+            return self._generate_beam(prompts, config, limits)
+        params = [self._sampling_params(config, n) for n in limits]
+        lora = [self._lora_request] * len(prompts) if self._lora_request is not None else None
+        t0 = perf_counter()
+        try:
+            outputs = self._llm.generate(
+                [p.text for p in prompts], params, use_tqdm=False, lora_request=lora
+            )
+        except Exception as e:
+            raise BackendError(f"vllm generation failed: {type(e).__name__}: {e}") from e
+        wall = perf_counter() - t0
+        records: list[RequestRecord] = []
+        missing = 0
+        ttft: float | None
+        latency: float | None
+        itl: list[float]
+        for p, out in zip(prompts, outputs, strict=True):
+            n_out = len(out.outputs[0].token_ids)
+            timing = request_timings(out, n_out)
+            if timing is None:
+                missing += 1
+                ttft, latency, itl = None, wall, []
+            else:
+                ttft, latency, itl = timing
+            records.append(
+                RequestRecord(
+                    index=p.index,
+                    input_tokens=len(out.prompt_token_ids or []),
+                    output_tokens=n_out,
+                    latency_s=latency if latency is not None else wall,
+                    ttft_s=ttft,
+                    itl_s=itl,
+                )
+            )
+        self._note_timings(missing, len(prompts))
+        return records
+
+    def _note_timings(self, missing: int, total: int) -> None:
+        if missing:
+            note = (
+                "vLLM returned no per-request metrics (RequestOutput.metrics is None) for "
+                "some requests: their ttft/itl are not recorded and latency is the wall time "
+                "of the whole generate() call"
+            )
+        else:
+            note = (
+                "vLLM reports only first/last token times per request: itl_s holds each "
+                "request's mean inter-token interval"
+            )
+        if note not in self._notes:
+            self._notes.append(note)
+
+    def _generate_beam(
+        self, prompts: Sequence[Prompt], config: ExperimentConfig, limits: list[int]
+    ) -> list[RequestRecord]:
+        """``LLM.beam_search``, one call per distinct max_tokens; no TTFT/ITL."""
+        from vllm.sampling_params import BeamSearchParams
+
+        width = config.decoder.num_beams or DEFAULT_NUM_BEAMS
+        ids = [list(self._tokenizer.encode(p.text)) for p in prompts]
+        records: list[RequestRecord | None] = [None] * len(prompts)
+        for batch_index, max_tokens in enumerate(sorted(set(limits))):
+            pos = [i for i, n in enumerate(limits) if n == max_tokens]
+            params = BeamSearchParams(
+                beam_width=width, max_tokens=max_tokens, ignore_eos=config.decoder.ignore_eos
+            )
+            lora = [self._lora_request] * len(pos) if self._lora_request is not None else None
+            t0 = perf_counter()
+            try:
+                outs = self._llm.beam_search(
+                    [{"prompt_token_ids": ids[i]} for i in pos], params, lora_request=lora
+                )
+            except Exception as e:
+                raise BackendError(f"vllm beam search failed: {type(e).__name__}: {e}") from e
+            wall = perf_counter() - t0
+            for i, out in zip(pos, outs, strict=True):
+                best = out.sequences[0]
+                records[i] = RequestRecord(
+                    index=prompts[i].index,
+                    input_tokens=len(ids[i]),
+                    output_tokens=max(0, len(best.tokens) - len(ids[i])),  # tokens include prompt
+                    latency_s=wall,
+                    ttft_s=None,
+                    batch_index=batch_index,
+                )
+        note = "beam search (LLM.beam_search) has no per-token timing: ttft/itl not recorded"
+        if note not in self._notes:
+            self._notes.append(note)
+        return [r for r in records if r is not None]
+
+    # ─── Device housekeeping ────────────────────────────────────────────────
+    def synchronize(self) -> None:
+        """No-op: ``LLM.generate`` returns only when every request has finished."""
+
+    def reset_peak_memory(self) -> None:
+        """No-op: vLLM's workers run in their own processes (see ``peak_memory_bytes``)."""
+
+    def peak_memory_bytes(self) -> int | None:
+        """None: vLLM preallocates ``gpu_memory_utilization`` of the GPU in worker processes,
+        so this process's allocator sees nothing; the sampler's memory readings apply."""
+        return None
+
+    def unload(self) -> None:
+        """Shut the engine down and drop it."""
+        llm, self._llm, self._tokenizer = self._llm, None, None
+        engine = getattr(llm, "llm_engine", None)
+        core = getattr(engine, "engine_core", None)
+        shutdown = getattr(core, "shutdown", None)
+        if callable(shutdown):
+            with contextlib.suppress(Exception):  # best effort: the process is about to exit
+                shutdown()
+        del llm
+        gc.collect()

@@ -1,0 +1,35 @@
+"""Where an engine runs: in this environment (``local``) or in a Docker container per experiment.
+
+``resolve_runner(backend)`` reads ``runners.<backend>`` (env ``LLEM_RUNNER_<BACKEND>`` > user
+config > ``local``); ``DockerRunner`` runs one experiment in an ephemeral container;
+``check_runner_isolation`` refuses studies that would put vLLM and TensorRT-LLM in one
+environment. Importing this package imports no engine.
+"""
+
+from __future__ import annotations
+
+from llenergymeasure.runners.docker import (
+    CONTAINER_DIR,
+    DEFAULT_SHM_SIZE,
+    PASSTHROUGH_ENV,
+    DockerRunner,
+    DockerRunResult,
+)
+from llenergymeasure.runners.resolve import (
+    ISOLATED_BACKENDS,
+    RunnerSpec,
+    check_runner_isolation,
+    resolve_runner,
+)
+
+__all__ = [
+    "CONTAINER_DIR",
+    "DEFAULT_SHM_SIZE",
+    "ISOLATED_BACKENDS",
+    "PASSTHROUGH_ENV",
+    "DockerRunResult",
+    "DockerRunner",
+    "RunnerSpec",
+    "check_runner_isolation",
+    "resolve_runner",
+]

@@ -1,0 +1,225 @@
+"""The Docker runner: one ephemeral container per experiment (SPEC 6).
+
+The run directory on the host is the exchange directory, mounted at ``/llem``:
+
+- ``<run_dir>/config.json``   the ExperimentConfig (written by the host)
+- ``<run_dir>/out/``          what the container writes (``result.json``, ``timeseries.parquet``,
+                              ``error.json`` on failure)
+- ``<run_dir>/container.log`` stdout + stderr of ``docker run`` (``docker logs`` is impossible
+                              with ``--rm``); always kept.
+
+The container runs ``python -m llenergymeasure.runners.container_entry /llem/config.json
+/llem/out``; the image must have llenergymeasure and the engine installed.
+Tested with a fake ``docker`` executable only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from llenergymeasure.exceptions import ExperimentError
+
+if TYPE_CHECKING:
+    from llenergymeasure.config.models import ExperimentConfig
+    from llenergymeasure.results.models import ExperimentResult
+
+__all__ = [
+    "CONTAINER_DIR",
+    "DEFAULT_SHM_SIZE",
+    "PASSTHROUGH_ENV",
+    "DockerRunResult",
+    "DockerRunner",
+]
+
+CONTAINER_DIR = "/llem"
+DEFAULT_SHM_SIZE = "8g"  # vLLM's worker processes exchange tensors through /dev/shm
+#: Host environment variables handed to the container (by name only: values never hit argv).
+PASSTHROUGH_ENV: tuple[str, ...] = (
+    "LLEM_CARBON_INTENSITY",
+    "LLEM_DATACENTER_PUE",
+    "LLEM_ENERGY_BACKEND",
+    "LLEM_NO_PROMPT",
+    "HF_HUB_OFFLINE",
+    "HF_TOKEN",
+    "HF_ENDPOINT",
+)
+#: Backends whose containers get ``--shm-size``.
+SHM_BACKENDS = frozenset({"vllm", "tensorrt"})
+_LOG_TAIL_LINES = 20
+
+
+@dataclass
+class DockerRunResult:
+    """What one containerised experiment produced."""
+
+    result: ExperimentResult
+    result_path: Path
+    log_path: Path
+    command: list[str] = field(default_factory=list)
+
+
+class DockerRunner:
+    """Runs one experiment in ``docker run --rm ... <image>`` and reads its result back."""
+
+    def __init__(
+        self, image: str, *, docker: str = "docker", shm_size: str = DEFAULT_SHM_SIZE
+    ) -> None:
+        if not image:
+            raise ValueError("DockerRunner needs an image name")
+        self.image = image
+        self.docker = docker
+        self.shm_size = shm_size
+
+    # ─── Pre-flight ─────────────────────────────────────────────────────────
+    def preflight(self, *, timeout_s: float = 30.0) -> list[str]:
+        """Problems that stop containers starting: no docker CLI, or ``docker info`` failing."""
+        exe = shutil.which(self.docker)
+        if exe is None:
+            return [
+                f"docker runner (image {self.image}) needs the `{self.docker}` CLI, which is not "
+                "on PATH: install Docker with the NVIDIA Container Toolkit, or set the runner "
+                "to local"
+            ]
+        try:
+            proc = subprocess.run(
+                [exe, "info"], capture_output=True, text=True, timeout=timeout_s, check=False
+            )
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return [f"docker runner: `docker info` failed ({type(e).__name__}: {e})"]
+        if proc.returncode != 0:
+            detail = (proc.stderr or proc.stdout).strip().splitlines()
+            last = detail[-1] if detail else f"exit code {proc.returncode}"
+            return [
+                f"docker runner: `docker info` failed: {last} (is the Docker daemon running and "
+                "may this user use it?)"
+            ]
+        return []
+
+    # ─── Command ────────────────────────────────────────────────────────────
+    @staticmethod
+    def gpu_flag(env: Mapping[str, str]) -> list[str]:
+        """``--gpus all``; ``--gpus "device=<ids>"`` when CUDA_VISIBLE_DEVICES is set.
+
+        The quotes are part of the argument: docker parses ``--gpus`` as CSV, so a list of
+        ids must be quoted (``docker run --gpus '"device=0,1"'``). An empty
+        CUDA_VISIBLE_DEVICES (no GPU) gives no ``--gpus`` flag.
+        """
+        visible = env.get("CUDA_VISIBLE_DEVICES")
+        if visible is None:
+            return ["--gpus", "all"]
+        ids = ",".join(x.strip() for x in visible.split(",") if x.strip())
+        return ["--gpus", f'"device={ids}"'] if ids else []
+
+    def build_command(
+        self,
+        config: ExperimentConfig,
+        exchange_dir: Path,
+        *,
+        name: str,
+        env: Mapping[str, str] | None = None,
+    ) -> list[str]:
+        """The exact ``docker run`` argv for one experiment."""
+        env = os.environ if env is None else env
+        cmd = [self.docker, "run", "--rm", "--name", name]
+        cmd += self.gpu_flag(env)
+        if config.backend in SHM_BACKENDS:
+            cmd += ["--shm-size", self.shm_size]
+        cmd += ["-v", f"{Path(exchange_dir).resolve()}:{CONTAINER_DIR}"]
+        cmd += ["-e", f"LLEM_CONFIG_PATH={CONTAINER_DIR}/config.json"]
+        for var in PASSTHROUGH_ENV:
+            if var in env:
+                cmd += ["-e", var]
+        cmd += [
+            self.image,
+            "python",
+            "-m",
+            "llenergymeasure.runners.container_entry",
+            f"{CONTAINER_DIR}/config.json",
+            f"{CONTAINER_DIR}/out",
+        ]
+        return cmd
+
+    # ─── Run ────────────────────────────────────────────────────────────────
+    def run(
+        self,
+        config: ExperimentConfig,
+        run_dir: Path,
+        *,
+        timeout_s: float | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> DockerRunResult:
+        """Run ``config`` in a fresh container; ``ExperimentError`` (logs kept) on failure."""
+        from llenergymeasure.results.io import atomic_write_text
+        from llenergymeasure.results.models import ExperimentResult
+
+        run_dir = Path(run_dir)
+        out_dir = run_dir / "out"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.json", config.model_dump_json(indent=2))
+        log_path = run_dir / "container.log"
+        name = f"llem-{uuid.uuid4().hex[:12]}"
+        cmd = self.build_command(config, run_dir, name=name, env=env)
+        proc_env = dict(os.environ if env is None else env)
+        try:
+            with log_path.open("w", encoding="utf-8") as log:
+                log.write("$ " + " ".join(cmd) + "\n")
+                log.flush()
+                proc = subprocess.run(
+                    cmd,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=proc_env,
+                    timeout=timeout_s,
+                    check=False,
+                )
+        except subprocess.TimeoutExpired:
+            # Killing the docker client does not stop the container: stop it by name.
+            subprocess.run(
+                [self.docker, "kill", name], capture_output=True, check=False, env=proc_env
+            )
+            raise ExperimentError(
+                f"container {name} ({self.image}) ran past {timeout_s} s and was killed; "
+                f"log: {log_path}"
+            ) from None
+        except OSError as e:
+            raise ExperimentError(f"could not start `{self.docker} run`: {e}") from e
+
+        result_path = out_dir / "result.json"
+        if proc.returncode != 0 or not result_path.is_file():
+            raise ExperimentError(self._failure_message(proc.returncode, out_dir, log_path))
+        try:
+            result = ExperimentResult.from_json(result_path)
+        except Exception as e:
+            raise ExperimentError(
+                f"container {self.image} wrote an unreadable result {result_path}: {e}; "
+                f"log: {log_path}"
+            ) from e
+        return DockerRunResult(
+            result=result, result_path=result_path, log_path=log_path, command=cmd
+        )
+
+    def _failure_message(self, code: int, out_dir: Path, log_path: Path) -> str:
+        what = (
+            f"container ({self.image}) exited with code {code}"
+            if code != 0
+            else f"container ({self.image}) exited 0 but wrote no result.json"
+        )
+        error_file = out_dir / "error.json"
+        if error_file.is_file():
+            try:
+                err = json.loads(error_file.read_text(encoding="utf-8"))
+                what += f": {err.get('type')}: {err.get('message')}"
+            except (OSError, ValueError):
+                pass
+        tail = log_path.read_text(encoding="utf-8", errors="replace").splitlines()[
+            -_LOG_TAIL_LINES:
+        ]
+        return f"{what}\n  log: {log_path}\n" + "\n".join(f"  | {line}" for line in tail)

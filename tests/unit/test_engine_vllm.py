@@ -1,0 +1,318 @@
+"""The vLLM engine, specified against a fake ``vllm`` package (``tests/fakes/vllm``).
+
+The fake follows the public offline API of vLLM 0.11.x (``vllm/entrypoints/llm.py``: ``LLM``,
+``generate``, ``beam_search``, ``get_tokenizer``; ``vllm.sampling_params.SamplingParams`` /
+``BeamSearchParams``; ``vllm.lora.request.LoRARequest``; ``RequestOutput.metrics`` as V1
+``RequestStateStats`` or V0 ``RequestMetrics``). Nothing here ran on real vLLM.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from llenergymeasure.config.models import ExperimentConfig
+from llenergymeasure.datasets import Prompt
+from llenergymeasure.engines.base import InferenceBackend
+from llenergymeasure.engines.factory import create_engine
+from llenergymeasure.engines.vllm import VLLMBackend
+from llenergymeasure.exceptions import BackendError
+
+FAKES = Path(__file__).resolve().parents[1] / "fakes"
+
+
+def _purge(prefix: str) -> None:
+    for name in [m for m in sys.modules if m == prefix or m.startswith(prefix + ".")]:
+        del sys.modules[name]
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
+    """The fake ``vllm`` importable for this test only."""
+    _purge("vllm")
+    monkeypatch.syspath_prepend(str(FAKES))
+    import vllm
+
+    vllm.instances.clear()
+    vllm.METRICS = "v1"
+    yield vllm
+    _purge("vllm")
+
+
+def cfg(**kw: Any) -> ExperimentConfig:
+    data: dict[str, Any] = {"model": "org/model", "backend": "vllm"}
+    data.update(kw)
+    return ExperimentConfig.model_validate(data)
+
+
+PROMPTS = [Prompt("a bb ccc", index=0), Prompt("dddd", max_new_tokens=5, index=1)]
+
+
+def loaded(config: ExperimentConfig) -> VLLMBackend:
+    engine = VLLMBackend()
+    engine.load(config)
+    return engine
+
+
+def test_importing_the_engine_module_imports_neither_vllm_nor_torch() -> None:
+    code = (
+        "import sys, llenergymeasure.engines.vllm; "
+        "print(sorted(m for m in ('vllm', 'torch') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_missing_vllm_is_a_preflight_problem_with_the_install_command() -> None:
+    assert VLLMBackend().preflight(cfg()) == [
+        'vllm engine is not installed: pip install "llenergymeasure[vllm]"'
+    ]
+    with pytest.raises(BackendError) as err:
+        create_engine("vllm")
+    assert 'pip install "llenergymeasure[vllm]"' in str(err.value)
+
+
+def test_factory_returns_the_vllm_engine_when_installed(fake_vllm: ModuleType) -> None:
+    engine = create_engine("vllm")
+    assert isinstance(engine, VLLMBackend)
+    assert isinstance(engine, InferenceBackend)
+    assert engine.version() == "0.11.0"
+
+
+def test_every_vllm_field_reaches_the_engine_argument_it_names(fake_vllm: ModuleType) -> None:
+    vllm_section = {
+        "max_num_seqs": 64,
+        "tensor_parallel_size": 2,
+        "gpu_memory_utilization": 0.8,
+        "enable_prefix_caching": False,
+        "block_size": 32,
+        "quantization": "fp8",
+        "enable_lora": True,
+        "max_lora_rank": 32,
+    }
+    loaded(cfg(vllm=vllm_section, random_seed=7))
+    kwargs = fake_vllm.instances[-1].kwargs
+    for name, value in vllm_section.items():
+        assert kwargs[name] == value, name
+    assert kwargs["dtype"] == "bfloat16"
+    assert kwargs["seed"] == 7
+    assert kwargs["disable_log_stats"] is False  # V1 collects request metrics only with stats on
+
+
+def test_unset_fields_are_not_passed_and_the_effective_value_is_read_back(
+    fake_vllm: ModuleType,
+) -> None:
+    engine = loaded(cfg())
+    kwargs = fake_vllm.instances[-1].kwargs
+    for name in ("max_num_seqs", "enable_prefix_caching", "block_size", "enable_lora"):
+        assert name not in kwargs
+    eff = engine.effective_parameters()
+    assert eff["max_num_seqs"] == fake_vllm.ENGINE_MAX_NUM_SEQS  # engine's choice, not 256
+    assert eff["effective_value_sources"]["max_num_seqs"] == "engine config"
+    assert eff["block_size"] == 16
+    assert eff["enable_lora"] is False
+    assert eff["dtype"] == "bfloat16"
+
+
+def test_documented_defaults_are_recorded_when_the_engine_config_is_unreadable(
+    fake_vllm: ModuleType,
+) -> None:
+    engine = loaded(cfg(vllm={"block_size": 32}))
+    del fake_vllm.instances[-1].llm_engine.vllm_config
+    eff = engine.effective_parameters()
+    assert (eff["max_num_seqs"], eff["effective_value_sources"]["max_num_seqs"]) == (
+        256,
+        "documented default",
+    )
+    assert (eff["block_size"], eff["effective_value_sources"]["block_size"]) == (32, "config")
+    assert eff["max_lora_rank"] == 16
+
+
+@pytest.mark.parametrize(("precision", "dtype"), [("fp16", "float16"), ("bf16", "bfloat16")])
+def test_precision_maps_to_dtype(fake_vllm: ModuleType, precision: str, dtype: str) -> None:
+    loaded(cfg(precision=precision))
+    assert fake_vllm.instances[-1].kwargs["dtype"] == dtype
+
+
+def test_int4_and_int8_need_a_matching_quantization_method(fake_vllm: ModuleType) -> None:
+    engine = VLLMBackend()
+    (problem,) = engine.preflight(cfg(precision="int4"))
+    assert "vllm.quantization" in problem and "'awq', 'gptq'" in problem
+    (problem,) = engine.preflight(cfg(precision="int8", vllm={"quantization": "awq"}))
+    assert "'gptq'" in problem
+    assert engine.preflight(cfg(precision="int4", vllm={"quantization": "awq"})) == []
+    loaded(cfg(precision="int4", vllm={"quantization": "gptq"}))
+    assert fake_vllm.instances[-1].kwargs["dtype"] == "float16"
+    assert fake_vllm.instances[-1].kwargs["quantization"] == "gptq"
+    with pytest.raises(BackendError, match=r"vllm\.quantization"):
+        loaded(cfg(precision="int8"))
+
+
+def test_greedy_is_temperature_zero_with_per_prompt_max_tokens(fake_vllm: ModuleType) -> None:
+    config = cfg(max_new_tokens=8)
+    engine = loaded(config)
+    engine.generate(PROMPTS, config)
+    call = fake_vllm.instances[-1].calls[-1]
+    assert call["prompts"] == ["a bb ccc", "dddd"]
+    assert [p.temperature for p in call["params"]] == [0.0, 0.0]
+    assert [p.max_tokens for p in call["params"]] == [8, 5]
+    assert [p.ignore_eos for p in call["params"]] == [False, False]
+    assert call["lora"] is None
+
+
+def test_ignore_eos_forces_full_length(fake_vllm: ModuleType) -> None:
+    config = cfg(max_new_tokens=8, decoder={"ignore_eos": True})
+    engine = loaded(config)
+    records = engine.generate(PROMPTS, config)
+    params = fake_vllm.instances[-1].calls[-1]["params"]
+    assert [(p.ignore_eos, p.min_tokens, p.max_tokens) for p in params] == [
+        (True, 8, 8),
+        (True, 5, 5),
+    ]
+    assert [r.output_tokens for r in records] == [8, 5]
+
+
+def test_sampling_parameters_map_one_to_one(fake_vllm: ModuleType) -> None:
+    config = cfg(
+        random_seed=11,
+        decoder={
+            "decoding_strategy": "sampling",
+            "temperature": 0.7,
+            "top_p": 0.9,
+            "repetition_penalty": 1.1,
+        },
+    )
+    engine = loaded(config)
+    engine.generate(PROMPTS[:1], config)
+    (p,) = fake_vllm.instances[-1].calls[-1]["params"]
+    assert (p.temperature, p.top_p, p.top_k, p.repetition_penalty, p.seed) == (
+        0.7,
+        0.9,
+        -1,  # top_k None -> -1 (off)
+        1.1,
+        11,
+    )
+    config = cfg(decoder={"decoding_strategy": "sampling", "top_k": 40})
+    engine = loaded(config)
+    engine.generate(PROMPTS[:1], config)
+    assert fake_vllm.instances[-1].calls[-1]["params"][0].top_k == 40
+
+
+@pytest.mark.parametrize("metrics", ["v1", "v0"])
+def test_ttft_itl_and_latency_come_from_the_request_metrics(
+    fake_vllm: ModuleType, metrics: str
+) -> None:
+    fake_vllm.METRICS = metrics
+    config = cfg(max_new_tokens=8, decoder={"ignore_eos": True})
+    engine = loaded(config)
+    rec = engine.generate(PROMPTS, config)[0]
+    ttft, step = fake_vllm.TTFT, fake_vllm.STEP
+    assert (rec.index, rec.input_tokens, rec.output_tokens) == (0, 3, 8)
+    assert rec.ttft_s == pytest.approx(ttft)
+    assert rec.latency_s == pytest.approx(ttft + 7 * step)
+    assert rec.itl_s == pytest.approx([step] * 7)
+    assert any("mean inter-token interval" in n for n in engine.effective_parameters()["notes"])
+
+
+def test_missing_metrics_leave_ttft_empty_and_say_so(fake_vllm: ModuleType) -> None:
+    fake_vllm.METRICS = None
+    config = cfg()
+    engine = loaded(config)
+    records = engine.generate(PROMPTS, config)
+    assert [r.ttft_s for r in records] == [None, None]
+    assert [r.itl_s for r in records] == [[], []]
+    assert all(r.latency_s > 0 for r in records)
+    notes = engine.effective_parameters()["notes"]
+    assert any("no per-request metrics" in n for n in notes)
+
+
+def test_lora_adapter_goes_with_every_request(fake_vllm: ModuleType, tmp_path: Path) -> None:
+    config = cfg(
+        vllm={"enable_lora": True, "max_lora_rank": 64},
+        lora={"adapter_path": str(tmp_path)},
+    )
+    engine = loaded(config)
+    engine.generate(PROMPTS, config)
+    llm = fake_vllm.instances[-1]
+    assert llm.kwargs["enable_lora"] is True and llm.kwargs["max_lora_rank"] == 64
+    lora = llm.calls[-1]["lora"]
+    assert len(lora) == 2
+    assert {(r.lora_name, r.lora_int_id, r.lora_path) for r in lora} == {
+        ("llem-adapter", 1, str(tmp_path))
+    }
+    assert engine.effective_parameters()["max_lora_rank"] == 64
+
+
+def test_lora_hub_adapter_and_merge_refusal(fake_vllm: ModuleType, tmp_path: Path) -> None:
+    config = cfg(vllm={"enable_lora": True}, lora={"adapter_id": "org/adapter"})
+    engine = loaded(config)
+    engine.generate(PROMPTS[:1], config)
+    assert fake_vllm.instances[-1].calls[-1]["lora"][0].lora_path == "org/adapter"
+    merged = cfg(vllm={"enable_lora": True}, lora={"adapter_id": "a/b", "merge_weights": True})
+    (problem,) = VLLMBackend().preflight(merged)
+    assert "merge_weights" in problem
+    missing = cfg(vllm={"enable_lora": True}, lora={"adapter_path": str(tmp_path / "none")})
+    assert "not a directory" in VLLMBackend().preflight(missing)[0]
+
+
+def test_beam_search_uses_the_engine_beam_search_api(fake_vllm: ModuleType) -> None:
+    config = cfg(
+        max_new_tokens=8, decoder={"decoding_strategy": "beam", "num_beams": 3, "ignore_eos": True}
+    )
+    engine = loaded(config)
+    records = engine.generate(PROMPTS, config)
+    calls = [c for c in fake_vllm.instances[-1].calls if c["method"] == "beam_search"]
+    assert len(calls) == 2  # one per distinct max_tokens (5 and 8)
+    by_len = {c["params"].max_tokens: c for c in calls}
+    assert by_len[8]["prompts"] == [{"prompt_token_ids": [1, 2, 3]}]
+    assert (by_len[8]["params"].beam_width, by_len[8]["params"].ignore_eos) == (3, True)
+    assert [r.output_tokens for r in records] == [8, 5]  # beam tokens minus the prompt
+    assert [r.input_tokens for r in records] == [3, 1]
+    assert all(r.ttft_s is None and r.itl_s == [] for r in records)
+    assert engine.effective_parameters()["num_beams"] == 3
+
+
+def test_speculative_decoding_builds_speculative_config(fake_vllm: ModuleType) -> None:
+    spec = {"speculative_decoding": True, "draft_model": "org/draft"}
+    loaded(cfg(decoder=spec))
+    assert fake_vllm.instances[-1].kwargs["speculative_config"] == {
+        "model": "org/draft",
+        "num_speculative_tokens": 5,
+    }
+    loaded(cfg(decoder=spec, passthrough_kwargs={"num_speculative_tokens": 3}))
+    kwargs = fake_vllm.instances[-1].kwargs
+    assert kwargs["speculative_config"]["num_speculative_tokens"] == 3
+    assert "num_speculative_tokens" not in kwargs
+    beam = cfg(decoder={**spec, "decoding_strategy": "beam"})
+    assert any("beam" in p for p in VLLMBackend().preflight(beam))
+
+
+def test_passthrough_kwargs_reach_llm_and_conflicts_are_refused(fake_vllm: ModuleType) -> None:
+    loaded(cfg(passthrough_kwargs={"max_model_len": 2048, "enforce_eager": True}))
+    kwargs = fake_vllm.instances[-1].kwargs
+    assert (kwargs["max_model_len"], kwargs["enforce_eager"]) == (2048, True)
+    (problem,) = VLLMBackend().preflight(cfg(passthrough_kwargs={"dtype": "float32"}))
+    assert "passthrough_kwargs.dtype" in problem and "'precision'" in problem
+    with pytest.raises(BackendError, match="engine arguments") as err:
+        loaded(cfg(passthrough_kwargs={"not_an_engine_arg": 1}))
+    assert "passthrough_kwargs" in str(err.value)
+
+
+def test_generate_before_load_and_unload(fake_vllm: ModuleType) -> None:
+    engine = VLLMBackend()
+    with pytest.raises(BackendError, match="before load"):
+        engine.generate(PROMPTS, cfg())
+    with pytest.raises(BackendError, match="before load"):
+        engine.effective_parameters()
+    engine.load(cfg())
+    assert engine.tokenizer is not None
+    assert engine.peak_memory_bytes() is None
+    engine.unload()
+    assert fake_vllm.instances[-1].shut_down
+    assert engine.tokenizer is None
