@@ -295,3 +295,23 @@ def test_resume_reruns_only_the_runs_that_did_not_complete(tmp_path):
     assert result.ok and result.counts.completed == 4 and result.failed == []
     assert len(pq.read_table(runner.study_dir / "results.parquet")) == 4
     assert len(load_manifest(runner.study_dir).sessions) == 2
+
+
+def test_a_study_with_local_vllm_and_tensorrt_is_refused_before_anything_runs(tmp_path) -> None:
+    import pytest
+
+    from llenergymeasure.config.study import StudyConfig
+    from llenergymeasure.exceptions import PreFlightError
+    from llenergymeasure.study.runner import run_study_config
+
+    study = StudyConfig.from_dict(
+        {
+            "model": "m",
+            "backend": ["vllm", "tensorrt"],
+            "precision": "fp16",
+            "sweep": {"n": [1]},
+        }
+    )
+    with pytest.raises(PreFlightError, match="cannot share one process"):
+        run_study_config(study, output_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []

@@ -514,6 +514,12 @@ def run_study_config(
     subprocesses, exchanging files through a private temporary directory that is deleted
     before returning, and the results are only in ``StudyResult.results``.
     """
+    from llenergymeasure.exceptions import PreFlightError
+    from llenergymeasure.runners import check_runner_isolation
+
+    problems = check_runner_isolation(e.backend for e in study.experiments)
+    if problems:
+        raise PreFlightError(problems)
     if output_dir is None:
         with tempfile.TemporaryDirectory(prefix="llem-study-") as tmp:
             runner = StudyRunner.create(study, Path(tmp), persist=False, **kwargs)
