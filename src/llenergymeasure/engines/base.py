@@ -38,13 +38,18 @@ class RequestRecord:
 
 @dataclass
 class LoadInfo:
-    """What loading the model cost and produced."""
+    """What loading the model cost and produced.
+
+    ``draft_parameter_count`` is the speculative-decoding draft model's size (0 without one);
+    the FLOPs estimate counts it too.
+    """
 
     load_time_s: float
     parameter_count: int
     model_dtype: str
     device: str
     notes: list[str] = field(default_factory=list)
+    draft_parameter_count: int = 0
 
 
 @runtime_checkable

@@ -22,6 +22,18 @@ How a run works (see ``PyTorchBackend.generate``):
   host (one small ``[batch]`` copy, at a point where the loop synchronises anyway to check for
   EOS), so the timer adds no device synchronisation. Beam search cannot stream in transformers:
   its records carry ``ttft_s=None`` and no ``itl_s``.
+
+Feature notes:
+
+- ``torch_compile``: transformers' own compile path (``cache_implementation="static"``, compile
+  on the first decoding step of the first ``generate``, on accelerators only). Compilation
+  therefore happens during warmup; the orchestrator forces one warmup run when
+  ``torch_compile`` is on and ``n_warmup`` is 0, and records the first warmup run's excess
+  latency as ``timing.compile_s`` (see ``harness/orchestrator.py``).
+- ``num_processes > 1`` runs through ``harness.parallel.DataParallelEngine``, which spawns one
+  ``PyTorchBackend(device=...)`` replica per GPU; a ``PyTorchBackend`` itself is one process.
+- Speculative decoding: ``LoadInfo.draft_parameter_count`` carries the draft model's size so
+  the FLOPs estimate counts both models.
 """
 
 from __future__ import annotations
@@ -240,7 +252,9 @@ class PyTorchBackend:
 
     name = "pytorch"
 
-    def __init__(self) -> None:
+    def __init__(self, device: str | None = None) -> None:
+        """``device`` pins the engine (a data-parallel replica); None: ``cuda:0`` else CPU."""
+        self._requested_device = device
         self._model: Any = None
         self._draft: Any = None
         self._tokenizer: Any = None
@@ -307,10 +321,7 @@ class PyTorchBackend:
                     "pytorch.load_in_4bit/load_in_8bit need bitsandbytes: pip install bitsandbytes"
                 )
             if (pt.num_processes or 1) > 1:
-                problems.append(
-                    "pytorch.num_processes > 1 (data parallel) is not supported yet; "
-                    "set it to 1 or leave it unset"
-                )
+                problems.extend(self._data_parallel_problems(config))
             if pt.attn_implementation == "flash_attention_2" and (
                 importlib.util.find_spec("flash_attn") is None
             ):
@@ -336,6 +347,23 @@ class PyTorchBackend:
             if path is not None and not Path(path).expanduser().is_dir():
                 problems.append(f"lora.adapter_path {path!r} is not a directory")
         return problems
+
+    def _data_parallel_problems(self, config: ExperimentConfig) -> list[str]:
+        """num_processes > 1 on this single-process engine: the device problem, else a pointer."""
+        from llenergymeasure.harness.parallel import device_problems, visible_gpu_slots
+
+        try:
+            slots = visible_gpu_slots()
+        except BackendError as e:
+            return [f"pytorch.num_processes: cannot map the visible GPUs: {e}"]
+        problems = device_problems(config, slots)
+        if problems:
+            return problems
+        return [
+            "pytorch.num_processes > 1 runs through the data-parallel engine "
+            "(create_engine(backend, config) or harness.parallel.DataParallelEngine); "
+            "PyTorchBackend itself runs one process"
+        ]
 
     def _check_model_source(
         self, name: str, field_name: str, load_kw: dict[str, Any] | None = None
@@ -408,13 +436,24 @@ class PyTorchBackend:
             raise BackendError("; ".join(problems))
         if config.precision not in _PRECISION_TO_DTYPE:
             raise BackendError(f"pytorch engine does not support precision={config.precision!r}")
+        pt = config.pytorch
+        if self._requested_device is None and pt is not None and (pt.num_processes or 1) > 1:
+            raise BackendError(
+                "PyTorchBackend runs one process; pytorch.num_processes > 1 needs the "
+                "data-parallel engine",
+                hint="build the engine with create_engine(config.backend, config)",
+            )
         self._config = config
         self._engine_kwargs = engine_kw
         self._load_notes = []
-        device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+        if self._requested_device is not None:
+            device = torch.device(self._requested_device)
+        else:
+            device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)  # stray allocations land on this GPU, not cuda:0
         self._device = device
         dtype = getattr(torch, _PRECISION_TO_DTYPE[config.precision])
-        pt = config.pytorch
 
         model_kw: dict[str, Any] = {"device_map": str(device)}
         model_kw[_dtype_kwarg_name(transformers.__version__)] = dtype
@@ -498,10 +537,11 @@ class PyTorchBackend:
         self.synchronize()
         return LoadInfo(
             load_time_s=perf_counter() - t0,
-            parameter_count=int(sum(p.numel() for p in model.parameters())),
+            parameter_count=_parameter_count(model),
             model_dtype=str(model.dtype).removeprefix("torch."),
             device=str(device),
             notes=list(self._load_notes),
+            draft_parameter_count=_parameter_count(draft) if draft is not None else 0,
         )
 
     def _resolve_eos_ids(self, gen_kw: dict[str, Any]) -> list[int]:
@@ -591,10 +631,17 @@ class PyTorchBackend:
             "batching_strategy": self._batching_strategy(config),
             "attn_implementation": getattr(model_cfg, "_attn_implementation", None),
             "torch_compile": self._torch_compile(config),
+            # transformers compiles generate only on accelerators
+            "torch_compile_applied": self._torch_compile(config) and self._on_cuda(),
             "torch_compile_mode": self._engine_kwargs.get("torch_compile_mode"),
             "cache_implementation": kw.get("cache_implementation") or "dynamic",
             "load_in_4bit": bool(pt.load_in_4bit) if pt is not None else False,
             "load_in_8bit": bool(pt.load_in_8bit) if pt is not None else False,
+            "bnb_4bit_compute_dtype": (
+                _PRECISION_TO_DTYPE[config.precision]
+                if pt is not None and pt.load_in_4bit
+                else None
+            ),
             "num_processes": (pt.num_processes if pt is not None else None)
             or DEFAULT_NUM_PROCESSES,
             "decoding_strategy": dec.decoding_strategy,
@@ -610,6 +657,9 @@ class PyTorchBackend:
             "min_new_tokens": "max_new_tokens" if dec.ignore_eos else None,
             "speculative_decoding": dec.speculative_decoding,
             "draft_model": dec.draft_model if dec.speculative_decoding else None,
+            "draft_parameter_count": (
+                _parameter_count(self._draft) if self._draft is not None else None
+            ),
             "lora": (
                 {
                     "adapter": config.lora.adapter_path or config.lora.adapter_id,
@@ -800,6 +850,10 @@ class PyTorchBackend:
             import torch
 
             torch.cuda.empty_cache()
+
+
+def _parameter_count(model: Any) -> int:
+    return int(sum(p.numel() for p in model.parameters()))
 
 
 def _default_max_new_tokens(config: ExperimentConfig) -> int:

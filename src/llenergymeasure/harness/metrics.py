@@ -50,25 +50,36 @@ def distribution(values: Sequence[float]) -> DistributionStats:
 
 
 def estimate_flops(
-    parameter_count: int, input_tokens: int, output_tokens: int, *, extra_notes: Sequence[str] = ()
+    parameter_count: int,
+    input_tokens: int,
+    output_tokens: int,
+    *,
+    extra_notes: Sequence[str] = (),
+    draft_parameter_count: int = 0,
 ) -> FlopsEstimate:
     """2 x params x processed tokens (prefill + decode), the standard forward-pass estimate.
 
     Confidence is "medium": attention FLOPs (which grow with context length) and padding are
-    not counted, and the parameter count includes embeddings.
+    not counted, and the parameter count includes embeddings. With speculative decoding the
+    draft model's parameters are added (it also processes every token) and confidence drops
+    to "low": rejected draft proposals are not counted.
     """
     tokens = input_tokens + output_tokens
-    total = 2.0 * parameter_count * tokens
+    params = parameter_count + draft_parameter_count
+    total = 2.0 * params * tokens
+    notes = ["excludes attention-score FLOPs and padding tokens; warmup excluded"]
+    if draft_parameter_count:
+        notes.append(
+            f"speculative decoding: parameter_count = target {parameter_count} + draft "
+            f"{draft_parameter_count}; rejected draft proposals are not counted"
+        )
     return FlopsEstimate(
         total_flops=total,
         flops_per_output_token=total / output_tokens if output_tokens else None,
-        parameter_count=parameter_count,
+        parameter_count=params,
         method="2 x parameters x (input + output tokens)",
-        confidence="medium",
-        notes=[
-            "excludes attention-score FLOPs and padding tokens; warmup excluded",
-            *extra_notes,
-        ],
+        confidence="low" if draft_parameter_count else "medium",
+        notes=[*notes, *extra_notes],
     )
 
 

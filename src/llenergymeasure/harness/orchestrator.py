@@ -35,6 +35,7 @@ from llenergymeasure.energy.sensors import GpuSensor
 from llenergymeasure.engines.base import InferenceBackend, RequestRecord
 from llenergymeasure.exceptions import ExperimentError, PreFlightError
 from llenergymeasure.harness import metrics as m
+from llenergymeasure.harness.parallel import ProcessReporter
 from llenergymeasure.results.models import (
     EnergyBreakdown,
     ExperimentResult,
@@ -253,6 +254,8 @@ class ExperimentOrchestrator:
 
         warmup = self._warmup(config, prompts, sampler)
         timings.warmup_s = warmup.duration_s
+        if _torch_compile_requested(config):
+            timings.compile_s = _compile_time(warmup.latencies_s)
 
         if config.warmup.thermal_floor_seconds > 0 and self.energy_backend.name == "none":
             say("thermal floor skipped: no energy is being measured on this machine")
@@ -302,6 +305,7 @@ class ExperimentOrchestrator:
             timings=timings,
             started=started,
             parameter_count=load_info.parameter_count,
+            draft_parameter_count=load_info.draft_parameter_count,
             peak=peak,
             effective=effective,
         )
@@ -326,6 +330,15 @@ class ExperimentOrchestrator:
         batch = config.pytorch.batch_size if config.pytorch and config.pytorch.batch_size else 1
         warm_prompts = list(prompts[: max(1, min(batch, len(prompts)))])
         runs = wc.max_prompts if wc.convergence_detection else wc.n_warmup
+        notes: list[str] = []
+        if runs == 0 and _torch_compile_requested(config):
+            # compilation happens in the first generate: keep it out of the measurement window
+            runs = 1
+            notes.append(
+                "n_warmup=0 with pytorch.torch_compile: one warmup run forced so that "
+                "compilation happens before the measurement window"
+            )
+            self.progress("warning: " + notes[-1])
         latencies: list[float] = []
         converged: bool | None = None
         cv: float | None = None
@@ -360,6 +373,7 @@ class ExperimentOrchestrator:
             converged=converged,
             final_cv=cv,
             thermal_floor_seconds=wc.thermal_floor_seconds,
+            notes=notes,
         )
 
     def _assemble(
@@ -379,6 +393,7 @@ class ExperimentOrchestrator:
         parameter_count: int,
         peak: int | None,
         effective: dict[str, Any],
+        draft_parameter_count: int = 0,
     ) -> ExperimentResult:
         if len(records) != config.n:
             raise ExperimentError(
@@ -447,10 +462,22 @@ class ExperimentOrchestrator:
         ttfts = [r.ttft_s for r in records if r.ttft_s is not None]
         itls = [x for r in records for x in r.itl_s]
         flops = (
-            m.estimate_flops(parameter_count, in_tokens, out_tokens)
+            m.estimate_flops(
+                parameter_count,
+                in_tokens,
+                out_tokens,
+                draft_parameter_count=draft_parameter_count,
+            )
             if parameter_count > 0
             else None
         )
+        process_results: list[dict[str, Any]] = []
+        owners = [0] * len(records)
+        if isinstance(self.engine, ProcessReporter):
+            process_results = self.engine.process_results()
+            reported = self.engine.record_process_indices()
+            if len(reported) == len(records):
+                owners = reported
         carbon = m.estimate_carbon(
             total,
             intensity=self.settings.carbon_intensity_gco2_kwh,
@@ -526,10 +553,25 @@ class ExperimentOrchestrator:
                     latency_s=r.latency_s,
                     ttft_s=r.ttft_s,
                     batch_index=r.batch_index,
+                    process_index=owner,
                 )
-                for r in records
+                for r, owner in zip(records, owners, strict=True)
             ],
+            process_results=process_results,
         )
+
+
+def _torch_compile_requested(config: ExperimentConfig) -> bool:
+    return bool(config.backend == "pytorch" and config.pytorch and config.pytorch.torch_compile)
+
+
+def _compile_time(latencies: Sequence[float]) -> float | None:
+    """First warmup run's excess over the median later run (all of it when it ran alone)."""
+    if not latencies:
+        return None
+    if len(latencies) == 1:
+        return latencies[0]
+    return max(0.0, latencies[0] - statistics.median(latencies[1:]))
 
 
 def default_components(
@@ -541,8 +583,15 @@ def default_components(
     from llenergymeasure.energy.sensors import NvmlSensor, nvml_available
     from llenergymeasure.engines.factory import create_engine
 
-    engine = create_engine(config.backend)
-    sensor: GpuSensor | None = NvmlSensor() if nvml_available() else None
+    engine = create_engine(config.backend, config)
+    sensor: GpuSensor | None = None
+    if nvml_available():
+        from llenergymeasure.harness.parallel import data_parallel_nvml_indices
+
+        # pytorch: measure exactly the GPUs its process(es) use - the first num_processes
+        # visible ones, mapped by UUID - not idle GPUs that happen to be visible
+        in_use = data_parallel_nvml_indices(config) if config.backend == "pytorch" else None
+        sensor = NvmlSensor(devices=in_use or None)
     sampler = (
         EnergySampler(sensor, interval_ms=settings.sampling_interval_ms)
         if sensor is not None

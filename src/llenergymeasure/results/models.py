@@ -119,10 +119,16 @@ class WarmupResult(BaseModel):
     converged: bool | None = None
     final_cv: float | None = None
     thermal_floor_seconds: float
+    notes: list[str] = Field(default_factory=list)
 
 
 class PhaseTimings(BaseModel):
-    """Wall time of each phase, seconds (perf_counter)."""
+    """Wall time of each phase, seconds (perf_counter).
+
+    ``compile_s`` (``torch_compile`` only; None otherwise): how much longer the first warmup
+    run, where transformers compiles, took than the median later warmup run (the whole first
+    run when only one ran). It is part of ``warmup_s``, never of the measurement window.
+    """
 
     model_config = _FORBID
 
@@ -135,6 +141,7 @@ class PhaseTimings(BaseModel):
     thermal_floor_s: float = 0.0
     measurement_s: float = 0.0
     total_s: float = 0.0
+    compile_s: float | None = None
 
 
 class RequestResult(BaseModel):
@@ -219,6 +226,9 @@ class ExperimentResult(BaseModel):
     timeseries_samples: int = 0
     reproducibility_notes: str = REPRODUCIBILITY_NOTES
     requests: list[RequestResult] = Field(default_factory=list)
+    # data-parallel runs: one summary per process (index, device, device_uuid, n_prompts,
+    # output_tokens, duration_s, tokens_per_second, ...); headline statistics are computed
+    # over every request of every process, never averaged from these
     process_results: list[dict[str, Any]] = Field(default_factory=list)
     output_dir: str | None = None
 

@@ -1,0 +1,577 @@
+"""Data parallelism for the PyTorch engine: one spawned process per GPU, late aggregation.
+
+``pytorch.num_processes: N`` (N > 1) runs through ``DataParallelEngine``, an ``InferenceBackend``,
+so the orchestrator drives it exactly like a single-process engine:
+
+- **Devices.** The first N GPUs visible to this process (``CUDA_VISIBLE_DEVICES`` mapped to NVML
+  devices by UUID with ``visible_nvml_indices``). Process k is pinned to its GPU by setting
+  ``CUDA_VISIBLE_DEVICES=<that GPU's UUID>`` in the child before torch initialises CUDA, so the
+  child's engine always uses ``cuda:0``; results name the device as the parent sees it
+  (``cuda:k``) with its UUID and NVML index. ``default_components`` measures exactly these N
+  devices (``data_parallel_nvml_indices``).
+- **Processes.** ``load`` spawns N processes (``multiprocessing.get_context("spawn")``, clean CUDA
+  state). Each builds its engine with the injectable, picklable ``engine_factory(device)``
+  (default ``pytorch_replica``), loads the model on its own device and reports its ``LoadInfo``
+  (process 0 also sends its tokenizer and effective parameters). Children ignore SIGINT: the
+  parent decides when they stop.
+- **Sharding.** Measurement prompts are split into N *contiguous* shards in dataset order,
+  sizes differing by at most one, the larger shards first (``shard_contiguous``): process k
+  runs prompts ``[start_k, end_k)``. Warmup prompts go to every process in full (each replica
+  warms its own model, caches and compiled graphs).
+- **Shared window.** The parent opens the energy window (the orchestrator's ``begin()``) while the
+  children wait, loaded and idle; ``generate`` sends every child its shard, the children meet at
+  a barrier and start generating together, each synchronises its device before reporting, and
+  the parent returns only when every child has reported (then the orchestrator closes the
+  window). ``synchronize`` in the parent is therefore a no-op.
+- **Late aggregation.** The children's raw ``RequestRecord`` lists are concatenated in process
+  order, i.e. dataset order; the orchestrator computes every statistic over all of them (never
+  an average of per-process averages) and energy is summed over the measured devices with the
+  per-device list kept. ``process_results()`` gives per-process summaries for the result.
+
+For tests, ``devices=cpu_slots(2)`` with ``allow_cpu_devices=True`` runs the whole multi-process
+path on CPU; a data-parallel run on CPU is otherwise a pre-flight problem.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import signal
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TypeVar, runtime_checkable
+
+from llenergymeasure.engines.base import InferenceBackend, LoadInfo, RequestRecord
+from llenergymeasure.exceptions import BackendError
+
+if TYPE_CHECKING:
+    from llenergymeasure.config.models import ExperimentConfig
+    from llenergymeasure.datasets import Prompt
+
+__all__ = [
+    "DataParallelEngine",
+    "DeviceSlot",
+    "EngineFactory",
+    "ProcessReporter",
+    "cpu_slots",
+    "data_parallel_nvml_indices",
+    "num_processes",
+    "pytorch_replica",
+    "shard_contiguous",
+    "single_process_view",
+    "visible_gpu_slots",
+]
+
+_T = TypeVar("_T")
+
+#: Builds one replica's engine for a device string ("cuda:0", "cpu"). Must be picklable
+#: (a top-level function or class) because it is sent to spawned processes.
+EngineFactory = Callable[[str], InferenceBackend]
+
+
+@dataclass(frozen=True)
+class DeviceSlot:
+    """The device of one data-parallel process.
+
+    ``device`` is what the child's engine uses; ``label`` is how results name it (the parent's
+    CUDA ordinal); ``visible_devices``, when set, becomes the child's ``CUDA_VISIBLE_DEVICES``.
+    """
+
+    device: str
+    label: str
+    uuid: str | None = None
+    nvml_index: int | None = None
+    visible_devices: str | None = None
+
+    @property
+    def is_cpu(self) -> bool:
+        """True for a CPU slot (allowed only in tests)."""
+        return self.device == "cpu"
+
+
+@runtime_checkable
+class ProcessReporter(Protocol):
+    """An engine that ran the measurement in several processes and can say which did what."""
+
+    def process_results(self) -> list[dict[str, Any]]:
+        """One summary per process of the last measurement ``generate``."""
+        ...
+
+    def record_process_indices(self) -> list[int]:
+        """Process index of each record returned by the last measurement ``generate``."""
+        ...
+
+
+def num_processes(config: ExperimentConfig) -> int:
+    """``pytorch.num_processes`` resolved (None -> 1)."""
+    pt = config.pytorch
+    return int(pt.num_processes) if pt is not None and pt.num_processes else 1
+
+
+def single_process_view(config: ExperimentConfig) -> ExperimentConfig:
+    """``config`` with ``pytorch.num_processes`` unset: what one replica checks and runs."""
+    if config.pytorch is None or config.pytorch.num_processes is None:
+        return config
+    return config.model_copy(
+        update={"pytorch": config.pytorch.model_copy(update={"num_processes": None})}
+    )
+
+
+def shard_contiguous(items: Sequence[_T], n: int) -> list[list[_T]]:
+    """Split ``items`` into ``n`` contiguous shards in order; sizes differ by at most one.
+
+    The first ``len(items) % n`` shards hold one item more: 5 items over 2 -> [3, 2].
+    """
+    if n < 1:
+        raise ValueError(f"cannot shard over {n} processes")
+    base, extra = divmod(len(items), n)
+    shards: list[list[_T]] = []
+    start = 0
+    for k in range(n):
+        size = base + (1 if k < extra else 0)
+        shards.append(list(items[start : start + size]))
+        start += size
+    return shards
+
+
+def visible_gpu_slots(
+    *, nvml: Any | None = None, cuda_visible_devices: str | None = None, use_env: bool = True
+) -> list[DeviceSlot]:
+    """One slot per GPU visible to this process, in CUDA ordinal order ([] without NVML).
+
+    ``CUDA_VISIBLE_DEVICES`` (or ``cuda_visible_devices``) is mapped to NVML devices by UUID;
+    each slot pins its child to that UUID. Raises ``BackendError`` for values NVML cannot map.
+    """
+    from llenergymeasure.energy.sensors import NvmlSensor, nvml_available
+
+    if not nvml_available(nvml):
+        return []
+    sensor = NvmlSensor(nvml=nvml, cuda_visible_devices=cuda_visible_devices, use_env=use_env)
+    try:
+        slots = []
+        for k in range(sensor.device_count()):
+            uuid = sensor.device_info(k).uuid
+            index = sensor.nvml_indices[k]
+            pin = uuid if uuid.upper().startswith("GPU-") else str(index)
+            slots.append(
+                DeviceSlot(
+                    device="cuda:0",
+                    label=f"cuda:{k}",
+                    uuid=uuid,
+                    nvml_index=index,
+                    visible_devices=pin,
+                )
+            )
+        return slots
+    finally:
+        sensor.close()
+
+
+def cpu_slots(n: int) -> list[DeviceSlot]:
+    """``n`` CPU slots: runs the multi-process path without GPUs (tests only)."""
+    return [DeviceSlot(device="cpu", label=f"cpu/{k}") for k in range(n)]
+
+
+def data_parallel_nvml_indices(config: ExperimentConfig, *, nvml: Any | None = None) -> list[int]:
+    """NVML indices of the GPUs a pytorch run of ``config`` uses: the first ``num_processes``
+    visible ones (one for a single-process run). These are the devices to measure."""
+    slots = visible_gpu_slots(nvml=nvml)[: num_processes(config)]
+    return [s.nvml_index for s in slots if s.nvml_index is not None]
+
+
+def device_problems(
+    config: ExperimentConfig, slots: Sequence[DeviceSlot], *, allow_cpu: bool = False
+) -> list[str]:
+    """Why ``slots`` cannot host ``config``'s data-parallel processes (empty = fine)."""
+    n = num_processes(config)
+    if n <= 1:
+        return []
+    gpus = [s for s in slots if not s.is_cpu or allow_cpu]
+    if not gpus:
+        return [
+            f"pytorch.num_processes={n}: data parallel needs one GPU per process, but no GPU "
+            "is visible (CPU run); set pytorch.num_processes to 1"
+        ]
+    if len(gpus) < n:
+        env = os.environ.get("CUDA_VISIBLE_DEVICES")
+        shown = f" (CUDA_VISIBLE_DEVICES={env})" if env is not None else ""
+        return [
+            f"pytorch.num_processes={n}: data parallel needs one GPU per process, but only "
+            f"{len(gpus)} GPU(s) are visible{shown}"
+        ]
+    return []
+
+
+def pytorch_replica(device: str) -> InferenceBackend:
+    """The default replica: a ``PyTorchBackend`` bound to ``device``."""
+    from llenergymeasure.engines.pytorch import PyTorchBackend
+
+    return PyTorchBackend(device=device)
+
+
+# ─── The child process ──────────────────────────────────────────────────────────
+
+
+def _child_main(
+    index: int,
+    slot: DeviceSlot,
+    factory: EngineFactory,
+    config: ExperimentConfig,
+    conn: Connection,
+    barrier: Any,
+) -> None:
+    """Load one replica, then serve ``generate`` / ``reset_peak`` / ``stop`` until told to stop."""
+    with contextlib.suppress(ValueError):  # not the main thread: keep the default handler
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us
+    if slot.visible_devices is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = slot.visible_devices  # before CUDA initialises
+    engine: InferenceBackend | None = None
+    try:
+        engine = factory(slot.device)
+        info = engine.load(config)
+        tokenizer = engine.tokenizer if index == 0 else None
+        conn.send(("loaded", info, tokenizer, engine.effective_parameters()))
+        while True:
+            command = conn.recv()
+            kind = command[0]
+            if kind == "stop":
+                break
+            if kind == "reset_peak":
+                engine.reset_peak_memory()
+                conn.send(("ok",))
+            elif kind == "generate":
+                _, prompts, run_config, phase = command
+                barrier.wait()  # every process starts generating together
+                t0 = time.perf_counter()
+                records = engine.generate(prompts, run_config, phase=phase)
+                engine.synchronize()
+                t1 = time.perf_counter()
+                conn.send(("done", records, t0, t1, engine.peak_memory_bytes()))
+            else:
+                raise BackendError(f"data-parallel worker: unknown command {kind!r}")
+    except BaseException as exc:  # reported to the parent, which raises
+        with contextlib.suppress(Exception):
+            conn.send(
+                (
+                    "error",
+                    type(exc).__name__,
+                    getattr(exc, "message", str(exc)),
+                    getattr(exc, "hint", None),
+                    traceback.format_exc(limit=8),
+                )
+            )
+    finally:
+        if engine is not None:
+            with contextlib.suppress(Exception):
+                engine.unload()
+        conn.close()
+
+
+# ─── The engine the orchestrator sees ───────────────────────────────────────────
+
+
+@dataclass
+class _Child:
+    slot: DeviceSlot
+    process: Any
+    conn: Connection
+
+
+class DataParallelEngine:
+    """``InferenceBackend`` running ``pytorch.num_processes`` replicas, one per GPU.
+
+    ``engine_factory`` builds each replica in its child process (picklable; default
+    ``pytorch_replica``). ``devices`` overrides GPU discovery; ``allow_cpu_devices`` lets
+    ``cpu_slots`` stand in for GPUs (tests only). ``reply_timeout_s`` bounds every wait for
+    the children (None: wait as long as they live; a dead child is always detected).
+    """
+
+    def __init__(
+        self,
+        *,
+        engine_factory: EngineFactory = pytorch_replica,
+        devices: Sequence[DeviceSlot] | None = None,
+        allow_cpu_devices: bool = False,
+        reply_timeout_s: float | None = None,
+        stop_timeout_s: float = 30.0,
+    ) -> None:
+        self._factory = engine_factory
+        self._devices = list(devices) if devices is not None else None
+        self._allow_cpu = allow_cpu_devices
+        self._reply_timeout_s = reply_timeout_s
+        self._stop_timeout_s = stop_timeout_s
+        self._probe_engine: InferenceBackend | None = None
+        self.name: str = self._probe().name
+        self._children: list[_Child] = []
+        self._barrier: Any = None
+        self._tokenizer: Any = None
+        self._effective: dict[str, Any] | None = None
+        self._load_infos: list[LoadInfo] = []
+        self._process_results: list[dict[str, Any]] = []
+        self._record_processes: list[int] = []
+        self._peaks: list[int | None] = []
+
+    # ─── Introspection ──────────────────────────────────────────────────────
+    def _probe(self) -> InferenceBackend:
+        """A replica built in this process, never loaded: for name, version and pre-flight."""
+        if self._probe_engine is None:
+            self._probe_engine = self._factory("cpu")
+        return self._probe_engine
+
+    def version(self) -> str:
+        """Version of the replicas' engine library."""
+        return self._probe().version()
+
+    @property
+    def tokenizer(self) -> Any:
+        """Process 0's tokenizer (sent back after its load); None before ``load``."""
+        return self._tokenizer
+
+    def slots(self) -> list[DeviceSlot]:
+        """Every candidate device (injected, or the visible GPUs)."""
+        if self._devices is None:
+            self._devices = visible_gpu_slots()
+        return list(self._devices)
+
+    # ─── Pre-flight ─────────────────────────────────────────────────────────
+    def preflight(self, config: ExperimentConfig) -> list[str]:
+        """Device problems, sharding problems, then the replica engine's own pre-flight."""
+        n = num_processes(config)
+        problems: list[str] = []
+        try:
+            slots = self.slots()
+        except BackendError as exc:
+            slots = []
+            problems.append(f"pytorch.num_processes={n}: cannot map the visible GPUs: {exc}")
+        if not problems:
+            problems.extend(device_problems(config, slots, allow_cpu=self._allow_cpu))
+        if config.n < n:
+            problems.append(
+                f"n={config.n} prompt(s) cannot be sharded over pytorch.num_processes={n} "
+                "processes; use n >= num_processes"
+            )
+        problems.extend(self._probe().preflight(single_process_view(config)))
+        return problems
+
+    # ─── Load ───────────────────────────────────────────────────────────────
+    def load(self, config: ExperimentConfig) -> LoadInfo:
+        """Spawn one process per device; each loads its replica. Returns process 0's facts."""
+        if self._children:
+            raise BackendError("data-parallel engine: load() called twice without unload()")
+        n = num_processes(config)
+        slots = self.slots()
+        problems = device_problems(config, slots, allow_cpu=self._allow_cpu)
+        if problems:
+            raise BackendError("; ".join(problems))
+        slots = slots[:n]
+        t0 = time.perf_counter()
+        ctx = multiprocessing.get_context("spawn")
+        self._barrier = ctx.Barrier(n)
+        try:
+            for k, slot in enumerate(slots):
+                parent_end, child_end = ctx.Pipe(duplex=True)
+                process = ctx.Process(
+                    target=_child_main,
+                    args=(k, slot, self._factory, config, child_end, self._barrier),
+                    name=f"llem-dp-{k}",
+                    daemon=True,
+                )
+                process.start()
+                child_end.close()
+                self._children.append(_Child(slot=slot, process=process, conn=parent_end))
+            replies = self._collect("loaded")
+        except BaseException:
+            self.unload()
+            raise
+        self._load_infos = [r[1] for r in replies]
+        self._tokenizer = replies[0][2]
+        self._effective = dict(replies[0][3])
+        first = self._load_infos[0]
+        labels = [c.slot.label for c in self._children]
+        notes = [note for info in self._load_infos for note in info.notes]
+        notes = list(dict.fromkeys(notes))
+        notes.append(
+            f"data parallel: {n} processes on {', '.join(labels)}, one model replica each; "
+            "prompts split into contiguous shards in dataset order"
+        )
+        return LoadInfo(
+            load_time_s=time.perf_counter() - t0,
+            parameter_count=first.parameter_count,
+            draft_parameter_count=first.draft_parameter_count,
+            model_dtype=first.model_dtype,
+            device=",".join(labels),
+            notes=notes,
+        )
+
+    # ─── Generation ─────────────────────────────────────────────────────────
+    def generate(
+        self,
+        prompts: Sequence[Prompt],
+        config: ExperimentConfig,
+        *,
+        phase: str = "measurement",
+    ) -> list[RequestRecord]:
+        """Measurement: each process runs its contiguous shard; records come back in prompt order.
+
+        Other phases (warmup): every process runs all ``prompts``; process 0's records return.
+        """
+        if not self._children:
+            raise BackendError("data-parallel engine: generate() called before load()")
+        n = len(self._children)
+        measuring = phase == "measurement"
+        shards = shard_contiguous(list(prompts), n) if measuring else [list(prompts)] * n
+        for child, shard in zip(self._children, shards, strict=True):
+            self._send(child, ("generate", shard, config, phase))
+        replies = self._collect("done")
+        if not measuring:
+            return list(replies[0][1])
+
+        records: list[RequestRecord] = []
+        owners: list[int] = []
+        starts = [r[2] for r in replies]
+        summaries = []
+        self._peaks = [r[4] for r in replies]
+        for k, (child, shard, reply) in enumerate(
+            zip(self._children, shards, replies, strict=True)
+        ):
+            part: list[RequestRecord] = list(reply[1])
+            if [r.index for r in part] != [p.index for p in shard]:
+                raise BackendError(
+                    f"data-parallel process {k} returned records for prompts "
+                    f"{[r.index for r in part]}, expected {[p.index for p in shard]}"
+                )
+            records.extend(part)
+            owners.extend([k] * len(part))
+            duration = reply[3] - reply[2]
+            out_tokens = sum(r.output_tokens for r in part)
+            summaries.append(
+                {
+                    "process_index": k,
+                    "device": child.slot.label,
+                    "device_uuid": child.slot.uuid,
+                    "nvml_index": child.slot.nvml_index,
+                    "n_prompts": len(part),
+                    "first_prompt_index": shard[0].index if shard else None,
+                    "last_prompt_index": shard[-1].index if shard else None,
+                    "input_tokens": sum(r.input_tokens for r in part),
+                    "output_tokens": out_tokens,
+                    "duration_s": duration,
+                    "tokens_per_second": out_tokens / duration if duration > 0 else 0.0,
+                    "start_offset_s": reply[2] - min(starts),
+                    "peak_memory_bytes": reply[4],
+                    "load_time_s": self._load_infos[k].load_time_s if self._load_infos else None,
+                }
+            )
+        self._process_results = summaries
+        self._record_processes = owners
+        return records
+
+    def process_results(self) -> list[dict[str, Any]]:
+        """Per-process summaries of the last measurement (index, device, UUID, tokens, timing)."""
+        return [dict(s) for s in self._process_results]
+
+    def record_process_indices(self) -> list[int]:
+        """Which process produced each record of the last measurement."""
+        return list(self._record_processes)
+
+    def effective_parameters(self) -> dict[str, Any]:
+        """Process 0's effective parameters plus the data-parallel layout."""
+        if self._effective is None:
+            raise BackendError(
+                "data-parallel engine: effective_parameters() requested before load()"
+            )
+        params = dict(self._effective)
+        labels = [c.slot.label for c in self._children]
+        params.update(
+            {
+                "num_processes": len(labels),
+                "data_parallel": True,
+                "device": ",".join(labels),
+                "devices": labels,
+                "device_uuids": [c.slot.uuid for c in self._children],
+                "sharding": "contiguous",
+            }
+        )
+        return params
+
+    # ─── Device housekeeping ────────────────────────────────────────────────
+    def synchronize(self) -> None:
+        """No-op: every child synchronises its device before it reports a ``generate``."""
+
+    def reset_peak_memory(self) -> None:
+        """Reset every child's peak-memory counter."""
+        for child in self._children:
+            self._send(child, ("reset_peak",))
+        self._collect("ok")
+        self._peaks = []
+
+    def peak_memory_bytes(self) -> int | None:
+        """Largest per-device peak of the last measurement (per process in process_results)."""
+        known = [p for p in self._peaks if p is not None]
+        return max(known) if known else None
+
+    def unload(self) -> None:
+        """Tell every child to stop, wait for it, terminate stragglers. Idempotent."""
+        children, self._children = self._children, []
+        if self._barrier is not None:
+            with contextlib.suppress(Exception):
+                self._barrier.abort()
+        for child in children:
+            with contextlib.suppress(Exception):
+                child.conn.send(("stop",))
+        deadline = time.monotonic() + self._stop_timeout_s
+        for child in children:
+            child.process.join(max(0.0, deadline - time.monotonic()))
+            if child.process.is_alive():
+                child.process.terminate()
+                child.process.join(5.0)
+            with contextlib.suppress(Exception):
+                child.conn.close()
+        self._barrier = None
+
+    # ─── Messaging ──────────────────────────────────────────────────────────
+    def _send(self, child: _Child, message: tuple[Any, ...]) -> None:
+        try:
+            child.conn.send(message)
+        except (BrokenPipeError, EOFError, OSError) as exc:
+            self._fail(self._children.index(child), f"is gone ({type(exc).__name__})")
+
+    def _collect(self, expected: str) -> list[tuple[Any, ...]]:
+        """One ``expected`` reply from every child, in process order; raises on any failure."""
+        pending = dict(enumerate(self._children))
+        replies: dict[int, tuple[Any, ...]] = {}
+        while pending:
+            waitables: list[Any] = [c.conn for c in pending.values()]
+            waitables += [c.process.sentinel for c in pending.values()]
+            if not wait(waitables, timeout=self._reply_timeout_s):
+                self._fail(
+                    min(pending), f"did not answer within {self._reply_timeout_s} s ({expected})"
+                )
+            for k, child in list(pending.items()):
+                if child.conn.poll():
+                    try:
+                        message = child.conn.recv()
+                    except (EOFError, OSError):
+                        self._fail(k, f"died (exit code {child.process.exitcode})")
+                    if message[0] == "error":
+                        _, kind, text, hint, trace = message
+                        self._fail(k, f"failed: {kind}: {text}", hint=hint, trace=trace)
+                    if message[0] != expected:
+                        self._fail(k, f"answered {message[0]!r}, expected {expected!r}")
+                    replies[k] = message
+                    del pending[k]
+                elif not child.process.is_alive():
+                    self._fail(k, f"died (exit code {child.process.exitcode})")
+        return [replies[k] for k in sorted(replies)]
+
+    def _fail(self, k: int, what: str, *, hint: str | None = None, trace: str = "") -> NoReturn:
+        label = self._children[k].slot.label if k < len(self._children) else "?"
+        self.unload()
+        message = f"data-parallel process {k} ({label}) {what}"
+        if trace and hint is None:
+            hint = "child traceback: " + trace.strip().splitlines()[-1]
+        raise BackendError(message, hint=hint)
