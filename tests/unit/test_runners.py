@@ -243,3 +243,21 @@ def test_container_entry_reports_a_bad_config(tmp_path: Path) -> None:
     assert container_main([str(tmp_path / "config.json"), str(tmp_path / "out")]) == 1
     err = json.loads((tmp_path / "out" / "error.json").read_text())
     assert err["type"] == "ValidationError" and "backend" in err["message"]
+
+
+def test_a_study_run_whose_runner_is_docker_goes_through_one_container(
+    fake_docker: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llenergymeasure.config.study import StudyConfig
+    from llenergymeasure.study.runner import run_study_config
+
+    monkeypatch.setenv("LLEM_RUNNER_PYTORCH", "docker:llem/pytorch:test")
+    study = StudyConfig.from_dict({**TINY, "name": "in-docker", "sweep": {"n": [2]}})
+    result = run_study_config(study, output_dir=tmp_path / "results", quiet=True)
+    assert result.counts.completed == 1
+    runs = [c for c in calls(fake_docker) if c[0] == "run"]
+    assert len(runs) == 1 and "llem/pytorch:test" in runs[0] and "--rm" in runs[0]
+    assert result.study_dir is not None
+    (run_dir,) = [p for p in Path(result.study_dir).iterdir() if p.is_dir()]
+    assert (run_dir / "container.log").is_file()
+    assert (run_dir / "result.json").is_file()

@@ -59,9 +59,16 @@ def measure_worker(request: RunRequest, progress: Callable[[str], None]) -> Meas
     """The real measurement: engine, energy backend and sensor from this machine.
 
     Uses the study's on-disk baseline cache so that only the first run pays the idle baseline.
+    A backend whose runner is ``docker:<image>`` (``LLEM_RUNNER_<BACKEND>`` or the user config)
+    runs in one ephemeral container instead, its result read back from the run directory.
     """
     from llenergymeasure.api import measure
     from llenergymeasure.energy.baseline import BaselineCache
+    from llenergymeasure.runners import resolve_runner
+
+    runner = resolve_runner(request.config.backend)
+    if runner.kind == "docker" and runner.image:
+        return _measure_in_container(request, runner.image, progress)
 
     cache = (
         BaselineCache(path=request.baseline_cache_path)
@@ -70,6 +77,29 @@ def measure_worker(request: RunRequest, progress: Callable[[str], None]) -> Meas
     )
     measured: MeasuredExperiment = measure(request.config, progress=progress, baseline_cache=cache)
     return measured
+
+
+def _measure_in_container(
+    request: RunRequest, image: str, progress: Callable[[str], None]
+) -> MeasuredExperiment:
+    from llenergymeasure.harness.orchestrator import MeasuredExperiment
+    from llenergymeasure.runners import DockerRunner
+
+    docker = DockerRunner(image)
+    problems = docker.preflight()
+    if problems:
+        from llenergymeasure.exceptions import PreFlightError
+
+        raise PreFlightError(problems)
+    progress(f"running in container {image}")
+    outcome = docker.run(request.config, Path(request.run_dir))
+    timeseries = None
+    sidecar = outcome.result_path.parent / "timeseries.parquet"
+    if sidecar.is_file():
+        import pyarrow.parquet as pq
+
+        timeseries = pq.read_table(sidecar)
+    return MeasuredExperiment(result=outcome.result, timeseries=timeseries)
 
 
 def short_traceback(exc: BaseException, frames: int = 6, max_chars: int = 4000) -> str:
