@@ -185,6 +185,37 @@ def config_command(
     raise typer.Exit(code)
 
 
+@app.command("report")
+def report_command(
+    directory: Annotated[
+        Path,
+        typer.Argument(
+            help="An experiment result directory or a study directory.", show_default=False
+        ),
+    ],
+    output: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--output", "-o", help="HTML file to write (default: <directory>/report.html)."
+        ),
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Tracebacks and detail.")] = False,
+) -> None:
+    """Write an HTML report with plots (PNGs beside it) and print per-config statistics."""
+    from llenergymeasure.report.render import render_report
+
+    try:
+        outcome = render_report(directory, output)
+        typer.echo(outcome.statistics_text)
+        typer.echo(f"\nreport  {outcome.html_path}")
+        for image in outcome.images:
+            typer.echo(f"        {image}")
+        code = EXIT_OK
+    except (Exception, KeyboardInterrupt) as exc:
+        code = report_error(exc, verbose=verbose)
+    raise typer.Exit(code)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -368,6 +368,67 @@ class StudyProtocol(BaseModel):
     thermal_floor_seconds: list[float] = Field(default_factory=list)
 
 
+# Headline metrics summarised across the cycles of each config (key -> ExperimentResult field
+# or "<distribution>_<stat>_s" for latency statistics).
+HEADLINE_METRICS: tuple[str, ...] = (
+    "energy_per_output_token_j",
+    "energy_per_output_token_adjusted_j",
+    "tokens_per_second",
+    "energy_total_j",
+    "mean_power_w",
+    "latency_p50_s",
+    "ttft_mean_s",
+)
+
+
+class MetricStatistics(BaseModel):
+    """One metric of one config across its cycles: n, mean, sample std, CV and a CI.
+
+    ``n`` counts the runs that reported the metric (energy is None on machines without a GPU
+    sensor). ``std``/``cv``/CI are None when ``n < 2``; ``cv`` is None when the mean is 0.
+    ``ci_method``: ``"t"`` (Student t interval, ``n`` below ``StudyStatistics.t_interval_below_n``)
+    or ``"bootstrap"`` (seeded percentile bootstrap of the mean).
+    """
+
+    model_config = _FORBID
+
+    n: int
+    mean: float | None
+    std: float | None
+    cv: float | None
+    ci_low: float | None
+    ci_high: float | None
+    ci_method: Literal["t", "bootstrap"] | None = None
+
+
+class ConfigStatistics(BaseModel):
+    """Statistics of one config (grouped by ``measurement_config_hash``) across cycles."""
+
+    model_config = _FORBID
+
+    config_index: int | None  # index into the study's experiments (None: not in the manifest)
+    config_hash: str
+    label: str  # what varies between the study's configs, e.g. "batch_size=8, torch_compile=True"
+    varying: dict[str, Any] = Field(default_factory=dict)
+    runs_planned: int | None = None
+    runs_completed: int
+    cycles: list[int] = Field(default_factory=list)
+    metrics: dict[str, MetricStatistics] = Field(default_factory=dict)
+
+
+class StudyStatistics(BaseModel):
+    """Per-config statistics of the headline metrics (``HEADLINE_METRICS``) and how."""
+
+    model_config = _FORBID
+
+    confidence_level: float = 0.95
+    t_interval_below_n: int = 30  # t interval for n below this, seeded bootstrap otherwise
+    bootstrap_resamples: int = 10_000
+    bootstrap_seed: int = 0
+    metrics: list[str] = Field(default_factory=lambda: list(HEADLINE_METRICS))
+    configs: list[ConfigStatistics] = Field(default_factory=list)
+
+
 class StudyResult(BaseModel):
     """Outcome of a study (``study_summary.json``): counts, skipped and failed runs, file paths.
 
@@ -392,6 +453,7 @@ class StudyResult(BaseModel):
     failed: list[StudyFailedRun] = Field(default_factory=list)
     result_files: list[str] = Field(default_factory=list)
     results_table: str | None = None  # "results.parquet", relative to study_dir
+    statistics: StudyStatistics | None = None  # per-config statistics across cycles
     results: list[ExperimentResult] = Field(default_factory=list, exclude=True)
 
     @property

@@ -15,6 +15,7 @@ from llenergymeasure.results.models import (
     StudyProtocol,
     StudyResult,
     StudySkipped,
+    StudyStatistics,
 )
 from llenergymeasure.study.manifest import StudyManifest
 
@@ -65,6 +66,7 @@ def build_study_result(
         not_run=sum(1 for r in runs if r.status == "pending"),
     )
     started = manifest.sessions[0].started_at if manifest.sessions else manifest.created_at
+    statistics = manifest_statistics(manifest, results)
     return StudyResult(
         llem_version=__version__,
         study_name=manifest.study_name,
@@ -92,8 +94,33 @@ def build_study_result(
         ],
         result_files=[r.result_path for r in completed if r.result_path] if study_dir else [],
         results_table=RESULTS_TABLE_NAME if study_dir is not None and completed else None,
+        statistics=statistics,
         results=ordered,
     )
+
+
+def manifest_statistics(
+    manifest: StudyManifest, results: dict[str, ExperimentResult]
+) -> StudyStatistics:
+    """Per-config statistics (n, mean, std, CV, 95 % CI) of the completed runs across cycles."""
+    from collections import Counter
+
+    from llenergymeasure.config.hashing import measurement_config_hash
+    from llenergymeasure.report.stats import study_statistics
+
+    hashes: dict[int, str] = {}
+    for run in manifest.runs:
+        hashes.setdefault(run.config_index, run.config_hash)
+    configs = [
+        (hashes.get(i) or measurement_config_hash(c), c) for i, c in enumerate(manifest.experiments)
+    ]
+    completed = [
+        (run.cycle, results[run.run_id])
+        for run in sorted(manifest.runs, key=lambda r: r.position)
+        if run.status == "completed" and run.run_id in results
+    ]
+    planned = Counter(run.config_hash for run in manifest.runs)
+    return study_statistics(configs, completed, planned=planned)
 
 
 def result_rows(
