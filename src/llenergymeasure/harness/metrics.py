@@ -156,6 +156,18 @@ def steady_state_window(
     )
 
 
+def thermal_drift_c(temperatures: Sequence[float]) -> float:
+    """Sustained temperature change over a window: mean of the last tenth minus the first tenth.
+
+    Averaging the ends ignores the one-sample spikes NVML reports during prefill bursts (seen on
+    an H100: +10 C for a single 100 ms sample), which are not drift.
+    """
+    if len(temperatures) < 2:
+        return 0.0
+    k = max(1, len(temperatures) // 10)
+    return math.fsum(temperatures[-k:]) / k - math.fsum(temperatures[:k]) / k
+
+
 def measurement_warnings(
     *,
     duration_s: float,
@@ -181,7 +193,7 @@ def measurement_warnings(
     for s in sorted(window_samples, key=lambda s: s.t):
         if s.temperature_c is not None:
             temps_by_device.setdefault(s.device_index, []).append(s.temperature_c)
-    if any(max(t) - t[0] > THERMAL_DRIFT_C for t in temps_by_device.values() if t):
+    if any(thermal_drift_c(t) > THERMAL_DRIFT_C for t in temps_by_device.values()):
         warnings.append("thermal_drift_detected")
     if throttled:
         warnings.append("thermal_throttling")
