@@ -36,3 +36,19 @@ def default_backend() -> str:
     """The only installed engine, else pytorch (SPEC 2)."""
     found = installed_engines()
     return found[0] if len(found) == 1 else "pytorch"
+
+
+def module_version(distribution: str, module: str) -> str:
+    """Version of an installed engine: distribution metadata, else the module's ``__version__``.
+
+    "not installed" when neither exists (a bare module without metadata, e.g. a test fake, gives
+    its ``__version__`` or "unknown").
+    """
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        if importlib.util.find_spec(module) is None:
+            return "not installed"
+        import importlib as _importlib
+
+        return str(getattr(_importlib.import_module(module), "__version__", "unknown"))

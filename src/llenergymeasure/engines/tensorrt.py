@@ -39,7 +39,6 @@ import os
 import shutil
 import tempfile
 from collections.abc import Sequence
-from importlib import metadata
 from pathlib import Path
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
@@ -184,14 +183,9 @@ class TensorRTBackend:
     # ─── Introspection ──────────────────────────────────────────────────────
     def version(self) -> str:
         """Installed TensorRT-LLM version ("not installed" when missing)."""
-        try:
-            return metadata.version("tensorrt-llm")
-        except metadata.PackageNotFoundError:
-            if importlib.util.find_spec("tensorrt_llm") is None:
-                return "not installed"
-            import tensorrt_llm
+        from llenergymeasure.engines.registry import module_version
 
-            return str(getattr(tensorrt_llm, "__version__", "unknown"))
+        return module_version("tensorrt-llm", "tensorrt_llm")
 
     @property
     def tokenizer(self) -> Any:

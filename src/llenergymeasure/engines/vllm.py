@@ -47,7 +47,6 @@ import importlib.util
 import json
 import struct
 from collections.abc import Sequence
-from importlib import metadata
 from pathlib import Path
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
@@ -254,14 +253,9 @@ class VLLMBackend:
     # ─── Introspection ──────────────────────────────────────────────────────
     def version(self) -> str:
         """Installed vLLM version ("not installed" when missing)."""
-        try:
-            return metadata.version("vllm")
-        except metadata.PackageNotFoundError:
-            if importlib.util.find_spec("vllm") is None:
-                return "not installed"
-            import vllm
+        from llenergymeasure.engines.registry import module_version
 
-            return str(getattr(vllm, "__version__", "unknown"))
+        return module_version("vllm", "vllm")
 
     @property
     def tokenizer(self) -> Any:

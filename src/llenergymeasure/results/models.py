@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -30,6 +30,29 @@ REPRODUCIBILITY_NOTES = (
 )
 
 _FORBID = ConfigDict(extra="forbid", protected_namespaces=())
+_M = TypeVar("_M", bound="JsonFileModel")
+
+
+class JsonFileModel(BaseModel):
+    """A result model with JSON file round trips (atomic writes)."""
+
+    def to_json(self, path: str | Path | None = None, *, indent: int = 2) -> str:
+        """Serialise to JSON; with ``path``, also write it atomically."""
+        text = self.model_dump_json(indent=indent)
+        if path is not None:
+            from llenergymeasure.results.io import atomic_write_text
+
+            atomic_write_text(Path(path), text + "\n")
+        return text
+
+    @classmethod
+    def from_json(cls: type[_M], source: str | Path) -> _M:
+        """Load from a JSON string or a file path."""
+        if isinstance(source, Path) or (
+            isinstance(source, str) and not source.lstrip().startswith("{")
+        ):
+            source = Path(source).read_text(encoding="utf-8")
+        return cls.model_validate_json(source)
 
 
 class DistributionStats(BaseModel):
@@ -181,7 +204,7 @@ class EnvironmentSnapshot(BaseModel):
     cuda_visible_devices: str | None = None
 
 
-class ExperimentResult(BaseModel):
+class ExperimentResult(JsonFileModel):
     """Everything measured in one experiment, with the config that produced it."""
 
     model_config = _FORBID
@@ -231,24 +254,6 @@ class ExperimentResult(BaseModel):
     # over every request of every process, never averaged from these
     process_results: list[dict[str, Any]] = Field(default_factory=list)
     output_dir: str | None = None
-
-    def to_json(self, path: str | Path | None = None, *, indent: int = 2) -> str:
-        """Serialise to JSON; with ``path``, also write it atomically."""
-        text = self.model_dump_json(indent=indent)
-        if path is not None:
-            from llenergymeasure.results.io import atomic_write_text
-
-            atomic_write_text(Path(path), text + "\n")
-        return text
-
-    @classmethod
-    def from_json(cls, source: str | Path) -> ExperimentResult:
-        """Load from a JSON string or a file path."""
-        if isinstance(source, Path) or (
-            isinstance(source, str) and not source.lstrip().startswith("{")
-        ):
-            source = Path(source).read_text(encoding="utf-8")
-        return cls.model_validate_json(source)
 
     def summary_row(self) -> dict[str, Any]:
         """Flat dict of config columns and headline metrics (one row for tables)."""
@@ -429,7 +434,7 @@ class StudyStatistics(BaseModel):
     configs: list[ConfigStatistics] = Field(default_factory=list)
 
 
-class StudyResult(BaseModel):
+class StudyResult(JsonFileModel):
     """Outcome of a study (``study_summary.json``): counts, skipped and failed runs, file paths.
 
     Results are referenced by path (``result_files``, relative to ``study_dir``), not embedded.
@@ -460,21 +465,3 @@ class StudyResult(BaseModel):
     def ok(self) -> bool:
         """True when every planned run completed."""
         return self.counts.completed == self.counts.runs_planned
-
-    def to_json(self, path: str | Path | None = None, *, indent: int = 2) -> str:
-        """Serialise to JSON (not the in-memory ``results``); with ``path``, write atomically."""
-        text = self.model_dump_json(indent=indent)
-        if path is not None:
-            from llenergymeasure.results.io import atomic_write_text
-
-            atomic_write_text(Path(path), text + "\n")
-        return text
-
-    @classmethod
-    def from_json(cls, source: str | Path) -> StudyResult:
-        """Load from a JSON string or a file path (``results`` comes back empty)."""
-        if isinstance(source, Path) or (
-            isinstance(source, str) and not source.lstrip().startswith("{")
-        ):
-            source = Path(source).read_text(encoding="utf-8")
-        return cls.model_validate_json(source)
