@@ -142,6 +142,16 @@ def run(
         Optional[Path],  # noqa: UP045
         typer.Option("--resume", help="Continue an interrupted study directory."),
     ] = None,
+    runner: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--runner", help="Runner for every backend of a study: local, slurm, docker:<image>."
+        ),
+    ] = None,
+    detach: Annotated[
+        bool,
+        typer.Option("--detach", help="slurm runner: submit the jobs and return at once."),
+    ] = False,
 ) -> None:
     """Run an experiment or a study (or preview it with --dry-run)."""
     from llenergymeasure.cli.run_cmd import RunOptions, execute_run
@@ -163,6 +173,8 @@ def run(
         order=order.value if order else None,
         no_gaps=no_gaps,
         resume=resume,
+        runner=runner,
+        detach=detach,
     )
     try:
         code = execute_run(options)

@@ -33,6 +33,8 @@ class RunOptions:
     order: str | None = None
     no_gaps: bool = False
     resume: Path | None = None
+    runner: str | None = None  # --runner for every backend of a study
+    detach: bool = False  # slurm runner: submit and return
 
 
 def cli_overrides(opts: RunOptions) -> dict[str, Any]:
@@ -154,9 +156,22 @@ def execute_run(opts: RunOptions) -> int:
     Studies exit 0 when every run completed and 1 when any run failed (the study itself always
     runs to the end); 2 for config/usage errors, 130 when interrupted.
     """
+    if opts.runner is not None:
+        from llenergymeasure.config.user_config import valid_runner
+
+        if not valid_runner(opts.runner):
+            raise ConfigError(
+                f"--runner {opts.runner!r} is not a runner",
+                hint="use local, slurm or docker:<image>",
+            )
     if opts.resume is not None:
         return resume_run(opts)
     resolved = resolve(opts)
+    if resolved.study is None and (opts.runner is not None or opts.detach):
+        raise ConfigError(
+            "--runner and --detach apply to studies; a single experiment runs in this process",
+            hint="put the experiment in a study YAML to run it on SLURM",
+        )
     if opts.dry_run:
         from llenergymeasure.cli.preview import preview_experiment, preview_study
 
@@ -181,7 +196,12 @@ def run_study_cli(study: StudyConfig, opts: RunOptions) -> int:
 
     results_root = opts.output or Path(setting("output.results_dir"))
     runner = StudyRunner.create(
-        study, results_root, overrides=cli_overrides(opts) or None, quiet=opts.quiet
+        study,
+        results_root,
+        overrides=cli_overrides(opts) or None,
+        runner=opts.runner,
+        quiet=opts.quiet,
+        detach=opts.detach,
     )
     if not opts.quiet:
         typer.echo(f"[llem] study directory: {runner.study_dir}", err=True)
@@ -214,12 +234,14 @@ def resume_run(opts: RunOptions) -> int:
         ("--output", opts.output is not None),
         ("--dry-run", opts.dry_run),
         ("--export-csv", opts.export_csv),
+        ("--runner", opts.runner is not None),
     ):
         if given:
             raise ConfigError(
                 f"{flag} cannot be used with --resume: a resumed study keeps its directory and "
                 "execution settings",
-                hint="only --no-gaps, --quiet and --verbose apply when resuming",
+                hint="only --no-gaps, --detach, --quiet and --verbose apply when resuming "
+                "(the runner is kept in the manifest)",
             )
     if opts.config is not None:
         study = resolve(opts).study
@@ -229,7 +251,9 @@ def resume_run(opts: RunOptions) -> int:
             hint="pass the study file with the same flags as the first run to check its design",
         )
     gaps = (0.0, 0.0) if opts.no_gaps else None
-    runner = StudyRunner.resume(opts.resume, study=study, quiet=opts.quiet, gaps=gaps)
+    runner = StudyRunner.resume(
+        opts.resume, study=study, quiet=opts.quiet, gaps=gaps, detach=opts.detach
+    )
     if not opts.quiet:
         counts = runner.manifest.counts()
         typer.echo(
@@ -242,6 +266,14 @@ def resume_run(opts: RunOptions) -> int:
 
 def _report_study(result: Any, runner: Any) -> int:
     from llenergymeasure.study.summary import format_study_summary, study_exit_code
+
+    if runner.detach:
+        counts = runner.manifest.counts()
+        typer.echo(
+            f"submitted: {counts['running']} run(s) queued on SLURM, {counts['completed']} "
+            f"completed. Collect with: llem run --resume {runner.study_dir}"
+        )
+        return 0
 
     typer.echo(format_study_summary(result, runner.manifest))
     return study_exit_code(result)

@@ -44,6 +44,8 @@ class ExecutionConfig(BaseModel):
     cycle_gap_seconds: float | None = Field(None, ge=0)  # None -> user config
     shuffle_seed: int = 42
     experiment_timeout_seconds: float | None = Field(None, gt=0)
+    # "per_gpu": independent runs at once, one per visible GPU (see study.parallel)
+    parallel: Literal["none", "per_gpu"] = "none"
 
 
 class SkippedExperiment(BaseModel):

@@ -43,6 +43,20 @@ class ExecutionSection(BaseModel):
     cycle_gap_seconds: float = Field(300.0, ge=0)
 
 
+class SlurmSection(BaseModel):
+    """How the ``slurm`` runner submits jobs (one job per study run)."""
+
+    model_config = _FORBID
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time_limit: str | None = None  # sbatch --time; the study's experiment_timeout_seconds wins
+    gpus_per_run: int = Field(1, ge=0)  # --gres=gpu:N; 0 = no GPU request (CPU clusters)
+    array_limit: int | None = Field(None, ge=1)  # --array=0-N%limit: at most this many at once
+    poll_interval_seconds: float = Field(10.0, gt=0)  # how often the study polls squeue/sacct
+    extra_args: list[str] = Field(default_factory=list)  # appended to sbatch's options
+
+
 class UserConfig(BaseModel):
     """Machine facts and defaults; never part of an experiment's identity."""
 
@@ -52,6 +66,7 @@ class UserConfig(BaseModel):
     runners: dict[str, str] = Field(default_factory=dict)
     measurement: MeasurementSection = Field(default_factory=MeasurementSection)
     execution: ExecutionSection = Field(default_factory=ExecutionSection)
+    slurm: SlurmSection = Field(default_factory=SlurmSection)
 
     @field_validator("runners")
     @classmethod
@@ -61,10 +76,15 @@ class UserConfig(BaseModel):
                 raise ValueError(f"runners: unknown backend {backend!r}; valid: {list(BACKENDS)}")
             if not _RUNNER_RE.match(runner):
                 raise ValueError(
-                    f"runners.{backend}: {runner!r} is not a runner; use 'local' or "
-                    "'docker:<image>'"
+                    f"runners.{backend}: {runner!r} is not a runner; use 'local', "
+                    "'docker:<image>' or 'slurm'"
                 )
         return value
+
+
+def valid_runner(value: str) -> bool:
+    """``local``, ``docker:<image>`` or ``slurm``."""
+    return bool(_RUNNER_RE.match(value))
 
 
 def user_config_path() -> Path:
@@ -146,7 +166,7 @@ def effective_settings(path: Path | None = None) -> dict[str, Setting]:
             if not _RUNNER_RE.match(runner):
                 raise ConfigError(
                     f"environment variable {env}={runner!r} is not a runner",
-                    hint="use 'local' or 'docker:<image>'",
+                    hint="use 'local', 'docker:<image>' or 'slurm'",
                 )
             out[f"runners.{backend}"] = Setting(value=runner, source=f"env {env}")
         elif backend in config.runners:

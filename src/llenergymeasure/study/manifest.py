@@ -40,6 +40,26 @@ class RunError(BaseModel):
     traceback: str | None = None  # last frames only
 
 
+class ConcurrentRun(BaseModel):
+    """Another run that was running at the same time (``execution.parallel: per_gpu``)."""
+
+    model_config = _FORBID
+
+    run_id: str
+    device: str | None = None  # its GPU (UUID), as this run's ``device``
+
+
+class SlurmJob(BaseModel):
+    """One SLURM job that ran (or was meant to run) a run: the audit trail of its attempts."""
+
+    model_config = _FORBID
+
+    job_id: str  # "<array job id>_<task id>"
+    attempt: int
+    state: str | None = None  # SLURM's final state: COMPLETED, CANCELLED, TIMEOUT, FAILED, ...
+    reason: str | None = None
+
+
 class RunEntry(BaseModel):
     """One run of the study: an experiment config in one cycle."""
 
@@ -57,6 +77,11 @@ class RunEntry(BaseModel):
     result_path: str | None = None  # relative to the study directory
     error: RunError | None = None
     pid: int | None = None  # the run's subprocess while it runs (kept afterwards for audit)
+    device: str | None = None  # per_gpu: the GPU (UUID) the run was pinned to
+    concurrent_runs: list[ConcurrentRun] = Field(default_factory=list)  # per_gpu overlaps
+    slurm_job_id: str | None = None  # slurm runner: the current attempt's job
+    slurm_state: str | None = None  # slurm runner: its last known SLURM state
+    slurm_jobs: list[SlurmJob] = Field(default_factory=list)  # slurm runner: every attempt
 
 
 class StudySession(BaseModel):
@@ -67,7 +92,7 @@ class StudySession(BaseModel):
     pid: int
     started_at: datetime
     finished_at: datetime | None = None
-    outcome: Literal["running", "finished", "interrupted"] = "running"
+    outcome: Literal["running", "finished", "interrupted", "detached"] = "running"
 
 
 class StudyManifest(BaseModel):
@@ -81,6 +106,7 @@ class StudyManifest(BaseModel):
     study_design_hash: str
     source_path: str | None = None  # absolute path of the study YAML, if it came from one
     overrides: dict[str, Any] | None = None  # CLI flags applied to every point (for re-checks)
+    runner: str | None = None  # `--runner` for every backend (local, slurm, docker:<image>)
     created_at: datetime
     updated_at: datetime
     execution: ExecutionConfig

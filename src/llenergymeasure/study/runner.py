@@ -29,10 +29,10 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -53,6 +53,9 @@ from llenergymeasure.study.manifest import (
 )
 from llenergymeasure.study.progress import StudyProgress, countdown
 from llenergymeasure.study.worker import RunRequest, Worker, child_main, measure_worker
+
+if TYPE_CHECKING:
+    from llenergymeasure.harness.parallel import DeviceSlot
 
 DEFAULT_WORKER: Worker = measure_worker
 STOP_GRACE_S = 5.0  # after terminate(), how long a run's process gets before kill()
@@ -204,6 +207,9 @@ class StudyRunner:
         manifest_writer: ManifestWriter = write_manifest,
         persist: bool = True,
         stream: IO[str] | None = None,
+        detach: bool = False,
+        devices: Sequence[DeviceSlot] | None = None,
+        slurm_options: dict[str, Any] | None = None,
     ) -> None:
         self.study_dir = Path(study_dir)
         self.manifest = manifest
@@ -215,7 +221,11 @@ class StudyRunner:
         self.persist = persist
         self.stream = stream
         self.results: dict[str, ExperimentResult] = {}
+        self.detach = detach  # slurm: submit and return without waiting
+        self.devices = devices  # per_gpu: the GPUs to use (None: every visible one)
+        self.slurm_options = slurm_options or {}  # SlurmStudyExecutor keyword arguments
         self._proc: Any = None
+        self._procs: list[Any] = []  # per_gpu: every running child
         self._progress: StudyProgress | None = None
         self._ctx = multiprocessing.get_context("spawn")
 
@@ -227,9 +237,13 @@ class StudyRunner:
         results_root: Path,
         *,
         overrides: dict[str, Any] | None = None,
+        runner: str | None = None,
         **kwargs: Any,
     ) -> StudyRunner:
-        """A new study directory ``<results_root>/<name>_<timestamp>/`` with its manifest."""
+        """A new study directory ``<results_root>/<name>_<timestamp>/`` with its manifest.
+
+        ``runner`` (``local``, ``slurm``, ``docker:<image>``) overrides the runner of every
+        backend for this study; it is kept in the manifest for ``--resume``."""
         from llenergymeasure.results.io import unique_directory
 
         stamp = datetime.now().strftime("%Y-%m-%dT%H-%M-%S")
@@ -242,6 +256,7 @@ class StudyRunner:
             study_design_hash=study.study_design_hash,
             source_path=source,
             overrides=overrides or None,
+            runner=runner,
             created_at=now,
             updated_at=now,
             execution=study.execution,
@@ -249,9 +264,9 @@ class StudyRunner:
             skipped=study.skipped,
             runs=plan_runs(study),
         )
-        runner = cls(study_dir, manifest, **kwargs)
-        runner._save()
-        return runner
+        created = cls(study_dir, manifest, **kwargs)
+        created._save()
+        return created
 
     @classmethod
     def resume(
@@ -275,7 +290,38 @@ class StudyRunner:
         with _study_lock(self.study_dir), _sigterm_as_interrupt():
             return self._run_locked()
 
+    def runner_kind(self) -> str:
+        """``slurm`` when every backend of the study runs on SLURM, else ``local`` (runs in
+        subprocesses here, which may start containers). Mixing is a ``StudyError``."""
+        from llenergymeasure.runners import RunnerSpec, resolve_runner
+
+        backends = sorted({c.backend for c in self.manifest.experiments})
+        specs = [
+            RunnerSpec.parse(b, self.manifest.runner, "--runner")
+            if self.manifest.runner is not None
+            else resolve_runner(b)
+            for b in backends
+        ]
+        slurm = [s.backend for s in specs if s.kind == "slurm"]
+        if slurm and len(slurm) != len(specs):
+            others = ", ".join(f"{s.backend}: {s.value} ({s.source})" for s in specs)
+            raise StudyError(
+                f"a study runs either entirely on SLURM or not at all; runners: {others}",
+                hint="use --runner slurm, or set runners.<backend>: slurm for every backend",
+            )
+        return "slurm" if slurm else "local"
+
     def _run_locked(self) -> StudyResult:
+        if self.runner_kind() == "slurm":
+            from llenergymeasure.runners.slurm import SlurmStudyExecutor, slurm_settings
+
+            options = {"settings": slurm_settings(), **self.slurm_options}
+            return SlurmStudyExecutor(self, detach=self.detach, **options).run()
+        if self.detach:
+            raise StudyError(
+                "--detach needs the slurm runner: a local study runs in this process",
+                hint="add --runner slurm, or drop --detach",
+            )
         self._load_completed()
         for entry in self.manifest.runs:
             if entry.status == "running":  # its study process died (we hold the lock now)
@@ -295,6 +341,11 @@ class StudyRunner:
         )
         previous: RunEntry | None = None
         try:
+            if self.manifest.execution.parallel == "per_gpu":
+                from llenergymeasure.study.parallel import run_per_gpu
+
+                run_per_gpu(self, todo)
+                todo = []
             for entry in todo:
                 if previous is not None:
                     label, seconds = gap_before(
@@ -312,6 +363,9 @@ class StudyRunner:
             if self._proc is not None:  # a bug in the runner itself: leave no orphan behind
                 self._stop(self._proc)
                 self._proc = None
+            for proc in self._procs:  # per_gpu children still running
+                self._stop(proc)
+            self._procs.clear()
             self._progress.close()
         session.finished_at = utc_now()
         session.outcome = "finished"
@@ -319,6 +373,18 @@ class StudyRunner:
         return self._finish()
 
     def _execute(self, entry: RunEntry) -> None:
+        assert self._progress is not None
+        proc, receiver = self._start(entry)
+        self._proc = proc  # stays set if we are interrupted, so the handler can stop it
+        try:
+            outcome = self._wait(entry, proc, receiver)
+        finally:
+            receiver.close()
+        self._proc = None
+        self._record(entry, outcome)
+
+    def _start(self, entry: RunEntry, slot: DeviceSlot | None = None) -> tuple[Any, Any]:
+        """Mark ``entry`` running and start its subprocess (pinned to ``slot``'s GPU)."""
         assert self._progress is not None
         config = self.manifest.experiments[entry.config_index]
         run_dir = self.study_dir / entry.run_id
@@ -329,6 +395,9 @@ class StudyRunner:
         entry.result_path = None
         entry.error = None
         entry.pid = None
+        entry.device = (slot.uuid or slot.label) if slot is not None else None
+        entry.concurrent_runs = []
+        runner = self.manifest.runner if self.manifest.runner != "slurm" else None
         request = RunRequest(
             run_id=entry.run_id,
             config=config,
@@ -337,10 +406,14 @@ class StudyRunner:
             position=entry.position,
             attempt=entry.attempts,
             baseline_cache_path=str(self.study_dir / BASELINE_CACHE_NAME),
+            runner=runner,
+            device=entry.device,
+            visible_devices=slot.visible_devices if slot is not None else None,
         )
+        on = f" on {entry.device}" if entry.device else ""
         self._progress.message(
             f"run {entry.position}/{len(self.manifest.runs)} {entry.run_id} "
-            f"(config {entry.config_hash}, cycle {entry.cycle})"
+            f"(config {entry.config_hash}, cycle {entry.cycle}){on}"
         )
         receiver, sender = self._ctx.Pipe(duplex=False)
         proc = self._ctx.Process(
@@ -348,16 +421,20 @@ class StudyRunner:
             args=(self.worker, request, sender, os.getpid()),
             name=f"llem-{entry.run_id}",
         )
-        self._proc = proc  # stays set if we are interrupted, so the handler can stop it
         try:
             proc.start()
-            sender.close()
-            entry.pid = proc.pid
-            self._save()
-            outcome = self._wait(entry, proc, receiver)
-        finally:
+        except BaseException:
             receiver.close()
-        self._proc = None
+            raise
+        finally:
+            sender.close()
+        entry.pid = proc.pid
+        self._save()
+        return proc, receiver
+
+    def _record(self, entry: RunEntry, outcome: RunError | tuple[ExperimentResult, Path]) -> None:
+        """Store a finished run's outcome in the manifest (and its result in memory)."""
+        assert self._progress is not None
         entry.finished_at = utc_now()
         if isinstance(outcome, RunError):
             entry.status = "failed"
@@ -403,6 +480,12 @@ class StudyRunner:
                 break
             if not proc.is_alive() and not receiver.poll(0):
                 break
+        return self._conclude(proc, final)
+
+    def _conclude(
+        self, proc: Any, final: tuple[str, dict[str, Any]] | None
+    ) -> RunError | tuple[ExperimentResult, Path]:
+        """A run's outcome from its final message (None: it sent none) once it has ended."""
         proc.join(STOP_GRACE_S)
         if proc.is_alive():
             self._stop(proc)
@@ -441,6 +524,8 @@ class StudyRunner:
         try:
             if self._proc is not None:
                 self._stop(self._proc)
+            for proc in self._procs:
+                self._stop(proc)
             now = utc_now()
             for entry in self.manifest.runs:
                 if entry.status == "running":

@@ -71,7 +71,7 @@ def build_study_result(
         llem_version=__version__,
         study_name=manifest.study_name,
         study_design_hash=manifest.study_design_hash,
-        runner="local",
+        runner=manifest.runner or "local",
         study_dir=str(study_dir) if study_dir is not None else None,
         started_at_utc=started,
         finished_at_utc=finished_at,

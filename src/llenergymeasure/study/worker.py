@@ -45,6 +45,9 @@ class RunRequest:
     position: int
     attempt: int
     baseline_cache_path: str | None = None
+    runner: str | None = None  # `--runner` override (local, docker:<image>); None: resolve
+    device: str | None = None  # per_gpu: the GPU this run is pinned to (UUID)
+    visible_devices: str | None = None  # per_gpu: the child's CUDA_VISIBLE_DEVICES
 
 
 class Worker(Protocol):
@@ -64,9 +67,13 @@ def measure_worker(request: RunRequest, progress: Callable[[str], None]) -> Meas
     """
     from llenergymeasure.api import measure
     from llenergymeasure.energy.baseline import BaselineCache
-    from llenergymeasure.runners import resolve_runner
+    from llenergymeasure.runners import RunnerSpec, resolve_runner
 
-    runner = resolve_runner(request.config.backend)
+    runner = (
+        RunnerSpec.parse(request.config.backend, request.runner, "--runner")
+        if request.runner is not None
+        else resolve_runner(request.config.backend)
+    )
     if runner.kind == "docker" and runner.image:
         return _measure_in_container(request, runner.image, progress)
 
@@ -131,8 +138,12 @@ def child_main(
     """Entry point of a run's subprocess: measure, save, report over ``conn``.
 
     ``parent_pid`` is the study process; if it dies (even before this function starts) the
-    child exits rather than measuring for nobody.
+    child exits rather than measuring for nobody. ``request.visible_devices`` (per_gpu) becomes
+    this process's ``CUDA_VISIBLE_DEVICES`` before anything initialises CUDA, so the run uses
+    and measures only its own GPU.
     """
+    if request.visible_devices is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = request.visible_devices
     # The study process decides what Ctrl-C means (it terminates this run); SIGTERM unwinds.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)

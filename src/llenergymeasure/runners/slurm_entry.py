@@ -1,0 +1,87 @@
+"""Entry point of one SLURM job: measure one run of a study, save into its run directory.
+
+``python -m llenergymeasure.runners.slurm_entry <study_dir> <position> [<attempt>]``
+
+Reads the run (by its 1-based position) and its resolved config from the study manifest (read
+only: the study process alone writes the manifest), measures it with the real worker and saves
+``result.json`` (+ ``timeseries.parquet``) into ``<study_dir>/<run_id>/``. Its own status goes
+to ``<run_dir>/slurm_status.json``: ``RUNNING`` at the start, then ``COMPLETED`` or ``FAILED``
+(with the exception), so the study process can settle the run even without ``sacct``.
+Exit code 0 on success, 1 on failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from llenergymeasure.runners.slurm import STATUS_NAME
+from llenergymeasure.study.worker import RunRequest, Worker, measure_worker, short_traceback
+
+__all__ = ["main"]
+
+
+def _job_id() -> str | None:
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array and task:
+        return f"{array}_{task}"
+    return os.environ.get("SLURM_JOB_ID")
+
+
+def _write_status(run_dir: Path, data: dict[str, Any]) -> None:
+    from llenergymeasure.results.io import atomic_write_text
+
+    atomic_write_text(run_dir / STATUS_NAME, json.dumps(data, indent=2) + "\n")
+
+
+def main(argv: Sequence[str] | None = None, *, worker: Worker | None = None) -> int:
+    """Measure the run at ``position`` of the study in ``study_dir``; the exit code."""
+    from llenergymeasure.study.manifest import load_manifest
+    from llenergymeasure.study.runner import BASELINE_CACHE_NAME
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) not in (2, 3):
+        print("usage: slurm_entry <study_dir> <position> [<attempt>]", file=sys.stderr)
+        return 2
+    study_dir, position = Path(args[0]), int(args[1])
+    manifest = load_manifest(study_dir)
+    entry = next((r for r in manifest.runs if r.position == position), None)
+    if entry is None:
+        print(f"no run at position {position} in {study_dir}", file=sys.stderr)
+        return 2
+    run_dir = study_dir / entry.run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    job = _job_id()
+    host = os.uname().nodename
+    _write_status(run_dir, {"job_id": job, "state": "RUNNING", "host": host})
+    request = RunRequest(
+        run_id=entry.run_id,
+        config=manifest.experiments[entry.config_index],
+        run_dir=str(run_dir),
+        cycle=entry.cycle,
+        position=entry.position,
+        attempt=int(args[2]) if len(args) == 3 else entry.attempts,
+        baseline_cache_path=str(study_dir / BASELINE_CACHE_NAME),
+        runner="local",
+    )
+    try:
+        measured = (worker or measure_worker)(
+            request, lambda msg: print(f"{entry.run_id}: {msg}", file=sys.stderr, flush=True)
+        )
+        measured.save(run_dir)
+    except Exception as exc:
+        print(short_traceback(exc), file=sys.stderr)
+        error = {"type": type(exc).__name__, "message": str(exc) or repr(exc)}
+        error["traceback"] = short_traceback(exc)
+        _write_status(run_dir, {"job_id": job, "state": "FAILED", "host": host, "error": error})
+        return 1
+    _write_status(run_dir, {"job_id": job, "state": "COMPLETED", "host": host})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,202 @@
+"""``execution.parallel: per_gpu``: independent runs at the same time, one per visible GPU.
+
+- **Devices.** ``StudyRunner.devices`` or every GPU visible to the study process
+  (``visible_gpu_slots``: ``CUDA_VISIBLE_DEVICES`` mapped to NVML devices by UUID). Each run's
+  child gets ``CUDA_VISIBLE_DEVICES=<its GPU's UUID>`` before CUDA initialises, so its engine
+  uses ``cuda:0`` and its sensor/energy backend measure only that GPU.
+- **Scheduling.** Runs start in run order on the first free GPU. A GPU that finished a run is
+  free again after the gap (``config_gap_seconds`` / ``cycle_gap_seconds``, as in a sequential
+  study, counted per GPU) without blocking the other GPUs.
+- **Manifest.** Only the study process writes it (children report over their pipes), after
+  every state change, so it is valid at every write.
+- **Concurrency record.** When a run ends, every run whose process lifetime overlapped it is
+  written into its manifest entry (``concurrent_runs``: run id + GPU), and a completed run's
+  ``result.json`` gets a ``measurement_warnings`` note naming them, with the thermal caveat:
+  neighbouring GPUs heat each other (and share power delivery and host CPU), so energy and
+  throughput can differ from the same run measured alone.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+from multiprocessing.connection import wait
+from typing import TYPE_CHECKING, Any
+
+from llenergymeasure.exceptions import StudyError
+from llenergymeasure.study.manifest import ConcurrentRun, RunEntry, RunError
+
+if TYPE_CHECKING:
+    from llenergymeasure.harness.parallel import DeviceSlot
+    from llenergymeasure.study.runner import StudyRunner
+
+__all__ = ["THERMAL_NOTE", "overlapping", "run_per_gpu"]
+
+THERMAL_NOTE = (
+    "ran concurrently with other runs on neighbouring GPUs (execution.parallel: per_gpu); "
+    "GPUs heat each other and share power delivery and host CPU, so energy and throughput may "
+    "differ from a run measured alone"
+)
+
+
+@dataclass
+class _Active:
+    entry: RunEntry
+    slot: DeviceSlot
+    proc: Any
+    receiver: Any
+    deadline: float | None
+    final: tuple[str, dict[str, Any]] | RunError | None = None
+    closed: bool = False  # the child's end of the pipe is closed (it exited or crashed)
+
+
+@dataclass
+class _Span:
+    run_id: str
+    device: str | None
+    start: float
+    end: float | None = None
+
+
+def overlapping(span: _Span, spans: list[_Span]) -> list[_Span]:
+    """The other spans that overlap ``span`` in time (open-ended spans still run)."""
+    end = span.end if span.end is not None else float("inf")
+    return [
+        o
+        for o in spans
+        if o is not span and o.start < end and (o.end is None or o.end > span.start)
+    ]
+
+
+def _slot_id(slot: DeviceSlot) -> str:
+    return slot.uuid or slot.label
+
+
+def run_per_gpu(runner: StudyRunner, todo: list[RunEntry]) -> None:
+    """Run ``todo`` on ``runner``'s GPUs, one run per GPU at a time (see the module docstring).
+
+    On Ctrl-C every child is stopped and ``KeyboardInterrupt`` propagates (the runner marks the
+    running entries interrupted).
+    """
+    from llenergymeasure.study.runner import gap_before
+
+    assert runner._progress is not None
+    slots = list(runner.devices) if runner.devices is not None else _visible_slots()
+    if not slots:
+        raise StudyError(
+            "execution.parallel: per_gpu needs GPUs, and none is visible",
+            hint="set execution.parallel: none, or check CUDA_VISIBLE_DEVICES / nvidia-smi",
+        )
+    ids = [_slot_id(s) for s in slots]
+    if len(set(ids)) != len(ids):
+        raise StudyError(f"per_gpu: the same GPU is listed twice: {ids}")
+    timeout = runner.manifest.execution.experiment_timeout_seconds
+    queue = deque(todo)
+    free_at = {_slot_id(s): 0.0 for s in slots}  # monotonic time from which a GPU is free
+    active: list[_Active] = []
+    spans: list[_Span] = []
+    span_of: dict[str, _Span] = {}
+    try:
+        while queue or active:
+            now = time.monotonic()
+            for slot in slots:
+                sid = _slot_id(slot)
+                if not queue or any(a.slot is slot for a in active) or free_at[sid] > now:
+                    continue
+                entry = queue.popleft()
+                proc, receiver = runner._start(entry, slot)
+                runner._procs.append(proc)
+                deadline = None if timeout is None else time.monotonic() + timeout
+                active.append(_Active(entry, slot, proc, receiver, deadline))
+                span = _Span(entry.run_id, entry.device, time.monotonic())
+                spans.append(span)
+                span_of[entry.run_id] = span
+            if not active:  # every free GPU is in its gap
+                waits = [t for t in free_at.values() if t > now]
+                runner.sleep(max(0.0, min(waits) - now) if waits else 0.05)
+                continue
+            for item in _step(runner, active):
+                active.remove(item)
+                runner._procs.remove(item.proc)
+                item.receiver.close()
+                span = span_of[item.entry.run_id]
+                span.end = time.monotonic()
+                outcome = (
+                    item.final
+                    if isinstance(item.final, RunError)
+                    else runner._conclude(item.proc, item.final)
+                )
+                others = overlapping(span, spans)
+                item.entry.concurrent_runs = [
+                    ConcurrentRun(run_id=o.run_id, device=o.device) for o in others
+                ]
+                if others and not isinstance(outcome, RunError):
+                    outcome = _annotate(outcome, item.entry, others)
+                runner._record(item.entry, outcome)
+                runner._progress.advance()
+                sid = _slot_id(item.slot)
+                if queue:
+                    _, seconds = gap_before(
+                        item.entry, queue[0], runner.manifest.execution.cycle_order, runner.gaps
+                    )
+                    free_at[sid] = time.monotonic() + seconds
+    finally:
+        for item in active:
+            runner._stop(item.proc)
+            item.receiver.close()
+        runner._procs.clear()
+
+
+def _step(runner: StudyRunner, active: list[_Active]) -> list[_Active]:
+    """Relay messages for up to 0.2 s; the runs that have ended (final message, exit or
+    timeout), with ``final`` set (a ``RunError`` for a timeout)."""
+    assert runner._progress is not None
+    done: list[_Active] = []
+    open_ = [a.receiver for a in active if not a.closed]
+    ready = wait(open_, timeout=0.2) if open_ else []
+    if not open_:
+        time.sleep(0.05)
+    for item in active:
+        if item.receiver in ready:
+            while item.final is None and item.receiver.poll(0):
+                try:
+                    kind, payload = item.receiver.recv()
+                except (EOFError, OSError):
+                    item.closed = True
+                    break
+                if kind == "progress":
+                    runner._progress.message(f"{item.entry.run_id}: {payload}")
+                else:
+                    item.final = (kind, payload)
+        if item.final is not None:
+            done.append(item)
+        elif item.deadline is not None and time.monotonic() >= item.deadline:
+            runner._stop(item.proc)
+            timeout = runner.manifest.execution.experiment_timeout_seconds or 0
+            item.final = RunError(
+                type="TimeoutError",
+                message=f"the run exceeded experiment_timeout_seconds={timeout:g} and its "
+                "process was terminated",
+            )
+            done.append(item)
+        elif not item.proc.is_alive() and (item.closed or not item.receiver.poll(0)):
+            done.append(item)  # ended without a final message: _conclude says how
+    return done
+
+
+def _annotate(outcome: Any, entry: RunEntry, others: list[_Span]) -> Any:
+    """Add the concurrency note to a completed run's result (and rewrite its result.json)."""
+    result, path = outcome
+    names = ", ".join(f"{o.run_id} on {o.device}" for o in others)
+    note = f"{THERMAL_NOTE}; this run on {entry.device}; concurrent runs: {names}"
+    warnings = [*result.measurement_warnings, note]
+    result = result.model_copy(update={"measurement_warnings": warnings})
+    result.to_json(path)
+    return result, path
+
+
+def _visible_slots() -> list[DeviceSlot]:
+    from llenergymeasure.harness.parallel import visible_gpu_slots
+
+    return visible_gpu_slots()
