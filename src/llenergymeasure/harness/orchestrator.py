@@ -88,18 +88,12 @@ class MeasuredExperiment:
 
     def save(self, directory: Path, *, export_csv: bool = False) -> Path:
         """Write ``result.json`` (+ ``timeseries.parquet``, ``result.csv``) into ``directory``."""
-        from llenergymeasure.results.io import atomic_write_bytes
+        from llenergymeasure.results.io import write_table_parquet
 
         directory.mkdir(parents=True, exist_ok=True)
         result = self.result.model_copy(update={"output_dir": str(directory)})
         if self.timeseries is not None:
-            import io
-
-            import pyarrow.parquet as pq
-
-            sink = io.BytesIO()
-            pq.write_table(self.timeseries, sink)
-            atomic_write_bytes(directory / "timeseries.parquet", sink.getvalue())
+            write_table_parquet(self.timeseries, directory / "timeseries.parquet")
         if export_csv:
             result.to_csv(directory / "result.csv")
         result.to_json(directory / "result.json")

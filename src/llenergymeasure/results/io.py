@@ -94,13 +94,18 @@ def _table(rows: list[dict[str, Any]]) -> Any:
     return pa.table(arrays)
 
 
-def write_rows_parquet(rows: list[dict[str, Any]], path: Path) -> Path:
-    """Write flat rows as a parquet table, atomically."""
+def write_table_parquet(table: Any, path: Path) -> Path:
+    """Write a ``pyarrow.Table`` as parquet, atomically."""
     import pyarrow.parquet as pq
 
     sink = io.BytesIO()
-    pq.write_table(_table(rows), sink)
+    pq.write_table(table, sink)
     return atomic_write_bytes(path, sink.getvalue())
+
+
+def write_rows_parquet(rows: list[dict[str, Any]], path: Path) -> Path:
+    """Write flat rows as a parquet table, atomically."""
+    return write_table_parquet(_table(rows), path)
 
 
 def write_rows_csv(rows: list[dict[str, Any]], path: Path) -> Path:
