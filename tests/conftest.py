@@ -33,3 +33,11 @@ def write_yaml(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return _write
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``builtin:tiny`` built once per test session into its own cache folder."""
+    from llenergymeasure.engines.builtin import resolve_builtin_model
+
+    return resolve_builtin_model("builtin:tiny", cache_dir=tmp_path_factory.mktemp("llem-cache"))

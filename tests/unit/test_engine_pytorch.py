@@ -22,7 +22,6 @@ pytest.importorskip("transformers")
 from llenergymeasure.config.models import ExperimentConfig
 from llenergymeasure.datasets import Prompt
 from llenergymeasure.engines.base import InferenceBackend, LoadInfo, RequestRecord
-from llenergymeasure.engines.builtin import resolve_builtin_model
 from llenergymeasure.engines.pytorch import PyTorchBackend
 from llenergymeasure.exceptions import BackendError
 
@@ -30,8 +29,8 @@ TEXTS = ["hello there, how are you today?", "a", "the quick brown fox", "x y z"]
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return resolve_builtin_model("builtin:tiny", cache_dir=tmp_path_factory.mktemp("llem-cache"))
+def model_dir(tiny_model_dir: Path) -> Path:
+    return tiny_model_dir
 
 
 def make_config(model_dir: str | Path, **overrides: Any) -> ExperimentConfig:

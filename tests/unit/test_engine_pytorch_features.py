@@ -25,7 +25,6 @@ from llenergymeasure.config.models import DecoderConfig, ExperimentConfig, PyTor
 from llenergymeasure.datasets import Prompt
 from llenergymeasure.energy.fakes import FakeEnergyBackend
 from llenergymeasure.engines.base import RequestRecord
-from llenergymeasure.engines.builtin import resolve_builtin_model
 from llenergymeasure.engines.fakes import FakeEngine
 from llenergymeasure.engines.pytorch import PyTorchBackend
 from llenergymeasure.harness.orchestrator import ExperimentOrchestrator
@@ -34,8 +33,8 @@ TEXTS = ["hello there, how are you today?", "the quick brown fox", "x y z"]
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return resolve_builtin_model("builtin:tiny", cache_dir=tmp_path_factory.mktemp("llem-cache"))
+def model_dir(tiny_model_dir: Path) -> Path:
+    return tiny_model_dir
 
 
 def make_config(model: str | Path, **overrides: Any) -> ExperimentConfig:
