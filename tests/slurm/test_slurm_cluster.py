@@ -98,8 +98,9 @@ def test_jobs_run_through_the_scheduler_a_cancelled_one_fails_and_resume_complet
     study = tmp_path / "study.yaml"
     study.write_text(STUDY)
     out = tmp_path / "results"
-    first = llem(slurm_env, "run", str(study), "-o", str(out), "--runner", "slurm", "--detach",
-                 "--no-gaps")
+    first = llem(
+        slurm_env, "run", str(study), "-o", str(out), "--runner", "slurm", "--detach", "--no-gaps"
+    )
     assert first.returncode == 0, first.stdout + first.stderr
     (study_dir,) = out.iterdir()
     manifest: StudyManifest = load_manifest(study_dir)
@@ -110,7 +111,9 @@ def test_jobs_run_through_the_scheduler_a_cancelled_one_fails_and_resume_complet
     # The array is in SLURM's queue; with array_limit 1 the second task waits: cancel it.
     queue = subprocess.run(
         ["squeue", "-h", "-r", "-o", "%i %T", "-j", array],
-        env=slurm_env, capture_output=True, text=True,
+        env=slurm_env,
+        capture_output=True,
+        text=True,
     ).stdout
     assert job1 in queue
     subprocess.run(["scancel", job1], env=slurm_env, check=True)

@@ -22,9 +22,7 @@ from llenergymeasure.study.parallel import THERMAL_NOTE
 from llenergymeasure.study.runner import StudyRunner
 
 GPUS = [
-    DeviceSlot(
-        device="cuda:0", label=f"cuda:{k}", uuid=uuid, nvml_index=k, visible_devices=uuid
-    )
+    DeviceSlot(device="cuda:0", label=f"cuda:{k}", uuid=uuid, nvml_index=k, visible_devices=uuid)
     for k, uuid in enumerate(["GPU-aaaa-0000", "GPU-bbbb-1111"])
 ]
 BASE: dict[str, Any] = {
@@ -38,8 +36,12 @@ BASE: dict[str, Any] = {
 
 
 def study(n_configs: int = 4, **execution: Any) -> StudyConfig:
-    execution = {"config_gap_seconds": 0, "cycle_gap_seconds": 0, "parallel": "per_gpu",
-                 **execution}
+    execution = {
+        "config_gap_seconds": 0,
+        "cycle_gap_seconds": 0,
+        "parallel": "per_gpu",
+        **execution,
+    }
     sweep = {"pytorch.batch_size": list(range(1, n_configs + 1))}
     return StudyConfig.from_dict({"name": "pg", **BASE, "sweep": sweep, "execution": execution})
 
@@ -96,12 +98,8 @@ def test_each_run_records_the_runs_that_overlapped_it_and_the_thermal_caveat(tmp
     runner.run()
     first, second = load_manifest(runner.study_dir).runs
     assert first.device != second.device
-    assert [(c.run_id, c.device) for c in first.concurrent_runs] == [
-        (second.run_id, second.device)
-    ]
-    assert [(c.run_id, c.device) for c in second.concurrent_runs] == [
-        (first.run_id, first.device)
-    ]
+    assert [(c.run_id, c.device) for c in first.concurrent_runs] == [(second.run_id, second.device)]
+    assert [(c.run_id, c.device) for c in second.concurrent_runs] == [(first.run_id, first.device)]
     saved = ExperimentResult.from_json(runner.study_dir / str(first.result_path))
     (note,) = [w for w in saved.measurement_warnings if THERMAL_NOTE in w]
     assert second.run_id in note and str(second.device) in note

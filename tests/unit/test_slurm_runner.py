@@ -296,9 +296,7 @@ def test_a_study_on_slurm_submits_every_run_as_one_array_and_collects_results(
 
 
 @pytest.mark.parametrize("state", ["CANCELLED", "TIMEOUT", "FAILED", "OUT_OF_MEMORY", "NODE_FAIL"])
-def test_a_job_that_ends_badly_fails_its_run_with_slurms_state_and_reason(
-    cluster, tmp_path, state
-):
+def test_a_job_that_ends_badly_fails_its_run_with_slurms_state_and_reason(cluster, tmp_path, state):
     def end() -> None:
         cluster.set(**{"4242_0": (state, "SomeReason"), "4242_1": (state, "SomeReason")})
 

@@ -294,9 +294,7 @@ class SlurmClient:
             if proc.returncode != 0:
                 continue  # purged (older than MinJobAge) or never known
             for line in proc.stdout.splitlines():
-                fields = dict(
-                    item.split("=", 1) for item in line.split() if "=" in item
-                )
+                fields = dict(item.split("=", 1) for item in line.split() if "=" in item)
                 if "JobState" not in fields:
                     continue
                 task = fields.get("ArrayTaskId")
@@ -380,9 +378,7 @@ class SlurmStudyExecutor:
         if todo:
             self.submit(todo)
         done = sum(1 for r in manifest.runs if r.status != "running")
-        progress = StudyProgress(
-            len(manifest.runs), done, quiet=runner.quiet, stream=runner.stream
-        )
+        progress = StudyProgress(len(manifest.runs), done, quiet=runner.quiet, stream=runner.stream)
         runner._progress = progress
         try:
             if self.detach:
@@ -426,9 +422,7 @@ class SlurmStudyExecutor:
 
     def outstanding(self) -> list[RunEntry]:
         """Runs whose job has not been settled yet."""
-        return [
-            r for r in self.runner.manifest.runs if r.status == "running" and r.slurm_job_id
-        ]
+        return [r for r in self.runner.manifest.runs if r.status == "running" and r.slurm_job_id]
 
     # -- submitting -----------------------------------------------------------------------------
     def submit(self, entries: Sequence[RunEntry]) -> str:
@@ -472,8 +466,7 @@ class SlurmStudyExecutor:
         runner._save()
         if not runner.quiet:
             print(
-                f"[llem] submitted {len(entries)} run(s) as SLURM job array {array} "
-                f"({script})",
+                f"[llem] submitted {len(entries)} run(s) as SLURM job array {array} ({script})",
                 file=runner.stream or sys.stderr,
             )
         return array
@@ -534,8 +527,7 @@ class SlurmStudyExecutor:
             else:
                 state, reason = (
                     "FAILED",
-                    "started but ended without reporting (cancelled, timed out or its node "
-                    "failed)",
+                    "started but ended without reporting (cancelled, timed out or its node failed)",
                 )
             info = JobInfo(job, state, reason)
         self._unknown_since.pop(job, None)
