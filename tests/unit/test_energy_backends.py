@@ -141,6 +141,43 @@ def test_nvml_sensor_turns_each_failing_field_into_none() -> None:
     assert r.power_w == 73.0
 
 
+def test_nvml_sensor_polls_the_instantaneous_power_field_where_the_driver_has_it() -> None:
+    # Ampere+ drivers: nvmlDeviceGetPowerUsage is a 1 s average; the instant field is not.
+    lib = _fake_nvml(1)
+    dev = lib.devices[0]
+    dev.power_fields, dev.power_instant_mw, dev.power_mw = True, 412_000, 250_000
+    sensor = NvmlSensor(nvml=lib, use_env=False)
+    r = sensor.read(0)
+    assert (r.power_w, r.power_avg_w) == (412.0, 250.0)
+    assert sensor.device_info(0).power_source == "nvml_power_instant"
+
+
+def test_nvml_sensor_falls_back_to_power_usage_without_field_support() -> None:
+    lib = _fake_nvml(1)
+    lib.devices[0].power_mw = 180_000
+    sensor = NvmlSensor(nvml=lib, use_env=False)
+    r = sensor.read(0)
+    assert (r.power_w, r.power_avg_w) == (180.0, None)
+    assert sensor.device_info(0).power_source == "nvml_power_usage"
+
+
+def test_nvml_sensor_falls_back_when_the_instant_field_reports_an_error() -> None:
+    lib = _fake_nvml(1)
+    dev = lib.devices[0]
+    dev.power_fields, dev.power_mw = True, 150_000
+    sensor = NvmlSensor(nvml=lib, use_env=False)
+    dev.power_fields = False  # the field query starts failing after the probe
+    assert sensor.read(0).power_w == 150.0
+
+
+def test_nvml_sensor_without_field_values_in_the_bindings_still_works() -> None:
+    lib = _fake_nvml(1)
+    lib.nvmlDeviceGetFieldValues = None  # type: ignore[assignment,method-assign]
+    sensor = NvmlSensor(nvml=lib, use_env=False)
+    assert sensor.read(0).power_w == 73.0
+    assert sensor.device_info(0).power_source == "nvml_power_usage"
+
+
 def test_nvml_sensor_device_info_reports_counter_support_and_limits() -> None:
     lib = _fake_nvml(2)
     lib.devices[1].energy_mj = None
@@ -317,6 +354,22 @@ def test_counter_vs_poll_disagreement_is_reported_in_percent() -> None:
     assert m.total_energy_j == pytest.approx(1000.0)
     assert m.poll_energy_j == pytest.approx(1100.0)
     assert m.counter_vs_poll_diff_pct == pytest.approx(10.0)
+
+
+def test_the_poll_cross_check_names_its_power_reading_and_integrates_the_average_too() -> None:
+    clock = FakeClock(0.0)
+    sensor = FakeGpuSensor(
+        power_w=200.0,
+        power_avg_script={0: [150.0]},
+        power_source="nvml_power_instant",
+        clock=clock,
+    )
+    m = _run_window(sensor, clock, seconds=10.0)
+    assert m.poll_power_source == "nvml_power_instant"
+    d = m.devices[0]
+    assert d.poll_power_source == "nvml_power_instant"
+    assert d.poll_energy_j == pytest.approx(2000.0)
+    assert d.poll_avg_energy_j == pytest.approx(1500.0)
 
 
 def test_missing_power_samples_are_bridged_in_the_poll_integral() -> None:

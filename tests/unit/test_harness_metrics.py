@@ -49,6 +49,35 @@ def test_a_sustained_rise_of_more_than_five_degrees_is_thermal_drift() -> None:
     assert "thermal_drift_detected" in _warnings(temps)
 
 
+def _poll_warning(diff_pct: float, duration_s: float) -> bool:
+    warnings = m.measurement_warnings(
+        duration_s=duration_s,
+        window_samples=_samples([35.0] * 200),
+        n_devices=1,
+        energy_available=True,
+        persistence_mode=[True],
+        counter_vs_poll_diff_pct=diff_pct,
+        thermal_floor_seconds=60,
+    )
+    return "energy_counter_poll_disagreement" in warnings
+
+
+@pytest.mark.parametrize(
+    ("diff_pct", "duration_s", "flagged"),
+    [
+        (-1.9, 12.0, False),
+        (-2.1, 12.0, True),  # windows >= 10 s must agree within 2 %
+        (2.5, 10.0, True),
+        (-4.9, 8.0, False),  # shorter windows: SPEC's 5 %
+        (5.1, 8.0, True),
+    ],
+)
+def test_counter_poll_disagreement_is_flagged_at_2_percent_on_long_windows_5_on_short(
+    diff_pct: float, duration_s: float, flagged: bool
+) -> None:
+    assert _poll_warning(diff_pct, duration_s) is flagged
+
+
 def test_percentiles_interpolate_like_numpy() -> None:
     data = [1.0, 2.0, 3.0, 4.0]
     assert m.percentile(data, 50) == pytest.approx(2.5)

@@ -25,7 +25,9 @@ class DeviceEnergy(BaseModel):
 
     ``energy_j`` is the value used for the total (counter where it worked, else the poll
     integral); ``counter_energy_j`` and ``poll_energy_j`` keep both estimates when known.
-    ``method`` is an ``EnergyMethod`` value.
+    ``method`` is an ``EnergyMethod`` value. ``poll_power_source`` says which power reading
+    was integrated (``DeviceInfo.power_source``); ``poll_avg_energy_j`` integrates NVML's 1 s
+    averaged reading too, where the driver gives both, to show how much its lag costs.
     """
 
     model_config = {"extra": "forbid"}
@@ -37,6 +39,8 @@ class DeviceEnergy(BaseModel):
     method: str
     counter_energy_j: float | None = None
     poll_energy_j: float | None = None
+    poll_power_source: str | None = None
+    poll_avg_energy_j: float | None = None
 
 
 class EnergyMeasurement(BaseModel):
@@ -58,6 +62,7 @@ class EnergyMeasurement(BaseModel):
     devices: list[DeviceEnergy] = Field(default_factory=list)
     poll_energy_j: float | None = None
     counter_vs_poll_diff_pct: float | None = None
+    poll_power_source: str | None = None
     notes: list[str] = Field(default_factory=list)
 
 

@@ -77,8 +77,9 @@ class FakeGpuSensor:
 
     By default each device draws a constant ``power_w`` and its energy counter is exactly
     ``energy_offset_mj + power * (t - t_start) * 1000`` (so counter and poll agree).
-    ``power_script[i]`` / ``energy_script[i]`` replace those with values returned one per
-    ``read(i)`` (the last repeats). ``supports_energy_counter=False`` makes ``energy_mj`` None.
+    ``power_script[i]`` / ``energy_script[i]`` / ``power_avg_script[i]`` replace those with
+    values returned one per ``read(i)`` (the last repeats; ``power_avg_w`` is None without one).
+    ``supports_energy_counter=False`` makes ``energy_mj`` None.
     ``fail_after_reads=n`` makes every read after the n-th raise ``error``. ``clock`` defaults
     to ``time.monotonic``; pass a ``FakeClock`` for deterministic times.
     """
@@ -93,6 +94,8 @@ class FakeGpuSensor:
         energy_offset_mj: int = 5_000_000,
         power_script: Mapping[int, Sequence[float | None]] | None = None,
         energy_script: Mapping[int, Sequence[int | None]] | None = None,
+        power_avg_script: Mapping[int, Sequence[float | None]] | None = None,
+        power_source: str = "nvml_power_usage",
         uuids: Sequence[str] | None = None,
         name: str = "Fake GPU 80GB",
         power_limit_w: float | None = 700.0,
@@ -109,6 +112,8 @@ class FakeGpuSensor:
         self.energy_offset_mj = energy_offset_mj
         self._power_script = {i: _Script(v) for i, v in (power_script or {}).items()}
         self._energy_script = {i: _Script(v) for i, v in (energy_script or {}).items()}
+        self._power_avg_script = {i: _Script(v) for i, v in (power_avg_script or {}).items()}
+        self.power_source = power_source
         self.uuids = (
             list(uuids)
             if uuids is not None
@@ -140,6 +145,7 @@ class FakeGpuSensor:
             supports_energy_counter=bool(self._counter[i]),
             persistence_mode=self.persistence_mode,
             nvml_index=i,
+            power_source=self.power_source,
         )
 
     def read(self, i: int) -> SensorReading:
@@ -154,6 +160,7 @@ class FakeGpuSensor:
                 power = self._power_script[i].next()
             else:
                 power = float(self._power[i])
+            power_avg = self._power_avg_script[i].next() if i in self._power_avg_script else None
             energy: int | None
             if not self._counter[i]:
                 energy = None
@@ -166,6 +173,7 @@ class FakeGpuSensor:
         return SensorReading(
             t=t,
             power_w=power,
+            power_avg_w=power_avg,
             energy_mj=energy,
             temperature_c=self.temperature_c,
             sm_clock_mhz=1980,
@@ -213,6 +221,9 @@ class FakeNvmlDevice:
     memory_total: int = 80 * 1024**3
     power_limit_mw: int | None = 700_000
     persistence: int | None = 1
+    #: Answer NVML_FI_DEV_POWER_INSTANT / _AVERAGE field queries (as Ampere+ drivers do).
+    power_fields: bool = False
+    power_instant_mw: int | None = None  # instant field; defaults to power_mw
 
 
 @dataclass
@@ -227,6 +238,8 @@ class FakeNvmlModule:
     NVMLError = FakeNVMLError
     NVML_TEMPERATURE_GPU = 0
     NVML_CLOCK_SM = 1
+    NVML_FI_DEV_POWER_AVERAGE = 185
+    NVML_FI_DEV_POWER_INSTANT = 186
 
     def nvmlInit(self) -> None:
         if self.init_error:
@@ -253,6 +266,28 @@ class FakeNvmlModule:
 
     def nvmlDeviceGetPowerUsage(self, h: FakeNvmlDevice) -> int:
         return _or_raise(h.power_mw)
+
+    def nvmlDeviceGetFieldValues(self, h: FakeNvmlDevice, field_ids: list[int]) -> list[Any]:
+        if not h.power_fields:
+            raise FakeNVMLError("Function Not Found")
+        readings = {
+            self.NVML_FI_DEV_POWER_INSTANT: (
+                h.power_instant_mw if h.power_instant_mw is not None else h.power_mw
+            ),
+            self.NVML_FI_DEV_POWER_AVERAGE: h.power_mw,
+        }
+        out = []
+        for fid in field_ids:
+            value = readings.get(fid)
+            out.append(
+                SimpleNamespace(
+                    fieldId=fid,
+                    nvmlReturn=0 if value is not None else 3,  # 3: NVML_ERROR_NOT_SUPPORTED
+                    valueType=1,
+                    value=SimpleNamespace(uiVal=value or 0),
+                )
+            )
+        return out
 
     def nvmlDeviceGetTemperature(self, h: FakeNvmlDevice, sensor: int) -> int:
         return _or_raise(h.temperature_c)

@@ -145,6 +145,7 @@ class NvmlEnergyBackend:
             devices=devices,
             poll_energy_j=poll_total,
             counter_vs_poll_diff_pct=diff_pct,
+            poll_power_source=_common_source(devices),
             notes=notes,
         )
 
@@ -162,8 +163,10 @@ class NvmlEnergyBackend:
                 notes.append(f"device {i}: {exc}; using polled power")
 
         poll_j: float | None = None
+        poll_avg_j: float | None = None
         if self.sampler is not None:
             poll_j = self.sampler.poll_energy_j(b.t, e.t, i)
+            poll_avg_j = self.sampler.poll_energy_j(b.t, e.t, i, averaged=True)
 
         if counter_j is not None:
             energy, method = counter_j, "nvml_counter"
@@ -181,6 +184,8 @@ class NvmlEnergyBackend:
             method=method,
             counter_energy_j=counter_j,
             poll_energy_j=poll_j,
+            poll_power_source=info.power_source if poll_j is not None else None,
+            poll_avg_energy_j=poll_avg_j,
         )
 
     def close(self) -> None:
@@ -189,3 +194,11 @@ class NvmlEnergyBackend:
             self._sensor.close()
             self._sensor = None
             self._owns_sensor = False
+
+
+def _common_source(devices: list[DeviceEnergy]) -> str | None:
+    """The power reading every polled device used, or "mixed"."""
+    sources = {d.poll_power_source for d in devices if d.poll_power_source is not None}
+    if not sources:
+        return None
+    return sources.pop() if len(sources) == 1 else "mixed"

@@ -32,6 +32,7 @@ TIMESERIES_COLUMNS: tuple[str, ...] = (
     "device_uuid",
     "phase",
     "power_w",
+    "power_avg_w",
     "energy_mj",
     "temperature_c",
     "sm_clock_mhz",
@@ -54,6 +55,7 @@ class Sample:
     sm_clock_mhz: int | None
     utilization_pct: float | None
     memory_used_bytes: int | None
+    power_avg_w: float | None = None  # NVML's 1 s averaged power, where read separately
 
 
 class EnergySampler:
@@ -200,6 +202,7 @@ class EnergySampler:
                     phase=phase,
                     power_w=r.power_w,
                     energy_mj=r.energy_mj,
+                    power_avg_w=r.power_avg_w,
                     temperature_c=r.temperature_c,
                     sm_clock_mhz=r.sm_clock_mhz,
                     utilization_pct=r.utilization_pct,
@@ -229,14 +232,18 @@ class EnergySampler:
         """Device positions seen in the samples so far."""
         return sorted({s.device_index for s in self.samples})
 
-    def poll_energy_j(self, t0: float, t1: float, device: int) -> float | None:
+    def poll_energy_j(
+        self, t0: float, t1: float, device: int, *, averaged: bool = False
+    ) -> float | None:
         """Integrated polled power of ``device`` over ``[t0, t1]`` (J), clipped at the edges.
 
         Uses every sample of the device so that the edges interpolate between the samples
-        either side of the window. ``None`` when no sample has a power reading.
+        either side of the window. ``averaged`` integrates NVML's 1 s averaged reading
+        (``power_avg_w``) instead of ``power_w``. ``None`` when no sample has that reading.
         """
         rows = [s for s in self.samples if s.device_index == device]
-        return integrate_power_j([s.t for s in rows], [s.power_w for s in rows], t0=t0, t1=t1)
+        powers = [s.power_avg_w if averaged else s.power_w for s in rows]
+        return integrate_power_j([s.t for s in rows], powers, t0=t0, t1=t1)
 
     # -- export ---------------------------------------------------------------------------
 
@@ -255,6 +262,7 @@ class EnergySampler:
                 ("device_uuid", pa.string()),
                 ("phase", pa.string()),
                 ("power_w", pa.float64()),
+                ("power_avg_w", pa.float64()),
                 ("energy_mj", pa.int64()),
                 ("temperature_c", pa.float64()),
                 ("sm_clock_mhz", pa.int32()),
@@ -270,6 +278,7 @@ class EnergySampler:
             "device_uuid": [s.device_uuid for s in rows],
             "phase": [s.phase for s in rows],
             "power_w": [s.power_w for s in rows],
+            "power_avg_w": [s.power_avg_w for s in rows],
             "energy_mj": [s.energy_mj for s in rows],
             "temperature_c": [s.temperature_c for s in rows],
             "sm_clock_mhz": [s.sm_clock_mhz for s in rows],

@@ -38,6 +38,9 @@ class DeviceInfo:
 
     ``index`` is the sensor position (the value passed to ``read``), ``nvml_index`` the
     physical NVML index where known. ``power_limit_w`` is the enforced power limit.
+    ``power_source`` names what ``SensorReading.power_w`` is: ``"nvml_power_instant"`` (the
+    instantaneous power field) or ``"nvml_power_usage"`` (``nvmlDeviceGetPowerUsage``, which on
+    Ampere and newer is a 1 s trailing average).
     """
 
     index: int
@@ -48,6 +51,7 @@ class DeviceInfo:
     supports_energy_counter: bool
     persistence_mode: bool | None
     nvml_index: int | None = None
+    power_source: str = "nvml_power_usage"
 
 
 @dataclass(frozen=True)
@@ -55,11 +59,14 @@ class SensorReading:
     """One reading of one device. ``t`` is ``time.monotonic()`` seconds (or the fake clock).
 
     Every field is ``None`` when the driver could not read it. ``energy_mj`` is the
-    device's total-energy counter in millijoules (monotonic since driver load).
+    device's total-energy counter in millijoules (monotonic since driver load). ``power_w`` is
+    the most immediate power reading the driver offers (see ``DeviceInfo.power_source``);
+    ``power_avg_w`` is NVML's 1 s averaged power where the driver reports it separately.
     """
 
     t: float
     power_w: float | None = None
+    power_avg_w: float | None = None
     energy_mj: int | None = None
     temperature_c: float | None = None
     sm_clock_mhz: int | None = None
@@ -241,10 +248,28 @@ class NvmlSensor:
                         )
             self._nvml_indices = selected
             self._handles = [self._nvml.nvmlDeviceGetHandleByIndex(i) for i in selected]
+            self._power_fields = [self._probe_power_fields(h) for h in self._handles]
         except BaseException:
             self.close()
             raise
         self._info: dict[int, DeviceInfo] = {}
+
+    def _probe_power_fields(self, handle: Any) -> tuple[int, ...]:
+        """The power field ids this device answers: (instant, average), (instant,) or ().
+
+        ``nvmlDeviceGetPowerUsage`` is a 1 s trailing average on Ampere and newer, so integrating
+        it lags every change of load; the instantaneous field (NVML_FI_DEV_POWER_INSTANT) does
+        not. Drivers without field support fall back to ``nvmlDeviceGetPowerUsage``.
+        """
+        instant = getattr(self._nvml, "NVML_FI_DEV_POWER_INSTANT", _FI_POWER_INSTANT)
+        average = getattr(self._nvml, "NVML_FI_DEV_POWER_AVERAGE", _FI_POWER_AVERAGE)
+        try:
+            values = self._nvml.nvmlDeviceGetFieldValues(handle, [instant, average])
+        except Exception:  # NVMLError, or bindings/driver without field values
+            return ()
+        if _field_mw(values[0]) is None:
+            return ()
+        return (instant, average) if _field_mw(values[1]) is not None else (instant,)
 
     @staticmethod
     def _load() -> Any:
@@ -282,6 +307,7 @@ class NvmlSensor:
             supports_energy_counter=counter is not None,
             persistence_mode=bool(persistence) if persistence is not None else None,
             nvml_index=self._nvml_indices[i],
+            power_source="nvml_power_instant" if self._power_fields[i] else "nvml_power_usage",
         )
         self._info[i] = info
         return info
@@ -291,7 +317,16 @@ class NvmlSensor:
         lib, handle = self._nvml, self._handles[i]
         t = self._clock()
         energy = self._try(lambda: lib.nvmlDeviceGetTotalEnergyConsumption(handle))
-        power_mw = self._try(lambda: lib.nvmlDeviceGetPowerUsage(handle))
+        power_mw: float | None = None
+        avg_mw: float | None = None
+        fields = self._power_fields[i]
+        if fields:
+            values = self._try(lambda: lib.nvmlDeviceGetFieldValues(handle, list(fields)))
+            if values is not None:
+                power_mw = _field_mw(values[0])
+                avg_mw = _field_mw(values[1]) if len(fields) > 1 else None
+        if power_mw is None:
+            power_mw = self._try(lambda: lib.nvmlDeviceGetPowerUsage(handle))
         temp = self._try(lambda: lib.nvmlDeviceGetTemperature(handle, lib.NVML_TEMPERATURE_GPU))
         clock = self._try(lambda: lib.nvmlDeviceGetClockInfo(handle, lib.NVML_CLOCK_SM))
         util = self._try(lambda: lib.nvmlDeviceGetUtilizationRates(handle))
@@ -299,6 +334,7 @@ class NvmlSensor:
         return SensorReading(
             t=t,
             power_w=float(power_mw) / 1000.0 if power_mw is not None else None,
+            power_avg_w=float(avg_mw) / 1000.0 if avg_mw is not None else None,
             energy_mj=int(energy) if energy is not None else None,
             temperature_c=float(temp) if temp is not None else None,
             sm_clock_mhz=int(clock) if clock is not None else None,
@@ -326,6 +362,23 @@ class NvmlSensor:
             return fn()
         except self._nvml.NVMLError:
             return None
+
+
+#: NVML field ids (nvml.h) for when the bindings predate them.
+_FI_POWER_AVERAGE = 185
+_FI_POWER_INSTANT = 186
+
+#: c_nvmlFieldValue_t.valueType -> member of its ``value`` union.
+_VALUE_MEMBERS = dict(enumerate(["dVal", "uiVal", "ulVal", "ullVal", "sllVal", "siVal", "usVal"]))
+
+
+def _field_mw(value: Any) -> float | None:
+    """A power field's reading (mW), or ``None`` where the driver returned an error for it."""
+    if getattr(value, "nvmlReturn", 1) != 0:
+        return None
+    member = _VALUE_MEMBERS.get(int(getattr(value, "valueType", 1)), "uiVal")
+    reading = getattr(value.value, member, None)
+    return float(reading) if reading is not None else None
 
 
 def _as_str(value: object) -> str:

@@ -20,6 +20,9 @@ SHORT_MEASUREMENT_S = 10.0
 LOW_SAMPLE_COUNT = 10
 THERMAL_DRIFT_C = 5.0
 POLL_DISAGREEMENT_PCT = 5.0
+#: On windows of at least POLL_TIGHT_WINDOW_S, counter and poll must agree within this.
+POLL_DISAGREEMENT_TIGHT_PCT = 2.0
+POLL_TIGHT_WINDOW_S = 10.0
 THERMAL_FLOOR_RECOMMENDED_S = 30.0
 
 
@@ -197,11 +200,11 @@ def measurement_warnings(
         warnings.append("thermal_drift_detected")
     if throttled:
         warnings.append("thermal_throttling")
-    if (
-        counter_vs_poll_diff_pct is not None
-        and abs(counter_vs_poll_diff_pct) > POLL_DISAGREEMENT_PCT
-    ):
-        warnings.append("energy_counter_poll_disagreement")
+    if counter_vs_poll_diff_pct is not None:
+        long_window = duration_s >= POLL_TIGHT_WINDOW_S
+        limit = POLL_DISAGREEMENT_TIGHT_PCT if long_window else POLL_DISAGREEMENT_PCT
+        if abs(counter_vs_poll_diff_pct) > limit:
+            warnings.append("energy_counter_poll_disagreement")
     if thermal_floor_seconds < THERMAL_FLOOR_RECOMMENDED_S:
         warnings.append("thermal_floor_below_recommended")
     return warnings

@@ -408,6 +408,9 @@ class ExperimentOrchestrator:
                 if all(p is not None for p in parts)
                 else None
             )
+        poll_source = energy.poll_power_source
+        if poll_source is None and poll_j is not None and sampler is not None:
+            poll_source = sampler.sensor.device_info(0).power_source
         counter_j = (
             math.fsum(d.counter_energy_j for d in energy.devices if d.counter_energy_j is not None)
             if any(d.counter_energy_j is not None for d in energy.devices)
@@ -447,6 +450,7 @@ class ExperimentOrchestrator:
             counter_energy_j=counter_j,
             poll_energy_j=poll_j,
             counter_vs_poll_diff_pct=diff_pct,
+            poll_power_source=poll_source,
             baseline=baseline,
             baseline_power_w=baseline_power,
             baseline_energy_j=baseline_j,

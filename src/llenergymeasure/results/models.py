@@ -23,7 +23,9 @@ REPRODUCIBILITY_NOTES = (
     "GPU energy comes from NVML, whose power and energy readings are accurate to about +-5 W "
     "(NVIDIA's documented tolerance); energy totals use the hardware total-energy counter where "
     "the GPU has one (Volta and newer) and integrated 100 ms power polling otherwise, recorded "
-    "in energy.method. Idle baseline power is measured before the model is loaded and "
+    "in energy.method; the polled power is NVML's instantaneous reading where the driver offers "
+    "it (energy.poll_power_source), since its default reading is a 1 s average that lags load "
+    "changes. Idle baseline power is measured before the model is loaded and "
     "subtracted as baseline_power_w x window duration to give energy_adjusted_j. Results depend "
     "on GPU model, driver, clocks, temperature and co-located load; compare runs from one "
     "machine and one study, repeated over cycles."
@@ -111,6 +113,7 @@ class EnergyBreakdown(BaseModel):
     counter_energy_j: float | None = None
     poll_energy_j: float | None = None
     counter_vs_poll_diff_pct: float | None = None
+    poll_power_source: str | None = None
     baseline: BaselineMeasurement | None = None
     baseline_power_w: float | None = None
     baseline_energy_j: float | None = None
