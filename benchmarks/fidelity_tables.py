@@ -53,37 +53,53 @@ def batch_curve(rs: list[dict[str, Any]]) -> str:
 
 
 def agreement(rs: list[dict[str, Any]]) -> str:
+    """Counter vs the integrated poll llem keeps as its cross-check, and, where recorded, vs
+    NVML's 1 s averaged reading (the pre-fix poll) over the same samples."""
     lines = [
-        "| run | window s | counter J | 100 ms poll J | poll vs counter | >= 10 s window | within 2 % |",
-        "|---|---:|---:|---:|---:|:---:|:---:|",
+        "| run | config | window s | counter J | poll J (reading) | poll vs counter "
+        "| 1 s-average poll vs counter | >= 10 s window | within 2 % |",
+        "|---|---|---:|---:|---:|---:|---:|:---:|:---:|",
     ]
     for r in rs:
         e = r["energy"]
         d = e["counter_vs_poll_diff_pct"]
+        avg = [dev.get("poll_avg_energy_j") for dev in e["per_device"]]
+        avg_d = (
+            f"{(sum(avg) - e['counter_energy_j']) / e['counter_energy_j'] * 100:+.2f} %"
+            if avg and None not in avg
+            else "-"
+        )
+        source = (e.get("poll_power_source") or "nvml_power_usage").removeprefix("nvml_power_")
         long = r["duration_s"] >= 10
         lines.append(
-            f"| {Path(r['output_dir']).name} | {r['duration_s']:.1f} | {e['counter_energy_j']:.0f} | "
-            f"{e['poll_energy_j']:.0f} | {d:+.2f} % | {'yes' if long else 'no'} | "
-            f"{'yes' if abs(d) <= 2 else 'no'} |"
+            f"| {Path(r['output_dir']).name} | {label(r)} | {r['duration_s']:.1f} | "
+            f"{e['counter_energy_j']:.0f} | {e['poll_energy_j']:.0f} ({source}) | {d:+.2f} % | "
+            f"{avg_d} | {'yes' if long else 'no'} | {'yes' if abs(d) <= 2 else 'no'} |"
         )
     return "\n".join(lines)
 
 
+def label(r: dict[str, Any]) -> str:
+    ep = r["effective_parameters"]
+    return f"batch {ep['batch_size']}, {'compiled' if ep['torch_compile'] else 'eager'}"
+
+
 def repeatability(rs: list[dict[str, Any]]) -> str:
-    groups: dict[int, list[dict[str, Any]]] = {}
+    groups: dict[tuple[bool, int], list[dict[str, Any]]] = {}
     for r in rs:
-        groups.setdefault(r["effective_parameters"]["batch_size"], []).append(r)
+        ep = r["effective_parameters"]
+        groups.setdefault((ep["torch_compile"], ep["batch_size"]), []).append(r)
     lines = [
         "| config | cycles | J/out-token per cycle | mean | CV J/token | tok/s per cycle | CV tok/s |",
         "|---|---:|---|---:|---:|---|---:|",
     ]
-    for b, g in sorted(groups.items()):
+    for _, g in sorted(groups.items()):
         j = [r["energy_per_output_token_j"] for r in g]
         t = [r["tokens_per_second"] for r in g]
         cv = statistics.stdev(j) / statistics.fmean(j)
         cvt = statistics.stdev(t) / statistics.fmean(t)
         lines.append(
-            f"| batch {b}, eager | {len(g)} | {', '.join(f'{x:.3f}' for x in j)} | "
+            f"| {label(g[0])} | {len(g)} | {', '.join(f'{x:.3f}' for x in j)} | "
             f"{statistics.fmean(j):.3f} | {cv * 100:.1f} % | {', '.join(f'{x:.0f}' for x in t)} | "
             f"{cvt * 100:.1f} % |"
         )
@@ -145,6 +161,18 @@ def time_to_result(study: Path, rs: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def machine(rs: list[dict[str, Any]]) -> str:
+    """GPU, driver, versions and date, from the results themselves."""
+    env = rs[0]["environment"]
+    libs = env["library_versions"]
+    gpus = {g["name"] for r in rs for g in r["environment"]["gpus"]}
+    days = sorted({r["started_at_utc"][:10] for r in rs})
+    return (
+        f"one {', '.join(sorted(gpus))}, driver {env['driver_version']}, torch {libs['torch']}, "
+        f"transformers {libs['transformers']}; {', '.join(days)}"
+    )
+
+
 def main() -> None:
     curve_dir = RESULTS / "fidelity_curve"
     rep_dir = RESULTS / "fidelity_repeatability"
@@ -159,8 +187,7 @@ def main() -> None:
     source = (
         "\n\nFrom `benchmarks/results/fidelity_curve/` and `benchmarks/results/"
         "fidelity_repeatability/` (Llama-3.1-8B-shaped random weights, bf16, 512-token synthetic "
-        "prompts, 128 forced new tokens; one NVIDIA H100 80GB HBM3, driver 580.159.04, torch "
-        "2.11.0+cu130, transformers 5.17.0; 2026-11-26). Tables: `python benchmarks/"
+        f"prompts, 128 forced new tokens; {machine(curve + rep)}). Tables: `python benchmarks/"
         "fidelity_tables.py`."
     )
     for title, body in sections.items():

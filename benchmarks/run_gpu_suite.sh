@@ -1,30 +1,62 @@
 #!/usr/bin/env bash
-# The GPU benchmark suite (issue 7) in one command, for a machine with an NVIDIA GPU and the
-# package installed with the [pytorch] extra. Writes result directories under .devout/suite and
-# the tables into BENCHMARKS.md. Takes about 30 minutes on one H100.
-#   bash benchmarks/run_gpu_suite.sh
+# The GPU benchmark suite (issue 7), for a machine with an NVIDIA GPU and the package installed
+# with the [pytorch] extra. Writes result directories under .devout/suite, copies the fidelity
+# studies into benchmarks/results/ and the tables into BENCHMARKS.md.
+#   bash benchmarks/run_gpu_suite.sh                 # every stage, in order (~35 min on one H100)
+#   bash benchmarks/run_gpu_suite.sh tests noise     # chosen stages (the model is built if missing)
+# Stages: idle tests noise overhead curve rep tables. With $OUT set (the lent GPU machine), each
+# stage also copies what it produced there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 out=.devout/suite
+model=.devout/llama8b
 mkdir -p "$out"
 
-python benchmarks/make_llama8b_shaped.py --out .devout/llama8b
-nvidia-smi --query-gpu=timestamp,power.draw,temperature.gpu --format=csv -lms 500 > "$out/smi_idle.csv" &
-smi=$!; sleep 20; kill "$smi"
+keep() { if [ -n "${OUT:-}" ]; then mkdir -p "$OUT/$2" && cp -r "$1" "$OUT/$2/"; fi; }
+ensure_model() { python benchmarks/make_llama8b_shaped.py --out "$model"; }
 
-# 1. harness overhead, both decode paths
-python benchmarks/harness_overhead.py --model .devout/llama8b --cases 1:6,8:24 --reps 5 --compile --out "$out"
-python benchmarks/harness_overhead.py --model .devout/llama8b --cases 1:3,8:16 --reps 5 --out "$out"
+stage_idle() {  # nvidia-smi's own view of idle power, for the baseline-honesty table
+  nvidia-smi --query-gpu=timestamp,power.draw,temperature.gpu --format=csv -lms 500 \
+    > "$out/smi_idle.csv" &
+  local smi=$!; sleep 20; kill "$smi"
+  keep "$out/smi_idle.csv" suite
+}
+stage_tests() {
+  python -m pytest -m gpu tests/integration -q -rA 2>&1 | tee "$out/gpu_tests.txt"
+  keep "$out/gpu_tests.txt" suite
+}
+stage_noise() {
+  ensure_model
+  python benchmarks/decode_noise.py --model "$model" --out "$out"
+  keep "$out/decode_noise.json" suite
+}
+stage_overhead() {
+  ensure_model
+  python benchmarks/harness_overhead.py --model "$model" --cases 1:6,8:24 --reps 7 --compile \
+    --out "$out"
+  python benchmarks/harness_overhead.py --model "$model" --cases 1:3,8:16 --reps 5 --out "$out"
+  for f in "$out"/harness_overhead_*; do keep "$f" suite; done
+}
+run_study() {  # config name, results directory name
+  ensure_model
+  rm -rf "${out:?}/$2"
+  python -m llenergymeasure run "benchmarks/configs/$1.yaml" --no-gaps -o "$out/$2"
+  rm -rf "benchmarks/results/$2"
+  mkdir -p "benchmarks/results/$2"
+  cp -r "$(ls -d "$out/$2"/*/ | tail -1)". "benchmarks/results/$2/"
+  keep "benchmarks/results/$2" results
+}
+stage_curve() { run_study fidelity_batch_curve fidelity_curve; }
+stage_rep() { run_study fidelity_repeatability fidelity_repeatability; }
+stage_tables() {
+  [ -f "$out/smi_idle.csv" ] && cp "$out/smi_idle.csv" benchmarks/results/fidelity_curve/
+  (cd benchmarks && python fidelity_tables.py)
+}
 
-# 2-6. batch curve (eager + compiled) and repeatability studies
-python -m llenergymeasure run benchmarks/configs/fidelity_batch_curve.yaml --no-gaps -o "$out/curve"
-python -m llenergymeasure run benchmarks/configs/fidelity_repeatability.yaml --no-gaps -o "$out/rep"
-
-rm -rf benchmarks/results/fidelity_curve benchmarks/results/fidelity_repeatability
-mkdir -p benchmarks/results/fidelity_curve benchmarks/results/fidelity_repeatability
-cp -r "$(ls -d "$out"/curve/*/ | tail -1)". benchmarks/results/fidelity_curve/
-cp -r "$(ls -d "$out"/rep/*/ | tail -1)". benchmarks/results/fidelity_repeatability/
-cp "$out/smi_idle.csv" benchmarks/results/fidelity_curve/
-(cd benchmarks && python fidelity_tables.py)
-echo "harness overhead tables: $out/harness_overhead_*.md (paste into BENCHMARKS.md)"
+stages=("$@")
+[ ${#stages[@]} -eq 0 ] && stages=(idle tests noise overhead curve rep tables)
+for s in "${stages[@]}"; do
+  echo "=== stage $s ($(date -u +%H:%M:%S))"
+  "stage_$s"
+done

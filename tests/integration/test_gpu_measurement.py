@@ -52,7 +52,10 @@ def test_nvml_sensor_reads_power_and_an_advancing_energy_counter(sensor, torch_c
     assert second.energy_mj > first.energy_mj
 
 
-def test_counter_and_polled_power_agree_on_a_ten_second_load(sensor, torch_cuda) -> None:
+def test_counter_and_polled_power_agree_within_2_percent_on_a_ten_second_load(
+    sensor, torch_cuda
+) -> None:
+    """The load starts from idle, so a lagging (averaged) power reading would read low."""
     from llenergymeasure.energy.nvml_backend import NvmlEnergyBackend
     from llenergymeasure.energy.sampler import EnergySampler
 
@@ -67,7 +70,10 @@ def test_counter_and_polled_power_agree_on_a_ten_second_load(sensor, torch_cuda)
     assert measurement.method == "nvml_counter"
     assert measurement.total_energy_j is not None and measurement.total_energy_j > 0
     assert measurement.counter_vs_poll_diff_pct is not None
-    assert abs(measurement.counter_vs_poll_diff_pct) < 5.0, measurement
+    assert abs(measurement.counter_vs_poll_diff_pct) < 2.0, measurement
+    if sensor.device_info(0).power_source == "nvml_power_instant":
+        assert measurement.poll_power_source == "nvml_power_instant"
+        assert measurement.devices[0].poll_avg_energy_j is not None
 
 
 def test_a_run_on_the_gpu_measures_energy_with_the_counter(tmp_path, torch_cuda) -> None:
