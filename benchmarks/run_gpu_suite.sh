@@ -5,7 +5,8 @@
 #   bash benchmarks/run_gpu_suite.sh                 # every stage, in order (~35 min on one H100)
 #   bash benchmarks/run_gpu_suite.sh tests noise     # chosen stages (the model is built if missing)
 # Stages: idle tests noise overhead curve rep tables. With $OUT set (the lent GPU machine), each
-# stage also copies what it produced there.
+# stage also copies what it produced there. STUDY_LIMIT_S=N stops a study after N s; running its
+# stage again resumes it (for machines with a per-command time limit).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
@@ -13,7 +14,13 @@ out=.devout/suite
 model=.devout/llama8b
 mkdir -p "$out"
 
-keep() { if [ -n "${OUT:-}" ]; then mkdir -p "$OUT/$2" && cp -r "$1" "$OUT/$2/"; fi; }
+# $OUT comes back only a few folders deep: directories travel as one tarball each.
+keep() {
+  [ -n "${OUT:-}" ] || return 0
+  mkdir -p "$OUT/$2"
+  if [ -d "$1" ]; then tar czf "$OUT/$2/$(basename "$1").tgz" -C "$(dirname "$1")" "$(basename "$1")"
+  else cp "$1" "$OUT/$2/"; fi
+}
 ensure_model() { python benchmarks/make_llama8b_shaped.py --out "$model"; }
 
 stage_idle() {  # nvidia-smi's own view of idle power, for the baseline-honesty table
@@ -38,13 +45,24 @@ stage_overhead() {
   python benchmarks/harness_overhead.py --model "$model" --cases 1:3,8:16 --reps 5 --out "$out"
   for f in "$out"/harness_overhead_*; do keep "$f" suite; done
 }
-run_study() {  # config name, results directory name
+run_study() {  # config name, results directory name; resumes an unfinished study of that name
   ensure_model
-  rm -rf "${out:?}/$2"
-  python -m llenergymeasure run "benchmarks/configs/$1.yaml" --no-gaps -o "$out/$2"
+  local dir limit=${STUDY_LIMIT_S:-0}  # SIGTERM the study after this many s (0: never);
+  # a stopped study leaves a valid manifest and the next call of its stage resumes it
+  dir=$(ls -d "$out/$2"/*/ 2>/dev/null | tail -1 || true)
+  if [ -n "$dir" ] && ! grep -q '"not_run": 0' "$dir/study_summary.json" 2>/dev/null; then
+    timeout -s TERM "$limit" python -m llenergymeasure run --resume "$dir" || status=$?
+  else
+    rm -rf "${out:?}/$2"
+    timeout -s TERM "$limit" python -m llenergymeasure run "benchmarks/configs/$1.yaml" \
+      --no-gaps -o "$out/$2" || status=$?
+  fi
+  dir=$(ls -d "$out/$2"/*/ | tail -1)
+  keep "${dir%/}" "partial_$2"  # kept even when the study was stopped part-way
+  [ "${status:-0}" -eq 0 ] || return "$status"
   rm -rf "benchmarks/results/$2"
   mkdir -p "benchmarks/results/$2"
-  cp -r "$(ls -d "$out/$2"/*/ | tail -1)". "benchmarks/results/$2/"
+  cp -r "$dir". "benchmarks/results/$2/"
   keep "benchmarks/results/$2" results
 }
 stage_curve() { run_study fidelity_batch_curve fidelity_curve; }

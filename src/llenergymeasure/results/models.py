@@ -292,6 +292,8 @@ class ExperimentResult(JsonFileModel):
         row["energy_method"] = self.energy.method
         row["energy_backend"] = self.energy.backend
         row["baseline_power_w"] = self.energy.baseline_power_w
+        row["counter_vs_poll_diff_pct"] = self.energy.counter_vs_poll_diff_pct
+        row["poll_power_source"] = self.energy.poll_power_source
         row["co2_g"] = self.carbon.co2_g
         row["flops_total"] = self.flops.total_flops if self.flops else None
         row["warnings"] = ",".join(self.measurement_warnings)
