@@ -76,7 +76,21 @@ def agreement(rs: list[dict[str, Any]]) -> str:
             f"{e['counter_energy_j']:.0f} | {e['poll_energy_j']:.0f} ({source}) | {d:+.2f} % | "
             f"{avg_d} | {'yes' if long else 'no'} | {'yes' if abs(d) <= 2 else 'no'} |"
         )
+    long_runs = [r for r in rs if r["duration_s"] >= 10]
+    within = [r for r in long_runs if abs(r["energy"]["counter_vs_poll_diff_pct"]) <= 2]
+    worst = max((abs(r["energy"]["counter_vs_poll_diff_pct"]) for r in long_runs), default=0.0)
+    flagged = [r for r in rs if "energy_counter_poll_disagreement" in _warning_codes(r)]
+    lines.append("")
+    lines.append(
+        f"- Runs of 10 s or more within 2 %: {len(within)} of {len(long_runs)} (largest gap "
+        f"{worst:.2f} %). Runs flagged `energy_counter_poll_disagreement`: {len(flagged)} of "
+        f"{len(rs)}."
+    )
     return "\n".join(lines)
+
+
+def _warning_codes(r: dict[str, Any]) -> list[str]:
+    return [w if isinstance(w, str) else w.get("code", "") for w in r["measurement_warnings"]]
 
 
 def label(r: dict[str, Any]) -> str:
@@ -137,35 +151,53 @@ def baseline(curve: list[dict[str, Any]], smi_csv: Path) -> str:
     return "\n".join(lines)
 
 
+def _seconds(a: str, b: str) -> float:
+    def parse(x: str) -> datetime:
+        return datetime.fromisoformat(x.replace("Z", "+00:00"))
+
+    return (parse(b) - parse(a)).total_seconds()
+
+
 def time_to_result(study: Path, rs: list[dict[str, Any]]) -> str:
-    summary = json.loads((study / "study_summary.json").read_text())
-    t0 = datetime.fromisoformat(summary["started_at_utc"].replace("Z", "+00:00"))
-    t1 = datetime.fromisoformat(summary["finished_at_utc"].replace("Z", "+00:00"))
-    wall = (t1 - t0).total_seconds()
+    """Where a study's wall time goes. Wall time is the sum of the study's sessions (a study
+    stopped by a time limit and resumed has two), so pauses between sessions do not count."""
+    manifest = json.loads((study / "study_manifest.json").read_text())
+    sessions = manifest["sessions"]
+    wall = sum(_seconds(x["started_at"], x["finished_at"]) for x in sessions)
     phases = ["baseline_s", "load_s", "warmup_s", "thermal_floor_s", "measurement_s"]
     sums = {p: sum(r["timing"][p] for r in rs) for p in phases}
+    compile_s = sum(r["timing"].get("compile_s") or 0.0 for r in rs)
     in_runs = sum(r["timing"]["total_s"] for r in rs)
     lines = ["| part | seconds | share of wall time |", "|---|---:|---:|"]
     for p in phases:
-        lines.append(f"| {p.removesuffix('_s')} | {sums[p]:.0f} | {sums[p] / wall * 100:.0f} % |")
+        name = p.removesuffix("_s")
+        if p == "warmup_s" and compile_s:
+            name += f" (of which torch.compile {compile_s:.0f} s)"
+        lines.append(f"| {name} | {sums[p]:.0f} | {sums[p] / wall * 100:.0f} % |")
     other = in_runs - sum(sums.values())
     lines.append(
         f"| other inside runs (environment, dataset, metrics) | {other:.0f} | "
         f"{other / wall * 100:.0f} % |"
     )
     lines.append(
-        f"| outside runs (process spawn, imports, manifest) | {wall - in_runs:.0f} | "
-        f"{(wall - in_runs) / wall * 100:.0f} % |"
+        f"| outside runs (process spawn, imports, manifest; a run cut off by a session's end) "
+        f"| {wall - in_runs:.0f} | {(wall - in_runs) / wall * 100:.0f} % |"
     )
-    lines.append(f"| **study wall time** | **{wall:.0f}** | 100 % |")
+    lines.append(f"| **study wall time** ({len(sessions)} session(s)) | **{wall:.0f}** | 100 % |")
+    lines.append("")
+    lines.append(
+        f"Measurement windows are {sums['measurement_s'] / wall * 100:.0f} % of the wall time "
+        f"({len(rs)} runs, {wall / len(rs):.0f} s of wall time per run for "
+        f"{sums['measurement_s'] / len(rs):.1f} s of measurement)."
+    )
     return "\n".join(lines)
 
 
 def machine(rs: list[dict[str, Any]]) -> str:
-    """GPU, driver, versions and date, from the results themselves."""
+    """GPU (with its UUID: lent machines differ), driver, versions and date, from the results."""
     env = rs[0]["environment"]
     libs = env["library_versions"]
-    gpus = {g["name"] for r in rs for g in r["environment"]["gpus"]}
+    gpus = {f"{g['name']} ({g['uuid'][:12]}...)" for r in rs for g in r["environment"]["gpus"]}
     days = sorted({r["started_at_utc"][:10] for r in rs})
     return (
         f"one {', '.join(sorted(gpus))}, driver {env['driver_version']}, torch {libs['torch']}, "
@@ -182,13 +214,18 @@ def main() -> None:
         "Fidelity 2: NVML counter vs 100 ms polling (H100)": agreement(curve + rep),
         "Fidelity 3: repeatability (H100)": repeatability(rep),
         "Fidelity 4: baseline honesty (H100)": baseline(curve, curve_dir / "smi_idle.csv"),
-        "Fidelity 6: time to result (H100)": time_to_result(rep_dir, rep),
+        "Fidelity 6: time to result (H100)": (
+            "Batch-curve study (8 runs, `--no-gaps`):\n\n"
+            + time_to_result(curve_dir, curve)
+            + "\n\nRepeatability study (15 runs, `--no-gaps`):\n\n"
+            + time_to_result(rep_dir, rep)
+        ),
     }
     source = (
-        "\n\nFrom `benchmarks/results/fidelity_curve/` and `benchmarks/results/"
-        "fidelity_repeatability/` (Llama-3.1-8B-shaped random weights, bf16, 512-token synthetic "
-        f"prompts, 128 forced new tokens; {machine(curve + rep)}). Tables: `python benchmarks/"
-        "fidelity_tables.py`."
+        "\n\nFrom `benchmarks/results/fidelity_curve/` (curve: "
+        f"{machine(curve)}) and `benchmarks/results/fidelity_repeatability/` (repeatability: "
+        f"{machine(rep)}); Llama-3.1-8B-shaped random weights, bf16, 512-token synthetic "
+        "prompts, 128 forced new tokens. Tables: `python benchmarks/fidelity_tables.py`."
     )
     for title, body in sections.items():
         print(f"## {title}\n\n{body}\n")

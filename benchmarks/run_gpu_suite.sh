@@ -35,14 +35,14 @@ stage_tests() {
 }
 stage_noise() {
   ensure_model
-  python benchmarks/decode_noise.py --model "$model" --out "$out"
+  python benchmarks/decode_noise.py --model "$model" --out "$out" --rounds 4
   keep "$out/decode_noise.json" suite
 }
 stage_overhead() {
   ensure_model
-  python benchmarks/harness_overhead.py --model "$model" --cases 1:6,8:24 --reps 7 --compile \
+  python benchmarks/harness_overhead.py --model "$model" --cases 1:6,8:24 --reps 5 --compile \
     --out "$out"
-  python benchmarks/harness_overhead.py --model "$model" --cases 1:3,8:16 --reps 5 --out "$out"
+  python benchmarks/harness_overhead.py --model "$model" --cases 1:3,8:16 --reps 4 --out "$out"
   for f in "$out"/harness_overhead_*; do keep "$f" suite; done
 }
 run_study() {  # config name, results directory name; resumes an unfinished study of that name
@@ -67,7 +67,12 @@ run_study() {  # config name, results directory name; resumes an unfinished stud
 }
 stage_curve() { run_study fidelity_batch_curve fidelity_curve; }
 stage_rep() { run_study fidelity_repeatability fidelity_repeatability; }
-stage_tables() {
+stage_tables() {  # the suite's raw outputs go under benchmarks/results/ beside the studies
+  mkdir -p benchmarks/results/suite
+  for f in smi_idle.csv decode_noise.json gpu_tests.txt harness_overhead_compiled.json \
+    harness_overhead_compiled.md harness_overhead_eager.json harness_overhead_eager.md; do
+    [ -f "$out/$f" ] && cp "$out/$f" benchmarks/results/suite/
+  done
   [ -f "$out/smi_idle.csv" ] && cp "$out/smi_idle.csv" benchmarks/results/fidelity_curve/
   (cd benchmarks && python fidelity_tables.py)
 }
