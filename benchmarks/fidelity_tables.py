@@ -225,7 +225,11 @@ def main() -> None:
         "\n\nFrom `benchmarks/results/fidelity_curve/` (curve: "
         f"{machine(curve)}) and `benchmarks/results/fidelity_repeatability/` (repeatability: "
         f"{machine(rep)}); Llama-3.1-8B-shaped random weights, bf16, 512-token synthetic "
-        "prompts, 128 forced new tokens. Tables: `python benchmarks/fidelity_tables.py`."
+        "prompts, 128 forced new tokens. Studies: `llem run benchmarks/configs/"
+        "fidelity_batch_curve.yaml --no-gaps` and `llem run benchmarks/configs/"
+        "fidelity_repeatability.yaml --no-gaps` (model: `python benchmarks/"
+        "make_llama8b_shaped.py --out .devout/llama8b`; idle log: stage `idle` of "
+        "`benchmarks/run_gpu_suite.sh`). Tables: `python benchmarks/fidelity_tables.py`."
     )
     for title, body in sections.items():
         print(f"## {title}\n\n{body}\n")
