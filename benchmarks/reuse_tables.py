@@ -101,7 +101,8 @@ def per_config_table(
             fmt = ".4f" if key.startswith("energy") else ".0f"
             cells.append(
                 f"{ma:{fmt}} ({cva * 100:.1f} %) | {mb:{fmt}} ({cvb * 100:.1f} %) | "
-                f"{diff * 100:+.1f} % | " + (f"{band * 100:.1f} % | " if key[0] == "e" else "")
+                f"{diff * 100:+.1f} % | "
+                + (f"{band * 100:.1f} % | " if key[0] == "e" else "")
                 + ("yes" if ok else "**no**")
             )
         total += 1

@@ -77,7 +77,8 @@ def main() -> None:
     prompts = list(load_prompts(config.dataset, config.n, tokenizer=engine.tokenizer))
     warm = list(
         load_prompts(
-            config.dataset.model_copy(update={"seed": 7}), args.max_num_seqs,
+            config.dataset.model_copy(update={"seed": 7}),
+            args.max_num_seqs,
             tokenizer=engine.tokenizer,
         )
     )
@@ -97,8 +98,11 @@ def main() -> None:
         outs = llm.generate([p.text for p in prompts], params, use_tqdm=False)
         return sum(len(o.outputs[0].token_ids) for o in outs)
 
-    out: dict[str, Any] = {"engine_start_s": start_s, "n": args.n,
-                           "max_num_seqs": args.max_num_seqs}
+    out: dict[str, Any] = {
+        "engine_start_s": start_s,
+        "n": args.n,
+        "max_num_seqs": args.max_num_seqs,
+    }
     with sampler:
         engine.generate(warm, config, phase="warmup")
         engine.clear_run_state()
@@ -127,14 +131,20 @@ def main() -> None:
     args.out.write_text(json.dumps(out, indent=2))
     for key in ("prefix_A_after_reset", "prefix_B_no_reset", "prefix_C_after_reset"):
         r = out[key]
-        print(f"{key}: {r['j_per_token']:.4f} J/token, {r['tokens_per_s']:.0f} tok/s, "
-              f"{r['seconds']:.1f} s, counter vs poll {r['counter_vs_poll_pct']}")
+        print(
+            f"{key}: {r['j_per_token']:.4f} J/token, {r['tokens_per_s']:.0f} tok/s, "
+            f"{r['seconds']:.1f} s, counter vs poll {r['counter_vs_poll_pct']}"
+        )
     for i, p in enumerate(pairs):
-        print(f"pair {i}: llem {p['llem']['tokens_per_s']:.0f} tok/s "
-              f"{p['llem']['j_per_token']:.4f} J/tok | bare {p['bare']['tokens_per_s']:.0f} tok/s "
-              f"{p['bare']['j_per_token']:.4f} J/tok")
-    print(f"median llem/bare: tok/s {out['median_llem_over_bare_tokens_per_s']:.4f}, "
-          f"J/token {out['median_llem_over_bare_j_per_token']:.4f}")
+        print(
+            f"pair {i}: llem {p['llem']['tokens_per_s']:.0f} tok/s "
+            f"{p['llem']['j_per_token']:.4f} J/tok | bare {p['bare']['tokens_per_s']:.0f} tok/s "
+            f"{p['bare']['j_per_token']:.4f} J/tok"
+        )
+    print(
+        f"median llem/bare: tok/s {out['median_llem_over_bare_tokens_per_s']:.4f}, "
+        f"J/token {out['median_llem_over_bare_j_per_token']:.4f}"
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""GPU integration tests of the vLLM engine: ``python -m pytest -m "gpu and vllm" tests/integration``.
+"""GPU integration tests of the vLLM engine (``pytest -m "gpu and vllm" tests/integration``).
 
 They run where vLLM imports and a CUDA GPU is visible. The model is ``VLLM_TEST_MODEL`` (a local
 Hugging Face folder, e.g. the Llama-3.1-8B-shaped one ``benchmarks/make_llama8b_shaped.py``
