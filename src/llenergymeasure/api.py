@@ -42,35 +42,6 @@ def _build_config(
     )
 
 
-def measure(config: ExperimentConfig, *, progress: Any = None, baseline_cache: Any = None) -> Any:
-    """Run one experiment in this process with the real components; returns a MeasuredExperiment.
-
-    ``baseline_cache`` (a ``BaselineCache``) replaces the per-process idle-baseline cache; the
-    study runner passes one backed by a file so that its runs share one baseline.
-    """
-    from llenergymeasure.harness.orchestrator import (
-        ExperimentOrchestrator,
-        MeasurementSettings,
-        default_components,
-    )
-
-    settings = MeasurementSettings.from_user_config()
-    engine, energy, sensor = default_components(config, settings)
-    orchestrator = ExperimentOrchestrator(
-        engine=engine,
-        energy_backend=energy,
-        sensor=sensor,
-        settings=settings,
-        baseline_cache=baseline_cache,
-        progress=progress or (lambda _msg: None),
-    )
-    try:
-        return orchestrator.run(config)
-    finally:
-        if sensor is not None:
-            sensor.close()
-
-
 def run_experiment(
     config: str | Path | ExperimentConfig | None = None, **kwargs: Any
 ) -> ExperimentResult:
@@ -80,6 +51,8 @@ def run_experiment(
     fields (``run_experiment(model="builtin:tiny", dataset="synthetic", n=20)``).
     Save with ``result.to_json(path)``.
     """
+    from llenergymeasure.harness.measure import measure
+
     return measure(_build_config(config, kwargs)).result
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from llenergymeasure.config import installed as registry
 from llenergymeasure.config.loading import load_experiment_config, read_yaml_mapping
 from llenergymeasure.config.models import ExperimentConfig
-from llenergymeasure.engines import registry
 from llenergymeasure.exceptions import ConfigError, LLEMError
 
 

@@ -12,6 +12,7 @@ import pytest
 import llenergymeasure.energy as energy_pkg
 from llenergymeasure.energy.base import EnergyBackend, EnergyMeasurement
 from llenergymeasure.energy.codecarbon_backend import CodeCarbonEnergyBackend
+from llenergymeasure.energy.devices import nvml_available, visible_nvml_indices
 from llenergymeasure.energy.fakes import (
     FakeClock,
     FakeCodeCarbonTracker,
@@ -25,12 +26,7 @@ from llenergymeasure.energy.null_backend import NULL_BACKEND_NOTE, NullEnergyBac
 from llenergymeasure.energy.nvml_backend import NvmlEnergyBackend
 from llenergymeasure.energy.sampler import EnergySampler
 from llenergymeasure.energy.select import BackendProbes, select_energy_backend
-from llenergymeasure.energy.sensors import (
-    GpuSensor,
-    NvmlSensor,
-    nvml_available,
-    visible_nvml_indices,
-)
+from llenergymeasure.energy.sensors import GpuSensor, NvmlSensor
 from llenergymeasure.energy.zeus_backend import ZeusEnergyBackend
 from llenergymeasure.exceptions import BackendError, ConfigError
 

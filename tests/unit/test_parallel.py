@@ -23,12 +23,9 @@ from llenergymeasure.energy.fakes import (
 )
 from llenergymeasure.energy.nvml_backend import NvmlEnergyBackend
 from llenergymeasure.energy.sampler import EnergySampler
+from llenergymeasure.engines import data_parallel as parallel
 from llenergymeasure.engines.base import InferenceBackend, LoadInfo, RequestRecord
-from llenergymeasure.engines.fakes import FakeTokenizer
-from llenergymeasure.exceptions import BackendError
-from llenergymeasure.harness import parallel
-from llenergymeasure.harness.orchestrator import ExperimentOrchestrator, MeasurementSettings
-from llenergymeasure.harness.parallel import (
+from llenergymeasure.engines.data_parallel import (
     DataParallelEngine,
     DeviceSlot,
     cpu_slots,
@@ -36,6 +33,9 @@ from llenergymeasure.harness.parallel import (
     shard_contiguous,
     visible_gpu_slots,
 )
+from llenergymeasure.engines.fakes import FakeTokenizer
+from llenergymeasure.exceptions import BackendError
+from llenergymeasure.harness.orchestrator import ExperimentOrchestrator, MeasurementSettings
 
 # ─── Replica engines (run inside the spawned processes) ─────────────────────────
 

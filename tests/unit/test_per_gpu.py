@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from llenergymeasure.config.study import ExecutionConfig, StudyConfig
+from llenergymeasure.energy.devices import DeviceSlot
 from llenergymeasure.exceptions import StudyError
-from llenergymeasure.harness.parallel import DeviceSlot
 from llenergymeasure.results.models import ExperimentResult
 from llenergymeasure.study.fakes import ScriptedWorker
 from llenergymeasure.study.manifest import StudyManifest, load_manifest, write_manifest

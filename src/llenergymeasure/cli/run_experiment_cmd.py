@@ -58,8 +58,8 @@ def _ms(value: float | None) -> str:
 
 def run_single(config: ExperimentConfig, opts: RunOptions) -> int:
     """Measure ``config`` in this process and write it under the results directory."""
-    from llenergymeasure.api import measure
     from llenergymeasure.config.user_config import setting
+    from llenergymeasure.harness.measure import measure
     from llenergymeasure.results.io import experiment_dir_name, unique_directory
 
     def progress(message: str) -> None:

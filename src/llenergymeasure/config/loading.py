@@ -225,7 +225,7 @@ def apply_default_backend(data: dict[str, Any]) -> dict[str, Any]:
     """Fill ``backend`` when omitted (SPEC 2: the one installed engine, else pytorch)."""
     if "backend" in data:
         return data
-    from llenergymeasure.engines.registry import default_backend
+    from llenergymeasure.config.installed import default_backend
 
     return {**data, "backend": default_backend()}
 

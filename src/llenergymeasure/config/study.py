@@ -314,7 +314,7 @@ def _resolve_backends(
             )
         if experiments and all(isinstance(e, dict) and "backend" in e for e in experiments):
             return sorted({str(e["backend"]) for e in experiments}, key=_backend_order)
-        from llenergymeasure.engines.registry import default_backend
+        from llenergymeasure.config.installed import default_backend
 
         return [default_backend()]
     backends = value if isinstance(value, list) else [value]

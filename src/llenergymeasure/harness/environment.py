@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from llenergymeasure._version import __version__
+from llenergymeasure.config.installed import engine_version
 from llenergymeasure.energy.sensors import GpuSensor
-from llenergymeasure.engines.registry import engine_version
 from llenergymeasure.results.models import EnvironmentSnapshot
 
 _KEY_LIBRARIES = (

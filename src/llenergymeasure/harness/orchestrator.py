@@ -33,9 +33,9 @@ from llenergymeasure.energy.maths import adjusted_energy_j
 from llenergymeasure.energy.sampler import EnergySampler
 from llenergymeasure.energy.sensors import GpuSensor
 from llenergymeasure.engines.base import InferenceBackend, RequestRecord
+from llenergymeasure.engines.data_parallel import ProcessReporter
 from llenergymeasure.exceptions import ExperimentError, PreFlightError
 from llenergymeasure.harness import metrics as m
-from llenergymeasure.harness.parallel import ProcessReporter
 from llenergymeasure.results.models import (
     EnergyBreakdown,
     ExperimentResult,
@@ -577,14 +577,15 @@ def default_components(
 ) -> tuple[InferenceBackend, EnergyBackend, GpuSensor | None]:
     """The real engine, energy backend and NVML sensor (None on a machine without NVML)."""
     from llenergymeasure.config.user_config import setting
+    from llenergymeasure.energy.devices import nvml_available
     from llenergymeasure.energy.select import select_energy_backend
-    from llenergymeasure.energy.sensors import NvmlSensor, nvml_available
+    from llenergymeasure.energy.sensors import NvmlSensor
     from llenergymeasure.engines.factory import create_engine
 
     engine = create_engine(config.backend, config)
     sensor: GpuSensor | None = None
     if nvml_available():
-        from llenergymeasure.harness.parallel import data_parallel_nvml_indices
+        from llenergymeasure.engines.data_parallel import data_parallel_nvml_indices
 
         # pytorch: measure exactly the GPUs its process(es) use - the first num_processes
         # visible ones, mapped by UUID - not idle GPUs that happen to be visible

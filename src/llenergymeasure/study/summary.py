@@ -106,7 +106,7 @@ def manifest_statistics(
     from collections import Counter
 
     from llenergymeasure.config.hashing import measurement_config_hash
-    from llenergymeasure.report.stats import study_statistics
+    from llenergymeasure.results.stats import study_statistics
 
     hashes: dict[int, str] = {}
     for run in manifest.runs:

@@ -1,6 +1,7 @@
 """Study statistics in pure Python (no numpy/scipy): t and bootstrap CIs, Pareto set, labels.
 
-Used by the study runner at the end of a study (``study_summary.json``) and by ``llem report``.
+Used by the study runner at the end of a study (``study_summary.json``) and by ``llem report``,
+so it lives on the results floor below both.
 The Student t quantile comes from the regularised incomplete beta function (continued fraction)
 and bisection, accurate to ~1e-10; the tests check it against scipy.
 """
