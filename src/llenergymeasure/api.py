@@ -16,30 +16,11 @@ if TYPE_CHECKING:
 def _build_config(
     config: str | Path | ExperimentConfig | None, kwargs: dict[str, Any]
 ) -> ExperimentConfig:
-    from llenergymeasure.config.loading import (
-        apply_default_backend,
-        is_study_mapping,
-        key_lines,
-        read_yaml_mapping,
-        validate_experiment_dict,
-    )
-    from llenergymeasure.config.study import deep_merge
+    from llenergymeasure.config.loading import build_experiment_config
 
-    if isinstance(config, ExperimentConfig):
-        if not kwargs:
-            return config
-        data = deep_merge(config.model_dump(exclude_unset=True), kwargs)
-        return validate_experiment_dict(data, source="run_experiment()")
-    if config is None:
-        if not kwargs:
-            raise ConfigError("run_experiment() needs a config or keyword arguments (model=...)")
-        return validate_experiment_dict(apply_default_backend(kwargs), source="run_experiment()")
-    data, text = read_yaml_mapping(config)
-    if is_study_mapping(data):
-        raise ConfigError(f"{config} is a study; use llem.run_study()")
-    return validate_experiment_dict(
-        apply_default_backend(deep_merge(data, kwargs)), source=config, lines=key_lines(text)
-    )
+    if config is None and not kwargs:
+        raise ConfigError("run_experiment() needs a config or keyword arguments (model=...)")
+    return build_experiment_config(config, kwargs, overrides_label="run_experiment()")
 
 
 def run_experiment(

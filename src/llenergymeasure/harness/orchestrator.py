@@ -9,7 +9,6 @@ protocol with fakes; ``default_components`` builds the real ones.
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -361,7 +360,6 @@ def default_components(
     config: ExperimentConfig, settings: MeasurementSettings
 ) -> tuple[InferenceBackend, EnergyBackend, GpuSensor | None]:
     """The real engine, energy backend and NVML sensor (None on a machine without NVML)."""
-    from llenergymeasure.config.user_config import setting
     from llenergymeasure.energy.devices import nvml_available
     from llenergymeasure.energy.select import select_energy_backend
     from llenergymeasure.energy.sensors import NvmlSensor
@@ -381,6 +379,7 @@ def default_components(
         if sensor is not None
         else None
     )
-    choice = os.environ.get("LLEM_ENERGY_BACKEND") or setting("measurement.energy_backend")
-    energy = select_energy_backend(cast(Any, choice), sensor=sensor, sampler=sampler)
+    energy = select_energy_backend(
+        cast(Any, settings.energy_backend), sensor=sensor, sampler=sampler
+    )
     return engine, energy, sensor

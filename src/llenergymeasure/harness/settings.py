@@ -18,6 +18,7 @@ class MeasurementSettings:
     datacenter_pue_source: str = "default"
     datacenter_location: str | None = None
     baseline_ttl_s: float = 3600.0
+    energy_backend: str = "auto"  # auto, nvml, zeus, codecarbon or none
 
     @classmethod
     def from_user_config(cls) -> MeasurementSettings:
@@ -36,4 +37,5 @@ class MeasurementSettings:
             datacenter_pue=float(pue.value),
             datacenter_pue_source=pue.source,
             datacenter_location=s["measurement.datacenter_location"].value,
+            energy_backend=str(s["measurement.energy_backend"].value),
         )
