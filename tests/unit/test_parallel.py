@@ -15,12 +15,6 @@ import pytest
 
 from llenergymeasure.config.models import ExperimentConfig
 from llenergymeasure.datasets import Prompt
-from llenergymeasure.energy.fakes import (
-    FakeEnergyBackend,
-    FakeGpuSensor,
-    FakeNvmlDevice,
-    FakeNvmlModule,
-)
 from llenergymeasure.energy.nvml_backend import NvmlEnergyBackend
 from llenergymeasure.energy.sampler import EnergySampler
 from llenergymeasure.engines import data_parallel as parallel
@@ -33,9 +27,15 @@ from llenergymeasure.engines.data_parallel import (
     shard_contiguous,
     visible_gpu_slots,
 )
-from llenergymeasure.engines.fakes import FakeTokenizer
 from llenergymeasure.exceptions import BackendError
 from llenergymeasure.harness.orchestrator import ExperimentOrchestrator, MeasurementSettings
+from llenergymeasure.testing.energy import (
+    FakeEnergyBackend,
+    FakeGpuSensor,
+    FakeNvmlDevice,
+    FakeNvmlModule,
+)
+from llenergymeasure.testing.engines import FakeTokenizer
 
 # ─── Replica engines (run inside the spawned processes) ─────────────────────────
 

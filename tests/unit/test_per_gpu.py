@@ -16,10 +16,10 @@ from llenergymeasure.config.study import ExecutionConfig, StudyConfig
 from llenergymeasure.energy.devices import DeviceSlot
 from llenergymeasure.exceptions import StudyError
 from llenergymeasure.results.models import ExperimentResult
-from llenergymeasure.study.fakes import ScriptedWorker
 from llenergymeasure.study.manifest import StudyManifest, load_manifest, write_manifest
 from llenergymeasure.study.parallel import THERMAL_NOTE
 from llenergymeasure.study.runner import StudyRunner
+from llenergymeasure.testing.study import ScriptedWorker
 
 GPUS = [
     DeviceSlot(device="cuda:0", label=f"cuda:{k}", uuid=uuid, nvml_index=k, visible_devices=uuid)

@@ -2,7 +2,7 @@
 
 The study under test is real: a 2-config x 2-cycle builtin:tiny study run by the study runner
 through spawned subprocesses, with a fake GPU sensor injected through the worker so each run
-has a power/temperature timeseries (``study.fakes.ScriptedWorker(with_sensor=True)``).
+has a power/temperature timeseries (``testing.study.ScriptedWorker(with_sensor=True)``).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from llenergymeasure.config.study import StudyConfig
 from llenergymeasure.exceptions import ConfigError
 from llenergymeasure.report.loader import StudySource, load_source
 from llenergymeasure.results.models import HEADLINE_METRICS, StudyResult
-from llenergymeasure.study.fakes import ScriptedWorker
 from llenergymeasure.study.runner import run_study_config
+from llenergymeasure.testing.study import ScriptedWorker
 
 pytest.importorskip("matplotlib")
 np = pytest.importorskip("numpy")

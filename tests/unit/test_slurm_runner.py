@@ -33,9 +33,9 @@ from llenergymeasure.runners.slurm import (
     sbatch_command,
 )
 from llenergymeasure.runners.slurm_entry import main as entry_main
-from llenergymeasure.study.fakes import ScriptedWorker, fake_measure_worker
 from llenergymeasure.study.manifest import load_manifest
 from llenergymeasure.study.runner import StudyRunner
+from llenergymeasure.testing.study import ScriptedWorker, fake_measure_worker
 
 FAKE_SLURM = """#!{python}
 import json, os, sys
