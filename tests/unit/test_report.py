@@ -22,6 +22,7 @@ from llenergymeasure.exceptions import ConfigError
 from llenergymeasure.report.loader import StudySource, load_source
 from llenergymeasure.results.models import HEADLINE_METRICS, StudyResult
 from llenergymeasure.study.runner import run_study_config
+from llenergymeasure.testing.configs import tiny_experiment
 from llenergymeasure.testing.study import ScriptedWorker
 
 pytest.importorskip("matplotlib")
@@ -39,12 +40,7 @@ def study_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     study = StudyConfig.from_dict(
         {
             "name": "report-study",
-            "model": "builtin:tiny",
-            "backend": "pytorch",
-            "dataset": {"n": 2, "input_len": 8, "output_len": 4},
-            "n": 2,
-            "warmup": {"n_warmup": 0, "thermal_floor_seconds": 0},
-            "baseline": {"enabled": False},
+            **tiny_experiment(),
             "sweep": {"pytorch.batch_size": [1, 2]},
             "execution": {
                 "n_cycles": 2,

@@ -29,16 +29,10 @@ from llenergymeasure.study.runner import (
     run_study_config,
 )
 from llenergymeasure.study.summary import format_study_summary, study_exit_code
+from llenergymeasure.testing.configs import tiny_experiment
 from llenergymeasure.testing.study import ScriptedWorker
 
-BASE: dict[str, Any] = {
-    "model": "builtin:tiny",
-    "backend": "pytorch",
-    "dataset": {"n": 2, "input_len": 8, "output_len": 4},
-    "n": 2,
-    "warmup": {"n_warmup": 0, "thermal_floor_seconds": 0},
-    "baseline": {"enabled": False},
-}
+BASE: dict[str, Any] = tiny_experiment()
 
 
 def make_study(sweep: dict[str, Any] | None = None, **execution: Any) -> StudyConfig:
