@@ -104,7 +104,7 @@ def resolve(opts: RunOptions) -> ResolvedRun:
         if opts.cycles is not None:
             updates["n_cycles"] = opts.cycles
         elif not cycles_from_yaml:
-            updates["n_cycles"] = 3  # SPEC 3.3: CLI default when the YAML does not set it
+            updates["n_cycles"] = 3  # the CLI's default when the YAML does not set it
         if opts.order is not None:
             updates["cycle_order"] = opts.order
         if opts.no_gaps:

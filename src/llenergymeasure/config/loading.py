@@ -310,5 +310,5 @@ def load_experiment_config(path: str | Path) -> ExperimentConfig:
 
 
 def is_study_mapping(data: dict[str, Any]) -> bool:
-    """SPEC 3.3: a file is a study if it has sweep:, experiments:, or a list of backends."""
+    """A file is a study if it has sweep:, experiments:, or a list of backends."""
     return "sweep" in data or "experiments" in data or isinstance(data.get("backend"), list)

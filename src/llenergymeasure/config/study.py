@@ -1,4 +1,4 @@
-"""Study configuration and grid expansion (SPEC 3.3).
+"""Study configuration and grid expansion.
 
 A study YAML holds fixed experiment fields, a ``sweep:`` grid and/or an explicit
 ``experiments:`` list, and an ``execution:`` block. Expansion resolves it into a list of

@@ -1,4 +1,4 @@
-"""Environment snapshot (SPEC 4.2): the machine and software an experiment ran on."""
+"""Environment snapshot: the machine and software an experiment ran on."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Runs one experiment through the measurement protocol (SPEC 4).
+"""Runs one experiment through the measurement protocol.
 
 pre-flight -> environment -> idle baseline -> load -> prompts -> warmup -> thermal floor ->
 measurement window (energy backend + background sampler, device sync before close) -> metrics.
