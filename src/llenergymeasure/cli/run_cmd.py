@@ -8,33 +8,10 @@ from typing import Any
 
 import typer
 
+from llenergymeasure.cli.options import RunOptions
 from llenergymeasure.config.models import ExperimentConfig
 from llenergymeasure.config.study import StudyConfig
 from llenergymeasure.exceptions import ConfigError
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """Everything ``llem run`` was given on the command line."""
-
-    config: Path | None = None
-    model: str | None = None
-    backend: str | None = None
-    dataset: str | None = None
-    n: int | None = None
-    batch_size: int | None = None
-    precision: str | None = None
-    output: Path | None = None
-    dry_run: bool = False
-    quiet: bool = False
-    verbose: bool = False
-    export_csv: bool = False
-    cycles: int | None = None
-    order: str | None = None
-    no_gaps: bool = False
-    resume: Path | None = None
-    runner: str | None = None  # --runner for every backend of a study
-    detach: bool = False  # slurm runner: submit and return
 
 
 def cli_overrides(opts: RunOptions) -> dict[str, Any]:

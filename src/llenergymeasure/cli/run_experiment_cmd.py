@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from llenergymeasure.cli.run_cmd import RunOptions
+from llenergymeasure.cli.options import RunOptions
 from llenergymeasure.config.models import ExperimentConfig
 from llenergymeasure.results.models import ExperimentResult
 
