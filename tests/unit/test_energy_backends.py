@@ -110,6 +110,19 @@ def test_mapping_of_uuids_by_index_is_accepted() -> None:
     assert visible_nvml_indices("GPU-c0ffee", {5: UUIDS[0], 9: UUIDS[2]}) == [9]
 
 
+def test_the_cuda_visible_devices_in_effect_is_the_given_value_else_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from llenergymeasure.energy.devices import effective_cuda_visible_devices
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert effective_cuda_visible_devices() is None
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,0")
+    assert effective_cuda_visible_devices() == "1,0"
+    assert effective_cuda_visible_devices("2") == "2"
+    assert effective_cuda_visible_devices(use_env=False) is None
+
+
 # -- NvmlSensor over a pynvml-like fake --------------------------------------------------------
 
 

@@ -22,6 +22,7 @@ from llenergymeasure.exceptions import BackendError
 __all__ = [
     "DeviceSlot",
     "cpu_slots",
+    "effective_cuda_visible_devices",
     "import_pynvml",
     "nvml_available",
     "nvml_str",
@@ -48,6 +49,17 @@ class DeviceSlot:
     def is_cpu(self) -> bool:
         """True for a CPU slot (allowed only in tests)."""
         return self.device == "cpu"
+
+
+def effective_cuda_visible_devices(value: str | None = None, *, use_env: bool = True) -> str | None:
+    """The ``CUDA_VISIBLE_DEVICES`` value in effect: ``value`` if given, else the environment's.
+
+    None means the variable is unset (every device visible); ``use_env=False`` ignores the
+    environment (tests, or a caller that passes the value of another process).
+    """
+    if value is None and use_env:
+        return os.environ.get("CUDA_VISIBLE_DEVICES")
+    return value
 
 
 def visible_nvml_indices(
@@ -177,9 +189,7 @@ def visible_gpu_slots(
         uuids = [
             nvml_str(lib.nvmlDeviceGetUUID(lib.nvmlDeviceGetHandleByIndex(i))) for i in range(count)
         ]
-        env = cuda_visible_devices
-        if env is None and use_env:
-            env = os.environ.get("CUDA_VISIBLE_DEVICES")
+        env = effective_cuda_visible_devices(cuda_visible_devices, use_env=use_env)
         slots = []
         for k, index in enumerate(visible_nvml_indices(env, uuids)):
             uuid = uuids[index]

@@ -11,7 +11,6 @@ a GPU index. ``DeviceInfo.nvml_index`` keeps the physical NVML index.
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from llenergymeasure.energy.devices import (
+    effective_cuda_visible_devices,
     import_pynvml,
     nvml_str,
     visible_nvml_indices,
@@ -138,9 +138,7 @@ class NvmlSensor:
                     nvml_str(self._nvml.nvmlDeviceGetUUID(self._nvml.nvmlDeviceGetHandleByIndex(i)))
                     for i in range(count)
                 ]
-                env = cuda_visible_devices
-                if env is None and use_env:
-                    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+                env = effective_cuda_visible_devices(cuda_visible_devices, use_env=use_env)
                 selected = visible_nvml_indices(env, uuids)
             else:
                 selected = list(devices)

@@ -45,7 +45,12 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TypeVar, runtime_checkable
 
-from llenergymeasure.energy.devices import DeviceSlot, cpu_slots, visible_gpu_slots
+from llenergymeasure.energy.devices import (
+    DeviceSlot,
+    cpu_slots,
+    effective_cuda_visible_devices,
+    visible_gpu_slots,
+)
 from llenergymeasure.engines.base import InferenceBackend, LoadInfo, RequestRecord
 from llenergymeasure.exceptions import BackendError
 
@@ -140,7 +145,7 @@ def device_problems(
             "is visible (CPU run); set pytorch.num_processes to 1"
         ]
     if len(gpus) < n:
-        env = os.environ.get("CUDA_VISIBLE_DEVICES")
+        env = effective_cuda_visible_devices()
         shown = f" (CUDA_VISIBLE_DEVICES={env})" if env is not None else ""
         return [
             f"pytorch.num_processes={n}: data parallel needs one GPU per process, but only "

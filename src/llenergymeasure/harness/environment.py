@@ -15,6 +15,7 @@ from typing import Any
 
 from llenergymeasure._version import __version__
 from llenergymeasure.config.installed import engine_version
+from llenergymeasure.energy.devices import effective_cuda_visible_devices
 from llenergymeasure.energy.sensors import GpuSensor
 from llenergymeasure.results.models import EnvironmentSnapshot
 
@@ -139,5 +140,5 @@ def capture_environment(backend: str, sensor: GpuSensor | None) -> EnvironmentSn
         pip_freeze_sha256=pip_freeze_digest(),
         llem_version=__version__,
         hostname=socket.gethostname(),
-        cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
+        cuda_visible_devices=effective_cuda_visible_devices(),
     )
