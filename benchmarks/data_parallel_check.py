@@ -1,6 +1,6 @@
 """Data-parallel check on a multi-GPU machine: ``pytorch.num_processes`` N, energy per device.
 
-Runs one experiment through the real path (``api.measure`` -> ``default_components`` ->
+Runs one experiment through the real path (``harness.measure.measure`` -> ``default_components`` ->
 ``DataParallelEngine`` + an NVML sensor over exactly the N GPUs in use), then prints each
 device's energy next to the process that ran on it, and checks that:
 
@@ -130,7 +130,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None, help="folder for result JSON files")
     args = parser.parse_args()
 
-    from llenergymeasure.api import measure
+    from llenergymeasure.harness.measure import measure
 
     failed: list[str] = []
     runs = [args.num_processes] + ([1] if args.compare_single else [])

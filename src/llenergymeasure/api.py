@@ -16,59 +16,11 @@ if TYPE_CHECKING:
 def _build_config(
     config: str | Path | ExperimentConfig | None, kwargs: dict[str, Any]
 ) -> ExperimentConfig:
-    from llenergymeasure.config.loading import (
-        apply_default_backend,
-        is_study_mapping,
-        key_lines,
-        read_yaml_mapping,
-        validate_experiment_dict,
-    )
-    from llenergymeasure.config.study import deep_merge
+    from llenergymeasure.config.loading import build_experiment_config
 
-    if isinstance(config, ExperimentConfig):
-        if not kwargs:
-            return config
-        data = deep_merge(config.model_dump(exclude_unset=True), kwargs)
-        return validate_experiment_dict(data, source="run_experiment()")
-    if config is None:
-        if not kwargs:
-            raise ConfigError("run_experiment() needs a config or keyword arguments (model=...)")
-        return validate_experiment_dict(apply_default_backend(kwargs), source="run_experiment()")
-    data, text = read_yaml_mapping(config)
-    if is_study_mapping(data):
-        raise ConfigError(f"{config} is a study; use llem.run_study()")
-    return validate_experiment_dict(
-        apply_default_backend(deep_merge(data, kwargs)), source=config, lines=key_lines(text)
-    )
-
-
-def measure(config: ExperimentConfig, *, progress: Any = None, baseline_cache: Any = None) -> Any:
-    """Run one experiment in this process with the real components; returns a MeasuredExperiment.
-
-    ``baseline_cache`` (a ``BaselineCache``) replaces the per-process idle-baseline cache; the
-    study runner passes one backed by a file so that its runs share one baseline.
-    """
-    from llenergymeasure.harness.orchestrator import (
-        ExperimentOrchestrator,
-        MeasurementSettings,
-        default_components,
-    )
-
-    settings = MeasurementSettings.from_user_config()
-    engine, energy, sensor = default_components(config, settings)
-    orchestrator = ExperimentOrchestrator(
-        engine=engine,
-        energy_backend=energy,
-        sensor=sensor,
-        settings=settings,
-        baseline_cache=baseline_cache,
-        progress=progress or (lambda _msg: None),
-    )
-    try:
-        return orchestrator.run(config)
-    finally:
-        if sensor is not None:
-            sensor.close()
+    if config is None and not kwargs:
+        raise ConfigError("run_experiment() needs a config or keyword arguments (model=...)")
+    return build_experiment_config(config, kwargs, overrides_label="run_experiment()")
 
 
 def run_experiment(
@@ -80,6 +32,8 @@ def run_experiment(
     fields (``run_experiment(model="builtin:tiny", dataset="synthetic", n=20)``).
     Save with ``result.to_json(path)``.
     """
+    from llenergymeasure.harness.measure import measure
+
     return measure(_build_config(config, kwargs)).result
 
 

@@ -22,7 +22,8 @@ def torch_cuda():
 
 @pytest.fixture(scope="module")
 def sensor():
-    from llenergymeasure.energy.sensors import NvmlSensor, nvml_available
+    from llenergymeasure.energy.devices import nvml_available
+    from llenergymeasure.energy.sensors import NvmlSensor
 
     if not nvml_available():
         pytest.skip("NVML not available")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from llenergymeasure.config import installed as registry
 from llenergymeasure.config.loading import load_experiment_config, read_yaml_mapping
 from llenergymeasure.config.models import ExperimentConfig
-from llenergymeasure.engines import registry
 from llenergymeasure.exceptions import ConfigError, LLEMError
 
 
@@ -212,3 +212,46 @@ def test_omitted_backend_is_the_only_installed_engine_else_pytorch(
     precision = "fp16"  # valid on every engine
     config = load_experiment_config(write_yaml(f"model: m\nprecision: {precision}\n"))
     assert config.backend == expected
+
+
+# --- one builder for YAML + overrides (library, CLI and from_yaml) ----------------------------
+
+
+def test_overrides_win_over_the_yaml_and_switching_backend_drops_the_other_engines_section(
+    write_yaml,
+):
+    from llenergymeasure.config.loading import build_experiment_config
+
+    path = write_yaml("model: org/m\nbackend: pytorch\npytorch:\n  batch_size: 4\nn: 10\n")
+    config = build_experiment_config(path, {"n": 3, "backend": "vllm"})
+    assert (config.backend, config.n, config.pytorch) == ("vllm", 3, None)
+
+
+def test_the_library_and_the_command_line_build_the_same_config(write_yaml):
+    from llenergymeasure.api import _build_config
+    from llenergymeasure.cli.run_cmd import RunOptions, resolve
+
+    path = write_yaml("model: org/m\nbackend: pytorch\npytorch:\n  batch_size: 4\n")
+    from_cli = resolve(RunOptions(config=path, n=5, precision="fp16")).experiment
+    from_api = _build_config(path, {"n": 5, "precision": "fp16"})
+    assert from_cli == from_api
+
+
+def test_an_error_in_an_override_is_not_reported_at_the_yaml_line_it_replaced(write_yaml):
+    from llenergymeasure.config.loading import build_experiment_config
+
+    path = write_yaml("model: org/m\nbackend: pytorch\nn: 10\n")
+    with pytest.raises(ConfigError) as info:
+        build_experiment_config(path, {"n": 0})
+    assert "line 3" not in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        build_experiment_config(write_yaml("model: org/m\nbackend: pytorch\nn: 0\n"))
+    assert "line 3" in str(info.value)
+
+
+def test_a_study_yaml_is_not_built_as_one_experiment(write_yaml):
+    from llenergymeasure.config.loading import build_experiment_config
+
+    path = write_yaml("model: org/m\nsweep:\n  n: [1, 2]\n")
+    with pytest.raises(ConfigError, match="is a study"):
+        build_experiment_config(path, {"n": 3})

@@ -12,12 +12,12 @@ import pytest
 
 from llenergymeasure.config.hashing import measurement_config_hash
 from llenergymeasure.config.models import ExperimentConfig
-from llenergymeasure.energy.fakes import FakeGpuSensor
 from llenergymeasure.energy.nvml_backend import NvmlEnergyBackend
 from llenergymeasure.energy.sampler import EnergySampler
 from llenergymeasure.engines.pytorch import PyTorchBackend
 from llenergymeasure.harness.orchestrator import ExperimentOrchestrator, MeasurementSettings
 from llenergymeasure.results.models import ExperimentResult
+from llenergymeasure.testing.energy import FakeGpuSensor
 
 SMALL = {
     "dataset": {"n": 6, "input_len": 24, "output_len": 8},

@@ -12,7 +12,15 @@ import pytest
 import llenergymeasure.energy as energy_pkg
 from llenergymeasure.energy.base import EnergyBackend, EnergyMeasurement
 from llenergymeasure.energy.codecarbon_backend import CodeCarbonEnergyBackend
-from llenergymeasure.energy.fakes import (
+from llenergymeasure.energy.devices import nvml_available, visible_nvml_indices
+from llenergymeasure.energy.null_backend import NULL_BACKEND_NOTE, NullEnergyBackend
+from llenergymeasure.energy.nvml_backend import NvmlEnergyBackend
+from llenergymeasure.energy.sampler import EnergySampler
+from llenergymeasure.energy.select import BackendProbes, select_energy_backend
+from llenergymeasure.energy.sensors import GpuSensor, NvmlSensor
+from llenergymeasure.energy.zeus_backend import ZeusEnergyBackend
+from llenergymeasure.exceptions import BackendError, ConfigError
+from llenergymeasure.testing.energy import (
     FakeClock,
     FakeCodeCarbonTracker,
     FakeEnergyBackend,
@@ -21,18 +29,6 @@ from llenergymeasure.energy.fakes import (
     FakeNvmlModule,
     FakeZeusMonitor,
 )
-from llenergymeasure.energy.null_backend import NULL_BACKEND_NOTE, NullEnergyBackend
-from llenergymeasure.energy.nvml_backend import NvmlEnergyBackend
-from llenergymeasure.energy.sampler import EnergySampler
-from llenergymeasure.energy.select import BackendProbes, select_energy_backend
-from llenergymeasure.energy.sensors import (
-    GpuSensor,
-    NvmlSensor,
-    nvml_available,
-    visible_nvml_indices,
-)
-from llenergymeasure.energy.zeus_backend import ZeusEnergyBackend
-from llenergymeasure.exceptions import BackendError, ConfigError
 
 UUIDS = [
     "GPU-8f3a0000-1111-2222-3333-444444444444",
@@ -47,7 +43,7 @@ UUIDS = [
 def test_importing_the_energy_package_imports_no_gpu_or_ml_library() -> None:
     src = Path(energy_pkg.__file__).resolve().parents[2]
     code = (
-        "import sys, llenergymeasure.energy, llenergymeasure.energy.fakes\n"
+        "import sys, llenergymeasure.energy, llenergymeasure.testing.energy\n"
         "bad = [m for m in ('pynvml', 'torch', 'zeus', 'codecarbon') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )
@@ -112,6 +108,19 @@ def test_garbage_token_is_an_error() -> None:
 
 def test_mapping_of_uuids_by_index_is_accepted() -> None:
     assert visible_nvml_indices("GPU-c0ffee", {5: UUIDS[0], 9: UUIDS[2]}) == [9]
+
+
+def test_the_cuda_visible_devices_in_effect_is_the_given_value_else_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from llenergymeasure.energy.devices import effective_cuda_visible_devices
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert effective_cuda_visible_devices() is None
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,0")
+    assert effective_cuda_visible_devices() == "1,0"
+    assert effective_cuda_visible_devices("2") == "2"
+    assert effective_cuda_visible_devices(use_env=False) is None
 
 
 # -- NvmlSensor over a pynvml-like fake --------------------------------------------------------

@@ -14,9 +14,9 @@ from llenergymeasure.energy.baseline import (
     get_or_measure_baseline,
     measure_idle_baseline,
 )
-from llenergymeasure.energy.fakes import FakeClock, FakeGpuSensor
 from llenergymeasure.energy.sensors import GpuSensor, SensorReading
 from llenergymeasure.exceptions import BackendError
+from llenergymeasure.testing.energy import FakeClock, FakeGpuSensor
 
 
 def _measure(

@@ -11,9 +11,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from llenergymeasure.energy.fakes import FakeClock, FakeGpuSensor
 from llenergymeasure.energy.sampler import TIMESERIES_COLUMNS, EnergySampler
 from llenergymeasure.energy.sensors import DeviceInfo, SensorReading
+from llenergymeasure.testing.energy import FakeClock, FakeGpuSensor
 
 
 def _wait_for(predicate: Callable[[], bool], timeout_s: float = 2.0) -> None:

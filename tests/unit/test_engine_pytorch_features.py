@@ -23,11 +23,11 @@ pytest.importorskip("transformers")
 from llenergymeasure.config.hashing import measurement_config_hash
 from llenergymeasure.config.models import DecoderConfig, ExperimentConfig, PyTorchConfig
 from llenergymeasure.datasets import Prompt
-from llenergymeasure.energy.fakes import FakeEnergyBackend
 from llenergymeasure.engines.base import RequestRecord
-from llenergymeasure.engines.fakes import FakeEngine
 from llenergymeasure.engines.pytorch import PyTorchBackend
 from llenergymeasure.harness.orchestrator import ExperimentOrchestrator
+from llenergymeasure.testing.energy import FakeEnergyBackend
+from llenergymeasure.testing.engines import FakeEngine
 
 TEXTS = ["hello there, how are you today?", "the quick brown fox", "x y z"]
 

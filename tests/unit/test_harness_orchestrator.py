@@ -12,14 +12,14 @@ import pytest
 from llenergymeasure.config.hashing import measurement_config_hash
 from llenergymeasure.config.models import ExperimentConfig
 from llenergymeasure.energy.baseline import BaselineCache
-from llenergymeasure.energy.fakes import FakeEnergyBackend
 from llenergymeasure.energy.nvml_backend import NvmlEnergyBackend
 from llenergymeasure.energy.sampler import EnergySampler
 from llenergymeasure.energy.sensors import DeviceInfo, SensorReading
-from llenergymeasure.engines.fakes import FakeEngine
 from llenergymeasure.exceptions import PreFlightError
 from llenergymeasure.harness.orchestrator import ExperimentOrchestrator, MeasurementSettings
 from llenergymeasure.results.models import ExperimentResult
+from llenergymeasure.testing.energy import FakeEnergyBackend
+from llenergymeasure.testing.engines import FakeEngine
 
 
 class SwitchingSensor:

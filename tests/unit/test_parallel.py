@@ -15,20 +15,11 @@ import pytest
 
 from llenergymeasure.config.models import ExperimentConfig
 from llenergymeasure.datasets import Prompt
-from llenergymeasure.energy.fakes import (
-    FakeEnergyBackend,
-    FakeGpuSensor,
-    FakeNvmlDevice,
-    FakeNvmlModule,
-)
 from llenergymeasure.energy.nvml_backend import NvmlEnergyBackend
 from llenergymeasure.energy.sampler import EnergySampler
+from llenergymeasure.engines import data_parallel as parallel
 from llenergymeasure.engines.base import InferenceBackend, LoadInfo, RequestRecord
-from llenergymeasure.engines.fakes import FakeTokenizer
-from llenergymeasure.exceptions import BackendError
-from llenergymeasure.harness import parallel
-from llenergymeasure.harness.orchestrator import ExperimentOrchestrator, MeasurementSettings
-from llenergymeasure.harness.parallel import (
+from llenergymeasure.engines.data_parallel import (
     DataParallelEngine,
     DeviceSlot,
     cpu_slots,
@@ -36,6 +27,15 @@ from llenergymeasure.harness.parallel import (
     shard_contiguous,
     visible_gpu_slots,
 )
+from llenergymeasure.exceptions import BackendError
+from llenergymeasure.harness.orchestrator import ExperimentOrchestrator, MeasurementSettings
+from llenergymeasure.testing.energy import (
+    FakeEnergyBackend,
+    FakeGpuSensor,
+    FakeNvmlDevice,
+    FakeNvmlModule,
+)
+from llenergymeasure.testing.engines import FakeTokenizer
 
 # ─── Replica engines (run inside the spawned processes) ─────────────────────────
 

@@ -13,26 +13,20 @@ from typing import Any
 import pytest
 
 from llenergymeasure.config.study import ExecutionConfig, StudyConfig
+from llenergymeasure.energy.devices import DeviceSlot
 from llenergymeasure.exceptions import StudyError
-from llenergymeasure.harness.parallel import DeviceSlot
 from llenergymeasure.results.models import ExperimentResult
-from llenergymeasure.study.fakes import ScriptedWorker
 from llenergymeasure.study.manifest import StudyManifest, load_manifest, write_manifest
 from llenergymeasure.study.parallel import THERMAL_NOTE
 from llenergymeasure.study.runner import StudyRunner
+from llenergymeasure.testing.configs import tiny_experiment
+from llenergymeasure.testing.study import ScriptedWorker
 
 GPUS = [
     DeviceSlot(device="cuda:0", label=f"cuda:{k}", uuid=uuid, nvml_index=k, visible_devices=uuid)
     for k, uuid in enumerate(["GPU-aaaa-0000", "GPU-bbbb-1111"])
 ]
-BASE: dict[str, Any] = {
-    "model": "builtin:tiny",
-    "backend": "pytorch",
-    "dataset": {"n": 2, "input_len": 8, "output_len": 4},
-    "n": 2,
-    "warmup": {"n_warmup": 0, "thermal_floor_seconds": 0},
-    "baseline": {"enabled": False},
-}
+BASE: dict[str, Any] = tiny_experiment()
 
 
 def study(n_configs: int = 4, **execution: Any) -> StudyConfig:

@@ -2,7 +2,7 @@
 
 The study under test is real: a 2-config x 2-cycle builtin:tiny study run by the study runner
 through spawned subprocesses, with a fake GPU sensor injected through the worker so each run
-has a power/temperature timeseries (``study.fakes.ScriptedWorker(with_sensor=True)``).
+has a power/temperature timeseries (``testing.study.ScriptedWorker(with_sensor=True)``).
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ from llenergymeasure.config.study import StudyConfig
 from llenergymeasure.exceptions import ConfigError
 from llenergymeasure.report.loader import StudySource, load_source
 from llenergymeasure.results.models import HEADLINE_METRICS, StudyResult
-from llenergymeasure.study.fakes import ScriptedWorker
 from llenergymeasure.study.runner import run_study_config
+from llenergymeasure.testing.configs import tiny_experiment
+from llenergymeasure.testing.study import ScriptedWorker
 
 pytest.importorskip("matplotlib")
 np = pytest.importorskip("numpy")
@@ -39,12 +40,7 @@ def study_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     study = StudyConfig.from_dict(
         {
             "name": "report-study",
-            "model": "builtin:tiny",
-            "backend": "pytorch",
-            "dataset": {"n": 2, "input_len": 8, "output_len": 4},
-            "n": 2,
-            "warmup": {"n_warmup": 0, "thermal_floor_seconds": 0},
-            "baseline": {"enabled": False},
+            **tiny_experiment(),
             "sweep": {"pytorch.batch_size": [1, 2]},
             "execution": {
                 "n_cycles": 2,

@@ -27,6 +27,7 @@ from llenergymeasure.runners import (
     resolve_runner,
 )
 from llenergymeasure.runners.container_entry import main as container_main
+from llenergymeasure.testing.configs import tiny_experiment
 
 FAKE_DOCKER = """#!{python}
 import json, os, shutil, sys
@@ -58,15 +59,7 @@ if args[0] == "run":
     shutil.copy(os.environ["FAKE_DOCKER_RESULT"], out / "result.json")
 """
 
-TINY = {
-    "model": "builtin:tiny",
-    "backend": "pytorch",
-    "precision": "fp32",
-    "dataset": {"n": 2, "input_len": 8, "output_len": 3},
-    "n": 2,
-    "warmup": {"n_warmup": 0, "thermal_floor_seconds": 0},
-    "baseline": {"enabled": False},
-}
+TINY = tiny_experiment(precision="fp32", dataset={"n": 2, "input_len": 8, "output_len": 3})
 
 
 @pytest.fixture(scope="module")

@@ -33,9 +33,10 @@ from llenergymeasure.runners.slurm import (
     sbatch_command,
 )
 from llenergymeasure.runners.slurm_entry import main as entry_main
-from llenergymeasure.study.fakes import ScriptedWorker, fake_measure_worker
 from llenergymeasure.study.manifest import load_manifest
 from llenergymeasure.study.runner import StudyRunner
+from llenergymeasure.testing.configs import tiny_experiment
+from llenergymeasure.testing.study import ScriptedWorker, fake_measure_worker
 
 FAKE_SLURM = """#!{python}
 import json, os, sys
@@ -80,14 +81,7 @@ elif name == "scontrol":
         sys.exit(1)
 """
 
-BASE: dict[str, Any] = {
-    "model": "builtin:tiny",
-    "backend": "pytorch",
-    "dataset": {"n": 2, "input_len": 8, "output_len": 4},
-    "n": 2,
-    "warmup": {"n_warmup": 0, "thermal_floor_seconds": 0},
-    "baseline": {"enabled": False},
-}
+BASE: dict[str, Any] = tiny_experiment()
 
 
 def two_run_study(**execution: Any) -> StudyConfig:

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
+from llenergymeasure.config import installed as registry
 from llenergymeasure.config.hashing import measurement_config_hash
 from llenergymeasure.config.models import ExperimentConfig
 from llenergymeasure.config.study import ExecutionConfig, StudyConfig, expand_study, load_study
-from llenergymeasure.engines import registry
 from llenergymeasure.exceptions import ConfigError
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

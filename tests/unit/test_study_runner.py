@@ -1,6 +1,6 @@
 """The study runner: run order, gaps, per-run subprocesses, failures, manifest, resume.
 
-Runs go through the real ``spawn`` path with picklable fake workers (``study.fakes``), which
+Runs go through the real ``spawn`` path with picklable fake workers (``testing.study``), which
 drive the real orchestrator with a fake engine, so each run costs a fraction of a second.
 """
 
@@ -18,7 +18,6 @@ import pyarrow.parquet as pq
 from llenergymeasure.config.hashing import measurement_config_hash
 from llenergymeasure.config.study import ExecutionConfig, StudyConfig
 from llenergymeasure.results.models import ExperimentResult, StudyResult
-from llenergymeasure.study.fakes import ScriptedWorker
 from llenergymeasure.study.manifest import StudyManifest, load_manifest, write_manifest
 from llenergymeasure.study.runner import (
     StudyRunner,
@@ -30,15 +29,10 @@ from llenergymeasure.study.runner import (
     run_study_config,
 )
 from llenergymeasure.study.summary import format_study_summary, study_exit_code
+from llenergymeasure.testing.configs import tiny_experiment
+from llenergymeasure.testing.study import ScriptedWorker
 
-BASE: dict[str, Any] = {
-    "model": "builtin:tiny",
-    "backend": "pytorch",
-    "dataset": {"n": 2, "input_len": 8, "output_len": 4},
-    "n": 2,
-    "warmup": {"n_warmup": 0, "thermal_floor_seconds": 0},
-    "baseline": {"enabled": False},
-}
+BASE: dict[str, Any] = tiny_experiment()
 
 
 def make_study(sweep: dict[str, Any] | None = None, **execution: Any) -> StudyConfig:

@@ -1,7 +1,7 @@
 """``llem run study.yaml`` and ``llem run --resume``: real processes, signals, bad input.
 
 Killing and interrupting use a small driver script that runs the real CLI with a scripted
-fake worker (``study.fakes``) as the default worker, in its own process.
+fake worker (``llenergymeasure.testing.study``) as the default worker, in its own process.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ DRIVER = """\
 import sys
 
 import llenergymeasure.study.runner as runner
-from llenergymeasure.study.fakes import ScriptedWorker
+from llenergymeasure.testing.study import ScriptedWorker
 
 runner.DEFAULT_WORKER = ScriptedWorker({worker_args})
 

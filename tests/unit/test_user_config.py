@@ -1,4 +1,4 @@
-"""User config file and environment overrides (SPEC 3.4): env > file > default."""
+"""User config file and environment overrides: env > file > default."""
 
 from __future__ import annotations
 
@@ -147,6 +147,19 @@ def test_env_beats_file_beats_default_for_runners(user_file, monkeypatch):
     assert effective_settings()["runners.pytorch"].source == "default"
 
 
+def test_energy_backend_env_beats_file_and_is_what_a_measurement_uses(user_file, monkeypatch):
+    from llenergymeasure.harness.settings import MeasurementSettings
+
+    path = user_file("measurement:\n  energy_backend: nvml\n")
+    s = effective_settings()["measurement.energy_backend"]
+    assert (s.value, s.source) == ("nvml", f"user config ({path})")
+    assert MeasurementSettings.from_user_config().energy_backend == "nvml"
+    monkeypatch.setenv("LLEM_ENERGY_BACKEND", "none")
+    s = effective_settings()["measurement.energy_backend"]
+    assert (s.value, s.source) == ("none", "env LLEM_ENERGY_BACKEND")
+    assert MeasurementSettings.from_user_config().energy_backend == "none"
+
+
 def test_no_prompt_comes_from_the_environment(monkeypatch):
     monkeypatch.setenv("LLEM_NO_PROMPT", "1")
     s = effective_settings()["no_prompt"]
@@ -161,6 +174,7 @@ def test_no_prompt_comes_from_the_environment(monkeypatch):
         ("LLEM_CARBON_INTENSITY", "nan"),
         ("LLEM_DATACENTER_PUE", "0.9"),
         ("LLEM_DATACENTER_PUE", "inf"),
+        ("LLEM_ENERGY_BACKEND", "rapl"),
         ("LLEM_RUNNER_VLLM", "docker"),
         ("LLEM_RUNNER_PYTORCH", "podman:img"),
         ("LLEM_RUNNER_TENSORRT", "docker: spaced"),

@@ -37,7 +37,7 @@ class CycleOrder(str, Enum):
 def _version_callback(value: bool) -> None:
     if not value:
         return
-    from llenergymeasure.engines.registry import engine_version
+    from llenergymeasure.config.installed import engine_version
 
     typer.echo(f"llem {__version__}")
     for backend in ("pytorch", "vllm", "tensorrt"):

@@ -8,8 +8,8 @@ import sys
 
 import typer
 
+from llenergymeasure.config.installed import engine_version
 from llenergymeasure.config.user_config import effective_settings, user_config_path
-from llenergymeasure.engines.registry import engine_version
 
 
 def _gpus() -> tuple[list[str], str | None]:

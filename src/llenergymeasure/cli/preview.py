@@ -8,6 +8,7 @@ from llenergymeasure.config.hashing import measurement_config_hash
 from llenergymeasure.config.models import ExperimentConfig, SyntheticDatasetConfig
 from llenergymeasure.config.study import StudyConfig
 from llenergymeasure.harness.vram import VramEstimate, estimate_vram, weight_precision
+from llenergymeasure.results.stats import varying_fields
 
 
 def _dataset_label(config: ExperimentConfig) -> str:
@@ -42,17 +43,6 @@ def _vram(
             config.model, weight_precision(config), batch_size=key[2], seq_len=key[3]
         )
     return cache[key]
-
-
-def _varying_fields(study: StudyConfig) -> list[str]:
-    """Dotted names of the fields whose values differ between the study's experiments."""
-    flat: list[dict[str, object]] = []
-    for e in study.experiments:
-        row: dict[str, object] = {}
-        _flatten(e.model_dump(exclude_none=True), "", row)
-        flat.append(row)
-    keys = sorted({k for row in flat for k in row})
-    return [k for k in keys if len({repr(row.get(k)) for row in flat}) > 1]
 
 
 def _flatten(obj: object, prefix: str, out: dict[str, object]) -> None:
@@ -91,7 +81,7 @@ def _vram_text(est: VramEstimate | None) -> str:
 def preview_study(study: StudyConfig) -> None:
     """Print the study grid: each experiment, the skipped points, counts and cycles."""
     ex = study.execution
-    varying = [v for v in _varying_fields(study) if v != "backend"]
+    varying = varying_fields(study.experiments, exclude=("backend",))
     typer.echo(
         f"Dry run of study '{study.name}' (design hash {study.study_design_hash}); "
         "nothing was run.\n"

@@ -8,33 +8,10 @@ from typing import Any
 
 import typer
 
+from llenergymeasure.cli.options import RunOptions
 from llenergymeasure.config.models import ExperimentConfig
 from llenergymeasure.config.study import StudyConfig
 from llenergymeasure.exceptions import ConfigError
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """Everything ``llem run`` was given on the command line."""
-
-    config: Path | None = None
-    model: str | None = None
-    backend: str | None = None
-    dataset: str | None = None
-    n: int | None = None
-    batch_size: int | None = None
-    precision: str | None = None
-    output: Path | None = None
-    dry_run: bool = False
-    quiet: bool = False
-    verbose: bool = False
-    export_csv: bool = False
-    cycles: int | None = None
-    order: str | None = None
-    no_gaps: bool = False
-    resume: Path | None = None
-    runner: str | None = None  # --runner for every backend of a study
-    detach: bool = False  # slurm runner: submit and return
 
 
 def cli_overrides(opts: RunOptions) -> dict[str, Any]:
@@ -67,13 +44,11 @@ class ResolvedRun:
 def resolve(opts: RunOptions) -> ResolvedRun:
     """Load YAML (if any), apply CLI overrides, and validate everything."""
     from llenergymeasure.config.loading import (
-        apply_default_backend,
+        build_experiment_config,
         is_study_mapping,
-        key_lines,
+        merge_overrides,
         read_yaml_mapping,
-        validate_experiment_dict,
     )
-    from llenergymeasure.config.study import deep_merge
 
     overrides = cli_overrides(opts)
     if opts.n is not None and opts.n < 1:
@@ -89,14 +64,13 @@ def resolve(opts: RunOptions) -> ResolvedRun:
                 "nothing to run: give a config file or --model",
                 hint="llem run --model builtin:tiny --dataset synthetic -n 20",
             )
-        data = apply_default_backend(overrides)
-        _check_batch_size_backend(data, opts)
+        _check_batch_size_backend(merge_overrides({}, overrides), opts)
         return ResolvedRun(
-            experiment=validate_experiment_dict(data, source="command line"), study=None
+            experiment=build_experiment_config(None, overrides, overrides_label="command line"),
+            study=None,
         )
 
     data, text = read_yaml_mapping(opts.config)
-    lines = key_lines(text)
     if is_study_mapping(data):
         from llenergymeasure.study.design import expand_study_file
 
@@ -107,7 +81,7 @@ def resolve(opts: RunOptions) -> ResolvedRun:
         if opts.cycles is not None:
             updates["n_cycles"] = opts.cycles
         elif not cycles_from_yaml:
-            updates["n_cycles"] = 3  # SPEC 3.3: CLI default when the YAML does not set it
+            updates["n_cycles"] = 3  # the CLI's default when the YAML does not set it
         if opts.order is not None:
             updates["cycle_order"] = opts.order
         if opts.no_gaps:
@@ -120,26 +94,8 @@ def resolve(opts: RunOptions) -> ResolvedRun:
     for flag, value in (("--cycles", opts.cycles), ("--order", opts.order)):
         if value is not None:
             raise ConfigError(f"{flag} applies to studies; {opts.config} is a single experiment")
-    # A value that came from a flag must not be reported at the YAML line it replaced.
-    lines = {k: v for k, v in lines.items() if not _overridden(k, overrides)}
-    merged = apply_default_backend(deep_merge(data, overrides))
-    if "backend" in overrides and overrides["backend"] != data.get("backend"):
-        for section in ("pytorch", "vllm", "tensorrt"):
-            if section != overrides["backend"] and section not in overrides:
-                merged.pop(section, None)
-    _check_batch_size_backend(merged, opts)
-    return ResolvedRun(
-        experiment=validate_experiment_dict(merged, source=opts.config, lines=lines), study=None
-    )
-
-
-def _overridden(path: tuple[Any, ...], overrides: dict[str, Any]) -> bool:
-    node: Any = overrides
-    for part in path:
-        if not isinstance(node, dict) or part not in node:
-            return False
-        node = node[part]
-    return True
+    _check_batch_size_backend(merge_overrides(data, overrides), opts)
+    return ResolvedRun(experiment=build_experiment_config(opts.config, overrides), study=None)
 
 
 def _check_batch_size_backend(data: dict[str, Any], opts: RunOptions) -> None:

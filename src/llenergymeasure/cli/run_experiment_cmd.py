@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from llenergymeasure.cli.run_cmd import RunOptions
+from llenergymeasure.cli.options import RunOptions
 from llenergymeasure.config.models import ExperimentConfig
 from llenergymeasure.results.models import ExperimentResult
 
@@ -58,8 +58,8 @@ def _ms(value: float | None) -> str:
 
 def run_single(config: ExperimentConfig, opts: RunOptions) -> int:
     """Measure ``config`` in this process and write it under the results directory."""
-    from llenergymeasure.api import measure
     from llenergymeasure.config.user_config import setting
+    from llenergymeasure.harness.measure import measure
     from llenergymeasure.results.io import experiment_dir_name, unique_directory
 
     def progress(message: str) -> None:

@@ -6,8 +6,10 @@ the key path, its line where known, and — for unknown keys — the closest val
 
 from __future__ import annotations
 
+import copy
 import difflib
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, get_args, get_origin
 
@@ -15,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from llenergymeasure.config.models import ExperimentConfig
+from llenergymeasure.config.ssot import BACKENDS
 from llenergymeasure.exceptions import ConfigError
 
 KeyPath = tuple[str | int, ...]
@@ -221,27 +224,91 @@ def validate_experiment_dict(
         raise validation_config_error(exc, source=source, lines=lines) from None
 
 
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge; ``override`` wins; inputs are not mutated."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
 def apply_default_backend(data: dict[str, Any]) -> dict[str, Any]:
-    """Fill ``backend`` when omitted (SPEC 2: the one installed engine, else pytorch)."""
+    """Fill ``backend`` when omitted: the one installed engine, else pytorch."""
     if "backend" in data:
         return data
-    from llenergymeasure.engines.registry import default_backend
+    from llenergymeasure.config.installed import default_backend
 
     return {**data, "backend": default_backend()}
 
 
-def load_experiment_config(path: str | Path) -> ExperimentConfig:
-    """Load one experiment YAML file into an ExperimentConfig."""
-    data, text = read_yaml_mapping(path)
+def merge_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """An experiment mapping with ``overrides`` applied; the backend filled in when absent.
+
+    Overrides win key by key (nested sections merge). When they switch the backend, the YAML's
+    sections of the other engines are dropped (they would be invalid for the new backend),
+    except sections the overrides set themselves.
+    """
+    merged = deep_merge(dict(data), dict(overrides))
+    backend = overrides.get("backend")
+    if backend is not None and backend != data.get("backend"):
+        for section in BACKENDS:
+            if section != backend and section not in overrides:
+                merged.pop(section, None)
+    return apply_default_backend(merged)
+
+
+def build_experiment_config(
+    source: str | Path | ExperimentConfig | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    overrides_label: str = "overrides",
+) -> ExperimentConfig:
+    """The one way to build an ``ExperimentConfig`` from a YAML file and/or overrides.
+
+    ``source`` is a YAML path, an existing config, or None (the overrides are the whole config).
+    ``overrides`` is a nested mapping (``{"pytorch": {"batch_size": 4}}``) merged over the source
+    by ``merge_overrides``. Errors name the YAML file with its line numbers (lines of keys the
+    overrides replaced are not reported), or ``overrides_label`` when there is no file. A study
+    YAML raises ``ConfigError``.
+    """
+    extra = dict(overrides or {})
+    if isinstance(source, ExperimentConfig):
+        if not extra:
+            return source
+        data = source.model_dump(exclude_unset=True)
+        data.setdefault("backend", source.backend)
+        return validate_experiment_dict(merge_overrides(data, extra), source=overrides_label)
+    if source is None:
+        return validate_experiment_dict(merge_overrides({}, extra), source=overrides_label)
+    data, text = read_yaml_mapping(source)
     if is_study_mapping(data):
         raise ConfigError(
-            f"{path} is a study (it has sweep:, experiments: or a list of backends), "
+            f"{source} is a study (it has sweep:, experiments: or a list of backends), "
             "not a single experiment",
             hint="load it with StudyConfig.from_yaml / llem.run_study",
         )
-    return validate_experiment_dict(apply_default_backend(data), source=path, lines=key_lines(text))
+    lines = {k: v for k, v in key_lines(text).items() if not _overridden(k, extra)}
+    return validate_experiment_dict(merge_overrides(data, extra), source=source, lines=lines)
+
+
+def _overridden(path: KeyPath, overrides: Mapping[str, Any]) -> bool:
+    """True when ``overrides`` sets the key at ``path`` (so its YAML line is not the source)."""
+    node: Any = overrides
+    for part in path:
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def load_experiment_config(path: str | Path) -> ExperimentConfig:
+    """Load one experiment YAML file into an ExperimentConfig."""
+    return build_experiment_config(path)
 
 
 def is_study_mapping(data: dict[str, Any]) -> bool:
-    """SPEC 3.3: a file is a study if it has sweep:, experiments:, or a list of backends."""
+    """A file is a study if it has sweep:, experiments:, or a list of backends."""
     return "sweep" in data or "experiments" in data or isinstance(data.get("backend"), list)

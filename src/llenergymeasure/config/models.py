@@ -1,6 +1,5 @@
 """Experiment configuration: one ``ExperimentConfig`` type with optional engine sections.
 
-Normative source: ``seeds/experiment-config.md`` plus SPEC 3.2's resolved points.
 Engine-section fields default to ``None`` meaning "the engine's own default"; the engine
 resolves them at run time and the result records the effective value.
 """

@@ -1,4 +1,4 @@
-"""Study configuration and grid expansion (SPEC 3.3).
+"""Study configuration and grid expansion.
 
 A study YAML holds fixed experiment fields, a ``sweep:`` grid and/or an explicit
 ``experiments:`` list, and an ``execution:`` block. Expansion resolves it into a list of
@@ -8,7 +8,6 @@ Precedence: built-in defaults < ``base:`` file < inline fields < sweep < experim
 
 from __future__ import annotations
 
-import copy
 import itertools
 from datetime import datetime
 from pathlib import Path
@@ -19,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from llenergymeasure.config.hashing import measurement_config_hash, study_design_hash
 from llenergymeasure.config.loading import (
     KeyPath,
+    deep_merge,
     describe_validation_error,
     is_study_mapping,
     key_lines,
@@ -92,17 +92,6 @@ class StudyConfig(BaseModel):
 
 def _default_name() -> str:
     return f"study_{datetime.now().strftime('%Y-%m-%dT%H-%M-%S')}"
-
-
-def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """Recursive dict merge; ``override`` wins; inputs are not mutated."""
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 
 
 def dotted_to_nested(path: str, value: Any) -> dict[str, Any]:
@@ -314,7 +303,7 @@ def _resolve_backends(
             )
         if experiments and all(isinstance(e, dict) and "backend" in e for e in experiments):
             return sorted({str(e["backend"]) for e in experiments}, key=_backend_order)
-        from llenergymeasure.engines.registry import default_backend
+        from llenergymeasure.config.installed import default_backend
 
         return [default_backend()]
     backends = value if isinstance(value, list) else [value]

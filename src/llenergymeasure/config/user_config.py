@@ -1,4 +1,4 @@
-"""Machine-level user configuration (SPEC 3.4) and its environment-variable overrides.
+"""Machine-level user configuration and its environment-variable overrides.
 
 File: ``~/.config/llenergymeasure/config.yaml`` (platformdirs), or the file named by
 ``LLEM_CONFIG``. A missing file means defaults; an invalid file is a ``ConfigError`` naming it.
@@ -11,7 +11,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -28,9 +28,12 @@ class OutputSection(BaseModel):
     results_dir: str = "./results"
 
 
+EnergyBackendName = Literal["auto", "nvml", "zeus", "codecarbon", "none"]
+
+
 class MeasurementSection(BaseModel):
     model_config = _FORBID
-    energy_backend: Literal["auto", "nvml", "zeus", "codecarbon", "none"] = "auto"
+    energy_backend: EnergyBackendName = "auto"
     carbon_intensity_gco2_kwh: float | None = Field(None, ge=0)  # None: CO2 not computed
     datacenter_pue: float = Field(1.0, ge=1.0)
     datacenter_location: str | None = None  # ISO-3166-1 code
@@ -122,6 +125,8 @@ class Setting(BaseModel):
     source: str  # "default", "user config (<path>)" or "env LLEM_..."
 
 
+_ENV_ENERGY_BACKEND = "LLEM_ENERGY_BACKEND"
+
 _ENV_FLOATS = {
     "measurement.carbon_intensity_gco2_kwh": "LLEM_CARBON_INTENSITY",
     "measurement.datacenter_pue": "LLEM_DATACENTER_PUE",
@@ -129,7 +134,12 @@ _ENV_FLOATS = {
 
 
 def effective_settings(path: Path | None = None) -> dict[str, Setting]:
-    """Every user-level setting with its effective value and source (env > file > default)."""
+    """Every user-level setting with its effective value and source (env > file > default).
+
+    Environment overrides: ``LLEM_CARBON_INTENSITY``, ``LLEM_DATACENTER_PUE``,
+    ``LLEM_ENERGY_BACKEND``, ``LLEM_RUNNER_<BACKEND>`` and ``LLEM_NO_PROMPT``. This is the only
+    place that reads them, so ``llem config`` shows what a run will use.
+    """
     p = path or user_config_path()
     config = load_user_config(path)
     raw: dict[str, Any] = {}
@@ -159,6 +169,17 @@ def effective_settings(path: Path | None = None) -> dict[str, Setting]:
             ):
                 raise ConfigError(f"environment variable {env}={text!r} is out of range")
             out[key] = Setting(value=value, source=f"env {env}")
+    choice = os.environ.get(_ENV_ENERGY_BACKEND)
+    if choice:
+        valid = get_args(EnergyBackendName)
+        if choice not in valid:
+            raise ConfigError(
+                f"environment variable {_ENV_ENERGY_BACKEND}={choice!r} is not an energy backend",
+                hint=f"use one of: {', '.join(valid)}",
+            )
+        out["measurement.energy_backend"] = Setting(
+            value=choice, source=f"env {_ENV_ENERGY_BACKEND}"
+        )
     for backend in BACKENDS:
         env = f"LLEM_RUNNER_{backend.upper()}"
         if os.environ.get(env):

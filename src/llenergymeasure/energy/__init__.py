@@ -15,6 +15,7 @@ from llenergymeasure.energy.baseline import (
     measure_idle_baseline,
 )
 from llenergymeasure.energy.codecarbon_backend import CodeCarbonEnergyBackend
+from llenergymeasure.energy.devices import nvml_available, visible_nvml_indices
 from llenergymeasure.energy.maths import (
     EnergyCounterResetError,
     adjusted_energy_j,
@@ -32,8 +33,6 @@ from llenergymeasure.energy.sensors import (
     GpuSensor,
     NvmlSensor,
     SensorReading,
-    nvml_available,
-    visible_nvml_indices,
 )
 from llenergymeasure.energy.zeus_backend import ZeusEnergyBackend
 

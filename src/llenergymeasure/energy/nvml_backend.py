@@ -10,13 +10,14 @@ from llenergymeasure.energy.base import (
     EnergyMethod,
     distribution_version,
 )
+from llenergymeasure.energy.devices import nvml_available
 from llenergymeasure.energy.maths import (
     EnergyCounterResetError,
     counter_delta_mj,
     relative_difference,
 )
 from llenergymeasure.energy.sampler import EnergySampler
-from llenergymeasure.energy.sensors import DeviceInfo, GpuSensor, NvmlSensor, nvml_available
+from llenergymeasure.energy.sensors import DeviceInfo, GpuSensor, NvmlSensor
 from llenergymeasure.exceptions import BackendError
 
 __all__ = ["SHORT_WINDOW_S", "NvmlEnergyBackend"]

@@ -12,10 +12,11 @@ from llenergymeasure.energy.codecarbon_backend import (
     CodeCarbonEnergyBackend,
     codecarbon_importable,
 )
+from llenergymeasure.energy.devices import nvml_available
 from llenergymeasure.energy.null_backend import NullEnergyBackend
 from llenergymeasure.energy.nvml_backend import NvmlEnergyBackend
 from llenergymeasure.energy.sampler import EnergySampler
-from llenergymeasure.energy.sensors import GpuSensor, nvml_available
+from llenergymeasure.energy.sensors import GpuSensor
 from llenergymeasure.energy.zeus_backend import (
     ZEUS_INSTALL_HINT,
     ZeusEnergyBackend,

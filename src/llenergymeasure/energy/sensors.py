@@ -11,13 +11,18 @@ a GPU index. ``DeviceInfo.nvml_index`` keeps the physical NVML index.
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
+from llenergymeasure.energy.devices import (
+    effective_cuda_visible_devices,
+    import_pynvml,
+    nvml_str,
+    visible_nvml_indices,
+)
 from llenergymeasure.exceptions import BackendError
 
 __all__ = [
@@ -25,8 +30,6 @@ __all__ = [
     "GpuSensor",
     "NvmlSensor",
     "SensorReading",
-    "nvml_available",
-    "visible_nvml_indices",
 ]
 
 _T = TypeVar("_T")
@@ -96,107 +99,7 @@ class GpuSensor(Protocol):
 
 
 # ---------------------------------------------------------------------------------------------
-# CUDA_VISIBLE_DEVICES -> NVML indices
-
-
-def visible_nvml_indices(
-    cuda_visible_devices: str | None,
-    uuids_by_index: Sequence[str] | Mapping[int, str],
-) -> list[int]:
-    """Map a ``CUDA_VISIBLE_DEVICES`` value to NVML indices, in CUDA ordinal order.
-
-    ``uuids_by_index`` gives each NVML index's UUID (``"GPU-..."``). Accepted tokens:
-    integers (NVML index; assumes ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` or a homogeneous machine,
-    where CUDA's default order coincides with NVML's), full UUIDs and unique UUID prefixes
-    (``GPU-8f3a``). ``None`` means every device; ``""`` means none. As CUDA does, a negative
-    integer hides itself and every device after it (``-1`` hides all). ``MIG-`` devices,
-    unknown or ambiguous UUIDs, out-of-range indices and duplicates raise ``BackendError``.
-    """
-    mapping: dict[int, str] = (
-        dict(uuids_by_index)
-        if isinstance(uuids_by_index, Mapping)
-        else dict(enumerate(uuids_by_index))
-    )
-    all_indices = sorted(mapping)
-    if cuda_visible_devices is None:
-        return all_indices
-    value = cuda_visible_devices.strip()
-    if value == "":
-        return []
-
-    result: list[int] = []
-    for raw in value.split(","):
-        token = raw.strip()
-        if token.upper().startswith("MIG-"):
-            raise BackendError(
-                f"CUDA_VISIBLE_DEVICES contains a MIG device ({token!r}); "
-                "energy measurement of MIG instances is not supported",
-                hint="NVML reports energy per physical GPU, not per MIG slice; "
-                "measure on a whole GPU",
-            )
-        index = _resolve_token(token, mapping, all_indices)
-        if index is None:  # negative integer: CUDA stops enumerating here
-            break
-        if index in result:
-            raise BackendError(f"CUDA_VISIBLE_DEVICES lists device {token!r} twice")
-        result.append(index)
-    return result
-
-
-def _resolve_token(token: str, mapping: dict[int, str], all_indices: list[int]) -> int | None:
-    try:
-        number = int(token)
-    except ValueError:
-        number = None
-    if number is not None:
-        if number < 0:
-            return None
-        if number not in mapping:
-            raise BackendError(
-                f"CUDA_VISIBLE_DEVICES names device {number}, but NVML sees "
-                f"{len(all_indices)} device(s) (indices {all_indices})"
-            )
-        return number
-    if not token.upper().startswith("GPU-"):
-        raise BackendError(
-            f"cannot interpret CUDA_VISIBLE_DEVICES entry {token!r}: "
-            "expected an integer index or a GPU-<uuid> (prefix)"
-        )
-    wanted = token.lower()
-    matches = [i for i in all_indices if mapping[i].lower().startswith(wanted)]
-    if not matches:
-        raise BackendError(f"CUDA_VISIBLE_DEVICES names {token!r}, which matches no visible GPU")
-    if len(matches) > 1:
-        raise BackendError(
-            f"CUDA_VISIBLE_DEVICES entry {token!r} is ambiguous: it matches NVML devices {matches}"
-        )
-    return matches[0]
-
-
-# ---------------------------------------------------------------------------------------------
 # NVML
-
-
-def _import_pynvml() -> Any:
-    import pynvml
-
-    return pynvml
-
-
-def nvml_available(nvml: Any | None = None) -> bool:
-    """True when pynvml imports, ``nvmlInit`` succeeds and at least one GPU is visible."""
-    try:
-        lib = nvml if nvml is not None else _import_pynvml()
-        lib.nvmlInit()
-    except Exception:
-        return False
-    try:
-        return int(lib.nvmlDeviceGetCount()) >= 1
-    except Exception:
-        return False
-    finally:
-        with contextlib.suppress(Exception):
-            lib.nvmlShutdown()
 
 
 class NvmlSensor:
@@ -232,12 +135,10 @@ class NvmlSensor:
             count = int(self._nvml.nvmlDeviceGetCount())
             if devices is None:
                 uuids = [
-                    _as_str(self._nvml.nvmlDeviceGetUUID(self._nvml.nvmlDeviceGetHandleByIndex(i)))
+                    nvml_str(self._nvml.nvmlDeviceGetUUID(self._nvml.nvmlDeviceGetHandleByIndex(i)))
                     for i in range(count)
                 ]
-                env = cuda_visible_devices
-                if env is None and use_env:
-                    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+                env = effective_cuda_visible_devices(cuda_visible_devices, use_env=use_env)
                 selected = visible_nvml_indices(env, uuids)
             else:
                 selected = list(devices)
@@ -274,7 +175,7 @@ class NvmlSensor:
     @staticmethod
     def _load() -> Any:
         try:
-            return _import_pynvml()
+            return import_pynvml()
         except ImportError as exc:  # pragma: no cover - nvidia-ml-py is a hard dependency
             raise BackendError(
                 "pynvml is not importable", hint='pip install "nvidia-ml-py"'
@@ -300,8 +201,8 @@ class NvmlSensor:
         counter = self._try(lambda: lib.nvmlDeviceGetTotalEnergyConsumption(handle))
         info = DeviceInfo(
             index=i,
-            uuid=_as_str(self._try(lambda: lib.nvmlDeviceGetUUID(handle)) or f"nvml-{i}"),
-            name=_as_str(self._try(lambda: lib.nvmlDeviceGetName(handle)) or "unknown"),
+            uuid=nvml_str(self._try(lambda: lib.nvmlDeviceGetUUID(handle)) or f"nvml-{i}"),
+            name=nvml_str(self._try(lambda: lib.nvmlDeviceGetName(handle)) or "unknown"),
             total_memory_bytes=int(mem.total) if mem is not None else None,
             power_limit_w=float(limit_mw) / 1000.0 if limit_mw is not None else None,
             supports_energy_counter=counter is not None,
@@ -379,9 +280,3 @@ def _field_mw(value: Any) -> float | None:
     member = _VALUE_MEMBERS.get(int(getattr(value, "valueType", 1)), "uiVal")
     reading = getattr(value.value, member, None)
     return float(reading) if reading is not None else None
-
-
-def _as_str(value: object) -> str:
-    if isinstance(value, bytes):
-        return value.decode(errors="replace")
-    return str(value)

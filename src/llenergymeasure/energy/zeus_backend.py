@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from llenergymeasure.energy.base import DeviceEnergy, EnergyMeasurement, distribution_version
-from llenergymeasure.energy.sensors import nvml_available
+from llenergymeasure.energy.devices import nvml_available
 from llenergymeasure.exceptions import BackendError
 
 __all__ = ["ZeusEnergyBackend", "zeus_importable"]

@@ -23,7 +23,7 @@ def create_engine(backend: str, config: ExperimentConfig | None = None) -> Infer
         raise BackendError(f"engine '{backend}' is not installed", hint=ENGINE_EXTRAS.get(backend))
     if backend == "pytorch":
         if config is not None:
-            from llenergymeasure.harness.parallel import DataParallelEngine, num_processes
+            from llenergymeasure.engines.data_parallel import DataParallelEngine, num_processes
 
             if num_processes(config) > 1:
                 return DataParallelEngine()

@@ -30,7 +30,7 @@ Feature notes:
   therefore happens during warmup; the orchestrator forces one warmup run when
   ``torch_compile`` is on and ``n_warmup`` is 0, and records the first warmup run's excess
   latency as ``timing.compile_s`` (see ``harness/orchestrator.py``).
-- ``num_processes > 1`` runs through ``harness.parallel.DataParallelEngine``, which spawns one
+- ``num_processes > 1`` runs through ``engines.data_parallel.DataParallelEngine``, which spawns one
   ``PyTorchBackend(device=...)`` replica per GPU; a ``PyTorchBackend`` itself is one process.
 - Speculative decoding: ``LoadInfo.draft_parameter_count`` carries the draft model's size so
   the FLOPs estimate counts both models.
@@ -350,7 +350,7 @@ class PyTorchBackend:
 
     def _data_parallel_problems(self, config: ExperimentConfig) -> list[str]:
         """num_processes > 1 on this single-process engine: the device problem, else a pointer."""
-        from llenergymeasure.harness.parallel import device_problems, visible_gpu_slots
+        from llenergymeasure.engines.data_parallel import device_problems, visible_gpu_slots
 
         try:
             slots = visible_gpu_slots()
@@ -361,7 +361,7 @@ class PyTorchBackend:
             return problems
         return [
             "pytorch.num_processes > 1 runs through the data-parallel engine "
-            "(create_engine(backend, config) or harness.parallel.DataParallelEngine); "
+            "(create_engine(backend, config) or engines.data_parallel.DataParallelEngine); "
             "PyTorchBackend itself runs one process"
         ]
 

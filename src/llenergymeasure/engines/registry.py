@@ -1,41 +1,24 @@
-"""Which inference engines are installed, found without importing them."""
+"""Which inference engines are installed (from ``config.installed``) and their versions."""
 
 from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
 
-from llenergymeasure.config.ssot import BACKENDS, ENGINE_MODULES
+from llenergymeasure.config.installed import (
+    default_backend,
+    engine_installed,
+    engine_version,
+    installed_engines,
+)
 
-_DISTRIBUTIONS = {"pytorch": "transformers", "vllm": "vllm", "tensorrt": "tensorrt-llm"}
-
-
-def engine_installed(backend: str) -> bool:
-    """True when the engine's Python package can be imported (checked without importing it)."""
-    module = ENGINE_MODULES[backend]
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
-
-
-def installed_engines() -> list[str]:
-    """Installed engines, in the canonical order."""
-    return [b for b in BACKENDS if engine_installed(b)]
-
-
-def engine_version(backend: str) -> str | None:
-    """Installed version of the engine's distribution, or None."""
-    try:
-        return importlib.metadata.version(_DISTRIBUTIONS[backend])
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def default_backend() -> str:
-    """The only installed engine, else pytorch (SPEC 2)."""
-    found = installed_engines()
-    return found[0] if len(found) == 1 else "pytorch"
+__all__ = [
+    "default_backend",
+    "engine_installed",
+    "engine_version",
+    "installed_engines",
+    "module_version",
+]
 
 
 def module_version(distribution: str, module: str) -> str:

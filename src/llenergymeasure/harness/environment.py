@@ -1,4 +1,4 @@
-"""Environment snapshot (SPEC 4.2): the machine and software an experiment ran on."""
+"""Environment snapshot: the machine and software an experiment ran on."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from llenergymeasure._version import __version__
+from llenergymeasure.config.installed import engine_version
+from llenergymeasure.energy.devices import effective_cuda_visible_devices
 from llenergymeasure.energy.sensors import GpuSensor
-from llenergymeasure.engines.registry import engine_version
 from llenergymeasure.results.models import EnvironmentSnapshot
 
 _KEY_LIBRARIES = (
@@ -139,5 +140,5 @@ def capture_environment(backend: str, sensor: GpuSensor | None) -> EnvironmentSn
         pip_freeze_sha256=pip_freeze_digest(),
         llem_version=__version__,
         hostname=socket.gethostname(),
-        cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
+        cuda_visible_devices=effective_cuda_visible_devices(),
     )

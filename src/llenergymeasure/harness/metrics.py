@@ -182,7 +182,7 @@ def measurement_warnings(
     thermal_floor_seconds: float,
     throttled: bool = False,
 ) -> list[str]:
-    """SPEC 4.7 warning flags for one measurement."""
+    """Warning flags for one measurement: conditions that make its numbers less trustworthy."""
     warnings: list[str] = []
     if duration_s < SHORT_MEASUREMENT_S:
         warnings.append("short_measurement_duration")

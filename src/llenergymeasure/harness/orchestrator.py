@@ -1,4 +1,4 @@
-"""Runs one experiment through the measurement protocol (SPEC 4).
+"""Runs one experiment through the measurement protocol.
 
 pre-flight -> environment -> idle baseline -> load -> prompts -> warmup -> thermal floor ->
 measurement window (energy backend + background sampler, device sync before close) -> metrics.
@@ -9,74 +9,35 @@ protocol with fakes; ``default_components`` builds the real ones.
 
 from __future__ import annotations
 
-import math
-import os
 import statistics
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, cast
 
-from llenergymeasure._version import __version__
-from llenergymeasure.config.hashing import measurement_config_hash
 from llenergymeasure.config.models import ExperimentConfig, SyntheticDatasetConfig
-from llenergymeasure.energy.base import EnergyBackend, EnergyMeasurement
+from llenergymeasure.energy.base import EnergyBackend
 from llenergymeasure.energy.baseline import (
     BaselineCache,
     BaselineMeasurement,
     get_or_measure_baseline,
 )
-from llenergymeasure.energy.maths import adjusted_energy_j
 from llenergymeasure.energy.sampler import EnergySampler
 from llenergymeasure.energy.sensors import GpuSensor
-from llenergymeasure.engines.base import InferenceBackend, RequestRecord
-from llenergymeasure.exceptions import ExperimentError, PreFlightError
-from llenergymeasure.harness import metrics as m
-from llenergymeasure.harness.parallel import ProcessReporter
+from llenergymeasure.engines.base import InferenceBackend
+from llenergymeasure.engines.data_parallel import ProcessReporter
+from llenergymeasure.exceptions import PreFlightError
+from llenergymeasure.harness.assemble import CollectedRun, assemble_result
+from llenergymeasure.harness.settings import MeasurementSettings
 from llenergymeasure.results.models import (
-    EnergyBreakdown,
     ExperimentResult,
     PhaseTimings,
-    RequestResult,
     WarmupResult,
 )
 
 Progress = Callable[[str], None]
-
-
-@dataclass
-class MeasurementSettings:
-    """Machine-level settings that shape a measurement (from the user config / env)."""
-
-    sampling_interval_ms: int = 100
-    carbon_intensity_gco2_kwh: float | None = None
-    carbon_intensity_source: str = "not configured"
-    datacenter_pue: float = 1.0
-    datacenter_pue_source: str = "default"
-    datacenter_location: str | None = None
-    baseline_ttl_s: float = 3600.0
-
-    @classmethod
-    def from_user_config(cls) -> MeasurementSettings:
-        """Effective settings: env > user config file > defaults."""
-        from llenergymeasure.config.user_config import effective_settings
-
-        s = effective_settings()
-        intensity = s["measurement.carbon_intensity_gco2_kwh"]
-        pue = s["measurement.datacenter_pue"]
-        return cls(
-            sampling_interval_ms=int(s["measurement.sampling_interval_ms"].value),
-            carbon_intensity_gco2_kwh=intensity.value,
-            carbon_intensity_source=intensity.source
-            if intensity.value is not None
-            else "not configured",
-            datacenter_pue=float(pue.value),
-            datacenter_pue_source=pue.source,
-            datacenter_location=s["measurement.datacenter_location"].value,
-        )
 
 
 @dataclass
@@ -286,22 +247,33 @@ class ExperimentOrchestrator:
         peak = self.engine.peak_memory_bytes()
         effective = self.engine.effective_parameters()
 
-        result = self._assemble(
-            config=config,
-            environment=environment,
-            records=records,
-            energy=energy,
-            baseline=baseline,
-            duration=duration,
-            window=(w0, w1),
-            sampler=sampler,
-            warmup=warmup,
-            timings=timings,
-            started=started,
-            parameter_count=load_info.parameter_count,
-            draft_parameter_count=load_info.draft_parameter_count,
-            peak=peak,
-            effective=effective,
+        process_results: list[dict[str, Any]] = []
+        record_processes: list[int] | None = None
+        if isinstance(self.engine, ProcessReporter):
+            process_results = self.engine.process_results()
+            record_processes = self.engine.record_process_indices()
+
+        result = assemble_result(
+            CollectedRun(
+                config=config,
+                environment=environment,
+                records=records,
+                energy=energy,
+                baseline=baseline,
+                duration_s=duration,
+                window=(w0, w1),
+                sampler=sampler,
+                warmup=warmup,
+                timings=timings,
+                started=started,
+                parameter_count=load_info.parameter_count,
+                draft_parameter_count=load_info.draft_parameter_count,
+                peak_memory_bytes=peak,
+                effective_parameters=effective,
+                process_results=process_results,
+                record_processes=record_processes,
+            ),
+            self.settings,
         )
         timings.total_s = time.perf_counter() - t_start
         result = result.model_copy(update={"timing": timings})
@@ -370,194 +342,6 @@ class ExperimentOrchestrator:
             notes=notes,
         )
 
-    def _assemble(
-        self,
-        *,
-        config: ExperimentConfig,
-        environment: Any,
-        records: list[RequestRecord],
-        energy: EnergyMeasurement,
-        baseline: BaselineMeasurement | None,
-        duration: float,
-        window: tuple[float, float],
-        sampler: EnergySampler | None,
-        warmup: WarmupResult,
-        timings: PhaseTimings,
-        started: datetime,
-        parameter_count: int,
-        peak: int | None,
-        effective: dict[str, Any],
-        draft_parameter_count: int = 0,
-    ) -> ExperimentResult:
-        if len(records) != config.n:
-            raise ExperimentError(
-                f"engine returned {len(records)} request records for {config.n} prompts"
-            )
-        w0, w1 = window
-        out_tokens = sum(r.output_tokens for r in records)
-        in_tokens = sum(r.input_tokens for r in records)
-        samples = sampler.samples if sampler is not None else []
-        window_samples = [s for s in samples if w0 <= s.t <= w1]
-        n_devices = len({s.device_index for s in samples})
-
-        poll_j = energy.poll_energy_j
-        if poll_j is None and sampler is not None and n_devices:
-            parts = [sampler.poll_energy_j(w0, w1, d) for d in sampler.device_indices()]
-            poll_j = (
-                math.fsum(p for p in parts if p is not None)
-                if all(p is not None for p in parts)
-                else None
-            )
-        poll_source = energy.poll_power_source
-        if poll_source is None and poll_j is not None and sampler is not None:
-            poll_source = sampler.sensor.device_info(0).power_source
-        counter_j = (
-            math.fsum(d.counter_energy_j for d in energy.devices if d.counter_energy_j is not None)
-            if any(d.counter_energy_j is not None for d in energy.devices)
-            else None
-        )
-        diff_pct = energy.counter_vs_poll_diff_pct
-        reference = counter_j if counter_j is not None else energy.total_energy_j
-        if (
-            diff_pct is None
-            and reference
-            and poll_j is not None
-            and energy.method != "nvml_power_integration"
-        ):
-            diff_pct = (poll_j - reference) / reference * 100.0
-
-        total = energy.total_energy_j if energy.available else None
-        baseline_power = baseline.power_w if baseline is not None else None
-        baseline_j = baseline_power * duration if baseline_power is not None else None
-        adjusted = (
-            adjusted_energy_j(total, baseline_power, duration)
-            if total is not None and baseline_power is not None
-            else None
-        )
-        notes = list(energy.notes)
-        if adjusted is not None and adjusted < 0:
-            notes.append(
-                "energy_adjusted_j is negative: the idle baseline exceeded the measured draw"
-            )
-
-        breakdown = EnergyBreakdown(
-            available=energy.available and total is not None,
-            backend=energy.backend,
-            backend_version=energy.backend_version,
-            method=energy.method,
-            total_j=total,
-            per_device=energy.devices,
-            counter_energy_j=counter_j,
-            poll_energy_j=poll_j,
-            counter_vs_poll_diff_pct=diff_pct,
-            poll_power_source=poll_source,
-            baseline=baseline,
-            baseline_power_w=baseline_power,
-            baseline_energy_j=baseline_j,
-            adjusted_j=adjusted,
-            notes=notes,
-        )
-        ttfts = [r.ttft_s for r in records if r.ttft_s is not None]
-        itls = [x for r in records for x in r.itl_s]
-        flops = (
-            m.estimate_flops(
-                parameter_count,
-                in_tokens,
-                out_tokens,
-                draft_parameter_count=draft_parameter_count,
-            )
-            if parameter_count > 0
-            else None
-        )
-        process_results: list[dict[str, Any]] = []
-        owners = [0] * len(records)
-        if isinstance(self.engine, ProcessReporter):
-            process_results = self.engine.process_results()
-            reported = self.engine.record_process_indices()
-            if len(reported) == len(records):
-                owners = reported
-        carbon = m.estimate_carbon(
-            total,
-            intensity=self.settings.carbon_intensity_gco2_kwh,
-            intensity_source=self.settings.carbon_intensity_source,
-            pue=self.settings.datacenter_pue,
-            pue_source=self.settings.datacenter_pue_source,
-            location=self.settings.datacenter_location,
-        )
-        warnings = m.measurement_warnings(
-            duration_s=duration,
-            window_samples=window_samples,
-            n_devices=n_devices,
-            energy_available=breakdown.available,
-            persistence_mode=environment.persistence_mode,
-            counter_vs_poll_diff_pct=diff_pct,
-            thermal_floor_seconds=config.warmup.thermal_floor_seconds,
-        )
-        from llenergymeasure.datasets import describe_dataset
-
-        dataset_info: dict[str, Any]
-        if isinstance(config.dataset, SyntheticDatasetConfig):
-            dataset_info = {"kind": "synthetic", **config.dataset.model_dump()}
-        else:
-            try:
-                dataset_info = describe_dataset(config.dataset)
-            except Exception as exc:  # provenance is best-effort; the run already happened
-                dataset_info = {"kind": "unknown", "name": str(config.dataset), "error": str(exc)}
-
-        return ExperimentResult(
-            llem_version=__version__,
-            experiment_id=uuid.uuid4().hex[:12],
-            started_at_utc=started,
-            finished_at_utc=datetime.now(timezone.utc),
-            config=config,
-            measurement_config_hash=measurement_config_hash(config),
-            effective_parameters=effective,
-            dataset=dataset_info,
-            energy_total_j=total,
-            energy_adjusted_j=adjusted,
-            energy_per_output_token_j=total / out_tokens
-            if total is not None and out_tokens
-            else None,
-            energy_per_output_token_adjusted_j=(
-                adjusted / out_tokens if adjusted is not None and out_tokens else None
-            ),
-            mean_power_w=total / duration if total is not None and duration > 0 else None,
-            tokens_per_second=out_tokens / duration if duration > 0 else 0.0,
-            requests_per_second=len(records) / duration if duration > 0 else 0.0,
-            input_tokens=in_tokens,
-            output_tokens=out_tokens,
-            n_requests=len(records),
-            duration_s=duration,
-            latency=m.distribution([r.latency_s for r in records]),
-            ttft=m.distribution(ttfts),
-            itl=m.distribution(itls),
-            peak_memory_bytes=peak,
-            energy=breakdown,
-            flops=flops,
-            carbon=carbon,
-            environment=environment,
-            warmup=warmup,
-            timing=timings,
-            measurement_warnings=warnings,
-            measurement_methodology="total",
-            steady_state_window=m.steady_state_window(samples, w0, w1),
-            warmup_excluded_samples=len([s for s in samples if s.phase == "warmup"]),
-            timeseries_samples=len(samples),
-            requests=[
-                RequestResult(
-                    index=r.index,
-                    input_tokens=r.input_tokens,
-                    output_tokens=r.output_tokens,
-                    latency_s=r.latency_s,
-                    ttft_s=r.ttft_s,
-                    batch_index=r.batch_index,
-                    process_index=owner,
-                )
-                for r, owner in zip(records, owners, strict=True)
-            ],
-            process_results=process_results,
-        )
-
 
 def _torch_compile_requested(config: ExperimentConfig) -> bool:
     return bool(config.backend == "pytorch" and config.pytorch and config.pytorch.torch_compile)
@@ -576,15 +360,15 @@ def default_components(
     config: ExperimentConfig, settings: MeasurementSettings
 ) -> tuple[InferenceBackend, EnergyBackend, GpuSensor | None]:
     """The real engine, energy backend and NVML sensor (None on a machine without NVML)."""
-    from llenergymeasure.config.user_config import setting
+    from llenergymeasure.energy.devices import nvml_available
     from llenergymeasure.energy.select import select_energy_backend
-    from llenergymeasure.energy.sensors import NvmlSensor, nvml_available
+    from llenergymeasure.energy.sensors import NvmlSensor
     from llenergymeasure.engines.factory import create_engine
 
     engine = create_engine(config.backend, config)
     sensor: GpuSensor | None = None
     if nvml_available():
-        from llenergymeasure.harness.parallel import data_parallel_nvml_indices
+        from llenergymeasure.engines.data_parallel import data_parallel_nvml_indices
 
         # pytorch: measure exactly the GPUs its process(es) use - the first num_processes
         # visible ones, mapped by UUID - not idle GPUs that happen to be visible
@@ -595,6 +379,7 @@ def default_components(
         if sensor is not None
         else None
     )
-    choice = os.environ.get("LLEM_ENERGY_BACKEND") or setting("measurement.energy_backend")
-    energy = select_energy_backend(cast(Any, choice), sensor=sensor, sampler=sampler)
+    energy = select_energy_backend(
+        cast(Any, settings.energy_backend), sensor=sensor, sampler=sampler
+    )
     return engine, energy, sensor

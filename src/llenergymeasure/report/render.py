@@ -28,14 +28,14 @@ from llenergymeasure.report.plots import (
     plot_timeseries,
     require_matplotlib,
 )
-from llenergymeasure.report.stats import (
+from llenergymeasure.results.models import ExperimentResult, StudyStatistics
+from llenergymeasure.results.stats import (
     METRIC_LABELS,
     _fmt,
     format_statistics,
     pareto_front,
     study_statistics,
 )
-from llenergymeasure.results.models import ExperimentResult, StudyStatistics
 
 CSS = """
 body{font-family:-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;margin:24px auto;

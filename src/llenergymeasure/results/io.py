@@ -56,7 +56,7 @@ def unique_directory(parent: Path, name: str) -> Path:
 
 
 def experiment_dir_name(model: str, backend: str, when: datetime) -> str:
-    """``<model-slug>_<backend>_<YYYY-MM-DDTHH-MM-SS>`` (SPEC 5)."""
+    """The run directory name: ``<model-slug>_<backend>_<YYYY-MM-DDTHH-MM-SS>``."""
     return f"{model_slug(model)}_{backend}_{when.strftime('%Y-%m-%dT%H-%M-%S')}"
 
 

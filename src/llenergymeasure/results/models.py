@@ -1,4 +1,4 @@
-"""The research-grade result of one experiment (SPEC 5).
+"""The research-grade result of one experiment.
 
 Every energy figure carries the method that produced it; every timing figure comes from
 ``time.perf_counter`` around device-synchronised work. JSON is the primary format and

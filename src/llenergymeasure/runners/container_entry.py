@@ -25,8 +25,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     out_dir = Path(args[1] if len(args) > 1 else "/llem/out")
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        from llenergymeasure.api import measure
         from llenergymeasure.config.models import ExperimentConfig
+        from llenergymeasure.harness.measure import measure
 
         config = ExperimentConfig.model_validate_json(config_path.read_text(encoding="utf-8"))
         measured = measure(config, progress=lambda msg: print(msg, file=sys.stderr, flush=True))

@@ -1,4 +1,4 @@
-"""The Docker runner: one ephemeral container per experiment (SPEC 6).
+"""The Docker runner: one ephemeral container per experiment.
 
 The run directory on the host is the exchange directory, mounted at ``/llem``:
 

@@ -1,4 +1,4 @@
-"""Runner resolution (SPEC 3.4, 6): ``LLEM_RUNNER_<BACKEND>`` > user config ``runners`` > local."""
+"""Runner resolution: ``LLEM_RUNNER_<BACKEND>`` > user config ``runners`` > local."""
 
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ from llenergymeasure.exceptions import StudyError
 from llenergymeasure.study.manifest import ConcurrentRun, RunEntry, RunError
 
 if TYPE_CHECKING:
-    from llenergymeasure.harness.parallel import DeviceSlot
+    from llenergymeasure.energy.devices import DeviceSlot
     from llenergymeasure.study.runner import StudyRunner
 
 __all__ = ["THERMAL_NOTE", "overlapping", "run_per_gpu"]
@@ -197,6 +197,6 @@ def _annotate(outcome: Any, entry: RunEntry, others: list[_Span]) -> Any:
 
 
 def _visible_slots() -> list[DeviceSlot]:
-    from llenergymeasure.harness.parallel import visible_gpu_slots
+    from llenergymeasure.energy.devices import visible_gpu_slots
 
     return visible_gpu_slots()

@@ -55,7 +55,7 @@ from llenergymeasure.study.progress import StudyProgress, countdown
 from llenergymeasure.study.worker import RunRequest, Worker, child_main, measure_worker
 
 if TYPE_CHECKING:
-    from llenergymeasure.harness.parallel import DeviceSlot
+    from llenergymeasure.energy.devices import DeviceSlot
 
 DEFAULT_WORKER: Worker = measure_worker
 STOP_GRACE_S = 5.0  # after terminate(), how long a run's process gets before kill()

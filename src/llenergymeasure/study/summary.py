@@ -17,6 +17,7 @@ from llenergymeasure.results.models import (
     StudySkipped,
     StudyStatistics,
 )
+from llenergymeasure.results.stats import varying_fields
 from llenergymeasure.study.manifest import StudyManifest
 
 SUMMARY_NAME = "study_summary.json"
@@ -106,7 +107,7 @@ def manifest_statistics(
     from collections import Counter
 
     from llenergymeasure.config.hashing import measurement_config_hash
-    from llenergymeasure.report.stats import study_statistics
+    from llenergymeasure.results.stats import study_statistics
 
     hashes: dict[int, str] = {}
     for run in manifest.runs:
@@ -158,20 +159,6 @@ def write_study_outputs(
 # --- the table printed by ``llem run study.yaml`` ------------------------------------------
 
 
-def _varying_fields(manifest: StudyManifest) -> list[str]:
-    from llenergymeasure.results.io import flatten
-
-    flat = [flatten(c.model_dump(mode="json")) for c in manifest.experiments]
-    keys: list[str] = []
-    for row in flat:
-        keys.extend(k for k in row if k not in keys)
-    return [
-        k
-        for k in keys
-        if k not in ("backend", "precision") and len({repr(r.get(k)) for r in flat}) > 1
-    ]
-
-
 def _mean(values: list[float | None]) -> float | None:
     present = [v for v in values if v is not None]
     return statistics.fmean(present) if present else None
@@ -189,7 +176,7 @@ def format_study_summary(result: StudyResult, manifest: StudyManifest) -> str:
         + f"; {c.experiments} config(s) x {result.protocol.n_cycles} cycle(s)"
         + (f"; {c.skipped} grid points skipped" if c.skipped else ""),
     ]
-    varying = _varying_fields(manifest)
+    varying = varying_fields(manifest.experiments, exclude=("backend", "precision"))
     by_hash: dict[str, list[ExperimentResult]] = {}
     for r in result.results:
         by_hash.setdefault(r.measurement_config_hash, []).append(r)

@@ -65,8 +65,8 @@ def measure_worker(request: RunRequest, progress: Callable[[str], None]) -> Meas
     A backend whose runner is ``docker:<image>`` (``LLEM_RUNNER_<BACKEND>`` or the user config)
     runs in one ephemeral container instead, its result read back from the run directory.
     """
-    from llenergymeasure.api import measure
     from llenergymeasure.energy.baseline import BaselineCache
+    from llenergymeasure.harness.measure import measure
     from llenergymeasure.runners import RunnerSpec, resolve_runner
 
     runner = (

@@ -1,6 +1,7 @@
 """Study statistics in pure Python (no numpy/scipy): t and bootstrap CIs, Pareto set, labels.
 
-Used by the study runner at the end of a study (``study_summary.json``) and by ``llem report``.
+Used by the study runner at the end of a study (``study_summary.json``) and by ``llem report``,
+so it lives on the results floor below both.
 The Student t quantile comes from the regularised incomplete beta function (continued fraction)
 and bisection, accurate to ~1e-10; the tests check it against scipy.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 import math
 import random
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from llenergymeasure.results.models import (
@@ -205,15 +206,23 @@ def metric_value(result: ExperimentResult, metric: str) -> float | None:
     return None if value is None else float(value)
 
 
-def varying_fields(configs: Sequence[ExperimentConfig]) -> list[str]:
-    """Dotted config keys whose value differs between ``configs`` (in first-seen order)."""
+def varying_fields(
+    configs: Sequence[ExperimentConfig], *, exclude: Collection[str] = ()
+) -> list[str]:
+    """Dotted config keys whose value differs between ``configs``, in first-seen order.
+
+    The one rule for "what varies across a study", used by the study table, the report and the
+    dry-run preview: configs are compared as JSON (``model_dump(mode="json")`` flattened to
+    dotted keys, lists as JSON text); a key missing from one config differs from any value.
+    Keys in ``exclude`` (columns a table shows anyway, e.g. ``backend``) are left out.
+    """
     from llenergymeasure.results.io import flatten
 
     flat = [flatten(c.model_dump(mode="json")) for c in configs]
     keys: list[str] = []
     for row in flat:
         keys.extend(k for k in row if k not in keys)
-    return [k for k in keys if len({repr(r.get(k)) for r in flat}) > 1]
+    return [k for k in keys if k not in exclude and len({repr(r.get(k)) for r in flat}) > 1]
 
 
 def _short_keys(keys: Sequence[str]) -> dict[str, str]:

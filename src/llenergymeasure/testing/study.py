@@ -25,9 +25,9 @@ def fake_measure_worker(
 ) -> MeasuredExperiment:
     """Measure ``request.config`` with a fake engine (tokens = ``max_new_tokens``)."""
     from llenergymeasure.energy.baseline import BaselineCache
-    from llenergymeasure.energy.fakes import FakeEnergyBackend, FakeGpuSensor
-    from llenergymeasure.engines.fakes import FakeEngine
     from llenergymeasure.harness.orchestrator import ExperimentOrchestrator, MeasurementSettings
+    from llenergymeasure.testing.energy import FakeEnergyBackend, FakeGpuSensor
+    from llenergymeasure.testing.engines import FakeEngine
 
     config = request.config
     cache = (

@@ -4,7 +4,7 @@
 so the orchestrator drives it exactly like a single-process engine:
 
 - **Devices.** The first N GPUs visible to this process (``CUDA_VISIBLE_DEVICES`` mapped to NVML
-  devices by UUID with ``visible_nvml_indices``). Process k is pinned to its GPU by setting
+  devices by UUID, ``energy.devices.visible_gpu_slots``). Process k is pinned to its GPU by setting
   ``CUDA_VISIBLE_DEVICES=<that GPU's UUID>`` in the child before torch initialises CUDA, so the
   child's engine always uses ``cuda:0``; results name the device as the parent sees it
   (``cuda:k``) with its UUID and NVML index. ``default_components`` measures exactly these N
@@ -45,6 +45,12 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TypeVar, runtime_checkable
 
+from llenergymeasure.energy.devices import (
+    DeviceSlot,
+    cpu_slots,
+    effective_cuda_visible_devices,
+    visible_gpu_slots,
+)
 from llenergymeasure.engines.base import InferenceBackend, LoadInfo, RequestRecord
 from llenergymeasure.exceptions import BackendError
 
@@ -71,26 +77,6 @@ _T = TypeVar("_T")
 #: Builds one replica's engine for a device string ("cuda:0", "cpu"). Must be picklable
 #: (a top-level function or class) because it is sent to spawned processes.
 EngineFactory = Callable[[str], InferenceBackend]
-
-
-@dataclass(frozen=True)
-class DeviceSlot:
-    """The device of one data-parallel process.
-
-    ``device`` is what the child's engine uses; ``label`` is how results name it (the parent's
-    CUDA ordinal); ``visible_devices``, when set, becomes the child's ``CUDA_VISIBLE_DEVICES``.
-    """
-
-    device: str
-    label: str
-    uuid: str | None = None
-    nvml_index: int | None = None
-    visible_devices: str | None = None
-
-    @property
-    def is_cpu(self) -> bool:
-        """True for a CPU slot (allowed only in tests)."""
-        return self.device == "cpu"
 
 
 @runtime_checkable
@@ -138,44 +124,6 @@ def shard_contiguous(items: Sequence[_T], n: int) -> list[list[_T]]:
     return shards
 
 
-def visible_gpu_slots(
-    *, nvml: Any | None = None, cuda_visible_devices: str | None = None, use_env: bool = True
-) -> list[DeviceSlot]:
-    """One slot per GPU visible to this process, in CUDA ordinal order ([] without NVML).
-
-    ``CUDA_VISIBLE_DEVICES`` (or ``cuda_visible_devices``) is mapped to NVML devices by UUID;
-    each slot pins its child to that UUID. Raises ``BackendError`` for values NVML cannot map.
-    """
-    from llenergymeasure.energy.sensors import NvmlSensor, nvml_available
-
-    if not nvml_available(nvml):
-        return []
-    sensor = NvmlSensor(nvml=nvml, cuda_visible_devices=cuda_visible_devices, use_env=use_env)
-    try:
-        slots = []
-        for k in range(sensor.device_count()):
-            uuid = sensor.device_info(k).uuid
-            index = sensor.nvml_indices[k]
-            pin = uuid if uuid.upper().startswith("GPU-") else str(index)
-            slots.append(
-                DeviceSlot(
-                    device="cuda:0",
-                    label=f"cuda:{k}",
-                    uuid=uuid,
-                    nvml_index=index,
-                    visible_devices=pin,
-                )
-            )
-        return slots
-    finally:
-        sensor.close()
-
-
-def cpu_slots(n: int) -> list[DeviceSlot]:
-    """``n`` CPU slots: runs the multi-process path without GPUs (tests only)."""
-    return [DeviceSlot(device="cpu", label=f"cpu/{k}") for k in range(n)]
-
-
 def data_parallel_nvml_indices(config: ExperimentConfig, *, nvml: Any | None = None) -> list[int]:
     """NVML indices of the GPUs a pytorch run of ``config`` uses: the first ``num_processes``
     visible ones (one for a single-process run). These are the devices to measure."""
@@ -197,7 +145,7 @@ def device_problems(
             "is visible (CPU run); set pytorch.num_processes to 1"
         ]
     if len(gpus) < n:
-        env = os.environ.get("CUDA_VISIBLE_DEVICES")
+        env = effective_cuda_visible_devices()
         shown = f" (CUDA_VISIBLE_DEVICES={env})" if env is not None else ""
         return [
             f"pytorch.num_processes={n}: data parallel needs one GPU per process, but only "

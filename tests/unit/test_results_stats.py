@@ -11,7 +11,7 @@ import random
 import pytest
 
 from llenergymeasure.config.models import ExperimentConfig
-from llenergymeasure.report.stats import (
+from llenergymeasure.results.stats import (
     bootstrap_interval,
     config_labels,
     describe,

@@ -1,0 +1,32 @@
+"""The options of ``llem run``, shared by the experiment and study paths of the command."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["RunOptions"]
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Everything ``llem run`` was given on the command line."""
+
+    config: Path | None = None
+    model: str | None = None
+    backend: str | None = None
+    dataset: str | None = None
+    n: int | None = None
+    batch_size: int | None = None
+    precision: str | None = None
+    output: Path | None = None
+    dry_run: bool = False
+    quiet: bool = False
+    verbose: bool = False
+    export_csv: bool = False
+    cycles: int | None = None
+    order: str | None = None
+    no_gaps: bool = False
+    resume: Path | None = None
+    runner: str | None = None  # --runner for every backend of a study
+    detach: bool = False  # slurm runner: submit and return

@@ -1,0 +1,44 @@
+"""Measure one experiment in this process with the real engine, energy backend and sensor."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from llenergymeasure.config.models import ExperimentConfig
+from llenergymeasure.energy.baseline import BaselineCache
+from llenergymeasure.harness.orchestrator import (
+    ExperimentOrchestrator,
+    MeasuredExperiment,
+    MeasurementSettings,
+    default_components,
+)
+
+__all__ = ["measure"]
+
+
+def measure(
+    config: ExperimentConfig,
+    *,
+    progress: Callable[[str], None] | None = None,
+    baseline_cache: BaselineCache | None = None,
+) -> MeasuredExperiment:
+    """Run one experiment with the components of this machine; returns its measurement.
+
+    ``baseline_cache`` replaces the per-process idle-baseline cache; the study runner passes one
+    backed by a file so that its runs share one baseline. The NVML sensor is closed afterwards.
+    """
+    settings = MeasurementSettings.from_user_config()
+    engine, energy, sensor = default_components(config, settings)
+    orchestrator = ExperimentOrchestrator(
+        engine=engine,
+        energy_backend=energy,
+        sensor=sensor,
+        settings=settings,
+        baseline_cache=baseline_cache,
+        progress=progress or (lambda _msg: None),
+    )
+    try:
+        return orchestrator.run(config)
+    finally:
+        if sensor is not None:
+            sensor.close()
