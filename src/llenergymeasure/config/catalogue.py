@@ -22,7 +22,7 @@ from typing import Any
 from llenergymeasure.config.hashing import _canonical_json
 from llenergymeasure.config.models import ExperimentConfig
 
-__all__ = ["engine_load_key", "engine_load_fields", "run_concurrency"]
+__all__ = ["engine_load_fields", "engine_load_key", "run_concurrency"]
 
 VLLM_DEFAULT_MAX_NUM_SEQS = 256
 

@@ -58,7 +58,8 @@ class InferenceBackend(Protocol):
 
     Call order: ``preflight`` -> ``load`` -> ``generate`` (warmup, then measurement) ->
     ``unload``. A reused engine (a study's engine group) repeats ``preflight`` -> ``generate``
-    (warmup) -> ``clear_run_state`` -> ``generate`` (measurement) per run after one ``load``. ``preflight`` must be cheap and must not load the model.
+    (warmup) -> ``clear_run_state`` -> ``generate`` (measurement) per run after one ``load``.
+    ``preflight`` must be cheap and must not load the model.
     """
 
     name: str

@@ -851,8 +851,10 @@ class PyTorchBackend:
 
             torch.cuda.empty_cache()
         self.reset_peak_memory()
-        return ["pytorch: no cross-call cache; garbage collected, allocator cache emptied, peak "
-                "memory counter reset"]
+        return [
+            "pytorch: no cross-call cache; garbage collected, allocator cache emptied, peak "
+            "memory counter reset"
+        ]
 
     def unload(self) -> None:
         """Drop model, draft and tokenizer and release cached device memory."""

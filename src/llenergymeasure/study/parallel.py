@@ -25,13 +25,15 @@ from multiprocessing.connection import wait
 from typing import TYPE_CHECKING, Any
 
 from llenergymeasure.exceptions import StudyError
+from llenergymeasure.study.executors import StudyBookkeeping, spawn_run
 from llenergymeasure.study.manifest import ConcurrentRun, RunEntry, RunError
+from llenergymeasure.study.planning import gap_before
+from llenergymeasure.study.processes import conclude, stop_process, timeout_error
 
 if TYPE_CHECKING:
     from llenergymeasure.harness.parallel import DeviceSlot
-    from llenergymeasure.study.runner import StudyRunner
 
-__all__ = ["THERMAL_NOTE", "overlapping", "run_per_gpu"]
+__all__ = ["THERMAL_NOTE", "PerGpuExecutor", "overlapping", "run_per_gpu"]
 
 THERMAL_NOTE = (
     "ran concurrently with other runs on neighbouring GPUs (execution.parallel: per_gpu); "
@@ -73,15 +75,19 @@ def _slot_id(slot: DeviceSlot) -> str:
     return slot.uuid or slot.label
 
 
-def run_per_gpu(runner: StudyRunner, todo: list[RunEntry]) -> None:
+class PerGpuExecutor:
+    """``execution.parallel: per_gpu`` as a ``StudyExecutor`` (see the module docstring)."""
+
+    def execute(self, study: StudyBookkeeping, todo: list[RunEntry]) -> None:
+        run_per_gpu(study, todo)
+
+
+def run_per_gpu(runner: StudyBookkeeping, todo: list[RunEntry]) -> None:
     """Run ``todo`` on ``runner``'s GPUs, one run per GPU at a time (see the module docstring).
 
     On Ctrl-C every child is stopped and ``KeyboardInterrupt`` propagates (the runner marks the
     running entries interrupted).
     """
-    from llenergymeasure.study.runner import gap_before
-
-    assert runner._progress is not None
     slots = list(runner.devices) if runner.devices is not None else _visible_slots()
     if not slots:
         raise StudyError(
@@ -105,8 +111,10 @@ def run_per_gpu(runner: StudyRunner, todo: list[RunEntry]) -> None:
                 if not queue or any(a.slot is slot for a in active) or free_at[sid] > now:
                     continue
                 entry = queue.popleft()
-                proc, receiver = runner._start(entry, slot)
-                runner._procs.append(proc)
+                request = runner.start(entry, slot=slot)
+                proc, receiver = spawn_run(runner, request)
+                runner.processes.append(proc)
+                runner.attach_pid(entry, proc.pid)
                 deadline = None if timeout is None else time.monotonic() + timeout
                 active.append(_Active(entry, slot, proc, receiver, deadline))
                 span = _Span(entry.run_id, entry.device, time.monotonic())
@@ -118,14 +126,14 @@ def run_per_gpu(runner: StudyRunner, todo: list[RunEntry]) -> None:
                 continue
             for item in _step(runner, active):
                 active.remove(item)
-                runner._procs.remove(item.proc)
+                runner.processes.remove(item.proc)
                 item.receiver.close()
                 span = span_of[item.entry.run_id]
                 span.end = time.monotonic()
                 outcome = (
                     item.final
                     if isinstance(item.final, RunError)
-                    else runner._conclude(item.proc, item.final)
+                    else conclude(item.proc, item.final)
                 )
                 others = overlapping(span, spans)
                 item.entry.concurrent_runs = [
@@ -133,8 +141,8 @@ def run_per_gpu(runner: StudyRunner, todo: list[RunEntry]) -> None:
                 ]
                 if others and not isinstance(outcome, RunError):
                     outcome = _annotate(outcome, item.entry, others)
-                runner._record(item.entry, outcome)
-                runner._progress.advance()
+                runner.record(item.entry, outcome)
+                runner.progress.advance()
                 sid = _slot_id(item.slot)
                 if queue:
                     _, seconds = gap_before(
@@ -143,15 +151,15 @@ def run_per_gpu(runner: StudyRunner, todo: list[RunEntry]) -> None:
                     free_at[sid] = time.monotonic() + seconds
     finally:
         for item in active:
-            runner._stop(item.proc)
+            stop_process(item.proc)
             item.receiver.close()
-        runner._procs.clear()
+            if item.proc in runner.processes:
+                runner.processes.remove(item.proc)
 
 
-def _step(runner: StudyRunner, active: list[_Active]) -> list[_Active]:
+def _step(runner: StudyBookkeeping, active: list[_Active]) -> list[_Active]:
     """Relay messages for up to 0.2 s; the runs that have ended (final message, exit or
     timeout), with ``final`` set (a ``RunError`` for a timeout)."""
-    assert runner._progress is not None
     done: list[_Active] = []
     open_ = [a.receiver for a in active if not a.closed]
     ready = wait(open_, timeout=0.2) if open_ else []
@@ -166,19 +174,14 @@ def _step(runner: StudyRunner, active: list[_Active]) -> list[_Active]:
                     item.closed = True
                     break
                 if kind == "progress":
-                    runner._progress.message(f"{item.entry.run_id}: {payload}")
+                    runner.progress.message(f"{item.entry.run_id}: {payload}")
                 else:
                     item.final = (kind, payload)
         if item.final is not None:
             done.append(item)
         elif item.deadline is not None and time.monotonic() >= item.deadline:
-            runner._stop(item.proc)
-            timeout = runner.manifest.execution.experiment_timeout_seconds or 0
-            item.final = RunError(
-                type="TimeoutError",
-                message=f"the run exceeded experiment_timeout_seconds={timeout:g} and its "
-                "process was terminated",
-            )
+            stop_process(item.proc)
+            item.final = timeout_error(runner.manifest.execution.experiment_timeout_seconds)
             done.append(item)
         elif not item.proc.is_alive() and (item.closed or not item.receiver.poll(0)):
             done.append(item)  # ended without a final message: _conclude says how
