@@ -362,6 +362,7 @@ class StudyRunner:
             runner=runner,
             device=entry.device,
             visible_devices=slot.visible_devices if slot is not None else None,
+            reuse_engine=self.reuse_engine and self.manifest.execution.parallel != "per_gpu",
         )
         on = f" on {entry.device}" if entry.device else ""
         self.progress.message(

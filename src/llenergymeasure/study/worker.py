@@ -56,6 +56,7 @@ class RunRequest:
     runner: str | None = None  # `--runner` override (local, docker:<image>); None: resolve
     device: str | None = None  # per_gpu: the GPU this run is pinned to (UUID)
     visible_devices: str | None = None  # per_gpu: the child's CUDA_VISIBLE_DEVICES
+    reuse_engine: bool = False  # served by an engine group's process that keeps its engine
 
 
 class Worker(Protocol):
