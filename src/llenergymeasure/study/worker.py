@@ -68,31 +68,18 @@ class Worker(Protocol):
 
 
 def measure_worker(request: RunRequest, progress: Callable[[str], None]) -> MeasuredExperiment:
-    """The real measurement: engine, energy backend and sensor from this machine.
+    """The real measurement of one run in a fresh process: engine, energy backend and sensor
+    from this machine, the engine unloaded afterwards.
 
     Uses the study's on-disk baseline cache so that only the first run pays the idle baseline.
     A backend whose runner is ``docker:<image>`` (``LLEM_RUNNER_<BACKEND>`` or the user config)
     runs in one ephemeral container instead, its result read back from the run directory.
     """
-    from llenergymeasure.api import measure
-    from llenergymeasure.energy.baseline import BaselineCache
-    from llenergymeasure.runners import RunnerSpec, resolve_runner
-
-    runner = (
-        RunnerSpec.parse(request.config.backend, request.runner, "--runner")
-        if request.runner is not None
-        else resolve_runner(request.config.backend)
-    )
-    if runner.kind == "docker" and runner.image:
-        return _measure_in_container(request, runner.image, progress)
-
-    cache = (
-        BaselineCache(path=request.baseline_cache_path)
-        if request.baseline_cache_path is not None
-        else None
-    )
-    measured: MeasuredExperiment = measure(request.config, progress=progress, baseline_cache=cache)
-    return measured
+    worker = ReusingMeasureWorker()
+    try:
+        return worker(request, progress)
+    finally:
+        worker.close()
 
 
 def _measure_in_container(
@@ -122,7 +109,8 @@ class ReusingMeasureWorker:
     """The real measurement on an engine kept loaded across the runs of one engine group.
 
     Lives in one group process; the first run loads the engine, the following runs (same
-    ``engine_load_key``) reuse it and call ``clear_run_state()`` before their window. A backend
+    ``engine_load_key``) reuse it and call ``clear_run_state()`` before their window (when the
+    request says ``reuse_engine``; otherwise each run loads and unloads, as without reuse). A backend
     that runs in docker (``runner: docker:<image>``) gets one container per run, as without
     reuse. ``close()`` unloads the engine and closes the sensor.
     """
@@ -148,7 +136,7 @@ class ReusingMeasureWorker:
         )
         if runner.kind == "docker" and runner.image:
             return _measure_in_container(request, runner.image, progress)
-        orchestrator = self._orchestrator or self._open(request.config)
+        orchestrator = self._orchestrator or self._open(request.config, request.reuse_engine)
         orchestrator.progress = progress
         orchestrator.baseline_cache = (
             BaselineCache(path=request.baseline_cache_path)
@@ -158,7 +146,7 @@ class ReusingMeasureWorker:
         measured: MeasuredExperiment = orchestrator.run(request.config, run_id=request.run_id)
         return measured
 
-    def _open(self, config: ExperimentConfig) -> Any:
+    def _open(self, config: ExperimentConfig, keep_engine: bool) -> Any:
         from llenergymeasure.energy.baseline import BaselineCache
         from llenergymeasure.harness.orchestrator import (
             ExperimentOrchestrator,
@@ -175,7 +163,7 @@ class ReusingMeasureWorker:
             sensor=sensor,
             settings=settings,
             baseline_cache=BaselineCache(),
-            keep_engine_loaded=True,
+            keep_engine_loaded=keep_engine,
         )
         return self._orchestrator
 
