@@ -110,9 +110,9 @@ class ReusingMeasureWorker:
 
     Lives in one group process; the first run loads the engine, the following runs (same
     ``engine_load_key``) reuse it and call ``clear_run_state()`` before their window (when the
-    request says ``reuse_engine``; otherwise each run loads and unloads, as without reuse). A backend
-    that runs in docker (``runner: docker:<image>``) gets one container per run, as without
-    reuse. ``close()`` unloads the engine and closes the sensor.
+    request says ``reuse_engine``; otherwise each run loads and unloads, as without reuse).
+    A backend that runs in docker (``runner: docker:<image>``) gets one container per run, as
+    without reuse. ``close()`` unloads the engine and closes the sensor.
     """
 
     def __init__(self) -> None:
