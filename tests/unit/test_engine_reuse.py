@@ -315,3 +315,45 @@ def test_no_reuse_engine_flag_and_dry_run_show_the_engine_groups(write_yaml):
     assert off.exit_code == 0, off.output
     assert "engine reuse: off; 8 engine loads" in off.stdout
     assert "run order (experiment/cycle): #1/c1 #2/c1 #3/c1 #4/c1" in off.stdout
+
+
+def test_the_real_worker_gives_each_reused_run_a_fresh_energy_backend_and_sampler(
+    monkeypatch, tmp_path
+):
+    """A sampler starts only once: every run on a kept engine needs its own."""
+    from llenergymeasure.energy.fakes import FakeEnergyBackend, FakeGpuSensor
+    from llenergymeasure.energy.sampler import EnergySampler
+    from llenergymeasure.engines.fakes import FakeEngine
+    from llenergymeasure.harness import orchestrator as orch
+    from llenergymeasure.study.worker import ReusingMeasureWorker, RunRequest
+
+    engine, sensor = FakeEngine(output_tokens=4, seconds_per_token=0.0), FakeGpuSensor()
+
+    def energy_backend_for(settings: Any, sensor: Any) -> Any:
+        backend = FakeEnergyBackend(total_energy_j=3.0)
+        backend.sampler = EnergySampler(sensor, interval_ms=10)  # type: ignore[attr-defined]
+        return backend
+
+    monkeypatch.setattr(orch, "energy_backend_for", energy_backend_for)
+    monkeypatch.setattr(
+        orch, "default_components", lambda c, s: (engine, energy_backend_for(s, sensor), sensor)
+    )
+    worker = ReusingMeasureWorker()
+    results = []
+    for position, batch in enumerate((1, 2), 1):
+        request = RunRequest(
+            run_id=f"r{position}",
+            config=config(pytorch={"batch_size": batch}),
+            run_dir=str(tmp_path / f"r{position}"),
+            cycle=1,
+            position=position,
+            attempt=1,
+            runner="local",
+            reuse_engine=True,
+        )
+        results.append(worker(request, lambda _m: None))
+    worker.close()
+
+    assert engine.loads == 1 and engine.clears == 2 and engine.unloaded
+    assert [m.result.engine_reused for m in results] == [False, True]
+    assert all(m.timeseries is not None and m.result.timeseries_samples > 0 for m in results)

@@ -137,8 +137,17 @@ class ExperimentOrchestrator:
             problems.append(
                 f"energy backend '{self.energy_backend.name}' is not available on this machine"
             )
-        problems.extend(self._vram_problems(config))
+        if not self._engine_kept_for(config):  # a kept engine already holds its memory
+            problems.extend(self._vram_problems(config))
         return problems
+
+    def _engine_kept_for(self, config: ExperimentConfig) -> bool:
+        """Whether a kept (reused) engine is loaded for ``config``'s engine-load fields."""
+        return (
+            self.keep_engine_loaded
+            and self._loaded_key is not None
+            and self._loaded_key == engine_load_key(config)
+        )
 
     def _vram_problems(self, config: ExperimentConfig) -> list[str]:
         """Estimated weights + KV cache vs free memory of the first GPU (when both are known)."""
@@ -638,8 +647,6 @@ def default_components(
     config: ExperimentConfig, settings: MeasurementSettings
 ) -> tuple[InferenceBackend, EnergyBackend, GpuSensor | None]:
     """The real engine, energy backend and NVML sensor (None on a machine without NVML)."""
-    from llenergymeasure.config.user_config import setting
-    from llenergymeasure.energy.select import select_energy_backend
     from llenergymeasure.energy.sensors import NvmlSensor, nvml_available
     from llenergymeasure.engines.factory import create_engine
 
@@ -652,11 +659,19 @@ def default_components(
         # visible ones, mapped by UUID - not idle GPUs that happen to be visible
         in_use = data_parallel_nvml_indices(config) if config.backend == "pytorch" else None
         sensor = NvmlSensor(devices=in_use or None)
+    return engine, energy_backend_for(settings, sensor), sensor
+
+
+def energy_backend_for(settings: MeasurementSettings, sensor: GpuSensor | None) -> EnergyBackend:
+    """A fresh energy backend (with its own sampler) over ``sensor``: one per measured run,
+    since a sampler starts only once (a reused engine's runs each get a new one)."""
+    from llenergymeasure.config.user_config import setting
+    from llenergymeasure.energy.select import select_energy_backend
+
     sampler = (
         EnergySampler(sensor, interval_ms=settings.sampling_interval_ms)
         if sensor is not None
         else None
     )
     choice = os.environ.get("LLEM_ENERGY_BACKEND") or setting("measurement.energy_backend")
-    energy = select_energy_backend(cast(Any, choice), sensor=sensor, sampler=sampler)
-    return engine, energy, sensor
+    return select_energy_backend(cast(Any, choice), sensor=sensor, sampler=sampler)

@@ -136,7 +136,13 @@ class ReusingMeasureWorker:
         )
         if runner.kind == "docker" and runner.image:
             return _measure_in_container(request, runner.image, progress)
-        orchestrator = self._orchestrator or self._open(request.config, request.reuse_engine)
+        if self._orchestrator is None:
+            orchestrator = self._open(request.config, request.reuse_engine)
+        else:  # a reused engine: a fresh energy backend and sampler for this run
+            from llenergymeasure.harness.orchestrator import energy_backend_for
+
+            orchestrator = self._orchestrator
+            orchestrator.energy_backend = energy_backend_for(orchestrator.settings, self._sensor)
         orchestrator.progress = progress
         orchestrator.baseline_cache = (
             BaselineCache(path=request.baseline_cache_path)
