@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Protocol
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "GROUP_CLOSE_S",
+    "GROUP_START_S",
     "EngineReuseExecutor",
     "FreshProcessExecutor",
     "StudyBookkeeping",
@@ -58,6 +60,7 @@ __all__ = [
 ]
 
 GROUP_CLOSE_S = 60.0  # how long an engine group's process gets to unload before it is stopped
+GROUP_START_S = 120.0  # how long an engine group's process may take to start Python
 
 _CTX = multiprocessing.get_context("spawn")
 
@@ -190,6 +193,22 @@ class _GroupProcess:
             raise
         finally:
             child.close()
+        self.ready = self._wait_ready()
+
+    def _wait_ready(self) -> bool:
+        """Wait until the process has started Python and its worker (``GROUP_START_S`` at
+        most), so a run's timeout measures the run, not the interpreter's start-up."""
+        deadline = time.monotonic() + GROUP_START_S
+        while time.monotonic() < deadline:
+            if self.conn.poll(0.1):
+                try:
+                    kind, _ = self.conn.recv()
+                except (EOFError, OSError):
+                    return False
+                return bool(kind == "ready")
+            if not self.proc.is_alive():
+                return False
+        return False
 
     def measure(self, study: StudyBookkeeping, entry: RunEntry, request: RunRequest) -> Outcome:
         """Send one run, wait for its outcome; leaves ``alive`` False when the process ended

@@ -87,6 +87,8 @@ def receive_final(
             if kind == "progress":
                 relay(str(payload))
                 continue
+            if kind == "ready":  # a group process that started late: not an outcome
+                continue
             return kind, payload
         if not proc.is_alive() and not receiver.poll(0):
             return None

@@ -286,9 +286,11 @@ def group_child_main(
     parent_pid: int | None = None,
     visible_devices: str | None = None,
 ) -> None:
-    """Entry point of an engine group's process: serve ``("run", request)`` messages until
-    ``("stop", None)``, the pipe closes, or a run fails fatally (see the module docstring)."""
+    """Entry point of an engine group's process: say ``("ready", pid)``, then serve
+    ``("run", request)`` messages until ``("stop", None)``, the pipe closes, or a run fails
+    fatally (see the module docstring)."""
     _prepare_child(visible_devices, parent_pid)
+    _send(conn, ("ready", os.getpid()))  # run timeouts count from here, not from the spawn
     try:
         while True:
             try:
