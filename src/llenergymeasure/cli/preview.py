@@ -140,6 +140,9 @@ def _gap(seconds: float | None) -> str:
     return "from user config" if seconds is None else f"{seconds:g} s"
 
 
+ORDER_SHOWN = 40  # runs listed in the dry run's run order
+
+
 def _preview_engine_groups(study: StudyConfig) -> None:
     """Engine groups (runs sharing one loaded engine), the number of loads, the run order."""
     from llenergymeasure.study.planning import engine_groups, plan_runs, resolve_reuse_engine
@@ -157,9 +160,13 @@ def _preview_engine_groups(study: StudyConfig) -> None:
         )
         for g, group in enumerate(groups, 1):
             configs = sorted({r.config_index + 1 for r in group.runs})
+            names = ", ".join(f"#{c}" for c in configs[:ORDER_SHOWN])
+            if len(configs) > ORDER_SHOWN:
+                names += f" ... ({len(configs) - ORDER_SHOWN} more)"
             typer.echo(
-                f"  group {g} (engine {group.key}): experiments "
-                f"{', '.join(f'#{c}' for c in configs)}; {len(group.runs)} runs"
+                f"  group {g} (engine {group.key}): experiments {names}; {len(group.runs)} runs"
             )
-    order = " ".join(f"#{r.config_index + 1}/c{r.cycle}" for r in runs)
-    typer.echo(f"run order (experiment/cycle): {order}")
+    shown = runs[:ORDER_SHOWN]
+    order = " ".join(f"#{r.config_index + 1}/c{r.cycle}" for r in shown)
+    more = f" ... ({len(runs) - len(shown)} more)" if len(runs) > len(shown) else ""
+    typer.echo(f"run order (experiment/cycle): {order}{more}")
