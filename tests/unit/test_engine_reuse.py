@@ -357,3 +357,28 @@ def test_the_real_worker_gives_each_reused_run_a_fresh_energy_backend_and_sample
     assert engine.loads == 1 and engine.clears == 2 and engine.unloaded
     assert [m.result.engine_reused for m in results] == [False, True]
     assert all(m.timeseries is not None and m.result.timeseries_samples > 0 for m in results)
+
+
+def test_per_gpu_keeps_one_engine_process_per_gpu_and_loads_once_per_gpu(tmp_path):
+    from llenergymeasure.harness.parallel import DeviceSlot
+
+    gpus = [
+        DeviceSlot(device="cuda:0", label=f"cuda:{k}", uuid=u, nvml_index=k, visible_devices=u)
+        for k, u in enumerate(["GPU-aaaa-0000", "GPU-bbbb-1111"])
+    ]
+    log = tmp_path / "engine.log"
+    study = make_study(
+        {"pytorch.batch_size": [1, 2]}, n_cycles=3, parallel="per_gpu", reuse_engine=True
+    )
+    runner = run_study(study, tmp_path / "out", ReusingFakeWorker(str(log)), devices=gpus)
+
+    manifest = load_manifest(runner.study_dir)
+    assert [r.status for r in manifest.runs] == ["completed"] * 6
+    loads = [e for e in events(log) if e["event"] == "load"]
+    assert len(loads) == 2, "one engine load per GPU for the one engine group"
+    pids_by_gpu: dict[str | None, set[int | None]] = {}
+    for r in manifest.runs:
+        pids_by_gpu.setdefault(r.device, set()).add(r.pid)
+    assert len(pids_by_gpu) == 2 and all(len(p) == 1 for p in pids_by_gpu.values())
+    reused = [result_of(runner, p).engine_reused for p in range(1, 7)]
+    assert reused.count(False) == 2 and reused.count(True) == 4

@@ -150,8 +150,7 @@ def _preview_engine_groups(study: StudyConfig) -> None:
     reuse = resolve_reuse_engine(study.execution)
     runs = plan_runs(study, reuse=reuse)
     if not reuse:
-        why = " (parallel: per_gpu)" if study.execution.parallel == "per_gpu" else ""
-        typer.echo(f"engine reuse: off{why}; {len(runs)} engine loads (one per run)")
+        typer.echo(f"engine reuse: off; {len(runs)} engine loads (one per run)")
     else:
         groups = engine_groups(runs)
         typer.echo(

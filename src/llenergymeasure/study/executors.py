@@ -10,8 +10,9 @@ through the runner's internals, and imports nothing from ``study.runner``:
   (``reuse_engine: true``, the default). A Python exception in one run is recorded and the
   process serves the group's next run; a fatal error (CUDA, out of memory), a crash or a
   timeout ends the process, and the group's remaining runs go on in a fresh one.
-- ``study.parallel.PerGpuExecutor``: ``execution.parallel: per_gpu``, a fresh process per
-  run, one run per GPU at a time (engine reuse does not apply there yet).
+- ``study.parallel.PerGpuExecutor``: ``execution.parallel: per_gpu``, one run per GPU at a
+  time; with reuse each GPU takes whole engine groups (one process per group on that GPU),
+  without it a fresh process per run.
 - Docker: a backend whose runner is ``docker:<image>`` runs each run in one container from
   inside the run's process (either executor above; no engine reuse across containers).
 - SLURM: ``runners.slurm.SlurmStudyExecutor`` (one job per run) drives the whole study through
@@ -54,6 +55,7 @@ __all__ = [
     "GROUP_START_S",
     "EngineReuseExecutor",
     "FreshProcessExecutor",
+    "GroupProcess",
     "StudyBookkeeping",
     "StudyExecutor",
     "spawn_run",
@@ -175,15 +177,17 @@ def _relayer(study: StudyBookkeeping, entry: RunEntry) -> Callable[[str], None]:
     return lambda message: _relay(study, entry, message)
 
 
-class _GroupProcess:
+class GroupProcess:
     """One engine group's long-lived process and the study's end of its duplex pipe."""
 
-    def __init__(self, study: StudyBookkeeping, key: str | None) -> None:
+    def __init__(
+        self, study: StudyBookkeeping, key: str | None, *, visible_devices: str | None = None
+    ) -> None:
         self.key = key
         self.conn, child = _CTX.Pipe(duplex=True)
         self.proc = _CTX.Process(
             target=group_child_main,
-            args=(study.worker, child, os.getpid()),
+            args=(study.worker, child, os.getpid(), visible_devices),
             name=f"llem-engine-{key}",
         )
         try:
@@ -210,14 +214,19 @@ class _GroupProcess:
                 return False
         return False
 
-    def measure(self, study: StudyBookkeeping, entry: RunEntry, request: RunRequest) -> Outcome:
-        """Send one run, wait for its outcome; leaves ``alive`` False when the process ended
-        (or must end: a fatal error) and stops it."""
+    def send(self, request: RunRequest) -> bool:
+        """Hand the process its next run; False when it is gone."""
         try:
             self.conn.send(("run", request))
         except (BrokenPipeError, EOFError, OSError):
-            final: Any = None
-        else:
+            return False
+        return True
+
+    def measure(self, study: StudyBookkeeping, entry: RunEntry, request: RunRequest) -> Outcome:
+        """Send one run, wait for its outcome; leaves ``alive`` False when the process ended
+        (or must end: a fatal error) and stops it."""
+        final: Any = None
+        if self.send(request):
             final = receive_final(self.proc, self.conn, _timeout(study), _relayer(study, entry))
         if isinstance(final, RunError):  # timeout: receive_final stopped the process
             return final
@@ -250,7 +259,7 @@ class EngineReuseExecutor:
 
     def execute(self, study: StudyBookkeeping, todo: list[RunEntry]) -> None:
         previous: RunEntry | None = None
-        group: _GroupProcess | None = None
+        group: GroupProcess | None = None
         try:
             for entry in todo:
                 wait_gap(study, previous, entry)
@@ -259,7 +268,7 @@ class EngineReuseExecutor:
                     self._drop(study, group)
                     group = None
                 if group is None:
-                    group = _GroupProcess(study, key)
+                    group = GroupProcess(study, key)
                     study.processes.append(group.proc)
                 request = study.start(entry, pid=group.proc.pid)
                 outcome = group.measure(study, entry, request)
@@ -275,6 +284,6 @@ class EngineReuseExecutor:
             self._drop(study, group)
 
     @staticmethod
-    def _drop(study: StudyBookkeeping, group: _GroupProcess) -> None:
+    def _drop(study: StudyBookkeeping, group: GroupProcess) -> None:
         group.close()
         study.processes.remove(group.proc)

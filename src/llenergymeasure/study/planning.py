@@ -71,10 +71,7 @@ def grouped_order(
 
 
 def resolve_reuse_engine(execution: ExecutionConfig) -> bool:
-    """``execution.reuse_engine``, or the user config's when the study leaves it unset;
-    False with ``parallel: per_gpu`` (each of its runs is a fresh process for now)."""
-    if execution.parallel == "per_gpu":
-        return False
+    """``execution.reuse_engine``, or the user config's when the study leaves it unset."""
     if execution.reuse_engine is not None:
         return execution.reuse_engine
     from llenergymeasure.config.user_config import effective_settings

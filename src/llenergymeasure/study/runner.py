@@ -288,7 +288,7 @@ class StudyRunner:
     def executor(self) -> StudyExecutor:
         """How this study's local runs execute (SLURM is chosen in ``run``)."""
         if self.manifest.execution.parallel == "per_gpu":
-            return PerGpuExecutor()
+            return PerGpuExecutor(reuse=self.reuse_engine)
         return EngineReuseExecutor() if self.reuse_engine else FreshProcessExecutor()
 
     def _run_locked(self) -> StudyResult:
@@ -362,7 +362,7 @@ class StudyRunner:
             runner=runner,
             device=entry.device,
             visible_devices=slot.visible_devices if slot is not None else None,
-            reuse_engine=self.reuse_engine and self.manifest.execution.parallel != "per_gpu",
+            reuse_engine=self.reuse_engine,
         )
         on = f" on {entry.device}" if entry.device else ""
         self.progress.message(
