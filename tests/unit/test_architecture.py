@@ -66,16 +66,6 @@ KNOWN_MODULE_CYCLES: dict[frozenset[str], str] = {
         "the data-parallel engine builds PyTorchBackend replicas by default, and the PyTorch "
         "engine's pre-flight reuses the data-parallel device check"
     ),
-    frozenset(
-        {
-            "llenergymeasure.study.runner",
-            "llenergymeasure.study.parallel",
-            "llenergymeasure.runners.slurm",
-        }
-    ): (
-        "the study runner picks an executor (per-GPU, Slurm) and each executor drives the "
-        "StudyRunner back; a study-executor protocol would break it"
-    ),
 }
 
 

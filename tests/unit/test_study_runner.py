@@ -106,12 +106,14 @@ def test_built_in_gap_defaults_are_60_and_300_seconds():
 
 
 def test_a_2x2_grid_in_2_interleaved_cycles_runs_8_runs_in_order_with_gaps(tmp_path):
+    # reuse_engine: false keeps the pure cycle order (engine groups would regroup by precision)
     study = make_study(
         GRID_2X2,
         n_cycles=2,
         cycle_order="interleaved",
         config_gap_seconds=0.5,
         cycle_gap_seconds=0.25,
+        reuse_engine=False,
     )
     sleeps: list[float] = []
     stderr = io.StringIO()

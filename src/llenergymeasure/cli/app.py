@@ -138,6 +138,14 @@ def run(
     no_gaps: Annotated[
         bool, typer.Option("--no-gaps", help="No thermal gaps between runs.")
     ] = False,
+    no_reuse_engine: Annotated[
+        bool,
+        typer.Option(
+            "--no-reuse-engine",
+            help="Load the engine afresh for every run of a study (default: runs with the "
+            "same engine-load fields share one loaded engine).",
+        ),
+    ] = False,
     resume: Annotated[
         Optional[Path],  # noqa: UP045
         typer.Option("--resume", help="Continue an interrupted study directory."),
@@ -172,6 +180,7 @@ def run(
         cycles=cycles,
         order=order.value if order else None,
         no_gaps=no_gaps,
+        no_reuse_engine=no_reuse_engine,
         resume=resume,
         runner=runner,
         detach=detach,

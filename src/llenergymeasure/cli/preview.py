@@ -121,9 +121,41 @@ def preview_study(study: StudyConfig) -> None:
         f"gaps: between experiments {_gap(ex.config_gap_seconds)}, "
         f"between cycles {_gap(ex.cycle_gap_seconds)}"
     )
+    _preview_engine_groups(study)
     if any(est is None for est in cache.values()):
         typer.echo("note: VRAM shown as n/a where the model's config.json is not available locally")
 
 
 def _gap(seconds: float | None) -> str:
     return "from user config" if seconds is None else f"{seconds:g} s"
+
+
+ORDER_SHOWN = 40  # runs listed in the dry run's run order
+
+
+def _preview_engine_groups(study: StudyConfig) -> None:
+    """Engine groups (runs sharing one loaded engine), the number of loads, the run order."""
+    from llenergymeasure.study.planning import engine_groups, plan_runs, resolve_reuse_engine
+
+    reuse = resolve_reuse_engine(study.execution)
+    runs = plan_runs(study, reuse=reuse)
+    if not reuse:
+        typer.echo(f"engine reuse: off; {len(runs)} engine loads (one per run)")
+    else:
+        groups = engine_groups(runs)
+        typer.echo(
+            f"engine reuse: on; {len(groups)} engine group(s) = {len(groups)} engine loads for "
+            f"{len(runs)} runs"
+        )
+        for g, group in enumerate(groups, 1):
+            configs = sorted({r.config_index + 1 for r in group.runs})
+            names = ", ".join(f"#{c}" for c in configs[:ORDER_SHOWN])
+            if len(configs) > ORDER_SHOWN:
+                names += f" ... ({len(configs) - ORDER_SHOWN} more)"
+            typer.echo(
+                f"  group {g} (engine {group.key}): experiments {names}; {len(group.runs)} runs"
+            )
+    shown = runs[:ORDER_SHOWN]
+    order = " ".join(f"#{r.config_index + 1}/c{r.cycle}" for r in shown)
+    more = f" ... ({len(runs) - len(shown)} more)" if len(runs) > len(shown) else ""
+    typer.echo(f"run order (experiment/cycle): {order}{more}")

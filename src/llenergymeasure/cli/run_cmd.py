@@ -87,11 +87,17 @@ def resolve(opts: RunOptions) -> ResolvedRun:
         if opts.no_gaps:
             updates["config_gap_seconds"] = 0.0
             updates["cycle_gap_seconds"] = 0.0
+        if opts.no_reuse_engine:
+            updates["reuse_engine"] = False
         if updates:
             study = study.model_copy(update={"execution": execution.model_copy(update=updates)})
         return ResolvedRun(experiment=None, study=study, cycles_from_yaml=cycles_from_yaml)
 
-    for flag, value in (("--cycles", opts.cycles), ("--order", opts.order)):
+    for flag, value in (
+        ("--cycles", opts.cycles),
+        ("--order", opts.order),
+        ("--no-reuse-engine", opts.no_reuse_engine or None),
+    ):
         if value is not None:
             raise ConfigError(f"{flag} applies to studies; {opts.config} is a single experiment")
     _check_batch_size_backend(merge_overrides(data, overrides), opts)
@@ -191,6 +197,7 @@ def resume_run(opts: RunOptions) -> int:
         ("--dry-run", opts.dry_run),
         ("--export-csv", opts.export_csv),
         ("--runner", opts.runner is not None),
+        ("--no-reuse-engine", opts.no_reuse_engine),
     ):
         if given:
             raise ConfigError(

@@ -46,6 +46,9 @@ class ExecutionConfig(BaseModel):
     experiment_timeout_seconds: float | None = Field(None, gt=0)
     # "per_gpu": independent runs at once, one per visible GPU (see study.parallel)
     parallel: Literal["none", "per_gpu"] = "none"
+    # runs whose engine-load fields are equal share one loaded engine (one long-lived worker
+    # process per engine group); None -> user config execution.reuse_engine (default true)
+    reuse_engine: bool | None = None
 
 
 class SkippedExperiment(BaseModel):

@@ -44,6 +44,7 @@ class ExecutionSection(BaseModel):
     model_config = _FORBID
     config_gap_seconds: float = Field(60.0, ge=0)
     cycle_gap_seconds: float = Field(300.0, ge=0)
+    reuse_engine: bool = True  # a study's runs with equal engine-load fields share one engine
 
 
 class SlurmSection(BaseModel):

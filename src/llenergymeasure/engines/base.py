@@ -57,7 +57,9 @@ class InferenceBackend(Protocol):
     """An inference engine the harness can drive.
 
     Call order: ``preflight`` -> ``load`` -> ``generate`` (warmup, then measurement) ->
-    ``unload``. ``preflight`` must be cheap and must not load the model.
+    ``unload``. A reused engine (a study's engine group) repeats ``preflight`` -> ``generate``
+    (warmup) -> ``clear_run_state`` -> ``generate`` (measurement) per run after one ``load``.
+    ``preflight`` must be cheap and must not load the model.
     """
 
     name: str
@@ -103,6 +105,15 @@ class InferenceBackend(Protocol):
 
     def peak_memory_bytes(self) -> int | None:
         """Peak device memory since the last reset, or None where not measurable (CPU)."""
+        ...
+
+    def clear_run_state(self) -> list[str]:
+        """Drop state that would carry work from one run into the next on a reused engine
+        (prompt/prefix caches), empty allocator caches and reset the peak-memory counter.
+
+        Called before every measurement window of a study that reuses its engine; returns
+        notes (what was cleared, or that the engine keeps no such state) for the result.
+        """
         ...
 
     def unload(self) -> None:

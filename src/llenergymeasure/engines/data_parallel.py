@@ -457,6 +457,11 @@ class DataParallelEngine:
         self._collect("ok")
         self._peaks = []
 
+    def clear_run_state(self) -> list[str]:
+        """Reset every child's peak-memory counter (replicas keep no cross-call cache)."""
+        self.reset_peak_memory()
+        return ["pytorch data-parallel: peak memory counters reset in every replica"]
+
     def peak_memory_bytes(self) -> int | None:
         """Largest per-device peak of the last measurement (per process in process_results)."""
         known = [p for p in self._peaks if p is not None]

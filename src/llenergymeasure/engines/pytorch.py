@@ -840,6 +840,22 @@ class PyTorchBackend:
 
         return int(torch.cuda.max_memory_allocated(self._device))
 
+    def clear_run_state(self) -> list[str]:
+        """Collect garbage, empty the CUDA allocator cache and reset the peak counter.
+
+        transformers keeps no cache across ``generate`` calls (the KV cache is per call)."""
+        self._last_outputs = []
+        gc.collect()
+        if self._on_cuda():
+            import torch
+
+            torch.cuda.empty_cache()
+        self.reset_peak_memory()
+        return [
+            "pytorch: no cross-call cache; garbage collected, allocator cache emptied, peak "
+            "memory counter reset"
+        ]
+
     def unload(self) -> None:
         """Drop model, draft and tokenizer and release cached device memory."""
         on_cuda = self._on_cuda()

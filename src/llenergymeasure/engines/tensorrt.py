@@ -500,6 +500,10 @@ class TensorRTBackend:
         """None: the TensorRT-LLM executor allocates in its own worker processes."""
         return None
 
+    def clear_run_state(self) -> list[str]:
+        """Nothing to clear here (minimal version; the engines work completes it)."""
+        return ["tensorrt: no run state cleared (KV-cache block reuse is not reset)"]
+
     def unload(self) -> None:
         """Shut the executor down and drop the engine."""
         llm, self._llm, self._tokenizer = self._llm, None, None

@@ -603,6 +603,15 @@ class VLLMBackend:
         so this process's allocator sees nothing; the sampler's memory readings apply."""
         return None
 
+    def clear_run_state(self) -> list[str]:
+        """Reset the prefix cache, so a reused engine's window never prefills from the cache
+        its earlier runs filled (minimal version; the engines work completes it)."""
+        reset = getattr(self._llm, "reset_prefix_cache", None)
+        if callable(reset):
+            reset()
+            return ["vllm: prefix cache reset"]
+        return ["vllm: this vLLM has no reset_prefix_cache; the prefix cache was not reset"]
+
     def unload(self) -> None:
         """Shut the engine down and drop it."""
         llm, self._llm, self._tokenizer = self._llm, None, None

@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, cast
 
+from llenergymeasure.config.catalogue import engine_load_key, run_concurrency
 from llenergymeasure.config.models import ExperimentConfig, SyntheticDatasetConfig
 from llenergymeasure.energy.base import EnergyBackend
 from llenergymeasure.energy.baseline import (
@@ -79,6 +80,12 @@ class ExperimentOrchestrator:
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.monotonic
     dataset_loader: Callable[..., Any] | None = None
+    # Engine reuse (a study's engine group): keep the engine loaded after a run, so the next
+    # run with the same engine_load_key skips loading; clear_run_state() before every window.
+    keep_engine_loaded: bool = False
+    _loaded_key: str | None = field(default=None, init=False, repr=False)
+    _loaded_by: str | None = field(default=None, init=False, repr=False)
+    _load_info: Any = field(default=None, init=False, repr=False)
 
     # -- pre-flight -----------------------------------------------------------------------
     def preflight(self, config: ExperimentConfig) -> list[str]:
@@ -91,8 +98,17 @@ class ExperimentOrchestrator:
             problems.append(
                 f"energy backend '{self.energy_backend.name}' is not available on this machine"
             )
-        problems.extend(self._vram_problems(config))
+        if not self._engine_kept_for(config):  # a kept engine already holds its memory
+            problems.extend(self._vram_problems(config))
         return problems
+
+    def _engine_kept_for(self, config: ExperimentConfig) -> bool:
+        """Whether a kept (reused) engine is loaded for ``config``'s engine-load fields."""
+        return (
+            self.keep_engine_loaded
+            and self._loaded_key is not None
+            and self._loaded_key == engine_load_key(config)
+        )
 
     def _vram_problems(self, config: ExperimentConfig) -> list[str]:
         """Estimated weights + KV cache vs free memory of the first GPU (when both are known)."""
@@ -123,8 +139,13 @@ class ExperimentOrchestrator:
         return []
 
     # -- the protocol ---------------------------------------------------------------------
-    def run(self, config: ExperimentConfig) -> MeasuredExperiment:
-        """Measure ``config``; raises PreFlightError before doing any work if it cannot run."""
+    def run(self, config: ExperimentConfig, *, run_id: str | None = None) -> MeasuredExperiment:
+        """Measure ``config``; raises PreFlightError before doing any work if it cannot run.
+
+        With ``keep_engine_loaded`` the engine stays loaded afterwards (call ``close()`` at the
+        end) and a later run whose ``engine_load_key`` is equal reuses it; its result says so
+        (``engine_reused``, ``engine_loaded_by`` = the ``run_id`` of the run that loaded it).
+        """
         timings = PhaseTimings()
         t_start = time.perf_counter()
         started = datetime.now(timezone.utc)
@@ -147,10 +168,17 @@ class ExperimentOrchestrator:
         if self.sensor is not None:
             sampler = self._sampler()
         try:
-            return self._measure(config, environment, timings, t_start, started, sampler)
+            return self._measure(config, environment, timings, t_start, started, sampler, run_id)
         finally:
             if sampler is not None and sampler.running:
                 sampler.stop()
+            if not self.keep_engine_loaded:
+                self.engine.unload()
+
+    def close(self) -> None:
+        """Unload a kept engine (engine reuse); a no-op when nothing is loaded."""
+        if self._loaded_key is not None:
+            self._loaded_key = self._loaded_by = self._load_info = None
             self.engine.unload()
 
     def _sampler(self) -> EnergySampler:
@@ -170,6 +198,7 @@ class ExperimentOrchestrator:
         t_start: float,
         started: datetime,
         sampler: EnergySampler | None,
+        run_id: str | None = None,
     ) -> MeasuredExperiment:
         say = self.progress
         if sampler is not None:
@@ -198,16 +227,15 @@ class ExperimentOrchestrator:
         if sampler is not None:
             sampler.set_phase("load")
 
-        say(f"loading {config.model} ({config.backend}, {config.precision})")
-        t = time.perf_counter()
-        load_info = self.engine.load(config)
-        timings.load_s = time.perf_counter() - t
+        load_info, reused_from = self._load_or_reuse(config, timings, run_id)
 
         t = time.perf_counter()
         prompts = self._load_prompts(config)
         timings.dataset_s = time.perf_counter() - t
 
         warmup = self._warmup(config, prompts, sampler)
+        if reused_from is not None:
+            warmup.notes.append(f"engine reused: loaded by run {reused_from}")
         timings.warmup_s = warmup.duration_s
         if _torch_compile_requested(config):
             timings.compile_s = _compile_time(warmup.latencies_s)
@@ -222,6 +250,9 @@ class ExperimentOrchestrator:
             self.sleep(config.warmup.thermal_floor_seconds)
             timings.thermal_floor_s = time.perf_counter() - t
 
+        run_state_notes: list[str] = []
+        if self.keep_engine_loaded:
+            run_state_notes = list(self.engine.clear_run_state())
         say(f"measuring {len(prompts)} prompts")
         if sampler is not None:
             sampler.set_phase("measurement")
@@ -276,9 +307,35 @@ class ExperimentOrchestrator:
             self.settings,
         )
         timings.total_s = time.perf_counter() - t_start
-        result = result.model_copy(update={"timing": timings})
+        result = result.model_copy(
+            update={
+                "timing": timings,
+                "engine_reused": reused_from is not None,
+                "engine_loaded_by": reused_from if reused_from is not None else run_id,
+                "run_state_notes": run_state_notes,
+            }
+        )
         table = sampler.to_table() if sampler is not None and sampler.samples else None
         return MeasuredExperiment(result=result, timeseries=table)
+
+    def _load_or_reuse(
+        self, config: ExperimentConfig, timings: PhaseTimings, run_id: str | None
+    ) -> tuple[Any, str | None]:
+        """Load the engine, or reuse the kept one; (LoadInfo, run id that loaded it if reused)."""
+        key = engine_load_key(config) if self.keep_engine_loaded else None
+        if key is not None and key == self._loaded_key:
+            self.progress(f"engine reused (loaded by run {self._loaded_by})")
+            timings.load_s = 0.0
+            return self._load_info, self._loaded_by or "an earlier run"
+        if self._loaded_key is not None:  # a different engine was kept: drop it first
+            self.close()
+        self.progress(f"loading {config.model} ({config.backend}, {config.precision})")
+        t = time.perf_counter()
+        load_info = self.engine.load(config)
+        timings.load_s = time.perf_counter() - t
+        if key is not None:
+            self._loaded_key, self._loaded_by, self._load_info = key, run_id, load_info
+        return load_info, None
 
     def _load_prompts(self, config: ExperimentConfig) -> list[Any]:
         loader = self.dataset_loader
@@ -293,8 +350,6 @@ class ExperimentOrchestrator:
         self, config: ExperimentConfig, prompts: Sequence[Any], sampler: EnergySampler | None
     ) -> WarmupResult:
         wc = config.warmup
-        batch = config.pytorch.batch_size if config.pytorch and config.pytorch.batch_size else 1
-        warm_prompts = list(prompts[: max(1, min(batch, len(prompts)))])
         runs = wc.max_prompts if wc.convergence_detection else wc.n_warmup
         notes: list[str] = []
         if runs == 0 and _torch_compile_requested(config):
@@ -305,6 +360,11 @@ class ExperimentOrchestrator:
                 "compilation happens before the measurement window"
             )
             self.progress("warning: " + notes[-1])
+        warm_prompts: list[Any] = []
+        source: str | None = None
+        if runs > 0:
+            warm = self._warmup_prompts(config, prompts)
+            warm_prompts, source = list(warm.prompts), warm.source
         latencies: list[float] = []
         converged: bool | None = None
         cv: float | None = None
@@ -340,6 +400,17 @@ class ExperimentOrchestrator:
             final_cv=cv,
             thermal_floor_seconds=wc.thermal_floor_seconds,
             notes=notes,
+            prompt_source=source,
+        )
+
+    def _warmup_prompts(self, config: ExperimentConfig, prompts: Sequence[Any]) -> Any:
+        """As many prompts as the run keeps in flight (at most n), never the measured ones."""
+        from llenergymeasure.datasets.warmup import warmup_prompts
+
+        k = max(1, min(run_concurrency(config), len(prompts)))
+        dataset: Any = config.dataset
+        return warmup_prompts(
+            dataset, config.n, k, measured=prompts, tokenizer=self.engine.tokenizer
         )
 
 
@@ -361,7 +432,6 @@ def default_components(
 ) -> tuple[InferenceBackend, EnergyBackend, GpuSensor | None]:
     """The real engine, energy backend and NVML sensor (None on a machine without NVML)."""
     from llenergymeasure.energy.devices import nvml_available
-    from llenergymeasure.energy.select import select_energy_backend
     from llenergymeasure.energy.sensors import NvmlSensor
     from llenergymeasure.engines.factory import create_engine
 
@@ -374,12 +444,17 @@ def default_components(
         # visible ones, mapped by UUID - not idle GPUs that happen to be visible
         in_use = data_parallel_nvml_indices(config) if config.backend == "pytorch" else None
         sensor = NvmlSensor(devices=in_use or None)
+    return engine, energy_backend_for(settings, sensor), sensor
+
+
+def energy_backend_for(settings: MeasurementSettings, sensor: GpuSensor | None) -> EnergyBackend:
+    """A fresh energy backend (with its own sampler) over ``sensor``: one per measured run,
+    since a sampler starts only once (a reused engine's runs each get a new one)."""
+    from llenergymeasure.energy.select import select_energy_backend
+
     sampler = (
         EnergySampler(sensor, interval_ms=settings.sampling_interval_ms)
         if sensor is not None
         else None
     )
-    energy = select_energy_backend(
-        cast(Any, settings.energy_backend), sensor=sensor, sampler=sampler
-    )
-    return engine, energy, sensor
+    return select_energy_backend(cast(Any, settings.energy_backend), sensor=sensor, sampler=sampler)

@@ -146,6 +146,8 @@ class WarmupResult(BaseModel):
     final_cv: float | None = None
     thermal_floor_seconds: float
     notes: list[str] = Field(default_factory=list)
+    # where the warmup prompts came from (never the measured prompts); None: no warmup ran
+    prompt_source: str | None = None
 
 
 class PhaseTimings(BaseModel):
@@ -256,6 +258,12 @@ class ExperimentResult(JsonFileModel):
     # output_tokens, duration_s, tokens_per_second, ...); headline statistics are computed
     # over every request of every process, never averaged from these
     process_results: list[dict[str, Any]] = Field(default_factory=list)
+    # engine reuse (a study's engine group): whether this run measured on an engine an earlier
+    # run loaded, the run id of the run that loaded it (this run's own id when it loaded it;
+    # None outside a study), and what clear_run_state() reported before the window
+    engine_reused: bool = False
+    engine_loaded_by: str | None = None
+    run_state_notes: list[str] = Field(default_factory=list)
     output_dir: str | None = None
 
     def summary_row(self) -> dict[str, Any]:

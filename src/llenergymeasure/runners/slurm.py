@@ -48,8 +48,8 @@ from llenergymeasure.exceptions import StudyError
 if TYPE_CHECKING:
     from llenergymeasure.config.user_config import SlurmSection
     from llenergymeasure.results.models import StudyResult
+    from llenergymeasure.study.executors import StudyBookkeeping
     from llenergymeasure.study.manifest import RunEntry
-    from llenergymeasure.study.runner import StudyRunner
 
 __all__ = [
     "FAILED_STATES",
@@ -340,9 +340,10 @@ def _clear_run_dir(run_dir: Path) -> None:
 
 @dataclass
 class SlurmStudyExecutor:
-    """Runs a ``StudyRunner``'s pending runs as SLURM jobs and collects their results."""
+    """Runs a study's pending runs as SLURM jobs and collects their results, through the
+    study's public bookkeeping (``study.executors.StudyBookkeeping``)."""
 
-    runner: StudyRunner
+    runner: StudyBookkeeping
     settings: SlurmSection
     client: SlurmClient = field(default_factory=SlurmClient)
     detach: bool = False
@@ -365,10 +366,10 @@ class SlurmStudyExecutor:
 
         runner = self.runner
         manifest = runner.manifest
-        runner._load_completed()
+        runner.load_completed()
         session = StudySession(pid=os.getpid(), started_at=utc_now())
         manifest.sessions.append(session)
-        runner._save()
+        runner.save()
         self.collect(final=True)
         todo = [
             r
@@ -379,16 +380,16 @@ class SlurmStudyExecutor:
             self.submit(todo)
         done = sum(1 for r in manifest.runs if r.status != "running")
         progress = StudyProgress(len(manifest.runs), done, quiet=runner.quiet, stream=runner.stream)
-        runner._progress = progress
+        runner.progress = progress
         try:
             if self.detach:
                 session.finished_at = utc_now()
                 session.outcome = "detached"
-                runner._save()
+                runner.save()
                 progress.message(
                     f"submitted; collect the results with: llem run --resume {runner.study_dir}"
                 )
-                return runner._finish()
+                return runner.finish()
             interval = (
                 self.poll_interval_s
                 if self.poll_interval_s is not None
@@ -407,7 +408,7 @@ class SlurmStudyExecutor:
         except KeyboardInterrupt:
             session.finished_at = utc_now()
             session.outcome = "interrupted"
-            runner._save()
+            runner.save()
             progress.message(
                 "stopped waiting; the jobs stay queued. Collect them with: "
                 f"llem run --resume {runner.study_dir}"
@@ -417,8 +418,8 @@ class SlurmStudyExecutor:
             progress.close()
         session.finished_at = utc_now()
         session.outcome = "finished"
-        runner._save()
-        return runner._finish()
+        runner.save()
+        return runner.finish()
 
     def outstanding(self) -> list[RunEntry]:
         """Runs whose job has not been settled yet."""
@@ -463,7 +464,7 @@ class SlurmStudyExecutor:
             entry.slurm_job_id = f"{array}_{i}"
             entry.slurm_state = "PENDING"
             entry.slurm_jobs.append(SlurmJob(job_id=entry.slurm_job_id, attempt=entry.attempts))
-        runner._save()
+        runner.save()
         if not runner.quiet:
             print(
                 f"[llem] submitted {len(entries)} run(s) as SLURM job array {array} ({script})",
@@ -495,7 +496,7 @@ class SlurmStudyExecutor:
                 settled.append(entry)
                 changed = True
         if changed:
-            self.runner._save()
+            self.runner.save()
         return settled
 
     def _settle(self, entry: RunEntry, info: JobInfo | None, *, final: bool) -> bool:

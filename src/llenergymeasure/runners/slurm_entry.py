@@ -41,7 +41,7 @@ def _write_status(run_dir: Path, data: dict[str, Any]) -> None:
 def main(argv: Sequence[str] | None = None, *, worker: Worker | None = None) -> int:
     """Measure the run at ``position`` of the study in ``study_dir``; the exit code."""
     from llenergymeasure.study.manifest import load_manifest
-    from llenergymeasure.study.runner import BASELINE_CACHE_NAME
+    from llenergymeasure.study.planning import BASELINE_CACHE_NAME
 
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) not in (2, 3):

@@ -82,6 +82,7 @@ class RunEntry(BaseModel):
     slurm_job_id: str | None = None  # slurm runner: the current attempt's job
     slurm_state: str | None = None  # slurm runner: its last known SLURM state
     slurm_jobs: list[SlurmJob] = Field(default_factory=list)  # slurm runner: every attempt
+    engine_group: str | None = None  # engine_load_key of its config: runs sharing one engine
 
 
 class StudySession(BaseModel):

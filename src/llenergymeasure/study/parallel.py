@@ -4,6 +4,9 @@
   (``visible_gpu_slots``: ``CUDA_VISIBLE_DEVICES`` mapped to NVML devices by UUID). Each run's
   child gets ``CUDA_VISIBLE_DEVICES=<its GPU's UUID>`` before CUDA initialises, so its engine
   uses ``cuda:0`` and its sensor/energy backend measure only that GPU.
+- **Engine reuse** (``reuse_engine``, the default). Each GPU keeps one engine-group process
+  pinned to it; a run with that process's engine key is measured there without loading, a run
+  with another key replaces the process. Without reuse every run is a fresh process.
 - **Scheduling.** Runs start in run order on the first free GPU. A GPU that finished a run is
   free again after the gap (``config_gap_seconds`` / ``cycle_gap_seconds``, as in a sequential
   study, counted per GPU) without blocking the other GPUs.
@@ -25,13 +28,21 @@ from multiprocessing.connection import wait
 from typing import TYPE_CHECKING, Any
 
 from llenergymeasure.exceptions import StudyError
+from llenergymeasure.study.executors import GroupProcess, StudyBookkeeping, spawn_run
 from llenergymeasure.study.manifest import ConcurrentRun, RunEntry, RunError
+from llenergymeasure.study.planning import gap_before
+from llenergymeasure.study.processes import (
+    STOP_GRACE_S,
+    conclude,
+    outcome_of,
+    stop_process,
+    timeout_error,
+)
 
 if TYPE_CHECKING:
     from llenergymeasure.energy.devices import DeviceSlot
-    from llenergymeasure.study.runner import StudyRunner
 
-__all__ = ["THERMAL_NOTE", "overlapping", "run_per_gpu"]
+__all__ = ["THERMAL_NOTE", "PerGpuExecutor", "overlapping", "run_per_gpu"]
 
 THERMAL_NOTE = (
     "ran concurrently with other runs on neighbouring GPUs (execution.parallel: per_gpu); "
@@ -45,7 +56,7 @@ class _Active:
     entry: RunEntry
     slot: DeviceSlot
     proc: Any
-    receiver: Any
+    receiver: Any  # None: the process died before its run could be sent
     deadline: float | None
     final: tuple[str, dict[str, Any]] | RunError | None = None
     closed: bool = False  # the child's end of the pipe is closed (it exited or crashed)
@@ -73,15 +84,34 @@ def _slot_id(slot: DeviceSlot) -> str:
     return slot.uuid or slot.label
 
 
-def run_per_gpu(runner: StudyRunner, todo: list[RunEntry]) -> None:
+class PerGpuExecutor:
+    """``execution.parallel: per_gpu`` as a ``StudyExecutor`` (see the module docstring);
+    ``reuse``: each GPU serves whole engine groups, one long-lived process per group."""
+
+    def __init__(self, *, reuse: bool = False) -> None:
+        self.reuse = reuse
+
+    def execute(self, study: StudyBookkeeping, todo: list[RunEntry]) -> None:
+        run_per_gpu(study, todo, reuse=self.reuse)
+
+
+@dataclass
+class _SlotState:
+    """The engine-group process a GPU keeps (reuse), or None."""
+
+    group: GroupProcess | None = None
+
+
+def run_per_gpu(runner: StudyBookkeeping, todo: list[RunEntry], *, reuse: bool = False) -> None:
     """Run ``todo`` on ``runner``'s GPUs, one run per GPU at a time (see the module docstring).
 
+    ``reuse``: each GPU keeps one engine-group process pinned to it: a run whose engine key
+    equals that process's is measured there without loading, another key replaces the process
+    (so a group spread over the GPUs loads at most once per GPU). A fatal error, crash or
+    timeout ends the process; the GPU's next run starts a fresh one.
     On Ctrl-C every child is stopped and ``KeyboardInterrupt`` propagates (the runner marks the
     running entries interrupted).
     """
-    from llenergymeasure.study.runner import gap_before
-
-    assert runner._progress is not None
     slots = list(runner.devices) if runner.devices is not None else _visible_slots()
     if not slots:
         raise StudyError(
@@ -93,22 +123,49 @@ def run_per_gpu(runner: StudyRunner, todo: list[RunEntry]) -> None:
         raise StudyError(f"per_gpu: the same GPU is listed twice: {ids}")
     timeout = runner.manifest.execution.experiment_timeout_seconds
     queue = deque(todo)
+    state = {_slot_id(s): _SlotState() for s in slots}
     free_at = {_slot_id(s): 0.0 for s in slots}  # monotonic time from which a GPU is free
     active: list[_Active] = []
     spans: list[_Span] = []
     span_of: dict[str, _Span] = {}
+
+    def drop(st: _SlotState, *, graceful: bool = True) -> None:
+        if st.group is not None:
+            st.group.close(graceful=graceful)
+            if st.group.proc in runner.processes:
+                runner.processes.remove(st.group.proc)
+            st.group = None
+
     try:
         while queue or active:
             now = time.monotonic()
             for slot in slots:
                 sid = _slot_id(slot)
+                st = state[sid]
                 if not queue or any(a.slot is slot for a in active) or free_at[sid] > now:
                     continue
                 entry = queue.popleft()
-                proc, receiver = runner._start(entry, slot)
-                runner._procs.append(proc)
+                receiver: Any
+                if reuse:
+                    key = entry.engine_group or entry.config_hash
+                    if st.group is not None and (st.group.key != key or not st.group.alive):
+                        drop(st)
+                    if st.group is None:
+                        st.group = GroupProcess(runner, key, visible_devices=slot.visible_devices)
+                        runner.processes.append(st.group.proc)
+                    request = runner.start(entry, slot=slot, pid=st.group.proc.pid)
+                    proc, receiver = st.group.proc, st.group.conn
+                    if not st.group.send(request):
+                        receiver = None  # it died before the run: _step reports the crash
+                else:
+                    request = runner.start(entry, slot=slot)
+                    proc, receiver = spawn_run(runner, request)
+                    runner.processes.append(proc)
+                    runner.attach_pid(entry, proc.pid)
                 deadline = None if timeout is None else time.monotonic() + timeout
-                active.append(_Active(entry, slot, proc, receiver, deadline))
+                item = _Active(entry, slot, proc, receiver, deadline)
+                item.closed = receiver is None
+                active.append(item)
                 span = _Span(entry.run_id, entry.device, time.monotonic())
                 spans.append(span)
                 span_of[entry.run_id] = span
@@ -118,42 +175,65 @@ def run_per_gpu(runner: StudyRunner, todo: list[RunEntry]) -> None:
                 continue
             for item in _step(runner, active):
                 active.remove(item)
-                runner._procs.remove(item.proc)
-                item.receiver.close()
+                st = state[_slot_id(item.slot)]
                 span = span_of[item.entry.run_id]
                 span.end = time.monotonic()
-                outcome = (
-                    item.final
-                    if isinstance(item.final, RunError)
-                    else runner._conclude(item.proc, item.final)
-                )
+                if reuse:
+                    outcome, ended = _group_outcome(item)
+                    if ended:
+                        drop(st, graceful=False)
+                else:
+                    runner.processes.remove(item.proc)
+                    item.receiver.close()
+                    outcome = (
+                        item.final
+                        if isinstance(item.final, RunError)
+                        else conclude(item.proc, item.final)
+                    )
                 others = overlapping(span, spans)
                 item.entry.concurrent_runs = [
                     ConcurrentRun(run_id=o.run_id, device=o.device) for o in others
                 ]
                 if others and not isinstance(outcome, RunError):
                     outcome = _annotate(outcome, item.entry, others)
-                runner._record(item.entry, outcome)
-                runner._progress.advance()
-                sid = _slot_id(item.slot)
+                runner.record(item.entry, outcome)
+                runner.progress.advance()
                 if queue:
                     _, seconds = gap_before(
                         item.entry, queue[0], runner.manifest.execution.cycle_order, runner.gaps
                     )
-                    free_at[sid] = time.monotonic() + seconds
+                    free_at[_slot_id(item.slot)] = time.monotonic() + seconds
+        for st in state.values():
+            drop(st)
     finally:
         for item in active:
-            runner._stop(item.proc)
-            item.receiver.close()
-        runner._procs.clear()
+            stop_process(item.proc)
+            if item.receiver is not None:
+                item.receiver.close()
+            if item.proc in runner.processes:
+                runner.processes.remove(item.proc)
+        for st in state.values():
+            drop(st, graceful=False)
 
 
-def _step(runner: StudyRunner, active: list[_Active]) -> list[_Active]:
+def _group_outcome(item: _Active) -> tuple[Any, bool]:
+    """A reused engine's run outcome, and whether its process has ended (or must end)."""
+    final = item.final
+    if isinstance(final, RunError):  # timeout: _step stopped the process
+        return final, True
+    if final is None:  # crashed
+        item.proc.join(STOP_GRACE_S)
+        stop_process(item.proc)
+        return outcome_of(None, item.proc.exitcode), True
+    kind, payload = final
+    return outcome_of(final, None), bool(kind != "ok" and payload.get("fatal"))
+
+
+def _step(runner: StudyBookkeeping, active: list[_Active]) -> list[_Active]:
     """Relay messages for up to 0.2 s; the runs that have ended (final message, exit or
     timeout), with ``final`` set (a ``RunError`` for a timeout)."""
-    assert runner._progress is not None
     done: list[_Active] = []
-    open_ = [a.receiver for a in active if not a.closed]
+    open_ = [a.receiver for a in active if not a.closed and a.receiver is not None]
     ready = wait(open_, timeout=0.2) if open_ else []
     if not open_:
         time.sleep(0.05)
@@ -166,21 +246,20 @@ def _step(runner: StudyRunner, active: list[_Active]) -> list[_Active]:
                     item.closed = True
                     break
                 if kind == "progress":
-                    runner._progress.message(f"{item.entry.run_id}: {payload}")
+                    runner.progress.message(f"{item.entry.run_id}: {payload}")
+                elif kind == "ready":  # an engine group's process that started late
+                    continue
                 else:
                     item.final = (kind, payload)
         if item.final is not None:
             done.append(item)
         elif item.deadline is not None and time.monotonic() >= item.deadline:
-            runner._stop(item.proc)
-            timeout = runner.manifest.execution.experiment_timeout_seconds or 0
-            item.final = RunError(
-                type="TimeoutError",
-                message=f"the run exceeded experiment_timeout_seconds={timeout:g} and its "
-                "process was terminated",
-            )
+            stop_process(item.proc)
+            item.final = timeout_error(runner.manifest.execution.experiment_timeout_seconds)
             done.append(item)
-        elif not item.proc.is_alive() and (item.closed or not item.receiver.poll(0)):
+        elif not item.proc.is_alive() and (
+            item.closed or item.receiver is None or not item.receiver.poll(0)
+        ):
             done.append(item)  # ended without a final message: _conclude says how
     return done
 

@@ -1,7 +1,11 @@
-"""Runs a study: every config x cycle in a fresh spawned subprocess, checkpointed in a manifest.
+"""Runs a study: every config x cycle in spawned subprocesses, checkpointed in a manifest.
 
-Order (``execution.cycle_order``): ``sequential`` = all cycles of A, then B...; ``interleaved``
-= A B C, A B C; ``shuffled`` = each cycle in a random order drawn from ``shuffle_seed``.
+The plan (order, engine groups, gaps) is ``study.planning``; how runs are executed is a
+``StudyExecutor`` (``study.executors``): by default each engine group (runs whose engine-load
+fields are equal) shares one long-lived process that loads the engine once
+(``execution.reuse_engine``); with ``reuse_engine: false`` every run is a fresh process;
+``per_gpu`` and SLURM have their own executors. ``StudyRunner`` is the study's bookkeeping
+(manifest, lock, sessions, progress, results) that every executor works through.
 
 Gaps: before each run after the first of a session, ``cycle_gap_seconds`` when the run starts a
 new pass over the grid (its cycle differs from the previous run's, in interleaved/shuffled
@@ -20,9 +24,7 @@ interrupted, pending and stale ``running`` runs run again, in the same directory
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
 import os
-import random
 import re
 import signal
 import sys
@@ -37,10 +39,14 @@ from typing import IO, TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from llenergymeasure._version import __version__
-from llenergymeasure.config.hashing import measurement_config_hash
-from llenergymeasure.config.study import ExecutionConfig, StudyConfig
+from llenergymeasure.config.study import StudyConfig
 from llenergymeasure.exceptions import StudyError
 from llenergymeasure.results.models import ExperimentResult, StudyResult
+from llenergymeasure.study.executors import (
+    EngineReuseExecutor,
+    FreshProcessExecutor,
+    StudyExecutor,
+)
 from llenergymeasure.study.manifest import (
     RunEntry,
     RunError,
@@ -51,85 +57,46 @@ from llenergymeasure.study.manifest import (
     utc_now,
     write_manifest,
 )
-from llenergymeasure.study.progress import StudyProgress, countdown
-from llenergymeasure.study.worker import RunRequest, Worker, child_main, measure_worker
+from llenergymeasure.study.parallel import PerGpuExecutor
+from llenergymeasure.study.planning import (
+    BASELINE_CACHE_NAME,
+    gap_before,
+    plan_runs,
+    resolve_gaps,
+    resolve_reuse_engine,
+    run_order,
+)
+from llenergymeasure.study.processes import Outcome, stop_process
+from llenergymeasure.study.progress import StudyProgress
+from llenergymeasure.study.worker import (
+    ReusingMeasureWorker,
+    RunRequest,
+    Worker,
+    measure_worker,
+)
 
 if TYPE_CHECKING:
     from llenergymeasure.energy.devices import DeviceSlot
 
+__all__ = [
+    "BASELINE_CACHE_NAME",
+    "StudyRunner",
+    "gap_before",
+    "plan_runs",
+    "resolve_gaps",
+    "resume_study_dir",
+    "run_order",
+    "run_study_config",
+]
+
 DEFAULT_WORKER: Worker = measure_worker
-STOP_GRACE_S = 5.0  # after terminate(), how long a run's process gets before kill()
-BASELINE_CACHE_NAME = ".baseline_cache.json"
 LOCK_NAME = ".study.lock"
 
 ManifestWriter = Callable[[StudyManifest, Path], None]
 
 
-# --- planning ------------------------------------------------------------------------------
-
-
-def run_order(n_configs: int, execution: ExecutionConfig) -> list[tuple[int, int]]:
-    """``(config_index, cycle)`` pairs in execution order; cycles are 1-based."""
-    cycles = range(1, execution.n_cycles + 1)
-    configs = list(range(n_configs))
-    if execution.cycle_order == "sequential":
-        return [(i, c) for i in configs for c in cycles]
-    if execution.cycle_order == "interleaved":
-        return [(i, c) for c in cycles for i in configs]
-    rng = random.Random(execution.shuffle_seed)
-    order: list[tuple[int, int]] = []
-    for c in cycles:
-        perm = list(configs)
-        rng.shuffle(perm)
-        order.extend((i, c) for i in perm)
-    return order
-
-
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:80] or "study"
-
-
-def plan_runs(study: StudyConfig) -> list[RunEntry]:
-    """One pending ``RunEntry`` per config x cycle, in run order."""
-    from llenergymeasure.results.io import model_slug
-
-    hashes = [measurement_config_hash(c) for c in study.experiments]
-    runs: list[RunEntry] = []
-    for position, (i, cycle) in enumerate(run_order(len(study.experiments), study.execution), 1):
-        config = study.experiments[i]
-        runs.append(
-            RunEntry(
-                run_id=f"{position:03d}_{model_slug(config.model)}_{config.backend}_c{cycle}",
-                position=position,
-                config_index=i,
-                config_hash=hashes[i],
-                cycle=cycle,
-            )
-        )
-    return runs
-
-
-def resolve_gaps(execution: ExecutionConfig) -> tuple[float, float]:
-    """``(config_gap, cycle_gap)`` in seconds; ``None`` in the study -> user config defaults."""
-    config_gap, cycle_gap = execution.config_gap_seconds, execution.cycle_gap_seconds
-    if config_gap is None or cycle_gap is None:
-        from llenergymeasure.config.user_config import effective_settings
-
-        settings = effective_settings()
-        if config_gap is None:
-            config_gap = float(settings["execution.config_gap_seconds"].value)
-        if cycle_gap is None:
-            cycle_gap = float(settings["execution.cycle_gap_seconds"].value)
-    return float(config_gap), float(cycle_gap)
-
-
-def gap_before(
-    previous: RunEntry, upcoming: RunEntry, order: str, gaps: tuple[float, float]
-) -> tuple[str, float]:
-    """Which gap to wait before ``upcoming`` ran right after ``previous``: (label, seconds)."""
-    if order != "sequential" and upcoming.cycle != previous.cycle:
-        return "cycle gap", gaps[1]
-    return "config gap", gaps[0]
 
 
 # --- the study lock --------------------------------------------------------------------------
@@ -176,19 +143,6 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _describe_exit(code: int | None) -> str:
-    if code is None:
-        return "the run's process did not exit"
-    if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        oom = " (often the out-of-memory killer)" if -code == signal.SIGKILL else ""
-        return f"the run's process was killed by {name}{oom} before sending a result"
-    return f"the run's process exited with code {code} without sending a result"
-
-
 # --- the runner ------------------------------------------------------------------------------
 
 
@@ -213,7 +167,17 @@ class StudyRunner:
     ) -> None:
         self.study_dir = Path(study_dir)
         self.manifest = manifest
-        self.worker: Worker = worker if worker is not None else DEFAULT_WORKER
+        self.reuse_engine = (
+            resolve_reuse_engine(manifest.execution)
+            if manifest.execution.reuse_engine is None
+            else manifest.execution.reuse_engine
+        )
+        # a given worker serves both executors; the real one keeps its engine when reusing
+        self.worker: Worker = (
+            worker
+            if worker is not None
+            else (ReusingMeasureWorker() if self.reuse_engine else DEFAULT_WORKER)
+        )
         self.quiet = quiet
         self.sleep = sleep
         self.gaps = gaps if gaps is not None else resolve_gaps(manifest.execution)
@@ -224,10 +188,8 @@ class StudyRunner:
         self.detach = detach  # slurm: submit and return without waiting
         self.devices = devices  # per_gpu: the GPUs to use (None: every visible one)
         self.slurm_options = slurm_options or {}  # SlurmStudyExecutor keyword arguments
-        self._proc: Any = None
-        self._procs: list[Any] = []  # per_gpu: every running child
+        self.processes: list[Any] = []  # live child processes, stopped on Ctrl-C
         self._progress: StudyProgress | None = None
-        self._ctx = multiprocessing.get_context("spawn")
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -250,6 +212,8 @@ class StudyRunner:
         study_dir = unique_directory(Path(results_root), f"{_slug(study.name)}_{stamp}")
         source = str(Path(study.source_path).resolve()) if study.source_path else None
         now = utc_now()
+        reuse = resolve_reuse_engine(study.execution)
+        execution = study.execution.model_copy(update={"reuse_engine": reuse})
         manifest = StudyManifest(
             llem_version=__version__,
             study_name=study.name,
@@ -259,13 +223,13 @@ class StudyRunner:
             runner=runner,
             created_at=now,
             updated_at=now,
-            execution=study.execution,
+            execution=execution,
             experiments=study.experiments,
             skipped=study.skipped,
-            runs=plan_runs(study),
+            runs=plan_runs(study, reuse=reuse),
         )
         created = cls(study_dir, manifest, **kwargs)
-        created._save()
+        created.save()
         return created
 
     @classmethod
@@ -311,6 +275,22 @@ class StudyRunner:
             )
         return "slurm" if slurm else "local"
 
+    @property
+    def progress(self) -> StudyProgress:
+        """The study's progress display (set while the study runs)."""
+        assert self._progress is not None, "the study is not running"
+        return self._progress
+
+    @progress.setter
+    def progress(self, value: StudyProgress) -> None:
+        self._progress = value
+
+    def executor(self) -> StudyExecutor:
+        """How this study's local runs execute (SLURM is chosen in ``run``)."""
+        if self.manifest.execution.parallel == "per_gpu":
+            return PerGpuExecutor(reuse=self.reuse_engine)
+        return EngineReuseExecutor() if self.reuse_engine else FreshProcessExecutor()
+
     def _run_locked(self) -> StudyResult:
         if self.runner_kind() == "slurm":
             from llenergymeasure.runners.slurm import SlurmStudyExecutor, slurm_settings
@@ -322,7 +302,7 @@ class StudyRunner:
                 "--detach needs the slurm runner: a local study runs in this process",
                 hint="add --runner slurm, or drop --detach",
             )
-        self._load_completed()
+        self.load_completed()
         for entry in self.manifest.runs:
             if entry.status == "running":  # its study process died (we hold the lock now)
                 entry.status = "interrupted"
@@ -332,60 +312,33 @@ class StudyRunner:
                 )
         session = StudySession(pid=os.getpid(), started_at=utc_now())
         self.manifest.sessions.append(session)
-        self._save()
+        self.save()
         todo = [r for r in sorted(self.manifest.runs, key=lambda r: r.position)]
         todo = [r for r in todo if r.status != "completed"]
         done = len(self.manifest.runs) - len(todo)
         self._progress = StudyProgress(
             len(self.manifest.runs), done, quiet=self.quiet, stream=self.stream
         )
-        previous: RunEntry | None = None
         try:
-            if self.manifest.execution.parallel == "per_gpu":
-                from llenergymeasure.study.parallel import run_per_gpu
-
-                run_per_gpu(self, todo)
-                todo = []
-            for entry in todo:
-                if previous is not None:
-                    label, seconds = gap_before(
-                        previous, entry, self.manifest.execution.cycle_order, self.gaps
-                    )
-                    if seconds > 0:
-                        countdown(seconds, label=label, progress=self._progress, sleep=self.sleep)
-                self._execute(entry)
-                self._progress.advance()
-                previous = entry
+            self.executor().execute(self, todo)
         except KeyboardInterrupt:
             self._interrupted(session)
             raise
         finally:
-            if self._proc is not None:  # a bug in the runner itself: leave no orphan behind
-                self._stop(self._proc)
-                self._proc = None
-            for proc in self._procs:  # per_gpu children still running
-                self._stop(proc)
-            self._procs.clear()
+            for proc in self.processes:  # children an executor left behind: no orphans
+                stop_process(proc)
+            self.processes.clear()
             self._progress.close()
         session.finished_at = utc_now()
         session.outcome = "finished"
-        self._save()
-        return self._finish()
+        self.save()
+        return self.finish()
 
-    def _execute(self, entry: RunEntry) -> None:
-        assert self._progress is not None
-        proc, receiver = self._start(entry)
-        self._proc = proc  # stays set if we are interrupted, so the handler can stop it
-        try:
-            outcome = self._wait(entry, proc, receiver)
-        finally:
-            receiver.close()
-        self._proc = None
-        self._record(entry, outcome)
-
-    def _start(self, entry: RunEntry, slot: DeviceSlot | None = None) -> tuple[Any, Any]:
-        """Mark ``entry`` running and start its subprocess (pinned to ``slot``'s GPU)."""
-        assert self._progress is not None
+    # -- bookkeeping (the public surface executors use) ----------------------------------------
+    def start(
+        self, entry: RunEntry, *, slot: DeviceSlot | None = None, pid: int | None = None
+    ) -> RunRequest:
+        """Mark ``entry`` running (a new attempt, pinned to ``slot``'s GPU), save; its request."""
         config = self.manifest.experiments[entry.config_index]
         run_dir = self.study_dir / entry.run_id
         entry.status = "running"
@@ -394,7 +347,7 @@ class StudyRunner:
         entry.finished_at = None
         entry.result_path = None
         entry.error = None
-        entry.pid = None
+        entry.pid = pid
         entry.device = (slot.uuid or slot.label) if slot is not None else None
         entry.concurrent_runs = []
         runner = self.manifest.runner if self.manifest.runner != "slurm" else None
@@ -409,112 +362,35 @@ class StudyRunner:
             runner=runner,
             device=entry.device,
             visible_devices=slot.visible_devices if slot is not None else None,
+            reuse_engine=self.reuse_engine,
         )
         on = f" on {entry.device}" if entry.device else ""
-        self._progress.message(
+        self.progress.message(
             f"run {entry.position}/{len(self.manifest.runs)} {entry.run_id} "
             f"(config {entry.config_hash}, cycle {entry.cycle}){on}"
         )
-        receiver, sender = self._ctx.Pipe(duplex=False)
-        proc = self._ctx.Process(
-            target=child_main,
-            args=(self.worker, request, sender, os.getpid()),
-            name=f"llem-{entry.run_id}",
-        )
-        try:
-            proc.start()
-        except BaseException:
-            receiver.close()
-            raise
-        finally:
-            sender.close()
-        entry.pid = proc.pid
-        self._save()
-        return proc, receiver
+        self.save()
+        return request
 
-    def _record(self, entry: RunEntry, outcome: RunError | tuple[ExperimentResult, Path]) -> None:
+    def attach_pid(self, entry: RunEntry, pid: int | None) -> None:
+        """Record the process that runs ``entry``."""
+        entry.pid = pid
+        self.save()
+
+    def record(self, entry: RunEntry, outcome: Outcome) -> None:
         """Store a finished run's outcome in the manifest (and its result in memory)."""
-        assert self._progress is not None
         entry.finished_at = utc_now()
         if isinstance(outcome, RunError):
             entry.status = "failed"
             entry.error = outcome
-            self._progress.message(f"{entry.run_id} FAILED: {outcome.type}: {outcome.message}")
+            self.progress.message(f"{entry.run_id} FAILED: {outcome.type}: {outcome.message}")
         else:
             result, path = outcome
             self.results[entry.run_id] = result
             entry.status = "completed"
             entry.result_path = os.path.relpath(path, self.study_dir)
-            self._progress.message(f"{entry.run_id} completed")
-        self._save()
-
-    def _wait(
-        self, entry: RunEntry, proc: Any, receiver: Any
-    ) -> RunError | tuple[ExperimentResult, Path]:
-        """Relay progress until the run reports, dies or times out."""
-        assert self._progress is not None
-        timeout = self.manifest.execution.experiment_timeout_seconds
-        deadline = None if timeout is None else time.monotonic() + timeout
-        final: tuple[str, dict[str, Any]] | None = None
-        while True:
-            wait = 0.2
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    self._stop(proc)
-                    return RunError(
-                        type="TimeoutError",
-                        message=f"the run exceeded experiment_timeout_seconds={timeout:g} and "
-                        "its process was terminated",
-                    )
-                wait = min(wait, left)
-            if receiver.poll(wait):
-                try:
-                    kind, payload = receiver.recv()
-                except (EOFError, OSError):
-                    break  # the process ended without a final message
-                if kind == "progress":
-                    self._progress.message(f"{entry.run_id}: {payload}")
-                    continue
-                final = (kind, payload)
-                break
-            if not proc.is_alive() and not receiver.poll(0):
-                break
-        return self._conclude(proc, final)
-
-    def _conclude(
-        self, proc: Any, final: tuple[str, dict[str, Any]] | None
-    ) -> RunError | tuple[ExperimentResult, Path]:
-        """A run's outcome from its final message (None: it sent none) once it has ended."""
-        proc.join(STOP_GRACE_S)
-        if proc.is_alive():
-            self._stop(proc)
-        if final is None:
-            return RunError(type="WorkerCrashed", message=_describe_exit(proc.exitcode))
-        kind, payload = final
-        if kind != "ok":
-            return RunError(
-                type=str(payload.get("type", "Exception")),
-                message=str(payload.get("message", "")),
-                traceback=payload.get("traceback"),
-            )
-        path = Path(payload["result_path"])
-        try:
-            text = payload.get("result_json") or path.read_text(encoding="utf-8")
-            result = ExperimentResult.model_validate_json(text)
-        except (OSError, ValueError, ValidationError) as exc:
-            return RunError(type="InvalidResult", message=f"could not read {path}: {exc}")
-        return result, path
-
-    @staticmethod
-    def _stop(proc: Any) -> None:
-        """terminate(), then kill() if the process has not exited within the grace period."""
-        if proc.is_alive():
-            proc.terminate()
-            proc.join(STOP_GRACE_S)
-        if proc.is_alive():
-            proc.kill()
-            proc.join(STOP_GRACE_S)
+            self.progress.message(f"{entry.run_id} completed")
+        self.save()
 
     def _interrupted(self, session: StudySession) -> None:
         """Ctrl-C: stop the current run, mark it interrupted, leave a valid manifest."""
@@ -522,10 +398,8 @@ class StudyRunner:
         if threading.current_thread() is threading.main_thread():
             previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # no second interrupt here
         try:
-            if self._proc is not None:
-                self._stop(self._proc)
-            for proc in self._procs:
-                self._stop(proc)
+            for proc in self.processes:
+                stop_process(proc)
             now = utc_now()
             for entry in self.manifest.runs:
                 if entry.status == "running":
@@ -538,7 +412,7 @@ class StudyRunner:
                     )
             session.finished_at = now
             session.outcome = "interrupted"
-            self._save()
+            self.save()
             if self._progress is not None:
                 self._progress.message(
                     f"interrupted; continue with: llem run --resume {self.study_dir}"
@@ -547,7 +421,7 @@ class StudyRunner:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
 
-    def _load_completed(self) -> None:
+    def load_completed(self) -> None:
         """Read the results of runs completed earlier; a missing one is run again."""
         for entry in self.manifest.runs:
             if entry.status != "completed" or entry.run_id in self.results:
@@ -565,7 +439,7 @@ class StudyRunner:
                 entry.status = "pending"
                 entry.result_path = None
 
-    def _finish(self) -> StudyResult:
+    def finish(self) -> StudyResult:
         from llenergymeasure.study.summary import build_study_result, write_study_outputs
 
         result = build_study_result(
@@ -579,7 +453,7 @@ class StudyRunner:
             write_study_outputs(self.study_dir, result, self.manifest, self.results)
         return result
 
-    def _save(self) -> None:
+    def save(self) -> None:
         self.write(self.manifest, manifest_path(self.study_dir))
 
 

@@ -7,6 +7,14 @@ over the pipe: the result JSON itself when it is under ``PIPE_PAYLOAD_LIMIT`` by
 only its path (the file is the fallback for large payloads). Phase messages go over the same
 pipe as ``("progress", text)``.
 
+Engine reuse: ``group_child_main(worker, conn)`` serves a whole engine group in one process.
+It receives ``("run", request)`` messages, answers each like ``child_main`` does, and keeps
+serving until ``("stop", None)`` or the pipe closes. The worker object lives as long as the
+process, so ``ReusingMeasureWorker`` keeps its loaded engine between runs. A Python exception
+in one run is reported and the process goes on; a CUDA error, an out-of-memory error or a
+``BaseException`` (``is_fatal``) is reported with ``fatal: True`` and ends the process, so the
+group's next run starts on a fresh engine.
+
 Workers must be picklable top-level callables (functions, or instances of top-level classes).
 """
 
@@ -48,6 +56,7 @@ class RunRequest:
     runner: str | None = None  # `--runner` override (local, docker:<image>); None: resolve
     device: str | None = None  # per_gpu: the GPU this run is pinned to (UUID)
     visible_devices: str | None = None  # per_gpu: the child's CUDA_VISIBLE_DEVICES
+    reuse_engine: bool = False  # served by an engine group's process that keeps its engine
 
 
 class Worker(Protocol):
@@ -59,31 +68,18 @@ class Worker(Protocol):
 
 
 def measure_worker(request: RunRequest, progress: Callable[[str], None]) -> MeasuredExperiment:
-    """The real measurement: engine, energy backend and sensor from this machine.
+    """The real measurement of one run in a fresh process: engine, energy backend and sensor
+    from this machine, the engine unloaded afterwards.
 
     Uses the study's on-disk baseline cache so that only the first run pays the idle baseline.
     A backend whose runner is ``docker:<image>`` (``LLEM_RUNNER_<BACKEND>`` or the user config)
     runs in one ephemeral container instead, its result read back from the run directory.
     """
-    from llenergymeasure.energy.baseline import BaselineCache
-    from llenergymeasure.harness.measure import measure
-    from llenergymeasure.runners import RunnerSpec, resolve_runner
-
-    runner = (
-        RunnerSpec.parse(request.config.backend, request.runner, "--runner")
-        if request.runner is not None
-        else resolve_runner(request.config.backend)
-    )
-    if runner.kind == "docker" and runner.image:
-        return _measure_in_container(request, runner.image, progress)
-
-    cache = (
-        BaselineCache(path=request.baseline_cache_path)
-        if request.baseline_cache_path is not None
-        else None
-    )
-    measured: MeasuredExperiment = measure(request.config, progress=progress, baseline_cache=cache)
-    return measured
+    worker = ReusingMeasureWorker()
+    try:
+        return worker(request, progress)
+    finally:
+        worker.close()
 
 
 def _measure_in_container(
@@ -109,6 +105,113 @@ def _measure_in_container(
     return MeasuredExperiment(result=outcome.result, timeseries=timeseries)
 
 
+class ReusingMeasureWorker:
+    """The real measurement on an engine kept loaded across the runs of one engine group.
+
+    Lives in one group process; the first run loads the engine, the following runs (same
+    ``engine_load_key``) reuse it and call ``clear_run_state()`` before their window (when the
+    request says ``reuse_engine``; otherwise each run loads and unloads, as without reuse).
+    A backend that runs in docker (``runner: docker:<image>``) gets one container per run, as
+    without reuse. ``close()`` unloads the engine and closes the sensor.
+    """
+
+    def __init__(self) -> None:
+        self._orchestrator: Any = None
+        self._sensor: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}  # nothing loaded travels to a child
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__()  # type: ignore[misc]
+
+    def __call__(self, request: RunRequest, progress: Callable[[str], None]) -> MeasuredExperiment:
+        from llenergymeasure.energy.baseline import BaselineCache
+        from llenergymeasure.runners import RunnerSpec, resolve_runner
+
+        runner = (
+            RunnerSpec.parse(request.config.backend, request.runner, "--runner")
+            if request.runner is not None
+            else resolve_runner(request.config.backend)
+        )
+        if runner.kind == "docker" and runner.image:
+            return _measure_in_container(request, runner.image, progress)
+        if self._orchestrator is None:
+            orchestrator = self._open(request.config, request.reuse_engine)
+        else:  # a reused engine: a fresh energy backend and sampler for this run
+            from llenergymeasure.harness.orchestrator import energy_backend_for
+
+            orchestrator = self._orchestrator
+            orchestrator.energy_backend = energy_backend_for(orchestrator.settings, self._sensor)
+        orchestrator.progress = progress
+        orchestrator.baseline_cache = (
+            BaselineCache(path=request.baseline_cache_path)
+            if request.baseline_cache_path is not None
+            else orchestrator.baseline_cache
+        )
+        measured: MeasuredExperiment = orchestrator.run(request.config, run_id=request.run_id)
+        return measured
+
+    def _open(self, config: ExperimentConfig, keep_engine: bool) -> Any:
+        from llenergymeasure.energy.baseline import BaselineCache
+        from llenergymeasure.harness.orchestrator import (
+            ExperimentOrchestrator,
+            MeasurementSettings,
+            default_components,
+        )
+
+        settings = MeasurementSettings.from_user_config()
+        engine, energy, sensor = default_components(config, settings)
+        self._sensor = sensor
+        self._orchestrator = ExperimentOrchestrator(
+            engine=engine,
+            energy_backend=energy,
+            sensor=sensor,
+            settings=settings,
+            baseline_cache=BaselineCache(),
+            keep_engine_loaded=keep_engine,
+        )
+        return self._orchestrator
+
+    def close(self) -> None:
+        """Unload the kept engine and close the sensor (the group is done)."""
+        orchestrator, self._orchestrator = self._orchestrator, None
+        sensor, self._sensor = self._sensor, None
+        try:
+            if orchestrator is not None:
+                orchestrator.close()
+        finally:
+            if sensor is not None:
+                sensor.close()
+
+
+_FATAL_TYPE_NAMES = ("OutOfMemoryError", "CudaError", "AcceleratorError", "CUDAError")
+_FATAL_MESSAGES = (
+    "cuda error",
+    "out of memory",
+    "cublas_status",
+    "cudnn_status",
+    "device-side assert",
+    "illegal memory access",
+    "nccl error",
+)
+
+
+def is_fatal(exc: BaseException) -> bool:
+    """Whether ``exc`` leaves the process's engine or device unusable for further runs.
+
+    CUDA errors and out-of-memory errors (by exception type, anywhere in the MRO, or by
+    message) and anything that is not an ``Exception`` (``SystemExit``, ``KeyboardInterrupt``).
+    """
+    if not isinstance(exc, Exception):
+        return True
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if names & set(_FATAL_TYPE_NAMES) or isinstance(exc, MemoryError):
+        return True
+    text = str(exc).lower()
+    return any(marker in text for marker in _FATAL_MESSAGES)
+
+
 def short_traceback(exc: BaseException, frames: int = 6, max_chars: int = 4000) -> str:
     """The last ``frames`` frames of ``exc``'s traceback, capped at ``max_chars``."""
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-frames))
@@ -132,18 +235,9 @@ def _watch_parent(ppid: int) -> None:
             os._exit(70)
 
 
-def child_main(
-    worker: Worker, request: RunRequest, conn: Connection, parent_pid: int | None = None
-) -> None:
-    """Entry point of a run's subprocess: measure, save, report over ``conn``.
-
-    ``parent_pid`` is the study process; if it dies (even before this function starts) the
-    child exits rather than measuring for nobody. ``request.visible_devices`` (per_gpu) becomes
-    this process's ``CUDA_VISIBLE_DEVICES`` before anything initialises CUDA, so the run uses
-    and measures only its own GPU.
-    """
-    if request.visible_devices is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = request.visible_devices
+def _prepare_child(visible_devices: str | None, parent_pid: int | None) -> None:
+    if visible_devices is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = visible_devices
     # The study process decides what Ctrl-C means (it terminates this run); SIGTERM unwinds.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
@@ -151,6 +245,10 @@ def child_main(
     if os.getppid() != ppid:
         os._exit(70)
     threading.Thread(target=_watch_parent, args=(ppid,), daemon=True).start()
+
+
+def _measure_and_report(worker: Worker, request: RunRequest, conn: Connection) -> bool:
+    """Measure one run, save it, send its outcome; True when the process must not go on."""
 
     def progress(message: str) -> None:
         _send(conn, ("progress", message))
@@ -164,7 +262,9 @@ def child_main(
             "result_json": text if len(text.encode("utf-8")) <= PIPE_PAYLOAD_LIMIT else None,
         }
         _send(conn, ("ok", payload))
+        return False
     except BaseException as exc:
+        fatal = is_fatal(exc)
         _send(
             conn,
             (
@@ -173,8 +273,55 @@ def child_main(
                     "type": type(exc).__name__,
                     "message": str(exc) or repr(exc),
                     "traceback": short_traceback(exc),
+                    "fatal": fatal,
                 },
             ),
         )
+        return fatal
+
+
+def group_child_main(
+    worker: Worker,
+    conn: Connection,
+    parent_pid: int | None = None,
+    visible_devices: str | None = None,
+) -> None:
+    """Entry point of an engine group's process: say ``("ready", pid)``, then serve
+    ``("run", request)`` messages until ``("stop", None)``, the pipe closes, or a run fails
+    fatally (see the module docstring)."""
+    _prepare_child(visible_devices, parent_pid)
+    _send(conn, ("ready", os.getpid()))  # run timeouts count from here, not from the spawn
+    try:
+        while True:
+            try:
+                kind, request = conn.recv()
+            except (EOFError, OSError):
+                break
+            if kind != "run":
+                break
+            if _measure_and_report(worker, request, conn):
+                break
+    finally:
+        close = getattr(worker, "close", None)
+        try:
+            if callable(close):
+                close()
+        finally:
+            conn.close()
+
+
+def child_main(
+    worker: Worker, request: RunRequest, conn: Connection, parent_pid: int | None = None
+) -> None:
+    """Entry point of a run's subprocess: measure, save, report over ``conn``.
+
+    ``parent_pid`` is the study process; if it dies (even before this function starts) the
+    child exits rather than measuring for nobody. ``request.visible_devices`` (per_gpu) becomes
+    this process's ``CUDA_VISIBLE_DEVICES`` before anything initialises CUDA, so the run uses
+    and measures only its own GPU.
+    """
+    _prepare_child(request.visible_devices, parent_pid)
+    try:
+        _measure_and_report(worker, request, conn)
     finally:
         conn.close()

@@ -55,6 +55,8 @@ class FakeEngine:
         self.calls: list[tuple[str, int]] = []
         self.loaded = False
         self.unloaded = False
+        self.loads = 0
+        self.clears = 0
         self._tokenizer = FakeTokenizer()
 
     def version(self) -> str:
@@ -65,6 +67,7 @@ class FakeEngine:
 
     def load(self, config: ExperimentConfig) -> LoadInfo:
         self.loaded = True
+        self.loads += 1
         return LoadInfo(
             load_time_s=0.0,
             parameter_count=self.parameter_count,
@@ -118,6 +121,11 @@ class FakeEngine:
 
     def peak_memory_bytes(self) -> int | None:
         return None
+
+    def clear_run_state(self) -> list[str]:
+        self.clears += 1
+        self.calls.append(("clear_run_state", 0))
+        return ["fake: run state cleared"]
 
     def unload(self) -> None:
         self.unloaded = True

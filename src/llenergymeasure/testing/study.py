@@ -3,18 +3,23 @@
 ``fake_measure_worker`` drives the real orchestrator with ``FakeEngine``, a fake energy backend
 and (optionally) a fake GPU sensor, so results, timeseries and the shared baseline cache are
 real. ``ScriptedWorker`` makes chosen runs fail, crash, get killed, hang, or run slowly.
+``ReusingFakeWorker`` keeps one logging fake engine per process (engine reuse tests).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from llenergymeasure.config.models import ExperimentConfig
+from llenergymeasure.engines.base import LoadInfo, RequestRecord
 from llenergymeasure.study.worker import RunRequest
+from llenergymeasure.testing.engines import FakeEngine
 
 if TYPE_CHECKING:
     from llenergymeasure.harness.orchestrator import MeasuredExperiment
@@ -80,3 +85,101 @@ class ScriptedWorker:
         if self.sleep_s:
             time.sleep(self.sleep_s)
         return fake_measure_worker(request, progress, with_sensor=self.with_sensor)
+
+
+# --- engine reuse ----------------------------------------------------------------------------
+
+_GROUP_SESSION: dict[str, Any] = {}  # this process's kept orchestrator (one group per process)
+
+
+class LoggingFakeEngine(FakeEngine):
+    """A ``FakeEngine`` that appends what happens to it (load, clear_run_state, each generate
+    with its prompt texts, unload) as JSON lines to ``log_path``, with this process's pid."""
+
+    def __init__(self, log_path: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.log_path = log_path
+        self.run_id: str | None = None
+
+    def _log(self, event: str, **data: Any) -> None:
+        line = {"event": event, "pid": os.getpid(), "run_id": self.run_id, **data}
+        with open(self.log_path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(line) + "\n")
+
+    def load(self, config: ExperimentConfig) -> LoadInfo:
+        self._log("load")
+        return super().load(config)
+
+    def clear_run_state(self) -> list[str]:
+        self._log("clear_run_state")
+        return super().clear_run_state()
+
+    def generate(
+        self, prompts: Sequence[Any], config: ExperimentConfig, *, phase: str = "measurement"
+    ) -> list[RequestRecord]:
+        self._log("generate", phase=phase, texts=[p.text for p in prompts])
+        return super().generate(prompts, config, phase=phase)
+
+    def unload(self) -> None:
+        self._log("unload")
+        super().unload()
+
+
+@dataclass(frozen=True)
+class ReusingFakeWorker:
+    """Engine-reuse test worker: one kept ``LoggingFakeEngine`` per process, like
+    ``ReusingMeasureWorker`` keeps the real engine. Misbehaves by run position (1-based):
+    ``fail_at`` raises ``ValueError`` (the process goes on), ``fatal_at`` raises a CUDA
+    out-of-memory ``RuntimeError`` (the process ends), ``exit_at`` crashes (``os._exit``),
+    ``hang_at`` sleeps ``hang_s``."""
+
+    log_path: str
+    fail_at: frozenset[int] = field(default_factory=frozenset)
+    fatal_at: frozenset[int] = field(default_factory=frozenset)
+    exit_at: frozenset[int] = field(default_factory=frozenset)
+    hang_at: frozenset[int] = field(default_factory=frozenset)
+    hang_s: float = 60.0
+
+    def __call__(self, request: RunRequest, progress: Callable[[str], None]) -> MeasuredExperiment:
+        from llenergymeasure.energy.baseline import BaselineCache
+        from llenergymeasure.harness.orchestrator import (
+            ExperimentOrchestrator,
+            MeasurementSettings,
+        )
+        from llenergymeasure.testing.energy import FakeEnergyBackend
+
+        position = request.position
+        if position in self.exit_at:
+            os._exit(3)
+        if position in self.hang_at:
+            time.sleep(self.hang_s)
+        orchestrator = _GROUP_SESSION.get("orchestrator")
+        if orchestrator is None:
+            engine = LoggingFakeEngine(
+                self.log_path,
+                output_tokens=request.config.max_new_tokens,
+                seconds_per_token=0.0002,
+            )
+            orchestrator = ExperimentOrchestrator(
+                engine=engine,
+                energy_backend=FakeEnergyBackend(total_energy_j=10.0 * request.config.n),
+                settings=MeasurementSettings(sampling_interval_ms=10),
+                baseline_cache=BaselineCache(),
+                keep_engine_loaded=request.reuse_engine,
+            )
+            _GROUP_SESSION["orchestrator"] = orchestrator
+            _GROUP_SESSION["engine"] = engine
+        _GROUP_SESSION["engine"].run_id = request.run_id
+        orchestrator.progress = progress
+        if position in self.fail_at:
+            raise ValueError(f"scripted failure in run {position}")
+        if position in self.fatal_at:
+            raise RuntimeError("CUDA error: out of memory (scripted)")
+        measured: MeasuredExperiment = orchestrator.run(request.config, run_id=request.run_id)
+        return measured
+
+    def close(self) -> None:
+        orchestrator = _GROUP_SESSION.pop("orchestrator", None)
+        _GROUP_SESSION.pop("engine", None)
+        if orchestrator is not None:
+            orchestrator.close()

@@ -1,0 +1,147 @@
+"""A study's plan: run order, engine groups, gaps (pure functions, no processes).
+
+Order (``execution.cycle_order``): ``sequential`` = all cycles of A, then B...; ``interleaved``
+= A B C, A B C; ``shuffled`` = each cycle in a random order drawn from ``shuffle_seed``.
+
+Engine groups (``execution.reuse_engine``, default on): runs whose configs have the same
+``engine_load_key`` share one loaded engine. The groups run one after another, in the order in
+which each first appears in the cycle order; within a group the cycle order applies as it is.
+The manifest's positions (and run ids) are this order.
+
+Gaps: before each run after the first of a session, ``cycle_gap_seconds`` when the run starts a
+new pass over the grid (its cycle differs from the previous run's, in interleaved/shuffled
+order) and ``config_gap_seconds`` otherwise. ``None`` gaps come from the user config.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from llenergymeasure.config.catalogue import engine_load_key
+from llenergymeasure.config.hashing import measurement_config_hash
+from llenergymeasure.config.models import ExperimentConfig
+from llenergymeasure.config.study import ExecutionConfig, StudyConfig
+from llenergymeasure.study.manifest import RunEntry
+
+__all__ = [
+    "BASELINE_CACHE_NAME",
+    "EngineGroup",
+    "engine_groups",
+    "gap_before",
+    "plan_runs",
+    "resolve_gaps",
+    "resolve_reuse_engine",
+    "run_order",
+]
+
+BASELINE_CACHE_NAME = ".baseline_cache.json"
+
+
+def run_order(n_configs: int, execution: ExecutionConfig) -> list[tuple[int, int]]:
+    """``(config_index, cycle)`` pairs in cycle order (engine groups ignored); 1-based cycles."""
+    cycles = range(1, execution.n_cycles + 1)
+    configs = list(range(n_configs))
+    if execution.cycle_order == "sequential":
+        return [(i, c) for i in configs for c in cycles]
+    if execution.cycle_order == "interleaved":
+        return [(i, c) for c in cycles for i in configs]
+    rng = random.Random(execution.shuffle_seed)
+    order: list[tuple[int, int]] = []
+    for c in cycles:
+        perm = list(configs)
+        rng.shuffle(perm)
+        order.extend((i, c) for i in perm)
+    return order
+
+
+def grouped_order(
+    experiments: Sequence[ExperimentConfig], execution: ExecutionConfig, reuse: bool
+) -> list[tuple[int, int]]:
+    """``run_order``, then (with ``reuse``) stably regrouped by engine-load key."""
+    order = run_order(len(experiments), execution)
+    if not reuse:
+        return order
+    keys = [engine_load_key(c) for c in experiments]
+    first: dict[str, int] = {}
+    for position, (i, _) in enumerate(order):
+        first.setdefault(keys[i], position)
+    return sorted(order, key=lambda pair: first[keys[pair[0]]])  # sorted() is stable
+
+
+def resolve_reuse_engine(execution: ExecutionConfig) -> bool:
+    """``execution.reuse_engine``, or the user config's when the study leaves it unset."""
+    if execution.reuse_engine is not None:
+        return execution.reuse_engine
+    from llenergymeasure.config.user_config import effective_settings
+
+    return bool(effective_settings()["execution.reuse_engine"].value)
+
+
+def plan_runs(study: StudyConfig, *, reuse: bool | None = None) -> list[RunEntry]:
+    """One pending ``RunEntry`` per config x cycle, in run order (see the module docstring)."""
+    from llenergymeasure.results.io import model_slug
+
+    if reuse is None:
+        reuse = resolve_reuse_engine(study.execution)
+    hashes = [measurement_config_hash(c) for c in study.experiments]
+    keys = [engine_load_key(c) for c in study.experiments]
+    runs: list[RunEntry] = []
+    order = grouped_order(study.experiments, study.execution, reuse)
+    for position, (i, cycle) in enumerate(order, 1):
+        config = study.experiments[i]
+        runs.append(
+            RunEntry(
+                run_id=f"{position:03d}_{model_slug(config.model)}_{config.backend}_c{cycle}",
+                position=position,
+                config_index=i,
+                config_hash=hashes[i],
+                cycle=cycle,
+                engine_group=keys[i],
+            )
+        )
+    return runs
+
+
+@dataclass(frozen=True)
+class EngineGroup:
+    """Consecutive runs that share one loaded engine."""
+
+    key: str
+    runs: list[RunEntry]
+
+
+def engine_groups(runs: Sequence[RunEntry]) -> list[EngineGroup]:
+    """``runs`` (in order) cut into groups of consecutive runs with the same engine key."""
+    groups: list[EngineGroup] = []
+    for entry in runs:
+        key = entry.engine_group or entry.config_hash
+        if groups and groups[-1].key == key:
+            groups[-1].runs.append(entry)
+        else:
+            groups.append(EngineGroup(key, [entry]))
+    return groups
+
+
+def resolve_gaps(execution: ExecutionConfig) -> tuple[float, float]:
+    """``(config_gap, cycle_gap)`` in seconds; ``None`` in the study -> user config defaults."""
+    config_gap, cycle_gap = execution.config_gap_seconds, execution.cycle_gap_seconds
+    if config_gap is None or cycle_gap is None:
+        from llenergymeasure.config.user_config import effective_settings
+
+        settings = effective_settings()
+        if config_gap is None:
+            config_gap = float(settings["execution.config_gap_seconds"].value)
+        if cycle_gap is None:
+            cycle_gap = float(settings["execution.cycle_gap_seconds"].value)
+    return float(config_gap), float(cycle_gap)
+
+
+def gap_before(
+    previous: RunEntry, upcoming: RunEntry, order: str, gaps: tuple[float, float]
+) -> tuple[str, float]:
+    """Which gap to wait before ``upcoming`` ran right after ``previous``: (label, seconds)."""
+    if order != "sequential" and upcoming.cycle != previous.cycle:
+        return "cycle gap", gaps[1]
+    return "config gap", gaps[0]
