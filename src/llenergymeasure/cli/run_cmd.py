@@ -8,6 +8,7 @@ from typing import Any
 
 import typer
 
+from llenergymeasure.config.catalogue import ENGINES
 from llenergymeasure.config.models import ExperimentConfig
 from llenergymeasure.config.study import StudyConfig
 from llenergymeasure.exceptions import ConfigError
@@ -124,8 +125,11 @@ def resolve(opts: RunOptions) -> ResolvedRun:
     lines = {k: v for k, v in lines.items() if not _overridden(k, overrides)}
     merged = apply_default_backend(deep_merge(data, overrides))
     if "backend" in overrides and overrides["backend"] != data.get("backend"):
-        for section in ("pytorch", "vllm", "tensorrt"):
-            if section != overrides["backend"] and section not in overrides:
+        backend = overrides["backend"]
+        own = ENGINES[backend].config_section if backend in ENGINES else None
+        sections = {spec.config_section for spec in ENGINES.values() if spec.config_section}
+        for section in sections:
+            if section != own and section not in overrides:
                 merged.pop(section, None)
     _check_batch_size_backend(merged, opts)
     return ResolvedRun(

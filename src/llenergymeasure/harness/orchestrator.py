@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from llenergymeasure._version import __version__
+from llenergymeasure.config.catalogue import run_concurrency
 from llenergymeasure.config.hashing import measurement_config_hash
 from llenergymeasure.config.models import ExperimentConfig, SyntheticDatasetConfig
 from llenergymeasure.energy.base import EnergyBackend, EnergyMeasurement
@@ -137,17 +138,9 @@ class ExperimentOrchestrator:
         """Estimated weights + KV cache vs free memory of the first GPU (when both are known)."""
         if self.sensor is None or self.sensor.device_count() == 0:
             return []
-        from llenergymeasure.harness.vram import estimate_vram, weight_precision
+        from llenergymeasure.harness.vram import estimate_config_vram
 
-        batch = config.pytorch.batch_size if config.pytorch and config.pytorch.batch_size else 1
-        seq = (
-            config.dataset.input_len + config.dataset.output_len
-            if isinstance(config.dataset, SyntheticDatasetConfig)
-            else 512 + config.max_new_tokens
-        )
-        estimate = estimate_vram(
-            config.model, weight_precision(config), batch_size=batch, seq_len=seq
-        )
+        estimate = estimate_config_vram(config)
         info = self.sensor.device_info(0)
         used = self.sensor.read(0).memory_used_bytes
         if estimate is None or info.total_memory_bytes is None or used is None:
@@ -321,7 +314,7 @@ class ExperimentOrchestrator:
         self, config: ExperimentConfig, prompts: Sequence[Any], sampler: EnergySampler | None
     ) -> WarmupResult:
         wc = config.warmup
-        batch = config.pytorch.batch_size if config.pytorch and config.pytorch.batch_size else 1
+        batch = run_concurrency(config)
         warm_prompts = list(prompts[: max(1, min(batch, len(prompts)))])
         runs = wc.max_prompts if wc.convergence_detection else wc.n_warmup
         notes: list[str] = []

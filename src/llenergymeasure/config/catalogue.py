@@ -1,0 +1,261 @@
+"""The engine catalogue: one record per inference engine, read by everything that names engines.
+
+Validation (precisions, decoding strategies, which config section belongs to which engine), the
+engine factory, the CLI (``--backend`` choices, ``llem config``, ``--version``), the runners
+(isolation, docker shm), the VRAM preview and pre-flight, and engine reuse across a study
+(load-time vs per-run fields) all read this module. Adding an engine = one engine module, its
+config section, and one ``EngineSpec`` here.
+
+This module sits on the config floor: it imports no engine. The engine class is named by a
+dotted path (``"llenergymeasure.engines.vllm:VLLMBackend"``) that the factory imports lazily.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from llenergymeasure.config.models import ExperimentConfig
+
+__all__ = [
+    "ENGINES",
+    "EngineSpec",
+    "engine_load_fields",
+    "engine_load_key",
+    "engine_names",
+    "engine_spec",
+    "register_engine",
+    "run_concurrency",
+]
+
+#: Every section field of the engine is load-time (vLLM and TensorRT-LLM build their engine
+#: from all of them).
+ALL_SECTION_FIELDS = "*"
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """What llem knows about one inference engine, without importing it.
+
+    - ``engine_class``: ``"package.module:ClassName"``, imported only when the engine is built.
+    - ``import_module`` / ``distribution``: the module whose presence means "installed", and the
+      distribution whose metadata gives its version.
+    - ``extra``: the ``llenergymeasure[<extra>]`` that installs it.
+    - ``config_section``: the ``ExperimentConfig`` attribute holding its settings (None: none).
+    - ``isolated``: cannot share a process/environment with another isolated engine (separate
+      CUDA runtimes and pinned torch versions).
+    - ``needs_shm``: needs a large ``/dev/shm`` in a container (worker processes).
+    - ``load_fields``: top-level dotted config fields that change the loaded engine.
+    - ``section_load_fields``: fields of ``config_section`` that change the loaded engine, or
+      ``ALL_SECTION_FIELDS``. Everything else (batch size, decoder sampling settings, n,
+      max_new_tokens, dataset, warmup, seed, baseline...) is per-run.
+    - ``concurrency_field`` / ``default_concurrency``: the section field that caps how many
+      requests run at once, and what None in it means.
+    """
+
+    name: str
+    engine_class: str
+    import_module: str
+    distribution: str
+    extra: str
+    precisions: tuple[str, ...]
+    decoding_strategies: tuple[str, ...]
+    config_section: str | None
+    isolated: bool = False
+    needs_shm: bool = False
+    load_fields: tuple[str, ...] = ("model", "precision")
+    section_load_fields: tuple[str, ...] | str = ()
+    concurrency_field: str | None = None
+    default_concurrency: int = 1
+
+    @property
+    def install_hint(self) -> str:
+        """The pip command that installs this engine."""
+        return f'pip install "llenergymeasure[{self.extra}]"'
+
+
+_BUILTIN_ENGINES: tuple[EngineSpec, ...] = (
+    EngineSpec(
+        name="pytorch",
+        engine_class="llenergymeasure.engines.pytorch:PyTorchBackend",
+        import_module="transformers",
+        distribution="transformers",
+        extra="pytorch",
+        precisions=("fp32", "fp16", "bf16"),
+        decoding_strategies=("greedy", "sampling", "beam"),
+        config_section="pytorch",
+        # passthrough_kwargs are mostly from_pretrained arguments (and torch_compile_mode);
+        # all of them count as load-time, which can only prevent a reuse, never allow a wrong one.
+        load_fields=(
+            "model",
+            "precision",
+            "lora",
+            "decoder.speculative_decoding",
+            "decoder.draft_model",
+            "passthrough_kwargs",
+        ),
+        section_load_fields=(
+            "attn_implementation",
+            "load_in_4bit",
+            "load_in_8bit",
+            "torch_compile",
+            "num_processes",
+        ),
+        concurrency_field="batch_size",
+        default_concurrency=1,
+    ),
+    EngineSpec(
+        name="vllm",
+        engine_class="llenergymeasure.engines.vllm:VLLMBackend",
+        import_module="vllm",
+        distribution="vllm",
+        extra="vllm",
+        precisions=("fp16", "bf16", "int8", "int4"),
+        decoding_strategies=("greedy", "sampling", "beam"),
+        config_section="vllm",
+        isolated=True,
+        needs_shm=True,
+        load_fields=(
+            "model",
+            "precision",
+            "random_seed",  # LLM(seed=...) is an engine argument
+            "decoder.speculative_decoding",
+            "decoder.draft_model",
+            "passthrough_kwargs",
+        ),
+        section_load_fields=ALL_SECTION_FIELDS,
+        concurrency_field="max_num_seqs",
+        default_concurrency=256,  # vLLM's documented default (see engines.vllm.VLLM_DEFAULTS)
+    ),
+    EngineSpec(
+        name="tensorrt",
+        engine_class="llenergymeasure.engines.tensorrt:TensorRTBackend",
+        import_module="tensorrt_llm",
+        distribution="tensorrt-llm",
+        extra="tensorrt",
+        precisions=("fp16", "int8", "fp8", "int4"),  # fp32/bf16 engines not supported
+        decoding_strategies=("greedy", "sampling"),  # no beam search
+        config_section="tensorrt",
+        isolated=True,
+        needs_shm=True,
+        load_fields=("model", "precision", "passthrough_kwargs"),
+        section_load_fields=ALL_SECTION_FIELDS,
+        concurrency_field="max_batch_size",
+        default_concurrency=2048,  # BuildConfig default (see engines.tensorrt.TRT_DEFAULTS)
+    ),
+)
+
+_REGISTRY: dict[str, EngineSpec] = {spec.name: spec for spec in _BUILTIN_ENGINES}
+
+#: name -> EngineSpec, in canonical order (built-in engines first, then registered ones).
+#: A read-only live view: ``register_engine`` additions show up here.
+ENGINES: Mapping[str, EngineSpec] = _REGISTRY
+
+
+def engine_names() -> tuple[str, ...]:
+    """Names of every known engine, in canonical order."""
+    return tuple(_REGISTRY)
+
+
+def engine_spec(name: str) -> EngineSpec:
+    """The record of engine ``name``; KeyError naming the known engines if there is none."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown engine {name!r}; known engines: {', '.join(_REGISTRY)}") from None
+
+
+class _Registration:
+    """Returned by ``register_engine``: ``undo()`` it, or use it as a context manager."""
+
+    def __init__(self, spec: EngineSpec, previous: EngineSpec | None) -> None:
+        self.spec = spec
+        self._previous = previous
+
+    def undo(self) -> None:
+        """Remove the registered engine (restoring the record it replaced, if any)."""
+        if self._previous is None:
+            _REGISTRY.pop(self.spec.name, None)
+        else:
+            _REGISTRY[self.spec.name] = self._previous
+
+    def __enter__(self) -> EngineSpec:
+        return self.spec
+
+    def __exit__(self, *exc: object) -> None:
+        self.undo()
+
+
+def register_engine(spec: EngineSpec) -> _Registration:
+    """Add (or replace) an engine record, for plugins and tests.
+
+    Returns a registration to ``undo()``, also usable as ``with register_engine(spec): ...``.
+    """
+    previous = _REGISTRY.get(spec.name)
+    _REGISTRY[spec.name] = spec
+    return _Registration(spec, previous)
+
+
+def _get(config: Any, dotted: str) -> Any:
+    value = config
+    for part in dotted.split("."):
+        value = getattr(value, part, None)
+        if value is None:
+            return None
+    return value
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json", exclude_none=True)
+    return value
+
+
+def engine_load_fields(config: Any) -> dict[str, Any]:
+    """The load-time view of ``config``: every field that changes the loaded engine.
+
+    Keys are dotted field names; unset (None) fields are left out, so a missing engine section
+    and one with only defaults give the same view. Two configs with equal views can share one
+    loaded engine.
+    """
+    spec = engine_spec(config.backend)
+    view: dict[str, Any] = {"backend": spec.name}
+    for name in spec.load_fields:
+        value = _get(config, name)
+        if value is not None and value != {}:
+            view[name] = _plain(value)
+    section = getattr(config, spec.config_section, None) if spec.config_section else None
+    if section is not None:
+        dumped = section.model_dump(mode="json", exclude_none=True)
+        wanted = spec.section_load_fields
+        for key, value in dumped.items():
+            if wanted == ALL_SECTION_FIELDS or key in wanted:
+                view[f"{spec.config_section}.{key}"] = value
+    return view
+
+
+def engine_load_key(config: ExperimentConfig) -> str:
+    """16-hex SHA-256 of ``engine_load_fields(config)``: equal for configs that can share one
+    loaded engine."""
+    canonical = json.dumps(engine_load_fields(config), sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def run_concurrency(config: Any) -> int:
+    """How many requests the engine runs at once for ``config`` (None resolved).
+
+    PyTorch: ``pytorch.batch_size`` (None -> 1); vLLM: ``vllm.max_num_seqs`` (None -> vLLM's
+    default 256); TensorRT-LLM: ``tensorrt.max_batch_size`` (None -> BuildConfig's 2048).
+    The one place that says what None means here: used by the VRAM preview, pre-flight and
+    warmup.
+    """
+    spec = engine_spec(config.backend)
+    if spec.config_section and spec.concurrency_field:
+        value = _get(config, f"{spec.config_section}.{spec.concurrency_field}")
+        if value is not None:
+            return int(value)
+    return spec.default_concurrency
