@@ -43,6 +43,7 @@ from pathlib import Path
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
+from llenergymeasure.config.models import TENSORRT_PRECISION_QUANT
 from llenergymeasure.engines.base import LoadInfo, RequestRecord
 from llenergymeasure.exceptions import BackendError
 
@@ -93,12 +94,6 @@ QUANT_ALGOS: dict[str, str] = {
     "int4_awq": "W4A16_AWQ",
     "fp8": "FP8",
 }
-_PRECISION_QUANT: dict[str, str | None] = {
-    "fp16": None,
-    "int8": "int8_sq",
-    "int4": "int4_awq",
-    "fp8": "fp8",
-}
 
 
 def resolve_quantization(config: ExperimentConfig) -> str | None:
@@ -106,7 +101,7 @@ def resolve_quantization(config: ExperimentConfig) -> str | None:
     t = config.tensorrt
     if t is not None and t.quantization is not None:
         return t.quantization
-    return _PRECISION_QUANT.get(config.precision)
+    return TENSORRT_PRECISION_QUANT.get(config.precision)
 
 
 def _trt_setting(config: ExperimentConfig, name: str) -> Any:
@@ -194,37 +189,14 @@ class TensorRTBackend:
 
     # ─── Pre-flight ─────────────────────────────────────────────────────────
     def preflight(self, config: ExperimentConfig) -> list[str]:
-        """Every problem that would stop ``config`` from running; imports and builds nothing."""
+        """What on this machine would stop ``config`` from running: TensorRT-LLM installed and
+        a given ``engine_path`` present. Static config rules (precision, quantization, beam,
+        LoRA, draft models) are the config model's; imports and builds nothing."""
         if importlib.util.find_spec("tensorrt_llm") is None:
             return [f"tensorrt engine is not installed: {INSTALL_HINT}"]
         problems: list[str] = []
         self._config = config
-        if config.precision not in _PRECISION_QUANT:
-            problems.append(
-                f"tensorrt engine does not support precision={config.precision!r} "
-                f"(valid: {sorted(_PRECISION_QUANT)}; fp32 and bf16 engines are not supported)"
-            )
         t = config.tensorrt
-        if t is not None and t.quantization is not None:
-            implied = _PRECISION_QUANT.get(config.precision)
-            if implied != t.quantization:
-                want = next(p for p, q in _PRECISION_QUANT.items() if q == t.quantization)
-                problems.append(
-                    f"tensorrt.quantization={t.quantization} needs precision: {want} "
-                    f"(got precision: {config.precision})"
-                )
-        if config.decoder.decoding_strategy == "beam":
-            problems.append("tensorrt engine does not support decoding_strategy='beam'")
-        if config.decoder.speculative_decoding:
-            problems.append(
-                "decoder.speculative_decoding (draft model) is not supported with the tensorrt "
-                "engine in llem"
-            )
-        if config.lora is not None:
-            problems.append(
-                "lora: is not supported with backend tensorrt: merge the adapter with peft "
-                "(merge_and_unload) and set model: to the merged folder"
-            )
         if t is not None and t.engine_path is not None:
             path = Path(t.engine_path).expanduser()
             if not (path / "config.json").is_file():

@@ -100,8 +100,6 @@ _ENGINE_CONFIG_PATHS: dict[str, tuple[str, str]] = {
 }
 
 _PRECISION_TO_DTYPE = {"fp16": "float16", "bf16": "bfloat16", "int8": "float16", "int4": "float16"}
-#: Quantization methods that make precision int4 / int8 possible with vLLM.
-QUANT_FOR_PRECISION: dict[str, tuple[str, ...]] = {"int4": ("awq", "gptq"), "int8": ("gptq",)}
 
 # passthrough_kwargs keys that have a config field of their own.
 _CONFLICTING_KEYS = {
@@ -264,25 +262,13 @@ class VLLMBackend:
 
     # ─── Pre-flight ─────────────────────────────────────────────────────────
     def preflight(self, config: ExperimentConfig) -> list[str]:
-        """Every problem that would stop ``config`` from running; imports and loads nothing."""
+        """What on this machine would stop ``config`` from running: vLLM installed, model and
+        adapter files present, passthrough keys that clash with config fields. Static config
+        rules (precision, quantization, LoRA, beam) are the config model's; loads nothing."""
         if importlib.util.find_spec("vllm") is None:
             return [f"vllm engine is not installed: {INSTALL_HINT}"]
         problems: list[str] = []
         self._config = config
-        v = config.vllm
-        quant = v.quantization if v is not None else None
-        if config.precision not in _PRECISION_TO_DTYPE:
-            problems.append(
-                f"vllm engine does not support precision={config.precision!r}; "
-                f"valid: {sorted(_PRECISION_TO_DTYPE)}"
-            )
-        elif config.precision in QUANT_FOR_PRECISION:
-            allowed = QUANT_FOR_PRECISION[config.precision]
-            if quant not in allowed:
-                problems.append(
-                    f"precision={config.precision} with vllm needs a pre-quantized checkpoint and "
-                    f"vllm.quantization set to one of {list(allowed)} (got {quant!r})"
-                )
         for key in config.passthrough_kwargs or {}:
             if key in _CONFLICTING_KEYS:
                 problems.append(
@@ -291,21 +277,9 @@ class VLLMBackend:
                 )
         problems.extend(self._check_model(config.model, "model"))
         dec = config.decoder
-        if dec.decoding_strategy == "beam" and dec.speculative_decoding:
-            problems.append(
-                "decoder.speculative_decoding cannot be combined with beam search in vllm"
-            )
         if dec.speculative_decoding and dec.draft_model:
             problems.extend(self._check_model(dec.draft_model, "decoder.draft_model"))
         if config.lora is not None:
-            if not (v is not None and v.enable_lora):
-                problems.append("lora: with backend vllm requires vllm.enable_lora: true")
-            if config.lora.merge_weights:
-                problems.append(
-                    "lora.merge_weights=true is not possible with vllm (adapters are applied "
-                    "unmerged through LoRARequest); merge with peft and set model: to the merged "
-                    "folder, or set merge_weights: false"
-                )
             path = config.lora.adapter_path
             if path is not None and not Path(path).expanduser().is_dir():
                 problems.append(f"lora.adapter_path {path!r} is not a directory")
