@@ -41,9 +41,6 @@ How a run works (``VLLMBackend.generate``):
 
 from __future__ import annotations
 
-import contextlib
-import gc
-import importlib.util
 import json
 import struct
 from collections.abc import Sequence
@@ -52,6 +49,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from llenergymeasure.engines.base import LoadInfo, RequestRecord
+from llenergymeasure.engines.offline import OfflineLLMEngine, RequestTiming
 from llenergymeasure.exceptions import BackendError
 
 if TYPE_CHECKING:
@@ -233,42 +231,23 @@ def _count_safetensors_params(folder: Path) -> int:
     return total
 
 
-class VLLMBackend:
+class VLLMBackend(OfflineLLMEngine):
     """Inference through vLLM's offline ``LLM`` engine."""
 
     name = "vllm"
+    display_name = "vllm"
 
     def __init__(self) -> None:
-        self._llm: Any = None
-        self._tokenizer: Any = None
-        self._config: ExperimentConfig | None = None
+        super().__init__()
         self._engine_args: dict[str, Any] = {}
         self._model_source: str | None = None
-        self._notes: list[str] = []
         self._lora_request: Any = None
-        self.last_phase: str | None = None
-
-    # ─── Introspection ──────────────────────────────────────────────────────
-    def version(self) -> str:
-        """Installed vLLM version ("not installed" when missing)."""
-        from llenergymeasure.engines.registry import module_version
-
-        return module_version("vllm", "vllm")
-
-    @property
-    def tokenizer(self) -> Any:
-        """vLLM's tokenizer (``LLM.get_tokenizer()``); None before ``load``."""
-        return self._tokenizer
 
     # ─── Pre-flight ─────────────────────────────────────────────────────────
-    def preflight(self, config: ExperimentConfig) -> list[str]:
-        """What on this machine would stop ``config`` from running: vLLM installed, model and
-        adapter files present, passthrough keys that clash with config fields. Static config
-        rules (precision, quantization, LoRA, beam) are the config model's; loads nothing."""
-        if importlib.util.find_spec("vllm") is None:
-            return [f"vllm engine is not installed: {INSTALL_HINT}"]
+    def _machine_problems(self, config: ExperimentConfig) -> list[str]:
+        """Model and adapter files present, passthrough keys that clash with config fields.
+        Static config rules (precision, quantization, LoRA, beam) are the config model's."""
         problems: list[str] = []
-        self._config = config
         for key in config.passthrough_kwargs or {}:
             if key in _CONFLICTING_KEYS:
                 problems.append(
@@ -304,15 +283,10 @@ class VLLMBackend:
         return []
 
     # ─── Load ───────────────────────────────────────────────────────────────
-    def load(self, config: ExperimentConfig) -> LoadInfo:
+    def _start(self, config: ExperimentConfig) -> LoadInfo:
         """Start ``vllm.LLM`` with the engine arguments of ``config``."""
-        problems = self.preflight(config)
-        if problems:
-            raise BackendError("vllm engine cannot run this config: " + "; ".join(problems))
         from vllm import LLM
 
-        self._config = config
-        self._notes = []
         self._model_source = _model_source(config.model)
         self._engine_args = build_engine_args(config, self._model_source)
         t0 = perf_counter()
@@ -459,73 +433,34 @@ class VLLMBackend:
             kw.update(ignore_eos=True, min_tokens=max_tokens)
         return SamplingParams(**kw)
 
-    def generate(
-        self,
-        prompts: Sequence[Prompt],
-        config: ExperimentConfig,
-        *,
-        phase: str = "measurement",
+    def _generate(
+        self, prompts: Sequence[Prompt], config: ExperimentConfig, limits: list[int]
     ) -> list[RequestRecord]:
-        """Run every prompt; one record per prompt, in prompt order."""
-        if self._llm is None:
-            raise BackendError("vllm engine: generate() called before load()")
-        self.last_phase = phase
-        if not prompts:
-            return []
-        default_max = int(config.effective_max_new_tokens)
-        limits = [default_max if p.max_new_tokens is None else p.max_new_tokens for p in prompts]
         if config.decoder.decoding_strategy == "beam":
             return self._generate_beam(prompts, config, limits)
-        params = [self._sampling_params(config, n) for n in limits]
-        lora = [self._lora_request] * len(prompts) if self._lora_request is not None else None
-        t0 = perf_counter()
-        try:
-            outputs = self._llm.generate(
-                [p.text for p in prompts], params, use_tqdm=False, lora_request=lora
-            )
-        except Exception as e:
-            raise BackendError(f"vllm generation failed: {type(e).__name__}: {e}") from e
-        wall = perf_counter() - t0
-        records: list[RequestRecord] = []
-        missing = 0
-        ttft: float | None
-        latency: float | None
-        itl: list[float]
-        for p, out in zip(prompts, outputs, strict=True):
-            n_out = len(out.outputs[0].token_ids)
-            timing = request_timings(out, n_out)
-            if timing is None:
-                missing += 1
-                ttft, latency, itl = None, wall, []
-            else:
-                ttft, latency, itl = timing
-            records.append(
-                RequestRecord(
-                    index=p.index,
-                    input_tokens=len(out.prompt_token_ids or []),
-                    output_tokens=n_out,
-                    latency_s=latency if latency is not None else wall,
-                    ttft_s=ttft,
-                    itl_s=itl,
-                )
-            )
-        self._note_timings(missing, len(prompts))
-        return records
+        return super()._generate(prompts, config, limits)
 
-    def _note_timings(self, missing: int, total: int) -> None:
+    def _run_generate(self, prompts: Sequence[Prompt], params: list[Any]) -> Sequence[Any]:
+        lora = [self._lora_request] * len(prompts) if self._lora_request is not None else None
+        outputs: Sequence[Any] = self._llm.generate(
+            [p.text for p in prompts], params, use_tqdm=False, lora_request=lora
+        )
+        return outputs
+
+    def _request_timing(self, output: Any, n_out: int) -> RequestTiming | None:
+        return request_timings(output, n_out)
+
+    def _timing_note(self, missing: int) -> str:
         if missing:
-            note = (
+            return (
                 "vLLM returned no per-request metrics (RequestOutput.metrics is None) for "
                 "some requests: their ttft/itl are not recorded and latency is the wall time "
                 "of the whole generate() call"
             )
-        else:
-            note = (
-                "vLLM reports only first/last token times per request: itl_s holds each "
-                "request's mean inter-token interval"
-            )
-        if note not in self._notes:
-            self._notes.append(note)
+        return (
+            "vLLM reports only first/last token times per request: itl_s holds each "
+            "request's mean inter-token interval"
+        )
 
     def _generate_beam(
         self, prompts: Sequence[Prompt], config: ExperimentConfig, limits: list[int]
@@ -560,31 +495,15 @@ class VLLMBackend:
                     ttft_s=None,
                     batch_index=batch_index,
                 )
-        note = "beam search (LLM.beam_search) has no per-token timing: ttft/itl not recorded"
-        if note not in self._notes:
-            self._notes.append(note)
+        self._add_note(
+            "beam search (LLM.beam_search) has no per-token timing: ttft/itl not recorded"
+        )
         return [r for r in records if r is not None]
 
     # ─── Device housekeeping ────────────────────────────────────────────────
-    def synchronize(self) -> None:
-        """No-op: ``LLM.generate`` returns only when every request has finished."""
-
-    def reset_peak_memory(self) -> None:
-        """No-op: vLLM's workers run in their own processes (see ``peak_memory_bytes``)."""
-
-    def peak_memory_bytes(self) -> int | None:
-        """None: vLLM preallocates ``gpu_memory_utilization`` of the GPU in worker processes,
-        so this process's allocator sees nothing; the sampler's memory readings apply."""
-        return None
-
-    def unload(self) -> None:
-        """Shut the engine down and drop it."""
-        llm, self._llm, self._tokenizer = self._llm, None, None
+    def _shutdown_handle(self, llm: Any) -> None:
         engine = getattr(llm, "llm_engine", None)
         core = getattr(engine, "engine_core", None)
         shutdown = getattr(core, "shutdown", None)
         if callable(shutdown):
-            with contextlib.suppress(Exception):  # best effort: the process is about to exit
-                shutdown()
-        del llm
-        gc.collect()
+            shutdown()
