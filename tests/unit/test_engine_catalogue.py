@@ -273,3 +273,12 @@ def test_dry_run_preview_shows_vllms_concurrency():
     )
     assert result.exit_code == 0, result.output
     assert "batch            256" in result.output
+
+
+def test_every_builtin_engine_implements_clear_run_state():
+    import importlib
+
+    for spec in ENGINES.values():
+        module, _, name = spec.engine_class.partition(":")
+        engine_class = getattr(importlib.import_module(module), name)
+        assert callable(getattr(engine_class, "clear_run_state", None)), spec.name

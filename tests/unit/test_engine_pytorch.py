@@ -382,3 +382,11 @@ def test_unloadable_model_becomes_a_backend_error_naming_it(tmp_path: Path) -> N
     with pytest.raises(BackendError, match=str(tmp_path)) as info:
         PyTorchBackend().load(make_config(tmp_path))
     assert info.value.hint is not None and "HF_HUB_OFFLINE" in info.value.hint
+
+
+def test_clear_run_state_says_generate_keeps_no_cross_call_cache(model_dir: Path) -> None:
+    engine = PyTorchBackend()
+    engine.load(make_config(model_dir))
+    notes = engine.clear_run_state()
+    assert any("no cross-call KV cache" in n for n in notes)
+    engine.unload()

@@ -218,3 +218,8 @@ def test_missing_perf_metrics_leave_ttft_empty_and_say_so(trt: ModuleType) -> No
     assert any("no request_perf_metrics" in n for n in engine.effective_parameters()["notes"])
     engine.unload()
     assert trt.instances[-1].shut_down
+
+
+def test_clear_run_state_says_that_kv_block_reuse_cannot_be_reset(trt: ModuleType) -> None:
+    (note,) = TensorRTBackend().clear_run_state()
+    assert "enable_block_reuse" in note

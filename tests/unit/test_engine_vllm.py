@@ -314,3 +314,11 @@ def test_generate_before_load_and_unload(fake_vllm: ModuleType) -> None:
     engine.unload()
     assert fake_vllm.instances[-1].shut_down
     assert engine.tokenizer is None
+
+
+def test_clear_run_state_resets_the_prefix_cache(fake_vllm: ModuleType) -> None:
+    engine = loaded(cfg())
+    notes = engine.clear_run_state()
+    assert fake_vllm.instances[-1].calls[-1] == {"method": "reset_prefix_cache"}
+    assert notes == ["vllm: prefix cache reset (LLM.reset_prefix_cache)"]
+    assert "not loaded" in VLLMBackend().clear_run_state()[0]

@@ -57,7 +57,8 @@ class InferenceBackend(Protocol):
     """An inference engine the harness can drive.
 
     Call order: ``preflight`` -> ``load`` -> ``generate`` (warmup, then measurement) ->
-    ``unload``. ``preflight`` must be cheap and must not load the model.
+    ``unload``. ``preflight`` must be cheap and must not load the model. An engine reused for
+    several runs gets ``clear_run_state`` before each measurement window.
     """
 
     name: str
@@ -103,6 +104,12 @@ class InferenceBackend(Protocol):
 
     def peak_memory_bytes(self) -> int | None:
         """Peak device memory since the last reset, or None where not measurable (CPU)."""
+        ...
+
+    def clear_run_state(self) -> list[str]:
+        """Drop state that would carry work from one run into the next on a reused engine and
+        reset peak-memory statistics; returns notes on what was cleared or that the engine has
+        no such cache."""
         ...
 
     def unload(self) -> None:

@@ -55,6 +55,7 @@ class FakeEngine:
         self.calls: list[tuple[str, int]] = []
         self.loaded = False
         self.unloaded = False
+        self.run_state_clears = 0
         self._tokenizer = FakeTokenizer()
 
     def version(self) -> str:
@@ -118,6 +119,10 @@ class FakeEngine:
 
     def peak_memory_bytes(self) -> int | None:
         return None
+
+    def clear_run_state(self) -> list[str]:
+        self.run_state_clears += 1
+        return ["fake engine: no cross-run cache"]
 
     def unload(self) -> None:
         self.unloaded = True

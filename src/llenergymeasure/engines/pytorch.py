@@ -827,6 +827,23 @@ class PyTorchBackend:
 
         return int(torch.cuda.max_memory_allocated(self._device))
 
+    def clear_run_state(self) -> list[str]:
+        """Free the previous run's tensors and reset the peak-memory counter.
+
+        HF ``generate`` keeps no cache across calls (each call builds a fresh KV cache), so
+        there is no cross-run work to drop; the last run's output ids are released.
+        """
+        self._last_outputs = []
+        gc.collect()
+        notes = ["pytorch: transformers generate keeps no cross-call KV cache; nothing to drop"]
+        if self._on_cuda():
+            import torch
+
+            torch.cuda.empty_cache()
+            notes.append("pytorch: released cached CUDA blocks (torch.cuda.empty_cache)")
+        self.reset_peak_memory()
+        return notes
+
     def unload(self) -> None:
         """Drop model, draft and tokenizer and release cached device memory."""
         on_cuda = self._on_cuda()

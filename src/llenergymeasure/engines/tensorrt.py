@@ -401,6 +401,19 @@ class TensorRTBackend(OfflineLLMEngine):
         )
 
     # ─── Device housekeeping ────────────────────────────────────────────────
+    def clear_run_state(self) -> list[str]:
+        """Nothing llem can clear: the LLM API offers no call that empties the KV cache.
+
+        TensorRT-LLM reuses KV blocks across requests by default
+        (``KvCacheConfig.enable_block_reuse=True``); a run that repeats an earlier run's
+        prompts on a reused engine may skip their prefill. Peak memory lives in the workers.
+        """
+        return [
+            "tensorrt: the LLM API has no KV-cache reset; KV block reuse "
+            "(KvCacheConfig.enable_block_reuse, on by default) may serve prefixes an earlier "
+            "run on this engine computed"
+        ]
+
     def _shutdown_handle(self, llm: Any) -> None:
         shutdown = getattr(llm, "shutdown", None)
         if callable(shutdown):

@@ -501,6 +501,26 @@ class VLLMBackend(OfflineLLMEngine):
         return [r for r in records if r is not None]
 
     # ─── Device housekeeping ────────────────────────────────────────────────
+    def clear_run_state(self) -> list[str]:
+        """Empty vLLM's prefix cache so that no run reuses KV blocks another run computed.
+
+        vLLM 0.26 ``LLM.reset_prefix_cache(reset_running_requests=False,
+        reset_connector=False) -> bool``: False when requests still hold KV cache (none do
+        between ``generate`` calls). Peak memory lives in the workers (nothing to reset here).
+        """
+        if self._llm is None:
+            return ["vllm: engine not loaded; no prefix cache to clear"]
+        reset = getattr(self._llm, "reset_prefix_cache", None)
+        if not callable(reset):
+            return ["vllm: this vLLM has no LLM.reset_prefix_cache; prefix cache not cleared"]
+        try:
+            done = reset()
+        except Exception as e:
+            return [f"vllm: reset_prefix_cache failed ({type(e).__name__}: {e})"]
+        if done is False:
+            return ["vllm: reset_prefix_cache refused (requests still running): cache kept"]
+        return ["vllm: prefix cache reset (LLM.reset_prefix_cache)"]
+
     def _shutdown_handle(self, llm: Any) -> None:
         engine = getattr(llm, "llm_engine", None)
         core = getattr(engine, "engine_core", None)

@@ -145,6 +145,13 @@ class LLM:
     def _shutdown(self) -> None:
         self.shut_down = True
 
+    def reset_prefix_cache(
+        self, reset_running_requests: bool = False, reset_connector: bool = False
+    ) -> bool:
+        """vLLM 0.26: True when the prefix cache was emptied (no running request held blocks)."""
+        self.calls.append({"method": "reset_prefix_cache"})
+        return True
+
     def get_tokenizer(self, lora_request: Any = None) -> FakeTokenizer:
         return FakeTokenizer()
 
