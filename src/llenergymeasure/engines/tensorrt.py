@@ -2,7 +2,10 @@
 
 Importing this module imports neither tensorrt_llm nor torch: both are imported inside methods.
 
-Written against TensorRT-LLM 1.0 (``tensorrt_llm/_tensorrt_engine/llm.py``: the TensorRT-engine
+Targets TensorRT-LLM 1.2 (the ``[tensorrt]`` extra pins ``tensorrt-llm==1.2.*``); written against
+the 1.0 LLM API, whose calls used here are unchanged in the current upstream source of
+``tensorrt_llm/_tensorrt_engine/llm.py`` (``LLM.__init__`` and ``LLM.save`` were checked there):
+the TensorRT-engine
 ``LLM(model, tokenizer, ..., tensor_parallel_size, dtype, **TrtLlmArgs)`` with
 ``pipeline_parallel_size``, ``build_config``, ``quant_config``, and ``LLM.save(engine_dir)``;
 ``tensorrt_llm/builder.py`` ``BuildConfig(max_batch_size, max_seq_len, kv_cache_type, ...)``;
