@@ -1,9 +1,11 @@
 """The vLLM engine, specified against a fake ``vllm`` package (``tests/fakes/vllm``).
 
-The fake follows the public offline API of vLLM 0.11.x (``vllm/entrypoints/llm.py``: ``LLM``,
-``generate``, ``beam_search``, ``get_tokenizer``; ``vllm.sampling_params.SamplingParams`` /
-``BeamSearchParams``; ``vllm.lora.request.LoRARequest``; ``RequestOutput.metrics`` as V1
-``RequestStateStats`` or V0 ``RequestMetrics``). Nothing here ran on real vLLM.
+The fake follows the public offline API of vLLM 0.26 (``vllm/entrypoints/llm.py``: ``LLM``,
+``generate``, ``beam_search``, ``get_tokenizer``, ``reset_prefix_cache``, ``get_metrics``; the
+V1 ``llm_engine`` loop ``add_request`` / ``step`` / ``has_unfinished_requests``;
+``vllm.sampling_params.SamplingParams`` (with ``output_kind``) / ``BeamSearchParams``;
+``vllm.lora.request.LoRARequest``; ``RequestOutput.metrics`` as V1 ``RequestStateStats`` or V0
+``RequestMetrics``).
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ def fake_vllm(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
 
     vllm.instances.clear()
     vllm.METRICS = "v1"
+    vllm.STEPPABLE = True
+    vllm.STEP_SLEEP_S = 0.0
     yield vllm
     _purge("vllm")
 
@@ -83,7 +87,7 @@ def test_factory_returns_the_vllm_engine_when_installed(fake_vllm: ModuleType) -
     engine = create_engine("vllm")
     assert isinstance(engine, VLLMBackend)
     assert isinstance(engine, InferenceBackend)
-    assert engine.version() == "0.11.0"
+    assert engine.version() == "0.26.0"
 
 
 def test_every_vllm_field_reaches_the_engine_argument_it_names(fake_vllm: ModuleType) -> None:
@@ -204,9 +208,10 @@ def test_sampling_parameters_map_one_to_one(fake_vllm: ModuleType) -> None:
 
 
 @pytest.mark.parametrize("metrics", ["v1", "v0"])
-def test_ttft_itl_and_latency_come_from_the_request_metrics(
+def test_without_the_step_loop_ttft_itl_and_latency_come_from_the_request_metrics(
     fake_vllm: ModuleType, metrics: str
 ) -> None:
+    fake_vllm.STEPPABLE = False  # an llm_engine without add_request/step: one LLM.generate
     fake_vllm.METRICS = metrics
     config = cfg(max_new_tokens=8, decoder={"ignore_eos": True})
     engine = loaded(config)
@@ -220,6 +225,7 @@ def test_ttft_itl_and_latency_come_from_the_request_metrics(
 
 
 def test_missing_metrics_leave_ttft_empty_and_say_so(fake_vllm: ModuleType) -> None:
+    fake_vllm.STEPPABLE = False
     fake_vllm.METRICS = None
     config = cfg()
     engine = loaded(config)
@@ -322,3 +328,61 @@ def test_clear_run_state_resets_the_prefix_cache(fake_vllm: ModuleType) -> None:
     assert fake_vllm.instances[-1].calls[-1] == {"method": "reset_prefix_cache"}
     assert notes == ["vllm: prefix cache reset (LLM.reset_prefix_cache)"]
     assert "not loaded" in VLLMBackend().clear_run_state()[0]
+
+
+def test_per_token_timing_comes_from_the_engine_step_loop(fake_vllm: ModuleType) -> None:
+    fake_vllm.STEP_SLEEP_S = 0.002
+    config = cfg(max_new_tokens=6, decoder={"ignore_eos": True}, vllm={"max_num_seqs": 1})
+    engine = loaded(config)
+    first, second = engine.generate(PROMPTS, config)
+    llm = fake_vllm.instances[-1]
+    assert not any(c["method"] == "generate" for c in llm.calls)  # the step loop, not generate
+    assert [p.output_kind.name for p in llm.calls[-1]["params"]] == ["DELTA", "DELTA"]
+    assert (first.output_tokens, second.output_tokens) == (6, 5)
+    assert (first.input_tokens, second.input_tokens) == (3, 1)
+    for rec in (first, second):
+        assert rec.ttft_s is not None and rec.ttft_s > 0
+        assert len(rec.itl_s) == rec.output_tokens - 1
+        assert all(gap >= 0.0015 for gap in rec.itl_s)  # every gap measured, one per step
+        assert rec.latency_s == pytest.approx(rec.ttft_s + sum(rec.itl_s))
+    # max_num_seqs 1: the second request waits for the first, and its TTFT shows it
+    assert second.ttft_s > first.latency_s
+    assert any("step loop" in n for n in engine.effective_parameters()["notes"])
+
+
+def test_tokens_delivered_together_share_the_step_interval(fake_vllm: ModuleType) -> None:
+    from types import SimpleNamespace
+
+    from vllm.sampling_params import SamplingParams
+
+    class TwoTokenSteps:
+        """Every step delivers two tokens (as speculative decoding can)."""
+
+        def __init__(self) -> None:
+            self.left = 0
+
+        def add_request(self, rid: str, prompt: Any, params: Any, **kw: Any) -> str:
+            self.rid, self.left = rid, 4
+            return rid
+
+        def has_unfinished_requests(self) -> bool:
+            return self.left > 0
+
+        def step(self) -> list[Any]:
+            self.left -= 2
+            return [
+                SimpleNamespace(
+                    request_id=self.rid,
+                    prompt_token_ids=[1, 2],
+                    outputs=[SimpleNamespace(token_ids=[7, 7])],
+                    finished=self.left == 0,
+                )
+            ]
+
+    engine = VLLMBackend()
+    engine._llm = SimpleNamespace(llm_engine=TwoTokenSteps())
+    (rec,) = engine._generate_stepwise(
+        engine._llm.llm_engine, [Prompt("a b", index=0)], [SamplingParams()]
+    )
+    assert rec.output_tokens == 4 and len(rec.itl_s) == 3
+    assert rec.itl_s[1] == pytest.approx(rec.itl_s[2])  # the second step's pair, split evenly

@@ -2,14 +2,18 @@
 
 Importing this module imports neither vllm nor torch: both are imported inside methods.
 
-Written against the public API of vLLM 0.11.x (``vllm/entrypoints/llm.py``: ``LLM(model, *,
+Targets vLLM 0.26 (the ``[vllm]`` extra pins ``vllm==0.26.*``; ``llem run`` with 0.26.0 ran on
+an H200). Public API used (``vllm/entrypoints/llm.py``: ``LLM(model, *,
 tensor_parallel_size, dtype, quantization, seed, gpu_memory_utilization, **EngineArgs)``,
 ``LLM.generate(prompts, sampling_params, *, use_tqdm, lora_request)``,
 ``LLM.beam_search(prompts, BeamSearchParams, lora_request)``; ``vllm.sampling_params``
 ``SamplingParams`` / ``BeamSearchParams(beam_width, max_tokens, ignore_eos, temperature,
 length_penalty)``; ``vllm.lora.request.LoRARequest(lora_name, lora_int_id, lora_path)``;
-``RequestOutput.metrics``: ``RequestStateStats`` in the V1 engine, ``RequestMetrics`` in V0).
-Not verified on hardware: the tests run against a fake ``vllm`` package.
+``RequestOutput.metrics``: ``RequestStateStats`` in the V1 engine, ``RequestMetrics`` in V0;
+``LLM.reset_prefix_cache()``; ``LLM.get_metrics()``), plus the V1 engine loop that
+``LLM.generate`` itself runs (``llm_engine.add_request`` / ``step`` /
+``has_unfinished_requests``, ``SamplingParams.output_kind``). The CPU tests run against a fake
+``vllm`` package that follows these signatures.
 
 How a run works (``VLLMBackend.generate``):
 
@@ -21,8 +25,13 @@ How a run works (``VLLMBackend.generate``):
   checkpoint and a method: int4 -> ``vllm.quantization: awq | gptq``; int8 ->
   ``vllm.quantization: gptq`` (8-bit GPTQ checkpoint); activations then run in float16.
   ``vllm.quantization: fp8`` is allowed with fp16 / bf16 (fp8 weights, 16-bit activations).
-- All prompts go to one ``LLM.generate`` call (vLLM schedules them itself, up to
-  ``max_num_seqs`` at a time), one ``SamplingParams`` per prompt: greedy = temperature 0;
+- All prompts are added to the engine at once (vLLM schedules them itself, up to
+  ``max_num_seqs`` at a time) and the engine is stepped until they finish, the loop
+  ``LLM.generate`` runs, but with ``output_kind=DELTA`` so that every step reports its new
+  tokens: each token gets the ``perf_counter()`` of the step that produced it, giving true
+  per-request TTFT and every inter-token gap (``_generate_stepwise``). Where the engine has
+  no such loop, one ``LLM.generate`` call runs instead (timings from the request metrics).
+  One ``SamplingParams`` per prompt: greedy = temperature 0;
   sampling = temperature/top_p/top_k (-1 = off)/repetition_penalty/seed; ``max_tokens`` is the
   prompt's own limit or the experiment's; ``ignore_eos`` sets ``ignore_eos=True`` and
   ``min_tokens=max_tokens``.
@@ -31,7 +40,8 @@ How a run works (``VLLMBackend.generate``):
 - LoRA: one ``LoRARequest("llem-adapter", 1, <adapter path or hub id>)`` per request.
 - Speculative decoding: ``speculative_config={"model": draft_model,
   "num_speculative_tokens": 5}`` (``passthrough_kwargs.num_speculative_tokens`` overrides 5).
-- Timings per request come from ``RequestOutput.metrics``: V1 ``first_token_latency`` (TTFT) and
+- Fallback timings (one ``LLM.generate`` call) come from ``RequestOutput.metrics``: V1
+  ``first_token_latency`` (TTFT) and
   ``last_token_ts - first_token_ts`` (decode time); V0 ``first_token_time - arrival_time`` and
   ``last_token_time - first_token_time``. vLLM records only the first and last token times, so
   each request's ``itl_s`` holds its mean inter-token interval, once per gap. Where metrics are
@@ -41,6 +51,7 @@ How a run works (``VLLMBackend.generate``):
 
 from __future__ import annotations
 
+import itertools
 import json
 import struct
 from collections.abc import Sequence
@@ -242,6 +253,7 @@ class VLLMBackend(OfflineLLMEngine):
         self._engine_args: dict[str, Any] = {}
         self._model_source: str | None = None
         self._lora_request: Any = None
+        self._batch_seq = 0
 
     # ─── Pre-flight ─────────────────────────────────────────────────────────
     def _machine_problems(self, config: ExperimentConfig) -> list[str]:
@@ -438,7 +450,80 @@ class VLLMBackend(OfflineLLMEngine):
     ) -> list[RequestRecord]:
         if config.decoder.decoding_strategy == "beam":
             return self._generate_beam(prompts, config, limits)
-        return super()._generate(prompts, config, limits)
+        engine = getattr(self._llm, "llm_engine", None)
+        if not all(
+            callable(getattr(engine, m, None))
+            for m in ("add_request", "step", "has_unfinished_requests")
+        ):
+            return super()._generate(prompts, config, limits)  # one LLM.generate call
+        params = [self._sampling_params(config, n) for n in limits]
+        try:
+            return self._generate_stepwise(engine, prompts, params)
+        except BackendError:
+            raise
+        except Exception as e:
+            raise BackendError(f"vllm generation failed: {type(e).__name__}: {e}") from e
+
+    def _generate_stepwise(
+        self, engine: Any, prompts: Sequence[Prompt], params: list[Any]
+    ) -> list[RequestRecord]:
+        """Run the engine loop ``LLM.generate`` runs, timestamping every new token.
+
+        Requests are added with ``output_kind=DELTA`` (``LLM.generate`` forces FINAL_ONLY,
+        which reports nothing until a request ends), then ``llm_engine.step()`` is called
+        until no request is left, exactly as ``LLM._run_engine`` does. After each step one
+        ``perf_counter()`` stamps the tokens that step delivered: TTFT is first token minus
+        the request's submission, ITL the gaps between its successive tokens. Tokens that
+        arrive together in one step (speculative decoding) share the step's interval evenly.
+        """
+        from vllm.sampling_params import RequestOutputKind
+
+        texts = [p.text for p in prompts]
+        preprocess = getattr(self._llm, "_preprocess_cmpl", None)
+        inputs: Sequence[Any] = preprocess(texts) if callable(preprocess) else texts
+        self._batch_seq += 1
+        ids = [f"llem-{self._batch_seq}-{i}" for i in range(len(prompts))]
+        submitted: list[float] = []
+        position = {rid: i for i, rid in enumerate(ids)}
+        stamps: list[list[float]] = [[] for _ in prompts]
+        prompt_tokens: list[int | None] = [None] * len(prompts)
+        for rid, engine_input, sp in zip(ids, inputs, params, strict=True):
+            sp.output_kind = RequestOutputKind.DELTA
+            submitted.append(perf_counter())
+            engine.add_request(rid, engine_input, sp, lora_request=self._lora_request)
+        while engine.has_unfinished_requests():
+            step_outputs = engine.step()
+            now = perf_counter()
+            for out in step_outputs:
+                i = position.get(out.request_id)
+                if i is None:
+                    continue
+                new = len(out.outputs[0].token_ids) if out.outputs else 0
+                if new:
+                    times = stamps[i]
+                    start = times[-1] if times else now
+                    times.extend(start + (now - start) * (k + 1) / new for k in range(new))
+                if prompt_tokens[i] is None and out.prompt_token_ids is not None:
+                    prompt_tokens[i] = len(out.prompt_token_ids)
+        records: list[RequestRecord] = []
+        for i, p in enumerate(prompts):
+            times = stamps[i]
+            t_in = submitted[i]
+            records.append(
+                RequestRecord(
+                    index=p.index,
+                    input_tokens=prompt_tokens[i] or 0,
+                    output_tokens=len(times),
+                    latency_s=(times[-1] - t_in) if times else 0.0,
+                    ttft_s=(times[0] - t_in) if times else None,
+                    itl_s=[b - a for a, b in itertools.pairwise(times)],
+                )
+            )
+        self._add_note(
+            "vllm: per-token timing from the engine step loop (llm_engine.step), one "
+            "timestamp per step: ttft_s and every itl_s gap are measured"
+        )
+        return records
 
     def _run_generate(self, prompts: Sequence[Prompt], params: list[Any]) -> Sequence[Any]:
         lora = [self._lora_request] * len(prompts) if self._lora_request is not None else None
