@@ -386,3 +386,28 @@ def test_tokens_delivered_together_share_the_step_interval(fake_vllm: ModuleType
     )
     assert rec.output_tokens == 4 and len(rec.itl_s) == 3
     assert rec.itl_s[1] == pytest.approx(rec.itl_s[2])  # the second step's pair, split evenly
+
+
+def test_prefix_cache_hit_rate_covers_the_window_and_clear_run_state_empties_the_cache(
+    fake_vllm: ModuleType,
+) -> None:
+    config = cfg()
+    engine = loaded(config)
+
+    def window() -> dict[str, Any]:
+        engine.reset_peak_memory()  # the orchestrator calls it just before the window
+        engine.generate(PROMPTS, config)
+        stats: dict[str, Any] = engine.effective_parameters()["prefix_cache"]
+        return stats
+
+    first = window()
+    assert (first["queries_tokens"], first["hits_tokens"], first["hit_rate"]) == (4, 0, 0.0)
+    assert window()["hit_rate"] == 1.0  # same prompts again on the same engine: all cached
+    engine.clear_run_state()
+    assert window()["hit_rate"] == 0.0
+
+
+def test_engine_start_time_is_a_load_part(fake_vllm: ModuleType) -> None:
+    info = VLLMBackend().load(cfg())
+    assert set(info.timing_parts) == {"engine_start_s"}
+    assert 0 <= info.timing_parts["engine_start_s"] <= info.load_time_s

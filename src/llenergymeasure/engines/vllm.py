@@ -254,6 +254,7 @@ class VLLMBackend(OfflineLLMEngine):
         self._model_source: str | None = None
         self._lora_request: Any = None
         self._batch_seq = 0
+        self._window_prefix_start: tuple[int, int] | None = None
 
     # ─── Pre-flight ─────────────────────────────────────────────────────────
     def _machine_problems(self, config: ExperimentConfig) -> list[str]:
@@ -314,7 +315,9 @@ class VLLMBackend(OfflineLLMEngine):
                 f"vllm failed to load {config.model}: {type(e).__name__}: {e}",
                 hint="lower vllm.gpu_memory_utilization or max_num_seqs if it ran out of memory",
             ) from e
+        started = perf_counter() - t0
         self._tokenizer = self._llm.get_tokenizer()
+        self._window_prefix_start = self._prefix_cache_counters()
         if config.lora is not None:
             from vllm.lora.request import LoRARequest
 
@@ -333,7 +336,57 @@ class VLLMBackend(OfflineLLMEngine):
             ),
             device="cuda",
             notes=list(self._notes),
+            timing_parts=self._start_parts(started),
         )
+
+    def _start_parts(self, started: float) -> dict[str, float]:
+        """The engine start and the parts vLLM reports to this process.
+
+        vLLM propagates its torch.compile time into ``compilation_config.compilation_time``;
+        weight loading and CUDA-graph capture times appear only in vLLM's log.
+        """
+        parts = {"engine_start_s": round(started, 6)}
+        compilation = getattr(self._engine_config(), "compilation_config", None)
+        compile_s = getattr(compilation, "compilation_time", None)
+        if isinstance(compile_s, (int, float)) and compile_s > 0:
+            parts["compile_s"] = float(compile_s)
+        return parts
+
+    # ─── Prefix-cache statistics ────────────────────────────────────────────
+    def _prefix_cache_counters(self) -> tuple[int, int] | None:
+        """(queries, hits) in tokens from ``LLM.get_metrics()``; None where not exposed."""
+        get_metrics = getattr(self._llm, "get_metrics", None)
+        if not callable(get_metrics):
+            return None
+        try:
+            metrics = get_metrics()
+        except Exception:
+            return None
+        totals = {"vllm:prefix_cache_queries": 0, "vllm:prefix_cache_hits": 0}
+        found = False
+        for metric in metrics:
+            name = getattr(metric, "name", None)
+            if name in totals:
+                totals[name] += int(getattr(metric, "value", 0) or 0)
+                found = True
+        if not found:
+            return None
+        return totals["vllm:prefix_cache_queries"], totals["vllm:prefix_cache_hits"]
+
+    def _window_prefix_cache(self) -> dict[str, Any] | None:
+        """Prefix-cache queries, hits and hit rate since the window started (see
+        ``reset_peak_memory``), from vLLM's counters; None where vLLM does not expose them."""
+        now = self._prefix_cache_counters()
+        if now is None:
+            return None
+        start = self._window_prefix_start or (0, 0)
+        queries, hits = now[0] - start[0], now[1] - start[1]
+        return {
+            "queries_tokens": queries,
+            "hits_tokens": hits,
+            "hit_rate": round(hits / queries, 6) if queries > 0 else None,
+            "source": "LLM.get_metrics(): vllm:prefix_cache_queries / vllm:prefix_cache_hits",
+        }
 
     def _parameter_count(self) -> int:
         """Parameters from the safetensors headers of the local (or HF-cached) model folder."""
@@ -420,6 +473,7 @@ class VLLMBackend(OfflineLLMEngine):
             ),
             "engine_args": {k: v for k, v in self._engine_args.items() if k != "model"},
             "passthrough_kwargs": dict(config.passthrough_kwargs or {}),
+            "prefix_cache": self._window_prefix_cache(),
             "notes": list(self._notes),
         }
 
@@ -586,6 +640,11 @@ class VLLMBackend(OfflineLLMEngine):
         return [r for r in records if r is not None]
 
     # ─── Device housekeeping ────────────────────────────────────────────────
+    def reset_peak_memory(self) -> None:
+        """Start the window's statistics: no peak-memory counter lives in this process (the
+        workers allocate), so this marks where the prefix-cache counters start."""
+        self._window_prefix_start = self._prefix_cache_counters()
+
     def clear_run_state(self) -> list[str]:
         """Empty vLLM's prefix cache so that no run reuses KV blocks another run computed.
 
@@ -604,6 +663,7 @@ class VLLMBackend(OfflineLLMEngine):
             return [f"vllm: reset_prefix_cache failed ({type(e).__name__}: {e})"]
         if done is False:
             return ["vllm: reset_prefix_cache refused (requests still running): cache kept"]
+        self.reset_peak_memory()
         return ["vllm: prefix cache reset (LLM.reset_prefix_cache)"]
 
     def _shutdown_handle(self, llm: Any) -> None:

@@ -234,6 +234,7 @@ class ExperimentOrchestrator:
         t = time.perf_counter()
         load_info = self.engine.load(config)
         timings.load_s = time.perf_counter() - t
+        timings.load_parts = dict(getattr(load_info, "timing_parts", None) or {})
 
         t = time.perf_counter()
         prompts = self._load_prompts(config)
