@@ -78,7 +78,8 @@ def test_backend_flag_replaces_the_yaml_engine_section():
     result = llem("run", EXPERIMENT, "--dry-run", "--backend", "vllm", "--precision", "fp16")
     assert result.exit_code == 0, result.output
     assert field(result.stdout, "backend") == "vllm"
-    assert field(result.stdout, "batch") == "1"  # pytorch.batch_size no longer applies
+    # pytorch.batch_size no longer applies: vLLM runs max_num_seqs at once (None -> 256)
+    assert field(result.stdout, "batch") == "256"
 
 
 def test_batch_size_flag_for_a_vllm_experiment_is_an_error(write_yaml):

@@ -134,7 +134,7 @@ def test_every_experiment_field_has_a_hash_sensitivity_case():
         ("vllm", "fp16", "vllm.max_num_seqs", 64, 128),
         ("vllm", "fp16", "vllm.enable_prefix_caching", True, False),
         ("tensorrt", "fp16", "tensorrt.max_batch_size", 4, 8),
-        ("tensorrt", "fp16", "tensorrt.quantization", "fp8", "int8_sq"),
+        ("tensorrt", "fp16", "tensorrt.builder_opt_level", 3, 4),  # quantization follows precision
     ],
 )
 def test_hash_changes_with_engine_section_fields(backend, precision, path, a, b):

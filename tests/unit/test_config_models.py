@@ -1,4 +1,4 @@
-"""ExperimentConfig schema: validators, SSOT capability tables, defaults, extra="forbid"."""
+"""ExperimentConfig schema: validators, the catalogue's capabilities, defaults, extra="forbid"."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from llenergymeasure.config import models
+from llenergymeasure.config.catalogue import ENGINES
 from llenergymeasure.config.models import (
     BaselineConfig,
     DecoderConfig,
@@ -20,8 +21,11 @@ from llenergymeasure.config.models import (
     VLLMConfig,
     WarmupConfig,
 )
-from llenergymeasure.config.ssot import BACKENDS, DECODING_SUPPORT, PRECISION_SUPPORT
 from llenergymeasure.config.study import deep_merge, dotted_to_nested
+
+BACKENDS = ("pytorch", "vllm", "tensorrt")
+PRECISION_SUPPORT = {name: list(ENGINES[name].precisions) for name in BACKENDS}
+DECODING_SUPPORT = {name: list(ENGINES[name].decoding_strategies) for name in BACKENDS}
 
 ALL_PRECISIONS = get_args(models.Precision)
 ALL_STRATEGIES = get_args(DecoderConfig.model_fields["decoding_strategy"].annotation)
@@ -45,11 +49,11 @@ def with_path(data: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
     return deep_merge(data, dotted_to_nested(dotted, value))
 
 
-# --- SSOT: precision and decoding support ---------------------------------------------------
+# --- Catalogue: precision and decoding support ---------------------------------------------------
 
 
-def test_ssot_tables_cover_exactly_the_known_backends():
-    assert set(PRECISION_SUPPORT) == set(BACKENDS) == set(DECODING_SUPPORT)
+def test_catalogue_names_valid_precisions_and_strategies_for_every_builtin_engine():
+    assert set(BACKENDS) <= set(ENGINES)
     for backend in BACKENDS:
         assert set(PRECISION_SUPPORT[backend]) <= set(ALL_PRECISIONS)
         assert set(DECODING_SUPPORT[backend]) <= set(ALL_STRATEGIES)
@@ -59,6 +63,8 @@ def test_ssot_tables_cover_exactly_the_known_backends():
 @pytest.mark.parametrize("precision", ALL_PRECISIONS)
 def test_precision_is_accepted_iff_the_backend_supports_it(backend, precision):
     data = {**valid_base(backend), "precision": precision}
+    if backend == "vllm" and precision in ("int8", "int4"):
+        data["vllm"] = {"quantization": "gptq"}  # vLLM runs int8/int4 from GPTQ checkpoints
     if precision in PRECISION_SUPPORT[backend]:
         assert ExperimentConfig.model_validate(data).precision == precision
     else:
@@ -455,3 +461,36 @@ def test_from_yaml_loads_the_example_experiment():
     assert config.model == "builtin:tiny"
     assert config.backend == "pytorch"
     assert config.pytorch is not None and config.pytorch.batch_size == 4
+
+
+@pytest.mark.parametrize("precision", ["int8", "int4"])
+def test_vllm_integer_precision_needs_a_quantized_checkpoint_method(precision):
+    with pytest.raises(ValidationError) as excinfo:
+        build("vllm", precision=precision)
+    assert "vllm.quantization" in str(excinfo.value)
+
+
+def test_tensorrt_quantization_must_agree_with_precision():
+    with pytest.raises(ValidationError) as excinfo:
+        build("tensorrt", precision="fp16", tensorrt={"quantization": "int4_awq"})
+    assert "needs precision: int4" in str(excinfo.value)
+
+
+def test_vllm_lora_cannot_be_merged():
+    with pytest.raises(ValidationError) as excinfo:
+        build(
+            "vllm",
+            vllm={"enable_lora": True},
+            lora={"adapter_id": "org/adapter", "merge_weights": True},
+        )
+    assert "merge_weights" in str(excinfo.value)
+
+
+def test_pytorch_speculative_decoding_needs_batch_size_one():
+    with pytest.raises(ValidationError) as excinfo:
+        build(
+            "pytorch",
+            pytorch={"batch_size": 4},
+            decoder={"speculative_decoding": True, "draft_model": "org/draft"},
+        )
+    assert "batch_size=1" in str(excinfo.value)

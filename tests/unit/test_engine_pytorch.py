@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -360,14 +361,20 @@ def test_preflight_reports_unresolvable_models(
 
 
 def test_preflight_reports_unsupported_pytorch_options(model_dir: Path) -> None:
-    config = make_config(
-        model_dir,
-        pytorch={"batch_size": 2, "num_processes": 2},
-        decoder={"speculative_decoding": True, "draft_model": str(model_dir)},
-    )
+    config = make_config(model_dir, pytorch={"num_processes": 2})
     problems = PyTorchBackend().preflight(config)
     assert any("num_processes" in p for p in problems)
-    assert any("speculative_decoding" in p and "batch_size=1" in p for p in problems)
+
+
+def test_speculative_decoding_above_batch_one_is_a_config_error_not_a_preflight_one(
+    model_dir: Path,
+) -> None:
+    with pytest.raises(ValidationError, match=r"speculative_decoding.*batch_size=1"):
+        make_config(
+            model_dir,
+            pytorch={"batch_size": 2},
+            decoder={"speculative_decoding": True, "draft_model": str(model_dir)},
+        )
 
 
 def test_unloadable_model_becomes_a_backend_error_naming_it(tmp_path: Path) -> None:
@@ -375,3 +382,11 @@ def test_unloadable_model_becomes_a_backend_error_naming_it(tmp_path: Path) -> N
     with pytest.raises(BackendError, match=str(tmp_path)) as info:
         PyTorchBackend().load(make_config(tmp_path))
     assert info.value.hint is not None and "HF_HUB_OFFLINE" in info.value.hint
+
+
+def test_clear_run_state_says_generate_keeps_no_cross_call_cache(model_dir: Path) -> None:
+    engine = PyTorchBackend()
+    engine.load(make_config(model_dir))
+    notes = engine.clear_run_state()
+    assert any("no cross-call KV cache" in n for n in notes)
+    engine.unload()

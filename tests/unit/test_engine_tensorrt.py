@@ -17,6 +17,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from llenergymeasure.config.models import ExperimentConfig
 from llenergymeasure.datasets import Prompt
@@ -159,12 +160,11 @@ def test_precision_selects_the_quant_algo(trt: ModuleType, precision: str, algo:
 
 
 def test_quantization_must_agree_with_precision(trt: ModuleType) -> None:
-    (problem,) = TensorRTBackend().preflight(cfg(tensorrt={"quantization": "int4_awq"}))
-    assert "needs precision: int4" in problem
-    (problem,) = TensorRTBackend().preflight(
+    # a static rule: the config model refuses it, so pre-flight never sees it
+    with pytest.raises(ValidationError, match="needs precision: int4"):
+        cfg(tensorrt={"quantization": "int4_awq"})
+    with pytest.raises(ValidationError, match="needs precision: int8"):
         cfg(precision="fp8", tensorrt={"quantization": "int8_sq"})
-    )
-    assert "needs precision: int8" in problem
     ok = cfg(precision="int8", tensorrt={"quantization": "int8_sq"})
     assert TensorRTBackend().preflight(ok) == []
 
@@ -174,18 +174,16 @@ def test_builder_opt_level_without_support_is_a_clear_error(trt: ModuleType) -> 
         TensorRTBackend().load(cfg(tensorrt={"builder_opt_level": 4}))
 
 
-def test_seed_forbidden_combinations_are_refused_at_preflight(trt: ModuleType) -> None:
-    # beam / lora / bf16 are config validation errors; the engine still refuses them itself.
-    beam = cfg().model_copy(
-        update={"decoder": cfg().decoder.model_copy(update={"decoding_strategy": "beam"})}
-    )
-    assert any("beam" in p for p in TensorRTBackend().preflight(beam))
-    bf16 = cfg().model_copy(update={"precision": "bf16"})
-    assert any("bf16" in p for p in TensorRTBackend().preflight(bf16))
-    spec = cfg(decoder={"speculative_decoding": True, "draft_model": "org/draft"})
-    assert any("speculative" in p for p in TensorRTBackend().preflight(spec))
-    with pytest.raises(BackendError, match="beam"):
-        TensorRTBackend().load(beam)
+def test_seed_forbidden_combinations_are_config_errors(trt: ModuleType) -> None:
+    # static rules live in the config model only; the engine's pre-flight checks the machine
+    with pytest.raises(ValidationError, match="decoding_strategy='beam'"):
+        cfg(decoder={"decoding_strategy": "beam"})
+    with pytest.raises(ValidationError, match="precision='bf16'"):
+        cfg(precision="bf16")
+    with pytest.raises(ValidationError, match="speculative_decoding"):
+        cfg(decoder={"speculative_decoding": True, "draft_model": "org/draft"})
+    with pytest.raises(ValidationError, match="lora"):
+        cfg(lora={"adapter_id": "org/adapter"})
 
 
 def test_sampling_params_and_timings(trt: ModuleType) -> None:
@@ -220,3 +218,8 @@ def test_missing_perf_metrics_leave_ttft_empty_and_say_so(trt: ModuleType) -> No
     assert any("no request_perf_metrics" in n for n in engine.effective_parameters()["notes"])
     engine.unload()
     assert trt.instances[-1].shut_down
+
+
+def test_clear_run_state_says_that_kv_block_reuse_cannot_be_reset(trt: ModuleType) -> None:
+    (note,) = TensorRTBackend().clear_run_state()
+    assert "enable_block_reuse" in note

@@ -1,9 +1,11 @@
 """The vLLM engine, specified against a fake ``vllm`` package (``tests/fakes/vllm``).
 
-The fake follows the public offline API of vLLM 0.11.x (``vllm/entrypoints/llm.py``: ``LLM``,
-``generate``, ``beam_search``, ``get_tokenizer``; ``vllm.sampling_params.SamplingParams`` /
-``BeamSearchParams``; ``vllm.lora.request.LoRARequest``; ``RequestOutput.metrics`` as V1
-``RequestStateStats`` or V0 ``RequestMetrics``). Nothing here ran on real vLLM.
+The fake follows the public offline API of vLLM 0.26 (``vllm/entrypoints/llm.py``: ``LLM``,
+``generate``, ``beam_search``, ``get_tokenizer``, ``reset_prefix_cache``, ``get_metrics``; the
+V1 ``llm_engine`` loop ``add_request`` / ``step`` / ``has_unfinished_requests``;
+``vllm.sampling_params.SamplingParams`` (with ``output_kind``) / ``BeamSearchParams``;
+``vllm.lora.request.LoRARequest``; ``RequestOutput.metrics`` as V1 ``RequestStateStats`` or V0
+``RequestMetrics``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from llenergymeasure.config.models import ExperimentConfig
 from llenergymeasure.datasets import Prompt
@@ -41,6 +44,8 @@ def fake_vllm(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
 
     vllm.instances.clear()
     vllm.METRICS = "v1"
+    vllm.STEPPABLE = True
+    vllm.STEP_SLEEP_S = 0.0
     yield vllm
     _purge("vllm")
 
@@ -82,7 +87,7 @@ def test_factory_returns_the_vllm_engine_when_installed(fake_vllm: ModuleType) -
     engine = create_engine("vllm")
     assert isinstance(engine, VLLMBackend)
     assert isinstance(engine, InferenceBackend)
-    assert engine.version() == "0.11.0"
+    assert engine.version() == "0.26.0"
 
 
 def test_every_vllm_field_reaches_the_engine_argument_it_names(fake_vllm: ModuleType) -> None:
@@ -141,17 +146,15 @@ def test_precision_maps_to_dtype(fake_vllm: ModuleType, precision: str, dtype: s
 
 
 def test_int4_and_int8_need_a_matching_quantization_method(fake_vllm: ModuleType) -> None:
-    engine = VLLMBackend()
-    (problem,) = engine.preflight(cfg(precision="int4"))
-    assert "vllm.quantization" in problem and "'awq', 'gptq'" in problem
-    (problem,) = engine.preflight(cfg(precision="int8", vllm={"quantization": "awq"}))
-    assert "'gptq'" in problem
-    assert engine.preflight(cfg(precision="int4", vllm={"quantization": "awq"})) == []
+    # a static rule: the config model refuses it, so pre-flight never sees it
+    with pytest.raises(ValidationError, match=r"vllm\.quantization.*'awq', 'gptq'"):
+        cfg(precision="int4")
+    with pytest.raises(ValidationError, match=r"'gptq'"):
+        cfg(precision="int8", vllm={"quantization": "awq"})
+    assert VLLMBackend().preflight(cfg(precision="int4", vllm={"quantization": "awq"})) == []
     loaded(cfg(precision="int4", vllm={"quantization": "gptq"}))
     assert fake_vllm.instances[-1].kwargs["dtype"] == "float16"
     assert fake_vllm.instances[-1].kwargs["quantization"] == "gptq"
-    with pytest.raises(BackendError, match=r"vllm\.quantization"):
-        loaded(cfg(precision="int8"))
 
 
 def test_greedy_is_temperature_zero_with_per_prompt_max_tokens(fake_vllm: ModuleType) -> None:
@@ -205,9 +208,10 @@ def test_sampling_parameters_map_one_to_one(fake_vllm: ModuleType) -> None:
 
 
 @pytest.mark.parametrize("metrics", ["v1", "v0"])
-def test_ttft_itl_and_latency_come_from_the_request_metrics(
+def test_without_the_step_loop_ttft_itl_and_latency_come_from_the_request_metrics(
     fake_vllm: ModuleType, metrics: str
 ) -> None:
+    fake_vllm.STEPPABLE = False  # an llm_engine without add_request/step: one LLM.generate
     fake_vllm.METRICS = metrics
     config = cfg(max_new_tokens=8, decoder={"ignore_eos": True})
     engine = loaded(config)
@@ -221,6 +225,7 @@ def test_ttft_itl_and_latency_come_from_the_request_metrics(
 
 
 def test_missing_metrics_leave_ttft_empty_and_say_so(fake_vllm: ModuleType) -> None:
+    fake_vllm.STEPPABLE = False
     fake_vllm.METRICS = None
     config = cfg()
     engine = loaded(config)
@@ -254,9 +259,8 @@ def test_lora_hub_adapter_and_merge_refusal(fake_vllm: ModuleType, tmp_path: Pat
     engine = loaded(config)
     engine.generate(PROMPTS[:1], config)
     assert fake_vllm.instances[-1].calls[-1]["lora"][0].lora_path == "org/adapter"
-    merged = cfg(vllm={"enable_lora": True}, lora={"adapter_id": "a/b", "merge_weights": True})
-    (problem,) = VLLMBackend().preflight(merged)
-    assert "merge_weights" in problem
+    with pytest.raises(ValidationError, match="merge_weights"):
+        cfg(vllm={"enable_lora": True}, lora={"adapter_id": "a/b", "merge_weights": True})
     missing = cfg(vllm={"enable_lora": True}, lora={"adapter_path": str(tmp_path / "none")})
     assert "not a directory" in VLLMBackend().preflight(missing)[0]
 
@@ -289,8 +293,8 @@ def test_speculative_decoding_builds_speculative_config(fake_vllm: ModuleType) -
     kwargs = fake_vllm.instances[-1].kwargs
     assert kwargs["speculative_config"]["num_speculative_tokens"] == 3
     assert "num_speculative_tokens" not in kwargs
-    beam = cfg(decoder={**spec, "decoding_strategy": "beam"})
-    assert any("beam" in p for p in VLLMBackend().preflight(beam))
+    with pytest.raises(ValidationError, match="beam"):
+        cfg(decoder={**spec, "decoding_strategy": "beam"})
 
 
 def test_passthrough_kwargs_reach_llm_and_conflicts_are_refused(fake_vllm: ModuleType) -> None:
@@ -316,3 +320,94 @@ def test_generate_before_load_and_unload(fake_vllm: ModuleType) -> None:
     engine.unload()
     assert fake_vllm.instances[-1].shut_down
     assert engine.tokenizer is None
+
+
+def test_clear_run_state_resets_the_prefix_cache(fake_vllm: ModuleType) -> None:
+    engine = loaded(cfg())
+    notes = engine.clear_run_state()
+    assert fake_vllm.instances[-1].calls[-1] == {"method": "reset_prefix_cache"}
+    assert notes == ["vllm: prefix cache reset (LLM.reset_prefix_cache)"]
+    assert "not loaded" in VLLMBackend().clear_run_state()[0]
+
+
+def test_per_token_timing_comes_from_the_engine_step_loop(fake_vllm: ModuleType) -> None:
+    fake_vllm.STEP_SLEEP_S = 0.002
+    config = cfg(max_new_tokens=6, decoder={"ignore_eos": True}, vllm={"max_num_seqs": 1})
+    engine = loaded(config)
+    first, second = engine.generate(PROMPTS, config)
+    llm = fake_vllm.instances[-1]
+    assert not any(c["method"] == "generate" for c in llm.calls)  # the step loop, not generate
+    assert [p.output_kind.name for p in llm.calls[-1]["params"]] == ["DELTA", "DELTA"]
+    assert (first.output_tokens, second.output_tokens) == (6, 5)
+    assert (first.input_tokens, second.input_tokens) == (3, 1)
+    for rec in (first, second):
+        assert rec.ttft_s is not None and rec.ttft_s > 0
+        assert len(rec.itl_s) == rec.output_tokens - 1
+        assert all(gap >= 0.0015 for gap in rec.itl_s)  # every gap measured, one per step
+        assert rec.latency_s == pytest.approx(rec.ttft_s + sum(rec.itl_s))
+    # max_num_seqs 1: the second request waits for the first, and its TTFT shows it
+    assert second.ttft_s > first.latency_s
+    assert any("step loop" in n for n in engine.effective_parameters()["notes"])
+
+
+def test_tokens_delivered_together_share_the_step_interval(fake_vllm: ModuleType) -> None:
+    from types import SimpleNamespace
+
+    from vllm.sampling_params import SamplingParams
+
+    class TwoTokenSteps:
+        """Every step delivers two tokens (as speculative decoding can)."""
+
+        def __init__(self) -> None:
+            self.left = 0
+
+        def add_request(self, rid: str, prompt: Any, params: Any, **kw: Any) -> str:
+            self.rid, self.left = rid, 4
+            return rid
+
+        def has_unfinished_requests(self) -> bool:
+            return self.left > 0
+
+        def step(self) -> list[Any]:
+            self.left -= 2
+            return [
+                SimpleNamespace(
+                    request_id=self.rid,
+                    prompt_token_ids=[1, 2],
+                    outputs=[SimpleNamespace(token_ids=[7, 7])],
+                    finished=self.left == 0,
+                )
+            ]
+
+    engine = VLLMBackend()
+    engine._llm = SimpleNamespace(llm_engine=TwoTokenSteps())
+    (rec,) = engine._generate_stepwise(
+        engine._llm.llm_engine, [Prompt("a b", index=0)], [SamplingParams()]
+    )
+    assert rec.output_tokens == 4 and len(rec.itl_s) == 3
+    assert rec.itl_s[1] == pytest.approx(rec.itl_s[2])  # the second step's pair, split evenly
+
+
+def test_prefix_cache_hit_rate_covers_the_window_and_clear_run_state_empties_the_cache(
+    fake_vllm: ModuleType,
+) -> None:
+    config = cfg()
+    engine = loaded(config)
+
+    def window() -> dict[str, Any]:
+        engine.reset_peak_memory()  # the orchestrator calls it just before the window
+        engine.generate(PROMPTS, config)
+        stats: dict[str, Any] = engine.effective_parameters()["prefix_cache"]
+        return stats
+
+    first = window()
+    assert (first["queries_tokens"], first["hits_tokens"], first["hit_rate"]) == (4, 0, 0.0)
+    assert window()["hit_rate"] == 1.0  # same prompts again on the same engine: all cached
+    engine.clear_run_state()
+    assert window()["hit_rate"] == 0.0
+
+
+def test_engine_start_time_is_a_load_part(fake_vllm: ModuleType) -> None:
+    info = VLLMBackend().load(cfg())
+    assert set(info.timing_parts) == {"engine_start_s"}
+    assert 0 <= info.timing_parts["engine_start_s"] <= info.load_time_s

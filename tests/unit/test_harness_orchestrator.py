@@ -307,3 +307,49 @@ def test_preflight_refuses_a_model_whose_estimated_memory_exceeds_the_free_gpu_m
     with pytest.raises(PreFlightError, match="exceeds the"):
         orch.run(_config(model=str(big)))
     assert not engine.loaded
+
+
+def test_preflight_memory_check_uses_the_engines_concurrency_like_the_dry_run(tmp_path) -> None:
+    """vLLM runs max_num_seqs requests at once: pre-flight sizes the KV cache for that many,
+    as the --dry-run preview does (both call estimate_config_vram)."""
+    from llenergymeasure.harness.vram import estimate_config_vram
+
+    model = tmp_path / "mid-model"
+    model.mkdir()
+    (model / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "llama",
+                "hidden_size": 4096,
+                "intermediate_size": 14336,
+                "num_hidden_layers": 32,
+                "num_attention_heads": 32,
+                "num_key_value_heads": 8,
+                "vocab_size": 128256,
+            }
+        )
+    )
+    one = _config(model=str(model), backend="vllm", vllm={"max_num_seqs": 1})
+    many = _config(model=str(model), backend="vllm", vllm={"max_num_seqs": 16384})
+    estimate_one, estimate_many = estimate_config_vram(one), estimate_config_vram(many)
+    assert estimate_one is not None and estimate_many is not None
+    assert estimate_one.total_gib < 80 < estimate_many.total_gib  # 80 GiB cards below
+    sensor = SwitchingSensor()
+    engine = FakeEngine()
+    with pytest.raises(PreFlightError, match="exceeds the"):
+        _orchestrator(sensor, engine).run(many)
+    assert not engine.loaded
+
+
+def test_load_parts_the_engine_reports_are_recorded_in_timing() -> None:
+    from llenergymeasure.engines.base import LoadInfo
+
+    class StartTimedEngine(FakeEngine):
+        def load(self, config: ExperimentConfig) -> LoadInfo:
+            info = super().load(config)
+            info.timing_parts = {"engine_start_s": 0.25}
+            return info
+
+    sensor = SwitchingSensor()
+    result = _orchestrator(sensor, StartTimedEngine()).run(_config()).result
+    assert result.timing.load_parts == {"engine_start_s": 0.25}

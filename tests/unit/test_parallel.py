@@ -107,6 +107,9 @@ class ScriptedReplica:
     def peak_memory_bytes(self) -> int | None:
         return 1000 + os.getpid() % 7
 
+    def clear_run_state(self) -> list[str]:
+        return [f"scripted replica in process {os.getpid()}: nothing cached"]
+
     def unload(self) -> None:
         pass
 
@@ -323,6 +326,19 @@ def test_two_processes_share_one_window_and_statistics_cover_every_raw_request()
     assert params["num_processes"] == 2 and params["data_parallel"] is True
     assert params["devices"] == ["cpu/0", "cpu/1"] and params["sharding"] == "contiguous"
     assert engine._children == []  # unloaded: every process stopped
+
+
+def test_clear_run_state_is_forwarded_to_every_replica() -> None:
+    engine = DataParallelEngine(
+        engine_factory=ScriptedReplica, devices=cpu_slots(2), allow_cpu_devices=True
+    )
+    engine.load(dp_config())
+    try:
+        notes = engine.clear_run_state()
+        pids = [c.process.pid for c in engine._children]
+        assert notes == [f"scripted replica in process {pid}: nothing cached" for pid in pids]
+    finally:
+        engine.unload()
 
 
 def test_a_failing_process_stops_every_process_and_names_itself() -> None:

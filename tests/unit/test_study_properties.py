@@ -9,8 +9,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from llenergymeasure.config.catalogue import ENGINES
 from llenergymeasure.config.hashing import measurement_config_hash
-from llenergymeasure.config.ssot import PRECISION_SUPPORT
 from llenergymeasure.config.study import expand_study
 
 
@@ -20,7 +20,9 @@ def distinct(values: st.SearchStrategy[Any]) -> st.SearchStrategy[list[Any]]:
 
 def universal_values(backends: list[str]) -> dict[str, st.SearchStrategy[list[Any]]]:
     precisions = [
-        p for p in PRECISION_SUPPORT["pytorch"] if all(p in PRECISION_SUPPORT[b] for b in backends)
+        p
+        for p in ENGINES["pytorch"].precisions
+        if all(p in ENGINES[b].precisions for b in backends)
     ]
     return {
         "precision": distinct(st.sampled_from(precisions)),

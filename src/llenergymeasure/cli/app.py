@@ -34,13 +34,26 @@ class CycleOrder(str, Enum):
     shuffled = "shuffled"
 
 
+def _backend_help() -> str:
+    """``--backend`` help from the engine catalogue ("pytorch, vllm or tensorrt.").
+
+    Typer evaluates the (postponed) annotations each time the CLI is built, so engines
+    registered at run time are listed too.
+    """
+    from llenergymeasure.config.catalogue import engine_names
+
+    names = list(engine_names())
+    return (", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]) + "."
+
+
 def _version_callback(value: bool) -> None:
     if not value:
         return
+    from llenergymeasure.config.catalogue import engine_names
     from llenergymeasure.config.installed import engine_version
 
     typer.echo(f"llem {__version__}")
-    for backend in ("pytorch", "vllm", "tensorrt"):
+    for backend in engine_names():
         version = engine_version(backend)
         typer.echo(f"  {backend:<9} {version or 'not installed'}")
     raise typer.Exit(EXIT_OK)
@@ -97,7 +110,7 @@ def run(
     ] = None,
     backend: Annotated[
         Optional[str],  # noqa: UP045
-        typer.Option("--backend", "-b", help="pytorch, vllm or tensorrt."),
+        typer.Option("--backend", "-b", help=_backend_help()),
     ] = None,
     dataset: Annotated[
         Optional[str],  # noqa: UP045

@@ -8,6 +8,7 @@ import sys
 
 import typer
 
+from llenergymeasure.config.catalogue import engine_names, engine_spec
 from llenergymeasure.config.installed import engine_version
 from llenergymeasure.config.user_config import effective_settings, user_config_path
 
@@ -56,9 +57,9 @@ def show_config(*, verbose: bool) -> int:
         echo(f"  none: {why}. Runs will work on CPU but GPU energy is not measured.")
 
     echo("\nEngines")
-    engines = {b: engine_version(b) for b in ("pytorch", "vllm", "tensorrt")}
+    engines = {b: engine_version(b) for b in engine_names()}
     for backend, version in engines.items():
-        shown = version or f'not installed  (pip install "llenergymeasure[{backend}]")'
+        shown = version or f"not installed  ({engine_spec(backend).install_hint})"
         echo(f"  {backend:<9} {shown}")
 
     echo("\nEnergy backends")

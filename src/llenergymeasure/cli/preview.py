@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import typer
 
+from llenergymeasure.config.catalogue import run_concurrency
 from llenergymeasure.config.hashing import measurement_config_hash
 from llenergymeasure.config.models import ExperimentConfig, SyntheticDatasetConfig
 from llenergymeasure.config.study import StudyConfig
-from llenergymeasure.harness.vram import VramEstimate, estimate_vram, weight_precision
+from llenergymeasure.harness.vram import (
+    VramEstimate,
+    config_sequence_length,
+    estimate_config_vram,
+    weight_precision,
+)
 from llenergymeasure.results.stats import varying_fields
 
 
@@ -18,30 +24,17 @@ def _dataset_label(config: ExperimentConfig) -> str:
     return d
 
 
-def _batch(config: ExperimentConfig) -> int:
-    if config.pytorch and config.pytorch.batch_size:
-        return config.pytorch.batch_size
-    if config.vllm and config.vllm.max_num_seqs:
-        return config.vllm.max_num_seqs
-    if config.tensorrt and config.tensorrt.max_batch_size:
-        return config.tensorrt.max_batch_size
-    return 1
-
-
-def _seq_len(config: ExperimentConfig) -> int:
-    if isinstance(config.dataset, SyntheticDatasetConfig):
-        return config.dataset.input_len + config.dataset.output_len
-    return 512 + config.effective_max_new_tokens
-
-
 def _vram(
     config: ExperimentConfig, cache: dict[tuple[str, str, int, int], VramEstimate | None]
 ) -> VramEstimate | None:
-    key = (config.model, weight_precision(config), _batch(config), _seq_len(config))
+    key = (
+        config.model,
+        weight_precision(config),
+        run_concurrency(config),
+        config_sequence_length(config),
+    )
     if key not in cache:
-        cache[key] = estimate_vram(
-            config.model, weight_precision(config), batch_size=key[2], seq_len=key[3]
-        )
+        cache[key] = estimate_config_vram(config)
     return cache[key]
 
 
@@ -62,11 +55,9 @@ def preview_experiment(config: ExperimentConfig) -> None:
     typer.echo(f"  dataset          {_dataset_label(config)}  (n={config.n})")
     typer.echo(f"  max_new_tokens   {config.effective_max_new_tokens}")
     typer.echo(f"  decoding         {config.decoder.decoding_strategy}")
-    typer.echo(f"  batch            {_batch(config)}")
+    typer.echo(f"  batch            {run_concurrency(config)}")
     typer.echo(f"  config hash      {measurement_config_hash(config)}")
-    est = estimate_vram(
-        config.model, weight_precision(config), batch_size=_batch(config), seq_len=_seq_len(config)
-    )
+    est = estimate_config_vram(config)
     typer.echo("  VRAM estimate    " + _vram_text(est))
     if est is None:
         typer.echo("  note: the model's config.json is not available locally, so no VRAM estimate")

@@ -1,5 +1,6 @@
 """Configuration: experiment and study schemas, YAML loading, user config, hashes."""
 
+from llenergymeasure.config.catalogue import ENGINES, EngineSpec
 from llenergymeasure.config.hashing import measurement_config_hash, study_design_hash
 from llenergymeasure.config.models import (
     BaselineConfig,
@@ -12,14 +13,13 @@ from llenergymeasure.config.models import (
     VLLMConfig,
     WarmupConfig,
 )
-from llenergymeasure.config.ssot import DECODING_SUPPORT, PRECISION_SUPPORT
 from llenergymeasure.config.study import ExecutionConfig, SkippedExperiment, StudyConfig
 
 __all__ = [
-    "DECODING_SUPPORT",
-    "PRECISION_SUPPORT",
+    "ENGINES",
     "BaselineConfig",
     "DecoderConfig",
+    "EngineSpec",
     "ExecutionConfig",
     "ExperimentConfig",
     "LoRAConfig",

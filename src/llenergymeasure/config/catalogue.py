@@ -1,75 +1,261 @@
-"""Which config fields shape a loaded engine, and how many requests a run keeps in flight.
+"""The engine catalogue: one record per inference engine, read by everything that names engines.
 
-Minimal version for engine reuse (issue 14); the full engine catalogue (issue 17) replaces it.
+Validation (precisions, decoding strategies, which config section belongs to which engine), the
+engine factory, the CLI (``--backend`` choices, ``llem config``, ``--version``), the runners
+(isolation, docker shm), the VRAM preview and pre-flight, and engine reuse across a study
+(load-time vs per-run fields) all read this module. Adding an engine = one engine module, its
+config section, and one ``EngineSpec`` here.
 
-- ``engine_load_key(config)``: 16-hex hash of the fields that are fixed when the engine loads.
-  Two runs with equal keys can share one loaded engine; everything else (batch size, batching
-  strategy, decoder, n, max_new_tokens, dataset, warmup, seed, baseline) is per-run.
-  PyTorch: model, precision, ``attn_implementation``, ``load_in_4bit``/``load_in_8bit``,
-  ``torch_compile``, ``num_processes``, the LoRA section (adapter and merge), the draft model,
-  and every passthrough key (the engine routes some of them to ``from_pretrained``; which ones
-  depends on the installed transformers, so all of them count: that can only split a group,
-  never merge two that differ). vLLM and TensorRT-LLM: model, precision, the whole engine
-  section and the LoRA section (an adapter is enabled when the engine starts).
-- ``run_concurrency(config)``: requests in flight at once (PyTorch ``batch_size``, None -> 1;
-  vLLM ``max_num_seqs``, None -> 256; TensorRT-LLM ``max_batch_size``, None -> 1).
+This module sits on the config floor: it imports no engine. The engine class is named by a
+dotted path (``"llenergymeasure.engines.vllm:VLLMBackend"``) that the factory imports lazily.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from llenergymeasure.config.hashing import _canonical_json
-from llenergymeasure.config.models import ExperimentConfig
+if TYPE_CHECKING:
+    from llenergymeasure.config.models import ExperimentConfig
 
-__all__ = ["engine_load_fields", "engine_load_key", "run_concurrency"]
+__all__ = [
+    "ENGINES",
+    "EngineSpec",
+    "engine_load_fields",
+    "engine_load_key",
+    "engine_names",
+    "engine_spec",
+    "register_engine",
+    "run_concurrency",
+]
 
-VLLM_DEFAULT_MAX_NUM_SEQS = 256
+#: Every section field of the engine is load-time (vLLM and TensorRT-LLM build their engine
+#: from all of them).
+ALL_SECTION_FIELDS = "*"
 
 
-def engine_load_fields(config: ExperimentConfig) -> dict[str, Any]:
-    """The load-time fields of ``config`` (JSON-ready), keyed by dotted name."""
-    fields: dict[str, Any] = {
-        "backend": config.backend,
-        "model": config.model,
-        "precision": config.precision,
-        "lora": config.lora.model_dump(mode="json") if config.lora is not None else None,
-    }
-    if config.backend == "pytorch":
-        pt = config.pytorch
-        dec = config.decoder
-        fields.update(
-            {
-                "pytorch.attn_implementation": pt.attn_implementation if pt else None,
-                "pytorch.load_in_4bit": bool(pt.load_in_4bit) if pt else False,
-                "pytorch.load_in_8bit": bool(pt.load_in_8bit) if pt else False,
-                "pytorch.torch_compile": bool(pt.torch_compile) if pt else False,
-                "pytorch.num_processes": (pt.num_processes or 1) if pt else 1,
-                "decoder.draft_model": dec.draft_model if dec.speculative_decoding else None,
-                "passthrough_kwargs": dict(config.passthrough_kwargs or {}),
-            }
-        )
-    else:
-        section = getattr(config, config.backend, None)
-        fields[config.backend] = section.model_dump(mode="json") if section is not None else None
-        fields["passthrough_kwargs"] = dict(config.passthrough_kwargs or {})
-    return fields
+@dataclass(frozen=True)
+class EngineSpec:
+    """What llem knows about one inference engine, without importing it.
+
+    - ``engine_class``: ``"package.module:ClassName"``, imported only when the engine is built.
+    - ``import_module`` / ``distribution``: the module whose presence means "installed", and the
+      distribution whose metadata gives its version.
+    - ``extra``: the ``llenergymeasure[<extra>]`` that installs it.
+    - ``config_section``: the ``ExperimentConfig`` attribute holding its settings (None: none).
+    - ``isolated``: cannot share a process/environment with another isolated engine (separate
+      CUDA runtimes and pinned torch versions).
+    - ``needs_shm``: needs a large ``/dev/shm`` in a container (worker processes).
+    - ``load_fields``: top-level dotted config fields that change the loaded engine.
+    - ``section_load_fields``: fields of ``config_section`` that change the loaded engine, or
+      ``ALL_SECTION_FIELDS``. Everything else (batch size, decoder sampling settings, n,
+      max_new_tokens, dataset, warmup, seed, baseline...) is per-run.
+    - ``concurrency_field`` / ``default_concurrency``: the section field that caps how many
+      requests run at once, and what None in it means.
+    """
+
+    name: str
+    engine_class: str
+    import_module: str
+    distribution: str
+    extra: str
+    precisions: tuple[str, ...]
+    decoding_strategies: tuple[str, ...]
+    config_section: str | None
+    isolated: bool = False
+    needs_shm: bool = False
+    load_fields: tuple[str, ...] = ("model", "precision")
+    section_load_fields: tuple[str, ...] | str = ()
+    concurrency_field: str | None = None
+    default_concurrency: int = 1
+
+    @property
+    def install_hint(self) -> str:
+        """The pip command that installs this engine."""
+        return f'pip install "llenergymeasure[{self.extra}]"'
+
+
+_BUILTIN_ENGINES: tuple[EngineSpec, ...] = (
+    EngineSpec(
+        name="pytorch",
+        engine_class="llenergymeasure.engines.pytorch:PyTorchBackend",
+        import_module="transformers",
+        distribution="transformers",
+        extra="pytorch",
+        precisions=("fp32", "fp16", "bf16"),
+        decoding_strategies=("greedy", "sampling", "beam"),
+        config_section="pytorch",
+        # passthrough_kwargs are mostly from_pretrained arguments (and torch_compile_mode);
+        # all of them count as load-time, which can only prevent a reuse, never allow a wrong one.
+        load_fields=(
+            "model",
+            "precision",
+            "lora",
+            "decoder.speculative_decoding",
+            "decoder.draft_model",
+            "passthrough_kwargs",
+        ),
+        section_load_fields=(
+            "attn_implementation",
+            "load_in_4bit",
+            "load_in_8bit",
+            "torch_compile",
+            "num_processes",
+        ),
+        concurrency_field="batch_size",
+        default_concurrency=1,
+    ),
+    EngineSpec(
+        name="vllm",
+        engine_class="llenergymeasure.engines.vllm:VLLMBackend",
+        import_module="vllm",
+        distribution="vllm",
+        extra="vllm",
+        precisions=("fp16", "bf16", "int8", "int4"),
+        decoding_strategies=("greedy", "sampling", "beam"),
+        config_section="vllm",
+        isolated=True,
+        needs_shm=True,
+        load_fields=(
+            "model",
+            "precision",
+            "random_seed",  # LLM(seed=...) is an engine argument
+            "decoder.speculative_decoding",
+            "decoder.draft_model",
+            "passthrough_kwargs",
+        ),
+        section_load_fields=ALL_SECTION_FIELDS,
+        concurrency_field="max_num_seqs",
+        default_concurrency=256,  # vLLM's documented default (see engines.vllm.VLLM_DEFAULTS)
+    ),
+    EngineSpec(
+        name="tensorrt",
+        engine_class="llenergymeasure.engines.tensorrt:TensorRTBackend",
+        import_module="tensorrt_llm",
+        distribution="tensorrt-llm",
+        extra="tensorrt",
+        precisions=("fp16", "int8", "fp8", "int4"),  # fp32/bf16 engines not supported
+        decoding_strategies=("greedy", "sampling"),  # no beam search
+        config_section="tensorrt",
+        isolated=True,
+        needs_shm=True,
+        load_fields=("model", "precision", "passthrough_kwargs"),
+        section_load_fields=ALL_SECTION_FIELDS,
+        concurrency_field="max_batch_size",
+        default_concurrency=2048,  # BuildConfig default (see engines.tensorrt.TRT_DEFAULTS)
+    ),
+)
+
+_REGISTRY: dict[str, EngineSpec] = {spec.name: spec for spec in _BUILTIN_ENGINES}
+
+#: name -> EngineSpec, in canonical order (built-in engines first, then registered ones).
+#: A read-only live view: ``register_engine`` additions show up here.
+ENGINES: Mapping[str, EngineSpec] = _REGISTRY
+
+
+def engine_names() -> tuple[str, ...]:
+    """Names of every known engine, in canonical order."""
+    return tuple(_REGISTRY)
+
+
+def engine_spec(name: str) -> EngineSpec:
+    """The record of engine ``name``; KeyError naming the known engines if there is none."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown engine {name!r}; known engines: {', '.join(_REGISTRY)}") from None
+
+
+class _Registration:
+    """Returned by ``register_engine``: ``undo()`` it, or use it as a context manager."""
+
+    def __init__(self, spec: EngineSpec, previous: EngineSpec | None) -> None:
+        self.spec = spec
+        self._previous = previous
+
+    def undo(self) -> None:
+        """Remove the registered engine (restoring the record it replaced, if any)."""
+        if self._previous is None:
+            _REGISTRY.pop(self.spec.name, None)
+        else:
+            _REGISTRY[self.spec.name] = self._previous
+
+    def __enter__(self) -> EngineSpec:
+        return self.spec
+
+    def __exit__(self, *exc: object) -> None:
+        self.undo()
+
+
+def register_engine(spec: EngineSpec) -> _Registration:
+    """Add (or replace) an engine record, for plugins and tests.
+
+    Returns a registration to ``undo()``, also usable as ``with register_engine(spec): ...``.
+    """
+    previous = _REGISTRY.get(spec.name)
+    _REGISTRY[spec.name] = spec
+    return _Registration(spec, previous)
+
+
+def _get(config: Any, dotted: str) -> Any:
+    value = config
+    for part in dotted.split("."):
+        value = getattr(value, part, None)
+        if value is None:
+            return None
+    return value
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json", exclude_none=True)
+    return value
+
+
+def engine_load_fields(config: Any) -> dict[str, Any]:
+    """The load-time view of ``config``: every field that changes the loaded engine.
+
+    Keys are dotted field names; unset (None) fields are left out, so a missing engine section
+    and one with only defaults give the same view. Two configs with equal views can share one
+    loaded engine.
+    """
+    spec = engine_spec(config.backend)
+    view: dict[str, Any] = {"backend": spec.name}
+    for name in spec.load_fields:
+        value = _get(config, name)
+        if value is not None and value != {}:
+            view[name] = _plain(value)
+    section = getattr(config, spec.config_section, None) if spec.config_section else None
+    if section is not None:
+        dumped = section.model_dump(mode="json", exclude_none=True)
+        wanted = spec.section_load_fields
+        for key, value in dumped.items():
+            if wanted == ALL_SECTION_FIELDS or key in wanted:
+                view[f"{spec.config_section}.{key}"] = value
+    return view
 
 
 def engine_load_key(config: ExperimentConfig) -> str:
-    """16-hex hash of ``config``'s engine-load fields: equal keys = one loaded engine serves."""
-    import hashlib
-
-    canonical = _canonical_json(engine_load_fields(config))
+    """16-hex SHA-256 of ``engine_load_fields(config)``: equal for configs that can share one
+    loaded engine."""
+    canonical = json.dumps(engine_load_fields(config), sort_keys=True, default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def run_concurrency(config: ExperimentConfig) -> int:
-    """How many requests ``config``'s engine keeps in flight at once."""
-    if config.backend == "pytorch":
-        return (config.pytorch.batch_size if config.pytorch else None) or 1
-    if config.backend == "vllm":
-        return (config.vllm.max_num_seqs if config.vllm else None) or VLLM_DEFAULT_MAX_NUM_SEQS
-    if config.backend == "tensorrt":
-        return (config.tensorrt.max_batch_size if config.tensorrt else None) or 1
-    return 1
+def run_concurrency(config: Any) -> int:
+    """How many requests the engine runs at once for ``config`` (None resolved).
+
+    PyTorch: ``pytorch.batch_size`` (None -> 1); vLLM: ``vllm.max_num_seqs`` (None -> vLLM's
+    default 256); TensorRT-LLM: ``tensorrt.max_batch_size`` (None -> BuildConfig's 2048).
+    The one place that says what None means here: used by the VRAM preview, pre-flight and
+    warmup.
+    """
+    spec = engine_spec(config.backend)
+    if spec.config_section and spec.concurrency_field:
+        value = _get(config, f"{spec.config_section}.{spec.concurrency_field}")
+        if value is not None:
+            return int(value)
+    return spec.default_concurrency

@@ -9,16 +9,14 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 
-from llenergymeasure.config.ssot import BACKENDS, ENGINE_MODULES
+from llenergymeasure.config.catalogue import engine_names, engine_spec
 
 __all__ = ["default_backend", "engine_installed", "engine_version", "installed_engines"]
-
-_DISTRIBUTIONS = {"pytorch": "transformers", "vllm": "vllm", "tensorrt": "tensorrt-llm"}
 
 
 def engine_installed(backend: str) -> bool:
     """True when the engine's Python package can be imported (checked without importing it)."""
-    module = ENGINE_MODULES[backend]
+    module = engine_spec(backend).import_module
     try:
         return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):
@@ -27,13 +25,13 @@ def engine_installed(backend: str) -> bool:
 
 def installed_engines() -> list[str]:
     """Installed engines, in the canonical order."""
-    return [b for b in BACKENDS if engine_installed(b)]
+    return [b for b in engine_names() if engine_installed(b)]
 
 
 def engine_version(backend: str) -> str | None:
     """Installed version of the engine's distribution, or None."""
     try:
-        return importlib.metadata.version(_DISTRIBUTIONS[backend])
+        return importlib.metadata.version(engine_spec(backend).distribution)
     except importlib.metadata.PackageNotFoundError:
         return None
 

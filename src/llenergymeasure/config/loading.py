@@ -16,8 +16,8 @@ from typing import Any, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from llenergymeasure.config.catalogue import ENGINES
 from llenergymeasure.config.models import ExperimentConfig
-from llenergymeasure.config.ssot import BACKENDS
 from llenergymeasure.exceptions import ConfigError
 
 KeyPath = tuple[str | int, ...]
@@ -254,8 +254,10 @@ def merge_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any]) -> di
     merged = deep_merge(dict(data), dict(overrides))
     backend = overrides.get("backend")
     if backend is not None and backend != data.get("backend"):
-        for section in BACKENDS:
-            if section != backend and section not in overrides:
+        own = ENGINES[backend].config_section if backend in ENGINES else None
+        for spec in ENGINES.values():
+            section = spec.config_section
+            if section is not None and section != own and section not in overrides:
                 merged.pop(section, None)
     return apply_default_backend(merged)
 

@@ -6,6 +6,7 @@ resolves them at run time and the result records the effective value.
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -19,9 +20,13 @@ from pydantic import (
     model_validator,
 )
 
-from llenergymeasure.config.ssot import BUILTIN_DATASETS, DECODING_SUPPORT, PRECISION_SUPPORT
+from llenergymeasure.config.catalogue import engine_names, engine_spec
 
-Backend = Literal["pytorch", "vllm", "tensorrt"]
+#: Dataset names that need no file.
+BUILTIN_DATASETS: tuple[str, ...] = ("aienergyscore", "synthetic")
+
+#: An engine name from the catalogue (``config.catalogue.engine_names()``).
+Backend = str
 Precision = Literal["fp32", "fp16", "bf16", "int8", "fp8", "int4"]
 
 _FORBID = ConfigDict(extra="forbid")
@@ -151,6 +156,20 @@ class TensorRTConfig(BaseModel):
     engine_path: str | None = None  # pre-compiled engine (skips the build)
 
 
+#: Quantization methods that make precision int4 / int8 possible with vLLM.
+VLLM_QUANT_FOR_PRECISION: dict[str, tuple[str, ...]] = {"int4": ("awq", "gptq"), "int8": ("gptq",)}
+#: TensorRT-LLM: the quantization each precision implies (None: none).
+TENSORRT_PRECISION_QUANT: dict[str, str | None] = {
+    "fp16": None,
+    "int8": "int8_sq",
+    "int4": "int4_awq",
+    "fp8": "fp8",
+}
+
+#: The ExperimentConfig attributes that are engine sections (each belongs to one engine).
+_ENGINE_SECTIONS: tuple[str, ...] = ("pytorch", "vllm", "tensorrt")
+
+
 def _dataset_kind(value: Any) -> str:
     return "synthetic" if isinstance(value, (dict, SyntheticDatasetConfig)) else "name"
 
@@ -196,6 +215,16 @@ class ExperimentConfig(BaseModel):
             data = {**data, "dataset": {"n": n} if isinstance(n, int) and n >= 1 else {"n": 1}}
         return data
 
+    @field_validator("backend")
+    @classmethod
+    def _check_backend(cls, value: str) -> str:
+        known = engine_names()
+        if value not in known:
+            guess = difflib.get_close_matches(value, known, n=1)
+            hint = f": did you mean '{guess[0]}'?" if guess else ""
+            raise ValueError(f"unknown backend {value!r}{hint} (known engines: {', '.join(known)})")
+        return value
+
     @field_validator("dataset", mode="before")
     @classmethod
     def _check_dataset(cls, value: Any) -> Any:
@@ -211,19 +240,19 @@ class ExperimentConfig(BaseModel):
 
     @model_validator(mode="after")
     def validate_backend_compatibility(self) -> ExperimentConfig:
-        if (valid := PRECISION_SUPPORT.get(self.backend)) and self.precision not in valid:
+        spec = engine_spec(self.backend)
+        if self.precision not in spec.precisions:
             raise ValueError(
-                f"{self.backend} does not support precision={self.precision!r}. Valid: {valid}"
+                f"{self.backend} does not support precision={self.precision!r}. "
+                f"Valid: {list(spec.precisions)}"
             )
-        if (
-            valid := DECODING_SUPPORT.get(self.backend)
-        ) and self.decoder.decoding_strategy not in valid:
+        if self.decoder.decoding_strategy not in spec.decoding_strategies:
             raise ValueError(
                 f"{self.backend} does not support decoding_strategy="
-                f"{self.decoder.decoding_strategy!r}. Valid: {valid}"
+                f"{self.decoder.decoding_strategy!r}. Valid: {list(spec.decoding_strategies)}"
             )
-        for section in ("pytorch", "vllm", "tensorrt"):
-            if getattr(self, section) is not None and self.backend != section:
+        for section in _ENGINE_SECTIONS:
+            if getattr(self, section) is not None and spec.config_section != section:
                 raise ValueError(
                     f"{section}: config section provided but backend={self.backend!r}. "
                     f"Remove the {section}: section or set backend: {section}."
@@ -237,12 +266,56 @@ class ExperimentConfig(BaseModel):
                 )
             if self.backend == "vllm" and not (self.vllm and self.vllm.enable_lora):
                 raise ValueError("lora: with backend vllm requires vllm.enable_lora: true")
+            if self.backend == "vllm" and self.lora.merge_weights:
+                raise ValueError(
+                    "lora.merge_weights=true is not possible with vllm (adapters are applied "
+                    "unmerged through LoRARequest); merge with peft and set model: to the merged "
+                    "folder, or set merge_weights: false"
+                )
+        self._check_engine_specific_rules()
         if isinstance(self.dataset, SyntheticDatasetConfig) and self.dataset.n < self.n:
             raise ValueError(
                 f"n={self.n} prompts requested but the synthetic dataset generates only "
                 f"dataset.n={self.dataset.n}"
             )
         return self
+
+    def _check_engine_specific_rules(self) -> None:
+        """Static rules of one engine that go beyond its precisions and decoding strategies."""
+        dec = self.decoder
+        if self.backend == "pytorch" and dec.speculative_decoding:
+            batch = self.pytorch.batch_size if self.pytorch else None
+            if batch is not None and batch != 1:
+                raise ValueError(
+                    "decoder.speculative_decoding (assisted generation) needs "
+                    f"pytorch.batch_size=1, got {batch}"
+                )
+        if self.backend == "vllm":
+            quant = self.vllm.quantization if self.vllm else None
+            allowed = VLLM_QUANT_FOR_PRECISION.get(self.precision)
+            if allowed is not None and quant not in allowed:
+                raise ValueError(
+                    f"precision={self.precision} with vllm needs a pre-quantized checkpoint and "
+                    f"vllm.quantization set to one of {list(allowed)} (got {quant!r})"
+                )
+            if dec.decoding_strategy == "beam" and dec.speculative_decoding:
+                raise ValueError(
+                    "decoder.speculative_decoding cannot be combined with beam search in vllm"
+                )
+        if self.backend == "tensorrt":
+            trt_quant = self.tensorrt.quantization if self.tensorrt else None
+            implied = TENSORRT_PRECISION_QUANT.get(self.precision)
+            if trt_quant is not None and implied != trt_quant:
+                want = next(p for p, q in TENSORRT_PRECISION_QUANT.items() if q == trt_quant)
+                raise ValueError(
+                    f"tensorrt.quantization={trt_quant} needs precision: {want} "
+                    f"(got precision: {self.precision})"
+                )
+            if dec.speculative_decoding:
+                raise ValueError(
+                    "decoder.speculative_decoding (draft model) is not supported with the "
+                    "tensorrt engine in llem"
+                )
 
     @property
     def effective_max_new_tokens(self) -> int:

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from llenergymeasure.config.catalogue import ENGINES, engine_names
 from llenergymeasure.config.hashing import measurement_config_hash, study_design_hash
 from llenergymeasure.config.loading import (
     KeyPath,
@@ -27,7 +28,6 @@ from llenergymeasure.config.loading import (
     validation_config_error,
 )
 from llenergymeasure.config.models import ExperimentConfig
-from llenergymeasure.config.ssot import BACKENDS
 from llenergymeasure.exceptions import ConfigError
 
 STUDY_KEYS = ("name", "base", "sweep", "experiments", "execution")
@@ -126,7 +126,9 @@ def _check_key_path(path: str, *, where: str) -> None:
 
 
 def _drop_other_sections(data: dict[str, Any], backend: str) -> dict[str, Any]:
-    return {k: v for k, v in data.items() if k not in BACKENDS or k == backend}
+    own = ENGINES[backend].config_section if backend in ENGINES else None
+    sections = {spec.config_section for spec in ENGINES.values() if spec.config_section}
+    return {k: v for k, v in data.items() if k not in sections or k == own}
 
 
 def _as_values(key: str, values: Any) -> list[Any]:
@@ -191,7 +193,7 @@ def expand_study(
     for key, values in sweep.items():
         key = str(key)
         head, _, rest = key.partition(".")
-        if head in BACKENDS and rest:
+        if head in engine_names() and rest:
             _check_key_path(key, where=f"{where}: sweep")
             scoped.setdefault(head, {})[key] = _as_values(key, values)
         else:
@@ -313,10 +315,10 @@ def _resolve_backends(
     if not backends:
         raise ConfigError(f"{where}: backend: is an empty list")
     for b in backends:
-        if b not in BACKENDS:
-            guess = suggest_key(str(b), list(BACKENDS))
+        if b not in engine_names():
+            guess = suggest_key(str(b), list(engine_names()))
             raise ConfigError(
-                f"{where}: unknown backend {b!r}; valid: {', '.join(BACKENDS)}",
+                f"{where}: unknown backend {b!r}; valid: {', '.join(engine_names())}",
                 hint=f"did you mean '{guess}'?" if guess else None,
             )
     if len(set(backends)) != len(backends):
@@ -325,7 +327,7 @@ def _resolve_backends(
 
 
 def _backend_order(b: str) -> int:
-    return BACKENDS.index(b) if b in BACKENDS else len(BACKENDS)
+    return engine_names().index(b) if b in engine_names() else len(engine_names())
 
 
 def _load_base(base: Any, *, base_dir: Path | None, where: str) -> dict[str, Any]:

@@ -15,8 +15,8 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from llenergymeasure.config.catalogue import engine_names
 from llenergymeasure.config.loading import key_lines, read_yaml_mapping, validation_config_error
-from llenergymeasure.config.ssot import BACKENDS
 from llenergymeasure.exceptions import ConfigError
 
 _FORBID = ConfigDict(extra="forbid")
@@ -76,8 +76,10 @@ class UserConfig(BaseModel):
     @classmethod
     def _check_runners(cls, value: dict[str, str]) -> dict[str, str]:
         for backend, runner in value.items():
-            if backend not in BACKENDS:
-                raise ValueError(f"runners: unknown backend {backend!r}; valid: {list(BACKENDS)}")
+            if backend not in engine_names():
+                raise ValueError(
+                    f"runners: unknown backend {backend!r}; valid: {list(engine_names())}"
+                )
             if not _RUNNER_RE.match(runner):
                 raise ValueError(
                     f"runners.{backend}: {runner!r} is not a runner; use 'local', "
@@ -181,7 +183,7 @@ def effective_settings(path: Path | None = None) -> dict[str, Setting]:
         out["measurement.energy_backend"] = Setting(
             value=choice, source=f"env {_ENV_ENERGY_BACKEND}"
         )
-    for backend in BACKENDS:
+    for backend in engine_names():
         env = f"LLEM_RUNNER_{backend.upper()}"
         if os.environ.get(env):
             runner = os.environ[env]

@@ -41,7 +41,8 @@ class LoadInfo:
     """What loading the model cost and produced.
 
     ``draft_parameter_count`` is the speculative-decoding draft model's size (0 without one);
-    the FLOPs estimate counts it too.
+    the FLOPs estimate counts it too. ``timing_parts``: parts of the load the engine itself
+    reports, seconds (e.g. vLLM's ``engine_start_s`` and ``compile_s``); empty where none.
     """
 
     load_time_s: float
@@ -50,6 +51,7 @@ class LoadInfo:
     device: str
     notes: list[str] = field(default_factory=list)
     draft_parameter_count: int = 0
+    timing_parts: dict[str, float] = field(default_factory=dict)
 
 
 @runtime_checkable

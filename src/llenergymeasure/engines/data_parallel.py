@@ -172,7 +172,8 @@ def _child_main(
     conn: Connection,
     barrier: Any,
 ) -> None:
-    """Load one replica, then serve ``generate`` / ``reset_peak`` / ``stop`` until told to stop."""
+    """Load one replica, then serve ``generate`` / ``reset_peak`` / ``clear_run_state`` / ``stop``
+    until told to stop."""
     with contextlib.suppress(ValueError):  # not the main thread: keep the default handler
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us
     if slot.visible_devices is not None:
@@ -191,6 +192,8 @@ def _child_main(
             if kind == "reset_peak":
                 engine.reset_peak_memory()
                 conn.send(("ok",))
+            elif kind == "clear_run_state":
+                conn.send(("cleared", engine.clear_run_state()))
             elif kind == "generate":
                 _, prompts, run_config, phase = command
                 barrier.wait()  # every process starts generating together
@@ -458,9 +461,13 @@ class DataParallelEngine:
         self._peaks = []
 
     def clear_run_state(self) -> list[str]:
-        """Reset every child's peak-memory counter (replicas keep no cross-call cache)."""
-        self.reset_peak_memory()
-        return ["pytorch data-parallel: peak memory counters reset in every replica"]
+        """Every replica clears its own run state; their notes, each once, in process order."""
+        for child in self._children:
+            self._send(child, ("clear_run_state",))
+        replies = self._collect("cleared")
+        self._peaks = []
+        notes = [note for reply in replies for note in reply[1]]
+        return list(dict.fromkeys(notes))
 
     def peak_memory_bytes(self) -> int | None:
         """Largest per-device peak of the last measurement (per process in process_results)."""

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING
 
-from llenergymeasure.config.ssot import ENGINE_EXTRAS
+from llenergymeasure.config.catalogue import ENGINES, engine_spec
 from llenergymeasure.engines.base import InferenceBackend
 from llenergymeasure.engines.registry import engine_installed
 from llenergymeasure.exceptions import BackendError
@@ -16,29 +17,29 @@ if TYPE_CHECKING:
 def create_engine(backend: str, config: ExperimentConfig | None = None) -> InferenceBackend:
     """The engine implementation of ``backend``; BackendError with the install command if absent.
 
-    With ``config`` and ``pytorch.num_processes > 1`` the pytorch engine is the data-parallel
+    The class comes from the catalogue's ``engine_class`` path, imported only now. With
+    ``config`` and ``pytorch.num_processes > 1`` the pytorch engine is the data-parallel
     ``DataParallelEngine`` (one spawned replica per GPU).
     """
+    if backend not in ENGINES:
+        raise BackendError(
+            f"engine '{backend}' is not known to this version of llem",
+            hint=f"known engines: {', '.join(ENGINES)}",
+        )
+    spec = engine_spec(backend)
     if not engine_installed(backend):
-        raise BackendError(f"engine '{backend}' is not installed", hint=ENGINE_EXTRAS.get(backend))
-    if backend == "pytorch":
-        if config is not None:
-            from llenergymeasure.engines.data_parallel import DataParallelEngine, num_processes
+        raise BackendError(f"engine '{backend}' is not installed", hint=spec.install_hint)
+    if backend == "pytorch" and config is not None:
+        from llenergymeasure.engines.data_parallel import DataParallelEngine, num_processes
 
-            if num_processes(config) > 1:
-                return DataParallelEngine()
-        from llenergymeasure.engines.pytorch import PyTorchBackend
-
-        return PyTorchBackend()
-    if backend == "vllm":
-        from llenergymeasure.engines.vllm import VLLMBackend
-
-        return VLLMBackend()
-    if backend == "tensorrt":
-        from llenergymeasure.engines.tensorrt import TensorRTBackend
-
-        return TensorRTBackend()
-    raise BackendError(
-        f"engine '{backend}' is not implemented in this version of llem yet",
-        hint="use backend: pytorch",
-    )
+        if num_processes(config) > 1:
+            return DataParallelEngine()
+    module_name, _, class_name = spec.engine_class.partition(":")
+    try:
+        engine_class = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as e:
+        raise BackendError(
+            f"engine '{backend}': cannot import {spec.engine_class}: {e}", hint=spec.install_hint
+        ) from e
+    engine: InferenceBackend = engine_class()
+    return engine

@@ -286,7 +286,10 @@ class PyTorchBackend:
 
     # ─── Pre-flight ─────────────────────────────────────────────────────────
     def preflight(self, config: ExperimentConfig) -> list[str]:
-        """Collect every problem that would stop ``config`` from running; loads nothing."""
+        """What on this machine would stop ``config`` from running: libraries installed (torch,
+        transformers, bitsandbytes, flash-attn, peft), model and adapter files, GPUs for data
+        parallelism, passthrough keys. Static config rules (precision, 4/8-bit exclusivity,
+        speculative decoding at batch 1) are the config model's; loads nothing."""
         problems: list[str] = []
         missing = [m for m in ("torch", "transformers") if importlib.util.find_spec(m) is None]
         if missing:
@@ -296,11 +299,6 @@ class PyTorchBackend:
             return problems
         self._config = config
 
-        if config.precision not in _PRECISION_TO_DTYPE:
-            problems.append(
-                f"pytorch engine does not support precision={config.precision!r}; "
-                f"valid: {sorted(_PRECISION_TO_DTYPE)}"
-            )
         load_kw, _gen_kw, _engine_kw, pt_problems = split_passthrough_kwargs(
             config.passthrough_kwargs
         )
@@ -308,12 +306,7 @@ class PyTorchBackend:
         problems.extend(self._check_model_source(config.model, "model", load_kw))
 
         pt = config.pytorch
-        batch_size = self._batch_size(config)
-        if batch_size < 1:
-            problems.append(f"pytorch.batch_size must be >= 1, got {batch_size}")
         if pt is not None:
-            if pt.load_in_4bit and pt.load_in_8bit:
-                problems.append("pytorch.load_in_4bit and pytorch.load_in_8bit are exclusive")
             if (pt.load_in_4bit or pt.load_in_8bit) and importlib.util.find_spec(
                 "bitsandbytes"
             ) is None:
@@ -331,14 +324,8 @@ class PyTorchBackend:
                 )
 
         dec = config.decoder
-        if dec.speculative_decoding:
-            if batch_size != 1:
-                problems.append(
-                    "decoder.speculative_decoding (assisted generation) needs "
-                    f"pytorch.batch_size=1, got {batch_size}"
-                )
-            if dec.draft_model:
-                problems.extend(self._check_model_source(dec.draft_model, "decoder.draft_model"))
+        if dec.speculative_decoding and dec.draft_model:
+            problems.extend(self._check_model_source(dec.draft_model, "decoder.draft_model"))
 
         if config.lora is not None:
             if importlib.util.find_spec("peft") is None:
@@ -841,20 +828,21 @@ class PyTorchBackend:
         return int(torch.cuda.max_memory_allocated(self._device))
 
     def clear_run_state(self) -> list[str]:
-        """Collect garbage, empty the CUDA allocator cache and reset the peak counter.
+        """Free the previous run's tensors and reset the peak-memory counter.
 
-        transformers keeps no cache across ``generate`` calls (the KV cache is per call)."""
+        HF ``generate`` keeps no cache across calls (each call builds a fresh KV cache), so
+        there is no cross-run work to drop; the last run's output ids are released.
+        """
         self._last_outputs = []
         gc.collect()
+        notes = ["pytorch: transformers generate keeps no cross-call KV cache; nothing to drop"]
         if self._on_cuda():
             import torch
 
             torch.cuda.empty_cache()
+            notes.append("pytorch: released cached CUDA blocks (torch.cuda.empty_cache)")
         self.reset_peak_memory()
-        return [
-            "pytorch: no cross-call cache; garbage collected, allocator cache emptied, peak "
-            "memory counter reset"
-        ]
+        return notes
 
     def unload(self) -> None:
         """Drop model, draft and tokenizer and release cached device memory."""

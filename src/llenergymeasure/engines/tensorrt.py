@@ -2,7 +2,10 @@
 
 Importing this module imports neither tensorrt_llm nor torch: both are imported inside methods.
 
-Written against TensorRT-LLM 1.0 (``tensorrt_llm/_tensorrt_engine/llm.py``: the TensorRT-engine
+Targets TensorRT-LLM 1.2 (the ``[tensorrt]`` extra pins ``tensorrt-llm==1.2.*``); written against
+the 1.0 LLM API, whose calls used here are unchanged in the current upstream source of
+``tensorrt_llm/_tensorrt_engine/llm.py`` (``LLM.__init__`` and ``LLM.save`` were checked there):
+the TensorRT-engine
 ``LLM(model, tokenizer, ..., tensor_parallel_size, dtype, **TrtLlmArgs)`` with
 ``pipeline_parallel_size``, ``build_config``, ``quant_config``, and ``LLM.save(engine_dir)``;
 ``tensorrt_llm/builder.py`` ``BuildConfig(max_batch_size, max_seq_len, kv_cache_type, ...)``;
@@ -30,8 +33,6 @@ method explicitly but must agree with ``precision``.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import hashlib
 import importlib.util
 import json
@@ -43,7 +44,9 @@ from pathlib import Path
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-from llenergymeasure.engines.base import LoadInfo, RequestRecord
+from llenergymeasure.config.models import TENSORRT_PRECISION_QUANT
+from llenergymeasure.engines.base import LoadInfo
+from llenergymeasure.engines.offline import OfflineLLMEngine, RequestTiming
 from llenergymeasure.exceptions import BackendError
 
 if TYPE_CHECKING:
@@ -93,12 +96,6 @@ QUANT_ALGOS: dict[str, str] = {
     "int4_awq": "W4A16_AWQ",
     "fp8": "FP8",
 }
-_PRECISION_QUANT: dict[str, str | None] = {
-    "fp16": None,
-    "int8": "int8_sq",
-    "int4": "int4_awq",
-    "fp8": "fp8",
-}
 
 
 def resolve_quantization(config: ExperimentConfig) -> str | None:
@@ -106,7 +103,7 @@ def resolve_quantization(config: ExperimentConfig) -> str | None:
     t = config.tensorrt
     if t is not None and t.quantization is not None:
         return t.quantization
-    return _PRECISION_QUANT.get(config.precision)
+    return TENSORRT_PRECISION_QUANT.get(config.precision)
 
 
 def _trt_setting(config: ExperimentConfig, name: str) -> Any:
@@ -164,67 +161,25 @@ def _trt_llm_class() -> Any:
     return LegacyLLM
 
 
-class TensorRTBackend:
+class TensorRTBackend(OfflineLLMEngine):
     """Inference through a TensorRT-LLM engine (built and cached, or loaded)."""
 
     name = "tensorrt"
+    display_name = "TensorRT-LLM"
 
     def __init__(self) -> None:
-        self._llm: Any = None
-        self._tokenizer: Any = None
-        self._config: ExperimentConfig | None = None
+        super().__init__()
         self._llm_kwargs: dict[str, Any] = {}
         self._engine_dir: str | None = None
         self._engine_origin: str | None = None  # "engine_path" | "cache" | "built"
         self._cache_key: str | None = None
-        self._notes: list[str] = []
-        self.last_phase: str | None = None
-
-    # ─── Introspection ──────────────────────────────────────────────────────
-    def version(self) -> str:
-        """Installed TensorRT-LLM version ("not installed" when missing)."""
-        from llenergymeasure.engines.registry import module_version
-
-        return module_version("tensorrt-llm", "tensorrt_llm")
-
-    @property
-    def tokenizer(self) -> Any:
-        """The engine's tokenizer; None before ``load``."""
-        return self._tokenizer
 
     # ─── Pre-flight ─────────────────────────────────────────────────────────
-    def preflight(self, config: ExperimentConfig) -> list[str]:
-        """Every problem that would stop ``config`` from running; imports and builds nothing."""
-        if importlib.util.find_spec("tensorrt_llm") is None:
-            return [f"tensorrt engine is not installed: {INSTALL_HINT}"]
+    def _machine_problems(self, config: ExperimentConfig) -> list[str]:
+        """A given ``engine_path`` must be an engine folder. Static config rules (precision,
+        quantization, beam, LoRA, draft models) are the config model's."""
         problems: list[str] = []
-        self._config = config
-        if config.precision not in _PRECISION_QUANT:
-            problems.append(
-                f"tensorrt engine does not support precision={config.precision!r} "
-                f"(valid: {sorted(_PRECISION_QUANT)}; fp32 and bf16 engines are not supported)"
-            )
         t = config.tensorrt
-        if t is not None and t.quantization is not None:
-            implied = _PRECISION_QUANT.get(config.precision)
-            if implied != t.quantization:
-                want = next(p for p, q in _PRECISION_QUANT.items() if q == t.quantization)
-                problems.append(
-                    f"tensorrt.quantization={t.quantization} needs precision: {want} "
-                    f"(got precision: {config.precision})"
-                )
-        if config.decoder.decoding_strategy == "beam":
-            problems.append("tensorrt engine does not support decoding_strategy='beam'")
-        if config.decoder.speculative_decoding:
-            problems.append(
-                "decoder.speculative_decoding (draft model) is not supported with the tensorrt "
-                "engine in llem"
-            )
-        if config.lora is not None:
-            problems.append(
-                "lora: is not supported with backend tensorrt: merge the adapter with peft "
-                "(merge_and_unload) and set model: to the merged folder"
-            )
         if t is not None and t.engine_path is not None:
             path = Path(t.engine_path).expanduser()
             if not (path / "config.json").is_file():
@@ -266,16 +221,11 @@ class TensorRTBackend:
             kwargs["quant_config"] = QuantConfig(quant_algo=getattr(QuantAlgo, QUANT_ALGOS[quant]))
         return kwargs
 
-    def load(self, config: ExperimentConfig) -> LoadInfo:
+    def _start(self, config: ExperimentConfig) -> LoadInfo:
         """Load ``engine_path``, or a cached engine, or build one and cache it."""
-        problems = self.preflight(config)
-        if problems:
-            raise BackendError("tensorrt engine cannot run this config: " + "; ".join(problems))
         LLM = _trt_llm_class()
         from llenergymeasure.engines import builtin
 
-        self._config = config
-        self._notes = []
         model = (
             str(builtin.resolve_builtin_model(config.model))
             if builtin.is_builtin_model(config.model)
@@ -432,87 +382,45 @@ class TensorRTBackend:
             kw.update(ignore_eos=True, min_tokens=max_tokens)
         return SamplingParams(**kw)
 
-    def generate(
-        self,
-        prompts: Sequence[Prompt],
-        config: ExperimentConfig,
-        *,
-        phase: str = "measurement",
-    ) -> list[RequestRecord]:
-        """Run every prompt in one ``LLM.generate`` call; one record per prompt, in order."""
-        if self._llm is None:
-            raise BackendError("tensorrt engine: generate() called before load()")
-        self.last_phase = phase
-        if not prompts:
-            return []
-        default_max = int(config.effective_max_new_tokens)
-        limits = [default_max if p.max_new_tokens is None else p.max_new_tokens for p in prompts]
-        params = [self._sampling_params(config, n) for n in limits]
-        t0 = perf_counter()
-        try:
-            outputs = self._llm.generate([p.text for p in prompts], params, use_tqdm=False)
-        except Exception as e:
-            raise BackendError(f"TensorRT-LLM generation failed: {type(e).__name__}: {e}") from e
-        wall = perf_counter() - t0
-        records: list[RequestRecord] = []
-        missing = 0
-        ttft: float | None
-        latency: float | None
-        itl: list[float]
-        for p, out in zip(prompts, outputs, strict=True):
-            completion = out.outputs[0]
-            n_out = len(completion.token_ids)
-            timing = _perf_timings(completion, n_out)
-            if timing is None:
-                missing += 1
-                ttft, latency, itl = None, wall, []
-            else:
-                ttft, latency, itl = timing
-            records.append(
-                RequestRecord(
-                    index=p.index,
-                    input_tokens=len(out.prompt_token_ids or []),
-                    output_tokens=n_out,
-                    latency_s=latency if latency is not None else wall,
-                    ttft_s=ttft,
-                    itl_s=itl,
-                )
+    def _run_generate(self, prompts: Sequence[Prompt], params: list[Any]) -> Sequence[Any]:
+        outputs: Sequence[Any] = self._llm.generate(
+            [p.text for p in prompts], params, use_tqdm=False
+        )
+        return outputs
+
+    def _request_timing(self, output: Any, n_out: int) -> RequestTiming | None:
+        return _perf_timings(output.outputs[0], n_out)
+
+    def _timing_note(self, missing: int) -> str:
+        if missing:
+            return (
+                "TensorRT-LLM returned no request_perf_metrics for some requests: their "
+                "ttft/itl are not recorded and latency is the wall time of the whole "
+                "generate() call"
             )
-        note = (
-            "TensorRT-LLM returned no request_perf_metrics for some requests: their ttft/itl "
-            "are not recorded and latency is the wall time of the whole generate() call"
-            if missing
-            else "TensorRT-LLM reports first/last token times per request: itl_s holds each "
+        return (
+            "TensorRT-LLM reports first/last token times per request: itl_s holds each "
             "request's mean inter-token interval"
         )
-        if note not in self._notes:
-            self._notes.append(note)
-        return records
 
     # ─── Device housekeeping ────────────────────────────────────────────────
-    def synchronize(self) -> None:
-        """No-op: ``LLM.generate`` returns when every request has finished."""
-
-    def reset_peak_memory(self) -> None:
-        """No-op: the executor runs in worker processes (see ``peak_memory_bytes``)."""
-
-    def peak_memory_bytes(self) -> int | None:
-        """None: the TensorRT-LLM executor allocates in its own worker processes."""
-        return None
-
     def clear_run_state(self) -> list[str]:
-        """Nothing to clear here (minimal version; the engines work completes it)."""
-        return ["tensorrt: no run state cleared (KV-cache block reuse is not reset)"]
+        """Nothing llem can clear: the LLM API offers no call that empties the KV cache.
 
-    def unload(self) -> None:
-        """Shut the executor down and drop the engine."""
-        llm, self._llm, self._tokenizer = self._llm, None, None
+        TensorRT-LLM reuses KV blocks across requests by default
+        (``KvCacheConfig.enable_block_reuse=True``); a run that repeats an earlier run's
+        prompts on a reused engine may skip their prefill. Peak memory lives in the workers.
+        """
+        return [
+            "tensorrt: the LLM API has no KV-cache reset; KV block reuse "
+            "(KvCacheConfig.enable_block_reuse, on by default) may serve prefixes an earlier "
+            "run on this engine computed"
+        ]
+
+    def _shutdown_handle(self, llm: Any) -> None:
         shutdown = getattr(llm, "shutdown", None)
         if callable(shutdown):
-            with contextlib.suppress(Exception):
-                shutdown()
-        del llm
-        gc.collect()
+            shutdown()
 
 
 def _perf_timings(

@@ -2,14 +2,18 @@
 
 Importing this module imports neither vllm nor torch: both are imported inside methods.
 
-Written against the public API of vLLM 0.11.x (``vllm/entrypoints/llm.py``: ``LLM(model, *,
+Targets vLLM 0.26 (the ``[vllm]`` extra pins ``vllm==0.26.*``; ``llem run`` with 0.26.0 ran on
+an H200). Public API used (``vllm/entrypoints/llm.py``: ``LLM(model, *,
 tensor_parallel_size, dtype, quantization, seed, gpu_memory_utilization, **EngineArgs)``,
 ``LLM.generate(prompts, sampling_params, *, use_tqdm, lora_request)``,
 ``LLM.beam_search(prompts, BeamSearchParams, lora_request)``; ``vllm.sampling_params``
 ``SamplingParams`` / ``BeamSearchParams(beam_width, max_tokens, ignore_eos, temperature,
 length_penalty)``; ``vllm.lora.request.LoRARequest(lora_name, lora_int_id, lora_path)``;
-``RequestOutput.metrics``: ``RequestStateStats`` in the V1 engine, ``RequestMetrics`` in V0).
-Not verified on hardware: the tests run against a fake ``vllm`` package.
+``RequestOutput.metrics``: ``RequestStateStats`` in the V1 engine, ``RequestMetrics`` in V0;
+``LLM.reset_prefix_cache()``; ``LLM.get_metrics()``), plus the V1 engine loop that
+``LLM.generate`` itself runs (``llm_engine.add_request`` / ``step`` /
+``has_unfinished_requests``, ``SamplingParams.output_kind``). The CPU tests run against a fake
+``vllm`` package that follows these signatures.
 
 How a run works (``VLLMBackend.generate``):
 
@@ -21,8 +25,13 @@ How a run works (``VLLMBackend.generate``):
   checkpoint and a method: int4 -> ``vllm.quantization: awq | gptq``; int8 ->
   ``vllm.quantization: gptq`` (8-bit GPTQ checkpoint); activations then run in float16.
   ``vllm.quantization: fp8`` is allowed with fp16 / bf16 (fp8 weights, 16-bit activations).
-- All prompts go to one ``LLM.generate`` call (vLLM schedules them itself, up to
-  ``max_num_seqs`` at a time), one ``SamplingParams`` per prompt: greedy = temperature 0;
+- All prompts are added to the engine at once (vLLM schedules them itself, up to
+  ``max_num_seqs`` at a time) and the engine is stepped until they finish, the loop
+  ``LLM.generate`` runs, but with ``output_kind=DELTA`` so that every step reports its new
+  tokens: each token gets the ``perf_counter()`` of the step that produced it, giving true
+  per-request TTFT and every inter-token gap (``_generate_stepwise``). Where the engine has
+  no such loop, one ``LLM.generate`` call runs instead (timings from the request metrics).
+  One ``SamplingParams`` per prompt: greedy = temperature 0;
   sampling = temperature/top_p/top_k (-1 = off)/repetition_penalty/seed; ``max_tokens`` is the
   prompt's own limit or the experiment's; ``ignore_eos`` sets ``ignore_eos=True`` and
   ``min_tokens=max_tokens``.
@@ -31,7 +40,8 @@ How a run works (``VLLMBackend.generate``):
 - LoRA: one ``LoRARequest("llem-adapter", 1, <adapter path or hub id>)`` per request.
 - Speculative decoding: ``speculative_config={"model": draft_model,
   "num_speculative_tokens": 5}`` (``passthrough_kwargs.num_speculative_tokens`` overrides 5).
-- Timings per request come from ``RequestOutput.metrics``: V1 ``first_token_latency`` (TTFT) and
+- Fallback timings (one ``LLM.generate`` call) come from ``RequestOutput.metrics``: V1
+  ``first_token_latency`` (TTFT) and
   ``last_token_ts - first_token_ts`` (decode time); V0 ``first_token_time - arrival_time`` and
   ``last_token_time - first_token_time``. vLLM records only the first and last token times, so
   each request's ``itl_s`` holds its mean inter-token interval, once per gap. Where metrics are
@@ -41,9 +51,7 @@ How a run works (``VLLMBackend.generate``):
 
 from __future__ import annotations
 
-import contextlib
-import gc
-import importlib.util
+import itertools
 import json
 import struct
 from collections.abc import Sequence
@@ -52,6 +60,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from llenergymeasure.engines.base import LoadInfo, RequestRecord
+from llenergymeasure.engines.offline import OfflineLLMEngine, RequestTiming
 from llenergymeasure.exceptions import BackendError
 
 if TYPE_CHECKING:
@@ -100,8 +109,6 @@ _ENGINE_CONFIG_PATHS: dict[str, tuple[str, str]] = {
 }
 
 _PRECISION_TO_DTYPE = {"fp16": "float16", "bf16": "bfloat16", "int8": "float16", "int4": "float16"}
-#: Quantization methods that make precision int4 / int8 possible with vLLM.
-QUANT_FOR_PRECISION: dict[str, tuple[str, ...]] = {"int4": ("awq", "gptq"), "int8": ("gptq",)}
 
 # passthrough_kwargs keys that have a config field of their own.
 _CONFLICTING_KEYS = {
@@ -235,54 +242,25 @@ def _count_safetensors_params(folder: Path) -> int:
     return total
 
 
-class VLLMBackend:
+class VLLMBackend(OfflineLLMEngine):
     """Inference through vLLM's offline ``LLM`` engine."""
 
     name = "vllm"
+    display_name = "vllm"
 
     def __init__(self) -> None:
-        self._llm: Any = None
-        self._tokenizer: Any = None
-        self._config: ExperimentConfig | None = None
+        super().__init__()
         self._engine_args: dict[str, Any] = {}
         self._model_source: str | None = None
-        self._notes: list[str] = []
         self._lora_request: Any = None
-        self.last_phase: str | None = None
-
-    # ─── Introspection ──────────────────────────────────────────────────────
-    def version(self) -> str:
-        """Installed vLLM version ("not installed" when missing)."""
-        from llenergymeasure.engines.registry import module_version
-
-        return module_version("vllm", "vllm")
-
-    @property
-    def tokenizer(self) -> Any:
-        """vLLM's tokenizer (``LLM.get_tokenizer()``); None before ``load``."""
-        return self._tokenizer
+        self._batch_seq = 0
+        self._window_prefix_start: tuple[int, int] | None = None
 
     # ─── Pre-flight ─────────────────────────────────────────────────────────
-    def preflight(self, config: ExperimentConfig) -> list[str]:
-        """Every problem that would stop ``config`` from running; imports and loads nothing."""
-        if importlib.util.find_spec("vllm") is None:
-            return [f"vllm engine is not installed: {INSTALL_HINT}"]
+    def _machine_problems(self, config: ExperimentConfig) -> list[str]:
+        """Model and adapter files present, passthrough keys that clash with config fields.
+        Static config rules (precision, quantization, LoRA, beam) are the config model's."""
         problems: list[str] = []
-        self._config = config
-        v = config.vllm
-        quant = v.quantization if v is not None else None
-        if config.precision not in _PRECISION_TO_DTYPE:
-            problems.append(
-                f"vllm engine does not support precision={config.precision!r}; "
-                f"valid: {sorted(_PRECISION_TO_DTYPE)}"
-            )
-        elif config.precision in QUANT_FOR_PRECISION:
-            allowed = QUANT_FOR_PRECISION[config.precision]
-            if quant not in allowed:
-                problems.append(
-                    f"precision={config.precision} with vllm needs a pre-quantized checkpoint and "
-                    f"vllm.quantization set to one of {list(allowed)} (got {quant!r})"
-                )
         for key in config.passthrough_kwargs or {}:
             if key in _CONFLICTING_KEYS:
                 problems.append(
@@ -291,21 +269,9 @@ class VLLMBackend:
                 )
         problems.extend(self._check_model(config.model, "model"))
         dec = config.decoder
-        if dec.decoding_strategy == "beam" and dec.speculative_decoding:
-            problems.append(
-                "decoder.speculative_decoding cannot be combined with beam search in vllm"
-            )
         if dec.speculative_decoding and dec.draft_model:
             problems.extend(self._check_model(dec.draft_model, "decoder.draft_model"))
         if config.lora is not None:
-            if not (v is not None and v.enable_lora):
-                problems.append("lora: with backend vllm requires vllm.enable_lora: true")
-            if config.lora.merge_weights:
-                problems.append(
-                    "lora.merge_weights=true is not possible with vllm (adapters are applied "
-                    "unmerged through LoRARequest); merge with peft and set model: to the merged "
-                    "folder, or set merge_weights: false"
-                )
             path = config.lora.adapter_path
             if path is not None and not Path(path).expanduser().is_dir():
                 problems.append(f"lora.adapter_path {path!r} is not a directory")
@@ -330,15 +296,10 @@ class VLLMBackend:
         return []
 
     # ─── Load ───────────────────────────────────────────────────────────────
-    def load(self, config: ExperimentConfig) -> LoadInfo:
+    def _start(self, config: ExperimentConfig) -> LoadInfo:
         """Start ``vllm.LLM`` with the engine arguments of ``config``."""
-        problems = self.preflight(config)
-        if problems:
-            raise BackendError("vllm engine cannot run this config: " + "; ".join(problems))
         from vllm import LLM
 
-        self._config = config
-        self._notes = []
         self._model_source = _model_source(config.model)
         self._engine_args = build_engine_args(config, self._model_source)
         t0 = perf_counter()
@@ -354,7 +315,9 @@ class VLLMBackend:
                 f"vllm failed to load {config.model}: {type(e).__name__}: {e}",
                 hint="lower vllm.gpu_memory_utilization or max_num_seqs if it ran out of memory",
             ) from e
+        started = perf_counter() - t0
         self._tokenizer = self._llm.get_tokenizer()
+        self._window_prefix_start = self._prefix_cache_counters()
         if config.lora is not None:
             from vllm.lora.request import LoRARequest
 
@@ -373,7 +336,57 @@ class VLLMBackend:
             ),
             device="cuda",
             notes=list(self._notes),
+            timing_parts=self._start_parts(started),
         )
+
+    def _start_parts(self, started: float) -> dict[str, float]:
+        """The engine start and the parts vLLM reports to this process.
+
+        vLLM propagates its torch.compile time into ``compilation_config.compilation_time``;
+        weight loading and CUDA-graph capture times appear only in vLLM's log.
+        """
+        parts = {"engine_start_s": round(started, 6)}
+        compilation = getattr(self._engine_config(), "compilation_config", None)
+        compile_s = getattr(compilation, "compilation_time", None)
+        if isinstance(compile_s, (int, float)) and compile_s > 0:
+            parts["compile_s"] = float(compile_s)
+        return parts
+
+    # ─── Prefix-cache statistics ────────────────────────────────────────────
+    def _prefix_cache_counters(self) -> tuple[int, int] | None:
+        """(queries, hits) in tokens from ``LLM.get_metrics()``; None where not exposed."""
+        get_metrics = getattr(self._llm, "get_metrics", None)
+        if not callable(get_metrics):
+            return None
+        try:
+            metrics = get_metrics()
+        except Exception:
+            return None
+        totals = {"vllm:prefix_cache_queries": 0, "vllm:prefix_cache_hits": 0}
+        found = False
+        for metric in metrics:
+            name = getattr(metric, "name", None)
+            if name in totals:
+                totals[name] += int(getattr(metric, "value", 0) or 0)
+                found = True
+        if not found:
+            return None
+        return totals["vllm:prefix_cache_queries"], totals["vllm:prefix_cache_hits"]
+
+    def _window_prefix_cache(self) -> dict[str, Any] | None:
+        """Prefix-cache queries, hits and hit rate since the window started (see
+        ``reset_peak_memory``), from vLLM's counters; None where vLLM does not expose them."""
+        now = self._prefix_cache_counters()
+        if now is None:
+            return None
+        start = self._window_prefix_start or (0, 0)
+        queries, hits = now[0] - start[0], now[1] - start[1]
+        return {
+            "queries_tokens": queries,
+            "hits_tokens": hits,
+            "hit_rate": round(hits / queries, 6) if queries > 0 else None,
+            "source": "LLM.get_metrics(): vllm:prefix_cache_queries / vllm:prefix_cache_hits",
+        }
 
     def _parameter_count(self) -> int:
         """Parameters from the safetensors headers of the local (or HF-cached) model folder."""
@@ -460,6 +473,7 @@ class VLLMBackend:
             ),
             "engine_args": {k: v for k, v in self._engine_args.items() if k != "model"},
             "passthrough_kwargs": dict(config.passthrough_kwargs or {}),
+            "prefix_cache": self._window_prefix_cache(),
             "notes": list(self._notes),
         }
 
@@ -485,73 +499,107 @@ class VLLMBackend:
             kw.update(ignore_eos=True, min_tokens=max_tokens)
         return SamplingParams(**kw)
 
-    def generate(
-        self,
-        prompts: Sequence[Prompt],
-        config: ExperimentConfig,
-        *,
-        phase: str = "measurement",
+    def _generate(
+        self, prompts: Sequence[Prompt], config: ExperimentConfig, limits: list[int]
     ) -> list[RequestRecord]:
-        """Run every prompt; one record per prompt, in prompt order."""
-        if self._llm is None:
-            raise BackendError("vllm engine: generate() called before load()")
-        self.last_phase = phase
-        if not prompts:
-            return []
-        default_max = int(config.effective_max_new_tokens)
-        limits = [default_max if p.max_new_tokens is None else p.max_new_tokens for p in prompts]
         if config.decoder.decoding_strategy == "beam":
             return self._generate_beam(prompts, config, limits)
+        engine = getattr(self._llm, "llm_engine", None)
+        if not all(
+            callable(getattr(engine, m, None))
+            for m in ("add_request", "step", "has_unfinished_requests")
+        ):
+            return super()._generate(prompts, config, limits)  # one LLM.generate call
         params = [self._sampling_params(config, n) for n in limits]
-        lora = [self._lora_request] * len(prompts) if self._lora_request is not None else None
-        t0 = perf_counter()
         try:
-            outputs = self._llm.generate(
-                [p.text for p in prompts], params, use_tqdm=False, lora_request=lora
-            )
+            return self._generate_stepwise(engine, prompts, params)
+        except BackendError:
+            raise
         except Exception as e:
             raise BackendError(f"vllm generation failed: {type(e).__name__}: {e}") from e
-        wall = perf_counter() - t0
+
+    def _generate_stepwise(
+        self, engine: Any, prompts: Sequence[Prompt], params: list[Any]
+    ) -> list[RequestRecord]:
+        """Run the engine loop ``LLM.generate`` runs, timestamping every new token.
+
+        Requests are added with ``output_kind=DELTA`` (``LLM.generate`` forces FINAL_ONLY,
+        which reports nothing until a request ends), then ``llm_engine.step()`` is called
+        until no request is left, exactly as ``LLM._run_engine`` does. After each step one
+        ``perf_counter()`` stamps the tokens that step delivered: TTFT is first token minus
+        the request's submission, ITL the gaps between its successive tokens. Tokens that
+        arrive together in one step (speculative decoding) share the step's interval evenly.
+        """
+        from vllm.sampling_params import RequestOutputKind
+
+        texts = [p.text for p in prompts]
+        preprocess = getattr(self._llm, "_preprocess_cmpl", None)
+        inputs: Sequence[Any] = preprocess(texts) if callable(preprocess) else texts
+        self._batch_seq += 1
+        ids = [f"llem-{self._batch_seq}-{i}" for i in range(len(prompts))]
+        submitted: list[float] = []
+        position = {rid: i for i, rid in enumerate(ids)}
+        stamps: list[list[float]] = [[] for _ in prompts]
+        prompt_tokens: list[int | None] = [None] * len(prompts)
+        for rid, engine_input, sp in zip(ids, inputs, params, strict=True):
+            sp.output_kind = RequestOutputKind.DELTA
+            submitted.append(perf_counter())
+            engine.add_request(rid, engine_input, sp, lora_request=self._lora_request)
+        while engine.has_unfinished_requests():
+            step_outputs = engine.step()
+            now = perf_counter()
+            for out in step_outputs:
+                i = position.get(out.request_id)
+                if i is None:
+                    continue
+                new = len(out.outputs[0].token_ids) if out.outputs else 0
+                if new:
+                    times = stamps[i]
+                    start = times[-1] if times else now
+                    times.extend(start + (now - start) * (k + 1) / new for k in range(new))
+                if prompt_tokens[i] is None and out.prompt_token_ids is not None:
+                    prompt_tokens[i] = len(out.prompt_token_ids)
         records: list[RequestRecord] = []
-        missing = 0
-        ttft: float | None
-        latency: float | None
-        itl: list[float]
-        for p, out in zip(prompts, outputs, strict=True):
-            n_out = len(out.outputs[0].token_ids)
-            timing = request_timings(out, n_out)
-            if timing is None:
-                missing += 1
-                ttft, latency, itl = None, wall, []
-            else:
-                ttft, latency, itl = timing
+        for i, p in enumerate(prompts):
+            times = stamps[i]
+            t_in = submitted[i]
             records.append(
                 RequestRecord(
                     index=p.index,
-                    input_tokens=len(out.prompt_token_ids or []),
-                    output_tokens=n_out,
-                    latency_s=latency if latency is not None else wall,
-                    ttft_s=ttft,
-                    itl_s=itl,
+                    input_tokens=prompt_tokens[i] or 0,
+                    output_tokens=len(times),
+                    latency_s=(times[-1] - t_in) if times else 0.0,
+                    ttft_s=(times[0] - t_in) if times else None,
+                    itl_s=[b - a for a, b in itertools.pairwise(times)],
                 )
             )
-        self._note_timings(missing, len(prompts))
+        self._add_note(
+            "vllm: per-token timing from the engine step loop (llm_engine.step), one "
+            "timestamp per step: ttft_s and every itl_s gap are measured"
+        )
         return records
 
-    def _note_timings(self, missing: int, total: int) -> None:
+    def _run_generate(self, prompts: Sequence[Prompt], params: list[Any]) -> Sequence[Any]:
+        lora = [self._lora_request] * len(prompts) if self._lora_request is not None else None
+        outputs: Sequence[Any] = self._llm.generate(
+            [p.text for p in prompts], params, use_tqdm=False, lora_request=lora
+        )
+        return outputs
+
+    def _request_timing(self, output: Any, n_out: int) -> RequestTiming | None:
+        return request_timings(output, n_out)
+
+    def _timing_note(self, missing: int) -> str:
         if missing:
-            note = (
+            return (
                 "vLLM returned no per-request metrics (RequestOutput.metrics is None) for "
                 "some requests: their ttft/itl are not recorded and latency is the wall time "
                 "of the whole generate() call"
             )
-        else:
-            note = (
-                "vLLM reports only first/last token times per request: itl_s holds each "
-                "request's mean inter-token interval"
-            )
-        if note not in self._notes:
-            self._notes.append(note)
+        return (
+            "vLLM reports only first/last token times per request: itl_s holds each "
+            "request's mean inter-token interval"
+        )
 
     def _generate_beam(
         self, prompts: Sequence[Prompt], config: ExperimentConfig, limits: list[int]
@@ -586,40 +634,42 @@ class VLLMBackend:
                     ttft_s=None,
                     batch_index=batch_index,
                 )
-        note = "beam search (LLM.beam_search) has no per-token timing: ttft/itl not recorded"
-        if note not in self._notes:
-            self._notes.append(note)
+        self._add_note(
+            "beam search (LLM.beam_search) has no per-token timing: ttft/itl not recorded"
+        )
         return [r for r in records if r is not None]
 
     # ─── Device housekeeping ────────────────────────────────────────────────
-    def synchronize(self) -> None:
-        """No-op: ``LLM.generate`` returns only when every request has finished."""
-
     def reset_peak_memory(self) -> None:
-        """No-op: vLLM's workers run in their own processes (see ``peak_memory_bytes``)."""
-
-    def peak_memory_bytes(self) -> int | None:
-        """None: vLLM preallocates ``gpu_memory_utilization`` of the GPU in worker processes,
-        so this process's allocator sees nothing; the sampler's memory readings apply."""
-        return None
+        """Start the window's statistics: no peak-memory counter lives in this process (the
+        workers allocate), so this marks where the prefix-cache counters start."""
+        self._window_prefix_start = self._prefix_cache_counters()
 
     def clear_run_state(self) -> list[str]:
-        """Reset the prefix cache, so a reused engine's window never prefills from the cache
-        its earlier runs filled (minimal version; the engines work completes it)."""
-        reset = getattr(self._llm, "reset_prefix_cache", None)
-        if callable(reset):
-            reset()
-            return ["vllm: prefix cache reset"]
-        return ["vllm: this vLLM has no reset_prefix_cache; the prefix cache was not reset"]
+        """Empty vLLM's prefix cache so that no run reuses KV blocks another run computed.
 
-    def unload(self) -> None:
-        """Shut the engine down and drop it."""
-        llm, self._llm, self._tokenizer = self._llm, None, None
+        vLLM 0.26 ``LLM.reset_prefix_cache(reset_running_requests=False,
+        reset_connector=False) -> bool``: False when requests still hold KV cache (none do
+        between ``generate`` calls). Peak memory lives in the workers (nothing to reset here).
+        """
+        if self._llm is None:
+            return ["vllm: engine not loaded; no prefix cache to clear"]
+        reset = getattr(self._llm, "reset_prefix_cache", None)
+        if not callable(reset):
+            return ["vllm: this vLLM has no LLM.reset_prefix_cache; prefix cache not cleared"]
+        # A window measured on a warm prefix cache skips prefill: refuse it rather than report it.
+        try:
+            done = reset()
+        except Exception as e:
+            raise BackendError(f"vllm: reset_prefix_cache failed ({type(e).__name__}: {e})") from e
+        if done is False:
+            raise BackendError("vllm: reset_prefix_cache refused (requests still running)")
+        self.reset_peak_memory()
+        return ["vllm: prefix cache reset (LLM.reset_prefix_cache)"]
+
+    def _shutdown_handle(self, llm: Any) -> None:
         engine = getattr(llm, "llm_engine", None)
         core = getattr(engine, "engine_core", None)
         shutdown = getattr(core, "shutdown", None)
         if callable(shutdown):
-            with contextlib.suppress(Exception):  # best effort: the process is about to exit
-                shutdown()
-        del llm
-        gc.collect()
+            shutdown()

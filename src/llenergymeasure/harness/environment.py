@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from llenergymeasure._version import __version__
+from llenergymeasure.config.catalogue import ENGINES
 from llenergymeasure.config.installed import engine_version
 from llenergymeasure.energy.devices import effective_cuda_visible_devices
 from llenergymeasure.energy.sensors import GpuSensor
 from llenergymeasure.results.models import EnvironmentSnapshot
 
+#: Libraries whose versions every result records, besides each catalogue engine's distribution.
 _KEY_LIBRARIES = (
     "torch",
     "transformers",
@@ -26,8 +28,6 @@ _KEY_LIBRARIES = (
     "peft",
     "bitsandbytes",
     "flash-attn",
-    "vllm",
-    "tensorrt-llm",
     "nvidia-ml-py",
     "zeus",
     "zeus-ml",
@@ -48,7 +48,8 @@ def _cpu_model() -> str | None:
 
 def _versions() -> dict[str, str | None]:
     out: dict[str, str | None] = {}
-    for name in _KEY_LIBRARIES:
+    engines = [spec.distribution for spec in ENGINES.values()]
+    for name in dict.fromkeys([*_KEY_LIBRARIES, *engines]):
         try:
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from llenergymeasure.config.catalogue import engine_load_key, run_concurrency
-from llenergymeasure.config.models import ExperimentConfig, SyntheticDatasetConfig
+from llenergymeasure.config.models import ExperimentConfig
 from llenergymeasure.energy.base import EnergyBackend
 from llenergymeasure.energy.baseline import (
     BaselineCache,
@@ -114,17 +114,9 @@ class ExperimentOrchestrator:
         """Estimated weights + KV cache vs free memory of the first GPU (when both are known)."""
         if self.sensor is None or self.sensor.device_count() == 0:
             return []
-        from llenergymeasure.harness.vram import estimate_vram, weight_precision
+        from llenergymeasure.harness.vram import estimate_config_vram
 
-        batch = config.pytorch.batch_size if config.pytorch and config.pytorch.batch_size else 1
-        seq = (
-            config.dataset.input_len + config.dataset.output_len
-            if isinstance(config.dataset, SyntheticDatasetConfig)
-            else 512 + config.max_new_tokens
-        )
-        estimate = estimate_vram(
-            config.model, weight_precision(config), batch_size=batch, seq_len=seq
-        )
+        estimate = estimate_config_vram(config)
         info = self.sensor.device_info(0)
         used = self.sensor.read(0).memory_used_bytes
         if estimate is None or info.total_memory_bytes is None or used is None:
@@ -333,6 +325,7 @@ class ExperimentOrchestrator:
         t = time.perf_counter()
         load_info = self.engine.load(config)
         timings.load_s = time.perf_counter() - t
+        timings.load_parts = dict(getattr(load_info, "timing_parts", None) or {})
         if key is not None:
             self._loaded_key, self._loaded_by, self._load_info = key, run_id, load_info
         return load_info, None

@@ -14,6 +14,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from llenergymeasure.config.catalogue import run_concurrency
+from llenergymeasure.config.models import ExperimentConfig, SyntheticDatasetConfig
+
 BYTES_PER_PARAM = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}
 
 
@@ -102,6 +105,25 @@ def estimate_vram(
         kv_cache_gib=round(kv, 3),
         total_gib=round(weights + kv, 3),
         source=str(path),
+    )
+
+
+def config_sequence_length(config: ExperimentConfig) -> int:
+    """Tokens one request holds in the KV cache: synthetic input + output, else 512 + max_new."""
+    if isinstance(config.dataset, SyntheticDatasetConfig):
+        return config.dataset.input_len + config.dataset.output_len
+    return 512 + config.effective_max_new_tokens
+
+
+def estimate_config_vram(config: ExperimentConfig) -> VramEstimate | None:
+    """``estimate_vram`` for a config: its weight precision, the engine's concurrency
+    (``run_concurrency``) and sequence length. The ``--dry-run`` preview and pre-flight both
+    use this, so they agree."""
+    return estimate_vram(
+        config.model,
+        weight_precision(config),
+        batch_size=run_concurrency(config),
+        seq_len=config_sequence_length(config),
     )
 
 

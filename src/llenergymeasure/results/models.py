@@ -156,6 +156,8 @@ class PhaseTimings(BaseModel):
     ``compile_s`` (``torch_compile`` only; None otherwise): how much longer the first warmup
     run, where transformers compiles, took than the median later warmup run (the whole first
     run when only one ran). It is part of ``warmup_s``, never of the measurement window.
+    ``load_parts``: parts of ``load_s`` that the engine reports itself (vLLM: ``engine_start_s``,
+    the ``LLM(...)`` constructor, and ``compile_s`` where vLLM propagates it); empty otherwise.
     """
 
     model_config = _FORBID
@@ -170,6 +172,7 @@ class PhaseTimings(BaseModel):
     measurement_s: float = 0.0
     total_s: float = 0.0
     compile_s: float | None = None
+    load_parts: dict[str, float] = Field(default_factory=dict)
 
 
 class RequestResult(BaseModel):

@@ -16,7 +16,6 @@ from llenergymeasure.runners.docker import (
     DockerRunResult,
 )
 from llenergymeasure.runners.resolve import (
-    ISOLATED_BACKENDS,
     RunnerSpec,
     check_runner_isolation,
     resolve_runner,
@@ -25,7 +24,6 @@ from llenergymeasure.runners.resolve import (
 __all__ = [
     "CONTAINER_DIR",
     "DEFAULT_SHM_SIZE",
-    "ISOLATED_BACKENDS",
     "PASSTHROUGH_ENV",
     "DockerRunResult",
     "DockerRunner",

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from llenergymeasure.config.catalogue import ENGINES
 from llenergymeasure.exceptions import ExperimentError
 
 if TYPE_CHECKING:
@@ -51,8 +52,6 @@ PASSTHROUGH_ENV: tuple[str, ...] = (
     "HF_TOKEN",
     "HF_ENDPOINT",
 )
-#: Backends whose containers get ``--shm-size``.
-SHM_BACKENDS = frozenset({"vllm", "tensorrt"})
 _LOG_TAIL_LINES = 20
 
 
@@ -130,7 +129,7 @@ class DockerRunner:
         env = os.environ if env is None else env
         cmd = [self.docker, "run", "--rm", "--name", name]
         cmd += self.gpu_flag(env)
-        if config.backend in SHM_BACKENDS:
+        if config.backend in ENGINES and ENGINES[config.backend].needs_shm:
             cmd += ["--shm-size", self.shm_size]
         cmd += ["-v", f"{Path(exchange_dir).resolve()}:{CONTAINER_DIR}"]
         cmd += ["-e", f"LLEM_CONFIG_PATH={CONTAINER_DIR}/config.json"]

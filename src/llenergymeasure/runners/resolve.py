@@ -7,12 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from llenergymeasure.config.ssot import BACKENDS
+from llenergymeasure.config.catalogue import ENGINES, engine_names
 
-__all__ = ["ISOLATED_BACKENDS", "RunnerSpec", "check_runner_isolation", "resolve_runner"]
-
-#: Engines that cannot share one process or Python environment with each other.
-ISOLATED_BACKENDS: tuple[str, ...] = ("vllm", "tensorrt")
+__all__ = ["RunnerSpec", "check_runner_isolation", "resolve_runner"]
 
 
 @dataclass(frozen=True)
@@ -43,8 +40,8 @@ def resolve_runner(backend: str, *, user_config: Path | None = None) -> RunnerSp
     """The runner of ``backend``: env ``LLEM_RUNNER_<BACKEND>`` > user config > ``local``."""
     from llenergymeasure.config.user_config import effective_settings
 
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; valid: {list(BACKENDS)}")
+    if backend not in ENGINES:
+        raise ValueError(f"unknown backend {backend!r}; valid: {list(engine_names())}")
     setting = effective_settings(user_config)[f"runners.{backend}"]
     return RunnerSpec.parse(backend, str(setting.value), setting.source)
 
@@ -57,7 +54,7 @@ def check_runner_isolation(
     vLLM and TensorRT-LLM cannot share a process or an environment: a study that uses both
     needs at least one of them on a ``docker:<image>`` runner.
     """
-    used = [b for b in dict.fromkeys(backends) if b in ISOLATED_BACKENDS]
+    used = [b for b in dict.fromkeys(backends) if b in ENGINES and ENGINES[b].isolated]
     if len(used) < 2:
         return []
     specs = {b: resolve_runner(b, user_config=user_config) for b in used}

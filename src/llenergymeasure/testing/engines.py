@@ -56,7 +56,7 @@ class FakeEngine:
         self.loaded = False
         self.unloaded = False
         self.loads = 0
-        self.clears = 0
+        self.clears = 0  # clear_run_state calls (also run_state_clears)
         self._tokenizer = FakeTokenizer()
 
     def version(self) -> str:

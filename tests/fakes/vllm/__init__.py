@@ -1,4 +1,4 @@
-"""Fake ``vllm`` (public offline API of vLLM 0.11.x) for llem's tests.
+"""Fake ``vllm`` (public offline API of vLLM 0.26) for llem's tests.
 
 Follows ``vllm/entrypoints/llm.py``: ``LLM(model, *, tensor_parallel_size=1, dtype="auto",
 quantization=None, seed=None, gpu_memory_utilization=0.9, **kwargs)`` where unknown kwargs are
@@ -6,7 +6,18 @@ rejected by ``EngineArgs`` (TypeError); ``LLM.generate(prompts, sampling_params=
 use_tqdm=True, lora_request=None) -> list[RequestOutput]``; ``LLM.beam_search(prompts, params,
 lora_request=None) -> list[BeamSearchOutput]``; ``LLM.get_tokenizer()``;
 ``LLM.llm_engine.vllm_config`` with ``scheduler_config``/``parallel_config``/``cache_config``/
-``model_config``/``lora_config``.
+``model_config``/``lora_config``; ``LLM.reset_prefix_cache() -> bool``; ``LLM.get_metrics()``
+(``vllm.v1.metrics.reader`` ``Counter(name, labels, value)``: ``vllm:prefix_cache_queries`` and
+``vllm:prefix_cache_hits``); ``LLM._preprocess_cmpl(prompts)`` (renders prompts for the
+engine); and the V1 ``LLMEngine`` loop that ``LLM.generate`` runs: ``llm_engine.add_request(
+request_id, prompt, params, arrival_time=None, lora_request=None, ..., priority=0) -> str``,
+``has_unfinished_requests()``, ``step() -> list[RequestOutput]`` honouring
+``SamplingParams.output_kind`` (CUMULATIVE / DELTA / FINAL_ONLY).
+
+Engine loop: up to ``max_num_seqs`` requests run at once (first come, first served); every
+``step`` gives each running request one token and sleeps ``STEP_SLEEP_S``. A prompt seen before
+(since the last ``reset_prefix_cache``) counts all its tokens as prefix-cache hits.
+``STEPPABLE = False`` gives an ``llm_engine`` without the loop methods (older vLLM).
 
 Deterministic behaviour: a prompt's tokens are its words (id = word length); a request
 generates ``max_tokens`` tokens when ``ignore_eos`` else ``min(max_tokens, NATURAL_LEN)``.
@@ -16,15 +27,16 @@ generates ``max_tokens`` tokens when ``ignore_eos`` else ``min(max_tokens, NATUR
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
 from vllm.beam_search import BeamSearchOutput, BeamSearchSequence
 from vllm.outputs import CompletionOutput, RequestMetrics, RequestOutput, RequestStateStats
-from vllm.sampling_params import BeamSearchParams, SamplingParams
+from vllm.sampling_params import BeamSearchParams, RequestOutputKind, SamplingParams
 
-__version__ = "0.11.0"
+__version__ = "0.26.0"
 __all__ = ["LLM", "SamplingParams"]
 
 NATURAL_LEN = 3
@@ -37,6 +49,10 @@ ENGINE_MAX_NUM_SEQS = 1024
 # Timestamps of the fake metrics (seconds).
 TTFT = 0.05
 STEP = 0.01
+#: Wall time one engine step takes (the step loop's per-token timestamps see it).
+STEP_SLEEP_S = 0.0
+#: False: ``llm_engine`` has no add_request/step loop.
+STEPPABLE = True
 
 _ENGINE_ARGS = {
     "tokenizer",
@@ -121,26 +137,63 @@ class LLM:
             if kwargs.get("enable_lora")
             else None
         )
-        self.llm_engine = SimpleNamespace(
-            vllm_config=_EngineConfig(
-                scheduler_config=SimpleNamespace(
-                    max_num_seqs=kwargs.get("max_num_seqs") or ENGINE_MAX_NUM_SEQS
-                ),
-                parallel_config=SimpleNamespace(tensor_parallel_size=tensor_parallel_size),
-                cache_config=SimpleNamespace(
-                    gpu_memory_utilization=gpu_memory_utilization,
-                    enable_prefix_caching=kwargs.get("enable_prefix_caching", True),
-                    block_size=kwargs.get("block_size") or 16,
-                ),
-                model_config=SimpleNamespace(
-                    dtype="torch.bfloat16" if dtype == "auto" else f"torch.{dtype}",
-                    quantization=quantization,
-                ),
-                lora_config=lora,
+        vllm_config = _EngineConfig(
+            scheduler_config=SimpleNamespace(
+                max_num_seqs=kwargs.get("max_num_seqs") or ENGINE_MAX_NUM_SEQS
             ),
-            engine_core=SimpleNamespace(shutdown=self._shutdown),
+            parallel_config=SimpleNamespace(tensor_parallel_size=tensor_parallel_size),
+            cache_config=SimpleNamespace(
+                gpu_memory_utilization=gpu_memory_utilization,
+                enable_prefix_caching=kwargs.get("enable_prefix_caching", True),
+                block_size=kwargs.get("block_size") or 16,
+            ),
+            model_config=SimpleNamespace(
+                dtype="torch.bfloat16" if dtype == "auto" else f"torch.{dtype}",
+                quantization=quantization,
+            ),
+            lora_config=lora,
+        )
+        core = SimpleNamespace(shutdown=self._shutdown)
+        self.prefix_cache_queries = 0
+        self.prefix_cache_hits = 0
+        self._cached_prompts: set[tuple[int, ...]] = set()
+        self.llm_engine: Any = (
+            _LLMEngine(self, vllm_config, core)
+            if STEPPABLE
+            else SimpleNamespace(vllm_config=vllm_config, engine_core=core)
         )
         instances.append(self)
+
+    def reset_prefix_cache(
+        self, reset_running_requests: bool = False, reset_connector: bool = False
+    ) -> bool:
+        """vLLM 0.26: True when the prefix cache was emptied (no running request held blocks)."""
+        self.calls.append({"method": "reset_prefix_cache"})
+        self._cached_prompts.clear()
+        return True
+
+    def get_metrics(self) -> list[Counter]:
+        return [
+            Counter("vllm:prefix_cache_queries", {"engine": "0"}, self.prefix_cache_queries),
+            Counter("vllm:prefix_cache_hits", {"engine": "0"}, self.prefix_cache_hits),
+            Counter("vllm:num_preemptions", {"engine": "0"}, 0),
+        ]
+
+    def _count_prefix(self, token_ids: list[int]) -> None:
+        key = tuple(token_ids)
+        self.prefix_cache_queries += len(token_ids)
+        if key in self._cached_prompts:
+            self.prefix_cache_hits += len(token_ids)
+        self._cached_prompts.add(key)
+
+    def _preprocess_cmpl(
+        self,
+        prompts: list[Any],
+        tokenization_kwargs: dict[str, Any] | None = None,
+        mm_processor_kwargs: dict[str, Any] | None = None,
+    ) -> list[dict[str, Any]]:
+        tok = FakeTokenizer()
+        return [{"type": "token", "prompt": p, "prompt_token_ids": tok.encode(p)} for p in prompts]
 
     def _shutdown(self) -> None:
         self.shut_down = True
@@ -175,6 +228,8 @@ class LLM:
         )
         tok = FakeTokenizer()
         outs = []
+        for text in prompts:
+            self._count_prefix(tok.encode(text))
         for i, (text, sp) in enumerate(zip(prompts, params, strict=True)):
             n = self._n_out(sp.max_tokens or 16, sp.ignore_eos)
             first = 10.0 + TTFT
@@ -247,3 +302,129 @@ class LLM:
             ]
             outs.append(BeamSearchOutput(sequences=seqs))
         return outs
+
+
+@dataclass
+class Counter:
+    """``vllm.v1.metrics.reader.Counter``."""
+
+    name: str
+    labels: dict[str, str]
+    value: int
+
+
+@dataclass
+class _Request:
+    request_id: str
+    prompt: str
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    n_out: int
+    produced: int = 0
+    sent: int = 0
+    arrival: float = field(default_factory=time.monotonic)
+    first_ts: float = 0.0
+    last_ts: float = 0.0
+
+
+class _LLMEngine:
+    """The V1 ``LLMEngine`` loop that ``LLM.generate`` drives."""
+
+    def __init__(self, llm: LLM, vllm_config: _EngineConfig, engine_core: Any) -> None:
+        self._llm = llm
+        self.vllm_config = vllm_config
+        self.engine_core = engine_core
+        self._waiting: list[_Request] = []
+        self._running: list[_Request] = []
+
+    def add_request(
+        self,
+        request_id: str,
+        prompt: Any,
+        params: SamplingParams,
+        arrival_time: float | None = None,
+        lora_request: Any = None,
+        tokenization_kwargs: dict[str, Any] | None = None,
+        trace_headers: Any = None,
+        priority: int = 0,
+        prompt_text: str | None = None,
+    ) -> str:
+        if not isinstance(request_id, str):
+            raise TypeError(f"request_id must be a string, got {type(request_id)}")
+        if isinstance(prompt, dict):
+            text, ids = prompt.get("prompt", ""), list(prompt["prompt_token_ids"])
+        else:
+            text, ids = prompt, FakeTokenizer().encode(prompt)
+        if not self.has_unfinished_requests() or self._llm.calls[-1]["method"] != "add_request":
+            self._llm.calls.append(
+                {"method": "add_request", "prompts": [], "params": [], "lora": None}
+            )
+        call = self._llm.calls[-1]
+        call["prompts"].append(text)
+        call["params"].append(params)
+        if lora_request is not None:
+            call["lora"] = [*(call["lora"] or []), lora_request]
+        n_out = LLM._n_out(params.max_tokens or 16, params.ignore_eos)
+        self._waiting.append(_Request(request_id, text, ids, params, n_out))
+        self._llm._count_prefix(ids)
+        return f"{request_id}-0a1b2c3d"  # internal id; outputs carry the external one
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self._waiting or self._running)
+
+    def get_num_unfinished_requests(self) -> int:
+        return len(self._waiting) + len(self._running)
+
+    def step(self) -> list[RequestOutput]:
+        limit = self.vllm_config.scheduler_config.max_num_seqs
+        while self._waiting and len(self._running) < limit:
+            self._running.append(self._waiting.pop(0))
+        if STEP_SLEEP_S:
+            time.sleep(STEP_SLEEP_S)
+        now = time.monotonic()
+        outputs: list[RequestOutput] = []
+        for req in list(self._running):
+            req.produced += 1
+            if req.produced == 1:
+                req.first_ts = now
+            req.last_ts = now
+            finished = req.produced >= req.n_out
+            if finished:
+                self._running.remove(req)
+            kind = req.params.output_kind
+            if kind == RequestOutputKind.FINAL_ONLY and not finished:
+                continue
+            if kind == RequestOutputKind.DELTA:
+                tokens = [7] * (req.produced - req.sent)
+            else:
+                tokens = [7] * req.produced
+            req.sent = req.produced
+            outputs.append(
+                RequestOutput(
+                    request_id=req.request_id,
+                    prompt=req.prompt,
+                    prompt_token_ids=req.prompt_token_ids,
+                    prompt_logprobs=None,
+                    outputs=[
+                        CompletionOutput(
+                            index=0,
+                            text="x" * len(tokens),
+                            token_ids=tokens,
+                            cumulative_logprob=None,
+                            logprobs=None,
+                            finish_reason="length" if finished else None,
+                        )
+                    ],
+                    finished=finished,
+                    metrics=RequestStateStats(
+                        num_generation_tokens=req.produced,
+                        arrival_time=req.arrival,
+                        first_token_ts=req.first_ts,
+                        last_token_ts=req.last_ts,
+                        first_token_latency=req.first_ts - req.arrival,
+                    )
+                    if finished
+                    else None,
+                )
+            )
+        return outputs

@@ -1,9 +1,16 @@
-"""Fake ``vllm.sampling_params`` (vLLM 0.11.x field names and defaults)."""
+"""Fake ``vllm.sampling_params`` (vLLM 0.26 field names and defaults)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
+
+
+class RequestOutputKind(Enum):
+    CUMULATIVE = 0  # every output carries all tokens so far
+    DELTA = 1  # every output carries only the new tokens
+    FINAL_ONLY = 2  # one output, when the request finishes
 
 
 @dataclass
@@ -23,6 +30,7 @@ class SamplingParams:
     max_tokens: int | None = 16
     min_tokens: int = 0
     logprobs: int | None = None
+    output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
 
     def __post_init__(self) -> None:
         if self.top_k < -1:
