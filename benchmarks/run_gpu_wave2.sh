@@ -28,8 +28,10 @@ study() {  # yaml, result name, extra flags...
   rm -rf "${out:?}/$name"
   local t0=$SECONDS
   python3 -m llenergymeasure run "benchmarks/configs/$yaml.yaml" --no-gaps -o "$out/$name" "$@" \
-    || echo "study $name exited $?"
+    > "$out/$name.log" 2>&1 || echo "study $name exited $?"
+  tail -n 25 "$out/$name.log"
   echo "study $name: $((SECONDS - t0)) s"
+  keep "$out/$name.log"
   keep "$(ls -d "$out/$name"/*/ | tail -1 | sed 's:/$::')"
 }
 stage_pt_reuse() { study reuse_pytorch_compiled pt_reuse; }

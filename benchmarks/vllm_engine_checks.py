@@ -85,7 +85,7 @@ def main() -> None:
     sensor = NvmlSensor()
     sampler = EnergySampler(sensor, interval_ms=100)
     energy = NvmlEnergyBackend(sensor=sensor, sampler=sampler)
-    llm = engine.llm  # the loaded vllm.LLM
+    llm = engine.handle  # the loaded vllm.LLM
     max_tokens = config.effective_max_new_tokens
     params = SamplingParams(
         max_tokens=max_tokens, min_tokens=max_tokens, ignore_eos=True, temperature=0.0

@@ -16,10 +16,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from llenergymeasure.config.models import ExperimentConfig
+from typing import Any
 
 __all__ = [
     "ENGINES",
@@ -238,7 +235,7 @@ def engine_load_fields(config: Any) -> dict[str, Any]:
     return view
 
 
-def engine_load_key(config: ExperimentConfig) -> str:
+def engine_load_key(config: Any) -> str:
     """16-hex SHA-256 of ``engine_load_fields(config)``: equal for configs that can share one
     loaded engine."""
     canonical = json.dumps(engine_load_fields(config), sort_keys=True, default=str)

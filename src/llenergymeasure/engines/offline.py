@@ -68,6 +68,11 @@ class OfflineLLMEngine:
         return self._tokenizer
 
     @property
+    def handle(self) -> Any:
+        """The loaded engine object (``vllm.LLM``, ``tensorrt_llm.LLM``); None before ``load``."""
+        return self._llm
+
+    @property
     def install_hint(self) -> str:
         """The pip command that installs this engine."""
         return engine_spec(self.name).install_hint
