@@ -50,6 +50,7 @@ __all__ = [
     "DEFAULT_POWERCAP_ROOT",
     "HostComponent",
     "HostEnergyMeasurement",
+    "HostEnergyMethod",
     "HostEnergyReading",
     "RaplReader",
     "RaplZone",
@@ -60,6 +61,8 @@ __all__ = [
 DEFAULT_POWERCAP_ROOT = Path("/sys/class/powercap")
 
 HostComponent = Literal["cpu", "dram"]
+# rapl_sysfs: this reader; zeus / codecarbon: what those backends report for the host
+HostEnergyMethod = Literal["rapl_sysfs", "zeus", "codecarbon", "unavailable"]
 
 # intel-rapl:0  /  intel-rapl:0:1  /  amd-rapl:0 ; never intel-rapl-mmio:0
 _ZONE_DIR = re.compile(r"^(?P<prefix>intel-rapl|amd-rapl):(?P<package>\d+)(?::(?P<sub>\d+))?$")
@@ -104,8 +107,10 @@ class RaplZone:
 class HostEnergyReading(BaseModel):
     """Energy of one host component (``cpu`` or ``dram``) over a window.
 
-    ``energy_j`` is ``None`` when the component could not be measured (``method``
-    ``"unavailable"``; ``notes`` say why). ``zones`` names the zones summed, e.g.
+    ``method`` says where it came from (``rapl_sysfs``: this reader; ``zeus``/``codecarbon``:
+    kept from those backends, see ``energy.components``). ``energy_j`` is ``None`` when the
+    component could not be measured (``method`` ``"unavailable"``; ``notes`` say why).
+    ``zones`` names the zones summed, e.g.
     ``["intel-rapl:0 (package-0)", "intel-rapl:1 (package-1)"]``.
     """
 
@@ -113,7 +118,7 @@ class HostEnergyReading(BaseModel):
 
     component: HostComponent
     energy_j: float | None
-    method: Literal["rapl_sysfs", "unavailable"]
+    method: HostEnergyMethod
     zones: list[str] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)
 
