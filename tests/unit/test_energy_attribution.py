@@ -8,6 +8,7 @@ sum to the window's energy.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -23,6 +24,7 @@ from llenergymeasure.energy.attribution import (
     RequestWork,
     attribute_energy,
     attribution_confidence,
+    batches_from_records,
     curves_from_samples,
     steps_from_token_times,
 )
@@ -402,3 +404,41 @@ def test_request_energies_always_sum_to_the_window_energy(
     )
     for r in result.requests:
         assert r.energy_j == pytest.approx(r.prefill_energy_j + r.decode_energy_j, abs=1e-9 * scale)
+
+
+# -- from engine records -----------------------------------------------------------------
+
+
+def test_engine_records_rebuild_shared_steps_of_a_static_batch() -> None:
+    from llenergymeasure.engines.base import RequestRecord
+
+    start, times = 10.0, [10.3, 10.35, 10.41, 10.46]
+    rec = [
+        RequestRecord(
+            index=i,
+            input_tokens=20 + i,
+            output_tokens=n,
+            latency_s=0.5,
+            ttft_s=times[0] - start,
+            itl_s=[b - a for a, b in itertools.pairwise(times[:n])],
+            batch_index=0,
+        )
+        for i, n in enumerate([4, 2])
+    ]
+    (batch,) = batches_from_records(rec, {0: start})
+    assert batch.start_s == start
+    assert list(batch.requests[0].token_times_s) == pytest.approx(times)
+    steps = steps_from_token_times([batch])
+    assert len(steps) == 4  # the two requests share their steps exactly
+    assert steps[0].work == (RequestWork(0, 20, "prefill"), RequestWork(1, 21, "prefill"))
+    assert steps[1].work == (RequestWork(0, 1, "decode"), RequestWork(1, 1, "decode"))
+
+
+def test_records_without_first_token_time_or_batch_start_are_rejected() -> None:
+    from llenergymeasure.engines.base import RequestRecord
+
+    beam = RequestRecord(0, 5, 3, 1.0, None)
+    with pytest.raises(ValueError, match="beam search"):
+        batches_from_records([beam], {0: 0.0})
+    with pytest.raises(ValueError, match="no start time for batch 0"):
+        batches_from_records([RequestRecord(0, 5, 1, 1.0, 0.1)], {})

@@ -50,9 +50,9 @@ import math
 import statistics
 from bisect import bisect_right
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 from pydantic import BaseModel, Field
 
@@ -71,6 +71,7 @@ __all__ = [
     "StepPhase",
     "attribute_energy",
     "attribution_confidence",
+    "batches_from_records",
     "curves_from_samples",
     "steps_from_token_times",
 ]
@@ -183,6 +184,59 @@ def steps_from_token_times(batches: Sequence[BatchTokenTimes]) -> list[EngineSte
             start = end
         previous_end = start
     return steps
+
+
+class TokenTimedRecord(Protocol):
+    """What ``batches_from_records`` reads of an engine's ``RequestRecord``."""
+
+    @property
+    def index(self) -> int: ...
+
+    @property
+    def input_tokens(self) -> int: ...
+
+    @property
+    def ttft_s(self) -> float | None: ...
+
+    @property
+    def itl_s(self) -> Sequence[float]: ...
+
+    @property
+    def batch_index(self) -> int: ...
+
+
+def batches_from_records(
+    records: Sequence[TokenTimedRecord], batch_start_s: Mapping[int, float]
+) -> list[BatchTokenTimes]:
+    """Per-batch token times rebuilt from engine records and each batch's start time.
+
+    A record's token times are ``start + ttft_s`` and then each ``itl_s`` gap added in turn
+    (the PyTorch engine's records: ``ttft_s`` from the start of the batch's ``generate``,
+    ``itl_s`` the gaps between its tokens). ``batch_start_s`` maps ``batch_index`` to the
+    absolute start of that batch on the sampler's clock. Records of one static batch share
+    the same gaps, so their rebuilt times coincide exactly and they share steps.
+    """
+    grouped: dict[int, list[RequestTokenTimes]] = {}
+    for r in records:
+        if r.ttft_s is None:
+            raise ValueError(
+                f"request {r.index} has no first-token time (beam search cannot stream): "
+                "its steps cannot be reconstructed"
+            )
+        if r.batch_index not in batch_start_s:
+            raise ValueError(f"no start time for batch {r.batch_index} (request {r.index})")
+        t = batch_start_s[r.batch_index] + r.ttft_s
+        times = [t]
+        for gap in r.itl_s:
+            t += gap
+            times.append(t)
+        grouped.setdefault(r.batch_index, []).append(
+            RequestTokenTimes(r.index, r.input_tokens, times)
+        )
+    return [
+        BatchTokenTimes(batch_start_s[b], reqs)
+        for b, reqs in sorted(grouped.items(), key=lambda kv: batch_start_s[kv[0]])
+    ]
 
 
 # -- energy curves ------------------------------------------------------------------------
