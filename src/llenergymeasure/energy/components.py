@@ -27,6 +27,7 @@ from llenergymeasure.energy.base import EnergyMeasurement
 from llenergymeasure.energy.rapl import HostComponent, HostEnergyMeasurement, HostEnergyReading
 
 __all__ = [
+    "ComponentName",
     "EnergyComponent",
     "EnergyComponents",
     "energy_components",
