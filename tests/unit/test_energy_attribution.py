@@ -442,3 +442,32 @@ def test_records_without_first_token_time_or_batch_start_are_rejected() -> None:
         batches_from_records([beam], {0: 0.0})
     with pytest.raises(ValueError, match="no start time for batch 0"):
         batches_from_records([RequestRecord(0, 5, 1, 1.0, 0.1)], {})
+
+
+def test_attribute_run_chains_records_sampler_samples_and_the_backend_total() -> None:
+    from llenergymeasure.energy.attribution import attribute_run
+    from llenergymeasure.energy.fakes import FakeClock, FakeGpuSensor
+    from llenergymeasure.energy.sampler import EnergySampler
+    from llenergymeasure.engines.base import RequestRecord
+
+    clock = FakeClock(start=100.0)
+    sensor = FakeGpuSensor(n_devices=2, power_w=[300.0, 50.0], clock=clock)
+    sampler = EnergySampler(sensor, clock=clock)
+    for _ in range(21):  # one sample every 10 ms over 0.2 s, on the sampler's clock
+        sampler.sample_now()
+        clock.advance(0.01)
+    records = [
+        RequestRecord(0, 10, 3, 0.1, ttft_s=0.05, itl_s=[0.02, 0.02], batch_index=0),
+        RequestRecord(1, 30, 3, 0.1, ttft_s=0.05, itl_s=[0.02, 0.02], batch_index=0),
+    ]
+    result = attribute_run(
+        records, {0: 100.02}, sampler.samples, (100.0, 100.2), devices=[0], total_energy_j=61.2
+    )
+    assert result.curve_energy_j == pytest.approx(60.0)  # device 0 only: 300 W x 0.2 s
+    assert math.fsum(r.energy_j for r in result.requests) == pytest.approx(61.2)
+    assert result.source == "counter"
+    r = {x.request: x for x in result.requests}
+    assert r[1].prefill_energy_j == pytest.approx(3 * r[0].prefill_energy_j)
+    assert r[0].decode_energy_j == pytest.approx(r[1].decode_energy_j)
+    with pytest.raises(ValueError, match="no sampled device"):
+        attribute_run(records, {0: 100.02}, sampler.samples, (100.0, 100.2), devices=[5])

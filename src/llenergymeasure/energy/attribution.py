@@ -70,6 +70,7 @@ __all__ = [
     "RequestWork",
     "StepPhase",
     "attribute_energy",
+    "attribute_run",
     "attribution_confidence",
     "batches_from_records",
     "curves_from_samples",
@@ -553,3 +554,31 @@ def attribute_energy(
         confidence_reason=reason,
         requests=requests,
     )
+
+
+def attribute_run(
+    records: Sequence[TokenTimedRecord],
+    batch_start_s: Mapping[int, float],
+    samples: Sequence[Sample],
+    window: tuple[float, float],
+    *,
+    total_energy_j: float | None = None,
+    devices: Sequence[int] | None = None,
+) -> EnergyAttribution:
+    """Attribution of one measurement window from what a run records (the orchestrator's call).
+
+    ``records``: the engine's request records; ``batch_start_s``: each batch's start on the
+    sampler's clock; ``samples``: the sampler's samples (every phase: the curve is clipped
+    to ``window`` by interpolation); ``devices``: the devices the engine ran on (default: all
+    sampled); ``total_energy_j``: the backend's window energy, to which the attribution is
+    scaled. Raises ``ValueError`` when the timeline cannot be rebuilt (no token times, beam
+    search) or no device has a usable curve.
+    """
+    curves = curves_from_samples(samples)
+    chosen = [
+        curves[d] for d in (devices if devices is not None else sorted(curves)) if d in curves
+    ]
+    if not chosen:
+        raise ValueError("no sampled device has an energy counter or power readings")
+    steps = steps_from_token_times(batches_from_records(records, batch_start_s))
+    return attribute_energy(steps, chosen, window=window, total_energy_j=total_energy_j)
