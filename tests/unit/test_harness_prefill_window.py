@@ -66,7 +66,7 @@ def test_the_window_runs_the_same_prompts_for_one_token_inside_one_energy_window
     engine = FakeEngine(output_tokens=20, seconds_per_token=0.0)
     backend = FakeEnergyBackend(42.0)
     window = measure_prefill_window(engine, backend, prompts(own_limit=20), config())
-    assert engine.calls == [(PREFILL_WINDOW_PHASE, 4)]
+    assert engine.calls == [("warmup", 4), (PREFILL_WINDOW_PHASE, 4)]
     assert (backend.begin_calls, backend.end_calls) == (1, 1)
     assert [r.output_tokens for r in window.records] == [1, 1, 1, 1]
     assert window.energy.total_energy_j == 42.0
@@ -96,9 +96,9 @@ def test_the_thermal_floor_is_waited_before_the_window_and_samples_are_labelled(
     finally:
         sampler.stop()
     assert slept == [30.0]
-    assert phases_at_generate == [PREFILL_WINDOW_PHASE]
+    assert phases_at_generate == ["warmup", PREFILL_WINDOW_PHASE]
     marks = [p for _, p in sampler.phase_marks]
-    assert marks[-3:] == ["thermal_floor", PREFILL_WINDOW_PHASE, "cooldown"]
+    assert marks[-4:] == ["warmup", "thermal_floor", PREFILL_WINDOW_PHASE, "cooldown"]
     assert any(s.phase == PREFILL_WINDOW_PHASE for s in sampler.samples)
 
 
@@ -132,3 +132,22 @@ def test_split_from_windows_refuses_without_energy_or_with_other_requests() -> N
     )
     split, reason = split_from_windows(records(3, 16, 20), 900.0, 5.0, window)
     assert split is None and reason is not None and "ran 4 requests" in reason
+
+
+def test_the_warmup_runs_the_one_token_config_outside_the_window() -> None:
+    backend = FakeEnergyBackend()
+    begun_at: list[int] = []
+    engine = FakeEngine(seconds_per_token=0.0)
+    engine.on_generate = lambda phase: begun_at.append(backend.begin_calls)
+    window = measure_prefill_window(
+        engine, backend, prompts(), config(), warmup_runs=2, warmup_prompts=prompts(2, 64)
+    )
+    assert engine.calls == [("warmup", 2), ("warmup", 2), (PREFILL_WINDOW_PHASE, 4)]
+    assert begun_at == [0, 0, 1]  # the energy window opens only for the measured run
+    assert [r.output_tokens for r in window.records] == [1, 1, 1, 1]
+
+
+def test_no_warmup_when_asked_for_none() -> None:
+    engine = FakeEngine(seconds_per_token=0.0)
+    measure_prefill_window(engine, FakeEnergyBackend(), prompts(), config(), warmup_runs=0)
+    assert engine.calls == [(PREFILL_WINDOW_PHASE, 4)]

@@ -3,8 +3,9 @@
 ``measure_prefill_window`` runs the same prompts through the same engine with
 ``max_new_tokens`` 1 (each request: its prefill and its first token), inside an energy window
 opened and closed exactly like the measurement window (sync, ``begin``, ``generate``, sync,
-``end``), after the same thermal floor. ``split_from_windows`` turns the full window and this
-one into a ``PhaseSplit`` (see ``energy.phase_split`` for the arithmetic).
+``end``), after its own warmup run(s) of the one-token config and the same thermal floor.
+``split_from_windows`` turns the full window and this one into a ``PhaseSplit`` (see
+``energy.phase_split`` for the arithmetic).
 
 The caller (the orchestrator) runs it after the measurement window on the loaded, warmed-up
 engine; nothing here runs inside the measurement window.
@@ -75,19 +76,31 @@ def measure_prefill_window(
     config: ExperimentConfig,
     *,
     sampler: EnergySampler | None = None,
+    warmup_runs: int = 1,
+    warmup_prompts: Sequence[Any] | None = None,
     thermal_floor_s: float = 0.0,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
 ) -> PrefillWindow:
     """Measure the prefill-only twin of the measurement window over ``prompts``.
 
-    ``thermal_floor_s``: the wait before the window (the config's
+    ``warmup_runs`` prefill-only runs over ``warmup_prompts`` (default: all ``prompts``) come
+    first, outside the window: a one-token ``generate`` can take paths the full run's warmup
+    did not (a new static-cache size with ``torch_compile``, other kernels), and those must
+    not land in the window. ``thermal_floor_s``: the wait before the window (the config's
     ``warmup.thermal_floor_seconds``, as before the measurement window). The sampler, when
-    given, labels its samples ``"prefill_window"`` during the window and ``"cooldown"``
-    after it; it must already be running.
+    given, labels its samples ``"warmup"``, ``"thermal_floor"``, ``"prefill_window"`` and
+    ``"cooldown"`` after it; it must already be running.
     """
     run_config = prefill_only_config(config)
     run_prompts = prefill_only_prompts(prompts)
+    if warmup_runs > 0:
+        if sampler is not None:
+            sampler.set_phase("warmup")
+        warm = prefill_only_prompts(warmup_prompts) if warmup_prompts is not None else run_prompts
+        for _ in range(warmup_runs):
+            engine.generate(warm, run_config, phase="warmup")
+        engine.synchronize()
     if thermal_floor_s > 0:
         if sampler is not None:
             sampler.set_phase("thermal_floor")
