@@ -63,6 +63,7 @@ class CodeCarbonEnergyBackend:
         self._factory = tracker_factory or _default_tracker_factory
         self._available = available
         self._tracker: Any = None
+        self.last_emissions_data: Any = None
 
     def version(self) -> str | None:
         """Installed CodeCarbon version."""
@@ -102,6 +103,7 @@ class CodeCarbonEnergyBackend:
         tracker, self._tracker = self._tracker, None
         tracker.stop()
         data = getattr(tracker, "final_emissions_data", None)
+        self.last_emissions_data = data  # its cpu/ram energy, for energy.components
         notes: list[str] = ["CodeCarbon gives no per-device breakdown"]
         if data is None:
             return EnergyMeasurement(

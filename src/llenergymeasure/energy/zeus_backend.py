@@ -64,6 +64,7 @@ class ZeusEnergyBackend:
         self._available = available
         self._monitor: Any = None
         self._open = False
+        self.last_window: Any = None
 
     def version(self) -> str | None:
         """Installed Zeus version (distribution ``zeus``, formerly ``zeus-ml``)."""
@@ -90,6 +91,7 @@ class ZeusEnergyBackend:
             raise BackendError("ZeusEnergyBackend.end() called without begin()")
         self._open = False
         m = self._monitor.end_window(self._window, sync_execution=self._sync)
+        self.last_window = m  # Zeus' Measurement, for its cpu/dram energy (energy.components)
         gpu_energy: dict[int, float] = dict(getattr(m, "gpu_energy", {}) or {})
         devices = [
             DeviceEnergy(device_index=int(i), energy_j=float(e), method="zeus")
