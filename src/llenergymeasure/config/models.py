@@ -20,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from llenergymeasure.config.online import OnlineConfig
 from llenergymeasure.config.ssot import BUILTIN_DATASETS, DECODING_SUPPORT, PRECISION_SUPPORT
 
 Backend = Literal["pytorch", "vllm", "tensorrt"]
@@ -188,6 +189,10 @@ class ExperimentConfig(BaseModel):
     lora: LoRAConfig | None = None
     passthrough_kwargs: dict[str, Any] | None = None
 
+    # Online mode (issue 20): measure a server under load instead of an offline batch.
+    mode: Literal["offline", "online"] = "offline"
+    online: OnlineConfig | None = None
+
     @model_validator(mode="before")
     @classmethod
     def _expand_synthetic_shorthand(cls, data: Any) -> Any:
@@ -238,12 +243,25 @@ class ExperimentConfig(BaseModel):
                 )
             if self.backend == "vllm" and not (self.vllm and self.vllm.enable_lora):
                 raise ValueError("lora: with backend vllm requires vllm.enable_lora: true")
+        self._check_mode_section()
         if isinstance(self.dataset, SyntheticDatasetConfig) and self.dataset.n < self.n:
             raise ValueError(
                 f"n={self.n} prompts requested but the synthetic dataset generates only "
                 f"dataset.n={self.dataset.n}"
             )
         return self
+
+    def _check_mode_section(self) -> None:
+        # Online mode needs its section; offline mode must not carry one (it would be ignored).
+        if self.mode == "online" and self.online is None:
+            raise ValueError(
+                "mode: online requires an online: section (at least `online: {}` to start the "
+                "engine's server, or `online: {endpoint: http://host:port}`)"
+            )
+        if self.mode == "offline" and self.online is not None:
+            raise ValueError(
+                "online: section given but mode is 'offline'. Set mode: online or remove online:"
+            )
 
     @property
     def effective_max_new_tokens(self) -> int:
