@@ -18,7 +18,7 @@ of requests in flight at once.
 As a script (the "server" that the launcher tests start)::
 
     python fake_openai_server.py --port P [--host H] [--startup-delay S] [--ignore-sigterm]
-        [--exit-after S] [--no-health] [--child]
+        [--exit-after S] [--no-health] [--child] [--token-delay S]
 
 ``--child`` also starts a sleeping child process (to prove the whole group is stopped) and
 prints its pid as ``child-pid <pid>``.
@@ -244,6 +244,7 @@ def _main(argv: list[str] | None = None) -> None:
     parser.add_argument("--exit-after", type=float, default=None)
     parser.add_argument("--no-health", action="store_true")
     parser.add_argument("--child", action="store_true")
+    parser.add_argument("--token-delay", type=float, default=0.0)
     args, unknown = parser.parse_known_args(argv)
     print(f"fake server starting, extra args {unknown}", flush=True)
     if args.ignore_sigterm:
@@ -252,7 +253,9 @@ def _main(argv: list[str] | None = None) -> None:
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
         print(f"child-pid {child.pid}", flush=True)
     time.sleep(args.startup_delay)
-    server = FakeOpenAIServer(host=args.host, port=args.port, health=not args.no_health)
+    server = FakeOpenAIServer(
+        host=args.host, port=args.port, health=not args.no_health, token_delay_s=args.token_delay
+    )
     server.start()
     print(f"fake server ready on {args.host}:{args.port}", flush=True)
     deadline = None if args.exit_after is None else time.monotonic() + args.exit_after

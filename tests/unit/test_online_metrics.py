@@ -162,6 +162,15 @@ def test_energy_per_request_and_token_raw_and_adjusted():
     assert m.adjusted_energy_per_slo_request_j == pytest.approx(500.0)
 
 
+def test_the_energy_window_sets_the_idle_share_and_mean_power():
+    m = compute_online_metrics(
+        [A], window_s=2.0, energy_j=300.0, baseline_power_w=100.0, energy_window_s=2.5
+    )
+    assert m.adjusted_energy_j == pytest.approx(50.0)  # 300 - 100 W x 2.5 s
+    assert m.mean_power_w == pytest.approx(120.0)
+    assert m.request_throughput_per_s == pytest.approx(0.5)  # throughput keeps the load window
+
+
 def test_energy_without_baseline_has_no_adjusted_figures():
     m = compute_online_metrics([A], window_s=1.0, energy_j=10.0)
     assert m.energy_per_request_j == 10.0

@@ -138,10 +138,18 @@ def compute_online_metrics(
     slo: SLOConfig | None = None,
     energy_j: float | None = None,
     baseline_power_w: float | None = None,
+    energy_window_s: float | None = None,
 ) -> OnlineMetrics:
-    """Metrics of the measured ``records`` over a window of ``window_s`` seconds."""
+    """Metrics of the measured ``records`` over a window of ``window_s`` seconds.
+
+    ``energy_window_s`` is the duration the energy backend measured over (its ``begin`` to
+    ``end``), used for the idle share and mean power; default ``window_s``.
+    """
     if not math.isfinite(window_s) or window_s <= 0:
         raise ValueError(f"window_s must be a finite duration > 0, got {window_s}")
+    energy_s = window_s if energy_window_s is None else energy_window_s
+    if not math.isfinite(energy_s) or energy_s <= 0:
+        raise ValueError(f"energy_window_s must be a finite duration > 0, got {energy_s}")
     ok = [r for r in records if r.ok]
     failed = [r for r in records if not r.ok]
     errors = Counter((r.error or "unknown").split(":", 1)[0] for r in failed)
@@ -160,7 +168,7 @@ def compute_online_metrics(
         goodput = n_slo_met / window_s
 
     adjusted = (
-        adjusted_energy_j(energy_j, baseline_power_w, window_s)
+        adjusted_energy_j(energy_j, baseline_power_w, energy_s)
         if energy_j is not None and baseline_power_w is not None
         else None
     )
@@ -184,7 +192,7 @@ def compute_online_metrics(
         energy_j=energy_j,
         baseline_power_w=baseline_power_w,
         adjusted_energy_j=adjusted,
-        mean_power_w=None if energy_j is None else energy_j / window_s,
+        mean_power_w=None if energy_j is None else energy_j / energy_s,
         energy_per_request_j=_per(energy_j, len(ok)),
         adjusted_energy_per_request_j=_per(adjusted, len(ok)),
         energy_per_output_token_j=_per(energy_j, output_tokens),

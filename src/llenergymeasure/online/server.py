@@ -325,9 +325,17 @@ class ManagedServer:
                 )
             time.sleep(self.poll_s)
 
-    def exit_code(self) -> int | None:
-        """The server's exit code if it has stopped, else ``None`` (running or not started)."""
-        return None if self.process is None else self.process.poll()
+    def exit_code(self, wait_s: float = 0.0) -> int | None:
+        """The server's exit code if it has stopped, else ``None`` (running or not started).
+
+        ``wait_s`` > 0 gives a dying server that long to finish exiting.
+        """
+        if self.process is None:
+            return None
+        if wait_s > 0:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                return self.process.wait(timeout=wait_s)
+        return self.process.poll()
 
     def _group_alive(self) -> bool:
         if self._pgid is None:
