@@ -55,6 +55,7 @@ class FakeOpenAIServer:
         chunked: bool = True,
         tokens_per_chunk: int = 1,
         health: bool = True,
+        done_marker: bool = True,  # False: end like transformers serve (finish_reason, no [DONE])
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
@@ -66,6 +67,7 @@ class FakeOpenAIServer:
         self.chunked = chunked
         self.tokens_per_chunk = tokens_per_chunk
         self.health = health
+        self.done_marker = done_marker
         self.bodies: list[dict[str, Any]] = []
         self.paths: list[str] = []
         self.arrivals: list[float] = []
@@ -218,7 +220,8 @@ def _make_handler(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
                 count = server.usage_tokens if server.usage_tokens is not None else n
                 usage = {"prompt_tokens": len(prompt.split()), "completion_tokens": count}
                 self._event({"choices": [], "usage": usage})
-            self._event("[DONE]")
+            if server.done_marker:
+                self._event("[DONE]")
             self._end()
 
         def _end(self) -> None:

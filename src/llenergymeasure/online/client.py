@@ -96,16 +96,18 @@ class RequestRecord(BaseModel):
 
     @property
     def tpot_s(self) -> float | None:
-        """Time per output token after the first: (last chunk - first chunk) / (tokens - 1).
+        """Time per output token after the first: (end - first token) / (tokens - 1).
 
+        The usual serving-benchmark definition ((e2e - TTFT) / (output tokens - 1)); it holds
+        when a server bundles several tokens in a chunk or streams a final chunk without text.
         ``None`` when fewer than two tokens came back (no decode step to time).
         """
-        if self.first_token_time_s is None or not self.chunk_times_s:
+        if self.first_token_time_s is None:
             return None
         tokens = self.output_tokens
         if tokens < 2:
             return None
-        return (self.chunk_times_s[-1] - self.first_token_time_s) / (tokens - 1)
+        return (self.end_time_s - self.first_token_time_s) / (tokens - 1)
 
 
 @dataclass
