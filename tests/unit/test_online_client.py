@@ -34,10 +34,11 @@ def test_a_streamed_request_is_timed_and_counted(server, api):
     assert record.ttft_s is not None and record.ttft_s >= 0.05
     assert record.send_time_s < record.first_token_time_s <= record.chunk_times_s[-1]
     assert record.chunk_times_s[-1] <= record.end_time_s
-    assert all(gap >= 0.009 for gap in record.itls_s)
+    # client-side gaps: five of them, never negative (a busy client may read two chunks at once)
+    assert len(record.itls_s) == 5 and min(record.itls_s) >= 0
     # TPOT = (e2e - TTFT) / (tokens - 1)
     assert record.tpot_s == pytest.approx((record.end_time_s - record.first_token_time_s) / 5)
-    assert record.e2e_s >= record.ttft_s + 5 * 0.009
+    assert record.e2e_s >= 0.05 + 5 * 0.009  # the server's own sleeps
     assert record.finish_reason == "length"
     path = "/v1/chat/completions" if api == "chat" else "/v1/completions"
     assert server.paths == [path]
