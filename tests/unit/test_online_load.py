@@ -29,8 +29,8 @@ def test_constant_rate_is_kept_by_the_driver():
     assert run.n_ok == 30 and run.n_failed == 0
     assert run.achieved_rate_per_s == pytest.approx(50.0, rel=0.1)
     gaps = [b - a for a, b in itertools.pairwise(arrivals)]
-    assert statistics.median(gaps) == pytest.approx(0.02, abs=0.005)
-    assert run.max_schedule_lag_s < 0.02
+    assert statistics.median(gaps) == pytest.approx(0.02, abs=0.007)
+    assert run.max_schedule_lag_s < 0.05
 
 
 def test_poisson_achieved_rate_matches_its_schedule():

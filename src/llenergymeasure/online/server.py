@@ -27,9 +27,11 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -209,6 +211,13 @@ def server_launch(
     )
 
 
+def _resolve_program(name: str) -> str:
+    if os.sep in name or shutil.which(name) is not None:
+        return name
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.exists() else name
+
+
 def _tail(path: Path, lines: int = 20) -> str:
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
@@ -257,9 +266,14 @@ class ManagedServer:
         return f"http://{self.host}:{self.port}"
 
     def start(self) -> None:
-        """Start the process group (does not wait for readiness)."""
+        """Start the process group (does not wait for readiness).
+
+        A bare program name not on ``PATH`` is looked up beside this Python interpreter (the
+        engines' console scripts live in the same environment's ``bin``).
+        """
         if self.process is not None:
             raise RuntimeError("server already started")
+        self.argv[0] = _resolve_program(self.argv[0])
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             log.write(f"$ {' '.join(self.argv)}\n".encode())
