@@ -120,3 +120,12 @@ def test_bad_arguments_are_refused(reqs, offsets, cap, message):
     client = OpenAIStreamClient("http://127.0.0.1:9", "m")
     with pytest.raises(ValueError, match=message):
         drive_load(client, requests(reqs), offsets, max_concurrency=cap)
+
+
+def test_hundreds_of_requests_at_once_all_complete():
+    with FakeOpenAIServer(ttft_s=0.05) as server:
+        run = drive_load(
+            OpenAIStreamClient(server.url, "m"), requests(200, max_tokens=2), [0.0] * 200
+        )
+    assert run.n_ok == 200
+    assert [r.index for r in run.records] == list(range(200))

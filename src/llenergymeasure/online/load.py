@@ -14,6 +14,7 @@ achieved send rate, so a run can show that the client was not the bottleneck.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -129,6 +130,20 @@ async def run_load(
     )
 
 
+def _raise_open_file_limit(needed: int) -> None:
+    """Lift the soft open-files limit towards the hard one: each request holds a socket."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on POSIX
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = needed + 256
+    if soft != resource.RLIM_INFINITY and soft < want:
+        target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
 def drive_load(
     client: OpenAIStreamClient,
     requests: Sequence[StreamRequest],
@@ -139,7 +154,13 @@ def drive_load(
     on_window_start: Callable[[], None] | None = None,
     on_window_end: Callable[[], None] | None = None,
 ) -> LoadRun:
-    """``run_load`` on a fresh event loop (blocking); for callers outside asyncio."""
+    """``run_load`` on a fresh event loop (blocking); for callers outside asyncio.
+
+    Raises the process's soft open-files limit if it is below what the requests in flight
+    need (up to the hard limit).
+    """
+    in_flight = max_concurrency if max_concurrency is not None else len(requests)
+    _raise_open_file_limit(min(in_flight, len(requests)))
     return asyncio.run(
         run_load(
             client,
