@@ -127,3 +127,25 @@ def test_a_study_sweeps_the_request_rate():
     rates = [e.online.request_rate for e in study.experiments if e.online is not None]
     assert rates == [1.0, 4.0, "inf"]
     assert all(e.online is not None and e.online.max_concurrency == 8 for e in study.experiments)
+
+
+def test_the_online_example_loads():
+    from pathlib import Path
+
+    from llenergymeasure.config.loading import load_experiment_config
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "online-experiment.yaml"
+    cfg = load_experiment_config(path)
+    assert cfg.mode == "online" and cfg.online is not None
+    assert cfg.online.request_rate == 16.0 and cfg.online.max_concurrency == 64
+    assert cfg.online.slo is not None and cfg.online.slo.tpot_ms == 50
+
+
+def test_unknown_online_keys_are_refused_with_the_field_named(write_yaml):
+    from llenergymeasure.config.loading import load_experiment_config
+    from llenergymeasure.exceptions import ConfigError
+
+    path = write_yaml("model: m\nbackend: vllm\nmode: online\nonline:\n  reqest_rate: 4\n")
+    with pytest.raises(ConfigError) as info:
+        load_experiment_config(path)
+    assert "reqest_rate" in str(info.value)
