@@ -244,3 +244,14 @@ def test_a_server_that_never_becomes_ready_is_an_error_and_is_stopped(tmp_path):
 def test_bad_setups_are_config_errors(tmp_path, cfg, prompts, message):
     with pytest.raises(ConfigError, match=message):
         run_online(cfg, prompts, output_dir=tmp_path)
+
+
+def test_metered_gpus_are_resolved_to_nvml_indices():
+    from llenergymeasure.config.online import OnlineConfig
+    from llenergymeasure.online.run import metered_gpu_indices
+
+    uuids = ["GPU-aaaa-0", "GPU-bbbb-1", "GPU-cccc-2"]
+    assert metered_gpu_indices(OnlineConfig(), uuids) is None
+    assert metered_gpu_indices(OnlineConfig(gpus=[2, "GPU-bbbb"]), uuids) == [2, 1]
+    with pytest.raises(BackendError, match="GPU-dddd"):
+        metered_gpu_indices(OnlineConfig(gpus=["GPU-dddd"]), uuids)

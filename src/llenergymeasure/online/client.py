@@ -290,7 +290,12 @@ class OpenAIStreamClient:
                 continue
             if self.api == "chat":
                 delta = choice.get("delta") or {}
-                text = delta.get("content") or delta.get("reasoning_content") or ""
+                text = (
+                    delta.get("content")
+                    or delta.get("reasoning_content")
+                    or delta.get("reasoning")
+                    or ""
+                )
             else:
                 text = choice.get("text") or ""
             if text:

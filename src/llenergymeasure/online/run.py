@@ -22,15 +22,17 @@ energy backend for ``online.gpus`` and the baseline callable from their sensors.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 from llenergymeasure.config.models import ExperimentConfig
+from llenergymeasure.config.online import OnlineConfig
 from llenergymeasure.energy.base import EnergyBackend, EnergyMeasurement
 from llenergymeasure.energy.baseline import BaselineMeasurement
+from llenergymeasure.energy.sensors import visible_nvml_indices
 from llenergymeasure.exceptions import ConfigError, ExperimentError
 from llenergymeasure.online.arrivals import arrival_offsets
 from llenergymeasure.online.client import OpenAIStreamClient, StreamRequest
@@ -38,7 +40,7 @@ from llenergymeasure.online.load import LoadRun, drive_load
 from llenergymeasure.online.metrics import OnlineMetrics, compute_online_metrics
 from llenergymeasure.online.server import ManagedServer, free_port, server_launch
 
-__all__ = ["OnlineRunFailed", "OnlineRunResult", "run_online"]
+__all__ = ["OnlineRunFailed", "OnlineRunResult", "metered_gpu_indices", "run_online"]
 
 SERVER_LOG_NAME = "server.log"
 
@@ -78,6 +80,19 @@ class OnlineRunFailed(ExperimentError):
     def __init__(self, message: str, result: OnlineRunResult, *, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
         self.result = result
+
+
+def metered_gpu_indices(
+    online: OnlineConfig, uuids_by_index: Sequence[str] | Mapping[int, str]
+) -> list[int] | None:
+    """NVML indices of ``online.gpus`` (indices or UUID prefixes); ``None`` = all visible.
+
+    Pass the result as ``NvmlSensor(devices=...)`` for the energy backend and the baseline.
+    Unknown, ambiguous or repeated GPUs raise ``BackendError`` naming them.
+    """
+    if online.gpus is None:
+        return None
+    return visible_nvml_indices(",".join(str(g) for g in online.gpus), uuids_by_index)
 
 
 def _sampling(config: ExperimentConfig) -> dict[str, Any]:
