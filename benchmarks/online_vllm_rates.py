@@ -8,8 +8,9 @@ NVML energy window. Prefix caching is off so that every rate prefills the same p
     python benchmarks/online_vllm_rates.py --model .devout/llama8b --rates 1,4,16,inf \\
         --n 200 --out .devout/online
 
-Writes ``<out>/rate-<r>/result.json`` per rate, ``<out>/server.log`` and prints a markdown
-table (J/request, J/token raw and adjusted, mean W, TTFT/ITL p50/p99, goodput).
+Writes ``<out>/rate-<r>/result.json`` per rate, ``<out>/server.log``, ``<out>/curve.png`` and
+prints the markdown table of ``report.online_curve`` (J/request, J/token raw and adjusted,
+mean W, TTFT/ITL p50/p99, goodput).
 """
 
 from __future__ import annotations
@@ -27,10 +28,6 @@ def make_prompts(n: int, length: int, seed: int) -> list[str]:
     rng = random.Random(seed)
     letters = string.ascii_lowercase + " "
     return [f"{i:06d} " + "".join(rng.choices(letters, k=length - 7)) for i in range(n)]
-
-
-def _fmt(value: float | None, spec: str = ".3f") -> str:
-    return "-" if value is None else format(value, spec)
 
 
 def main() -> None:
@@ -51,8 +48,14 @@ def main() -> None:
     from llenergymeasure.energy.baseline import measure_idle_baseline
     from llenergymeasure.energy.nvml_backend import NvmlEnergyBackend
     from llenergymeasure.energy.sensors import NvmlSensor
+    from llenergymeasure.exceptions import ConfigError
     from llenergymeasure.online.run import run_online
     from llenergymeasure.online.server import ManagedServer, free_port, server_launch
+    from llenergymeasure.report.online_curve import (
+        online_curve_markdown,
+        online_curve_points,
+        plot_online_curve,
+    )
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -74,7 +77,7 @@ def main() -> None:
     )
     print("server:", " ".join(launch.argv), flush=True)
     sensor = NvmlSensor()
-    rows = []
+    results = []
     t_start = time.perf_counter()
     with ManagedServer(
         launch.argv,
@@ -107,29 +110,15 @@ def main() -> None:
             )
             (out / f"rate-{rate}").mkdir(parents=True, exist_ok=True)
             (out / f"rate-{rate}" / "result.json").write_text(result.model_dump_json(indent=1))
-            m = result.metrics
-            row = (
-                f"| {rate} | {_fmt(result.load.achieved_rate_per_s, '.2f')} | {m.n_ok}/"
-                f"{m.n_requests} | {m.duration_s:.1f} | {_fmt(m.mean_power_w, '.0f')} | "
-                f"{_fmt(m.energy_per_request_j, '.2f')} | "
-                f"{_fmt(m.adjusted_energy_per_request_j, '.2f')} | "
-                f"{_fmt(m.energy_per_output_token_j, '.4f')} | "
-                f"{_fmt(m.adjusted_energy_per_output_token_j, '.4f')} | "
-                f"{_fmt(m.ttft.p50_ms if m.ttft else None, '.0f')} / "
-                f"{_fmt(m.ttft.p99_ms if m.ttft else None, '.0f')} | "
-                f"{_fmt(m.itl.p50_ms if m.itl else None, '.1f')} / "
-                f"{_fmt(m.itl.p99_ms if m.itl else None, '.1f')} | "
-                f"{_fmt(m.goodput_per_s, '.2f')} | {result.load.client_cpu_s:.1f} |"
-            )
-            rows.append(row)
-            print(row, "warnings:", result.warnings, flush=True)
+            results.append(result)
+            point = online_curve_points([result])[0]
+            print(online_curve_markdown([point]).splitlines()[-1], result.warnings, flush=True)
     print()
-    print(
-        "| rate (req/s) | achieved | ok | window s | mean W | J/req | J/req adj | J/tok | "
-        "J/tok adj | TTFT p50/p99 ms | ITL p50/p99 ms | goodput req/s | client CPU s |"
-    )
-    print("|" + "---|" * 13)
-    print("\n".join(rows))
+    print(online_curve_markdown(online_curve_points(results)))
+    try:
+        plot_online_curve(online_curve_points(results), out / "curve.png")
+    except ConfigError as exc:  # no matplotlib on the machine: the table is enough
+        print(f"no figure: {exc}")
 
 
 if __name__ == "__main__":
