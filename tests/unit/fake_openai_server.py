@@ -56,6 +56,7 @@ class FakeOpenAIServer:
         tokens_per_chunk: int = 1,
         health: bool = True,
         done_marker: bool = True,  # False: end like transformers serve (finish_reason, no [DONE])
+        models: list[str] | None = None,  # ids listed at /v1/models (None: an empty list)
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
@@ -68,6 +69,7 @@ class FakeOpenAIServer:
         self.tokens_per_chunk = tokens_per_chunk
         self.health = health
         self.done_marker = done_marker
+        self.models = list(models or [])
         self.bodies: list[dict[str, Any]] = []
         self.paths: list[str] = []
         self.arrivals: list[float] = []
@@ -127,7 +129,8 @@ def _make_handler(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
             if self.path == "/health" and server.health:
                 self._reply(200, b"", "text/plain")
             elif self.path == "/v1/models" and server.health:
-                self._reply(200, json.dumps({"data": [{"id": "fake"}]}).encode())
+                data = [{"id": m, "object": "model"} for m in server.models]
+                self._reply(200, json.dumps({"object": "list", "data": data}).encode())
             else:
                 self._reply(404, b'{"detail": "Not Found"}')
 

@@ -152,3 +152,23 @@ def test_an_unknown_path_prefix_is_kept_before_v1():
 def test_a_bad_base_url_is_refused(url):
     with pytest.raises(ValueError, match="http"):
         OpenAIStreamClient(url, "m")
+
+
+def test_served_models_lists_the_ids_or_none():
+    from llenergymeasure.online.client import served_models
+
+    with FakeOpenAIServer(models=["a", "b"]) as s:
+        assert served_models(s.url) == ["a", "b"]
+        assert served_models(s.url + "/v1") == ["a", "b"]
+    with FakeOpenAIServer(health=False) as s:
+        assert served_models(s.url) is None  # 404
+
+
+def test_served_models_raises_oserror_when_nothing_listens():
+    from llenergymeasure.online.client import served_models
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(OSError):
+        served_models(f"http://127.0.0.1:{port}", timeout_s=2)

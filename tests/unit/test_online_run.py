@@ -149,16 +149,38 @@ def test_all_requests_failing_raises_with_the_result_attached(tmp_path):
     assert "HTTP 500" in str(info.value)
 
 
-def test_an_unreachable_endpoint_fails_every_request_clearly(tmp_path):
+def test_an_unreachable_endpoint_is_a_clear_error_before_any_measurement(tmp_path):
     from llenergymeasure.online.server import free_port
 
     url = f"http://127.0.0.1:{free_port()}"
-    with pytest.raises(OnlineRunFailed, match="connection failed") as info:
+    rec = Recorder()
+    with pytest.raises(BackendError, match="unreachable") as info:
         run_online(
-            config({"endpoint": url, "n_warmup_requests": 1}, n=2), PROMPTS, output_dir=tmp_path
+            config({"endpoint": url}), PROMPTS, output_dir=tmp_path, measure_baseline=rec.baseline
         )
-    assert "OpenAI-compatible" in str(info.value)
-    assert any("warmup requests failed" in w for w in info.value.result.warnings)
+    assert url in str(info.value) and "online.endpoint" in str(info.value)
+    assert rec.events == []  # failed before the baseline
+
+
+def test_an_endpoint_serving_another_model_is_a_config_error(tmp_path):
+    with FakeOpenAIServer(models=["llama-8b"]) as server, pytest.raises(ConfigError) as info:
+        run_online(config({"endpoint": server.url}), PROMPTS, output_dir=tmp_path)
+    assert "['llama-8b']" in str(info.value) and "served_model_name" in str(info.value)
+    with FakeOpenAIServer(models=["llama-8b"]) as server:
+        result = run_online(
+            config({"endpoint": server.url, "served_model_name": "llama-8b"}),
+            PROMPTS,
+            output_dir=tmp_path,
+        )
+        assert {b["model"] for b in server.bodies} == {"llama-8b"}
+    assert result.metrics.n_ok == 6
+
+
+def test_an_endpoint_without_a_model_list_is_used_with_a_note(tmp_path):
+    with FakeOpenAIServer(health=False) as server:
+        result = run_online(config({"endpoint": server.url}), PROMPTS, output_dir=tmp_path)
+    assert result.metrics.n_ok == 6
+    assert any("lists no models" in w for w in result.warnings)
 
 
 def fake_factory(seen: list[list[str]], *flags: str):

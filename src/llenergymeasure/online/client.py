@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import json
 import ssl
 import time
@@ -27,7 +28,7 @@ from pydantic import BaseModel, Field
 
 from llenergymeasure.config.online import OnlineApi
 
-__all__ = ["OpenAIStreamClient", "RequestRecord", "StreamRequest"]
+__all__ = ["OpenAIStreamClient", "RequestRecord", "StreamRequest", "served_models"]
 
 _MAX_HEADER_BYTES = 64 * 1024
 _MAX_ERROR_BODY = 4096
@@ -391,3 +392,44 @@ def _error_message(text: str) -> str:
             if "detail" in obj:
                 return str(obj["detail"])[:300]
     return text.strip()[:300] or "(empty body)"
+
+
+def _models_path(base_url: str) -> str:
+    prefix = urlsplit(base_url).path.rstrip("/")
+    if not prefix.endswith("/v1"):
+        prefix += "/v1"
+    return prefix + "/models"
+
+
+def served_models(base_url: str, *, timeout_s: float = 10.0) -> list[str] | None:
+    """Model ids the server lists at ``/v1/models``; ``None`` when it gives no such list.
+
+    Raises ``OSError`` (``ConnectionError``, ``TimeoutError``, ...) when the server cannot be
+    reached: the caller turns that into an error naming the endpoint.
+    """
+    parts = urlsplit(base_url)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ValueError(f"base_url {base_url!r} is not an http(s) URL")
+    conn: http.client.HTTPConnection
+    if parts.scheme == "https":
+        conn = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=timeout_s)
+    else:
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout_s)
+    try:
+        conn.request("GET", _models_path(base_url), headers={"Accept": "application/json"})
+        response = conn.getresponse()
+        body = response.read(1 << 20)
+    except http.client.HTTPException as exc:
+        raise ConnectionError(f"not an HTTP server: {exc}") from exc
+    finally:
+        conn.close()
+    if response.status != 200:
+        return None
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    items = data.get("data") if isinstance(data, dict) else None
+    if not isinstance(items, list):
+        return None
+    return [str(m["id"]) for m in items if isinstance(m, dict) and "id" in m]

@@ -33,14 +33,20 @@ from llenergymeasure.config.online import OnlineConfig
 from llenergymeasure.energy.base import EnergyBackend, EnergyMeasurement
 from llenergymeasure.energy.baseline import BaselineMeasurement
 from llenergymeasure.energy.sensors import visible_nvml_indices
-from llenergymeasure.exceptions import ConfigError, ExperimentError
+from llenergymeasure.exceptions import BackendError, ConfigError, ExperimentError
 from llenergymeasure.online.arrivals import arrival_offsets
-from llenergymeasure.online.client import OpenAIStreamClient, StreamRequest
+from llenergymeasure.online.client import OpenAIStreamClient, StreamRequest, served_models
 from llenergymeasure.online.load import LoadRun, drive_load
 from llenergymeasure.online.metrics import OnlineMetrics, compute_online_metrics
 from llenergymeasure.online.server import ManagedServer, free_port, server_launch
 
-__all__ = ["OnlineRunFailed", "OnlineRunResult", "metered_gpu_indices", "run_online"]
+__all__ = [
+    "OnlineRunFailed",
+    "OnlineRunResult",
+    "check_endpoint",
+    "metered_gpu_indices",
+    "run_online",
+]
 
 SERVER_LOG_NAME = "server.log"
 
@@ -93,6 +99,29 @@ def metered_gpu_indices(
     if online.gpus is None:
         return None
     return visible_nvml_indices(",".join(str(g) for g in online.gpus), uuids_by_index)
+
+
+def check_endpoint(endpoint: str, model: str, *, timeout_s: float = 10.0) -> list[str]:
+    """Make sure ``endpoint`` answers and serves ``model``; returns notes for the result.
+
+    ``BackendError`` when it cannot be reached; ``ConfigError`` when ``/v1/models`` lists other
+    models only. A server without a model list is accepted with a note.
+    """
+    try:
+        ids = served_models(endpoint, timeout_s=timeout_s)
+    except OSError as exc:
+        raise BackendError(
+            f"endpoint {endpoint} is unreachable: {type(exc).__name__}: {exc}",
+            hint="is the server running and listening there? check online.endpoint",
+        ) from exc
+    if ids is None:
+        return [f"{endpoint} lists no models at /v1/models; requests name {model!r}"]
+    if ids and model not in ids:
+        raise ConfigError(
+            f"{endpoint} serves {ids}, not {model!r}",
+            hint="set online.served_model_name to the name the server uses",
+        )
+    return []
 
 
 def _sampling(config: ExperimentConfig) -> dict[str, Any]:
@@ -169,6 +198,7 @@ def run_online(
         )
 
     def measure(endpoint: str) -> OnlineRunResult:
+        warnings.extend(check_endpoint(endpoint, request_model))
         client = OpenAIStreamClient(
             endpoint,
             request_model,
