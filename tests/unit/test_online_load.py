@@ -129,3 +129,46 @@ def test_hundreds_of_requests_at_once_all_complete():
         )
     assert run.n_ok == 200
     assert [r.index for r in run.records] == list(range(200))
+
+
+def load_run(sends: list[float], offsets: list[float], *, lag: float = 0.0, cap=None):
+    from llenergymeasure.online.client import RequestRecord
+    from llenergymeasure.online.load import LoadRun
+
+    records = [
+        RequestRecord(index=i, ok=True, send_time_s=t, end_time_s=t + 0.1)
+        for i, t in enumerate(sends)
+    ]
+    achieved = (len(sends) - 1) / (sends[-1] - sends[0]) if sends[-1] > sends[0] else None
+    return LoadRun(
+        records=records,
+        window_start_s=sends[0],
+        window_end_s=sends[-1] + 0.1,
+        scheduled_offsets_s=offsets,
+        achieved_rate_per_s=achieved,
+        max_concurrency=cap,
+        client_cpu_s=1.0,
+        max_schedule_lag_s=lag,
+    )
+
+
+def test_a_client_that_keeps_its_schedule_raises_no_warning():
+    run = load_run([0.0, 0.1, 0.2, 0.3], [0.0, 0.1, 0.2, 0.3])
+    assert run.scheduled_rate_per_s == pytest.approx(10.0)
+    assert run.schedule_warnings() == []
+
+
+def test_a_client_falling_behind_is_flagged():
+    slow = load_run([0.0, 0.2, 0.4, 0.6], [0.0, 0.1, 0.2, 0.3], lag=0.3)
+    notes = slow.schedule_warnings()
+    assert any("behind its schedule" in n for n in notes)
+    assert any("below the scheduled 10.00 req/s" in n for n in notes)
+
+
+def test_a_concurrency_cap_slowing_sends_is_not_the_clients_fault():
+    capped = load_run([0.0, 0.2, 0.4, 0.6], [0.0, 0.1, 0.2, 0.3], cap=1)
+    assert capped.schedule_warnings() == []
+
+
+def test_all_at_once_has_no_scheduled_rate():
+    assert load_run([0.0, 0.0, 0.01], [0.0, 0.0, 0.0]).scheduled_rate_per_s is None

@@ -55,6 +55,43 @@ class LoadRun(BaseModel):
         return self.window_end_s - self.window_start_s
 
     @property
+    def scheduled_rate_per_s(self) -> float | None:
+        """The send rate the schedule asked for, ``(n - 1) / last offset``; ``None`` if all at 0."""
+        offsets = self.scheduled_offsets_s
+        if len(offsets) < 2 or offsets[-1] <= 0:
+            return None
+        return (len(offsets) - 1) / offsets[-1]
+
+    def schedule_warnings(
+        self, *, max_lag_s: float = 0.1, min_rate_ratio: float = 0.9
+    ) -> list[str]:
+        """Signs that the client, not the server, limited the load (empty when none).
+
+        A start more than ``max_lag_s`` behind schedule, or (without a concurrency cap, which
+        delays sends on purpose) an achieved send rate below ``min_rate_ratio`` of the
+        scheduled one.
+        """
+        notes: list[str] = []
+        if self.max_schedule_lag_s > max_lag_s:
+            notes.append(
+                f"the load client fell {self.max_schedule_lag_s:.3f} s behind its schedule "
+                f"(client CPU {self.client_cpu_s:.1f} s over a {self.duration_s:.1f} s window)"
+            )
+        scheduled = self.scheduled_rate_per_s
+        achieved = self.achieved_rate_per_s
+        if (
+            self.max_concurrency is None
+            and scheduled is not None
+            and achieved is not None
+            and achieved < min_rate_ratio * scheduled
+        ):
+            notes.append(
+                f"requests went out at {achieved:.2f} req/s, below the scheduled "
+                f"{scheduled:.2f} req/s: the client may be the bottleneck"
+            )
+        return notes
+
+    @property
     def n_ok(self) -> int:
         return sum(1 for r in self.records if r.ok)
 

@@ -248,6 +248,7 @@ def run_online(
             baseline_power_w=baseline.power_w if baseline is not None else None,
             energy_window_s=energy_window if energy_j is not None else None,
         )
+        warnings.extend(load.schedule_warnings())
         failed_warmups = [w for w in load.warmup_records if not w.ok]
         if failed_warmups:
             warnings.append(
