@@ -130,6 +130,8 @@ def test_trtllm_serve_command_prefers_a_built_engine():
     argv = launch(config).argv
     assert argv[:2] == ["trtllm-serve", "/engines/e"]
     assert "--tp_size 2" in " ".join(argv) and "--max_batch_size 16" in " ".join(argv)
+    assert any("precision=fp16 is not a trtllm-serve flag" in n for n in launch(config).notes)
+    assert launch(online_config()).notes == []
 
 
 @pytest.mark.parametrize(

@@ -184,12 +184,14 @@ def run_online(
         )
         request_model = launch.request_model
         supports_ignore_eos = launch.supports_ignore_eos
+        launch_notes = list(launch.notes)
     else:
         server = None
         request_model = online.served_model_name or config.model
         supports_ignore_eos = True
+        launch_notes = []
 
-    warnings: list[str] = []
+    warnings: list[str] = list(launch_notes)
     ignore_eos = config.decoder.ignore_eos and supports_ignore_eos
     if config.decoder.ignore_eos and not supports_ignore_eos:
         warnings.append(

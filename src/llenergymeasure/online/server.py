@@ -91,12 +91,14 @@ class ServerLaunch:
 
     ``request_model`` is the ``model`` field requests must carry; ``supports_ignore_eos`` says
     whether the server takes vLLM's ``ignore_eos`` extension (transformers serve refuses it).
+    ``notes`` say which experiment settings the server decides itself (for the result).
     """
 
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
     request_model: str = ""
     supports_ignore_eos: bool = True
+    notes: list[str] = field(default_factory=list)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -144,6 +146,7 @@ def server_launch(
             hint="serve the adapter yourself and point online.endpoint at that server",
         )
     served = online.served_model_name
+    notes: list[str] = []
     argv: list[str]
     supports_ignore_eos = True
     if config.backend == "vllm":
@@ -188,6 +191,10 @@ def server_launch(
         t = config.tensorrt
         target = t.engine_path if t is not None and t.engine_path else model
         argv = ["trtllm-serve", target, "--host", host, "--port", str(port)]
+        notes.append(
+            f"precision={config.precision} is not a trtllm-serve flag: the server runs at the "
+            "dtype of its checkpoint or built engine"
+        )
         for key, value in _set_fields(t, "tensorrt").items():
             name = key.split(".", 1)[1]
             if name in TRTLLM_SERVE_FLAGS:
@@ -208,6 +215,7 @@ def server_launch(
         env=env,
         request_model=served or model,
         supports_ignore_eos=supports_ignore_eos,
+        notes=notes,
     )
 
 
