@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -113,6 +114,8 @@ CHANGES: list[tuple[str, dict[str, Any]]] = [
     ("lora", {"lora": None}),
     ("passthrough_kwargs", {"passthrough_kwargs": {"a": 1, "b": 3}}),
     ("passthrough_kwargs", {"passthrough_kwargs": None}),
+    ("mode", {"mode": "online", "online": {}}),
+    ("online", {"mode": "online", "online": {"request_rate": 4}}),
 ]
 
 
@@ -121,6 +124,22 @@ CHANGES: list[tuple[str, dict[str, Any]]] = [
 )
 def test_hash_changes_when_a_measured_field_changes(field, change):
     assert config_hash(deep_merge(BASE, change)) != config_hash(BASE)
+
+
+def test_online_configs_differ_by_their_load_settings():
+    online = deep_merge(BASE, {"mode": "online", "online": {"request_rate": 4}})
+    faster = deep_merge(BASE, {"mode": "online", "online": {"request_rate": 16}})
+    assert config_hash(online) != config_hash(faster)
+
+
+def test_offline_hash_leaves_out_the_default_mode_fields():
+    # Hashes of offline configs are what they were before online mode existed.
+    config = ExperimentConfig.model_validate(BASE)
+    data = config.model_dump(mode="json")
+    del data["mode"], data["online"]
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    expected = hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    assert measurement_config_hash(config) == expected
 
 
 def test_every_experiment_field_has_a_hash_sensitivity_case():

@@ -9,6 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
+from llenergymeasure.energy.fakes import (
+    FakeCodeCarbonTracker,
+    FakeEmissionsData,
+    FakeZeusMeasurement,
+    FakeZeusMonitor,
+)
 
 from llenergymeasure.energy.base import EnergyMeasurement
 from llenergymeasure.energy.codecarbon_backend import CodeCarbonEnergyBackend
@@ -18,12 +24,6 @@ from llenergymeasure.energy.components import (
     host_readings_from_codecarbon,
     host_readings_from_rapl,
     host_readings_from_zeus,
-)
-from llenergymeasure.energy.fakes import (
-    FakeCodeCarbonTracker,
-    FakeEmissionsData,
-    FakeZeusMeasurement,
-    FakeZeusMonitor,
 )
 from llenergymeasure.energy.rapl import HostEnergyMeasurement, HostEnergyReading
 from llenergymeasure.energy.zeus_backend import ZeusEnergyBackend

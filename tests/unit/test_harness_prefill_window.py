@@ -7,13 +7,13 @@ window; its energy and the full window's give the differential prefill/decode sp
 from __future__ import annotations
 
 import pytest
+from llenergymeasure.energy.fakes import FakeClock, FakeEnergyBackend, FakeGpuSensor
+from llenergymeasure.engines.fakes import FakeEngine
 
 from llenergymeasure.config.models import ExperimentConfig
 from llenergymeasure.datasets import Prompt
-from llenergymeasure.energy.fakes import FakeClock, FakeEnergyBackend, FakeGpuSensor
 from llenergymeasure.energy.sampler import EnergySampler
 from llenergymeasure.engines.base import RequestRecord
-from llenergymeasure.engines.fakes import FakeEngine
 from llenergymeasure.harness.prefill_window import (
     PREFILL_WINDOW_PHASE,
     measure_prefill_window,

@@ -13,6 +13,7 @@ from llenergymeasure.config.models import (
     VLLMConfig,
     WarmupConfig,
 )
+from llenergymeasure.config.online import OnlineConfig, ServerConfig, SLOConfig
 from llenergymeasure.config.study import ExecutionConfig, SkippedExperiment, StudyConfig
 
 __all__ = [
@@ -23,7 +24,10 @@ __all__ = [
     "ExecutionConfig",
     "ExperimentConfig",
     "LoRAConfig",
+    "OnlineConfig",
     "PyTorchConfig",
+    "SLOConfig",
+    "ServerConfig",
     "SkippedExperiment",
     "StudyConfig",
     "SyntheticDatasetConfig",

@@ -14,17 +14,27 @@ def _canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str, ensure_ascii=True)
 
 
+def _hash_payload(config: ExperimentConfig) -> dict[str, Any]:
+    # Offline configs hash as they did before online mode existed (results and resumable
+    # studies keep their identity): the default `mode`/`online` pair is left out.
+    data = config.model_dump(mode="json")
+    if data.get("mode") == "offline" and data.get("online") is None:
+        data.pop("mode", None)
+        data.pop("online", None)
+    return data
+
+
 def measurement_config_hash(config: ExperimentConfig) -> str:
     """16-hex SHA-256 of the resolved experiment config (its measurement identity).
 
     Independent of key order and process; machine facts (carbon intensity, PUE, environment)
     are not part of ``ExperimentConfig`` and so never enter it.
     """
-    canonical = _canonical_json(config.model_dump(mode="json"))
+    canonical = _canonical_json(_hash_payload(config))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 def study_design_hash(experiments: Iterable[ExperimentConfig]) -> str:
     """16-hex SHA-256 of the ordered, resolved experiment list (the execution block excluded)."""
-    canonical = _canonical_json([e.model_dump(mode="json") for e in experiments])
+    canonical = _canonical_json([_hash_payload(e) for e in experiments])
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]

@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from llenergymeasure.config.catalogue import engine_names, engine_spec
+from llenergymeasure.config.online import OnlineConfig
 
 #: Dataset names that need no file.
 BUILTIN_DATASETS: tuple[str, ...] = ("aienergyscore", "synthetic")
@@ -206,6 +207,10 @@ class ExperimentConfig(BaseModel):
     lora: LoRAConfig | None = None
     passthrough_kwargs: dict[str, Any] | None = None
 
+    # Online mode (issue 20): measure a server under load instead of an offline batch.
+    mode: Literal["offline", "online"] = "offline"
+    online: OnlineConfig | None = None
+
     @model_validator(mode="before")
     @classmethod
     def _expand_synthetic_shorthand(cls, data: Any) -> Any:
@@ -273,6 +278,7 @@ class ExperimentConfig(BaseModel):
                     "folder, or set merge_weights: false"
                 )
         self._check_engine_specific_rules()
+        self._check_mode_section()
         if isinstance(self.dataset, SyntheticDatasetConfig) and self.dataset.n < self.n:
             raise ValueError(
                 f"n={self.n} prompts requested but the synthetic dataset generates only "
@@ -316,6 +322,18 @@ class ExperimentConfig(BaseModel):
                     "decoder.speculative_decoding (draft model) is not supported with the "
                     "tensorrt engine in llem"
                 )
+
+    def _check_mode_section(self) -> None:
+        # Online mode needs its section; offline mode must not carry one (it would be ignored).
+        if self.mode == "online" and self.online is None:
+            raise ValueError(
+                "mode: online requires an online: section (at least `online: {}` to start the "
+                "engine's server, or `online: {endpoint: http://host:port}`)"
+            )
+        if self.mode == "offline" and self.online is not None:
+            raise ValueError(
+                "online: section given but mode is 'offline'. Set mode: online or remove online:"
+            )
 
     @property
     def effective_max_new_tokens(self) -> int:

@@ -1,0 +1,125 @@
+"""Energy of ``vllm serve`` under load at several request rates (issue 20), one server for all.
+
+llem starts ``vllm serve`` from an experiment's vLLM fields (``server_launch`` +
+``ManagedServer``), then measures each rate with ``run_online`` against that endpoint: idle
+baseline (server up, idle), warmup requests, the load on a seeded Poisson schedule inside the
+NVML energy window. Prefix caching is off so that every rate prefills the same prompts afresh.
+
+    python benchmarks/online_vllm_rates.py --model .devout/llama8b --rates 1,4,16,inf \\
+        --n 200 --out .devout/online
+
+Writes ``<out>/rate-<r>/result.json`` per rate, ``<out>/server.log``, ``<out>/curve.png`` and
+prints the markdown table of ``report.online_curve`` (J/request, J/token raw and adjusted,
+mean W, TTFT/ITL p50/p99, goodput).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import string
+import time
+from pathlib import Path
+from typing import Any
+
+
+def make_prompts(n: int, length: int, seed: int) -> list[str]:
+    """``n`` distinct prompts of ``length`` characters (one token a byte with llem's tokenizer)."""
+    rng = random.Random(seed)
+    letters = string.ascii_lowercase + " "
+    return [f"{i:06d} " + "".join(rng.choices(letters, k=length - 7)) for i in range(n)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--rates", default="1,4,16,inf")
+    parser.add_argument("--n", type=int, default=200)
+    parser.add_argument("--input-len", type=int, default=512)
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--max-num-seqs", type=int, default=256)
+    parser.add_argument("--baseline-s", type=float, default=5.0)
+    parser.add_argument("--ttft-ms", type=float, default=1000.0)
+    parser.add_argument("--tpot-ms", type=float, default=50.0)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+
+    from llenergymeasure.config.models import ExperimentConfig
+    from llenergymeasure.energy.baseline import measure_idle_baseline
+    from llenergymeasure.energy.nvml_backend import NvmlEnergyBackend
+    from llenergymeasure.energy.sensors import NvmlSensor
+    from llenergymeasure.exceptions import ConfigError
+    from llenergymeasure.online.run import run_online
+    from llenergymeasure.online.server import ManagedServer, free_port, server_launch
+    from llenergymeasure.report.online_curve import (
+        online_curve_markdown,
+        online_curve_points,
+        plot_online_curve,
+    )
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    n_warmup = 8
+    prompts = make_prompts(args.n + n_warmup, args.input_len, seed=0)
+    base: dict[str, Any] = {
+        "model": args.model,
+        "backend": "vllm",
+        "precision": "bf16",
+        "n": args.n,
+        "max_new_tokens": args.max_tokens,
+        "decoder": {"ignore_eos": True},
+        "vllm": {"max_num_seqs": args.max_num_seqs, "enable_prefix_caching": False},
+        "mode": "online",
+    }
+    port = free_port()
+    launch = server_launch(
+        ExperimentConfig(**base, online={"server": {"port": port}}), host="127.0.0.1", port=port
+    )
+    print("server:", " ".join(launch.argv), flush=True)
+    sensor = NvmlSensor()
+    results = []
+    t_start = time.perf_counter()
+    with ManagedServer(
+        launch.argv,
+        host="127.0.0.1",
+        port=port,
+        log_path=out / "server.log",
+        startup_timeout_s=900,
+        env=launch.env,
+    ) as server:
+        print(f"server ready after {time.perf_counter() - t_start:.0f} s", flush=True)
+        for rate in args.rates.split(","):
+            config = ExperimentConfig(
+                **base,
+                online={
+                    "endpoint": server.base_url,
+                    "served_model_name": args.model,
+                    "request_rate": rate,
+                    "n_warmup_requests": n_warmup,
+                    "seed": 0,
+                    "slo": {"ttft_ms": args.ttft_ms, "tpot_ms": args.tpot_ms},
+                },
+            )
+            result = run_online(
+                config,
+                prompts,
+                output_dir=out / f"rate-{rate}",
+                energy=NvmlEnergyBackend(sensor=sensor),
+                measure_baseline=lambda: measure_idle_baseline(sensor, args.baseline_s),
+                warmup_prompts=prompts[args.n :],
+            )
+            (out / f"rate-{rate}").mkdir(parents=True, exist_ok=True)
+            (out / f"rate-{rate}" / "result.json").write_text(result.model_dump_json(indent=1))
+            results.append(result)
+            point = online_curve_points([result])[0]
+            print(online_curve_markdown([point]).splitlines()[-1], result.warnings, flush=True)
+    print()
+    print(online_curve_markdown(online_curve_points(results)))
+    try:
+        plot_online_curve(online_curve_points(results), out / "curve.png")
+    except ConfigError as exc:  # no matplotlib on the machine: the table is enough
+        print(f"no figure: {exc}")
+
+
+if __name__ == "__main__":
+    main()

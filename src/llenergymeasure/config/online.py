@@ -1,0 +1,177 @@
+"""Online-mode configuration: measure an OpenAI-compatible server under a request load.
+
+An experiment with ``mode: online`` carries an ``online:`` section (``OnlineConfig``). The
+server is either an existing ``endpoint`` (llem only sends load and meters the local ``gpus``)
+or one llem starts from the experiment's engine fields (``server``). The load is ``n`` requests
+(the experiment's ``n``) sent on a seeded arrival schedule at ``request_rate`` and/or capped at
+``max_concurrency`` in flight.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = [
+    "ArrivalProcess",
+    "OnlineApi",
+    "OnlineConfig",
+    "SLOConfig",
+    "ServerConfig",
+]
+
+ArrivalProcess = Literal["poisson", "constant", "gamma"]
+OnlineApi = Literal["chat", "completions"]
+
+_STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class ServerConfig(BaseModel):
+    """A server llem starts itself from the experiment's engine fields.
+
+    ``port`` ``None`` picks a free loopback port; ``extra_args`` are appended verbatim to the
+    engine's server command line (after the flags llem derives from the engine section).
+    """
+
+    model_config = _STRICT
+
+    startup_timeout_s: float = Field(900.0, gt=0.0)
+    extra_args: list[str] = Field(default_factory=list)
+    port: int | None = Field(None, ge=1, le=65535)
+    host: str = Field("127.0.0.1", min_length=1)
+
+
+class SLOConfig(BaseModel):
+    """Latency targets a request must all meet to count towards goodput (unset = no target)."""
+
+    model_config = _STRICT
+
+    ttft_ms: float | None = Field(None, gt=0.0)
+    tpot_ms: float | None = Field(None, gt=0.0)
+    e2e_ms: float | None = Field(None, gt=0.0)
+
+
+class OnlineConfig(BaseModel):
+    """How to reach (or start) the server and what load to send it.
+
+    - ``endpoint``: base URL (``http://host:port``, optionally ending in ``/v1``) of a running
+      OpenAI-compatible server. Mutually exclusive with ``server``; when neither is given llem
+      starts the server with ``ServerConfig`` defaults.
+    - ``gpus``: local GPUs to meter (NVML indices or UUIDs); ``None`` = all visible.
+    - ``request_rate``: requests per second, or ``"inf"`` to send them all at once (then
+      ``arrival`` does not matter). ``max_concurrency`` caps requests in flight; requests that
+      arrive while the cap is reached wait for a free slot.
+    - ``arrival``: inter-arrival distribution; ``gamma`` takes ``burstiness`` (its shape; 1 is
+      Poisson, < 1 burstier, > 1 more regular).
+    - ``n_warmup_requests``: sent one at a time before the load, never measured.
+    - ``served_model_name``: the ``model`` field of each request (default: the experiment's
+      ``model``).
+    """
+
+    model_config = _STRICT
+
+    endpoint: str | None = None
+    server: ServerConfig | None = None
+    gpus: list[int | str] | None = None
+    api: OnlineApi = "completions"
+    arrival: ArrivalProcess = "poisson"
+    burstiness: float | None = Field(None, gt=0.0)
+    request_rate: float | Literal["inf"] = "inf"
+    max_concurrency: int | None = Field(None, ge=1)
+    n_warmup_requests: int = Field(2, ge=0)
+    seed: int = 0
+    request_timeout_s: float = Field(600.0, gt=0.0)
+    include_usage: bool = True  # ask for stream_options.include_usage
+    served_model_name: str | None = Field(None, min_length=1)
+    slo: SLOConfig | None = None
+
+    @field_validator("request_rate", mode="before")
+    @classmethod
+    def _normalise_rate(cls, value: Any) -> Any:
+        # YAML's `.inf` arrives as a float; the string is case-insensitive.
+        if isinstance(value, str) and value.strip().lower() in {"inf", "infinity"}:
+            return "inf"
+        if isinstance(value, float) and math.isinf(value) and value > 0:
+            return "inf"
+        if isinstance(value, bool):
+            raise ValueError("request_rate must be a number of requests per second or 'inf'")
+        if isinstance(value, (int, float)):
+            if not math.isfinite(value) or value <= 0:
+                raise ValueError(
+                    f"request_rate must be > 0 requests per second or 'inf', got {value!r}"
+                )
+        elif isinstance(value, str):
+            raise ValueError(
+                f"request_rate must be a number of requests per second or 'inf', got {value!r}"
+            )
+        return value
+
+    @field_validator("endpoint")
+    @classmethod
+    def _check_endpoint(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            raise ValueError(
+                f"endpoint {value!r} is not an http(s) URL: use e.g. http://127.0.0.1:8000"
+            )
+        try:
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError as exc:
+            raise ValueError(f"endpoint {value!r} has an invalid port") from exc
+        if parts.query or parts.fragment:
+            raise ValueError(f"endpoint {value!r} must not carry a query or fragment")
+        return value.rstrip("/")
+
+    @field_validator("gpus")
+    @classmethod
+    def _check_gpus(cls, value: list[int | str] | None) -> list[int | str] | None:
+        if value is None:
+            return value
+        if not value:
+            raise ValueError("gpus must list at least one GPU (or be omitted for all visible)")
+        for g in value:
+            if isinstance(g, int) and g < 0:
+                raise ValueError(f"gpus: index {g} is negative")
+            if isinstance(g, str) and not g.strip():
+                raise ValueError("gpus: empty GPU identifier")
+        if len(set(value)) != len(value):
+            raise ValueError(f"gpus: duplicate entries in {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_combination(self) -> OnlineConfig:
+        if self.endpoint is not None and self.server is not None:
+            raise ValueError(
+                "online: give either endpoint (a running server) or server (llem starts one), "
+                "not both"
+            )
+        if self.burstiness is not None and self.arrival != "gamma":
+            raise ValueError(
+                f"online.burstiness applies to arrival: gamma only (arrival is {self.arrival!r})"
+            )
+        return self
+
+    @property
+    def starts_server(self) -> bool:
+        """Whether llem starts the engine's server (no ``endpoint`` given)."""
+        return self.endpoint is None
+
+    @property
+    def effective_server(self) -> ServerConfig:
+        """The server settings in use (defaults when ``server`` is omitted)."""
+        return self.server if self.server is not None else ServerConfig()
+
+    @property
+    def effective_burstiness(self) -> float:
+        """Gamma shape in use (1.0 = Poisson)."""
+        return self.burstiness if self.burstiness is not None else 1.0
+
+    @property
+    def rate_per_s(self) -> float:
+        """``request_rate`` as a float (``math.inf`` for ``"inf"``)."""
+        return math.inf if self.request_rate == "inf" else float(self.request_rate)

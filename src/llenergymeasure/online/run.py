@@ -1,0 +1,315 @@
+"""One online measurement: server, idle baseline, warmup, load under the energy window, metrics.
+
+``run_online(config, prompts, ...)`` for an experiment with ``mode: online``:
+
+1. the server: ``online.endpoint`` as given, or the engine's own server started from the engine
+   fields (``server_launch``) in its own process group, its log at ``output_dir/server.log``,
+   waited for on its health endpoint;
+2. the idle baseline: ``measure_baseline()`` (if given) with the server up and idle, before any
+   request;
+3. the load: ``online.n_warmup_requests`` warmup requests one at a time (never the measured
+   prompts), then ``config.n`` streamed requests on the seeded arrival schedule under
+   ``max_concurrency``; the energy backend's ``begin`` runs just before the first measured send
+   and ``end`` just after the last response;
+4. the metrics (``OnlineMetrics``) and, for a started server, its clean stop.
+
+Per-request failures are counted, not fatal; when every measured request fails the run raises
+``OnlineRunFailed`` carrying the full result (nothing is lost). A started server that exits
+during the load is reported in ``warnings``. The CLI and study layers are expected to build the
+energy backend for ``online.gpus`` and the baseline callable from their sensors.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from llenergymeasure.config.models import ExperimentConfig
+from llenergymeasure.config.online import OnlineConfig
+from llenergymeasure.energy.base import EnergyBackend, EnergyMeasurement
+from llenergymeasure.energy.baseline import BaselineMeasurement
+from llenergymeasure.energy.sensors import visible_nvml_indices
+from llenergymeasure.exceptions import BackendError, ConfigError, ExperimentError
+from llenergymeasure.online.arrivals import arrival_offsets
+from llenergymeasure.online.client import OpenAIStreamClient, StreamRequest, served_models
+from llenergymeasure.online.load import LoadRun, drive_load
+from llenergymeasure.online.metrics import OnlineMetrics, compute_online_metrics
+from llenergymeasure.online.server import ManagedServer, free_port, server_launch
+
+__all__ = [
+    "OnlineRunFailed",
+    "OnlineRunResult",
+    "check_endpoint",
+    "metered_gpu_indices",
+    "run_online",
+]
+
+SERVER_LOG_NAME = "server.log"
+
+
+class OnlineRunResult(BaseModel):
+    """Everything one online run measured, with how it was set up.
+
+    ``load`` holds every request record (warmup ones separately); ``energy`` is the backend's
+    measurement over the window (``None`` without a backend); ``server_command`` and
+    ``server_log`` are set when llem started the server.
+    """
+
+    model_config = {"extra": "forbid"}
+
+    endpoint: str
+    request_model: str
+    api: Literal["chat", "completions"]
+    arrival: str
+    burstiness: float | None
+    request_rate: float | Literal["inf"]
+    max_concurrency: int | None
+    max_tokens: int
+    ignore_eos_sent: bool
+    server_command: list[str] | None = None
+    server_log: str | None = None
+    server_ready_s: float | None = None
+    baseline: BaselineMeasurement | None = None
+    energy: EnergyMeasurement | None = None
+    metrics: OnlineMetrics
+    load: LoadRun
+    warnings: list[str] = Field(default_factory=list)
+
+
+class OnlineRunFailed(ExperimentError):
+    """Every measured request failed; ``result`` keeps what was recorded."""
+
+    def __init__(self, message: str, result: OnlineRunResult, *, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.result = result
+
+
+def metered_gpu_indices(
+    online: OnlineConfig, uuids_by_index: Sequence[str] | Mapping[int, str]
+) -> list[int] | None:
+    """NVML indices of ``online.gpus`` (indices or UUID prefixes); ``None`` = all visible.
+
+    Pass the result as ``NvmlSensor(devices=...)`` for the energy backend and the baseline.
+    Unknown, ambiguous or repeated GPUs raise ``BackendError`` naming them.
+    """
+    if online.gpus is None:
+        return None
+    return visible_nvml_indices(",".join(str(g) for g in online.gpus), uuids_by_index)
+
+
+def check_endpoint(endpoint: str, model: str, *, timeout_s: float = 10.0) -> list[str]:
+    """Make sure ``endpoint`` answers and serves ``model``; returns notes for the result.
+
+    ``BackendError`` when it cannot be reached; ``ConfigError`` when ``/v1/models`` lists other
+    models only. A server without a model list is accepted with a note.
+    """
+    try:
+        ids = served_models(endpoint, timeout_s=timeout_s)
+    except OSError as exc:
+        raise BackendError(
+            f"endpoint {endpoint} is unreachable: {type(exc).__name__}: {exc}",
+            hint="is the server running and listening there? check online.endpoint",
+        ) from exc
+    if ids is None:
+        return [f"{endpoint} lists no models at /v1/models; requests name {model!r}"]
+    if ids and model not in ids:
+        raise ConfigError(
+            f"{endpoint} serves {ids}, not {model!r}",
+            hint="set online.served_model_name to the name the server uses",
+        )
+    return []
+
+
+def _sampling(config: ExperimentConfig) -> dict[str, Any]:
+    dec = config.decoder
+    if dec.decoding_strategy == "beam":
+        raise ConfigError(
+            "decoder.decoding_strategy: beam is not available in online mode",
+            hint="use greedy or sampling for mode: online",
+        )
+    if dec.decoding_strategy == "greedy":
+        return {"temperature": 0.0}
+    return {"temperature": dec.temperature, "top_p": dec.top_p}
+
+
+def _warmup_prompts(n: int) -> list[str]:
+    # Never the measured prompts (they would warm a prefix cache for the window).
+    return [f"Warmup request {i}: describe the weather in one sentence." for i in range(n)]
+
+
+def run_online(
+    config: ExperimentConfig,
+    prompts: Sequence[str],
+    *,
+    output_dir: str | Path,
+    energy: EnergyBackend | None = None,
+    measure_baseline: Callable[[], BaselineMeasurement] | None = None,
+    model_source: str | None = None,
+    warmup_prompts: Sequence[str] | None = None,
+    server_factory: Callable[..., ManagedServer] = ManagedServer,
+) -> OnlineRunResult:
+    """Run one online measurement (see the module docstring); blocking.
+
+    ``prompts`` are the dataset's prompts (the first ``config.n`` are sent). ``model_source``
+    replaces ``config.model`` on a started server's command line (e.g. the local folder of a
+    ``builtin:`` model). ``server_factory`` builds the ``ManagedServer`` (tests inject one).
+    """
+    online = config.online
+    if config.mode != "online" or online is None:
+        raise ConfigError("run_online needs an experiment with mode: online and an online: section")
+    if len(prompts) < config.n:
+        raise ConfigError(
+            f"n={config.n} requests but only {len(prompts)} prompts",
+            hint="lower n or use a larger dataset",
+        )
+    sampling = _sampling(config)
+    out = Path(output_dir)
+    max_tokens = config.effective_max_new_tokens
+
+    if online.starts_server:
+        settings = online.effective_server
+        port = settings.port if settings.port is not None else free_port(settings.host)
+        launch = server_launch(config, host=settings.host, port=port, model_source=model_source)
+        server: ManagedServer | None = server_factory(
+            launch.argv,
+            host=settings.host,
+            port=port,
+            log_path=out / SERVER_LOG_NAME,
+            startup_timeout_s=settings.startup_timeout_s,
+            env=launch.env,
+        )
+        request_model = launch.request_model
+        supports_ignore_eos = launch.supports_ignore_eos
+        launch_notes = list(launch.notes)
+    else:
+        server = None
+        request_model = online.served_model_name or config.model
+        supports_ignore_eos = True
+        launch_notes = []
+
+    warnings: list[str] = list(launch_notes)
+    ignore_eos = config.decoder.ignore_eos and supports_ignore_eos
+    if config.decoder.ignore_eos and not supports_ignore_eos:
+        warnings.append(
+            f"decoder.ignore_eos is not sent: the {config.backend} server does not take it, so "
+            "outputs may stop before max_new_tokens"
+        )
+
+    def measure(endpoint: str) -> OnlineRunResult:
+        warnings.extend(check_endpoint(endpoint, request_model))
+        client = OpenAIStreamClient(
+            endpoint,
+            request_model,
+            api=online.api,
+            timeout_s=online.request_timeout_s,
+            include_usage=online.include_usage,
+            sampling=sampling,
+        )
+        baseline = measure_baseline() if measure_baseline is not None else None
+        requests = [StreamRequest(p, max_tokens, ignore_eos) for p in prompts[: config.n]]
+        warm = [
+            StreamRequest(p, max_tokens, ignore_eos)
+            for p in (
+                warmup_prompts[: online.n_warmup_requests]
+                if warmup_prompts is not None
+                else _warmup_prompts(online.n_warmup_requests)
+            )
+        ]
+        offsets = arrival_offsets(
+            config.n,
+            online.rate_per_s,
+            online.arrival,
+            burstiness=online.effective_burstiness,
+            seed=online.seed,
+        )
+        measured: list[EnergyMeasurement] = []
+        load = drive_load(
+            client,
+            requests,
+            offsets,
+            max_concurrency=online.max_concurrency,
+            warmup=warm,
+            on_window_start=energy.begin if energy is not None else None,
+            on_window_end=(lambda: measured.append(energy.end())) if energy is not None else None,
+        )
+        energy_m = measured[0] if measured else None
+        energy_j = energy_m.total_energy_j if energy_m is not None else None
+        window = load.duration_s if load.duration_s > 0 else math.ulp(1.0)
+        energy_window = (
+            energy_m.duration_s if energy_m is not None and energy_m.duration_s > 0 else None
+        )
+        metrics = compute_online_metrics(
+            load.records,
+            window_s=window,
+            slo=online.slo,
+            energy_j=energy_j,
+            baseline_power_w=baseline.power_w if baseline is not None else None,
+            energy_window_s=energy_window if energy_j is not None else None,
+        )
+        warnings.extend(load.schedule_warnings())
+        failed_warmups = [w for w in load.warmup_records if not w.ok]
+        if failed_warmups:
+            warnings.append(
+                f"{len(failed_warmups)} of {len(load.warmup_records)} warmup requests failed "
+                f"(first: {failed_warmups[0].error})"
+            )
+        if metrics.n_failed:
+            warnings.append(
+                f"{metrics.n_failed} of {metrics.n_requests} requests failed: {metrics.errors}"
+            )
+        return OnlineRunResult(
+            endpoint=endpoint,
+            request_model=request_model,
+            api=online.api,
+            arrival=online.arrival,
+            burstiness=online.effective_burstiness if online.arrival == "gamma" else None,
+            request_rate=online.request_rate,
+            max_concurrency=online.max_concurrency,
+            max_tokens=max_tokens,
+            ignore_eos_sent=ignore_eos,
+            baseline=baseline,
+            energy=energy_m,
+            metrics=metrics,
+            load=load,
+            warnings=warnings,
+        )
+
+    if server is None:
+        assert online.endpoint is not None
+        result = measure(online.endpoint)
+    else:
+        server.start()
+        try:
+            ready_s = server.wait_ready()
+            result = measure(server.base_url)
+            # Lost connections may mean the server died: give its exit a moment to land.
+            lost = any(
+                (r.error or "").startswith(("connection", "stream ended"))
+                for r in result.load.records
+            )
+            code = server.exit_code(wait_s=2.0 if lost else 0.0)
+            if code is not None:
+                result.warnings.append(
+                    f"the server exited with code {code} during the load; see {server.log_path}"
+                )
+        finally:
+            server.stop()
+        result.server_command = list(server.argv)
+        result.server_log = str(server.log_path)
+        result.server_ready_s = ready_s
+
+    if result.metrics.n_ok == 0:
+        raise OnlineRunFailed(
+            f"all {result.metrics.n_requests} requests failed: {result.metrics.errors}",
+            result,
+            hint=(
+                f"see the server log {result.server_log}"
+                if result.server_log
+                else f"is {result.endpoint} an OpenAI-compatible server serving {request_model!r}?"
+            ),
+        )
+    return result

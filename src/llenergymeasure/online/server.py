@@ -1,0 +1,409 @@
+"""Start an engine's own OpenAI-compatible server, wait until it is ready, stop it cleanly.
+
+``server_launch`` turns an online experiment into the command line of the engine's server:
+
+- vLLM: ``vllm serve MODEL`` with each ``VLLMConfig`` field as its ``vllm serve`` flag
+  (``--max-num-seqs``, ``--tensor-parallel-size``, ``--gpu-memory-utilization``,
+  ``--[no-]enable-prefix-caching``, ``--block-size``, ``--quantization``, ``--enable-lora``,
+  ``--max-lora-rank``), ``--dtype`` from ``precision`` and ``--seed`` from ``random_seed``;
+- PyTorch: ``transformers serve MODEL`` (the model is pinned), ``--dtype``, ``--default-seed``,
+  ``--attn-implementation``, ``--compile``, ``--quantization bnb-4bit|bnb-8bit`` and
+  ``--continuous-batching`` for ``batching_strategy: dynamic``;
+- TensorRT-LLM: ``trtllm-serve MODEL_OR_ENGINE`` with ``--tp_size``, ``--pp_size``,
+  ``--max_batch_size``, ``--max_seq_len``.
+
+Engine fields that have no server flag, when set, are a ``ConfigError`` naming the field (a
+silently ignored setting would mislabel the measurement). ``online.server.extra_args`` are
+appended last. ``online.gpus`` becomes ``CUDA_VISIBLE_DEVICES`` of the server.
+
+``ManagedServer`` runs the command in its own process group with stdout and stderr in a log file,
+polls ``/health`` (then ``/v1/models``) until one answers 200, and stops the whole group:
+SIGTERM, then SIGKILL after a grace period. As a context manager it never leaves the server
+running, whether the block ends normally, raises, or is interrupted (KeyboardInterrupt).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+from pydantic import BaseModel
+
+from llenergymeasure.config.models import ExperimentConfig
+from llenergymeasure.exceptions import BackendError, ConfigError
+
+__all__ = [
+    "VLLM_SERVE_FLAGS",
+    "ManagedServer",
+    "ServerLaunch",
+    "free_port",
+    "server_launch",
+]
+
+#: ``VLLMConfig`` field -> ``vllm serve`` flag (booleans: ``--flag`` / ``--no-flag``).
+VLLM_SERVE_FLAGS: dict[str, str] = {
+    "max_num_seqs": "--max-num-seqs",
+    "tensor_parallel_size": "--tensor-parallel-size",
+    "gpu_memory_utilization": "--gpu-memory-utilization",
+    "enable_prefix_caching": "--enable-prefix-caching",
+    "block_size": "--block-size",
+    "quantization": "--quantization",
+    "enable_lora": "--enable-lora",
+    "max_lora_rank": "--max-lora-rank",
+}
+
+#: ``TensorRTConfig`` field -> ``trtllm-serve`` flag; ``engine_path`` replaces the model.
+TRTLLM_SERVE_FLAGS: dict[str, str] = {
+    "tp_size": "--tp_size",
+    "pp_size": "--pp_size",
+    "max_batch_size": "--max_batch_size",
+    "max_seq_len": "--max_seq_len",
+}
+
+_VLLM_DTYPE = {"fp16": "float16", "bf16": "bfloat16", "int8": "float16", "int4": "float16"}
+_TORCH_DTYPE = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+# Fields with no server counterpart: the reason shown when one is set.
+_NO_SERVER_FLAG = {
+    "pytorch.batch_size": "the server batches requests itself; shape the load with "
+    "online.max_concurrency / online.request_rate",
+    "pytorch.num_processes": "transformers serve runs one process",
+    "tensorrt.quantization": "quantization is fixed when the engine is built; build it first "
+    "and set tensorrt.engine_path",
+    "tensorrt.builder_opt_level": "it is an engine-build option; build the engine first and "
+    "set tensorrt.engine_path",
+}
+
+
+@dataclass(frozen=True)
+class ServerLaunch:
+    """How to start an engine's server and talk to it.
+
+    ``request_model`` is the ``model`` field requests must carry; ``supports_ignore_eos`` says
+    whether the server takes vLLM's ``ignore_eos`` extension (transformers serve refuses it).
+    ``notes`` say which experiment settings the server decides itself (for the result).
+    """
+
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    request_model: str = ""
+    supports_ignore_eos: bool = True
+    notes: list[str] = field(default_factory=list)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _set_fields(section: BaseModel | None, name: str) -> dict[str, object]:
+    if section is None:
+        return {}
+    values = section.model_dump()
+    return {f"{name}.{k}": v for k, v in values.items() if v is not None}
+
+
+def server_launch(
+    config: ExperimentConfig,
+    *,
+    host: str,
+    port: int,
+    model_source: str | None = None,
+) -> ServerLaunch:
+    """The server command line for an online ``config`` (``ConfigError`` when it cannot be).
+
+    ``model_source`` replaces ``config.model`` on the command line (a local folder for
+    ``builtin:`` models, resolved by the caller).
+    """
+    online = config.online
+    if config.mode != "online" or online is None:
+        raise ConfigError("server_launch needs an experiment with mode: online")
+    if not online.starts_server:
+        raise ConfigError("online.endpoint is set: llem does not start a server for it")
+    model = model_source if model_source is not None else config.model
+    for key, reason in _NO_SERVER_FLAG.items():
+        section, _, name = key.partition(".")
+        if getattr(getattr(config, section), name, None) is not None:
+            raise ConfigError(
+                f"{key} has no equivalent on the {config.backend} server: {reason}",
+                hint=f"remove {key} for mode: online",
+            )
+    if config.lora is not None:
+        raise ConfigError(
+            "lora: is not supported in online mode yet",
+            hint="serve the adapter yourself and point online.endpoint at that server",
+        )
+    served = online.served_model_name
+    notes: list[str] = []
+    argv: list[str]
+    supports_ignore_eos = True
+    if config.backend == "vllm":
+        argv = ["vllm", "serve", model, "--host", host, "--port", str(port)]
+        argv += ["--dtype", _VLLM_DTYPE.get(config.precision, "auto")]
+        argv += ["--seed", str(config.random_seed)]
+        for key, value in _set_fields(config.vllm, "vllm").items():
+            flag = VLLM_SERVE_FLAGS[key.split(".", 1)[1]]
+            if isinstance(value, bool):
+                if value:
+                    argv.append(flag)
+                elif flag == "--enable-prefix-caching":
+                    argv.append("--no-enable-prefix-caching")
+            else:
+                argv += [flag, str(value)]
+        if served:
+            argv += ["--served-model-name", served]
+    elif config.backend == "pytorch":
+        supports_ignore_eos = False
+        argv = ["transformers", "serve", model, "--host", host, "--port", str(port)]
+        argv += ["--dtype", _TORCH_DTYPE.get(config.precision, "auto")]
+        argv += ["--default-seed", str(config.random_seed)]
+        p = config.pytorch
+        if p is not None:
+            if p.attn_implementation is not None:
+                argv += ["--attn-implementation", p.attn_implementation]
+            if p.torch_compile:
+                argv.append("--compile")
+            if p.load_in_4bit:
+                argv += ["--quantization", "bnb-4bit"]
+            elif p.load_in_8bit:
+                argv += ["--quantization", "bnb-8bit"]
+            if p.batching_strategy == "dynamic":
+                argv.append("--continuous-batching")
+        if served:
+            raise ConfigError(
+                "online.served_model_name is not supported with transformers serve "
+                "(it serves the model under its own name)",
+                hint="remove online.served_model_name",
+            )
+    elif config.backend == "tensorrt":
+        t = config.tensorrt
+        target = t.engine_path if t is not None and t.engine_path else model
+        argv = ["trtllm-serve", target, "--host", host, "--port", str(port)]
+        notes.append(
+            f"precision={config.precision} is not a trtllm-serve flag: the server runs at the "
+            "dtype of its checkpoint or built engine"
+        )
+        for key, value in _set_fields(t, "tensorrt").items():
+            name = key.split(".", 1)[1]
+            if name in TRTLLM_SERVE_FLAGS:
+                argv += [TRTLLM_SERVE_FLAGS[name], str(value)]
+        if served:
+            raise ConfigError(
+                "online.served_model_name is not supported with trtllm-serve",
+                hint="remove online.served_model_name",
+            )
+    else:  # pragma: no cover - Backend is a closed Literal
+        raise ConfigError(f"no server known for backend {config.backend!r}")
+    argv += list(online.effective_server.extra_args)
+    env: dict[str, str] = {}
+    if online.gpus is not None:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in online.gpus)
+    return ServerLaunch(
+        argv=argv,
+        env=env,
+        request_model=served or model,
+        supports_ignore_eos=supports_ignore_eos,
+        notes=notes,
+    )
+
+
+def _resolve_program(name: str) -> str:
+    if os.sep in name or shutil.which(name) is not None:
+        return name
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.exists() else name
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+class ManagedServer:
+    """A server process group with a log file, a readiness wait and a clean stop.
+
+    ``argv`` runs with ``env`` added to this process's environment, in a new session (its own
+    process group), stdout and stderr appended to ``log_path``. ``base_url`` is
+    ``http://host:port``.
+    """
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        host: str,
+        port: int,
+        log_path: str | os.PathLike[str],
+        startup_timeout_s: float = 900.0,
+        env: Mapping[str, str] | None = None,
+        health_paths: Sequence[str] = ("/health", "/v1/models"),
+        grace_s: float = 15.0,
+        poll_s: float = 0.25,
+    ) -> None:
+        if not argv:
+            raise ValueError("argv must not be empty")
+        self.argv = list(argv)
+        self.host = host
+        self.port = port
+        self.log_path = Path(log_path)
+        self.startup_timeout_s = startup_timeout_s
+        self.env = dict(env or {})
+        self.health_paths = tuple(health_paths)
+        self.grace_s = grace_s
+        self.poll_s = poll_s
+        self.process: subprocess.Popen[bytes] | None = None
+        self._pgid: int | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> None:
+        """Start the process group (does not wait for readiness).
+
+        A bare program name not on ``PATH`` is looked up beside this Python interpreter (the
+        engines' console scripts live in the same environment's ``bin``).
+        """
+        if self.process is not None:
+            raise RuntimeError("server already started")
+        self.argv[0] = _resolve_program(self.argv[0])
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            log.write(f"$ {' '.join(self.argv)}\n".encode())
+            log.flush()
+            try:
+                self.process = subprocess.Popen(
+                    self.argv,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env={**os.environ, **self.env},
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                raise BackendError(
+                    f"could not start the server {self.argv[0]!r}: {exc}",
+                    hint="is the engine installed in this environment? "
+                    "(vllm serve / transformers serve / trtllm-serve)",
+                ) from exc
+        self._pgid = self.process.pid
+
+    def _healthy(self) -> bool:
+        for path in self.health_paths:
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=2.0)
+            try:
+                conn.request("GET", path)
+                if conn.getresponse().status == 200:
+                    return True
+            except (OSError, http.client.HTTPException):
+                pass
+            finally:
+                conn.close()
+        return False
+
+    def wait_ready(self) -> float:
+        """Block until a health path answers 200; returns the seconds waited.
+
+        ``BackendError`` (with the log's tail) when the process exits first or the startup
+        timeout passes; the server is stopped before the error is raised.
+        """
+        if self.process is None:
+            raise RuntimeError("server not started")
+        start = time.monotonic()
+        deadline = start + self.startup_timeout_s
+        while True:
+            code = self.process.poll()
+            if code is not None:
+                self.stop()
+                raise BackendError(
+                    f"server exited with code {code} before it became ready; "
+                    f"log {self.log_path}:\n{_tail(self.log_path)}",
+                    hint="check the engine fields and online.server.extra_args",
+                )
+            if self._healthy():
+                return time.monotonic() - start
+            if time.monotonic() >= deadline:
+                self.stop()
+                raise BackendError(
+                    f"server not ready after {self.startup_timeout_s:g} s "
+                    f"(no 200 from {', '.join(self.health_paths)} on {self.base_url}); "
+                    f"log {self.log_path}:\n{_tail(self.log_path)}",
+                    hint="raise online.server.startup_timeout_s if the model loads slowly",
+                )
+            time.sleep(self.poll_s)
+
+    def exit_code(self, wait_s: float = 0.0) -> int | None:
+        """The server's exit code if it has stopped, else ``None`` (running or not started).
+
+        ``wait_s`` > 0 gives a dying server that long to finish exiting.
+        """
+        if self.process is None:
+            return None
+        if wait_s > 0:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                return self.process.wait(timeout=wait_s)
+        return self.process.poll()
+
+    def _group_alive(self) -> bool:
+        if self._pgid is None:
+            return False
+        try:
+            os.killpg(self._pgid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def _signal_group(self, sig: int) -> None:
+        if self._pgid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._pgid, sig)
+
+    def stop(self) -> None:
+        """SIGTERM to the whole group, SIGKILL after ``grace_s``; idempotent."""
+        if self.process is None or self._pgid is None:
+            return
+        self._signal_group(signal.SIGTERM)
+        deadline = time.monotonic() + self.grace_s
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=self.grace_s)
+        while self._group_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if self._group_alive():
+            self._signal_group(signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=self.grace_s)
+        self._pgid = None
+
+    def __enter__(self) -> ManagedServer:
+        self.start()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

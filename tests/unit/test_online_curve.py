@@ -1,0 +1,91 @@
+"""Energy-vs-load curve of online runs: points in rate order, the table, the figure."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from fake_openai_server import FakeOpenAIServer
+from llenergymeasure.energy.fakes import FakeEnergyBackend
+
+from llenergymeasure.config.models import ExperimentConfig
+from llenergymeasure.energy.baseline import BaselineMeasurement
+from llenergymeasure.online.run import OnlineRunResult, run_online
+from llenergymeasure.report.online_curve import (
+    online_curve_markdown,
+    online_curve_points,
+    plot_online_curve,
+)
+
+
+def idle() -> BaselineMeasurement:
+    return BaselineMeasurement(
+        power_w=50.0,
+        per_device_power_w=[50.0],
+        duration_s=1.0,
+        interval_ms=100.0,
+        n_samples=10,
+        measured_at_utc=datetime.now(timezone.utc),
+    )
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> list[OnlineRunResult]:
+    out = tmp_path_factory.mktemp("curve")
+    runs = []
+    with FakeOpenAIServer(token_delay_s=0.001) as server:
+        for rate in ("inf", 50, 200):
+            config = ExperimentConfig(
+                model="m",
+                backend="vllm",
+                n=5,
+                max_new_tokens=4,
+                mode="online",
+                online={
+                    "endpoint": server.url,
+                    "request_rate": rate,
+                    "n_warmup_requests": 0,
+                    "slo": {"e2e_ms": 5000},
+                },
+            )
+            runs.append(
+                run_online(
+                    config,
+                    [f"p{i}" for i in range(5)],
+                    output_dir=out,
+                    energy=FakeEnergyBackend(100.0, duration_s=1.0),
+                    measure_baseline=idle,
+                )
+            )
+    return runs
+
+
+def test_points_are_ordered_by_rate_with_inf_last(results):
+    points = online_curve_points(results)
+    assert [p.rate_label for p in points] == ["50", "200", "inf"]
+    assert math.isinf(points[-1].target_rate)
+    assert all(p.j_per_request == pytest.approx(20.0) for p in points)  # 100 J / 5 requests
+    assert all(p.j_per_request_adjusted == pytest.approx(10.0) for p in points)  # - 50 W x 1 s
+    assert all(p.j_per_token == pytest.approx(5.0) for p in points)
+    assert all(p.mean_power_w == pytest.approx(100.0) for p in points)
+
+
+def test_the_table_has_a_row_per_run(results):
+    table = online_curve_markdown(online_curve_points(results))
+    lines = table.strip().splitlines()
+    assert lines[0].startswith("| rate (req/s) |") and len(lines) == 2 + 3
+    assert lines[2].startswith("| 50 | - |") and lines[4].startswith("| inf | - |")
+    assert "| 20.00 | 10.00 | 5.0000 | 2.5000 |" in lines[2]
+
+
+def test_the_figure_is_written(results, tmp_path: Path):
+    pytest.importorskip("matplotlib")
+    path = plot_online_curve(online_curve_points(results), tmp_path / "curve.png")
+    assert path.exists() and path.stat().st_size > 1000
+
+
+def test_no_points_no_figure(tmp_path: Path):
+    with pytest.raises(ValueError, match="no online runs"):
+        plot_online_curve([], tmp_path / "x.png")

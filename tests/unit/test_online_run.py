@@ -1,0 +1,279 @@
+"""run_online end to end against fake servers: the order of steps, energy, failures, cleanup."""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fake_openai_server import FakeOpenAIServer
+from llenergymeasure.energy.fakes import FakeEnergyBackend
+
+from llenergymeasure.config.models import ExperimentConfig
+from llenergymeasure.energy.baseline import BaselineMeasurement
+from llenergymeasure.exceptions import BackendError, ConfigError
+from llenergymeasure.online.run import OnlineRunFailed, run_online
+from llenergymeasure.online.server import ManagedServer
+
+FAKE = Path(__file__).with_name("fake_openai_server.py")
+PROMPTS = [f"prompt {i}" for i in range(20)]
+
+
+def config(online: dict[str, Any], backend: str = "vllm", **kw: Any) -> ExperimentConfig:
+    kw.setdefault("n", 6)
+    kw.setdefault("max_new_tokens", 4)
+    return ExperimentConfig(model="org/m", backend=backend, mode="online", online=online, **kw)
+
+
+def baseline(power_w: float = 100.0) -> BaselineMeasurement:
+    return BaselineMeasurement(
+        power_w=power_w,
+        per_device_power_w=[power_w],
+        duration_s=1.0,
+        interval_ms=100.0,
+        n_samples=10,
+        measured_at_utc=datetime.now(timezone.utc),
+    )
+
+
+class Recorder:
+    """Notes the order in which run_online reaches its steps."""
+
+    def __init__(self, server: FakeOpenAIServer | None = None) -> None:
+        self.events: list[str] = []
+        self.server = server
+
+    def baseline(self) -> BaselineMeasurement:
+        sent = len(self.server.bodies) if self.server is not None else 0
+        self.events.append(f"baseline after {sent} requests")
+        return baseline()
+
+
+def test_endpoint_run_measures_energy_around_the_load(tmp_path):
+    energy = FakeEnergyBackend(700.0, duration_s=2.0)
+    with FakeOpenAIServer(token_delay_s=0.002) as server:
+        rec = Recorder(server)
+        result = run_online(
+            config(
+                {
+                    "endpoint": server.url,
+                    "request_rate": 100,
+                    "arrival": "constant",
+                    "n_warmup_requests": 2,
+                    "slo": {"e2e_ms": 10_000},
+                }
+            ),
+            PROMPTS,
+            output_dir=tmp_path,
+            energy=energy,
+            measure_baseline=rec.baseline,
+        )
+        bodies = list(server.bodies)
+    assert rec.events == ["baseline after 0 requests"]
+    assert energy.begin_calls == 1 and energy.end_calls == 1
+    # two warmups first, never with a measured prompt, then the six measured prompts
+    assert [b["prompt"] for b in bodies[:2]] == [
+        "Warmup request 0: describe the weather in one sentence.",
+        "Warmup request 1: describe the weather in one sentence.",
+    ]
+    assert sorted(b["prompt"] for b in bodies[2:]) == PROMPTS[:6]
+    assert all(b["temperature"] == 0.0 and b["max_tokens"] == 4 for b in bodies)
+    m = result.metrics
+    assert m.n_requests == 6 and m.n_ok == 6 and m.output_tokens == 24
+    assert m.energy_j == 700.0 and m.baseline_power_w == 100.0
+    assert m.adjusted_energy_j == pytest.approx(700.0 - 100.0 * 2.0)  # backend's window
+    assert m.energy_per_request_j == pytest.approx(700.0 / 6)
+    assert m.energy_per_output_token_j == pytest.approx(700.0 / 24)
+    assert m.n_slo_met == 6 and m.energy_per_slo_request_j == pytest.approx(700.0 / 6)
+    assert result.load.achieved_rate_per_s == pytest.approx(100.0, rel=0.25)
+    assert result.server_command is None and result.warnings == []
+    assert result.request_model == "org/m" and result.endpoint == server.url
+
+
+def test_ignore_eos_is_sent_where_the_server_takes_it(tmp_path):
+    with FakeOpenAIServer() as server:
+        run_online(
+            config({"endpoint": server.url, "n_warmup_requests": 0}, decoder={"ignore_eos": True}),
+            PROMPTS,
+            output_dir=tmp_path,
+        )
+        assert all(b.get("ignore_eos") is True for b in server.bodies)
+
+
+def test_sampling_settings_travel_with_each_request(tmp_path):
+    with FakeOpenAIServer() as server:
+        run_online(
+            config(
+                {"endpoint": server.url, "n_warmup_requests": 0, "api": "chat"},
+                decoder={"decoding_strategy": "sampling", "temperature": 0.7, "top_p": 0.9},
+            ),
+            PROMPTS,
+            output_dir=tmp_path,
+        )
+        assert {(b["temperature"], b["top_p"]) for b in server.bodies} == {(0.7, 0.9)}
+        assert server.paths == ["/v1/chat/completions"] * 6
+
+
+def test_without_energy_the_run_still_reports_latency_and_throughput(tmp_path):
+    with FakeOpenAIServer() as server:
+        result = run_online(
+            config({"endpoint": server.url, "max_concurrency": 2}), PROMPTS, output_dir=tmp_path
+        )
+    assert result.energy is None and result.metrics.energy_j is None
+    assert result.metrics.ttft is not None and result.metrics.request_throughput_per_s > 0
+
+
+def test_some_failures_are_recorded_and_the_run_completes(tmp_path):
+    prompts = ["ok 1", "FAIL:503", "ok 2", "HANG"]
+    with FakeOpenAIServer() as server:
+        result = run_online(
+            config({"endpoint": server.url, "request_timeout_s": 0.5}, n=4),
+            prompts,
+            output_dir=tmp_path,
+        )
+    assert result.metrics.n_ok == 2
+    assert result.metrics.errors == {"HTTP 503": 1, "timeout": 1}
+    assert any("2 of 4 requests failed" in w for w in result.warnings)
+
+
+def test_all_requests_failing_raises_with_the_result_attached(tmp_path):
+    with FakeOpenAIServer() as server, pytest.raises(OnlineRunFailed) as info:
+        run_online(
+            config({"endpoint": server.url, "n_warmup_requests": 0}, n=3),
+            ["FAIL:500"] * 3,
+            output_dir=tmp_path,
+        )
+    assert info.value.result.metrics.n_failed == 3
+    assert "HTTP 500" in str(info.value)
+
+
+def test_an_unreachable_endpoint_is_a_clear_error_before_any_measurement(tmp_path):
+    from llenergymeasure.online.server import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"
+    rec = Recorder()
+    with pytest.raises(BackendError, match="unreachable") as info:
+        run_online(
+            config({"endpoint": url}), PROMPTS, output_dir=tmp_path, measure_baseline=rec.baseline
+        )
+    assert url in str(info.value) and "online.endpoint" in str(info.value)
+    assert rec.events == []  # failed before the baseline
+
+
+def test_an_endpoint_serving_another_model_is_a_config_error(tmp_path):
+    with FakeOpenAIServer(models=["llama-8b"]) as server, pytest.raises(ConfigError) as info:
+        run_online(config({"endpoint": server.url}), PROMPTS, output_dir=tmp_path)
+    assert "['llama-8b']" in str(info.value) and "served_model_name" in str(info.value)
+    with FakeOpenAIServer(models=["llama-8b"]) as server:
+        result = run_online(
+            config({"endpoint": server.url, "served_model_name": "llama-8b"}),
+            PROMPTS,
+            output_dir=tmp_path,
+        )
+        assert {b["model"] for b in server.bodies} == {"llama-8b"}
+    assert result.metrics.n_ok == 6
+
+
+def test_an_endpoint_without_a_model_list_is_used_with_a_note(tmp_path):
+    with FakeOpenAIServer(health=False) as server:
+        result = run_online(config({"endpoint": server.url}), PROMPTS, output_dir=tmp_path)
+    assert result.metrics.n_ok == 6
+    assert any("lists no models" in w for w in result.warnings)
+
+
+def fake_factory(seen: list[list[str]], *flags: str):
+    """Builds a ManagedServer running the fake script instead of the engine's server."""
+
+    def factory(argv: list[str], **kw: Any) -> ManagedServer:
+        seen.append(list(argv))
+        fake = [sys.executable, str(FAKE), "--port", str(kw["port"]), *flags]
+        return ManagedServer(fake, **kw, grace_s=3.0, poll_s=0.05)
+
+    return factory
+
+
+def test_a_started_server_is_waited_for_measured_and_stopped(tmp_path):
+    seen: list[list[str]] = []
+    result = run_online(
+        config({"server": {"startup_timeout_s": 30}, "n_warmup_requests": 1}),
+        PROMPTS,
+        output_dir=tmp_path / "result",
+        server_factory=fake_factory(seen, "--startup-delay", "0.2"),
+    )
+    assert seen[0][:3] == ["vllm", "serve", "org/m"]
+    assert result.server_command is not None and str(FAKE) in result.server_command
+    assert result.server_log == str(tmp_path / "result" / "server.log")
+    assert "fake server ready" in Path(result.server_log).read_text()
+    assert result.server_ready_s is not None and result.server_ready_s >= 0.2
+    assert result.metrics.n_ok == 6
+
+
+def test_transformers_serve_gets_no_ignore_eos_and_the_result_says_so(tmp_path):
+    seen: list[list[str]] = []
+    result = run_online(
+        config({"n_warmup_requests": 0}, backend="pytorch", decoder={"ignore_eos": True}),
+        PROMPTS,
+        output_dir=tmp_path,
+        model_source="/models/tiny",
+        server_factory=fake_factory(seen),
+    )
+    assert seen[0][:3] == ["transformers", "serve", "/models/tiny"]
+    assert not result.ignore_eos_sent
+    assert any("ignore_eos is not sent" in w for w in result.warnings)
+    assert result.request_model == "/models/tiny"
+
+
+def test_a_server_that_dies_mid_run_is_reported_and_stopped(tmp_path):
+    seen: list[list[str]] = []
+    with pytest.raises(OnlineRunFailed) as info:
+        run_online(
+            config({"n_warmup_requests": 0, "request_timeout_s": 10}, n=4, max_new_tokens=200),
+            PROMPTS,
+            output_dir=tmp_path,
+            server_factory=fake_factory(seen, "--exit-after", "1.0", "--token-delay", "0.05"),
+        )
+    result = info.value.result
+    assert any("exited with code 3 during the load" in w for w in result.warnings)
+    assert result.metrics.n_failed == 4
+
+
+def test_a_server_that_never_becomes_ready_is_an_error_and_is_stopped(tmp_path):
+    seen: list[list[str]] = []
+    with pytest.raises(BackendError, match="not ready"):
+        run_online(
+            config({"server": {"startup_timeout_s": 0.5}}),
+            PROMPTS,
+            output_dir=tmp_path,
+            server_factory=fake_factory(seen, "--startup-delay", "30"),
+        )
+    assert (tmp_path / "server.log").exists()
+
+
+@pytest.mark.parametrize(
+    ("cfg", "prompts", "message"),
+    [
+        (config({"endpoint": "http://h:1"}, n=5), PROMPTS[:3], "only 3 prompts"),
+        (
+            config({"endpoint": "http://h:1"}, decoder={"decoding_strategy": "beam"}),
+            PROMPTS,
+            "beam",
+        ),
+        (ExperimentConfig(model="m", backend="vllm"), PROMPTS, "mode: online"),
+    ],
+)
+def test_bad_setups_are_config_errors(tmp_path, cfg, prompts, message):
+    with pytest.raises(ConfigError, match=message):
+        run_online(cfg, prompts, output_dir=tmp_path)
+
+
+def test_metered_gpus_are_resolved_to_nvml_indices():
+    from llenergymeasure.config.online import OnlineConfig
+    from llenergymeasure.online.run import metered_gpu_indices
+
+    uuids = ["GPU-aaaa-0", "GPU-bbbb-1", "GPU-cccc-2"]
+    assert metered_gpu_indices(OnlineConfig(), uuids) is None
+    assert metered_gpu_indices(OnlineConfig(gpus=[2, "GPU-bbbb"]), uuids) == [2, 1]
+    with pytest.raises(BackendError, match="GPU-dddd"):
+        metered_gpu_indices(OnlineConfig(gpus=["GPU-dddd"]), uuids)
