@@ -445,11 +445,10 @@ def test_records_without_first_token_time_or_batch_start_are_rejected() -> None:
 
 
 def test_attribute_run_chains_records_sampler_samples_and_the_backend_total() -> None:
-    from llenergymeasure.energy.fakes import FakeClock, FakeGpuSensor
-
     from llenergymeasure.energy.attribution import attribute_run
     from llenergymeasure.energy.sampler import EnergySampler
     from llenergymeasure.engines.base import RequestRecord
+    from llenergymeasure.testing.energy import FakeClock, FakeGpuSensor
 
     clock = FakeClock(start=100.0)
     sensor = FakeGpuSensor(n_devices=2, power_w=[300.0, 50.0], clock=clock)

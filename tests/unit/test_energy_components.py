@@ -9,12 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
-from llenergymeasure.energy.fakes import (
-    FakeCodeCarbonTracker,
-    FakeEmissionsData,
-    FakeZeusMeasurement,
-    FakeZeusMonitor,
-)
 
 from llenergymeasure.energy.base import EnergyMeasurement
 from llenergymeasure.energy.codecarbon_backend import CodeCarbonEnergyBackend
@@ -27,6 +21,12 @@ from llenergymeasure.energy.components import (
 )
 from llenergymeasure.energy.rapl import HostEnergyMeasurement, HostEnergyReading
 from llenergymeasure.energy.zeus_backend import ZeusEnergyBackend
+from llenergymeasure.testing.energy import (
+    FakeCodeCarbonTracker,
+    FakeEmissionsData,
+    FakeZeusMeasurement,
+    FakeZeusMonitor,
+)
 
 
 def gpu(total: float | None = 1000.0) -> EnergyMeasurement:

@@ -7,8 +7,6 @@ window; its energy and the full window's give the differential prefill/decode sp
 from __future__ import annotations
 
 import pytest
-from llenergymeasure.energy.fakes import FakeClock, FakeEnergyBackend, FakeGpuSensor
-from llenergymeasure.engines.fakes import FakeEngine
 
 from llenergymeasure.config.models import ExperimentConfig
 from llenergymeasure.datasets import Prompt
@@ -21,6 +19,8 @@ from llenergymeasure.harness.prefill_window import (
     prefill_only_prompts,
     split_from_windows,
 )
+from llenergymeasure.testing.energy import FakeClock, FakeEnergyBackend, FakeGpuSensor
+from llenergymeasure.testing.engines import FakeEngine
 
 
 def config(**overrides: object) -> ExperimentConfig:

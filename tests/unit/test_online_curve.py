@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 from fake_openai_server import FakeOpenAIServer
-from llenergymeasure.energy.fakes import FakeEnergyBackend
 
 from llenergymeasure.config.models import ExperimentConfig
 from llenergymeasure.energy.baseline import BaselineMeasurement
@@ -18,6 +17,7 @@ from llenergymeasure.report.online_curve import (
     online_curve_points,
     plot_online_curve,
 )
+from llenergymeasure.testing.energy import FakeEnergyBackend
 
 
 def idle() -> BaselineMeasurement:

@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 from fake_openai_server import FakeOpenAIServer
-from llenergymeasure.energy.fakes import FakeEnergyBackend
 
 from llenergymeasure.config.models import ExperimentConfig
 from llenergymeasure.energy.baseline import BaselineMeasurement
 from llenergymeasure.exceptions import BackendError, ConfigError
 from llenergymeasure.online.run import OnlineRunFailed, run_online
 from llenergymeasure.online.server import ManagedServer
+from llenergymeasure.testing.energy import FakeEnergyBackend
 
 FAKE = Path(__file__).with_name("fake_openai_server.py")
 PROMPTS = [f"prompt {i}" for i in range(20)]
