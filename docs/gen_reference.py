@@ -121,22 +121,25 @@ def walk(
     return out
 
 
-def _type_name(annotation: Any) -> str:
+def _type_name(annotation: Any, links: dict[type[BaseModel], str] | None = None) -> str:
+    """The annotation as text; documented models become links to their section."""
     if annotation is type(None):
         return "None"
+    if links and annotation in links:
+        return f"[{annotation.__name__}]({links[annotation]}#{annotation.__name__.lower()})"
     if isinstance(annotation, type) and not typing.get_args(annotation):
         return annotation.__name__
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if origin is typing.Annotated:
-        return _type_name(args[0])
+        return _type_name(args[0], links)
     if origin is typing.Literal:
         return " | ".join(repr(a).replace("'", '"') for a in args)
     if origin in (typing.Union, types.UnionType):
-        return " | ".join(_type_name(a) for a in args)
+        return " | ".join(_type_name(a, links) for a in args)
     if origin is not None:
         name = getattr(origin, "__name__", str(origin))
-        return f"{name}[{', '.join(_type_name(a) for a in args)}]"
+        return f"{name}[{', '.join(_type_name(a, links) for a in args)}]"
     return str(annotation).replace("typing.", "")
 
 
@@ -179,7 +182,11 @@ def render() -> dict[str, str]:
     """Page filename -> Markdown text, generated from the models."""
     out: dict[str, str] = {}
     seen: set[type[BaseModel]] = set()
-    for page in pages():
+    documented = [(page, walk(page.roots, seen)) for page in pages()]
+    for page, models in documented:
+        links = {
+            m: ("" if other is page else other.filename) for other, ms in documented for m in ms
+        }
         lines = [
             f"# {page.title}",
             "",
@@ -188,7 +195,7 @@ def render() -> dict[str, str]:
             page.intro,
             "",
         ]
-        for model in walk(page.roots, seen):
+        for model in models:
             doc = " ".join((model.__doc__ or "").split("\n\n")[0].split())
             lines += [f"## {model.__name__}", "", f"`{model.__module__}.{model.__name__}`", ""]
             if doc:
@@ -196,7 +203,8 @@ def render() -> dict[str, str]:
             lines += ["| Field | Type | Default | Description |", "| --- | --- | --- | --- |"]
             for name, info in model.model_fields.items():
                 lines.append(
-                    f"| `{name}` | {_cell(_type_name(info.annotation))} | {_cell(_default(info))}"
+                    f"| `{name}` | {_cell(_type_name(info.annotation, links))} "
+                    f"| {_cell(_default(info))}"
                     f" | {_cell(info.description or '')} |"
                 )
             lines.append("")

@@ -80,4 +80,7 @@ def test_a_field_without_a_description_is_reported(gen: ModuleType) -> None:
         gen.pages = original
     assert missing == [f"{Inner.__module__}.{Inner.__qualname__.split('.')[-1]}.undocumented"]
     assert "| `documented` | int | `0` | has one |" in rendered
-    assert "| `inner` | list[Inner] \\| None | `None` | nested through list and None |" in rendered
+    assert (
+        "| `inner` | list[[Inner](#inner)] \\| None | `None` | nested through list and None |"
+        in (rendered)
+    )

@@ -257,7 +257,7 @@ class EnvironmentSnapshot(BaseModel):
     cpu_count: int | None = Field(description="Logical CPUs.")
     gpus: list[dict[str, Any]] = Field(
         default_factory=list,
-        description="Each visible GPU: name, UUID, memory, power limit, clocks.",
+        description="Each measured GPU: index, UUID, name, memory, power limit, energy counter.",
     )
     driver_version: str | None = Field(None, description="NVIDIA driver version.")
     cuda_version: str | None = Field(None, description="CUDA version.")
