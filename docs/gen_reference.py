@@ -163,7 +163,8 @@ def _default(info: FieldInfo) -> str:
 
 
 def _cell(text: str) -> str:
-    return " ".join(text.split()).replace("|", "\\|")
+    text = " ".join(text.split()).replace("|", "\\|")
+    return text.replace("<", "&lt;").replace(">", "&gt;")
 
 
 def missing_descriptions() -> list[str]:
@@ -196,7 +197,7 @@ def render() -> dict[str, str]:
             "",
         ]
         for model in models:
-            doc = " ".join((model.__doc__ or "").split("\n\n")[0].split())
+            doc = " ".join((model.__doc__ or "").split("\n\n")[0].split()).replace("``", "`")
             lines += [f"## {model.__name__}", "", f"`{model.__module__}.{model.__name__}`", ""]
             if doc:
                 lines += [doc, ""]

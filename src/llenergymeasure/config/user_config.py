@@ -35,7 +35,10 @@ class MeasurementSection(BaseModel):
     model_config = _FORBID
     energy_backend: EnergyBackendName = Field(
         "auto",
-        description="auto (NVML, else Zeus, else CodeCarbon), nvml, zeus, codecarbon or none.",
+        description=(
+            "auto (Zeus if installed and a GPU is present, else NVML if a GPU is present, else "
+            "CodeCarbon if installed, else none), nvml, zeus, codecarbon or none."
+        ),
     )
     carbon_intensity_gco2_kwh: float | None = Field(
         None, ge=0, description="Grid carbon intensity, gCO2 per kWh. None = CO2 not computed."
