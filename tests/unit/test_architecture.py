@@ -36,6 +36,7 @@ FLOORS: dict[str, int] = {
     "engines": 2,
     "results": 2,
     "harness": 3,
+    "online": 3,
     "study": 4,
     "runners": 4,
     "report": 4,
