@@ -44,7 +44,9 @@ class ExecutionSection(BaseModel):
     model_config = _FORBID
     config_gap_seconds: float = Field(60.0, ge=0)
     cycle_gap_seconds: float = Field(300.0, ge=0)
-    reuse_engine: bool = True  # a study's runs with equal engine-load fields share one engine
+    # a study's runs with equal engine-load fields share one engine; off by default until the
+    # GPU comparison shows it equivalent (BENCHMARKS.md, "Engine reuse")
+    reuse_engine: bool = False
 
 
 class SlurmSection(BaseModel):

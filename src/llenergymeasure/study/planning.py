@@ -3,7 +3,7 @@
 Order (``execution.cycle_order``): ``sequential`` = all cycles of A, then B...; ``interleaved``
 = A B C, A B C; ``shuffled`` = each cycle in a random order drawn from ``shuffle_seed``.
 
-Engine groups (``execution.reuse_engine``, default on): runs whose configs have the same
+Engine groups (``execution.reuse_engine``, opt-in): runs whose configs have the same
 ``engine_load_key`` share one loaded engine. The groups run one after another, in the order in
 which each first appears in the cycle order; within a group the cycle order applies as it is.
 The manifest's positions (and run ids) are this order.
