@@ -19,8 +19,8 @@ from llenergymeasure.config.models import ExperimentConfig, SyntheticDatasetConf
 from llenergymeasure.energy.base import EnergyMeasurement
 from llenergymeasure.energy.baseline import BaselineMeasurement
 from llenergymeasure.energy.components import EnergyComponents
-from llenergymeasure.energy.phase_split import PhaseSplit
 from llenergymeasure.energy.maths import adjusted_energy_j
+from llenergymeasure.energy.phase_split import PhaseSplit
 from llenergymeasure.energy.sampler import EnergySampler
 from llenergymeasure.engines.base import RequestRecord
 from llenergymeasure.exceptions import ExperimentError
