@@ -365,3 +365,56 @@ def test_flat_rows_carry_every_phase_column(tmp_path: Path) -> None:
     assert row["request_energy_mean_j"] == pytest.approx(result.energy_total_j / 5)
     table = pq.read_table(result.to_parquet(tmp_path / "row.parquet"))
     assert set(PHASE_COLUMNS) <= set(table.column_names)
+
+
+# -- llem report --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def split_result_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    sensor = LoadSensor()
+    measured = orchestrator(sensor, engine_on(sensor)).run(
+        config(measurement={"phase_split": True})
+    )
+    directory = tmp_path_factory.mktemp("split") / "experiment"
+    measured.save(directory)
+    return directory
+
+
+def test_the_experiment_report_shows_the_phase_bar_and_the_request_histogram(
+    split_result_dir: Path, tmp_path: Path
+) -> None:
+    pytest.importorskip("matplotlib")
+    from llenergymeasure.report.render import render_report
+
+    outcome = render_report(split_result_dir, tmp_path / "report.html")
+    names = {p.name for p in outcome.images}
+    assert {"report_phases.png", "report_request_energy_1.png"} <= names
+    for p in outcome.images:
+        assert p.stat().st_size > 1000
+    text = outcome.html_path.read_text()
+    assert "Where the energy goes" in text
+    assert "prefill / decode energy (differential)" in text
+    assert "energy with host (headline figures are GPU-only)" in text
+
+
+def test_the_phase_section_has_one_bar_per_config_and_skips_configs_without_data(
+    split_result_dir: Path, tmp_path: Path
+) -> None:
+    pytest.importorskip("matplotlib")
+    from llenergymeasure.report.phase_section import phase_figures, split_per_request
+
+    with_split = ExperimentResult.from_json(split_result_dir / "result.json")
+    bare = with_split.model_copy(
+        update={
+            "phase_split": None,
+            "energy_attribution": None,
+            "requests": [r.model_copy(update={"energy_j": None}) for r in with_split.requests],
+        }
+    )
+    assert split_per_request(bare) is None
+    per_request = split_per_request(with_split)
+    assert per_request is not None and per_request[2] == "differential"
+    section = phase_figures([("#1 split", [with_split]), ("#2 bare", [bare])], tmp_path, "r")
+    assert [f.path.name for f in section.figures] == ["r_phases.png", "r_request_energy_1.png"]
+    assert phase_figures([("#2 bare", [bare])], tmp_path, "s").figures == []
