@@ -418,3 +418,16 @@ def test_the_phase_section_has_one_bar_per_config_and_skips_configs_without_data
     section = phase_figures([("#1 split", [with_split]), ("#2 bare", [bare])], tmp_path, "r")
     assert [f.path.name for f in section.figures] == ["r_phases.png", "r_request_energy_1.png"]
     assert phase_figures([("#2 bare", [bare])], tmp_path, "s").figures == []
+
+
+def test_the_run_summary_names_the_split_and_its_method(split_result_dir: Path) -> None:
+    from llenergymeasure.cli.run_experiment_cmd import format_summary
+
+    result = ExperimentResult.from_json(split_result_dir / "result.json")
+    text = format_summary(result, None)
+    assert "[differential]" in text
+    assert "time-resolved split" in text
+    refused = result.model_copy(
+        update={"phase_split": None, "phase_split_unavailable": "the prefill-only window failed"}
+    )
+    assert "n/a: the prefill-only window failed" in format_summary(refused, None)
