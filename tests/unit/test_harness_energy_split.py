@@ -431,3 +431,20 @@ def test_the_run_summary_names_the_split_and_its_method(split_result_dir: Path) 
         update={"phase_split": None, "phase_split_unavailable": "the prefill-only window failed"}
     )
     assert "n/a: the prefill-only window failed" in format_summary(refused, None)
+
+
+def test_engine_figures_of_the_result_are_read_before_the_prefill_window() -> None:
+    sensor = LoadSensor()
+
+    class Reporting(FakeEngine):
+        def effective_parameters(self) -> dict[str, object]:
+            generated = [p for p, _ in self.calls if p != "clear_run_state"]
+            return {"last_generate": generated[-1]}
+
+    engine = Reporting(
+        on_generate=lambda phase: sensor.set_power(sensor.busy_w),
+        on_generate_end=lambda phase: sensor.set_power(sensor.idle_w),
+    )
+    result = orchestrator(sensor, engine).run(config(measurement={"phase_split": True})).result
+    assert engine.calls[-1][0] == "prefill_window"
+    assert result.effective_parameters == {"last_generate": "measurement"}

@@ -11,6 +11,7 @@ protocol with fakes; ``default_components`` builds the real ones.
 
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -277,7 +278,16 @@ class ExperimentOrchestrator:
         if sampler is not None:
             sampler.set_phase("cooldown")
             sampler.sample_now()
+        # everything the engine reports about the measurement window, read before the
+        # prefill-only window runs another generate on it
         peak = self.engine.peak_memory_bytes()
+        effective = copy.deepcopy(self.engine.effective_parameters())  # notes grow later
+        process_results: list[dict[str, Any]] = []
+        record_processes: list[int] | None = None
+        if isinstance(self.engine, ProcessReporter):
+            process_results = self.engine.process_results()
+            record_processes = self.engine.record_process_indices()
+
         split, split_missing = None, None
         if config.measurement.phase_split:
             t = time.perf_counter()
@@ -289,13 +299,6 @@ class ExperimentOrchestrator:
             sampler.stop()
             if sampler.error is not None:
                 say(f"warning: sampler error: {sampler.error!r}")
-        effective = self.engine.effective_parameters()
-
-        process_results: list[dict[str, Any]] = []
-        record_processes: list[int] | None = None
-        if isinstance(self.engine, ProcessReporter):
-            process_results = self.engine.process_results()
-            record_processes = self.engine.record_process_indices()
 
         result = assemble_result(
             CollectedRun(
