@@ -41,6 +41,7 @@ def format_summary(result: ExperimentResult, path: Path | None) -> str:
         ]
         if e.counter_vs_poll_diff_pct is not None:
             lines.append(f"  counter vs poll      {e.counter_vs_poll_diff_pct:+.2f} %")
+        lines += _where_the_joules_go(result)
     else:
         lines.append(f"  energy               not measured ({e.backend}: no GPU energy sensor)")
     if result.carbon.co2_g is not None:
@@ -50,6 +51,35 @@ def format_summary(result: ExperimentResult, path: Path | None) -> str:
     if path is not None:
         lines.append(f"  saved                {path}")
     return "\n".join(lines)
+
+
+def _where_the_joules_go(result: ExperimentResult) -> list[str]:
+    """Summary lines of the prefill/decode split, per-request energy and the host's share."""
+    lines: list[str] = []
+    split = result.phase_split
+    if split is not None:
+        lines.append(
+            f"  prefill / decode     {_fmt(split.energy_prefill_j, 'J', 4)} "
+            f"({split.share_prefill:.1%}) / {_fmt(split.energy_decode_j, 'J', 4)}  "
+            f"[differential]; {_fmt(split.j_per_input_token_prefill, 'J', 3)}/input token, "
+            f"{_fmt(split.j_per_decode_token, 'J', 3)}/decode token"
+        )
+    elif result.config.measurement.phase_split:
+        lines.append(f"  prefill / decode     n/a: {result.phase_split_unavailable}")
+    a = result.energy_attribution
+    if a is not None:
+        lines.append(
+            f"  time-resolved split  {_fmt(a.energy_prefill_j, 'J', 4)} / "
+            f"{_fmt(a.energy_decode_j, 'J', 4)}  (confidence {a.confidence}); per-request "
+            "energy in result.json"
+        )
+    c = result.energy.components
+    if c is not None and c.host_energy_j is not None:
+        lines.append(
+            f"  with host (CPU/DRAM) {_fmt(c.total_with_host_j, 'J', 5)}  (energy figures "
+            "above are GPU-only)"
+        )
+    return lines
 
 
 def _ms(value: float | None) -> str:

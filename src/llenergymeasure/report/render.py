@@ -21,6 +21,7 @@ from llenergymeasure.report.loader import (
     StudySource,
     load_source,
 )
+from llenergymeasure.report.phase_section import PhaseSection, phase_figures, phase_summary_rows
 from llenergymeasure.report.plots import (
     ConfigPoint,
     plot_config_bars,
@@ -232,7 +233,19 @@ def _experiment_rows(r: ExperimentResult) -> list[tuple[str, str]]:
         ("started (UTC)", r.started_at_utc.strftime("%Y-%m-%d %H:%M:%S")),
         ("llem / schema", f"{r.llem_version} / {r.schema_version}"),
     ]
+    rows[7:7] = phase_summary_rows(r)  # after the J / output token rows
     return rows
+
+
+def _phase_html(section: PhaseSection, images: list[Path]) -> list[str]:
+    """The "where the joules go" section (nothing when no result has the data)."""
+    if not section.figures:
+        return []
+    out = ["<h2>Where the energy goes: prefill vs decode, per request</h2>"]
+    for fig in section.figures:
+        images.append(fig.path)
+        out.append(_img(fig.path, fig.alt, fig.caption))
+    return out
 
 
 def _engine_settings(r: ExperimentResult) -> str:
@@ -264,6 +277,7 @@ def _render_experiment(source: ExperimentSource, html_path: Path, prefix: str) -
     rows = [[_td(k), _td(v)] for k, v in _experiment_rows(r)]
     rows.append([_td("warnings"), _td(_warnings_html(r), raw=True)])
     body += ["<h2>Summary</h2>", _table(["quantity", "value"], rows)]
+    body += _phase_html(phase_figures([(r.config.model, [r])], html_path.parent, prefix), images)
     body.append("<h2>Power and temperature over time</h2>")
     png = _timeseries_figure(
         source.run, html_path.parent / f"{prefix}_timeseries.png", f"{source.directory.name}"
@@ -456,6 +470,18 @@ def _render_study(source: StudySource, html_path: Path, prefix: str) -> ReportOu
         f"{stats.bootstrap_seed}) otherwise; n/a when n &lt; 2.</p>"
     )
     body.append(_stats_table(stats, front))
+    configs = [
+        (
+            f"#{numbers[c.config_hash]} {c.label}",
+            [
+                run.result
+                for run in source.runs
+                if run.result is not None and run.result.measurement_config_hash == c.config_hash
+            ],
+        )
+        for c in stats.configs
+    ]
+    body += _phase_html(phase_figures(configs, out_dir, prefix), images)
     body.append("<h2>Runs</h2>")
     body.append(_runs_table(source, numbers))
     body.append("<h2>Power and temperature over time</h2>")

@@ -14,8 +14,11 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from llenergymeasure.config.models import ExperimentConfig
+from llenergymeasure.energy.attribution import EnergyAttribution
 from llenergymeasure.energy.base import DeviceEnergy
 from llenergymeasure.energy.baseline import BaselineMeasurement
+from llenergymeasure.energy.components import EnergyComponents
+from llenergymeasure.energy.phase_split import PhaseSplit
 
 SCHEMA_VERSION = "1.0"
 
@@ -119,6 +122,9 @@ class EnergyBreakdown(BaseModel):
     baseline_energy_j: float | None = None
     adjusted_j: float | None = None
     notes: list[str] = Field(default_factory=list)
+    # gpu / cpu / dram, each with its method, and total_with_host_j; every figure above is
+    # GPU-only (None: not collected, e.g. results written before it existed)
+    components: EnergyComponents | None = None
 
 
 class SteadyStateWindow(BaseModel):
@@ -170,13 +176,20 @@ class PhaseTimings(BaseModel):
     warmup_s: float = 0.0
     thermal_floor_s: float = 0.0
     measurement_s: float = 0.0
+    phase_split_s: float = 0.0  # the prefill-only window with its warmup and thermal floor
     total_s: float = 0.0
     compile_s: float | None = None
     load_parts: dict[str, float] = Field(default_factory=dict)
 
 
 class RequestResult(BaseModel):
-    """One prompt of the measurement window (raw data for late aggregation)."""
+    """One prompt of the measurement window (raw data for late aggregation).
+
+    ``energy_j`` (with its ``prefill_energy_j`` / ``decode_energy_j`` parts): the request's
+    share of the window's GPU energy by the time-resolved attribution
+    (``ExperimentResult.energy_attribution`` has the rule's figures); the requests of a run sum
+    to ``energy_total_j``. None where the run has no per-token times or no samples.
+    """
 
     model_config = _FORBID
 
@@ -187,6 +200,9 @@ class RequestResult(BaseModel):
     ttft_s: float | None
     batch_index: int
     process_index: int = 0
+    energy_j: float | None = None
+    prefill_energy_j: float | None = None
+    decode_energy_j: float | None = None
 
 
 class EnvironmentSnapshot(BaseModel):
@@ -257,6 +273,15 @@ class ExperimentResult(JsonFileModel):
     timeseries_samples: int = 0
     reproducibility_notes: str = REPRODUCIBILITY_NOTES
     requests: list[RequestResult] = Field(default_factory=list)
+    # Where the joules go (issue 16). phase_split: the differential prefill/decode split
+    # (measurement.phase_split: true); phase_split_unavailable says why it is missing when it
+    # was asked for. energy_attribution: the time-resolved split of the window's GPU energy
+    # over engine steps (its per-request figures are in requests[i].energy_j, so its own
+    # requests list is left empty); energy_attribution_unavailable: why there is none.
+    phase_split: PhaseSplit | None = None
+    phase_split_unavailable: str | None = None
+    energy_attribution: EnergyAttribution | None = None
+    energy_attribution_unavailable: str | None = None
     # data-parallel runs: one summary per process (index, device, device_uuid, n_prompts,
     # output_tokens, duration_s, tokens_per_second, ...); headline statistics are computed
     # over every request of every process, never averaged from these
@@ -308,7 +333,18 @@ class ExperimentResult(JsonFileModel):
         row["co2_g"] = self.carbon.co2_g
         row["flops_total"] = self.flops.total_flops if self.flops else None
         row["warnings"] = ",".join(self.measurement_warnings)
+        row.update(self.phase_columns())
         return row
+
+    def phase_columns(self) -> dict[str, Any]:
+        """The flat columns of where the joules go (``results.phase_columns.PHASE_COLUMNS``);
+        the same keys for every result, ``None`` where a figure was not measured."""
+        from llenergymeasure.results.phase_columns import phase_columns
+
+        attribution = self.energy_attribution
+        if attribution is not None and not attribution.requests:
+            attribution = attribution.model_copy(update={"requests": _request_energies(self)})
+        return phase_columns(self.phase_split, attribution, self.energy.components)
 
     def to_parquet(self, path: str | Path) -> Path:
         """Write the one-row summary table (config columns + metrics) as parquet, atomically."""
@@ -321,6 +357,23 @@ class ExperimentResult(JsonFileModel):
         from llenergymeasure.results.io import write_rows_csv
 
         return write_rows_csv([self.summary_row()], Path(path))
+
+
+def _request_energies(result: ExperimentResult) -> list[Any]:
+    from llenergymeasure.energy.attribution import RequestEnergy
+
+    return [
+        RequestEnergy(
+            request=r.index,
+            energy_j=r.energy_j,
+            prefill_energy_j=r.prefill_energy_j or 0.0,
+            decode_energy_j=r.decode_energy_j or 0.0,
+            prefill_tokens=r.input_tokens,
+            decode_tokens=max(r.output_tokens - 1, 0),
+        )
+        for r in result.requests
+        if r.energy_j is not None
+    ]
 
 
 # --- studies -------------------------------------------------------------------------------
