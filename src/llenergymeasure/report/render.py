@@ -399,6 +399,72 @@ def _runs_table(source: StudySource, numbers: dict[str, int]) -> str:
     return _table(header, rows)
 
 
+ONLINE_CURVE_CAPTION = (
+    "Online runs against their target request rate (inf: all requests at once), the mean of "
+    "each rate's cycles. Top: energy per successful request, raw and baseline-adjusted (the "
+    "idle share dominates at low rates), and mean GPU power on the right axis. Bottom: TTFT "
+    "and inter-token latency percentiles."
+)
+
+
+def _online_curve_section(source: StudySource, png_path: Path) -> tuple[str, Path] | None:
+    """The energy-vs-load curve of a study's online runs (None when it has none)."""
+    from llenergymeasure.report.online_curve import (
+        mean_over_cycles,
+        online_curve_points,
+        plot_online_curve,
+    )
+
+    online = [r.result.online for r in source.runs if r.result is not None and r.result.online]
+    if not online:
+        return None
+    points = mean_over_cycles(online_curve_points(online))
+    png = plot_online_curve(points, png_path)
+    header = [
+        "rate (req/s)",
+        "cap",
+        "achieved",
+        "ok",
+        "mean W",
+        "J/request",
+        "J/request adj.",
+        "J/token",
+        "J/token adj.",
+        "TTFT p50 / p99",
+        "ITL p50 / p99",
+        "goodput (req/s)",
+    ]
+
+    def ms(a: float | None, b: float | None) -> str:
+        return f"{_num(a)} / {_num(b)} ms"
+
+    rows = [
+        [
+            _td(p.rate_label),
+            _td(p.max_concurrency or "-"),
+            _td(_num(p.achieved_rate), num=True),
+            _td(f"{p.n_ok}/{p.n_requests}", num=True),
+            _td(_num(p.mean_power_w), num=True),
+            _td(_num(p.j_per_request), num=True),
+            _td(_num(p.j_per_request_adjusted), num=True),
+            _td(_num(p.j_per_token), num=True),
+            _td(_num(p.j_per_token_adjusted), num=True),
+            _td(ms(p.ttft_p50_ms, p.ttft_p99_ms), num=True),
+            _td(ms(p.itl_p50_ms, p.itl_p99_ms), num=True),
+            _td(_num(p.goodput_per_s), num=True),
+        ]
+        for p in points
+    ]
+    html_part = (
+        "<h2>Energy against request rate (online runs)</h2>"
+        + _img(
+            png, "energy per request, power and latency against request rate", ONLINE_CURVE_CAPTION
+        )
+        + _table(header, rows)
+    )
+    return html_part, png
+
+
 def _render_study(source: StudySource, html_path: Path, prefix: str) -> ReportOutcome:
     stats = source.statistics
     level = f"{stats.confidence_level * 100:g} %"
@@ -444,6 +510,11 @@ def _render_study(source: StudySource, html_path: Path, prefix: str) -> ReportOu
         )
     else:
         body.append('<p class="note">No energy measured in any run: no scatter plot.</p>')
+    online_section = _online_curve_section(source, out_dir / f"{prefix}_online_curve.png")
+    if online_section is not None:
+        html_part, png = online_section
+        body.append(html_part)
+        images.append(png)
     body.append("<h2>Per-config statistics across cycles</h2>")
     if points:
         png = plot_config_bars(points, out_dir / f"{prefix}_configs.png", level=level)
