@@ -22,7 +22,8 @@ def format_summary(result: ExperimentResult, path: Path | None) -> str:
     lines = [
         f"llem result  {result.config.model}  [{result.config.backend}, {result.config.precision}]",
         f"  config hash          {result.measurement_config_hash}",
-        f"  prompts / tokens     {result.n_requests} prompts, {result.input_tokens} in, "
+        f"  prompts / tokens     {result.n_requests} "
+        f"{'requests' if result.online is not None else 'prompts'}, {result.input_tokens} in, "
         f"{result.output_tokens} out",
         f"  window               {result.duration_s:.3f} s",
         f"  throughput           {result.tokens_per_second:.2f} tok/s, "

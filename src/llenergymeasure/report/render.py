@@ -232,7 +232,44 @@ def _experiment_rows(r: ExperimentResult) -> list[tuple[str, str]]:
         ("started (UTC)", r.started_at_utc.strftime("%Y-%m-%d %H:%M:%S")),
         ("llem / schema", f"{r.llem_version} / {r.schema_version}"),
     ]
+    if r.online is not None:
+        rows[2:2] = _online_rows(r)
     return rows
+
+
+def _online_rows(r: ExperimentResult) -> list[tuple[str, str]]:
+    """The online run's load, energy per request, goodput and latency percentiles."""
+    online = r.online
+    assert online is not None
+    m = online.metrics
+
+    def pair(stats: object) -> str:
+        p50, p99 = getattr(stats, "p50_ms", None), getattr(stats, "p99_ms", None)
+        return f"{_num(p50)} / {_num(p99)} ms"
+
+    cap = f", at most {online.max_concurrency} in flight" if online.max_concurrency else ""
+    return [
+        (
+            "online load",
+            f"{online.request_rate} req/s {online.arrival}{cap} (achieved "
+            f"{_num(online.achieved_rate_per_s)} req/s) to {online.endpoint}; "
+            f"{m.n_ok}/{m.n_requests} requests ok",
+        ),
+        (
+            "J / request (raw / adjusted)",
+            f"{_num(m.energy_per_request_j, ' J')} / {_num(m.adjusted_energy_per_request_j, ' J')}",
+        ),
+        (
+            "goodput",
+            "n/a (no SLO)"
+            if m.goodput_per_s is None
+            else f"{m.goodput_per_s:.3f} req/s; {_num(m.energy_per_slo_request_j, ' J')} per "
+            "request that met the SLO",
+        ),
+        ("TTFT p50 / p99", pair(m.ttft)),
+        ("TPOT p50 / p99", pair(m.tpot)),
+        ("ITL p50 / p99", pair(m.itl)),
+    ]
 
 
 def _engine_settings(r: ExperimentResult) -> str:
