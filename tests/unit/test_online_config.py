@@ -137,7 +137,7 @@ def test_the_online_example_loads():
     path = Path(__file__).resolve().parents[2] / "examples" / "online-experiment.yaml"
     cfg = load_experiment_config(path)
     assert cfg.mode == "online" and cfg.online is not None
-    assert cfg.online.request_rate == 4.0 and cfg.online.max_concurrency == 8
+    assert cfg.online.request_rate == 1.0 and cfg.online.max_concurrency == 4
     assert cfg.online.starts_server and cfg.backend == "pytorch"
     assert cfg.online.slo is not None and cfg.online.slo.tpot_ms == 200
 
