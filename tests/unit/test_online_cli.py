@@ -178,3 +178,43 @@ def test_a_request_rate_study_gives_one_run_per_rate_and_a_curve_in_the_report(t
     html = (study_dir / "report.html").read_text()
     assert "Energy against request rate" in html
     assert (study_dir / "report_online_curve.png").is_file()
+
+
+def test_run_experiment_measures_an_online_config_and_writes_nothing(tmp_path, monkeypatch):
+    import llenergymeasure as llem_api
+
+    monkeypatch.chdir(tmp_path)
+    with FakeOpenAIServer() as server:
+        result = llem_api.run_experiment(
+            model="org/served-model",
+            backend="vllm",
+            dataset=str(prompts_file(tmp_path)),
+            n=4,
+            max_new_tokens=2,
+            mode="online",
+            online={"endpoint": server.url, "request_rate": "inf", "n_warmup_requests": 0},
+        )
+    assert result.online is not None and result.online.metrics.n_ok == 4
+    assert result.online.request_rate == "inf"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prompts.jsonl"]
+
+
+def test_online_runs_stay_out_of_engine_groups_and_keep_the_cycle_order():
+    from llenergymeasure.config.models import ExperimentConfig
+    from llenergymeasure.config.study import ExecutionConfig
+    from llenergymeasure.study.planning import grouped_order, reuse_key
+
+    def online(rate: float) -> ExperimentConfig:
+        return ExperimentConfig(
+            model="org/m",
+            backend="vllm",
+            mode="online",
+            online={"endpoint": "http://127.0.0.1:9", "request_rate": rate},
+        )
+
+    configs = [online(1), online(4)]
+    assert [reuse_key(c) for c in configs] == [None, None]
+    execution = ExecutionConfig(n_cycles=2, cycle_order="interleaved")
+    # the same engine fields would make one engine group of offline configs; online runs are
+    # each their own run, in cycle order: 1, 4, 1, 4
+    assert grouped_order(configs, execution, reuse=True) == [(0, 1), (1, 1), (0, 2), (1, 2)]
