@@ -5,7 +5,7 @@ Floors, lowest first::
     0  exceptions, _version
     1  config, datasets
     2  energy, engines, results
-    3  harness
+    3  harness, online (a server under load: measured like harness measures an engine)
     4  study, runners, report
     5  api, cli
     6  llenergymeasure/__init__.py, __main__.py, testing (test doubles: nothing imports them)

@@ -36,7 +36,13 @@ from llenergymeasure.results.models import (
     WarmupResult,
 )
 
-__all__ = ["CollectedRun", "assemble_result", "energy_breakdown"]
+__all__ = [
+    "CollectedRun",
+    "assemble_result",
+    "carbon_estimate",
+    "dataset_provenance",
+    "energy_breakdown",
+]
 
 
 @dataclass
@@ -132,7 +138,7 @@ def assemble_result(run: CollectedRun, settings: MeasurementSettings) -> Experim
         peak_memory_bytes=run.peak_memory_bytes,
         energy=breakdown,
         flops=_flops(run, in_tokens, out_tokens),
-        carbon=_carbon(total, settings),
+        carbon=carbon_estimate(total, settings),
         environment=run.environment,
         warmup=run.warmup,
         timing=run.timings,
@@ -248,7 +254,8 @@ def _flops(run: CollectedRun, in_tokens: int, out_tokens: int) -> Any:
     )
 
 
-def _carbon(total_j: float | None, settings: MeasurementSettings) -> Any:
+def carbon_estimate(total_j: float | None, settings: MeasurementSettings) -> Any:
+    """CO2 of ``total_j`` with the carbon intensity and PUE of ``settings``."""
     return m.estimate_carbon(
         total_j,
         intensity=settings.carbon_intensity_gco2_kwh,

@@ -50,17 +50,25 @@ Progress = Callable[[str], None]
 
 @dataclass
 class MeasuredExperiment:
-    """A result and its timeseries (pyarrow table, or None when nothing was sampled)."""
+    """A result and its timeseries (pyarrow table, or None when nothing was sampled).
+
+    ``artifacts``: other files kept beside ``result.json`` (name -> content), e.g. an online
+    run's ``server.log`` and ``online_requests.json``.
+    """
 
     result: ExperimentResult
     timeseries: Any = None
+    artifacts: dict[str, bytes] = field(default_factory=dict)
 
     def save(self, directory: Path, *, export_csv: bool = False) -> Path:
-        """Write ``result.json`` (+ ``timeseries.parquet``, ``result.csv``) into ``directory``."""
-        from llenergymeasure.results.io import write_table_parquet
+        """Write ``result.json`` (+ ``timeseries.parquet``, ``result.csv``, artifacts) into
+        ``directory``."""
+        from llenergymeasure.results.io import atomic_write_bytes, write_table_parquet
 
         directory.mkdir(parents=True, exist_ok=True)
         result = self.result.model_copy(update={"output_dir": str(directory)})
+        for name, content in self.artifacts.items():
+            atomic_write_bytes(directory / name, content)
         if self.timeseries is not None:
             write_table_parquet(self.timeseries, directory / "timeseries.parquet")
         if export_csv:

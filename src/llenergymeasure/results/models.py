@@ -7,6 +7,7 @@ Every energy figure carries the method that produced it; every timing figure com
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -19,6 +20,7 @@ from llenergymeasure.energy.base import DeviceEnergy
 from llenergymeasure.energy.baseline import BaselineMeasurement
 from llenergymeasure.energy.components import EnergyComponents
 from llenergymeasure.energy.phase_split import PhaseSplit
+from llenergymeasure.results.online import OnlineResult
 
 SCHEMA_VERSION = "1.0"
 
@@ -292,6 +294,9 @@ class ExperimentResult(JsonFileModel):
     engine_reused: bool = False
     engine_loaded_by: str | None = None
     run_state_notes: list[str] = Field(default_factory=list)
+    # mode: online (a server under a request load): latency, goodput and energy per request;
+    # the headline fields above hold the same window's figures (requests = successful ones)
+    online: OnlineResult | None = None
     output_dir: str | None = None
 
     def summary_row(self) -> dict[str, Any]:
@@ -334,6 +339,8 @@ class ExperimentResult(JsonFileModel):
         row["flops_total"] = self.flops.total_flops if self.flops else None
         row["warnings"] = ",".join(self.measurement_warnings)
         row.update(self.phase_columns())
+        if self.online is not None:
+            row.update(_online_columns(self.online))
         return row
 
     def phase_columns(self) -> dict[str, Any]:
@@ -374,6 +381,28 @@ def _request_energies(result: ExperimentResult) -> list[Any]:
         for r in result.requests
         if r.energy_j is not None
     ]
+
+
+def _online_columns(online: OnlineResult) -> dict[str, Any]:
+    """The ``online_*`` summary columns of an online run (absent from offline rows)."""
+    m = online.metrics
+    row: dict[str, Any] = {
+        "online_request_rate": math.inf if online.request_rate == "inf" else online.request_rate,
+        "online_achieved_rate_per_s": online.achieved_rate_per_s,
+        "online_max_concurrency": online.max_concurrency,
+        "online_n_ok": m.n_ok,
+        "online_n_failed": m.n_failed,
+        "online_goodput_per_s": m.goodput_per_s,
+        "online_energy_per_request_j": m.energy_per_request_j,
+        "online_energy_per_request_adjusted_j": m.adjusted_energy_per_request_j,
+        "online_energy_per_slo_request_j": m.energy_per_slo_request_j,
+        "online_client_cpu_s": online.client_cpu_s,
+    }
+    for name in ("ttft", "tpot", "itl", "e2e"):
+        stats = getattr(m, name)
+        for stat in ("p50", "p99"):
+            row[f"online_{name}_{stat}_ms"] = getattr(stats, f"{stat}_ms") if stats else None
+    return row
 
 
 # --- studies -------------------------------------------------------------------------------
