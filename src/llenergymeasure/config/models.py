@@ -359,6 +359,27 @@ def _dataset_kind(value: Any) -> str:
 
 # A dataset is a name/path string or a synthetic mapping; the discriminator keeps validation
 # errors about one branch from being reported against the other.
+class MeasurementConfig(BaseModel):
+    """Extra measurements of a run beyond the headline window.
+
+    ``phase_split``: after the measurement window, run a prefill-only window over the same
+    prompts and batching (``max_new_tokens`` 1, its own warmup, the same thermal floor) and
+    report the differential prefill/decode energy split (``ExperimentResult.phase_split``).
+    It roughly adds one prefill pass of the whole workload to the run's wall time.
+    """
+
+    model_config = _FORBID
+
+    phase_split: bool = Field(
+        False,
+        description=(
+            "After the window, measure a prefill-only window (max_new_tokens 1) and report the "
+            "differential prefill/decode split; adds about one prefill pass of the workload to the"
+            " run."
+        ),
+    )
+
+
 DatasetSpec = Annotated[
     Annotated[str, Tag("name")] | Annotated[SyntheticDatasetConfig, Tag("synthetic")],
     Discriminator(_dataset_kind),
@@ -417,6 +438,10 @@ class ExperimentConfig(BaseModel):
     )
     baseline: BaselineConfig = Field(
         default_factory=BaselineConfig, description="Idle-power baseline."
+    )
+    measurement: MeasurementConfig = Field(
+        default_factory=MeasurementConfig,
+        description="Extra measurements beyond the headline window (the prefill/decode split).",
     )
 
     pytorch: PyTorchConfig | None = Field(

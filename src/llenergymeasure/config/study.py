@@ -71,13 +71,13 @@ class ExecutionConfig(BaseModel):
         ),
     )
     # runs whose engine-load fields are equal share one loaded engine (one long-lived worker
-    # process per engine group); None -> user config execution.reuse_engine (default true)
+    # process per engine group); None -> user config execution.reuse_engine (default false)
     reuse_engine: bool | None = Field(
         None,
         description=(
             "True: runs with equal engine-load fields share one loaded engine (one process per "
             "engine group); False: a fresh process per run. None = the user config's "
-            "execution.reuse_engine."
+            "execution.reuse_engine (default false)."
         ),
     )
 

@@ -65,11 +65,12 @@ class ExecutionSection(BaseModel):
     cycle_gap_seconds: float = Field(
         300.0, ge=0, description="Default idle seconds between a study's cycles."
     )
+    # off by default until the GPU comparison shows it equivalent (BENCHMARKS.md, "Engine reuse")
     reuse_engine: bool = Field(
-        True,
+        False,
         description=(
             "Default of a study's execution.reuse_engine: runs with equal engine-load fields share"
-            " one loaded engine."
+            " one loaded engine (opt-in)."
         ),
     )
 

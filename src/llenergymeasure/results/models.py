@@ -7,6 +7,7 @@ Every energy figure carries the method that produced it; every timing figure com
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -14,8 +15,12 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from llenergymeasure.config.models import ExperimentConfig
+from llenergymeasure.energy.attribution import EnergyAttribution
 from llenergymeasure.energy.base import DeviceEnergy
 from llenergymeasure.energy.baseline import BaselineMeasurement
+from llenergymeasure.energy.components import EnergyComponents
+from llenergymeasure.energy.phase_split import PhaseSplit
+from llenergymeasure.results.online import OnlineResult
 
 SCHEMA_VERSION = "1.0"
 
@@ -149,6 +154,15 @@ class EnergyBreakdown(BaseModel):
         None, description="total_j - baseline_energy_j, J: energy attributable to the workload."
     )
     notes: list[str] = Field(default_factory=list, description="Caveats from the energy backend.")
+    # gpu / cpu / dram, each with its method, and total_with_host_j; every figure above is
+    # GPU-only (None: not collected, e.g. results written before it existed)
+    components: EnergyComponents | None = Field(
+        None,
+        description=(
+            "GPU, CPU and DRAM energy, each with its method, and the total with the host; None = "
+            "not collected."
+        ),
+    )
 
 
 class SteadyStateWindow(BaseModel):
@@ -212,6 +226,13 @@ class PhaseTimings(BaseModel):
     warmup_s: float = Field(0.0, description="Warmup, seconds.")
     thermal_floor_s: float = Field(0.0, description="Thermal floor wait, seconds.")
     measurement_s: float = Field(0.0, description="The measurement window, seconds.")
+    phase_split_s: float = Field(
+        0.0,
+        description=(
+            "The prefill-only window with its warmup and thermal floor, seconds (0 without "
+            "measurement.phase_split)."
+        ),
+    )
     total_s: float = Field(0.0, description="The whole run, seconds.")
     compile_s: float | None = Field(
         None,
@@ -229,7 +250,13 @@ class PhaseTimings(BaseModel):
 
 
 class RequestResult(BaseModel):
-    """One prompt of the measurement window (raw data for late aggregation)."""
+    """One prompt of the measurement window (raw data for late aggregation).
+
+    ``energy_j`` (with its ``prefill_energy_j`` / ``decode_energy_j`` parts): the request's
+    share of the window's GPU energy by the time-resolved attribution
+    (``ExperimentResult.energy_attribution`` has the rule's figures); the requests of a run sum
+    to ``energy_total_j``. None where the run has no per-token times or no samples.
+    """
 
     model_config = _FORBID
 
@@ -244,6 +271,15 @@ class RequestResult(BaseModel):
     )
     batch_index: int = Field(description="Batch it ran in.")
     process_index: int = Field(0, description="Data-parallel process that ran it.")
+    energy_j: float | None = Field(
+        None,
+        description=(
+            "Energy attributed to this request by the time-resolved rule, J (None without "
+            "attribution)."
+        ),
+    )
+    prefill_energy_j: float | None = Field(None, description="Its prefill share, J.")
+    decode_energy_j: float | None = Field(None, description="Its decode share, J.")
 
 
 class EnvironmentSnapshot(BaseModel):
@@ -362,6 +398,27 @@ class ExperimentResult(JsonFileModel):
     requests: list[RequestResult] = Field(
         default_factory=list, description="One entry per measured prompt (raw data)."
     )
+    # Where the joules go (issue 16). phase_split: the differential prefill/decode split
+    # (measurement.phase_split: true); phase_split_unavailable says why it is missing when it
+    # was asked for. energy_attribution: the time-resolved split of the window's GPU energy
+    # over engine steps (its per-request figures are in requests[i].energy_j, so its own
+    # requests list is left empty); energy_attribution_unavailable: why there is none.
+    phase_split: PhaseSplit | None = Field(
+        None, description="Differential prefill/decode split (with measurement.phase_split)."
+    )
+    phase_split_unavailable: str | None = Field(
+        None, description="Why the requested phase split is missing."
+    )
+    energy_attribution: EnergyAttribution | None = Field(
+        None,
+        description=(
+            "Time-resolved split of the window's GPU energy over engine steps (per-request figures"
+            " are in requests[i])."
+        ),
+    )
+    energy_attribution_unavailable: str | None = Field(
+        None, description="Why there is no time-resolved attribution."
+    )
     # data-parallel runs: one summary per process (index, device, device_uuid, n_prompts,
     # output_tokens, duration_s, tokens_per_second, ...); headline statistics are computed
     # over every request of every process, never averaged from these
@@ -389,6 +446,15 @@ class ExperimentResult(JsonFileModel):
     run_state_notes: list[str] = Field(
         default_factory=list,
         description="What clear_run_state() reported before the window (caches reset).",
+    )
+    # mode: online (a server under a request load): latency, goodput and energy per request;
+    # the headline fields above hold the same window's figures (requests = successful ones)
+    online: OnlineResult | None = Field(
+        None,
+        description=(
+            "mode: online: load, latency, goodput and energy per request (the headline fields hold"
+            " the same window)."
+        ),
     )
     output_dir: str | None = Field(None, description="Directory the result was written to.")
 
@@ -431,7 +497,20 @@ class ExperimentResult(JsonFileModel):
         row["co2_g"] = self.carbon.co2_g
         row["flops_total"] = self.flops.total_flops if self.flops else None
         row["warnings"] = ",".join(self.measurement_warnings)
+        row.update(self.phase_columns())
+        if self.online is not None:
+            row.update(_online_columns(self.online))
         return row
+
+    def phase_columns(self) -> dict[str, Any]:
+        """The flat columns of where the joules go (``results.phase_columns.PHASE_COLUMNS``);
+        the same keys for every result, ``None`` where a figure was not measured."""
+        from llenergymeasure.results.phase_columns import phase_columns
+
+        attribution = self.energy_attribution
+        if attribution is not None and not attribution.requests:
+            attribution = attribution.model_copy(update={"requests": _request_energies(self)})
+        return phase_columns(self.phase_split, attribution, self.energy.components)
 
     def to_parquet(self, path: str | Path) -> Path:
         """Write the one-row summary table (config columns + metrics) as parquet, atomically."""
@@ -444,6 +523,45 @@ class ExperimentResult(JsonFileModel):
         from llenergymeasure.results.io import write_rows_csv
 
         return write_rows_csv([self.summary_row()], Path(path))
+
+
+def _request_energies(result: ExperimentResult) -> list[Any]:
+    from llenergymeasure.energy.attribution import RequestEnergy
+
+    return [
+        RequestEnergy(
+            request=r.index,
+            energy_j=r.energy_j,
+            prefill_energy_j=r.prefill_energy_j or 0.0,
+            decode_energy_j=r.decode_energy_j or 0.0,
+            prefill_tokens=r.input_tokens,
+            decode_tokens=max(r.output_tokens - 1, 0),
+        )
+        for r in result.requests
+        if r.energy_j is not None
+    ]
+
+
+def _online_columns(online: OnlineResult) -> dict[str, Any]:
+    """The ``online_*`` summary columns of an online run (absent from offline rows)."""
+    m = online.metrics
+    row: dict[str, Any] = {
+        "online_request_rate": math.inf if online.request_rate == "inf" else online.request_rate,
+        "online_achieved_rate_per_s": online.achieved_rate_per_s,
+        "online_max_concurrency": online.max_concurrency,
+        "online_n_ok": m.n_ok,
+        "online_n_failed": m.n_failed,
+        "online_goodput_per_s": m.goodput_per_s,
+        "online_energy_per_request_j": m.energy_per_request_j,
+        "online_energy_per_request_adjusted_j": m.adjusted_energy_per_request_j,
+        "online_energy_per_slo_request_j": m.energy_per_slo_request_j,
+        "online_client_cpu_s": online.client_cpu_s,
+    }
+    for name in ("ttft", "tpot", "itl", "e2e"):
+        stats = getattr(m, name)
+        for stat in ("p50", "p99"):
+            row[f"online_{name}_{stat}_ms"] = getattr(stats, f"{stat}_ms") if stats else None
+    return row
 
 
 # --- studies -------------------------------------------------------------------------------
