@@ -22,8 +22,10 @@ DIR="${LLEM_PODMAN_DIR:-/tmp/llem-podman}"
 IMAGE="${LLEM_CONTAINER_IMAGE:-localhost/llem-test:latest}"
 BASE="localhost/llem-base:bookworm"
 PYTHON="${PYTHON:-python3}"
-SUDO=""
-[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+if [ "$(id -u)" -ne 0 ]; then  # rootless podman needs another setup (subuids, user cgroups)
+    echo "podman-up: run as root (rootful podman is what was set up and tested)" >&2
+    exit 2
+fi
 step() { echo "podman-up: $* ($(date +%T))"; }
 
 # The image's Python is bookworm's 3.11 and the wheels are built here: they must match.
@@ -36,10 +38,10 @@ fi
 if ! command -v podman >/dev/null || ! command -v runc >/dev/null \
     || ! command -v mmdebstrap >/dev/null; then
     step "installing podman, runc, mmdebstrap"
-    $SUDO apt-get update -qq
+    apt-get update -qq
     # With Recommends: podman's network stack (netavark, aardvark-dns) comes that way.
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq podman runc >/dev/null
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
         mmdebstrap >/dev/null
 fi
 
@@ -76,10 +78,14 @@ if ! podman image exists "$BASE"; then
         2>/dev/null | grep -oE 'https?://[^ ]+' | head -n1 || true)}"
     MIRROR="${MIRROR:-http://deb.debian.org/debian}"
     step "building $BASE from $MIRROR"
+    # Into a file first: a failed bootstrap must not leave a truncated image behind that
+    # later runs would take for the finished one.
     mmdebstrap --quiet --variant=minbase --include=python3,python3-venv \
         --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
         --dpkgopt='path-exclude=/usr/share/locale/*' \
-        bookworm - "$MIRROR" | podman import --quiet - "$BASE" >/dev/null
+        bookworm "$DIR/base.tar" "$MIRROR"
+    podman import --quiet "$DIR/base.tar" "$BASE" >/dev/null
+    rm -f "$DIR/base.tar"
 fi
 
 # 2. Wheels built on the host: the dependencies and this checkout (CPU torch from local disk).
