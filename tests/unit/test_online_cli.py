@@ -218,3 +218,20 @@ def test_online_runs_stay_out_of_engine_groups_and_keep_the_cycle_order():
     # the same engine fields would make one engine group of offline configs; online runs are
     # each their own run, in cycle order: 1, 4, 1, 4
     assert grouped_order(configs, execution, reuse=True) == [(0, 1), (1, 1), (0, 2), (1, 2)]
+
+
+def test_a_run_whose_requests_all_fail_is_an_error_that_keeps_the_request_records(tmp_path):
+    path = tmp_path / "failing.jsonl"
+    path.write_text("".join(json.dumps({"prompt": "FAIL:503"}) + "\n" for _ in range(3)))
+    config = tmp_path / "online.yaml"
+    with FakeOpenAIServer() as server:
+        config.write_text(
+            f"model: org/m\nbackend: vllm\ndataset: {path}\nn: 3\nmax_new_tokens: 2\n"
+            f"mode: online\nonline: {{endpoint: {server.url}, n_warmup_requests: 0}}\n"
+        )
+        out = tmp_path / "results"
+        run = cli.invoke(app, ["run", str(config), "-o", str(out)])
+    assert run.exit_code == 1, run.output
+    assert "all 3 requests failed" in run.output and "HTTP 503" in run.output
+    records = json.loads((only_dir(out) / "online_requests.json").read_text())
+    assert [r["http_status"] for r in records["load"]["records"]] == [503, 503, 503]
