@@ -235,3 +235,39 @@ def test_a_run_whose_requests_all_fail_is_an_error_that_keeps_the_request_record
     assert "all 3 requests failed" in run.output and "HTTP 503" in run.output
     records = json.loads((only_dir(out) / "online_requests.json").read_text())
     assert [r["http_status"] for r in records["load"]["records"]] == [503, 503, 503]
+
+
+def test_energy_per_request_comes_from_the_metered_gpus_over_the_load_window(tmp_path):
+    from llenergymeasure.config.models import ExperimentConfig
+    from llenergymeasure.harness.online import measure_online
+    from llenergymeasure.harness.settings import MeasurementSettings
+    from llenergymeasure.testing.energy import FakeGpuSensor
+
+    sensor = FakeGpuSensor(n_devices=1, power_w=150.0)
+    settings = MeasurementSettings(sampling_interval_ms=10, energy_backend="nvml")
+    with FakeOpenAIServer(token_delay_s=0.01) as server:
+        config = ExperimentConfig(
+            model="org/served-model",
+            backend="vllm",
+            dataset=str(prompts_file(tmp_path)),
+            n=5,
+            max_new_tokens=5,
+            baseline={"enabled": True, "duration_seconds": 0.2},
+            mode="online",
+            online={"endpoint": server.url, "request_rate": 50, "n_warmup_requests": 1},
+        )
+        measured = measure_online(config, sensor=sensor, settings=settings, work_dir=tmp_path)
+    result = measured.result
+    assert result.online is not None
+    m = result.online.metrics
+    assert result.energy.method == "nvml_counter"
+    window_s = result.energy_total_j / 150.0  # type: ignore[operator]
+    assert window_s == pytest.approx(m.duration_s, rel=0.2)  # first send to last token
+    assert m.energy_j == pytest.approx(result.energy_total_j)
+    assert m.energy_per_request_j == pytest.approx(result.energy_total_j / 5)  # type: ignore[operator]
+    assert m.baseline_power_w == pytest.approx(150.0)  # idle share: all of it at constant power
+    assert m.adjusted_energy_per_request_j == pytest.approx(0.0, abs=1.0)
+    assert result.energy_adjusted_j is not None
+    phases = set(measured.timeseries.column("phase").to_pylist())
+    assert {"warmup", "measurement"} <= phases
+    assert not sensor.closed  # a sensor passed in is the caller's to close
