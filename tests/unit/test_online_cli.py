@@ -218,3 +218,64 @@ def test_online_runs_stay_out_of_engine_groups_and_keep_the_cycle_order():
     # the same engine fields would make one engine group of offline configs; online runs are
     # each their own run, in cycle order: 1, 4, 1, 4
     assert grouped_order(configs, execution, reuse=True) == [(0, 1), (1, 1), (0, 2), (1, 2)]
+
+
+def test_a_run_whose_requests_all_fail_is_an_error_that_keeps_the_request_records(tmp_path):
+    path = tmp_path / "failing.jsonl"
+    path.write_text("".join(json.dumps({"prompt": "FAIL:503"}) + "\n" for _ in range(3)))
+    config = tmp_path / "online.yaml"
+    with FakeOpenAIServer() as server:
+        config.write_text(
+            f"model: org/m\nbackend: vllm\ndataset: {path}\nn: 3\nmax_new_tokens: 2\n"
+            f"mode: online\nonline: {{endpoint: {server.url}, n_warmup_requests: 0}}\n"
+        )
+        out = tmp_path / "results"
+        run = cli.invoke(app, ["run", str(config), "-o", str(out)])
+    assert run.exit_code == 1, run.output
+    assert "all 3 requests failed" in run.output and "HTTP 503" in run.output
+    records = json.loads((only_dir(out) / "online_requests.json").read_text())
+    assert [r["http_status"] for r in records["load"]["records"]] == [503, 503, 503]
+
+
+def test_energy_per_request_comes_from_the_metered_gpus_over_the_load_window(tmp_path):
+    from llenergymeasure.config.models import ExperimentConfig
+    from llenergymeasure.harness.online import measure_online
+    from llenergymeasure.harness.settings import MeasurementSettings
+    from llenergymeasure.testing.energy import FakeGpuSensor
+
+    from llenergymeasure.energy.baseline import BaselineCache
+
+    sensor = FakeGpuSensor(n_devices=1, power_w=150.0)
+    settings = MeasurementSettings(sampling_interval_ms=10, energy_backend="nvml")
+    with FakeOpenAIServer(token_delay_s=0.05) as server:
+        config = ExperimentConfig(
+            model="org/served-model",
+            backend="vllm",
+            dataset=str(prompts_file(tmp_path)),
+            n=5,
+            max_new_tokens=5,
+            baseline={"enabled": True, "duration_seconds": 0.2},
+            mode="online",
+            online={"endpoint": server.url, "request_rate": 50, "n_warmup_requests": 1},
+        )
+        measured = measure_online(
+            config,
+            sensor=sensor,
+            settings=settings,
+            work_dir=tmp_path,
+            baseline_cache=BaselineCache(),  # not one another test filled in this process
+        )
+    result = measured.result
+    assert result.online is not None
+    m = result.online.metrics
+    assert result.energy.method == "nvml_counter"
+    window_s = result.energy_total_j / 150.0  # type: ignore[operator]
+    assert window_s == pytest.approx(m.duration_s, rel=0.25)  # first send to last token
+    assert m.energy_j == pytest.approx(result.energy_total_j)
+    assert m.energy_per_request_j == pytest.approx(result.energy_total_j / 5)  # type: ignore[operator]
+    assert m.baseline_power_w == pytest.approx(150.0)  # idle share: all of it at constant power
+    assert m.adjusted_energy_per_request_j == pytest.approx(0.0, abs=1.0)
+    assert result.energy_adjusted_j is not None
+    phases = set(measured.timeseries.column("phase").to_pylist())
+    assert {"warmup", "measurement"} <= phases
+    assert not sensor.closed  # a sensor passed in is the caller's to close

@@ -1,7 +1,8 @@
 """Online mode: measure an OpenAI-compatible server under a request load (issue 20).
 
-Layer: this package sits on the harness floor. It imports from ``config``, ``energy`` and
-``exceptions`` only; the CLI and study layers call it. Modules:
+Layer: this package sits on the harness floor. It imports from ``config``, ``energy``,
+``results`` and ``exceptions`` only; ``harness.online`` measures an online experiment through it
+(``harness.measure`` dispatches ``mode: online`` there). Modules:
 
 - ``arrivals``: seeded request send times (poisson, constant, gamma, all-at-once);
 - ``client``: a standard-library streaming client for ``/v1/completions`` and

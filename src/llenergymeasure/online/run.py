@@ -15,8 +15,9 @@
 
 Per-request failures are counted, not fatal; when every measured request fails the run raises
 ``OnlineRunFailed`` carrying the full result (nothing is lost). A started server that exits
-during the load is reported in ``warnings``. The CLI and study layers are expected to build the
-energy backend for ``online.gpus`` and the baseline callable from their sensors.
+during the load is reported in ``warnings``. ``harness.online.measure_online`` builds the energy
+backend for ``online.gpus`` and the baseline callable from its sensor, and turns the result
+into an ``ExperimentResult`` (``llem run``, ``run_experiment`` and studies go through it).
 """
 
 from __future__ import annotations

@@ -185,6 +185,16 @@ def plot_online_curve(points: Sequence[OnlineCurvePoint], path: Path) -> Path:
         *series([p.j_per_request_adjusted for p in points]), "s--", label="J/request (adjusted)"
     )
     top.set_ylabel("energy per request (J)")
+    if all(p.j_per_request is None and p.mean_power_w is None for p in points):
+        top.text(
+            0.5,
+            0.5,
+            "energy not measured (no GPU energy sensor)",
+            ha="center",
+            va="center",
+            transform=top.transAxes,
+            color="#555555",
+        )
     power = top.twinx()
     power.plot(*series([p.mean_power_w for p in points]), "^:", color="#d62728", label="mean W")
     power.set_ylabel("mean power (W)")
