@@ -239,11 +239,10 @@ def test_a_run_whose_requests_all_fail_is_an_error_that_keeps_the_request_record
 
 def test_energy_per_request_comes_from_the_metered_gpus_over_the_load_window(tmp_path):
     from llenergymeasure.config.models import ExperimentConfig
+    from llenergymeasure.energy.baseline import BaselineCache
     from llenergymeasure.harness.online import measure_online
     from llenergymeasure.harness.settings import MeasurementSettings
     from llenergymeasure.testing.energy import FakeGpuSensor
-
-    from llenergymeasure.energy.baseline import BaselineCache
 
     sensor = FakeGpuSensor(n_devices=1, power_w=150.0)
     settings = MeasurementSettings(sampling_interval_ms=10, energy_backend="nvml")
