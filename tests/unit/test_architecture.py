@@ -57,10 +57,6 @@ KNOWN_MODULE_CYCLES: dict[frozenset[str], str] = {
     frozenset({"llenergymeasure.config.models", "llenergymeasure.config.loading"}): (
         "ExperimentConfig.from_yaml delegates to the loader, which validates into ExperimentConfig"
     ),
-    frozenset({"llenergymeasure.engines.pytorch", "llenergymeasure.engines.data_parallel"}): (
-        "the data-parallel engine builds PyTorchBackend replicas by default, and the PyTorch "
-        "engine's pre-flight reuses the data-parallel device check"
-    ),
 }
 
 

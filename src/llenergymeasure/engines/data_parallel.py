@@ -48,10 +48,10 @@ from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TypeVar, runtime_chec
 from llenergymeasure.energy.devices import (
     DeviceSlot,
     cpu_slots,
-    effective_cuda_visible_devices,
     visible_gpu_slots,
 )
 from llenergymeasure.engines.base import InferenceBackend, LoadInfo, RequestRecord
+from llenergymeasure.engines.process_plan import device_problems, num_processes
 from llenergymeasure.exceptions import BackendError
 
 if TYPE_CHECKING:
@@ -65,6 +65,7 @@ __all__ = [
     "ProcessReporter",
     "cpu_slots",
     "data_parallel_nvml_indices",
+    "device_problems",
     "num_processes",
     "pytorch_replica",
     "shard_contiguous",
@@ -90,12 +91,6 @@ class ProcessReporter(Protocol):
     def record_process_indices(self) -> list[int]:
         """Process index of each record returned by the last measurement ``generate``."""
         ...
-
-
-def num_processes(config: ExperimentConfig) -> int:
-    """``pytorch.num_processes`` resolved (None -> 1)."""
-    pt = config.pytorch
-    return int(pt.num_processes) if pt is not None and pt.num_processes else 1
 
 
 def single_process_view(config: ExperimentConfig) -> ExperimentConfig:
@@ -129,29 +124,6 @@ def data_parallel_nvml_indices(config: ExperimentConfig, *, nvml: Any | None = N
     visible ones (one for a single-process run). These are the devices to measure."""
     slots = visible_gpu_slots(nvml=nvml)[: num_processes(config)]
     return [s.nvml_index for s in slots if s.nvml_index is not None]
-
-
-def device_problems(
-    config: ExperimentConfig, slots: Sequence[DeviceSlot], *, allow_cpu: bool = False
-) -> list[str]:
-    """Why ``slots`` cannot host ``config``'s data-parallel processes (empty = fine)."""
-    n = num_processes(config)
-    if n <= 1:
-        return []
-    gpus = [s for s in slots if not s.is_cpu or allow_cpu]
-    if not gpus:
-        return [
-            f"pytorch.num_processes={n}: data parallel needs one GPU per process, but no GPU "
-            "is visible (CPU run); set pytorch.num_processes to 1"
-        ]
-    if len(gpus) < n:
-        env = effective_cuda_visible_devices()
-        shown = f" (CUDA_VISIBLE_DEVICES={env})" if env is not None else ""
-        return [
-            f"pytorch.num_processes={n}: data parallel needs one GPU per process, but only "
-            f"{len(gpus)} GPU(s) are visible{shown}"
-        ]
-    return []
 
 
 def pytorch_replica(device: str) -> InferenceBackend:

@@ -341,7 +341,8 @@ class PyTorchBackend:
 
     def _data_parallel_problems(self, config: ExperimentConfig) -> list[str]:
         """num_processes > 1 on this single-process engine: the device problem, else a pointer."""
-        from llenergymeasure.engines.data_parallel import device_problems, visible_gpu_slots
+        from llenergymeasure.energy.devices import visible_gpu_slots
+        from llenergymeasure.engines.process_plan import device_problems
 
         try:
             slots = visible_gpu_slots()
