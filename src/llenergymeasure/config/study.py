@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from llenergymeasure.config.catalogue import ENGINES, engine_names
 from llenergymeasure.config.hashing import measurement_config_hash, study_design_hash
@@ -27,7 +27,8 @@ from llenergymeasure.config.loading import (
     suggest_key,
     validation_config_error,
 )
-from llenergymeasure.config.models import ExperimentConfig
+from llenergymeasure.config.models import USER_INPUT, ExperimentConfig
+from llenergymeasure.config.strict import STRICT_CONFIG
 from llenergymeasure.exceptions import ConfigError
 
 STUDY_KEYS = ("name", "base", "sweep", "experiments", "execution")
@@ -36,7 +37,7 @@ STUDY_KEYS = ("name", "base", "sweep", "experiments", "execution")
 class ExecutionConfig(BaseModel):
     """How a study runs; excluded from the study design hash."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT_CONFIG
 
     n_cycles: int = Field(1, ge=1)  # the CLI uses 3 when the YAML does not set it
     cycle_order: Literal["sequential", "interleaved", "shuffled"] = "sequential"
@@ -54,7 +55,7 @@ class ExecutionConfig(BaseModel):
 class SkippedExperiment(BaseModel):
     """A grid point that failed validation: what it was and why it was skipped."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT_CONFIG
 
     source: str  # "sweep" or "experiments[3]"
     overrides: dict[str, Any]
@@ -64,7 +65,7 @@ class SkippedExperiment(BaseModel):
 class StudyConfig(BaseModel):
     """A resolved study: valid experiments, skipped points and how to execute them."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT_CONFIG
 
     name: str
     experiments: list[ExperimentConfig]
@@ -251,7 +252,7 @@ def expand_study(
         if overrides:
             merged = deep_merge(merged, _overrides_for(overrides, str(merged.get("backend"))))
         try:
-            config = ExperimentConfig.model_validate(merged)
+            config = ExperimentConfig.model_validate(merged, context=USER_INPUT)
         except ValidationError as exc:
             reason = "; ".join(describe_validation_error(exc))
             skipped.append(SkippedExperiment(source=origin, overrides=shown, reason=reason))

@@ -13,13 +13,14 @@ import re
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from llenergymeasure.config.catalogue import engine_names
 from llenergymeasure.config.loading import key_lines, read_yaml_mapping, validation_config_error
+from llenergymeasure.config.strict import STRICT_CONFIG
 from llenergymeasure.exceptions import ConfigError
 
-_FORBID = ConfigDict(extra="forbid")
+_FORBID = STRICT_CONFIG
 _RUNNER_RE = re.compile(r"^(local|docker:\S+|slurm)$")
 
 
