@@ -229,6 +229,12 @@ def test_the_manifest_is_valid_after_every_write_and_leaves_no_temp_files(tmp_pa
     assert json.loads(manifest_file.read_text())["study_name"] == "unit-study"
 
 
+def test_the_study_lock_file_is_removed_when_the_study_ends(tmp_path):
+    runner = run(make_study(), tmp_path)
+    assert runner.manifest.counts()["completed"] == 1
+    assert not (runner.study_dir / ".study.lock").exists()
+
+
 def test_only_the_first_run_of_a_study_measures_the_idle_baseline(tmp_path):
     study = StudyConfig.from_dict(
         {

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from datetime import datetime
 from pathlib import Path
 
 import typer
@@ -67,12 +69,17 @@ def run_single(config: ExperimentConfig, opts: RunOptions) -> int:
             typer.echo(f"[llem] {message}", err=True)
 
     results_root = opts.output or Path(setting("output.results_dir"))
-    measured = measure(config, progress=progress)
-    name = experiment_dir_name(
-        config.model, config.backend, measured.result.started_at_utc.astimezone()
-    )
+    # The run directory exists before anything is measured: an unusable output location is a
+    # ConfigError now, not a lost measurement later. It is removed again if nothing lands in it.
+    name = experiment_dir_name(config.model, config.backend, datetime.now().astimezone())
     directory = unique_directory(results_root, name)
-    path = measured.save(directory, export_csv=opts.export_csv)
+    try:
+        measured = measure(config, progress=progress)
+        path = measured.save(directory, export_csv=opts.export_csv)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            directory.rmdir()  # only when empty
+        raise
     typer.echo(format_summary(measured.result, path))
     return 0
 

@@ -121,7 +121,12 @@ def _study_lock(study_dir: Path) -> Iterator[None]:
             ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
-        yield
+        try:
+            yield
+        finally:
+            # Removed while still held, so no later process can lock the file being removed.
+            with contextlib.suppress(OSError):
+                os.unlink(study_dir / LOCK_NAME)
     finally:
         os.close(fd)
 
