@@ -282,6 +282,8 @@ def build_experiment_config(
             return source
         data = source.model_dump(exclude_unset=True)
         data.setdefault("backend", source.backend)
+        if source.passthrough_kwargs is not None:
+            data["passthrough_kwargs"] = source.passthrough_kwargs  # dumps redact credentials
         return validate_experiment_dict(merge_overrides(data, extra), source=overrides_label)
     if source is None:
         return validate_experiment_dict(merge_overrides({}, extra), source=overrides_label)

@@ -18,12 +18,14 @@ from pydantic import (
     Field,
     Tag,
     ValidationInfo,
+    field_serializer,
     field_validator,
     model_validator,
 )
 
 from llenergymeasure.config.catalogue import engine_names, engine_spec
 from llenergymeasure.config.online import OnlineConfig
+from llenergymeasure.config.secrets import drop_redacted, redact_secrets
 from llenergymeasure.config.strict import STRICT_CONFIG
 
 #: Validation context for configs a user wrote (YAML, CLI, study grid): enables the checks
@@ -269,7 +271,14 @@ class ExperimentConfig(BaseModel):
             bad = _non_finite_path(value, "passthrough_kwargs")
             if bad is not None:
                 raise ValueError(f"{bad} is not a finite number (inf and nan are not allowed)")
+            # A config read back from a written file carries placeholders, not credentials.
+            value = drop_redacted(value)
         return value
+
+    @field_serializer("passthrough_kwargs")
+    def _redact_passthrough(self, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        # Every dump (result.json, manifest, report, tables) hides credentials.
+        return None if value is None else redact_secrets(value)
 
     @field_validator("backend")
     @classmethod
