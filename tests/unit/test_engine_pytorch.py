@@ -390,3 +390,14 @@ def test_clear_run_state_says_generate_keeps_no_cross_call_cache(model_dir: Path
     notes = engine.clear_run_state()
     assert any("no cross-call KV cache" in n for n in notes)
     engine.unload()
+
+
+def test_max_sequence_length_is_the_loaded_model_position_limit():
+    from types import SimpleNamespace
+
+    engine = PyTorchBackend()
+    assert engine.max_sequence_length() is None  # nothing loaded
+    engine._model = SimpleNamespace(config=SimpleNamespace(max_position_embeddings=2048))
+    assert engine.max_sequence_length() == 2048
+    engine._model = SimpleNamespace(config=SimpleNamespace(n_positions=1024))
+    assert engine.max_sequence_length() == 1024

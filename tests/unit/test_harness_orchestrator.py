@@ -353,3 +353,32 @@ def test_load_parts_the_engine_reports_are_recorded_in_timing() -> None:
     sensor = SwitchingSensor()
     result = _orchestrator(sensor, StartTimedEngine()).run(_config()).result
     assert result.timing.load_parts == {"engine_start_s": 0.25}
+
+
+class _ShortContextEngine(FakeEngine):
+    """A fake engine whose model attends to at most ``limit`` tokens."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def max_sequence_length(self) -> int | None:
+        return self.limit
+
+
+def test_prompts_over_the_model_length_are_a_preflight_error_before_any_generation() -> None:
+    engine = _ShortContextEngine(limit=30)  # 16 prompt + 20 new tokens = 36 per prompt
+    orch = ExperimentOrchestrator(engine=engine, energy_backend=FakeEnergyBackend())
+    with pytest.raises(PreFlightError) as raised:
+        orch.run(_config(baseline={"enabled": False}))
+    message = str(raised.value)
+    assert "prompt 0: 16 prompt tokens + 20 new tokens = 36 exceeds" in message
+    assert "maximum sequence length 30 of fake-model" in message
+    assert "and 1 more prompts" in message  # 6 prompts: 5 named, the rest counted
+    assert engine.calls == []  # neither warmup nor measurement ran
+
+
+def test_prompts_within_the_model_length_run() -> None:
+    engine = _ShortContextEngine(limit=36)
+    orch = ExperimentOrchestrator(engine=engine, energy_backend=FakeEnergyBackend())
+    assert orch.run(_config(baseline={"enabled": False})).result.n_requests == 6

@@ -593,6 +593,15 @@ class PyTorchBackend:
             kw["tokenizer"] = self._tokenizer
         return kw
 
+    def max_sequence_length(self) -> int | None:
+        """Prompt + generated tokens the loaded model can attend to (None: unknown/not loaded)."""
+        model_cfg = getattr(self._model, "config", None)
+        for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+            value = getattr(model_cfg, name, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return None
+
     def effective_parameters(self) -> dict[str, Any]:
         """Every parameter the engine uses, None-sentinels resolved (needs ``load`` first)."""
         if self._model is None or self._config is None:

@@ -224,6 +224,11 @@ class ExperimentOrchestrator:
         t = time.perf_counter()
         prompts = self._load_prompts(config)
         timings.dataset_s = time.perf_counter() - t
+        too_long = self._length_problems(config, prompts)
+        if too_long:  # the second half of pre-flight: the limits are known once loaded
+            raise PreFlightError(
+                too_long, hint="use shorter prompts, a lower max_new_tokens or a longer model"
+            )
 
         warmup = self._warmup(config, prompts, sampler)
         if reused_from is not None:
@@ -329,6 +334,34 @@ class ExperimentOrchestrator:
         if key is not None:
             self._loaded_key, self._loaded_by, self._load_info = key, run_id, load_info
         return load_info, None
+
+    def _length_problems(self, config: ExperimentConfig, prompts: Sequence[Any]) -> list[str]:
+        """Prompts whose tokens + new tokens exceed the loaded engine's maximum length.
+
+        Engines report their limit with an optional ``max_sequence_length()``; without one (or
+        without a tokenizer that can ``encode``) nothing is checked.
+        """
+        limit_of = getattr(self.engine, "max_sequence_length", None)
+        limit = limit_of() if callable(limit_of) else None
+        encode = getattr(self.engine.tokenizer, "encode", None)
+        if not isinstance(limit, int) or not callable(encode):
+            return []
+        problems: list[str] = []
+        over = 0
+        for prompt in prompts:
+            n_in = len(encode(prompt.text))
+            n_new = prompt.max_new_tokens or config.effective_max_new_tokens
+            if n_in + n_new > limit:
+                over += 1
+                if len(problems) < 5:
+                    problems.append(
+                        f"prompt {prompt.index}: {n_in} prompt tokens + {n_new} new tokens = "
+                        f"{n_in + n_new} exceeds the maximum sequence length {limit} of "
+                        f"{config.model}"
+                    )
+        if over > len(problems):
+            problems.append(f"... and {over - len(problems)} more prompts over the limit")
+        return problems
 
     def _load_prompts(self, config: ExperimentConfig) -> list[Any]:
         loader = self.dataset_loader
