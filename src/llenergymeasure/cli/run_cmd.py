@@ -91,6 +91,11 @@ def resolve(opts: RunOptions) -> ResolvedRun:
             updates["reuse_engine"] = False
         if updates:
             study = study.model_copy(update={"execution": execution.model_copy(update=updates)})
+            from llenergymeasure.config.study import check_study_bounds
+
+            check_study_bounds(
+                len(study.experiments), study.execution.n_cycles, where=str(opts.config)
+            )
         return ResolvedRun(experiment=None, study=study, cycles_from_yaml=cycles_from_yaml)
 
     for flag, value in (

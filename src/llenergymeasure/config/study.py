@@ -9,6 +9,7 @@ Precedence: built-in defaults < ``base:`` file < inline fields < sweep < experim
 from __future__ import annotations
 
 import itertools
+import math
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -142,6 +143,28 @@ def _as_values(key: str, values: Any) -> list[Any]:
     return values
 
 
+def check_study_bounds(grid_points: int, n_cycles: int, *, where: str = "study") -> None:
+    """``ConfigError`` when a study is larger than the user config's limits
+    (``execution.max_grid_points``, ``execution.max_cycles``); checked before anything is
+    expanded, planned or created, so a huge sweep fails fast instead of exhausting memory."""
+    from llenergymeasure.config.user_config import setting
+
+    max_points = int(setting("execution.max_grid_points"))
+    max_cycles = int(setting("execution.max_cycles"))
+    if grid_points > max_points:
+        raise ConfigError(
+            f"{where}: the sweep expands to {grid_points:,} experiments, more than the limit of "
+            f"{max_points:,}",
+            hint="sweep fewer values, or raise execution.max_grid_points in the user config "
+            "(llem config shows where it is)",
+        )
+    if n_cycles > max_cycles:
+        raise ConfigError(
+            f"{where}: n_cycles={n_cycles:,} is more than the limit of {max_cycles:,}",
+            hint="use fewer cycles, or raise execution.max_cycles in the user config",
+        )
+
+
 def expand_study(
     data: dict[str, Any],
     *,
@@ -214,6 +237,14 @@ def expand_study(
                 hint=f"add {b} to backend:, or remove the {b}.* sweep keys",
             )
     fixed.pop("backend", None)
+
+    grid_points = len(experiments)
+    if sweep or not experiments:
+        for backend in backends:
+            grid_points += math.prod(
+                len(v) for v in {**universal, **scoped.get(backend, {})}.values()
+            )
+    check_study_bounds(grid_points, execution.n_cycles, where=where)
 
     candidates: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
     if sweep or not experiments:

@@ -46,6 +46,9 @@ class ExecutionSection(BaseModel):
     config_gap_seconds: float = Field(60.0, ge=0)
     cycle_gap_seconds: float = Field(300.0, ge=0)
     reuse_engine: bool = True  # a study's runs with equal engine-load fields share one engine
+    # Bounded work: a study is refused before expansion beyond these (raise them deliberately).
+    max_grid_points: int = Field(10_000, ge=1)  # experiments in one study (sweep x experiments)
+    max_cycles: int = Field(1_000, ge=1)  # execution.n_cycles / --cycles
 
 
 class SlurmSection(BaseModel):

@@ -211,8 +211,11 @@ class StudyRunner:
 
         ``runner`` (``local``, ``slurm``, ``docker:<image>``) overrides the runner of every
         backend for this study; it is kept in the manifest for ``--resume``."""
+        from llenergymeasure.config.study import check_study_bounds
         from llenergymeasure.results.io import unique_directory
 
+        # --cycles may have changed n_cycles after expansion: check before the directory exists.
+        check_study_bounds(len(study.experiments), study.execution.n_cycles, where=study.name)
         stamp = datetime.now().strftime("%Y-%m-%dT%H-%M-%S")
         study_dir = unique_directory(Path(results_root), f"{_slug(study.name)}_{stamp}")
         source = str(Path(study.source_path).resolve()) if study.source_path else None
