@@ -21,7 +21,10 @@ from llenergymeasure.config.strict import STRICT_CONFIG
 from llenergymeasure.exceptions import ConfigError
 
 _FORBID = STRICT_CONFIG
-_RUNNER_RE = re.compile(r"^(local|docker:\S+|slurm)$")
+# An image reference as docker/podman take it: [host[:port]/]name[:tag][@digest]. It cannot
+# start with "-" (it would become a `docker run` option) or hold spaces/control characters.
+_IMAGE_RE = r"[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}"
+_RUNNER_RE = re.compile(rf"local|slurm|docker:{_IMAGE_RE}")
 
 
 class OutputSection(BaseModel):
@@ -84,7 +87,7 @@ class UserConfig(BaseModel):
                 raise ValueError(
                     f"runners: unknown backend {backend!r}; valid: {list(engine_names())}"
                 )
-            if not _RUNNER_RE.match(runner):
+            if not _RUNNER_RE.fullmatch(runner):
                 raise ValueError(
                     f"runners.{backend}: {runner!r} is not a runner; use 'local', "
                     "'docker:<image>' or 'slurm'"
@@ -92,9 +95,14 @@ class UserConfig(BaseModel):
         return value
 
 
+def valid_image_reference(image: str) -> bool:
+    """Whether ``image`` is a container image reference (no leading dash, no whitespace)."""
+    return bool(re.fullmatch(_IMAGE_RE, image))
+
+
 def valid_runner(value: str) -> bool:
-    """``local``, ``docker:<image>`` or ``slurm``."""
-    return bool(_RUNNER_RE.match(value))
+    """``local``, ``docker:<image>`` (a valid image reference) or ``slurm``."""
+    return bool(_RUNNER_RE.fullmatch(value))
 
 
 def user_config_path() -> Path:
@@ -191,7 +199,7 @@ def effective_settings(path: Path | None = None) -> dict[str, Setting]:
         env = f"LLEM_RUNNER_{backend.upper()}"
         if os.environ.get(env):
             runner = os.environ[env]
-            if not _RUNNER_RE.match(runner):
+            if not _RUNNER_RE.fullmatch(runner):
                 raise ConfigError(
                     f"environment variable {env}={runner!r} is not a runner",
                     hint="use 'local', 'docker:<image>' or 'slurm'",
