@@ -382,3 +382,20 @@ def test_prompts_within_the_model_length_run() -> None:
     engine = _ShortContextEngine(limit=36)
     orch = ExperimentOrchestrator(engine=engine, energy_backend=FakeEnergyBackend())
     assert orch.run(_config(baseline={"enabled": False})).result.n_requests == 6
+
+
+def test_trust_remote_code_warns_on_stderr_and_in_the_result(capsys) -> None:
+    orch = ExperimentOrchestrator(engine=FakeEngine(), energy_backend=FakeEnergyBackend())
+    config = _config(baseline={"enabled": False}, passthrough_kwargs={"trust_remote_code": True})
+    result = orch.run(config).result
+    assert "trust_remote_code" in result.measurement_warnings
+    assert "trust_remote_code is set: code from the fake-model repository runs" in (
+        capsys.readouterr().err
+    )
+
+
+def test_without_trust_remote_code_there_is_no_such_warning(capsys) -> None:
+    orch = ExperimentOrchestrator(engine=FakeEngine(), energy_backend=FakeEnergyBackend())
+    result = orch.run(_config(baseline={"enabled": False})).result
+    assert "trust_remote_code" not in result.measurement_warnings
+    assert "trust_remote_code" not in capsys.readouterr().err

@@ -10,6 +10,7 @@ protocol with fakes; ``default_components`` builds the real ones.
 from __future__ import annotations
 
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from llenergymeasure.energy.sensors import GpuSensor
 from llenergymeasure.engines.base import InferenceBackend
 from llenergymeasure.engines.data_parallel import ProcessReporter
 from llenergymeasure.exceptions import PreFlightError
-from llenergymeasure.harness.assemble import CollectedRun, assemble_result
+from llenergymeasure.harness.assemble import CollectedRun, assemble_result, trusts_remote_code
 from llenergymeasure.harness.settings import MeasurementSettings
 from llenergymeasure.results.models import (
     ExperimentResult,
@@ -148,6 +149,12 @@ class ExperimentOrchestrator:
         problems = self.preflight(config)
         if problems:
             raise PreFlightError(problems)
+        if trusts_remote_code(config):
+            print(
+                f"[llem] warning: passthrough_kwargs.trust_remote_code is set: code from the "
+                f"{config.model} repository runs on this machine",
+                file=sys.stderr,
+            )
         timings.preflight_s = time.perf_counter() - t
 
         t = time.perf_counter()
