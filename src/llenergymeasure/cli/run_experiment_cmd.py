@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -54,6 +56,62 @@ def format_summary(result: ExperimentResult, path: Path | None) -> str:
     return "\n".join(lines)
 
 
+def summary_dict(result: ExperimentResult, path: Path | None) -> dict[str, Any]:
+    """The final summary as plain data (``llem run --json``)."""
+    e = result.energy
+    return {
+        "model": result.config.model,
+        "backend": result.config.backend,
+        "precision": result.config.precision,
+        "measurement_config_hash": result.measurement_config_hash,
+        "n_requests": result.n_requests,
+        "input_tokens": result.input_tokens,
+        "output_tokens": result.output_tokens,
+        "duration_s": result.duration_s,
+        "tokens_per_second": result.tokens_per_second,
+        "requests_per_second": result.requests_per_second,
+        "latency_s": {
+            "mean": result.latency.mean,
+            "p50": result.latency.p50,
+            "p99": result.latency.p99,
+        },
+        "ttft_mean_s": result.ttft.mean,
+        "itl_mean_s": result.itl.mean,
+        "energy_available": e.available,
+        "energy_backend": e.backend,
+        "energy_total_j": result.energy_total_j,
+        "energy_per_output_token_j": result.energy_per_output_token_j,
+        "energy_per_output_token_adjusted_j": result.energy_per_output_token_adjusted_j,
+        "mean_power_w": result.mean_power_w,
+        "baseline_power_w": e.baseline_power_w,
+        "co2_g": result.carbon.co2_g,
+        "measurement_warnings": list(result.measurement_warnings),
+        "timing": result.timing.model_dump(mode="json"),
+        "result_path": str(path) if path is not None else None,
+    }
+
+
+def format_timings(result: ExperimentResult) -> str:
+    """Phase timings, one per line (``llem run --verbose``)."""
+    t = result.timing
+    phases = [
+        ("pre-flight", t.preflight_s),
+        ("environment", t.environment_s),
+        ("idle baseline", t.baseline_s),
+        ("model load", t.load_s),
+        ("dataset", t.dataset_s),
+        ("warmup", t.warmup_s),
+        ("thermal floor", t.thermal_floor_s),
+        ("measurement window", t.measurement_s),
+        ("total", t.total_s),
+    ]
+    lines = ["[llem] phase timings"]
+    lines += [f"[llem]   {name:<19} {seconds:8.3f} s" for name, seconds in phases]
+    if t.compile_s is not None:
+        lines.append(f"[llem]   {'(torch.compile)':<19} {t.compile_s:8.3f} s, part of warmup")
+    return "\n".join(lines)
+
+
 def _ms(value: float | None) -> str:
     return "n/a" if value is None else f"{value * 1000:.2f} ms"
 
@@ -80,8 +138,13 @@ def run_single(config: ExperimentConfig, opts: RunOptions) -> int:
         with contextlib.suppress(OSError):
             directory.rmdir()  # only when empty
         raise
-    typer.echo(format_summary(measured.result, path))
+    if opts.verbose and not opts.quiet:
+        typer.echo(format_timings(measured.result), err=True)
+    if opts.as_json:
+        typer.echo(json.dumps(summary_dict(measured.result, path)))
+    else:
+        typer.echo(format_summary(measured.result, path))
     return 0
 
 
-__all__ = ["format_summary", "run_single"]
+__all__ = ["format_summary", "format_timings", "run_single", "summary_dict"]
