@@ -125,6 +125,19 @@ def test_batch_of_unequal_prompts_gives_one_record_per_prompt_in_order(
     assert [r.output_tokens for r in records] == [6, 6, 6, 6]
 
 
+def test_the_batch_callback_hears_prompts_and_tokens_after_each_batch(
+    backend: PyTorchBackend, model_dir: Path
+) -> None:
+    config = make_config(model_dir, pytorch={"batch_size": 3}, decoder={"ignore_eos": True})
+    heard: list[tuple[int, int]] = []
+    backend.batch_callback = lambda done, tokens: heard.append((done, tokens))
+    try:
+        backend.generate(prompts(None, None, None, None), config)
+    finally:
+        backend.batch_callback = None
+    assert heard == [(3, 18), (4, 24)]
+
+
 def test_ignore_eos_forces_exactly_max_new_tokens_even_when_eos_is_generated(
     model_dir: Path, backend: PyTorchBackend
 ) -> None:

@@ -399,3 +399,45 @@ def test_without_trust_remote_code_there_is_no_such_warning(capsys) -> None:
     result = orch.run(_config(baseline={"enabled": False})).result
     assert "trust_remote_code" not in result.measurement_warnings
     assert "trust_remote_code" not in capsys.readouterr().err
+
+
+class _BatchingEngine(FakeEngine):
+    """A fake engine that reports each prompt as a batch, like the pytorch engine's loop."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batch_callback = None
+        self.callback_seen_in: list[str] = []
+
+    def generate(self, prompts, config, *, phase="measurement"):
+        records = super().generate(prompts, config, phase=phase)
+        if self.batch_callback is not None:
+            self.callback_seen_in.append(phase)
+            tokens = 0
+            for done, record in enumerate(records, 1):
+                tokens += record.output_tokens
+                self.batch_callback(done, tokens)
+        return records
+
+
+def test_the_measurement_window_reports_progress_between_batches() -> None:
+    messages: list[str] = []
+    engine = _BatchingEngine()
+    orch = ExperimentOrchestrator(
+        engine=engine, energy_backend=FakeEnergyBackend(), progress=messages.append
+    )
+    orch.run(_config(baseline={"enabled": False}))
+    window = [m for m in messages if m.startswith("measuring: ")]
+    assert window[-1].startswith("measuring: 6/6 prompts, ")  # the last batch always reports
+    assert window[-1].endswith(" tok/s so far")
+    assert len(window) <= 2  # throttled: the first batch and the last, within 2 s
+    assert engine.callback_seen_in == ["measurement"]  # not during warmup
+    assert engine.batch_callback is None  # removed after the window
+
+
+def test_no_progress_callback_is_installed_without_a_progress_listener() -> None:
+    engine = _BatchingEngine()
+    ExperimentOrchestrator(engine=engine, energy_backend=FakeEnergyBackend()).run(
+        _config(baseline={"enabled": False})
+    )
+    assert engine.callback_seen_in == []

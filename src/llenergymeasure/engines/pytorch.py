@@ -43,7 +43,7 @@ import gc
 import importlib.util
 import itertools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
 from time import perf_counter
@@ -267,6 +267,10 @@ class PyTorchBackend:
         self._model_source: str | None = None
         self._last_outputs: list[tuple[list[int], Any, list[int]]] = []
         self.last_phase: str | None = None
+        #: Called after each batch with (prompts done, output tokens so far); set by the harness
+        #: for progress. Runs between batches on data already on the host: no sync, no per-token
+        #: work.
+        self.batch_callback: Callable[[int, int], None] | None = None
 
     # ─── Introspection ──────────────────────────────────────────────────────
     def version(self) -> str:
@@ -748,6 +752,7 @@ class PyTorchBackend:
 
         records: list[RequestRecord | None] = [None] * len(prompts)
         self._last_outputs = []
+        done = tokens = 0
         for batch_index, (pos, in_lens, input_ids, mask, max_new) in enumerate(batches):
             kw = dict(base_kw, max_new_tokens=max_new)
             if ignore_eos:
@@ -781,6 +786,9 @@ class PyTorchBackend:
                     itl_s=[b - a for a, b in itertools.pairwise(own)],
                     batch_index=batch_index,
                 )
+            if self.batch_callback is not None:
+                done, tokens = done + len(pos), tokens + sum(counts)
+                self.batch_callback(done, tokens)
         return [r for r in records if r is not None]
 
     def _generation_error(self, error: Exception, batch_len: int) -> BackendError:

@@ -69,6 +69,29 @@ def _noop(_: str) -> None:
 
 
 @dataclass
+class _WindowProgress:
+    """Progress inside the measurement window, called by the engine between batches.
+
+    At most one line every ``interval_s`` (and one for the last batch): one clock read and a
+    comparison per batch otherwise, never a device sync or per-token work.
+    """
+
+    total: int
+    say: Progress
+    interval_s: float = 2.0
+    start: float = 0.0
+    _last: float = 0.0
+
+    def __call__(self, done: int, tokens: int) -> None:
+        now = time.perf_counter()
+        if done < self.total and now - self._last < self.interval_s:
+            return
+        self._last = now
+        elapsed = max(now - self.start, 1e-9)
+        self.say(f"measuring: {done}/{self.total} prompts, {tokens / elapsed:.1f} tok/s so far")
+
+
+@dataclass
 class ExperimentOrchestrator:
     """Drives one experiment through the protocol with injected components."""
 
@@ -262,11 +285,18 @@ class ExperimentOrchestrator:
             sampler.set_phase("measurement")
             sampler.sample_now()
         self.engine.reset_peak_memory()
+        window_progress = self._window_progress(len(prompts))
         self.engine.synchronize()
         self.energy_backend.begin()
         w0 = self.clock()
         p0 = time.perf_counter()
-        records = self.engine.generate(prompts, config, phase="measurement")
+        if window_progress is not None:
+            window_progress.start = p0
+        try:
+            records = self.engine.generate(prompts, config, phase="measurement")
+        finally:
+            if window_progress is not None:
+                cast(Any, self.engine).batch_callback = None
         self.engine.synchronize()
         p1 = time.perf_counter()
         w1 = self.clock()
@@ -341,6 +371,14 @@ class ExperimentOrchestrator:
         if key is not None:
             self._loaded_key, self._loaded_by, self._load_info = key, run_id, load_info
         return load_info, None
+
+    def _window_progress(self, total: int) -> _WindowProgress | None:
+        """Per-batch progress for engines with a ``batch_callback`` (None: nothing to report)."""
+        if self.progress is _noop or not hasattr(self.engine, "batch_callback"):
+            return None
+        reporter = _WindowProgress(total=total, say=self.progress)
+        cast(Any, self.engine).batch_callback = reporter
+        return reporter
 
     def _length_problems(self, config: ExperimentConfig, prompts: Sequence[Any]) -> list[str]:
         """Prompts whose tokens + new tokens exceed the loaded engine's maximum length.
