@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         + " |",
         "|---|---:|---:|---:|---:|" + "---:|" * len(BATCH_SIZES),
     ]
-    for label, row in (("on (default)", on), ("off", off)):
+    for label, row in (("on", on), ("off", off)):
         lines.append(
             f"| {label} | {row['wall']:.1f} | {row['windows']:.2f} | "
             f"{100 * row['windows'] / row['wall']:.1f} % | {row['loads']} | "

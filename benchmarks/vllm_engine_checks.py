@@ -12,6 +12,7 @@ prompts, 128 forced new tokens), each pass measured with the NVML energy counter
    after a reset; ratios of tokens/s and J/token per pair, and their medians.
 
     python benchmarks/vllm_engine_checks.py --model .devout/llama8b --out .devout/vllm_checks.json
+    python benchmarks/vllm_engine_checks.py --table .devout/vllm_checks.json   # Markdown only
 """
 
 from __future__ import annotations
@@ -43,14 +44,57 @@ def _measure(energy: Any, engine: Any, fn: Any) -> dict[str, Any]:
     }
 
 
+def markdown(out: dict[str, Any]) -> str:
+    """The two tables of BENCHMARKS.md from this script's JSON output."""
+    rows = [
+        "| pass (same engine, same 256 prompts) | J/output-token | tok/s | window s "
+        "| counter vs poll |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    names = {
+        "prefix_A_after_reset": "A: after `clear_run_state()` (prefix cache reset)",
+        "prefix_B_no_reset": "B: right after A, no reset (prefix cache warm)",
+        "prefix_C_after_reset": "C: after a reset again",
+    }
+    for key, name in names.items():
+        r = out[key]
+        rows.append(
+            f"| {name} | {r['j_per_token']:.4f} | {r['tokens_per_s']:.0f} | {r['seconds']:.1f} "
+            f"| {r['counter_vs_poll_pct']:+.2f} % |"
+        )
+    pairs = [
+        "| pair | llem tok/s | bare tok/s | llem/bare tok/s | llem J/token | bare J/token "
+        "| llem/bare J/token |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for i, p in enumerate(out["pairs"], 1):
+        a, b = p["llem"], p["bare"]
+        pairs.append(
+            f"| {i} | {a['tokens_per_s']:.0f} | {b['tokens_per_s']:.0f} | "
+            f"{a['tokens_per_s'] / b['tokens_per_s']:.3f} | {a['j_per_token']:.4f} | "
+            f"{b['j_per_token']:.4f} | {a['j_per_token'] / b['j_per_token']:.3f} |"
+        )
+    pairs.append(
+        f"| median | | | **{out['median_llem_over_bare_tokens_per_s']:.3f}** | | | "
+        f"**{out['median_llem_over_bare_j_per_token']:.3f}** |"
+    )
+    return "\n".join(rows) + "\n\n" + "\n".join(pairs)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", required=True)
+    parser.add_argument("--table", type=Path, help="print the Markdown tables of a JSON output")
+    parser.add_argument("--model")
     parser.add_argument("--n", type=int, default=256)
     parser.add_argument("--max-num-seqs", type=int, default=64)
     parser.add_argument("--pairs", type=int, default=3)
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    if args.table is not None:
+        print(markdown(json.loads(args.table.read_text())))
+        return
+    if args.model is None or args.out is None:
+        parser.error("--model and --out are required to run the checks")
 
     from vllm import SamplingParams
 

@@ -5,7 +5,7 @@ Floors, lowest first::
     0  exceptions, _version
     1  config, datasets
     2  energy, engines, results
-    3  harness
+    3  harness, online (a server under load: measured like harness measures an engine)
     4  study, runners, report
     5  api, cli
     6  llenergymeasure/__init__.py, __main__.py, testing (test doubles: nothing imports them)
@@ -36,6 +36,7 @@ FLOORS: dict[str, int] = {
     "engines": 2,
     "results": 2,
     "harness": 3,
+    "online": 3,
     "study": 4,
     "runners": 4,
     "report": 4,

@@ -119,6 +119,7 @@ CHANGES: list[tuple[str, dict[str, Any]]] = [
     ("passthrough_kwargs", {"passthrough_kwargs": None}),
     ("mode", {"mode": "online", "online": {}}),
     ("online", {"mode": "online", "online": {"request_rate": 4}}),
+    ("measurement", {"measurement": {"phase_split": True}}),
 ]
 
 
@@ -139,10 +140,20 @@ def test_offline_hash_leaves_out_the_default_mode_fields():
     # Hashes of offline configs are what they were before online mode existed.
     config = ExperimentConfig.model_validate(BASE)
     data = config.model_dump(mode="json")
-    del data["mode"], data["online"]
+    del data["mode"], data["online"], data["measurement"]
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
     expected = hashlib.sha256(canonical.encode()).hexdigest()[:16]
     assert measurement_config_hash(config) == expected
+
+
+def test_default_measurement_section_leaves_the_hash_as_before_it_existed():
+    explicit = deep_merge(BASE, {"measurement": {"phase_split": False}})
+    assert config_hash(explicit) == config_hash(BASE)
+
+
+def test_unknown_measurement_field_is_rejected_with_its_name():
+    with pytest.raises(ValueError, match="phase_splitt"):
+        ExperimentConfig.model_validate(deep_merge(BASE, {"measurement": {"phase_splitt": True}}))
 
 
 def test_every_experiment_field_has_a_hash_sensitivity_case():

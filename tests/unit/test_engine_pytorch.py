@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -204,6 +205,10 @@ def test_timing_ttft_within_latency_and_one_itl_per_token_gap(
     # requests of one batch share its start, first token and completion
     assert records[0].ttft_s == records[1].ttft_s
     assert records[0].latency_s == records[1].latency_s
+    # and its start on the sampler's clock (time.monotonic), the anchor of every token time
+    assert records[0].start_s is not None and records[0].start_s == records[1].start_s
+    assert records[0].start_s <= time.monotonic()
+    assert records[2].start_s is not None and records[2].start_s >= records[0].start_s
 
 
 def test_dynamic_batching_groups_by_length_but_returns_prompt_order(

@@ -292,7 +292,7 @@ def test_the_real_worker_loads_builtin_tiny_once_for_a_batch_size_sweep(tmp_path
     assert second.warmup.prompts_per_run == 2 and "seed" in (second.warmup.prompt_source or "")
 
 
-def test_no_reuse_engine_flag_and_dry_run_show_the_engine_groups(write_yaml):
+def test_reuse_is_opt_in_and_dry_run_shows_the_engine_groups(write_yaml):
     import yaml
     from typer.testing import CliRunner
 
@@ -306,7 +306,11 @@ def test_no_reuse_engine_flag_and_dry_run_show_the_engine_groups(write_yaml):
     }
     path = write_yaml(yaml.safe_dump(data), "study.yaml")
     cli = CliRunner()
-    shown = cli.invoke(app, ["run", str(path), "--dry-run"])
+    default = cli.invoke(app, ["run", str(path), "--dry-run"])
+    assert default.exit_code == 0, default.output
+    assert "engine reuse: off; 8 engine loads" in default.stdout
+
+    shown = cli.invoke(app, ["run", str(path), "--dry-run", "--reuse-engine"])
     assert shown.exit_code == 0, shown.output
     assert "2 engine group(s) = 2 engine loads for 8 runs" in shown.stdout
     assert "run order (experiment/cycle): #1/c1 #2/c1 #1/c2 #2/c2 #3/c1" in shown.stdout
@@ -315,6 +319,11 @@ def test_no_reuse_engine_flag_and_dry_run_show_the_engine_groups(write_yaml):
     assert off.exit_code == 0, off.output
     assert "engine reuse: off; 8 engine loads" in off.stdout
     assert "run order (experiment/cycle): #1/c1 #2/c1 #3/c1 #4/c1" in off.stdout
+
+    data["execution"]["reuse_engine"] = True
+    path = write_yaml(yaml.safe_dump(data), "study_reuse.yaml")
+    from_yaml = cli.invoke(app, ["run", str(path), "--dry-run"])
+    assert "2 engine group(s) = 2 engine loads for 8 runs" in from_yaml.stdout
 
 
 def test_the_real_worker_gives_each_reused_run_a_fresh_energy_backend_and_sampler(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -347,6 +348,10 @@ def test_per_token_timing_comes_from_the_engine_step_loop(fake_vllm: ModuleType)
         assert rec.latency_s == pytest.approx(rec.ttft_s + sum(rec.itl_s))
     # max_num_seqs 1: the second request waits for the first, and its TTFT shows it
     assert second.ttft_s > first.latency_s
+    # start_s: each submission on the sampler's clock, so tokens land on the power timeline
+    assert first.start_s is not None and second.start_s is not None
+    assert 0 <= second.start_s - first.start_s < first.latency_s
+    assert abs(first.start_s - time.monotonic()) < 60
     assert any("step loop" in n for n in engine.effective_parameters()["notes"])
 
 

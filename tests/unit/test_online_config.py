@@ -137,8 +137,9 @@ def test_the_online_example_loads():
     path = Path(__file__).resolve().parents[2] / "examples" / "online-experiment.yaml"
     cfg = load_experiment_config(path)
     assert cfg.mode == "online" and cfg.online is not None
-    assert cfg.online.request_rate == 16.0 and cfg.online.max_concurrency == 64
-    assert cfg.online.slo is not None and cfg.online.slo.tpot_ms == 50
+    assert cfg.online.request_rate == 1.0 and cfg.online.max_concurrency == 4
+    assert cfg.online.starts_server and cfg.backend == "pytorch"
+    assert cfg.online.slo is not None and cfg.online.slo.tpot_ms == 200
 
 
 def test_unknown_online_keys_are_refused_with_the_field_named(write_yaml):

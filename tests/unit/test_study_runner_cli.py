@@ -164,12 +164,13 @@ def test_run_study_api_with_output_dir_none_returns_results_and_writes_nothing(
 # --- kill, interrupt, resume -------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("reuse", ["--no-reuse-engine", "--reuse-engine"])
 def test_a_study_killed_mid_way_is_completed_by_resume_without_rerunning_finished_runs(
-    write_yaml, tmp_path
+    write_yaml, tmp_path, reuse
 ):
     path = study_file(write_yaml, name="killed", batch_sizes="[1, 2, 3]")
     worker = "hang_first_attempt_at=frozenset({2}), hang_s=60"
-    proc = start_driver(tmp_path, worker, "run", str(path), "-o", "out", "--quiet")
+    proc = start_driver(tmp_path, worker, "run", str(path), "-o", "out", "--quiet", reuse)
     try:
         wait_for(lambda: first_completed_second_running(tmp_path / "out"))
         proc.send_signal(signal.SIGKILL)
@@ -196,10 +197,11 @@ def test_a_study_killed_mid_way_is_completed_by_resume_without_rerunning_finishe
     assert "3/3 completed" in out
 
 
-def test_sigint_exits_130_and_leaves_a_consistent_manifest(write_yaml, tmp_path):
+@pytest.mark.parametrize("reuse", ["--no-reuse-engine", "--reuse-engine"])
+def test_sigint_exits_130_and_leaves_a_consistent_manifest(write_yaml, tmp_path, reuse):
     path = study_file(write_yaml, name="interrupted", batch_sizes="[1, 2, 3]")
     proc = start_driver(
-        tmp_path, "hang_at=frozenset({2}), hang_s=60", "run", str(path), "-o", "out"
+        tmp_path, "hang_at=frozenset({2}), hang_s=60", "run", str(path), "-o", "out", reuse
     )
     try:
         wait_for(lambda: first_completed_second_running(tmp_path / "out"))

@@ -175,14 +175,15 @@ def run(
     no_gaps: Annotated[
         bool, typer.Option("--no-gaps", help="No thermal gaps between runs.")
     ] = False,
-    no_reuse_engine: Annotated[
-        bool,
+    reuse_engine: Annotated[
+        Optional[bool],  # noqa: UP045
         typer.Option(
-            "--no-reuse-engine",
-            help="Load the engine afresh for every run of a study (default: runs with the "
-            "same engine-load fields share one loaded engine).",
+            "--reuse-engine/--no-reuse-engine",
+            help="Studies: runs with the same engine-load fields share one loaded engine, or "
+            "each run loads its own (default: execution.reuse_engine, else the user config, "
+            "else off).",
         ),
-    ] = False,
+    ] = None,
     resume: Annotated[
         Optional[Path],  # noqa: UP045
         typer.Option("--resume", help="Continue an interrupted study directory."),
@@ -217,7 +218,7 @@ def run(
         cycles=cycles,
         order=order.value if order else None,
         no_gaps=no_gaps,
-        no_reuse_engine=no_reuse_engine,
+        reuse_engine=reuse_engine,
         resume=resume,
         runner=runner,
         detach=detach,

@@ -27,7 +27,7 @@ class RunOptions:
     cycles: int | None = None
     order: str | None = None
     no_gaps: bool = False
-    no_reuse_engine: bool = False  # studies: a fresh engine (process) for every run
+    reuse_engine: bool | None = None  # studies: --reuse-engine / --no-reuse-engine
     resume: Path | None = None
     runner: str | None = None  # --runner for every backend of a study
     detach: bool = False  # slurm runner: submit and return

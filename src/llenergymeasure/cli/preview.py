@@ -57,7 +57,10 @@ def preview_experiment(config: ExperimentConfig) -> None:
     typer.echo(f"  dataset          {_dataset_label(config)}  (n={config.n})")
     typer.echo(f"  max_new_tokens   {config.effective_max_new_tokens}")
     typer.echo(f"  decoding         {config.decoder.decoding_strategy}")
-    typer.echo(f"  batch            {run_concurrency(config)}")
+    if config.online is not None:
+        typer.echo(f"  online           {_online_label(config)}")
+    else:
+        typer.echo(f"  batch            {run_concurrency(config)}")
     typer.echo(f"  config hash      {measurement_config_hash(config)}")
     est = estimate_config_vram(config)
     typer.echo("  VRAM estimate    " + _vram_text(est))
@@ -105,6 +108,18 @@ def preview_json(experiment: ExperimentConfig | None, study: StudyConfig | None)
             runs=len(study.experiments) * study.execution.n_cycles,
         )
     return out
+
+
+def _online_label(config: ExperimentConfig) -> str:
+    online = config.online
+    assert online is not None
+    server = (
+        f"endpoint {online.endpoint}"
+        if online.endpoint is not None
+        else f"llem starts the {config.backend} server"
+    )
+    cap = f", at most {online.max_concurrency} in flight" if online.max_concurrency else ""
+    return f"{server}; {online.request_rate} req/s {online.arrival}{cap}"
 
 
 def _vram_text(est: VramEstimate | None) -> str:

@@ -88,8 +88,8 @@ def resolve(opts: RunOptions) -> ResolvedRun:
         if opts.no_gaps:
             updates["config_gap_seconds"] = 0.0
             updates["cycle_gap_seconds"] = 0.0
-        if opts.no_reuse_engine:
-            updates["reuse_engine"] = False
+        if opts.reuse_engine is not None:
+            updates["reuse_engine"] = opts.reuse_engine
         if updates:
             study = study.model_copy(update={"execution": execution.model_copy(update=updates)})
             from llenergymeasure.config.study import check_study_bounds
@@ -102,7 +102,7 @@ def resolve(opts: RunOptions) -> ResolvedRun:
     for flag, value in (
         ("--cycles", opts.cycles),
         ("--order", opts.order),
-        ("--no-reuse-engine", opts.no_reuse_engine or None),
+        ("--reuse-engine/--no-reuse-engine", opts.reuse_engine),
     ):
         if value is not None:
             raise ConfigError(f"{flag} applies to studies; {opts.config} is a single experiment")
@@ -205,7 +205,7 @@ def resume_run(opts: RunOptions) -> int:
         ("--dry-run", opts.dry_run),
         ("--export-csv", opts.export_csv),
         ("--runner", opts.runner is not None),
-        ("--no-reuse-engine", opts.no_reuse_engine),
+        ("--reuse-engine/--no-reuse-engine", opts.reuse_engine is not None),
     ):
         if given:
             raise ConfigError(

@@ -13,6 +13,7 @@ import typer
 from llenergymeasure.cli.options import RunOptions
 from llenergymeasure.config.models import ExperimentConfig
 from llenergymeasure.results.models import ExperimentResult
+from llenergymeasure.results.online import LatencyStats
 
 
 def _fmt(value: float | None, unit: str, digits: int = 3) -> str:
@@ -25,7 +26,8 @@ def format_summary(result: ExperimentResult, path: Path | None) -> str:
     lines = [
         f"llem result  {result.config.model}  [{result.config.backend}, {result.config.precision}]",
         f"  config hash          {result.measurement_config_hash}",
-        f"  prompts / tokens     {result.n_requests} prompts, {result.input_tokens} in, "
+        f"  prompts / tokens     {result.n_requests} "
+        f"{'requests' if result.online is not None else 'prompts'}, {result.input_tokens} in, "
         f"{result.output_tokens} out",
         f"  window               {result.duration_s:.3f} s",
         f"  throughput           {result.tokens_per_second:.2f} tok/s, "
@@ -45,8 +47,11 @@ def format_summary(result: ExperimentResult, path: Path | None) -> str:
         ]
         if e.counter_vs_poll_diff_pct is not None:
             lines.append(f"  counter vs poll      {e.counter_vs_poll_diff_pct:+.2f} %")
+        lines += _where_the_joules_go(result)
     else:
         lines.append(f"  energy               not measured ({e.backend}: no GPU energy sensor)")
+    if result.online is not None:
+        lines += online_summary_lines(result)
     if result.carbon.co2_g is not None:
         lines.append(f"  CO2                  {result.carbon.co2_g:.4g} g")
     if result.measurement_warnings:
@@ -112,8 +117,76 @@ def format_timings(result: ExperimentResult) -> str:
     return "\n".join(lines)
 
 
+def _where_the_joules_go(result: ExperimentResult) -> list[str]:
+    """Summary lines of the prefill/decode split, per-request energy and the host's share."""
+    lines: list[str] = []
+    split = result.phase_split
+    if split is not None:
+        lines.append(
+            f"  prefill / decode     {_fmt(split.energy_prefill_j, 'J', 4)} "
+            f"({split.share_prefill:.1%}) / {_fmt(split.energy_decode_j, 'J', 4)}  "
+            f"[differential]; {_fmt(split.j_per_input_token_prefill, 'J', 3)}/input token, "
+            f"{_fmt(split.j_per_decode_token, 'J', 3)}/decode token"
+        )
+    elif result.config.measurement.phase_split:
+        lines.append(f"  prefill / decode     n/a: {result.phase_split_unavailable}")
+    a = result.energy_attribution
+    if a is not None:
+        lines.append(
+            f"  time-resolved split  {_fmt(a.energy_prefill_j, 'J', 4)} / "
+            f"{_fmt(a.energy_decode_j, 'J', 4)}  (confidence {a.confidence}); per-request "
+            "energy in result.json"
+        )
+    c = result.energy.components
+    if c is not None and c.host_energy_j is not None:
+        lines.append(
+            f"  with host (CPU/DRAM) {_fmt(c.total_with_host_j, 'J', 5)}  (energy figures "
+            "above are GPU-only)"
+        )
+    return lines
+
+
 def _ms(value: float | None) -> str:
     return "n/a" if value is None else f"{value * 1000:.2f} ms"
+
+
+def _ms_pair(stats: LatencyStats | None) -> str:
+    return "n/a" if stats is None else f"{stats.p50_ms:.1f} / {stats.p99_ms:.1f} ms"
+
+
+def online_summary_lines(result: ExperimentResult) -> list[str]:
+    """The online part of the summary: load, J/request, J/token, goodput, TTFT/TPOT."""
+    online = result.online
+    assert online is not None
+    m = online.metrics
+    achieved = (
+        f", achieved {online.achieved_rate_per_s:.2f} req/s"
+        if online.achieved_rate_per_s is not None
+        else ""
+    )
+    cap = f", at most {online.max_concurrency} in flight" if online.max_concurrency else ""
+    failed = f", {m.n_failed} failed {m.errors}" if m.n_failed else ""
+    if m.goodput_per_s is None:
+        goodput = "n/a (no online.slo targets)"
+    else:
+        goodput = f"{m.goodput_per_s:.3f} req/s ({m.n_slo_met} of {m.n_ok} requests met the SLO)"
+    lines = [
+        f"  online load          {online.request_rate} req/s {online.arrival}{achieved}{cap}; "
+        f"{m.n_ok}/{m.n_requests} requests ok{failed}",
+        f"  server               {online.endpoint} ({online.request_model})",
+        f"  J / request          {_fmt(m.energy_per_request_j, 'J', 4)} raw, "
+        f"{_fmt(m.adjusted_energy_per_request_j, 'J', 4)} baseline-adjusted",
+        f"  J / output token     {_fmt(m.energy_per_output_token_j, 'J', 4)} raw, "
+        f"{_fmt(m.adjusted_energy_per_output_token_j, 'J', 4)} baseline-adjusted",
+        f"  goodput              {goodput}",
+        f"  TTFT p50 / p99       {_ms_pair(m.ttft)}",
+        f"  TPOT p50 / p99       {_ms_pair(m.tpot)}",
+        f"  client CPU           {online.client_cpu_s:.2f} s over the window",
+    ]
+    lines += [f"  note                 {w}" for w in online.warnings]
+    if online.server_log:
+        lines.append(f"  server log           {online.server_log} (beside result.json)")
+    return lines
 
 
 def run_single(config: ExperimentConfig, opts: RunOptions) -> int:
@@ -127,16 +200,32 @@ def run_single(config: ExperimentConfig, opts: RunOptions) -> int:
             typer.echo(f"[llem] {message}", err=True)
 
     results_root = opts.output or Path(setting("output.results_dir"))
+    if config.mode == "online":
+        from llenergymeasure.harness.online import online_preflight
+
+        problems = online_preflight(config, None)  # before a directory is made for nothing
+        if problems:
+            from llenergymeasure.exceptions import PreFlightError
+
+            raise PreFlightError(problems)
     # The run directory exists before anything is measured: an unusable output location is a
-    # ConfigError now, not a lost measurement later. It is removed again if nothing lands in it.
+    # ConfigError now, not a lost measurement later. It is removed again if nothing lands in it
+    # (an online run's server log, kept on failure, is something).
     name = experiment_dir_name(config.model, config.backend, datetime.now().astimezone())
     directory = unique_directory(results_root, name)
     try:
-        measured = measure(config, progress=progress)
+        if config.mode == "online":
+            measured = measure(config, progress=progress, work_dir=directory)
+        else:
+            measured = measure(config, progress=progress)
         path = measured.save(directory, export_csv=opts.export_csv)
     except BaseException:
-        with contextlib.suppress(OSError):
-            directory.rmdir()  # only when empty
+        kept = sorted(p.name for p in directory.iterdir()) if directory.is_dir() else []
+        if kept:
+            progress(f"kept {', '.join(kept)} in {directory}")
+        else:
+            with contextlib.suppress(OSError):
+                directory.rmdir()
         raise
     if opts.verbose and not opts.quiet:
         typer.echo(format_timings(measured.result), err=True)
@@ -147,4 +236,4 @@ def run_single(config: ExperimentConfig, opts: RunOptions) -> int:
     return 0
 
 
-__all__ = ["format_summary", "format_timings", "run_single", "summary_dict"]
+__all__ = ["format_summary", "format_timings", "online_summary_lines", "run_single", "summary_dict"]

@@ -25,6 +25,10 @@ def _hash_payload(config: ExperimentConfig) -> dict[str, Any]:
     if data.get("mode") == "offline" and data.get("online") is None:
         data.pop("mode", None)
         data.pop("online", None)
+    # Likewise the default `measurement:` section (nothing extra measured): configs written
+    # before it existed keep their hash; `phase_split: true` changes the hash.
+    if data.get("measurement") == {"phase_split": False}:
+        data.pop("measurement", None)
     return data
 
 

@@ -212,6 +212,20 @@ def _dataset_kind(value: Any) -> str:
 
 # A dataset is a name/path string or a synthetic mapping; the discriminator keeps validation
 # errors about one branch from being reported against the other.
+class MeasurementConfig(BaseModel):
+    """Extra measurements of a run beyond the headline window.
+
+    ``phase_split``: after the measurement window, run a prefill-only window over the same
+    prompts and batching (``max_new_tokens`` 1, its own warmup, the same thermal floor) and
+    report the differential prefill/decode energy split (``ExperimentResult.phase_split``).
+    It roughly adds one prefill pass of the whole workload to the run's wall time.
+    """
+
+    model_config = _FORBID
+
+    phase_split: bool = False
+
+
 DatasetSpec = Annotated[
     Annotated[str, Tag("name")] | Annotated[SyntheticDatasetConfig, Tag("synthetic")],
     Discriminator(_dataset_kind),
@@ -234,6 +248,7 @@ class ExperimentConfig(BaseModel):
     decoder: DecoderConfig = Field(default_factory=DecoderConfig)
     warmup: WarmupConfig = Field(default_factory=WarmupConfig)
     baseline: BaselineConfig = Field(default_factory=BaselineConfig)
+    measurement: MeasurementConfig = Field(default_factory=MeasurementConfig)
 
     pytorch: PyTorchConfig | None = None
     vllm: VLLMConfig | None = None

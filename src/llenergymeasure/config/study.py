@@ -49,7 +49,7 @@ class ExecutionConfig(BaseModel):
     # "per_gpu": independent runs at once, one per visible GPU (see study.parallel)
     parallel: Literal["none", "per_gpu"] = "none"
     # runs whose engine-load fields are equal share one loaded engine (one long-lived worker
-    # process per engine group); None -> user config execution.reuse_engine (default true)
+    # process per engine group); None -> user config execution.reuse_engine (default false)
     reuse_engine: bool | None = None
 
 

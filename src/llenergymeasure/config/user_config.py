@@ -48,7 +48,9 @@ class ExecutionSection(BaseModel):
     model_config = _FORBID
     config_gap_seconds: float = Field(60.0, ge=0)
     cycle_gap_seconds: float = Field(300.0, ge=0)
-    reuse_engine: bool = True  # a study's runs with equal engine-load fields share one engine
+    # a study's runs with equal engine-load fields share one engine; off by default until the
+    # GPU comparison shows it equivalent (BENCHMARKS.md, "Engine reuse")
+    reuse_engine: bool = False
     # Bounded work: a study is refused before expansion beyond these (raise them deliberately).
     max_grid_points: int = Field(10_000, ge=1)  # experiments in one study (sweep x experiments)
     max_cycles: int = Field(1_000, ge=1)  # execution.n_cycles / --cycles

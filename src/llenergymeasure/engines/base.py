@@ -25,6 +25,10 @@ class RequestRecord:
     ``ttft_s`` is None where the engine cannot time the first token (e.g. beam search);
     ``itl_s`` holds the gaps between successive tokens of this request
     (``output_tokens - 1`` entries when per-token timing is available, else empty).
+    ``start_s`` is when the request's work began on ``time.monotonic`` (the energy sampler's
+    clock): its batch's ``generate`` call (PyTorch) or its submission (vLLM step loop);
+    ``ttft_s`` and ``itl_s`` count from it, so ``start_s + ttft_s + sum(itl_s[:k])`` is the
+    time of token ``k`` on the sampler's clock. None where the engine does not record it.
     """
 
     index: int
@@ -34,6 +38,7 @@ class RequestRecord:
     ttft_s: float | None
     itl_s: list[float] = field(default_factory=list)
     batch_index: int = 0
+    start_s: float | None = None
 
 
 @dataclass

@@ -22,6 +22,10 @@ How a run works (see ``PyTorchBackend.generate``):
   host (one small ``[batch]`` copy, at a point where the loop synchronises anyway to check for
   EOS), so the timer adds no device synchronisation. Beam search cannot stream in transformers:
   its records carry ``ttft_s=None`` and no ``itl_s``.
+- Each batch's start is also read on ``time.monotonic`` (``RequestRecord.start_s``), the
+  energy sampler's clock, so per-token times can be placed on the power timeline for the
+  time-resolved energy attribution (``perf_counter`` measures the durations; on Linux both
+  read ``CLOCK_MONOTONIC``, so the offsets added to ``start_s`` are on the same clock).
 
 Feature notes:
 
@@ -46,7 +50,7 @@ import os
 from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
-from time import perf_counter
+from time import monotonic, perf_counter
 from typing import TYPE_CHECKING, Any
 
 from llenergymeasure.engines.base import LoadInfo, RequestRecord
@@ -760,6 +764,7 @@ class PyTorchBackend:
             streamer = _make_streamer() if stream else None
             if sampling:
                 torch.manual_seed(config.random_seed)
+            start = monotonic()  # the sampler's clock: places this batch on its timeline
             t0 = perf_counter()
             try:
                 out = model.generate(
@@ -785,6 +790,7 @@ class PyTorchBackend:
                     ttft_s=(own[0] - t0) if own else None,
                     itl_s=[b - a for a, b in itertools.pairwise(own)],
                     batch_index=batch_index,
+                    start_s=start,
                 )
             if self.batch_callback is not None:
                 done, tokens = done + len(pos), tokens + sum(counts)

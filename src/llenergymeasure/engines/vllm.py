@@ -56,7 +56,7 @@ import json
 import struct
 from collections.abc import Sequence
 from pathlib import Path
-from time import perf_counter
+from time import monotonic, perf_counter
 from typing import TYPE_CHECKING, Any
 
 from llenergymeasure.engines.base import LoadInfo, RequestRecord
@@ -529,6 +529,9 @@ class VLLMBackend(OfflineLLMEngine):
         ``perf_counter()`` stamps the tokens that step delivered: TTFT is first token minus
         the request's submission, ITL the gaps between its successive tokens. Tokens that
         arrive together in one step (speculative decoding) share the step's interval evenly.
+        Each record's ``start_s`` is its submission on ``time.monotonic`` (the energy
+        sampler's clock) and its ``input_tokens`` the prompt tokens vLLM reports: what the
+        time-resolved energy attribution needs to place its tokens on the power timeline.
         """
         from vllm.sampling_params import RequestOutputKind
 
@@ -538,11 +541,13 @@ class VLLMBackend(OfflineLLMEngine):
         self._batch_seq += 1
         ids = [f"llem-{self._batch_seq}-{i}" for i in range(len(prompts))]
         submitted: list[float] = []
+        submitted_at: list[float] = []  # on time.monotonic, the energy sampler's clock
         position = {rid: i for i, rid in enumerate(ids)}
         stamps: list[list[float]] = [[] for _ in prompts]
         prompt_tokens: list[int | None] = [None] * len(prompts)
         for rid, engine_input, sp in zip(ids, inputs, params, strict=True):
             sp.output_kind = RequestOutputKind.DELTA
+            submitted_at.append(monotonic())
             submitted.append(perf_counter())
             engine.add_request(rid, engine_input, sp, lora_request=self._lora_request)
         while engine.has_unfinished_requests():
@@ -571,6 +576,7 @@ class VLLMBackend(OfflineLLMEngine):
                     latency_s=(times[-1] - t_in) if times else 0.0,
                     ttft_s=(times[0] - t_in) if times else None,
                     itl_s=[b - a for a, b in itertools.pairwise(times)],
+                    start_s=submitted_at[i],
                 )
             )
         self._add_note(

@@ -18,11 +18,14 @@ from llenergymeasure.config.hashing import measurement_config_hash
 from llenergymeasure.config.models import ExperimentConfig, SyntheticDatasetConfig
 from llenergymeasure.energy.base import EnergyMeasurement
 from llenergymeasure.energy.baseline import BaselineMeasurement
+from llenergymeasure.energy.components import EnergyComponents
 from llenergymeasure.energy.maths import adjusted_energy_j
+from llenergymeasure.energy.phase_split import PhaseSplit
 from llenergymeasure.energy.sampler import EnergySampler
 from llenergymeasure.engines.base import RequestRecord
 from llenergymeasure.exceptions import ExperimentError
 from llenergymeasure.harness import metrics as m
+from llenergymeasure.harness.energy_split import time_resolved_attribution, with_request_energy
 from llenergymeasure.harness.settings import MeasurementSettings
 from llenergymeasure.results.models import (
     EnergyBreakdown,
@@ -33,7 +36,13 @@ from llenergymeasure.results.models import (
     WarmupResult,
 )
 
-__all__ = ["CollectedRun", "assemble_result", "energy_breakdown"]
+__all__ = [
+    "CollectedRun",
+    "assemble_result",
+    "carbon_estimate",
+    "dataset_provenance",
+    "energy_breakdown",
+]
 
 
 @dataclass
@@ -43,6 +52,8 @@ class CollectedRun:
     ``window`` is the measurement window on the sampler's clock; ``duration_s`` its length on
     ``time.perf_counter``. ``record_processes`` names the process of each record (all 0 for a
     single-process engine); ``process_results`` holds per-process summaries, if any.
+    ``components``: the window's energy by component (GPU + host), ``phase_split`` /
+    ``phase_split_unavailable``: the differential split, or why it is missing when asked for.
     """
 
     config: ExperimentConfig
@@ -62,6 +73,9 @@ class CollectedRun:
     effective_parameters: dict[str, Any]
     process_results: list[dict[str, Any]] = field(default_factory=list)
     record_processes: list[int] | None = None
+    components: EnergyComponents | None = None
+    phase_split: PhaseSplit | None = None
+    phase_split_unavailable: str | None = None
 
 
 def trusts_remote_code(config: ExperimentConfig) -> bool:
@@ -82,7 +96,16 @@ def assemble_result(run: CollectedRun, settings: MeasurementSettings) -> Experim
     in_tokens = sum(r.input_tokens for r in records)
 
     breakdown = energy_breakdown(run.energy, run.baseline, duration, run.sampler, run.window)
+    if run.components is not None:
+        breakdown = breakdown.model_copy(update={"components": run.components})
     total, adjusted = breakdown.total_j, breakdown.adjusted_j
+    requests = _request_results(records, run.record_processes)
+    attribution, attribution_missing = time_resolved_attribution(
+        records, samples, run.window, total_energy_j=total, record_processes=run.record_processes
+    )
+    if attribution is not None:
+        requests = with_request_energy(requests, attribution)
+        attribution = attribution.model_copy(update={"requests": []})
     warnings = m.measurement_warnings(
         duration_s=duration,
         window_samples=[s for s in samples if w0 <= s.t <= w1],
@@ -121,7 +144,7 @@ def assemble_result(run: CollectedRun, settings: MeasurementSettings) -> Experim
         peak_memory_bytes=run.peak_memory_bytes,
         energy=breakdown,
         flops=_flops(run, in_tokens, out_tokens),
-        carbon=_carbon(total, settings),
+        carbon=carbon_estimate(total, settings),
         environment=run.environment,
         warmup=run.warmup,
         timing=run.timings,
@@ -130,8 +153,12 @@ def assemble_result(run: CollectedRun, settings: MeasurementSettings) -> Experim
         steady_state_window=m.steady_state_window(samples, w0, w1),
         warmup_excluded_samples=len([s for s in samples if s.phase == "warmup"]),
         timeseries_samples=len(samples),
-        requests=_request_results(records, run.record_processes),
+        requests=requests,
         process_results=run.process_results,
+        phase_split=run.phase_split,
+        phase_split_unavailable=run.phase_split_unavailable,
+        energy_attribution=attribution,
+        energy_attribution_unavailable=attribution_missing,
     )
 
 
@@ -233,7 +260,8 @@ def _flops(run: CollectedRun, in_tokens: int, out_tokens: int) -> Any:
     )
 
 
-def _carbon(total_j: float | None, settings: MeasurementSettings) -> Any:
+def carbon_estimate(total_j: float | None, settings: MeasurementSettings) -> Any:
+    """CO2 of ``total_j`` with the carbon intensity and PUE of ``settings``."""
     return m.estimate_carbon(
         total_j,
         intensity=settings.carbon_intensity_gco2_kwh,

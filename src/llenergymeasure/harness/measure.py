@@ -1,8 +1,13 @@
-"""Measure one experiment in this process with the real engine, energy backend and sensor."""
+"""Measure one experiment in this process with the real engine, energy backend and sensor.
+
+``mode: online`` experiments go to ``harness.online.measure_online`` (a server under a request
+load); offline ones through the ``ExperimentOrchestrator``.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from llenergymeasure.config.models import ExperimentConfig
 from llenergymeasure.energy.baseline import BaselineCache
@@ -21,12 +26,21 @@ def measure(
     *,
     progress: Callable[[str], None] | None = None,
     baseline_cache: BaselineCache | None = None,
+    work_dir: str | Path | None = None,
 ) -> MeasuredExperiment:
     """Run one experiment with the components of this machine; returns its measurement.
 
     ``baseline_cache`` replaces the per-process idle-baseline cache; the study runner passes one
     backed by a file so that its runs share one baseline. The NVML sensor is closed afterwards.
+    ``work_dir`` (online runs): where the server log is written while the run goes (it stays
+    there if the run fails); without it a temporary folder is used and nothing is left behind.
     """
+    if config.mode == "online":
+        from llenergymeasure.harness.online import measure_online
+
+        return measure_online(
+            config, progress=progress, baseline_cache=baseline_cache, work_dir=work_dir
+        )
     settings = MeasurementSettings.from_user_config()
     engine, energy, sensor = default_components(config, settings)
     orchestrator = ExperimentOrchestrator(

@@ -1,7 +1,9 @@
 """Runs one experiment through the measurement protocol.
 
 pre-flight -> environment -> idle baseline -> load -> prompts -> warmup -> thermal floor ->
-measurement window (energy backend + background sampler, device sync before close) -> metrics.
+measurement window (energy backend + background sampler, device sync before close; the host's
+RAPL counters read just outside it where the machine exposes them) -> [prefill-only window,
+``measurement.phase_split``] -> metrics.
 
 The engine, energy backend and GPU sensor are injected (protocols), so tests drive the whole
 protocol with fakes; ``default_components`` builds the real ones.
@@ -9,6 +11,7 @@ protocol with fakes; ``default_components`` builds the real ones.
 
 from __future__ import annotations
 
+import copy
 import statistics
 import sys
 import time
@@ -20,18 +23,22 @@ from typing import Any, cast
 
 from llenergymeasure.config.catalogue import engine_load_key, run_concurrency
 from llenergymeasure.config.models import ExperimentConfig
-from llenergymeasure.energy.base import EnergyBackend
+from llenergymeasure.energy.base import EnergyBackend, EnergyMeasurement
 from llenergymeasure.energy.baseline import (
     BaselineCache,
     BaselineMeasurement,
     get_or_measure_baseline,
 )
+from llenergymeasure.energy.phase_split import PhaseSplit
+from llenergymeasure.energy.rapl import HostEnergyMeasurement, RaplReader
 from llenergymeasure.energy.sampler import EnergySampler
 from llenergymeasure.energy.sensors import GpuSensor
-from llenergymeasure.engines.base import InferenceBackend
+from llenergymeasure.engines.base import InferenceBackend, RequestRecord
 from llenergymeasure.engines.data_parallel import ProcessReporter
 from llenergymeasure.exceptions import PreFlightError
 from llenergymeasure.harness.assemble import CollectedRun, assemble_result, trusts_remote_code
+from llenergymeasure.harness.energy_split import host_energy_components
+from llenergymeasure.harness.prefill_window import measure_prefill_window, split_from_windows
 from llenergymeasure.harness.settings import MeasurementSettings
 from llenergymeasure.results.models import (
     ExperimentResult,
@@ -44,17 +51,25 @@ Progress = Callable[[str], None]
 
 @dataclass
 class MeasuredExperiment:
-    """A result and its timeseries (pyarrow table, or None when nothing was sampled)."""
+    """A result and its timeseries (pyarrow table, or None when nothing was sampled).
+
+    ``artifacts``: other files kept beside ``result.json`` (name -> content), e.g. an online
+    run's ``server.log`` and ``online_requests.json``.
+    """
 
     result: ExperimentResult
     timeseries: Any = None
+    artifacts: dict[str, bytes] = field(default_factory=dict)
 
     def save(self, directory: Path, *, export_csv: bool = False) -> Path:
-        """Write ``result.json`` (+ ``timeseries.parquet``, ``result.csv``) into ``directory``."""
-        from llenergymeasure.results.io import write_table_parquet
+        """Write ``result.json`` (+ ``timeseries.parquet``, ``result.csv``, artifacts) into
+        ``directory``."""
+        from llenergymeasure.results.io import atomic_write_bytes, write_table_parquet
 
         directory.mkdir(parents=True, exist_ok=True)
         result = self.result.model_copy(update={"output_dir": str(directory)})
+        for name, content in self.artifacts.items():
+            atomic_write_bytes(directory / name, content)
         if self.timeseries is not None:
             write_table_parquet(self.timeseries, directory / "timeseries.parquet")
         if export_csv:
@@ -104,6 +119,9 @@ class ExperimentOrchestrator:
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.monotonic
     dataset_loader: Callable[..., Any] | None = None
+    # Host (CPU/DRAM) energy from RAPL around the window; None: the machine's own powercap
+    # tree (/sys/class/powercap), read only when it is readable. Tests inject a fake tree.
+    rapl_reader: RaplReader | None = None
     # Engine reuse (a study's engine group): keep the engine loaded after a run, so the next
     # run with the same engine_load_key skips loading; clear_run_state() before every window.
     keep_engine_loaded: bool = False
@@ -285,6 +303,7 @@ class ExperimentOrchestrator:
             sampler.set_phase("measurement")
             sampler.sample_now()
         self.engine.reset_peak_memory()
+        rapl, rapl_missing = self._rapl_begin()
         window_progress = self._window_progress(len(prompts))
         self.engine.synchronize()
         self.energy_backend.begin()
@@ -301,22 +320,35 @@ class ExperimentOrchestrator:
         p1 = time.perf_counter()
         w1 = self.clock()
         energy = self.energy_backend.end()
+        host = self._rapl_end(rapl, rapl_missing)
         duration = p1 - p0
         timings.measurement_s = duration
+        # read the backend's host figures (Zeus, CodeCarbon) before another window replaces them
+        components = host_energy_components(energy, host, self.energy_backend)
         if sampler is not None:
             sampler.set_phase("cooldown")
             sampler.sample_now()
-            sampler.stop()
-            if sampler.error is not None:
-                say(f"warning: sampler error: {sampler.error!r}")
+        # everything the engine reports about the measurement window, read before the
+        # prefill-only window runs another generate on it
         peak = self.engine.peak_memory_bytes()
-        effective = self.engine.effective_parameters()
-
+        effective = copy.deepcopy(self.engine.effective_parameters())  # notes grow later
         process_results: list[dict[str, Any]] = []
         record_processes: list[int] | None = None
         if isinstance(self.engine, ProcessReporter):
             process_results = self.engine.process_results()
             record_processes = self.engine.record_process_indices()
+
+        split, split_missing = None, None
+        if config.measurement.phase_split:
+            t = time.perf_counter()
+            split, split_missing = self._phase_split(
+                config, prompts, records, energy, duration, baseline, sampler
+            )
+            timings.phase_split_s = time.perf_counter() - t
+        if sampler is not None:
+            sampler.stop()
+            if sampler.error is not None:
+                say(f"warning: sampler error: {sampler.error!r}")
 
         result = assemble_result(
             CollectedRun(
@@ -337,6 +369,9 @@ class ExperimentOrchestrator:
                 effective_parameters=effective,
                 process_results=process_results,
                 record_processes=record_processes,
+                components=components,
+                phase_split=split,
+                phase_split_unavailable=split_missing,
             ),
             self.settings,
         )
@@ -351,6 +386,81 @@ class ExperimentOrchestrator:
         )
         table = sampler.to_table() if sampler is not None and sampler.samples else None
         return MeasuredExperiment(result=result, timeseries=table)
+
+    # -- where the joules go (issue 16) ------------------------------------------------------
+    def _rapl_begin(self) -> tuple[RaplReader | None, str | None]:
+        """Start the RAPL reader when the host's counters are readable; else (None, why).
+
+        Never fails the run: any error is kept as the reason the host share is missing.
+        """
+        reader = self.rapl_reader if self.rapl_reader is not None else RaplReader()
+        try:
+            ok, why = reader.available()
+            if not ok:
+                return None, why
+            reader.begin()
+        except Exception as exc:  # host energy is an extra: a broken reader never stops a run
+            return None, f"RAPL reader failed: {type(exc).__name__}: {exc}"
+        return reader, None
+
+    def _rapl_end(self, reader: RaplReader | None, missing: str | None) -> HostEnergyMeasurement:
+        if reader is None:
+            return HostEnergyMeasurement(available=False, reason=missing, duration_s=0.0)
+        try:
+            return reader.end()
+        except Exception as exc:  # see _rapl_begin
+            return HostEnergyMeasurement(
+                available=False,
+                reason=f"RAPL reader failed: {type(exc).__name__}: {exc}",
+                duration_s=0.0,
+            )
+
+    def _phase_split(
+        self,
+        config: ExperimentConfig,
+        prompts: Sequence[Any],
+        records: Sequence[RequestRecord],
+        energy: EnergyMeasurement,
+        duration: float,
+        baseline: BaselineMeasurement | None,
+        sampler: EnergySampler | None,
+    ) -> tuple[PhaseSplit | None, str | None]:
+        """The prefill-only window after the measurement window, and the differential split.
+
+        Same prompts and batching with ``max_new_tokens`` 1, one warmup run of that config
+        over the warmup prompts, the same thermal floor rule; run state (prefix caches) is
+        cleared first so the prefill window cannot reuse the measurement window's work.
+        """
+        if energy.total_energy_j is None:
+            return None, "the measurement window has no energy figure"
+        self.progress("phase split: prefill-only window (max_new_tokens 1)")
+        self.engine.clear_run_state()
+        floor = config.warmup.thermal_floor_seconds
+        try:
+            warm = list(self._warmup_prompts(config, prompts).prompts)
+            window = measure_prefill_window(
+                self.engine,
+                self.energy_backend,
+                prompts,
+                config,
+                sampler=sampler if sampler is not None and sampler.running else None,
+                warmup_runs=1,
+                warmup_prompts=warm or None,
+                thermal_floor_s=floor if self.energy_backend.name != "none" else 0.0,
+                sleep=self.sleep,
+                clock=self.clock,
+            )
+        except Exception as exc:
+            # the measurement window is complete: keep its result, say why the split is missing
+            self.progress(f"warning: prefill-only window failed: {exc}")
+            return None, f"the prefill-only window failed: {type(exc).__name__}: {exc}"
+        return split_from_windows(
+            list(records),
+            energy.total_energy_j,
+            duration,
+            window,
+            baseline_power_w=baseline.power_w if baseline is not None else None,
+        )
 
     def _load_or_reuse(
         self, config: ExperimentConfig, timings: PhaseTimings, run_id: str | None

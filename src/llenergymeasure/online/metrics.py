@@ -9,6 +9,9 @@ Energy: ``energy_j`` is the window's GPU energy; the adjusted figure subtracts t
 ``baseline_power_w * window_s`` (at low request rates most of the window's energy is idle, so
 both are shown). Per-request and per-token figures divide by the successful requests and their
 output tokens; J per SLO-meeting request divides by the requests that met every target.
+
+The models (``OnlineMetrics``, ``LatencyStats``) live in ``results.online`` and are re-exported
+here.
 """
 
 from __future__ import annotations
@@ -17,13 +20,19 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 
-from pydantic import BaseModel
-
 from llenergymeasure.config.online import SLOConfig
 from llenergymeasure.energy.maths import adjusted_energy_j
 from llenergymeasure.online.client import RequestRecord
+from llenergymeasure.results.online import LatencyStats, OnlineMetrics
 
-__all__ = ["LatencyStats", "OnlineMetrics", "compute_online_metrics", "meets_slo", "percentile"]
+__all__ = [
+    "LatencyStats",
+    "OnlineMetrics",
+    "compute_online_metrics",
+    "latency_stats",
+    "meets_slo",
+    "percentile",
+]
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -39,72 +48,19 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
-class LatencyStats(BaseModel):
-    """Summary of one latency distribution, in milliseconds."""
-
-    model_config = {"extra": "forbid"}
-
-    count: int
-    mean_ms: float
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    max_ms: float
-
-    @classmethod
-    def of_seconds(cls, values_s: Sequence[float]) -> LatencyStats | None:
-        """Stats of ``values_s`` (seconds) in ms; ``None`` for no values."""
-        if not values_s:
-            return None
-        ms = [v * 1000.0 for v in values_s]
-        return cls(
-            count=len(ms),
-            mean_ms=sum(ms) / len(ms),
-            p50_ms=percentile(ms, 50),
-            p90_ms=percentile(ms, 90),
-            p99_ms=percentile(ms, 99),
-            max_ms=max(ms),
-        )
-
-
-class OnlineMetrics(BaseModel):
-    """Latency, throughput, goodput and energy of one online run.
-
-    ``errors`` counts failed requests by kind (the part of the error before its first colon,
-    e.g. ``"HTTP 500"``, ``"timeout"``). ``goodput_per_s`` is requests that met every SLO target
-    per second of window (``None`` without targets). Energy fields are ``None`` when energy was
-    not measured; ``adjusted_*`` also need the baseline. A value divided by zero requests or
-    tokens is ``None``.
-    """
-
-    model_config = {"extra": "forbid"}
-
-    n_requests: int
-    n_ok: int
-    n_failed: int
-    errors: dict[str, int]
-    duration_s: float
-    output_tokens: int
-    prompt_tokens: int | None
-    request_throughput_per_s: float
-    output_throughput_tok_per_s: float
-    ttft: LatencyStats | None
-    tpot: LatencyStats | None
-    itl: LatencyStats | None
-    e2e: LatencyStats | None
-    slo: SLOConfig | None
-    n_slo_met: int | None
-    goodput_per_s: float | None
-    energy_j: float | None
-    baseline_power_w: float | None
-    adjusted_energy_j: float | None
-    mean_power_w: float | None
-    energy_per_request_j: float | None
-    adjusted_energy_per_request_j: float | None
-    energy_per_output_token_j: float | None
-    adjusted_energy_per_output_token_j: float | None
-    energy_per_slo_request_j: float | None
-    adjusted_energy_per_slo_request_j: float | None
+def latency_stats(values_s: Sequence[float]) -> LatencyStats | None:
+    """Stats of ``values_s`` (seconds) in ms; ``None`` for no values."""
+    if not values_s:
+        return None
+    ms = [v * 1000.0 for v in values_s]
+    return LatencyStats(
+        count=len(ms),
+        mean_ms=sum(ms) / len(ms),
+        p50_ms=percentile(ms, 50),
+        p90_ms=percentile(ms, 90),
+        p99_ms=percentile(ms, 99),
+        max_ms=max(ms),
+    )
 
 
 def _has_targets(slo: SLOConfig | None) -> bool:
@@ -182,10 +138,10 @@ def compute_online_metrics(
         prompt_tokens=prompt_tokens,
         request_throughput_per_s=len(ok) / window_s,
         output_throughput_tok_per_s=output_tokens / window_s,
-        ttft=LatencyStats.of_seconds([t for r in ok if (t := r.ttft_s) is not None]),
-        tpot=LatencyStats.of_seconds([t for r in ok if (t := r.tpot_s) is not None]),
-        itl=LatencyStats.of_seconds([gap for r in ok for gap in r.itls_s]),
-        e2e=LatencyStats.of_seconds([r.e2e_s for r in ok]),
+        ttft=latency_stats([t for r in ok if (t := r.ttft_s) is not None]),
+        tpot=latency_stats([t for r in ok if (t := r.tpot_s) is not None]),
+        itl=latency_stats([gap for r in ok for gap in r.itls_s]),
+        e2e=latency_stats([r.e2e_s for r in ok]),
         slo=slo,
         n_slo_met=n_slo_met,
         goodput_per_s=goodput,

@@ -39,6 +39,7 @@ from llenergymeasure.online.client import OpenAIStreamClient, StreamRequest, ser
 from llenergymeasure.online.load import LoadRun, drive_load
 from llenergymeasure.online.metrics import OnlineMetrics, compute_online_metrics
 from llenergymeasure.online.server import ManagedServer, free_port, server_launch
+from llenergymeasure.results.online import OnlineResult
 
 __all__ = [
     "OnlineRunFailed",
@@ -78,6 +79,30 @@ class OnlineRunResult(BaseModel):
     metrics: OnlineMetrics
     load: LoadRun
     warnings: list[str] = Field(default_factory=list)
+
+    def summary(self) -> OnlineResult:
+        """What an ``ExperimentResult`` keeps of this run (every request record stays here)."""
+        return OnlineResult(
+            endpoint=self.endpoint,
+            request_model=self.request_model,
+            api=self.api,
+            arrival=self.arrival,
+            burstiness=self.burstiness,
+            request_rate=self.request_rate,
+            max_concurrency=self.max_concurrency,
+            max_tokens=self.max_tokens,
+            ignore_eos_sent=self.ignore_eos_sent,
+            achieved_rate_per_s=self.load.achieved_rate_per_s,
+            scheduled_rate_per_s=self.load.scheduled_rate_per_s,
+            client_cpu_s=self.load.client_cpu_s,
+            max_schedule_lag_s=self.load.max_schedule_lag_s,
+            n_warmup_requests=len(self.load.warmup_records),
+            server_command=self.server_command,
+            server_log=Path(self.server_log).name if self.server_log else None,
+            server_ready_s=self.server_ready_s,
+            metrics=self.metrics,
+            warnings=list(self.warnings),
+        )
 
 
 class OnlineRunFailed(ExperimentError):
@@ -147,7 +172,7 @@ def run_online(
     *,
     output_dir: str | Path,
     energy: EnergyBackend | None = None,
-    measure_baseline: Callable[[], BaselineMeasurement] | None = None,
+    measure_baseline: Callable[[], BaselineMeasurement | None] | None = None,
     model_source: str | None = None,
     warmup_prompts: Sequence[str] | None = None,
     server_factory: Callable[..., ManagedServer] = ManagedServer,

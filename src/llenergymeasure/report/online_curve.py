@@ -1,6 +1,7 @@
 """Energy-vs-load curves of online runs: a table and a two-panel figure over the request rate.
 
-One ``OnlineCurvePoint`` per online run (``OnlineRunResult``), ordered by target request rate
+One ``OnlineCurvePoint`` per online run (an ``OnlineRunResult``, or the ``OnlineResult`` an
+``ExperimentResult`` stores as ``.online``), ordered by target request rate
 with ``inf`` last. ``online_curve_markdown`` gives the table (J/request, J/token raw and
 adjusted, mean W, TTFT/ITL p50/p99, goodput); ``plot_online_curve`` draws J/request (raw and
 adjusted) with mean power on a second axis over the rate, and latency percentiles in a second
@@ -15,8 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llenergymeasure.online.run import OnlineRunResult
+from llenergymeasure.results.online import OnlineResult
 
-__all__ = ["OnlineCurvePoint", "online_curve_markdown", "online_curve_points", "plot_online_curve"]
+__all__ = [
+    "OnlineCurvePoint",
+    "mean_over_cycles",
+    "online_curve_markdown",
+    "online_curve_points",
+    "plot_online_curve",
+]
 
 
 @dataclass(frozen=True)
@@ -41,12 +49,14 @@ class OnlineCurvePoint:
     goodput_per_s: float | None
 
     @classmethod
-    def from_result(cls, result: OnlineRunResult) -> OnlineCurvePoint:
+    def from_result(cls, result: OnlineRunResult | OnlineResult) -> OnlineCurvePoint:
+        if isinstance(result, OnlineRunResult):
+            result = result.summary()
         m = result.metrics
         rate = math.inf if result.request_rate == "inf" else float(result.request_rate)
         return cls(
             target_rate=rate,
-            achieved_rate=result.load.achieved_rate_per_s,
+            achieved_rate=result.achieved_rate_per_s,
             max_concurrency=result.max_concurrency,
             n_ok=m.n_ok,
             n_requests=m.n_requests,
@@ -68,12 +78,60 @@ class OnlineCurvePoint:
         return "inf" if math.isinf(self.target_rate) else f"{self.target_rate:g}"
 
 
-def online_curve_points(results: Sequence[OnlineRunResult]) -> list[OnlineCurvePoint]:
+def online_curve_points(
+    results: Sequence[OnlineRunResult | OnlineResult],
+) -> list[OnlineCurvePoint]:
     """One point per result, by target rate (``inf`` last), then by concurrency cap."""
     points = [OnlineCurvePoint.from_result(r) for r in results]
     return sorted(
         points,
         key=lambda p: (p.target_rate, p.max_concurrency if p.max_concurrency else math.inf),
+    )
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else None
+
+
+def mean_over_cycles(points: Sequence[OnlineCurvePoint]) -> list[OnlineCurvePoint]:
+    """One point per (rate, concurrency cap): the mean of its cycles' figures (counts summed).
+
+    A figure missing in some cycles is the mean of the cycles that have it; in order as
+    ``online_curve_points`` gives them.
+    """
+    groups: dict[tuple[float, int | None], list[OnlineCurvePoint]] = {}
+    for p in points:
+        groups.setdefault((p.target_rate, p.max_concurrency), []).append(p)
+    merged = []
+    for (rate, cap), group in groups.items():
+        merged.append(
+            OnlineCurvePoint(
+                target_rate=rate,
+                achieved_rate=_mean([p.achieved_rate for p in group]),
+                max_concurrency=cap,
+                n_ok=sum(p.n_ok for p in group),
+                n_requests=sum(p.n_requests for p in group),
+                duration_s=sum(p.duration_s for p in group) / len(group),
+                **{
+                    name: _mean([getattr(p, name) for p in group])
+                    for name in (
+                        "mean_power_w",
+                        "j_per_request",
+                        "j_per_request_adjusted",
+                        "j_per_token",
+                        "j_per_token_adjusted",
+                        "ttft_p50_ms",
+                        "ttft_p99_ms",
+                        "itl_p50_ms",
+                        "itl_p99_ms",
+                        "goodput_per_s",
+                    )
+                },
+            )
+        )
+    return sorted(
+        merged, key=lambda p: (p.target_rate, p.max_concurrency if p.max_concurrency else math.inf)
     )
 
 

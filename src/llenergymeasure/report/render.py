@@ -21,6 +21,7 @@ from llenergymeasure.report.loader import (
     StudySource,
     load_source,
 )
+from llenergymeasure.report.phase_section import PhaseSection, phase_figures, phase_summary_rows
 from llenergymeasure.report.plots import (
     ConfigPoint,
     plot_config_bars,
@@ -232,7 +233,56 @@ def _experiment_rows(r: ExperimentResult) -> list[tuple[str, str]]:
         ("started (UTC)", r.started_at_utc.strftime("%Y-%m-%d %H:%M:%S")),
         ("llem / schema", f"{r.llem_version} / {r.schema_version}"),
     ]
+    rows[7:7] = phase_summary_rows(r)  # after the J / output token rows
+    if r.online is not None:
+        rows[2:2] = _online_rows(r)
     return rows
+
+
+def _phase_html(section: PhaseSection, images: list[Path]) -> list[str]:
+    """The "where the joules go" section (nothing when no result has the data)."""
+    if not section.figures:
+        return []
+    out = ["<h2>Where the energy goes: prefill vs decode, per request</h2>"]
+    for fig in section.figures:
+        images.append(fig.path)
+        out.append(_img(fig.path, fig.alt, fig.caption))
+    return out
+
+
+def _online_rows(r: ExperimentResult) -> list[tuple[str, str]]:
+    """The online run's load, energy per request, goodput and latency percentiles."""
+    online = r.online
+    assert online is not None
+    m = online.metrics
+
+    def pair(stats: object) -> str:
+        p50, p99 = getattr(stats, "p50_ms", None), getattr(stats, "p99_ms", None)
+        return f"{_num(p50)} / {_num(p99)} ms"
+
+    cap = f", at most {online.max_concurrency} in flight" if online.max_concurrency else ""
+    return [
+        (
+            "online load",
+            f"{online.request_rate} req/s {online.arrival}{cap} (achieved "
+            f"{_num(online.achieved_rate_per_s)} req/s) to {online.endpoint}; "
+            f"{m.n_ok}/{m.n_requests} requests ok",
+        ),
+        (
+            "J / request (raw / adjusted)",
+            f"{_num(m.energy_per_request_j, ' J')} / {_num(m.adjusted_energy_per_request_j, ' J')}",
+        ),
+        (
+            "goodput",
+            "n/a (no SLO)"
+            if m.goodput_per_s is None
+            else f"{m.goodput_per_s:.3f} req/s; {_num(m.energy_per_slo_request_j, ' J')} per "
+            "request that met the SLO",
+        ),
+        ("TTFT p50 / p99", pair(m.ttft)),
+        ("TPOT p50 / p99", pair(m.tpot)),
+        ("ITL p50 / p99", pair(m.itl)),
+    ]
 
 
 def _engine_settings(r: ExperimentResult) -> str:
@@ -264,6 +314,7 @@ def _render_experiment(source: ExperimentSource, html_path: Path, prefix: str) -
     rows = [[_td(k), _td(v)] for k, v in _experiment_rows(r)]
     rows.append([_td("warnings"), _td(_warnings_html(r), raw=True)])
     body += ["<h2>Summary</h2>", _table(["quantity", "value"], rows)]
+    body += _phase_html(phase_figures([(r.config.model, [r])], html_path.parent, prefix), images)
     body.append("<h2>Power and temperature over time</h2>")
     png = _timeseries_figure(
         source.run, html_path.parent / f"{prefix}_timeseries.png", f"{source.directory.name}"
@@ -399,6 +450,72 @@ def _runs_table(source: StudySource, numbers: dict[str, int]) -> str:
     return _table(header, rows)
 
 
+ONLINE_CURVE_CAPTION = (
+    "Online runs against their target request rate (inf: all requests at once), the mean of "
+    "each rate's cycles. Top: energy per successful request, raw and baseline-adjusted (the "
+    "idle share dominates at low rates), and mean GPU power on the right axis. Bottom: TTFT "
+    "and inter-token latency percentiles."
+)
+
+
+def _online_curve_section(source: StudySource, png_path: Path) -> tuple[str, Path] | None:
+    """The energy-vs-load curve of a study's online runs (None when it has none)."""
+    from llenergymeasure.report.online_curve import (
+        mean_over_cycles,
+        online_curve_points,
+        plot_online_curve,
+    )
+
+    online = [r.result.online for r in source.runs if r.result is not None and r.result.online]
+    if not online:
+        return None
+    points = mean_over_cycles(online_curve_points(online))
+    png = plot_online_curve(points, png_path)
+    header = [
+        "rate (req/s)",
+        "cap",
+        "achieved",
+        "ok",
+        "mean W",
+        "J/request",
+        "J/request adj.",
+        "J/token",
+        "J/token adj.",
+        "TTFT p50 / p99",
+        "ITL p50 / p99",
+        "goodput (req/s)",
+    ]
+
+    def ms(a: float | None, b: float | None) -> str:
+        return f"{_num(a)} / {_num(b)} ms"
+
+    rows = [
+        [
+            _td(p.rate_label),
+            _td(p.max_concurrency or "-"),
+            _td(_num(p.achieved_rate), num=True),
+            _td(f"{p.n_ok}/{p.n_requests}", num=True),
+            _td(_num(p.mean_power_w), num=True),
+            _td(_num(p.j_per_request), num=True),
+            _td(_num(p.j_per_request_adjusted), num=True),
+            _td(_num(p.j_per_token), num=True),
+            _td(_num(p.j_per_token_adjusted), num=True),
+            _td(ms(p.ttft_p50_ms, p.ttft_p99_ms), num=True),
+            _td(ms(p.itl_p50_ms, p.itl_p99_ms), num=True),
+            _td(_num(p.goodput_per_s), num=True),
+        ]
+        for p in points
+    ]
+    html_part = (
+        "<h2>Energy against request rate (online runs)</h2>"
+        + _img(
+            png, "energy per request, power and latency against request rate", ONLINE_CURVE_CAPTION
+        )
+        + _table(header, rows)
+    )
+    return html_part, png
+
+
 def _render_study(source: StudySource, html_path: Path, prefix: str) -> ReportOutcome:
     stats = source.statistics
     level = f"{stats.confidence_level * 100:g} %"
@@ -444,6 +561,11 @@ def _render_study(source: StudySource, html_path: Path, prefix: str) -> ReportOu
         )
     else:
         body.append('<p class="note">No energy measured in any run: no scatter plot.</p>')
+    online_section = _online_curve_section(source, out_dir / f"{prefix}_online_curve.png")
+    if online_section is not None:
+        html_part, png = online_section
+        body.append(html_part)
+        images.append(png)
     body.append("<h2>Per-config statistics across cycles</h2>")
     if points:
         png = plot_config_bars(points, out_dir / f"{prefix}_configs.png", level=level)
@@ -456,6 +578,18 @@ def _render_study(source: StudySource, html_path: Path, prefix: str) -> ReportOu
         f"{stats.bootstrap_seed}) otherwise; n/a when n &lt; 2.</p>"
     )
     body.append(_stats_table(stats, front))
+    configs = [
+        (
+            f"#{numbers[c.config_hash]} {c.label}",
+            [
+                run.result
+                for run in source.runs
+                if run.result is not None and run.result.measurement_config_hash == c.config_hash
+            ],
+        )
+        for c in stats.configs
+    ]
+    body += _phase_html(phase_figures(configs, out_dir, prefix), images)
     body.append("<h2>Runs</h2>")
     body.append(_runs_table(source, numbers))
     body.append("<h2>Power and temperature over time</h2>")

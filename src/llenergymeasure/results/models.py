@@ -7,6 +7,7 @@ Every energy figure carries the method that produced it; every timing figure com
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -14,8 +15,12 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from llenergymeasure.config.models import ExperimentConfig
+from llenergymeasure.energy.attribution import EnergyAttribution
 from llenergymeasure.energy.base import DeviceEnergy
 from llenergymeasure.energy.baseline import BaselineMeasurement
+from llenergymeasure.energy.components import EnergyComponents
+from llenergymeasure.energy.phase_split import PhaseSplit
+from llenergymeasure.results.online import OnlineResult
 
 SCHEMA_VERSION = "1.0"
 
@@ -119,6 +124,9 @@ class EnergyBreakdown(BaseModel):
     baseline_energy_j: float | None = None
     adjusted_j: float | None = None
     notes: list[str] = Field(default_factory=list)
+    # gpu / cpu / dram, each with its method, and total_with_host_j; every figure above is
+    # GPU-only (None: not collected, e.g. results written before it existed)
+    components: EnergyComponents | None = None
 
 
 class SteadyStateWindow(BaseModel):
@@ -170,13 +178,20 @@ class PhaseTimings(BaseModel):
     warmup_s: float = 0.0
     thermal_floor_s: float = 0.0
     measurement_s: float = 0.0
+    phase_split_s: float = 0.0  # the prefill-only window with its warmup and thermal floor
     total_s: float = 0.0
     compile_s: float | None = None
     load_parts: dict[str, float] = Field(default_factory=dict)
 
 
 class RequestResult(BaseModel):
-    """One prompt of the measurement window (raw data for late aggregation)."""
+    """One prompt of the measurement window (raw data for late aggregation).
+
+    ``energy_j`` (with its ``prefill_energy_j`` / ``decode_energy_j`` parts): the request's
+    share of the window's GPU energy by the time-resolved attribution
+    (``ExperimentResult.energy_attribution`` has the rule's figures); the requests of a run sum
+    to ``energy_total_j``. None where the run has no per-token times or no samples.
+    """
 
     model_config = _FORBID
 
@@ -187,6 +202,9 @@ class RequestResult(BaseModel):
     ttft_s: float | None
     batch_index: int
     process_index: int = 0
+    energy_j: float | None = None
+    prefill_energy_j: float | None = None
+    decode_energy_j: float | None = None
 
 
 class EnvironmentSnapshot(BaseModel):
@@ -257,6 +275,15 @@ class ExperimentResult(JsonFileModel):
     timeseries_samples: int = 0
     reproducibility_notes: str = REPRODUCIBILITY_NOTES
     requests: list[RequestResult] = Field(default_factory=list)
+    # Where the joules go (issue 16). phase_split: the differential prefill/decode split
+    # (measurement.phase_split: true); phase_split_unavailable says why it is missing when it
+    # was asked for. energy_attribution: the time-resolved split of the window's GPU energy
+    # over engine steps (its per-request figures are in requests[i].energy_j, so its own
+    # requests list is left empty); energy_attribution_unavailable: why there is none.
+    phase_split: PhaseSplit | None = None
+    phase_split_unavailable: str | None = None
+    energy_attribution: EnergyAttribution | None = None
+    energy_attribution_unavailable: str | None = None
     # data-parallel runs: one summary per process (index, device, device_uuid, n_prompts,
     # output_tokens, duration_s, tokens_per_second, ...); headline statistics are computed
     # over every request of every process, never averaged from these
@@ -267,6 +294,9 @@ class ExperimentResult(JsonFileModel):
     engine_reused: bool = False
     engine_loaded_by: str | None = None
     run_state_notes: list[str] = Field(default_factory=list)
+    # mode: online (a server under a request load): latency, goodput and energy per request;
+    # the headline fields above hold the same window's figures (requests = successful ones)
+    online: OnlineResult | None = None
     output_dir: str | None = None
 
     def summary_row(self) -> dict[str, Any]:
@@ -308,7 +338,20 @@ class ExperimentResult(JsonFileModel):
         row["co2_g"] = self.carbon.co2_g
         row["flops_total"] = self.flops.total_flops if self.flops else None
         row["warnings"] = ",".join(self.measurement_warnings)
+        row.update(self.phase_columns())
+        if self.online is not None:
+            row.update(_online_columns(self.online))
         return row
+
+    def phase_columns(self) -> dict[str, Any]:
+        """The flat columns of where the joules go (``results.phase_columns.PHASE_COLUMNS``);
+        the same keys for every result, ``None`` where a figure was not measured."""
+        from llenergymeasure.results.phase_columns import phase_columns
+
+        attribution = self.energy_attribution
+        if attribution is not None and not attribution.requests:
+            attribution = attribution.model_copy(update={"requests": _request_energies(self)})
+        return phase_columns(self.phase_split, attribution, self.energy.components)
 
     def to_parquet(self, path: str | Path) -> Path:
         """Write the one-row summary table (config columns + metrics) as parquet, atomically."""
@@ -321,6 +364,45 @@ class ExperimentResult(JsonFileModel):
         from llenergymeasure.results.io import write_rows_csv
 
         return write_rows_csv([self.summary_row()], Path(path))
+
+
+def _request_energies(result: ExperimentResult) -> list[Any]:
+    from llenergymeasure.energy.attribution import RequestEnergy
+
+    return [
+        RequestEnergy(
+            request=r.index,
+            energy_j=r.energy_j,
+            prefill_energy_j=r.prefill_energy_j or 0.0,
+            decode_energy_j=r.decode_energy_j or 0.0,
+            prefill_tokens=r.input_tokens,
+            decode_tokens=max(r.output_tokens - 1, 0),
+        )
+        for r in result.requests
+        if r.energy_j is not None
+    ]
+
+
+def _online_columns(online: OnlineResult) -> dict[str, Any]:
+    """The ``online_*`` summary columns of an online run (absent from offline rows)."""
+    m = online.metrics
+    row: dict[str, Any] = {
+        "online_request_rate": math.inf if online.request_rate == "inf" else online.request_rate,
+        "online_achieved_rate_per_s": online.achieved_rate_per_s,
+        "online_max_concurrency": online.max_concurrency,
+        "online_n_ok": m.n_ok,
+        "online_n_failed": m.n_failed,
+        "online_goodput_per_s": m.goodput_per_s,
+        "online_energy_per_request_j": m.energy_per_request_j,
+        "online_energy_per_request_adjusted_j": m.adjusted_energy_per_request_j,
+        "online_energy_per_slo_request_j": m.energy_per_slo_request_j,
+        "online_client_cpu_s": online.client_cpu_s,
+    }
+    for name in ("ttft", "tpot", "itl", "e2e"):
+        stats = getattr(m, name)
+        for stat in ("p50", "p99"):
+            row[f"online_{name}_{stat}_ms"] = getattr(stats, f"{stat}_ms") if stats else None
+    return row
 
 
 # --- studies -------------------------------------------------------------------------------

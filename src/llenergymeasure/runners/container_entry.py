@@ -29,7 +29,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from llenergymeasure.harness.measure import measure
 
         config = ExperimentConfig.model_validate_json(config_path.read_text(encoding="utf-8"))
-        measured = measure(config, progress=lambda msg: print(msg, file=sys.stderr, flush=True))
+        measured = measure(
+            config,
+            progress=lambda msg: print(msg, file=sys.stderr, flush=True),
+            work_dir=out_dir,  # an online run's server log lands beside the result as it goes
+        )
         measured.save(out_dir)
     except Exception as e:
         traceback.print_exc()

@@ -7,7 +7,7 @@ through the runner's internals, and imports nothing from ``study.runner``:
 - ``FreshProcessExecutor``: each run in a fresh spawned process (``reuse_engine: false``).
 - ``EngineReuseExecutor``: each engine group (consecutive runs with the same
   ``engine_load_key``) in one long-lived spawned process that loads the engine once
-  (``reuse_engine: true``, the default). A Python exception in one run is recorded and the
+  (``reuse_engine: true``, opt-in). A Python exception in one run is recorded and the
   process serves the group's next run; a fatal error (CUDA, out of memory), a crash or a
   timeout ends the process, and the group's remaining runs go on in a fresh one.
 - ``study.parallel.PerGpuExecutor``: ``execution.parallel: per_gpu``, one run per GPU at a

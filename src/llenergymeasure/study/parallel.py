@@ -4,7 +4,7 @@
   (``visible_gpu_slots``: ``CUDA_VISIBLE_DEVICES`` mapped to NVML devices by UUID). Each run's
   child gets ``CUDA_VISIBLE_DEVICES=<its GPU's UUID>`` before CUDA initialises, so its engine
   uses ``cuda:0`` and its sensor/energy backend measure only that GPU.
-- **Engine reuse** (``reuse_engine``, the default). Each GPU keeps one engine-group process
+- **Engine reuse** (``reuse_engine``, opt-in). Each GPU keeps one engine-group process
   pinned to it; a run with that process's engine key is measured there without loading, a run
   with another key replaces the process. Without reuse every run is a fresh process.
 - **Scheduling.** Runs start in run order on the first free GPU. A GPU that finished a run is

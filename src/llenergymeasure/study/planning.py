@@ -3,10 +3,12 @@
 Order (``execution.cycle_order``): ``sequential`` = all cycles of A, then B...; ``interleaved``
 = A B C, A B C; ``shuffled`` = each cycle in a random order drawn from ``shuffle_seed``.
 
-Engine groups (``execution.reuse_engine``, default on): runs whose configs have the same
+Engine groups (``execution.reuse_engine``, opt-in): runs whose configs have the same
 ``engine_load_key`` share one loaded engine. The groups run one after another, in the order in
 which each first appears in the cycle order; within a group the cycle order applies as it is.
-The manifest's positions (and run ids) are this order.
+The manifest's positions (and run ids) are this order. Online runs (``mode: online``) belong to
+no engine group (each starts and stops its own server, or uses its endpoint) and keep their
+place in the cycle order.
 
 Gaps: before each run after the first of a session, ``cycle_gap_seconds`` when the run starts a
 new pass over the grid (its cycle differs from the previous run's, in interleaved/shuffled
@@ -33,6 +35,7 @@ __all__ = [
     "plan_runs",
     "resolve_gaps",
     "resolve_reuse_engine",
+    "reuse_key",
     "run_order",
 ]
 
@@ -63,11 +66,24 @@ def grouped_order(
     order = run_order(len(experiments), execution)
     if not reuse:
         return order
-    keys = [engine_load_key(c) for c in experiments]
+    keys = [reuse_key(c) for c in experiments]
     first: dict[str, int] = {}
     for position, (i, _) in enumerate(order):
-        first.setdefault(keys[i], position)
-    return sorted(order, key=lambda pair: first[keys[pair[0]]])  # sorted() is stable
+        key = keys[i]
+        if key is not None:
+            first.setdefault(key, position)
+
+    def rank(item: tuple[int, tuple[int, int]]) -> int:
+        position, (i, _) = item
+        key = keys[i]
+        return position if key is None else first[key]
+
+    return [pair for _, pair in sorted(enumerate(order), key=rank)]  # sorted() is stable
+
+
+def reuse_key(config: ExperimentConfig) -> str | None:
+    """The engine group of ``config``: its ``engine_load_key``; ``None`` for an online run."""
+    return None if config.mode == "online" else engine_load_key(config)
 
 
 def resolve_reuse_engine(execution: ExecutionConfig) -> bool:
@@ -86,7 +102,7 @@ def plan_runs(study: StudyConfig, *, reuse: bool | None = None) -> list[RunEntry
     if reuse is None:
         reuse = resolve_reuse_engine(study.execution)
     hashes = [measurement_config_hash(c) for c in study.experiments]
-    keys = [engine_load_key(c) for c in study.experiments]
+    keys = [reuse_key(c) for c in study.experiments]
     runs: list[RunEntry] = []
     order = grouped_order(study.experiments, study.execution, reuse)
     for position, (i, cycle) in enumerate(order, 1):

@@ -382,7 +382,7 @@ class StudyRunner:
             runner=runner,
             device=entry.device,
             visible_devices=slot.visible_devices if slot is not None else None,
-            reuse_engine=self.reuse_engine,
+            reuse_engine=self.reuse_engine and config.mode == "offline",
         )
         on = f" on {entry.device}" if entry.device else ""
         self.progress.message(

@@ -112,7 +112,8 @@ class ReusingMeasureWorker:
     ``engine_load_key``) reuse it and call ``clear_run_state()`` before their window (when the
     request says ``reuse_engine``; otherwise each run loads and unloads, as without reuse).
     A backend that runs in docker (``runner: docker:<image>``) gets one container per run, as
-    without reuse. ``close()`` unloads the engine and closes the sensor.
+    without reuse. An online run (``mode: online``) never reuses anything: it starts and stops
+    its own server (or uses its endpoint). ``close()`` unloads the engine and closes the sensor.
     """
 
     def __init__(self) -> None:
@@ -136,6 +137,8 @@ class ReusingMeasureWorker:
         )
         if runner.kind == "docker" and runner.image:
             return _measure_in_container(request, runner.image, progress)
+        if request.config.mode == "online":
+            return self._measure_online(request, progress)
         if self._orchestrator is None:
             orchestrator = self._open(request.config, request.reuse_engine)
         else:  # a reused engine: a fresh energy backend and sampler for this run
@@ -151,6 +154,24 @@ class ReusingMeasureWorker:
         )
         measured: MeasuredExperiment = orchestrator.run(request.config, run_id=request.run_id)
         return measured
+
+    def _measure_online(
+        self, request: RunRequest, progress: Callable[[str], None]
+    ) -> MeasuredExperiment:
+        """An online run: its own server (or the endpoint), nothing kept; a kept engine is
+        unloaded first so that the server has the GPU to itself."""
+        from llenergymeasure.energy.baseline import BaselineCache
+        from llenergymeasure.harness.measure import measure
+
+        self.close()
+        cache = (
+            BaselineCache(path=request.baseline_cache_path)
+            if request.baseline_cache_path is not None
+            else None
+        )
+        return measure(
+            request.config, progress=progress, baseline_cache=cache, work_dir=request.run_dir
+        )
 
     def _open(self, config: ExperimentConfig, keep_engine: bool) -> Any:
         from llenergymeasure.energy.baseline import BaselineCache

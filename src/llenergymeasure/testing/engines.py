@@ -28,6 +28,9 @@ class FakeTokenizer:
 class FakeEngine:
     """Scripted engine: each prompt takes ``seconds_per_token`` x output tokens of wall time.
 
+    Each prompt is its own batch; its records carry ``start_s`` (``time.monotonic``) and
+    token times ``seconds_per_token`` apart, like an engine with per-token timing.
+
     ``on_generate(phase)`` is called before each generate (tests use it to change the fake
     sensor's power draw); ``problems`` are returned by ``preflight``.
     """
@@ -91,6 +94,7 @@ class FakeEngine:
         for i, p in enumerate(prompts):
             limit = p.max_new_tokens or config.effective_max_new_tokens
             out = min(self.output_tokens, limit)
+            start_s = time.monotonic()  # the sampler's clock, like the real engines
             start = time.perf_counter()
             step = self.seconds_per_token
             time.sleep(step * out)
@@ -104,6 +108,7 @@ class FakeEngine:
                     ttft_s=step,
                     itl_s=[step] * (out - 1),
                     batch_index=i,
+                    start_s=start_s,
                 )
             )
         if self.on_generate_end:

@@ -1,0 +1,220 @@
+"""Online mode through ``llem run``, the study runner and ``llem report``, on fake servers.
+
+No GPU and no engine: the server is ``fake_openai_server`` (in this process for an endpoint, or
+started by llem as the ``vllm`` program found first on ``PATH``). Energy is not measured on a
+machine without NVML, so these tests check the load, latency, goodput, files and curve.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import stat
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from fake_openai_server import FakeOpenAIServer
+from typer.testing import CliRunner
+
+from llenergymeasure.cli.app import app
+from llenergymeasure.results.models import ExperimentResult
+from llenergymeasure.study.manifest import load_manifest
+
+FAKE = Path(__file__).with_name("fake_openai_server.py")
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "online-experiment.yaml"
+
+cli = CliRunner()
+
+
+def prompts_file(tmp_path: Path, n: int = 12) -> Path:
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"question {i}"}) + "\n" for i in range(n)))
+    return path
+
+
+def experiment_yaml(tmp_path: Path, online: str, *, backend: str = "vllm", n: int = 6) -> Path:
+    path = tmp_path / "online.yaml"
+    path.write_text(
+        f"model: org/served-model\nbackend: {backend}\ndataset: {prompts_file(tmp_path)}\n"
+        f"n: {n}\nmax_new_tokens: 4\nmode: online\nonline:\n{online}"
+    )
+    return path
+
+
+def only_dir(root: Path) -> Path:
+    (directory,) = [p for p in root.iterdir() if p.is_dir()]
+    return directory
+
+
+def test_an_online_experiment_against_an_endpoint_is_measured_and_summarised(tmp_path):
+    with FakeOpenAIServer(token_delay_s=0.002) as server:
+        config = experiment_yaml(
+            tmp_path,
+            f"  endpoint: {server.url}\n  request_rate: 40\n  n_warmup_requests: 1\n"
+            "  slo: {ttft_ms: 5000, tpot_ms: 5000}\n",
+        )
+        out = tmp_path / "results"
+        run = cli.invoke(app, ["run", str(config), "-o", str(out)])
+        assert run.exit_code == 0, run.output
+        assert len(server.bodies) == 1 + 6  # the warmup request, then the measured ones
+
+    summary = run.stdout
+    for label in ("J / request", "J / output token", "goodput", "TTFT p50 / p99", "TPOT p50"):
+        assert label in summary
+    assert "6/6 requests ok" in summary
+    assert "baseline-adjusted" in summary
+
+    directory = only_dir(out)
+    result = ExperimentResult.from_json(directory / "result.json")
+    assert result.online is not None
+    assert result.online.endpoint == server.url
+    assert result.online.metrics.n_ok == 6
+    assert result.online.metrics.goodput_per_s is not None
+    assert result.n_requests == 6 and result.output_tokens == 6 * 4
+    assert result.ttft.n == 6 and result.latency.p50 is not None
+    assert result.online.server_log is None  # nothing started: no server log
+    records = json.loads((directory / "online_requests.json").read_text())
+    assert len(records["load"]["records"]) == 6
+    assert len(records["load"]["warmup_records"]) == 1
+
+
+def test_llem_starts_the_server_runs_the_load_and_keeps_its_log(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake_vllm = bin_dir / "vllm"  # `vllm serve MODEL --host H --port P ...` runs the fake server
+    fake_vllm.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{FAKE}" "$@"\n')
+    fake_vllm.chmod(fake_vllm.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    config = experiment_yaml(
+        tmp_path,
+        "  request_rate: inf\n  max_concurrency: 3\n  n_warmup_requests: 0\n"
+        "  server: {startup_timeout_s: 60}\n",
+    )
+    out = tmp_path / "results"
+    run = cli.invoke(app, ["run", str(config), "-o", str(out)])
+    assert run.exit_code == 0, run.output
+
+    directory = only_dir(out)
+    result = ExperimentResult.from_json(directory / "result.json")
+    assert result.online is not None and result.online.metrics.n_ok == 6
+    command = result.online.server_command
+    assert command is not None and command[1:3] == ["serve", "org/served-model"]
+    assert result.online.server_log == "server.log"
+    log = (directory / "server.log").read_text()
+    assert "serve org/served-model" in log  # the command line heads the log
+    assert result.timing.load_s > 0  # the server's start until it answered /health
+
+
+def test_the_example_without_the_serving_extra_fails_pre_flight_with_the_install_hint(tmp_path):
+    from llenergymeasure.harness.online import _SERVING_MODULES, _module_found
+
+    if all(_module_found(m) for m in _SERVING_MODULES):
+        pytest.skip("transformers' serving extra is installed here")
+    out = tmp_path / "results"
+    run = cli.invoke(app, ["run", str(EXAMPLE), "-o", str(out)])  # transformers serve, builtin:tiny
+    assert run.exit_code == 2, run.output
+    assert "pip install 'transformers[serving]'" in run.output
+    assert not out.exists() or not any(out.iterdir())  # nothing started, nothing written
+
+
+def test_an_unreachable_endpoint_is_a_clear_error_naming_it(tmp_path):
+    with FakeOpenAIServer() as server:
+        url = server.url  # a port that was just free and is closed again below
+    config = experiment_yaml(tmp_path, f"  endpoint: {url}\n  n_warmup_requests: 0\n")
+    run = cli.invoke(app, ["run", str(config), "-o", str(tmp_path / "results")])
+    assert run.exit_code != 0
+    assert f"endpoint {url} is unreachable" in run.output
+    assert "online.endpoint" in run.output  # the hint says what to check
+    assert "Traceback" not in run.output
+
+
+def test_the_example_online_experiment_is_valid_and_previews(tmp_path):
+    run = cli.invoke(app, ["run", str(EXAMPLE), "--dry-run"])
+    assert run.exit_code == 0, run.output
+
+
+STUDY = """\
+name: online-rates
+model: org/served-model
+backend: vllm
+dataset: {dataset}
+n: 5
+max_new_tokens: 3
+mode: online
+online:
+  endpoint: {url}
+  n_warmup_requests: 0
+  slo: {{e2e_ms: 10000}}
+sweep:
+  online.request_rate: [20, inf]
+execution: {{n_cycles: 1, config_gap_seconds: 0, cycle_gap_seconds: 0}}
+"""
+
+
+def test_a_request_rate_study_gives_one_run_per_rate_and_a_curve_in_the_report(tmp_path):
+    study = tmp_path / "study.yaml"
+    out = tmp_path / "results"
+    with FakeOpenAIServer(token_delay_s=0.001) as server:
+        study.write_text(STUDY.format(dataset=prompts_file(tmp_path), url=server.url))
+        run = cli.invoke(app, ["run", str(study), "-o", str(out), "--quiet"])
+        assert run.exit_code == 0, run.output
+        assert len(server.bodies) == 2 * 5
+
+    study_dir = only_dir(out)
+    manifest = load_manifest(study_dir)
+    assert [r.status for r in manifest.runs] == ["completed", "completed"]
+    assert all(r.engine_group is None for r in manifest.runs)  # no engine reuse online
+    assert {c.online.request_rate for c in manifest.experiments if c.online} == {20.0, "inf"}
+
+    table = pq.read_table(study_dir / "results.parquet").to_pylist()
+    assert sorted(row["online_request_rate"] for row in table) == [20.0, math.inf]
+    assert all(row["online_n_ok"] == 5 for row in table)
+
+    report = cli.invoke(app, ["report", str(study_dir)])
+    assert report.exit_code == 0, report.output
+    html = (study_dir / "report.html").read_text()
+    assert "Energy against request rate" in html
+    assert (study_dir / "report_online_curve.png").is_file()
+
+
+def test_run_experiment_measures_an_online_config_and_writes_nothing(tmp_path, monkeypatch):
+    import llenergymeasure as llem_api
+
+    monkeypatch.chdir(tmp_path)
+    with FakeOpenAIServer() as server:
+        result = llem_api.run_experiment(
+            model="org/served-model",
+            backend="vllm",
+            dataset=str(prompts_file(tmp_path)),
+            n=4,
+            max_new_tokens=2,
+            mode="online",
+            online={"endpoint": server.url, "request_rate": "inf", "n_warmup_requests": 0},
+        )
+    assert result.online is not None and result.online.metrics.n_ok == 4
+    assert result.online.request_rate == "inf"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prompts.jsonl"]
+
+
+def test_online_runs_stay_out_of_engine_groups_and_keep_the_cycle_order():
+    from llenergymeasure.config.models import ExperimentConfig
+    from llenergymeasure.config.study import ExecutionConfig
+    from llenergymeasure.study.planning import grouped_order, reuse_key
+
+    def online(rate: float) -> ExperimentConfig:
+        return ExperimentConfig(
+            model="org/m",
+            backend="vllm",
+            mode="online",
+            online={"endpoint": "http://127.0.0.1:9", "request_rate": rate},
+        )
+
+    configs = [online(1), online(4)]
+    assert [reuse_key(c) for c in configs] == [None, None]
+    execution = ExecutionConfig(n_cycles=2, cycle_order="interleaved")
+    # the same engine fields would make one engine group of offline configs; online runs are
+    # each their own run, in cycle order: 1, 4, 1, 4
+    assert grouped_order(configs, execution, reuse=True) == [(0, 1), (1, 1), (0, 2), (1, 2)]
