@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from llenergymeasure.runners.slurm import SlurmStudyExecutor, slurm_settings
 from llenergymeasure.study.manifest import StudyManifest, load_manifest
 from llenergymeasure.study.runner import StudyRunner
+from llenergymeasure.study.slurm import SlurmStudyExecutor, slurm_settings
 
 pytestmark = pytest.mark.slurm
 

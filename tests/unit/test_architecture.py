@@ -49,13 +49,7 @@ FLOORS: dict[str, int] = {
 
 # Cycles between packages of one floor that are known and still to be broken, with the reason.
 # An entry that is no longer a cycle fails the test, so this list only ever shrinks.
-KNOWN_PACKAGE_CYCLES: dict[frozenset[str], str] = {
-    frozenset({"study", "runners"}): (
-        "the Slurm study executor (runners/slurm.py, runners/slurm_entry.py) drives a whole "
-        "study and uses study.manifest/worker/runner, while study.runner picks runners; "
-        "it belongs with the study executors in study/"
-    ),
-}
+KNOWN_PACKAGE_CYCLES: dict[frozenset[str], str] = {}
 
 
 # Module cycles inside one package that are known and still to be broken, with the reason.

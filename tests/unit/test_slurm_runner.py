@@ -25,16 +25,16 @@ from llenergymeasure.config.study import StudyConfig
 from llenergymeasure.config.user_config import SlurmSection, load_user_config
 from llenergymeasure.exceptions import StudyError
 from llenergymeasure.runners import resolve_runner
-from llenergymeasure.runners.slurm import (
+from llenergymeasure.study.manifest import load_manifest
+from llenergymeasure.study.runner import StudyRunner
+from llenergymeasure.study.slurm import (
     STATUS_NAME,
     SlurmClient,
     batch_script,
     format_time_limit,
     sbatch_command,
 )
-from llenergymeasure.runners.slurm_entry import main as entry_main
-from llenergymeasure.study.manifest import load_manifest
-from llenergymeasure.study.runner import StudyRunner
+from llenergymeasure.study.slurm_entry import main as entry_main
 from llenergymeasure.testing.configs import tiny_experiment
 from llenergymeasure.testing.study import ScriptedWorker, fake_measure_worker
 
@@ -222,7 +222,7 @@ def test_the_batch_script_maps_each_array_task_to_its_run_and_attempt(tmp_path):
     assert text.startswith("#!/bin/bash\n")
     assert "POSITIONS=(2 5)" in text and "ATTEMPTS=(1 3)" in text
     assert (
-        f"exec /opt/venv/bin/python -m llenergymeasure.runners.slurm_entry '{tmp_path}/my study'"
+        f"exec /opt/venv/bin/python -m llenergymeasure.study.slurm_entry '{tmp_path}/my study'"
         in text
     )
     assert '"${POSITIONS[$TASK]}" "${ATTEMPTS[$TASK]}"' in text

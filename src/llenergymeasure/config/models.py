@@ -47,15 +47,55 @@ class DecoderConfig(BaseModel):
 
     model_config = _FORBID
 
-    temperature: float = Field(1.0, ge=0.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    top_k: int | None = Field(None, ge=0)
-    repetition_penalty: float = Field(1.0, gt=0.0)
-    decoding_strategy: Literal["greedy", "sampling", "beam"] = "greedy"
-    num_beams: int | None = Field(None, ge=1)  # beam search only
-    speculative_decoding: bool = False
-    draft_model: str | None = None
-    ignore_eos: bool = False
+    temperature: float = Field(
+        1.0, ge=0.0, description="Sampling temperature (0 = greedy). All engines."
+    )
+    top_p: float = Field(
+        1.0,
+        gt=0.0,
+        le=1.0,
+        description="Nucleus-sampling probability mass, in (0, 1]. All engines.",
+    )
+    top_k: int | None = Field(
+        None,
+        ge=0,
+        description=("Sample from the k most likely tokens. None = no top-k limit."),
+    )
+    repetition_penalty: float = Field(
+        1.0, gt=0.0, description="Penalty on repeated tokens (1.0 = none). All engines."
+    )
+    decoding_strategy: Literal["greedy", "sampling", "beam"] = Field(
+        "greedy",
+        description=(
+            "greedy, sampling or beam; engines that do not support a strategy reject it at "
+            "validation."
+        ),
+    )
+    num_beams: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "Beams for beam search; only with decoding_strategy='beam'. None = the engine's "
+            "default."
+        ),
+    )
+    speculative_decoding: bool = Field(
+        False,
+        description=(
+            "Speculative decoding with draft_model (PyTorch: assisted generation, batch_size 1; "
+            "vLLM; not TensorRT-LLM)."
+        ),
+    )
+    draft_model: str | None = Field(
+        None, description="HF id or path of the draft model for speculative_decoding."
+    )
+    ignore_eos: bool = Field(
+        False,
+        description=(
+            "Generate exactly max_new_tokens, ignoring end-of-sequence tokens (fixed output "
+            "lengths for fair comparisons)."
+        ),
+    )
 
     @model_validator(mode="after")
     def validate_decoder(self) -> DecoderConfig:
@@ -76,11 +116,38 @@ class WarmupConfig(BaseModel):
 
     model_config = _FORBID
 
-    n_warmup: int = Field(3, ge=0)  # fixed count of full-length prompts
-    thermal_floor_seconds: float = Field(60.0, ge=0.0)  # < 30 s adds a warning to the result
-    convergence_detection: bool = False
-    cv_target: float = Field(0.05, gt=0.0)
-    max_prompts: int = Field(20, ge=1)
+    n_warmup: int = Field(
+        3,
+        ge=0,
+        description=(
+            "Warmup runs before the window, each over as many prompts as the run keeps in flight; "
+            "warmup prompts are never the measured prompts."
+        ),
+    )
+    thermal_floor_seconds: float = Field(
+        60.0,
+        ge=0.0,
+        description=(
+            "Seconds to wait after warmup before the window opens, so the GPU reaches a steady "
+            "temperature; below 30 s the result gets a warning."
+        ),
+    )
+    convergence_detection: bool = Field(
+        False,
+        description=(
+            "Repeat warmup runs (up to max_prompts) until the CV of the last three run latencies "
+            "is at most cv_target."
+        ),
+    )
+    cv_target: float = Field(
+        0.05,
+        gt=0.0,
+        description=(
+            "Coefficient of variation of the last three warmup latencies that ends warmup "
+            "(convergence_detection only)."
+        ),
+    )
+    max_prompts: int = Field(20, ge=1, description="Most warmup runs with convergence_detection.")
 
 
 class BaselineConfig(BaseModel):
@@ -88,8 +155,15 @@ class BaselineConfig(BaseModel):
 
     model_config = _FORBID
 
-    enabled: bool = True
-    duration_seconds: float = Field(30.0, gt=0.0)
+    enabled: bool = Field(
+        True,
+        description=(
+            "Measure idle GPU power before the model is loaded and report baseline-adjusted energy."
+        ),
+    )
+    duration_seconds: float = Field(
+        30.0, gt=0.0, description="Seconds of idle power polling for the baseline."
+    )
 
 
 class SyntheticDatasetConfig(BaseModel):
@@ -101,10 +175,16 @@ class SyntheticDatasetConfig(BaseModel):
 
     model_config = _FORBID
 
-    n: int = Field(ge=1)
-    input_len: int = Field(512, ge=1)
-    output_len: int = Field(128, ge=1)
-    seed: int = 42
+    n: int = Field(ge=1, description="Prompts generated.")
+    input_len: int = Field(
+        512, ge=1, description="Tokens per prompt (exact, in the model's tokenizer)."
+    )
+    output_len: int = Field(
+        128, ge=1, description="Output tokens per prompt; replaces max_new_tokens."
+    )
+    seed: int = Field(
+        42, description="Seed of the prompt generator (warmup prompts use another seed)."
+    )
 
 
 class LoRAConfig(BaseModel):
@@ -112,9 +192,19 @@ class LoRAConfig(BaseModel):
 
     model_config = _FORBID
 
-    adapter_id: str | None = None
-    adapter_path: str | None = None
-    merge_weights: bool = False  # False measures adapter overhead, True the deployed cost
+    adapter_id: str | None = Field(
+        None, description="HF hub id of the adapter (or give adapter_path)."
+    )
+    adapter_path: str | None = Field(
+        None, description="Local path of the adapter (or give adapter_id)."
+    )
+    merge_weights: bool = Field(
+        False,
+        description=(
+            "True merges the adapter into the weights (the deployed cost); False keeps it separate"
+            " (measures adapter overhead). PyTorch only; vLLM applies adapters unmerged."
+        ),
+    )
 
     @model_validator(mode="after")
     def validate_adapter_source(self) -> LoRAConfig:
@@ -130,13 +220,40 @@ class PyTorchConfig(BaseModel):
 
     model_config = _FORBID
 
-    batch_size: int | None = Field(None, ge=1)  # None -> 1
-    batching_strategy: Literal["static", "dynamic"] | None = None  # None -> static
-    attn_implementation: Literal["sdpa", "flash_attention_2", "eager"] | None = None
-    torch_compile: bool | None = None  # None -> False
-    load_in_4bit: bool | None = None
-    load_in_8bit: bool | None = None
-    num_processes: int | None = Field(None, ge=1)  # data-parallel processes; None -> 1
+    batch_size: int | None = Field(None, ge=1, description="Prompts per generate() call. None = 1.")
+    batching_strategy: Literal["static", "dynamic"] | None = Field(
+        None,
+        description=(
+            "static: fixed batches in dataset order; dynamic: batches of similar length. None = "
+            "static."
+        ),
+    )
+    attn_implementation: Literal["sdpa", "flash_attention_2", "eager"] | None = Field(
+        None,
+        description=(
+            "transformers attention implementation. None = the model's default (usually sdpa)."
+        ),
+    )
+    torch_compile: bool | None = Field(
+        None,
+        description=(
+            "Compile the model with torch.compile; compilation happens in warmup, never in the "
+            "window (timing.compile_s). None = False."
+        ),
+    )
+    load_in_4bit: bool | None = Field(
+        None, description="bitsandbytes 4-bit quantization of the weights. None = off."
+    )
+    load_in_8bit: bool | None = Field(
+        None, description="bitsandbytes 8-bit quantization of the weights. None = off."
+    )
+    num_processes: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "Data-parallel processes, one per visible GPU, each with a full model copy. None = 1."
+        ),
+    )
 
     @model_validator(mode="after")
     def validate_quantization(self) -> PyTorchConfig:
@@ -150,14 +267,48 @@ class VLLMConfig(BaseModel):
 
     model_config = _FORBID
 
-    max_num_seqs: int | None = Field(None, ge=1)  # None -> 256
-    tensor_parallel_size: int | None = Field(None, ge=1)  # None -> 1
-    gpu_memory_utilization: float | None = Field(None, gt=0.0, le=1.0)  # None -> 0.9
-    enable_prefix_caching: bool | None = None
-    block_size: int | None = Field(None, ge=1)
-    quantization: Literal["awq", "gptq", "fp8"] | None = None
-    enable_lora: bool | None = None
-    max_lora_rank: int | None = Field(None, ge=1)
+    max_num_seqs: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "Most sequences vLLM schedules at once (its batch size). None = vLLM's default (256)."
+        ),
+    )
+    tensor_parallel_size: int | None = Field(
+        None, ge=1, description="GPUs the model is sharded over. None = 1."
+    )
+    gpu_memory_utilization: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description=(
+            "Fraction of GPU memory vLLM may use (weights + KV cache), in (0, 1]. None = vLLM's "
+            "default (0.9)."
+        ),
+    )
+    enable_prefix_caching: bool | None = Field(
+        None,
+        description=(
+            "vLLM's automatic prefix caching; the cache is reset before each window. None = vLLM's"
+            " default."
+        ),
+    )
+    block_size: int | None = Field(
+        None, ge=1, description="KV-cache block size in tokens. None = vLLM's default."
+    )
+    quantization: Literal["awq", "gptq", "fp8"] | None = Field(
+        None,
+        description=(
+            "Quantization method of a pre-quantized checkpoint (int4/int8 precision need "
+            "awq/gptq). None = none."
+        ),
+    )
+    enable_lora: bool | None = Field(
+        None, description="Allow LoRA adapters (required with lora:). None = vLLM's default (off)."
+    )
+    max_lora_rank: int | None = Field(
+        None, ge=1, description="Largest LoRA rank vLLM allocates for. None = vLLM's default."
+    )
 
 
 class TensorRTConfig(BaseModel):
@@ -165,14 +316,45 @@ class TensorRTConfig(BaseModel):
 
     model_config = _FORBID
 
-    max_batch_size: int | None = Field(None, ge=1)  # compile-time
-    tp_size: int | None = Field(None, ge=1)
-    pp_size: int | None = Field(None, ge=1)
-    max_seq_len: int | None = Field(None, ge=1)  # compile-time
-    kv_cache_type: Literal["paged"] | None = None
-    quantization: Literal["int8_sq", "int4_awq", "fp8"] | None = None
-    builder_opt_level: int | None = Field(None, ge=0, le=5)
-    engine_path: str | None = None  # pre-compiled engine (skips the build)
+    max_batch_size: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "Largest batch the built engine accepts (compile-time). None = TensorRT-LLM's default."
+        ),
+    )
+    tp_size: int | None = Field(None, ge=1, description="Tensor-parallel GPUs. None = 1.")
+    pp_size: int | None = Field(None, ge=1, description="Pipeline-parallel stages. None = 1.")
+    max_seq_len: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "Longest sequence (prompt + output) the built engine accepts (compile-time). None = "
+            "TensorRT-LLM's default."
+        ),
+    )
+    kv_cache_type: Literal["paged"] | None = Field(
+        None, description="KV-cache layout. None = TensorRT-LLM's default (paged)."
+    )
+    quantization: Literal["int8_sq", "int4_awq", "fp8"] | None = Field(
+        None,
+        description=(
+            "Quantization the engine is built with; must agree with precision (int8 -> int8_sq, "
+            "int4 -> int4_awq, fp8 -> fp8). None = from precision."
+        ),
+    )
+    builder_opt_level: int | None = Field(
+        None,
+        ge=0,
+        le=5,
+        description=(
+            "TensorRT builder optimisation level 0-5 (compile-time). None = TensorRT-LLM's default."
+        ),
+    )
+    engine_path: str | None = Field(
+        None,
+        description="Directory of a pre-built engine; skips the build. None = build from model.",
+    )
 
 
 #: Quantization methods that make precision int4 / int8 possible with vLLM.
@@ -223,7 +405,14 @@ class MeasurementConfig(BaseModel):
 
     model_config = _FORBID
 
-    phase_split: bool = False
+    phase_split: bool = Field(
+        False,
+        description=(
+            "After the window, measure a prefill-only window (max_new_tokens 1) and report the "
+            "differential prefill/decode split; adds about one prefill pass of the workload to the"
+            " run."
+        ),
+    )
 
 
 DatasetSpec = Annotated[
@@ -237,29 +426,90 @@ class ExperimentConfig(BaseModel):
 
     model_config = ConfigDict(**STRICT_CONFIG, protected_namespaces=())
 
-    model: str = Field(min_length=1)  # HF hub id, local path, or builtin:tiny
-    backend: Backend
-    precision: Precision = "bf16"
-    dataset: DatasetSpec = "aienergyscore"
-    n: int = Field(100, ge=1)  # prompts taken from the dataset, in order
-    max_new_tokens: int = Field(128, ge=1)
-    random_seed: int = 42
+    model: str = Field(
+        min_length=1,
+        description=(
+            "HF hub id, local path, or builtin:tiny (a small random-weight model generated "
+            "offline)."
+        ),
+    )
+    backend: Backend = Field(
+        description="Inference engine: pytorch, vllm or tensorrt (the engine catalogue)."
+    )
+    precision: Precision = Field(
+        "bf16",
+        description=(
+            "Weight/compute precision; each engine accepts a subset (validation says which)."
+        ),
+    )
+    dataset: DatasetSpec = Field(
+        "aienergyscore",
+        description=(
+            "aienergyscore, synthetic, a path to a .jsonl file, or a synthetic mapping {n, "
+            "input_len, output_len, seed}."
+        ),
+    )
+    n: int = Field(
+        100,
+        ge=1,
+        description=(
+            "Prompts measured (taken from the dataset in order); in online mode, requests sent."
+        ),
+    )
+    max_new_tokens: int = Field(
+        128,
+        ge=1,
+        description=(
+            "Most tokens generated per prompt (a synthetic dataset's output_len replaces it)."
+        ),
+    )
+    random_seed: int = Field(42, description="Seed for sampling and any engine randomness.")
 
-    decoder: DecoderConfig = Field(default_factory=DecoderConfig)
-    warmup: WarmupConfig = Field(default_factory=WarmupConfig)
-    baseline: BaselineConfig = Field(default_factory=BaselineConfig)
-    measurement: MeasurementConfig = Field(default_factory=MeasurementConfig)
+    decoder: DecoderConfig = Field(
+        default_factory=DecoderConfig, description="How tokens are chosen."
+    )
+    warmup: WarmupConfig = Field(
+        default_factory=WarmupConfig, description="Warmup and thermal floor before the window."
+    )
+    baseline: BaselineConfig = Field(
+        default_factory=BaselineConfig, description="Idle-power baseline."
+    )
+    measurement: MeasurementConfig = Field(
+        default_factory=MeasurementConfig,
+        description="Extra measurements beyond the headline window (the prefill/decode split).",
+    )
 
-    pytorch: PyTorchConfig | None = None
-    vllm: VLLMConfig | None = None
-    tensorrt: TensorRTConfig | None = None
+    pytorch: PyTorchConfig | None = Field(
+        None, description="transformers engine settings (backend: pytorch only)."
+    )
+    vllm: VLLMConfig | None = Field(None, description="vLLM engine settings (backend: vllm only).")
+    tensorrt: TensorRTConfig | None = Field(
+        None, description="TensorRT-LLM engine settings (backend: tensorrt only)."
+    )
 
-    lora: LoRAConfig | None = None
-    passthrough_kwargs: dict[str, Any] | None = None
+    lora: LoRAConfig | None = Field(
+        None, description="A LoRA adapter on the base model (PyTorch, vLLM)."
+    )
+    passthrough_kwargs: dict[str, Any] | None = Field(
+        None,
+        description=(
+            "Engine options without a config field of their own (PyTorch: from_pretrained and "
+            "GenerationConfig keys; vLLM/TensorRT-LLM: engine arguments); a key that has a "
+            "config field is an error. Part of the config hash."
+        ),
+    )
 
     # Online mode (issue 20): measure a server under load instead of an offline batch.
-    mode: Literal["offline", "online"] = "offline"
-    online: OnlineConfig | None = None
+    mode: Literal["offline", "online"] = Field(
+        "offline",
+        description=(
+            "offline: the engine generates a fixed batch of prompts; online: a server is measured "
+            "under a request load."
+        ),
+    )
+    online: OnlineConfig | None = Field(
+        None, description="Server and load of an online run (required with mode: online)."
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -40,10 +40,16 @@ class ServerConfig(BaseModel):
 
     model_config = _STRICT
 
-    startup_timeout_s: float = Field(900.0, gt=0.0)
-    extra_args: list[str] = Field(default_factory=list)
-    port: int | None = Field(None, ge=1, le=65535)
-    host: str = Field("127.0.0.1", min_length=1)
+    startup_timeout_s: float = Field(
+        900.0, gt=0.0, description="Seconds to wait for the started server to answer."
+    )
+    extra_args: list[str] = Field(
+        default_factory=list, description="Appended verbatim to the server's command line."
+    )
+    port: int | None = Field(
+        None, ge=1, le=65535, description="Port of the started server. None = a free loopback port."
+    )
+    host: str = Field("127.0.0.1", min_length=1, description="Address the started server binds to.")
 
 
 class SLOConfig(BaseModel):
@@ -51,9 +57,15 @@ class SLOConfig(BaseModel):
 
     model_config = _STRICT
 
-    ttft_ms: float | None = Field(None, gt=0.0)
-    tpot_ms: float | None = Field(None, gt=0.0)
-    e2e_ms: float | None = Field(None, gt=0.0)
+    ttft_ms: float | None = Field(
+        None, gt=0.0, description="Time-to-first-token target, milliseconds. None = no target."
+    )
+    tpot_ms: float | None = Field(
+        None, gt=0.0, description="Time-per-output-token target, milliseconds. None = no target."
+    )
+    e2e_ms: float | None = Field(
+        None, gt=0.0, description="End-to-end latency target, milliseconds. None = no target."
+    )
 
 
 class OnlineConfig(BaseModel):
@@ -75,20 +87,61 @@ class OnlineConfig(BaseModel):
 
     model_config = _STRICT
 
-    endpoint: str | None = None
-    server: ServerConfig | None = None
-    gpus: list[int | str] | None = None
-    api: OnlineApi = "completions"
-    arrival: ArrivalProcess = "poisson"
-    burstiness: float | None = Field(None, gt=0.0)
-    request_rate: float | Literal["inf"] = "inf"
-    max_concurrency: int | None = Field(None, ge=1)
-    n_warmup_requests: int = Field(2, ge=0)
-    seed: int = 0
-    request_timeout_s: float = Field(600.0, gt=0.0)
-    include_usage: bool = True  # ask for stream_options.include_usage
-    served_model_name: str | None = Field(None, min_length=1)
-    slo: SLOConfig | None = None
+    endpoint: str | None = Field(
+        None,
+        description=(
+            "Base URL of a running OpenAI-compatible server (http://host:port[/v1]). None = llem "
+            "starts the engine's server."
+        ),
+    )
+    server: ServerConfig | None = Field(
+        None,
+        description=(
+            "A server llem starts from the experiment's engine fields (exclusive with endpoint)."
+        ),
+    )
+    gpus: list[int | str] | None = Field(
+        None, description="Local GPUs to meter (NVML indices or UUIDs). None = all visible."
+    )
+    api: OnlineApi = Field("completions", description="OpenAI API used: completions or chat.")
+    arrival: ArrivalProcess = Field(
+        "poisson",
+        description="Inter-arrival distribution of the requests: poisson, constant or gamma.",
+    )
+    burstiness: float | None = Field(
+        None,
+        gt=0.0,
+        description=(
+            "Shape of the gamma arrival process (1 = Poisson, < 1 burstier, > 1 more regular). "
+            "gamma only."
+        ),
+    )
+    request_rate: float | Literal["inf"] = Field(
+        "inf", description='Requests per second, or "inf" to send all at once.'
+    )
+    max_concurrency: int | None = Field(
+        None,
+        ge=1,
+        description="Most requests in flight; later arrivals wait for a slot. None = no cap.",
+    )
+    n_warmup_requests: int = Field(
+        2, ge=0, description="Requests sent one at a time before the load; never measured."
+    )
+    seed: int = Field(0, description="Seed of the arrival schedule.")
+    request_timeout_s: float = Field(
+        600.0, gt=0.0, description="Seconds before one request counts as failed."
+    )
+    include_usage: bool = Field(
+        True, description="Ask the server for token counts (stream_options.include_usage)."
+    )
+    served_model_name: str | None = Field(
+        None,
+        min_length=1,
+        description="The model field of each request. None = the experiment's model.",
+    )
+    slo: SLOConfig | None = Field(
+        None, description="Latency targets for goodput. None = no goodput."
+    )
 
     @field_validator("request_rate", mode="before")
     @classmethod

@@ -40,17 +40,48 @@ class ExecutionConfig(BaseModel):
 
     model_config = STRICT_CONFIG
 
-    n_cycles: int = Field(1, ge=1)  # the CLI uses 3 when the YAML does not set it
-    cycle_order: Literal["sequential", "interleaved", "shuffled"] = "sequential"
-    config_gap_seconds: float | None = Field(None, ge=0)  # None -> user config
-    cycle_gap_seconds: float | None = Field(None, ge=0)  # None -> user config
-    shuffle_seed: int = 42
-    experiment_timeout_seconds: float | None = Field(None, gt=0)
+    n_cycles: int = Field(
+        1,
+        ge=1,
+        description="Times every config is run (the CLI uses 3 when the YAML does not set it).",
+    )
+    cycle_order: Literal["sequential", "interleaved", "shuffled"] = Field(
+        "sequential",
+        description=(
+            "sequential (each config's cycles together), interleaved (all configs per cycle) or "
+            "shuffled (seeded order per cycle)."
+        ),
+    )
+    config_gap_seconds: float | None = Field(
+        None, ge=0, description="Idle seconds between runs. None = the user config's value."
+    )
+    cycle_gap_seconds: float | None = Field(
+        None, ge=0, description="Idle seconds between cycles. None = the user config's value."
+    )
+    shuffle_seed: int = Field(42, description="Seed of the shuffled cycle order.")
+    experiment_timeout_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="Seconds after which a run is stopped and recorded as failed. None = no limit.",
+    )
     # "per_gpu": independent runs at once, one per visible GPU (see study.parallel)
-    parallel: Literal["none", "per_gpu"] = "none"
+    parallel: Literal["none", "per_gpu"] = Field(
+        "none",
+        description=(
+            "none, or per_gpu: independent runs at once, one per visible GPU (throughput of a "
+            "study, not careful comparisons)."
+        ),
+    )
     # runs whose engine-load fields are equal share one loaded engine (one long-lived worker
     # process per engine group); None -> user config execution.reuse_engine (default false)
-    reuse_engine: bool | None = None
+    reuse_engine: bool | None = Field(
+        None,
+        description=(
+            "True: runs with equal engine-load fields share one loaded engine (one process per "
+            "engine group); False: a fresh process per run. None = the user config's "
+            "execution.reuse_engine (default false)."
+        ),
+    )
 
 
 class SkippedExperiment(BaseModel):
@@ -58,9 +89,9 @@ class SkippedExperiment(BaseModel):
 
     model_config = STRICT_CONFIG
 
-    source: str  # "sweep" or "experiments[3]"
-    overrides: dict[str, Any]
-    reason: str
+    source: str = Field(description='Where the point came from: "sweep" or "experiments[i]".')
+    overrides: dict[str, Any] = Field(description="The point's values that differ from base.")
+    reason: str = Field(description="Why it was skipped (the validation error, or a duplicate).")
 
 
 class StudyConfig(BaseModel):
@@ -68,12 +99,20 @@ class StudyConfig(BaseModel):
 
     model_config = STRICT_CONFIG
 
-    name: str
-    experiments: list[ExperimentConfig]
-    skipped: list[SkippedExperiment] = Field(default_factory=list)
-    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
-    study_design_hash: str
-    source_path: str | None = None
+    name: str = Field(description="Study name (the result directory's prefix).")
+    experiments: list[ExperimentConfig] = Field(
+        description="The valid experiments the study runs, in design order."
+    )
+    skipped: list[SkippedExperiment] = Field(
+        default_factory=list, description="Grid points that were not run, with the reason."
+    )
+    execution: ExecutionConfig = Field(
+        default_factory=ExecutionConfig, description="How the study runs."
+    )
+    study_design_hash: str = Field(
+        description="Hash of the experiments (not of execution): equal designs have equal hashes."
+    )
+    source_path: str | None = Field(None, description="The study YAML it came from, if any.")
 
     @classmethod
     def from_yaml(cls, path: str | Path, **kwargs: Any) -> StudyConfig:

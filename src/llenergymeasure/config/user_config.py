@@ -29,7 +29,7 @@ _RUNNER_RE = re.compile(rf"local|slurm|docker:{_IMAGE_RE}")
 
 class OutputSection(BaseModel):
     model_config = _FORBID
-    results_dir: str = "./results"
+    results_dir: str = Field("./results", description="Directory results are written under.")
 
 
 EnergyBackendName = Literal["auto", "nvml", "zeus", "codecarbon", "none"]
@@ -37,37 +37,90 @@ EnergyBackendName = Literal["auto", "nvml", "zeus", "codecarbon", "none"]
 
 class MeasurementSection(BaseModel):
     model_config = _FORBID
-    energy_backend: EnergyBackendName = "auto"
-    carbon_intensity_gco2_kwh: float | None = Field(None, ge=0)  # None: CO2 not computed
-    datacenter_pue: float = Field(1.0, ge=1.0)
-    datacenter_location: str | None = None  # ISO-3166-1 code
-    sampling_interval_ms: int = Field(100, ge=10, le=10_000)
+    energy_backend: EnergyBackendName = Field(
+        "auto",
+        description=(
+            "auto (Zeus if installed and a GPU is present, else NVML if a GPU is present, else "
+            "CodeCarbon if installed, else none), nvml, zeus, codecarbon or none."
+        ),
+    )
+    carbon_intensity_gco2_kwh: float | None = Field(
+        None, ge=0, description="Grid carbon intensity, gCO2 per kWh. None = CO2 not computed."
+    )
+    datacenter_pue: float = Field(
+        1.0, ge=1.0, description="Power usage effectiveness multiplied into CO2 (>= 1)."
+    )
+    datacenter_location: str | None = Field(
+        None, description="ISO-3166-1 country code, recorded with the carbon estimate."
+    )
+    sampling_interval_ms: int = Field(
+        100,
+        ge=10,
+        le=10_000,
+        description="Power/energy sampling interval, milliseconds (10-10000).",
+    )
 
 
 class ExecutionSection(BaseModel):
     model_config = _FORBID
-    config_gap_seconds: float = Field(60.0, ge=0)
-    cycle_gap_seconds: float = Field(300.0, ge=0)
-    # a study's runs with equal engine-load fields share one engine; off by default until the
-    # GPU comparison shows it equivalent (BENCHMARKS.md, "Engine reuse")
-    reuse_engine: bool = False
+    config_gap_seconds: float = Field(
+        60.0, ge=0, description="Default idle seconds between a study's runs."
+    )
+    cycle_gap_seconds: float = Field(
+        300.0, ge=0, description="Default idle seconds between a study's cycles."
+    )
+    # off by default until the GPU comparison shows it equivalent (BENCHMARKS.md, "Engine reuse")
+    reuse_engine: bool = Field(
+        False,
+        description=(
+            "Default of a study's execution.reuse_engine: runs with equal engine-load fields share"
+            " one loaded engine (opt-in)."
+        ),
+    )
     # Bounded work: a study is refused before expansion beyond these (raise them deliberately).
-    max_grid_points: int = Field(10_000, ge=1)  # experiments in one study (sweep x experiments)
-    max_cycles: int = Field(1_000, ge=1)  # execution.n_cycles / --cycles
+    max_grid_points: int = Field(
+        10_000,
+        ge=1,
+        description=(
+            "Most experiments one study may expand to (sweep points x backends + experiments); "
+            "a larger study is refused before it expands."
+        ),
+    )
+    max_cycles: int = Field(
+        1_000,
+        ge=1,
+        description="Most cycles (execution.n_cycles, --cycles) one study may run.",
+    )
 
 
 class SlurmSection(BaseModel):
     """How the ``slurm`` runner submits jobs (one job per study run)."""
 
     model_config = _FORBID
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
-    time_limit: str | None = None  # sbatch --time; the study's experiment_timeout_seconds wins
-    gpus_per_run: int = Field(1, ge=0)  # --gres=gpu:N; 0 = no GPU request (CPU clusters)
-    array_limit: int | None = Field(None, ge=1)  # --array=0-N%limit: at most this many at once
-    poll_interval_seconds: float = Field(10.0, gt=0)  # how often the study polls squeue/sacct
-    extra_args: list[str] = Field(default_factory=list)  # appended to sbatch's options
+    partition: str | None = Field(
+        None, description="sbatch --partition. None = the cluster's default."
+    )
+    account: str | None = Field(None, description="sbatch --account. None = the cluster's default.")
+    qos: str | None = Field(None, description="sbatch --qos. None = the cluster's default.")
+    time_limit: str | None = Field(
+        None,
+        description=(
+            'sbatch --time (e.g. "02:00:00"); the study\'s experiment_timeout_seconds wins when '
+            "set."
+        ),
+    )
+    gpus_per_run: int = Field(
+        1, ge=0, description="GPUs per job (--gres=gpu:N); 0 for CPU-only clusters."
+    )
+    array_limit: int | None = Field(
+        None,
+        ge=1,
+        description="Most jobs of the array at once (--array=0-N%limit). None = no limit.",
+    )
+    poll_interval_seconds: float = Field(
+        10.0, gt=0, description="Seconds between polls of squeue/sacct."
+    )
+    extra_args: list[str] = Field(default_factory=list, description="Appended to sbatch's options.")
 
 
 class UserConfig(BaseModel):
@@ -75,11 +128,20 @@ class UserConfig(BaseModel):
 
     model_config = _FORBID
 
-    output: OutputSection = Field(default_factory=OutputSection)
-    runners: dict[str, str] = Field(default_factory=dict)
-    measurement: MeasurementSection = Field(default_factory=MeasurementSection)
-    execution: ExecutionSection = Field(default_factory=ExecutionSection)
-    slurm: SlurmSection = Field(default_factory=SlurmSection)
+    output: OutputSection = Field(default_factory=OutputSection, description="Where results go.")
+    runners: dict[str, str] = Field(
+        default_factory=dict, description="Runner per backend: local, slurm or docker:<image>."
+    )
+    measurement: MeasurementSection = Field(
+        default_factory=MeasurementSection,
+        description="Energy backend, sampling and carbon settings.",
+    )
+    execution: ExecutionSection = Field(
+        default_factory=ExecutionSection, description="Defaults of a study's execution block."
+    )
+    slurm: SlurmSection = Field(
+        default_factory=SlurmSection, description="How the slurm runner submits jobs."
+    )
 
     @field_validator("runners")
     @classmethod

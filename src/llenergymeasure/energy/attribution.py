@@ -367,12 +367,12 @@ class RequestEnergy(BaseModel):
 
     model_config = {"extra": "forbid"}
 
-    request: int
-    energy_j: float
-    prefill_energy_j: float
-    decode_energy_j: float
-    prefill_tokens: int
-    decode_tokens: int
+    request: int = Field(description="Request index.")
+    energy_j: float = Field(description="Energy attributed to the request, J.")
+    prefill_energy_j: float = Field(description="Its prefill share, J.")
+    decode_energy_j: float = Field(description="Its decode share, J.")
+    prefill_tokens: int = Field(description="Prompt tokens attributed in its first-token step.")
+    decode_tokens: int = Field(description="Decode tokens attributed.")
 
 
 class EnergyAttribution(BaseModel):
@@ -386,22 +386,33 @@ class EnergyAttribution(BaseModel):
 
     model_config = {"extra": "forbid"}
 
-    method: Literal["time_resolved"] = "time_resolved"
-    source: str
-    window_start_s: float
-    window_end_s: float
-    energy_j: float
-    curve_energy_j: float
-    scale_factor: float
-    energy_prefill_j: float
-    energy_decode_j: float
-    between_steps_energy_j: float
-    n_steps: int
-    sampling_interval_s: float | None
-    median_step_s: float | None
-    confidence: Confidence
-    confidence_reason: str
-    requests: list[RequestEnergy] = Field(default_factory=list)
+    method: Literal["time_resolved"] = Field(
+        "time_resolved", description="How the split was obtained."
+    )
+    source: str = Field(description="Energy curve used: counter or power_integration.")
+    window_start_s: float = Field(description="Window start on the sampler's clock, seconds.")
+    window_end_s: float = Field(description="Window end on the sampler's clock, seconds.")
+    energy_j: float = Field(
+        description="Energy attributed, J (curve energy x scale_factor); the requests sum to it."
+    )
+    curve_energy_j: float = Field(description="Window energy from the sampled curve, J.")
+    scale_factor: float = Field(description="Backend total / curve energy.")
+    energy_prefill_j: float = Field(description="Sum of the prefill-token shares, J.")
+    energy_decode_j: float = Field(description="Sum of the decode-token shares, J.")
+    between_steps_energy_j: float = Field(
+        description="Energy that fell between steps (charged to the following step), J."
+    )
+    n_steps: int = Field(description="Engine steps in the window.")
+    sampling_interval_s: float | None = Field(description="Sampling interval, seconds.")
+    median_step_s: float | None = Field(description="Median step length, seconds.")
+    confidence: Confidence = Field(
+        description="high, medium or low (sampling interval vs median step)."
+    )
+    confidence_reason: str = Field(description="Why that confidence.")
+    requests: list[RequestEnergy] = Field(
+        default_factory=list,
+        description="Per-request energies (empty in results: they are in requests[i]).",
+    )
 
     @property
     def share_prefill(self) -> float | None:

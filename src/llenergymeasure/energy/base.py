@@ -32,15 +32,37 @@ class DeviceEnergy(BaseModel):
 
     model_config = {"extra": "forbid"}
 
-    device_index: int
-    device_uuid: str | None = None
-    device_name: str | None = None
-    energy_j: float | None
-    method: str
-    counter_energy_j: float | None = None
-    poll_energy_j: float | None = None
-    poll_power_source: str | None = None
-    poll_avg_energy_j: float | None = None
+    device_index: int = Field(description="NVML index of the device.")
+    device_uuid: str | None = Field(None, description="GPU UUID.")
+    device_name: str | None = Field(None, description="GPU model name.")
+    energy_j: float | None = Field(
+        description=(
+            "Energy of this device over the window, J (counter where it worked, else the poll "
+            "integral)."
+        )
+    )
+    method: str = Field(
+        description=(
+            "How energy_j was obtained (nvml_counter, nvml_power_integration, zeus, codecarbon, "
+            "unavailable)."
+        )
+    )
+    counter_energy_j: float | None = Field(
+        None, description="Total-energy counter difference over the window, J."
+    )
+    poll_energy_j: float | None = Field(
+        None, description="Integral of the polled power over the window, J."
+    )
+    poll_power_source: str | None = Field(
+        None, description="Which NVML power reading was polled (instantaneous or 1 s average)."
+    )
+    poll_avg_energy_j: float | None = Field(
+        None,
+        description=(
+            "Integral of NVML's 1 s averaged power reading, J, where the driver gives both "
+            "readings (shows the lag's cost)."
+        ),
+    )
 
 
 class EnergyMeasurement(BaseModel):

@@ -39,16 +39,27 @@ class BaselineMeasurement(BaseModel):
 
     model_config = {"extra": "forbid"}
 
-    power_w: float
-    per_device_power_w: list[float]
-    device_uuids: list[str] = Field(default_factory=list)
-    duration_s: float
-    interval_ms: float
-    n_samples: int
-    method: Literal["nvml_power_poll"] = "nvml_power_poll"
-    measured_at_utc: datetime
-    from_cache: bool = False
-    cache_age_s: float | None = None
+    power_w: float = Field(
+        description="Idle power, W: sum over devices of each device's mean polled power."
+    )
+    per_device_power_w: list[float] = Field(description="Mean idle power of each device, W.")
+    device_uuids: list[str] = Field(
+        default_factory=list, description="UUIDs of the devices, in order."
+    )
+    duration_s: float = Field(description="Seconds of polling.")
+    interval_ms: float = Field(description="Polling interval, milliseconds.")
+    n_samples: int = Field(description="Power samples taken.")
+    method: Literal["nvml_power_poll"] = Field(
+        "nvml_power_poll", description="How idle power was measured."
+    )
+    measured_at_utc: datetime = Field(description="When it was measured (UTC).")
+    from_cache: bool = Field(
+        False,
+        description="True when reused from the baseline cache instead of measured for this run.",
+    )
+    cache_age_s: float | None = Field(
+        None, description="Age of the cached value when reused, seconds."
+    )
 
 
 def measure_idle_baseline(

@@ -55,12 +55,21 @@ class EnergyComponent(BaseModel):
 
     model_config = {"extra": "forbid"}
 
-    component: ComponentName
-    energy_j: float | None
-    method: str
-    estimated: bool = False
-    sources: list[str] = Field(default_factory=list)
-    notes: list[str] = Field(default_factory=list)
+    component: ComponentName = Field(description="gpu, cpu or dram.")
+    energy_j: float | None = Field(description="Energy over the window, J (None = not measured).")
+    method: str = Field(
+        description=(
+            "How it was obtained: the GPU backend's method; rapl_sysfs, zeus or codecarbon for the"
+            " host; unavailable."
+        )
+    )
+    estimated: bool = Field(
+        False, description="True when the figure is modelled, not measured (CodeCarbon's CPU/RAM)."
+    )
+    sources: list[str] = Field(
+        default_factory=list, description="Where it was read (e.g. RAPL zones)."
+    )
+    notes: list[str] = Field(default_factory=list, description="Caveats.")
 
 
 class EnergyComponents(BaseModel):
@@ -73,11 +82,16 @@ class EnergyComponents(BaseModel):
 
     model_config = {"extra": "forbid"}
 
-    components: list[EnergyComponent]
-    gpu_energy_j: float | None
-    host_energy_j: float | None
-    total_with_host_j: float | None
-    notes: list[str] = Field(default_factory=lambda: [GPU_ONLY_NOTE])
+    components: list[EnergyComponent] = Field(description="Each component's energy.")
+    gpu_energy_j: float | None = Field(description="The headline, GPU-only energy, J.")
+    host_energy_j: float | None = Field(description="Sum of the measured host components, J.")
+    total_with_host_j: float | None = Field(
+        description="GPU + host energy, J (None without a GPU figure)."
+    )
+    notes: list[str] = Field(
+        default_factory=lambda: [GPU_ONLY_NOTE],
+        description="Caveats (headline figures are GPU-only).",
+    )
 
     def component(self, name: ComponentName) -> EnergyComponent | None:
         for c in self.components:

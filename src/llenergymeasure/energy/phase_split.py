@@ -43,30 +43,52 @@ class PhaseSplit(BaseModel):
 
     model_config = {"extra": "forbid"}
 
-    method: Literal["differential"] = "differential"
-    requests: int
-    input_tokens: int
-    output_tokens: int
-    decode_tokens: int
-    energy_total_j: float
-    energy_prefill_j: float
-    energy_decode_j: float
-    duration_total_s: float
-    duration_prefill_s: float
-    duration_decode_s: float
-    j_per_input_token_prefill: float
-    j_per_decode_token: float
-    share_prefill: float
-    share_decode: float
-    baseline_power_w: float | None = None
-    energy_total_adjusted_j: float | None = None
-    energy_prefill_adjusted_j: float | None = None
-    energy_decode_adjusted_j: float | None = None
-    j_per_input_token_prefill_adjusted: float | None = None
-    j_per_decode_token_adjusted: float | None = None
-    share_prefill_adjusted: float | None = None
-    share_decode_adjusted: float | None = None
-    notes: list[str] = Field(default_factory=list)
+    method: Literal["differential"] = Field(
+        "differential", description="How the split was obtained."
+    )
+    requests: int = Field(description="Requests in each window.")
+    input_tokens: int = Field(description="Prompt tokens.")
+    output_tokens: int = Field(description="Output tokens of the full window.")
+    decode_tokens: int = Field(
+        description="output_tokens - requests (the first token belongs to prefill)."
+    )
+    energy_total_j: float = Field(description="Energy of the full window, J.")
+    energy_prefill_j: float = Field(description="Energy of the prefill-only window, J.")
+    energy_decode_j: float = Field(description="energy_total_j - energy_prefill_j, J.")
+    duration_total_s: float = Field(description="Full window, seconds.")
+    duration_prefill_s: float = Field(description="Prefill-only window, seconds.")
+    duration_decode_s: float = Field(description="Difference of the two, seconds.")
+    j_per_input_token_prefill: float = Field(
+        description="energy_prefill_j / input_tokens, J per token."
+    )
+    j_per_decode_token: float = Field(description="energy_decode_j / decode_tokens, J per token.")
+    share_prefill: float = Field(description="Prefill's fraction of the total energy.")
+    share_decode: float = Field(description="Decode's fraction of the total energy.")
+    baseline_power_w: float | None = Field(
+        None, description="Idle power subtracted in the adjusted figures, W."
+    )
+    energy_total_adjusted_j: float | None = Field(
+        None, description="Total minus idle power x duration, J."
+    )
+    energy_prefill_adjusted_j: float | None = Field(
+        None, description="Prefill minus idle power x its duration, J."
+    )
+    energy_decode_adjusted_j: float | None = Field(
+        None, description="Adjusted total - adjusted prefill, J."
+    )
+    j_per_input_token_prefill_adjusted: float | None = Field(
+        None, description="Adjusted prefill energy per input token, J."
+    )
+    j_per_decode_token_adjusted: float | None = Field(
+        None, description="Adjusted decode energy per decode token, J."
+    )
+    share_prefill_adjusted: float | None = Field(
+        None, description="Prefill's fraction of the adjusted total."
+    )
+    share_decode_adjusted: float | None = Field(
+        None, description="Decode's fraction of the adjusted total."
+    )
+    notes: list[str] = Field(default_factory=list, description="Caveats of the split.")
 
 
 def _finite(name: str, value: float) -> str | None:

@@ -67,13 +67,13 @@ class DistributionStats(BaseModel):
 
     model_config = _FORBID
 
-    n: int
-    mean: float | None
-    p50: float | None
-    p90: float | None
-    p99: float | None
-    min: float | None
-    max: float | None
+    n: int = Field(description="Samples.")
+    mean: float | None = Field(description="Mean, seconds. None without samples.")
+    p50: float | None = Field(description="Median, seconds.")
+    p90: float | None = Field(description="90th percentile, seconds.")
+    p99: float | None = Field(description="99th percentile, seconds.")
+    min: float | None = Field(description="Smallest sample, seconds.")
+    max: float | None = Field(description="Largest sample, seconds.")
 
 
 class FlopsEstimate(BaseModel):
@@ -81,12 +81,14 @@ class FlopsEstimate(BaseModel):
 
     model_config = _FORBID
 
-    total_flops: float
-    flops_per_output_token: float | None
-    parameter_count: int
-    method: str  # "2 x params x tokens (input + output)"
-    confidence: Literal["high", "medium", "low"]
-    notes: list[str] = Field(default_factory=list)
+    total_flops: float = Field(description="Estimated FLOPs of the window.")
+    flops_per_output_token: float | None = Field(description="total_flops / output tokens.")
+    parameter_count: int = Field(description="Model parameters counted.")
+    method: str = Field(description="The formula used (e.g. 2 x params x tokens).")
+    confidence: Literal["high", "medium", "low"] = Field(
+        description="How far the formula can be trusted for this model."
+    )
+    notes: list[str] = Field(default_factory=list, description="Caveats of the estimate.")
 
 
 class CarbonEstimate(BaseModel):
@@ -94,14 +96,22 @@ class CarbonEstimate(BaseModel):
 
     model_config = _FORBID
 
-    energy_kwh: float | None
-    co2_g: float | None
-    carbon_intensity_gco2_kwh: float | None
-    carbon_intensity_source: str
-    datacenter_pue: float
-    datacenter_pue_source: str
-    datacenter_location: str | None
-    basis: Literal["energy_total_j"] = "energy_total_j"
+    energy_kwh: float | None = Field(description="energy_total_j in kWh.")
+    co2_g: float | None = Field(
+        description="Estimated emissions, grams CO2. None without a carbon intensity."
+    )
+    carbon_intensity_gco2_kwh: float | None = Field(
+        description="Grid carbon intensity used, gCO2/kWh."
+    )
+    carbon_intensity_source: str = Field(
+        description="Where the intensity came from (user config, environment, unset)."
+    )
+    datacenter_pue: float = Field(description="PUE multiplied in.")
+    datacenter_pue_source: str = Field(description="Where the PUE came from.")
+    datacenter_location: str | None = Field(description="ISO-3166-1 code from the user config.")
+    basis: Literal["energy_total_j"] = Field(
+        "energy_total_j", description="Energy figure the estimate is computed from."
+    )
 
 
 class EnergyBreakdown(BaseModel):
@@ -109,24 +119,50 @@ class EnergyBreakdown(BaseModel):
 
     model_config = _FORBID
 
-    available: bool
-    backend: str
-    backend_version: str | None
-    method: str
-    total_j: float | None
-    per_device: list[DeviceEnergy] = Field(default_factory=list)
-    counter_energy_j: float | None = None
-    poll_energy_j: float | None = None
-    counter_vs_poll_diff_pct: float | None = None
-    poll_power_source: str | None = None
-    baseline: BaselineMeasurement | None = None
-    baseline_power_w: float | None = None
-    baseline_energy_j: float | None = None
-    adjusted_j: float | None = None
-    notes: list[str] = Field(default_factory=list)
+    available: bool = Field(description="Whether energy was measured.")
+    backend: str = Field(description="Energy backend used (nvml, zeus, codecarbon, none).")
+    backend_version: str | None = Field(description="Version of the backend's library.")
+    method: str = Field(
+        description=(
+            "How total_j was obtained (nvml_counter, nvml_power_integration, zeus, codecarbon, "
+            "unavailable)."
+        )
+    )
+    total_j: float | None = Field(
+        description="GPU energy of the window, J, summed over the measured devices."
+    )
+    per_device: list[DeviceEnergy] = Field(
+        default_factory=list, description="Energy of each measured device."
+    )
+    counter_energy_j: float | None = Field(
+        None, description="Total-energy counter difference, J (devices that have the counter)."
+    )
+    poll_energy_j: float | None = Field(None, description="Integral of the polled power, J.")
+    counter_vs_poll_diff_pct: float | None = Field(
+        None,
+        description="(poll - counter) / counter x 100, over devices with both: the cross-check.",
+    )
+    poll_power_source: str | None = Field(None, description="Which NVML power reading was polled.")
+    baseline: BaselineMeasurement | None = Field(
+        None, description="The idle baseline used (measured or cached)."
+    )
+    baseline_power_w: float | None = Field(None, description="Idle power subtracted, W.")
+    baseline_energy_j: float | None = Field(
+        None, description="baseline_power_w x window duration, J."
+    )
+    adjusted_j: float | None = Field(
+        None, description="total_j - baseline_energy_j, J: energy attributable to the workload."
+    )
+    notes: list[str] = Field(default_factory=list, description="Caveats from the energy backend.")
     # gpu / cpu / dram, each with its method, and total_with_host_j; every figure above is
     # GPU-only (None: not collected, e.g. results written before it existed)
-    components: EnergyComponents | None = None
+    components: EnergyComponents | None = Field(
+        None,
+        description=(
+            "GPU, CPU and DRAM energy, each with its method, and the total with the host; None = "
+            "not collected."
+        ),
+    )
 
 
 class SteadyStateWindow(BaseModel):
@@ -134,10 +170,10 @@ class SteadyStateWindow(BaseModel):
 
     model_config = _FORBID
 
-    start_s: float  # seconds from the start of the measurement window
-    end_s: float
-    mean_power_w: float
-    fraction_of_window: float
+    start_s: float = Field(description="Start, seconds from the start of the window.")
+    end_s: float = Field(description="End, seconds from the start of the window.")
+    mean_power_w: float = Field(description="Mean power in this part, W.")
+    fraction_of_window: float = Field(description="Its share of the window's duration (0-1).")
 
 
 class WarmupResult(BaseModel):
@@ -145,17 +181,29 @@ class WarmupResult(BaseModel):
 
     model_config = _FORBID
 
-    runs: int
-    prompts_per_run: int
-    duration_s: float
-    latencies_s: list[float]
-    convergence_detection: bool
-    converged: bool | None = None
-    final_cv: float | None = None
-    thermal_floor_seconds: float
-    notes: list[str] = Field(default_factory=list)
+    runs: int = Field(description="Warmup runs made.")
+    prompts_per_run: int = Field(description="Prompts in each warmup run.")
+    duration_s: float = Field(description="Seconds of warmup.")
+    latencies_s: list[float] = Field(description="Wall time of each warmup run, seconds.")
+    convergence_detection: bool = Field(
+        description="Whether warmup stopped on latency convergence."
+    )
+    converged: bool | None = Field(
+        None, description="Whether the latencies converged (convergence_detection only)."
+    )
+    final_cv: float | None = Field(None, description="CV of the last three warmup latencies.")
+    thermal_floor_seconds: float = Field(description="Thermal floor waited after warmup, seconds.")
+    notes: list[str] = Field(
+        default_factory=list,
+        description="What warmup changed (e.g. one run forced for torch_compile).",
+    )
     # where the warmup prompts came from (never the measured prompts); None: no warmup ran
-    prompt_source: str | None = None
+    prompt_source: str | None = Field(
+        None,
+        description=(
+            "Where the warmup prompts came from (never the measured prompts); None = no warmup ran."
+        ),
+    )
 
 
 class PhaseTimings(BaseModel):
@@ -170,18 +218,35 @@ class PhaseTimings(BaseModel):
 
     model_config = _FORBID
 
-    preflight_s: float = 0.0
-    environment_s: float = 0.0
-    baseline_s: float = 0.0
-    load_s: float = 0.0
-    dataset_s: float = 0.0
-    warmup_s: float = 0.0
-    thermal_floor_s: float = 0.0
-    measurement_s: float = 0.0
-    phase_split_s: float = 0.0  # the prefill-only window with its warmup and thermal floor
-    total_s: float = 0.0
-    compile_s: float | None = None
-    load_parts: dict[str, float] = Field(default_factory=dict)
+    preflight_s: float = Field(0.0, description="Pre-flight checks, seconds.")
+    environment_s: float = Field(0.0, description="Environment snapshot, seconds.")
+    baseline_s: float = Field(0.0, description="Idle baseline (0 when cached), seconds.")
+    load_s: float = Field(0.0, description="Engine/model load, seconds (0 for a reused engine).")
+    dataset_s: float = Field(0.0, description="Loading and tokenising prompts, seconds.")
+    warmup_s: float = Field(0.0, description="Warmup, seconds.")
+    thermal_floor_s: float = Field(0.0, description="Thermal floor wait, seconds.")
+    measurement_s: float = Field(0.0, description="The measurement window, seconds.")
+    phase_split_s: float = Field(
+        0.0,
+        description=(
+            "The prefill-only window with its warmup and thermal floor, seconds (0 without "
+            "measurement.phase_split)."
+        ),
+    )
+    total_s: float = Field(0.0, description="The whole run, seconds.")
+    compile_s: float | None = Field(
+        None,
+        description=(
+            "torch_compile only: first warmup run's excess over the median later one, seconds "
+            "(part of warmup_s)."
+        ),
+    )
+    load_parts: dict[str, float] = Field(
+        default_factory=dict,
+        description=(
+            "Parts of load_s the engine reports itself (vLLM: engine_start_s, compile_s), seconds."
+        ),
+    )
 
 
 class RequestResult(BaseModel):
@@ -195,16 +260,26 @@ class RequestResult(BaseModel):
 
     model_config = _FORBID
 
-    index: int
-    input_tokens: int
-    output_tokens: int
-    latency_s: float
-    ttft_s: float | None
-    batch_index: int
-    process_index: int = 0
-    energy_j: float | None = None
-    prefill_energy_j: float | None = None
-    decode_energy_j: float | None = None
+    index: int = Field(description="Prompt index in the dataset order.")
+    input_tokens: int = Field(description="Prompt tokens.")
+    output_tokens: int = Field(description="Generated tokens.")
+    latency_s: float = Field(
+        description="Wall time from its batch's start to its last token, seconds."
+    )
+    ttft_s: float | None = Field(
+        description="Time to first token, seconds (None where the engine does not report it)."
+    )
+    batch_index: int = Field(description="Batch it ran in.")
+    process_index: int = Field(0, description="Data-parallel process that ran it.")
+    energy_j: float | None = Field(
+        None,
+        description=(
+            "Energy attributed to this request by the time-resolved rule, J (None without "
+            "attribution)."
+        ),
+    )
+    prefill_energy_j: float | None = Field(None, description="Its prefill share, J.")
+    decode_energy_j: float | None = Field(None, description="Its decode share, J.")
 
 
 class EnvironmentSnapshot(BaseModel):
@@ -212,22 +287,34 @@ class EnvironmentSnapshot(BaseModel):
 
     model_config = _FORBID
 
-    python_version: str
-    os: str
-    cpu_model: str | None
-    cpu_count: int | None
-    gpus: list[dict[str, Any]] = Field(default_factory=list)
-    driver_version: str | None = None
-    cuda_version: str | None = None
-    cuda_version_source: str | None = None
-    persistence_mode: list[bool | None] = Field(default_factory=list)
-    engine: str
-    engine_version: str | None
-    library_versions: dict[str, str | None] = Field(default_factory=dict)
-    pip_freeze_sha256: str | None = None
-    llem_version: str
-    hostname: str | None = None
-    cuda_visible_devices: str | None = None
+    python_version: str = Field(description="Python version.")
+    os: str = Field(description="Operating system and kernel.")
+    cpu_model: str | None = Field(description="CPU model name.")
+    cpu_count: int | None = Field(description="Logical CPUs.")
+    gpus: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Each measured GPU: index, UUID, name, memory, power limit, energy counter.",
+    )
+    driver_version: str | None = Field(None, description="NVIDIA driver version.")
+    cuda_version: str | None = Field(None, description="CUDA version.")
+    cuda_version_source: str | None = Field(None, description="Where cuda_version was read.")
+    persistence_mode: list[bool | None] = Field(
+        default_factory=list, description="Persistence mode of each GPU."
+    )
+    engine: str = Field(description="Engine that ran.")
+    engine_version: str | None = Field(description="Version of the engine's library.")
+    library_versions: dict[str, str | None] = Field(
+        default_factory=dict,
+        description="Versions of torch, transformers and other libraries that matter.",
+    )
+    pip_freeze_sha256: str | None = Field(
+        None, description="SHA-256 of the sorted pip freeze (same hash = same packages)."
+    )
+    llem_version: str = Field(description="llenergymeasure version.")
+    hostname: str | None = Field(None, description="Host name.")
+    cuda_visible_devices: str | None = Field(
+        None, description="CUDA_VISIBLE_DEVICES as the run saw it."
+    )
 
 
 class ExperimentResult(JsonFileModel):
@@ -235,69 +322,141 @@ class ExperimentResult(JsonFileModel):
 
     model_config = _FORBID
 
-    schema_version: str = SCHEMA_VERSION
-    llem_version: str
-    experiment_id: str
-    started_at_utc: datetime
-    finished_at_utc: datetime
-    config: ExperimentConfig
-    measurement_config_hash: str
-    effective_parameters: dict[str, Any]
-    dataset: dict[str, Any]
+    schema_version: str = Field(SCHEMA_VERSION, description="Version of this result schema.")
+    llem_version: str = Field(description="llenergymeasure version that measured it.")
+    experiment_id: str = Field(description="Unique id of this run.")
+    started_at_utc: datetime = Field(description="Start of the run (UTC).")
+    finished_at_utc: datetime = Field(description="End of the run (UTC).")
+    config: ExperimentConfig = Field(description="The resolved experiment config.")
+    measurement_config_hash: str = Field(
+        description=(
+            "Hash of the fields that define the measurement; equal hashes are comparable runs."
+        )
+    )
+    effective_parameters: dict[str, Any] = Field(
+        description=(
+            "Values the engine actually used, including those the config left to its defaults."
+        )
+    )
+    dataset: dict[str, Any] = Field(
+        description="Dataset provenance (name, source, revision, prompt count, token lengths)."
+    )
 
     # Headline metrics
-    energy_total_j: float | None
-    energy_adjusted_j: float | None
-    energy_per_output_token_j: float | None
-    energy_per_output_token_adjusted_j: float | None
-    mean_power_w: float | None
-    tokens_per_second: float
-    requests_per_second: float
-    input_tokens: int
-    output_tokens: int
-    n_requests: int
-    duration_s: float
-    latency: DistributionStats
-    ttft: DistributionStats
-    itl: DistributionStats
-    peak_memory_bytes: int | None
+    energy_total_j: float | None = Field(description="GPU energy of the window, J.")
+    energy_adjusted_j: float | None = Field(
+        description="energy_total_j minus idle baseline power x duration, J."
+    )
+    energy_per_output_token_j: float | None = Field(
+        description="energy_total_j / output_tokens, J per token."
+    )
+    energy_per_output_token_adjusted_j: float | None = Field(
+        description="energy_adjusted_j / output_tokens, J per token."
+    )
+    mean_power_w: float | None = Field(description="energy_total_j / duration_s, W.")
+    tokens_per_second: float = Field(description="Output tokens per second of the window.")
+    requests_per_second: float = Field(description="Prompts completed per second of the window.")
+    input_tokens: int = Field(description="Prompt tokens of the window.")
+    output_tokens: int = Field(description="Generated tokens of the window.")
+    n_requests: int = Field(description="Prompts in the window.")
+    duration_s: float = Field(description="Length of the measurement window, seconds.")
+    latency: DistributionStats = Field(description="Per-request latency, seconds.")
+    ttft: DistributionStats = Field(description="Time to first token, seconds.")
+    itl: DistributionStats = Field(description="Inter-token latency (every gap), seconds.")
+    peak_memory_bytes: int | None = Field(
+        description="Peak GPU memory the engine allocated during the window, bytes."
+    )
 
-    energy: EnergyBreakdown
-    flops: FlopsEstimate | None
-    carbon: CarbonEstimate
-    environment: EnvironmentSnapshot
-    warmup: WarmupResult
-    timing: PhaseTimings
-    measurement_warnings: list[str]
-    measurement_methodology: Literal["total", "steady_state"] = "total"
-    steady_state_window: SteadyStateWindow | None = None
-    warmup_excluded_samples: int = 0
-    timeseries_samples: int = 0
-    reproducibility_notes: str = REPRODUCIBILITY_NOTES
-    requests: list[RequestResult] = Field(default_factory=list)
+    energy: EnergyBreakdown = Field(
+        description="Energy breakdown: raw, baseline, adjusted, per device, and the method."
+    )
+    flops: FlopsEstimate | None = Field(description="Estimated FLOPs of the window.")
+    carbon: CarbonEstimate = Field(description="CO2 estimate and its sources.")
+    environment: EnvironmentSnapshot = Field(description="Machine and software.")
+    warmup: WarmupResult = Field(description="What warmup did.")
+    timing: PhaseTimings = Field(description="Wall time of each phase.")
+    measurement_warnings: list[str] = Field(
+        description="Conditions that weaken the measurement (see the methodology page)."
+    )
+    measurement_methodology: Literal["total", "steady_state"] = Field(
+        "total", description="Which part of the run the headline energy covers (the whole window)."
+    )
+    steady_state_window: SteadyStateWindow | None = Field(
+        None,
+        description=(
+            "The part of the window where power stayed within +-10 % of its median (informational)."
+        ),
+    )
+    warmup_excluded_samples: int = Field(
+        0, description="Power samples taken during warmup (excluded from every figure)."
+    )
+    timeseries_samples: int = Field(0, description="Samples written to timeseries.parquet.")
+    reproducibility_notes: str = Field(
+        REPRODUCIBILITY_NOTES,
+        description="How the figures were produced and their accuracy limits.",
+    )
+    requests: list[RequestResult] = Field(
+        default_factory=list, description="One entry per measured prompt (raw data)."
+    )
     # Where the joules go (issue 16). phase_split: the differential prefill/decode split
     # (measurement.phase_split: true); phase_split_unavailable says why it is missing when it
     # was asked for. energy_attribution: the time-resolved split of the window's GPU energy
     # over engine steps (its per-request figures are in requests[i].energy_j, so its own
     # requests list is left empty); energy_attribution_unavailable: why there is none.
-    phase_split: PhaseSplit | None = None
-    phase_split_unavailable: str | None = None
-    energy_attribution: EnergyAttribution | None = None
-    energy_attribution_unavailable: str | None = None
+    phase_split: PhaseSplit | None = Field(
+        None, description="Differential prefill/decode split (with measurement.phase_split)."
+    )
+    phase_split_unavailable: str | None = Field(
+        None, description="Why the requested phase split is missing."
+    )
+    energy_attribution: EnergyAttribution | None = Field(
+        None,
+        description=(
+            "Time-resolved split of the window's GPU energy over engine steps (per-request figures"
+            " are in requests[i])."
+        ),
+    )
+    energy_attribution_unavailable: str | None = Field(
+        None, description="Why there is no time-resolved attribution."
+    )
     # data-parallel runs: one summary per process (index, device, device_uuid, n_prompts,
     # output_tokens, duration_s, tokens_per_second, ...); headline statistics are computed
     # over every request of every process, never averaged from these
-    process_results: list[dict[str, Any]] = Field(default_factory=list)
+    process_results: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description=(
+            "Data-parallel runs: one summary per process; headline figures are computed over all "
+            "requests, never averaged from these."
+        ),
+    )
     # engine reuse (a study's engine group): whether this run measured on an engine an earlier
     # run loaded, the run id of the run that loaded it (this run's own id when it loaded it;
     # None outside a study), and what clear_run_state() reported before the window
-    engine_reused: bool = False
-    engine_loaded_by: str | None = None
-    run_state_notes: list[str] = Field(default_factory=list)
+    engine_reused: bool = Field(
+        False,
+        description="True when the window ran on an engine an earlier run of the study loaded.",
+    )
+    engine_loaded_by: str | None = Field(
+        None,
+        description=(
+            "Run id of the run that loaded the engine (own id when it loaded it; None outside a "
+            "study)."
+        ),
+    )
+    run_state_notes: list[str] = Field(
+        default_factory=list,
+        description="What clear_run_state() reported before the window (caches reset).",
+    )
     # mode: online (a server under a request load): latency, goodput and energy per request;
     # the headline fields above hold the same window's figures (requests = successful ones)
-    online: OnlineResult | None = None
-    output_dir: str | None = None
+    online: OnlineResult | None = Field(
+        None,
+        description=(
+            "mode: online: load, latency, goodput and energy per request (the headline fields hold"
+            " the same window)."
+        ),
+    )
+    output_dir: str | None = Field(None, description="Directory the result was written to.")
 
     def summary_row(self) -> dict[str, Any]:
         """Flat dict of config columns and headline metrics (one row for tables)."""
@@ -413,9 +572,9 @@ class StudySkipped(BaseModel):
 
     model_config = _FORBID
 
-    source: str  # "sweep" or "experiments[3]"
-    overrides: dict[str, Any]
-    reason: str
+    source: str = Field(description='Where the point came from: "sweep" or "experiments[i]".')
+    overrides: dict[str, Any] = Field(description="The point's values that differ from base.")
+    reason: str = Field(description="Why it was not run.")
 
 
 class StudyFailedRun(BaseModel):
@@ -423,12 +582,14 @@ class StudyFailedRun(BaseModel):
 
     model_config = _FORBID
 
-    run_id: str
-    config_hash: str
-    cycle: int
-    status: str  # "failed" or "interrupted"
-    error_type: str
-    message: str
+    run_id: str = Field(description="The run.")
+    config_hash: str = Field(description="measurement_config_hash of its config.")
+    cycle: int = Field(description="Its cycle (1-based).")
+    status: str = Field(description="failed or interrupted.")
+    error_type: str = Field(
+        description="Exception class (or TimeoutError, WorkerCrashed, a SLURM state)."
+    )
+    message: str = Field(description="The error message.")
 
 
 class StudyCounts(BaseModel):
@@ -440,14 +601,14 @@ class StudyCounts(BaseModel):
 
     model_config = _FORBID
 
-    generated: int
-    skipped: int
-    experiments: int
-    runs_planned: int
-    ran: int
-    completed: int
-    failed: int
-    not_run: int
+    generated: int = Field(description="Grid points expanded (valid + skipped).")
+    skipped: int = Field(description="Grid points not run.")
+    experiments: int = Field(description="Valid configs.")
+    runs_planned: int = Field(description="experiments x cycles.")
+    ran: int = Field(description="Runs attempted.")
+    completed: int = Field(description="Runs that completed.")
+    failed: int = Field(description="Runs that failed or were interrupted.")
+    not_run: int = Field(description="Runs still pending.")
 
 
 class StudyProtocol(BaseModel):
@@ -455,20 +616,30 @@ class StudyProtocol(BaseModel):
 
     model_config = _FORBID
 
-    isolation: str = "fresh spawned subprocess per run"
-    n_cycles: int
-    cycle_order: str
-    shuffle_seed: int
-    config_gap_seconds: float
-    cycle_gap_seconds: float
-    experiment_timeout_seconds: float | None
-    energy_backends: list[str] = Field(default_factory=list)
-    energy_methods: list[str] = Field(default_factory=list)
-    baseline_enabled: list[bool] = Field(default_factory=list)
-    baseline_runs_measured: int = 0
-    baseline_runs_from_cache: int = 0
-    warmup_runs: list[int] = Field(default_factory=list)
-    thermal_floor_seconds: list[float] = Field(default_factory=list)
+    isolation: str = Field(
+        "fresh spawned subprocess per run", description="How runs were isolated from each other."
+    )
+    n_cycles: int = Field(description="Cycles.")
+    cycle_order: str = Field(description="Order of the runs within and across cycles.")
+    shuffle_seed: int = Field(description="Seed of the shuffled order.")
+    config_gap_seconds: float = Field(description="Idle seconds between runs.")
+    cycle_gap_seconds: float = Field(description="Idle seconds between cycles.")
+    experiment_timeout_seconds: float | None = Field(description="Per-run time limit, seconds.")
+    energy_backends: list[str] = Field(
+        default_factory=list, description="Energy backends the runs used."
+    )
+    energy_methods: list[str] = Field(
+        default_factory=list, description="Energy methods the runs used."
+    )
+    baseline_enabled: list[bool] = Field(
+        default_factory=list, description="Distinct baseline.enabled values of the runs."
+    )
+    baseline_runs_measured: int = Field(0, description="Runs that measured their idle baseline.")
+    baseline_runs_from_cache: int = Field(0, description="Runs that reused a cached baseline.")
+    warmup_runs: list[int] = Field(default_factory=list, description="Distinct warmup run counts.")
+    thermal_floor_seconds: list[float] = Field(
+        default_factory=list, description="Distinct thermal floors, seconds."
+    )
 
 
 # Headline metrics summarised across the cycles of each config (key -> ExperimentResult field
@@ -495,13 +666,15 @@ class MetricStatistics(BaseModel):
 
     model_config = _FORBID
 
-    n: int
-    mean: float | None
-    std: float | None
-    cv: float | None
-    ci_low: float | None
-    ci_high: float | None
-    ci_method: Literal["t", "bootstrap"] | None = None
+    n: int = Field(description="Runs that reported the metric.")
+    mean: float | None = Field(description="Mean over the cycles.")
+    std: float | None = Field(description="Sample standard deviation (None when n < 2).")
+    cv: float | None = Field(description="std / mean (None when n < 2 or mean is 0).")
+    ci_low: float | None = Field(description="Lower bound of the confidence interval of the mean.")
+    ci_high: float | None = Field(description="Upper bound of the confidence interval of the mean.")
+    ci_method: Literal["t", "bootstrap"] | None = Field(
+        None, description="t (Student t interval) or bootstrap (seeded percentile bootstrap)."
+    )
 
 
 class ConfigStatistics(BaseModel):
@@ -509,14 +682,20 @@ class ConfigStatistics(BaseModel):
 
     model_config = _FORBID
 
-    config_index: int | None  # index into the study's experiments (None: not in the manifest)
-    config_hash: str
-    label: str  # what varies between the study's configs, e.g. "batch_size=8, torch_compile=True"
-    varying: dict[str, Any] = Field(default_factory=dict)
-    runs_planned: int | None = None
-    runs_completed: int
-    cycles: list[int] = Field(default_factory=list)
-    metrics: dict[str, MetricStatistics] = Field(default_factory=dict)
+    config_index: int | None = Field(
+        description="Index into the study's experiments (None: not in the manifest)."
+    )
+    config_hash: str = Field(description="measurement_config_hash the runs are grouped by.")
+    label: str = Field(description="What varies between the study's configs, e.g. batch_size=8.")
+    varying: dict[str, Any] = Field(
+        default_factory=dict, description="The varying fields and this config's values."
+    )
+    runs_planned: int | None = Field(None, description="Runs planned for this config.")
+    runs_completed: int = Field(description="Runs that completed.")
+    cycles: list[int] = Field(default_factory=list, description="Cycles that completed.")
+    metrics: dict[str, MetricStatistics] = Field(
+        default_factory=dict, description="Statistics of each headline metric."
+    )
 
 
 class StudyStatistics(BaseModel):
@@ -524,12 +703,18 @@ class StudyStatistics(BaseModel):
 
     model_config = _FORBID
 
-    confidence_level: float = 0.95
-    t_interval_below_n: int = 30  # t interval for n below this, seeded bootstrap otherwise
-    bootstrap_resamples: int = 10_000
-    bootstrap_seed: int = 0
-    metrics: list[str] = Field(default_factory=lambda: list(HEADLINE_METRICS))
-    configs: list[ConfigStatistics] = Field(default_factory=list)
+    confidence_level: float = Field(0.95, description="Confidence level of the intervals.")
+    t_interval_below_n: int = Field(
+        30, description="A t interval for n below this, the seeded bootstrap otherwise."
+    )
+    bootstrap_resamples: int = Field(10_000, description="Bootstrap resamples.")
+    bootstrap_seed: int = Field(0, description="Bootstrap seed.")
+    metrics: list[str] = Field(
+        default_factory=lambda: list(HEADLINE_METRICS), description="Metrics summarised."
+    )
+    configs: list[ConfigStatistics] = Field(
+        default_factory=list, description="Statistics of each config."
+    )
 
 
 class StudyResult(JsonFileModel):
@@ -542,22 +727,39 @@ class StudyResult(JsonFileModel):
 
     model_config = _FORBID
 
-    schema_version: str = SCHEMA_VERSION
-    llem_version: str
-    study_name: str
-    study_design_hash: str
-    runner: str = "local"
-    study_dir: str | None = None
-    started_at_utc: datetime
-    finished_at_utc: datetime
-    protocol: StudyProtocol
-    counts: StudyCounts
-    skipped: list[StudySkipped] = Field(default_factory=list)
-    failed: list[StudyFailedRun] = Field(default_factory=list)
-    result_files: list[str] = Field(default_factory=list)
-    results_table: str | None = None  # "results.parquet", relative to study_dir
-    statistics: StudyStatistics | None = None  # per-config statistics across cycles
-    results: list[ExperimentResult] = Field(default_factory=list, exclude=True)
+    schema_version: str = Field(SCHEMA_VERSION, description="Version of this schema.")
+    llem_version: str = Field(description="llenergymeasure version.")
+    study_name: str = Field(description="Study name.")
+    study_design_hash: str = Field(description="Hash of the experiments (not of execution).")
+    runner: str = Field("local", description="Runner used: local, slurm or docker:<image>.")
+    study_dir: str | None = Field(None, description="The study's result directory.")
+    started_at_utc: datetime = Field(description="Start (UTC).")
+    finished_at_utc: datetime = Field(description="End (UTC).")
+    protocol: StudyProtocol = Field(description="The measurement protocol the study used.")
+    counts: StudyCounts = Field(description="Grid points and runs, and what became of them.")
+    skipped: list[StudySkipped] = Field(
+        default_factory=list, description="Grid points not run, with the reason."
+    )
+    failed: list[StudyFailedRun] = Field(
+        default_factory=list, description="Runs that did not complete, and why."
+    )
+    result_files: list[str] = Field(
+        default_factory=list,
+        description="result.json of each completed run, relative to study_dir.",
+    )
+    results_table: str | None = Field(
+        None, description="The flat one-row-per-run table (results.parquet), relative to study_dir."
+    )
+    statistics: StudyStatistics | None = Field(
+        None, description="Per-config statistics across cycles."
+    )
+    results: list[ExperimentResult] = Field(
+        default_factory=list,
+        exclude=True,
+        description=(
+            "The completed runs' results in memory, in run order (library callers; not serialised)."
+        ),
+    )
 
     @property
     def ok(self) -> bool:

@@ -22,12 +22,12 @@ class LatencyStats(BaseModel):
 
     model_config = {"extra": "forbid"}
 
-    count: int
-    mean_ms: float
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    max_ms: float
+    count: int = Field(description="Values.")
+    mean_ms: float = Field(description="Mean, ms.")
+    p50_ms: float = Field(description="Median, ms.")
+    p90_ms: float = Field(description="90th percentile, ms.")
+    p99_ms: float = Field(description="99th percentile, ms.")
+    max_ms: float = Field(description="Largest value, ms.")
 
 
 class OnlineMetrics(BaseModel):
@@ -42,32 +42,48 @@ class OnlineMetrics(BaseModel):
 
     model_config = {"extra": "forbid"}
 
-    n_requests: int
-    n_ok: int
-    n_failed: int
-    errors: dict[str, int]
-    duration_s: float
-    output_tokens: int
-    prompt_tokens: int | None
-    request_throughput_per_s: float
-    output_throughput_tok_per_s: float
-    ttft: LatencyStats | None
-    tpot: LatencyStats | None
-    itl: LatencyStats | None
-    e2e: LatencyStats | None
-    slo: SLOConfig | None
-    n_slo_met: int | None
-    goodput_per_s: float | None
-    energy_j: float | None
-    baseline_power_w: float | None
-    adjusted_energy_j: float | None
-    mean_power_w: float | None
-    energy_per_request_j: float | None
-    adjusted_energy_per_request_j: float | None
-    energy_per_output_token_j: float | None
-    adjusted_energy_per_output_token_j: float | None
-    energy_per_slo_request_j: float | None
-    adjusted_energy_per_slo_request_j: float | None
+    n_requests: int = Field(description="Measured requests sent.")
+    n_ok: int = Field(description="Requests that completed.")
+    n_failed: int = Field(description="Requests that failed.")
+    errors: dict[str, int] = Field(description="Failed requests by kind (e.g. HTTP 500, timeout).")
+    duration_s: float = Field(
+        description="Window from the first send to the last response, seconds."
+    )
+    output_tokens: int = Field(description="Output tokens of the successful requests.")
+    prompt_tokens: int | None = Field(
+        description="Prompt tokens as the server reported them (None without usage)."
+    )
+    request_throughput_per_s: float = Field(description="Completed requests per second.")
+    output_throughput_tok_per_s: float = Field(description="Output tokens per second.")
+    ttft: LatencyStats | None = Field(description="Time to first token.")
+    tpot: LatencyStats | None = Field(
+        description="Time per output token, (e2e - TTFT) / (tokens - 1)."
+    )
+    itl: LatencyStats | None = Field(description="Gaps between streamed chunks.")
+    e2e: LatencyStats | None = Field(description="End-to-end latency.")
+    slo: SLOConfig | None = Field(description="The SLO targets used.")
+    n_slo_met: int | None = Field(description="Requests that met every target.")
+    goodput_per_s: float | None = Field(
+        description="Requests meeting every target per second (None without targets)."
+    )
+    energy_j: float | None = Field(description="GPU energy of the window, J.")
+    baseline_power_w: float | None = Field(description="Idle power with the server up, W.")
+    adjusted_energy_j: float | None = Field(description="energy_j - idle power x duration, J.")
+    mean_power_w: float | None = Field(description="energy_j / duration_s, W.")
+    energy_per_request_j: float | None = Field(description="J per completed request.")
+    adjusted_energy_per_request_j: float | None = Field(
+        description="Adjusted J per completed request."
+    )
+    energy_per_output_token_j: float | None = Field(description="J per output token.")
+    adjusted_energy_per_output_token_j: float | None = Field(
+        description="Adjusted J per output token."
+    )
+    energy_per_slo_request_j: float | None = Field(
+        description="J per request that met every target."
+    )
+    adjusted_energy_per_slo_request_j: float | None = Field(
+        description="Adjusted J per request that met every target."
+    )
 
 
 class OnlineResult(BaseModel):
@@ -81,22 +97,35 @@ class OnlineResult(BaseModel):
 
     model_config = {"extra": "forbid"}
 
-    endpoint: str
-    request_model: str
-    api: Literal["chat", "completions"]
-    arrival: str
-    burstiness: float | None
-    request_rate: float | Literal["inf"]
-    max_concurrency: int | None
-    max_tokens: int
-    ignore_eos_sent: bool
-    achieved_rate_per_s: float | None
-    scheduled_rate_per_s: float | None
-    client_cpu_s: float
-    max_schedule_lag_s: float
-    n_warmup_requests: int
-    server_command: list[str] | None = None
-    server_log: str | None = None
-    server_ready_s: float | None = None
-    metrics: OnlineMetrics
-    warnings: list[str] = Field(default_factory=list)
+    endpoint: str = Field(description="Server URL measured.")
+    request_model: str = Field(description="model field sent with each request.")
+    api: Literal["chat", "completions"] = Field(description="completions or chat.")
+    arrival: str = Field(description="Arrival process.")
+    burstiness: float | None = Field(description="Gamma shape (gamma arrivals only).")
+    request_rate: float | Literal["inf"] = Field(
+        description="Configured requests per second, or inf."
+    )
+    max_concurrency: int | None = Field(description="Most requests in flight.")
+    max_tokens: int = Field(description="max_tokens sent per request.")
+    ignore_eos_sent: bool = Field(description="Whether ignore_eos was sent.")
+    achieved_rate_per_s: float | None = Field(
+        description="Rate at which requests were actually sent."
+    )
+    scheduled_rate_per_s: float | None = Field(description="Rate of the arrival schedule.")
+    client_cpu_s: float = Field(description="CPU seconds the load client used.")
+    max_schedule_lag_s: float = Field(
+        description="Largest delay of a send behind its schedule, seconds."
+    )
+    n_warmup_requests: int = Field(description="Warmup requests sent before the window.")
+    server_command: list[str] | None = Field(
+        None, description="Command line of a server llem started."
+    )
+    server_log: str | None = Field(None, description="Log file of a server llem started.")
+    server_ready_s: float | None = Field(
+        None, description="Seconds until the started server answered."
+    )
+    metrics: OnlineMetrics = Field(description="Latency, throughput, goodput and energy.")
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="Notes about the load or the server (e.g. the client fell behind).",
+    )

@@ -10,7 +10,8 @@ The run directory on the host is the exchange directory, mounted at ``/llem``:
 
 The container runs ``python -m llenergymeasure.runners.container_entry /llem/config.json
 /llem/out``; the image must have llenergymeasure and the engine installed.
-Tested with a fake ``docker`` executable only.
+Tested against a fake ``docker`` executable (argv details, ``tests/unit``) and for real against
+rootful podman behind a ``docker`` shim on CPU (``tests/containers``, ``.ci/podman-up.sh``).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ through the runner's internals, and imports nothing from ``study.runner``:
   without it a fresh process per run.
 - Docker: a backend whose runner is ``docker:<image>`` runs each run in one container from
   inside the run's process (either executor above; no engine reuse across containers).
-- SLURM: ``runners.slurm.SlurmStudyExecutor`` (one job per run) drives the whole study through
+- SLURM: ``study.slurm.SlurmStudyExecutor`` (one job per run) drives the whole study through
   the same bookkeeping.
 
 Ctrl-C: an executor stops its child processes on the way out (they are also listed in

@@ -35,9 +35,11 @@ class RunError(BaseModel):
 
     model_config = _FORBID
 
-    type: str  # exception class name, "TimeoutError", "WorkerCrashed", "KeyboardInterrupt"
-    message: str
-    traceback: str | None = None  # last frames only
+    type: str = Field(
+        description="Exception class name, TimeoutError, WorkerCrashed or KeyboardInterrupt."
+    )
+    message: str = Field(description="The error message.")
+    traceback: str | None = Field(None, description="Last frames of the traceback.")
 
 
 class ConcurrentRun(BaseModel):
@@ -45,8 +47,8 @@ class ConcurrentRun(BaseModel):
 
     model_config = _FORBID
 
-    run_id: str
-    device: str | None = None  # its GPU (UUID), as this run's ``device``
+    run_id: str = Field(description="A run that overlapped this one (per_gpu).")
+    device: str | None = Field(None, description="Its GPU (UUID).")
 
 
 class SlurmJob(BaseModel):
@@ -54,10 +56,12 @@ class SlurmJob(BaseModel):
 
     model_config = _FORBID
 
-    job_id: str  # "<array job id>_<task id>"
-    attempt: int
-    state: str | None = None  # SLURM's final state: COMPLETED, CANCELLED, TIMEOUT, FAILED, ...
-    reason: str | None = None
+    job_id: str = Field(description="<array job id>_<task id>.")
+    attempt: int = Field(description="Attempt number.")
+    state: str | None = Field(
+        None, description="SLURM's final state (COMPLETED, CANCELLED, TIMEOUT, FAILED, ...)."
+    )
+    reason: str | None = Field(None, description="SLURM's reason.")
 
 
 class RunEntry(BaseModel):
@@ -65,24 +69,40 @@ class RunEntry(BaseModel):
 
     model_config = _FORBID
 
-    run_id: str  # also the run's sub-directory name: <NNN>_<model-slug>_<backend>_c<cycle>
-    position: int  # 1-based place in the run order
-    config_index: int  # index into StudyManifest.experiments
-    config_hash: str  # measurement_config_hash of the config
-    cycle: int  # 1-based
-    status: RunStatus = "pending"
-    attempts: int = 0
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    result_path: str | None = None  # relative to the study directory
-    error: RunError | None = None
-    pid: int | None = None  # the run's subprocess while it runs (kept afterwards for audit)
-    device: str | None = None  # per_gpu: the GPU (UUID) the run was pinned to
-    concurrent_runs: list[ConcurrentRun] = Field(default_factory=list)  # per_gpu overlaps
-    slurm_job_id: str | None = None  # slurm runner: the current attempt's job
-    slurm_state: str | None = None  # slurm runner: its last known SLURM state
-    slurm_jobs: list[SlurmJob] = Field(default_factory=list)  # slurm runner: every attempt
-    engine_group: str | None = None  # engine_load_key of its config: runs sharing one engine
+    run_id: str = Field(
+        description="Run id, also its sub-directory: <NNN>_<model-slug>_<backend>_c<cycle>."
+    )
+    position: int = Field(description="1-based place in the run order.")
+    config_index: int = Field(description="Index into the manifest's experiments.")
+    config_hash: str = Field(description="measurement_config_hash of the config.")
+    cycle: int = Field(description="Cycle (1-based).")
+    status: RunStatus = Field(
+        "pending", description="pending, running, completed, failed or interrupted."
+    )
+    attempts: int = Field(0, description="Times it was started.")
+    started_at: datetime | None = Field(None, description="Start of the last attempt.")
+    finished_at: datetime | None = Field(None, description="End of the last attempt.")
+    result_path: str | None = Field(
+        None, description="Its result.json, relative to the study directory."
+    )
+    error: RunError | None = Field(None, description="Why it failed.")
+    pid: int | None = Field(None, description="Process that ran it (kept for audit).")
+    device: str | None = Field(None, description="per_gpu: the GPU (UUID) it was pinned to.")
+    concurrent_runs: list[ConcurrentRun] = Field(
+        default_factory=list, description="per_gpu: runs that overlapped it."
+    )
+    slurm_job_id: str | None = Field(None, description="slurm runner: the current attempt's job.")
+    slurm_state: str | None = Field(None, description="slurm runner: its last known SLURM state.")
+    slurm_jobs: list[SlurmJob] = Field(
+        default_factory=list, description="slurm runner: every attempt."
+    )
+    engine_group: str | None = Field(
+        None,
+        description=(
+            "Engine-load key of its config: runs with the same key share one engine when "
+            "reuse_engine is on."
+        ),
+    )
 
 
 class StudySession(BaseModel):
@@ -90,10 +110,12 @@ class StudySession(BaseModel):
 
     model_config = _FORBID
 
-    pid: int
-    started_at: datetime
-    finished_at: datetime | None = None
-    outcome: Literal["running", "finished", "interrupted", "detached"] = "running"
+    pid: int = Field(description="The llem process of this session.")
+    started_at: datetime = Field(description="When it started.")
+    finished_at: datetime | None = Field(None, description="When it ended.")
+    outcome: Literal["running", "finished", "interrupted", "detached"] = Field(
+        "running", description="running, finished, interrupted or detached."
+    )
 
 
 class StudyManifest(BaseModel):
@@ -101,20 +123,29 @@ class StudyManifest(BaseModel):
 
     model_config = _FORBID
 
-    schema_version: str = MANIFEST_SCHEMA_VERSION
-    llem_version: str
-    study_name: str
-    study_design_hash: str
-    source_path: str | None = None  # absolute path of the study YAML, if it came from one
-    overrides: dict[str, Any] | None = None  # CLI flags applied to every point (for re-checks)
-    runner: str | None = None  # `--runner` for every backend (local, slurm, docker:<image>)
-    created_at: datetime
-    updated_at: datetime
-    execution: ExecutionConfig
-    experiments: list[ExperimentConfig]
-    skipped: list[SkippedExperiment] = Field(default_factory=list)
-    runs: list[RunEntry]
-    sessions: list[StudySession] = Field(default_factory=list)
+    schema_version: str = Field(MANIFEST_SCHEMA_VERSION, description="Version of this schema.")
+    llem_version: str = Field(description="llenergymeasure version.")
+    study_name: str = Field(description="Study name.")
+    study_design_hash: str = Field(description="Hash of the experiments.")
+    source_path: str | None = Field(
+        None, description="Absolute path of the study YAML, if it came from one."
+    )
+    overrides: dict[str, Any] | None = Field(None, description="CLI flags applied to every point.")
+    runner: str | None = Field(
+        None, description="--runner for every backend (local, slurm, docker:<image>)."
+    )
+    created_at: datetime = Field(description="When the study was created.")
+    updated_at: datetime = Field(description="Last state change.")
+    execution: ExecutionConfig = Field(description="The execution block.")
+    experiments: list[ExperimentConfig] = Field(description="The experiments, in design order.")
+    skipped: list[SkippedExperiment] = Field(
+        default_factory=list, description="Grid points not run, with the reason."
+    )
+    runs: list[RunEntry] = Field(description="Every run (config x cycle) and its state.")
+    sessions: list[StudySession] = Field(
+        default_factory=list,
+        description="Each llem invocation that worked on the study (first run and resumes).",
+    )
 
     def counts(self) -> dict[str, int]:
         """Runs per status."""

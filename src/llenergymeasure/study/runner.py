@@ -316,7 +316,7 @@ class StudyRunner:
 
     def _run_locked(self) -> StudyResult:
         if self.runner_kind() == "slurm":
-            from llenergymeasure.runners.slurm import SlurmStudyExecutor, slurm_settings
+            from llenergymeasure.study.slurm import SlurmStudyExecutor, slurm_settings
 
             options = {"settings": slurm_settings(), **self.slurm_options}
             return SlurmStudyExecutor(self, detach=self.detach, **options).run()

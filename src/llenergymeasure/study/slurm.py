@@ -7,7 +7,7 @@ backend it uses resolves to ``slurm``. Settings come from the user config's ``sl
 - **Submission.** The pending runs of one submission become one job array
   (``sbatch --parsable --array=0-<N-1>[%array_limit]``). The generated batch script
   ``<study_dir>/slurm/submit_<k>.sh`` maps ``$SLURM_ARRAY_TASK_ID`` to a run position and calls
-  ``python -m llenergymeasure.runners.slurm_entry <study_dir> <position> <attempt>`` with this
+  ``python -m llenergymeasure.study.slurm_entry <study_dir> <position> <attempt>`` with this
   Python; the job measures with the real worker and saves ``result.json`` into the run's
   directory. Job logs: ``<study_dir>/slurm/<array>_<task>.log``. Each job requests
   ``--gres=gpu:<gpus_per_run>`` (omitted when 0), ``--time`` from the study's
@@ -195,7 +195,7 @@ def batch_script(
         f"POSITIONS=({' '.join(str(p) for p in positions)})\n"
         f"ATTEMPTS=({' '.join(str(a) for a in attempts)})\n"
         'TASK="${SLURM_ARRAY_TASK_ID:-0}"\n'
-        f"exec {shlex.quote(python)} -m llenergymeasure.runners.slurm_entry {quoted_dir} "
+        f"exec {shlex.quote(python)} -m llenergymeasure.study.slurm_entry {quoted_dir} "
         '"${POSITIONS[$TASK]}" "${ATTEMPTS[$TASK]}"\n'
     )
 

@@ -1,6 +1,6 @@
 """Entry point of one SLURM job: measure one run of a study, save into its run directory.
 
-``python -m llenergymeasure.runners.slurm_entry <study_dir> <position> [<attempt>]``
+``python -m llenergymeasure.study.slurm_entry <study_dir> <position> [<attempt>]``
 
 Reads the run (by its 1-based position) and its resolved config from the study manifest (read
 only: the study process alone writes the manifest), measures it with the real worker and saves
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from llenergymeasure.runners.slurm import STATUS_NAME
+from llenergymeasure.study.slurm import STATUS_NAME
 from llenergymeasure.study.worker import RunRequest, Worker, measure_worker, short_traceback
 
 __all__ = ["main"]

@@ -1,0 +1,227 @@
+"""Write the field reference pages (``docs/reference/*.md``) from the pydantic models.
+
+Every field of the configuration and result models, with its type, default and description,
+comes from the code: run ``python docs/gen_reference.py`` after changing a model.
+``tests/unit/test_field_reference.py`` fails when a field has no description or when a
+committed page differs from what this script generates.
+"""
+
+from __future__ import annotations
+
+import enum
+import sys
+import types
+import typing
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
+
+REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
+
+
+@dataclass(frozen=True)
+class Page:
+    """One reference page: the models reachable from ``roots``, documented in order."""
+
+    filename: str
+    title: str
+    intro: str
+    roots: tuple[type[BaseModel], ...]
+
+
+def pages() -> list[Page]:
+    """The reference pages and the root models each documents."""
+    from llenergymeasure.config.models import ExperimentConfig
+    from llenergymeasure.config.online import OnlineConfig
+    from llenergymeasure.config.study import ExecutionConfig, StudyConfig
+    from llenergymeasure.config.user_config import UserConfig
+    from llenergymeasure.results.models import ExperimentResult, StudyResult
+    from llenergymeasure.study.manifest import StudyManifest
+
+    return [
+        Page(
+            "experiment-config.md",
+            "Experiment configuration",
+            "Fields of an experiment YAML (`llem run experiment.yaml`), the `base:` of a study "
+            "and each grid point of a sweep. Unknown keys are errors. Engine-section fields "
+            "default to `None`, meaning the engine's own default; the result records the "
+            "effective value in `effective_parameters`.",
+            (ExperimentConfig, OnlineConfig),
+        ),
+        Page(
+            "study-config.md",
+            "Study configuration",
+            "The `execution:` block of a study YAML and the resolved study that `sweep:`, "
+            "`experiments:` and `base:` expand to (`llem run study.yaml --dry-run` shows it).",
+            (ExecutionConfig, StudyConfig),
+        ),
+        Page(
+            "user-config.md",
+            "User configuration",
+            "Machine facts in `~/.config/llenergymeasure/config.yaml` (or `$LLEM_CONFIG`). "
+            "Environment variables `LLEM_CARBON_INTENSITY`, `LLEM_DATACENTER_PUE`, "
+            "`LLEM_ENERGY_BACKEND` and `LLEM_RUNNER_<BACKEND>` override it; `llem config` "
+            "shows every setting and where it came from.",
+            (UserConfig,),
+        ),
+        Page(
+            "experiment-result.md",
+            "Experiment result",
+            "`result.json` of one run: the full `ExperimentResult`. Energies are joules, "
+            "powers watts, durations seconds unless a field says otherwise.",
+            (ExperimentResult,),
+        ),
+        Page(
+            "study-result.md",
+            "Study result and manifest",
+            "`study_summary.json` (`StudyResult`, written at the end of a study) and "
+            "`study_manifest.json` (`StudyManifest`, rewritten atomically at every state "
+            "change; what `llem run --resume` reads).",
+            (StudyResult, StudyManifest),
+        ),
+    ]
+
+
+def _is_model(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, BaseModel)
+
+
+def _nested_models(annotation: Any) -> Iterator[type[BaseModel]]:
+    """Model classes inside a type annotation (through unions, lists, dicts, Annotated)."""
+    if _is_model(annotation):
+        yield annotation
+        return
+    for arg in typing.get_args(annotation):
+        yield from _nested_models(arg)
+
+
+def walk(
+    roots: tuple[type[BaseModel], ...], seen: set[type[BaseModel]] | None = None
+) -> list[type[BaseModel]]:
+    """Every model reachable from ``roots``, depth first in field order, each once."""
+    seen = set() if seen is None else seen
+    out: list[type[BaseModel]] = []
+
+    def visit(model: type[BaseModel]) -> None:
+        if model in seen:
+            return
+        seen.add(model)
+        out.append(model)
+        for info in model.model_fields.values():
+            for nested in _nested_models(info.annotation):
+                visit(nested)
+
+    for root in roots:
+        visit(root)
+    return out
+
+
+def _type_name(annotation: Any, links: dict[type[BaseModel], str] | None = None) -> str:
+    """The annotation as text; documented models become links to their section."""
+    if annotation is type(None):
+        return "None"
+    if links and annotation in links:
+        return f"[{annotation.__name__}]({links[annotation]}#{annotation.__name__.lower()})"
+    if isinstance(annotation, type) and not typing.get_args(annotation):
+        return annotation.__name__
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _type_name(args[0], links)
+    if origin is typing.Literal:
+        return " | ".join(repr(a).replace("'", '"') for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a, links) for a in args)
+    if origin is not None:
+        name = getattr(origin, "__name__", str(origin))
+        return f"{name}[{', '.join(_type_name(a, links) for a in args)}]"
+    return str(annotation).replace("typing.", "")
+
+
+def _default(info: FieldInfo) -> str:
+    if info.default_factory is not None:
+        try:
+            value = info.default_factory()  # type: ignore[call-arg]
+        except TypeError:
+            return "(computed)"
+        if isinstance(value, BaseModel):
+            return "(section defaults)"
+    elif info.default is PydanticUndefined:
+        return "required"
+    else:
+        value = info.default
+    if isinstance(value, enum.Enum):
+        value = value.value
+    if isinstance(value, str):
+        return f'`"{value}"`' if len(value) <= 40 else "(see description)"
+    return f"`{value!r}`"
+
+
+def _cell(text: str) -> str:
+    text = " ".join(text.split()).replace("|", "\\|")
+    return text.replace("<", "&lt;").replace(">", "&gt;")
+
+
+def missing_descriptions() -> list[str]:
+    """``Model.field`` for every documented field without a description."""
+    missing: list[str] = []
+    seen: set[type[BaseModel]] = set()
+    for page in pages():
+        for model in walk(page.roots, seen):
+            for name, info in model.model_fields.items():
+                if not (info.description or "").strip():
+                    missing.append(f"{model.__module__}.{model.__name__}.{name}")
+    return missing
+
+
+def render() -> dict[str, str]:
+    """Page filename -> Markdown text, generated from the models."""
+    out: dict[str, str] = {}
+    seen: set[type[BaseModel]] = set()
+    documented = [(page, walk(page.roots, seen)) for page in pages()]
+    for page, models in documented:
+        links = {
+            m: ("" if other is page else other.filename) for other, ms in documented for m in ms
+        }
+        lines = [
+            f"# {page.title}",
+            "",
+            "<!-- Generated by docs/gen_reference.py from the pydantic models; do not edit. -->",
+            "",
+            page.intro,
+            "",
+        ]
+        for model in models:
+            doc = " ".join((model.__doc__ or "").split("\n\n")[0].split()).replace("``", "`")
+            lines += [f"## {model.__name__}", "", f"`{model.__module__}.{model.__name__}`", ""]
+            if doc:
+                lines += [doc, ""]
+            lines += ["| Field | Type | Default | Description |", "| --- | --- | --- | --- |"]
+            for name, info in model.model_fields.items():
+                lines.append(
+                    f"| `{name}` | {_cell(_type_name(info.annotation, links))} "
+                    f"| {_cell(_default(info))}"
+                    f" | {_cell(info.description or '')} |"
+                )
+            lines.append("")
+        out[page.filename] = "\n".join(lines)
+    return out
+
+
+def main() -> int:
+    REFERENCE_DIR.mkdir(parents=True, exist_ok=True)
+    for filename, text in render().items():
+        (REFERENCE_DIR / filename).write_text(text, encoding="utf-8")
+    missing = missing_descriptions()
+    for name in missing:
+        print(f"no description: {name}", file=sys.stderr)
+    return 1 if missing else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

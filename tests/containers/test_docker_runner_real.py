@@ -1,0 +1,181 @@
+"""The Docker runner against a real container engine (``.ci/podman-up.sh``: podman behind a
+``docker`` shim, an image with this checkout installed).
+
+Skipped unless ``docker`` on PATH answers ``docker info`` and has the image named by
+``LLEM_CONTAINER_IMAGE`` (default ``localhost/llem-test:latest``). CPU only: builtin:tiny, no
+GPU flags take effect under podman. The fake-``docker`` tests in ``tests/unit/test_runners.py``
+keep the argv details; these check what only a real engine can: the volume, exit codes and logs
+crossing the container boundary, the kill by name, and a study whose runs each get a container.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from llenergymeasure.config.models import ExperimentConfig
+from llenergymeasure.exceptions import ExperimentError
+from llenergymeasure.runners import DockerRunner
+from llenergymeasure.testing.configs import tiny_experiment
+
+pytestmark = pytest.mark.containers
+
+# Read at import: the autouse fixture in tests/conftest.py clears LLEM_* before each test.
+IMAGE = os.environ.get("LLEM_CONTAINER_IMAGE", "localhost/llem-test:latest")
+
+TINY = tiny_experiment(precision="fp32", dataset={"n": 2, "input_len": 8, "output_len": 3})
+STUDY = """\
+name: in-containers
+model: builtin:tiny
+backend: pytorch
+precision: fp32
+n: 2
+dataset: {n: 2, input_len: 8, output_len: 3}
+warmup: {n_warmup: 0, thermal_floor_seconds: 0}
+baseline: {enabled: false}
+sweep: {pytorch.batch_size: [1, 2]}
+execution: {n_cycles: 1}
+"""
+
+
+def _engine_problem() -> str | None:
+    """Why the container tests cannot run here, or None."""
+    docker = shutil.which("docker")
+    if docker is None:
+        return "no `docker` on PATH (start podman with .ci/podman-up.sh, then . <dir>/env.sh)"
+    try:
+        info = subprocess.run([docker, "info"], capture_output=True, timeout=60, check=False)
+        image = subprocess.run(
+            [docker, "image", "inspect", IMAGE], capture_output=True, timeout=60, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"`docker` does not answer ({type(e).__name__})"
+    if info.returncode != 0:
+        return "`docker info` fails: no container engine (see .ci/podman-up.sh)"
+    if image.returncode != 0:
+        return f"no image {IMAGE} (build it with .ci/podman-up.sh)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def engine() -> str:
+    problem = _engine_problem()
+    if problem is not None:
+        pytest.skip(problem)
+    return IMAGE
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Handed into the container by name: builtin:tiny needs no download, nothing may try one."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+
+
+def container_names() -> set[str]:
+    proc = subprocess.run(
+        ["docker", "ps", "-a", "--format", "{{.Names}}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return set(proc.stdout.split())
+
+
+def test_an_experiment_runs_in_a_container_and_its_result_comes_back(
+    engine: str, offline: None, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    outcome = DockerRunner(engine).run(
+        ExperimentConfig.model_validate(TINY), run_dir, timeout_s=300
+    )
+    assert outcome.result_path == run_dir / "out" / "result.json"
+    assert outcome.result.config.model == "builtin:tiny"
+    assert (outcome.result.config.n, outcome.result.config.precision) == (2, "fp32")
+    assert outcome.result.n_requests == 2 and outcome.result.output_tokens > 0
+    # Measured inside the container (its own hostname), not in this process.
+    assert outcome.result.environment.hostname not in (None, socket.gethostname())
+    log = (run_dir / "container.log").read_text()
+    assert log.startswith("$ docker run --rm --name llem-") and engine in log.splitlines()[0]
+    assert "HF_HUB_OFFLINE" in outcome.command
+    # The container ran as a different process tree: its name is gone once it exited (--rm).
+    assert not {n for n in container_names() if n in log.splitlines()[0]}
+
+
+def test_a_failure_inside_the_container_is_reported_with_its_reason_and_log(
+    engine: str, offline: None, tmp_path: Path
+) -> None:
+    missing = "/models/not-in-this-image"
+    config = ExperimentConfig.model_validate({**TINY, "model": missing})
+    run_dir = tmp_path / "run"
+    with pytest.raises(ExperimentError) as err:
+        DockerRunner(engine).run(config, run_dir, timeout_s=300)
+    text = str(err.value)
+    assert "exited with code 1" in text
+    error = json.loads((run_dir / "out" / "error.json").read_text())
+    assert f"{error['type']}: {error['message']}" in text
+    assert missing in error["message"]
+    log = run_dir / "container.log"
+    assert f"log: {log}" in text
+    assert "Traceback" in log.read_text()  # the container's stderr is kept
+    assert not (run_dir / "out" / "result.json").exists()
+
+
+def test_a_container_past_its_timeout_is_killed_by_name(
+    engine: str, offline: None, tmp_path: Path
+) -> None:
+    endless = {**TINY, "n": 400, "dataset": {"n": 400, "input_len": 64, "output_len": 400}}
+    run_dir = tmp_path / "run"
+    started = time.monotonic()
+    with pytest.raises(ExperimentError) as err:
+        DockerRunner(engine).run(ExperimentConfig.model_validate(endless), run_dir, timeout_s=20)
+    text = str(err.value)
+    match = re.search(r"container (llem-[0-9a-f]{12}) \(.*\) ran past 20 s and was killed", text)
+    assert match, text
+    name = match.group(1)
+    deadline = time.monotonic() + 60
+    while name in container_names():  # `--rm` removes it once the kill has landed
+        assert time.monotonic() < deadline, f"container {name} still exists after the kill"
+        time.sleep(1)
+    assert time.monotonic() - started < 120
+    assert not (run_dir / "out" / "result.json").exists()
+
+
+def test_a_study_whose_backend_runs_in_containers(
+    engine: str, offline: None, tmp_path: Path
+) -> None:
+    study = tmp_path / "study.yaml"
+    study.write_text(STUDY)
+    out = tmp_path / "results"
+    proc = subprocess.run(
+        [
+            *(sys.executable, "-m", "llenergymeasure", "run", str(study), "-o", str(out)),
+            *("--runner", f"docker:{engine}", "--no-gaps", "--quiet"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (study_dir,) = out.iterdir()
+    run_dirs = sorted(p for p in study_dir.iterdir() if p.is_dir())
+    assert len(run_dirs) == 2, run_dirs
+    names = set()
+    for run_dir in run_dirs:
+        assert (run_dir / "result.json").is_file()
+        first = (run_dir / "container.log").read_text().splitlines()[0]
+        assert first.startswith("$ docker run --rm --name llem-") and engine in first
+        names.add(first.split("--name ")[1].split()[0])
+    assert len(names) == 2  # one container per run
+    assert (study_dir / "study_summary.json").is_file()
