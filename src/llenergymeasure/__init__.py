@@ -4,8 +4,24 @@ Public API::
 
     import llenergymeasure as llem
     result = llem.run_experiment(model="builtin:tiny", dataset="synthetic", n=20)
+    result.to_json("result.json")
 
-Heavy modules (torch, engines) load lazily; importing this package stays fast.
+    study = llem.run_study("study.yaml")              # a grid x cycles, one process per run
+    study = llem.resume_study("results/my-study_...")  # continue an interrupted study
+
+Functions:
+    run_experiment(config=None, **fields) -> ExperimentResult
+        Measure one experiment in this process; writes nothing to disk.
+    run_study(study, *, output_dir=..., quiet=False) -> StudyResult
+        Run a study YAML or StudyConfig under a results directory.
+    resume_study(study_dir, *, study=None, quiet=False) -> StudyResult
+        Continue a study in its directory (the manifest holds the configs).
+
+Types:
+    ExperimentConfig, StudyConfig       what to measure (pydantic models; from_yaml)
+    ExperimentResult, StudyResult       what was measured (to_json / from_json)
+
+Heavy modules (torch, engines) load lazily on first use; importing this package stays fast.
 """
 
 from __future__ import annotations
@@ -15,10 +31,10 @@ from typing import TYPE_CHECKING, Any
 from llenergymeasure._version import __version__
 
 if TYPE_CHECKING:
-    from llenergymeasure.api import run_experiment, run_study
+    from llenergymeasure.api import resume_study, run_experiment, run_study
     from llenergymeasure.config.models import ExperimentConfig
     from llenergymeasure.config.study import StudyConfig
-    from llenergymeasure.results.models import ExperimentResult
+    from llenergymeasure.results.models import ExperimentResult, StudyResult
 
 __all__ = [
     "ExperimentConfig",
@@ -26,6 +42,7 @@ __all__ = [
     "StudyConfig",
     "StudyResult",
     "__version__",
+    "resume_study",
     "run_experiment",
     "run_study",
 ]
@@ -33,6 +50,7 @@ __all__ = [
 _LAZY = {
     "run_experiment": ("llenergymeasure.api", "run_experiment"),
     "run_study": ("llenergymeasure.api", "run_study"),
+    "resume_study": ("llenergymeasure.api", "resume_study"),
     "ExperimentConfig": ("llenergymeasure.config.models", "ExperimentConfig"),
     "StudyConfig": ("llenergymeasure.config.study", "StudyConfig"),
     "ExperimentResult": ("llenergymeasure.results.models", "ExperimentResult"),
@@ -49,3 +67,8 @@ def __getattr__(name: str) -> Any:
         globals()[name] = value
         return value
     raise AttributeError(f"module 'llenergymeasure' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    # Lists the lazy API too, so dir() and help(llenergymeasure) show it.
+    return sorted(set(globals()) | set(_LAZY))

@@ -36,6 +36,13 @@ class BackendError(LLEMError):
     """An inference engine or energy backend failed, or is missing."""
 
 
+class EngineNotInstalledError(BackendError):
+    """The engine a config names is not installed here: a missing prerequisite, found before
+    anything runs, so the CLI exits with 2 like other pre-flight problems."""
+
+    exit_code = 2
+
+
 class PreFlightError(LLEMError):
     """One or more pre-flight checks failed; ``problems`` lists every one of them.
 

@@ -61,7 +61,10 @@ def test_hash_is_equal_for_explicit_defaults_and_omitted_defaults():
 
 def test_hash_is_equal_for_synthetic_shorthand_and_its_expansion():
     shorthand = {**BASE, "dataset": "synthetic"}
-    expanded = {**BASE, "dataset": {"n": BASE["n"], "input_len": 512, "output_len": 128}}
+    expanded = {
+        **BASE,
+        "dataset": {"n": BASE["n"], "input_len": 512, "output_len": BASE["max_new_tokens"]},
+    }
     assert config_hash(shorthand) == config_hash(expanded)
 
 

@@ -327,8 +327,36 @@ def test_synthetic_dataset_requires_n():
 
 
 def test_synthetic_output_len_sets_effective_max_new_tokens():
-    config = build(dataset={"n": 100, "output_len": 17}, max_new_tokens=99)
+    config = build(dataset={"n": 100, "output_len": 17})
     assert config.effective_max_new_tokens == 17
+
+
+def test_explicit_max_new_tokens_fills_an_unset_synthetic_output_len():
+    config = build(dataset={"n": 10}, n=10, max_new_tokens=33)
+    assert config.effective_max_new_tokens == 33
+    shorthand = build(dataset="synthetic", n=5, max_new_tokens=21)
+    assert shorthand.effective_max_new_tokens == 21
+
+
+def test_user_input_with_disagreeing_max_new_tokens_and_output_len_is_an_error():
+    data = valid_base(dataset={"n": 10, "output_len": 17}, n=10, max_new_tokens=99)
+    with pytest.raises(ValidationError, match=r"max_new_tokens=99 and dataset\.output_len=17"):
+        ExperimentConfig.model_validate(data, context=models.USER_INPUT)
+    agreeing = valid_base(dataset={"n": 10, "output_len": 17}, n=10, max_new_tokens=17)
+    assert ExperimentConfig.model_validate(agreeing, context=models.USER_INPUT)
+
+
+def test_stored_config_dump_with_both_lengths_stays_readable():
+    # A stored result's config carries max_new_tokens's default next to output_len.
+    stored = build(dataset={"n": 10, "output_len": 17}, n=10).model_dump(mode="json")
+    assert stored["max_new_tokens"] != 17
+    assert ExperimentConfig.model_validate(stored).effective_max_new_tokens == 17
+
+
+def test_sampling_at_temperature_zero_is_a_config_error():
+    with pytest.raises(ValidationError, match="temperature=0 with decoding_strategy='sampling'"):
+        DecoderConfig(temperature=0, decoding_strategy="sampling")
+    assert DecoderConfig(temperature=0, decoding_strategy="greedy").temperature == 0
 
 
 def test_named_dataset_uses_top_level_max_new_tokens():

@@ -126,6 +126,19 @@ def test_batch_of_unequal_prompts_gives_one_record_per_prompt_in_order(
     assert [r.output_tokens for r in records] == [6, 6, 6, 6]
 
 
+def test_the_batch_callback_hears_prompts_and_tokens_after_each_batch(
+    backend: PyTorchBackend, model_dir: Path
+) -> None:
+    config = make_config(model_dir, pytorch={"batch_size": 3}, decoder={"ignore_eos": True})
+    heard: list[tuple[int, int]] = []
+    backend.batch_callback = lambda done, tokens: heard.append((done, tokens))
+    try:
+        backend.generate(prompts(None, None, None, None), config)
+    finally:
+        backend.batch_callback = None
+    assert heard == [(3, 18), (4, 24)]
+
+
 def test_ignore_eos_forces_exactly_max_new_tokens_even_when_eos_is_generated(
     model_dir: Path, backend: PyTorchBackend
 ) -> None:
@@ -395,3 +408,14 @@ def test_clear_run_state_says_generate_keeps_no_cross_call_cache(model_dir: Path
     notes = engine.clear_run_state()
     assert any("no cross-call KV cache" in n for n in notes)
     engine.unload()
+
+
+def test_max_sequence_length_is_the_loaded_model_position_limit():
+    from types import SimpleNamespace
+
+    engine = PyTorchBackend()
+    assert engine.max_sequence_length() is None  # nothing loaded
+    engine._model = SimpleNamespace(config=SimpleNamespace(max_position_embeddings=2048))
+    assert engine.max_sequence_length() == 2048
+    engine._model = SimpleNamespace(config=SimpleNamespace(n_positions=1024))
+    assert engine.max_sequence_length() == 1024

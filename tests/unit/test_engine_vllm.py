@@ -416,3 +416,14 @@ def test_engine_start_time_is_a_load_part(fake_vllm: ModuleType) -> None:
     info = VLLMBackend().load(cfg())
     assert set(info.timing_parts) == {"engine_start_s"}
     assert 0 <= info.timing_parts["engine_start_s"] <= info.load_time_s
+
+
+def test_max_sequence_length_is_vllm_max_model_len():
+    from types import SimpleNamespace
+
+    engine = VLLMBackend()
+    assert engine.max_sequence_length() is None  # nothing loaded
+    engine._llm = SimpleNamespace(
+        llm_engine=SimpleNamespace(model_config=SimpleNamespace(max_model_len=4096))
+    )
+    assert engine.max_sequence_length() == 4096

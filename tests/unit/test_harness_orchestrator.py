@@ -353,3 +353,91 @@ def test_load_parts_the_engine_reports_are_recorded_in_timing() -> None:
     sensor = SwitchingSensor()
     result = _orchestrator(sensor, StartTimedEngine()).run(_config()).result
     assert result.timing.load_parts == {"engine_start_s": 0.25}
+
+
+class _ShortContextEngine(FakeEngine):
+    """A fake engine whose model attends to at most ``limit`` tokens."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def max_sequence_length(self) -> int | None:
+        return self.limit
+
+
+def test_prompts_over_the_model_length_are_a_preflight_error_before_any_generation() -> None:
+    engine = _ShortContextEngine(limit=30)  # 16 prompt + 20 new tokens = 36 per prompt
+    orch = ExperimentOrchestrator(engine=engine, energy_backend=FakeEnergyBackend())
+    with pytest.raises(PreFlightError) as raised:
+        orch.run(_config(baseline={"enabled": False}))
+    message = str(raised.value)
+    assert "prompt 0: 16 prompt tokens + 20 new tokens = 36 exceeds" in message
+    assert "maximum sequence length 30 of fake-model" in message
+    assert "and 1 more prompts" in message  # 6 prompts: 5 named, the rest counted
+    assert engine.calls == []  # neither warmup nor measurement ran
+
+
+def test_prompts_within_the_model_length_run() -> None:
+    engine = _ShortContextEngine(limit=36)
+    orch = ExperimentOrchestrator(engine=engine, energy_backend=FakeEnergyBackend())
+    assert orch.run(_config(baseline={"enabled": False})).result.n_requests == 6
+
+
+def test_trust_remote_code_warns_on_stderr_and_in_the_result(capsys) -> None:
+    orch = ExperimentOrchestrator(engine=FakeEngine(), energy_backend=FakeEnergyBackend())
+    config = _config(baseline={"enabled": False}, passthrough_kwargs={"trust_remote_code": True})
+    result = orch.run(config).result
+    assert "trust_remote_code" in result.measurement_warnings
+    assert "trust_remote_code is set: code from the fake-model repository runs" in (
+        capsys.readouterr().err
+    )
+
+
+def test_without_trust_remote_code_there_is_no_such_warning(capsys) -> None:
+    orch = ExperimentOrchestrator(engine=FakeEngine(), energy_backend=FakeEnergyBackend())
+    result = orch.run(_config(baseline={"enabled": False})).result
+    assert "trust_remote_code" not in result.measurement_warnings
+    assert "trust_remote_code" not in capsys.readouterr().err
+
+
+class _BatchingEngine(FakeEngine):
+    """A fake engine that reports each prompt as a batch, like the pytorch engine's loop."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batch_callback = None
+        self.callback_seen_in: list[str] = []
+
+    def generate(self, prompts, config, *, phase="measurement"):
+        records = super().generate(prompts, config, phase=phase)
+        if self.batch_callback is not None:
+            self.callback_seen_in.append(phase)
+            tokens = 0
+            for done, record in enumerate(records, 1):
+                tokens += record.output_tokens
+                self.batch_callback(done, tokens)
+        return records
+
+
+def test_the_measurement_window_reports_progress_between_batches() -> None:
+    messages: list[str] = []
+    engine = _BatchingEngine()
+    orch = ExperimentOrchestrator(
+        engine=engine, energy_backend=FakeEnergyBackend(), progress=messages.append
+    )
+    orch.run(_config(baseline={"enabled": False}))
+    window = [m for m in messages if m.startswith("measuring: ")]
+    assert window[-1].startswith("measuring: 6/6 prompts, ")  # the last batch always reports
+    assert window[-1].endswith(" tok/s so far")
+    assert len(window) <= 2  # throttled: the first batch and the last, within 2 s
+    assert engine.callback_seen_in == ["measurement"]  # not during warmup
+    assert engine.batch_callback is None  # removed after the window
+
+
+def test_no_progress_callback_is_installed_without_a_progress_listener() -> None:
+    engine = _BatchingEngine()
+    ExperimentOrchestrator(engine=engine, energy_backend=FakeEnergyBackend()).run(
+        _config(baseline={"enabled": False})
+    )
+    assert engine.callback_seen_in == []

@@ -7,6 +7,7 @@ The child's ``CUDA_VISIBLE_DEVICES`` is visible in its result's environment snap
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +79,9 @@ def test_runs_overlap_one_per_gpu_and_each_child_sees_only_its_gpu(tmp_path):
     assert [r.status for r in runs] == ["completed"] * 4
     assert result.counts.completed == 4
     assert writer.max_running == 2  # both GPUs busy at once
-    assert overlap(runs[0], runs[1]) and overlap(runs[2], runs[3])
+    # some runs on different GPUs really ran at the same time (which pairs depends on how long
+    # each GPU's process took to start on a loaded machine)
+    assert any(overlap(a, b) for a, b in itertools.combinations(runs, 2) if a.device != b.device)
     assert {r.device for r in runs} == {"GPU-aaaa-0000", "GPU-bbbb-1111"}
     for run in runs:
         saved = ExperimentResult.from_json(runner.study_dir / str(run.result_path))

@@ -490,9 +490,11 @@ def test_cli_rejects_a_bad_runner_and_detach_without_slurm(write_yaml, tmp_path,
         "sweep: {pytorch.batch_size: [1, 2]}\nexecution: {n_cycles: 1}\n",
         "study.yaml",
     )
-    res = CliRunner().invoke(app, ["run", str(path), "-o", str(tmp_path / "o"), *args])
-    assert res.exit_code != 0
+    out = tmp_path / "o"
+    res = CliRunner().invoke(app, ["run", str(path), "-o", str(out), *args])
+    assert res.exit_code == 2  # usage errors, found before any study directory exists
     assert message in res.output
+    assert not out.exists() or list(out.iterdir()) == []
 
 
 # --- the job's entry point ---------------------------------------------------------------------

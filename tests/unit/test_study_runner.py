@@ -199,7 +199,9 @@ def test_failed_crashed_and_killed_runs_are_recorded_and_the_study_continues(tmp
 
 
 def test_a_run_past_its_timeout_is_terminated_and_recorded_as_a_timeout(tmp_path):
-    study = make_study(TWO_CONFIGS, experiment_timeout_seconds=1.0)
+    # the timeout counts from the child's "ready", so 3 s is ample for a fake run, even on a
+    # loaded machine, and the hang (60 s) is still cut short
+    study = make_study(TWO_CONFIGS, experiment_timeout_seconds=3.0)
     t0 = time.monotonic()
     runner = run(study, tmp_path, worker=ScriptedWorker(hang_at=frozenset({1}), hang_s=60))
     assert time.monotonic() - t0 < 20
@@ -207,8 +209,15 @@ def test_a_run_past_its_timeout_is_terminated_and_recorded_as_a_timeout(tmp_path
     first, second = load_manifest(runner.study_dir).runs
     assert first.status == "failed" and first.error is not None
     assert first.error.type == "TimeoutError"
-    assert "experiment_timeout_seconds=1" in first.error.message
+    assert "experiment_timeout_seconds=3" in first.error.message
     assert second.status == "completed"
+
+
+def test_the_run_timeout_does_not_count_the_child_process_start_up(tmp_path):
+    # start-up (spawn, imports) slower than the timeout; the run itself well within it
+    study = make_study(experiment_timeout_seconds=2.0, reuse_engine=False)
+    runner = run(study, tmp_path, worker=ScriptedWorker(start_delay_s=3.0))
+    assert [r.status for r in load_manifest(runner.study_dir).runs] == ["completed"]
 
 
 def test_the_manifest_is_valid_after_every_write_and_leaves_no_temp_files(tmp_path):
@@ -231,6 +240,12 @@ def test_the_manifest_is_valid_after_every_write_and_leaves_no_temp_files(tmp_pa
     assert first_run_states.index("running") < first_run_states.index("completed")
     manifest_file = next(tmp_path.glob("*/study_manifest.json"))
     assert json.loads(manifest_file.read_text())["study_name"] == "unit-study"
+
+
+def test_the_study_lock_file_is_removed_when_the_study_ends(tmp_path):
+    runner = run(make_study(), tmp_path)
+    assert runner.manifest.counts()["completed"] == 1
+    assert not (runner.study_dir / ".study.lock").exists()
 
 
 def test_only_the_first_run_of_a_study_measures_the_idle_baseline(tmp_path):

@@ -190,12 +190,34 @@ def test_bad_environment_values_are_errors_naming_the_variable(monkeypatch, env,
 # --- runner format ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("runner", ["local", "docker:vllm/vllm-openai:latest", "slurm"])
+@pytest.mark.parametrize(
+    "runner",
+    [
+        "local",
+        "docker:vllm/vllm-openai:latest",
+        "docker:localhost:5000/team/llem-trt:v0.3",
+        "docker:img@sha256:" + "a" * 64,
+        "slurm",
+    ],
+)
 def test_valid_runner_formats_are_accepted(runner):
     assert UserConfig.model_validate({"runners": {"vllm": runner}}).runners == {"vllm": runner}
 
 
-@pytest.mark.parametrize("runner", ["docker", "docker:", "Local", "remote:host", ""])
+@pytest.mark.parametrize(
+    "runner",
+    [
+        "docker",
+        "docker:",
+        "Local",
+        "remote:host",
+        "",
+        "docker:--privileged",
+        "docker:-v",
+        "docker:img --privileged",
+        "docker:img\ttag",
+    ],
+)
 def test_invalid_runner_formats_are_rejected(user_file, runner):
     path = user_file(f"runners:\n  vllm: '{runner}'\n")
     with pytest.raises(ConfigError) as info:
@@ -207,3 +229,19 @@ def test_runner_for_unknown_backend_is_rejected(user_file):
     user_file("runners:\n  onnx: local\n")
     with pytest.raises(ConfigError, match="unknown backend 'onnx'"):
         load_user_config()
+
+
+@pytest.mark.parametrize(
+    "runner", ["docker:--privileged", "docker:img\n", "docker:img\x07", "local\n"]
+)
+def test_runner_values_with_option_like_or_control_characters_are_not_runners(runner):
+    from llenergymeasure.config.user_config import valid_runner
+
+    assert not valid_runner(runner)
+
+
+def test_the_docker_runner_refuses_an_option_as_its_image():
+    from llenergymeasure.runners.docker import DockerRunner
+
+    with pytest.raises(ValueError, match="image reference"):
+        DockerRunner("--privileged")

@@ -20,7 +20,7 @@ app = typer.Typer(
     name="llem",
     help="Measure the energy and efficiency of LLM inference.",
     no_args_is_help=True,
-    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
@@ -71,8 +71,25 @@ def _root(
     """Measure the energy and efficiency of LLM inference."""
 
 
-def report_error(exc: BaseException, *, verbose: bool) -> int:
-    """Print an error the way users should see it and return the exit code."""
+def report_error(exc: BaseException, *, verbose: bool, as_json: bool = False) -> int:
+    """Print an error the way users should see it and return the exit code.
+
+    With ``as_json`` the error is also one JSON object on stdout:
+    ``{"error": message, "hint": hint or null, "exit_code": n}``.
+    """
+    code = _show_error(exc, verbose=verbose)
+    if as_json:
+        import json
+
+        from llenergymeasure.exceptions import LLEMError
+
+        message = exc.message if isinstance(exc, LLEMError) else str(exc) or type(exc).__name__
+        hint = exc.hint if isinstance(exc, LLEMError) else None
+        typer.echo(json.dumps({"error": message, "hint": hint, "exit_code": code}))
+    return code
+
+
+def _show_error(exc: BaseException, *, verbose: bool) -> int:
     from pydantic import ValidationError
 
     from llenergymeasure.exceptions import ConfigError, LLEMError
@@ -136,7 +153,14 @@ def run(
         bool, typer.Option("--dry-run", help="Validate and preview; run nothing.")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="Only the final summary.")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", help="Tracebacks and detail.")] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option("--verbose", "-v", help="Phase timings on stderr, and tracebacks on errors."),
+    ] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help="Print the summary (or the error) as one JSON object."),
+    ] = False,
     export_csv: Annotated[
         bool, typer.Option("--export-csv", help="Also write the result as CSV.")
     ] = False,
@@ -198,25 +222,29 @@ def run(
         resume=resume,
         runner=runner,
         detach=detach,
+        as_json=as_json,
     )
     try:
         code = execute_run(options)
     except (Exception, KeyboardInterrupt) as exc:
-        code = report_error(exc, verbose=verbose)
+        code = report_error(exc, verbose=verbose, as_json=as_json)
     raise typer.Exit(code)
 
 
 @app.command("config")
 def config_command(
-    verbose: Annotated[bool, typer.Option("--verbose", help="Show every setting.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show every setting.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print everything as one JSON object.")
+    ] = False,
 ) -> None:
     """Show the environment, installed engines, energy backends and user config."""
     from llenergymeasure.cli.config_cmd import show_config
 
     try:
-        code = show_config(verbose=verbose)
+        code = show_config(verbose=verbose, as_json=as_json)
     except (Exception, KeyboardInterrupt) as exc:
-        code = report_error(exc, verbose=verbose)
+        code = report_error(exc, verbose=verbose, as_json=as_json)
     raise typer.Exit(code)
 
 
@@ -234,20 +262,41 @@ def report_command(
             "--output", "-o", help="HTML file to write (default: <directory>/report.html)."
         ),
     ] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", help="Tracebacks and detail.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Tracebacks on errors.")] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json", help="Print the files written and the statistics as one JSON object."
+        ),
+    ] = False,
 ) -> None:
     """Write an HTML report with plots (PNGs beside it) and print per-config statistics."""
     from llenergymeasure.report.render import render_report
 
     try:
         outcome = render_report(directory, output)
-        typer.echo(outcome.statistics_text)
-        typer.echo(f"\nreport  {outcome.html_path}")
-        for image in outcome.images:
-            typer.echo(f"        {image}")
+        if as_json:
+            import json
+
+            stats = outcome.statistics
+            typer.echo(
+                json.dumps(
+                    {
+                        "kind": outcome.kind,
+                        "html": str(outcome.html_path),
+                        "images": [str(image) for image in outcome.images],
+                        "statistics": stats.model_dump(mode="json") if stats else None,
+                    }
+                )
+            )
+        else:
+            typer.echo(outcome.statistics_text)
+            typer.echo(f"\nreport  {outcome.html_path}")
+            for image in outcome.images:
+                typer.echo(f"        {image}")
         code = EXIT_OK
     except (Exception, KeyboardInterrupt) as exc:
-        code = report_error(exc, verbose=verbose)
+        code = report_error(exc, verbose=verbose, as_json=as_json)
     raise typer.Exit(code)
 
 

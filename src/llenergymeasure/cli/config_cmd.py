@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import platform
 import sys
+from typing import Any
 
 import typer
 
@@ -40,10 +42,39 @@ def _gpus() -> tuple[list[str], str | None]:
         pynvml.nvmlShutdown()
 
 
-def show_config(*, verbose: bool) -> int:
+def config_report() -> dict[str, Any]:
+    """What ``llem config`` reports, as plain data (``llem config --json``)."""
+    from llenergymeasure._version import __version__
+
+    gpus, why = _gpus()
+    path = user_config_path()
+    return {
+        "llem_version": __version__,
+        "python": {"version": sys.version.split()[0], "executable": sys.executable},
+        "os": platform.platform(),
+        "gpus": gpus,
+        "gpus_note": why,
+        "engines": {b: engine_version(b) for b in engine_names()},
+        "energy_backends": {
+            "nvml": bool(gpus),
+            "zeus": importlib.util.find_spec("zeus") is not None,
+            "codecarbon": importlib.util.find_spec("codecarbon") is not None,
+        },
+        "user_config": {"path": str(path), "found": path.exists()},
+        "settings": {
+            key: {"value": s.value, "source": s.source}
+            for key, s in sorted(effective_settings().items())
+        },
+    }
+
+
+def show_config(*, verbose: bool, as_json: bool = False) -> int:
     """Print the environment report; returns the exit code."""
     from llenergymeasure._version import __version__
 
+    if as_json:
+        typer.echo(json.dumps(config_report(), default=str))
+        return 0
     echo = typer.echo
     echo(f"llem {__version__}")
     echo(f"Python   {sys.version.split()[0]} ({sys.executable})")

@@ -31,3 +31,4 @@ class RunOptions:
     resume: Path | None = None
     runner: str | None = None  # --runner for every backend of a study
     detach: bool = False  # slurm runner: submit and return
+    as_json: bool = False  # --json: the summary (or error) as one JSON object on stdout

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 
 from llenergymeasure.config.catalogue import run_concurrency
@@ -64,6 +66,48 @@ def preview_experiment(config: ExperimentConfig) -> None:
     typer.echo("  VRAM estimate    " + _vram_text(est))
     if est is None:
         typer.echo("  note: the model's config.json is not available locally, so no VRAM estimate")
+    _note_missing_engines([config.backend])
+
+
+def _note_missing_engines(backends: list[str]) -> None:
+    """Say which engines are not installed here (a local run would stop at pre-flight)."""
+    from llenergymeasure.config.catalogue import engine_spec
+    from llenergymeasure.config.installed import engine_installed
+
+    for backend in dict.fromkeys(backends):
+        if not engine_installed(backend):
+            hint = engine_spec(backend).install_hint
+            typer.echo(
+                f"  note: engine '{backend}' is not installed here ({hint}); "
+                "a local run would stop at pre-flight"
+            )
+
+
+def preview_json(experiment: ExperimentConfig | None, study: StudyConfig | None) -> dict[str, Any]:
+    """The dry-run preview as plain data (``llem run --dry-run --json``)."""
+    from llenergymeasure.config.installed import engine_installed
+
+    configs = [experiment] if experiment is not None else list(study.experiments if study else [])
+    out: dict[str, Any] = {
+        "dry_run": True,
+        "valid": True,
+        "experiments": [
+            {**c.model_dump(mode="json"), "measurement_config_hash": measurement_config_hash(c)}
+            for c in configs
+        ],
+        "engines_not_installed": [
+            b for b in dict.fromkeys(c.backend for c in configs) if not engine_installed(b)
+        ],
+    }
+    if study is not None:
+        out.update(
+            study_name=study.name,
+            study_design_hash=study.study_design_hash,
+            execution=study.execution.model_dump(mode="json"),
+            skipped=[s.model_dump(mode="json") for s in study.skipped],
+            runs=len(study.experiments) * study.execution.n_cycles,
+        )
+    return out
 
 
 def _online_label(config: ExperimentConfig) -> str:
@@ -128,6 +172,7 @@ def preview_study(study: StudyConfig) -> None:
         f"between cycles {_gap(ex.cycle_gap_seconds)}"
     )
     _preview_engine_groups(study)
+    _note_missing_engines([e.backend for e in study.experiments])
     if any(est is None for est in cache.values()):
         typer.echo("note: VRAM shown as n/a where the model's config.json is not available locally")
 

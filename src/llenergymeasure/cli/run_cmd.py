@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,11 @@ def resolve(opts: RunOptions) -> ResolvedRun:
             updates["reuse_engine"] = opts.reuse_engine
         if updates:
             study = study.model_copy(update={"execution": execution.model_copy(update=updates)})
+            from llenergymeasure.config.study import check_study_bounds
+
+            check_study_bounds(
+                len(study.experiments), study.execution.n_cycles, where=str(opts.config)
+            )
         return ResolvedRun(experiment=None, study=study, cycles_from_yaml=cycles_from_yaml)
 
     for flag, value in (
@@ -135,9 +141,11 @@ def execute_run(opts: RunOptions) -> int:
             hint="put the experiment in a study YAML to run it on SLURM",
         )
     if opts.dry_run:
-        from llenergymeasure.cli.preview import preview_experiment, preview_study
+        from llenergymeasure.cli.preview import preview_experiment, preview_json, preview_study
 
-        if resolved.study is not None:
+        if opts.as_json:
+            typer.echo(json.dumps(preview_json(resolved.experiment, resolved.study)))
+        elif resolved.study is not None:
             preview_study(resolved.study)
         else:
             assert resolved.experiment is not None
@@ -167,7 +175,7 @@ def run_study_cli(study: StudyConfig, opts: RunOptions) -> int:
     )
     if not opts.quiet:
         typer.echo(f"[llem] study directory: {runner.study_dir}", err=True)
-    return _report_study(runner.run(), runner)
+    return _report_study(runner.run(), runner, opts)
 
 
 def resume_run(opts: RunOptions) -> int:
@@ -224,22 +232,31 @@ def resume_run(opts: RunOptions) -> int:
             f"{len(runner.manifest.runs)} runs already completed",
             err=True,
         )
-    return _report_study(runner.run(), runner)
+    return _report_study(runner.run(), runner, opts)
 
 
-def _report_study(result: Any, runner: Any) -> int:
+def _report_study(result: Any, runner: Any, opts: RunOptions) -> int:
     from llenergymeasure.study.summary import format_study_summary, study_exit_code
 
     if runner.detach:
         counts = runner.manifest.counts()
+        if opts.as_json:
+            typer.echo(
+                json.dumps({"submitted": True, "study_dir": str(runner.study_dir), "runs": counts})
+            )
+            return 0
         typer.echo(
             f"submitted: {counts['running']} run(s) queued on SLURM, {counts['completed']} "
             f"completed. Collect with: llem run --resume {runner.study_dir}"
         )
         return 0
 
-    typer.echo(format_study_summary(result, runner.manifest))
-    return study_exit_code(result)
+    code = study_exit_code(result)
+    if opts.as_json:
+        typer.echo(json.dumps({**result.model_dump(mode="json"), "exit_code": code}))
+    else:
+        typer.echo(format_study_summary(result, runner.manifest))
+    return code
 
 
 def echo_err(message: str, opts: RunOptions) -> None:

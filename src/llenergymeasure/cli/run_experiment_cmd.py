@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -54,6 +58,62 @@ def format_summary(result: ExperimentResult, path: Path | None) -> str:
         lines.append(f"  warnings             {', '.join(result.measurement_warnings)}")
     if path is not None:
         lines.append(f"  saved                {path}")
+    return "\n".join(lines)
+
+
+def summary_dict(result: ExperimentResult, path: Path | None) -> dict[str, Any]:
+    """The final summary as plain data (``llem run --json``)."""
+    e = result.energy
+    return {
+        "model": result.config.model,
+        "backend": result.config.backend,
+        "precision": result.config.precision,
+        "measurement_config_hash": result.measurement_config_hash,
+        "n_requests": result.n_requests,
+        "input_tokens": result.input_tokens,
+        "output_tokens": result.output_tokens,
+        "duration_s": result.duration_s,
+        "tokens_per_second": result.tokens_per_second,
+        "requests_per_second": result.requests_per_second,
+        "latency_s": {
+            "mean": result.latency.mean,
+            "p50": result.latency.p50,
+            "p99": result.latency.p99,
+        },
+        "ttft_mean_s": result.ttft.mean,
+        "itl_mean_s": result.itl.mean,
+        "energy_available": e.available,
+        "energy_backend": e.backend,
+        "energy_total_j": result.energy_total_j,
+        "energy_per_output_token_j": result.energy_per_output_token_j,
+        "energy_per_output_token_adjusted_j": result.energy_per_output_token_adjusted_j,
+        "mean_power_w": result.mean_power_w,
+        "baseline_power_w": e.baseline_power_w,
+        "co2_g": result.carbon.co2_g,
+        "measurement_warnings": list(result.measurement_warnings),
+        "timing": result.timing.model_dump(mode="json"),
+        "result_path": str(path) if path is not None else None,
+    }
+
+
+def format_timings(result: ExperimentResult) -> str:
+    """Phase timings, one per line (``llem run --verbose``)."""
+    t = result.timing
+    phases = [
+        ("pre-flight", t.preflight_s),
+        ("environment", t.environment_s),
+        ("idle baseline", t.baseline_s),
+        ("model load", t.load_s),
+        ("dataset", t.dataset_s),
+        ("warmup", t.warmup_s),
+        ("thermal floor", t.thermal_floor_s),
+        ("measurement window", t.measurement_s),
+        ("total", t.total_s),
+    ]
+    lines = ["[llem] phase timings"]
+    lines += [f"[llem]   {name:<19} {seconds:8.3f} s" for name, seconds in phases]
+    if t.compile_s is not None:
+        lines.append(f"[llem]   {'(torch.compile)':<19} {t.compile_s:8.3f} s, part of warmup")
     return "\n".join(lines)
 
 
@@ -141,9 +201,6 @@ def run_single(config: ExperimentConfig, opts: RunOptions) -> int:
 
     results_root = opts.output or Path(setting("output.results_dir"))
     if config.mode == "online":
-        # the server log goes into the result directory as the run goes: a failed run keeps it
-        from datetime import datetime
-
         from llenergymeasure.harness.online import online_preflight
 
         problems = online_preflight(config, None)  # before a directory is made for nothing
@@ -151,26 +208,32 @@ def run_single(config: ExperimentConfig, opts: RunOptions) -> int:
             from llenergymeasure.exceptions import PreFlightError
 
             raise PreFlightError(problems)
-        name = experiment_dir_name(config.model, config.backend, datetime.now().astimezone())
-        directory = unique_directory(results_root, name)
-        try:
+    # The run directory exists before anything is measured: an unusable output location is a
+    # ConfigError now, not a lost measurement later. It is removed again if nothing lands in it
+    # (an online run's server log, kept on failure, is something).
+    name = experiment_dir_name(config.model, config.backend, datetime.now().astimezone())
+    directory = unique_directory(results_root, name)
+    try:
+        if config.mode == "online":
             measured = measure(config, progress=progress, work_dir=directory)
-        except Exception:
-            kept = sorted(p.name for p in directory.iterdir()) if directory.is_dir() else []
-            if kept:
-                progress(f"kept {', '.join(kept)} in {directory}")
-            else:
+        else:
+            measured = measure(config, progress=progress)
+        path = measured.save(directory, export_csv=opts.export_csv)
+    except BaseException:
+        kept = sorted(p.name for p in directory.iterdir()) if directory.is_dir() else []
+        if kept:
+            progress(f"kept {', '.join(kept)} in {directory}")
+        else:
+            with contextlib.suppress(OSError):
                 directory.rmdir()
-            raise
+        raise
+    if opts.verbose and not opts.quiet:
+        typer.echo(format_timings(measured.result), err=True)
+    if opts.as_json:
+        typer.echo(json.dumps(summary_dict(measured.result, path)))
     else:
-        measured = measure(config, progress=progress)
-        name = experiment_dir_name(
-            config.model, config.backend, measured.result.started_at_utc.astimezone()
-        )
-        directory = unique_directory(results_root, name)
-    path = measured.save(directory, export_csv=opts.export_csv)
-    typer.echo(format_summary(measured.result, path))
+        typer.echo(format_summary(measured.result, path))
     return 0
 
 
-__all__ = ["format_summary", "online_summary_lines", "run_single"]
+__all__ = ["format_summary", "format_timings", "online_summary_lines", "run_single", "summary_dict"]

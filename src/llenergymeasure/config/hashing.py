@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from llenergymeasure.config.models import ExperimentConfig
+from llenergymeasure.config.secrets import drop_secrets
 
 
 def _canonical_json(obj: Any) -> str:
@@ -18,6 +19,9 @@ def _hash_payload(config: ExperimentConfig) -> dict[str, Any]:
     # Offline configs hash as they did before online mode existed (results and resumable
     # studies keep their identity): the default `mode`/`online` pair is left out.
     data = config.model_dump(mode="json")
+    # Credentials are not part of what is measured (and are redacted in every dump anyway).
+    if data.get("passthrough_kwargs") is not None:
+        data["passthrough_kwargs"] = drop_secrets(data["passthrough_kwargs"])
     if data.get("mode") == "offline" and data.get("online") is None:
         data.pop("mode", None)
         data.pop("online", None)

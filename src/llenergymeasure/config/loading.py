@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from llenergymeasure.config.catalogue import ENGINES
-from llenergymeasure.config.models import ExperimentConfig
+from llenergymeasure.config.models import USER_INPUT, ExperimentConfig
 from llenergymeasure.exceptions import ConfigError
 
 KeyPath = tuple[str | int, ...]
@@ -219,7 +219,7 @@ def validate_experiment_dict(
 ) -> ExperimentConfig:
     """Validate a plain mapping as an ExperimentConfig, raising ConfigError on problems."""
     try:
-        return ExperimentConfig.model_validate(data)
+        return ExperimentConfig.model_validate(data, context=USER_INPUT)
     except ValidationError as exc:
         raise validation_config_error(exc, source=source, lines=lines) from None
 
@@ -282,6 +282,8 @@ def build_experiment_config(
             return source
         data = source.model_dump(exclude_unset=True)
         data.setdefault("backend", source.backend)
+        if source.passthrough_kwargs is not None:
+            data["passthrough_kwargs"] = source.passthrough_kwargs  # dumps redact credentials
         return validate_experiment_dict(merge_overrides(data, extra), source=overrides_label)
     if source is None:
         return validate_experiment_dict(merge_overrides({}, extra), source=overrides_label)

@@ -7,6 +7,7 @@ resolves them at run time and the result records the effective value.
 from __future__ import annotations
 
 import difflib
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -16,12 +17,20 @@ from pydantic import (
     Discriminator,
     Field,
     Tag,
+    ValidationInfo,
+    field_serializer,
     field_validator,
     model_validator,
 )
 
 from llenergymeasure.config.catalogue import engine_names, engine_spec
 from llenergymeasure.config.online import OnlineConfig
+from llenergymeasure.config.secrets import drop_redacted, redact_secrets
+from llenergymeasure.config.strict import STRICT_CONFIG
+
+#: Validation context for configs a user wrote (YAML, CLI, study grid): enables the checks
+#: that only make sense on user input, e.g. max_new_tokens vs a synthetic output_len.
+USER_INPUT: dict[str, Any] = {"user_input": True}
 
 #: Dataset names that need no file.
 BUILTIN_DATASETS: tuple[str, ...] = ("aienergyscore", "synthetic")
@@ -30,7 +39,7 @@ BUILTIN_DATASETS: tuple[str, ...] = ("aienergyscore", "synthetic")
 Backend = str
 Precision = Literal["fp32", "fp16", "bf16", "int8", "fp8", "int4"]
 
-_FORBID = ConfigDict(extra="forbid")
+_FORBID = STRICT_CONFIG
 
 
 class DecoderConfig(BaseModel):
@@ -94,6 +103,11 @@ class DecoderConfig(BaseModel):
             raise ValueError("num_beams requires decoding_strategy='beam'")
         if self.speculative_decoding and not self.draft_model:
             raise ValueError("speculative_decoding=True requires draft_model to be set")
+        if self.decoding_strategy == "sampling" and self.temperature == 0:
+            raise ValueError(
+                "temperature=0 with decoding_strategy='sampling' is not a distribution to sample "
+                "from: use decoding_strategy: greedy, or a temperature > 0"
+            )
         return self
 
 
@@ -153,7 +167,11 @@ class BaselineConfig(BaseModel):
 
 
 class SyntheticDatasetConfig(BaseModel):
-    """``n`` generated prompts of exactly ``input_len`` tokens; ``output_len`` = max_new_tokens."""
+    """``n`` generated prompts of exactly ``input_len`` tokens; ``output_len`` = max_new_tokens.
+
+    Unset, ``output_len`` takes the experiment's ``max_new_tokens`` when that is given; both set
+    to different values is a config error.
+    """
 
     model_config = _FORBID
 
@@ -353,6 +371,23 @@ TENSORRT_PRECISION_QUANT: dict[str, str | None] = {
 _ENGINE_SECTIONS: tuple[str, ...] = ("pytorch", "vllm", "tensorrt")
 
 
+def _non_finite_path(value: Any, path: str) -> str | None:
+    """The dotted path of the first inf/nan float inside ``value``, or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return path
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = _non_finite_path(item, f"{path}.{key}")
+            if found is not None:
+                return found
+    if isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            found = _non_finite_path(item, f"{path}[{index}]")
+            if found is not None:
+                return found
+    return None
+
+
 def _dataset_kind(value: Any) -> str:
     return "synthetic" if isinstance(value, (dict, SyntheticDatasetConfig)) else "name"
 
@@ -389,7 +424,7 @@ DatasetSpec = Annotated[
 class ExperimentConfig(BaseModel):
     """One measurement: a model, an engine, a workload and how to measure it."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(**STRICT_CONFIG, protected_namespaces=())
 
     model: str = Field(
         min_length=1,
@@ -483,7 +518,32 @@ class ExperimentConfig(BaseModel):
         if isinstance(data, dict) and data.get("dataset") == "synthetic":
             n = data.get("n", 100)
             data = {**data, "dataset": {"n": n} if isinstance(n, int) and n >= 1 else {"n": 1}}
+        # Synthetic output_len and max_new_tokens are one quantity: an explicit max_new_tokens
+        # fills an unset output_len; both set and different is an error (validate_backend_...).
+        if (
+            isinstance(data, dict)
+            and isinstance(data.get("dataset"), dict)
+            and "output_len" not in data["dataset"]
+            and "max_new_tokens" in data
+        ):
+            data = {**data, "dataset": {**data["dataset"], "output_len": data["max_new_tokens"]}}
         return data
+
+    @field_validator("passthrough_kwargs")
+    @classmethod
+    def _check_passthrough_finite(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            bad = _non_finite_path(value, "passthrough_kwargs")
+            if bad is not None:
+                raise ValueError(f"{bad} is not a finite number (inf and nan are not allowed)")
+            # A config read back from a written file carries placeholders, not credentials.
+            value = drop_redacted(value)
+        return value
+
+    @field_serializer("passthrough_kwargs")
+    def _redact_passthrough(self, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        # Every dump (result.json, manifest, report, tables) hides credentials.
+        return None if value is None else redact_secrets(value)
 
     @field_validator("backend")
     @classmethod
@@ -507,6 +567,27 @@ class ExperimentConfig(BaseModel):
                     "a mapping {n, input_len, output_len, seed}, or a path to a .jsonl file"
                 )
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check_output_len_agrees(cls, data: Any, info: ValidationInfo) -> Any:
+        # Only for what a user wrote (USER_INPUT context): a stored config's dump carries both
+        # fields and must stay readable whatever its values.
+        if not (info.context or {}).get("user_input") or not isinstance(data, dict):
+            return data
+        dataset = data.get("dataset")
+        if (
+            isinstance(dataset, dict)
+            and "max_new_tokens" in data
+            and "output_len" in dataset
+            and dataset["output_len"] != data["max_new_tokens"]
+        ):
+            raise ValueError(
+                f"max_new_tokens={data['max_new_tokens']!r} and dataset.output_len="
+                f"{dataset['output_len']!r} disagree: a synthetic dataset's output_len is "
+                "the number of new tokens; set only one of them, or both to the same value"
+            )
+        return data
 
     @model_validator(mode="after")
     def validate_backend_compatibility(self) -> ExperimentConfig:

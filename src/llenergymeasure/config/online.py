@@ -13,7 +13,9 @@ import math
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+from llenergymeasure.config.strict import STRICT_CONFIG
 
 __all__ = [
     "ArrivalProcess",
@@ -26,7 +28,7 @@ __all__ = [
 ArrivalProcess = Literal["poisson", "constant", "gamma"]
 OnlineApi = Literal["chat", "completions"]
 
-_STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
+_STRICT = STRICT_CONFIG
 
 
 class ServerConfig(BaseModel):

@@ -9,11 +9,12 @@ Precedence: built-in defaults < ``base:`` file < inline fields < sweep < experim
 from __future__ import annotations
 
 import itertools
+import math
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from llenergymeasure.config.catalogue import ENGINES, engine_names
 from llenergymeasure.config.hashing import measurement_config_hash, study_design_hash
@@ -27,7 +28,8 @@ from llenergymeasure.config.loading import (
     suggest_key,
     validation_config_error,
 )
-from llenergymeasure.config.models import ExperimentConfig
+from llenergymeasure.config.models import USER_INPUT, ExperimentConfig
+from llenergymeasure.config.strict import STRICT_CONFIG
 from llenergymeasure.exceptions import ConfigError
 
 STUDY_KEYS = ("name", "base", "sweep", "experiments", "execution")
@@ -36,7 +38,7 @@ STUDY_KEYS = ("name", "base", "sweep", "experiments", "execution")
 class ExecutionConfig(BaseModel):
     """How a study runs; excluded from the study design hash."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT_CONFIG
 
     n_cycles: int = Field(
         1,
@@ -85,7 +87,7 @@ class ExecutionConfig(BaseModel):
 class SkippedExperiment(BaseModel):
     """A grid point that failed validation: what it was and why it was skipped."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT_CONFIG
 
     source: str = Field(description='Where the point came from: "sweep" or "experiments[i]".')
     overrides: dict[str, Any] = Field(description="The point's values that differ from base.")
@@ -95,7 +97,7 @@ class SkippedExperiment(BaseModel):
 class StudyConfig(BaseModel):
     """A resolved study: valid experiments, skipped points and how to execute them."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT_CONFIG
 
     name: str = Field(description="Study name (the result directory's prefix).")
     experiments: list[ExperimentConfig] = Field(
@@ -180,6 +182,28 @@ def _as_values(key: str, values: Any) -> list[Any]:
     return values
 
 
+def check_study_bounds(grid_points: int, n_cycles: int, *, where: str = "study") -> None:
+    """``ConfigError`` when a study is larger than the user config's limits
+    (``execution.max_grid_points``, ``execution.max_cycles``); checked before anything is
+    expanded, planned or created, so a huge sweep fails fast instead of exhausting memory."""
+    from llenergymeasure.config.user_config import setting
+
+    max_points = int(setting("execution.max_grid_points"))
+    max_cycles = int(setting("execution.max_cycles"))
+    if grid_points > max_points:
+        raise ConfigError(
+            f"{where}: the sweep expands to {grid_points:,} experiments, more than the limit of "
+            f"{max_points:,}",
+            hint="sweep fewer values, or raise execution.max_grid_points in the user config "
+            "(llem config shows where it is)",
+        )
+    if n_cycles > max_cycles:
+        raise ConfigError(
+            f"{where}: n_cycles={n_cycles:,} is more than the limit of {max_cycles:,}",
+            hint="use fewer cycles, or raise execution.max_cycles in the user config",
+        )
+
+
 def expand_study(
     data: dict[str, Any],
     *,
@@ -253,6 +277,14 @@ def expand_study(
             )
     fixed.pop("backend", None)
 
+    grid_points = len(experiments)
+    if sweep or not experiments:
+        for backend in backends:
+            grid_points += math.prod(
+                len(v) for v in {**universal, **scoped.get(backend, {})}.values()
+            )
+    check_study_bounds(grid_points, execution.n_cycles, where=where)
+
     candidates: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
     if sweep or not experiments:
         for backend in backends:
@@ -290,7 +322,7 @@ def expand_study(
         if overrides:
             merged = deep_merge(merged, _overrides_for(overrides, str(merged.get("backend"))))
         try:
-            config = ExperimentConfig.model_validate(merged)
+            config = ExperimentConfig.model_validate(merged, context=USER_INPUT)
         except ValidationError as exc:
             reason = "; ".join(describe_validation_error(exc))
             skipped.append(SkippedExperiment(source=origin, overrides=shown, reason=reason))

@@ -13,14 +13,18 @@ import re
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from llenergymeasure.config.catalogue import engine_names
 from llenergymeasure.config.loading import key_lines, read_yaml_mapping, validation_config_error
+from llenergymeasure.config.strict import STRICT_CONFIG
 from llenergymeasure.exceptions import ConfigError
 
-_FORBID = ConfigDict(extra="forbid")
-_RUNNER_RE = re.compile(r"^(local|docker:\S+|slurm)$")
+_FORBID = STRICT_CONFIG
+# An image reference as docker/podman take it: [host[:port]/]name[:tag][@digest]. It cannot
+# start with "-" (it would become a `docker run` option) or hold spaces/control characters.
+_IMAGE_RE = r"[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}"
+_RUNNER_RE = re.compile(rf"local|slurm|docker:{_IMAGE_RE}")
 
 
 class OutputSection(BaseModel):
@@ -72,6 +76,20 @@ class ExecutionSection(BaseModel):
             "Default of a study's execution.reuse_engine: runs with equal engine-load fields share"
             " one loaded engine (opt-in)."
         ),
+    )
+    # Bounded work: a study is refused before expansion beyond these (raise them deliberately).
+    max_grid_points: int = Field(
+        10_000,
+        ge=1,
+        description=(
+            "Most experiments one study may expand to (sweep points x backends + experiments); "
+            "a larger study is refused before it expands."
+        ),
+    )
+    max_cycles: int = Field(
+        1_000,
+        ge=1,
+        description="Most cycles (execution.n_cycles, --cycles) one study may run.",
     )
 
 
@@ -133,7 +151,7 @@ class UserConfig(BaseModel):
                 raise ValueError(
                     f"runners: unknown backend {backend!r}; valid: {list(engine_names())}"
                 )
-            if not _RUNNER_RE.match(runner):
+            if not _RUNNER_RE.fullmatch(runner):
                 raise ValueError(
                     f"runners.{backend}: {runner!r} is not a runner; use 'local', "
                     "'docker:<image>' or 'slurm'"
@@ -141,9 +159,14 @@ class UserConfig(BaseModel):
         return value
 
 
+def valid_image_reference(image: str) -> bool:
+    """Whether ``image`` is a container image reference (no leading dash, no whitespace)."""
+    return bool(re.fullmatch(_IMAGE_RE, image))
+
+
 def valid_runner(value: str) -> bool:
-    """``local``, ``docker:<image>`` or ``slurm``."""
-    return bool(_RUNNER_RE.match(value))
+    """``local``, ``docker:<image>`` (a valid image reference) or ``slurm``."""
+    return bool(_RUNNER_RE.fullmatch(value))
 
 
 def user_config_path() -> Path:
@@ -240,7 +263,7 @@ def effective_settings(path: Path | None = None) -> dict[str, Setting]:
         env = f"LLEM_RUNNER_{backend.upper()}"
         if os.environ.get(env):
             runner = os.environ[env]
-            if not _RUNNER_RE.match(runner):
+            if not _RUNNER_RE.fullmatch(runner):
                 raise ConfigError(
                     f"environment variable {env}={runner!r} is not a runner",
                     hint="use 'local', 'docker:<image>' or 'slurm'",

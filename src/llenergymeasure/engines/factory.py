@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from llenergymeasure.config.catalogue import ENGINES, engine_spec
 from llenergymeasure.engines.base import InferenceBackend
 from llenergymeasure.engines.registry import engine_installed
-from llenergymeasure.exceptions import BackendError
+from llenergymeasure.exceptions import BackendError, EngineNotInstalledError
 
 if TYPE_CHECKING:
     from llenergymeasure.config.models import ExperimentConfig
@@ -28,7 +28,9 @@ def create_engine(backend: str, config: ExperimentConfig | None = None) -> Infer
         )
     spec = engine_spec(backend)
     if not engine_installed(backend):
-        raise BackendError(f"engine '{backend}' is not installed", hint=spec.install_hint)
+        raise EngineNotInstalledError(
+            f"engine '{backend}' is not installed", hint=spec.install_hint
+        )
     if backend == "pytorch" and config is not None:
         from llenergymeasure.engines.data_parallel import DataParallelEngine, num_processes
 

@@ -72,6 +72,13 @@ class OfflineLLMEngine:
         """The loaded engine object (``vllm.LLM``, ``tensorrt_llm.LLM``); None before ``load``."""
         return self._llm
 
+    def max_sequence_length(self) -> int | None:
+        """Prompt + generated tokens the loaded engine accepts (vLLM's ``max_model_len``);
+        None where the engine does not say or nothing is loaded."""
+        engine = getattr(self._llm, "llm_engine", None)
+        value = getattr(getattr(engine, "model_config", None), "max_model_len", None)
+        return value if isinstance(value, int) and value > 0 else None
+
     @property
     def install_hint(self) -> str:
         """The pip command that installs this engine."""

@@ -47,7 +47,7 @@ import gc
 import importlib.util
 import itertools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
 from time import monotonic, perf_counter
@@ -271,6 +271,10 @@ class PyTorchBackend:
         self._model_source: str | None = None
         self._last_outputs: list[tuple[list[int], Any, list[int]]] = []
         self.last_phase: str | None = None
+        #: Called after each batch with (prompts done, output tokens so far); set by the harness
+        #: for progress. Runs between batches on data already on the host: no sync, no per-token
+        #: work.
+        self.batch_callback: Callable[[int, int], None] | None = None
 
     # ─── Introspection ──────────────────────────────────────────────────────
     def version(self) -> str:
@@ -598,6 +602,15 @@ class PyTorchBackend:
             kw["tokenizer"] = self._tokenizer
         return kw
 
+    def max_sequence_length(self) -> int | None:
+        """Prompt + generated tokens the loaded model can attend to (None: unknown/not loaded)."""
+        model_cfg = getattr(self._model, "config", None)
+        for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+            value = getattr(model_cfg, name, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return None
+
     def effective_parameters(self) -> dict[str, Any]:
         """Every parameter the engine uses, None-sentinels resolved (needs ``load`` first)."""
         if self._model is None or self._config is None:
@@ -744,6 +757,7 @@ class PyTorchBackend:
 
         records: list[RequestRecord | None] = [None] * len(prompts)
         self._last_outputs = []
+        done = tokens = 0
         for batch_index, (pos, in_lens, input_ids, mask, max_new) in enumerate(batches):
             kw = dict(base_kw, max_new_tokens=max_new)
             if ignore_eos:
@@ -779,6 +793,9 @@ class PyTorchBackend:
                     batch_index=batch_index,
                     start_s=start,
                 )
+            if self.batch_callback is not None:
+                done, tokens = done + len(pos), tokens + sum(counts)
+                self.batch_callback(done, tokens)
         return [r for r in records if r is not None]
 
     def _generation_error(self, error: Exception, batch_len: int) -> BackendError:

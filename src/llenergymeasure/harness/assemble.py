@@ -78,6 +78,11 @@ class CollectedRun:
     phase_split_unavailable: str | None = None
 
 
+def trusts_remote_code(config: ExperimentConfig) -> bool:
+    """Whether ``passthrough_kwargs.trust_remote_code`` lets the model repository run code."""
+    return bool((config.passthrough_kwargs or {}).get("trust_remote_code"))
+
+
 def assemble_result(run: CollectedRun, settings: MeasurementSettings) -> ExperimentResult:
     """The experiment's result; ``ExperimentError`` when the engine lost or invented requests."""
     config, records, duration = run.config, run.records, run.duration_s
@@ -109,6 +114,7 @@ def assemble_result(run: CollectedRun, settings: MeasurementSettings) -> Experim
         persistence_mode=run.environment.persistence_mode,
         counter_vs_poll_diff_pct=breakdown.counter_vs_poll_diff_pct,
         thermal_floor_seconds=config.warmup.thermal_floor_seconds,
+        trust_remote_code=trusts_remote_code(config),
     )
     return ExperimentResult(
         llem_version=__version__,

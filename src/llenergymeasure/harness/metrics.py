@@ -181,9 +181,13 @@ def measurement_warnings(
     counter_vs_poll_diff_pct: float | None,
     thermal_floor_seconds: float,
     throttled: bool = False,
+    trust_remote_code: bool = False,
 ) -> list[str]:
-    """Warning flags for one measurement: conditions that make its numbers less trustworthy."""
+    """Warning flags for one measurement: conditions that make its numbers less trustworthy,
+    and ``trust_remote_code`` when code from the model repository ran."""
     warnings: list[str] = []
+    if trust_remote_code:
+        warnings.append("trust_remote_code")
     if duration_s < SHORT_MEASUREMENT_S:
         warnings.append("short_measurement_duration")
     if energy_available and n_devices > 0:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ from llenergymeasure.energy.sensors import GpuSensor
 from llenergymeasure.engines.base import InferenceBackend, RequestRecord
 from llenergymeasure.engines.data_parallel import ProcessReporter
 from llenergymeasure.exceptions import PreFlightError
-from llenergymeasure.harness.assemble import CollectedRun, assemble_result
+from llenergymeasure.harness.assemble import CollectedRun, assemble_result, trusts_remote_code
 from llenergymeasure.harness.energy_split import host_energy_components
 from llenergymeasure.harness.prefill_window import measure_prefill_window, split_from_windows
 from llenergymeasure.harness.settings import MeasurementSettings
@@ -80,6 +81,29 @@ class MeasuredExperiment:
 
 def _noop(_: str) -> None:
     pass
+
+
+@dataclass
+class _WindowProgress:
+    """Progress inside the measurement window, called by the engine between batches.
+
+    At most one line every ``interval_s`` (and one for the last batch): one clock read and a
+    comparison per batch otherwise, never a device sync or per-token work.
+    """
+
+    total: int
+    say: Progress
+    interval_s: float = 2.0
+    start: float = 0.0
+    _last: float = 0.0
+
+    def __call__(self, done: int, tokens: int) -> None:
+        now = time.perf_counter()
+        if done < self.total and now - self._last < self.interval_s:
+            return
+        self._last = now
+        elapsed = max(now - self.start, 1e-9)
+        self.say(f"measuring: {done}/{self.total} prompts, {tokens / elapsed:.1f} tok/s so far")
 
 
 @dataclass
@@ -166,6 +190,12 @@ class ExperimentOrchestrator:
         problems = self.preflight(config)
         if problems:
             raise PreFlightError(problems)
+        if trusts_remote_code(config):
+            print(
+                f"[llem] warning: passthrough_kwargs.trust_remote_code is set: code from the "
+                f"{config.model} repository runs on this machine",
+                file=sys.stderr,
+            )
         timings.preflight_s = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -242,6 +272,11 @@ class ExperimentOrchestrator:
         t = time.perf_counter()
         prompts = self._load_prompts(config)
         timings.dataset_s = time.perf_counter() - t
+        too_long = self._length_problems(config, prompts)
+        if too_long:  # the second half of pre-flight: the limits are known once loaded
+            raise PreFlightError(
+                too_long, hint="use shorter prompts, a lower max_new_tokens or a longer model"
+            )
 
         warmup = self._warmup(config, prompts, sampler)
         if reused_from is not None:
@@ -269,11 +304,18 @@ class ExperimentOrchestrator:
             sampler.sample_now()
         self.engine.reset_peak_memory()
         rapl, rapl_missing = self._rapl_begin()
+        window_progress = self._window_progress(len(prompts))
         self.engine.synchronize()
         self.energy_backend.begin()
         w0 = self.clock()
         p0 = time.perf_counter()
-        records = self.engine.generate(prompts, config, phase="measurement")
+        if window_progress is not None:
+            window_progress.start = p0
+        try:
+            records = self.engine.generate(prompts, config, phase="measurement")
+        finally:
+            if window_progress is not None:
+                cast(Any, self.engine).batch_callback = None
         self.engine.synchronize()
         p1 = time.perf_counter()
         w1 = self.clock()
@@ -439,6 +481,42 @@ class ExperimentOrchestrator:
         if key is not None:
             self._loaded_key, self._loaded_by, self._load_info = key, run_id, load_info
         return load_info, None
+
+    def _window_progress(self, total: int) -> _WindowProgress | None:
+        """Per-batch progress for engines with a ``batch_callback`` (None: nothing to report)."""
+        if self.progress is _noop or not hasattr(self.engine, "batch_callback"):
+            return None
+        reporter = _WindowProgress(total=total, say=self.progress)
+        cast(Any, self.engine).batch_callback = reporter
+        return reporter
+
+    def _length_problems(self, config: ExperimentConfig, prompts: Sequence[Any]) -> list[str]:
+        """Prompts whose tokens + new tokens exceed the loaded engine's maximum length.
+
+        Engines report their limit with an optional ``max_sequence_length()``; without one (or
+        without a tokenizer that can ``encode``) nothing is checked.
+        """
+        limit_of = getattr(self.engine, "max_sequence_length", None)
+        limit = limit_of() if callable(limit_of) else None
+        encode = getattr(self.engine.tokenizer, "encode", None)
+        if not isinstance(limit, int) or not callable(encode):
+            return []
+        problems: list[str] = []
+        over = 0
+        for prompt in prompts:
+            n_in = len(encode(prompt.text))
+            n_new = prompt.max_new_tokens or config.effective_max_new_tokens
+            if n_in + n_new > limit:
+                over += 1
+                if len(problems) < 5:
+                    problems.append(
+                        f"prompt {prompt.index}: {n_in} prompt tokens + {n_new} new tokens = "
+                        f"{n_in + n_new} exceeds the maximum sequence length {limit} of "
+                        f"{config.model}"
+                    )
+        if over > len(problems):
+            problems.append(f"... and {over - len(problems)} more prompts over the limit")
+        return problems
 
     def _load_prompts(self, config: ExperimentConfig) -> list[Any]:
         loader = self.dataset_loader

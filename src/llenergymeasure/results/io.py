@@ -8,16 +8,54 @@ import io
 import os
 import re
 import tempfile
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from llenergymeasure.exceptions import ConfigError
+
+#: A temp file of a write this old was left by a killed writer (a live write takes seconds).
+STALE_TMP_SECONDS = 300.0
+
+
+def _umask() -> int:
+    """The process umask (read without changing it where /proc allows)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def remove_stale_temp_files(directory: Path, *, older_than_s: float = STALE_TMP_SECONDS) -> None:
+    """Delete ``.<name>.<random>.tmp`` files of killed atomic writes in ``directory``."""
+    cutoff = time.time() - older_than_s
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(directory):
+            if not (entry.name.startswith(".") and entry.name.endswith(".tmp")):
+                continue
+            with contextlib.suppress(OSError):
+                if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
+                    os.unlink(entry.path)
+
 
 def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a temp file in the same directory and ``os.replace``."""
+    """Write ``data`` to ``path`` via a temp file in the same directory and ``os.replace``.
+
+    The file gets the permissions a plain ``open()`` would (0666 less the umask), and temp
+    files that killed writes left in the directory are removed first.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -42,8 +80,23 @@ def model_slug(model: str) -> str:
 
 
 def unique_directory(parent: Path, name: str) -> Path:
-    """Create and return ``parent/name``, or ``name_1``, ``name_2``... never reusing one."""
-    parent.mkdir(parents=True, exist_ok=True)
+    """Create and return ``parent/name``, or ``name_1``, ``name_2``... never reusing one.
+
+    ``ConfigError`` (exit 2) naming ``parent`` when it is a file or cannot be written, so an
+    unusable output location is found before anything is measured.
+    """
+    if parent.exists() and not parent.is_dir():
+        raise ConfigError(
+            f"output directory {parent} is not a directory",
+            hint="give -o / output.results_dir a directory path",
+        )
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create output directory {parent}: {exc.strerror or exc}",
+            hint="choose a writable location with -o or output.results_dir",
+        ) from None
     candidate = parent / name
     i = 0
     while True:
@@ -53,6 +106,11 @@ def unique_directory(parent: Path, name: str) -> Path:
         except FileExistsError:
             i += 1
             candidate = parent / f"{name}_{i}"
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot write in output directory {parent}: {exc.strerror or exc}",
+                hint="choose a writable location with -o or output.results_dir",
+            ) from None
 
 
 def experiment_dir_name(model: str, backend: str, when: datetime) -> str:

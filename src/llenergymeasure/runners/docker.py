@@ -72,8 +72,13 @@ class DockerRunner:
     def __init__(
         self, image: str, *, docker: str = "docker", shm_size: str = DEFAULT_SHM_SIZE
     ) -> None:
-        if not image:
-            raise ValueError("DockerRunner needs an image name")
+        from llenergymeasure.config.user_config import valid_image_reference
+
+        if not valid_image_reference(image):
+            raise ValueError(
+                f"DockerRunner needs a container image reference, got {image!r} (no leading "
+                "'-', no spaces or control characters)"
+            )
         self.image = image
         self.docker = docker
         self.shm_size = shm_size

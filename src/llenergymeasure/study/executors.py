@@ -36,6 +36,7 @@ from typing import IO, TYPE_CHECKING, Any, Protocol
 from llenergymeasure.study.manifest import RunEntry, RunError, StudyManifest
 from llenergymeasure.study.planning import gap_before
 from llenergymeasure.study.processes import (
+    START_ALLOWANCE_S,
     STOP_GRACE_S,
     Outcome,
     conclude,
@@ -159,7 +160,13 @@ class FreshProcessExecutor:
             study.processes.append(proc)
             try:
                 study.attach_pid(entry, proc.pid)
-                final = receive_final(proc, receiver, _timeout(study), _relayer(study, entry))
+                final = receive_final(
+                    proc,
+                    receiver,
+                    _timeout(study),
+                    _relayer(study, entry),
+                    start_allowance_s=START_ALLOWANCE_S,
+                )
                 outcome = final if isinstance(final, RunError) else conclude(proc, final)
             finally:
                 receiver.close()

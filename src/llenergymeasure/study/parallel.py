@@ -32,6 +32,7 @@ from llenergymeasure.study.executors import GroupProcess, StudyBookkeeping, spaw
 from llenergymeasure.study.manifest import ConcurrentRun, RunEntry, RunError
 from llenergymeasure.study.planning import gap_before
 from llenergymeasure.study.processes import (
+    START_ALLOWANCE_S,
     STOP_GRACE_S,
     conclude,
     outcome_of,
@@ -162,7 +163,8 @@ def run_per_gpu(runner: StudyBookkeeping, todo: list[RunEntry], *, reuse: bool =
                     proc, receiver = spawn_run(runner, request)
                     runner.processes.append(proc)
                     runner.attach_pid(entry, proc.pid)
-                deadline = None if timeout is None else time.monotonic() + timeout
+                allowance = 0.0 if reuse else START_ALLOWANCE_S  # until the child is "ready"
+                deadline = None if timeout is None else time.monotonic() + timeout + allowance
                 item = _Active(entry, slot, proc, receiver, deadline)
                 item.closed = receiver is None
                 active.append(item)
@@ -247,7 +249,10 @@ def _step(runner: StudyBookkeeping, active: list[_Active]) -> list[_Active]:
                     break
                 if kind == "progress":
                     runner.progress.message(f"{item.entry.run_id}: {payload}")
-                elif kind == "ready":  # an engine group's process that started late
+                elif kind == "ready":  # the process is up: the run's own time starts now
+                    timeout = runner.manifest.execution.experiment_timeout_seconds
+                    if timeout is not None:
+                        item.deadline = time.monotonic() + timeout
                     continue
                 else:
                     item.final = (kind, payload)

@@ -57,6 +57,11 @@ def stop_process(proc: Any) -> None:
         proc.join(STOP_GRACE_S)
 
 
+#: How long a fresh run process may take to start Python and import its worker, on top of the
+#: run's own timeout (which counts from its "ready" message).
+START_ALLOWANCE_S = 120.0
+
+
 def timeout_error(timeout: float | None) -> RunError:
     return RunError(
         type="TimeoutError",
@@ -66,11 +71,20 @@ def timeout_error(timeout: float | None) -> RunError:
 
 
 def receive_final(
-    proc: Any, receiver: Any, timeout: float | None, relay: Callable[[str], None]
+    proc: Any,
+    receiver: Any,
+    timeout: float | None,
+    relay: Callable[[str], None],
+    *,
+    start_allowance_s: float = 0.0,
 ) -> Final | RunError | None:
     """Relay progress until the run's final message (returned), a timeout (the process is
-    stopped; a ``RunError``) or the process ending without one (None)."""
-    deadline = None if timeout is None else time.monotonic() + timeout
+    stopped; a ``RunError``) or the process ending without one (None).
+
+    A freshly spawned process says ``("ready", pid)`` once Python and its imports are up; the
+    timeout counts from then. Until then it may take ``start_allowance_s`` more.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout + start_allowance_s
     while True:
         wait = 0.2
         if deadline is not None:
@@ -87,7 +101,9 @@ def receive_final(
             if kind == "progress":
                 relay(str(payload))
                 continue
-            if kind == "ready":  # a group process that started late: not an outcome
+            if kind == "ready":  # the process is up: the run's own time starts now
+                if timeout is not None:
+                    deadline = time.monotonic() + timeout
                 continue
             return kind, payload
         if not proc.is_alive() and not receiver.poll(0):

@@ -10,15 +10,28 @@ from typing import IO, Any
 
 
 class StudyProgress:
-    """Overall bar plus per-run messages printed above it; silent when ``quiet``."""
+    """Overall bar plus per-run messages printed above it; silent when ``quiet``.
+
+    On a stream that is not a terminal (SLURM logs, CI, pipes) there is no bar: plain lines
+    instead of redraw frames (``plain``; None = decide from ``stream.isatty()``).
+    """
 
     def __init__(
-        self, total: int, done: int = 0, *, quiet: bool = False, stream: IO[str] | None = None
+        self,
+        total: int,
+        done: int = 0,
+        *,
+        quiet: bool = False,
+        stream: IO[str] | None = None,
+        plain: bool | None = None,
     ) -> None:
         self.quiet = quiet
         self.stream = stream if stream is not None else sys.stderr
         self._bar: Any = None
-        if not quiet:
+        self._plain = _not_a_terminal(self.stream) if plain is None else plain
+        self._total, self._done, self._started = total, done, time.monotonic()
+        self._status_label: str | None = None
+        if not quiet and not self._plain:
             from tqdm import tqdm
 
             self._bar = tqdm(
@@ -31,26 +44,55 @@ class StudyProgress:
                 leave=True,
             )
 
+    @property
+    def _lines(self) -> bool:
+        return self._plain and not self.quiet
+
+    def _print(self, text: str) -> None:
+        print(f"[llem] {text}", file=self.stream, flush=True)
+
     def message(self, text: str) -> None:
         """A phase or status line above the bar."""
         if self._bar is not None:
             self._bar.write(f"[llem] {text}", file=self.stream)
+        elif self._lines:
+            self._print(text)
 
     def advance(self) -> None:
         """One more run finished (completed or failed)."""
+        self._done += 1
         if self._bar is not None:
             self._bar.update(1)
+        elif self._lines:
+            elapsed = time.monotonic() - self._started
+            self._print(f"study: {self._done}/{self._total} runs done ({elapsed:.0f} s elapsed)")
 
     def status(self, text: str) -> None:
-        """Replace the bar's trailing status (used for the gap countdown)."""
+        """Replace the bar's trailing status (used for the gap countdown).
+
+        Plain lines: only the first status of each label (``"<label>: N s"``), not every tick.
+        """
         if self._bar is not None:
             self._bar.set_postfix_str(text, refresh=True)
+        elif self._lines:
+            label = text.partition(":")[0] if text else None
+            if label is not None and label != self._status_label:
+                self._print(text)
+            self._status_label = label
 
     def close(self) -> None:
         """Finish the bar line."""
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+def _not_a_terminal(stream: IO[str]) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return not (callable(isatty) and isatty())
+    except ValueError:  # a closed stream
+        return True
 
 
 def countdown(

@@ -39,8 +39,9 @@ from typing import IO, TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from llenergymeasure._version import __version__
+from llenergymeasure.config.models import ExperimentConfig
 from llenergymeasure.config.study import StudyConfig
-from llenergymeasure.exceptions import StudyError
+from llenergymeasure.exceptions import ConfigError, StudyError
 from llenergymeasure.results.models import ExperimentResult, StudyResult
 from llenergymeasure.study.executors import (
     EngineReuseExecutor,
@@ -99,6 +100,33 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:80] or "study"
 
 
+def study_runner_kind(experiments: list[ExperimentConfig], runner: str | None) -> str:
+    """``slurm`` when every backend of ``experiments`` runs on SLURM (``runner`` overrides
+    every backend's), else ``local``. Mixing is a ``StudyError``."""
+    from llenergymeasure.runners import RunnerSpec, resolve_runner
+
+    backends = sorted({c.backend for c in experiments})
+    specs = [
+        RunnerSpec.parse(b, runner, "--runner") if runner is not None else resolve_runner(b)
+        for b in backends
+    ]
+    slurm = [s.backend for s in specs if s.kind == "slurm"]
+    if slurm and len(slurm) != len(specs):
+        others = ", ".join(f"{s.backend}: {s.value} ({s.source})" for s in specs)
+        raise StudyError(
+            f"a study runs either entirely on SLURM or not at all; runners: {others}",
+            hint="use --runner slurm, or set runners.<backend>: slurm for every backend",
+        )
+    return "slurm" if slurm else "local"
+
+
+def _detach_problem() -> ConfigError:
+    return ConfigError(
+        "--detach needs the slurm runner: a local study runs in this process",
+        hint="add --runner slurm, or drop --detach",
+    )
+
+
 # --- the study lock --------------------------------------------------------------------------
 
 
@@ -121,7 +149,12 @@ def _study_lock(study_dir: Path) -> Iterator[None]:
             ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
-        yield
+        try:
+            yield
+        finally:
+            # Removed while still held, so no later process can lock the file being removed.
+            with contextlib.suppress(OSError):
+                os.unlink(study_dir / LOCK_NAME)
     finally:
         os.close(fd)
 
@@ -206,8 +239,14 @@ class StudyRunner:
 
         ``runner`` (``local``, ``slurm``, ``docker:<image>``) overrides the runner of every
         backend for this study; it is kept in the manifest for ``--resume``."""
+        from llenergymeasure.config.study import check_study_bounds
         from llenergymeasure.results.io import unique_directory
 
+        # --cycles may have changed n_cycles after expansion: check before the directory exists.
+        check_study_bounds(len(study.experiments), study.execution.n_cycles, where=study.name)
+        # Runner problems are usage errors found before the study directory exists.
+        if kwargs.get("detach") and study_runner_kind(study.experiments, runner) != "slurm":
+            raise _detach_problem()
         stamp = datetime.now().strftime("%Y-%m-%dT%H-%M-%S")
         study_dir = unique_directory(Path(results_root), f"{_slug(study.name)}_{stamp}")
         source = str(Path(study.source_path).resolve()) if study.source_path else None
@@ -257,23 +296,7 @@ class StudyRunner:
     def runner_kind(self) -> str:
         """``slurm`` when every backend of the study runs on SLURM, else ``local`` (runs in
         subprocesses here, which may start containers). Mixing is a ``StudyError``."""
-        from llenergymeasure.runners import RunnerSpec, resolve_runner
-
-        backends = sorted({c.backend for c in self.manifest.experiments})
-        specs = [
-            RunnerSpec.parse(b, self.manifest.runner, "--runner")
-            if self.manifest.runner is not None
-            else resolve_runner(b)
-            for b in backends
-        ]
-        slurm = [s.backend for s in specs if s.kind == "slurm"]
-        if slurm and len(slurm) != len(specs):
-            others = ", ".join(f"{s.backend}: {s.value} ({s.source})" for s in specs)
-            raise StudyError(
-                f"a study runs either entirely on SLURM or not at all; runners: {others}",
-                hint="use --runner slurm, or set runners.<backend>: slurm for every backend",
-            )
-        return "slurm" if slurm else "local"
+        return study_runner_kind(self.manifest.experiments, self.manifest.runner)
 
     @property
     def progress(self) -> StudyProgress:
@@ -298,10 +321,7 @@ class StudyRunner:
             options = {"settings": slurm_settings(), **self.slurm_options}
             return SlurmStudyExecutor(self, detach=self.detach, **options).run()
         if self.detach:
-            raise StudyError(
-                "--detach needs the slurm runner: a local study runs in this process",
-                hint="add --runner slurm, or drop --detach",
-            )
+            raise _detach_problem()
         self.load_completed()
         for entry in self.manifest.runs:
             if entry.status == "running":  # its study process died (we hold the lock now)

@@ -342,6 +342,7 @@ def child_main(
     and measures only its own GPU.
     """
     _prepare_child(request.visible_devices, parent_pid)
+    _send(conn, ("ready", os.getpid()))  # the run's timeout counts from here, not the spawn
     try:
         _measure_and_report(worker, request, conn)
     finally:

@@ -57,7 +57,8 @@ class ScriptedWorker:
 
     ``fail_at``: raise ``ValueError``; ``exit_at``: ``os._exit(3)``; ``kill_at``: SIGKILL itself
     (what the OOM killer does); ``hang_at``: sleep ``hang_s``; ``hang_first_attempt_at``: hang
-    only on the first attempt (so a resumed study completes); ``sleep_s``: extra time per run.
+    only on the first attempt (so a resumed study completes); ``sleep_s``: extra time per run;
+    ``start_delay_s``: the spawned process takes this long to start (before its run).
     """
 
     fail_at: frozenset[int] = field(default_factory=frozenset)
@@ -68,6 +69,12 @@ class ScriptedWorker:
     hang_s: float = 60.0
     sleep_s: float = 0.0
     with_sensor: bool = False
+    start_delay_s: float = 0.0  # a slow child start-up (imports): spent while unpickling
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if self.start_delay_s:  # in the spawned child, before the run begins
+            time.sleep(self.start_delay_s)
 
     def __call__(self, request: RunRequest, progress: Callable[[str], None]) -> MeasuredExperiment:
         position = request.position
