@@ -142,6 +142,9 @@ class ExperimentOrchestrator:
             )
         if not self._engine_kept_for(config):  # a kept engine already holds its memory
             problems.extend(self._vram_problems(config))
+        from llenergymeasure.harness.vram import synthetic_length_problems
+
+        problems.extend(synthetic_length_problems(config))
         return problems
 
     def _engine_kept_for(self, config: ExperimentConfig) -> bool:

@@ -115,6 +115,45 @@ def config_sequence_length(config: ExperimentConfig) -> int:
     return 512 + config.effective_max_new_tokens
 
 
+_POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+
+
+def model_max_positions(model: str) -> int | None:
+    """The model's maximum sequence length from a locally available ``config.json`` (no
+    download, no torch), or None when neither the file nor a known key is there."""
+    path = find_local_model_config(model)
+    if path is None:
+        return None
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    cfg = cfg.get("text_config", cfg) if isinstance(cfg, dict) else {}
+    for key in _POSITION_KEYS:
+        value = cfg.get(key)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def synthetic_length_problems(config: ExperimentConfig) -> list[str]:
+    """Pre-flight, before loading anything: synthetic prompts (``input_len`` + 1 BOS token) plus
+    ``output_len`` new tokens against the model's ``config.json`` limit. Real prompts are checked
+    after load, once the tokenizer can count them."""
+    dataset = config.dataset
+    if not isinstance(dataset, SyntheticDatasetConfig):
+        return []
+    limit = model_max_positions(config.model)
+    need = dataset.input_len + 1 + dataset.output_len
+    if limit is None or need <= limit:
+        return []
+    return [
+        f"synthetic prompts of dataset.input_len={dataset.input_len} (+1 BOS) + "
+        f"output_len={dataset.output_len} new tokens = {need} exceed the maximum sequence length "
+        f"{limit} of {config.model}"
+    ]
+
+
 def estimate_config_vram(config: ExperimentConfig) -> VramEstimate | None:
     """``estimate_vram`` for a config: its weight precision, the engine's concurrency
     (``run_concurrency``) and sequence length. The ``--dry-run`` preview and pre-flight both
