@@ -5,8 +5,6 @@ attribution, and the host's share in ``energy.components`` - driven with fakes e
 from __future__ import annotations
 
 import math
-import threading
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -17,67 +15,18 @@ from llenergymeasure.energy.baseline import BaselineCache
 from llenergymeasure.energy.nvml_backend import NvmlEnergyBackend
 from llenergymeasure.energy.rapl import RaplReader
 from llenergymeasure.energy.sampler import EnergySampler
-from llenergymeasure.energy.sensors import DeviceInfo, SensorReading
 from llenergymeasure.engines.base import RequestRecord
 from llenergymeasure.harness.energy_split import time_resolved_attribution, token_timed_batches
 from llenergymeasure.harness.orchestrator import ExperimentOrchestrator, MeasurementSettings
 from llenergymeasure.results.models import ExperimentResult
 from llenergymeasure.results.phase_columns import PHASE_COLUMNS
-from llenergymeasure.testing.energy import FakeEnergyBackend
+from llenergymeasure.testing.energy import FakeEnergyBackend, SwitchingSensor
 from llenergymeasure.testing.engines import FakeEngine
 
 
-class LoadSensor:
-    """One GPU drawing ``idle_w``, or ``busy_w`` while the engine generates; its energy
-    counter integrates the drawn power exactly (like NVML's total-energy counter)."""
-
-    def __init__(self, idle_w: float = 50.0, busy_w: float = 300.0) -> None:
-        self.idle_w, self.busy_w = idle_w, busy_w
-        self.power = idle_w
-        self._lock = threading.Lock()
-        self._t = time.monotonic()
-        self._energy_j = 5000.0
-
-    def _advance(self) -> float:
-        now = time.monotonic()
-        self._energy_j += self.power * (now - self._t)
-        self._t = now
-        return now
-
-    def set_power(self, watts: float) -> None:
-        with self._lock:
-            self._advance()
-            self.power = watts
-
-    def device_count(self) -> int:
-        return 1
-
-    def device_info(self, i: int) -> DeviceInfo:
-        return DeviceInfo(
-            index=0,
-            uuid="GPU-load-0",
-            name="Load GPU",
-            total_memory_bytes=80 << 30,
-            power_limit_w=700.0,
-            supports_energy_counter=True,
-            persistence_mode=True,
-        )
-
-    def read(self, i: int) -> SensorReading:
-        with self._lock:
-            t = self._advance()
-            return SensorReading(
-                t=t,
-                power_w=self.power,
-                energy_mj=round(self._energy_j * 1000),
-                temperature_c=45.0,
-                sm_clock_mhz=1500,
-                utilization_pct=90.0,
-                memory_used_bytes=1 << 30,
-            )
-
-    def close(self) -> None:
-        pass
+def LoadSensor() -> SwitchingSensor:
+    """One GPU drawing 50 W idle and 300 W while the engine generates."""
+    return SwitchingSensor(n_devices=1, busy_w=300.0)
 
 
 def config(**overrides: object) -> ExperimentConfig:
@@ -93,18 +42,18 @@ def config(**overrides: object) -> ExperimentConfig:
     return ExperimentConfig.model_validate(data)
 
 
-def engine_on(sensor: LoadSensor, **kwargs: object) -> FakeEngine:
+def engine_on(sensor: SwitchingSensor, **kwargs: object) -> FakeEngine:
     kwargs.setdefault("output_tokens", 16)
     kwargs.setdefault("seconds_per_token", 0.004)
     return FakeEngine(
-        on_generate=lambda phase: sensor.set_power(sensor.busy_w),
-        on_generate_end=lambda phase: sensor.set_power(sensor.idle_w),
+        on_generate=lambda phase: sensor.load(),
+        on_generate_end=lambda phase: sensor.idle(),
         **kwargs,  # type: ignore[arg-type]
     )
 
 
 def orchestrator(
-    sensor: LoadSensor, engine: FakeEngine, **kwargs: object
+    sensor: SwitchingSensor, engine: FakeEngine, **kwargs: object
 ) -> ExperimentOrchestrator:
     kwargs.setdefault("rapl_reader", RaplReader(root="/nonexistent/powercap"))
     return ExperimentOrchestrator(
@@ -178,7 +127,7 @@ def test_a_failing_prefill_window_keeps_the_measurement_and_says_why() -> None:
     sensor = LoadSensor()
 
     def fail_in_prefill_window(phase: str) -> None:
-        sensor.set_power(sensor.busy_w)
+        sensor.load()
         if phase == "prefill_window":
             raise RuntimeError("CUDA out of memory")
 
@@ -230,8 +179,8 @@ def test_without_per_token_times_requests_have_no_energy_and_the_result_says_why
             return records
 
     engine = NoTokenTimes(
-        on_generate=lambda phase: sensor.set_power(sensor.busy_w),
-        on_generate_end=lambda phase: sensor.set_power(sensor.idle_w),
+        on_generate=lambda phase: sensor.load(),
+        on_generate_end=lambda phase: sensor.idle(),
     )
     result = orchestrator(sensor, engine).run(config()).result
     assert result.energy_attribution is None
@@ -292,14 +241,12 @@ def test_host_components_from_rapl_sit_beside_the_gpu_only_headline(tmp_path: Pa
     zones = rapl_tree(tmp_path / "powercap")
 
     def busy(phase: str) -> None:
-        sensor.set_power(sensor.busy_w)
+        sensor.load()
         if phase == "measurement":  # the host draws 30 J (package) and 5 J (dram) in the window
             (zones["package-0"] / "energy_uj").write_text(f"{1_000_000 + 30_000_000}\n")
             (zones["dram"] / "energy_uj").write_text(f"{2_000_000 + 5_000_000}\n")
 
-    engine = FakeEngine(
-        on_generate=busy, on_generate_end=lambda phase: sensor.set_power(sensor.idle_w)
-    )
+    engine = FakeEngine(on_generate=busy, on_generate_end=lambda phase: sensor.idle())
     orch = orchestrator(sensor, engine, rapl_reader=RaplReader(root=tmp_path / "powercap"))
     result = orch.run(config()).result
 
@@ -442,8 +389,8 @@ def test_engine_figures_of_the_result_are_read_before_the_prefill_window() -> No
             return {"last_generate": generated[-1]}
 
     engine = Reporting(
-        on_generate=lambda phase: sensor.set_power(sensor.busy_w),
-        on_generate_end=lambda phase: sensor.set_power(sensor.idle_w),
+        on_generate=lambda phase: sensor.load(),
+        on_generate_end=lambda phase: sensor.idle(),
     )
     result = orchestrator(sensor, engine).run(config(measurement={"phase_split": True})).result
     assert engine.calls[-1][0] == "prefill_window"

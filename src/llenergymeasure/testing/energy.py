@@ -450,3 +450,65 @@ class FakeEnergyBackend:
                 for i, e in enumerate(self.per_device_j)
             ],
         )
+
+
+class SwitchingSensor:
+    """Devices draw ``idle_w`` until ``load()`` and ``busy_w`` until ``idle()``.
+
+    The energy counter integrates the drawn power exactly, like NVML's total-energy counter.
+    """
+
+    def __init__(self, n_devices: int = 2, idle_w: float = 50.0, busy_w: float = 250.0) -> None:
+        self.n = n_devices
+        self.idle_w, self.busy_w = idle_w, busy_w
+        self.power = idle_w
+        self._lock = threading.Lock()
+        self._t = time.monotonic()
+        self._energy_j = [1000.0] * n_devices
+
+    def _advance(self) -> float:
+        now = time.monotonic()
+        for i in range(self.n):
+            self._energy_j[i] += self.power * (now - self._t)
+        self._t = now
+        return now
+
+    def load(self) -> None:
+        with self._lock:
+            self._advance()
+            self.power = self.busy_w
+
+    def idle(self) -> None:
+        with self._lock:
+            self._advance()
+            self.power = self.idle_w
+
+    def device_count(self) -> int:
+        return self.n
+
+    def device_info(self, i: int) -> DeviceInfo:
+        return DeviceInfo(
+            index=i,
+            uuid=f"GPU-switch-{i}",
+            name="Switching GPU",
+            total_memory_bytes=80 << 30,
+            power_limit_w=700.0,
+            supports_energy_counter=True,
+            persistence_mode=True,
+        )
+
+    def read(self, i: int) -> SensorReading:
+        with self._lock:
+            t = self._advance()
+            return SensorReading(
+                t=t,
+                power_w=self.power,
+                energy_mj=round(self._energy_j[i] * 1000),
+                temperature_c=45.0,
+                sm_clock_mhz=1500,
+                utilization_pct=90.0,
+                memory_used_bytes=1 << 30,
+            )
+
+    def close(self) -> None:
+        pass
