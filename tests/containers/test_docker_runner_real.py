@@ -25,7 +25,7 @@ import pytest
 from llenergymeasure.config.models import ExperimentConfig
 from llenergymeasure.exceptions import ExperimentError
 from llenergymeasure.runners import DockerRunner
-from llenergymeasure.testing.configs import tiny_experiment
+from llenergymeasure.testing.configs import tiny_batch_study_yaml, tiny_experiment
 
 pytestmark = pytest.mark.containers
 
@@ -33,18 +33,7 @@ pytestmark = pytest.mark.containers
 IMAGE = os.environ.get("LLEM_CONTAINER_IMAGE", "localhost/llem-test:latest")
 
 TINY = tiny_experiment(precision="fp32", dataset={"n": 2, "input_len": 8, "output_len": 3})
-STUDY = """\
-name: in-containers
-model: builtin:tiny
-backend: pytorch
-precision: fp32
-n: 2
-dataset: {n: 2, input_len: 8, output_len: 3}
-warmup: {n_warmup: 0, thermal_floor_seconds: 0}
-baseline: {enabled: false}
-sweep: {pytorch.batch_size: [1, 2]}
-execution: {n_cycles: 1}
-"""
+STUDY = tiny_batch_study_yaml("in-containers")
 
 
 def _engine_problem() -> str | None:

@@ -19,22 +19,12 @@ import pytest
 from llenergymeasure.study.manifest import StudyManifest, load_manifest
 from llenergymeasure.study.runner import StudyRunner
 from llenergymeasure.study.slurm import SlurmStudyExecutor, slurm_settings
+from llenergymeasure.testing.configs import tiny_batch_study_yaml
 
 pytestmark = pytest.mark.slurm
 
 DEFAULT_CONF = Path(os.environ.get("LLEM_SLURM_DIR", "/tmp/llem-slurm")) / "slurm.conf"
-STUDY = """\
-name: slurm-e2e
-model: builtin:tiny
-backend: pytorch
-precision: fp32
-n: 2
-dataset: {n: 2, input_len: 8, output_len: 3}
-warmup: {n_warmup: 0, thermal_floor_seconds: 0}
-baseline: {enabled: false}
-sweep: {pytorch.batch_size: [1, 2]}
-execution: {n_cycles: 1}
-"""
+STUDY = tiny_batch_study_yaml("slurm-e2e")
 
 
 def _slurm_conf() -> str | None:
