@@ -183,6 +183,8 @@ def test_one_engine_load_per_group_and_a_clean_state_before_every_window(tmp_pat
             if e["run_id"] == run_id and e["event"] != "unload"
         ]
         assert mine[-3:] == ["generate:warmup", "clear_run_state:", "generate:measurement"]
+        # a reused engine is first told a new run begins (before that run's warmup)
+        assert mine[0] in ("load:", "begin_reused_run:")
     # warmup prompts are never measured prompts
     for run_id in (r.run_id for r in manifest.runs):
         warm = {t for e in seen if e["run_id"] == run_id and e.get("phase") == "warmup"
@@ -197,8 +199,13 @@ def test_one_engine_load_per_group_and_a_clean_state_before_every_window(tmp_pat
         later = result_of(runner, position)
         assert later.engine_reused and later.engine_loaded_by == manifest.runs[0].run_id
         assert later.timing.load_s == 0.0
-        assert later.run_state_notes == ["fake: run state cleared"]
+        assert later.run_state_notes == [
+            "fake: state of the previous run dropped",
+            "fake: run state cleared",
+        ]
     assert result_of(runner, 5).engine_loaded_by == manifest.runs[4].run_id
+    assert first.run_state_notes == ["fake: run state cleared"], "the loading run has no reset"
+    assert [e["event"] for e in seen].count("begin_reused_run") == 6, "every reused run, once"
     assert [e["event"] for e in seen].count("unload") == 2, "each group unloads at its end"
     assert "seed" in (first.warmup.prompt_source or "")
 

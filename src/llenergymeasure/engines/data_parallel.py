@@ -166,6 +166,9 @@ def _child_main(
                 conn.send(("ok",))
             elif kind == "clear_run_state":
                 conn.send(("cleared", engine.clear_run_state()))
+            elif kind == "begin_reused_run":
+                begin = getattr(engine, "begin_reused_run", None)
+                conn.send(("cleared", list(begin(command[1])) if callable(begin) else []))
             elif kind == "generate":
                 _, prompts, run_config, phase = command
                 barrier.wait()  # every process starts generating together
@@ -438,6 +441,14 @@ class DataParallelEngine:
             self._send(child, ("clear_run_state",))
         replies = self._collect("cleared")
         self._peaks = []
+        notes = [note for reply in replies for note in reply[1]]
+        return list(dict.fromkeys(notes))
+
+    def begin_reused_run(self, config: ExperimentConfig) -> list[str]:
+        """Every replica prepares its kept engine for a new run; their notes, each once."""
+        for child in self._children:
+            self._send(child, ("begin_reused_run", config))
+        replies = self._collect("cleared")
         notes = [note for reply in replies for note in reply[1]]
         return list(dict.fromkeys(notes))
 

@@ -108,6 +108,15 @@ _TOKENIZER_LOAD_KEYS = frozenset(
 )
 
 #: ``passthrough_kwargs`` keys this engine interprets itself.
+#: Attributes transformers leaves on a model after a compiled ``generate``: the compiled call,
+#: its config, and the static KV cache memo that makes later caches at least as long.
+_COMPILE_STATE_ATTRS = (
+    "_compiled_call",
+    "_last_compile_config",
+    "_cache",
+    "_previous_max_cache_length",
+)
+
 #: ``torch_compile_mode``: ``torch.compile`` mode for transformers' generate compile path.
 ENGINE_PASSTHROUGH_KEYS = frozenset({"torch_compile_mode"})
 
@@ -850,6 +859,34 @@ class PyTorchBackend:
         import torch
 
         return int(torch.cuda.max_memory_allocated(self._device))
+
+    def begin_reused_run(self, config: ExperimentConfig) -> list[str]:
+        """Make a run on the kept model compile exactly as a fresh process would.
+
+        Called before the warmup of every run that reuses this engine. Without it, the
+        compiled forward of an earlier run carries over: ``torch.compile``'s automatic dynamic
+        shapes recompile on the second batch size with a symbolic batch dimension (generic,
+        slower kernels than the static ones a fresh process builds), and transformers sizes
+        every later static KV cache to the longest one seen (``_previous_max_cache_length``),
+        so a 128-token run after a 256-token one would attend over a longer cache. Dropping
+        Dynamo's in-memory state, the compiled call and the cache means the warmup recompiles
+        for this run's own shapes (from the on-disk compile caches, which are kept).
+        """
+        if not (self._torch_compile(config) and self._on_cuda()) or self._model is None:
+            return []
+        import torch
+
+        for attr in _COMPILE_STATE_ATTRS:
+            if attr in vars(self._model):
+                delattr(self._model, attr)
+        torch._dynamo.reset()
+        gc.collect()
+        torch.cuda.empty_cache()
+        return [
+            "pytorch: torch.compile state reset before the warmup (torch._dynamo.reset; "
+            "compiled forward and static KV cache dropped), so this run compiles for its own "
+            "shapes as a fresh process would; on-disk compile caches kept"
+        ]
 
     def clear_run_state(self) -> list[str]:
         """Free the previous run's tensors and reset the peak-memory counter.

@@ -270,7 +270,7 @@ class ExperimentOrchestrator:
         if sampler is not None:
             sampler.set_phase("load")
 
-        load_info, reused_from = self._load_or_reuse(config, timings, run_id)
+        load_info, reused_from, run_state_notes = self._load_or_reuse(config, timings, run_id)
 
         t = time.perf_counter()
         prompts = self._load_prompts(config)
@@ -298,9 +298,8 @@ class ExperimentOrchestrator:
             self.sleep(config.warmup.thermal_floor_seconds)
             timings.thermal_floor_s = time.perf_counter() - t
 
-        run_state_notes: list[str] = []
         if self.keep_engine_loaded:
-            run_state_notes = list(self.engine.clear_run_state())
+            run_state_notes += list(self.engine.clear_run_state())
         say(f"measuring {len(prompts)} prompts")
         if sampler is not None:
             sampler.set_phase("measurement")
@@ -467,13 +466,21 @@ class ExperimentOrchestrator:
 
     def _load_or_reuse(
         self, config: ExperimentConfig, timings: PhaseTimings, run_id: str | None
-    ) -> tuple[Any, str | None]:
-        """Load the engine, or reuse the kept one; (LoadInfo, run id that loaded it if reused)."""
+    ) -> tuple[Any, str | None, list[str]]:
+        """Load the engine, or reuse the kept one.
+
+        Returns (LoadInfo, run id that loaded it if reused, notes). A reused engine's optional
+        ``begin_reused_run(config)`` hook runs here, before the warmup, so that state which
+        would make this run differ from a fresh process's (compiled graphs specialised to an
+        earlier run's shapes) is dropped before the warmup rebuilds it; its notes are returned.
+        """
         key = engine_load_key(config) if self.keep_engine_loaded else None
         if key is not None and key == self._loaded_key:
             self.progress(f"engine reused (loaded by run {self._loaded_by})")
             timings.load_s = 0.0
-            return self._load_info, self._loaded_by or "an earlier run"
+            begin = getattr(self.engine, "begin_reused_run", None)
+            notes = list(begin(config)) if callable(begin) else []
+            return self._load_info, self._loaded_by or "an earlier run", notes
         if self._loaded_key is not None:  # a different engine was kept: drop it first
             self.close()
         self.progress(f"loading {config.model} ({config.backend}, {config.precision})")
@@ -483,7 +490,7 @@ class ExperimentOrchestrator:
         timings.load_parts = dict(getattr(load_info, "timing_parts", None) or {})
         if key is not None:
             self._loaded_key, self._loaded_by, self._load_info = key, run_id, load_info
-        return load_info, None
+        return load_info, None, []
 
     def _window_progress(self, total: int) -> _WindowProgress | None:
         """Per-batch progress for engines with a ``batch_callback`` (None: nothing to report)."""

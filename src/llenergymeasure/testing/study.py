@@ -100,8 +100,9 @@ _GROUP_SESSION: dict[str, Any] = {}  # this process's kept orchestrator (one gro
 
 
 class LoggingFakeEngine(FakeEngine):
-    """A ``FakeEngine`` that appends what happens to it (load, clear_run_state, each generate
-    with its prompt texts, unload) as JSON lines to ``log_path``, with this process's pid."""
+    """A ``FakeEngine`` that appends what happens to it (load, begin_reused_run,
+    clear_run_state, each generate with its prompt texts, unload) as JSON lines to
+    ``log_path``, with this process's pid."""
 
     def __init__(self, log_path: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -120,6 +121,11 @@ class LoggingFakeEngine(FakeEngine):
     def clear_run_state(self) -> list[str]:
         self._log("clear_run_state")
         return super().clear_run_state()
+
+    def begin_reused_run(self, config: ExperimentConfig) -> list[str]:
+        """The optional hook a reused engine gets before each later run's warmup."""
+        self._log("begin_reused_run")
+        return ["fake: state of the previous run dropped"]
 
     def generate(
         self, prompts: Sequence[Any], config: ExperimentConfig, *, phase: str = "measurement"
