@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# GPU studies of engine reuse (issue 14), vLLM (issue 15) and the prefill/decode split (issue 16),
+# one or more stages per lent-machine call. Needs the package's sources (PYTHONPATH=src),
+# pydantic/platformdirs and, for the vllm stages, vLLM 0.26.0 (../shared/tools/gpu-vllm-pack.sh
+# packs it; its header says how to unpack it into /root/vsite).
+#
+#   bash benchmarks/run_gpu_studies.sh pt_fresh pt_reuse pt_256       # PyTorch compiled
+#   bash benchmarks/run_gpu_studies.sh vllm_reuse vllm_fresh vllm_256  # vLLM
+#
+# Results go under .devout/studies/ (kept on the machine between calls while it is held). A call
+# has a deadline (GPU_CALL_SECONDS, default 560 s from the script's start): a study still running
+# 20 s before it is stopped with SIGINT (llem records the run as interrupted, exit 130) and the
+# next call's same stage resumes it (`llem run --resume`); a stage that is already complete is
+# skipped. With $OUT set, every study directory travels back as one tarball per call.
+# Tables: benchmarks/reuse_tables.py (issue 14) and benchmarks/phase_tables.py (issue 16).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
+out=.devout/studies
+model=.devout/llama8b
+deadline=$(( $(date +%s) + ${GPU_CALL_SECONDS:-560} ))
+mkdir -p "$out"
+
+left() { echo $(( deadline - $(date +%s) )); }
+ensure_model() { python3 benchmarks/make_llama8b_shaped.py --out "$model"; }
+
+study() {  # yaml, result name, extra flags...: run, or resume, one study under the deadline
+  local yaml=$1 name=$2; shift 2
+  local dir="$out/$name"
+  if [ -f "$dir/.complete" ]; then echo "study $name: already complete"; return 0; fi
+  local budget=$(( $(left) - 20 ))
+  if [ "$budget" -lt 60 ]; then echo "study $name: not started, ${budget} s left in this call"; return 0; fi
+  ensure_model
+  local previous; previous=$(ls -d "$dir"/*/ 2>/dev/null | tail -1)
+  local t0=$SECONDS rc=0
+  if [ -n "$previous" ]; then
+    echo "study $name: resuming $previous (${budget} s left)"
+    # a resumed study keeps its execution settings (reuse on/off) from its manifest
+    timeout -s INT -k 15 "$budget" python3 -m llenergymeasure run --resume "${previous%/}" \
+      --no-gaps >> "$dir.log" 2>&1 || rc=$?
+  else
+    echo "study $name: starting (${budget} s left)"
+    mkdir -p "$dir"
+    timeout -s INT -k 15 "$budget" python3 -m llenergymeasure run "benchmarks/configs/$yaml.yaml" \
+      --no-gaps -o "$dir" "$@" > "$dir.log" 2>&1 || rc=$?
+  fi
+  tail -n 12 "$dir.log"
+  echo "study $name: exit $rc after $((SECONDS - t0)) s"
+  if [ "$rc" -eq 0 ]; then touch "$dir/.complete"; fi
+}
+
+stage_pt_fresh() { study reuse_pytorch_compiled pt_fresh --no-reuse-engine; }
+stage_pt_reuse() { study reuse_pytorch_compiled pt_reuse --reuse-engine; }
+stage_pt_256() { study phase_pytorch_256 pt_256; }
+stage_vllm_reuse() { study reuse_vllm vllm_reuse --reuse-engine; }
+stage_vllm_fresh() { study reuse_vllm vllm_fresh --no-reuse-engine; }
+stage_vllm_256() { study phase_vllm_256 vllm_256; }
+stage_pt_tests() {
+  python3 -m pytest -m "gpu and not vllm" tests/integration -q -rA -p no:cacheprovider 2>&1 \
+    | tee "$out/gpu_tests_pytorch.txt" || true
+}
+stage_vllm_tests() {
+  ensure_model
+  LLEM_TEST_VLLM_MODEL=$PWD/$model python3 -m pytest -m "gpu and vllm" tests/integration -q -rA \
+    -p no:cacheprovider 2>&1 | tee "$out/gpu_tests_vllm.txt" || true
+}
+
+for s in "$@"; do
+  echo "=== stage $s ($(date -u +%H:%M:%S), $(left) s left)"
+  "stage_$s"
+done
+if [ -n "${OUT:-}" ]; then  # $OUT comes back only two folders deep: one tarball per call
+  tar czf "$OUT/studies.tgz" --exclude='*.safetensors' -C .devout studies
+  ls -la "$OUT"
+fi
