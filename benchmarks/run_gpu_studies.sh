@@ -53,6 +53,9 @@ study() {  # yaml, result name, extra flags...: run, or resume, one study under 
 stage_pt_fresh() { study reuse_pytorch_compiled pt_fresh --no-reuse-engine; }
 stage_pt_reuse() { study reuse_pytorch_compiled pt_reuse --reuse-engine; }
 stage_pt_256() { study phase_pytorch_256 pt_256; }
+stage_pt_fast() {  # issue 16: the batch-8 split with 10 ms sampling
+  LLEM_CONFIG=benchmarks/configs/user_fast_sampling.yaml study phase_pytorch_fast_sampling pt_fast
+}
 stage_vllm_reuse() { study reuse_vllm vllm_reuse --reuse-engine; }
 stage_vllm_fresh() { study reuse_vllm vllm_fresh --no-reuse-engine; }
 stage_vllm_256() { study phase_vllm_256 vllm_256; }
