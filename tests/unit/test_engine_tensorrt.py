@@ -339,6 +339,16 @@ def test_tokens_that_arrive_in_one_response_share_its_interval(
     assert rec.itl_s == pytest.approx([0.02] * 4)  # each pair's 0.04 s split evenly
 
 
+def test_the_final_response_decides_the_token_count(
+    trt: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(trt, "TRIM_ON_FINISH", 2)  # streamed 4 tokens, the final output has 3
+    config = cfg(max_new_tokens=5, decoder={"ignore_eos": True})
+    engine, _ = loaded(trt, config)
+    (rec,) = engine.generate(PROMPTS[:1], config)
+    assert rec.output_tokens == 3 and len(rec.itl_s) == 2
+
+
 def test_a_failing_request_is_a_backend_error(trt: ModuleType) -> None:
     engine, llm = loaded(trt, cfg())
     llm.shut_down = True  # the real generate_async raises "LLM is shutting down"

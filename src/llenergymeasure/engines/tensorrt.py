@@ -468,6 +468,8 @@ class TensorRTBackend(OfflineLLMEngine):
             if new > 0:
                 start = times[-1] if times else now
                 times.extend(start + (now - start) * (k + 1) / new for k in range(new))
+        if output is not None:  # the final output is authoritative (e.g. trimmed stop words)
+            del times[len(output.outputs[0].token_ids) :]
         prompt_ids = getattr(output, "prompt_token_ids", None) if output is not None else None
         return RequestRecord(
             index=prompt.index,
@@ -489,9 +491,9 @@ class TensorRTBackend(OfflineLLMEngine):
         """
         if self._block_reuse():
             return [
-                "tensorrt: KV block reuse is on (tensorrt.enable_block_reuse) and TensorRT-LLM's "
-                "LLM API has no call that empties it: this window may reuse KV blocks an "
-                "earlier run computed"
+                "tensorrt: KV block reuse is on (KvCacheConfig.enable_block_reuse=True) and "
+                "TensorRT-LLM's LLM API has no call that empties it: this window may reuse KV "
+                "blocks an earlier run computed"
             ]
         return [
             "tensorrt: KV block reuse is off (KvCacheConfig.enable_block_reuse=False): no KV "

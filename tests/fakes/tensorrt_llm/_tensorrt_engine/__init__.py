@@ -18,7 +18,8 @@ What it follows from the real class:
 Deterministic behaviour: a request generates ``max_tokens`` tokens with ``ignore_eos``, else
 ``min(max_tokens, 3)``. Streaming answers the first token after ``PREFILL_S`` and then
 ``TOKENS_PER_RESPONSE`` tokens per response, ``DECODE_S`` per token, advancing the fake clock
-``NOW`` (tests read it through ``clock()``).
+``NOW`` (tests read it through ``clock()``); ``TRIM_ON_FINISH`` drops that many tokens from
+the final response (the real result trims a stop string that is not to be included).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ instances: list[LLM] = []
 PREFILL_S = 0.08
 DECODE_S = 0.02
 TOKENS_PER_RESPONSE = 1
+#: Tokens dropped from the final response, as a stop string left out of the output is.
+TRIM_ON_FINISH = 0
 NOW = [10.0]
 #: Requests submitted and not finished, and the most seen at once.
 in_flight = [0, 0]
@@ -124,6 +127,9 @@ class RequestOutput:
             self.finished = True
             out.finish_reason = "length"
             in_flight[0] -= 1
+            if TRIM_ON_FINISH:
+                del out.token_ids[-TRIM_ON_FINISH:]
+                out.finish_reason = "stop"
 
     def result(self, timeout: float | None = None) -> RequestOutput:
         while not self.finished:
