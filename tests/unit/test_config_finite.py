@@ -27,6 +27,7 @@ MINIMAL_INPUT: dict[str, dict[str, Any]] = {
     "WarmupConfig": {},
     "BaselineConfig": {},
     "VLLMConfig": {},
+    "TensorRTConfig": {},
     "ServerConfig": {},
     "SLOConfig": {},
     "OnlineConfig": {},

@@ -167,7 +167,8 @@ def test_every_experiment_field_has_a_hash_sensitivity_case():
         ("vllm", "fp16", "vllm.max_num_seqs", 64, 128),
         ("vllm", "fp16", "vllm.enable_prefix_caching", True, False),
         ("tensorrt", "fp16", "tensorrt.max_batch_size", 4, 8),
-        ("tensorrt", "fp16", "tensorrt.builder_opt_level", 3, 4),  # quantization follows precision
+        ("tensorrt", "fp16", "tensorrt.enable_block_reuse", True, False),
+        ("tensorrt", "fp16", "tensorrt.kv_cache_free_gpu_memory_fraction", 0.5, 0.9),
     ],
 )
 def test_hash_changes_with_engine_section_fields(backend, precision, path, a, b):

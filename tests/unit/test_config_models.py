@@ -252,8 +252,8 @@ def test_out_of_range_values_are_rejected_naming_the_field(path, value):
         ("vllm", "vllm.gpu_memory_utilization", 1.5),
         ("vllm", "vllm.max_lora_rank", 0),
         ("tensorrt", "tensorrt.max_batch_size", 0),
-        ("tensorrt", "tensorrt.builder_opt_level", 6),
-        ("tensorrt", "tensorrt.builder_opt_level", -1),
+        ("tensorrt", "tensorrt.kv_cache_free_gpu_memory_fraction", 0.0),
+        ("tensorrt", "tensorrt.kv_cache_free_gpu_memory_fraction", 1.5),
         ("tensorrt", "tensorrt.tp_size", 0),
     ],
 )

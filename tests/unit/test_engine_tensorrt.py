@@ -1,9 +1,10 @@
 """The TensorRT-LLM engine, specified against a fake ``tensorrt_llm`` (``tests/fakes``).
 
-The fake follows TensorRT-LLM 1.0's public LLM API: ``tensorrt_llm._tensorrt_engine.LLM``
-(``save(engine_dir)``, ``generate``, ``tokenizer``, ``shutdown``), ``tensorrt_llm.llmapi``
-``BuildConfig`` / ``QuantConfig`` / ``QuantAlgo`` and ``tensorrt_llm.SamplingParams`` with
-``return_perf_metrics``. Nothing here ran on real TensorRT-LLM.
+The fake follows TensorRT-LLM 1.2's LLM API: the engine-building class
+``tensorrt_llm._tensorrt_engine.LLM`` (arguments checked against ``TrtLlmArgs``, ``save``,
+``generate_async(..., streaming=True)``, ``tokenizer``, ``shutdown``), ``tensorrt_llm.llmapi``
+``BuildConfig`` / ``QuantConfig`` / ``QuantAlgo`` / ``KvCacheConfig`` and
+``tensorrt_llm.SamplingParams``. Nothing here ran on real TensorRT-LLM.
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ from pydantic import ValidationError
 
 from llenergymeasure.config.models import ExperimentConfig
 from llenergymeasure.datasets import Prompt
+from llenergymeasure.engines import tensorrt as trt_engine
 from llenergymeasure.engines.factory import create_engine
 from llenergymeasure.engines.tensorrt import (
     COMPILE_TIME_FIELDS,
     TensorRTBackend,
     engine_cache_dir,
     engine_cache_key,
+    version_problem,
 )
 from llenergymeasure.exceptions import BackendError
 
@@ -41,13 +44,15 @@ def _purge(prefix: str) -> None:
 
 @pytest.fixture
 def trt(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
-    """The fake ``tensorrt_llm._tensorrt_engine`` (engine LLM), importable for this test only."""
+    """The fake ``tensorrt_llm._tensorrt_engine`` (engine LLM), importable for this test only;
+    the engine's ``perf_counter`` reads the fake's clock, so timings are exact."""
     _purge("tensorrt_llm")
     monkeypatch.syspath_prepend(str(FAKES))
     import tensorrt_llm._tensorrt_engine as engine_mod
 
-    engine_mod.instances.clear()
-    engine_mod.PERF_METRICS = True
+    engine_mod.reset()
+    monkeypatch.setattr(engine_mod, "TOKENS_PER_RESPONSE", 1)
+    monkeypatch.setattr(trt_engine, "perf_counter", engine_mod.clock)
     yield engine_mod
     _purge("tensorrt_llm")
 
@@ -58,6 +63,13 @@ def cfg(**kw: Any) -> ExperimentConfig:
     return ExperimentConfig.model_validate(data)
 
 
+def loaded(trt: ModuleType, config: ExperimentConfig) -> tuple[TensorRTBackend, Any]:
+    engine = TensorRTBackend()
+    engine.load(config)
+    return engine, trt.instances[-1]
+
+
+# ─── Import, install, version ───────────────────────────────────────────────
 def test_importing_the_engine_module_imports_neither_tensorrt_llm_nor_torch() -> None:
     code = (
         "import sys, llenergymeasure.engines.tensorrt; "
@@ -76,19 +88,39 @@ def test_missing_tensorrt_llm_is_a_preflight_problem_with_the_install_command() 
 def test_factory_returns_the_tensorrt_engine_when_installed(trt: ModuleType) -> None:
     engine = create_engine("tensorrt")
     assert isinstance(engine, TensorRTBackend)
-    assert engine.version() == "1.0.0"
+    assert engine.version() == "1.2.1"
+    assert engine.preflight(cfg()) == []
 
 
-def test_first_load_builds_with_the_compile_time_fields_and_caches_the_engine(
+@pytest.mark.parametrize("version", ["1.2.0", "1.2.1", "1.2.0rc8", "1.2.1.post1"])
+def test_every_1_2_release_passes_the_version_check(version: str) -> None:
+    assert version_problem(version) is None
+
+
+@pytest.mark.parametrize("version", ["1.1.0", "1.3.0rc5", "0.21.0", "2.0.0", "unknown"])
+def test_any_other_release_is_a_preflight_problem_naming_the_pin(
+    trt: ModuleType, monkeypatch: pytest.MonkeyPatch, version: str
+) -> None:
+    import tensorrt_llm
+
+    monkeypatch.setattr(tensorrt_llm, "__version__", version)
+    (problem,) = TensorRTBackend().preflight(cfg())
+    assert "targets TensorRT-LLM 1.2.x" in problem and repr(version) in problem
+    with pytest.raises(BackendError, match=r"1\.2\.x"):
+        TensorRTBackend().load(cfg())
+    assert trt.instances == []
+
+
+# ─── Build, cache, load ─────────────────────────────────────────────────────
+def test_first_load_builds_with_the_trt_engine_llm_and_caches_the_engine(
     trt: ModuleType,
 ) -> None:
     config = cfg(
         precision="int4",
         tensorrt={"max_batch_size": 16, "max_seq_len": 1024, "tp_size": 2, "pp_size": 1},
     )
-    engine = TensorRTBackend()
-    info = engine.load(config)
-    llm = trt.instances[-1]
+    engine, llm = loaded(trt, config)
+    assert isinstance(llm, trt.LLM)  # tensorrt_llm._tensorrt_engine.LLM, not tensorrt_llm.LLM
     assert llm.model == "org/model"
     bc = llm.kwargs["build_config"]
     assert (bc.max_batch_size, bc.max_seq_len) == (16, 1024)
@@ -100,21 +132,37 @@ def test_first_load_builds_with_the_compile_time_fields_and_caches_the_engine(
     assert llm.saved_to and (target / "rank0.engine").is_file()
     build = json.loads((target / "llem-build.json").read_text())
     assert build["compile_time"]["max_batch_size"] == 16
-    assert any("built TensorRT engine" in n for n in info.notes)
+    assert any("built TensorRT engine" in n for n in engine.effective_parameters()["notes"])
     assert engine.effective_parameters()["engine_origin"] == "built"
 
-    again = TensorRTBackend()
-    again.load(config)
-    reuse = trt.instances[-1]
+    again, reuse = loaded(trt, config)
     assert reuse.model == str(target)  # loaded from the cache, not rebuilt
     assert reuse.tokenizer_arg == "org/model"
-    assert "build_config" not in reuse.kwargs
+    assert "build_config" not in reuse.kwargs and "quant_config" not in reuse.kwargs
     assert again.effective_parameters()["engine_origin"] == "cache"
+
+
+def test_the_pytorch_backend_llm_would_refuse_a_build_so_the_engine_never_uses_it(
+    trt: ModuleType,
+) -> None:
+    import tensorrt_llm
+
+    with pytest.raises(ValueError, match="specific to TensorRT backend"):
+        tensorrt_llm.LLM("org/model", build_config=object())
+    loaded(trt, cfg())
+    assert [type(i) for i in trt.instances] == [trt.LLM]
+
+
+def test_a_passthrough_key_that_is_no_trtllmargs_field_fails_the_load_by_name(
+    trt: ModuleType,
+) -> None:
+    with pytest.raises(BackendError, match="invalid argument: max_num_seqs"):
+        TensorRTBackend().load(cfg(passthrough_kwargs={"max_num_seqs": 8}))
 
 
 def test_cache_key_covers_every_compile_time_field_and_nothing_else() -> None:
     base = cfg(tensorrt={"max_batch_size": 8})
-    key = engine_cache_key(base, "1.0.0", "H100")
+    key = engine_cache_key(base, "1.2.1", "H100")
     changed = [
         cfg(model="org/other", tensorrt={"max_batch_size": 8}),
         cfg(precision="int8", tensorrt={"max_batch_size": 8}),
@@ -122,13 +170,16 @@ def test_cache_key_covers_every_compile_time_field_and_nothing_else() -> None:
         cfg(tensorrt={"max_batch_size": 8, "max_seq_len": 512}),
         cfg(tensorrt={"max_batch_size": 8, "tp_size": 2}),
         cfg(tensorrt={"max_batch_size": 8, "pp_size": 2}),
-        cfg(tensorrt={"max_batch_size": 8, "builder_opt_level": 5}),
     ]
-    assert all(engine_cache_key(c, "1.0.0", "H100") != key for c in changed)
-    assert engine_cache_key(base, "1.0.1", "H100") != key
-    assert engine_cache_key(base, "1.0.0", "A100") != key
-    runtime_only = cfg(n=7, max_new_tokens=5, tensorrt={"max_batch_size": 8})
-    assert engine_cache_key(runtime_only, "1.0.0", "H100") == key
+    assert all(engine_cache_key(c, "1.2.1", "H100") != key for c in changed)
+    assert engine_cache_key(base, "1.2.0", "H100") != key
+    assert engine_cache_key(base, "1.2.1", "A100") != key
+    runtime_only = [
+        cfg(n=7, max_new_tokens=5, tensorrt={"max_batch_size": 8}),
+        cfg(tensorrt={"max_batch_size": 8, "enable_block_reuse": True}),
+        cfg(tensorrt={"max_batch_size": 8, "kv_cache_free_gpu_memory_fraction": 0.5}),
+    ]
+    assert all(engine_cache_key(c, "1.2.1", "H100") == key for c in runtime_only)
     # None and the default it resolves to build the same engine
     assert engine_cache_key(cfg(tensorrt={"max_batch_size": 2048}), "v", "g") == engine_cache_key(
         cfg(), "v", "g"
@@ -138,11 +189,10 @@ def test_cache_key_covers_every_compile_time_field_and_nothing_else() -> None:
 
 def test_engine_path_is_loaded_without_building(trt: ModuleType, tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text("{}")
-    engine = TensorRTBackend()
-    engine.load(cfg(tensorrt={"engine_path": str(tmp_path)}))
-    llm = trt.instances[-1]
+    engine, llm = loaded(trt, cfg(tensorrt={"engine_path": str(tmp_path)}))
     assert (llm.model, llm.tokenizer_arg) == (str(tmp_path), "org/model")
     assert "build_config" not in llm.kwargs and llm.saved_to == []
+    assert llm.kwargs["kv_cache_config"].enable_block_reuse is False
     assert engine.effective_parameters()["engine_origin"] == "engine_path"
     bad = cfg(tensorrt={"engine_path": str(tmp_path / "missing")})
     (problem,) = TensorRTBackend().preflight(bad)
@@ -154,8 +204,8 @@ def test_engine_path_is_loaded_without_building(trt: ModuleType, tmp_path: Path)
     [("int8", "W8A8_SQ_PER_CHANNEL"), ("int4", "W4A16_AWQ"), ("fp8", "FP8"), ("fp16", None)],
 )
 def test_precision_selects_the_quant_algo(trt: ModuleType, precision: str, algo: str) -> None:
-    TensorRTBackend().load(cfg(precision=precision))
-    quant = trt.instances[-1].kwargs.get("quant_config")
+    _, llm = loaded(trt, cfg(precision=precision))
+    quant = llm.kwargs.get("quant_config")
     assert (quant.quant_algo.value if quant else None) == algo
 
 
@@ -169,9 +219,9 @@ def test_quantization_must_agree_with_precision(trt: ModuleType) -> None:
     assert TensorRTBackend().preflight(ok) == []
 
 
-def test_builder_opt_level_without_support_is_a_clear_error(trt: ModuleType) -> None:
-    with pytest.raises(BackendError, match="builder_opt_level"):
-        TensorRTBackend().load(cfg(tensorrt={"builder_opt_level": 4}))
+def test_there_is_no_builder_optimisation_level_because_1_2_buildconfig_has_none() -> None:
+    with pytest.raises(ValidationError, match="builder_opt_level"):
+        cfg(tensorrt={"builder_opt_level": 3})
 
 
 def test_seed_forbidden_combinations_are_config_errors(trt: ModuleType) -> None:
@@ -186,40 +236,127 @@ def test_seed_forbidden_combinations_are_config_errors(trt: ModuleType) -> None:
         cfg(lora={"adapter_id": "org/adapter"})
 
 
-def test_sampling_params_and_timings(trt: ModuleType) -> None:
+# ─── KV block reuse ─────────────────────────────────────────────────────────
+def test_kv_block_reuse_is_off_unless_asked_for_and_clear_run_state_says_which(
+    trt: ModuleType,
+) -> None:
+    engine, llm = loaded(trt, cfg())
+    kv = llm.kwargs["kv_cache_config"]
+    assert isinstance(kv, sys.modules["tensorrt_llm.llmapi"].KvCacheConfig)
+    assert kv.enable_block_reuse is False
+    assert kv.free_gpu_memory_fraction == 0.9  # TensorRT-LLM's default, not passed
+    assert engine.effective_parameters()["enable_block_reuse"] is False
+    (note,) = engine.clear_run_state()
+    assert "block reuse is off" in note
+
+    engine, llm = loaded(
+        trt, cfg(tensorrt={"enable_block_reuse": True, "kv_cache_free_gpu_memory_fraction": 0.5})
+    )
+    kv = llm.kwargs["kv_cache_config"]
+    assert (kv.enable_block_reuse, kv.free_gpu_memory_fraction) == (True, 0.5)
+    params = engine.effective_parameters()
+    assert (params["enable_block_reuse"], params["kv_cache_free_gpu_memory_fraction"]) == (
+        True,
+        0.5,
+    )
+    (note,) = engine.clear_run_state()
+    assert "block reuse is on" in note and "may reuse KV blocks" in note
+
+
+def test_a_passthrough_kv_cache_config_wins_and_is_what_gets_recorded(trt: ModuleType) -> None:
+    from tensorrt_llm.llmapi import KvCacheConfig
+
+    engine, llm = loaded(trt, cfg(passthrough_kwargs={"kv_cache_config": KvCacheConfig()}))
+    assert llm.kwargs["kv_cache_config"].enable_block_reuse is True
+    assert engine.effective_parameters()["enable_block_reuse"] is True
+    assert "block reuse is on" in engine.clear_run_state()[0]
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.5])
+def test_kv_cache_fraction_outside_0_1_is_a_config_error(fraction: float) -> None:
+    with pytest.raises(ValidationError, match="kv_cache_free_gpu_memory_fraction"):
+        cfg(tensorrt={"kv_cache_free_gpu_memory_fraction": fraction})
+
+
+# ─── Generation ─────────────────────────────────────────────────────────────
+def test_sampling_params_greedy_is_top_k_1_and_ignore_eos_fixes_the_length(
+    trt: ModuleType,
+) -> None:
     config = cfg(max_new_tokens=6, decoder={"ignore_eos": True})
-    engine = TensorRTBackend()
-    engine.load(config)
+    engine, llm = loaded(trt, config)
     records = engine.generate(PROMPTS, config)
-    params = trt.instances[-1].last_params
+    params = [sp for _, sp, _ in llm.submitted]
     assert [(p.max_tokens, p.min_tokens, p.ignore_eos, p.top_k) for p in params] == [
-        (6, 6, True, 1),  # greedy = top_k 1
+        (6, 6, True, 1),  # greedy = top_k 1 (None would sample from all logits)
         (4, 4, True, 1),
     ]
-    assert all(p.return_perf_metrics for p in params)
-    rec = records[0]
-    assert (rec.input_tokens, rec.output_tokens) == (3, 6)
-    assert rec.ttft_s == pytest.approx(0.08)
-    assert rec.latency_s == pytest.approx(0.08 + 5 * 0.02)
-    assert rec.itl_s == pytest.approx([0.02] * 5)
+    assert [r.output_tokens for r in records] == [6, 4]
 
     sampling = cfg(random_seed=3, decoder={"decoding_strategy": "sampling", "temperature": 0.5})
     engine.generate(PROMPTS[:1], sampling)
-    (p,) = trt.instances[-1].last_params
+    p = llm.submitted[-1][1]
     assert (p.temperature, p.top_p, p.top_k, p.seed) == (0.5, 1.0, None, 3)
 
 
-def test_missing_perf_metrics_leave_ttft_empty_and_say_so(trt: ModuleType) -> None:
-    trt.PERF_METRICS = False
-    engine = TensorRTBackend()
-    engine.load(cfg())
-    records = engine.generate(PROMPTS, cfg())
-    assert [r.ttft_s for r in records] == [None, None]
-    assert any("no request_perf_metrics" in n for n in engine.effective_parameters()["notes"])
+def test_every_prompt_is_streamed_and_all_are_in_flight_together(trt: ModuleType) -> None:
+    config = cfg(max_new_tokens=5, decoder={"ignore_eos": True})
+    engine, llm = loaded(trt, config)
+    prompts = [Prompt(f"p{i} x", index=10 + i) for i in range(4)]
+    records = engine.generate(prompts, config)
+    assert [(text, streaming) for text, _, streaming in llm.submitted] == [
+        (p.text, True) for p in prompts
+    ]
+    assert trt.in_flight[1] == 4  # none waited for another to finish
+    assert [r.index for r in records] == [10, 11, 12, 13]
+    assert all(r.input_tokens == 2 and r.output_tokens == 5 for r in records)
+    assert all(len(r.itl_s) == 4 and r.ttft_s is not None and r.ttft_s > 0 for r in records)
+    assert all(r.start_s is not None for r in records)
+
+
+def test_ttft_and_every_inter_token_gap_come_from_the_streamed_responses(
+    trt: ModuleType,
+) -> None:
+    config = cfg(max_new_tokens=6, decoder={"ignore_eos": True})
+    engine, _ = loaded(trt, config)
+    (rec,) = engine.generate(PROMPTS[:1], config)
+    assert (rec.input_tokens, rec.output_tokens) == (3, 6)
+    assert rec.ttft_s == pytest.approx(0.08)
+    assert rec.itl_s == pytest.approx([0.02] * 5)
+    assert rec.latency_s == pytest.approx(0.08 + 5 * 0.02)
+    notes = engine.effective_parameters()["notes"]
+    assert any("streaming generate_async" in n for n in notes)
+
+
+def test_tokens_that_arrive_in_one_response_share_its_interval(
+    trt: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(trt, "TOKENS_PER_RESPONSE", 2)  # 1 token, then 2 per response
+    config = cfg(max_new_tokens=5, decoder={"ignore_eos": True})
+    engine, _ = loaded(trt, config)
+    (rec,) = engine.generate(PROMPTS[:1], config)
+    assert rec.output_tokens == 5
+    assert rec.ttft_s == pytest.approx(0.08)
+    assert rec.itl_s == pytest.approx([0.02] * 4)  # each pair's 0.04 s split evenly
+
+
+def test_the_final_response_decides_the_token_count(
+    trt: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(trt, "TRIM_ON_FINISH", 2)  # streamed 4 tokens, the final output has 3
+    config = cfg(max_new_tokens=5, decoder={"ignore_eos": True})
+    engine, _ = loaded(trt, config)
+    (rec,) = engine.generate(PROMPTS[:1], config)
+    assert rec.output_tokens == 3 and len(rec.itl_s) == 2
+
+
+def test_a_failing_request_is_a_backend_error(trt: ModuleType) -> None:
+    engine, llm = loaded(trt, cfg())
+    llm.shut_down = True  # the real generate_async raises "LLM is shutting down"
+    with pytest.raises(BackendError, match="TensorRT-LLM generation failed: RuntimeError"):
+        engine.generate(PROMPTS, cfg())
+
+
+def test_unload_shuts_the_llm_down(trt: ModuleType) -> None:
+    engine, llm = loaded(trt, cfg())
     engine.unload()
-    assert trt.instances[-1].shut_down
-
-
-def test_clear_run_state_says_that_kv_block_reuse_cannot_be_reset(trt: ModuleType) -> None:
-    (note,) = TensorRTBackend().clear_run_state()
-    assert "enable_block_reuse" in note
+    assert llm.shut_down and engine.handle is None

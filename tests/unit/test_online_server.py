@@ -125,11 +125,17 @@ def test_trtllm_serve_command_prefers_a_built_engine():
     config = online_config(
         "tensorrt",
         precision="fp16",
-        tensorrt={"tp_size": 2, "max_batch_size": 16, "engine_path": "/engines/e"},
+        tensorrt={
+            "tp_size": 2,
+            "max_batch_size": 16,
+            "engine_path": "/engines/e",
+            "kv_cache_free_gpu_memory_fraction": 0.5,
+        },
     )
     argv = launch(config).argv
     assert argv[:2] == ["trtllm-serve", "/engines/e"]
     assert "--tp_size 2" in " ".join(argv) and "--max_batch_size 16" in " ".join(argv)
+    assert "--kv_cache_free_gpu_memory_fraction 0.5" in " ".join(argv)
     assert any("precision=fp16 is not a trtllm-serve flag" in n for n in launch(config).notes)
     assert launch(online_config()).notes == []
 
@@ -139,7 +145,11 @@ def test_trtllm_serve_command_prefers_a_built_engine():
     [
         ("pytorch", {"pytorch": {"batch_size": 8}}, "pytorch.batch_size"),
         ("pytorch", {"pytorch": {"num_processes": 2}}, "pytorch.num_processes"),
-        ("tensorrt", {"tensorrt": {"builder_opt_level": 3}, "precision": "fp16"}, "builder_opt"),
+        (
+            "tensorrt",
+            {"tensorrt": {"enable_block_reuse": True}, "precision": "fp16"},
+            "tensorrt.enable_block_reuse",
+        ),
     ],
 )
 def test_engine_fields_without_a_server_flag_are_refused_by_name(backend, section, field):

@@ -343,12 +343,23 @@ class TensorRTConfig(BaseModel):
             "int4 -> int4_awq, fp8 -> fp8). None = from precision."
         ),
     )
-    builder_opt_level: int | None = Field(
+    enable_block_reuse: bool | None = Field(
         None,
-        ge=0,
-        le=5,
         description=(
-            "TensorRT builder optimisation level 0-5 (compile-time). None = TensorRT-LLM's default."
+            "KV-cache block reuse across requests (KvCacheConfig.enable_block_reuse, "
+            "TensorRT-LLM's prefix caching). TensorRT-LLM has no call that empties reused "
+            "blocks, so a window could skip prefill that earlier work computed: None = off "
+            "(llem's default; TensorRT-LLM's own default is on)."
+        ),
+    )
+    kv_cache_free_gpu_memory_fraction: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description=(
+            "Fraction of the GPU memory free after loading that the KV cache may take "
+            "(KvCacheConfig.free_gpu_memory_fraction), in (0, 1]. None = TensorRT-LLM's default "
+            "(0.9)."
         ),
     )
     engine_path: str | None = Field(

@@ -1,29 +1,49 @@
-"""TensorRT-LLM inference engine on the LLM API, building (and caching) or loading an engine.
+"""TensorRT-LLM inference engine: the TensorRT-engine flavour of TensorRT-LLM 1.2's LLM API.
 
 Importing this module imports neither tensorrt_llm nor torch: both are imported inside methods.
 
-Targets TensorRT-LLM 1.2 (the ``[tensorrt]`` extra pins ``tensorrt-llm==1.2.*``); written against
-the 1.0 LLM API, whose calls used here are unchanged in the current upstream source of
-``tensorrt_llm/_tensorrt_engine/llm.py`` (``LLM.__init__`` and ``LLM.save`` were checked there):
-the TensorRT-engine
-``LLM(model, tokenizer, ..., tensor_parallel_size, dtype, **TrtLlmArgs)`` with
-``pipeline_parallel_size``, ``build_config``, ``quant_config``, and ``LLM.save(engine_dir)``;
-``tensorrt_llm/builder.py`` ``BuildConfig(max_batch_size, max_seq_len, kv_cache_type, ...)``;
-``tensorrt_llm.llmapi`` ``QuantConfig(quant_algo=QuantAlgo.*)``; ``tensorrt_llm.SamplingParams``
-(``max_tokens, top_k, top_p, temperature, seed, min_tokens, repetition_penalty, ignore_eos,
-return_perf_metrics``)). From 1.0 on ``tensorrt_llm.LLM`` is the PyTorch backend, which builds
-no engine, so the TensorRT ``LLM`` is taken from ``tensorrt_llm._tensorrt_engine`` when that
-module exists (older releases: ``tensorrt_llm.LLM`` is the TensorRT flow).
-Not verified on hardware: the tests run against a fake ``tensorrt_llm`` package.
+Targets TensorRT-LLM 1.2.x (the ``[tensorrt]`` extra pins ``tensorrt-llm==1.2.*``); pre-flight
+refuses any other release. Not verified on hardware: the tests run against a fake
+``tensorrt_llm`` package (``tests/fakes/tensorrt_llm``) that follows the 1.2 API below.
+
+Which ``LLM``: since 1.0 ``tensorrt_llm.LLM`` is the PyTorch backend (it builds no engine and
+refuses TensorRT-only arguments such as ``build_config``); the engine-building class is
+``tensorrt_llm._tensorrt_engine.LLM`` (``tensorrt_llm.llmapi.llm._TrtLLM``), whose arguments are
+checked against ``TrtLlmArgs``: an unknown keyword is a ``ValueError``. The calls used:
+
+- ``LLM(model, tokenizer=None, ..., tensor_parallel_size=1, dtype="auto", **kwargs)`` with
+  ``pipeline_parallel_size``, ``build_config`` (``BuildConfig(max_batch_size=..,
+  max_seq_len=..)``), ``quant_config`` (``QuantConfig(quant_algo=QuantAlgo.X)``) and
+  ``kv_cache_config`` (``KvCacheConfig(enable_block_reuse=.., free_gpu_memory_fraction=..)``);
+  ``BuildConfig``, ``QuantConfig``, ``QuantAlgo`` and ``KvCacheConfig`` come from
+  ``tensorrt_llm.llmapi``. A folder holding a built engine is loaded with
+  ``LLM(model=engine_dir, tokenizer=hf_model)`` (its build config comes from the engine).
+- ``LLM.save(engine_dir)`` copies the engine it built; ``LLM.tokenizer``; ``LLM.shutdown()``.
+- ``tensorrt_llm.SamplingParams`` (keyword-only): ``max_tokens``, ``top_k`` (None = all
+  logits, so greedy is ``top_k=1``), ``top_p``, ``temperature``, ``seed``, ``min_tokens``,
+  ``repetition_penalty``, ``ignore_eos``.
+- ``LLM.generate_async(inputs, sampling_params=.., streaming=True)``: a ``RequestOutput`` that
+  is an async iterator; each item is the request so far (``outputs[0].token_ids`` grows by the
+  tokens of that response, ``prompt_token_ids``, ``finished``).
+
+Per-token timing: every prompt is submitted with ``generate_async(..., streaming=True)`` from
+one asyncio loop (the pattern of TensorRT-LLM's own streaming example); each streamed response
+is stamped with ``perf_counter()`` when it reaches llem, and tokens that arrive together share
+the interval since the previous stamp evenly. This gives true TTFT (from submission) and every
+inter-token gap; ``LLM.generate`` itself is the same ``generate_async`` per prompt without
+streaming, so the engine schedules the same requests either way.
 
 Build or load:
 
-- ``tensorrt.engine_path`` set -> that engine is loaded (``LLM(model=engine_path,
-  tokenizer=model)``); no build.
+- ``tensorrt.engine_path`` set -> that engine is loaded; no build.
 - else the engine is looked up in ``<llem cache>/trt-engines/<key>``, where ``key`` hashes the
   compile-time fields (``COMPILE_TIME_FIELDS``), the TensorRT-LLM version and the GPU name; a
   hit is loaded; a miss is built from the HF model and saved there with ``LLM.save`` (atomic:
   saved into a temp folder, then renamed). The build time is part of the load time.
+
+KV block reuse (TensorRT-LLM's prefix caching, on by default in ``KvCacheConfig``) cannot be
+emptied through the LLM API, so llem turns it off unless ``tensorrt.enable_block_reuse: true``;
+``clear_run_state`` says which of the two holds.
 
 Precision / quantization: fp16 -> dtype float16, no quantization. int8 -> SmoothQuant
 (``int8_sq`` = ``QuantAlgo.W8A8_SQ_PER_CHANNEL``), int4 -> AWQ (``int4_awq`` =
@@ -33,20 +53,22 @@ method explicitly but must agree with ``precision``.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
-import importlib.util
+import itertools
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from time import perf_counter
+from time import monotonic, perf_counter
 from typing import TYPE_CHECKING, Any
 
 from llenergymeasure.config.models import TENSORRT_PRECISION_QUANT
-from llenergymeasure.engines.base import LoadInfo
-from llenergymeasure.engines.offline import OfflineLLMEngine, RequestTiming
+from llenergymeasure.engines.base import LoadInfo, RequestRecord
+from llenergymeasure.engines.offline import OfflineLLMEngine
 from llenergymeasure.exceptions import BackendError
 
 if TYPE_CHECKING:
@@ -57,15 +79,19 @@ __all__ = [
     "COMPILE_TIME_FIELDS",
     "INSTALL_HINT",
     "QUANT_ALGOS",
+    "SUPPORTED_SERIES",
     "TRT_DEFAULTS",
     "TensorRTBackend",
     "engine_cache_dir",
     "engine_cache_key",
     "resolve_quantization",
+    "version_problem",
 ]
 
 INSTALL_HINT = 'pip install "llenergymeasure[tensorrt]"'
 MARKER_FILE = ".llem-engine-complete"
+#: The TensorRT-LLM release series this engine is written and tested (against a fake) for.
+SUPPORTED_SERIES = (1, 2)
 
 #: Config fields baked into a built engine: changing any of them needs a rebuild.
 COMPILE_TIME_FIELDS: dict[str, str] = {
@@ -76,18 +102,19 @@ COMPILE_TIME_FIELDS: dict[str, str] = {
     "tensorrt.max_seq_len": "BuildConfig.max_seq_len (prompt + generated tokens)",
     "tensorrt.tp_size": "tensor-parallel mapping (one engine per rank)",
     "tensorrt.pp_size": "pipeline-parallel mapping (one engine per rank)",
-    "tensorrt.builder_opt_level": "TensorRT builder optimisation level (0-5)",
     "tensorrt.kv_cache_type": "BuildConfig.kv_cache_type (paged)",
 }
 
-#: What a None in the tensorrt: section resolves to (TensorRT-LLM 1.0 BuildConfig defaults).
+#: What a None in the tensorrt: section resolves to (TensorRT-LLM 1.2 defaults, except
+#: enable_block_reuse, which llem turns off).
 TRT_DEFAULTS: dict[str, Any] = {
-    "max_batch_size": 2048,
+    "max_batch_size": 2048,  # BuildConfig.max_batch_size
     "max_seq_len": None,  # None: derived from the model's max_position_embeddings at build
     "tp_size": 1,
     "pp_size": 1,
-    "kv_cache_type": "paged",
-    "builder_opt_level": None,  # None: TensorRT's default (3)
+    "kv_cache_type": "paged",  # BuildConfig.kv_cache_type None -> PAGED
+    "enable_block_reuse": False,  # llem's choice; KvCacheConfig's own default is True
+    "kv_cache_free_gpu_memory_fraction": 0.9,  # KvCacheConfig.free_gpu_memory_fraction
 }
 
 #: llem quantization name -> ``QuantAlgo`` member name.
@@ -104,6 +131,18 @@ def resolve_quantization(config: ExperimentConfig) -> str | None:
     if t is not None and t.quantization is not None:
         return t.quantization
     return TENSORRT_PRECISION_QUANT.get(config.precision)
+
+
+def version_problem(version: str) -> str | None:
+    """Why ``version`` of TensorRT-LLM cannot run this engine, or None when it is a 1.2.x."""
+    match = re.match(r"(\d+)\.(\d+)", version)
+    if match is not None and (int(match[1]), int(match[2])) == SUPPORTED_SERIES:
+        return None
+    major, minor = SUPPORTED_SERIES
+    return (
+        f"tensorrt engine targets TensorRT-LLM {major}.{minor}.x, found {version!r}: "
+        f"install the pinned release with {INSTALL_HINT}"
+    )
 
 
 def _trt_setting(config: ExperimentConfig, name: str) -> Any:
@@ -134,7 +173,6 @@ def engine_cache_key(config: ExperimentConfig, trt_version: str, gpu: str) -> st
         "max_seq_len": _trt_setting(config, "max_seq_len"),
         "tp_size": _trt_setting(config, "tp_size"),
         "pp_size": _trt_setting(config, "pp_size"),
-        "builder_opt_level": _trt_setting(config, "builder_opt_level"),
         "kv_cache_type": _trt_setting(config, "kv_cache_type"),
         "tensorrt_llm_version": trt_version,
         "gpu": gpu,
@@ -148,17 +186,6 @@ def engine_cache_dir(key: str) -> Path:
     from llenergymeasure.engines.builtin import llem_cache_root
 
     return llem_cache_root() / "trt-engines" / key
-
-
-def _trt_llm_class() -> Any:
-    """The TensorRT-engine ``LLM`` class (``_tensorrt_engine.LLM`` from 1.0 on)."""
-    if importlib.util.find_spec("tensorrt_llm._tensorrt_engine") is not None:
-        from tensorrt_llm._tensorrt_engine import LLM
-
-        return LLM
-    from tensorrt_llm import LLM as LegacyLLM
-
-    return LegacyLLM
 
 
 class TensorRTBackend(OfflineLLMEngine):
@@ -176,9 +203,13 @@ class TensorRTBackend(OfflineLLMEngine):
 
     # ─── Pre-flight ─────────────────────────────────────────────────────────
     def _machine_problems(self, config: ExperimentConfig) -> list[str]:
-        """A given ``engine_path`` must be an engine folder. Static config rules (precision,
-        quantization, beam, LoRA, draft models) are the config model's."""
+        """The installed TensorRT-LLM must be a 1.2.x; a given ``engine_path`` must be an
+        engine folder. Static config rules (precision, quantization, beam, LoRA, draft models)
+        are the config model's."""
         problems: list[str] = []
+        version_issue = version_problem(self.version())
+        if version_issue is not None:
+            problems.append(version_issue)
         t = config.tensorrt
         if t is not None and t.engine_path is not None:
             path = Path(t.engine_path).expanduser()
@@ -190,8 +221,24 @@ class TensorRTBackend(OfflineLLMEngine):
         return problems
 
     # ─── Load ───────────────────────────────────────────────────────────────
+    def _runtime_kwargs(self, config: ExperimentConfig) -> dict[str, Any]:
+        """``LLM(...)`` kwargs every load passes: parallel mapping and the KV-cache config."""
+        from tensorrt_llm.llmapi import KvCacheConfig
+
+        kv: dict[str, Any] = {
+            "enable_block_reuse": bool(_trt_setting(config, "enable_block_reuse"))
+        }
+        t = config.tensorrt
+        if t is not None and t.kv_cache_free_gpu_memory_fraction is not None:
+            kv["free_gpu_memory_fraction"] = t.kv_cache_free_gpu_memory_fraction
+        return {
+            "tensor_parallel_size": _trt_setting(config, "tp_size"),
+            "pipeline_parallel_size": _trt_setting(config, "pp_size"),
+            "kv_cache_config": KvCacheConfig(**kv),
+        }
+
     def _build_kwargs(self, config: ExperimentConfig) -> dict[str, Any]:
-        """``LLM(...)`` kwargs for a build: dtype, parallelism, BuildConfig, QuantConfig."""
+        """``LLM(...)`` kwargs a build adds: dtype, BuildConfig, QuantConfig."""
         from tensorrt_llm.llmapi import BuildConfig, QuantAlgo, QuantConfig
 
         t = config.tensorrt
@@ -201,21 +248,7 @@ class TensorRTBackend(OfflineLLMEngine):
             if value is not None:
                 build_kw[name] = value
         # kv_cache_type: "paged" is the only value and BuildConfig's default (None -> PAGED).
-        build_config = BuildConfig(**build_kw)
-        if t is not None and t.builder_opt_level is not None:
-            if not hasattr(build_config, "builder_opt"):
-                raise BackendError(
-                    "tensorrt.builder_opt_level is set but this TensorRT-LLM's BuildConfig has "
-                    "no builder optimisation level (builder_opt)",
-                    hint="leave tensorrt.builder_opt_level unset",
-                )
-            build_config.builder_opt = t.builder_opt_level
-        kwargs: dict[str, Any] = {
-            "dtype": "float16",
-            "tensor_parallel_size": _trt_setting(config, "tp_size"),
-            "pipeline_parallel_size": _trt_setting(config, "pp_size"),
-            "build_config": build_config,
-        }
+        kwargs: dict[str, Any] = {"dtype": "float16", "build_config": BuildConfig(**build_kw)}
         quant = resolve_quantization(config)
         if quant is not None:
             kwargs["quant_config"] = QuantConfig(quant_algo=getattr(QuantAlgo, QUANT_ALGOS[quant]))
@@ -223,7 +256,8 @@ class TensorRTBackend(OfflineLLMEngine):
 
     def _start(self, config: ExperimentConfig) -> LoadInfo:
         """Load ``engine_path``, or a cached engine, or build one and cache it."""
-        LLM = _trt_llm_class()
+        from tensorrt_llm._tensorrt_engine import LLM
+
         from llenergymeasure.engines import builtin
 
         model = (
@@ -235,14 +269,11 @@ class TensorRTBackend(OfflineLLMEngine):
         t0 = perf_counter()
         t = config.tensorrt
         try:
+            runtime = self._runtime_kwargs(config)
             if t is not None and t.engine_path is not None:
                 self._engine_dir = str(Path(t.engine_path).expanduser())
                 self._engine_origin = "engine_path"
-                self._llm_kwargs = {
-                    "tensor_parallel_size": _trt_setting(config, "tp_size"),
-                    "pipeline_parallel_size": _trt_setting(config, "pp_size"),
-                    **passthrough,
-                }
+                self._llm_kwargs = {**runtime, **passthrough}
                 self._llm = LLM(model=self._engine_dir, tokenizer=model, **self._llm_kwargs)
             else:
                 version = self.version()
@@ -251,15 +282,11 @@ class TensorRTBackend(OfflineLLMEngine):
                 if (target / MARKER_FILE).is_file():
                     self._engine_origin = "cache"
                     self._engine_dir = str(target)
-                    self._llm_kwargs = {
-                        "tensor_parallel_size": _trt_setting(config, "tp_size"),
-                        "pipeline_parallel_size": _trt_setting(config, "pp_size"),
-                        **passthrough,
-                    }
+                    self._llm_kwargs = {**runtime, **passthrough}
                     self._llm = LLM(model=str(target), tokenizer=model, **self._llm_kwargs)
                     self._notes.append(f"loaded cached TensorRT engine {self._cache_key}")
                 else:
-                    self._llm_kwargs = {**self._build_kwargs(config), **passthrough}
+                    self._llm_kwargs = {**runtime, **self._build_kwargs(config), **passthrough}
                     self._llm = LLM(model=model, **self._llm_kwargs)
                     self._save_to_cache(target, config, version)
                     self._engine_origin = "built"
@@ -306,7 +333,6 @@ class TensorRTBackend(OfflineLLMEngine):
                                     "max_seq_len",
                                     "tp_size",
                                     "pp_size",
-                                    "builder_opt_level",
                                     "kv_cache_type",
                                 )
                             },
@@ -326,6 +352,13 @@ class TensorRTBackend(OfflineLLMEngine):
             raise
 
     # ─── Effective values ───────────────────────────────────────────────────
+    def _block_reuse(self) -> bool | None:
+        """``enable_block_reuse`` of the KvCacheConfig actually passed (passthrough may set its
+        own); None before load."""
+        kv = self._llm_kwargs.get("kv_cache_config")
+        value = getattr(kv, "enable_block_reuse", None)
+        return bool(value) if value is not None else None
+
     def effective_parameters(self) -> dict[str, Any]:
         """Every parameter used, None-sentinels resolved."""
         if self._llm is None or self._config is None:
@@ -334,15 +367,23 @@ class TensorRTBackend(OfflineLLMEngine):
         dec = config.decoder
         sampling = dec.decoding_strategy == "sampling"
         quant = resolve_quantization(config)
+        kv = self._llm_kwargs.get("kv_cache_config")
         return {
             "engine": self.name,
             "engine_version": self.version(),
+            "llm_class": "tensorrt_llm._tensorrt_engine.LLM",
             "model": config.model,
             "precision": config.precision,
             "dtype": "float16",
             "quantization": quant,
             "quant_algo": QUANT_ALGOS.get(quant) if quant else None,
             **{k: _trt_setting(config, k) for k in TRT_DEFAULTS},
+            "enable_block_reuse": self._block_reuse(),
+            "kv_cache_free_gpu_memory_fraction": getattr(
+                kv,
+                "free_gpu_memory_fraction",
+                _trt_setting(config, "kv_cache_free_gpu_memory_fraction"),
+            ),
             "engine_path": self._engine_dir,
             "engine_origin": self._engine_origin,
             "engine_cache_key": self._cache_key,
@@ -355,6 +396,7 @@ class TensorRTBackend(OfflineLLMEngine):
             "random_seed": config.random_seed if sampling else None,
             "max_new_tokens": int(config.effective_max_new_tokens),
             "ignore_eos": dec.ignore_eos,
+            "timing_source": "streaming generate_async, one perf_counter stamp per response",
             "passthrough_kwargs": dict(config.passthrough_kwargs or {}),
             "notes": list(self._notes),
         }
@@ -367,7 +409,6 @@ class TensorRTBackend(OfflineLLMEngine):
         kw: dict[str, Any] = {
             "max_tokens": max_tokens,
             "repetition_penalty": dec.repetition_penalty,
-            "return_perf_metrics": True,
         }
         if dec.decoding_strategy == "sampling":
             kw.update(
@@ -377,83 +418,87 @@ class TensorRTBackend(OfflineLLMEngine):
                 seed=config.random_seed,
             )
         else:
-            kw["top_k"] = 1  # greedy in TensorRT-LLM
+            kw["top_k"] = 1  # greedy: top_k None would sample from all logits
         if dec.ignore_eos:
             kw.update(ignore_eos=True, min_tokens=max_tokens)
         return SamplingParams(**kw)
 
-    def _run_generate(self, prompts: Sequence[Prompt], params: list[Any]) -> Sequence[Any]:
-        outputs: Sequence[Any] = self._llm.generate(
-            [p.text for p in prompts], params, use_tqdm=False
+    def _generate(
+        self, prompts: Sequence[Prompt], config: ExperimentConfig, limits: list[int]
+    ) -> list[RequestRecord]:
+        """Stream every prompt at once through ``generate_async`` and stamp each response."""
+        params = [self._sampling_params(config, n) for n in limits]
+        try:
+            records = asyncio.run(self._stream_all(prompts, params))
+        except BackendError:
+            raise
+        except Exception as e:
+            raise BackendError(
+                f"{self.display_name} generation failed: {type(e).__name__}: {e}"
+            ) from e
+        self._add_note(
+            "tensorrt: per-token timing from streaming generate_async, one perf_counter stamp "
+            "per streamed response: ttft_s and every itl_s gap are measured (tokens of one "
+            "response share its interval evenly)"
         )
-        return outputs
+        return records
 
-    def _request_timing(self, output: Any, n_out: int) -> RequestTiming | None:
-        return _perf_timings(output.outputs[0], n_out)
-
-    def _timing_note(self, missing: int) -> str:
-        if missing:
-            return (
-                "TensorRT-LLM returned no request_perf_metrics for some requests: their "
-                "ttft/itl are not recorded and latency is the wall time of the whole "
-                "generate() call"
+    async def _stream_all(
+        self, prompts: Sequence[Prompt], params: list[Any]
+    ) -> list[RequestRecord]:
+        """All requests in flight together, as ``LLM.generate`` submits them; prompt order kept."""
+        return list(
+            await asyncio.gather(
+                *(self._stream_one(p, sp) for p, sp in zip(prompts, params, strict=True))
             )
-        return (
-            "TensorRT-LLM reports first/last token times per request: itl_s holds each "
-            "request's mean inter-token interval"
+        )
+
+    async def _stream_one(self, prompt: Prompt, sampling_params: Any) -> RequestRecord:
+        """One request: submit, then stamp every streamed response as it arrives."""
+        submitted_at = monotonic()  # the energy sampler's clock
+        t_in = perf_counter()
+        stream = self._llm.generate_async(
+            prompt.text, sampling_params=sampling_params, streaming=True
+        )
+        times: list[float] = []
+        output: Any = None
+        async for output in stream:
+            now = perf_counter()
+            new = len(output.outputs[0].token_ids) - len(times)
+            if new > 0:
+                start = times[-1] if times else now
+                times.extend(start + (now - start) * (k + 1) / new for k in range(new))
+        if output is not None:  # the final output is authoritative (e.g. trimmed stop words)
+            del times[len(output.outputs[0].token_ids) :]
+        prompt_ids = getattr(output, "prompt_token_ids", None) if output is not None else None
+        return RequestRecord(
+            index=prompt.index,
+            input_tokens=len(prompt_ids or []),
+            output_tokens=len(times),
+            latency_s=(times[-1] - t_in) if times else perf_counter() - t_in,
+            ttft_s=(times[0] - t_in) if times else None,
+            itl_s=[b - a for a, b in itertools.pairwise(times)],
+            start_s=submitted_at,
         )
 
     # ─── Device housekeeping ────────────────────────────────────────────────
     def clear_run_state(self) -> list[str]:
-        """Nothing llem can clear: the LLM API offers no call that empties the KV cache.
+        """Say whether KV blocks can carry over: the LLM API has no call that empties them.
 
-        TensorRT-LLM reuses KV blocks across requests by default
-        (``KvCacheConfig.enable_block_reuse=True``); a run that repeats an earlier run's
-        prompts on a reused engine may skip their prefill. Peak memory lives in the workers.
+        With block reuse off (llem's default) no request reuses another's KV blocks, so there
+        is nothing to clear; with ``tensorrt.enable_block_reuse: true`` a window on a reused
+        engine may skip prefill for prefixes an earlier run computed.
         """
+        if self._block_reuse():
+            return [
+                "tensorrt: KV block reuse is on (KvCacheConfig.enable_block_reuse=True) and "
+                "TensorRT-LLM's LLM API has no call that empties it: this window may reuse KV "
+                "blocks an earlier run computed"
+            ]
         return [
-            "tensorrt: the LLM API has no KV-cache reset; KV block reuse "
-            "(KvCacheConfig.enable_block_reuse, on by default) may serve prefixes an earlier "
-            "run on this engine computed"
+            "tensorrt: KV block reuse is off (KvCacheConfig.enable_block_reuse=False): no KV "
+            "blocks carry over between runs, nothing to clear"
         ]
 
     def _shutdown_handle(self, llm: Any) -> None:
-        shutdown = getattr(llm, "shutdown", None)
-        if callable(shutdown):
-            shutdown()
-
-
-def _perf_timings(
-    completion: Any, n_out: int
-) -> tuple[float | None, float | None, list[float]] | None:
-    """(ttft, latency, itl) from ``CompletionOutput.request_perf_metrics.timing_metrics``.
-
-    Fields ``arrival_time``, ``first_token_time``, ``last_token_time`` (floats or timedeltas);
-    None when the metrics are absent.
-    """
-    perf = getattr(completion, "request_perf_metrics", None)
-    timing = getattr(perf, "timing_metrics", None)
-    if timing is None:
-        return None
-
-    def seconds(name: str) -> float | None:
-        value = getattr(timing, name, None)
-        if value is None:
-            return None
-        if hasattr(value, "total_seconds"):
-            value = value.total_seconds()
-        return float(value) if float(value) > 0 else None
-
-    arrival, first, last = (
-        seconds("arrival_time"),
-        seconds("first_token_time"),
-        seconds("last_token_time"),
-    )
-    if arrival is None or first is None:
-        return None
-    ttft = first - arrival
-    latency = last - arrival if last is not None else None
-    itl: list[float] = []
-    if last is not None and n_out > 1:
-        itl = [(last - first) / (n_out - 1)] * (n_out - 1)
-    return ttft, latency, itl
+        llm.shutdown()

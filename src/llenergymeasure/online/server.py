@@ -10,7 +10,7 @@
   ``--attn-implementation``, ``--compile``, ``--quantization bnb-4bit|bnb-8bit`` and
   ``--continuous-batching`` for ``batching_strategy: dynamic``;
 - TensorRT-LLM: ``trtllm-serve MODEL_OR_ENGINE`` with ``--tp_size``, ``--pp_size``,
-  ``--max_batch_size``, ``--max_seq_len``.
+  ``--max_batch_size``, ``--max_seq_len``, ``--kv_cache_free_gpu_memory_fraction``.
 
 Engine fields that have no server flag, when set, are a ``ConfigError`` naming the field (a
 silently ignored setting would mislabel the measurement). ``online.server.extra_args`` are
@@ -69,6 +69,7 @@ TRTLLM_SERVE_FLAGS: dict[str, str] = {
     "pp_size": "--pp_size",
     "max_batch_size": "--max_batch_size",
     "max_seq_len": "--max_seq_len",
+    "kv_cache_free_gpu_memory_fraction": "--kv_cache_free_gpu_memory_fraction",
 }
 
 _VLLM_DTYPE = {"fp16": "float16", "bf16": "bfloat16", "int8": "float16", "int4": "float16"}
@@ -80,8 +81,8 @@ _NO_SERVER_FLAG = {
     "pytorch.num_processes": "transformers serve runs one process",
     "tensorrt.quantization": "quantization is fixed when the engine is built; build it first "
     "and set tensorrt.engine_path",
-    "tensorrt.builder_opt_level": "it is an engine-build option; build the engine first and "
-    "set tensorrt.engine_path",
+    "tensorrt.enable_block_reuse": "trtllm-serve takes it only in an --extra_llm_api_options "
+    "YAML file (kv_cache_config.enable_block_reuse); pass that file in online.server.extra_args",
 }
 
 

@@ -1,8 +1,13 @@
-"""Fake ``tensorrt_llm`` (TensorRT-LLM 1.0 LLM API) for llem's tests.
+"""Fake ``tensorrt_llm`` (TensorRT-LLM 1.2 LLM API) for llem's tests.
 
-``tensorrt_llm.LLM`` is the PyTorch backend in 1.0 (it refuses ``build_config``); the
-TensorRT-engine flow is ``tensorrt_llm._tensorrt_engine.LLM``. ``SamplingParams`` follows
-``tensorrt_llm/sampling_params.py`` (kw-only dataclass; greedy = top_k None/1 and top_p None/0).
+Follows the 1.2 public names and signatures llem calls (keyword names, defaults, which class
+accepts which argument); outputs are deterministic and no GPU work happens.
+
+- ``tensorrt_llm.LLM`` is the PyTorch backend (``llmapi/llm.py``: ``class LLM(_TorchLLM)``):
+  it builds no engine and refuses TensorRT-only arguments such as ``build_config``.
+- The TensorRT-engine flow is ``tensorrt_llm._tensorrt_engine.LLM`` (``_TrtLLM``).
+- ``SamplingParams`` (``sampling_params.py``): a keyword-only dataclass; ``top_k`` None means
+  all logits (greedy needs ``top_k=1``); ``best_of`` defaults to ``n``.
 """
 
 from __future__ import annotations
@@ -10,10 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tensorrt_llm.llmapi import BuildConfig, QuantAlgo, QuantConfig
+__version__ = "1.2.1"
+__all__ = ["LLM", "SamplingParams"]
 
-__version__ = "1.0.0"
-__all__ = ["LLM", "BuildConfig", "QuantAlgo", "QuantConfig", "SamplingParams"]
+#: ``TrtLlmArgs`` fields that ``TorchLlmArgs`` lacks: the PyTorch ``LLM`` refuses them.
+TRT_ONLY_ARGS = frozenset({"build_config", "quant_config", "calib_config", "workspace"})
 
 
 @dataclass(kw_only=True)
@@ -32,12 +38,24 @@ class SamplingParams:
     repetition_penalty: float | None = None
     return_perf_metrics: bool = False
     ignore_eos: bool = False
+    detokenize: bool = True
+
+    def __post_init__(self) -> None:
+        if self.pad_id is None:
+            self.pad_id = self.end_id
+        self.best_of = self.best_of or self.n
+        if self.best_of < self.n:
+            raise ValueError(f"best_of ({self.best_of}) cannot be less than n ({self.n})")
 
 
 class LLM:
-    """The 1.0 PyTorch-backend LLM: builds no TensorRT engine."""
+    """The 1.2 PyTorch-backend LLM: builds no TensorRT engine."""
 
     def __init__(self, model: str, **kwargs: Any) -> None:
-        if "build_config" in kwargs:
-            raise ValueError("build_config is not supported by the PyTorch backend")
+        trt_only = sorted(k for k in kwargs if k in TRT_ONLY_ARGS)
+        if trt_only:
+            raise ValueError(
+                "The following arguments are specific to TensorRT backend and cannot be used "
+                f"with PyTorch backend: {trt_only}."
+            )
         self.model = model
