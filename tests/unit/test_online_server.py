@@ -133,7 +133,9 @@ def test_trtllm_serve_command_prefers_a_built_engine():
         },
     )
     argv = launch(config).argv
-    assert argv[:2] == ["trtllm-serve", "/engines/e"]
+    assert argv[:4] == ["trtllm-serve", "/engines/e", "--backend", "tensorrt"], (
+        "1.x would serve on its PyTorch backend otherwise"
+    )
     assert "--tp_size 2" in " ".join(argv) and "--max_batch_size 16" in " ".join(argv)
     assert "--kv_cache_free_gpu_memory_fraction 0.5" in " ".join(argv)
     assert any("precision=fp16 is not a trtllm-serve flag" in n for n in launch(config).notes)

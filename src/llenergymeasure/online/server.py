@@ -9,8 +9,8 @@
 - PyTorch: ``transformers serve MODEL`` (the model is pinned), ``--dtype``, ``--default-seed``,
   ``--attn-implementation``, ``--compile``, ``--quantization bnb-4bit|bnb-8bit`` and
   ``--continuous-batching`` for ``batching_strategy: dynamic``;
-- TensorRT-LLM: ``trtllm-serve MODEL_OR_ENGINE`` with ``--tp_size``, ``--pp_size``,
-  ``--max_batch_size``, ``--max_seq_len``, ``--kv_cache_free_gpu_memory_fraction``.
+- TensorRT-LLM: ``trtllm-serve MODEL_OR_ENGINE --backend tensorrt`` with ``--tp_size``,
+  ``--pp_size``, ``--max_batch_size``, ``--max_seq_len``, ``--kv_cache_free_gpu_memory_fraction``.
 
 Engine fields that have no server flag, when set, are a ``ConfigError`` naming the field (a
 silently ignored setting would mislabel the measurement). ``online.server.extra_args`` are
@@ -191,7 +191,18 @@ def server_launch(
     elif config.backend == "tensorrt":
         t = config.tensorrt
         target = t.engine_path if t is not None and t.engine_path else model
-        argv = ["trtllm-serve", target, "--host", host, "--port", str(port)]
+        # 1.x serves on its PyTorch backend unless told otherwise; llem's TensorRT-LLM engine is
+        # the TensorRT-engine path (a built engine folder or a checkpoint to build from)
+        argv = [
+            "trtllm-serve",
+            target,
+            "--backend",
+            "tensorrt",
+            "--host",
+            host,
+            "--port",
+            str(port),
+        ]
         notes.append(
             f"precision={config.precision} is not a trtllm-serve flag: the server runs at the "
             "dtype of its checkpoint or built engine"
