@@ -13,7 +13,10 @@ serving until ``("stop", None)`` or the pipe closes. The worker object lives as 
 process, so ``ReusingMeasureWorker`` keeps its loaded engine between runs. A Python exception
 in one run is reported and the process goes on; a CUDA error, an out-of-memory error or a
 ``BaseException`` (``is_fatal``) is reported with ``fatal: True`` and ends the process, so the
-group's next run starts on a fresh engine.
+group's next run starts on a fresh engine. When the backend's runner is ``docker:<image>``,
+the group's process keeps one container instead of an engine (``runners.DockerEngineGroup``):
+the container serves the group's runs on its kept engine, and a container that died or failed
+fatally is replaced by a fresh one for the next run.
 
 Workers must be picklable top-level callables (functions, or instances of top-level classes).
 """
@@ -38,6 +41,7 @@ if TYPE_CHECKING:
     from multiprocessing.connection import Connection
 
     from llenergymeasure.harness.orchestrator import MeasuredExperiment
+    from llenergymeasure.runners import DockerRunResult
 
 PIPE_PAYLOAD_LIMIT = 1_000_000  # bytes of result JSON sent over the pipe; larger: path only
 PARENT_POLL_S = 0.5  # how often a child checks that the study process is still alive
@@ -86,7 +90,6 @@ def measure_worker(request: RunRequest, progress: Callable[[str], None]) -> Meas
 def _measure_in_container(
     request: RunRequest, image: str, progress: Callable[[str], None]
 ) -> MeasuredExperiment:
-    from llenergymeasure.harness.orchestrator import MeasuredExperiment
     from llenergymeasure.runners import DockerRunner
 
     docker = DockerRunner(image)
@@ -96,7 +99,13 @@ def _measure_in_container(
 
         raise PreFlightError(problems)
     progress(f"running in container {image}")
-    outcome = docker.run(request.config, Path(request.run_dir))
+    return _measured_from(docker.run(request.config, Path(request.run_dir)))
+
+
+def _measured_from(outcome: DockerRunResult) -> MeasuredExperiment:
+    """A containerised run's result and its timeseries (``timeseries.parquet`` beside it)."""
+    from llenergymeasure.harness.orchestrator import MeasuredExperiment
+
     timeseries = None
     sidecar = outcome.result_path.parent / "timeseries.parquet"
     if sidecar.is_file():
@@ -124,6 +133,7 @@ class ReusingMeasureWorker:
 
     def __init__(self) -> None:
         self._session = EngineSession()
+        self._container: Any = None  # DockerEngineGroup: the group's container (docker runner)
 
     def __getstate__(self) -> dict[str, Any]:
         return {}  # nothing loaded travels to a child
@@ -141,6 +151,8 @@ class ReusingMeasureWorker:
             else resolve_runner(request.config.backend)
         )
         if runner.kind == "docker" and runner.image:
+            if request.reuse_engine:
+                return self._measure_in_group_container(request, runner.image, progress)
             return _measure_in_container(request, runner.image, progress)
         cache = (
             BaselineCache(path=request.baseline_cache_path)
@@ -156,9 +168,45 @@ class ReusingMeasureWorker:
             work_dir=request.run_dir,
         )
 
+    def _measure_in_group_container(
+        self, request: RunRequest, image: str, progress: Callable[[str], None]
+    ) -> MeasuredExperiment:
+        """The run in the group's one container (started on the group's first run, and again
+        after it died); the container keeps the engine loaded between the group's runs."""
+        from llenergymeasure.runners import DockerEngineGroup, DockerRunner
+
+        group = self._container
+        if group is not None and group.runner.image != image:
+            self._container = None
+            group.close()
+            group = None
+        if group is None:
+            docker = DockerRunner(image)
+            problems = docker.preflight()
+            if problems:
+                from llenergymeasure.exceptions import PreFlightError
+
+                raise PreFlightError(problems)
+            group = self._container = DockerEngineGroup(docker)
+        progress(f"running in container {image} (engine group: one container for the group's runs)")
+        outcome = group.run(
+            request.config,
+            Path(request.run_dir),
+            run_id=request.run_id,
+            keep_engine=True,
+            baseline_cache=request.baseline_cache_path,
+            progress=progress,
+        )
+        return _measured_from(outcome)
+
     def close(self) -> None:
-        """Unload the kept engine and close the sensor (the group is done)."""
-        self._session.close()
+        """Unload the kept engine, close the sensor and stop the group's container."""
+        container, self._container = self._container, None
+        try:
+            if container is not None:
+                container.close()
+        finally:
+            self._session.close()
 
 
 def short_traceback(exc: BaseException, frames: int = 6, max_chars: int = 4000) -> str:
