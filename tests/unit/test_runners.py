@@ -42,7 +42,7 @@ from llenergymeasure.runners.container_entry import main as container_main
 from llenergymeasure.testing.configs import tiny_experiment
 
 FAKE_DOCKER = """#!{python}
-import json, os, shutil, sys
+import json, os, shutil, sys, time
 from pathlib import Path
 
 args = sys.argv[1:]
@@ -69,6 +69,10 @@ if args[0] == "run" and "--serve" in args:
     os.execv(sys.executable, [sys.executable, container, host, name])
 if args[0] == "run":
     host = args[args.index("-v") + 1].rsplit(":", 1)[0]
+    name = args[args.index("--name") + 1]
+    Path(os.environ["FAKE_DOCKER_STATE"], name).write_text(str(os.getpid()))
+    if mode == "hang":
+        time.sleep(60)
     config = json.loads(Path(host, "config.json").read_text())
     print("container: measuring " + config["model"])
     out = Path(host, "out")
@@ -277,6 +281,21 @@ def test_failure_keeps_the_logs_and_names_the_reason(
     assert str(log) in text
     assert "RuntimeError: CUDA out of memory" in log.read_text()  # stderr captured too
     assert not (run_dir / "out" / "result.json").exists()
+
+
+def test_an_interrupted_run_kills_its_container_by_name(
+    fake_docker: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    monkeypatch.setenv("FAKE_DOCKER_MODE", "hang")
+    ctrl_c = threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGINT))
+    ctrl_c.start()  # while the container runs
+    with pytest.raises(KeyboardInterrupt):
+        DockerRunner("img").run(vllm_cfg(), tmp_path / "run")
+
+    started, killed = calls(fake_docker)
+    assert started[0] == "run" and killed == ["kill", started[started.index("--name") + 1]]
 
 
 def test_success_without_result_is_an_error(

@@ -225,6 +225,11 @@ class DockerRunner:
             ) from None
         except OSError as e:
             raise ExperimentError(f"could not start `{self.docker} run`: {e}") from e
+        except BaseException:  # interrupted (Ctrl-C, the study's timeout): no orphan container
+            subprocess.run(
+                [self.docker, "kill", name], capture_output=True, check=False, env=proc_env
+            )
+            raise
 
         result_path = out_dir / "result.json"
         if proc.returncode != 0 or not result_path.is_file():
