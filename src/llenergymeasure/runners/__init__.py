@@ -1,4 +1,4 @@
-"""Where an engine runs: in this environment (``local``) or in a Docker container per experiment.
+"""Where an engine runs: in this environment (``local``) or in Docker containers.
 
 ``resolve_runner(backend)`` reads ``runners.<backend>`` (env ``LLEM_RUNNER_<BACKEND>`` > user
 config > ``local``); ``DockerRunner`` runs one experiment in an ephemeral container;

@@ -40,10 +40,10 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["REPLY_MARKER", "main", "serve"]
+from llenergymeasure.runners.docker import REPLY_MARKER
 
-#: Prefix of a reply line on the serving container's stdout (the rest of the line is JSON).
-REPLY_MARKER = "@@llem-reply@@ "
+__all__ = ["main", "serve"]
+
 HOST_GONE_EXIT = 70  # stdin closed while a run was being measured: nobody waits for it
 
 

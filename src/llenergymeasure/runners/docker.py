@@ -40,6 +40,7 @@ __all__ = [
     "CONTAINER_DIR",
     "DEFAULT_SHM_SIZE",
     "PASSTHROUGH_ENV",
+    "REPLY_MARKER",
     "DockerRunResult",
     "DockerRunner",
 ]
@@ -57,6 +58,9 @@ PASSTHROUGH_ENV: tuple[str, ...] = (
     "HF_ENDPOINT",
 )
 _LOG_TAIL_LINES = 20
+#: Prefix of a reply line on an engine group container's stdout (the rest of the line is JSON;
+#: ``container_entry --serve`` writes them, ``DockerEngineGroup`` reads them).
+REPLY_MARKER = "@@llem-reply@@ "
 
 
 @dataclass

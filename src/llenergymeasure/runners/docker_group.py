@@ -9,7 +9,7 @@ the group to a ``DockerEngineGroup``, which starts one container on the first ru
 
 and then, for each run, writes the run's ``config.json`` into its own exchange directory
 (``<study_dir>/<run_id>/``, so ``/llem/<run_id>/`` in the container), sends a request line
-on the container's stdin and waits for the reply line (``container_entry.REPLY_MARKER``). The
+on the container's stdin and waits for the reply line (``docker.REPLY_MARKER``). The
 container measures the run on its kept engine and writes ``out/result.json`` +
 ``timeseries.parquet`` (or ``out/error.json``) into that directory, exactly where a one-run
 container writes them. The container's output goes into each run's ``container.log`` (the
@@ -39,8 +39,8 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from llenergymeasure.exceptions import ExperimentError
-from llenergymeasure.runners.container_entry import REPLY_MARKER
 from llenergymeasure.runners.docker import (
+    REPLY_MARKER,
     DockerRunner,
     DockerRunResult,
     failure_message,
