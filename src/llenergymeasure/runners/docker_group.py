@@ -18,8 +18,8 @@ lines printed while that run was the current one; the engine load is in the firs
 Failures: a Python exception fails only its run (the container serves the next one); a fatal
 error (CUDA, out of memory) is reported and the container unloads and exits; a container that
 dies (crash, OOM kill) fails the current run. The next run starts a fresh container either way.
-A run past ``timeout_s``, or an interruption (``KeyboardInterrupt``/``SystemExit`` while
-waiting: the study's timeout or Ctrl-C terminating the group's process), kills the container
+An interruption while a run is measured (``KeyboardInterrupt``/``SystemExit``: the study's
+``experiment_timeout_seconds`` or Ctrl-C terminating the group's process) kills the container
 by name (``docker kill``: killing the ``docker`` client does not stop a container). If the
 group's process dies without unwinding, the container's stdin closes and it exits by itself.
 """
@@ -32,7 +32,6 @@ import os
 import queue
 import subprocess
 import threading
-import time
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -73,7 +72,6 @@ class DockerEngineGroup:
         self.command: list[str] = []
         self.started_for: str | None = None  # the run the current container was started for
         self.served = 0  # runs sent to the current container
-        self.containers = 0  # containers started so far
         self._proc: subprocess.Popen[bytes] | None = None
         self._replies: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self._reader: threading.Thread | None = None
@@ -95,7 +93,6 @@ class DockerEngineGroup:
         keep_engine: bool = True,
         baseline_cache: str | Path | None = None,
         progress: Callable[[str], None] | None = None,
-        timeout_s: float | None = None,
     ) -> DockerRunResult:
         """Measure ``config`` as run ``run_id`` in the group's container (started when there is
         none, or when ``run_dir`` lies elsewhere); ``ExperimentError`` (logs kept) on failure.
@@ -120,7 +117,7 @@ class DockerEngineGroup:
         }
         try:
             self._send(request)
-            reply = self._wait_reply(run_id, progress or _noop, timeout_s, log_path)
+            reply = self._wait_reply(run_id, progress or _noop)
         except BaseException:  # interrupted (Ctrl-C, the study's timeout): no orphan
             self.close(graceful=False)
             raise
@@ -175,26 +172,14 @@ class DockerEngineGroup:
         except (BrokenPipeError, OSError, ValueError):
             pass  # the container is gone: its output ends and the wait reports the exit
 
-    def _wait_reply(
-        self,
-        run_id: str,
-        progress: Callable[[str], None],
-        timeout_s: float | None,
-        log_path: Path,
-    ) -> dict[str, Any] | None:
-        """The run's final reply; None when the container's output ended without one."""
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    def _wait_reply(self, run_id: str, progress: Callable[[str], None]) -> dict[str, Any] | None:
+        """The run's final reply; None when the container's output ended without one. (The
+        study's ``experiment_timeout_seconds`` ends the group's process, which lands in the
+        caller's ``except BaseException``.)"""
         while True:
             try:
-                reply = self._replies.get(timeout=0.2)
+                reply = self._replies.get(timeout=0.2)  # short: signals are handled between
             except queue.Empty:
-                if deadline is not None and time.monotonic() > deadline:
-                    name = self.name
-                    self.close(graceful=False)
-                    raise ExperimentError(
-                        f"container {name} ({self.runner.image}) ran past {timeout_s} s "
-                        f"during run {run_id} and was killed; log: {log_path}"
-                    ) from None
                 continue
             if reply is None:
                 return None
@@ -225,7 +210,6 @@ class DockerEngineGroup:
             raise ExperimentError(f"could not start `{self.runner.docker} run`: {e}") from e
         self._proc, self.name, self.root, self.command = proc, name, root, cmd
         self.started_for, self.served = run_id, 0
-        self.containers += 1
         self._replies = queue.Queue()
         assert proc.stdout is not None
         self._reader = threading.Thread(
