@@ -118,7 +118,9 @@ cat > "$DIR/project.Containerfile" <<FILE
 FROM $DEPS
 RUN pip install --no-index --no-deps --disable-pip-version-check /project/*.whl
 FILE
-podman build --quiet --network none -v "$DIR/project:/project:ro" \
+# --no-cache: the RUN line is the same every time and podman's layer cache cannot see that the
+# wheel in the -v mount changed, so a cached layer would keep the previous checkout.
+podman build --quiet --no-cache --network none -v "$DIR/project:/project:ro" \
     -f "$DIR/project.Containerfile" -t "$IMAGE" "$DIR" >/dev/null
 
 podman run --rm --network none "$IMAGE" python -c 'import llenergymeasure' \

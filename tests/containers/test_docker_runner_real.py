@@ -5,7 +5,8 @@ Skipped unless ``docker`` on PATH answers ``docker info`` and has the image name
 ``LLEM_CONTAINER_IMAGE`` (default ``localhost/llem-test:latest``). CPU only: builtin:tiny, no
 GPU flags take effect under podman. The fake-``docker`` tests in ``tests/unit/test_runners.py``
 keep the argv details; these check what only a real engine can: the volume, exit codes and logs
-crossing the container boundary, the kill by name, and a study whose runs each get a container.
+crossing the container boundary, the kill by name, a study whose runs each get a container, and
+an engine group (``--reuse-engine``) whose runs share one container that loads the engine once.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import pytest
 
 from llenergymeasure.config.models import ExperimentConfig
 from llenergymeasure.exceptions import ExperimentError
+from llenergymeasure.results.models import ExperimentResult
 from llenergymeasure.runners import DockerRunner
 from llenergymeasure.testing.configs import tiny_batch_study_yaml, tiny_experiment
 
@@ -168,3 +170,48 @@ def test_a_study_whose_backend_runs_in_containers(
         names.add(first.split("--name ")[1].split()[0])
     assert len(names) == 2  # one container per run
     assert (study_dir / "study_summary.json").is_file()
+
+
+def test_an_engine_group_runs_in_one_container_that_loads_the_engine_once(
+    engine: str, offline: None, tmp_path: Path
+) -> None:
+    study = tmp_path / "study.yaml"
+    study.write_text(STUDY)
+    out = tmp_path / "results"
+    proc = subprocess.run(
+        [
+            *(sys.executable, "-m", "llenergymeasure", "run", str(study), "-o", str(out)),
+            *("--runner", f"docker:{engine}", "--reuse-engine", "--no-gaps", "--quiet"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (study_dir,) = out.iterdir()
+    run_dirs = sorted(p for p in study_dir.iterdir() if p.is_dir())
+    assert len(run_dirs) == 2, run_dirs
+    names = set()
+    for run_dir in run_dirs:
+        first = (run_dir / "container.log").read_text().splitlines()[0]
+        assert first.startswith("$ docker run -i --rm --name llem-") and engine in first
+        assert first.endswith("--serve /llem")
+        names.add(first.split("--name ")[1].split()[0])
+        assert (run_dir / "out" / "result.json").is_file()  # written inside the container
+    assert len(names) == 1  # one container for the engine group
+    first_result, second_result = (
+        ExperimentResult.from_json(run_dir / "result.json") for run_dir in run_dirs
+    )
+    assert (first_result.engine_reused, first_result.engine_loaded_by) == (False, run_dirs[0].name)
+    assert (second_result.engine_reused, second_result.engine_loaded_by) == (
+        True,
+        run_dirs[0].name,
+    )
+    assert second_result.timing.load_s == 0.0 and first_result.timing.load_s > 0
+    assert [
+        r.config.pytorch.batch_size for r in (first_result, second_result) if r.config.pytorch
+    ] == [1, 2]
+    # Measured inside the container, and the container is gone once the group is done (--rm).
+    assert first_result.environment.hostname not in (None, socket.gethostname())
+    assert not names & container_names()

@@ -1,7 +1,9 @@
-"""Where an engine runs: in this environment (``local``) or in a Docker container per experiment.
+"""Where an engine runs: in this environment (``local``) or in Docker containers.
 
 ``resolve_runner(backend)`` reads ``runners.<backend>`` (env ``LLEM_RUNNER_<BACKEND>`` > user
 config > ``local``); ``DockerRunner`` runs one experiment in an ephemeral container;
+``DockerEngineGroup`` runs an engine group's experiments in one container that keeps the
+engine loaded (``execution.reuse_engine``);
 ``check_runner_isolation`` refuses studies that would put vLLM and TensorRT-LLM in one
 environment. Importing this package imports no engine.
 """
@@ -15,6 +17,7 @@ from llenergymeasure.runners.docker import (
     DockerRunner,
     DockerRunResult,
 )
+from llenergymeasure.runners.docker_group import DockerEngineGroup
 from llenergymeasure.runners.resolve import (
     RunnerSpec,
     check_runner_isolation,
@@ -25,6 +28,7 @@ __all__ = [
     "CONTAINER_DIR",
     "DEFAULT_SHM_SIZE",
     "PASSTHROUGH_ENV",
+    "DockerEngineGroup",
     "DockerRunResult",
     "DockerRunner",
     "RunnerSpec",

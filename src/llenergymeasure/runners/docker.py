@@ -1,4 +1,4 @@
-"""The Docker runner: one ephemeral container per experiment.
+"""The Docker runner: one ephemeral container per experiment (without engine reuse).
 
 The run directory on the host is the exchange directory, mounted at ``/llem``:
 
@@ -9,7 +9,10 @@ The run directory on the host is the exchange directory, mounted at ``/llem``:
                               with ``--rm``); always kept.
 
 The container runs ``python -m llenergymeasure.runners.container_entry /llem/config.json
-/llem/out``; the image must have llenergymeasure and the engine installed.
+/llem/out``; the image must have llenergymeasure and the engine installed. With
+``execution.reuse_engine`` an engine group's runs share one container instead
+(``runners.docker_group.DockerEngineGroup``: the study directory mounted at ``/llem``, each
+run's exchange directory ``/llem/<run_id>/`` laid out as above).
 Tested against a fake ``docker`` executable (argv details, ``tests/unit``) and for real against
 rootful podman behind a ``docker`` shim on CPU (``tests/containers``, ``.ci/podman-up.sh``).
 """
@@ -37,6 +40,7 @@ __all__ = [
     "CONTAINER_DIR",
     "DEFAULT_SHM_SIZE",
     "PASSTHROUGH_ENV",
+    "REPLY_MARKER",
     "DockerRunResult",
     "DockerRunner",
 ]
@@ -54,6 +58,9 @@ PASSTHROUGH_ENV: tuple[str, ...] = (
     "HF_ENDPOINT",
 )
 _LOG_TAIL_LINES = 20
+#: Prefix of a reply line on an engine group container's stdout (the rest of the line is JSON;
+#: ``container_entry --serve`` writes them, ``DockerEngineGroup`` reads them).
+REPLY_MARKER = "@@llem-reply@@ "
 
 
 @dataclass
@@ -123,6 +130,17 @@ class DockerRunner:
         ids = ",".join(x.strip() for x in visible.split(",") if x.strip())
         return ["--gpus", f'"device={ids}"'] if ids else []
 
+    def _options(self, config: ExperimentConfig, mount: Path, env: Mapping[str, str]) -> list[str]:
+        """GPUs, ``/dev/shm`` and the exchange mount of a container for ``config``."""
+        opts = self.gpu_flag(env)
+        if config.backend in ENGINES and ENGINES[config.backend].needs_shm:
+            opts += ["--shm-size", self.shm_size]
+        return [*opts, "-v", f"{Path(mount).resolve()}:{CONTAINER_DIR}"]
+
+    @staticmethod
+    def _passthrough(env: Mapping[str, str]) -> list[str]:
+        return [arg for var in PASSTHROUGH_ENV if var in env for arg in ("-e", var)]
+
     def build_command(
         self,
         config: ExperimentConfig,
@@ -134,14 +152,9 @@ class DockerRunner:
         """The exact ``docker run`` argv for one experiment."""
         env = os.environ if env is None else env
         cmd = [self.docker, "run", "--rm", "--name", name]
-        cmd += self.gpu_flag(env)
-        if config.backend in ENGINES and ENGINES[config.backend].needs_shm:
-            cmd += ["--shm-size", self.shm_size]
-        cmd += ["-v", f"{Path(exchange_dir).resolve()}:{CONTAINER_DIR}"]
+        cmd += self._options(config, exchange_dir, env)
         cmd += ["-e", f"LLEM_CONFIG_PATH={CONTAINER_DIR}/config.json"]
-        for var in PASSTHROUGH_ENV:
-            if var in env:
-                cmd += ["-e", var]
+        cmd += self._passthrough(env)
         cmd += [
             self.image,
             "python",
@@ -149,6 +162,30 @@ class DockerRunner:
             "llenergymeasure.runners.container_entry",
             f"{CONTAINER_DIR}/config.json",
             f"{CONTAINER_DIR}/out",
+        ]
+        return cmd
+
+    def build_serve_command(
+        self,
+        config: ExperimentConfig,
+        root: Path,
+        *,
+        name: str,
+        env: Mapping[str, str] | None = None,
+    ) -> list[str]:
+        """The exact ``docker run`` argv of a container serving an engine group whose run
+        directories are in ``root`` (mounted at ``/llem``); requests come on its stdin."""
+        env = os.environ if env is None else env
+        cmd = [self.docker, "run", "-i", "--rm", "--name", name]
+        cmd += self._options(config, root, env)
+        cmd += self._passthrough(env)
+        cmd += [
+            self.image,
+            "python",
+            "-m",
+            "llenergymeasure.runners.container_entry",
+            "--serve",
+            CONTAINER_DIR,
         ]
         return cmd
 
@@ -162,13 +199,9 @@ class DockerRunner:
         env: Mapping[str, str] | None = None,
     ) -> DockerRunResult:
         """Run ``config`` in a fresh container; ``ExperimentError`` (logs kept) on failure."""
-        from llenergymeasure.results.io import atomic_write_text
-        from llenergymeasure.results.models import ExperimentResult
 
         run_dir = Path(run_dir)
-        out_dir = run_dir / "out"
-        out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.json", config.model_dump_json(indent=2))
+        out_dir = prepare_exchange(config, run_dir)
         log_path = run_dir / "container.log"
         name = f"llem-{uuid.uuid4().hex[:12]}"
         cmd = self.build_command(config, run_dir, name=name, env=env)
@@ -196,17 +229,16 @@ class DockerRunner:
             ) from None
         except OSError as e:
             raise ExperimentError(f"could not start `{self.docker} run`: {e}") from e
+        except BaseException:  # interrupted (Ctrl-C, the study's timeout): no orphan container
+            subprocess.run(
+                [self.docker, "kill", name], capture_output=True, check=False, env=proc_env
+            )
+            raise
 
         result_path = out_dir / "result.json"
         if proc.returncode != 0 or not result_path.is_file():
             raise ExperimentError(self._failure_message(proc.returncode, out_dir, log_path))
-        try:
-            result = ExperimentResult.from_json(result_path)
-        except Exception as e:
-            raise ExperimentError(
-                f"container {self.image} wrote an unreadable result {result_path}: {e}; "
-                f"log: {log_path}"
-            ) from e
+        result = read_result(result_path, self.image, log_path)
         return DockerRunResult(
             result=result, result_path=result_path, log_path=log_path, command=cmd
         )
@@ -217,14 +249,47 @@ class DockerRunner:
             if code != 0
             else f"container ({self.image}) exited 0 but wrote no result.json"
         )
-        error_file = out_dir / "error.json"
-        if error_file.is_file():
-            try:
-                err = json.loads(error_file.read_text(encoding="utf-8"))
-                what += f": {err.get('type')}: {err.get('message')}"
-            except (OSError, ValueError):
-                pass
-        tail = log_path.read_text(encoding="utf-8", errors="replace").splitlines()[
-            -_LOG_TAIL_LINES:
-        ]
-        return f"{what}\n  log: {log_path}\n" + "\n".join(f"  | {line}" for line in tail)
+        return failure_message(what, log_path, error_dir=out_dir)
+
+
+def prepare_exchange(config: ExperimentConfig, run_dir: Path) -> Path:
+    """Write ``config.json`` into ``run_dir`` and empty its ``out/`` of an earlier attempt's
+    files (a resumed run must not read them back); returns ``out/``."""
+    from llenergymeasure.results.io import atomic_write_text
+
+    out_dir = Path(run_dir) / "out"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in ("result.json", "timeseries.parquet", "error.json"):
+        (out_dir / stale).unlink(missing_ok=True)
+    atomic_write_text(Path(run_dir) / "config.json", config.model_dump_json(indent=2))
+    return out_dir
+
+
+def read_result(result_path: Path, image: str, log_path: Path) -> ExperimentResult:
+    """The result a container wrote; ``ExperimentError`` when it cannot be read."""
+    from llenergymeasure.results.models import ExperimentResult
+
+    try:
+        return ExperimentResult.from_json(result_path)
+    except Exception as e:
+        raise ExperimentError(
+            f"container {image} wrote an unreadable result {result_path}: {e}; log: {log_path}"
+        ) from e
+
+
+def failure_message(what: str, log_path: Path, *, error_dir: Path | None = None) -> str:
+    """``what`` happened, the reason from ``error_dir/error.json`` when there is one, and the
+    tail of the container's log."""
+    error_file = error_dir / "error.json" if error_dir is not None else None
+    if error_file is not None and error_file.is_file():
+        try:
+            err = json.loads(error_file.read_text(encoding="utf-8"))
+            what += f": {err.get('type')}: {err.get('message')}"
+        except (OSError, ValueError):
+            pass
+    try:
+        text = log_path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        text = ""
+    tail = text.splitlines()[-_LOG_TAIL_LINES:]
+    return f"{what}\n  log: {log_path}\n" + "\n".join(f"  | {line}" for line in tail)

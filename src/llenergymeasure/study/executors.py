@@ -13,8 +13,14 @@ through the runner's internals, and imports nothing from ``study.runner``:
 - ``study.parallel.PerGpuExecutor``: ``execution.parallel: per_gpu``, one run per GPU at a
   time; with reuse each GPU takes whole engine groups (one process per group on that GPU),
   without it a fresh process per run.
-- Docker: a backend whose runner is ``docker:<image>`` runs each run in one container from
-  inside the run's process (either executor above; no engine reuse across containers).
+- Docker: a backend whose runner is ``docker:<image>`` runs in containers started from inside
+  the processes above (the executors do not change). Without reuse each run's process starts
+  one container for its run. With reuse the engine group's process starts one container for
+  the group (``runners.DockerEngineGroup``): it loads the engine once and measures the group's
+  runs in turn, each into its own run directory, with the guarantees above (an exception fails
+  its run only; a crash, fatal error or timeout ends the container, and the group goes on in a
+  fresh one; Ctrl-C and timeouts kill it by name). With ``per_gpu`` each GPU's group process
+  keeps its own container, pinned to that GPU.
 - SLURM: ``study.slurm.SlurmStudyExecutor`` (one job per run) drives the whole study through
   the same bookkeeping.
 

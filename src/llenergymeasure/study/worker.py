@@ -13,7 +13,10 @@ serving until ``("stop", None)`` or the pipe closes. The worker object lives as 
 process, so ``ReusingMeasureWorker`` keeps its loaded engine between runs. A Python exception
 in one run is reported and the process goes on; a CUDA error, an out-of-memory error or a
 ``BaseException`` (``is_fatal``) is reported with ``fatal: True`` and ends the process, so the
-group's next run starts on a fresh engine.
+group's next run starts on a fresh engine. When the backend's runner is ``docker:<image>``,
+the group's process keeps one container instead of an engine (``runners.DockerEngineGroup``):
+the container serves the group's runs on its kept engine, and a container that died or failed
+fatally is replaced by a fresh one for the next run.
 
 Workers must be picklable top-level callables (functions, or instances of top-level classes).
 """
@@ -32,11 +35,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from llenergymeasure.config.models import ExperimentConfig
+from llenergymeasure.harness.session import EngineSession, is_fatal
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
 
     from llenergymeasure.harness.orchestrator import MeasuredExperiment
+    from llenergymeasure.runners import DockerRunResult
 
 PIPE_PAYLOAD_LIMIT = 1_000_000  # bytes of result JSON sent over the pipe; larger: path only
 PARENT_POLL_S = 0.5  # how often a child checks that the study process is still alive
@@ -85,7 +90,6 @@ def measure_worker(request: RunRequest, progress: Callable[[str], None]) -> Meas
 def _measure_in_container(
     request: RunRequest, image: str, progress: Callable[[str], None]
 ) -> MeasuredExperiment:
-    from llenergymeasure.harness.orchestrator import MeasuredExperiment
     from llenergymeasure.runners import DockerRunner
 
     docker = DockerRunner(image)
@@ -95,7 +99,13 @@ def _measure_in_container(
 
         raise PreFlightError(problems)
     progress(f"running in container {image}")
-    outcome = docker.run(request.config, Path(request.run_dir))
+    return _measured_from(docker.run(request.config, Path(request.run_dir)))
+
+
+def _measured_from(outcome: DockerRunResult) -> MeasuredExperiment:
+    """A containerised run's result and its timeseries (``timeseries.parquet`` beside it)."""
+    from llenergymeasure.harness.orchestrator import MeasuredExperiment
+
     timeseries = None
     sidecar = outcome.result_path.parent / "timeseries.parquet"
     if sidecar.is_file():
@@ -110,15 +120,20 @@ class ReusingMeasureWorker:
 
     Lives in one group process; the first run loads the engine, the following runs (same
     ``engine_load_key``) reuse it and call ``clear_run_state()`` before their window (when the
-    request says ``reuse_engine``; otherwise each run loads and unloads, as without reuse).
-    A backend that runs in docker (``runner: docker:<image>``) gets one container per run, as
-    without reuse. An online run (``mode: online``) never reuses anything: it starts and stops
-    its own server (or uses its endpoint). ``close()`` unloads the engine and closes the sensor.
+    request says ``reuse_engine``; otherwise each run loads and unloads, as without reuse):
+    ``harness.session.EngineSession`` does that. An online run (``mode: online``) never reuses
+    anything: it starts and stops its own server (or uses its endpoint).
+
+    A backend that runs in docker (``runner: docker:<image>``) gets one container per run
+    without reuse; with ``reuse_engine`` the group's runs go to one long-lived container
+    (``runners.DockerEngineGroup``) that keeps the engine loaded the same way inside it, and
+    is started afresh when it died. ``close()`` unloads the engine, closes the sensor and
+    stops the group's container.
     """
 
     def __init__(self) -> None:
-        self._orchestrator: Any = None
-        self._sensor: Any = None
+        self._session = EngineSession()
+        self._container: Any = None  # DockerEngineGroup: the group's container (docker runner)
 
     def __getstate__(self) -> dict[str, Any]:
         return {}  # nothing loaded travels to a child
@@ -136,101 +151,62 @@ class ReusingMeasureWorker:
             else resolve_runner(request.config.backend)
         )
         if runner.kind == "docker" and runner.image:
+            if request.reuse_engine:
+                return self._measure_in_group_container(request, runner.image, progress)
             return _measure_in_container(request, runner.image, progress)
-        if request.config.mode == "online":
-            return self._measure_online(request, progress)
-        if self._orchestrator is None:
-            orchestrator = self._open(request.config, request.reuse_engine)
-        else:  # a reused engine: a fresh energy backend and sampler for this run
-            from llenergymeasure.harness.orchestrator import energy_backend_for
-
-            orchestrator = self._orchestrator
-            orchestrator.energy_backend = energy_backend_for(orchestrator.settings, self._sensor)
-        orchestrator.progress = progress
-        orchestrator.baseline_cache = (
-            BaselineCache(path=request.baseline_cache_path)
-            if request.baseline_cache_path is not None
-            else orchestrator.baseline_cache
-        )
-        measured: MeasuredExperiment = orchestrator.run(request.config, run_id=request.run_id)
-        return measured
-
-    def _measure_online(
-        self, request: RunRequest, progress: Callable[[str], None]
-    ) -> MeasuredExperiment:
-        """An online run: its own server (or the endpoint), nothing kept; a kept engine is
-        unloaded first so that the server has the GPU to itself."""
-        from llenergymeasure.energy.baseline import BaselineCache
-        from llenergymeasure.harness.measure import measure
-
-        self.close()
         cache = (
             BaselineCache(path=request.baseline_cache_path)
             if request.baseline_cache_path is not None
             else None
         )
-        return measure(
-            request.config, progress=progress, baseline_cache=cache, work_dir=request.run_dir
+        return self._session.measure(
+            request.config,
+            run_id=request.run_id,
+            keep_engine=request.reuse_engine,
+            progress=progress,
+            baseline_cache=cache,
+            work_dir=request.run_dir,
         )
 
-    def _open(self, config: ExperimentConfig, keep_engine: bool) -> Any:
-        from llenergymeasure.energy.baseline import BaselineCache
-        from llenergymeasure.harness.orchestrator import (
-            ExperimentOrchestrator,
-            MeasurementSettings,
-            default_components,
-        )
+    def _measure_in_group_container(
+        self, request: RunRequest, image: str, progress: Callable[[str], None]
+    ) -> MeasuredExperiment:
+        """The run in the group's one container (started on the group's first run, and again
+        after it died); the container keeps the engine loaded between the group's runs."""
+        from llenergymeasure.runners import DockerEngineGroup, DockerRunner
 
-        settings = MeasurementSettings.from_user_config()
-        engine, energy, sensor = default_components(config, settings)
-        self._sensor = sensor
-        self._orchestrator = ExperimentOrchestrator(
-            engine=engine,
-            energy_backend=energy,
-            sensor=sensor,
-            settings=settings,
-            baseline_cache=BaselineCache(),
-            keep_engine_loaded=keep_engine,
+        group = self._container
+        if group is not None and group.runner.image != image:
+            self._container = None
+            group.close()
+            group = None
+        if group is None:
+            docker = DockerRunner(image)
+            problems = docker.preflight()
+            if problems:
+                from llenergymeasure.exceptions import PreFlightError
+
+                raise PreFlightError(problems)
+            group = self._container = DockerEngineGroup(docker)
+        progress(f"running in container {image} (engine group: one container for the group's runs)")
+        outcome = group.run(
+            request.config,
+            Path(request.run_dir),
+            run_id=request.run_id,
+            keep_engine=True,
+            baseline_cache=request.baseline_cache_path,
+            progress=progress,
         )
-        return self._orchestrator
+        return _measured_from(outcome)
 
     def close(self) -> None:
-        """Unload the kept engine and close the sensor (the group is done)."""
-        orchestrator, self._orchestrator = self._orchestrator, None
-        sensor, self._sensor = self._sensor, None
+        """Unload the kept engine, close the sensor and stop the group's container."""
+        container, self._container = self._container, None
         try:
-            if orchestrator is not None:
-                orchestrator.close()
+            if container is not None:
+                container.close()
         finally:
-            if sensor is not None:
-                sensor.close()
-
-
-_FATAL_TYPE_NAMES = ("OutOfMemoryError", "CudaError", "AcceleratorError", "CUDAError")
-_FATAL_MESSAGES = (
-    "cuda error",
-    "out of memory",
-    "cublas_status",
-    "cudnn_status",
-    "device-side assert",
-    "illegal memory access",
-    "nccl error",
-)
-
-
-def is_fatal(exc: BaseException) -> bool:
-    """Whether ``exc`` leaves the process's engine or device unusable for further runs.
-
-    CUDA errors and out-of-memory errors (by exception type, anywhere in the MRO, or by
-    message) and anything that is not an ``Exception`` (``SystemExit``, ``KeyboardInterrupt``).
-    """
-    if not isinstance(exc, Exception):
-        return True
-    names = {cls.__name__ for cls in type(exc).__mro__}
-    if names & set(_FATAL_TYPE_NAMES) or isinstance(exc, MemoryError):
-        return True
-    text = str(exc).lower()
-    return any(marker in text for marker in _FATAL_MESSAGES)
+            self._session.close()
 
 
 def short_traceback(exc: BaseException, frames: int = 6, max_chars: int = 4000) -> str:
