@@ -6,6 +6,7 @@
 #
 #   bash benchmarks/run_gpu_studies.sh pt_fresh pt_reuse pt_256       # PyTorch compiled
 #   bash benchmarks/run_gpu_studies.sh vllm_reuse vllm_fresh vllm_256  # vLLM
+#   bash benchmarks/run_gpu_studies.sh vllm_checks pt_tests vllm_tests  # one-engine checks, tests
 #
 # Results go under .devout/studies/ (kept on the machine between calls while it is held). A call
 # has a deadline (GPU_CALL_SECONDS, default 560 s from the script's start): a study still running
@@ -59,6 +60,10 @@ stage_pt_fast() {  # issue 16: the batch-8 split with 10 ms sampling
 stage_vllm_reuse() { study reuse_vllm vllm_reuse --reuse-engine; }
 stage_vllm_fresh() { study reuse_vllm vllm_fresh --no-reuse-engine; }
 stage_vllm_256() { study phase_vllm_256 vllm_256; }
+stage_vllm_checks() {  # prefix-cache reset and llem-vs-bare overhead on one engine
+  ensure_model
+  python3 benchmarks/vllm_engine_checks.py --model "$model" --out "$out/vllm_checks.json"
+}
 stage_pt_tests() {
   python3 -m pytest -m "gpu and not vllm" tests/integration -q -rA -p no:cacheprovider 2>&1 \
     | tee "$out/gpu_tests_pytorch.txt" || true
