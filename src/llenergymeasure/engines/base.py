@@ -65,7 +65,10 @@ class InferenceBackend(Protocol):
 
     Call order: ``preflight`` -> ``load`` -> ``generate`` (warmup, then measurement) ->
     ``unload``. A reused engine (a study's engine group) repeats ``preflight`` -> ``generate``
-    (warmup) -> ``clear_run_state`` -> ``generate`` (measurement) per run after one ``load``.
+    (warmup) -> ``clear_run_state`` -> ``generate`` (measurement) per run after one ``load``;
+    an engine may also define ``begin_reused_run(config) -> list[str]``, called before a reused
+    run's warmup to drop state that would make the run differ from one in a fresh process
+    (the PyTorch engine resets ``torch.compile``'s graphs there).
     ``preflight`` must be cheap and must not load the model.
     """
 
