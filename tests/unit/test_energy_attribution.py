@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from llenergymeasure.energy.attribution import (
     BatchTokenTimes,
+    EnergyAttribution,
     EnergyCurve,
     EngineStep,
     RequestEnergy,
@@ -193,9 +194,10 @@ def test_a_single_request_gets_the_whole_window_energy() -> None:
 
 
 def test_a_static_batch_splits_prefill_by_prompt_tokens_and_decode_equally() -> None:
-    # power 500 W during prefill (0-0.4 s), 200 W during decode (0.4-1.0 s)
+    # about 500 W during prefill (0-0.4 s), 200 W during decode (0.4-1.0 s); every sample is
+    # a new reading (a repeated one would be dropped as stale)
     times = [0.0, 0.4, 0.4000001, 1.0]
-    curve = EnergyCurve.from_power(times, [500.0, 500.0, 200.0, 200.0])
+    curve = EnergyCurve.from_power(times, [500.0, 499.0, 201.0, 200.0])
     batch = BatchTokenTimes(
         0.0,
         [
@@ -339,6 +341,213 @@ def test_confidence_thresholds(interval: float, step: float, inside: int, expect
     confidence, reason = attribution_confidence(interval, step, inside)
     assert confidence == expected
     assert reason
+
+
+# -- sensors that update slower than they are polled --------------------------------------
+#
+# NVML on an H200 (driver 580) publishes a new energy-counter and power value about every
+# 100 ms; polled every 10 ms, the sampler reads the same value ~10 times, then a jump. The
+# hand-made run below: 5 static batches back to back from t = 0, each a 120 ms prefill at
+# 700 W then 12 decode steps of 25 ms at 300 W; 100 W idle outside the window. The counter
+# updates at 37 ms + k x 100 ms (to the true energy at that instant) and is polled at
+# 3 ms + k x 10 ms from 0.5 s before the window to 0.5 s after it.
+
+PREFILL_S, PREFILL_W = 0.120, 700.0
+DECODE_S, DECODE_W, DECODES = 0.025, 300.0, 12
+IDLE_W, BATCHES = 100.0, 5
+BATCH_S = PREFILL_S + DECODES * DECODE_S  # 0.42 s
+WINDOW_S = round(BATCHES * BATCH_S, 9)  # 2.1 s
+UPDATE_S, UPDATE_PHASE_S, POLL_S = 0.100, 0.037, 0.010
+
+
+def true_energy_j(t: float) -> float:
+    """Energy the hand-made run used from t = -1 s to ``t``."""
+    e = IDLE_W * (min(t, 0.0) + 1.0) + IDLE_W * max(0.0, t - WINDOW_S)
+    whole, part = divmod(min(max(t, 0.0), WINDOW_S), BATCH_S)
+    per_batch = PREFILL_W * PREFILL_S + DECODE_W * DECODES * DECODE_S
+    return (
+        e
+        + whole * per_batch
+        + PREFILL_W * min(part, PREFILL_S)
+        + DECODE_W * max(0.0, part - PREFILL_S)
+    )
+
+
+def staircase_mj(t: float, offset_mj: int = 0) -> int:
+    """The counter read at ``t``: the true energy at its last update, in mJ (64-bit)."""
+    last_update = math.floor((t - UPDATE_PHASE_S) / UPDATE_S) * UPDATE_S + UPDATE_PHASE_S
+    return (round(true_energy_j(last_update) * 1000) + offset_mj) % (1 << 64)
+
+
+POLL_TIMES = [-0.5 + 0.003 + k * POLL_S for k in range(round((WINDOW_S + 1.0) / POLL_S))]
+
+
+def staircase_steps() -> list[EngineStep]:
+    batches = []
+    for b in range(BATCHES):
+        start = round(b * BATCH_S, 9)
+        times = [round(start + PREFILL_S + k * DECODE_S, 9) for k in range(DECODES + 1)]
+        batches.append(BatchTokenTimes(start, [RequestTokenTimes(b, 512, times)]))
+    return steps_from_token_times(batches)
+
+
+def test_a_stale_counter_is_spread_over_the_time_since_its_previous_update() -> None:
+    readings = [staircase_mj(t) for t in POLL_TIMES]
+    curve = EnergyCurve.from_counter(POLL_TIMES, readings)
+    # knots: the first sample, then the first sample showing each new value (43 ms, 143 ms, ...)
+    changed = [t for k, t in enumerate(POLL_TIMES) if k and readings[k] != readings[k - 1]]
+    assert curve.times_s == [POLL_TIMES[0], *changed]
+    assert changed[:3] == pytest.approx([-0.457, -0.357, -0.257])
+    assert curve.sample_times_s == POLL_TIMES
+    # the jump shown at 0.243 s (prefill of batch 0 from 0 to 0.12 s, decode after) is spread
+    # over the 100 ms since the previous jump at 0.143 s, not over the last 10 ms before it
+    jump_j = (staircase_mj(0.243) - staircase_mj(0.233)) / 1000
+    assert jump_j == pytest.approx(true_energy_j(0.237) - true_energy_j(0.137))
+    assert curve.energy_between(0.233, 0.243) == pytest.approx(jump_j / 10)
+    assert curve.energy_between(0.143, 0.243) == pytest.approx(jump_j)
+    assert curve.update_interval_s(0.0, WINDOW_S) == pytest.approx(UPDATE_S)
+    assert curve.sampling_interval_s(0.0, WINDOW_S) == pytest.approx(POLL_S)
+
+
+def test_a_stale_counter_books_a_120_ms_prefill_near_what_a_100_ms_sensor_can_resolve() -> None:
+    steps = staircase_steps()
+    readings = [staircase_mj(t) for t in POLL_TIMES]
+    # the backend reads the same stale counter at the window's edges
+    backend_j = (staircase_mj(WINDOW_S) - staircase_mj(0.0)) / 1000
+    result = attribute_energy(
+        steps,
+        EnergyCurve.from_counter(POLL_TIMES, readings),
+        window=(0.0, WINDOW_S),
+        total_energy_j=backend_j,
+    )
+    # before: a knot at every sample, so each update's 100 ms of energy landed in the 10 ms
+    # before the sample that showed it (later than it was used)
+    every_sample = EnergyCurve(
+        POLL_TIMES, [(e - readings[0]) / 1000 for e in readings], source="counter"
+    )
+    before = attribute_energy(steps, every_sample, window=(0.0, WINDOW_S), total_energy_j=backend_j)
+    # what a sensor updating every 100 ms can resolve: knots at its true update instants
+    updates = [UPDATE_PHASE_S + k * UPDATE_S for k in range(-6, 26)]
+    resolvable = attribute_energy(
+        steps,
+        EnergyCurve.from_counter(updates, [round(true_energy_j(u) * 1000) for u in updates]),
+        window=(0.0, WINDOW_S),
+    )
+    truth_j = BATCHES * PREFILL_W * PREFILL_S  # 420 J
+    assert truth_j == pytest.approx(420.0)
+    assert resolvable.energy_prefill_j == pytest.approx(349.3, abs=0.1)
+    assert result.energy_prefill_j == pytest.approx(350.1, abs=0.1)
+    assert before.energy_prefill_j == pytest.approx(309.4, abs=0.1)
+    # within 1 % of the resolvable split (17 % under the truth: a 100 ms average cannot keep a
+    # 120 ms burst's peak); the old curve was 11 % under that and 26 % under the truth
+    assert result.energy_prefill_j == pytest.approx(resolvable.energy_prefill_j, rel=0.01)
+    assert result.energy_prefill_j == pytest.approx(truth_j, rel=0.20)
+    assert before.energy_prefill_j < 0.9 * resolvable.energy_prefill_j
+    assert before.energy_prefill_j < 0.75 * truth_j
+    # per request (one per batch): every prefill within 3 % of the resolvable one; before,
+    # where the jumps fell decided (one prefill got 32 J of its 84 J)
+    res = {r.request: r.prefill_energy_j for r in resolvable.requests}
+    assert all(
+        r.prefill_energy_j == pytest.approx(res[r.request], rel=0.03) for r in result.requests
+    )
+    assert min(r.prefill_energy_j for r in before.requests) == pytest.approx(32.2, abs=0.1)
+    assert min(r.prefill_energy_j for r in result.requests) == pytest.approx(62.9, abs=0.1)
+
+
+def test_a_stale_counter_keeps_conservation_and_says_the_counter_limits_the_split() -> None:
+    steps = staircase_steps()
+    curve = EnergyCurve.from_counter(POLL_TIMES, [staircase_mj(t) for t in POLL_TIMES])
+    backend_j = (staircase_mj(WINDOW_S) - staircase_mj(0.0)) / 1000
+    result = attribute_energy(steps, curve, window=(0.0, WINDOW_S), total_energy_j=backend_j)
+    assert result.curve_energy_j == pytest.approx(curve.energy_between(0.0, WINDOW_S))
+    assert result.scale_factor == pytest.approx(backend_j / result.curve_energy_j)
+    assert math.fsum(r.energy_j for r in result.requests) == pytest.approx(backend_j, rel=1e-12)
+    assert result.energy_prefill_j + result.energy_decode_j == pytest.approx(backend_j)
+    assert result.sampling_interval_s == pytest.approx(POLL_S)
+    assert result.sensor_update_interval_s == pytest.approx(UPDATE_S)
+    assert result.median_step_s == pytest.approx(DECODE_S)
+    # 10 ms sampling vs 25 ms steps alone would read "medium"; the counter's 100 ms do not
+    assert attribution_confidence(POLL_S, DECODE_S, 200)[0] == "medium"
+    assert result.confidence == "low"
+    assert result.confidence_reason.startswith(
+        "energy counter updates every 100.0 ms (sampled every 10.0 ms) vs median step 25.0 ms "
+        "(ratio 4.00): more than half a step"
+    )
+
+
+def test_a_counter_that_changes_at_every_sample_keeps_every_sample_as_a_knot() -> None:
+    times = [0.003 + k * 0.01 for k in range(201)]
+    readings = [round(true_energy_j(t) * 1000) for t in times]  # updates faster than polled
+    curve = EnergyCurve.from_counter(times, readings)
+    assert curve.times_s == times
+    assert curve.update_interval_s(0.0, 2.0) == curve.sampling_interval_s(0.0, 2.0)
+    assert curve.update_interval_s() == curve.sampling_interval_s()
+    plain = EnergyCurve(times, [(e - readings[0]) / 1000 for e in readings], source="counter")
+    for t in [0.0, 0.1234, 0.5, 1.999, 2.5]:
+        assert curve.energy_at(t) == plain.energy_at(t)
+    result = attribute_energy(staircase_steps()[:40], curve, window=(0.0, 1.9))
+    assert result.sensor_update_interval_s == result.sampling_interval_s
+    assert result.confidence_reason.startswith("sampling interval 10.0 ms vs median step 25.0 ms")
+
+
+def test_a_stale_counter_that_wraps_gives_the_same_curve() -> None:
+    offset = (1 << 64) - round(true_energy_j(1.0) * 1000)  # wraps to 0 at t = 1.0 s
+    plain = EnergyCurve.from_counter(POLL_TIMES, [staircase_mj(t) for t in POLL_TIMES])
+    wrapped_readings = [staircase_mj(t, offset) for t in POLL_TIMES]
+    assert max(wrapped_readings) > 1 << 63 and min(wrapped_readings) < 1 << 20
+    wrapped = EnergyCurve.from_counter(POLL_TIMES, wrapped_readings)
+    assert wrapped.times_s == plain.times_s
+    assert wrapped.cumulative_j == pytest.approx(plain.cumulative_j)
+    assert wrapped.energy_between(0.0, WINDOW_S) == pytest.approx(
+        plain.energy_between(0.0, WINDOW_S)
+    )
+
+
+def test_repeated_readings_at_the_end_are_extrapolated_not_booked_as_zero() -> None:
+    # 200 W constant, counter updated at 0, 0.1, 0.2 s, polled every 10 ms until 0.26 s
+    times = [k * 0.01 for k in range(27)]
+    readings = [200 * 100 * math.floor(round(t * 100, 6) / 10) for t in times]
+    curve = EnergyCurve.from_counter(times, readings)
+    assert curve.times_s == pytest.approx([0.0, 0.1, 0.2])
+    # the 60 ms after the last update: energy the counter had not reported yet, at 200 W
+    assert curve.energy_between(0.2, 0.26) == pytest.approx(200.0 * 0.06)
+    # a counter that never changed is flat (first and last sample)
+    flat = EnergyCurve.from_counter([0.0, 0.01, 0.02], [7, 7, 7])
+    assert flat.times_s == [0.0, 0.02] and flat.energy_between(0.0, 1.0) == 0.0
+    assert flat.update_interval_s() == pytest.approx(0.02)
+
+
+def test_a_stale_power_reading_is_integrated_between_its_updates() -> None:
+    # power published every 100 ms (at 0.005 + k x 0.1 s), polled every 10 ms
+    published = [150.0, 650.0, 640.0, 310.0, 300.0, 305.0, 120.0]
+    times = [k * 0.01 for k in range(70)]
+    powers = [published[min(6, math.floor((t + 0.095) / 0.1))] for t in times]
+    curve = EnergyCurve.from_power(times, powers)
+    assert curve.times_s == pytest.approx([0.0, 0.01, 0.11, 0.21, 0.31, 0.41, 0.51])
+    expected = integrate_power_j(curve.times_s, published, t0=0.0, t1=0.69)
+    assert expected is not None
+    assert curve.energy_between(0.0, 0.69) == pytest.approx(expected)
+    assert curve.update_interval_s(0.0, 0.69) == pytest.approx(0.1)
+    steps = [
+        EngineStep(0.02 * k, 0.02 * (k + 1), (RequestWork(0, 1, "decode"),)) for k in range(34)
+    ]
+    result = attribute_energy(steps, curve, window=(0.0, 0.68))
+    assert result.source == "power_integration"
+    assert result.sensor_update_interval_s == pytest.approx(0.1)
+    assert result.confidence == "low"
+    assert result.confidence_reason.startswith(
+        "power reading updates every 100.0 ms (sampled every 10.0 ms) vs median step 20.0 ms"
+    )
+
+
+def test_results_written_before_the_update_interval_was_recorded_still_load() -> None:
+    curve = EnergyCurve.from_counter(POLL_TIMES, [staircase_mj(t) for t in POLL_TIMES])
+    result = attribute_energy(staircase_steps(), curve, window=(0.0, WINDOW_S))
+    data = result.model_dump(mode="json")
+    del data["sensor_update_interval_s"]
+    old = EnergyAttribution.model_validate(data)
+    assert old.sensor_update_interval_s is None
+    assert old.confidence == result.confidence
 
 
 # -- conservation (property) -------------------------------------------------------------

@@ -4,6 +4,7 @@ attribution, and the host's share in ``energy.components`` - driven with fakes e
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -165,7 +166,20 @@ def test_request_energies_sum_to_the_window_energy() -> None:
     # 10 ms sampling vs 4 ms steps: the result says the split is smeared
     assert attribution.confidence == "low"
     assert "sampling interval" in attribution.confidence_reason
+    # the fake counter changes at every sample: its update interval is the sampling interval
+    assert attribution.sensor_update_interval_s == attribution.sampling_interval_s
     assert attribution.requests == []  # per-request figures live in result.requests
+
+
+def test_a_result_json_from_before_the_sensor_update_interval_loads() -> None:
+    sensor = LoadSensor()
+    result = orchestrator(sensor, engine_on(sensor)).run(config()).result
+    data = json.loads(result.to_json())
+    del data["energy_attribution"]["sensor_update_interval_s"]
+    old = ExperimentResult.from_json(json.dumps(data))
+    assert old.energy_attribution is not None
+    assert old.energy_attribution.sensor_update_interval_s is None
+    assert old.requests == result.requests
 
 
 def test_without_per_token_times_requests_have_no_energy_and_the_result_says_why() -> None:

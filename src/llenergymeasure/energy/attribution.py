@@ -7,12 +7,27 @@ the measurement window.
 The rule
 --------
 
-1. **Energy curve.** Each device's samples give a cumulative energy ``E(t)``. From counter
-   samples (``energy_mj``): the counter differences (wrap-aware), linear between samples
-   (``source="counter"``). Without counter: the trapezoid integral of the instantaneous
-   power, power linear between samples (``source="power_integration"``; identical to
-   ``maths.integrate_power_j``). Beyond the first/last sample the edge slope (power) is held.
-   Several devices of one engine (tensor parallel) are summed.
+1. **Energy curve.** Each device's samples give a cumulative energy ``E(t)``. A sensor
+   publishes a new reading at its own update period, which can be coarser than the polling
+   (NVML's counter and power on an H200 with driver 580: about every 100 ms, polled every
+   10 ms); between updates the sampler records the same value again. So the curve's knots are
+   the sensor's update instants: the first sample and every sample whose reading differs from
+   the sample before it (a new value is placed at the sample that first shows it, at most one
+   polling interval after the real update; the repeats carry nothing new and are dropped).
+   From counter samples (``energy_mj``): the counter differences between consecutive knots
+   (wrap-aware), each increment spread linearly over the time since the previous update
+   (``source="counter"``). Without counter: the trapezoid integral of the instantaneous power
+   over the knots, power linear between updates (``source="power_integration"``; equal to
+   ``maths.integrate_power_j`` over the knots, and over all samples when every sample is a
+   new reading). Beyond the first/last knot the edge slope (power) is held; in particular
+   repeated readings at the end of the samples (energy the counter has not reported yet) are
+   extrapolated at the last update's rate, not booked as zero. The window's edges fall
+   between updates: ``E(t0)`` and ``E(t1)`` are read on the update interval around them, so
+   the increment straddling an edge is split in proportion to time (the run passes the
+   samples of every phase, so there are updates on both sides of its window). When every
+   sample is a new reading (100 ms polling, or a sensor that updates faster than it is
+   polled) the knots are all the samples. Several devices of one engine (tensor parallel)
+   are summed.
 2. **Charge intervals.** Steps are sorted by start and may not overlap. The window
    ``[t0, t1]`` is cut at the end of every step that did work; the interval of a step runs
    from the previous cut (``t0`` for the first) to its own end, the last one to ``t1``. So
@@ -30,13 +45,17 @@ The rule
    rounding. With ``total_energy_j`` (the headline figure of the energy backend, read at
    slightly different instants) every interval is scaled by ``total / (E(t1) - E(t0))`` so
    that the requests sum to that figure; ``scale_factor`` records the factor.
-5. **Confidence.** Interpolation cannot resolve steps shorter than the sampling interval:
-   with a sampling interval over half the median step length the energy of one step is
-   smeared over its neighbours, so the prefill/decode split and the energies of requests in
-   different steps are approximate (``"low"``; totals stay exact). Over a tenth of it:
-   ``"medium"``; otherwise ``"high"``. Fewer than two samples in the window: ``"low"``. The
-   counter's own update period (not visible to llem) can be coarser than the sampling
-   interval; the confidence cannot see that.
+5. **Confidence.** Interpolation cannot resolve steps shorter than the time between two
+   readings. That time is the larger of the sampling interval (median spacing of the samples)
+   and the sensor's update interval (median spacing of the knots), both over the stretches of
+   the curve that overlap the window, each the largest over the engine's devices (the
+   coarsest device limits the summed curve); ``sensor_update_interval_s`` records the update
+   interval, equal to the sampling interval when every sample is a new reading. With that
+   interval over half the median step length the energy of one step is smeared over its
+   neighbours, so the prefill/decode split and the energies of requests in different steps
+   are approximate (``"low"``; totals stay exact). Over a tenth of it: ``"medium"``;
+   otherwise ``"high"``. Fewer than two samples in the window: ``"low"``. The reason names
+   the sensor's update interval when it is coarser than the sampling interval.
 
 Clocks: sample times and token times must come from the same clock. The NVML sampler uses
 ``time.monotonic`` and the PyTorch step timer ``time.perf_counter``; on Linux both read
@@ -50,9 +69,9 @@ import math
 import statistics
 from bisect import bisect_right
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, Field
 
@@ -80,6 +99,7 @@ __all__ = [
 StepPhase = Literal["prefill", "decode"]
 Confidence = Literal["high", "medium", "low"]
 CurveSource = Literal["counter", "power_integration"]
+_V = TypeVar("_V", int, float)
 
 HIGH_CONFIDENCE_RATIO = 0.1
 LOW_CONFIDENCE_RATIO = 0.5
@@ -244,7 +264,12 @@ def batches_from_records(
 
 
 class EnergyCurve:
-    """Cumulative energy ``E(t)`` (J) of one device, from its samples. See the module rule."""
+    """Cumulative energy ``E(t)`` (J) of one device, from its samples. See the module rule.
+
+    ``times_s`` are the knots (the sensor's update instants, see ``from_counter`` and
+    ``from_power``); ``sample_times_s`` every sample's time (default: the knots), for the
+    sampling interval and the samples in a window.
+    """
 
     def __init__(
         self,
@@ -253,6 +278,7 @@ class EnergyCurve:
         *,
         source: CurveSource,
         powers_w: Sequence[float] | None = None,
+        sample_times_s: Sequence[float] | None = None,
     ) -> None:
         if len(times_s) != len(cumulative_j) or not times_s:
             raise ValueError("an energy curve needs matching, non-empty times and energies")
@@ -264,12 +290,20 @@ class EnergyCurve:
         self._powers = None if powers_w is None else [float(p) for p in powers_w]
         if source == "counter" and len(self.times_s) < 2:
             raise ValueError("a counter curve needs at least two samples")
+        samples = self.times_s if sample_times_s is None else [float(t) for t in sample_times_s]
+        if any(b < a for a, b in itertools.pairwise(samples)):
+            raise ValueError("sample times must not decrease")
+        self.sample_times_s = samples
 
     @classmethod
     def from_counter(cls, times_s: Sequence[float], energy_mj: Sequence[int | None]) -> EnergyCurve:
         """From total-energy counter readings (mJ); ``None`` readings are dropped.
 
-        Raises ``EnergyCounterResetError`` when the counter was reset between two samples.
+        The knots are the first sample and each sample whose reading differs from the one
+        before (the counter's update instants); a counter that never changed keeps its first
+        and last sample. Each increment (wrap-aware) is spread linearly since the previous
+        update. Raises ``EnergyCounterResetError`` when the counter was reset between two
+        samples.
         """
         pairs = [
             (float(t), int(e)) for t, e in zip(times_s, energy_mj, strict=True) if e is not None
@@ -277,14 +311,27 @@ class EnergyCurve:
         pairs.sort(key=lambda p: p[0])
         if len(pairs) < 2:
             raise ValueError("a counter curve needs at least two samples with a counter")
+        knots = _update_instants(pairs)
+        if len(knots) < 2:
+            knots = [pairs[0], pairs[-1]]
         cumulative = [0.0]
-        for (_, a), (_, b) in itertools.pairwise(pairs):
+        for (_, a), (_, b) in itertools.pairwise(knots):
             cumulative.append(cumulative[-1] + counter_delta_mj(a, b) / 1000.0)
-        return cls([t for t, _ in pairs], cumulative, source="counter")
+        return cls(
+            [t for t, _ in knots],
+            cumulative,
+            source="counter",
+            sample_times_s=[t for t, _ in pairs],
+        )
 
     @classmethod
     def from_power(cls, times_s: Sequence[float], power_w: Sequence[float | None]) -> EnergyCurve:
-        """From instantaneous power samples (W); ``None``/NaN readings are dropped."""
+        """From instantaneous power samples (W); ``None``/NaN readings are dropped.
+
+        The knots are the first sample and each sample whose power differs from the one
+        before (the sensor's update instants): the trapezoid integral runs over them, power
+        linear between updates, the last power held beyond the last one.
+        """
         pairs = sorted(
             (float(t), float(p))
             for t, p in zip(times_s, power_w, strict=True)
@@ -292,12 +339,19 @@ class EnergyCurve:
         )
         if not pairs:
             raise ValueError("a power curve needs at least one sample with a power reading")
-        ts = [t for t, _ in pairs]
-        ps = [p for _, p in pairs]
+        knots = _update_instants(pairs)
+        ts = [t for t, _ in knots]
+        ps = [p for _, p in knots]
         cumulative = [0.0]
         for k in range(1, len(ts)):
             cumulative.append(cumulative[-1] + (ts[k] - ts[k - 1]) * (ps[k] + ps[k - 1]) / 2.0)
-        return cls(ts, cumulative, source="power_integration", powers_w=ps)
+        return cls(
+            ts,
+            cumulative,
+            source="power_integration",
+            powers_w=ps,
+            sample_times_s=[t for t, _ in pairs],
+        )
 
     def energy_at(self, t: float) -> float:
         """``E(t)`` in joules (relative to the first sample)."""
@@ -326,20 +380,46 @@ class EnergyCurve:
         """Energy over ``[t0, t1]`` (J)."""
         return self.energy_at(t1) - self.energy_at(t0)
 
-    def sampling_interval_s(self) -> float | None:
-        """Median spacing of the samples; ``None`` with a single sample."""
-        gaps = [b - a for a, b in itertools.pairwise(self.times_s)]
-        return statistics.median(gaps) if gaps else None
+    def sampling_interval_s(self, t0: float | None = None, t1: float | None = None) -> float | None:
+        """Median spacing of the samples; ``None`` with a single sample.
+
+        With a window ``[t0, t1]``: of the spacings that overlap it (all of them when none does).
+        """
+        return _median_gap(self.sample_times_s, t0, t1)
+
+    def update_interval_s(self, t0: float | None = None, t1: float | None = None) -> float | None:
+        """Median spacing of the knots (the sensor's update interval); ``None`` with one knot.
+
+        Equal to ``sampling_interval_s`` when every sample is a new reading. With a window
+        ``[t0, t1]``: of the spacings that overlap it (all of them when none does).
+        """
+        return _median_gap(self.times_s, t0, t1)
 
     def samples_within(self, t0: float, t1: float) -> int:
-        return sum(1 for t in self.times_s if t0 <= t <= t1)
+        return sum(1 for t in self.sample_times_s if t0 <= t <= t1)
+
+
+def _update_instants(pairs: Sequence[tuple[float, _V]]) -> list[tuple[float, _V]]:
+    """The first ``(t, value)`` and each whose value differs from the one before it."""
+    return [pairs[k] for k in range(len(pairs)) if k == 0 or pairs[k][1] != pairs[k - 1][1]]
+
+
+def _median_gap(times: Sequence[float], t0: float | None, t1: float | None) -> float | None:
+    gaps = list(itertools.pairwise(times))
+    if not gaps:
+        return None
+    if t0 is not None and t1 is not None:
+        overlapping = [(a, b) for a, b in gaps if b > t0 and a < t1]
+        gaps = overlapping or gaps
+    return statistics.median([b - a for a, b in gaps])
 
 
 def curves_from_samples(samples: Sequence[Sample]) -> dict[int, EnergyCurve]:
     """One ``EnergyCurve`` per device of an ``EnergySampler``'s samples.
 
     Counter curve where every sample of the device has a counter reading and the counter
-    was not reset; power curve otherwise. Devices with neither are left out.
+    was not reset; power curve otherwise. Devices with neither are left out. Either curve's
+    knots are the sensor's update instants (repeated readings dropped; module rule, point 1).
     """
     by_device: dict[int, list[Sample]] = {}
     for s in samples:
@@ -403,10 +483,24 @@ class EnergyAttribution(BaseModel):
         description="Energy that fell between steps (charged to the following step), J."
     )
     n_steps: int = Field(description="Engine steps in the window.")
-    sampling_interval_s: float | None = Field(description="Sampling interval, seconds.")
+    sampling_interval_s: float | None = Field(
+        description="Sampling interval (median spacing of the samples over the window), seconds."
+    )
+    sensor_update_interval_s: float | None = Field(
+        None,
+        description=(
+            "How often the sensor's reading (energy counter, or power) actually changed: "
+            "median spacing of its updates over the window, the coarsest device, seconds. "
+            "Equals sampling_interval_s when every sample is a new reading; None in results "
+            "written before it was recorded."
+        ),
+    )
     median_step_s: float | None = Field(description="Median step length, seconds.")
     confidence: Confidence = Field(
-        description="high, medium or low (sampling interval vs median step)."
+        description=(
+            "high, medium or low (the larger of the sampling and sensor update intervals vs "
+            "the median step)."
+        )
     )
     confidence_reason: str = Field(description="Why that confidence.")
     requests: list[RequestEnergy] = Field(
@@ -424,9 +518,20 @@ class EnergyAttribution(BaseModel):
 
 
 def attribution_confidence(
-    sampling_interval_s: float | None, median_step_s: float | None, samples_in_window: int
+    sampling_interval_s: float | None,
+    median_step_s: float | None,
+    samples_in_window: int,
+    *,
+    update_interval_s: float | None = None,
+    reading: str = "sensor reading",
 ) -> tuple[Confidence, str]:
-    """Confidence of a time-resolved split, and why (see the module rule)."""
+    """Confidence of a time-resolved split, and why (see the module rule).
+
+    ``update_interval_s``: the sensor's update interval (``None``: not measured, taken to be
+    the sampling interval); the larger of the two is compared with the median step.
+    ``reading``: what updates ("energy counter", "power reading"), named in the reason when
+    its update interval is the coarser one.
+    """
     if samples_in_window < 2 or sampling_interval_s is None:
         return "low", (
             f"{samples_in_window} sample(s) inside the window: step energies are "
@@ -434,11 +539,16 @@ def attribution_confidence(
         )
     if median_step_s is None or median_step_s <= 0:
         return "low", "steps have no measurable duration: the split is not time-resolved"
-    ratio = sampling_interval_s / median_step_s
-    what = (
-        f"sampling interval {sampling_interval_s * 1e3:.1f} ms vs median step "
-        f"{median_step_s * 1e3:.1f} ms (ratio {ratio:.2f})"
-    )
+    step = f"median step {median_step_s * 1e3:.1f} ms"
+    if update_interval_s is not None and update_interval_s > sampling_interval_s:
+        ratio = update_interval_s / median_step_s
+        what = (
+            f"{reading} updates every {update_interval_s * 1e3:.1f} ms (sampled every "
+            f"{sampling_interval_s * 1e3:.1f} ms) vs {step} (ratio {ratio:.2f})"
+        )
+    else:
+        ratio = sampling_interval_s / median_step_s
+        what = f"sampling interval {sampling_interval_s * 1e3:.1f} ms vs {step} (ratio {ratio:.2f})"
     if ratio > LOW_CONFIDENCE_RATIO:
         return "low", (
             f"{what}: more than half a step, so each step's energy is interpolated across "
@@ -448,6 +558,14 @@ def attribution_confidence(
     if ratio > HIGH_CONFIDENCE_RATIO:
         return "medium", f"{what}: a few samples per step"
     return "high", f"{what}: many samples per step"
+
+
+_READING_NAMES: dict[str, str] = {"counter": "energy counter", "power_integration": "power reading"}
+
+
+def _largest(values: Iterable[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return max(known) if known else None
 
 
 def attribute_energy(
@@ -540,14 +658,20 @@ def attribute_energy(
         )
         for r, row in sorted(acc.items())
     ]
-    intervals = [c.sampling_interval_s() for c in curve_list]
-    known = [i for i in intervals if i is not None]
-    sampling = max(known) if known else None
+    sampling = _largest(c.sampling_interval_s(t0, t1) for c in curve_list)
+    update = _largest(c.update_interval_s(t0, t1) for c in curve_list)
     durations = [s.end_s - s.start_s for s in working]
     median_step = statistics.median(durations) if durations else None
     inside = min(c.samples_within(t0, t1) for c in curve_list)
-    confidence, reason = attribution_confidence(sampling, median_step, inside)
     sources = {c.source for c in curve_list}
+    reading = (
+        _READING_NAMES.get(next(iter(sources)), "sensor reading")
+        if len(sources) == 1
+        else "sensor reading"
+    )
+    confidence, reason = attribution_confidence(
+        sampling, median_step, inside, update_interval_s=update, reading=reading
+    )
     return EnergyAttribution(
         source=sources.pop() if len(sources) == 1 else "mixed",
         window_start_s=t0,
@@ -560,6 +684,7 @@ def attribute_energy(
         between_steps_energy_j=between,
         n_steps=len(working),
         sampling_interval_s=sampling,
+        sensor_update_interval_s=update,
         median_step_s=median_step,
         confidence=confidence,
         confidence_reason=reason,
