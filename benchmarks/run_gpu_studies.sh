@@ -7,6 +7,7 @@
 #   bash benchmarks/run_gpu_studies.sh pt_fresh pt_reuse pt_256       # PyTorch compiled
 #   bash benchmarks/run_gpu_studies.sh vllm_reuse vllm_fresh vllm_256  # vLLM
 #   bash benchmarks/run_gpu_studies.sh vllm_checks pt_tests vllm_tests  # one-engine checks, tests
+#   bash benchmarks/run_gpu_studies.sh vllm_online                      # vllm serve under load
 #
 # Results go under .devout/studies/ (kept on the machine between calls while it is held). A call
 # has a deadline (GPU_CALL_SECONDS, default 560 s from the script's start): a study still running
@@ -63,6 +64,11 @@ stage_vllm_256() { study phase_vllm_256 vllm_256; }
 stage_vllm_checks() {  # prefix-cache reset and llem-vs-bare overhead on one engine
   ensure_model
   python3 benchmarks/vllm_engine_checks.py --model "$model" --out "$out/vllm_checks.json"
+}
+stage_vllm_online() {  # issue 20: `vllm serve` under load, one server for all rates
+  ensure_model
+  python3 benchmarks/online_vllm_rates.py --model "$model" --rates 1,4,16,64,inf --n 200 \
+    --out "$out/online" 2>&1 | tee "$out/online.log"
 }
 stage_pt_tests() {
   python3 -m pytest -m "gpu and not vllm" tests/integration -q -rA -p no:cacheprovider 2>&1 \
