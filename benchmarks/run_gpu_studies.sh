@@ -9,6 +9,11 @@
 #   bash benchmarks/run_gpu_studies.sh vllm_checks pt_tests vllm_tests  # one-engine checks, tests
 #   bash benchmarks/run_gpu_studies.sh vllm_online                      # vllm serve under load
 #
+# Device calls (64 MiB a call; the tree is ~5 MiB, p0/p1 57 MiB, p2 55 MiB, .whl 2.8 MiB): send
+# the pydantic/platformdirs wheels with p2, not p0, e.g. call 1 carry [.whl, .gpuwheels/p2]:
+#   pip install --target /root/site .whl/*.whl; mkdir -p /root/stage; cp .gpuwheels/p2/* /root/stage/
+#   then PYTHONPATH=/root/site bash benchmarks/run_gpu_studies.sh pt_...   (PyTorch needs no vLLM)
+# calls 2 and 3 carry p0 and p1 (cp to /root/stage), the last one unpacks vLLM (pack script header).
 # Results go under .devout/studies/ (kept on the machine between calls while it is held). A call
 # has a deadline (GPU_CALL_SECONDS, default 560 s from the script's start): a study still running
 # 20 s before it is stopped with SIGINT (llem records the run as interrupted, exit 130) and the
