@@ -142,16 +142,18 @@ def test_a_container_past_its_timeout_is_killed_by_name(
     assert not (run_dir / "out" / "result.json").exists()
 
 
-def test_a_study_whose_backend_runs_in_containers(
-    engine: str, offline: None, tmp_path: Path
-) -> None:
+def run_study_in_containers(
+    engine: str, tmp_path: Path, *flags: str
+) -> tuple[Path, list[Path], list[str]]:
+    """``llem run`` of the two-run study with ``--runner docker:<engine>``; the study dir, its
+    run dirs and the first line (the ``docker run`` command) of each run's container.log."""
     study = tmp_path / "study.yaml"
     study.write_text(STUDY)
     out = tmp_path / "results"
     proc = subprocess.run(
         [
             *(sys.executable, "-m", "llenergymeasure", "run", str(study), "-o", str(out)),
-            *("--runner", f"docker:{engine}", "--no-gaps", "--quiet"),
+            *("--runner", f"docker:{engine}", *flags, "--no-gaps", "--quiet"),
         ],
         capture_output=True,
         text=True,
@@ -162,42 +164,33 @@ def test_a_study_whose_backend_runs_in_containers(
     (study_dir,) = out.iterdir()
     run_dirs = sorted(p for p in study_dir.iterdir() if p.is_dir())
     assert len(run_dirs) == 2, run_dirs
-    names = set()
-    for run_dir in run_dirs:
+    commands = [(d / "container.log").read_text().splitlines()[0] for d in run_dirs]
+    return study_dir, run_dirs, commands
+
+
+def container_name(command: str) -> str:
+    return command.split("--name ")[1].split()[0]
+
+
+def test_a_study_whose_backend_runs_in_containers(
+    engine: str, offline: None, tmp_path: Path
+) -> None:
+    study_dir, run_dirs, commands = run_study_in_containers(engine, tmp_path)
+    for run_dir, first in zip(run_dirs, commands, strict=True):
         assert (run_dir / "result.json").is_file()
-        first = (run_dir / "container.log").read_text().splitlines()[0]
         assert first.startswith("$ docker run --rm --name llem-") and engine in first
-        names.add(first.split("--name ")[1].split()[0])
-    assert len(names) == 2  # one container per run
+    assert len({container_name(c) for c in commands}) == 2  # one container per run
     assert (study_dir / "study_summary.json").is_file()
 
 
 def test_an_engine_group_runs_in_one_container_that_loads_the_engine_once(
     engine: str, offline: None, tmp_path: Path
 ) -> None:
-    study = tmp_path / "study.yaml"
-    study.write_text(STUDY)
-    out = tmp_path / "results"
-    proc = subprocess.run(
-        [
-            *(sys.executable, "-m", "llenergymeasure", "run", str(study), "-o", str(out)),
-            *("--runner", f"docker:{engine}", "--reuse-engine", "--no-gaps", "--quiet"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    (study_dir,) = out.iterdir()
-    run_dirs = sorted(p for p in study_dir.iterdir() if p.is_dir())
-    assert len(run_dirs) == 2, run_dirs
-    names = set()
-    for run_dir in run_dirs:
-        first = (run_dir / "container.log").read_text().splitlines()[0]
+    _, run_dirs, commands = run_study_in_containers(engine, tmp_path, "--reuse-engine")
+    names = {container_name(c) for c in commands}
+    for run_dir, first in zip(run_dirs, commands, strict=True):
         assert first.startswith("$ docker run -i --rm --name llem-") and engine in first
         assert first.endswith("--serve /llem")
-        names.add(first.split("--name ")[1].split()[0])
         assert (run_dir / "out" / "result.json").is_file()  # written inside the container
     assert len(names) == 1  # one container for the engine group
     first_result, second_result = (
