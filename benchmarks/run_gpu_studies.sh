@@ -6,6 +6,7 @@
 #
 #   bash benchmarks/run_gpu_studies.sh pt_fresh pt_reuse pt_256       # PyTorch compiled
 #   bash benchmarks/run_gpu_studies.sh vllm_reuse vllm_fresh vllm_256  # vLLM
+#   bash benchmarks/run_gpu_studies.sh vllm_table                      # vLLM table, mns 1-128
 #   bash benchmarks/run_gpu_studies.sh vllm_checks pt_tests vllm_tests  # one-engine checks, tests
 #   bash benchmarks/run_gpu_studies.sh vllm_online                      # vllm serve under load
 #
@@ -66,6 +67,7 @@ stage_pt_fast() {  # issue 16: the batch-8 split with 10 ms sampling
 stage_vllm_reuse() { study reuse_vllm vllm_reuse --reuse-engine; }
 stage_vllm_fresh() { study reuse_vllm vllm_fresh --no-reuse-engine; }
 stage_vllm_256() { study phase_vllm_256 vllm_256; }
+stage_vllm_table() { study table_vllm vllm_table --reuse-engine; }  # issue 15: mns 1/8/32/128
 stage_vllm_checks() {  # prefix-cache reset and llem-vs-bare overhead on one engine
   ensure_model
   python3 benchmarks/vllm_engine_checks.py --model "$model" --out "$out/vllm_checks.json"
