@@ -25,13 +25,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from _markdown import update_section
+from _studies import Run, flat, load_runs, machine
 
 TITLE = "Where the joules go (issue 16)"
 AGREE_TOLERANCE = 0.10  # time-resolved vs differential prefill energy (the issue's criterion)
@@ -43,77 +43,15 @@ LENGTH_FIELDS = frozenset({"max_new_tokens", "dataset.output_len", "measurement.
 # -- loading -------------------------------------------------------------------------------
 
 
-@dataclass
-class Run:
-    """One completed run of a study: where it came from and its result JSON (a dict)."""
-
-    study: str  # the directory as named on the command line
-    run_id: str
-    cycle: int
-    result: dict[str, Any]
-
-    @property
-    def split(self) -> dict[str, Any] | None:
-        return self.result.get("phase_split")
-
-    @property
-    def attribution(self) -> dict[str, Any] | None:
-        return self.result.get("energy_attribution")
-
-    @property
-    def reuse(self) -> str:
-        return "reused" if self.result.get("engine_reused") else "fresh"
-
-    @property
-    def config(self) -> dict[str, Any]:
-        return self.result["config"]
-
-
-def study_dir(path: Path) -> Path:
-    """``path`` itself when it holds a manifest, else the latest study directory inside it."""
-    if (path / "study_manifest.json").is_file():
-        return path
-    found = sorted(p.parent for p in path.glob("*/study_manifest.json"))
-    if not found:
-        raise SystemExit(f"{path}: no study_manifest.json in it or in a folder inside it")
-    if len(found) > 1:
-        print(
-            f"{path}: {len(found)} studies inside, using the latest {found[-1].name}",
-            file=sys.stderr,
-        )
-    return found[-1]
-
-
-def load_runs(path: Path) -> list[Run]:
-    """The completed runs of the study at (or inside) ``path``, in manifest order."""
-    directory = study_dir(path)
-    manifest = json.loads((directory / "study_manifest.json").read_text())
-    runs = []
-    for entry in manifest["runs"]:
-        if entry.get("status") == "completed" and entry.get("result_path"):
-            result = json.loads((directory / entry["result_path"]).read_text())
-            runs.append(Run(path.name, entry["run_id"], int(entry.get("cycle", 1)), result))
-    return runs
-
-
 def asked_for_split(run: Run) -> bool:
     """The run measured (or tried to measure) the differential split."""
     measurement = run.config.get("measurement") or {}
     return bool(measurement.get("phase_split")) or run.split is not None
 
 
-def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, dict):
-        out: dict[str, Any] = {}
-        for key, value in data.items():
-            out.update(_flat(value, f"{prefix}{key}."))
-        return out
-    return {prefix.rstrip("."): data}
-
-
 def config_differences(a: dict[str, Any], b: dict[str, Any], ignore: frozenset[str]) -> list[str]:
     """Flattened config fields whose values differ between ``a`` and ``b`` (``ignore`` aside)."""
-    fa, fb = _flat(a), _flat(b)
+    fa, fb = flat(a), flat(b)
     keys = sorted((set(fa) | set(fb)) - ignore)
     return [k for k in keys if json.dumps(fa.get(k)) != json.dumps(fb.get(k))]
 
@@ -580,32 +518,20 @@ def prediction_block(p: Prediction) -> str:
     return "\n".join(lines) + "\n\n" + verdict + "\n\n" + note + (f" {extra}" if extra else "")
 
 
-def machine(runs: Sequence[Run]) -> str:
-    seen: list[str] = []
-    for run in runs:
-        env = run.result.get("environment", {})
-        gpus = env.get("gpus") or []
-        name = gpus[0].get("name") if gpus and isinstance(gpus[0], dict) else "unknown GPU"
-        line = f"{name}, driver {env.get('driver_version') or '?'}"
-        if line not in seen:
-            seen.append(line)
-    return "; ".join(seen) or "unknown GPU, driver ?"
-
-
 def config_label(runs: Sequence[Run], others: Sequence[Sequence[Run]]) -> str:
     """What distinguishes this config from the group's other split configs."""
     diffs: set[str] = set()
     for other in others:
         if other is not runs:
             diffs.update(config_differences(runs[0].config, other[0].config, frozenset()))
-    flat = _flat(runs[0].config)
-    return ", ".join(f"{k} {flat.get(k)}" for k in sorted(diffs)) or "config"
+    values = flat(runs[0].config)
+    return ", ".join(f"{k} {values.get(k)}" for k in sorted(diffs)) or "config"
 
 
 def engine_section(name: str, split_dirs: Sequence[Path], long_dirs: Sequence[Path]) -> str:
     split_runs = [r for d in split_dirs for r in load_runs(d) if asked_for_split(r)]
     long_runs = [r for d in long_dirs for r in load_runs(d)]
-    out = [f"### {name} ({machine(split_runs + long_runs)})"]
+    out = [f"### {name} ({machine(r.result for r in split_runs + long_runs)})"]
     if not split_runs:
         out.append("No completed run of the --split studies measured the differential split.")
         return "\n\n".join(out)

@@ -16,41 +16,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from _markdown import update_section
-
-
-def load_study(study_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    manifest = json.loads((study_dir / "study_manifest.json").read_text())
-    results = []
-    for run in manifest["runs"]:
-        if run["status"] == "completed" and run.get("result_path"):
-            result = json.loads((study_dir / run["result_path"]).read_text())
-            result["_config_index"] = run["config_index"]
-            results.append(result)
-    return manifest, results
-
-
-def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, dict):
-        out: dict[str, Any] = {}
-        for key, value in data.items():
-            out.update(_flat(value, f"{prefix}{key}."))
-        return out
-    return {prefix.rstrip("."): data}
+from _studies import Run, flat, load_study, machine, mean_cv
 
 
 def config_labels(manifest: dict[str, Any]) -> list[str]:
     """A short label per config: the fields whose values differ between the study's configs."""
-    flat = [_flat(c) for c in manifest["experiments"]]
-    keys = sorted({k for f in flat for k in f})
-    varying = [k for k in keys if len({json.dumps(f.get(k)) for f in flat}) > 1]
+    flat_configs = [flat(c) for c in manifest["experiments"]]
+    keys = sorted({k for f in flat_configs for k in f})
+    varying = [k for k in keys if len({json.dumps(f.get(k)) for f in flat_configs}) > 1]
     shown = [k for k in varying if k not in {"n", "dataset.n"}] or varying
-    return [", ".join(f"{k.split('.')[-1]} {f.get(k)}" for k in shown) for f in flat]
+    return [", ".join(f"{k.split('.')[-1]} {f.get(k)}" for k in shown) for f in flat_configs]
 
 
 def _seconds(session: dict[str, Any]) -> float:
@@ -66,15 +46,9 @@ def wall_time_s(manifest: dict[str, Any]) -> float:
     return sum(_seconds(s) for s in manifest["sessions"])
 
 
-def _mean_cv(values: list[float]) -> tuple[float, float]:
-    mean = statistics.fmean(values)
-    cv = statistics.stdev(values) / mean if len(values) > 1 and mean else 0.0
-    return mean, cv
-
-
 def per_config_table(
-    reuse: tuple[dict[str, Any], list[dict[str, Any]]],
-    fresh: tuple[dict[str, Any], list[dict[str, Any]]],
+    reuse: tuple[dict[str, Any], list[Run]],
+    fresh: tuple[dict[str, Any], list[Run]],
 ) -> tuple[str, int, int]:
     labels = config_labels(reuse[0])
     lines = [
@@ -84,16 +58,16 @@ def per_config_table(
     ]
     agreeing = total = 0
     for index, label in enumerate(labels):
-        a = [r for r in reuse[1] if r["_config_index"] == index]
-        b = [r for r in fresh[1] if r["_config_index"] == index]
+        a = [r for r in reuse[1] if r.config_index == index]
+        b = [r for r in fresh[1] if r.config_index == index]
         if not a or not b:
             lines.append(f"| {label} | {len(a)}/{len(b)} | missing runs |||||||||")
             continue
         cells = []
         oks = []
         for key in ("energy_per_output_token_j", "tokens_per_second"):
-            ma, cva = _mean_cv([r[key] for r in a])
-            mb, cvb = _mean_cv([r[key] for r in b])
+            ma, cva = mean_cv([r.result[key] for r in a])
+            mb, cvb = mean_cv([r.result[key] for r in b])
             diff = (ma - mb) / mb
             band = max(0.02, cva, cvb)
             ok = abs(diff) <= band
@@ -111,7 +85,8 @@ def per_config_table(
     return "\n".join(lines), agreeing, total
 
 
-def time_row(name: str, manifest: dict[str, Any], results: list[dict[str, Any]]) -> str:
+def time_row(name: str, manifest: dict[str, Any], runs: list[Run]) -> str:
+    results = [r.result for r in runs]
     wall = wall_time_s(manifest)
     windows = sum(r["timing"]["measurement_s"] for r in results)
     waits = sum(r["timing"]["baseline_s"] + r["timing"]["thermal_floor_s"] for r in results)
@@ -124,13 +99,6 @@ def time_row(name: str, manifest: dict[str, Any], results: list[dict[str, Any]])
         f"| {name} | {len(results)} | {loads} | {wall:.0f} | {windows:.0f} ({windows / wall:.0%}) | "
         f"{waits:.0f} | {load_s:.0f} | {warm_s:.0f} | {other:.0f} | **{share:.0%}** |"
     )
-
-
-def machine(results: list[dict[str, Any]]) -> str:
-    env = results[0].get("environment", {}) if results else {}
-    gpus = env.get("gpus") or []
-    name = gpus[0].get("name") if gpus and isinstance(gpus[0], dict) else "unknown GPU"
-    return f"{name}, driver {env.get('driver_version', '?')}"
 
 
 def main() -> None:
@@ -150,7 +118,7 @@ def main() -> None:
         fresh = load_study(Path(fresh_dir))
         table, agreeing, total = per_config_table(reuse, fresh)
         parts.append(
-            f"### {name} ({machine(reuse[1])})\n\n{table}\n\n"
+            f"### {name} ({machine(r.result for r in reuse[1])})\n\n{table}\n\n"
             f"{agreeing} of {total} configs agree on both J/token and tok/s."
         )
         timing.append(time_row(f"{name}, reuse", *reuse))
