@@ -44,8 +44,8 @@ def _measure(energy: Any, engine: Any, fn: Any) -> dict[str, Any]:
     }
 
 
-def markdown(out: dict[str, Any]) -> str:
-    """The two tables of BENCHMARKS.md from this script's JSON output."""
+def prefix_table(out: dict[str, Any]) -> str:
+    """The prefix-cache passes A, B, C of this script's JSON output, as a Markdown table."""
     rows = [
         "| pass (same engine, same 256 prompts) | J/output-token | tok/s | window s "
         "| counter vs poll |",
@@ -62,6 +62,11 @@ def markdown(out: dict[str, Any]) -> str:
             f"| {name} | {r['j_per_token']:.4f} | {r['tokens_per_s']:.0f} | {r['seconds']:.1f} "
             f"| {r['counter_vs_poll_pct']:+.2f} % |"
         )
+    return "\n".join(rows)
+
+
+def pairs_table(out: dict[str, Any]) -> str:
+    """The llem vs bare ``LLM.generate`` pairs of this script's JSON output, with the medians."""
     pairs = [
         "| pair | llem tok/s | bare tok/s | llem/bare tok/s | llem J/token | bare J/token "
         "| llem/bare J/token |",
@@ -78,7 +83,12 @@ def markdown(out: dict[str, Any]) -> str:
         f"| median | | | **{out['median_llem_over_bare_tokens_per_s']:.3f}** | | | "
         f"**{out['median_llem_over_bare_j_per_token']:.3f}** |"
     )
-    return "\n".join(rows) + "\n\n" + "\n".join(pairs)
+    return "\n".join(pairs)
+
+
+def markdown(out: dict[str, Any]) -> str:
+    """The two tables of BENCHMARKS.md from this script's JSON output."""
+    return prefix_table(out) + "\n\n" + pairs_table(out)
 
 
 def main() -> None:
