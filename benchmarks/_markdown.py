@@ -1,4 +1,4 @@
-"""Shared helpers for benchmark scripts: replace one ``## Section`` of BENCHMARKS.md."""
+"""Shared helpers for benchmark scripts: replace one ``## Section`` of BENCHMARKS.md; cells."""
 
 from __future__ import annotations
 
@@ -18,3 +18,8 @@ def update_section(body: str, title: str, path: Path = BENCHMARKS_MD) -> None:
     else:
         text = text.rstrip() + "\n\n" + block
     path.write_text(text)
+
+
+def num(value: float | None, spec: str) -> str:
+    """``value`` formatted with ``spec``, or "n/a" when it is None (not measured)."""
+    return "n/a" if value is None else format(value, spec)

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _markdown import update_section
+from _markdown import num, update_section
 from _studies import Run, flat, load_runs, machine
 
 TITLE = "Where the joules go (issue 16)"
@@ -334,12 +334,8 @@ def prediction(split_runs: Sequence[Run], long_candidates: Sequence[Run]) -> Pre
 # -- rendering -----------------------------------------------------------------------------
 
 
-def _f(value: float | None, fmt: str) -> str:
-    return "n/a" if value is None else format(value, fmt)
-
-
 def _pair(raw: float | None, adjusted: float | None, fmt: str) -> str:
-    return f"{_f(raw, fmt)} / {_f(adjusted, fmt)}"
+    return f"{num(raw, fmt)} / {num(adjusted, fmt)}"
 
 
 def _pct(value: float | None) -> str:
@@ -375,11 +371,9 @@ def split_table(rows: Sequence[SplitRow]) -> str:
     for x in rows:
         head = (
             f"| {x.run.cycle} | {x.run.study} | {x.run.reuse} | "
-            f"{_f(x.window_s, '.2f')} / {_f(x.prefill_window_s, '.2f')} | {_f(x.total_j, '.1f')} | "
+            f"{num(x.window_s, '.2f')} / {num(x.prefill_window_s, '.2f')} | {num(x.total_j, '.1f')} | "
         )
-        tail = (
-            f"{_f(x.tr_prefill_j, '.1f')} | {_f(x.tr_decode_j, '.1f')} | {x.confidence or 'n/a'} | "
-        )
+        tail = f"{num(x.tr_prefill_j, '.1f')} | {num(x.tr_decode_j, '.1f')} | {x.confidence or 'n/a'} | "
         if x.missing is not None:
             reason = x.missing.replace("|", "/")
             lines.append(f"{head}n/a: {reason} | | | | | {tail}n/a | n/a |")
@@ -391,7 +385,7 @@ def split_table(rows: Sequence[SplitRow]) -> str:
             f"{_pair(x.j_per_decode_token, x.j_per_decode_token_adjusted, '.4g')} | "
             f"{_share(x.share_prefill, x.share_prefill_adjusted)} | "
             + tail
-            + f"{_f(x.ratio, '.3f')} | {_verdict(x.agrees)} |"
+            + f"{num(x.ratio, '.3f')} | {_verdict(x.agrees)} |"
         )
     split = [x for x in rows if x.missing is None]
     if len(split) > 1:
@@ -406,15 +400,15 @@ def split_table(rows: Sequence[SplitRow]) -> str:
         tr_prefill = _mean([x.tr_prefill_j for x in both]) if both else None
         tr_decode = _mean([x.tr_decode_j for x in both]) if both else None
         lines.append(
-            f"| **mean** | {len(split)} runs | | {_f(m(lambda x: x.window_s), '.2f')} / "
-            f"{_f(m(lambda x: x.prefill_window_s), '.2f')} | {_f(m(lambda x: x.total_j), '.1f')} | "
+            f"| **mean** | {len(split)} runs | | {num(m(lambda x: x.window_s), '.2f')} / "
+            f"{num(m(lambda x: x.prefill_window_s), '.2f')} | {num(m(lambda x: x.total_j), '.1f')} | "
             f"{_pair(m(lambda x: x.prefill_j), m(lambda x: x.prefill_adjusted_j), '.1f')} | "
             f"{_pair(m(lambda x: x.decode_j), m(lambda x: x.decode_adjusted_j), '.1f')} | "
             f"{_pair(m(lambda x: x.j_per_input_token), m(lambda x: x.j_per_input_token_adjusted), '.4g')} | "
             f"{_pair(m(lambda x: x.j_per_decode_token), m(lambda x: x.j_per_decode_token_adjusted), '.4g')} | "
             f"{_share(m(lambda x: x.share_prefill), m(lambda x: x.share_prefill_adjusted))} | "
-            f"{_f(tr_prefill, '.1f')}{subset} | {_f(tr_decode, '.1f')}{subset} | | "
-            f"{_f(agree.mean_ratio, '.3f')}{subset} | {_verdict(agree.mean_agrees)} |"
+            f"{num(tr_prefill, '.1f')}{subset} | {num(tr_decode, '.1f')}{subset} | | "
+            f"{num(agree.mean_ratio, '.3f')}{subset} | {_verdict(agree.mean_agrees)} |"
         )
     return "\n".join(lines)
 
@@ -440,8 +434,8 @@ def agreement_line(rows: Sequence[SplitRow]) -> str:
     parts.append(
         f"**Time-resolved vs differential prefill energy (criterion: within 10 %): "
         f"{agree.n_within} of {len(agree.ratios)} runs within** (ratios {lo:.3f}-{hi:.3f}); "
-        f"on the mean {_f(agree.mean_tr_prefill_j, '.1f')} J vs "
-        f"{_f(agree.mean_prefill_j, '.1f')} J, ratio {_f(agree.mean_ratio, '.3f')}: "
+        f"on the mean {num(agree.mean_tr_prefill_j, '.1f')} J vs "
+        f"{num(agree.mean_prefill_j, '.1f')} J, ratio {num(agree.mean_ratio, '.3f')}: "
         + ("**within 10 %**." if agree.mean_agrees else "**not within 10 %**.")
     )
     levels = sorted({x.confidence for x in split if x.confidence})
@@ -474,9 +468,9 @@ def prediction_block(p: Prediction) -> str:
         fmt = ".2f" if row.basis == "window s" else ".1f"
         energy = row.basis != "window s"
         lines.append(
-            f"| {row.basis} | {_f(row.measured, fmt)} | {_f(row.prefill, fmt)} | "
-            f"{_f(row.decode, fmt)} | {_f(row.predicted, fmt)} | {_pct(row.error)} | "
-            f"{_verdict(row.ok) if energy else ''} | {_f(row.predicted_tokens, fmt)} | "
+            f"| {row.basis} | {num(row.measured, fmt)} | {num(row.prefill, fmt)} | "
+            f"{num(row.decode, fmt)} | {num(row.predicted, fmt)} | {_pct(row.error)} | "
+            f"{_verdict(row.ok) if energy else ''} | {num(row.predicted_tokens, fmt)} | "
             f"{_pct(row.error_tokens)} | {_verdict(row.ok_tokens) if energy else ''} |"
         )
     ref, long = p.split_runs[0].result, p.long_runs[0].result
@@ -502,13 +496,13 @@ def prediction_block(p: Prediction) -> str:
     note = (
         f"What was compared: measured = the window of {long_names} ({n} requests, "
         f"{long['output_tokens']} output tokens; `energy_total_j`, adjusted `energy_adjusted_j` = "
-        f"raw - its idle baseline ({_f(long_baseline, '.1f')} W) x its window s). Prefill and decode = "
+        f"raw - its idle baseline ({num(long_baseline, '.1f')} W) x its window s). Prefill and decode = "
         f"the mean over the {len(p.split_runs)} runs above (same {n} prompts, {ref['input_tokens']} "
         f"input tokens, {ref['output_tokens']} output tokens) of the differential split: prefill = "
         "the prefill-only window (max_new_tokens 1, so each request's first token belongs to "
         f"prefill), decode = total - prefill ({split_decode} decode tokens = output - requests); "
         "adjusted, each window minus its run's idle baseline "
-        f"({_f(baselines, '.1f')} W, mean) x that window's duration. Predicted = prefill + 2 x "
+        f"({num(baselines, '.1f')} W, mean) x that window's duration. Predicted = prefill + 2 x "
         f"decode. Token-scaled = prefill + J per decode token x the longer run's {long_decode} "
         f"decode tokens (2 x {split_decode} + {long_decode - 2 * split_decode}, "
         "`energy.phase_split.predict_energy_j`). Error = (predicted - measured) / measured. "
