@@ -23,3 +23,8 @@ def update_section(body: str, title: str, path: Path = BENCHMARKS_MD) -> None:
 def num(value: float | None, spec: str) -> str:
     """``value`` formatted with ``spec``, or "n/a" when it is None (not measured)."""
     return "n/a" if value is None else format(value, spec)
+
+
+def num_pair(a: float | None, b: float | None, spec: str) -> str:
+    """Two figures as one cell, "a / b" (e.g. raw / adjusted, p50 / p99), each ``num``."""
+    return f"{num(a, spec)} / {num(b, spec)}"

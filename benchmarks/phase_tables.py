@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _markdown import num, update_section
+from _markdown import num, num_pair, update_section
 from _studies import Run, flat, load_runs, machine
 
 TITLE = "Where the joules go (issue 16)"
@@ -334,10 +334,6 @@ def prediction(split_runs: Sequence[Run], long_candidates: Sequence[Run]) -> Pre
 # -- rendering -----------------------------------------------------------------------------
 
 
-def _pair(raw: float | None, adjusted: float | None, fmt: str) -> str:
-    return f"{num(raw, fmt)} / {num(adjusted, fmt)}"
-
-
 def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{value * 100:+.1f} %"
 
@@ -379,10 +375,10 @@ def split_table(rows: Sequence[SplitRow]) -> str:
             lines.append(f"{head}n/a: {reason} | | | | | {tail}n/a | n/a |")
             continue
         lines.append(
-            head + f"{_pair(x.prefill_j, x.prefill_adjusted_j, '.1f')} | "
-            f"{_pair(x.decode_j, x.decode_adjusted_j, '.1f')} | "
-            f"{_pair(x.j_per_input_token, x.j_per_input_token_adjusted, '.4g')} | "
-            f"{_pair(x.j_per_decode_token, x.j_per_decode_token_adjusted, '.4g')} | "
+            head + f"{num_pair(x.prefill_j, x.prefill_adjusted_j, '.1f')} | "
+            f"{num_pair(x.decode_j, x.decode_adjusted_j, '.1f')} | "
+            f"{num_pair(x.j_per_input_token, x.j_per_input_token_adjusted, '.4g')} | "
+            f"{num_pair(x.j_per_decode_token, x.j_per_decode_token_adjusted, '.4g')} | "
             f"{_share(x.share_prefill, x.share_prefill_adjusted)} | "
             + tail
             + f"{num(x.ratio, '.3f')} | {_verdict(x.agrees)} |"
@@ -402,10 +398,10 @@ def split_table(rows: Sequence[SplitRow]) -> str:
         lines.append(
             f"| **mean** | {len(split)} runs | | {num(m(lambda x: x.window_s), '.2f')} / "
             f"{num(m(lambda x: x.prefill_window_s), '.2f')} | {num(m(lambda x: x.total_j), '.1f')} | "
-            f"{_pair(m(lambda x: x.prefill_j), m(lambda x: x.prefill_adjusted_j), '.1f')} | "
-            f"{_pair(m(lambda x: x.decode_j), m(lambda x: x.decode_adjusted_j), '.1f')} | "
-            f"{_pair(m(lambda x: x.j_per_input_token), m(lambda x: x.j_per_input_token_adjusted), '.4g')} | "
-            f"{_pair(m(lambda x: x.j_per_decode_token), m(lambda x: x.j_per_decode_token_adjusted), '.4g')} | "
+            f"{num_pair(m(lambda x: x.prefill_j), m(lambda x: x.prefill_adjusted_j), '.1f')} | "
+            f"{num_pair(m(lambda x: x.decode_j), m(lambda x: x.decode_adjusted_j), '.1f')} | "
+            f"{num_pair(m(lambda x: x.j_per_input_token), m(lambda x: x.j_per_input_token_adjusted), '.4g')} | "
+            f"{num_pair(m(lambda x: x.j_per_decode_token), m(lambda x: x.j_per_decode_token_adjusted), '.4g')} | "
             f"{_share(m(lambda x: x.share_prefill), m(lambda x: x.share_prefill_adjusted))} | "
             f"{num(tr_prefill, '.1f')}{subset} | {num(tr_decode, '.1f')}{subset} | | "
             f"{num(agree.mean_ratio, '.3f')}{subset} | {_verdict(agree.mean_agrees)} |"
