@@ -10,21 +10,24 @@ prediction is within 5 % raw and not baseline-adjusted.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
+import benchmark_scripts
 import pytest
+from benchmark_scripts import (
+    BENCHMARKS,
+    assert_tables_well_formed,
+    load_benchmark_script,
+    redirect_sections,
+)
 
 from llenergymeasure.config.models import MeasurementConfig
 from llenergymeasure.energy.attribution import EnergyAttribution
 from llenergymeasure.energy.phase_split import differential_phase_split, predict_energy_j
 from llenergymeasure.results.models import ExperimentResult
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 TEMPLATE = (
     BENCHMARKS / "results" / "reuse_pytorch" / "reuse" / "001_llama8b_pytorch_c1" / "result.json"
 )
@@ -33,22 +36,7 @@ REQUESTS, INPUT_TOKENS = 24, 12312  # the template's workload: 24 prompts of ~51
 BASELINE_W = 80.0
 
 
-def _load_script() -> ModuleType:
-    sys.path.insert(0, str(BENCHMARKS))  # the script imports its sibling _markdown
-    try:
-        spec = importlib.util.spec_from_file_location(
-            "phase_tables", BENCHMARKS / "phase_tables.py"
-        )
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["phase_tables"] = module  # dataclasses look their module up here
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-
-
-pt = _load_script()
+pt = load_benchmark_script("phase_tables")
 
 
 def make_result(
@@ -145,18 +133,8 @@ def write_study(
     parent: Path, runs: list[tuple[int, ExperimentResult | None]], name: str = "study"
 ) -> Path:
     """``parent/<name>_<timestamp>/`` like ``llem run -o parent``; a None result is a failed run."""
-    directory = parent / f"{name}_2026-12-02T00-00-00"
-    directory.mkdir(parents=True)
-    entries: list[dict[str, Any]] = []
-    for position, (cycle, result) in enumerate(runs, 1):
-        run_id = f"{position:03d}_llama8b_pytorch_c{cycle}"
-        entry = {"run_id": run_id, "cycle": cycle, "config_index": 0, "status": "failed"}
-        if result is not None:
-            (directory / run_id).mkdir()
-            result.to_json(directory / run_id / "result.json")
-            entry.update(status="completed", result_path=f"{run_id}/result.json")
-        entries.append(entry)
-    (directory / "study_manifest.json").write_text(json.dumps({"runs": entries}))
+    texts = [(cycle, None if r is None else r.to_json()) for cycle, r in runs]
+    benchmark_scripts.write_study(parent / f"{name}_2026-12-02T00-00-00", texts)
     return parent
 
 
@@ -312,10 +290,7 @@ def test_the_section_printed_and_written(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    md = tmp_path / "BENCHMARKS.md"
-    md.write_text("# Benchmarks\n\n## Other\n\nkept\n")
-    original = pt.update_section
-    monkeypatch.setattr(pt, "update_section", lambda body, title: original(body, title, md))
+    md = redirect_sections(pt, monkeypatch, tmp_path / "BENCHMARKS.md")
     pt.main(
         ["--engine", "PyTorch compiled, batch 8", "--split", str(dirs["reuse"]), str(dirs["fresh"]),
          "--long", str(dirs["long"])]
@@ -327,12 +302,7 @@ def test_the_section_printed_and_written(
     assert "ratio 0.953: **within 10 %**" in out
     assert "raw -2.7 % (within), baseline-adjusted -7.4 % (not within)" in out
     assert "| **mean** | 3 runs |" in out and "| 0.953 (2 runs) | yes |" in out
-    # every table row has the header's number of cells
-    for table in (pt.SPLIT_HEADER, pt.PREDICTION_HEADER):
-        cells = table.splitlines()[0].count("|")
-        first = table.splitlines()[0][:12]
-        block = out[out.index(first) :].split("\n\n")[0].splitlines()
-        assert {line.count("|") for line in block} == {cells}
+    assert_tables_well_formed(out, [pt.SPLIT_HEADER[:12], pt.PREDICTION_HEADER[:12]])
     text = md.read_text()
     assert "## Other\n\nkept" in text and "## Where the joules go (issue 16)" in text
 
