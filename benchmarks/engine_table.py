@@ -37,6 +37,7 @@ from _studies import Run, flat, load_runs, machine, mean_cv
 from vllm_engine_checks import pairs_table
 
 from llenergymeasure.config.catalogue import engine_spec, run_concurrency
+from llenergymeasure.config.models import ExperimentConfig
 from llenergymeasure.engines.pytorch import DEFAULT_TORCH_COMPILE
 from llenergymeasure.harness.metrics import POLL_DISAGREEMENT_TIGHT_PCT, POLL_TIGHT_WINDOW_S
 
@@ -109,14 +110,21 @@ def new_tokens(result: dict[str, Any]) -> Any:
     return config.get("max_new_tokens")
 
 
+def gpu_of(result: dict[str, Any]) -> str | None:
+    gpus = _dig(result, "environment.gpus") or [{}]
+    return gpus[0].get("name") if isinstance(gpus[0], dict) else None
+
+
 def workload(result: dict[str, Any]) -> dict[str, Any]:
-    """What must agree for runs to be "the same model and workload" (the prompt count scales
-    with the concurrency in these studies, so it is shown, not compared)."""
+    """What must agree for runs to stand side by side: GPU, model and workload (the prompt count
+    scales with the concurrency in these studies, so it is shown, not compared)."""
     config = flat(result["config"])
     return {
+        "GPU": gpu_of(result),
         "model": config.get("model"),
         "precision": config.get("precision"),
-        "mode": config.get("mode"),
+        # results written before online mode existed have no mode: they ran the default
+        "mode": config.get("mode") or ExperimentConfig.model_fields["mode"].default,
         "prompts": _dig(result, "dataset.kind") or config.get("dataset"),
         "input_len": config.get("dataset.input_len"),
         "new tokens": new_tokens(result),
@@ -319,21 +327,24 @@ def _distinct(values: Iterable[Any]) -> list[Any]:
     return seen
 
 
-def _joined(values: Sequence[Any], unit: str = "") -> str:
-    return " / ".join(f"{v}{unit}" for v in values)
-
-
 def workload_line(kept: Sequence[Run], left_out: Sequence[Run]) -> str:
-    """The model and workload of the tabulated runs, and the runs of other workloads left out."""
+    """The GPU, model and workload of the tabulated runs, and the runs left out for another
+    (named one by one, or counted per study and difference)."""
     ours = workload(kept[0].result)
-    line = "Model and workload: " + ", ".join(f"{k} {v}" for k, v in ours.items()) + "."
-    if left_out:
-        named = []
-        for run in left_out:
-            theirs = workload(run.result)
-            diff = ", ".join(f"{k} {theirs[k]}" for k in ours if theirs[k] != ours[k])
-            named.append(f"{run.study}/{run.run_id} ({diff})")
-        line += f" **Left out, another workload:** {'; '.join(named)}."
+    line = "GPU, model and workload: " + ", ".join(f"{k} {v}" for k, v in ours.items()) + "."
+    groups: dict[tuple[str, str], list[Run]] = {}
+    for run in left_out:
+        theirs = workload(run.result)
+        diff = ", ".join(f"{k} {theirs[k]}" for k in ours if theirs[k] != ours[k])
+        groups.setdefault((run.study, diff), []).append(run)
+    named = [
+        f"{runs[0].study}/{runs[0].run_id} ({diff})"
+        if len(runs) == 1
+        else f"{study}: {_runs(len(runs))} ({diff})"
+        for (study, diff), runs in groups.items()
+    ]
+    if named:
+        line += f" **Left out, another GPU, model or workload:** {'; '.join(named)}."
     return line
 
 
@@ -350,7 +361,7 @@ def software_line(rows: Sequence[Row]) -> str:
             torch = f", torch {e['torch_version']}" if e.get("torch_version") else ""
             return f"{package} {e.get('engine_version') or '(version not recorded)'}{torch}"
 
-        parts.append(f"{engine}: {_joined(_distinct(version(r) for r in runs))}")
+        parts.append(f"{engine}: {' / '.join(_distinct(version(r) for r in runs))}")
     return "Software: " + "; ".join(parts) + "."
 
 
@@ -368,7 +379,6 @@ def notes_line(runs: Sequence[Run]) -> str:
 
 def caveat(runs: Sequence[Run]) -> str:
     """ML.ENERGY's figures against ours: different GPU, software and workload."""
-    gpus = _distinct((_dig(r.result, "environment.gpus") or [{}])[0].get("name") for r in runs)
     ours = workload(runs[0].result)  # the same for all (main_workload)
     length = f"{ours['input_len']}-token " if ours["input_len"] is not None else ""
     forced = "forced " if ours["ignore_eos"] else ""
@@ -376,7 +386,7 @@ def caveat(runs: Sequence[Run]) -> str:
         "**ML.ENERGY (published)** is their figure for Llama-3.1-8B on one NVIDIA H100 with vLLM "
         "0.11, on their own dataset and workload, quoted as published (not measured here); it "
         f"exists for max_num_seqs {' / '.join(str(c) for c in ML_ENERGY_J_PER_TOKEN)}. Ours: "
-        f"{_joined([g or 'unknown GPU' for g in gpus])}, a random-weight Llama-3.1-8B-shaped "
+        f"{ours['GPU'] or 'unknown GPU'}, a random-weight Llama-3.1-8B-shaped "
         f"model, {length}{ours['prompts']} prompts, {ours['new tokens']} {forced}new tokens. "
         "Different GPU, vLLM version and workload: "
         "**compare the trends across concurrency, not the absolute values.**"
@@ -390,6 +400,8 @@ READING = """### Reading these tables
   `max_batch_size`, as the engine ran with it (`effective_parameters`; None resolved as llem
   does). Runs with the same engine and concurrency (cycles, or several studies) form one row:
   means over the runs; CV = standard deviation / mean of J/output-token over them.
+- Only runs on one GPU, model and workload stand side by side: those of the most common
+  combination among the inputs; the others are left out and named above the tables.
 - J/output-token raw = GPU energy of the measurement window / output tokens; adjusted = minus the
   idle baseline power x window. TTFT and ITL: the mean over the runs of each run's percentile.
 - Counter vs poll: (energy from 100 ms power polling - NVML energy counter) / counter, per run;

@@ -278,9 +278,22 @@ def test_runs_of_another_workload_are_left_out_and_named(studies: list[Path]) ->
     kept, left_out = et.main_workload(all_runs(studies))
     assert [(r.study, r.run_id) for r in left_out] == [("compiled", "003_llama8b_pytorch_c1")]
     line = et.workload_line(kept, left_out)
+    assert "GPU NVIDIA H200, model .devout/llama8b, precision bf16, mode offline" in line
     assert "new tokens 128" in line
-    left = "**Left out, another workload:** compiled/003_llama8b_pytorch_c1 (new tokens 256)."
+    left = "another GPU, model or workload:** compiled/003_llama8b_pytorch_c1 (new tokens 256)."
     assert left in line
+
+
+def test_runs_on_another_gpu_are_left_out_counted_per_study(tmp_path: Path) -> None:
+    h100 = fake_result(batch_size=8)
+    h100["environment"]["gpus"][0]["name"] = "NVIDIA H100 80GB HBM3"
+    older = fake_result(batch_size=8)
+    del older["config"]["mode"]  # written before online mode existed: it ran offline
+    ours = write_study(tmp_path / "h200", [(1, fake_result(batch_size=8)), (2, older)])
+    theirs = write_study(tmp_path / "h100", [(1, h100), (2, h100)])
+    kept, left_out = et.main_workload(et.load_runs(ours) + et.load_runs(theirs))
+    assert [r.study for r in kept] == ["h200", "h200"]
+    assert "h100: 2 runs (GPU NVIDIA H100 80GB HBM3)." in et.workload_line(kept, left_out)
 
 
 def test_the_bare_vllm_ratio_comes_from_vllm_engine_checks_json() -> None:
