@@ -10,6 +10,7 @@ V1 ``llm_engine`` loop ``add_request`` / ``step`` / ``has_unfinished_requests``;
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 import time
@@ -355,6 +356,21 @@ def test_per_token_timing_comes_from_the_engine_step_loop(fake_vllm: ModuleType)
     assert any("step loop" in n for n in engine.effective_parameters()["notes"])
 
 
+def test_requests_in_one_step_share_that_steps_stamp(fake_vllm: ModuleType) -> None:
+    """The time-resolved attribution finds the engine's steps only if they share one time."""
+    fake_vllm.STEP_SLEEP_S = 0.001
+    config = cfg(max_new_tokens=6, decoder={"ignore_eos": True}, vllm={"max_num_seqs": 2})
+    first, second = loaded(config).generate(PROMPTS, config)
+    assert first.token_times_s is not None and second.token_times_s is not None
+    assert (len(first.token_times_s), len(second.token_times_s)) == (6, 5)
+    assert second.token_times_s == first.token_times_s[:5]  # same floats, step by step
+    for rec in (first, second):
+        times = rec.token_times_s
+        assert times is not None and rec.start_s is not None and rec.ttft_s is not None
+        assert times[0] == pytest.approx(rec.start_s + rec.ttft_s)
+        assert [b - a for a, b in itertools.pairwise(times)] == pytest.approx(rec.itl_s)
+
+
 def test_tokens_delivered_together_share_the_step_interval(fake_vllm: ModuleType) -> None:
     from types import SimpleNamespace
 
@@ -390,7 +406,8 @@ def test_tokens_delivered_together_share_the_step_interval(fake_vllm: ModuleType
         engine._llm.llm_engine, [Prompt("a b", index=0)], [SamplingParams()]
     )
     assert rec.output_tokens == 4 and len(rec.itl_s) == 3
-    assert rec.itl_s[1] == pytest.approx(rec.itl_s[2])  # the second step's pair, split evenly
+    # the second step's pair, split evenly (to the float resolution of monotonic time)
+    assert rec.itl_s[1] == pytest.approx(rec.itl_s[2], abs=1e-9)
 
 
 def test_prefix_cache_hit_rate_covers_the_window_and_clear_run_state_empties_the_cache(

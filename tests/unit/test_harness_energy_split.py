@@ -15,7 +15,7 @@ from llenergymeasure.config.models import ExperimentConfig
 from llenergymeasure.energy.baseline import BaselineCache
 from llenergymeasure.energy.nvml_backend import NvmlEnergyBackend
 from llenergymeasure.energy.rapl import RaplReader
-from llenergymeasure.energy.sampler import EnergySampler
+from llenergymeasure.energy.sampler import EnergySampler, Sample
 from llenergymeasure.engines.base import RequestRecord
 from llenergymeasure.harness.energy_split import time_resolved_attribution, token_timed_batches
 from llenergymeasure.harness.orchestrator import ExperimentOrchestrator, MeasurementSettings
@@ -221,6 +221,72 @@ def test_token_times_of_a_continuous_batch_count_from_each_requests_own_start() 
     assert batch.start_s == 100.00
     times = {r.request: [round(t, 9) for t in r.token_times_s] for r in batch.requests}
     assert times == {0: [100.1, 100.2, 100.3], 1: [100.1, 100.2]}
+
+
+def steady_1kw_counter(t0: float, t1: float) -> list[Sample]:
+    """An energy counter read every 10 ms while the GPU draws a steady 1 kW."""
+    n = round((t1 - t0) / 0.01)
+    return [
+        Sample(t0 + k * 0.01, 0, None, "measure", 1000.0, round(k * 10_000), None, None, None, None)
+        for k in range(n + 1)
+    ]
+
+
+STEP_ENDS = [100.2, 100.25, 100.3]  # one prefill step, two decode steps, shared by 4 requests
+
+
+def continuous_batch(*, stamped_per_step: bool) -> list[RequestRecord]:
+    """Four requests of one vLLM step loop, submitted a few hundred ns apart.
+
+    Their TTFT/ITL are differences read on the engine's clock, so times rebuilt from
+    ``start_s`` differ between requests by a few hundred ns (and by rounding); the step loop
+    also keeps each step's one stamp in ``token_times_s``.
+    """
+    records = []
+    for i in range(4):
+        start = 100.0 + i * 1e-7
+        skew = i * 3e-7  # the instant each request's own clock reading was taken
+        ttft = STEP_ENDS[0] + skew - start
+        records.append(
+            RequestRecord(
+                i,
+                100,
+                3,
+                STEP_ENDS[-1] - start,
+                ttft_s=ttft,
+                itl_s=[0.05, 0.05],
+                start_s=start,
+                token_times_s=list(STEP_ENDS) if stamped_per_step else None,
+            )
+        )
+    return records
+
+
+def test_per_step_stamps_give_the_engine_steps_and_their_energy() -> None:
+    attribution, why = time_resolved_attribution(
+        continuous_batch(stamped_per_step=True),
+        steady_1kw_counter(99.9, 100.4),
+        (100.0, 100.3),
+        total_energy_j=300.0,
+    )
+    assert why is None and attribution is not None
+    assert attribution.n_steps == 3
+    assert attribution.energy_prefill_j == pytest.approx(200.0)  # 100.0-100.2 at 1 kW
+    assert attribution.energy_decode_j == pytest.approx(100.0)
+    assert [r.energy_j for r in attribution.requests] == pytest.approx([75.0] * 4)
+
+
+def test_token_times_that_differ_per_request_within_a_step_are_refused_not_split() -> None:
+    # rebuilt from start_s + ttft_s: every request's token of a step lands at its own instant,
+    # which would make each sliver a "step" and hand a step's energy to one request
+    attribution, why = time_resolved_attribution(
+        continuous_batch(stamped_per_step=False),
+        steady_1kw_counter(99.9, 100.4),
+        (100.0, 100.31),
+        total_energy_j=300.0,
+    )
+    assert attribution is None
+    assert why is not None and "do not line up into engine steps" in why
 
 
 def test_data_parallel_records_are_not_attributed() -> None:

@@ -56,6 +56,12 @@ The rule
    are approximate (``"low"``; totals stay exact). Over a tenth of it: ``"medium"``;
    otherwise ``"high"``. Fewer than two samples in the window: ``"low"``. The reason names
    the sensor's update interval when it is coarser than the sampling interval.
+6. **Steps must be steps.** Every token of one engine step must carry the same time (the
+   PyTorch streamer's per-step stamp, the vLLM step loop's ``token_times_s``). An engine that
+   stamps each request's tokens on their own (per streamed response) yields slivers between
+   the requests' stamps instead of steps: a median step under ``MIN_STEP_S`` (50 us, shorter
+   than any forward pass) is refused, since each real step's energy would go to whichever
+   request's token came first.
 
 Clocks: sample times and token times must come from the same clock. The NVML sampler uses
 ``time.monotonic`` and the PyTorch step timer ``time.perf_counter``; on Linux both read
@@ -103,6 +109,8 @@ _V = TypeVar("_V", int, float)
 
 HIGH_CONFIDENCE_RATIO = 0.1
 LOW_CONFIDENCE_RATIO = 0.5
+MIN_STEP_S = 50e-6
+"""A median engine step shorter than this is no forward pass: the timeline is not per step."""
 
 
 # -- timeline -----------------------------------------------------------------------------
@@ -662,6 +670,14 @@ def attribute_energy(
     update = _largest(c.update_interval_s(t0, t1) for c in curve_list)
     durations = [s.end_s - s.start_s for s in working]
     median_step = statistics.median(durations) if durations else None
+    if median_step is not None and len(working) > 1 and median_step < MIN_STEP_S:
+        raise ValueError(
+            f"the token times do not line up into engine steps: the median step lasts "
+            f"{median_step * 1e6:.1f} us, shorter than any forward pass "
+            f"({MIN_STEP_S * 1e6:.0f} us), so the requests' tokens of one step carry different "
+            "times (stamped per request, not per step) and a time-resolved split would "
+            "hand each step's energy to whichever token came first"
+        )
     inside = min(c.samples_within(t0, t1) for c in curve_list)
     sources = {c.source for c in curve_list}
     reading = (

@@ -29,6 +29,11 @@ class RequestRecord:
     clock): its batch's ``generate`` call (PyTorch) or its submission (vLLM step loop);
     ``ttft_s`` and ``itl_s`` count from it, so ``start_s + ttft_s + sum(itl_s[:k])`` is the
     time of token ``k`` on the sampler's clock. None where the engine does not record it.
+    ``token_times_s``: where the engine stamps tokens once per engine step (the vLLM step
+    loop), each token's time on the sampler's clock, the very same float for every request's
+    token of one step, so the step timeline is exact (times rebuilt from ``start_s`` and the
+    gaps differ between requests by rounding and by the instants each submission was read).
+    None where the engine has no per-step stamp.
     """
 
     index: int
@@ -39,6 +44,7 @@ class RequestRecord:
     itl_s: list[float] = field(default_factory=list)
     batch_index: int = 0
     start_s: float | None = None
+    token_times_s: list[float] | None = None
 
 
 @dataclass

@@ -28,7 +28,7 @@ How a run works (``VLLMBackend.generate``):
 - All prompts are added to the engine at once (vLLM schedules them itself, up to
   ``max_num_seqs`` at a time) and the engine is stepped until they finish, the loop
   ``LLM.generate`` runs, but with ``output_kind=DELTA`` so that every step reports its new
-  tokens: each token gets the ``perf_counter()`` of the step that produced it, giving true
+  tokens: each token gets the ``time.monotonic()`` of the step that produced it, giving true
   per-request TTFT and every inter-token gap (``_generate_stepwise``). Where the engine has
   no such loop, one ``LLM.generate`` call runs instead (timings from the request metrics).
   One ``SamplingParams`` per prompt: greedy = temperature 0;
@@ -526,12 +526,13 @@ class VLLMBackend(OfflineLLMEngine):
         Requests are added with ``output_kind=DELTA`` (``LLM.generate`` forces FINAL_ONLY,
         which reports nothing until a request ends), then ``llm_engine.step()`` is called
         until no request is left, exactly as ``LLM._run_engine`` does. After each step one
-        ``perf_counter()`` stamps the tokens that step delivered: TTFT is first token minus
-        the request's submission, ITL the gaps between its successive tokens. Tokens that
-        arrive together in one step (speculative decoding) share the step's interval evenly.
-        Each record's ``start_s`` is its submission on ``time.monotonic`` (the energy
-        sampler's clock) and its ``input_tokens`` the prompt tokens vLLM reports: what the
-        time-resolved energy attribution needs to place its tokens on the power timeline.
+        ``time.monotonic()`` (the energy sampler's clock) stamps the tokens that step
+        delivered: TTFT is first token minus the request's submission, ITL the gaps between
+        its successive tokens. Tokens that arrive together in one step (speculative decoding)
+        share the step's interval evenly. Each record keeps its submission (``start_s``), its
+        token times (``token_times_s``: every request's token of one step carries the same
+        stamp, so the time-resolved attribution sees the engine's steps exactly) and the
+        prompt tokens vLLM reports.
         """
         from vllm.sampling_params import RequestOutputKind
 
@@ -540,19 +541,18 @@ class VLLMBackend(OfflineLLMEngine):
         inputs: Sequence[Any] = preprocess(texts) if callable(preprocess) else texts
         self._batch_seq += 1
         ids = [f"llem-{self._batch_seq}-{i}" for i in range(len(prompts))]
+        # one clock for submissions and token stamps: the energy sampler's time.monotonic
         submitted: list[float] = []
-        submitted_at: list[float] = []  # on time.monotonic, the energy sampler's clock
         position = {rid: i for i, rid in enumerate(ids)}
         stamps: list[list[float]] = [[] for _ in prompts]
         prompt_tokens: list[int | None] = [None] * len(prompts)
         for rid, engine_input, sp in zip(ids, inputs, params, strict=True):
             sp.output_kind = RequestOutputKind.DELTA
-            submitted_at.append(monotonic())
-            submitted.append(perf_counter())
+            submitted.append(monotonic())
             engine.add_request(rid, engine_input, sp, lora_request=self._lora_request)
         while engine.has_unfinished_requests():
             step_outputs = engine.step()
-            now = perf_counter()
+            now = monotonic()
             for out in step_outputs:
                 i = position.get(out.request_id)
                 if i is None:
@@ -576,12 +576,14 @@ class VLLMBackend(OfflineLLMEngine):
                     latency_s=(times[-1] - t_in) if times else 0.0,
                     ttft_s=(times[0] - t_in) if times else None,
                     itl_s=[b - a for a, b in itertools.pairwise(times)],
-                    start_s=submitted_at[i],
+                    start_s=t_in,
+                    token_times_s=times,
                 )
             )
         self._add_note(
             "vllm: per-token timing from the engine step loop (llm_engine.step), one "
-            "timestamp per step: ttft_s and every itl_s gap are measured"
+            "time.monotonic stamp per step shared by every request in it: ttft_s and every "
+            "itl_s gap are measured"
         )
         return records
 

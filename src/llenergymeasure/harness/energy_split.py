@@ -55,8 +55,9 @@ def token_timed_batches(records: Sequence[RequestRecord]) -> list[BatchTokenTime
     """Records grouped by ``batch_index``, each request's token times on the sampler's clock.
 
     A batch starts at the earliest ``start_s`` of its records (a static batch: all equal; the
-    vLLM step loop: the first submission). Raises ``ValueError`` naming the first record that
-    lacks ``start_s`` or a first-token time.
+    vLLM step loop: the first submission). A record's token times are its ``token_times_s``
+    where the engine stamped them per step, else ``start_s + ttft_s`` then each ``itl_s`` gap.
+    Raises ``ValueError`` naming the first record that lacks ``start_s`` or a first-token time.
     """
     grouped: dict[int, list[RequestTokenTimes]] = {}
     starts: dict[int, float] = {}
@@ -71,7 +72,10 @@ def token_timed_batches(records: Sequence[RequestRecord]) -> list[BatchTokenTime
                 f"request {r.index} has no per-token times (beam search, or an engine path "
                 "without per-token timing)"
             )
-        times = list(itertools.accumulate([r.start_s + r.ttft_s, *r.itl_s]))
+        if r.token_times_s is not None:
+            times = list(r.token_times_s)
+        else:
+            times = list(itertools.accumulate([r.start_s + r.ttft_s, *r.itl_s]))
         grouped.setdefault(r.batch_index, []).append(
             RequestTokenTimes(r.index, r.input_tokens, times)
         )
