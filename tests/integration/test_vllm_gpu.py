@@ -1,9 +1,10 @@
 """GPU integration tests of the vLLM engine (``pytest -m "gpu and vllm" tests/integration``).
 
-They run where vLLM imports and a CUDA GPU is visible. The model is ``VLLM_TEST_MODEL`` (a local
+They run where vLLM imports and a CUDA GPU is visible. The model is ``LLEM_TEST_VLLM_MODEL`` (a local
 Hugging Face folder, e.g. the Llama-3.1-8B-shaped one ``benchmarks/make_llama8b_shaped.py``
 builds), else ``builtin:tiny``; with the 8B-shaped model the window lasts over 10 s, long enough
-for the counter-vs-poll check.
+for the counter-vs-poll check. (Not ``VLLM_*``: vLLM warns about every unknown variable of its
+own prefix.)
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import pytest
 
 pytestmark = [pytest.mark.gpu, pytest.mark.vllm]
 
-MODEL = os.environ.get("VLLM_TEST_MODEL", "builtin:tiny")
-N = int(os.environ.get("VLLM_TEST_N", "512"))
+MODEL = os.environ.get("LLEM_TEST_VLLM_MODEL", "builtin:tiny")
+N = int(os.environ.get("LLEM_TEST_VLLM_N", "512"))
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +58,7 @@ def test_every_generated_token_is_timed(vllm_result) -> None:
 
 def test_counter_and_poll_agree_within_2_percent_on_a_long_window(vllm_result) -> None:
     if vllm_result.duration_s < 10:
-        pytest.skip(f"window {vllm_result.duration_s:.1f} s < 10 s (set VLLM_TEST_MODEL)")
+        pytest.skip(f"window {vllm_result.duration_s:.1f} s < 10 s (set LLEM_TEST_VLLM_MODEL)")
     if vllm_result.energy.method != "nvml_counter":
         pytest.skip("the cross-check belongs to the NVML backend")
     diff = vllm_result.energy.counter_vs_poll_diff_pct
