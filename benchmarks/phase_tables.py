@@ -35,6 +35,10 @@ from _studies import Run, flat, load_runs, machine
 
 TITLE = "Where the joules go (issue 16)"
 AGREE_TOLERANCE = 0.10  # time-resolved vs differential prefill energy (the issue's criterion)
+# the library's own rule (energy.attribution.MIN_STEP_S): a median step under 50 us means the
+# tokens of one step carried different times, and results written before the rule held a split
+# that is not one
+MIN_STEP_S = 50e-6
 PREDICT_TOLERANCE = 0.05  # 2x-output run vs prefill + 2 x decode (the issue's criterion)
 # config fields a longer-output run may change and still be "the same config"
 LENGTH_FIELDS = frozenset({"max_new_tokens", "dataset.output_len", "measurement.phase_split"})
@@ -98,6 +102,7 @@ class SplitRow:
     tr_decode_j: float | None
     confidence: str | None
     missing: str | None  # why there is no differential split
+    tr_missing: str | None = None  # why there is no time-resolved split
 
     @property
     def ratio(self) -> float | None:
@@ -116,6 +121,14 @@ def split_row(run: Run) -> SplitRow:
     missing = None
     if run.split is None:
         missing = r.get("phase_split_unavailable") or "no phase_split in the result"
+    tr_missing = r.get("energy_attribution_unavailable")
+    step = a.get("median_step_s")
+    if step is not None and a.get("n_steps", 0) > 1 and step < MIN_STEP_S:
+        tr_missing = (
+            f"median step {step * 1e6:.2f} us: the tokens of one engine step carried different "
+            "times, so the split is not over steps (refused by llem since)"
+        )
+        a = {}
     return SplitRow(
         run=run,
         window_s=s.get("duration_total_s", r.get("duration_s")),
@@ -135,6 +148,7 @@ def split_row(run: Run) -> SplitRow:
         tr_decode_j=a.get("energy_decode_j"),
         confidence=a.get("confidence"),
         missing=missing,
+        tr_missing=tr_missing,
     )
 
 
@@ -416,13 +430,16 @@ def agreement_line(rows: Sequence[SplitRow]) -> str:
     parts = []
     if missing:
         parts.append(f"{len(missing)} of {len(rows)} runs have no differential split.")
-    no_tr = [
-        f"{x.run.study}/{x.run.run_id}: {x.run.result.get('energy_attribution_unavailable')}"
-        for x in rows
-        if x.tr_prefill_j is None
-    ]
+    no_tr: dict[str, list[str]] = {}  # reason -> runs
+    for x in rows:
+        if x.tr_prefill_j is None:
+            no_tr.setdefault(str(x.tr_missing), []).append(f"{x.run.study}/{x.run.run_id}")
     if no_tr:
-        parts.append(f"No time-resolved split: {'; '.join(no_tr)}.")
+        listed = "; ".join(
+            f"{', '.join(runs) if len(runs) < 3 else f'{len(runs)} runs'}: {why}"
+            for why, runs in no_tr.items()
+        )
+        parts.append(f"No time-resolved split: {listed}.")
     if not agree.ratios:
         parts.append("Time-resolved vs differential prefill: no run has both figures.")
         return " ".join(parts)

@@ -6,7 +6,7 @@
 #
 #   bash benchmarks/run_gpu_studies.sh pt_fresh pt_reuse pt_256       # PyTorch compiled
 #   bash benchmarks/run_gpu_studies.sh vllm_reuse vllm_fresh vllm_256  # vLLM
-#   bash benchmarks/run_gpu_studies.sh vllm_table                      # vLLM table, mns 1-128
+#   bash benchmarks/run_gpu_studies.sh vllm_table pt_table             # issue 15 engine table
 #   bash benchmarks/run_gpu_studies.sh vllm_checks pt_tests vllm_tests  # one-engine checks, tests
 #   bash benchmarks/run_gpu_studies.sh vllm_online                      # vllm serve under load
 #
@@ -20,7 +20,7 @@
 # 20 s before it is stopped with SIGINT (llem records the run as interrupted, exit 130) and the
 # next call's same stage resumes it (`llem run --resume`); a stage that is already complete is
 # skipped. With $OUT set, every study directory travels back as one tarball per call.
-# Tables: benchmarks/reuse_tables.py (issue 14) and benchmarks/phase_tables.py (issue 16).
+# Tables: benchmarks/reuse_tables.py (issue 14), engine_table.py (issue 15), phase_tables.py (16).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
@@ -68,6 +68,7 @@ stage_vllm_reuse() { study reuse_vllm vllm_reuse --reuse-engine; }
 stage_vllm_fresh() { study reuse_vllm vllm_fresh --no-reuse-engine; }
 stage_vllm_256() { study phase_vllm_256 vllm_256; }
 stage_vllm_table() { study table_vllm vllm_table --reuse-engine; }  # issue 15: mns 1/8/32/128
+stage_pt_table() { study table_pytorch pt_table --no-reuse-engine; }  # issue 15: eager, compiled
 stage_vllm_checks() {  # prefix-cache reset and llem-vs-bare overhead on one engine
   ensure_model
   python3 benchmarks/vllm_engine_checks.py --model "$model" --out "$out/vllm_checks.json"

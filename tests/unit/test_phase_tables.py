@@ -47,6 +47,7 @@ def make_result(
     prefill: tuple[float, float] | None = None,
     split_missing: str | None = None,
     tr_prefill_j: float | None = None,
+    median_step_s: float = 0.03,
     batch_size: int = 8,
     reused: bool = False,
     requests: int = REQUESTS,
@@ -105,7 +106,7 @@ def make_result(
             between_steps_energy_j=0.0,
             n_steps=new_tokens * 3,
             sampling_interval_s=0.1,
-            median_step_s=0.03,
+            median_step_s=median_step_s,
             confidence="low",
             confidence_reason="sampling interval 100.0 ms vs median step 30.0 ms (ratio 3.33)",
         )
@@ -317,3 +318,28 @@ def test_split_dirs_must_follow_an_engine() -> None:
         ("A", [Path("a"), Path("b")], []),
         ("B", [Path("c")], [Path("d")]),
     ]
+
+
+def test_a_split_whose_steps_are_slivers_is_shown_as_none(tmp_path: Path) -> None:
+    # results written before llem refused such timelines: every token its own "step"
+    study = write_study(
+        tmp_path / "vllm",
+        [
+            (
+                c,
+                make_result(
+                    total_j=1000,
+                    duration_s=4.0,
+                    prefill=(470, 2.0),
+                    tr_prefill_j=280,
+                    median_step_s=0.0,
+                ),
+            )
+            for c in (1, 2, 3)
+        ],
+    )
+    rows = [pt.split_row(r) for r in pt.load_runs(study)]
+    assert all(r.tr_prefill_j is None and r.ratio is None for r in rows)
+    line = pt.agreement_line(rows)
+    assert "3 runs: median step 0.00 us" in line and "not over steps" in line
+    assert "no run has both figures" in line
