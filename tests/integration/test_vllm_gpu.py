@@ -1,7 +1,7 @@
 """GPU integration tests of the vLLM engine (``pytest -m "gpu and vllm" tests/integration``).
 
-They run where vLLM imports and a CUDA GPU is visible. The model is ``LLEM_TEST_VLLM_MODEL`` (a local
-Hugging Face folder, e.g. the Llama-3.1-8B-shaped one ``benchmarks/make_llama8b_shaped.py``
+They run where vLLM imports and a CUDA GPU is visible. The model is ``LLEM_TEST_VLLM_MODEL`` (a
+local Hugging Face folder, e.g. the Llama-3.1-8B-shaped one ``benchmarks/make_llama8b_shaped.py``
 builds), else ``builtin:tiny``; with the 8B-shaped model the window lasts over 10 s, long enough
 for the counter-vs-poll check. (Not ``VLLM_*``: vLLM warns about every unknown variable of its
 own prefix.)
