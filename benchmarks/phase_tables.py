@@ -246,10 +246,13 @@ class Prediction:
 
 
 def matching_long_runs(reference: Run, candidates: Sequence[Run]) -> tuple[list[Run], list[str]]:
-    """The candidates whose config equals ``reference``'s but for the output length, and why the
-    others were left out."""
+    """The candidates with longer answers whose config equals ``reference``'s but for the output
+    length, and why the others were left out."""
     matched, why = [], []
+    ref_new = reference.result["output_tokens"] / max(reference.result["n_requests"], 1)
     for run in candidates:
+        if run.result["output_tokens"] / max(run.result["n_requests"], 1) <= ref_new:
+            continue  # not a longer answer (e.g. the split run itself, when one study holds both)
         diff = config_differences(reference.config, run.config, LENGTH_FIELDS)
         if diff:
             shown = ", ".join(diff[:4]) + (", ..." if len(diff) > 4 else "")

@@ -66,7 +66,7 @@ stage_pt_fast() {  # issue 16: the batch-8 split with 10 ms sampling
 }
 stage_vllm_reuse() { study reuse_vllm vllm_reuse --reuse-engine; }
 stage_vllm_fresh() { study reuse_vllm vllm_fresh --no-reuse-engine; }
-stage_vllm_256() { study phase_vllm_256 vllm_256; }
+stage_vllm_256() { study phase_vllm_256 vllm_256 --reuse-engine; }  # issue 16: split + 2x output
 stage_vllm_table() { study table_vllm vllm_table --reuse-engine; }  # issue 15: mns 1/8/32/128
 stage_pt_table() { study table_pytorch pt_table --no-reuse-engine; }  # issue 15: eager, compiled
 stage_vllm_checks() {  # prefix-cache reset and llem-vs-bare overhead on one engine

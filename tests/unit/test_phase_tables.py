@@ -343,3 +343,17 @@ def test_a_split_whose_steps_are_slivers_is_shown_as_none(tmp_path: Path) -> Non
     line = pt.agreement_line(rows)
     assert "3 runs: median step 0.00 us" in line and "not over steps" in line
     assert "no run has both figures" in line
+
+
+def test_one_study_holding_the_split_run_and_the_longer_run_serves_as_both(tmp_path: Path) -> None:
+    # phase_vllm_256.yaml: the 128-token split run and the 256-token run in one study
+    study = write_study(
+        tmp_path / "both",
+        [
+            (1, make_result(total_j=1000, duration_s=4.0, prefill=(200, 0.5))),
+            (1, make_result(new_tokens=256, total_j=1850, duration_s=7.0)),
+        ],
+    )
+    runs = pt.load_runs(study)
+    p = pt.prediction([r for r in runs if pt.asked_for_split(r)], runs)
+    assert [r.result["output_tokens"] for r in p.long_runs] == [REQUESTS * 256]
