@@ -5,8 +5,8 @@ llem starts ``vllm serve`` from an experiment's vLLM fields (``server_launch`` +
 baseline (server up, idle), warmup requests, the load on a seeded Poisson schedule inside the
 NVML energy window. Prefix caching is off so that every rate prefills the same prompts afresh.
 
-    python benchmarks/online_vllm_rates.py --model .devout/llama8b --rates 1,4,16,inf \\
-        --n 200 --out .devout/online
+    python benchmarks/online_vllm_rates.py --model .devout/llama8b --rates 1,4,16,64,inf \\
+        --n 400 --n-at 1=60,4=120,16=240 --out .devout/online
 
 Writes ``<out>/rate-<r>/result.json`` per rate, ``<out>/server.log``, ``<out>/curve.png`` and
 prints the markdown table of ``report.online_curve`` (J/request, J/token raw and adjusted,
@@ -34,7 +34,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", required=True)
     parser.add_argument("--rates", default="1,4,16,inf")
-    parser.add_argument("--n", type=int, default=200)
+    parser.add_argument("--n", type=int, default=200, help="requests per rate")
+    parser.add_argument(
+        "--n-at",
+        default="",
+        metavar="RATE=N,...",
+        help="requests at particular rates (e.g. 1=60,4=120: a slow rate's window is n / rate)",
+    )
     parser.add_argument("--input-len", type=int, default=512)
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--max-num-seqs", type=int, default=256)
@@ -59,8 +65,15 @@ def main() -> None:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    n_at = {r: args.n for r in args.rates.split(",")}
+    for item in filter(None, args.n_at.split(",")):
+        rate, _, n = item.partition("=")
+        if rate not in n_at or not n.isdigit():
+            parser.error(f"--n-at {item!r}: expected RATE=N with RATE one of --rates")
+        n_at[rate] = int(n)
     n_warmup = 8
-    prompts = make_prompts(args.n + n_warmup, args.input_len, seed=0)
+    n_max = max(n_at.values())
+    prompts = make_prompts(n_max + n_warmup, args.input_len, seed=0)
     base: dict[str, Any] = {
         "model": args.model,
         "backend": "vllm",
@@ -88,9 +101,9 @@ def main() -> None:
         env=launch.env,
     ) as server:
         print(f"server ready after {time.perf_counter() - t_start:.0f} s", flush=True)
-        for rate in args.rates.split(","):
+        for rate, n in n_at.items():
             config = ExperimentConfig(
-                **base,
+                **{**base, "n": n},
                 online={
                     "endpoint": server.base_url,
                     "served_model_name": args.model,
@@ -102,11 +115,11 @@ def main() -> None:
             )
             result = run_online(
                 config,
-                prompts,
+                prompts[:n],
                 output_dir=out / f"rate-{rate}",
                 energy=NvmlEnergyBackend(sensor=sensor),
                 measure_baseline=lambda: measure_idle_baseline(sensor, args.baseline_s),
-                warmup_prompts=prompts[args.n :],
+                warmup_prompts=prompts[n_max:],
             )
             (out / f"rate-{rate}").mkdir(parents=True, exist_ok=True)
             (out / f"rate-{rate}" / "result.json").write_text(result.model_dump_json(indent=1))
