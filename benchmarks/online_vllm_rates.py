@@ -8,14 +8,16 @@ NVML energy window. Prefix caching is off so that every rate prefills the same p
     python benchmarks/online_vllm_rates.py --model .devout/llama8b --rates 1,4,16,64,inf \\
         --n 400 --n-at 1=60,4=120,16=240 --out .devout/online
 
-Writes ``<out>/rate-<r>/result.json`` per rate, ``<out>/server.log``, ``<out>/curve.png`` and
-prints the markdown table of ``report.online_curve`` (J/request, J/token raw and adjusted,
+Writes ``<out>/rate-<r>/result.json`` per rate, ``<out>/server.log``, ``<out>/curve.png``,
+``<out>/prompts.jsonl`` (the prompts, for the offline reference run of the ``inf`` point:
+``benchmarks/configs/online_offline_reference.yaml``) and prints the markdown table of ``report.online_curve`` (J/request, J/token raw and adjusted,
 mean W, TTFT/ITL p50/p99, goodput).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import string
 import time
@@ -74,6 +76,9 @@ def main() -> None:
     n_warmup = 8
     n_max = max(n_at.values())
     prompts = make_prompts(n_max + n_warmup, args.input_len, seed=0)
+    # the same prompts for the offline reference run (configs/online_offline_reference.yaml)
+    with (out / "prompts.jsonl").open("w") as f:
+        f.writelines(json.dumps({"prompt": p}) + "\n" for p in prompts)
     base: dict[str, Any] = {
         "model": args.model,
         "backend": "vllm",

@@ -75,8 +75,11 @@ stage_vllm_checks() {  # prefix-cache reset and llem-vs-bare overhead on one eng
 }
 stage_vllm_online() {  # issue 20: `vllm serve` under load, one server for all rates
   ensure_model
-  python3 benchmarks/online_vllm_rates.py --model "$model" --rates 1,4,16,64,inf --n 400 \
-    --n-at 1=60,4=120,16=240 --out "$out/online" 2>&1 | tee "$out/online.log"
+  # each finished rate is written at once: a sweep cut by the call's deadline keeps those
+  timeout -s INT -k 15 $(( $(left) - 20 )) python3 benchmarks/online_vllm_rates.py \
+    --model "$model" --rates 1,4,16,64,inf --n 400 --n-at 1=60,4=120,16=240 \
+    --out "$out/online" 2>&1 | tee "$out/online.log"
+  study online_offline_reference vllm_offline_ref  # the inf point's offline run, same prompts
 }
 stage_pt_tests() {
   python3 -m pytest -m "gpu and not vllm" tests/integration -q -rA -p no:cacheprovider 2>&1 \
