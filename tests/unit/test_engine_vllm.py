@@ -339,7 +339,9 @@ def test_per_token_timing_comes_from_the_engine_step_loop(fake_vllm: ModuleType)
     first, second = engine.generate(PROMPTS, config)
     llm = fake_vllm.instances[-1]
     assert not any(c["method"] == "generate" for c in llm.calls)  # the step loop, not generate
-    assert [p.output_kind.name for p in llm.calls[-1]["params"]] == ["DELTA", "DELTA"]
+    # the front end does what it does for LLM.generate: final outputs only
+    assert [p.output_kind.name for p in llm.calls[-1]["params"]] == ["FINAL_ONLY", "FINAL_ONLY"]
+    assert "get_output" not in vars(llm.llm_engine.engine_core)  # the tap is gone afterwards
     assert (first.output_tokens, second.output_tokens) == (6, 5)
     assert (first.input_tokens, second.input_tokens) == (3, 1)
     for rec in (first, second):
@@ -353,7 +355,7 @@ def test_per_token_timing_comes_from_the_engine_step_loop(fake_vllm: ModuleType)
     assert first.start_s is not None and second.start_s is not None
     assert 0 <= second.start_s - first.start_s < first.latency_s
     assert abs(first.start_s - time.monotonic()) < 60
-    assert any("step loop" in n for n in engine.effective_parameters()["notes"])
+    assert any("engine core's iterations" in n for n in engine.effective_parameters()["notes"])
 
 
 def test_requests_in_one_step_share_that_steps_stamp(fake_vllm: ModuleType) -> None:
@@ -369,6 +371,72 @@ def test_requests_in_one_step_share_that_steps_stamp(fake_vllm: ModuleType) -> N
         assert times is not None and rec.start_s is not None and rec.ttft_s is not None
         assert times[0] == pytest.approx(rec.start_s + rec.ttft_s)
         assert [b - a for a, b in itertools.pairwise(times)] == pytest.approx(rec.itl_s)
+
+
+def test_token_stamps_are_the_engine_cores_iteration_times(fake_vllm: ModuleType) -> None:
+    config = cfg(max_new_tokens=4, decoder={"ignore_eos": True}, vllm={"max_num_seqs": 2})
+    engine = loaded(config)
+    core = fake_vllm.instances[-1].llm_engine.engine_core
+    iterate, core_stamps = core._iterate, []
+
+    def iterate_and_keep() -> Any:
+        outputs = iterate()
+        core_stamps.append(outputs.timestamp)
+        return outputs
+
+    core._iterate = iterate_and_keep
+    first, second = engine.generate(PROMPTS, config)  # 4 and 5 tokens, side by side
+    assert first.token_times_s == core_stamps[:4]  # the core's stamps, not the front end's
+    assert second.token_times_s == core_stamps[:5]
+
+
+class _UnwrappableCore:
+    """An engine-core client llem cannot wrap (no instance dict)."""
+
+    __slots__ = ("_iterate",)
+
+    def __init__(self, iterate: Any) -> None:
+        self._iterate = iterate
+
+    def get_output(self) -> Any:
+        return self._iterate()
+
+
+def test_where_core_outputs_cannot_be_read_each_step_is_stamped_as_it_returns(
+    fake_vllm: ModuleType,
+) -> None:
+    config = cfg(max_new_tokens=4, decoder={"ignore_eos": True}, vllm={"max_num_seqs": 2})
+    engine = loaded(config)
+    llm_engine = fake_vllm.instances[-1].llm_engine
+    llm_engine.engine_core = _UnwrappableCore(llm_engine.engine_core._iterate)
+    first, second = engine.generate(PROMPTS, config)
+    kinds = [p.output_kind.name for p in fake_vllm.instances[-1].calls[-1]["params"]]
+    assert kinds == ["DELTA", "DELTA"]  # new tokens reported by every step()
+    assert first.token_times_s is not None and second.token_times_s is not None
+    assert second.token_times_s[:4] == first.token_times_s
+    assert any("engine step loop" in n for n in engine.effective_parameters()["notes"])
+
+
+def test_a_core_log_that_disagrees_with_the_outputs_gives_no_per_token_times(
+    fake_vllm: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llenergymeasure.engines import vllm as vllm_engine
+
+    record = vllm_engine._CoreIterationLog.record
+
+    def record_missing_the_first_iteration(self: Any, outputs: Any) -> None:
+        if not self.iterations:
+            outputs = type(outputs)([], outputs.timestamp)
+        record(self, outputs)
+
+    monkeypatch.setattr(vllm_engine._CoreIterationLog, "record", record_missing_the_first_iteration)
+    config = cfg(max_new_tokens=4, decoder={"ignore_eos": True}, vllm={"max_num_seqs": 2})
+    engine = loaded(config)
+    records = engine.generate(PROMPTS, config)
+    assert all(r.ttft_s is None and r.token_times_s is None for r in records)
+    assert [r.output_tokens for r in records] == [4, 5]  # counts still from the outputs
+    notes = engine.effective_parameters()["notes"]
+    assert any("no per-token timing" in n and "gave request 0 3 tokens" in n for n in notes)
 
 
 def test_tokens_delivered_together_share_the_step_interval(fake_vllm: ModuleType) -> None:

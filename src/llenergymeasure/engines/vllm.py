@@ -12,7 +12,8 @@ length_penalty)``; ``vllm.lora.request.LoRARequest(lora_name, lora_int_id, lora_
 ``RequestOutput.metrics``: ``RequestStateStats`` in the V1 engine, ``RequestMetrics`` in V0;
 ``LLM.reset_prefix_cache()``; ``LLM.get_metrics()``), plus the V1 engine loop that
 ``LLM.generate`` itself runs (``llm_engine.add_request`` / ``step`` /
-``has_unfinished_requests``, ``SamplingParams.output_kind``). The CPU tests run against a fake
+``has_unfinished_requests``, ``SamplingParams.output_kind``; ``llm_engine.engine_core.get_output``
+returning ``EngineCoreOutputs(outputs, timestamp)``). The CPU tests run against a fake
 ``vllm`` package that follows these signatures.
 
 How a run works (``VLLMBackend.generate``):
@@ -27,10 +28,13 @@ How a run works (``VLLMBackend.generate``):
   ``vllm.quantization: fp8`` is allowed with fp16 / bf16 (fp8 weights, 16-bit activations).
 - All prompts are added to the engine at once (vLLM schedules them itself, up to
   ``max_num_seqs`` at a time) and the engine is stepped until they finish, the loop
-  ``LLM.generate`` runs, but with ``output_kind=DELTA`` so that every step reports its new
-  tokens: each token gets the ``time.monotonic()`` of the step that produced it, giving true
-  per-request TTFT and every inter-token gap (``_generate_stepwise``). Where the engine has
-  no such loop, one ``LLM.generate`` call runs instead (timings from the request metrics).
+  ``LLM.generate`` runs, with its ``FINAL_ONLY`` outputs; each step's engine-core iteration
+  (``EngineCoreOutputs``: its ``timestamp`` and every request's new tokens) is read on its way
+  through ``engine_core.get_output``, so each token gets the engine core's time of the
+  iteration that produced it, giving true per-request TTFT and every inter-token gap
+  (``_generate_stepwise``, ``_CoreIterationLog``; where that cannot be read, ``DELTA`` outputs
+  stamped as each step returns). Where the engine has no such loop, one ``LLM.generate`` call
+  runs instead (timings from the request metrics).
   One ``SamplingParams`` per prompt: greedy = temperature 0;
   sampling = temperature/top_p/top_k (-1 = off)/repetition_penalty/seed; ``max_tokens`` is the
   prompt's own limit or the experiment's; ``ignore_eos`` sets ``ignore_eos=True`` and
@@ -521,18 +525,20 @@ class VLLMBackend(OfflineLLMEngine):
     def _generate_stepwise(
         self, engine: Any, prompts: Sequence[Prompt], params: list[Any]
     ) -> list[RequestRecord]:
-        """Run the engine loop ``LLM.generate`` runs, timestamping every new token.
+        """Run the engine loop ``LLM.generate`` runs, timing every new token.
 
-        Requests are added with ``output_kind=DELTA`` (``LLM.generate`` forces FINAL_ONLY,
-        which reports nothing until a request ends), then ``llm_engine.step()`` is called
-        until no request is left, exactly as ``LLM._run_engine`` does. After each step one
-        ``time.monotonic()`` (the energy sampler's clock) stamps the tokens that step
-        delivered: TTFT is first token minus the request's submission, ITL the gaps between
-        its successive tokens. Tokens that arrive together in one step (speculative decoding)
-        share the step's interval evenly. Each record keeps its submission (``start_s``), its
-        token times (``token_times_s``: every request's token of one step carries the same
-        stamp, so the time-resolved attribution sees the engine's steps exactly) and the
-        prompt tokens vLLM reports.
+        Requests go to ``llm_engine.add_request`` and ``llm_engine.step()`` is called until
+        none is left, exactly as ``LLM._run_engine`` does. Each ``step()`` takes one engine-core
+        iteration's outputs (``engine_core.get_output()``); llem reads that iteration's
+        ``EngineCoreOutputs`` on its way (``_CoreIterationLog``): its ``timestamp`` (the engine
+        core's ``time.monotonic()`` when the iteration's tokens were sampled) and each request's
+        new tokens. The requests keep ``LLM.generate``'s ``FINAL_ONLY`` outputs, so the front end
+        does what it does for a bare ``LLM.generate``. Where the iteration outputs cannot be read
+        (another vLLM), the requests ask for ``DELTA`` outputs instead and each ``step()``'s
+        return is stamped. Every request's token of one iteration carries the same stamp
+        (``token_times_s``), so the time-resolved attribution sees the engine's steps exactly;
+        tokens that arrive together (speculative decoding) share the iteration's interval evenly.
+        TTFT counts from each request's submission (``start_s``), ITL between its tokens.
         """
         from vllm.sampling_params import RequestOutputKind
 
@@ -541,50 +547,73 @@ class VLLMBackend(OfflineLLMEngine):
         inputs: Sequence[Any] = preprocess(texts) if callable(preprocess) else texts
         self._batch_seq += 1
         ids = [f"llem-{self._batch_seq}-{i}" for i in range(len(prompts))]
-        # one clock for submissions and token stamps: the energy sampler's time.monotonic
+        log = _CoreIterationLog.attach(getattr(engine, "engine_core", None))
+        kind = RequestOutputKind.DELTA if log is None else RequestOutputKind.FINAL_ONLY
+        # one clock for submissions and token stamps: time.monotonic, the energy sampler's
         submitted: list[float] = []
         position = {rid: i for i, rid in enumerate(ids)}
         stamps: list[list[float]] = [[] for _ in prompts]
         prompt_tokens: list[int | None] = [None] * len(prompts)
-        for rid, engine_input, sp in zip(ids, inputs, params, strict=True):
-            sp.output_kind = RequestOutputKind.DELTA
-            submitted.append(monotonic())
-            engine.add_request(rid, engine_input, sp, lora_request=self._lora_request)
-        while engine.has_unfinished_requests():
-            step_outputs = engine.step()
-            now = monotonic()
-            for out in step_outputs:
-                i = position.get(out.request_id)
-                if i is None:
-                    continue
-                new = len(out.outputs[0].token_ids) if out.outputs else 0
-                if new:
-                    times = stamps[i]
-                    start = times[-1] if times else now
-                    times.extend(start + (now - start) * (k + 1) / new for k in range(new))
-                if prompt_tokens[i] is None and out.prompt_token_ids is not None:
-                    prompt_tokens[i] = len(out.prompt_token_ids)
-        records: list[RequestRecord] = []
-        for i, p in enumerate(prompts):
-            times = stamps[i]
-            t_in = submitted[i]
-            records.append(
-                RequestRecord(
-                    index=p.index,
-                    input_tokens=prompt_tokens[i] or 0,
-                    output_tokens=len(times),
-                    latency_s=(times[-1] - t_in) if times else 0.0,
-                    ttft_s=(times[0] - t_in) if times else None,
-                    itl_s=[b - a for a, b in itertools.pairwise(times)],
-                    start_s=t_in,
-                    token_times_s=times,
+        final_tokens: list[int | None] = [None] * len(prompts)
+        try:
+            for i, (rid, engine_input, sp) in enumerate(zip(ids, inputs, params, strict=True)):
+                sp.output_kind = kind
+                submitted.append(monotonic())
+                internal = engine.add_request(
+                    rid, engine_input, sp, lora_request=self._lora_request
                 )
-            )
-        self._add_note(
+                if isinstance(internal, str):
+                    position[internal] = i  # the engine core's outputs carry the internal id
+            while engine.has_unfinished_requests():
+                step_outputs = engine.step()
+                now = monotonic()
+                for out in step_outputs:
+                    k = position.get(out.request_id)
+                    if k is None:
+                        continue
+                    if prompt_tokens[k] is None and out.prompt_token_ids is not None:
+                        prompt_tokens[k] = len(out.prompt_token_ids)
+                    new = len(out.outputs[0].token_ids) if out.outputs else 0
+                    if log is not None:
+                        final_tokens[k] = new  # FINAL_ONLY: the whole answer, once
+                    elif new:
+                        _stamp(stamps[k], now, new)
+        finally:
+            if log is not None:
+                log.detach()
+        note = (
             "vllm: per-token timing from the engine step loop (llm_engine.step), one "
             "time.monotonic stamp per step shared by every request in it: ttft_s and every "
             "itl_s gap are measured"
         )
+        if log is not None:
+            stamps, why = log.token_times(position, final_tokens, submitted)
+            note = (
+                "vllm: per-token timing from the engine core's iterations (EngineCoreOutputs."
+                "timestamp of each llm_engine.step, one stamp per iteration shared by every "
+                "request in it; outputs FINAL_ONLY as in LLM.generate): ttft_s and every itl_s "
+                "gap are measured"
+            )
+            if why is not None:
+                note = f"vllm: no per-token timing: {why}"
+        records: list[RequestRecord] = []
+        for i, p in enumerate(prompts):
+            times = stamps[i]
+            t_in = submitted[i]
+            n_out = len(times) if times or final_tokens[i] is None else final_tokens[i]
+            records.append(
+                RequestRecord(
+                    index=p.index,
+                    input_tokens=prompt_tokens[i] or 0,
+                    output_tokens=n_out or 0,
+                    latency_s=(times[-1] - t_in) if times else 0.0,
+                    ttft_s=(times[0] - t_in) if times else None,
+                    itl_s=[b - a for a, b in itertools.pairwise(times)],
+                    start_s=t_in,
+                    token_times_s=times or None,
+                )
+            )
+        self._add_note(note)
         return records
 
     def _run_generate(self, prompts: Sequence[Prompt], params: list[Any]) -> Sequence[Any]:
@@ -681,3 +710,97 @@ class VLLMBackend(OfflineLLMEngine):
         shutdown = getattr(core, "shutdown", None)
         if callable(shutdown):
             shutdown()
+
+
+def _stamp(times: list[float], now: float, new: int) -> None:
+    """Append ``new`` token times ending at ``now``, spread evenly since the previous one."""
+    start = times[-1] if times else now
+    times.extend(start + (now - start) * (k + 1) / new for k in range(new))
+
+
+class _CoreIterationLog:
+    """Each engine-core iteration's stamp and new tokens per request, read as ``step()`` takes them.
+
+    vLLM 0.26's ``LLMEngine.step()`` calls ``engine_core.get_output()`` once and gets one
+    iteration's ``EngineCoreOutputs``: ``timestamp`` (the engine core's ``time.monotonic()``
+    when the iteration's outputs were made; on Linux the same system-wide clock as llem's) and
+    ``outputs``, one ``EngineCoreOutput(request_id, new_token_ids, ...)`` per request that got
+    tokens. ``attach`` wraps that method on the client instance (``detach`` restores it); the
+    wrapper only records and returns the object unchanged.
+    """
+
+    def __init__(self, core: Any, had_own: bool, original: Any) -> None:
+        self._core, self._had_own, self._original = core, had_own, original
+        self.iterations: list[tuple[float, Sequence[Any]]] = []  # (stamp, EngineCoreOutput list)
+        self.unreadable: str | None = None
+
+    @classmethod
+    def attach(cls, core: Any) -> _CoreIterationLog | None:
+        original = getattr(core, "get_output", None)
+        if core is None or not callable(original):
+            return None
+        try:
+            had_own = "get_output" in vars(core)
+        except TypeError:  # no instance dict (slots): cannot wrap
+            return None
+        log = cls(core, had_own, original)
+
+        def get_output() -> Any:
+            outputs = original()
+            log.record(outputs)
+            return outputs
+
+        core.get_output = get_output
+        return log
+
+    def detach(self) -> None:
+        if self._had_own:
+            self._core.get_output = self._original
+        else:
+            del self._core.get_output
+
+    def record(self, outputs: Any) -> None:
+        """Keep the iteration's stamp and its output list; read them after the window."""
+        stamp = getattr(outputs, "timestamp", None)
+        items = getattr(outputs, "outputs", None)
+        if isinstance(stamp, (int, float)) and items is not None:
+            self.iterations.append((float(stamp), items))
+        elif self.unreadable is None:
+            self.unreadable = (
+                f"engine_core.get_output() gave {type(outputs).__name__} without timestamp/outputs"
+            )
+
+    def token_times(
+        self,
+        position: dict[str, int],
+        final_tokens: Sequence[int | None],
+        submitted: Sequence[float],
+    ) -> tuple[list[list[float]], str | None]:
+        """Per request (by ``position`` of its internal id), its token times; or why none.
+
+        Refused (every request without times) when an iteration could not be read, a
+        request's token count disagrees with its final output, or a first token is stamped
+        before its request was submitted (the engine core's clock is not llem's).
+        """
+        stamps: list[list[float]] = [[] for _ in final_tokens]
+        empty: list[list[float]] = [[] for _ in final_tokens]
+        if self.unreadable:
+            return empty, self.unreadable
+        for stamp, items in self.iterations:
+            for item in items:
+                i = position.get(getattr(item, "request_id", None))  # type: ignore[arg-type]
+                tokens = getattr(item, "new_token_ids", None)
+                if i is not None and tokens:
+                    _stamp(stamps[i], stamp, len(tokens))
+        for i, times in enumerate(stamps):
+            if final_tokens[i] is not None and len(times) != final_tokens[i]:
+                return empty, (
+                    f"the engine core's iterations gave request {i} {len(times)} tokens, its "
+                    f"output {final_tokens[i]}"
+                )
+            if times and times[0] < submitted[i] - 1e-3:
+                return empty, (
+                    f"request {i}'s first token is stamped {submitted[i] - times[0]:.3f} s "
+                    "before its submission: the engine core's clock is not time.monotonic"
+                )
+        return stamps, None

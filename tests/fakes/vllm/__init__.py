@@ -12,7 +12,11 @@ lora_request=None) -> list[BeamSearchOutput]``; ``LLM.get_tokenizer()``;
 engine); and the V1 ``LLMEngine`` loop that ``LLM.generate`` runs: ``llm_engine.add_request(
 request_id, prompt, params, arrival_time=None, lora_request=None, ..., priority=0) -> str``,
 ``has_unfinished_requests()``, ``step() -> list[RequestOutput]`` honouring
-``SamplingParams.output_kind`` (CUMULATIVE / DELTA / FINAL_ONLY).
+``SamplingParams.output_kind`` (CUMULATIVE / DELTA / FINAL_ONLY). As in vLLM 0.26, ``step()``
+takes one iteration's ``EngineCoreOutputs`` from ``llm_engine.engine_core.get_output()``
+(``outputs``: one ``EngineCoreOutput(request_id, new_token_ids, finish_reason)`` per request
+that produced a token, under the engine-internal id that ``add_request`` returns; ``timestamp``:
+``time.monotonic()`` when the iteration's outputs were built) and turns it into RequestOutputs.
 
 Engine loop: up to ``max_num_seqs`` requests run at once (first come, first served); every
 ``step`` gives each running request one token and sleeps ``STEP_SLEEP_S``. A prompt seen before
@@ -314,6 +318,34 @@ class Counter:
 
 
 @dataclass
+class EngineCoreOutput:
+    """``vllm.v1.engine.EngineCoreOutput`` (the fields llem reads)."""
+
+    request_id: str  # the engine-internal id
+    new_token_ids: list[int]
+    finish_reason: str | None = None
+
+
+@dataclass
+class EngineCoreOutputs:
+    """``vllm.v1.engine.EngineCoreOutputs``: one engine-core iteration's outputs."""
+
+    outputs: list[EngineCoreOutput] = field(default_factory=list)
+    timestamp: float = 0.0
+
+
+class _EngineCoreClient:
+    """``llm_engine.engine_core``: ``get_output()`` runs one iteration of the engine loop."""
+
+    def __init__(self, shutdown: Any, iterate: Any) -> None:
+        self.shutdown = shutdown
+        self._iterate = iterate
+
+    def get_output(self) -> EngineCoreOutputs:
+        return self._iterate()
+
+
+@dataclass
 class _Request:
     request_id: str
     prompt: str
@@ -325,6 +357,7 @@ class _Request:
     arrival: float = field(default_factory=time.monotonic)
     first_ts: float = 0.0
     last_ts: float = 0.0
+    internal_id: str = ""
 
 
 class _LLMEngine:
@@ -333,9 +366,10 @@ class _LLMEngine:
     def __init__(self, llm: LLM, vllm_config: _EngineConfig, engine_core: Any) -> None:
         self._llm = llm
         self.vllm_config = vllm_config
-        self.engine_core = engine_core
+        self.engine_core = _EngineCoreClient(engine_core.shutdown, self._iterate)
         self._waiting: list[_Request] = []
         self._running: list[_Request] = []
+        self._by_internal_id: dict[str, _Request] = {}
 
     def add_request(
         self,
@@ -365,9 +399,14 @@ class _LLMEngine:
         if lora_request is not None:
             call["lora"] = [*(call["lora"] or []), lora_request]
         n_out = LLM._n_out(params.max_tokens or 16, params.ignore_eos)
-        self._waiting.append(_Request(request_id, text, ids, params, n_out))
+        # the engine-internal id; RequestOutputs carry the external one
+        request = _Request(
+            request_id, text, ids, params, n_out, internal_id=f"{request_id}-0a1b2c3d"
+        )
+        self._waiting.append(request)
         self._llm._count_prefix(ids)
-        return f"{request_id}-0a1b2c3d"  # internal id; outputs carry the external one
+        self._by_internal_id[request.internal_id] = request
+        return request.internal_id
 
     def has_unfinished_requests(self) -> bool:
         return bool(self._waiting or self._running)
@@ -375,14 +414,15 @@ class _LLMEngine:
     def get_num_unfinished_requests(self) -> int:
         return len(self._waiting) + len(self._running)
 
-    def step(self) -> list[RequestOutput]:
+    def _iterate(self) -> EngineCoreOutputs:
+        """One engine-core iteration: every running request produces one token."""
         limit = self.vllm_config.scheduler_config.max_num_seqs
         while self._waiting and len(self._running) < limit:
             self._running.append(self._waiting.pop(0))
         if STEP_SLEEP_S:
             time.sleep(STEP_SLEEP_S)
         now = time.monotonic()
-        outputs: list[RequestOutput] = []
+        core: list[EngineCoreOutput] = []
         for req in list(self._running):
             req.produced += 1
             if req.produced == 1:
@@ -391,6 +431,15 @@ class _LLMEngine:
             finished = req.produced >= req.n_out
             if finished:
                 self._running.remove(req)
+            core.append(EngineCoreOutput(req.internal_id, [7], "length" if finished else None))
+        return EngineCoreOutputs(core, timestamp=now)
+
+    def step(self) -> list[RequestOutput]:
+        iteration = self.engine_core.get_output()
+        outputs: list[RequestOutput] = []
+        for co in iteration.outputs:
+            req = self._by_internal_id[co.request_id]
+            finished = co.finish_reason is not None
             kind = req.params.output_kind
             if kind == RequestOutputKind.FINAL_ONLY and not finished:
                 continue
