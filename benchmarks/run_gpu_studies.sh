@@ -5,6 +5,7 @@
 # packs it; its header says how to unpack it into /root/vsite).
 #
 #   bash benchmarks/run_gpu_studies.sh pt_fresh pt_reuse pt_256       # PyTorch compiled
+#   bash benchmarks/run_gpu_studies.sh pt_table pt_phase               # issues 15, 16 (PyTorch)
 #   bash benchmarks/run_gpu_studies.sh vllm_reuse vllm_fresh vllm_256  # vLLM
 #   bash benchmarks/run_gpu_studies.sh vllm_table pt_table             # issue 15 engine table
 #   bash benchmarks/run_gpu_studies.sh vllm_checks pt_tests vllm_tests  # one-engine checks, tests
@@ -61,6 +62,7 @@ study() {  # yaml, result name, extra flags...: run, or resume, one study under 
 stage_pt_fresh() { study reuse_pytorch_compiled pt_fresh --no-reuse-engine; }
 stage_pt_reuse() { study reuse_pytorch_compiled pt_reuse --reuse-engine; }
 stage_pt_256() { study phase_pytorch_256 pt_256; }
+stage_pt_phase() { study phase_pytorch pt_phase --reuse-engine; }  # issue 16: split + 2x output
 stage_pt_fast() {  # issue 16: the batch-8 split with 10 ms sampling
   LLEM_CONFIG=benchmarks/configs/user_fast_sampling.yaml study phase_pytorch_fast_sampling pt_fast
 }
