@@ -22,6 +22,13 @@
 # next call's same stage resumes it (`llem run --resume`); a stage that is already complete is
 # skipped. With $OUT set, every study directory travels back as one tarball per call.
 # Tables: benchmarks/reuse_tables.py (issue 14), engine_table.py (issue 15), phase_tables.py (16).
+#
+# What is left to run (2026-12-02), in one 30-min session, H200 minutes measured or estimated:
+#   call 1 [.whl, p2]  machine start ~1.5 + pt_table ~8 + pt_phase ~2.5     (issues 15, 16)
+#   call 2 [p0]        ~0.6;  call 3 [p1] unpack ~1, then:
+#   vllm_checks ~4 (first vLLM start ~3 of it: llem vs bare with the FINAL_ONLY loop, issue 15),
+#   vllm_tests ~2, vllm_256 ~2.5 (issue 16), vllm_online ~6 + its offline reference ~1.5 (20).
+# That is ~31 min: leave out pt_phase or vllm_256 if the machine start is slow.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
