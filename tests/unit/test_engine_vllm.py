@@ -435,6 +435,7 @@ def test_a_core_log_that_disagrees_with_the_outputs_gives_no_per_token_times(
     records = engine.generate(PROMPTS, config)
     assert all(r.ttft_s is None and r.token_times_s is None for r in records)
     assert [r.output_tokens for r in records] == [4, 5]  # counts still from the outputs
+    assert all(r.latency_s > 0 for r in records)  # until its final output reached llem
     notes = engine.effective_parameters()["notes"]
     assert any("no per-token timing" in n and "gave request 0 3 tokens" in n for n in notes)
 

@@ -555,6 +555,7 @@ class VLLMBackend(OfflineLLMEngine):
         stamps: list[list[float]] = [[] for _ in prompts]
         prompt_tokens: list[int | None] = [None] * len(prompts)
         final_tokens: list[int | None] = [None] * len(prompts)
+        done_at: list[float | None] = [None] * len(prompts)  # its final output reached llem
         try:
             for i, (rid, engine_input, sp) in enumerate(zip(ids, inputs, params, strict=True)):
                 sp.output_kind = kind
@@ -575,7 +576,7 @@ class VLLMBackend(OfflineLLMEngine):
                         prompt_tokens[k] = len(out.prompt_token_ids)
                     new = len(out.outputs[0].token_ids) if out.outputs else 0
                     if log is not None:
-                        final_tokens[k] = new  # FINAL_ONLY: the whole answer, once
+                        final_tokens[k], done_at[k] = new, now  # FINAL_ONLY: the answer, once
                     elif new:
                         _stamp(stamps[k], now, new)
         finally:
@@ -601,12 +602,13 @@ class VLLMBackend(OfflineLLMEngine):
             times = stamps[i]
             t_in = submitted[i]
             n_out = len(times) if times or final_tokens[i] is None else final_tokens[i]
+            done = times[-1] if times else done_at[i]
             records.append(
                 RequestRecord(
                     index=p.index,
                     input_tokens=prompt_tokens[i] or 0,
                     output_tokens=n_out or 0,
-                    latency_s=(times[-1] - t_in) if times else 0.0,
+                    latency_s=(done - t_in) if done is not None else 0.0,
                     ttft_s=(times[0] - t_in) if times else None,
                     itl_s=[b - a for a, b in itertools.pairwise(times)],
                     start_s=t_in,
