@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
@@ -438,6 +438,25 @@ def test_a_core_log_that_disagrees_with_the_outputs_gives_no_per_token_times(
     assert all(r.latency_s > 0 for r in records)  # until its final output reached llem
     notes = engine.effective_parameters()["notes"]
     assert any("no per-token timing" in n and "gave request 0 3 tokens" in n for n in notes)
+
+
+def test_a_step_that_bypasses_the_core_client_gives_no_per_token_times_and_says_why(
+    fake_vllm: ModuleType,
+) -> None:
+    config = cfg(max_new_tokens=3, decoder={"ignore_eos": True}, vllm={"max_num_seqs": 2})
+    engine = loaded(config)
+    llm_engine = fake_vllm.instances[-1].llm_engine
+    # another vLLM: step() takes its iterations from somewhere llem did not wrap
+    elsewhere = SimpleNamespace(
+        engine_core=_UnwrappableCore(llm_engine.engine_core._iterate),
+        _by_internal_id=llm_engine._by_internal_id,
+    )
+    step = type(llm_engine).step
+    llm_engine.step = lambda: step(elsewhere)
+    records = engine.generate(PROMPTS, config)
+    assert all(r.ttft_s is None and r.latency_s > 0 for r in records)
+    notes = engine.effective_parameters()["notes"]
+    assert any("never called engine_core.get_output" in n for n in notes)
 
 
 def test_tokens_delivered_together_share_the_step_interval(fake_vllm: ModuleType) -> None:

@@ -788,6 +788,8 @@ class _CoreIterationLog:
         empty: list[list[float]] = [[] for _ in final_tokens]
         if self.unreadable:
             return empty, self.unreadable
+        if not self.iterations and any(final_tokens):
+            return empty, "llm_engine.step() never called engine_core.get_output() (another vLLM)"
         for stamp, items in self.iterations:
             for item in items:
                 i = position.get(getattr(item, "request_id", None))  # type: ignore[arg-type]
