@@ -56,6 +56,15 @@ def test_every_generated_token_is_timed(vllm_result) -> None:
     assert vllm_result.itl.p99 is not None and vllm_result.itl.p99 >= vllm_result.itl.p50
 
 
+def test_token_times_are_the_engine_cores_iteration_stamps(vllm_result) -> None:
+    """The step loop read EngineCoreOutputs (not the DELTA fallback) and the split has steps."""
+    notes = vllm_result.effective_parameters.get("notes", [])
+    assert any("engine core's iterations" in n for n in notes), notes
+    attribution = vllm_result.energy_attribution
+    assert attribution is not None, vllm_result.energy_attribution_unavailable
+    assert attribution.median_step_s is not None and attribution.median_step_s > 1e-3
+
+
 def test_counter_and_poll_agree_within_2_percent_on_a_long_window(vllm_result) -> None:
     if vllm_result.duration_s < 10:
         pytest.skip(f"window {vllm_result.duration_s:.1f} s < 10 s (set LLEM_TEST_VLLM_MODEL)")
