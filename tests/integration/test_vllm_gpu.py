@@ -62,7 +62,8 @@ def test_token_times_are_the_engine_cores_iteration_stamps(vllm_result) -> None:
     assert any("engine core's iterations" in n for n in notes), notes
     attribution = vllm_result.energy_attribution
     assert attribution is not None, vllm_result.energy_attribution_unavailable
-    assert attribution.median_step_s is not None and attribution.median_step_s > 1e-3
+    # max_num_seqs 64: each iteration serves up to 64 requests, so far fewer steps than tokens
+    assert attribution.n_steps < vllm_result.output_tokens / 8, attribution.n_steps
 
 
 def test_counter_and_poll_agree_within_2_percent_on_a_long_window(vllm_result) -> None:
