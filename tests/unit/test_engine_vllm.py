@@ -519,8 +519,24 @@ def test_prefix_cache_hit_rate_covers_the_window_and_clear_run_state_empties_the
 
 def test_engine_start_time_is_a_load_part(fake_vllm: ModuleType) -> None:
     info = VLLMBackend().load(cfg())
-    assert set(info.timing_parts) == {"engine_start_s"}
+    assert set(info.timing_parts) == {"engine_start_s"}  # the workers compiled nothing
     assert 0 <= info.timing_parts["engine_start_s"] <= info.load_time_s
+
+
+def test_compile_time_comes_from_the_workers_when_the_engine_core_is_another_process(
+    fake_vllm: ModuleType,
+) -> None:
+    fake_vllm.WORKER_COMPILE_S = 12.5
+    info = VLLMBackend().load(cfg())
+    assert info.timing_parts["compile_s"] == 12.5
+    assert {"method": "collective_rpc", "timeout": 30} in fake_vllm.instances[-1].calls
+
+
+def test_a_failing_worker_rpc_only_loses_the_compile_time(fake_vllm: ModuleType) -> None:
+    fake_vllm.WORKER_COMPILE_S = 12.5
+    fake_vllm.WORKER_RPC_ERROR = TimeoutError("workers busy")
+    info = VLLMBackend().load(cfg())
+    assert set(info.timing_parts) == {"engine_start_s"}
 
 
 def test_max_sequence_length_is_vllm_max_model_len():

@@ -344,17 +344,38 @@ class VLLMBackend(OfflineLLMEngine):
         )
 
     def _start_parts(self, started: float) -> dict[str, float]:
-        """The engine start and the parts vLLM reports to this process.
+        """The engine start and the parts vLLM reports outside its log.
 
-        vLLM propagates its torch.compile time into ``compilation_config.compilation_time``;
-        weight loading and CUDA-graph capture times appear only in vLLM's log.
+        torch.compile's time is ``compilation_config.compilation_time`` where the model runs:
+        in this process's config when the engine core runs in-process, else read from the
+        workers (``LLM.collective_rpc``; the largest, as they compile in parallel). Weight
+        loading and CUDA-graph capture times appear only in vLLM's log.
         """
         parts = {"engine_start_s": round(started, 6)}
         compilation = getattr(self._engine_config(), "compilation_config", None)
         compile_s = getattr(compilation, "compilation_time", None)
+        if not (isinstance(compile_s, (int, float)) and compile_s > 0):
+            compile_s = self._workers_compile_seconds()
         if isinstance(compile_s, (int, float)) and compile_s > 0:
             parts["compile_s"] = float(compile_s)
         return parts
+
+    def _workers_compile_seconds(self) -> float | None:
+        """The workers' torch.compile time (vLLM 0.26 ``LLM.collective_rpc`` with a callable
+        that receives each worker); None where it cannot be asked."""
+        rpc = getattr(self._llm, "collective_rpc", None)
+        if not callable(rpc):
+            return None
+
+        def compilation_time(worker: Any) -> Any:  # runs in each worker: pickled by value
+            return getattr(getattr(worker, "compilation_config", None), "compilation_time", None)
+
+        try:
+            values = rpc(compilation_time, timeout=30)
+        except Exception:  # an RPC that fails only loses a figure; the engine is up
+            return None
+        seconds = [float(v) for v in values or [] if isinstance(v, (int, float))]
+        return max(seconds) if seconds else None
 
     # ─── Prefix-cache statistics ────────────────────────────────────────────
     def _prefix_cache_counters(self) -> tuple[int, int] | None:

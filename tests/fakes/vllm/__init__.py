@@ -6,7 +6,9 @@ rejected by ``EngineArgs`` (TypeError); ``LLM.generate(prompts, sampling_params=
 use_tqdm=True, lora_request=None) -> list[RequestOutput]``; ``LLM.beam_search(prompts, params,
 lora_request=None) -> list[BeamSearchOutput]``; ``LLM.get_tokenizer()``;
 ``LLM.llm_engine.vllm_config`` with ``scheduler_config``/``parallel_config``/``cache_config``/
-``model_config``/``lora_config``; ``LLM.reset_prefix_cache() -> bool``; ``LLM.get_metrics()``
+``model_config``/``lora_config``; ``LLM.reset_prefix_cache() -> bool``;
+``LLM.collective_rpc(method, timeout=None, args=(), kwargs=None)`` (workers report
+``compilation_config.compilation_time`` = ``WORKER_COMPILE_S``); ``LLM.get_metrics()``
 (``vllm.v1.metrics.reader`` ``Counter(name, labels, value)``: ``vllm:prefix_cache_queries`` and
 ``vllm:prefix_cache_hits``); ``LLM._preprocess_cmpl(prompts)`` (renders prompts for the
 engine); and the V1 ``LLMEngine`` loop that ``LLM.generate`` runs: ``llm_engine.add_request(
@@ -57,6 +59,9 @@ STEP = 0.01
 STEP_SLEEP_S = 0.0
 #: False: ``llm_engine`` has no add_request/step loop.
 STEPPABLE = True
+# what the workers report to LLM.collective_rpc: torch.compile seconds, or an error to raise
+WORKER_COMPILE_S = 0.0
+WORKER_RPC_ERROR: Exception | None = None
 
 _ENGINE_ARGS = {
     "tokenizer",
@@ -175,6 +180,25 @@ class LLM:
         self.calls.append({"method": "reset_prefix_cache"})
         self._cached_prompts.clear()
         return True
+
+    def collective_rpc(
+        self,
+        method: Any,
+        timeout: float | None = None,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> list[Any]:
+        """vLLM 0.26: run ``method`` (a worker method's name, or a callable given the worker)
+        on every worker (``tensor_parallel_size`` of them); their results in order."""
+        self.calls.append({"method": "collective_rpc", "timeout": timeout})
+        if WORKER_RPC_ERROR is not None:
+            raise WORKER_RPC_ERROR
+        workers = [
+            SimpleNamespace(compilation_config=SimpleNamespace(compilation_time=WORKER_COMPILE_S))
+            for _ in range(self.llm_engine.vllm_config.parallel_config.tensor_parallel_size)
+        ]
+        call = method if callable(method) else (lambda w, *a, **k: getattr(w, method)(*a, **k))
+        return [call(w, *args, **(kwargs or {})) for w in workers]
 
     def get_metrics(self) -> list[Counter]:
         return [
