@@ -21,7 +21,8 @@
 # 20 s before it is stopped with SIGINT (llem records the run as interrupted, exit 130) and the
 # next call's same stage resumes it (`llem run --resume`); a stage that is already complete is
 # skipped. With $OUT set, every study directory travels back as one tarball per call.
-# Tables: benchmarks/reuse_tables.py (issue 14), engine_table.py (issue 15), phase_tables.py (16).
+# Tables: benchmarks/reuse_tables.py (issue 14), engine_table.py (issue 15), phase_tables.py (16),
+# online_tables.py (20: --online $out/online --offline $out/vllm_offline_ref).
 #
 # What is left to run (2026-12-02), in one 30-min session, H200 minutes measured or estimated:
 #   call 1 [.whl, p2]  machine start ~1.5 + pt_table ~8 + pt_phase ~2.5     (issues 15, 16)
