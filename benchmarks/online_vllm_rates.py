@@ -112,7 +112,8 @@ def main() -> None:
                 online={
                     "endpoint": server.base_url,
                     "served_model_name": args.model,
-                    "request_rate": rate,
+                    # the config takes a number or "inf", not the string "16"
+                    "request_rate": rate if rate == "inf" else float(rate),
                     "n_warmup_requests": n_warmup,
                     "seed": 0,
                     "slo": {"ttft_ms": args.ttft_ms, "tpot_ms": args.tpot_ms},
