@@ -3,32 +3,19 @@
 from __future__ import annotations
 
 import math
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 from fake_openai_server import FakeOpenAIServer
 
 from llenergymeasure.config.models import ExperimentConfig
-from llenergymeasure.energy.baseline import BaselineMeasurement
 from llenergymeasure.online.run import OnlineRunResult, run_online
 from llenergymeasure.report.online_curve import (
     online_curve_markdown,
     online_curve_points,
     plot_online_curve,
 )
-from llenergymeasure.testing.energy import FakeEnergyBackend
-
-
-def idle() -> BaselineMeasurement:
-    return BaselineMeasurement(
-        power_w=50.0,
-        per_device_power_w=[50.0],
-        duration_s=1.0,
-        interval_ms=100.0,
-        n_samples=10,
-        measured_at_utc=datetime.now(timezone.utc),
-    )
+from llenergymeasure.testing.energy import FakeEnergyBackend, idle_baseline
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +43,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> list[OnlineRunResult]:
                     [f"p{i}" for i in range(5)],
                     output_dir=out,
                     energy=FakeEnergyBackend(100.0, duration_s=1.0),
-                    measure_baseline=idle,
+                    measure_baseline=idle_baseline,
                 )
             )
     return runs

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ from llenergymeasure.energy.baseline import BaselineMeasurement
 from llenergymeasure.exceptions import BackendError, ConfigError
 from llenergymeasure.online.run import OnlineRunFailed, run_online
 from llenergymeasure.online.server import ManagedServer
-from llenergymeasure.testing.energy import FakeEnergyBackend
+from llenergymeasure.testing.energy import FakeEnergyBackend, idle_baseline
 
 FAKE = Path(__file__).with_name("fake_openai_server.py")
 PROMPTS = [f"prompt {i}" for i in range(20)]
@@ -25,17 +24,6 @@ def config(online: dict[str, Any], backend: str = "vllm", **kw: Any) -> Experime
     kw.setdefault("n", 6)
     kw.setdefault("max_new_tokens", 4)
     return ExperimentConfig(model="org/m", backend=backend, mode="online", online=online, **kw)
-
-
-def baseline(power_w: float = 100.0) -> BaselineMeasurement:
-    return BaselineMeasurement(
-        power_w=power_w,
-        per_device_power_w=[power_w],
-        duration_s=1.0,
-        interval_ms=100.0,
-        n_samples=10,
-        measured_at_utc=datetime.now(timezone.utc),
-    )
 
 
 class Recorder:
@@ -48,7 +36,7 @@ class Recorder:
     def baseline(self) -> BaselineMeasurement:
         sent = len(self.server.bodies) if self.server is not None else 0
         self.events.append(f"baseline after {sent} requests")
-        return baseline()
+        return idle_baseline(100.0)
 
 
 def test_endpoint_run_measures_energy_around_the_load(tmp_path):

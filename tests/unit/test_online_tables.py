@@ -10,7 +10,6 @@ the fields the script reads, with 2.5 J per output token, so the inf point is 2x
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -25,24 +24,12 @@ from benchmark_scripts import (
 from fake_openai_server import FakeOpenAIServer
 
 from llenergymeasure.config.models import ExperimentConfig
-from llenergymeasure.energy.baseline import BaselineMeasurement
 from llenergymeasure.online.run import run_online
-from llenergymeasure.testing.energy import FakeEnergyBackend
+from llenergymeasure.testing.energy import FakeEnergyBackend, idle_baseline
 
 ot = load_benchmark_script("online_tables")
 
 RATES = ("16", "inf", "4")  # the order the folders are made in
-
-
-def idle() -> BaselineMeasurement:
-    return BaselineMeasurement(
-        power_w=50.0,
-        per_device_power_w=[50.0],
-        duration_s=1.0,
-        interval_ms=100.0,
-        n_samples=10,
-        measured_at_utc=datetime.now(timezone.utc),
-    )
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +56,7 @@ def online_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 [f"p{i}" for i in range(5)],
                 output_dir=out / f"rate-{rate}",
                 energy=FakeEnergyBackend(100.0, duration_s=1.0),
-                measure_baseline=idle,
+                measure_baseline=idle_baseline,
             )
             data = json.loads(result.model_dump_json())
             data["energy"]["devices"][0]["device_name"] = "NVIDIA H200"

@@ -11,10 +11,12 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from types import SimpleNamespace
 from typing import Any
 
 from llenergymeasure.energy.base import DeviceEnergy, EnergyMeasurement
+from llenergymeasure.energy.baseline import BaselineMeasurement
 from llenergymeasure.energy.sensors import DeviceInfo, SensorReading
 
 __all__ = [
@@ -512,3 +514,15 @@ class SwitchingSensor:
 
     def close(self) -> None:
         pass
+
+
+def idle_baseline(power_w: float = 50.0) -> BaselineMeasurement:
+    """A one-device idle baseline of ``power_w`` watts, measured now (1 s, 10 samples)."""
+    return BaselineMeasurement(
+        power_w=power_w,
+        per_device_power_w=[power_w],
+        duration_s=1.0,
+        interval_ms=100.0,
+        n_samples=10,
+        measured_at_utc=datetime.now(timezone.utc),
+    )
