@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import importlib.util
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
@@ -132,15 +132,22 @@ class OfflineLLMEngine:
         """One engine call for all prompts, then one record per output."""
         params = [self._sampling_params(config, n) for n in limits]
         t0 = perf_counter()
-        try:
+        with self._generation_errors():
             outputs = self._run_generate(prompts, params)
+        return self._records(prompts, outputs, perf_counter() - t0)
+
+    @contextlib.contextmanager
+    def _generation_errors(self) -> Iterator[None]:
+        """An engine call's failure as a ``BackendError`` naming the engine (kept as it is
+        when it already is one)."""
+        try:
+            yield
         except BackendError:
             raise
         except Exception as e:
             raise BackendError(
                 f"{self.display_name} generation failed: {type(e).__name__}: {e}"
             ) from e
-        return self._records(prompts, outputs, perf_counter() - t0)
 
     def _records(
         self, prompts: Sequence[Prompt], outputs: Sequence[Any], wall: float

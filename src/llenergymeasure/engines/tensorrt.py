@@ -428,14 +428,8 @@ class TensorRTBackend(OfflineLLMEngine):
     ) -> list[RequestRecord]:
         """Stream every prompt at once through ``generate_async`` and stamp each response."""
         params = [self._sampling_params(config, n) for n in limits]
-        try:
+        with self._generation_errors():
             records = asyncio.run(self._stream_all(prompts, params))
-        except BackendError:
-            raise
-        except Exception as e:
-            raise BackendError(
-                f"{self.display_name} generation failed: {type(e).__name__}: {e}"
-            ) from e
         self._add_note(
             "tensorrt: per-token timing from streaming generate_async, one perf_counter stamp "
             "per streamed response: ttft_s and every itl_s gap are measured (tokens of one "

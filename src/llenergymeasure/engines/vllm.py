@@ -536,12 +536,8 @@ class VLLMBackend(OfflineLLMEngine):
         ):
             return super()._generate(prompts, config, limits)  # one LLM.generate call
         params = [self._sampling_params(config, n) for n in limits]
-        try:
+        with self._generation_errors():
             return self._generate_stepwise(engine, prompts, params)
-        except BackendError:
-            raise
-        except Exception as e:
-            raise BackendError(f"vllm generation failed: {type(e).__name__}: {e}") from e
 
     def _generate_stepwise(
         self, engine: Any, prompts: Sequence[Prompt], params: list[Any]
