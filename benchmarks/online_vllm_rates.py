@@ -57,7 +57,7 @@ def main() -> None:
     from llenergymeasure.energy.nvml_backend import NvmlEnergyBackend
     from llenergymeasure.energy.sensors import NvmlSensor
     from llenergymeasure.exceptions import ConfigError
-    from llenergymeasure.online.run import run_online
+    from llenergymeasure.online.run import OnlineRunResult, run_online
     from llenergymeasure.online.server import ManagedServer, free_port, server_launch
     from llenergymeasure.report.online_curve import (
         online_curve_markdown,
@@ -107,6 +107,11 @@ def main() -> None:
     ) as server:
         print(f"server ready after {time.perf_counter() - t_start:.0f} s", flush=True)
         for rate, n in n_at.items():
+            done = out / f"rate-{rate}" / "result.json"
+            if done.exists():  # a sweep cut by a deadline resumes after its finished rates
+                print(f"rate {rate}: kept from {done}", flush=True)
+                results.append(OnlineRunResult.model_validate_json(done.read_text()))
+                continue
             config = ExperimentConfig(
                 **{**base, "n": n},
                 online={

@@ -358,6 +358,36 @@ def test_per_token_timing_comes_from_the_engine_step_loop(fake_vllm: ModuleType)
     assert any("engine core's iterations" in n for n in engine.effective_parameters()["notes"])
 
 
+def test_each_prompt_is_rendered_just_before_it_is_added_as_llm_generate_does(
+    fake_vllm: ModuleType,
+) -> None:
+    """Rendering every prompt before adding the first would leave the engine idle in the window."""
+    config = cfg(max_new_tokens=3, decoder={"ignore_eos": True})
+    engine = loaded(config)
+    llm = fake_vllm.instances[-1]
+    events: list[str] = []
+    render, add = llm._preprocess_cmpl, llm.llm_engine.add_request
+
+    def recording_render(prompts: list[Any], *a: Any, **kw: Any) -> Any:
+        events.append(f"render {len(prompts)}")
+        return render(prompts, *a, **kw)
+
+    def recording_add(*a: Any, **kw: Any) -> Any:
+        events.append("add")
+        return add(*a, **kw)
+
+    llm._preprocess_cmpl = recording_render
+    llm.llm_engine.add_request = recording_add
+    engine.generate(PROMPTS, config)
+    assert events == ["render 1", "add", "render 1", "add"]
+    # one SamplingParams per distinct limit, shared like LLM.generate's single object
+    first, second = llm.calls[-1]["params"]
+    assert first is not second and (first.max_tokens, second.max_tokens) == (3, 5)
+    engine.generate([PROMPTS[0], Prompt("ee", index=2)], config)
+    same_a, same_b = llm.calls[-1]["params"]
+    assert same_a is same_b
+
+
 def test_requests_in_one_step_share_that_steps_stamp(fake_vllm: ModuleType) -> None:
     """The time-resolved attribution finds the engine's steps only if they share one time."""
     fake_vllm.STEP_SLEEP_S = 0.001

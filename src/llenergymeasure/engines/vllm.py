@@ -535,7 +535,9 @@ class VLLMBackend(OfflineLLMEngine):
             for m in ("add_request", "step", "has_unfinished_requests")
         ):
             return super()._generate(prompts, config, limits)  # one LLM.generate call
-        params = [self._sampling_params(config, n) for n in limits]
+        # one SamplingParams per distinct limit, shared as LLM.generate shares its one object
+        by_limit = {n: self._sampling_params(config, n) for n in set(limits)}
+        params = [by_limit[n] for n in limits]
         with self._generation_errors():
             return self._generate_stepwise(engine, prompts, params)
 
@@ -559,9 +561,10 @@ class VLLMBackend(OfflineLLMEngine):
         """
         from vllm.sampling_params import RequestOutputKind
 
-        texts = [p.text for p in prompts]
+        # rendered one at a time, each added as soon as it is rendered, as LLM.generate does:
+        # the engine core starts on the first requests while the front end renders the rest
+        # (rendering all 256 prompts first left the GPU idle inside the window)
         preprocess = getattr(self._llm, "_preprocess_cmpl", None)
-        inputs: Sequence[Any] = preprocess(texts) if callable(preprocess) else texts
         self._batch_seq += 1
         ids = [f"llem-{self._batch_seq}-{i}" for i in range(len(prompts))]
         log = _CoreIterationLog.attach(getattr(engine, "engine_core", None))
@@ -574,7 +577,8 @@ class VLLMBackend(OfflineLLMEngine):
         final_tokens: list[int | None] = [None] * len(prompts)
         done_at: list[float | None] = [None] * len(prompts)  # its final output reached llem
         try:
-            for i, (rid, engine_input, sp) in enumerate(zip(ids, inputs, params, strict=True)):
+            for i, (rid, prompt, sp) in enumerate(zip(ids, prompts, params, strict=True)):
+                engine_input = preprocess([prompt.text])[0] if callable(preprocess) else prompt.text
                 sp.output_kind = kind
                 submitted.append(monotonic())
                 internal = engine.add_request(
@@ -807,11 +811,15 @@ class _CoreIterationLog:
             return empty, self.unreadable
         if not self.iterations and any(final_tokens):
             return empty, "llm_engine.step() never called engine_core.get_output() (another vLLM)"
-        for stamp, items in self.iterations:
+        for stamp, items in self.iterations:  # ~32k tokens in a 256-request window: keep it lean
             for item in items:
                 i = position.get(getattr(item, "request_id", None))  # type: ignore[arg-type]
                 tokens = getattr(item, "new_token_ids", None)
-                if i is not None and tokens:
+                if i is None or not tokens:
+                    continue
+                if len(tokens) == 1:
+                    stamps[i].append(stamp)
+                else:
                     _stamp(stamps[i], stamp, len(tokens))
         for i, times in enumerate(stamps):
             if final_tokens[i] is not None and len(times) != final_tokens[i]:
