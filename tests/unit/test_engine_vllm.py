@@ -551,6 +551,7 @@ def test_engine_start_time_is_a_load_part(fake_vllm: ModuleType) -> None:
     info = VLLMBackend().load(cfg())
     assert set(info.timing_parts) == {"engine_start_s"}  # the workers compiled nothing
     assert 0 <= info.timing_parts["engine_start_s"] <= info.load_time_s
+    assert any("report 0 s of torch.compile" in n for n in info.notes)  # and it says so
 
 
 def test_compile_time_comes_from_the_workers_when_the_engine_core_is_another_process(
@@ -567,6 +568,7 @@ def test_a_failing_worker_rpc_only_loses_the_compile_time(fake_vllm: ModuleType)
     fake_vllm.WORKER_RPC_ERROR = TimeoutError("workers busy")
     info = VLLMBackend().load(cfg())
     assert set(info.timing_parts) == {"engine_start_s"}
+    assert any("collective_rpc failed: TimeoutError: workers busy" in n for n in info.notes)
 
 
 def test_max_sequence_length_is_vllm_max_model_len():

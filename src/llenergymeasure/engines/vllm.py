@@ -332,6 +332,7 @@ class VLLMBackend(OfflineLLMEngine):
             self._notes.append(
                 "parameter count unavailable (no local safetensors): FLOPs not estimated"
             )
+        parts = self._start_parts(started)  # before the notes are copied: it may add one
         return LoadInfo(
             load_time_s=perf_counter() - t0,
             parameter_count=params,
@@ -340,7 +341,7 @@ class VLLMBackend(OfflineLLMEngine):
             ),
             device="cuda",
             notes=list(self._notes),
-            timing_parts=self._start_parts(started),
+            timing_parts=parts,
         )
 
     def _start_parts(self, started: float) -> dict[str, float]:
@@ -372,10 +373,24 @@ class VLLMBackend(OfflineLLMEngine):
 
         try:
             values = rpc(compilation_time, timeout=30)
-        except Exception:  # an RPC that fails only loses a figure; the engine is up
+        except Exception as e:  # an RPC that fails only loses a figure; the engine is up
+            self._notes.append(
+                f"vllm: torch.compile time not recorded: collective_rpc failed: "
+                f"{type(e).__name__}: {e}"
+            )
             return None
         seconds = [float(v) for v in values or [] if isinstance(v, (int, float))]
-        return max(seconds) if seconds else None
+        if not seconds:
+            self._notes.append(
+                f"vllm: torch.compile time not recorded: the workers answered {values!r}"
+            )
+            return None
+        if max(seconds) <= 0:
+            self._notes.append(
+                "vllm: the workers report 0 s of torch.compile (compilation off, or every "
+                "graph loaded from vLLM's compile cache)"
+            )
+        return max(seconds)
 
     # ─── Prefix-cache statistics ────────────────────────────────────────────
     def _prefix_cache_counters(self) -> tuple[int, int] | None:
