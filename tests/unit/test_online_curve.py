@@ -76,3 +76,19 @@ def test_the_figure_is_written(results, tmp_path: Path):
 def test_no_points_no_figure(tmp_path: Path):
     with pytest.raises(ValueError, match="no online runs"):
         plot_online_curve([], tmp_path / "x.png")
+
+
+def test_latency_over_part_of_the_requests_is_marked_as_such(results):
+    """A server whose chunks carry no text for most tokens must not pass for a complete TTFT."""
+    partial = results[0].model_copy(deep=True)
+    ttft = partial.metrics.ttft
+    assert ttft is not None and partial.metrics.n_ok == 5
+    partial.metrics.ttft = ttft.model_copy(update={"count": 2})
+    (point,) = online_curve_points([partial])
+    assert point.latency_partial and point.latency_n == 2
+    table = online_curve_markdown([point])
+    row = table.splitlines()[2]
+    assert row.count("(2 of 5)") == 3  # TTFT, ITL and goodput
+    assert "cover only the k of n completed requests" in table
+    complete = online_curve_markdown(online_curve_points(results))
+    assert "of 5)" not in complete and "cover only" not in complete

@@ -47,6 +47,8 @@ class OnlineCurvePoint:
     itl_p50_ms: float | None
     itl_p99_ms: float | None
     goodput_per_s: float | None
+    # requests with a first-token time: TTFT, ITL and goodput cover only these
+    latency_n: int | None = None
 
     @classmethod
     def from_result(cls, result: OnlineRunResult | OnlineResult) -> OnlineCurvePoint:
@@ -71,7 +73,13 @@ class OnlineCurvePoint:
             itl_p50_ms=m.itl.p50_ms if m.itl else None,
             itl_p99_ms=m.itl.p99_ms if m.itl else None,
             goodput_per_s=m.goodput_per_s,
+            latency_n=m.ttft.count if m.ttft else 0,
         )
+
+    @property
+    def latency_partial(self) -> bool:
+        """True when TTFT/ITL/goodput cover fewer requests than completed."""
+        return self.latency_n is not None and self.latency_n < self.n_ok
 
     @property
     def rate_label(self) -> str:
@@ -113,6 +121,11 @@ def mean_over_cycles(points: Sequence[OnlineCurvePoint]) -> list[OnlineCurvePoin
                 n_ok=sum(p.n_ok for p in group),
                 n_requests=sum(p.n_requests for p in group),
                 duration_s=sum(p.duration_s for p in group) / len(group),
+                latency_n=(
+                    None
+                    if any(p.latency_n is None for p in group)
+                    else sum(p.latency_n or 0 for p in group)
+                ),
                 **{
                     name: _mean([getattr(p, name) for p in group])
                     for name in (
@@ -148,14 +161,22 @@ def online_curve_markdown(points: Sequence[OnlineCurvePoint]) -> str:
     )
     lines = [header, "|" + "---|" * 13]
     for p in points:
+        partial = f" ({p.latency_n} of {p.n_ok})" if p.latency_partial else ""
         lines.append(
             f"| {p.rate_label} | {p.max_concurrency or '-'} | {_f(p.achieved_rate, '.2f')} | "
             f"{p.n_ok}/{p.n_requests} | {p.duration_s:.1f} | {_f(p.mean_power_w, '.0f')} | "
             f"{_f(p.j_per_request, '.2f')} | {_f(p.j_per_request_adjusted, '.2f')} | "
             f"{_f(p.j_per_token, '.4f')} | {_f(p.j_per_token_adjusted, '.4f')} | "
-            f"{_f(p.ttft_p50_ms, '.0f')} / {_f(p.ttft_p99_ms, '.0f')} | "
-            f"{_f(p.itl_p50_ms, '.1f')} / {_f(p.itl_p99_ms, '.1f')} | "
-            f"{_f(p.goodput_per_s, '.2f')} |"
+            f"{_f(p.ttft_p50_ms, '.0f')} / {_f(p.ttft_p99_ms, '.0f')}{partial} | "
+            f"{_f(p.itl_p50_ms, '.1f')} / {_f(p.itl_p99_ms, '.1f')}{partial} | "
+            f"{_f(p.goodput_per_s, '.2f')}{partial} |"
+        )
+    if any(p.latency_partial for p in points):
+        lines.append("")
+        lines.append(
+            "(k of n): TTFT, ITL and goodput cover only the k of n completed requests whose "
+            "stream carried a token chunk; the others' latencies are unknown, so these figures "
+            "are not the run's."
         )
     return "\n".join(lines) + "\n"
 
