@@ -409,7 +409,11 @@ def split_table(rows: Sequence[SplitRow]) -> str:
         agree = agreement(split)
         both = [x for x in split if x.ratio is not None]
         # time-resolved means and the ratio: over the runs with both figures (noted if fewer)
-        subset = f" ({len(both)} runs)" if both and len(both) < len(split) else ""
+        subset = (
+            f" ({len(both)} run{'' if len(both) == 1 else 's'})"
+            if both and len(both) < len(split)
+            else ""
+        )
         tr_prefill = _mean([x.tr_prefill_j for x in both]) if both else None
         tr_decode = _mean([x.tr_decode_j for x in both]) if both else None
         lines.append(
@@ -454,14 +458,14 @@ def agreement_line(rows: Sequence[SplitRow]) -> str:
         f"{num(agree.mean_prefill_j, '.1f')} J, ratio {num(agree.mean_ratio, '.3f')}: "
         + ("**within 10 %**." if agree.mean_agrees else "**not within 10 %**.")
     )
-    levels = sorted({x.confidence for x in split if x.confidence})
+    levels = sorted({x.confidence for x in split if x.confidence and x.tr_prefill_j is not None})
     if levels:
         parts.append(f"Time-resolved confidence: {', '.join(levels)}.")
         reasons = sorted(
             {
                 x.run.attribution["confidence_reason"]
                 for x in split
-                if x.run.attribution and x.confidence != "high"
+                if x.run.attribution and x.tr_prefill_j is not None and x.confidence != "high"
             }
         )
         if reasons:
