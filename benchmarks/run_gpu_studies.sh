@@ -85,6 +85,12 @@ stage_vllm_checks() {  # prefix-cache reset and llem-vs-bare overhead on one eng
 }
 stage_vllm_online() {  # issue 20: `vllm serve` under load, one server for all rates
   ensure_model
+  if ! command -v vllm > /dev/null; then  # the unpacked site (gpu-vllm-pack.sh) has no bin/vllm
+    mkdir -p .devout/bin
+    printf '#!/bin/sh\nexec python3 -c "import sys; from vllm.entrypoints.cli.main import main; sys.argv[0] = \\"vllm\\"; sys.exit(main())" "$@"\n' > .devout/bin/vllm
+    chmod +x .devout/bin/vllm
+    export PATH=$PWD/.devout/bin:$PATH
+  fi
   # each finished rate is written at once: a sweep cut by the call's deadline keeps those
   timeout -s INT -k 15 $(( $(left) - 20 )) python3 benchmarks/online_vllm_rates.py \
     --model "$model" --rates 1,4,16,64,inf --n 400 --n-at 1=60,4=120,16=240 \
