@@ -24,12 +24,18 @@
 # Tables: benchmarks/reuse_tables.py (issue 14), engine_table.py (issue 15), phase_tables.py (16),
 # online_tables.py (20: --online $out/online --offline $out/vllm_offline_ref).
 #
-# What is left to run (2026-12-02), in one 30-min session, H200 minutes measured or estimated:
-#   call 1 [.whl, p2]  machine start ~1.5 + pt_table ~8 + pt_phase ~2.5     (issues 15, 16)
-#   call 2 [p0]        ~0.6;  call 3 [p1] unpack ~1, then:
-#   vllm_checks ~4 (first vLLM start ~3 of it: llem vs bare with the FINAL_ONLY loop, issue 15),
-#   vllm_tests ~2, vllm_256 ~2.5 (issue 16), vllm_online ~6 + its offline reference ~1.5 (20).
-# That is ~31 min: leave out pt_phase or vllm_256 if the machine start is slow.
+# What is left to run (after the third lease of 2026-12-02), one 30-min session, H200 minutes
+# measured that day:
+#   call 1 [.whl, p2]  machine start ~1 + model build 0.4 + pt_phase ~2.5   (issue 16: PyTorch
+#                      time-resolved split with the update-instant curve)
+#   call 2 [p0]        ~0.3;  call 3 [p1] unpack ~0.7, then:
+#   vllm_checks ~4 (the first vLLM start on a machine is ~3 of it: llem vs bare after the
+#   render-and-add change, target 0.99; any vLLM result shows timing.load_parts.compile_s or a
+#   note saying why not), vllm_online ~7 (server start 2-4 min when vLLM's compile cache is
+#   cold, then the five rates ~4; issue 20's latency columns with the token-counting fix) and its
+#   offline reference ~1.5, vllm_tests ~2 if time is left.
+# The machine is handed back after 30 s idle: send the three calls back to back, decide nothing
+# between them. A machine lost between calls costs its start (~2 min) and all three transfers.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
