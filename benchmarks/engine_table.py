@@ -32,7 +32,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from _markdown import num, num_pair, update_section
+from _markdown import add_section_options, num, num_pair, publish
 from _studies import Run, flat, load_runs, machine, mean_cv
 from vllm_engine_checks import pairs_table
 
@@ -469,17 +469,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="JSON",
         help="vllm_engine_checks.py's output: llem vs bare vLLM pairs",
     )
-    parser.add_argument("--extra", type=Path, help="markdown appended to the section")
-    parser.add_argument("--no-write", action="store_true", help="print only")
+    add_section_options(parser)
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     body = build_body(args.study, args.bare_ratio, args.extra)
-    print(body)
-    if not args.no_write:
-        update_section(body, TITLE)
+    publish(body, TITLE, args.no_write)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from _markdown import num, update_section
+from _markdown import add_section_options, num, publish
 from _studies import Run, load_runs, machine
 
 from llenergymeasure.online.run import OnlineRunResult
@@ -228,17 +228,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="STUDY_DIR",
         help="the offline reference study (or the -o folder holding it)",
     )
-    parser.add_argument("--extra", type=Path, help="markdown appended to the section")
-    parser.add_argument("--no-write", action="store_true", help="print only")
+    add_section_options(parser)
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     body = build_body(args.online, args.offline, args.extra)
-    print(body)
-    if not args.no_write:
-        update_section(body, TITLE)
+    publish(body, TITLE, args.no_write)
 
 
 if __name__ == "__main__":

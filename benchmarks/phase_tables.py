@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _markdown import num, num_pair, update_section
+from _markdown import add_section_options, num, num_pair, publish
 from _studies import Run, flat, load_runs, machine
 
 # the library's rule: results written before llem refused sliver timelines hold a split that is
@@ -618,8 +618,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="DIR",
         help="studies holding the same config with twice the new tokens (prediction check)",
     )
-    parser.add_argument("--extra", type=Path, help="markdown appended to the section")
-    parser.add_argument("--no-write", action="store_true", help="print only")
+    add_section_options(parser)
     parser.set_defaults(groups=None)
     args = parser.parse_args(argv)
     for group in args.groups:
@@ -639,9 +638,7 @@ def build_body(groups: Sequence[dict[str, Any]], extra: Path | None = None) -> s
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     body = build_body(args.groups, args.extra)
-    print(body)
-    if not args.no_write:
-        update_section(body, TITLE)
+    publish(body, TITLE, args.no_write)
 
 
 if __name__ == "__main__":

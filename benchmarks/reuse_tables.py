@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from _markdown import update_section
+from _markdown import add_section_options, publish
 from _studies import Run, flat, load_study, machine, mean_cv
 
 
@@ -109,8 +109,7 @@ def time_row(name: str, manifest: dict[str, Any], runs: list[Run]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--pair", nargs=3, action="append", metavar=("NAME", "REUSE", "FRESH"))
-    parser.add_argument("--extra", type=Path, help="markdown appended to the section")
-    parser.add_argument("--no-write", action="store_true")
+    add_section_options(parser)
     args = parser.parse_args()
     parts: list[str] = []
     timing = [
@@ -138,9 +137,7 @@ def main() -> None:
     )
     if args.extra and args.extra.is_file():
         body += "\n\n" + args.extra.read_text()
-    print(body)
-    if not args.no_write:
-        update_section(body, "Engine reuse (issue 14)")
+    publish(body, "Engine reuse (issue 14)", args.no_write)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _markdown import update_section
+from _markdown import add_section_options, publish
 
 from llenergymeasure.config.study import StudyConfig
 from llenergymeasure.results.models import ExperimentResult
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cycles", type=int, default=4)
     parser.add_argument("-n", type=int, default=8, help="prompts per run")
-    parser.add_argument("--no-write", action="store_true", help="print only")
+    add_section_options(parser, extra=False)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="llem-reuse-bench-") as tmp:
         on = run_once(True, args.cycles, args.n, Path(tmp) / "on")
@@ -131,9 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         "on and off; that comparison belongs on a GPU (issue 14's GPU section).",
     ]
     body = "\n".join(lines)
-    print(body)
-    if not args.no_write:
-        update_section(body, TITLE)
+    publish(body, TITLE, args.no_write)
     return 0
 
 

@@ -30,12 +30,26 @@ def load_benchmark_script(name: str) -> ModuleType:
 
 
 def redirect_sections(module: ModuleType, monkeypatch: pytest.MonkeyPatch, path: Path) -> Path:
-    """Make ``module.update_section`` write to ``path``, a BENCHMARKS.md holding one other
-    section (``## Other``, text ``kept``), instead of the repository's."""
+    """Make the section scripts write to ``path``, a BENCHMARKS.md holding one other section
+    (``## Other``, text ``kept``), instead of the repository's. ``module`` is a loaded script."""
     path.write_text("# Benchmarks\n\n## Other\n\nkept\n")
-    original = module.update_section
-    monkeypatch.setattr(module, "update_section", lambda body, title: original(body, title, path))
+    monkeypatch.setattr(sections(module), "BENCHMARKS_MD", path)
     return path
+
+
+def refuse_writes(module: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make any write of a BENCHMARKS.md section by the scripts fail the test."""
+
+    def refuse(body: str, title: str, path: Path | None = None) -> None:
+        raise AssertionError("--no-write wrote BENCHMARKS.md")
+
+    monkeypatch.setattr(sections(module), "update_section", refuse)
+
+
+def sections(module: ModuleType) -> ModuleType:
+    """The ``_markdown`` helper module that the loaded script ``module`` writes sections with."""
+    assert module.__name__ in sys.modules
+    return sys.modules["_markdown"]
 
 
 def assert_tables_well_formed(out: str, first_lines: Sequence[str]) -> None:

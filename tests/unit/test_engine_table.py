@@ -20,6 +20,7 @@ from benchmark_scripts import (
     assert_tables_well_formed,
     load_benchmark_script,
     redirect_sections,
+    refuse_writes,
 )
 
 from llenergymeasure.config.models import ExperimentConfig
@@ -333,10 +334,7 @@ def test_no_write_only_prints(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    def refuse(body: str, title: str) -> None:
-        raise AssertionError("--no-write wrote BENCHMARKS.md")
-
-    monkeypatch.setattr(et, "update_section", refuse)
+    refuse_writes(et, monkeypatch)
     benchmarks_md = BENCHMARKS.parent / "BENCHMARKS.md"
     before = benchmarks_md.read_bytes()
     et.main(["--study", str(studies[0]), "--no-write"])

@@ -20,6 +20,7 @@ from benchmark_scripts import (
     assert_tables_well_formed,
     load_benchmark_script,
     redirect_sections,
+    refuse_writes,
 )
 from fake_openai_server import FakeOpenAIServer
 
@@ -182,10 +183,7 @@ def test_no_write_only_prints(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    def refuse(body: str, title: str) -> None:
-        raise AssertionError("--no-write wrote BENCHMARKS.md")
-
-    monkeypatch.setattr(ot, "update_section", refuse)
+    refuse_writes(ot, monkeypatch)
     benchmarks_md = BENCHMARKS.parent / "BENCHMARKS.md"
     before = benchmarks_md.read_bytes()
     ot.main(["--online", str(online_dir), "--offline", str(offline_dir), "--no-write"])
