@@ -47,6 +47,7 @@ class OnlineRun:
     path: Path
     online: OnlineResult
     machine: str | None  # "GPU, driver D"; None when the result names no GPU
+    counter_vs_poll_pct: float | None = None  # (poll - counter) / counter; None: not polled
 
     @property
     def rate(self) -> float:
@@ -71,12 +72,14 @@ def load_online_run(path: Path) -> OnlineRun:
         result = ExperimentResult.from_json(path)
         if result.online is None:
             raise SystemExit(f"{path}: an offline result (no online part)")
-        return OnlineRun(path, result.online, machine([data]))
+        gap = result.energy.counter_vs_poll_diff_pct if result.energy is not None else None
+        return OnlineRun(path, result.online, machine([data]), gap)
     run = OnlineRunResult.model_validate(data)
     devices = run.energy.devices if run.energy is not None else []
     names = list(dict.fromkeys(d.device_name for d in devices if d.device_name))
     gpu = f"{' + '.join(names)}, driver not recorded" if names else None
-    return OnlineRun(path, run.summary(), gpu)
+    gap = run.energy.counter_vs_poll_diff_pct if run.energy is not None else None
+    return OnlineRun(path, run.summary(), gpu, gap)
 
 
 def load_online(directory: Path) -> list[OnlineRun]:
@@ -176,6 +179,27 @@ def inf_vs_offline(online: Figures | None, offline: Figures | None) -> str:
 # -- the section ---------------------------------------------------------------------------
 
 
+def counter_vs_poll_line(runs: Sequence[OnlineRun]) -> str:
+    """Each rate's NVML counter vs 100 ms power poll, with its window (issue 7's check)."""
+    polled = [r for r in runs if r.counter_vs_poll_pct is not None]
+    if not polled:
+        return "Counter vs poll: not measured (the sweep metered with the energy counter only)."
+    cells = ", ".join(
+        f"{_rate_label(r.rate)}: {r.counter_vs_poll_pct:+.2f} % ({r.online.metrics.duration_s:.1f} s)"
+        for r in polled
+    )
+    missing = len(runs) - len(polled)
+    tail = f"; {missing} rate(s) not polled" if missing else ""
+    return (
+        "Counter vs poll ((poll - counter) / counter, per request rate, with the window; "
+        f"criterion: within 2 % on windows of 10 s or more): {cells}{tail}."
+    )
+
+
+def _rate_label(rate: float) -> str:
+    return "inf" if math.isinf(rate) else f"{rate:g} req/s"
+
+
 def machine_line(online: Sequence[OnlineRun], offline: Sequence[Run]) -> str:
     """The GPU and driver of the online runs and of the offline reference."""
     gpus = list(dict.fromkeys(r.machine for r in online if r.machine))
@@ -200,6 +224,7 @@ def build_body(online_dir: Path, offline_dir: Path | None, extra: Path | None = 
     parts = [
         f"### J per request and latency by request rate (`{online_dir}`)",
         online_curve_markdown(online_curve_points([r.online for r in online])).strip(),
+        counter_vs_poll_line(online),
         machine_line(online, offline),
         "### All requests at once vs the offline run of the same prompts",
         inf_vs_offline(online_figures(online), offline_figures(offline)),

@@ -55,6 +55,7 @@ def main() -> None:
     from llenergymeasure.config.models import ExperimentConfig
     from llenergymeasure.energy.baseline import measure_idle_baseline
     from llenergymeasure.energy.nvml_backend import NvmlEnergyBackend
+    from llenergymeasure.energy.sampler import EnergySampler
     from llenergymeasure.energy.sensors import NvmlSensor
     from llenergymeasure.exceptions import ConfigError
     from llenergymeasure.online.run import OnlineRunResult, run_online
@@ -95,16 +96,21 @@ def main() -> None:
     )
     print("server:", " ".join(launch.argv), flush=True)
     sensor = NvmlSensor()
+    # 100 ms power polling beside the counter: each window's counter vs poll (issue 7's check)
+    sampler = EnergySampler(sensor, interval_ms=100)
     results = []
     t_start = time.perf_counter()
-    with ManagedServer(
-        launch.argv,
-        host="127.0.0.1",
-        port=port,
-        log_path=out / "server.log",
-        startup_timeout_s=900,
-        env=launch.env,
-    ) as server:
+    with (
+        sampler,
+        ManagedServer(
+            launch.argv,
+            host="127.0.0.1",
+            port=port,
+            log_path=out / "server.log",
+            startup_timeout_s=900,
+            env=launch.env,
+        ) as server,
+    ):
         print(f"server ready after {time.perf_counter() - t_start:.0f} s", flush=True)
         for rate, n in n_at.items():
             done = out / f"rate-{rate}" / "result.json"
@@ -128,7 +134,7 @@ def main() -> None:
                 config,
                 prompts[:n],
                 output_dir=out / f"rate-{rate}",
-                energy=NvmlEnergyBackend(sensor=sensor),
+                energy=NvmlEnergyBackend(sensor=sensor, sampler=sampler),
                 measure_baseline=lambda: measure_idle_baseline(sensor, args.baseline_s),
                 warmup_prompts=prompts[n_max:],
             )

@@ -189,3 +189,15 @@ def test_no_write_only_prints(
     ot.main(["--online", str(online_dir), "--offline", str(offline_dir), "--no-write"])
     assert "| J/output-token raw | 5.0000 | 2.5000 | 2.000 |" in capsys.readouterr().out
     assert benchmarks_md.read_bytes() == before
+
+
+def test_counter_vs_poll_is_listed_per_rate_where_the_sweep_polled(online_dir: Path) -> None:
+    runs = ot.load_online(online_dir)
+    assert ot.counter_vs_poll_line(runs).startswith("Counter vs poll: not measured")
+    polled = [
+        ot.OnlineRun(r.path, r.online, r.machine, gap)
+        for r, gap in zip(runs, (0.5, -1.25, None), strict=True)
+    ]
+    line = ot.counter_vs_poll_line(polled)
+    assert "4 req/s: +0.50 % (" in line and "16 req/s: -1.25 % (" in line
+    assert "inf:" not in line and "1 rate(s) not polled" in line
