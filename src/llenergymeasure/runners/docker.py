@@ -150,20 +150,15 @@ class DockerRunner:
         env: Mapping[str, str] | None = None,
     ) -> list[str]:
         """The exact ``docker run`` argv for one experiment."""
-        env = os.environ if env is None else env
-        cmd = [self.docker, "run", "--rm", "--name", name]
-        cmd += self._options(config, exchange_dir, env)
-        cmd += ["-e", f"LLEM_CONFIG_PATH={CONTAINER_DIR}/config.json"]
-        cmd += self._passthrough(env)
-        cmd += [
-            self.image,
-            "python",
-            "-m",
-            "llenergymeasure.runners.container_entry",
-            f"{CONTAINER_DIR}/config.json",
-            f"{CONTAINER_DIR}/out",
-        ]
-        return cmd
+        return self._run_argv(
+            config,
+            exchange_dir,
+            env,
+            name=name,
+            docker_flags=["--rm"],
+            extra_env=[f"LLEM_CONFIG_PATH={CONTAINER_DIR}/config.json"],
+            entry_args=[f"{CONTAINER_DIR}/config.json", f"{CONTAINER_DIR}/out"],
+        )
 
     def build_serve_command(
         self,
@@ -175,19 +170,37 @@ class DockerRunner:
     ) -> list[str]:
         """The exact ``docker run`` argv of a container serving an engine group whose run
         directories are in ``root`` (mounted at ``/llem``); requests come on its stdin."""
+        return self._run_argv(
+            config,
+            root,
+            env,
+            name=name,
+            docker_flags=["-i", "--rm"],
+            extra_env=[],
+            entry_args=["--serve", CONTAINER_DIR],
+        )
+
+    def _run_argv(
+        self,
+        config: ExperimentConfig,
+        mounted: Path,
+        env: Mapping[str, str] | None,
+        *,
+        name: str,
+        docker_flags: list[str],
+        extra_env: list[str],
+        entry_args: list[str],
+    ) -> list[str]:
+        """``docker run`` of ``container_entry`` with ``mounted`` at ``/llem``: the argv both
+        modes share, with their own flags, environment and entry arguments."""
         env = os.environ if env is None else env
-        cmd = [self.docker, "run", "-i", "--rm", "--name", name]
-        cmd += self._options(config, root, env)
+        cmd = [self.docker, "run", *docker_flags, "--name", name]
+        cmd += self._options(config, mounted, env)
+        for item in extra_env:
+            cmd += ["-e", item]
         cmd += self._passthrough(env)
-        cmd += [
-            self.image,
-            "python",
-            "-m",
-            "llenergymeasure.runners.container_entry",
-            "--serve",
-            CONTAINER_DIR,
-        ]
-        return cmd
+        cmd += [self.image, "python", "-m", "llenergymeasure.runners.container_entry"]
+        return cmd + entry_args
 
     # ─── Run ────────────────────────────────────────────────────────────────
     def run(
