@@ -499,7 +499,7 @@ class DataParallelEngine:
                     try:
                         message = child.conn.recv()
                     except (EOFError, OSError):
-                        self._fail(k, f"died (exit code {child.process.exitcode})")
+                        self._fail(k, f"died (exit code {self._exit_code(child)})")
                     if message[0] == "error":
                         _, kind, text, hint, trace = message
                         self._fail(k, f"failed: {kind}: {text}", hint=hint, trace=trace)
@@ -508,8 +508,15 @@ class DataParallelEngine:
                     replies[k] = message
                     del pending[k]
                 elif not child.process.is_alive():
-                    self._fail(k, f"died (exit code {child.process.exitcode})")
+                    self._fail(k, f"died (exit code {self._exit_code(child)})")
         return [replies[k] for k in sorted(replies)]
+
+    @staticmethod
+    def _exit_code(child: _Child) -> int | None:
+        """The exit code of a child whose pipe closed: its end of the pipe closes as it exits,
+        before it is reaped, so wait briefly for the code (None if it is still not gone)."""
+        child.process.join(timeout=5)
+        return child.process.exitcode
 
     def _fail(self, k: int, what: str, *, hint: str | None = None, trace: str = "") -> NoReturn:
         label = self._children[k].slot.label if k < len(self._children) else "?"
