@@ -22,7 +22,10 @@ import random
 import string
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from llenergymeasure.config.models import ExperimentConfig
 
 
 def make_prompts(n: int, length: int, seed: int) -> list[str]:
@@ -30,6 +33,51 @@ def make_prompts(n: int, length: int, seed: int) -> list[str]:
     rng = random.Random(seed)
     letters = string.ascii_lowercase + " "
     return [f"{i:06d} " + "".join(rng.choices(letters, k=length - 7)) for i in range(n)]
+
+
+def experiment_fields(model: str, n: int, max_tokens: int, max_num_seqs: int) -> dict[str, Any]:
+    """The experiment fields every rate shares: ``vllm serve`` of ``model``, forced lengths."""
+    return {
+        "model": model,
+        "backend": "vllm",
+        "precision": "bf16",
+        "n": n,
+        "max_new_tokens": max_tokens,
+        "decoder": {"ignore_eos": True},
+        "vllm": {"max_num_seqs": max_num_seqs, "enable_prefix_caching": False},
+        "mode": "online",
+    }
+
+
+def rate_config(
+    base: dict[str, Any],
+    endpoint: str,
+    rate: str,
+    n: int,
+    *,
+    n_warmup: int,
+    ttft_ms: float,
+    tpot_ms: float,
+) -> ExperimentConfig:
+    """The ``ExperimentConfig`` of one rate (``"inf"`` or a number) against the started server.
+
+    ``online.continuous_usage`` is left to its default, on for ``backend: vllm``: every chunk
+    then carries the running token count, so TTFT and ITL see tokens that decode to no text.
+    """
+    from llenergymeasure.config.models import ExperimentConfig
+
+    return ExperimentConfig(
+        **{**base, "n": n},
+        online={
+            "endpoint": endpoint,
+            "served_model_name": base["model"],
+            # the config takes a number or "inf", not the string "16"
+            "request_rate": rate if rate == "inf" else float(rate),
+            "n_warmup_requests": n_warmup,
+            "seed": 0,
+            "slo": {"ttft_ms": ttft_ms, "tpot_ms": tpot_ms},
+        },
+    )
 
 
 def main() -> None:
@@ -80,16 +128,7 @@ def main() -> None:
     # the same prompts for the offline reference run (configs/online_offline_reference.yaml)
     with (out / "prompts.jsonl").open("w") as f:
         f.writelines(json.dumps({"prompt": p}) + "\n" for p in prompts)
-    base: dict[str, Any] = {
-        "model": args.model,
-        "backend": "vllm",
-        "precision": "bf16",
-        "n": args.n,
-        "max_new_tokens": args.max_tokens,
-        "decoder": {"ignore_eos": True},
-        "vllm": {"max_num_seqs": args.max_num_seqs, "enable_prefix_caching": False},
-        "mode": "online",
-    }
+    base = experiment_fields(args.model, args.n, args.max_tokens, args.max_num_seqs)
     port = free_port()
     launch = server_launch(
         ExperimentConfig(**base, online={"server": {"port": port}}), host="127.0.0.1", port=port
@@ -118,17 +157,14 @@ def main() -> None:
                 print(f"rate {rate}: kept from {done}", flush=True)
                 results.append(OnlineRunResult.model_validate_json(done.read_text()))
                 continue
-            config = ExperimentConfig(
-                **{**base, "n": n},
-                online={
-                    "endpoint": server.base_url,
-                    "served_model_name": args.model,
-                    # the config takes a number or "inf", not the string "16"
-                    "request_rate": rate if rate == "inf" else float(rate),
-                    "n_warmup_requests": n_warmup,
-                    "seed": 0,
-                    "slo": {"ttft_ms": args.ttft_ms, "tpot_ms": args.tpot_ms},
-                },
+            config = rate_config(
+                base,
+                server.base_url,
+                rate,
+                n,
+                n_warmup=n_warmup,
+                ttft_ms=args.ttft_ms,
+                tpot_ms=args.tpot_ms,
             )
             result = run_online(
                 config,

@@ -12,6 +12,16 @@ and failures chosen by the prompt:
 - ``BADJSON``: a ``data:`` line that is not JSON;
 - ``STREAMERR``: one token, then an in-stream ``{"error": ...}`` chunk.
 
+``decode`` gives the text of each output token by position (``"tok "`` by default; ``""`` for a
+token that decodes to no text) and ``chunk_sizes`` how many tokens the first chunks merge (then
+``tokens_per_chunk`` each). With ``vllm=True`` the chunks follow vLLM 0.26's shapes
+(``vllm/entrypoints/openai/{completion,chat_completion}/serving.py``): ``id``/``object``/
+``created``/``model``, explicit nulls, a chat role chunk with ``content: ""``, the choice's
+``token_ids`` when the request sets ``return_token_ids``, and the cumulative ``usage`` on every
+chunk (0 on the role chunk) when ``stream_options`` sets ``include_usage`` and
+``continuous_usage_stats``. Without it, those request fields are ignored, as servers without the
+extensions do.
+
 It records every request body, its arrival time (``time.perf_counter``) and the largest number
 of requests in flight at once.
 
@@ -33,6 +43,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -54,6 +65,9 @@ class FakeOpenAIServer:
         usage_tokens: int | None = None,  # report this instead of the true count
         chunked: bool = True,
         tokens_per_chunk: int = 1,
+        chunk_sizes: Sequence[int] = (),  # tokens of the first chunks, then tokens_per_chunk
+        decode: Callable[[int], str] | None = None,  # token position -> its text ("tok ")
+        vllm: bool = False,  # vLLM 0.26 chunk shapes, continuous usage and token_ids
         health: bool = True,
         done_marker: bool = True,  # False: end like transformers serve (finish_reason, no [DONE])
         models: list[str] | None = None,  # ids listed at /v1/models (None: an empty list)
@@ -67,6 +81,9 @@ class FakeOpenAIServer:
         self.usage_tokens = usage_tokens
         self.chunked = chunked
         self.tokens_per_chunk = tokens_per_chunk
+        self.chunk_sizes = list(chunk_sizes)
+        self.decode = decode if decode is not None else (lambda i: "tok ")
+        self.vllm = vllm
         self.health = health
         self.done_marker = done_marker
         self.models = list(models or [])
@@ -186,8 +203,36 @@ def _make_handler(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
             self.send_header("Connection", "close")
             self.end_headers()
             self.close_connection = True
+            options = body.get("stream_options") or {}
+            continuous = (
+                server.vllm
+                and bool(options.get("include_usage"))
+                and bool(options.get("continuous_usage_stats"))
+            )
+            token_ids = server.vllm and bool(body.get("return_token_ids"))
+            n_prompt = len(prompt.split())
+
+            def chunk(choice: dict[str, Any], completion_tokens: int) -> dict[str, Any]:
+                if not server.vllm:
+                    return {"object": "chunk", "choices": [choice]}
+                obj = "chat.completion.chunk" if chat else "text_completion"
+                out = {"id": "cmpl-1", "object": obj, "created": 0, "model": body.get("model")}
+                out["choices"] = [choice]
+                if continuous:
+                    out["usage"] = {
+                        "prompt_tokens": n_prompt,
+                        "completion_tokens": completion_tokens,
+                        "total_tokens": n_prompt + completion_tokens,
+                    }
+                return out
+
             if chat:  # the role-only first chunk real servers send carries no token
-                self._event({"choices": [{"index": 0, "delta": {"role": "assistant"}}]})
+                delta: dict[str, Any] = {"role": "assistant"}
+                role: dict[str, Any] = {"index": 0, "delta": delta}
+                if server.vllm:
+                    delta["content"] = ""
+                    role.update(logprobs=None, finish_reason=None)
+                self._event(chunk(role, 0))
             if prompt == "BADJSON":
                 self._write(b"data: this is not json\n\n")
                 self._end()
@@ -197,17 +242,28 @@ def _make_handler(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
                 n = 2
             time.sleep(server.ttft_s)
             sent = 0
+            sizes = iter(server.chunk_sizes)
             while sent < n:
-                k = min(server.tokens_per_chunk, n - sent)
-                text = "tok " * k
+                k = min(next(sizes, server.tokens_per_chunk), n - sent)
+                text = "".join(server.decode(i) for i in range(sent, sent + k))
+                ids = list(range(100 + sent, 100 + sent + k))
                 sent += k
                 last = sent == n and prompt != "CUT"
-                choice: dict[str, Any] = {"index": 0, "finish_reason": "length" if last else None}
+                choice: dict[str, Any] = {"index": 0}
                 if chat:
                     choice["delta"] = {"content": text}
                 else:
                     choice["text"] = text
-                self._event({"object": "chunk", "choices": [choice]})
+                if server.vllm:
+                    choice["logprobs"] = None
+                choice["finish_reason"] = "length" if last else None
+                if server.vllm:
+                    if last or not chat:
+                        choice["stop_reason"] = None
+                    if not chat:
+                        choice["prompt_token_ids"] = None
+                    choice["token_ids"] = ids if token_ids else None
+                self._event(chunk(choice, sent))
                 if prompt == "STREAMERR":
                     self._event({"error": {"message": "engine died"}})
                     self._end()
@@ -218,11 +274,16 @@ def _make_handler(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
                 if server.chunked:
                     self.wfile.flush()
                 return  # close without the terminating chunk or [DONE]
-            options = body.get("stream_options") or {}
             if server.send_usage and options.get("include_usage"):
                 count = server.usage_tokens if server.usage_tokens is not None else n
-                usage = {"prompt_tokens": len(prompt.split()), "completion_tokens": count}
-                self._event({"choices": [], "usage": usage})
+                usage = {"prompt_tokens": n_prompt, "completion_tokens": count}
+                final: dict[str, Any] = {"choices": [], "usage": usage}
+                if server.vllm:
+                    obj = "chat.completion.chunk" if chat else "text_completion"
+                    final = {"id": "cmpl-1", "object": obj, "created": 0, "model": body["model"]}
+                    usage["total_tokens"] = n_prompt + count
+                    final.update(choices=[], usage=usage)
+                self._event(final)
             if server.done_marker:
                 self._event("[DONE]")
             self._end()

@@ -151,6 +151,17 @@ def test_default_measurement_section_leaves_the_hash_as_before_it_existed():
     assert config_hash(explicit) == config_hash(BASE)
 
 
+def test_unset_continuous_usage_leaves_online_hashes_as_before_it_existed():
+    online = deep_merge(BASE, {"mode": "online", "online": {"request_rate": 4}})
+    config = ExperimentConfig.model_validate(online)
+    data = config.model_dump(mode="json")
+    del data["measurement"], data["online"]["continuous_usage"]
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    assert measurement_config_hash(config) == hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    set_on = deep_merge(online, {"online": {"continuous_usage": True}})
+    assert config_hash(set_on) != config_hash(online)
+
+
 def test_unknown_measurement_field_is_rejected_with_its_name():
     with pytest.raises(ValueError, match="phase_splitt"):
         ExperimentConfig.model_validate(deep_merge(BASE, {"measurement": {"phase_splitt": True}}))

@@ -237,6 +237,30 @@ def test_a_run_whose_requests_all_fail_is_an_error_that_keeps_the_request_record
     assert [r["http_status"] for r in records["load"]["records"]] == [503, 503, 503]
 
 
+@pytest.mark.parametrize("continuous", ["", "  continuous_usage: false\n"])
+def test_tokens_that_decode_to_no_text_are_timed_or_the_result_says_why_not(tmp_path, continuous):
+    # vLLM 0.26 streams a chunk per step even when its tokens decode to "" (H200 run: TTFT
+    # over 7 of 60 requests); with continuous usage (the vllm default) every token is timed
+    with FakeOpenAIServer(vllm=True, decode=lambda position: "") as server:
+        config = experiment_yaml(
+            tmp_path, f"  endpoint: {server.url}\n  n_warmup_requests: 0\n{continuous}"
+        )
+        out = tmp_path / "results"
+        run = cli.invoke(app, ["run", str(config), "-o", str(out)])
+        assert run.exit_code == 0, run.output
+    result = ExperimentResult.from_json(only_dir(out) / "result.json")
+    assert result.online is not None and result.output_tokens == 6 * 4
+    if not continuous:
+        assert result.effective_parameters["continuous_usage_sent"] is True
+        assert result.ttft.n == 6 and result.online.metrics.mean_tokens_per_chunk == 1.0
+        assert "online_token_chunks_missing" not in result.measurement_warnings
+    else:
+        assert result.effective_parameters["continuous_usage_sent"] is False
+        assert result.ttft.n == 0 and result.online.metrics.n_ok_without_token_chunks == 6
+        assert "online_token_chunks_missing" in result.measurement_warnings
+        assert any("6 of 6 requests streamed no chunk" in w for w in result.online.warnings)
+
+
 def test_energy_per_request_comes_from_the_metered_gpus_over_the_load_window(tmp_path):
     from llenergymeasure.config.models import ExperimentConfig
     from llenergymeasure.energy.baseline import BaselineCache

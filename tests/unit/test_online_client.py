@@ -70,6 +70,116 @@ def test_request_bodies_follow_the_openai_api(server):
     assert server.paths == ["/v1/completions", "/v1/chat/completions"]
 
 
+def test_continuous_usage_is_asked_for_only_when_enabled(server):
+    send(OpenAIStreamClient(server.url, "m", continuous_usage=True))
+    send(OpenAIStreamClient(server.url, "m"))
+    on, off = server.bodies
+    assert on["stream_options"] == {"include_usage": True, "continuous_usage_stats": True}
+    assert off["stream_options"] == {"include_usage": True}
+
+
+def test_continuous_usage_without_include_usage_is_refused():
+    # vLLM reads continuous_usage_stats only together with include_usage
+    with pytest.raises(ValueError, match="include_usage"):
+        OpenAIStreamClient("http://h:1", "m", include_usage=False, continuous_usage=True)
+
+
+def no_text(position: int) -> str:
+    """Every token decodes to "" (a model whose vocabulary outgrows its tokenizer)."""
+    return ""
+
+
+@pytest.mark.parametrize("api", ["completions", "chat"])
+def test_with_continuous_usage_chunks_of_tokens_without_text_are_counted(api):
+    with FakeOpenAIServer(vllm=True, decode=no_text, ttft_s=0.02) as s:
+        client = OpenAIStreamClient(s.url, "m", api=api, continuous_usage=True)
+        record = send(client, max_tokens=6)
+    assert record.ok
+    assert record.chunk_tokens == [1] * 6 and len(record.chunk_times_s) == 6
+    assert record.output_tokens_stream == 6 == record.output_tokens_usage
+    assert record.first_token_time_s == record.chunk_times_s[0]  # not the chat role chunk
+    assert record.ttft_s is not None and record.ttft_s >= 0.02
+    assert len(record.itls_s) == 5
+
+
+@pytest.mark.parametrize("api", ["completions", "chat"])
+def test_without_usage_or_token_ids_chunks_without_text_carry_no_token(api):
+    # what vLLM 0.26 streamed on the H200: usage is right, the stream shows nothing to time
+    with FakeOpenAIServer(vllm=True, decode=no_text) as s:
+        record = send(OpenAIStreamClient(s.url, "m", api=api), max_tokens=6)
+    assert record.ok and record.output_tokens_usage == 6 and record.output_tokens == 6
+    assert record.chunk_times_s == [] and record.chunk_tokens == []
+    assert record.output_tokens_stream == 0
+    assert record.ttft_s is None and record.itls_s == []
+
+
+def test_ttft_is_the_first_token_not_the_first_text():
+    def late_text(position: int) -> str:
+        return "" if position < 2 else "x"  # e.g. the bytes of one UTF-8 character
+
+    with FakeOpenAIServer(vllm=True, decode=late_text, token_delay_s=0.02) as s:
+        exact = send(OpenAIStreamClient(s.url, "m", continuous_usage=True), max_tokens=4)
+        by_text = send(OpenAIStreamClient(s.url, "m"), max_tokens=4)
+    assert exact.chunk_tokens == [1, 1, 1, 1]
+    assert by_text.chunk_tokens == [1, 1]  # two tokens never seen by the text rule
+    # the text rule's TTFT waits for the third token: two of the server's 20 ms steps late
+    assert by_text.ttft_s is not None and by_text.ttft_s >= 0.039
+    assert exact.first_token_time_s is not None
+    assert exact.chunk_times_s[2] - exact.first_token_time_s >= 0.039
+
+
+@pytest.mark.parametrize("api", ["completions", "chat"])
+def test_a_chunk_merging_three_tokens_counts_three_with_continuous_usage(api):
+    # vLLM's output collector merges the outputs a slow reader has not taken yet
+    with FakeOpenAIServer(vllm=True, chunk_sizes=[1, 3]) as s:
+        client = OpenAIStreamClient(s.url, "m", api=api, continuous_usage=True)
+        record = send(client, max_tokens=6)
+    assert record.chunk_tokens == [1, 3, 1, 1]
+    assert record.output_tokens_stream == 6
+    assert len(record.itls_s) == 3  # one gap per chunk, not per token
+
+
+def test_a_merged_chunk_counts_once_by_its_text():
+    with FakeOpenAIServer(vllm=True, chunk_sizes=[1, 3]) as s:
+        record = send(OpenAIStreamClient(s.url, "m"), max_tokens=6)
+    assert record.chunk_tokens == [1, 1, 1, 1]
+    assert record.output_tokens_stream == 4 and record.output_tokens == 6  # usage wins
+
+
+@pytest.mark.parametrize("api", ["completions", "chat"])
+def test_token_ids_count_the_tokens_of_a_chunk(api):
+    # vLLM's return_token_ids puts each chunk's token ids on its choice
+    with FakeOpenAIServer(vllm=True, decode=no_text, chunk_sizes=[2, 3]) as s:
+        client = OpenAIStreamClient(s.url, "m", api=api, sampling={"return_token_ids": True})
+        record = send(client, max_tokens=6)
+    assert record.chunk_tokens == [2, 3, 1]
+    assert record.output_tokens_stream == 6
+
+
+def test_a_server_ignoring_continuous_usage_is_counted_by_text():
+    with FakeOpenAIServer(vllm=False) as s:  # usage only at the end, as servers without it
+        record = send(OpenAIStreamClient(s.url, "m", continuous_usage=True), max_tokens=4)
+    assert record.chunk_tokens == [1] * 4 and record.output_tokens_usage == 4
+
+
+def test_records_written_before_chunk_tokens_still_load():
+    old = (
+        '{"index": 0, "ok": true, "send_time_s": 1.0, "first_token_time_s": 1.5, '
+        '"chunk_times_s": [1.5, 1.6, 1.8], "end_time_s": 2.0, "output_tokens_stream": 3}'
+    )
+    record = RequestRecord.model_validate_json(old)
+    assert record.chunk_tokens == []
+    assert record.tokens_per_chunk == [1, 1, 1]  # one token a chunk, as they were counted
+    assert record.itls_s == pytest.approx([0.1, 0.2])
+
+
+def test_chunk_tokens_must_match_the_chunk_times():
+    with pytest.raises(ValueError, match="chunk_tokens"):
+        RequestRecord(
+            index=0, ok=True, send_time_s=0, end_time_s=1, chunk_times_s=[0.5], chunk_tokens=[1, 2]
+        )
+
+
 def test_usage_is_preferred_to_the_stream_count_when_both_are_given():
     with FakeOpenAIServer(usage_tokens=9, tokens_per_chunk=3) as s:
         record = send(OpenAIStreamClient(s.url, "m"), max_tokens=6)

@@ -73,6 +73,30 @@ def test_burstiness_only_with_gamma_arrivals():
 
 
 @pytest.mark.parametrize(
+    ("backend", "section", "sent"),
+    [
+        # vLLM takes stream_options.continuous_usage_stats; the token counts need it
+        ("vllm", {}, True),
+        # transformers serve refuses unknown fields (HTTP 422); trtllm-serve: not asked
+        ("pytorch", {}, False),
+        ("tensorrt", {}, False),
+        ("pytorch", {"continuous_usage": True}, True),  # an endpoint known to take it
+        ("vllm", {"continuous_usage": False}, False),
+        ("vllm", {"include_usage": False}, False),  # without usage there is nothing to ask
+    ],
+)
+def test_continuous_usage_is_on_for_vllm_unless_set(
+    backend: str, section: dict[str, Any], sent: bool
+):
+    assert OnlineConfig(**section).continuous_usage_for(backend) is sent
+
+
+def test_continuous_usage_needs_include_usage():
+    text = error_text(continuous_usage=True, include_usage=False)
+    assert "continuous_usage needs include_usage" in text
+
+
+@pytest.mark.parametrize(
     ("section", "field"),
     [
         ({"burstiness": 0, "arrival": "gamma"}, "burstiness"),

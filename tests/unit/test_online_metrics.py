@@ -8,7 +8,12 @@ import pytest
 
 from llenergymeasure.config.online import SLOConfig
 from llenergymeasure.online.client import RequestRecord
-from llenergymeasure.online.metrics import compute_online_metrics, meets_slo, percentile
+from llenergymeasure.online.metrics import (
+    OnlineMetrics,
+    compute_online_metrics,
+    meets_slo,
+    percentile,
+)
 
 
 def record(
@@ -86,6 +91,50 @@ def test_latency_distributions_and_throughput():
 def test_usage_counts_override_stream_counts_in_token_totals():
     m = compute_online_metrics([record(0, 0, 0.1, 0.01, 2, usage=8)], window_s=1.0)
     assert m.output_tokens == 8
+
+
+def test_a_chunk_of_several_tokens_is_one_itl_gap_and_tpot_divides_by_tokens():
+    # a server merging tokens under load: 1, then 3, then 1 tokens, 50 ms apart
+    merged = RequestRecord(
+        index=0,
+        ok=True,
+        send_time_s=0.0,
+        first_token_time_s=0.1,
+        chunk_times_s=[0.1, 0.15, 0.2],
+        chunk_tokens=[1, 3, 1],
+        end_time_s=0.2,
+        output_tokens_stream=5,
+        output_tokens_usage=5,
+    )
+    m = compute_online_metrics([merged], window_s=1.0)
+    assert m.itl is not None and m.itl.count == 2 and m.itl.mean_ms == pytest.approx(50)
+    assert m.tpot is not None and m.tpot.mean_ms == pytest.approx(100 / 4)
+    assert m.mean_tokens_per_chunk == pytest.approx(5 / 3)
+    assert m.n_multi_token_chunks == 1
+
+
+def test_records_without_chunk_counts_carry_one_token_a_chunk():
+    m = compute_online_metrics([A, B], window_s=1.0)
+    assert m.mean_tokens_per_chunk == 1.0 and m.n_multi_token_chunks == 0
+    assert m.n_ok_without_token_chunks == 0
+
+
+def test_requests_whose_stream_showed_no_token_are_counted_and_have_no_ttft():
+    # usage says 6 tokens, but no chunk was seen to carry one (tokens decoding to "")
+    silent = RequestRecord(index=2, ok=True, send_time_s=0.0, end_time_s=0.5, output_tokens_usage=6)
+    m = compute_online_metrics([A, silent], window_s=1.0)
+    assert m.n_ok == 2 and m.output_tokens == 4 + 6
+    assert m.n_ok_without_token_chunks == 1
+    assert m.ttft is not None and m.ttft.count == 1  # A only
+    assert m.e2e is not None and m.e2e.count == 2
+
+
+def test_metrics_from_before_chunk_counts_still_load():
+    data = compute_online_metrics([A], window_s=1.0).model_dump()
+    for key in ("mean_tokens_per_chunk", "n_multi_token_chunks", "n_ok_without_token_chunks"):
+        del data[key]
+    old = OnlineMetrics.model_validate(data)
+    assert old.n_multi_token_chunks is None and old.n_ok_without_token_chunks is None
 
 
 def test_failures_are_counted_by_kind_and_left_out_of_latencies():

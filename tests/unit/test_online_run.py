@@ -90,6 +90,54 @@ def test_ignore_eos_is_sent_where_the_server_takes_it(tmp_path):
         assert all(b.get("ignore_eos") is True for b in server.bodies)
 
 
+def no_text(position: int) -> str:
+    return ""  # a token that decodes to no text (as most did on the H200 run of vLLM 0.26)
+
+
+def test_a_vllm_run_times_tokens_that_decode_to_no_text(tmp_path):
+    with FakeOpenAIServer(vllm=True, decode=no_text) as server:
+        result = run_online(
+            config({"endpoint": server.url, "n_warmup_requests": 0}), PROMPTS, output_dir=tmp_path
+        )
+        bodies = list(server.bodies)
+    assert all(b["stream_options"]["continuous_usage_stats"] is True for b in bodies)
+    assert result.continuous_usage_sent and result.summary().continuous_usage_sent
+    m = result.metrics
+    assert m.ttft is not None and m.ttft.count == 6
+    assert m.itl is not None and m.itl.count == 6 * 3
+    assert m.n_ok_without_token_chunks == 0 and result.warnings == []
+
+
+def test_streams_without_visible_tokens_are_warned_about(tmp_path):
+    # a server not known to take continuous usage (the field is not sent), tokens without text
+    with FakeOpenAIServer(vllm=True, decode=no_text) as server:
+        result = run_online(
+            config({"endpoint": server.url, "n_warmup_requests": 0}, backend="pytorch"),
+            PROMPTS,
+            output_dir=tmp_path,
+        )
+        bodies = list(server.bodies)
+    assert all("continuous_usage_stats" not in b["stream_options"] for b in bodies)
+    assert not result.continuous_usage_sent
+    m = result.metrics
+    assert m.n_ok == 6 and m.output_tokens == 24  # usage still counts them
+    assert m.ttft is None and m.n_ok_without_token_chunks == 6
+    (warning,) = result.warnings
+    assert warning.startswith("6 of 6 requests streamed no chunk with tokens")
+    assert "TTFT and ITL cover only the other 0" in warning
+    assert "online.continuous_usage: true" in warning
+
+
+def test_a_server_ignoring_continuous_usage_is_warned_about_too(tmp_path):
+    with FakeOpenAIServer(vllm=False, decode=no_text) as server:
+        result = run_online(
+            config({"endpoint": server.url, "n_warmup_requests": 0}), PROMPTS, output_dir=tmp_path
+        )
+    assert result.continuous_usage_sent
+    (warning,) = result.warnings
+    assert "sent no running token count" in warning
+
+
 def test_sampling_settings_travel_with_each_request(tmp_path):
     with FakeOpenAIServer() as server:
         run_online(

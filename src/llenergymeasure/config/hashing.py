@@ -25,6 +25,10 @@ def _hash_payload(config: ExperimentConfig) -> dict[str, Any]:
     if data.get("mode") == "offline" and data.get("online") is None:
         data.pop("mode", None)
         data.pop("online", None)
+    # Online configs written before `continuous_usage` existed keep their hash when it is unset.
+    online = data.get("online")
+    if isinstance(online, dict) and online.get("continuous_usage") is None:
+        online.pop("continuous_usage", None)
     # Likewise the default `measurement:` section (nothing extra measured): configs written
     # before it existed keep their hash; `phase_split: true` changes the hash.
     if data.get("measurement") == {"phase_split": False}:

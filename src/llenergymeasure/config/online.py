@@ -81,6 +81,10 @@ class OnlineConfig(BaseModel):
     - ``arrival``: inter-arrival distribution; ``gamma`` takes ``burstiness`` (its shape; 1 is
       Poisson, < 1 burstier, > 1 more regular).
     - ``n_warmup_requests``: sent one at a time before the load, never measured.
+    - ``continuous_usage``: ask for the running token count on every streamed chunk, the exact
+      per-chunk count (vLLM streams tokens that decode to no text and merges tokens under load);
+      ``None`` = on for ``backend: vllm`` only (``continuous_usage_for``), since servers that
+      check request fields strictly refuse it.
     - ``served_model_name``: the ``model`` field of each request (default: the experiment's
       ``model``).
     """
@@ -133,6 +137,15 @@ class OnlineConfig(BaseModel):
     )
     include_usage: bool = Field(
         True, description="Ask the server for token counts (stream_options.include_usage)."
+    )
+    continuous_usage: bool | None = Field(
+        None,
+        description=(
+            "Ask for the running token count on every streamed chunk "
+            "(stream_options.continuous_usage_stats, vLLM and SGLang), to count chunks whose "
+            "tokens decode to no text and chunks of several tokens. Needs include_usage. "
+            "None = on for backend vllm, off otherwise (other servers may refuse the field)."
+        ),
     )
     served_model_name: str | None = Field(
         None,
@@ -205,6 +218,11 @@ class OnlineConfig(BaseModel):
                 "online: give either endpoint (a running server) or server (llem starts one), "
                 "not both"
             )
+        if self.continuous_usage and not self.include_usage:
+            raise ValueError(
+                "online.continuous_usage needs include_usage: servers send the running token "
+                "count only with stream_options.include_usage"
+            )
         if self.burstiness is not None and self.arrival != "gamma":
             raise ValueError(
                 f"online.burstiness applies to arrival: gamma only (arrival is {self.arrival!r})"
@@ -220,6 +238,12 @@ class OnlineConfig(BaseModel):
     def effective_server(self) -> ServerConfig:
         """The server settings in use (defaults when ``server`` is omitted)."""
         return self.server if self.server is not None else ServerConfig()
+
+    def continuous_usage_for(self, backend: str) -> bool:
+        """Whether to ask ``backend``'s server for continuous usage (``None`` = vllm only)."""
+        if self.continuous_usage is not None:
+            return self.continuous_usage
+        return backend == "vllm" and self.include_usage
 
     @property
     def effective_burstiness(self) -> float:

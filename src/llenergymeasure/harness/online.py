@@ -244,6 +244,8 @@ def online_result(
         warnings.append("online_requests_failed")
     if run.load.schedule_warnings():
         warnings.append("online_client_behind_schedule")
+    if metrics.n_ok_without_token_chunks:
+        warnings.append("online_token_chunks_missing")  # TTFT/ITL leave those requests out
     total, adjusted = breakdown.total_j, breakdown.adjusted_j
     out_tokens = metrics.output_tokens
     warm = run.load.warmup_records
@@ -261,6 +263,7 @@ def online_result(
             "api": run.api,
             "server_command": run.server_command,
             "ignore_eos_sent": run.ignore_eos_sent,
+            "continuous_usage_sent": run.continuous_usage_sent,
         },
         dataset=dataset_provenance(config),
         energy_total_j=total,

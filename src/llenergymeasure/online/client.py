@@ -2,10 +2,21 @@
 
 ``OpenAIStreamClient.send`` posts one streaming request to ``/v1/completions`` or
 ``/v1/chat/completions`` and returns a ``RequestRecord``: when it was sent, when each streamed
-chunk that carried text arrived (the first is the TTFT), when the stream ended, how many output
-tokens the stream carried and how many the server's ``usage`` reports. Failures (connection
-refused, HTTP status, timeout, a stream that is not OpenAI's SSE, a stream cut short) are
-recorded on the record, never raised: a load run keeps going.
+chunk that carried output tokens arrived and how many it carried (the first such chunk is the
+TTFT), when the stream ended, and how many output tokens the server's ``usage`` reports.
+Failures (connection refused, HTTP status, timeout, a stream that is not OpenAI's SSE, a stream
+cut short) are recorded on the record, never raised: a load run keeps going.
+
+How many tokens a chunk carries, most exact first:
+
+1. with ``continuous_usage`` (vLLM and SGLang's ``stream_options.continuous_usage_stats``),
+   the increase of the chunk's cumulative ``usage.completion_tokens`` (0: no token);
+2. else the length of the choice's ``token_ids`` (vLLM's ``return_token_ids``);
+3. else 1 when the chunk has text (``text`` or the chat ``delta``'s content), 0 otherwise.
+
+The text rule misses tokens that decode to no text (a partial UTF-8 character, a token of a
+vocabulary larger than its tokenizer) and counts a chunk that merges several tokens (vLLM does
+under load) as one: only the first two rules count those exactly.
 
 Times come from ``clock`` (``time.perf_counter`` by default) so they share one origin with the
 load driver. Each request opens its own HTTP/1.1 connection (``Connection: close``).
@@ -24,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from llenergymeasure.config.online import OnlineApi
 
@@ -50,9 +61,10 @@ class StreamRequest:
 class RequestRecord(BaseModel):
     """What happened to one streamed request. Times are ``clock`` seconds (perf_counter).
 
-    ``chunk_times_s`` holds the arrival time of every streamed chunk that carried output text;
-    ``output_tokens_stream`` counts those chunks (servers stream one token per chunk unless they
-    batch them); ``output_tokens_usage`` is the server's ``usage.completion_tokens`` when sent.
+    ``chunk_times_s`` holds the arrival time of every streamed chunk that carried output tokens
+    and ``chunk_tokens`` how many each carried (see the module docstring; records written before
+    it existed leave it empty, meaning one token a chunk); ``output_tokens_stream`` is their sum;
+    ``output_tokens_usage`` is the server's ``usage.completion_tokens`` when sent.
     """
 
     model_config = {"extra": "forbid"}
@@ -64,22 +76,39 @@ class RequestRecord(BaseModel):
     send_time_s: float
     first_token_time_s: float | None = None
     chunk_times_s: list[float] = Field(default_factory=list)
+    chunk_tokens: list[int] = Field(default_factory=list)
     end_time_s: float
     output_tokens_stream: int = 0
     output_tokens_usage: int | None = None
     prompt_tokens_usage: int | None = None
     finish_reason: str | None = None
 
+    @model_validator(mode="after")
+    def _check_chunk_tokens(self) -> RequestRecord:
+        if self.chunk_tokens and len(self.chunk_tokens) != len(self.chunk_times_s):
+            raise ValueError(
+                f"chunk_tokens has {len(self.chunk_tokens)} counts for "
+                f"{len(self.chunk_times_s)} chunk times"
+            )
+        if any(n < 1 for n in self.chunk_tokens):
+            raise ValueError("chunk_tokens: every recorded chunk carries at least one token")
+        return self
+
+    @property
+    def tokens_per_chunk(self) -> list[int]:
+        """Tokens each chunk of ``chunk_times_s`` carried (1 each for records without counts)."""
+        return list(self.chunk_tokens) if self.chunk_tokens else [1] * len(self.chunk_times_s)
+
     @property
     def output_tokens(self) -> int:
-        """Output tokens: the server's ``usage`` when given, else the streamed chunk count."""
+        """Output tokens: the server's ``usage`` when given, else those counted in the stream."""
         if self.output_tokens_usage is not None:
             return self.output_tokens_usage
         return self.output_tokens_stream
 
     @property
     def ttft_s(self) -> float | None:
-        """Time to first token (send -> first chunk with text)."""
+        """Time to first token (send -> first chunk that carried a token)."""
         if self.first_token_time_s is None:
             return None
         return self.first_token_time_s - self.send_time_s
@@ -91,7 +120,11 @@ class RequestRecord(BaseModel):
 
     @property
     def itls_s(self) -> list[float]:
-        """Inter-token latencies: gaps between consecutive text chunks."""
+        """Inter-token latencies: gaps between consecutive chunks that carried tokens.
+
+        A chunk may carry several tokens (servers merge them under load): its gap is counted
+        once, not split between its tokens, as vLLM's own ``vllm bench serve`` does.
+        """
         t = self.chunk_times_s
         return [t[i + 1] - t[i] for i in range(len(t) - 1)]
 
@@ -119,12 +152,14 @@ class _Progress:
     http_status: int | None = None
     first_token_time_s: float | None = None
     chunk_times_s: list[float] = field(default_factory=list)
+    chunk_tokens: list[int] = field(default_factory=list)
     output_tokens_stream: int = 0
     output_tokens_usage: int | None = None
     prompt_tokens_usage: int | None = None
     finish_reason: str | None = None
     done: bool = False
     saw_data: bool = False
+    usage_tokens_seen: int = 0  # cumulative completion_tokens of the last chunk with choices
 
 
 class _RequestFailed(Exception):
@@ -138,6 +173,10 @@ class OpenAIStreamClient:
     added unless the prefix already ends in it). ``sampling`` adds fields to every request body
     (``temperature``, ``top_p``, ...). ``include_usage`` asks for a final ``usage`` chunk
     (``stream_options``), which servers that ignore it simply do not send.
+    ``continuous_usage`` also asks for the cumulative ``usage`` on every chunk
+    (``stream_options.continuous_usage_stats``, vLLM and SGLang) and counts each chunk's tokens
+    from it; it needs ``include_usage``, and servers that check request fields strictly refuse it
+    (transformers serve answers HTTP 422; OpenAI's API has no such option).
     """
 
     def __init__(
@@ -148,6 +187,7 @@ class OpenAIStreamClient:
         api: OnlineApi = "completions",
         timeout_s: float = 600.0,
         include_usage: bool = True,
+        continuous_usage: bool = False,
         sampling: dict[str, Any] | None = None,
         api_key: str | None = None,
         clock: Callable[[], float] = time.perf_counter,
@@ -157,11 +197,14 @@ class OpenAIStreamClient:
             raise ValueError(f"base_url {base_url!r} is not an http(s) URL")
         if timeout_s <= 0:
             raise ValueError("timeout_s must be > 0")
+        if continuous_usage and not include_usage:
+            raise ValueError("continuous_usage needs include_usage (servers ignore it alone)")
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.api: OnlineApi = api
         self.timeout_s = timeout_s
         self.include_usage = include_usage
+        self.continuous_usage = continuous_usage
         self.sampling = dict(sampling or {})
         self._api_key = api_key
         self._clock = clock
@@ -183,6 +226,8 @@ class OpenAIStreamClient:
         body["max_tokens"] = request.max_tokens
         if self.include_usage:
             body["stream_options"] = {"include_usage": True}
+            if self.continuous_usage:
+                body["stream_options"]["continuous_usage_stats"] = True
         if request.ignore_eos:
             body["ignore_eos"] = True
         body.update(self.sampling)
@@ -217,6 +262,7 @@ class OpenAIStreamClient:
             send_time_s=progress.send_time_s,
             first_token_time_s=progress.first_token_time_s,
             chunk_times_s=progress.chunk_times_s,
+            chunk_tokens=progress.chunk_tokens,
             end_time_s=end,
             output_tokens_stream=progress.output_tokens_stream,
             output_tokens_usage=progress.output_tokens_usage,
@@ -278,34 +324,45 @@ class OpenAIStreamClient:
         if "error" in chunk or chunk.get("object") == "error":
             raise _RequestFailed(f"server error in stream: {_error_message(data)}")
         usage = chunk.get("usage")
+        completion_tokens: int | None = None
         if isinstance(usage, dict):
             if isinstance(usage.get("completion_tokens"), int):
-                progress.output_tokens_usage = usage["completion_tokens"]
+                completion_tokens = usage["completion_tokens"]
+                progress.output_tokens_usage = completion_tokens
             if isinstance(usage.get("prompt_tokens"), int):
                 progress.prompt_tokens_usage = usage["prompt_tokens"]
         choices = chunk.get("choices")
         if choices is None and usage is None:
             raise _RequestFailed(f"non-OpenAI response: chunk has no choices: {data[:80]!r}")
+        tokens = 0
         for choice in choices or []:
             if not isinstance(choice, dict):
                 continue
-            if self.api == "chat":
-                delta = choice.get("delta") or {}
-                text = (
-                    delta.get("content")
-                    or delta.get("reasoning_content")
-                    or delta.get("reasoning")
-                    or ""
-                )
-            else:
-                text = choice.get("text") or ""
-            if text:
-                if progress.first_token_time_s is None:
-                    progress.first_token_time_s = now
-                progress.chunk_times_s.append(now)
-                progress.output_tokens_stream += 1
+            tokens += self._choice_tokens(choice)
             if choice.get("finish_reason"):
                 progress.finish_reason = str(choice["finish_reason"])
+        if self.continuous_usage and choices and completion_tokens is not None:
+            # the cumulative count is exact: it includes tokens that decode to no text
+            tokens = max(0, completion_tokens - progress.usage_tokens_seen)
+            progress.usage_tokens_seen = max(progress.usage_tokens_seen, completion_tokens)
+        if tokens > 0:
+            if progress.first_token_time_s is None:
+                progress.first_token_time_s = now
+            progress.chunk_times_s.append(now)
+            progress.chunk_tokens.append(tokens)
+            progress.output_tokens_stream += tokens
+
+    def _choice_tokens(self, choice: dict[str, Any]) -> int:
+        """Tokens one choice carries without continuous usage: its token ids, else 1 for text."""
+        token_ids = choice.get("token_ids")
+        if isinstance(token_ids, list) and token_ids:
+            return len(token_ids)
+        if self.api == "chat":
+            delta = choice.get("delta") or {}
+            text = delta.get("content") or delta.get("reasoning_content") or delta.get("reasoning")
+        else:
+            text = choice.get("text")
+        return 1 if text else 0
 
 
 async def _read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:

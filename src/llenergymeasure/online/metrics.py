@@ -1,9 +1,14 @@
 """Online-mode metrics: latency percentiles, goodput against SLOs, energy per request and token.
 
 All figures come from the client's records (``RequestRecord``) and the measurement window.
-Latency distributions: TTFT and TPOT per successful request, ITL over every gap between streamed
-chunks of every successful request, end-to-end per successful request. Percentiles interpolate
-linearly between order statistics (numpy's default).
+Latency distributions: TTFT and TPOT per successful request, ITL over every gap between
+consecutive streamed chunks that carried tokens of every successful request, end-to-end per
+successful request. Under load a server may merge several tokens into one chunk (vLLM does):
+that chunk's gap is one ITL value, not split between its tokens, as in vLLM's own benchmark
+(``vllm bench serve``); ``mean_tokens_per_chunk`` and ``n_multi_token_chunks`` show how often it
+happened. TPOT divides by the output token count, so merging does not bias it. A request whose
+stream showed no chunk with tokens (``n_ok_without_token_chunks``) has no TTFT or ITL.
+Percentiles interpolate linearly between order statistics (numpy's default).
 
 Energy: ``energy_j`` is the window's GPU energy; the adjusted figure subtracts the idle share
 ``baseline_power_w * window_s`` (at low request rates most of the window's energy is idle, so
@@ -123,6 +128,7 @@ def compute_online_metrics(
         n_slo_met = sum(1 for r in ok if meets_slo(r, slo))
         goodput = n_slo_met / window_s
 
+    chunk_tokens = [n for r in ok for n in r.tokens_per_chunk]
     adjusted = (
         adjusted_energy_j(energy_j, baseline_power_w, energy_s)
         if energy_j is not None and baseline_power_w is not None
@@ -142,6 +148,11 @@ def compute_online_metrics(
         tpot=latency_stats([t for r in ok if (t := r.tpot_s) is not None]),
         itl=latency_stats([gap for r in ok for gap in r.itls_s]),
         e2e=latency_stats([r.e2e_s for r in ok]),
+        mean_tokens_per_chunk=sum(chunk_tokens) / len(chunk_tokens) if chunk_tokens else None,
+        n_multi_token_chunks=sum(1 for n in chunk_tokens if n > 1),
+        n_ok_without_token_chunks=sum(
+            1 for r in ok if (r.output_tokens_usage or 0) > 0 and not r.chunk_times_s
+        ),
         slo=slo,
         n_slo_met=n_slo_met,
         goodput_per_s=goodput,

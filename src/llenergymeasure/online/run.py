@@ -72,6 +72,7 @@ class OnlineRunResult(BaseModel):
     max_concurrency: int | None
     max_tokens: int
     ignore_eos_sent: bool
+    continuous_usage_sent: bool = False
     server_command: list[str] | None = None
     server_log: str | None = None
     server_ready_s: float | None = None
@@ -93,6 +94,7 @@ class OnlineRunResult(BaseModel):
             max_concurrency=self.max_concurrency,
             max_tokens=self.max_tokens,
             ignore_eos_sent=self.ignore_eos_sent,
+            continuous_usage_sent=self.continuous_usage_sent,
             achieved_rate_per_s=self.load.achieved_rate_per_s,
             scheduled_rate_per_s=self.load.scheduled_rate_per_s,
             client_cpu_s=self.load.client_cpu_s,
@@ -162,6 +164,25 @@ def _sampling(config: ExperimentConfig) -> dict[str, Any]:
     return {"temperature": dec.temperature, "top_p": dec.top_p}
 
 
+def _token_chunk_warnings(metrics: OnlineMetrics, continuous_usage: bool) -> list[str]:
+    """A warning when completed requests streamed tokens the client could not see arrive."""
+    silent = metrics.n_ok_without_token_chunks or 0
+    if not silent:
+        return []
+    cause = (
+        "continuous usage was asked for, but the server sent no running token count on its chunks"
+        if continuous_usage
+        else "the server may stream tokens that decode to empty text: set "
+        "online.continuous_usage: true if it takes stream_options.continuous_usage_stats "
+        "(vLLM, SGLang)"
+    )
+    return [
+        f"{silent} of {metrics.n_ok} requests streamed no chunk with tokens although the server "
+        f"counted output tokens: TTFT and ITL cover only the other {metrics.n_ok - silent}; "
+        + cause
+    ]
+
+
 def _warmup_prompts(n: int) -> list[str]:
     # Never the measured prompts (they would warm a prefix cache for the window).
     return [f"Warmup request {i}: describe the weather in one sentence." for i in range(n)]
@@ -218,6 +239,7 @@ def run_online(
         launch_notes = []
 
     warnings: list[str] = list(launch_notes)
+    continuous_usage = online.continuous_usage_for(config.backend)
     ignore_eos = config.decoder.ignore_eos and supports_ignore_eos
     if config.decoder.ignore_eos and not supports_ignore_eos:
         warnings.append(
@@ -233,6 +255,7 @@ def run_online(
             api=online.api,
             timeout_s=online.request_timeout_s,
             include_usage=online.include_usage,
+            continuous_usage=continuous_usage,
             sampling=sampling,
         )
         baseline = measure_baseline() if measure_baseline is not None else None
@@ -287,6 +310,7 @@ def run_online(
             warnings.append(
                 f"{metrics.n_failed} of {metrics.n_requests} requests failed: {metrics.errors}"
             )
+        warnings.extend(_token_chunk_warnings(metrics, continuous_usage))
         return OnlineRunResult(
             endpoint=endpoint,
             request_model=request_model,
@@ -297,6 +321,7 @@ def run_online(
             max_concurrency=online.max_concurrency,
             max_tokens=max_tokens,
             ignore_eos_sent=ignore_eos,
+            continuous_usage_sent=continuous_usage,
             baseline=baseline,
             energy=energy_m,
             metrics=metrics,

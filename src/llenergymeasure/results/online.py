@@ -59,8 +59,36 @@ class OnlineMetrics(BaseModel):
     tpot: LatencyStats | None = Field(
         description="Time per output token, (e2e - TTFT) / (tokens - 1)."
     )
-    itl: LatencyStats | None = Field(description="Gaps between streamed chunks.")
+    itl: LatencyStats | None = Field(
+        description=(
+            "Gaps between consecutive streamed chunks that carried tokens (one gap per chunk, "
+            "however many tokens it carried)."
+        )
+    )
     e2e: LatencyStats | None = Field(description="End-to-end latency.")
+    mean_tokens_per_chunk: float | None = Field(
+        None,
+        description=(
+            "Output tokens per streamed chunk that carried tokens, as the client counted them "
+            "(above 1 when the server merges tokens under load; exact with continuous usage or "
+            "token ids, else 1 per chunk with text). None without such chunks."
+        ),
+    )
+    n_multi_token_chunks: int | None = Field(
+        None,
+        description=(
+            "Streamed chunks counted with more than one token (None in results from before "
+            "they were counted)."
+        ),
+    )
+    n_ok_without_token_chunks: int | None = Field(
+        None,
+        description=(
+            "Completed requests whose stream had no chunk with tokens although usage counted "
+            "output tokens; TTFT and ITL leave them out (None in results from before they were "
+            "counted)."
+        ),
+    )
     slo: SLOConfig | None = Field(description="The SLO targets used.")
     n_slo_met: int | None = Field(description="Requests that met every target.")
     goodput_per_s: float | None = Field(
@@ -108,6 +136,12 @@ class OnlineResult(BaseModel):
     max_concurrency: int | None = Field(description="Most requests in flight.")
     max_tokens: int = Field(description="max_tokens sent per request.")
     ignore_eos_sent: bool = Field(description="Whether ignore_eos was sent.")
+    continuous_usage_sent: bool = Field(
+        False,
+        description=(
+            "Whether stream_options.continuous_usage_stats was sent (per-chunk token counts)."
+        ),
+    )
     achieved_rate_per_s: float | None = Field(
         description="Rate at which requests were actually sent."
     )
