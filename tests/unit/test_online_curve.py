@@ -7,15 +7,14 @@ from pathlib import Path
 
 import pytest
 from fake_openai_server import FakeOpenAIServer
+from online_runs import five_request_run
 
-from llenergymeasure.config.models import ExperimentConfig
-from llenergymeasure.online.run import OnlineRunResult, run_online
+from llenergymeasure.online.run import OnlineRunResult
 from llenergymeasure.report.online_curve import (
     online_curve_markdown,
     online_curve_points,
     plot_online_curve,
 )
-from llenergymeasure.testing.energy import FakeEnergyBackend, idle_baseline
 
 
 @pytest.fixture(scope="module")
@@ -24,28 +23,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> list[OnlineRunResult]:
     runs = []
     with FakeOpenAIServer(token_delay_s=0.001) as server:
         for rate in ("inf", 50, 200):
-            config = ExperimentConfig(
-                model="m",
-                backend="vllm",
-                n=5,
-                max_new_tokens=4,
-                mode="online",
-                online={
-                    "endpoint": server.url,
-                    "request_rate": rate,
-                    "n_warmup_requests": 0,
-                    "slo": {"e2e_ms": 5000},
-                },
-            )
-            runs.append(
-                run_online(
-                    config,
-                    [f"p{i}" for i in range(5)],
-                    output_dir=out,
-                    energy=FakeEnergyBackend(100.0, duration_s=1.0),
-                    measure_baseline=idle_baseline,
-                )
-            )
+            runs.append(five_request_run(server.url, rate, out))
     return runs
 
 

@@ -23,10 +23,7 @@ from benchmark_scripts import (
     refuse_writes,
 )
 from fake_openai_server import FakeOpenAIServer
-
-from llenergymeasure.config.models import ExperimentConfig
-from llenergymeasure.online.run import run_online
-from llenergymeasure.testing.energy import FakeEnergyBackend, idle_baseline
+from online_runs import five_request_run
 
 ot = load_benchmark_script("online_tables")
 
@@ -39,26 +36,8 @@ def online_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("online")
     with FakeOpenAIServer(token_delay_s=0.001) as server:
         for rate in RATES:
-            config = ExperimentConfig(
-                model="m",
-                backend="vllm",
-                n=5,
-                max_new_tokens=4,
-                mode="online",
-                online={
-                    "endpoint": server.url,
-                    "request_rate": rate if rate == "inf" else float(rate),
-                    "n_warmup_requests": 0,
-                    "slo": {"e2e_ms": 5000},
-                },
-            )
-            result = run_online(
-                config,
-                [f"p{i}" for i in range(5)],
-                output_dir=out / f"rate-{rate}",
-                energy=FakeEnergyBackend(100.0, duration_s=1.0),
-                measure_baseline=idle_baseline,
-            )
+            rate_value = rate if rate == "inf" else float(rate)
+            result = five_request_run(server.url, rate_value, out / f"rate-{rate}")
             data = json.loads(result.model_dump_json())
             data["energy"]["devices"][0]["device_name"] = "NVIDIA H200"
             (out / f"rate-{rate}").mkdir(parents=True, exist_ok=True)
