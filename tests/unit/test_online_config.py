@@ -75,17 +75,20 @@ def test_burstiness_only_with_gamma_arrivals():
 @pytest.mark.parametrize(
     ("backend", "section", "sent"),
     [
-        # vLLM takes stream_options.continuous_usage_stats; the token counts need it
+        # vllm serve and trtllm-serve take stream_options.continuous_usage_stats (TensorRT-LLM's
+        # serve/postprocess_handlers.py puts the running count on every chunk of both APIs)
         ("vllm", {}, True),
-        # transformers serve refuses unknown fields (HTTP 422); trtllm-serve: not asked
+        ("tensorrt", {}, True),
+        # transformers serve refuses unknown fields (HTTP 422)
         ("pytorch", {}, False),
-        ("tensorrt", {}, False),
         ("pytorch", {"continuous_usage": True}, True),  # an endpoint known to take it
         ("vllm", {"continuous_usage": False}, False),
+        ("tensorrt", {"continuous_usage": False}, False),
         ("vllm", {"include_usage": False}, False),  # without usage there is nothing to ask
+        ("tensorrt", {"include_usage": False}, False),
     ],
 )
-def test_continuous_usage_is_on_for_vllm_unless_set(
+def test_continuous_usage_is_on_for_vllm_and_tensorrt_unless_set(
     backend: str, section: dict[str, Any], sent: bool
 ):
     assert OnlineConfig(**section).continuous_usage_for(backend) is sent

@@ -108,6 +108,29 @@ def test_a_vllm_run_times_tokens_that_decode_to_no_text(tmp_path):
     assert m.n_ok_without_token_chunks == 0 and result.warnings == []
 
 
+@pytest.mark.parametrize("api", ["completions", "chat"])
+def test_a_tensorrt_run_asks_for_the_running_count_and_times_tokens_without_text(tmp_path, api):
+    # trtllm-serve takes continuous_usage_stats and puts the running completion_tokens on every
+    # chunk of both APIs (0 on the chat role chunk), as the fake does in vLLM's shapes
+    with FakeOpenAIServer(vllm=True, decode=no_text) as server:
+        result = run_online(
+            config(
+                {"endpoint": server.url, "n_warmup_requests": 0, "api": api},
+                "tensorrt",
+                precision="fp16",
+            ),
+            PROMPTS,
+            output_dir=tmp_path,
+        )
+        bodies = list(server.bodies)
+    assert all(b["stream_options"]["continuous_usage_stats"] is True for b in bodies)
+    assert result.continuous_usage_sent
+    m = result.metrics
+    assert m.ttft is not None and m.ttft.count == 6
+    assert m.itl is not None and m.itl.count == 6 * 3
+    assert m.n_ok_without_token_chunks == 0 and result.warnings == []
+
+
 def test_streams_without_visible_tokens_are_warned_about(tmp_path):
     # a server not known to take continuous usage (the field is not sent), tokens without text
     with FakeOpenAIServer(vllm=True, decode=no_text) as server:

@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from llenergymeasure.config.strict import STRICT_CONFIG
 
 __all__ = [
+    "CONTINUOUS_USAGE_BACKENDS",
     "ArrivalProcess",
     "OnlineApi",
     "OnlineConfig",
@@ -27,6 +28,14 @@ __all__ = [
 
 ArrivalProcess = Literal["poisson", "constant", "gamma"]
 OnlineApi = Literal["chat", "completions"]
+
+#: Backends whose server takes ``stream_options.continuous_usage_stats`` and then puts the
+#: running ``usage.completion_tokens`` on every streamed chunk of /v1/completions and
+#: /v1/chat/completions: ``vllm serve``, and ``trtllm-serve`` (TensorRT-LLM's
+#: ``serve/postprocess_handlers.py`` adds it to each chunk when ``include_usage`` is also on,
+#: unchanged from before 1.0 to past 1.2; its tests check it on the TensorRT-engine backend
+#: too). Not ``transformers serve`` (backend ``pytorch``): it refuses unknown fields (HTTP 422).
+CONTINUOUS_USAGE_BACKENDS = frozenset({"vllm", "tensorrt"})
 
 _STRICT = STRICT_CONFIG
 
@@ -83,8 +92,9 @@ class OnlineConfig(BaseModel):
     - ``n_warmup_requests``: sent one at a time before the load, never measured.
     - ``continuous_usage``: ask for the running token count on every streamed chunk, the exact
       per-chunk count (vLLM streams tokens that decode to no text and merges tokens under load);
-      ``None`` = on for ``backend: vllm`` only (``continuous_usage_for``), since servers that
-      check request fields strictly refuse it.
+      ``None`` = on for ``backend: vllm`` and ``backend: tensorrt`` (``continuous_usage_for``:
+      ``vllm serve`` and ``trtllm-serve`` both take the field), off for ``backend: pytorch``,
+      whose ``transformers serve`` refuses unknown request fields.
     - ``served_model_name``: the ``model`` field of each request (default: the experiment's
       ``model``).
     """
@@ -142,9 +152,10 @@ class OnlineConfig(BaseModel):
         None,
         description=(
             "Ask for the running token count on every streamed chunk "
-            "(stream_options.continuous_usage_stats, vLLM and SGLang), to count chunks whose "
-            "tokens decode to no text and chunks of several tokens. Needs include_usage. "
-            "None = on for backend vllm, off otherwise (other servers may refuse the field)."
+            "(stream_options.continuous_usage_stats: vLLM, SGLang, trtllm-serve), to count "
+            "chunks whose tokens decode to no text and chunks of several tokens. Needs "
+            "include_usage. None = on for backends vllm and tensorrt, off for pytorch "
+            "(transformers serve refuses unknown fields)."
         ),
     )
     served_model_name: str | None = Field(
@@ -240,10 +251,15 @@ class OnlineConfig(BaseModel):
         return self.server if self.server is not None else ServerConfig()
 
     def continuous_usage_for(self, backend: str) -> bool:
-        """Whether to ask ``backend``'s server for continuous usage (``None`` = vllm only)."""
+        """Whether to ask ``backend``'s server for continuous usage.
+
+        ``continuous_usage`` when set; unset, on for the backends whose servers take
+        ``stream_options.continuous_usage_stats`` (``CONTINUOUS_USAGE_BACKENDS``) when
+        ``include_usage`` is on (the servers read it only together with ``include_usage``).
+        """
         if self.continuous_usage is not None:
             return self.continuous_usage
-        return backend == "vllm" and self.include_usage
+        return backend in CONTINUOUS_USAGE_BACKENDS and self.include_usage
 
     @property
     def effective_burstiness(self) -> float:

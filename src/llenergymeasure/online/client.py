@@ -9,8 +9,9 @@ cut short) are recorded on the record, never raised: a load run keeps going.
 
 How many tokens a chunk carries, most exact first:
 
-1. with ``continuous_usage`` (vLLM and SGLang's ``stream_options.continuous_usage_stats``),
-   the increase of the chunk's cumulative ``usage.completion_tokens`` (0: no token);
+1. with ``continuous_usage`` (``stream_options.continuous_usage_stats``, taken by vLLM, SGLang
+   and trtllm-serve), the increase of the chunk's cumulative ``usage.completion_tokens`` (0: no
+   token; tokens of a chunk the server did not send are counted on its next chunk);
 2. else the length of the choice's ``token_ids`` (vLLM's ``return_token_ids``);
 3. else 1 when the chunk has text (``text`` or the chat ``delta``'s content), 0 otherwise.
 
@@ -174,9 +175,9 @@ class OpenAIStreamClient:
     (``temperature``, ``top_p``, ...). ``include_usage`` asks for a final ``usage`` chunk
     (``stream_options``), which servers that ignore it simply do not send.
     ``continuous_usage`` also asks for the cumulative ``usage`` on every chunk
-    (``stream_options.continuous_usage_stats``, vLLM and SGLang) and counts each chunk's tokens
-    from it; it needs ``include_usage``, and servers that check request fields strictly refuse it
-    (transformers serve answers HTTP 422; OpenAI's API has no such option).
+    (``stream_options.continuous_usage_stats``: vLLM, SGLang, trtllm-serve) and counts each
+    chunk's tokens from it; it needs ``include_usage``, and servers that check request fields
+    strictly refuse it (transformers serve answers HTTP 422; OpenAI's API has no such option).
     """
 
     def __init__(

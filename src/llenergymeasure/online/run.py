@@ -174,7 +174,7 @@ def _token_chunk_warnings(metrics: OnlineMetrics, continuous_usage: bool) -> lis
         if continuous_usage
         else "the server may stream tokens that decode to empty text: set "
         "online.continuous_usage: true if it takes stream_options.continuous_usage_stats "
-        "(vLLM, SGLang)"
+        "(vLLM, SGLang, trtllm-serve)"
     )
     return [
         f"{silent} of {metrics.n_ok} requests streamed no chunk with tokens although the server "
