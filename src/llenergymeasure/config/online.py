@@ -33,8 +33,9 @@ OnlineApi = Literal["chat", "completions"]
 #: running ``usage.completion_tokens`` on every streamed chunk of /v1/completions and
 #: /v1/chat/completions: ``vllm serve``, and ``trtllm-serve`` (TensorRT-LLM's
 #: ``serve/postprocess_handlers.py`` adds it to each chunk when ``include_usage`` is also on,
-#: unchanged from before 1.0 to past 1.2; its tests check it on the TensorRT-engine backend
-#: too). Not ``transformers serve`` (backend ``pytorch``): it refuses unknown fields (HTTP 422).
+#: alike in a pre-1.0 copy and in the current main branch (1.2 itself not read); its tests
+#: check it on the TensorRT-engine backend too). Not ``transformers serve`` (backend
+#: ``pytorch``): it refuses unknown fields (HTTP 422).
 CONTINUOUS_USAGE_BACKENDS = frozenset({"vllm", "tensorrt"})
 
 _STRICT = STRICT_CONFIG
