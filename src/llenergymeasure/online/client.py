@@ -10,8 +10,9 @@ cut short) are recorded on the record, never raised: a load run keeps going.
 How many tokens a chunk carries, most exact first:
 
 1. with ``continuous_usage`` (``stream_options.continuous_usage_stats``, taken by vLLM, SGLang
-   and trtllm-serve), the increase of the chunk's cumulative ``usage.completion_tokens`` (0: no
-   token; tokens of a chunk the server did not send are counted on its next chunk);
+   and trtllm-serve), the increase of the chunk's cumulative ``usage.completion_tokens`` over
+   the tokens counted so far (0: no token; tokens of a chunk the server did not send are counted
+   on its next chunk; a chunk that came without the count is counted by the rules below);
 2. else the length of the choice's ``token_ids`` (vLLM's ``return_token_ids``);
 3. else 1 when the chunk has text (``text`` or the chat ``delta``'s content), 0 otherwise.
 
@@ -160,7 +161,6 @@ class _Progress:
     finish_reason: str | None = None
     done: bool = False
     saw_data: bool = False
-    usage_tokens_seen: int = 0  # cumulative completion_tokens of the last chunk with choices
 
 
 class _RequestFailed(Exception):
@@ -343,9 +343,10 @@ class OpenAIStreamClient:
             if choice.get("finish_reason"):
                 progress.finish_reason = str(choice["finish_reason"])
         if self.continuous_usage and choices and completion_tokens is not None:
-            # the cumulative count is exact: it includes tokens that decode to no text
-            tokens = max(0, completion_tokens - progress.usage_tokens_seen)
-            progress.usage_tokens_seen = max(progress.usage_tokens_seen, completion_tokens)
+            # the cumulative count is exact: it includes tokens that decode to no text. Its
+            # increase over the tokens counted so far, not over the last count seen: chunks
+            # that came without a count were counted by their text and must not count twice
+            tokens = max(0, completion_tokens - progress.output_tokens_stream)
         if tokens > 0:
             if progress.first_token_time_s is None:
                 progress.first_token_time_s = now
