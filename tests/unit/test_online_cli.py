@@ -367,3 +367,42 @@ def test_zeus_gpu_indices_are_this_processs_cuda_ordinals_of_the_online_gpus():
     assert zeus_gpu_indices(OnlineConfig(endpoint="http://127.0.0.1:8000"), uuids, "2") is None
     with pytest.raises(BackendError, match="not visible"):
         zeus_gpu_indices(online, uuids, "0,1")
+
+
+def test_an_online_run_does_not_reuse_an_idle_baseline_measured_without_its_server(tmp_path):
+    # a study's baseline cache is shared by its runs: an offline run's baseline (taken before
+    # its engine loads, no server up) is not the online run's idle state, the server up and idle
+    from llenergymeasure.config.models import ExperimentConfig
+    from llenergymeasure.energy.baseline import BaselineCache, get_or_measure_baseline
+    from llenergymeasure.harness.online import measure_online
+    from llenergymeasure.harness.settings import MeasurementSettings
+    from llenergymeasure.testing.energy import FakeGpuSensor
+
+    cache = BaselineCache()
+    offline_idle = get_or_measure_baseline(FakeGpuSensor(power_w=60.0), 0.2, 10, cache=cache)
+    assert offline_idle.power_w == pytest.approx(60.0)
+    settings = MeasurementSettings(sampling_interval_ms=10, energy_backend="nvml")
+    with FakeOpenAIServer() as server:
+        config = ExperimentConfig(
+            model="org/served-model",
+            backend="vllm",
+            dataset=str(prompts_file(tmp_path)),
+            n=3,
+            max_new_tokens=2,
+            baseline={"enabled": True, "duration_seconds": 0.2},
+            mode="online",
+            online={"endpoint": server.url, "n_warmup_requests": 0},
+        )
+        runs = [
+            measure_online(
+                config, sensor=FakeGpuSensor(power_w=90.0), settings=settings, baseline_cache=cache
+            ).result
+            for _ in range(2)
+        ]
+    first, second = (r.energy.baseline for r in runs)
+    assert first is not None and not first.from_cache
+    assert first.power_w == pytest.approx(90.0)  # measured with the server up
+    assert second is not None and second.from_cache  # the same server's: reused
+    # and the offline run's is still its own
+    again = get_or_measure_baseline(FakeGpuSensor(power_w=60.0), 0.2, 10, cache=cache)
+    assert again.from_cache and again.power_w == pytest.approx(60.0)

@@ -193,6 +193,14 @@ def zeus_gpu_indices(
     return [visible.index(i) for i in metered]
 
 
+def _baseline_context(config: ExperimentConfig) -> str:
+    """The idle state an online baseline is taken in, for the baseline cache: the server up."""
+    online = config.online
+    assert online is not None
+    server = online.endpoint or f"{config.backend} {config.model}"
+    return f"online server up: {server}"
+
+
 def _default_sensor(config: ExperimentConfig) -> GpuSensor | None:
     """NVML over the GPUs to meter (``online.gpus``; all visible when unset), or None."""
     from llenergymeasure.energy.devices import nvml_available
@@ -423,6 +431,9 @@ def measure_online(
                     settings.sampling_interval_ms,
                     cache=baseline_cache,
                     ttl_s=settings.baseline_ttl_s,
+                    # idle with this server up: not an offline run's (no engine loaded yet)
+                    # nor another server's
+                    context=_baseline_context(config),
                 )
                 timings.baseline_s = time.perf_counter() - t
             if sampler is not None:
