@@ -285,20 +285,25 @@ def test_served_models_raises_oserror_when_nothing_listens():
         served_models(f"http://127.0.0.1:{port}", timeout_s=2)
 
 
-def canned_stream(events: list[dict]) -> RequestRecord:
-    """One request against a server that streams exactly ``events`` (then ``[DONE]``)."""
+def canned_stream(events: list[dict], head: str = "") -> RequestRecord:
+    """One request against a server that streams exactly ``events`` (then ``[DONE]``).
+
+    ``head``: extra response header lines (each ending in CRLF).
+    """
     body = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
 
     async def exchange() -> RequestRecord:
         async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            head = await reader.readuntil(b"\r\n\r\n")
+            request_head = await reader.readuntil(b"\r\n\r\n")
             length = next(
                 int(line.split(b":", 1)[1])
-                for line in head.split(b"\r\n")
+                for line in request_head.split(b"\r\n")
                 if line.lower().startswith(b"content-length:")
             )
             await reader.readexactly(length)
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n")
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n" + head.encode() + b"\r\n"
+            )
             writer.write(body.encode())
             await writer.drain()
             writer.close()
@@ -340,3 +345,18 @@ def test_continuous_usage_missing_on_some_chunks_does_not_count_their_tokens_twi
     assert record.ok and record.output_tokens_usage == 3
     assert record.chunk_tokens == [1, 1, 1]
     assert record.output_tokens_stream == 3
+
+
+@pytest.mark.parametrize(
+    ("events", "head"),
+    [
+        ([{"choices": 5}], ""),  # choices that are not a list
+        ([{"choices": [{"delta": "text"}]}], ""),  # a delta that is not an object
+        ([{"choices": [{"delta": {"content": "a"}}]}], "Content-Length: many\r\n"),
+    ],
+)
+def test_a_malformed_response_is_a_failed_request_not_an_exception(events, head):
+    # an exception out of send would end the whole load run and lose every record
+    record = canned_stream(events, head)
+    assert not record.ok and record.error is not None
+    assert record.error.startswith("bad response")

@@ -5,7 +5,8 @@
 chunk that carried output tokens arrived and how many it carried (the first such chunk is the
 TTFT), when the stream ended, and how many output tokens the server's ``usage`` reports.
 Failures (connection refused, HTTP status, timeout, a stream that is not OpenAI's SSE, a stream
-cut short) are recorded on the record, never raised: a load run keeps going.
+cut short, a malformed response) are recorded on the record, never raised: a load run keeps
+going.
 
 How many tokens a chunk carries, most exact first:
 
@@ -248,6 +249,8 @@ class OpenAIStreamClient:
             error = f"connection failed: {type(exc).__name__}: {exc}"
         except asyncio.IncompleteReadError:
             error = "connection closed by the server mid-response"
+        except Exception as exc:  # a malformed response: this request fails, the load goes on
+            error = f"bad response: {type(exc).__name__}: {exc}"
         end = self._clock()
         if error is None and not (progress.done or progress.finish_reason is not None):
             error = (
