@@ -302,3 +302,107 @@ def test_energy_per_request_comes_from_the_metered_gpus_over_the_load_window(tmp
     phases = set(measured.timeseries.column("phase").to_pylist())
     assert {"warmup", "measurement"} <= phases
     assert not sensor.closed  # a sensor passed in is the caller's to close
+
+
+def test_zeus_meters_the_online_gpus_not_every_gpu_this_process_sees(tmp_path, monkeypatch):
+    # online.gpus names the server's GPUs; llem's own process sees every GPU (its
+    # CUDA_VISIBLE_DEVICES is the server's business), so Zeus must be told which to meter,
+    # as the NVML sensor and the idle baseline are
+    from types import SimpleNamespace
+
+    from llenergymeasure.config.models import ExperimentConfig
+    from llenergymeasure.energy.baseline import BaselineCache
+    from llenergymeasure.energy.zeus_backend import ZeusEnergyBackend
+    from llenergymeasure.harness import online as harness_online
+    from llenergymeasure.harness.settings import MeasurementSettings
+    from llenergymeasure.testing.energy import FakeGpuSensor
+
+    metered: list[list[int] | None] = []
+
+    class Monitor:
+        def __init__(self, gpu_indices: list[int] | None) -> None:
+            metered.append(gpu_indices)
+            self.indices = gpu_indices if gpu_indices is not None else [0, 1, 2, 3]
+
+        def begin_window(self, key: str, sync_execution: bool = False) -> None:
+            pass
+
+        def end_window(self, key: str, sync_execution: bool = False) -> SimpleNamespace:
+            return SimpleNamespace(time=0.5, gpu_energy={i: 100.0 for i in self.indices})
+
+    zeus = ZeusEnergyBackend(monitor_factory=Monitor, available=lambda: True)
+    monkeypatch.setattr(harness_online, "energy_backend_for", lambda settings, sensor: zeus)
+    monkeypatch.setattr(harness_online, "_nvml_uuids", lambda: [f"GPU-{i}" for i in range(4)])
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    with FakeOpenAIServer() as server:
+        config = ExperimentConfig(
+            model="org/served-model",
+            backend="vllm",
+            dataset=str(prompts_file(tmp_path)),
+            n=3,
+            max_new_tokens=2,
+            baseline={"enabled": False},
+            mode="online",
+            online={"endpoint": server.url, "gpus": [2], "n_warmup_requests": 0},
+        )
+        measured = harness_online.measure_online(
+            config,
+            sensor=FakeGpuSensor(n_devices=1),
+            settings=MeasurementSettings(sampling_interval_ms=10),
+            baseline_cache=BaselineCache(),
+        )
+    assert metered == [[2]]
+    assert measured.result.energy_total_j == pytest.approx(100.0)  # one GPU, not four
+
+
+def test_zeus_gpu_indices_are_this_processs_cuda_ordinals_of_the_online_gpus():
+    from llenergymeasure.config.online import OnlineConfig
+    from llenergymeasure.exceptions import BackendError
+    from llenergymeasure.harness.online import zeus_gpu_indices
+
+    uuids = ["GPU-a0", "GPU-b1", "GPU-c2", "GPU-d3"]
+    online = OnlineConfig(endpoint="http://127.0.0.1:8000", gpus=[3, "GPU-b1"])
+    assert zeus_gpu_indices(online, uuids, None) == [3, 1]
+    assert zeus_gpu_indices(online, uuids, "3,1") == [0, 1]
+    assert zeus_gpu_indices(OnlineConfig(endpoint="http://127.0.0.1:8000"), uuids, "2") is None
+    with pytest.raises(BackendError, match="not visible"):
+        zeus_gpu_indices(online, uuids, "0,1")
+
+
+def test_an_online_run_does_not_reuse_an_idle_baseline_measured_without_its_server(tmp_path):
+    # a study's baseline cache is shared by its runs: an offline run's baseline (taken before
+    # its engine loads, no server up) is not the online run's idle state, the server up and idle
+    from llenergymeasure.config.models import ExperimentConfig
+    from llenergymeasure.energy.baseline import BaselineCache, get_or_measure_baseline
+    from llenergymeasure.harness.online import measure_online
+    from llenergymeasure.harness.settings import MeasurementSettings
+    from llenergymeasure.testing.energy import FakeGpuSensor
+
+    cache = BaselineCache()
+    offline_idle = get_or_measure_baseline(FakeGpuSensor(power_w=60.0), 0.2, 10, cache=cache)
+    assert offline_idle.power_w == pytest.approx(60.0)
+    settings = MeasurementSettings(sampling_interval_ms=10, energy_backend="nvml")
+    with FakeOpenAIServer() as server:
+        config = ExperimentConfig(
+            model="org/served-model",
+            backend="vllm",
+            dataset=str(prompts_file(tmp_path)),
+            n=3,
+            max_new_tokens=2,
+            baseline={"enabled": True, "duration_seconds": 0.2},
+            mode="online",
+            online={"endpoint": server.url, "n_warmup_requests": 0},
+        )
+        runs = [
+            measure_online(
+                config, sensor=FakeGpuSensor(power_w=90.0), settings=settings, baseline_cache=cache
+            ).result
+            for _ in range(2)
+        ]
+    first, second = (r.energy.baseline for r in runs)
+    assert first is not None and not first.from_cache
+    assert first.power_w == pytest.approx(90.0)  # measured with the server up
+    assert second is not None and second.from_cache  # the same server's: reused
+    # and the offline run's is still its own
+    again = get_or_measure_baseline(FakeGpuSensor(power_w=60.0), 0.2, 10, cache=cache)
+    assert again.from_cache and again.power_w == pytest.approx(60.0)

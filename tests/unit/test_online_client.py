@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 
 import pytest
@@ -282,3 +283,80 @@ def test_served_models_raises_oserror_when_nothing_listens():
         port = sock.getsockname()[1]
     with pytest.raises(OSError):
         served_models(f"http://127.0.0.1:{port}", timeout_s=2)
+
+
+def canned_stream(events: list[dict], head: str = "") -> RequestRecord:
+    """One request against a server that streams exactly ``events`` (then ``[DONE]``).
+
+    ``head``: extra response header lines (each ending in CRLF).
+    """
+    body = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+
+    async def exchange() -> RequestRecord:
+        async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            request_head = await reader.readuntil(b"\r\n\r\n")
+            length = next(
+                int(line.split(b":", 1)[1])
+                for line in request_head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            )
+            await reader.readexactly(length)
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n" + head.encode() + b"\r\n"
+            )
+            writer.write(body.encode())
+            await writer.drain()
+            writer.close()
+
+        srv = await asyncio.start_server(reply, "127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        client = OpenAIStreamClient(
+            f"http://127.0.0.1:{port}", "m", api="chat", continuous_usage=True
+        )
+        async with srv:
+            return await client.send(StreamRequest("hi", 3))
+
+    return asyncio.run(exchange())
+
+
+def test_continuous_usage_missing_on_some_chunks_does_not_count_their_tokens_twice():
+    # a server that puts the running count on some chunks only (here: the role chunk and the
+    # last one): the chunks without it are counted by their text, and the next count adds only
+    # the tokens not counted yet
+    def delta(text: str, usage: int | None = None, finish: str | None = None) -> dict:
+        event: dict = {"choices": [{"index": 0, "delta": {"content": text}}]}
+        if finish:
+            event["choices"][0]["finish_reason"] = finish
+        if usage is not None:
+            event["usage"] = {"prompt_tokens": 2, "completion_tokens": usage}
+        return event
+
+    role = {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}
+    role["usage"] = {"prompt_tokens": 2, "completion_tokens": 0}
+    record = canned_stream(
+        [
+            role,
+            delta("a"),
+            delta("b"),
+            delta("c", usage=3, finish="length"),
+            {"choices": [], "usage": {"prompt_tokens": 2, "completion_tokens": 3}},
+        ]
+    )
+    assert record.ok and record.output_tokens_usage == 3
+    assert record.chunk_tokens == [1, 1, 1]
+    assert record.output_tokens_stream == 3
+
+
+@pytest.mark.parametrize(
+    ("events", "head"),
+    [
+        ([{"choices": 5}], ""),  # choices that are not a list
+        ([{"choices": [{"delta": "text"}]}], ""),  # a delta that is not an object
+        ([{"choices": [{"delta": {"content": "a"}}]}], "Content-Length: many\r\n"),
+    ],
+)
+def test_a_malformed_response_is_a_failed_request_not_an_exception(events, head):
+    # an exception out of send would end the whole load run and lose every record
+    record = canned_stream(events, head)
+    assert not record.ok and record.error is not None
+    assert record.error.startswith("bad response")

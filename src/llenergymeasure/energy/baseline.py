@@ -155,16 +155,27 @@ class BaselineCache:
         self._entries: dict[str, _Entry] = {}
 
     @staticmethod
-    def key(device_uuids: Sequence[str], duration_s: float) -> str:
-        """Cache key of a device set and requested duration."""
-        return f"{','.join(device_uuids)}|{float(duration_s):.3f}"
+    def key(device_uuids: Sequence[str], duration_s: float, context: str = "") -> str:
+        """Cache key of a device set, requested duration and idle state (``context``).
+
+        ``context`` names what was up while the devices idled (``""``: nothing of llem's,
+        before an engine loads; an online run names its server): baselines of different idle
+        states are never interchanged.
+        """
+        key = f"{','.join(device_uuids)}|{float(duration_s):.3f}"
+        return f"{key}|{context}" if context else key
 
     def get(
-        self, device_uuids: Sequence[str], duration_s: float, *, ttl_s: float | None = None
+        self,
+        device_uuids: Sequence[str],
+        duration_s: float,
+        *,
+        ttl_s: float | None = None,
+        context: str = "",
     ) -> BaselineMeasurement | None:
         """The cached baseline marked ``from_cache=True`` with its age, or ``None``."""
         ttl = self.ttl_s if ttl_s is None else ttl_s
-        k = self.key(device_uuids, duration_s)
+        k = self.key(device_uuids, duration_s, context)
         with self._lock:
             if self.path is not None:
                 self._load()
@@ -177,12 +188,19 @@ class BaselineCache:
         return entry.measurement.model_copy(update={"from_cache": True, "cache_age_s": age})
 
     def put(
-        self, device_uuids: Sequence[str], duration_s: float, measurement: BaselineMeasurement
+        self,
+        device_uuids: Sequence[str],
+        duration_s: float,
+        measurement: BaselineMeasurement,
+        *,
+        context: str = "",
     ) -> None:
         """Store a fresh measurement (saved to ``path`` when set)."""
         fresh = measurement.model_copy(update={"from_cache": False, "cache_age_s": None})
         entry = _Entry(
-            key=self.key(device_uuids, duration_s), stored_at=self._clock(), measurement=fresh
+            key=self.key(device_uuids, duration_s, context),
+            stored_at=self._clock(),
+            measurement=fresh,
         )
         with self._lock:
             if self.path is not None:
@@ -244,18 +262,21 @@ def get_or_measure_baseline(
     cache: BaselineCache | None = None,
     ttl_s: float | None = None,
     measure: Callable[..., BaselineMeasurement] = measure_idle_baseline,
+    context: str = "",
 ) -> BaselineMeasurement:
     """Cached baseline for these devices and duration if younger than the TTL, else measure.
 
     ``cache`` defaults to the per-process cache; ``ttl_s`` overrides the cache's TTL for this
     lookup. ``measure`` is called as ``measure(sensor, duration_s, interval_ms, devices)``.
+    ``context`` names the idle state (see ``BaselineCache.key``): only a baseline of the same
+    state is reused.
     """
     store = cache if cache is not None else _DEFAULT_CACHE
     idx = list(devices) if devices is not None else list(range(sensor.device_count()))
     uuids = [sensor.device_info(i).uuid for i in idx]
-    hit = store.get(uuids, duration_s, ttl_s=ttl_s)
+    hit = store.get(uuids, duration_s, ttl_s=ttl_s, context=context)
     if hit is not None:
         return hit
     fresh = measure(sensor, duration_s, interval_ms, idx)
-    store.put(uuids, duration_s, fresh)
+    store.put(uuids, duration_s, fresh, context=context)
     return fresh

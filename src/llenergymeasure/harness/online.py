@@ -32,12 +32,13 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from llenergymeasure.config.models import ExperimentConfig, SyntheticDatasetConfig
+from llenergymeasure.config.online import OnlineConfig
 from llenergymeasure.energy.base import EnergyBackend, EnergyMeasurement
 from llenergymeasure.energy.baseline import (
     BaselineCache,
@@ -46,6 +47,7 @@ from llenergymeasure.energy.baseline import (
 )
 from llenergymeasure.energy.sampler import EnergySampler
 from llenergymeasure.energy.sensors import GpuSensor
+from llenergymeasure.energy.zeus_backend import ZeusEnergyBackend
 from llenergymeasure.exceptions import PreFlightError
 from llenergymeasure.harness import metrics as m
 from llenergymeasure.harness.assemble import (
@@ -64,6 +66,7 @@ __all__ = [
     "measure_online",
     "online_preflight",
     "online_result",
+    "zeus_gpu_indices",
 ]
 
 Progress = Callable[[str], None]
@@ -159,6 +162,43 @@ def _nvml_uuids() -> list[str]:
     finally:
         with contextlib.suppress(Exception):
             lib.nvmlShutdown()
+
+
+def zeus_gpu_indices(
+    online: OnlineConfig,
+    uuids_by_index: Sequence[str],
+    cuda_visible_devices: str | None,
+) -> list[int] | None:
+    """What Zeus meters for ``online.gpus``: their CUDA ordinals in this process; None = all.
+
+    Zeus counts GPUs after this process's ``CUDA_VISIBLE_DEVICES`` (``cuda_visible_devices``),
+    while ``online.gpus`` names the server's GPUs by NVML index or UUID. ``BackendError`` when
+    one of them is hidden from this process (Zeus cannot meter it; the NVML backend can).
+    """
+    from llenergymeasure.energy.devices import visible_nvml_indices
+    from llenergymeasure.exceptions import BackendError
+    from llenergymeasure.online.run import metered_gpu_indices
+
+    metered = metered_gpu_indices(online, uuids_by_index)
+    if metered is None:
+        return None
+    visible = visible_nvml_indices(cuda_visible_devices, uuids_by_index)
+    hidden = [i for i in metered if i not in visible]
+    if hidden:
+        raise BackendError(
+            f"online.gpus {hidden} (NVML indices) are not visible to this process "
+            f"(CUDA_VISIBLE_DEVICES={cuda_visible_devices}), so Zeus cannot meter them",
+            hint="unset CUDA_VISIBLE_DEVICES for llem or set measurement.energy_backend: nvml",
+        )
+    return [visible.index(i) for i in metered]
+
+
+def _baseline_context(config: ExperimentConfig) -> str:
+    """The idle state an online baseline is taken in, for the baseline cache: the server up."""
+    online = config.online
+    assert online is not None
+    server = online.endpoint or f"{config.backend} {config.model}"
+    return f"online server up: {server}"
 
 
 def _default_sensor(config: ExperimentConfig) -> GpuSensor | None:
@@ -346,6 +386,18 @@ def measure_online(
     owns_sensor = callable(sensor)
     try:
         energy = energy_backend_for(settings, gpu)
+        if (
+            isinstance(energy, ZeusEnergyBackend)
+            and energy.gpu_indices is None
+            and online.gpus is not None
+        ):
+            # Zeus meters every GPU this process sees unless told: meter the server's, as the
+            # sensor (and so the idle baseline) does
+            from llenergymeasure.energy.devices import effective_cuda_visible_devices
+
+            energy.gpu_indices = zeus_gpu_indices(
+                online, _nvml_uuids(), effective_cuda_visible_devices()
+            )
         say("pre-flight checks")
         t = time.perf_counter()
         problems = online_preflight(config, energy)
@@ -379,6 +431,9 @@ def measure_online(
                     settings.sampling_interval_ms,
                     cache=baseline_cache,
                     ttl_s=settings.baseline_ttl_s,
+                    # idle with this server up: not an offline run's (no engine loaded yet)
+                    # nor another server's
+                    context=_baseline_context(config),
                 )
                 timings.baseline_s = time.perf_counter() - t
             if sampler is not None:

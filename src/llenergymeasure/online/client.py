@@ -5,13 +5,15 @@
 chunk that carried output tokens arrived and how many it carried (the first such chunk is the
 TTFT), when the stream ended, and how many output tokens the server's ``usage`` reports.
 Failures (connection refused, HTTP status, timeout, a stream that is not OpenAI's SSE, a stream
-cut short) are recorded on the record, never raised: a load run keeps going.
+cut short, a malformed response) are recorded on the record, never raised: a load run keeps
+going.
 
 How many tokens a chunk carries, most exact first:
 
 1. with ``continuous_usage`` (``stream_options.continuous_usage_stats``, taken by vLLM, SGLang
-   and trtllm-serve), the increase of the chunk's cumulative ``usage.completion_tokens`` (0: no
-   token; tokens of a chunk the server did not send are counted on its next chunk);
+   and trtllm-serve), the increase of the chunk's cumulative ``usage.completion_tokens`` over
+   the tokens counted so far (0: no token; tokens of a chunk the server did not send are counted
+   on its next chunk; a chunk that came without the count is counted by the rules below);
 2. else the length of the choice's ``token_ids`` (vLLM's ``return_token_ids``);
 3. else 1 when the chunk has text (``text`` or the chat ``delta``'s content), 0 otherwise.
 
@@ -160,7 +162,6 @@ class _Progress:
     finish_reason: str | None = None
     done: bool = False
     saw_data: bool = False
-    usage_tokens_seen: int = 0  # cumulative completion_tokens of the last chunk with choices
 
 
 class _RequestFailed(Exception):
@@ -248,6 +249,8 @@ class OpenAIStreamClient:
             error = f"connection failed: {type(exc).__name__}: {exc}"
         except asyncio.IncompleteReadError:
             error = "connection closed by the server mid-response"
+        except Exception as exc:  # a malformed response: this request fails, the load goes on
+            error = f"bad response: {type(exc).__name__}: {exc}"
         end = self._clock()
         if error is None and not (progress.done or progress.finish_reason is not None):
             error = (
@@ -343,9 +346,10 @@ class OpenAIStreamClient:
             if choice.get("finish_reason"):
                 progress.finish_reason = str(choice["finish_reason"])
         if self.continuous_usage and choices and completion_tokens is not None:
-            # the cumulative count is exact: it includes tokens that decode to no text
-            tokens = max(0, completion_tokens - progress.usage_tokens_seen)
-            progress.usage_tokens_seen = max(progress.usage_tokens_seen, completion_tokens)
+            # the cumulative count is exact: it includes tokens that decode to no text. Its
+            # increase over the tokens counted so far, not over the last count seen: chunks
+            # that came without a count were counted by their text and must not count twice
+            tokens = max(0, completion_tokens - progress.output_tokens_stream)
         if tokens > 0:
             if progress.first_token_time_s is None:
                 progress.first_token_time_s = now
