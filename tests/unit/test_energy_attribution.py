@@ -680,3 +680,25 @@ def test_attribute_run_chains_records_sampler_samples_and_the_backend_total() ->
     assert r[0].decode_energy_j == pytest.approx(r[1].decode_energy_j)
     with pytest.raises(ValueError, match="no sampled device"):
         attribute_run(records, {0: 100.02}, sampler.samples, (100.0, 100.2), devices=[5])
+
+
+def test_a_sampler_that_stops_mid_window_gives_low_confidence_not_high() -> None:
+    # readings every 10 ms until 100.5 s, then none until 102.05 s (the sampler thread died;
+    # only the cooldown reading came): the last three quarters of the window are split by
+    # time alone, whatever the power did, so the split cannot be "high" however fine the
+    # sampling was while it lasted
+    def energy_mj(t: float) -> int:  # 1 kW until 101 s, 100 W after
+        return round((1000 * (min(t, 101.0) - 99.9) + 100 * max(0.0, t - 101.0)) * 1000)
+
+    times = [99.9 + k * 0.01 for k in range(61)] + [102.05]
+    curve = EnergyCurve.from_counter(times, [energy_mj(t) for t in times])
+    steps = steps_from_token_times(
+        [BatchTokenTimes(100.0, [RequestTokenTimes(0, 100, [100.2 + 0.15 * k for k in range(12)])])]
+    )
+    result = attribute_energy(steps, curve, window=(100.0, 102.0))
+    assert result.confidence == "low"
+    assert "no reading" in result.confidence_reason
+    # the same run sampled throughout stays high
+    full = [99.9 + k * 0.01 for k in range(216)]
+    sampled = EnergyCurve.from_counter(full, [energy_mj(t) for t in full])
+    assert attribute_energy(steps, sampled, window=(100.0, 102.0)).confidence == "high"

@@ -580,3 +580,79 @@ def test_max_sequence_length_is_vllm_max_model_len():
         llm_engine=SimpleNamespace(model_config=SimpleNamespace(max_model_len=4096))
     )
     assert engine.max_sequence_length() == 4096
+
+
+def test_tokens_accepted_together_keep_their_steps_stamp_for_the_energy_attribution(
+    fake_vllm: ModuleType,
+) -> None:
+    """Speculative decoding: request 0 gets two tokens in the second iteration, request 1 one.
+
+    ``token_times_s`` must give both of request 0's tokens that iteration's stamp (the
+    attribution counts tokens sharing a time as one step's work); spreading them over the
+    interval invents a step that only request 0 was in and hands it that part of the energy.
+    The ITL gaps still share the interval evenly.
+    """
+    from vllm.sampling_params import SamplingParams
+
+    from llenergymeasure.energy.attribution import steps_from_token_times
+    from llenergymeasure.harness.energy_split import token_timed_batches
+
+    class SpeculativeSteps:
+        """Two requests; tokens per iteration: (1, 1), (2, 1), (1, 1)."""
+
+        PLAN = ((1, 1), (2, 1), (1, 1))
+
+        def __init__(self) -> None:
+            self.ids: list[str] = []
+            self.done = 0
+            self.stamps: list[float] = []
+            self.engine_core = SimpleNamespace(get_output=self._get_output)
+
+        def add_request(self, rid: str, prompt: Any, params: Any, **kw: Any) -> str:
+            self.ids.append(rid)
+            return rid
+
+        def has_unfinished_requests(self) -> bool:
+            return self.done < len(self.PLAN)
+
+        def _get_output(self) -> Any:
+            self.stamps.append(time.monotonic() + 0.1 * (self.done + 1))
+            counts = self.PLAN[self.done]
+            self.done += 1
+            items = [
+                SimpleNamespace(request_id=rid, new_token_ids=[7] * n)
+                for rid, n in zip(self.ids, counts, strict=True)
+            ]
+            return SimpleNamespace(outputs=items, timestamp=self.stamps[-1])
+
+        def step(self) -> list[Any]:
+            self.engine_core.get_output()
+            if self.done < len(self.PLAN):
+                return []
+            totals = [sum(c[i] for c in self.PLAN) for i in range(2)]
+            return [
+                SimpleNamespace(
+                    request_id=rid,
+                    prompt_token_ids=[1, 2],
+                    outputs=[SimpleNamespace(token_ids=[7] * n)],
+                    finished=True,
+                )
+                for rid, n in zip(self.ids, totals, strict=True)
+            ]
+
+    engine = VLLMBackend()
+    llm_engine = SpeculativeSteps()
+    engine._llm = SimpleNamespace(llm_engine=llm_engine)
+    records = engine._generate_stepwise(
+        llm_engine, [Prompt("a b", index=0), Prompt("c d", index=1)], [SamplingParams()] * 2
+    )
+    s1, s2, s3 = llm_engine.stamps
+    assert [r.output_tokens for r in records] == [4, 3]
+    assert records[0].token_times_s == [s1, s2, s2, s3]
+    assert records[1].token_times_s == [s1, s2, s3]
+    # three engine iterations, three steps; request 0 has two tokens in the second
+    steps = steps_from_token_times(token_timed_batches(records))
+    assert [s.end_s for s in steps] == [s1, s2, s3]
+    assert {w.request: w.tokens for w in steps[1].work} == {0: 2, 1: 1}
+    # ITL: the pair shares its iteration's interval evenly
+    assert records[0].itl_s == pytest.approx([(s2 - s1) / 2, (s2 - s1) / 2, s3 - s2])

@@ -475,3 +475,20 @@ def test_engine_figures_of_the_result_are_read_before_the_prefill_window() -> No
     result = orchestrator(sensor, engine).run(config(measurement={"phase_split": True})).result
     assert engine.calls[-1][0] == "prefill_window"
     assert result.effective_parameters == {"last_generate": "measurement"}
+
+
+def test_a_request_that_generated_nothing_keeps_the_runs_attribution_and_pays_its_prompt() -> None:
+    # a static batch of two; request 1 produced no token (no first-token time, no gaps): the
+    # run is still attributed, request 1 sharing the prefill step by its prompt tokens
+    records = [
+        RequestRecord(0, 100, 3, 0.3, ttft_s=0.2, itl_s=[0.05, 0.05], start_s=100.0),
+        RequestRecord(1, 100, 0, 0.3, ttft_s=None, itl_s=[], start_s=100.0),
+    ]
+    attribution, why = time_resolved_attribution(
+        records, steady_1kw_counter(99.9, 100.4), (100.0, 100.3), total_energy_j=300.0
+    )
+    assert why is None and attribution is not None
+    energy = {r.request: r for r in attribution.requests}
+    assert energy[1].energy_j == pytest.approx(100.0)  # half of the 200 J prefill step
+    assert energy[1].decode_energy_j == 0.0
+    assert energy[0].energy_j == pytest.approx(200.0)

@@ -151,3 +151,16 @@ def test_no_warmup_when_asked_for_none() -> None:
     engine = FakeEngine(seconds_per_token=0.0)
     measure_prefill_window(engine, FakeEnergyBackend(), prompts(), config(), warmup_runs=0)
     assert engine.calls == [(PREFILL_WINDOW_PHASE, 4)]
+
+
+def test_a_request_that_generated_nothing_has_no_first_token_to_take_off_its_decode() -> None:
+    # decode tokens are each request's tokens after its first: 0 + 19 + 19 + 19, not 58 - 4
+    engine = FakeEngine(seconds_per_token=0.0)
+    window = measure_prefill_window(engine, FakeEnergyBackend(100.0), prompts(), config())
+    full = records(4, 16, 20)
+    full[0].output_tokens = 0
+    split, reason = split_from_windows(full, 900.0, 5.0, window)
+    assert reason is None and split is not None
+    assert split.output_tokens == 60
+    assert split.decode_tokens == 57
+    assert split.j_per_decode_token == pytest.approx(800.0 / 57)

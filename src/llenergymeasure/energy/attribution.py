@@ -54,7 +54,9 @@ The rule
    interval over half the median step length the energy of one step is smeared over its
    neighbours, so the prefill/decode split and the energies of requests in different steps
    are approximate (``"low"``; totals stay exact). Over a tenth of it: ``"medium"``;
-   otherwise ``"high"``. Fewer than two samples in the window: ``"low"``. The reason names
+   otherwise ``"high"``. Fewer than two samples in the window: ``"low"``; so is a stretch
+   without samples (a stalled or stopped sampler) longer than half the median step and a
+   tenth of the window, whose steps are split by time alone. The reason names
    the sensor's update interval when it is coarser than the sampling interval.
 6. **Steps must be steps.** Every token of one engine step must carry the same time (the
    PyTorch streamer's per-step stamp, the vLLM step loop's ``token_times_s``). An engine that
@@ -406,6 +408,15 @@ class EnergyCurve:
     def samples_within(self, t0: float, t1: float) -> int:
         return sum(1 for t in self.sample_times_s if t0 <= t <= t1)
 
+    def longest_gap_s(self, t0: float, t1: float) -> float:
+        """The longest stretch of ``[t0, t1]`` without a sample (its edges count as bounds
+        only where no sample lies beyond them), seconds."""
+        ts = self.sample_times_s
+        bounds = [t0] if ts[0] > t0 else []
+        bounds += [min(max(t, t0), t1) for t in ts]
+        bounds += [t1] if ts[-1] < t1 else []
+        return max((b - a for a, b in itertools.pairwise(bounds)), default=t1 - t0)
+
 
 def _update_instants(pairs: Sequence[tuple[float, _V]]) -> list[tuple[float, _V]]:
     """The first ``(t, value)`` and each whose value differs from the one before it."""
@@ -532,13 +543,17 @@ def attribution_confidence(
     *,
     update_interval_s: float | None = None,
     reading: str = "sensor reading",
+    longest_gap_s: float | None = None,
+    window_s: float | None = None,
 ) -> tuple[Confidence, str]:
     """Confidence of a time-resolved split, and why (see the module rule).
 
     ``update_interval_s``: the sensor's update interval (``None``: not measured, taken to be
     the sampling interval); the larger of the two is compared with the median step.
     ``reading``: what updates ("energy counter", "power reading"), named in the reason when
-    its update interval is the coarser one.
+    its update interval is the coarser one. ``longest_gap_s``: the longest stretch of the
+    window (``window_s`` long) without a sample; over half the median step and over a tenth
+    of the window, the steps in it are split by time alone: ``"low"``, whatever the median.
     """
     if samples_in_window < 2 or sampling_interval_s is None:
         return "low", (
@@ -548,6 +563,17 @@ def attribution_confidence(
     if median_step_s is None or median_step_s <= 0:
         return "low", "steps have no measurable duration: the split is not time-resolved"
     step = f"median step {median_step_s * 1e3:.1f} ms"
+    if (
+        longest_gap_s is not None
+        and window_s
+        and longest_gap_s > LOW_CONFIDENCE_RATIO * median_step_s
+        and longest_gap_s > HIGH_CONFIDENCE_RATIO * window_s
+    ):
+        return "low", (
+            f"no reading for {longest_gap_s * 1e3:.1f} ms of the {window_s * 1e3:.1f} ms window "
+            f"(sampler stalled or stopped) vs {step}: the steps in that stretch are split by "
+            "time alone; totals stay exact"
+        )
     if update_interval_s is not None and update_interval_s > sampling_interval_s:
         ratio = update_interval_s / median_step_s
         what = (
@@ -686,7 +712,13 @@ def attribute_energy(
         else "sensor reading"
     )
     confidence, reason = attribution_confidence(
-        sampling, median_step, inside, update_interval_s=update, reading=reading
+        sampling,
+        median_step,
+        inside,
+        update_interval_s=update,
+        reading=reading,
+        longest_gap_s=max(c.longest_gap_s(t0, t1) for c in curve_list),
+        window_s=t1 - t0,
     )
     return EnergyAttribution(
         source=sources.pop() if len(sources) == 1 else "mixed",

@@ -50,7 +50,10 @@ class PhaseSplit(BaseModel):
     input_tokens: int = Field(description="Prompt tokens.")
     output_tokens: int = Field(description="Output tokens of the full window.")
     decode_tokens: int = Field(
-        description="output_tokens - requests (the first token belongs to prefill)."
+        description=(
+            "Every request's tokens after its first (output_tokens - requests when each "
+            "generated one); the first token belongs to prefill."
+        )
     )
     energy_total_j: float = Field(description="Energy of the full window, J.")
     energy_prefill_j: float = Field(description="Energy of the prefill-only window, J.")
@@ -107,9 +110,12 @@ def differential_phase_split(
     prefill_energy_j: float,
     prefill_duration_s: float,
     baseline_power_w: float | None = None,
+    decode_tokens: int | None = None,
 ) -> tuple[PhaseSplit | None, str | None]:
     """The differential split of a full window and its prefill-only twin.
 
+    ``decode_tokens``: every request's tokens after its first (default ``output_tokens -
+    requests``, right when every request generated at least one token).
     Returns ``(split, None)``, or ``(None, reason)`` when the numbers cannot give a split.
     """
     for name, value in (
@@ -138,7 +144,8 @@ def differential_phase_split(
             f"the prefill-only window lasted longer ({prefill_duration_s:.3f} s) than the "
             f"full run ({total_duration_s:.3f} s)"
         )
-    decode_tokens = output_tokens - requests
+    if decode_tokens is None:
+        decode_tokens = output_tokens - requests
     if decode_tokens <= 0:
         return None, (
             f"no decode token: {output_tokens} output tokens for {requests} requests "

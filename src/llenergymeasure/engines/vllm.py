@@ -571,8 +571,9 @@ class VLLMBackend(OfflineLLMEngine):
         (another vLLM), the requests ask for ``DELTA`` outputs instead and each ``step()``'s
         return is stamped. Every request's token of one iteration carries the same stamp
         (``token_times_s``), so the time-resolved attribution sees the engine's steps exactly;
-        tokens that arrive together (speculative decoding) share the iteration's interval evenly.
-        TTFT counts from each request's submission (``start_s``), ITL between its tokens.
+        tokens that arrive together (speculative decoding) all carry that stamp there, and share
+        the iteration's interval evenly in the ITL gaps (``_spread``). TTFT counts from each
+        request's submission (``start_s``), ITL between its tokens.
         """
         from vllm.sampling_params import RequestOutputKind
 
@@ -614,7 +615,7 @@ class VLLMBackend(OfflineLLMEngine):
                     if log is not None:
                         final_tokens[k], done_at[k] = new, now  # FINAL_ONLY: the answer, once
                     elif new:
-                        _stamp(stamps[k], now, new)
+                        stamps[k].extend([now] * new)
         finally:
             if log is not None:
                 log.detach()
@@ -635,7 +636,7 @@ class VLLMBackend(OfflineLLMEngine):
                 note = f"vllm: no per-token timing: {why}"
         records: list[RequestRecord] = []
         for i, p in enumerate(prompts):
-            times = stamps[i]
+            times = stamps[i]  # each token: its step's stamp (the attribution's steps)
             t_in = submitted[i]
             n_out = len(times) if times or final_tokens[i] is None else final_tokens[i]
             done = times[-1] if times else done_at[i]
@@ -646,7 +647,7 @@ class VLLMBackend(OfflineLLMEngine):
                     output_tokens=n_out or 0,
                     latency_s=(done - t_in) if done is not None else 0.0,
                     ttft_s=(times[0] - t_in) if times else None,
-                    itl_s=[b - a for a, b in itertools.pairwise(times)],
+                    itl_s=[b - a for a, b in itertools.pairwise(_spread(times))],
                     start_s=t_in,
                     token_times_s=times or None,
                 )
@@ -750,10 +751,24 @@ class VLLMBackend(OfflineLLMEngine):
             shutdown()
 
 
-def _stamp(times: list[float], now: float, new: int) -> None:
-    """Append ``new`` token times ending at ``now``, spread evenly since the previous one."""
-    start = times[-1] if times else now
-    times.extend(start + (now - start) * (k + 1) / new for k in range(new))
+def _spread(stamps: Sequence[float]) -> list[float]:
+    """Per-token step stamps with the tokens of one step spread evenly since the previous step.
+
+    Tokens delivered together (speculative decoding) share their step's stamp in
+    ``token_times_s`` (the attribution's step timeline); for the ITL gaps they share the step's
+    interval evenly instead: the ``k``-th of ``n`` tokens stamped ``now`` after a previous
+    stamp ``start`` is at ``start + (now - start) * k / n`` (all at ``now`` in the first step).
+    """
+    out: list[float] = []
+    k = 0
+    while k < len(stamps):
+        now, n = stamps[k], 1
+        while k + n < len(stamps) and stamps[k + n] == now:
+            n += 1
+        start = out[-1] if out else now
+        out.extend(start + (now - start) * (j + 1) / n for j in range(n))
+        k += n
+    return out
 
 
 class _CoreIterationLog:
@@ -832,10 +847,7 @@ class _CoreIterationLog:
                 tokens = getattr(item, "new_token_ids", None)
                 if i is None or not tokens:
                     continue
-                if len(tokens) == 1:
-                    stamps[i].append(stamp)
-                else:
-                    _stamp(stamps[i], stamp, len(tokens))
+                stamps[i].extend([stamp] * len(tokens))
         for i, times in enumerate(stamps):
             if final_tokens[i] is not None and len(times) != final_tokens[i]:
                 return empty, (

@@ -56,8 +56,9 @@ def token_timed_batches(records: Sequence[RequestRecord]) -> list[BatchTokenTime
 
     A batch starts at the earliest ``start_s`` of its records (a static batch: all equal; the
     vLLM step loop: the first submission). A record's token times are its ``token_times_s``
-    where the engine stamped them per step, else ``start_s + ttft_s`` then each ``itl_s`` gap.
-    Raises ``ValueError`` naming the first record that lacks ``start_s`` or a first-token time.
+    where the engine stamped them per step, else ``start_s + ttft_s`` then each ``itl_s`` gap;
+    none for a record that generated nothing. Raises ``ValueError`` naming the first record
+    that lacks ``start_s``, or a first-token time although it generated tokens.
     """
     grouped: dict[int, list[RequestTokenTimes]] = {}
     starts: dict[int, float] = {}
@@ -67,13 +68,15 @@ def token_timed_batches(records: Sequence[RequestRecord]) -> list[BatchTokenTime
                 f"request {r.index} has no start time on the sampler's clock (this engine "
                 "does not record RequestRecord.start_s)"
             )
-        if r.ttft_s is None:
+        if r.token_times_s is not None:
+            times = list(r.token_times_s)
+        elif r.ttft_s is None and r.output_tokens == 0:
+            times = []  # generated nothing: charged its prompt in its batch's first step
+        elif r.ttft_s is None:
             raise ValueError(
                 f"request {r.index} has no per-token times (beam search, or an engine path "
                 "without per-token timing)"
             )
-        if r.token_times_s is not None:
-            times = list(r.token_times_s)
         else:
             times = list(itertools.accumulate([r.start_s + r.ttft_s, *r.itl_s]))
         grouped.setdefault(r.batch_index, []).append(

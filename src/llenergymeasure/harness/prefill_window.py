@@ -134,8 +134,8 @@ def split_from_windows(
     """``differential_phase_split`` of the measurement window and its prefill-only twin.
 
     Token counts come from the full window's records (input tokens, output tokens, one
-    request per record). ``(None, reason)`` when either window has no energy or the
-    arithmetic refuses.
+    request per record; decode tokens: each record's tokens after its first).
+    ``(None, reason)`` when either window has no energy or the arithmetic refuses.
     """
     if full_energy_j is None:
         return None, "the measurement window has no energy figure"
@@ -155,4 +155,5 @@ def split_from_windows(
         prefill_energy_j=prefill.energy.total_energy_j,
         prefill_duration_s=prefill.duration_s,
         baseline_power_w=baseline_power_w,
+        decode_tokens=sum(max(r.output_tokens - 1, 0) for r in full_records),
     )
