@@ -547,6 +547,20 @@ def test_prefix_cache_hit_rate_covers_the_window_and_clear_run_state_empties_the
     assert window()["hit_rate"] == 0.0
 
 
+def test_a_warmup_leaves_no_prefix_cache_behind_for_the_window(fake_vllm: ModuleType) -> None:
+    # in a fresh process too, where the harness does not clear before the window: a warmup
+    # prompt sharing a prefix with measured ones must not skip part of their prefill
+    config = cfg()
+    engine = loaded(config)
+    engine.generate(PROMPTS, config, phase="warmup")  # the very prompts the window measures
+    assert fake_vllm.instances[-1].calls[-1] == {"method": "reset_prefix_cache"}
+    engine.reset_peak_memory()
+    engine.generate(PROMPTS, config)
+    stats = engine.effective_parameters()
+    assert stats["prefix_cache"]["hits_tokens"] == 0
+    assert "vllm: prefix cache reset (LLM.reset_prefix_cache), after every warmup" in str(stats)
+
+
 def test_engine_start_time_is_a_load_part(fake_vllm: ModuleType) -> None:
     info = VLLMBackend().load(cfg())
     assert set(info.timing_parts) == {"engine_start_s"}  # the workers compiled nothing

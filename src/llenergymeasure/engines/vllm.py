@@ -539,6 +539,27 @@ class VLLMBackend(OfflineLLMEngine):
             kw.update(ignore_eos=True, min_tokens=max_tokens)
         return SamplingParams(**kw)
 
+    def generate(
+        self,
+        prompts: Sequence[Prompt],
+        config: ExperimentConfig,
+        *,
+        phase: str = "measurement",
+    ) -> list[RequestRecord]:
+        """Run every prompt; a warmup ends with the prefix cache emptied (``clear_run_state``).
+
+        So the window after a warmup (the measurement window, or the prefill-only one of
+        ``measurement.phase_split``) never reuses KV blocks the warmup computed, in a fresh
+        process as on a reused engine (where the harness also clears before the window): a
+        warmup prompt sharing a prefix with measured ones (a chat template, a system prompt)
+        would otherwise skip part of their prefill.
+        """
+        records = super().generate(prompts, config, phase=phase)
+        if phase == "warmup" and self._llm is not None:
+            for note in self.clear_run_state():
+                self._add_note(f"{note}, after every warmup")
+        return records
+
     def _generate(
         self, prompts: Sequence[Prompt], config: ExperimentConfig, limits: list[int]
     ) -> list[RequestRecord]:
