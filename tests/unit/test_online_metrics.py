@@ -178,6 +178,16 @@ def test_a_single_token_request_has_no_tpot_and_meets_a_tpot_target():
     assert meets_slo(one, SLOConfig(tpot_ms=1))
 
 
+def test_a_request_whose_tokens_were_never_seen_arriving_misses_a_tpot_target():
+    # usage counts 5 tokens but no streamed chunk carried one: TPOT cannot be timed
+    unseen = RequestRecord(
+        index=0, ok=True, http_status=200, send_time_s=0.0, end_time_s=0.2, output_tokens_usage=5
+    )
+    assert unseen.tpot_s is None
+    assert not meets_slo(unseen, SLOConfig(tpot_ms=1e9))
+    assert meets_slo(unseen, SLOConfig(e2e_ms=1e9))
+
+
 def test_a_failed_request_never_meets_the_slo():
     assert not meets_slo(failed(0, "HTTP 500: x"), SLOConfig(e2e_ms=1e9))
 

@@ -76,15 +76,20 @@ def meets_slo(record: RequestRecord, slo: SLOConfig) -> bool:
     """Whether a successful ``record`` meets every target set in ``slo``.
 
     A request with fewer than two output tokens has no TPOT and meets a TPOT target; one with
-    no token at all has no TTFT and misses a TTFT target.
+    no token at all has no TTFT and misses a TTFT target. One whose tokens were never seen
+    arriving (no chunk with a token, although ``usage`` counts two or more) has a TPOT that
+    cannot be timed: it misses a TPOT target rather than pass unchecked.
     """
     if not record.ok:
         return False
     if slo.ttft_ms is not None and (record.ttft_s is None or record.ttft_s * 1000 > slo.ttft_ms):
         return False
     tpot = record.tpot_s
-    if slo.tpot_ms is not None and tpot is not None and tpot * 1000 > slo.tpot_ms:
-        return False
+    if slo.tpot_ms is not None:
+        if tpot is None and record.output_tokens >= 2:
+            return False
+        if tpot is not None and tpot * 1000 > slo.tpot_ms:
+            return False
     return not (slo.e2e_ms is not None and record.e2e_s * 1000 > slo.e2e_ms)
 
 
