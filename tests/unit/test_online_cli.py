@@ -20,6 +20,7 @@ from fake_openai_server import FakeOpenAIServer
 from typer.testing import CliRunner
 
 from llenergymeasure.cli.app import app
+from llenergymeasure.config.models import ExperimentConfig
 from llenergymeasure.results.models import ExperimentResult
 from llenergymeasure.study.manifest import load_manifest
 
@@ -42,6 +43,22 @@ def experiment_yaml(tmp_path: Path, online: str, *, backend: str = "vllm", n: in
         f"n: {n}\nmax_new_tokens: 4\nmode: online\nonline:\n{online}"
     )
     return path
+
+
+def online_config(
+    tmp_path: Path, url: str, *, n: int, max_new_tokens: int, baseline: dict, **online: object
+) -> ExperimentConfig:
+    """An online experiment against ``url`` over ``prompts_file``, measured in this process."""
+    return ExperimentConfig(
+        model="org/served-model",
+        backend="vllm",
+        dataset=str(prompts_file(tmp_path)),
+        n=n,
+        max_new_tokens=max_new_tokens,
+        baseline=baseline,
+        mode="online",
+        online={"endpoint": url, **online},
+    )
 
 
 def only_dir(root: Path) -> Path:
@@ -200,7 +217,6 @@ def test_run_experiment_measures_an_online_config_and_writes_nothing(tmp_path, m
 
 
 def test_online_runs_stay_out_of_engine_groups_and_keep_the_cycle_order():
-    from llenergymeasure.config.models import ExperimentConfig
     from llenergymeasure.config.study import ExecutionConfig
     from llenergymeasure.study.planning import grouped_order, reuse_key
 
@@ -262,7 +278,6 @@ def test_tokens_that_decode_to_no_text_are_timed_or_the_result_says_why_not(tmp_
 
 
 def test_energy_per_request_comes_from_the_metered_gpus_over_the_load_window(tmp_path):
-    from llenergymeasure.config.models import ExperimentConfig
     from llenergymeasure.energy.baseline import BaselineCache
     from llenergymeasure.harness.online import measure_online
     from llenergymeasure.harness.settings import MeasurementSettings
@@ -271,15 +286,14 @@ def test_energy_per_request_comes_from_the_metered_gpus_over_the_load_window(tmp
     sensor = FakeGpuSensor(n_devices=1, power_w=150.0)
     settings = MeasurementSettings(sampling_interval_ms=10, energy_backend="nvml")
     with FakeOpenAIServer(token_delay_s=0.05) as server:
-        config = ExperimentConfig(
-            model="org/served-model",
-            backend="vllm",
-            dataset=str(prompts_file(tmp_path)),
+        config = online_config(
+            tmp_path,
+            server.url,
             n=5,
             max_new_tokens=5,
             baseline={"enabled": True, "duration_seconds": 0.2},
-            mode="online",
-            online={"endpoint": server.url, "request_rate": 50, "n_warmup_requests": 1},
+            request_rate=50,
+            n_warmup_requests=1,
         )
         measured = measure_online(
             config,
@@ -310,7 +324,6 @@ def test_zeus_meters_the_online_gpus_not_every_gpu_this_process_sees(tmp_path, m
     # as the NVML sensor and the idle baseline are
     from types import SimpleNamespace
 
-    from llenergymeasure.config.models import ExperimentConfig
     from llenergymeasure.energy.baseline import BaselineCache
     from llenergymeasure.energy.zeus_backend import ZeusEnergyBackend
     from llenergymeasure.harness import online as harness_online
@@ -335,15 +348,14 @@ def test_zeus_meters_the_online_gpus_not_every_gpu_this_process_sees(tmp_path, m
     monkeypatch.setattr(harness_online, "_nvml_uuids", lambda: [f"GPU-{i}" for i in range(4)])
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     with FakeOpenAIServer() as server:
-        config = ExperimentConfig(
-            model="org/served-model",
-            backend="vllm",
-            dataset=str(prompts_file(tmp_path)),
+        config = online_config(
+            tmp_path,
+            server.url,
             n=3,
             max_new_tokens=2,
             baseline={"enabled": False},
-            mode="online",
-            online={"endpoint": server.url, "gpus": [2], "n_warmup_requests": 0},
+            gpus=[2],
+            n_warmup_requests=0,
         )
         measured = harness_online.measure_online(
             config,
@@ -372,7 +384,6 @@ def test_zeus_gpu_indices_are_this_processs_cuda_ordinals_of_the_online_gpus():
 def test_an_online_run_does_not_reuse_an_idle_baseline_measured_without_its_server(tmp_path):
     # a study's baseline cache is shared by its runs: an offline run's baseline (taken before
     # its engine loads, no server up) is not the online run's idle state, the server up and idle
-    from llenergymeasure.config.models import ExperimentConfig
     from llenergymeasure.energy.baseline import BaselineCache, get_or_measure_baseline
     from llenergymeasure.harness.online import measure_online
     from llenergymeasure.harness.settings import MeasurementSettings
@@ -383,15 +394,13 @@ def test_an_online_run_does_not_reuse_an_idle_baseline_measured_without_its_serv
     assert offline_idle.power_w == pytest.approx(60.0)
     settings = MeasurementSettings(sampling_interval_ms=10, energy_backend="nvml")
     with FakeOpenAIServer() as server:
-        config = ExperimentConfig(
-            model="org/served-model",
-            backend="vllm",
-            dataset=str(prompts_file(tmp_path)),
+        config = online_config(
+            tmp_path,
+            server.url,
             n=3,
             max_new_tokens=2,
             baseline={"enabled": True, "duration_seconds": 0.2},
-            mode="online",
-            online={"endpoint": server.url, "n_warmup_requests": 0},
+            n_warmup_requests=0,
         )
         runs = [
             measure_online(
