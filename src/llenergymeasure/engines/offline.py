@@ -124,7 +124,10 @@ class OfflineLLMEngine:
             return []
         default_max = int(config.effective_max_new_tokens)
         limits = [default_max if p.max_new_tokens is None else p.max_new_tokens for p in prompts]
-        return self._generate(prompts, config, limits)
+        records = self._generate(prompts, config, limits)
+        if phase == "warmup":
+            self._after_warmup()
+        return records
 
     def _generate(
         self, prompts: Sequence[Prompt], config: ExperimentConfig, limits: list[int]
@@ -212,6 +215,9 @@ class OfflineLLMEngine:
         gc.collect()
 
     # ─── Hooks ──────────────────────────────────────────────────────────────
+    def _after_warmup(self) -> None:
+        """Runs after every warmup ``generate``, outside any window (default: nothing)."""
+
     def _machine_problems(self, config: ExperimentConfig) -> list[str]:
         """Engine-specific machine checks (files, passthrough keys); the library is present."""
         return []

@@ -539,14 +539,8 @@ class VLLMBackend(OfflineLLMEngine):
             kw.update(ignore_eos=True, min_tokens=max_tokens)
         return SamplingParams(**kw)
 
-    def generate(
-        self,
-        prompts: Sequence[Prompt],
-        config: ExperimentConfig,
-        *,
-        phase: str = "measurement",
-    ) -> list[RequestRecord]:
-        """Run every prompt; a warmup ends with the prefix cache emptied (``clear_run_state``).
+    def _after_warmup(self) -> None:
+        """Empty the prefix cache (``clear_run_state``) at the end of every warmup.
 
         So the window after a warmup (the measurement window, or the prefill-only one of
         ``measurement.phase_split``) never reuses KV blocks the warmup computed, in a fresh
@@ -554,11 +548,8 @@ class VLLMBackend(OfflineLLMEngine):
         warmup prompt sharing a prefix with measured ones (a chat template, a system prompt)
         would otherwise skip part of their prefill.
         """
-        records = super().generate(prompts, config, phase=phase)
-        if phase == "warmup" and self._llm is not None:
-            for note in self.clear_run_state():
-                self._add_note(f"{note}, after every warmup")
-        return records
+        for note in self.clear_run_state():
+            self._add_note(f"{note}, after every warmup")
 
     def _generate(
         self, prompts: Sequence[Prompt], config: ExperimentConfig, limits: list[int]
@@ -772,14 +763,18 @@ class VLLMBackend(OfflineLLMEngine):
             shutdown()
 
 
-def _spread(stamps: Sequence[float]) -> list[float]:
+def _spread(stamps: Sequence[float]) -> Sequence[float]:
     """Per-token step stamps with the tokens of one step spread evenly since the previous step.
 
     Tokens delivered together (speculative decoding) share their step's stamp in
     ``token_times_s`` (the attribution's step timeline); for the ITL gaps they share the step's
     interval evenly instead: the ``k``-th of ``n`` tokens stamped ``now`` after a previous
     stamp ``start`` is at ``start + (now - start) * k / n`` (all at ``now`` in the first step).
+    Stamps that are all distinct (one token per step) come back as they are: this runs inside
+    the measurement window, after the engine loop, for every request.
     """
+    if len(set(stamps)) == len(stamps):  # stamps never decrease: no two equal, no shared step
+        return stamps
     out: list[float] = []
     k = 0
     while k < len(stamps):
