@@ -48,7 +48,7 @@ from llenergymeasure.energy.baseline import (
 from llenergymeasure.energy.sampler import EnergySampler
 from llenergymeasure.energy.sensors import GpuSensor
 from llenergymeasure.energy.zeus_backend import ZeusEnergyBackend
-from llenergymeasure.exceptions import PreFlightError
+from llenergymeasure.exceptions import BackendError, PreFlightError
 from llenergymeasure.harness import metrics as m
 from llenergymeasure.harness.assemble import (
     carbon_estimate,
@@ -57,7 +57,13 @@ from llenergymeasure.harness.assemble import (
 )
 from llenergymeasure.harness.orchestrator import MeasuredExperiment, energy_backend_for
 from llenergymeasure.harness.settings import MeasurementSettings
-from llenergymeasure.online.run import SERVER_LOG_NAME, OnlineRunFailed, OnlineRunResult, run_online
+from llenergymeasure.online.run import (
+    SERVER_LOG_NAME,
+    OnlineRunFailed,
+    OnlineRunResult,
+    metered_gpu_indices,
+    run_online,
+)
 from llenergymeasure.online.server import ManagedServer
 
 __all__ = [
@@ -176,8 +182,6 @@ def zeus_gpu_indices(
     one of them is hidden from this process (Zeus cannot meter it; the NVML backend can).
     """
     from llenergymeasure.energy.devices import visible_nvml_indices
-    from llenergymeasure.exceptions import BackendError
-    from llenergymeasure.online.run import metered_gpu_indices
 
     metered = metered_gpu_indices(online, uuids_by_index)
     if metered is None:
@@ -205,7 +209,6 @@ def _default_sensor(config: ExperimentConfig) -> GpuSensor | None:
     """NVML over the GPUs to meter (``online.gpus``; all visible when unset), or None."""
     from llenergymeasure.energy.devices import nvml_available
     from llenergymeasure.energy.sensors import NvmlSensor
-    from llenergymeasure.online.run import metered_gpu_indices
 
     if not nvml_available():
         return None
