@@ -12,7 +12,7 @@ import inspect
 import math
 import pkgutil
 import types
-from typing import Any, Union, get_args, get_origin
+from typing import Annotated, Any, Union, get_args, get_origin
 
 import pytest
 from pydantic import BaseModel, ValidationError
@@ -54,6 +54,8 @@ def _config_models() -> list[type[BaseModel]]:
 def _has_float(annotation: Any) -> bool:
     if annotation is float:
         return True
+    if get_origin(annotation) is Annotated:
+        return _has_float(get_args(annotation)[0])
     if get_origin(annotation) in (Union, types.UnionType):
         return any(_has_float(arg) for arg in get_args(annotation))
     return False

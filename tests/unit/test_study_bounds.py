@@ -32,7 +32,11 @@ def test_a_huge_sweep_is_refused_quickly_naming_its_size_and_the_limit():
 
 
 def test_too_many_cycles_are_refused():
-    with pytest.raises(ConfigError, match=r"n_cycles=1,000,000,000 is more than the limit"):
+    # over the user config's limit (1,000 by default) ...
+    with pytest.raises(ConfigError, match=r"n_cycles=5,000 is more than the limit of 1,000"):
+        StudyConfig.from_dict({**BASE, "execution": {"n_cycles": 5000}})
+    # ... and over the hard ceiling of the field, which no user config can raise
+    with pytest.raises(ConfigError, match=r"execution.n_cycles: .*allowed \[1, 100,000\]"):
         StudyConfig.from_dict({**BASE, "execution": {"n_cycles": 1e9}})
 
 

@@ -33,6 +33,33 @@ def cli_overrides(opts: RunOptions) -> dict[str, Any]:
     return out
 
 
+def _numeric_options(opts: RunOptions) -> list[tuple[str, int | None, Any]]:
+    """(flag, value, the config field it sets) of every numeric ``llem run`` option."""
+    from llenergymeasure.config.models import PyTorchConfig
+    from llenergymeasure.config.study import ExecutionConfig
+
+    return [
+        ("-n", opts.n, ExperimentConfig.model_fields["n"]),
+        ("--batch-size", opts.batch_size, PyTorchConfig.model_fields["batch_size"]),
+        ("--cycles", opts.cycles, ExecutionConfig.model_fields["n_cycles"]),
+    ]
+
+
+def check_numeric_options(opts: RunOptions) -> None:
+    """``ConfigError`` for a numeric flag outside the bound of the config field it sets."""
+    from llenergymeasure.config.bounds import bound_of
+
+    for flag, value, info in _numeric_options(opts):
+        bound = bound_of(info.annotation, info.metadata)
+        if value is None or bound is None or bound.contains(value):
+            continue
+        side = f"at least {bound.lower:g}" if value < bound.lower else f"at most {bound.upper:,.0f}"
+        raise ConfigError(
+            f"{flag} must be {side}, got {value} (allowed {bound.explain()})",
+            hint=f"give {flag} a value in {bound.interval()}",
+        )
+
+
 @dataclass
 class ResolvedRun:
     """What ``llem run`` will do: one experiment or a study."""
@@ -52,12 +79,7 @@ def resolve(opts: RunOptions) -> ResolvedRun:
     )
 
     overrides = cli_overrides(opts)
-    if opts.n is not None and opts.n < 1:
-        raise ConfigError(f"-n must be at least 1, got {opts.n}")
-    if opts.batch_size is not None and opts.batch_size < 1:
-        raise ConfigError(f"--batch-size must be at least 1, got {opts.batch_size}")
-    if opts.cycles is not None and opts.cycles < 1:
-        raise ConfigError(f"--cycles must be at least 1, got {opts.cycles}")
+    check_numeric_options(opts)
 
     if opts.config is None:
         if opts.model is None:
@@ -91,7 +113,13 @@ def resolve(opts: RunOptions) -> ResolvedRun:
         if opts.reuse_engine is not None:
             updates["reuse_engine"] = opts.reuse_engine
         if updates:
-            study = study.model_copy(update={"execution": execution.model_copy(update=updates)})
+            from llenergymeasure.config.study import ExecutionConfig
+
+            # validated, not copied: the flags get the same bounds as the YAML
+            execution = ExecutionConfig.model_validate(
+                {**execution.model_dump(exclude_unset=True), **updates}
+            )
+            study = study.model_copy(update={"execution": execution})
             from llenergymeasure.config.study import check_study_bounds
 
             check_study_bounds(
@@ -107,7 +135,8 @@ def resolve(opts: RunOptions) -> ResolvedRun:
         if value is not None:
             raise ConfigError(f"{flag} applies to studies; {opts.config} is a single experiment")
     _check_batch_size_backend(merge_overrides(data, overrides), opts)
-    return ResolvedRun(experiment=build_experiment_config(opts.config, overrides), study=None)
+    experiment = build_experiment_config(opts.config, overrides, document=(data, text))
+    return ResolvedRun(experiment=experiment, study=None)
 
 
 def _check_batch_size_backend(data: dict[str, Any], opts: RunOptions) -> None:
@@ -132,6 +161,11 @@ def execute_run(opts: RunOptions) -> int:
                 f"--runner {opts.runner!r} is not a runner",
                 hint="use local, slurm or docker:<image>",
             )
+    # The user config and the LLEM_* variables, validated here for every path (--dry-run
+    # included) by the one function a run reads them with.
+    from llenergymeasure.config.user_config import effective_settings
+
+    effective_settings()
     if opts.resume is not None:
         return resume_run(opts)
     resolved = resolve(opts)

@@ -1,6 +1,7 @@
 """YAML loading and human-readable validation errors.
 
-Only ``yaml.safe_load`` is used. Every problem becomes a ``ConfigError`` that names the file,
+Files are read by ``config.yaml_reader`` (safe YAML, bounded regular files, no duplicate
+keys). Every problem becomes a ``ConfigError`` that names the file,
 the key path, its line where known, and — for unknown keys — the closest valid key.
 """
 
@@ -16,65 +17,39 @@ from typing import Any, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from llenergymeasure.config.bounds import Bound, bound_of
 from llenergymeasure.config.catalogue import ENGINES
 from llenergymeasure.config.models import USER_INPUT, ExperimentConfig
+from llenergymeasure.config.yaml_reader import ConfigLoader, node_lines, read_yaml_file
+from llenergymeasure.config.yaml_reader import KeyPath as KeyPath  # the study module uses it
 from llenergymeasure.exceptions import ConfigError
-
-KeyPath = tuple[str | int, ...]
 
 
 def read_yaml_mapping(path: str | Path) -> tuple[dict[str, Any], str]:
-    """Read a YAML file that must hold a mapping. Returns (data, text)."""
+    """Read a config YAML file that must hold a mapping. Returns (data, text).
+
+    Goes through ``config.yaml_reader``: a regular file of bounded size, no duplicate keys,
+    ``1e-9`` read as a number; every problem is a ``ConfigError`` naming the file.
+    """
     p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"config file not found: {p}", hint="check the path (relative to cwd)")
-    if p.is_dir():
-        raise ConfigError(f"config path is a directory, not a YAML file: {p}")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read config file {p}: {exc}") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(p)
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(
-            f"invalid YAML in {where}: {problem}",
-            hint="check indentation and that every 'key: value' pair has a space after ':'",
-        ) from exc
+    document = read_yaml_file(p)
+    data = document.data
     if data is None:
         raise ConfigError(f"config file is empty: {p}", hint="see examples/experiment.yaml")
     if not isinstance(data, dict):
         raise ConfigError(
             f"{p}: top level must be a mapping of keys to values, got {type(data).__name__}"
         )
-    return data, text
+    return data, document.text
 
 
 def key_lines(text: str) -> dict[KeyPath, int]:
     """Map each key path in a YAML document to its 1-based line number."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=ConfigLoader)
     except yaml.YAMLError:
         return {}
-    lines: dict[KeyPath, int] = {}
-
-    def walk(node: yaml.Node | None, prefix: KeyPath) -> None:
-        if isinstance(node, yaml.MappingNode):
-            for key_node, value_node in node.value:
-                key = (*prefix, str(key_node.value))
-                lines[key] = key_node.start_mark.line + 1
-                walk(value_node, key)
-        elif isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                item_key = (*prefix, i)
-                lines[item_key] = item.start_mark.line + 1
-                walk(item, item_key)
-
-    walk(root, ())
-    return lines
+    return node_lines(root) if root is not None else {}
 
 
 def _submodel(annotation: Any) -> type[BaseModel] | None:
@@ -99,6 +74,23 @@ def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] |
             continue  # union tags ("synthetic") and list indices
         current = _submodel(field.annotation)
     return current
+
+
+def _bound_at(model: type[BaseModel], loc: tuple[Any, ...]) -> Bound | None:
+    """The ``Bound`` of the field at ``loc`` (through sections, lists and union tags)."""
+    current: type[BaseModel] | None = model
+    found: Bound | None = None
+    for part in loc:
+        if current is None or not isinstance(part, str) or part not in current.model_fields:
+            continue
+        info = current.model_fields[part]
+        found = bound_of(info.annotation, info.metadata)
+        current = _submodel(info.annotation)
+    return found
+
+
+#: pydantic error types of a number outside its interval.
+_BOUND_ERRORS = frozenset({"greater_than", "greater_than_equal", "less_than", "less_than_equal"})
 
 
 def _all_field_homes(model: type[BaseModel], prefix: str = "") -> dict[str, list[str]]:
@@ -183,6 +175,10 @@ def describe_validation_error(
                 got = f" (got {value!r})"
         if err["type"] == "missing":
             text = "required field is missing"
+        if err["type"] in _BOUND_ERRORS:
+            bound = _bound_at(model, loc)
+            if bound is not None:
+                got += f"; allowed {bound.explain()}"
         if err["type"] == "literal_error" and isinstance(err.get("input"), str):
             options = re.findall(r"'([^']*)'", str(err.get("ctx", {}).get("expected", "")))
             guess = suggest_key(err["input"], options)
@@ -267,6 +263,7 @@ def build_experiment_config(
     overrides: Mapping[str, Any] | None = None,
     *,
     overrides_label: str = "overrides",
+    document: tuple[dict[str, Any], str] | None = None,
 ) -> ExperimentConfig:
     """The one way to build an ``ExperimentConfig`` from a YAML file and/or overrides.
 
@@ -274,7 +271,8 @@ def build_experiment_config(
     ``overrides`` is a nested mapping (``{"pytorch": {"batch_size": 4}}``) merged over the source
     by ``merge_overrides``. Errors name the YAML file with its line numbers (lines of keys the
     overrides replaced are not reported), or ``overrides_label`` when there is no file. A study
-    YAML raises ``ConfigError``.
+    YAML raises ``ConfigError``. ``document`` is the (data, text) of ``source`` when the caller
+    has read it already (the file is then not read again).
     """
     extra = dict(overrides or {})
     if isinstance(source, ExperimentConfig):
@@ -287,7 +285,7 @@ def build_experiment_config(
         return validate_experiment_dict(merge_overrides(data, extra), source=overrides_label)
     if source is None:
         return validate_experiment_dict(merge_overrides({}, extra), source=overrides_label)
-    data, text = read_yaml_mapping(source)
+    data, text = document if document is not None else read_yaml_mapping(source)
     if is_study_mapping(data):
         raise ConfigError(
             f"{source} is a study (it has sweep:, experiments: or a list of backends), "

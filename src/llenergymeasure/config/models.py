@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from llenergymeasure.config import bounds as B
 from llenergymeasure.config.catalogue import engine_names, engine_spec
 from llenergymeasure.config.online import OnlineConfig
 from llenergymeasure.config.secrets import drop_redacted, redact_secrets
@@ -47,22 +48,19 @@ class DecoderConfig(BaseModel):
 
     model_config = _FORBID
 
-    temperature: float = Field(
-        1.0, ge=0.0, description="Sampling temperature (0 = greedy). All engines."
+    temperature: Annotated[float, B.TEMPERATURE] = Field(
+        1.0, description="Sampling temperature (0 = greedy). All engines."
     )
-    top_p: float = Field(
+    top_p: Annotated[float, B.TOP_P] = Field(
         1.0,
-        gt=0.0,
-        le=1.0,
         description="Nucleus-sampling probability mass, in (0, 1]. All engines.",
     )
-    top_k: int | None = Field(
+    top_k: Annotated[int, B.TOP_K] | None = Field(
         None,
-        ge=0,
-        description=("Sample from the k most likely tokens. None = no top-k limit."),
+        description="Sample from the k most likely tokens (0 = off). None = no top-k limit.",
     )
-    repetition_penalty: float = Field(
-        1.0, gt=0.0, description="Penalty on repeated tokens (1.0 = none). All engines."
+    repetition_penalty: Annotated[float, B.PENALTY] = Field(
+        1.0, description="Penalty on repeated tokens (1.0 = none). All engines."
     )
     decoding_strategy: Literal["greedy", "sampling", "beam"] = Field(
         "greedy",
@@ -71,9 +69,8 @@ class DecoderConfig(BaseModel):
             "validation."
         ),
     )
-    num_beams: int | None = Field(
+    num_beams: Annotated[int, B.BEAMS] | None = Field(
         None,
-        ge=1,
         description=(
             "Beams for beam search; only with decoding_strategy='beam'. None = the engine's "
             "default."
@@ -116,17 +113,15 @@ class WarmupConfig(BaseModel):
 
     model_config = _FORBID
 
-    n_warmup: int = Field(
+    n_warmup: Annotated[int, B.WARMUP_RUNS] = Field(
         3,
-        ge=0,
         description=(
             "Warmup runs before the window, each over as many prompts as the run keeps in flight; "
             "warmup prompts are never the measured prompts."
         ),
     )
-    thermal_floor_seconds: float = Field(
+    thermal_floor_seconds: Annotated[float, B.GAP_SECONDS] = Field(
         60.0,
-        ge=0.0,
         description=(
             "Seconds to wait after warmup before the window opens, so the GPU reaches a steady "
             "temperature; below 30 s the result gets a warning."
@@ -139,15 +134,16 @@ class WarmupConfig(BaseModel):
             "is at most cv_target."
         ),
     )
-    cv_target: float = Field(
+    cv_target: Annotated[float, B.CV_TARGET] = Field(
         0.05,
-        gt=0.0,
         description=(
             "Coefficient of variation of the last three warmup latencies that ends warmup "
             "(convergence_detection only)."
         ),
     )
-    max_prompts: int = Field(20, ge=1, description="Most warmup runs with convergence_detection.")
+    max_prompts: Annotated[int, B.WARMUP_MAX_RUNS] = Field(
+        20, description="Most warmup runs with convergence_detection."
+    )
 
 
 class BaselineConfig(BaseModel):
@@ -161,8 +157,8 @@ class BaselineConfig(BaseModel):
             "Measure idle GPU power before the model is loaded and report baseline-adjusted energy."
         ),
     )
-    duration_seconds: float = Field(
-        30.0, gt=0.0, description="Seconds of idle power polling for the baseline."
+    duration_seconds: Annotated[float, B.BASELINE_SECONDS] = Field(
+        30.0, description="Seconds of idle power polling for the baseline."
     )
 
 
@@ -175,14 +171,14 @@ class SyntheticDatasetConfig(BaseModel):
 
     model_config = _FORBID
 
-    n: int = Field(ge=1, description="Prompts generated.")
-    input_len: int = Field(
-        512, ge=1, description="Tokens per prompt (exact, in the model's tokenizer)."
+    n: Annotated[int, B.PROMPTS] = Field(description="Prompts generated.")
+    input_len: Annotated[int, B.TOKENS] = Field(
+        512, description="Tokens per prompt (exact, in the model's tokenizer)."
     )
-    output_len: int = Field(
-        128, ge=1, description="Output tokens per prompt; replaces max_new_tokens."
+    output_len: Annotated[int, B.TOKENS] = Field(
+        128, description="Output tokens per prompt; replaces max_new_tokens."
     )
-    seed: int = Field(
+    seed: Annotated[int, B.SEED] = Field(
         42, description="Seed of the prompt generator (warmup prompts use another seed)."
     )
 
@@ -220,7 +216,9 @@ class PyTorchConfig(BaseModel):
 
     model_config = _FORBID
 
-    batch_size: int | None = Field(None, ge=1, description="Prompts per generate() call. None = 1.")
+    batch_size: Annotated[int, B.BATCH] | None = Field(
+        None, description="Prompts per generate() call. None = 1."
+    )
     batching_strategy: Literal["static", "dynamic"] | None = Field(
         None,
         description=(
@@ -247,9 +245,8 @@ class PyTorchConfig(BaseModel):
     load_in_8bit: bool | None = Field(
         None, description="bitsandbytes 8-bit quantization of the weights. None = off."
     )
-    num_processes: int | None = Field(
+    num_processes: Annotated[int, B.GPU_COUNT] | None = Field(
         None,
-        ge=1,
         description=(
             "Data-parallel processes, one per visible GPU, each with a full model copy. None = 1."
         ),
@@ -267,20 +264,17 @@ class VLLMConfig(BaseModel):
 
     model_config = _FORBID
 
-    max_num_seqs: int | None = Field(
+    max_num_seqs: Annotated[int, B.BATCH] | None = Field(
         None,
-        ge=1,
         description=(
             "Most sequences vLLM schedules at once (its batch size). None = vLLM's default (256)."
         ),
     )
-    tensor_parallel_size: int | None = Field(
-        None, ge=1, description="GPUs the model is sharded over. None = 1."
+    tensor_parallel_size: Annotated[int, B.GPU_COUNT] | None = Field(
+        None, description="GPUs the model is sharded over. None = 1."
     )
-    gpu_memory_utilization: float | None = Field(
+    gpu_memory_utilization: Annotated[float, B.MEMORY_FRACTION] | None = Field(
         None,
-        gt=0.0,
-        le=1.0,
         description=(
             "Fraction of GPU memory vLLM may use (weights + KV cache), in (0, 1]. None = vLLM's "
             "default (0.9)."
@@ -293,8 +287,8 @@ class VLLMConfig(BaseModel):
             " default."
         ),
     )
-    block_size: int | None = Field(
-        None, ge=1, description="KV-cache block size in tokens. None = vLLM's default."
+    block_size: Annotated[int, B.KV_BLOCK_TOKENS] | None = Field(
+        None, description="KV-cache block size in tokens. None = vLLM's default."
     )
     quantization: Literal["awq", "gptq", "fp8"] | None = Field(
         None,
@@ -306,8 +300,8 @@ class VLLMConfig(BaseModel):
     enable_lora: bool | None = Field(
         None, description="Allow LoRA adapters (required with lora:). None = vLLM's default (off)."
     )
-    max_lora_rank: int | None = Field(
-        None, ge=1, description="Largest LoRA rank vLLM allocates for. None = vLLM's default."
+    max_lora_rank: Annotated[int, B.LORA_RANK] | None = Field(
+        None, description="Largest LoRA rank vLLM allocates for. None = vLLM's default."
     )
 
 
@@ -316,18 +310,20 @@ class TensorRTConfig(BaseModel):
 
     model_config = _FORBID
 
-    max_batch_size: int | None = Field(
+    max_batch_size: Annotated[int, B.BATCH] | None = Field(
         None,
-        ge=1,
         description=(
             "Largest batch the built engine accepts (compile-time). None = TensorRT-LLM's default."
         ),
     )
-    tp_size: int | None = Field(None, ge=1, description="Tensor-parallel GPUs. None = 1.")
-    pp_size: int | None = Field(None, ge=1, description="Pipeline-parallel stages. None = 1.")
-    max_seq_len: int | None = Field(
+    tp_size: Annotated[int, B.GPU_COUNT] | None = Field(
+        None, description="Tensor-parallel GPUs. None = 1."
+    )
+    pp_size: Annotated[int, B.GPU_COUNT] | None = Field(
+        None, description="Pipeline-parallel stages. None = 1."
+    )
+    max_seq_len: Annotated[int, B.TOKENS] | None = Field(
         None,
-        ge=1,
         description=(
             "Longest sequence (prompt + output) the built engine accepts (compile-time). None = "
             "TensorRT-LLM's default."
@@ -352,10 +348,8 @@ class TensorRTConfig(BaseModel):
             "(llem's default; TensorRT-LLM's own default is on)."
         ),
     )
-    kv_cache_free_gpu_memory_fraction: float | None = Field(
+    kv_cache_free_gpu_memory_fraction: Annotated[float, B.MEMORY_FRACTION] | None = Field(
         None,
-        gt=0.0,
-        le=1.0,
         description=(
             "Fraction of the GPU memory free after loading that the KV cache may take "
             "(KvCacheConfig.free_gpu_memory_fraction), in (0, 1]. None = TensorRT-LLM's default "
@@ -460,21 +454,21 @@ class ExperimentConfig(BaseModel):
             "input_len, output_len, seed}."
         ),
     )
-    n: int = Field(
+    n: Annotated[int, B.PROMPTS] = Field(
         100,
-        ge=1,
         description=(
             "Prompts measured (taken from the dataset in order); in online mode, requests sent."
         ),
     )
-    max_new_tokens: int = Field(
+    max_new_tokens: Annotated[int, B.TOKENS] = Field(
         128,
-        ge=1,
         description=(
             "Most tokens generated per prompt (a synthetic dataset's output_len replaces it)."
         ),
     )
-    random_seed: int = Field(42, description="Seed for sampling and any engine randomness.")
+    random_seed: Annotated[int, B.SEED] = Field(
+        42, description="Seed for sampling and any engine randomness."
+    )
 
     decoder: DecoderConfig = Field(
         default_factory=DecoderConfig, description="How tokens are chosen."
@@ -691,6 +685,16 @@ class ExperimentConfig(BaseModel):
             raise ValueError(
                 "online: section given but mode is 'offline'. Set mode: online or remove online:"
             )
+        if self.online is not None and self.online.request_rate != "inf":
+            # the arrival schedule spans (n - 1) / rate seconds: a tiny rate must not make
+            # the load last for years
+            span = (self.n - 1) / float(self.online.request_rate)
+            if span > B.MAX_LOAD_SECONDS:
+                raise ValueError(
+                    f"n={self.n} requests at online.request_rate={self.online.request_rate} "
+                    f"req/s take {span / 86_400:,.1f} days to send, more than the limit of "
+                    f"{B.MAX_LOAD_SECONDS / 86_400:g} days: raise request_rate or lower n"
+                )
 
     @property
     def effective_max_new_tokens(self) -> int:

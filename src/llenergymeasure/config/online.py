@@ -10,11 +10,12 @@ or one llem starts from the experiment's engine fields (``server``). The load is
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
+from llenergymeasure.config import bounds as B
 from llenergymeasure.config.strict import STRICT_CONFIG
 
 __all__ = [
@@ -50,14 +51,14 @@ class ServerConfig(BaseModel):
 
     model_config = _STRICT
 
-    startup_timeout_s: float = Field(
-        900.0, gt=0.0, description="Seconds to wait for the started server to answer."
+    startup_timeout_s: Annotated[float, B.WAIT_TIMEOUT_SECONDS] = Field(
+        900.0, description="Seconds to wait for the started server to answer."
     )
     extra_args: list[str] = Field(
         default_factory=list, description="Appended verbatim to the server's command line."
     )
-    port: int | None = Field(
-        None, ge=1, le=65535, description="Port of the started server. None = a free loopback port."
+    port: Annotated[int, B.PORT] | None = Field(
+        None, description="Port of the started server. None = a free loopback port."
     )
     host: str = Field("127.0.0.1", min_length=1, description="Address the started server binds to.")
 
@@ -67,14 +68,14 @@ class SLOConfig(BaseModel):
 
     model_config = _STRICT
 
-    ttft_ms: float | None = Field(
-        None, gt=0.0, description="Time-to-first-token target, milliseconds. None = no target."
+    ttft_ms: Annotated[float, B.LATENCY_TARGET_MS] | None = Field(
+        None, description="Time-to-first-token target, milliseconds. None = no target."
     )
-    tpot_ms: float | None = Field(
-        None, gt=0.0, description="Time-per-output-token target, milliseconds. None = no target."
+    tpot_ms: Annotated[float, B.LATENCY_TARGET_MS] | None = Field(
+        None, description="Time-per-output-token target, milliseconds. None = no target."
     )
-    e2e_ms: float | None = Field(
-        None, gt=0.0, description="End-to-end latency target, milliseconds. None = no target."
+    e2e_ms: Annotated[float, B.LATENCY_TARGET_MS] | None = Field(
+        None, description="End-to-end latency target, milliseconds. None = no target."
     )
 
 
@@ -115,36 +116,36 @@ class OnlineConfig(BaseModel):
             "A server llem starts from the experiment's engine fields (exclusive with endpoint)."
         ),
     )
-    gpus: list[int | str] | None = Field(
-        None, description="Local GPUs to meter (NVML indices or UUIDs). None = all visible."
+    gpus: list[Annotated[int, B.GPU_INDEX] | str] | None = Field(
+        None,
+        max_length=int(B.GPU_COUNT.upper),
+        description="Local GPUs to meter (NVML indices or UUIDs). None = all visible.",
     )
     api: OnlineApi = Field("completions", description="OpenAI API used: completions or chat.")
     arrival: ArrivalProcess = Field(
         "poisson",
         description="Inter-arrival distribution of the requests: poisson, constant or gamma.",
     )
-    burstiness: float | None = Field(
+    burstiness: Annotated[float, B.BURSTINESS] | None = Field(
         None,
-        gt=0.0,
         description=(
             "Shape of the gamma arrival process (1 = Poisson, < 1 burstier, > 1 more regular). "
             "gamma only."
         ),
     )
-    request_rate: float | Literal["inf"] = Field(
+    request_rate: Annotated[float, B.REQUEST_RATE] | Literal["inf"] = Field(
         "inf", description='Requests per second, or "inf" to send all at once.'
     )
-    max_concurrency: int | None = Field(
+    max_concurrency: Annotated[int, B.BATCH] | None = Field(
         None,
-        ge=1,
         description="Most requests in flight; later arrivals wait for a slot. None = no cap.",
     )
-    n_warmup_requests: int = Field(
-        2, ge=0, description="Requests sent one at a time before the load; never measured."
+    n_warmup_requests: Annotated[int, B.WARMUP_REQUESTS] = Field(
+        2, description="Requests sent one at a time before the load; never measured."
     )
-    seed: int = Field(0, description="Seed of the arrival schedule.")
-    request_timeout_s: float = Field(
-        600.0, gt=0.0, description="Seconds before one request counts as failed."
+    seed: Annotated[int, B.SEED] = Field(0, description="Seed of the arrival schedule.")
+    request_timeout_s: Annotated[float, B.WAIT_TIMEOUT_SECONDS] = Field(
+        600.0, description="Seconds before one request counts as failed."
     )
     include_usage: bool = Field(
         True, description="Ask the server for token counts (stream_options.include_usage)."
@@ -179,9 +180,9 @@ class OnlineConfig(BaseModel):
         if isinstance(value, bool):
             raise ValueError("request_rate must be a number of requests per second or 'inf'")
         if isinstance(value, (int, float)):
-            if not math.isfinite(value) or value <= 0:
+            if not math.isfinite(value) or not B.REQUEST_RATE.contains(value):
                 raise ValueError(
-                    f"request_rate must be > 0 requests per second or 'inf', got {value!r}"
+                    f"request_rate must be in {B.REQUEST_RATE.explain()}, got {value!r}"
                 )
         elif isinstance(value, str):
             raise ValueError(

@@ -12,10 +12,11 @@ import itertools
 import math
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
+from llenergymeasure.config import bounds as B
 from llenergymeasure.config.catalogue import ENGINES, engine_names
 from llenergymeasure.config.hashing import measurement_config_hash, study_design_hash
 from llenergymeasure.config.loading import (
@@ -40,9 +41,8 @@ class ExecutionConfig(BaseModel):
 
     model_config = STRICT_CONFIG
 
-    n_cycles: int = Field(
+    n_cycles: Annotated[int, B.CYCLES] = Field(
         1,
-        ge=1,
         description="Times every config is run (the CLI uses 3 when the YAML does not set it).",
     )
     cycle_order: Literal["sequential", "interleaved", "shuffled"] = Field(
@@ -52,16 +52,17 @@ class ExecutionConfig(BaseModel):
             "shuffled (seeded order per cycle)."
         ),
     )
-    config_gap_seconds: float | None = Field(
-        None, ge=0, description="Idle seconds between runs. None = the user config's value."
+    config_gap_seconds: Annotated[float, B.GAP_SECONDS] | None = Field(
+        None, description="Idle seconds between runs. None = the user config's value."
     )
-    cycle_gap_seconds: float | None = Field(
-        None, ge=0, description="Idle seconds between cycles. None = the user config's value."
+    cycle_gap_seconds: Annotated[float, B.GAP_SECONDS] | None = Field(
+        None, description="Idle seconds between cycles. None = the user config's value."
     )
-    shuffle_seed: int = Field(42, description="Seed of the shuffled cycle order.")
-    experiment_timeout_seconds: float | None = Field(
+    shuffle_seed: Annotated[int, B.SEED] = Field(
+        42, description="Seed of the shuffled cycle order."
+    )
+    experiment_timeout_seconds: Annotated[float, B.RUN_TIMEOUT_SECONDS] | None = Field(
         None,
-        gt=0,
         description="Seconds after which a run is stopped and recorded as failed. None = no limit.",
     )
     # "per_gpu": independent runs at once, one per visible GPU (see study.parallel)

@@ -7,17 +7,19 @@ Precedence: built-in default < user config file < environment variable.
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
+from llenergymeasure.config import bounds as B
+from llenergymeasure.config.bounds import bound_of
 from llenergymeasure.config.catalogue import engine_names
-from llenergymeasure.config.loading import key_lines, read_yaml_mapping, validation_config_error
+from llenergymeasure.config.loading import validation_config_error
 from llenergymeasure.config.strict import STRICT_CONFIG
+from llenergymeasure.config.yaml_reader import read_yaml_file
 from llenergymeasure.exceptions import ConfigError
 
 _FORBID = STRICT_CONFIG
@@ -44,30 +46,28 @@ class MeasurementSection(BaseModel):
             "CodeCarbon if installed, else none), nvml, zeus, codecarbon or none."
         ),
     )
-    carbon_intensity_gco2_kwh: float | None = Field(
-        None, ge=0, description="Grid carbon intensity, gCO2 per kWh. None = CO2 not computed."
+    carbon_intensity_gco2_kwh: Annotated[float, B.CARBON_INTENSITY] | None = Field(
+        None, description="Grid carbon intensity, gCO2 per kWh. None = CO2 not computed."
     )
-    datacenter_pue: float = Field(
-        1.0, ge=1.0, description="Power usage effectiveness multiplied into CO2 (>= 1)."
+    datacenter_pue: Annotated[float, B.PUE] = Field(
+        1.0, description="Power usage effectiveness multiplied into CO2."
     )
     datacenter_location: str | None = Field(
         None, description="ISO-3166-1 country code, recorded with the carbon estimate."
     )
-    sampling_interval_ms: int = Field(
+    sampling_interval_ms: Annotated[int, B.SAMPLING_INTERVAL_MS] = Field(
         100,
-        ge=10,
-        le=10_000,
-        description="Power/energy sampling interval, milliseconds (10-10000).",
+        description="Power/energy sampling interval, milliseconds.",
     )
 
 
 class ExecutionSection(BaseModel):
     model_config = _FORBID
-    config_gap_seconds: float = Field(
-        60.0, ge=0, description="Default idle seconds between a study's runs."
+    config_gap_seconds: Annotated[float, B.GAP_SECONDS] = Field(
+        60.0, description="Default idle seconds between a study's runs."
     )
-    cycle_gap_seconds: float = Field(
-        300.0, ge=0, description="Default idle seconds between a study's cycles."
+    cycle_gap_seconds: Annotated[float, B.GAP_SECONDS] = Field(
+        300.0, description="Default idle seconds between a study's cycles."
     )
     # off by default until the GPU comparison shows it equivalent (BENCHMARKS.md, "Engine reuse")
     reuse_engine: bool = Field(
@@ -78,17 +78,15 @@ class ExecutionSection(BaseModel):
         ),
     )
     # Bounded work: a study is refused before expansion beyond these (raise them deliberately).
-    max_grid_points: int = Field(
+    max_grid_points: Annotated[int, B.GRID_POINTS] = Field(
         10_000,
-        ge=1,
         description=(
             "Most experiments one study may expand to (sweep points x backends + experiments); "
             "a larger study is refused before it expands."
         ),
     )
-    max_cycles: int = Field(
+    max_cycles: Annotated[int, B.CYCLES] = Field(
         1_000,
-        ge=1,
         description="Most cycles (execution.n_cycles, --cycles) one study may run.",
     )
 
@@ -109,16 +107,15 @@ class SlurmSection(BaseModel):
             "set."
         ),
     )
-    gpus_per_run: int = Field(
-        1, ge=0, description="GPUs per job (--gres=gpu:N); 0 for CPU-only clusters."
+    gpus_per_run: Annotated[int, B.SLURM_GPUS] = Field(
+        1, description="GPUs per job (--gres=gpu:N); 0 for CPU-only clusters."
     )
-    array_limit: int | None = Field(
+    array_limit: Annotated[int, B.JOBS_AT_ONCE] | None = Field(
         None,
-        ge=1,
         description="Most jobs of the array at once (--array=0-N%limit). None = no limit.",
     )
-    poll_interval_seconds: float = Field(
-        10.0, gt=0, description="Seconds between polls of squeue/sacct."
+    poll_interval_seconds: Annotated[float, B.POLL_SECONDS] = Field(
+        10.0, description="Seconds between polls of squeue/sacct."
     )
     extra_args: list[str] = Field(default_factory=list, description="Appended to sbatch's options.")
 
@@ -179,22 +176,37 @@ def user_config_path() -> Path:
     return Path(user_config_dir("llenergymeasure")) / "config.yaml"
 
 
-def load_user_config(path: Path | None = None) -> UserConfig:
-    """Read the user config file (defaults when it does not exist)."""
+def _read_user_config(path: Path | None) -> tuple[Path, dict[str, Any], UserConfig]:
+    """The user config file's path, its raw mapping and the validated config, read once.
+
+    A missing file (or an empty one) means defaults; ``LLEM_CONFIG`` naming a missing file is
+    an error. The file goes through the same reader as every config YAML (a regular file of
+    bounded size, no duplicate keys).
+    """
     p = path or user_config_path()
-    if not p.exists():
+    if not p.exists() and not p.is_symlink():
         if path is None and os.environ.get("LLEM_CONFIG"):
             raise ConfigError(f"LLEM_CONFIG points to a file that does not exist: {p}")
-        return UserConfig()
-    if p.stat().st_size == 0:
-        return UserConfig()
-    data, text = read_yaml_mapping(p)
+        return p, {}, UserConfig()
+    document = read_yaml_file(p)
+    if document.data is None:  # an empty file (or only comments)
+        return p, {}, UserConfig()
+    if not isinstance(document.data, dict):
+        raise ConfigError(
+            f"{p}: top level must be a mapping of keys to values, got "
+            f"{type(document.data).__name__}"
+        )
     try:
-        return UserConfig.model_validate(data)
+        return p, document.data, UserConfig.model_validate(document.data)
     except ValidationError as exc:
         raise validation_config_error(
-            exc, source=p, model=UserConfig, lines=key_lines(text)
+            exc, source=p, model=UserConfig, lines=document.lines
         ) from None
+
+
+def load_user_config(path: Path | None = None) -> UserConfig:
+    """Read the user config file (defaults when it does not exist)."""
+    return _read_user_config(path)[2]
 
 
 class Setting(BaseModel):
@@ -219,11 +231,7 @@ def effective_settings(path: Path | None = None) -> dict[str, Setting]:
     ``LLEM_ENERGY_BACKEND``, ``LLEM_RUNNER_<BACKEND>`` and ``LLEM_NO_PROMPT``. This is the only
     place that reads them, so ``llem config`` shows what a run will use.
     """
-    p = path or user_config_path()
-    config = load_user_config(path)
-    raw: dict[str, Any] = {}
-    if p.exists() and p.stat().st_size > 0:
-        raw, _ = read_yaml_mapping(p)
+    p, raw, config = _read_user_config(path)
     out: dict[str, Setting] = {}
     file_src = f"user config ({p})"
     for section in ("output", "measurement", "execution"):
@@ -235,19 +243,9 @@ def effective_settings(path: Path | None = None) -> dict[str, Setting]:
                 value=getattr(model, field), source=file_src if set_in_file else "default"
             )
     for key, env in _ENV_FLOATS.items():
-        if os.environ.get(env):
-            text = os.environ[env]
-            try:
-                value = float(text)
-            except ValueError:
-                raise ConfigError(f"environment variable {env}={text!r} is not a number") from None
-            if (
-                not math.isfinite(value)
-                or value < 0
-                or (env == "LLEM_DATACENTER_PUE" and value < 1.0)
-            ):
-                raise ConfigError(f"environment variable {env}={text!r} is out of range")
-            out[key] = Setting(value=value, source=f"env {env}")
+        text = os.environ.get(env)
+        if text:
+            out[key] = Setting(value=_env_number(env, text, key, config), source=f"env {env}")
     choice = os.environ.get(_ENV_ENERGY_BACKEND)
     if choice:
         valid = get_args(EnergyBackendName)
@@ -279,6 +277,31 @@ def effective_settings(path: Path | None = None) -> dict[str, Setting]:
         source="env LLEM_NO_PROMPT" if no_prompt else "default",
     )
     return out
+
+
+def _env_number(env: str, text: str, key: str, config: UserConfig) -> float:
+    """The number in environment variable ``env``, validated by the field ``key`` it overrides
+    (the same bounds as in the file)."""
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise ConfigError(
+            f"environment variable {env}={text!r} is not a number", hint=f"unset {env} or fix it"
+        ) from None
+    section, field = key.split(".")
+    current = getattr(config, section)
+    try:
+        validated = type(current).model_validate({**current.model_dump(), field: value})
+    except ValidationError as exc:
+        info = type(current).model_fields[field]
+        bound = bound_of(info.annotation, info.metadata)
+        allowed = f"; allowed {bound.explain()}" if bound is not None else ""
+        problem = exc.errors(include_url=False)[0]["msg"]
+        raise ConfigError(
+            f"environment variable {env}={text!r} is out of range for {key}: {problem}{allowed}",
+            hint=f"unset {env} or give a value in range",
+        ) from None
+    return float(getattr(validated, field))
 
 
 def setting(key: str, path: Path | None = None) -> Any:
