@@ -151,9 +151,16 @@ def test_a_bad_line_names_the_file_and_line_number(
     rows = [{"_meta": 1}, {"prompt": "ok"}]
     path = write_jsonl(tmp_path / "bad.jsonl", rows, raw_lines=[bad_line])
     with pytest.raises(ConfigError) as err:
-        load_prompts(path, 1)
+        load_prompts(path, 2)  # the second prompt is on the bad line
     assert f"{path}:3" in str(err.value)
     assert fragment in str(err.value)
+
+
+def test_lines_after_the_prompts_a_run_needs_are_not_parsed(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "a"}, {"prompt": "b"}], raw_lines=["{"])
+    assert [p.text for p in load_prompts(path, 2)] == ["a", "b"]
+    with pytest.raises(ConfigError, match=r"p\.jsonl:3: invalid JSON"):
+        load_prompts(path, 3)
 
 
 def test_n_must_be_positive(tmp_path: Path) -> None:

@@ -174,6 +174,19 @@ def execute_run(opts: RunOptions) -> int:
             "--runner and --detach apply to studies; a single experiment runs in this process",
             hint="put the experiment in a study YAML to run it on SLURM",
         )
+    configs = [resolved.experiment] if resolved.experiment is not None else []
+    if resolved.study is not None:
+        configs = list(resolved.study.experiments)
+    if opts.dry_run or resolved.study is not None:
+        # dataset files are checked before anything runs or any study directory exists (a
+        # single run's pre-flight reads its dataset itself, once)
+        from llenergymeasure.harness.inputs import dataset_file_problems
+
+        problems = dataset_file_problems(configs)
+        if problems:
+            from llenergymeasure.exceptions import PreFlightError
+
+            raise PreFlightError(problems, hint="fix the dataset file, or use a smaller n")
     if opts.dry_run:
         from llenergymeasure.cli.preview import preview_experiment, preview_json, preview_study
 

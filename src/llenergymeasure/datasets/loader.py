@@ -1,9 +1,10 @@
-"""``load_prompts`` and ``describe_dataset``: dispatch on the dataset spec."""
+"""``prepare_dataset``, ``load_prompts`` and ``describe_dataset``: dispatch on the dataset spec."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -13,10 +14,9 @@ from llenergymeasure.datasets.aienergyscore import (
     AIENERGYSCORE_REVISION,
     Downloader,
     fetch_aienergyscore,
-    load_aienergyscore,
     read_prompt_column,
 )
-from llenergymeasure.datasets.jsonl import read_jsonl_prompts
+from llenergymeasure.datasets.jsonl import JsonlScan, scan_jsonl
 from llenergymeasure.datasets.prompt import Prompt, SyntheticSpec, TokenizerLike
 from llenergymeasure.datasets.synthetic import (
     GENERATOR_VERSION,
@@ -30,6 +30,72 @@ DatasetSpec: TypeAlias = "str | os.PathLike[str] | SyntheticSpec"
 """``"aienergyscore"``, ``"synthetic"``, a path to a ``.jsonl`` file, or a synthetic spec."""
 
 _VALID = f"'{AIENERGYSCORE}', '{SYNTHETIC}', a path to a .jsonl file, or a synthetic config"
+
+
+@dataclass(frozen=True)
+class PreparedDataset:
+    """A dataset read and checked once, before anything expensive, for a run of ``n`` prompts.
+
+    ``rows``: the first ``n + extra`` rows of a file or hub dataset (fewer when it has fewer;
+    never fewer than ``n``), or None for a synthetic dataset, whose prompts need the model's
+    tokenizer and are built after it loads. ``provenance``: the record kept in the result.
+    """
+
+    spec: Path | str | SyntheticSpec
+    n: int
+    rows: tuple[Prompt, ...] | None
+    provenance: dict[str, Any]
+
+    def prompts(self, tokenizer: TokenizerLike | None = None) -> list[Prompt]:
+        """The ``n`` measured prompts (synthetic ones built with ``tokenizer``)."""
+        if self.rows is not None:
+            return list(self.rows[: self.n])
+        assert not isinstance(self.spec, (Path, str))
+        return synthetic_prompts(self.spec, self.n, tokenizer)
+
+    def rows_after(self) -> list[Prompt] | None:
+        """The rows after the measured ones (for warmup), or None for a synthetic dataset."""
+        return None if self.rows is None else list(self.rows[self.n :])
+
+
+def prepare_dataset(
+    dataset: DatasetSpec,
+    n: int,
+    *,
+    extra: int = 0,
+    cache_dir: str | os.PathLike[str] | None = None,
+    downloader: Downloader | None = None,
+) -> PreparedDataset:
+    """Read and check ``dataset`` for a run of ``n`` prompts, keeping ``extra`` rows more.
+
+    A JSONL file is streamed once and parsed only as far as ``n + extra`` prompts; the
+    ``aienergyscore`` set is fetched (see ``load_prompts``) and read once; a synthetic spec is
+    only checked. Raises ``ConfigError`` for a bad or missing file, a bad row (file and line
+    named) or fewer than ``n`` prompts.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f"the number of prompts n must be a positive integer, got {n!r}")
+    extra = max(0, int(extra))
+    spec = _normalise(dataset, n)
+    if isinstance(spec, Path):
+        scan = scan_jsonl(spec, limit=n + extra)
+        _check_enough(str(spec), len(scan.prompts), n, exact=scan.complete)
+        return PreparedDataset(spec, n, tuple(scan.prompts), _jsonl_record(scan))
+    if isinstance(spec, str):  # aienergyscore
+        files = fetch_aienergyscore(cache_dir=cache_dir, downloader=downloader)
+        record = _hub_record()
+        texts: list[str] = []
+        record["files"] = []
+        for path in files:
+            record["files"].append({"name": path.name, "sha256": _sha256(path)})
+            texts.extend(read_prompt_column(path))
+        record["n_available"] = len(texts)
+        _check_enough(AIENERGYSCORE, len(texts), n)
+        rows = tuple(Prompt(text, index=i) for i, text in enumerate(texts[: n + extra]))
+        return PreparedDataset(spec, n, rows, record)
+    _check_enough(f"{SYNTHETIC} (n={spec.n})", spec.n, n)
+    unsized = isinstance(dataset, str) and dataset.strip().lower() == SYNTHETIC
+    return PreparedDataset(spec, n, None, _synthetic_record(spec, unsized=unsized))
 
 
 def load_prompts(
@@ -46,19 +112,8 @@ def load_prompts(
     the HF hub cache used for ``aienergyscore`` (default: the HF default); ``downloader`` replaces
     the hub download (tests). Raises ``ConfigError`` if the dataset has fewer than ``n`` prompts.
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ConfigError(f"the number of prompts n must be a positive integer, got {n!r}")
-    spec = _normalise(dataset, n)
-    if isinstance(spec, Path):
-        prompts = read_jsonl_prompts(spec)
-        _check_enough(str(spec), len(prompts), n)
-        return prompts[:n]
-    if isinstance(spec, str):  # aienergyscore
-        prompts = load_aienergyscore(cache_dir=cache_dir, downloader=downloader)
-        _check_enough(AIENERGYSCORE, len(prompts), n)
-        return prompts[:n]
-    _check_enough(f"{SYNTHETIC} (n={spec.n})", spec.n, n)
-    return synthetic_prompts(spec, n, tokenizer)
+    prepared = prepare_dataset(dataset, n, cache_dir=cache_dir, downloader=downloader)
+    return prepared.prompts(tokenizer)
 
 
 def describe_dataset(
@@ -72,24 +127,14 @@ def describe_dataset(
     Keys: ``kind`` (jsonl / synthetic / aienergyscore), then ``path``, ``sha256`` and
     ``n_available`` for a file; ``n``, ``input_len``, ``output_len``, ``seed`` and ``generator``
     for synthetic; ``hub_id`` and ``revision`` (plus ``files`` with sha256 and ``n_available``
-    when cached) for aienergyscore.
+    when cached) for aienergyscore. A run records the same keys from its ``PreparedDataset``
+    (a file's ``n_available`` is None there when the run read only the rows it needed).
     """
     spec = _normalise(dataset, 0)
-    unsized = isinstance(dataset, str) and dataset.strip().lower() == SYNTHETIC
     if isinstance(spec, Path):
-        prompts = read_jsonl_prompts(spec)
-        return {
-            "kind": "jsonl",
-            "path": str(spec.resolve()),
-            "sha256": _sha256(spec),
-            "n_available": len(prompts),
-        }
+        return _jsonl_record(scan_jsonl(spec))
     if isinstance(spec, str):
-        record: dict[str, Any] = {
-            "kind": AIENERGYSCORE,
-            "hub_id": AIENERGYSCORE_REPO_ID,
-            "revision": AIENERGYSCORE_REVISION,
-        }
+        record = _hub_record()
         try:
             files = fetch_aienergyscore(
                 cache_dir=cache_dir, downloader=downloader, local_files_only=True
@@ -99,6 +144,28 @@ def describe_dataset(
         except ConfigError:
             pass  # not cached: hub id + pinned revision identify it
         return record
+    unsized = isinstance(dataset, str) and dataset.strip().lower() == SYNTHETIC
+    return _synthetic_record(spec, unsized=unsized)
+
+
+def _jsonl_record(scan: JsonlScan) -> dict[str, Any]:
+    return {
+        "kind": "jsonl",
+        "path": str(scan.path.resolve()),
+        "sha256": scan.sha256,
+        "n_available": len(scan.prompts) if scan.complete else None,
+    }
+
+
+def _hub_record() -> dict[str, Any]:
+    return {
+        "kind": AIENERGYSCORE,
+        "hub_id": AIENERGYSCORE_REPO_ID,
+        "revision": AIENERGYSCORE_REVISION,
+    }
+
+
+def _synthetic_record(spec: SyntheticSpec, *, unsized: bool) -> dict[str, Any]:
     return {
         "kind": SYNTHETIC,
         "n": None if unsized else spec.n,
@@ -126,10 +193,11 @@ def _normalise(dataset: DatasetSpec, n: int) -> Path | str | SyntheticSpec:
     raise ConfigError(f"unsupported dataset {dataset!r}; valid: {_VALID}")
 
 
-def _check_enough(name: str, available: int, n: int) -> None:
+def _check_enough(name: str, available: int, n: int, *, exact: bool = True) -> None:
     if available < n:
+        has = f"{available}" if exact else f"only {available}"
         raise ConfigError(
-            f"dataset {name} has {available} prompts but {n} were asked for",
+            f"dataset {name} has {has} prompts but {n} were asked for",
             hint=f"use n <= {available}" if available else "add prompts to the dataset",
         )
 

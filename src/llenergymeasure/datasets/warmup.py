@@ -52,10 +52,13 @@ def warmup_prompts(
     *,
     measured: Sequence[Prompt],
     tokenizer: TokenizerLike | None = None,
+    rows_after: Sequence[Prompt] | None = None,
 ) -> WarmupPrompts:
     """``k`` full-length warmup prompts for a run that measures the first ``n`` of ``dataset``.
 
     ``measured`` are the run's measured prompts (their lengths shape the fallback).
+    ``rows_after``: the dataset's rows after the measured ones, when the run has read them
+    already (``PreparedDataset.rows_after``); without them a file is read again.
     """
     k = max(0, k)
     if k == 0:
@@ -78,12 +81,15 @@ def warmup_prompts(
             f"synthetic prompts with seed {seed} (the measured prompts use seed {synthetic.seed}), "
             f"same lengths ({synthetic.input_len} -> {synthetic.output_len} tokens)",
         )
-    try:
-        rows = load_prompts(dataset, n + k, tokenizer=tokenizer)
-    except ConfigError:
-        rows = []
-    if len(rows) == n + k:
-        return WarmupPrompts(rows[n:], f"dataset rows {n}..{n + k - 1} (after the {n} measured)")
+    if rows_after is None:
+        try:
+            rows_after = load_prompts(dataset, n + k, tokenizer=tokenizer)[n:]
+        except ConfigError:
+            rows_after = []
+    if len(rows_after) >= k:
+        return WarmupPrompts(
+            list(rows_after[:k]), f"dataset rows {n}..{n + k - 1} (after the {n} measured)"
+        )
     return _same_length_synthetic(measured, k, tokenizer, n)
 
 

@@ -76,6 +76,8 @@ class CollectedRun:
     components: EnergyComponents | None = None
     phase_split: PhaseSplit | None = None
     phase_split_unavailable: str | None = None
+    # the dataset's provenance as pre-flight read it (None: describe it now)
+    dataset: dict[str, Any] | None = None
 
 
 def trusts_remote_code(config: ExperimentConfig) -> bool:
@@ -124,7 +126,7 @@ def assemble_result(run: CollectedRun, settings: MeasurementSettings) -> Experim
         config=config,
         measurement_config_hash=measurement_config_hash(config),
         effective_parameters=run.effective_parameters,
-        dataset=dataset_provenance(config),
+        dataset=run.dataset if run.dataset is not None else dataset_provenance(config),
         energy_total_j=total,
         energy_adjusted_j=adjusted,
         energy_per_output_token_j=total / out_tokens if total is not None and out_tokens else None,

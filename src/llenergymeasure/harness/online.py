@@ -37,7 +37,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from llenergymeasure.config.models import ExperimentConfig, SyntheticDatasetConfig
+from llenergymeasure.config.models import ExperimentConfig
 from llenergymeasure.config.online import OnlineConfig
 from llenergymeasure.energy.base import EnergyBackend, EnergyMeasurement
 from llenergymeasure.energy.baseline import (
@@ -227,16 +227,25 @@ def _model_source(config: ExperimentConfig) -> str | None:
     return None
 
 
-def _prompts(config: ExperimentConfig, model_source: str | None) -> list[str]:
-    from llenergymeasure.datasets import load_prompts
+def _prepare_dataset(config: ExperimentConfig) -> tuple[Any, list[str]]:
+    """The dataset read and checked once, in pre-flight (a ``PreparedDataset``), or its
+    problems."""
+    from llenergymeasure.exceptions import ConfigError
+    from llenergymeasure.harness.inputs import dataset_problem, prepare_run_dataset
 
+    try:
+        return prepare_run_dataset(config), []
+    except ConfigError as exc:
+        return None, [dataset_problem(exc)]
+
+
+def _prompts(config: ExperimentConfig, prepared: Any, model_source: str | None) -> list[str]:
     tokenizer: Any = None
-    if isinstance(config.dataset, SyntheticDatasetConfig) or config.dataset == "synthetic":
+    if prepared.rows is None:
         from transformers import AutoTokenizer  # synthetic prompts are sized in tokens
 
         tokenizer = AutoTokenizer.from_pretrained(model_source or config.model)
-    dataset: Any = config.dataset
-    return [p.text for p in load_prompts(dataset, config.n, tokenizer=tokenizer)]
+    return [p.text for p in prepared.prompts(tokenizer)]
 
 
 def online_result(
@@ -249,8 +258,12 @@ def online_result(
     window: tuple[float, float],
     timings: Any,
     started: datetime,
+    dataset: dict[str, Any] | None = None,
 ) -> Any:
-    """The ``ExperimentResult`` of an online run (see the module docstring for the fields)."""
+    """The ``ExperimentResult`` of an online run (see the module docstring for the fields).
+
+    ``dataset``: the dataset's provenance as pre-flight recorded it (None: described now).
+    """
     import uuid
 
     from llenergymeasure._version import __version__
@@ -308,7 +321,7 @@ def online_result(
             "ignore_eos_sent": run.ignore_eos_sent,
             "continuous_usage_sent": run.continuous_usage_sent,
         },
-        dataset=dataset_provenance(config),
+        dataset=dataset if dataset is not None else dataset_provenance(config),
         energy_total_j=total,
         energy_adjusted_j=adjusted,
         energy_per_output_token_j=total / out_tokens if total is not None and out_tokens else None,
@@ -404,6 +417,8 @@ def measure_online(
         say("pre-flight checks")
         t = time.perf_counter()
         problems = online_preflight(config, energy)
+        prepared, dataset_problems = _prepare_dataset(config)
+        problems += dataset_problems
         if problems:
             raise PreFlightError(problems)
         timings.preflight_s = time.perf_counter() - t
@@ -415,7 +430,7 @@ def measure_online(
 
         model_source = _model_source(config)
         t = time.perf_counter()
-        prompts = _prompts(config, model_source)
+        prompts = _prompts(config, prepared, model_source)
         timings.dataset_s = time.perf_counter() - t
 
         sampler = getattr(energy, "sampler", None)
@@ -498,6 +513,7 @@ def measure_online(
             window=windowed.window,
             timings=timings,
             started=started,
+            dataset=dict(prepared.provenance) if prepared.rows is not None else None,
         )
         timings.total_s = time.perf_counter() - t_start
         result = result.model_copy(update={"timing": timings})

@@ -128,14 +128,14 @@ class ExperimentOrchestrator:
     _loaded_key: str | None = field(default=None, init=False, repr=False)
     _loaded_by: str | None = field(default=None, init=False, repr=False)
     _load_info: Any = field(default=None, init=False, repr=False)
+    # (config, PreparedDataset) read by pre-flight: the prompts the run then uses
+    _dataset: tuple[ExperimentConfig, Any] | None = field(default=None, init=False, repr=False)
 
     # -- pre-flight -----------------------------------------------------------------------
     def preflight(self, config: ExperimentConfig) -> list[str]:
         """Every problem that would stop the run, collected at once; warnings are not problems."""
         problems = list(self.engine.preflight(config))
-        dataset = config.dataset
-        if isinstance(dataset, str) and dataset.endswith(".jsonl") and not Path(dataset).is_file():
-            problems.append(f"dataset file not found: {dataset}")
+        problems.extend(self._prepare_dataset(config))
         if not self.energy_backend.is_available():
             problems.append(
                 f"energy backend '{self.energy_backend.name}' is not available on this machine"
@@ -146,6 +146,37 @@ class ExperimentOrchestrator:
 
         problems.extend(synthetic_length_problems(config))
         return problems
+
+    def _prepare_dataset(self, config: ExperimentConfig) -> list[str]:
+        """Read and check the dataset now, before the baseline and the load; keep it for
+        the run (a file is read once per run). Returns its problems (none when fine)."""
+        self._dataset = None
+        if self.dataset_loader is not None:
+            return []  # an injected loader reads the prompts after the load
+        from llenergymeasure.exceptions import ConfigError
+        from llenergymeasure.harness.inputs import dataset_problem, prepare_run_dataset
+
+        try:
+            self._dataset = (config, prepare_run_dataset(config))
+        except ConfigError as exc:
+            return [dataset_problem(exc)]
+        return []
+
+    def _prepared(self, config: ExperimentConfig) -> Any:
+        """The dataset pre-flight read for ``config`` (read now if pre-flight did not run)."""
+        if self._dataset is None or self._dataset[0] is not config:
+            problems = self._prepare_dataset(config)
+            if problems:
+                raise PreFlightError(problems)
+        assert self._dataset is not None
+        return self._dataset[1]
+
+    def _file_provenance(self) -> dict[str, Any] | None:
+        """The provenance pre-flight recorded for a file or hub dataset (None: synthetic or an
+        injected loader, described from the config instead)."""
+        if self._dataset is None or self._dataset[1].rows is None:
+            return None
+        return dict(self._dataset[1].provenance)
 
     def _engine_kept_for(self, config: ExperimentConfig) -> bool:
         """Whether a kept (reused) engine is loaded for ``config``'s engine-load fields."""
@@ -374,6 +405,7 @@ class ExperimentOrchestrator:
                 components=components,
                 phase_split=split,
                 phase_split_unavailable=split_missing,
+                dataset=self._file_provenance(),
             ),
             self.settings,
         )
@@ -529,13 +561,10 @@ class ExperimentOrchestrator:
         return problems
 
     def _load_prompts(self, config: ExperimentConfig) -> list[Any]:
-        loader = self.dataset_loader
-        if loader is None:
-            from llenergymeasure.datasets import load_prompts
-
-            loader = load_prompts
-        dataset: Any = config.dataset
-        return list(loader(dataset, config.n, tokenizer=self.engine.tokenizer))
+        if self.dataset_loader is not None:
+            dataset: Any = config.dataset
+            return list(self.dataset_loader(dataset, config.n, tokenizer=self.engine.tokenizer))
+        return list(self._prepared(config).prompts(self.engine.tokenizer))
 
     def _warmup(
         self, config: ExperimentConfig, prompts: Sequence[Any], sampler: EnergySampler | None
@@ -600,8 +629,16 @@ class ExperimentOrchestrator:
 
         k = max(1, min(run_concurrency(config), len(prompts)))
         dataset: Any = config.dataset
+        rows_after = None
+        if self.dataset_loader is None:
+            rows_after = self._prepared(config).rows_after()
         return warmup_prompts(
-            dataset, config.n, k, measured=prompts, tokenizer=self.engine.tokenizer
+            dataset,
+            config.n,
+            k,
+            measured=prompts,
+            tokenizer=self.engine.tokenizer,
+            rows_after=rows_after,
         )
 
 
