@@ -118,15 +118,40 @@ def suggest_key(bad: str, valid: list[str]) -> str | None:
 _UNION_TAGS = {"name", "synthetic"}
 
 
+#: How pydantic names the branch of a union in an error's location ("constrained-int", "str").
+_BRANCH_PREFIXES = ("function-", "constrained-", "literal[", "list[", "dict[")
+_BRANCH_NAMES = {"int", "float", "str", "bool", "none"}
+
+
+def _is_branch(part: Any) -> bool:
+    return isinstance(part, str) and (part in _BRANCH_NAMES or part.startswith(_BRANCH_PREFIXES))
+
+
 def _clean_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
     out = []
     for i, part in enumerate(loc):
         if part in _UNION_TAGS and i > 0 and loc[i - 1] == "dataset":
             continue
-        if isinstance(part, str) and part.startswith("function-"):
+        if _is_branch(part):
             continue
         out.append(part)
     return tuple(out)
+
+
+def _relevant_errors(exc: ValidationError) -> list[Any]:
+    """The errors to show: where a value failed every branch of a union (``int | str``) and one
+    branch failed on a bound, only that branch's error (not "should be a valid string")."""
+    errors = exc.errors(include_url=False)
+    bounded = {
+        _clean_loc(tuple(e["loc"]))
+        for e in errors
+        if e["type"] in _BOUND_ERRORS and any(_is_branch(p) for p in e["loc"])
+    }
+    return [
+        e
+        for e in errors
+        if e["type"] in _BOUND_ERRORS or _clean_loc(tuple(e["loc"])) not in bounded
+    ]
 
 
 def describe_validation_error(
@@ -140,7 +165,7 @@ def describe_validation_error(
     messages: list[str] = []
     lines = lines or {}
     homes = _all_field_homes(model)
-    for err in exc.errors(include_url=False):
+    for err in _relevant_errors(exc):
         loc = _clean_loc(tuple(err["loc"]))
         full = (*prefix, *loc)
         dotted = ".".join(str(p) for p in full)

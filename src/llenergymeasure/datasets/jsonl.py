@@ -116,9 +116,12 @@ def _scan(stream: Any, path: Path, limit: int | None, max_line_bytes: int) -> Js
         if prompt is not None:
             prompts.append(prompt)
     if not complete:  # the rest is hashed, not parsed: provenance names the whole file
+        rest_blank = True
         for chunk in iter(lambda: stream.read(_HASH_CHUNK), b""):
             digest.update(chunk)
             size += len(chunk)
+            rest_blank = rest_blank and not chunk.strip()
+        complete = rest_blank  # nothing after the last prompt read: it was all of them
     return JsonlScan(path, prompts, complete, digest.hexdigest(), size)
 
 
