@@ -705,7 +705,7 @@ class ExperimentConfig(BaseModel):
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> ExperimentConfig:
-        """Load and validate an experiment YAML (``yaml.safe_load``); errors are ``ConfigError``."""
+        """Load and validate an experiment YAML file; errors are ``ConfigError``."""
         from llenergymeasure.config.loading import load_experiment_config
 
         return load_experiment_config(path)
