@@ -226,10 +226,16 @@ def validation_config_error(
     """Turn a pydantic ValidationError into a ConfigError listing every problem."""
     problems = describe_validation_error(exc, model, lines=lines, prefix=prefix)
     where = f"{source}: " if source else ""
+    hint = None
+    if any(e["type"] in _BOUND_ERRORS for e in exc.errors(include_url=False)):
+        hint = (
+            "set a value inside the allowed range (why each limit is what it is: "
+            "docs/reference/limits.md)"
+        )
     if len(problems) == 1:
-        return ConfigError(f"{where}{problems[0]}")
+        return ConfigError(f"{where}{problems[0]}", hint=hint)
     body = "\n".join(f"  - {p}" for p in problems)
-    return ConfigError(f"{where}{len(problems)} problems in the config:\n{body}")
+    return ConfigError(f"{where}{len(problems)} problems in the config:\n{body}", hint=hint)
 
 
 def validate_experiment_dict(

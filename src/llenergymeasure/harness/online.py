@@ -117,9 +117,7 @@ def online_preflight(config: ExperimentConfig, energy: EnergyBackend | None) -> 
                     "transformers serve needs transformers' serving extra (missing: "
                     f"{', '.join(missing)}); install it with: {SERVING_EXTRA_INSTALL}"
                 )
-    dataset = config.dataset
-    if isinstance(dataset, str) and dataset.endswith(".jsonl") and not Path(dataset).is_file():
-        problems.append(f"dataset file not found: {dataset}")
+    # the dataset is read and checked by measure_online's pre-flight (_prepare_dataset)
     if energy is not None and not energy.is_available():
         problems.append(f"energy backend '{energy.name}' is not available on this machine")
     return problems

@@ -133,7 +133,11 @@ class ExperimentOrchestrator:
 
     # -- pre-flight -----------------------------------------------------------------------
     def preflight(self, config: ExperimentConfig) -> list[str]:
-        """Every problem that would stop the run, collected at once; warnings are not problems."""
+        """Every problem that would stop the run, collected at once; warnings are not problems.
+
+        The dataset is read and checked here (``harness.inputs``), before the baseline and the
+        load, and kept: the run uses these prompts and does not read the file again.
+        """
         problems = list(self.engine.preflight(config))
         problems.extend(self._prepare_dataset(config))
         if not self.energy_backend.is_available():
