@@ -184,12 +184,12 @@ def test_a_request_whose_tokens_were_never_seen_arriving_misses_a_tpot_target():
         index=0, ok=True, http_status=200, send_time_s=0.0, end_time_s=0.2, output_tokens_usage=5
     )
     assert unseen.tpot_s is None
-    assert not meets_slo(unseen, SLOConfig(tpot_ms=1e9))
-    assert meets_slo(unseen, SLOConfig(e2e_ms=1e9))
+    assert not meets_slo(unseen, SLOConfig(tpot_ms=86_400_000))
+    assert meets_slo(unseen, SLOConfig(e2e_ms=86_400_000))
 
 
 def test_a_failed_request_never_meets_the_slo():
-    assert not meets_slo(failed(0, "HTTP 500: x"), SLOConfig(e2e_ms=1e9))
+    assert not meets_slo(failed(0, "HTTP 500: x"), SLOConfig(e2e_ms=86_400_000))
 
 
 def test_goodput_counts_slo_meeting_requests_per_second():
