@@ -287,7 +287,11 @@ def report_command(
         ),
     ] = False,
 ) -> None:
-    """Write an HTML report with plots (PNGs beside it) and print per-config statistics."""
+    """Write an HTML report with plots (PNGs beside it) and print per-config statistics.
+
+    The statistics need scipy and the plots matplotlib (the report extra); without matplotlib
+    the report is written without figures.
+    """
     from llenergymeasure.report.render import render_report
 
     try:
@@ -303,6 +307,7 @@ def report_command(
                         "html": str(outcome.html_path),
                         "images": [str(image) for image in outcome.images],
                         "statistics": stats.model_dump(mode="json") if stats else None,
+                        "notes": outcome.notes,
                     }
                 )
             )
@@ -311,6 +316,8 @@ def report_command(
             typer.echo(f"\nreport  {outcome.html_path}")
             for image in outcome.images:
                 typer.echo(f"        {image}")
+        for note in outcome.notes:
+            typer.echo(f"note: {note}", err=True)
         code = EXIT_OK
     except (Exception, KeyboardInterrupt) as exc:
         code = report_error(exc, verbose=verbose, as_json=as_json)

@@ -207,4 +207,9 @@ def load_side(specs: Sequence[str | Path], name: str) -> Side:
                 continue
             seen.add(run.result.experiment_id)
             side.runs.append(run)
+    if not side.runs:
+        raise ConfigError(
+            f"llem compare: {name}: no completed run in {', '.join(str(p) for p in paths)}",
+            hint="a study whose runs all failed or are still pending has nothing to compare",
+        )
     return side

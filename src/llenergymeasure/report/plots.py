@@ -306,8 +306,8 @@ def plot_efficiency(points: Sequence[ConfigPoint], path: Path, *, level: str = "
     ax.set_xlabel("throughput: output tokens / s  (higher is better →)")
     ax.set_ylabel("energy per output token (J)  (← lower is better)")
     ax.set_title(
-        f"Energy vs throughput per config: large dot = mean across cycles, whiskers = {level} "
-        "CI of the geometric mean (none below 3 cycles), small dots = single cycles",
+        f"Energy vs throughput per config: large dot = mean, whiskers = {level} CI of the "
+        "geometric mean (none below 3 cycles), small dots = cycles",
         loc="left",
         fontsize=10,
     )
