@@ -434,3 +434,28 @@ def test_real_tiny_runs_through_the_gate_exit_0_1_and_2(tiny_studies):
 
 def _results(study_dir: Path) -> list[ExperimentResult]:
     return [ExperimentResult.from_json(p) for p in sorted(study_dir.glob("*/result.json"))]
+
+
+def test_online_runs_are_compared_on_energy_per_request_too(tmp_path: Path):
+    from llenergymeasure.compare.core import compare_sides
+    from llenergymeasure.compare.inputs import Run, Side
+    from llenergymeasure.results.online import OnlineMetrics, OnlineResult
+
+    def online(j_per_request: float) -> ExperimentResult:
+        metrics = OnlineMetrics.model_construct(
+            energy_per_request_j=j_per_request, adjusted_energy_per_request_j=j_per_request / 2
+        )
+        return data.result().model_copy(
+            update={"online": OnlineResult.model_construct(metrics=metrics)}
+        )
+
+    def make(name: str, values: list[float]) -> Side:
+        runs = [Run(result=online(v), path=tmp_path / name) for v in values]
+        return Side(name=name, paths=[tmp_path / name], runs=runs)
+
+    c = compare_sides(make("A", [40.0, 41.0, 39.5]), make("B", [30.0, 31.0, 29.0]))
+    jpr = row(c, "j_per_request")
+    assert jpr.verdict == "better" and jpr.ratio == pytest.approx(
+        (30 * 31 * 29 / (40 * 41 * 39.5)) ** (1 / 3)
+    )
+    assert row(c, "j_per_request_adjusted").mean_a == pytest.approx(120.5 / 6)

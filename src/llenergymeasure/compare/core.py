@@ -39,6 +39,7 @@ from llenergymeasure.results.stats import (
     MIN_CYCLES_FOR_INTERVAL,
     geometric_mean,
     log_ratio,
+    log_spread,
     min_detectable_log_ratio,
     no_interval_reason,
     require_scipy,
@@ -180,6 +181,9 @@ def compare_metric(
         "mean_a": sum(va) / len(va) if va else None,
         "mean_b": sum(vb) / len(vb) if vb else None,
     }
+    sa, sb = log_spread(va), log_spread(vb)
+    base["spread_a_pct"] = None if sa is None else sa * 100.0
+    base["spread_b_pct"] = None if sb is None else sb * 100.0
     ga, gb = geometric_mean(va), geometric_mean(vb)
     point = gb / ga if ga is not None and gb is not None else None
     short = [

@@ -34,6 +34,10 @@ class MetricComparison(BaseModel):
         "no_difference: it holds 1; insufficient_data: fewer than 3 cycles on a side, or a "
         "value <= 0."
     )
+    spread_a_pct: float | None = Field(
+        None, description="A's cycle-to-cycle spread: sd of the logs x 100 (about the CV in %)."
+    )
+    spread_b_pct: float | None = Field(None, description="B's spread, likewise.")
     min_detectable_pct: float | None = Field(
         description="Smallest difference, in %, that these cycles detect with the set power "
         "(0: neither side varies)."
