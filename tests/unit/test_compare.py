@@ -459,3 +459,12 @@ def test_online_runs_are_compared_on_energy_per_request_too(tmp_path: Path):
         (30 * 31 * 29 / (40 * 41 * 39.5)) ** (1 / 3)
     )
     assert row(c, "j_per_request_adjusted").mean_a == pytest.approx(120.5 / 6)
+
+
+def test_html_never_writes_over_a_compared_result(regression):
+    a, b = regression
+    target = next(a.glob("*/result.json"))
+    before = target.read_bytes()
+    result = invoke(a, b, "--html", target)
+    assert result.exit_code == 2 and "one of the results being compared" in result.output
+    assert target.read_bytes() == before

@@ -51,6 +51,15 @@ def _check(opts: CompareOptions) -> None:
         raise ConfigError("--detect applies to --plan", hint="llem compare A --plan --detect 5")
 
 
+def _check_html_target(html: Path, inputs: list[Path]) -> None:
+    """``--html`` must name a file that is not one of the inputs (never written over)."""
+    if html.is_dir():
+        raise ConfigError(f"--html {html} is a directory", hint="name the HTML file to write")
+    target = html.resolve()
+    if any(target == p.resolve() for p in inputs):
+        raise ConfigError(f"--html {html} is one of the results being compared")
+
+
 def execute_compare(opts: CompareOptions) -> int:
     """Run ``llem compare`` with parsed options; returns the exit code."""
     from llenergymeasure.compare.gate import evaluate_gate, parse_gate
@@ -75,6 +84,8 @@ def execute_compare(opts: CompareOptions) -> int:
     )
 
     assert side_b is not None
+    if opts.html is not None:
+        _check_html_target(opts.html, [r.path for r in (*side_a.runs, *side_b.runs)])
     comparison = compare_sides(side_a, side_b, by=opts.by)
     if checks:
         comparison = evaluate_gate(comparison, checks)
