@@ -329,6 +329,16 @@ def test_the_study_dry_run_plans_cycles_from_an_earlier_study(tmp_path: Path):
     ), out
     # batch 16 has no earlier runs: it is planned from the largest spread seen, and says so
     assert "#2 batch_size=16" in out and "the largest spread seen in the others" in out
+    as_json = cli.invoke(
+        app, ["run", str(path), "--dry-run", "--plan-from", str(earlier), "--json"]
+    )
+    assert as_json.exit_code == 0, as_json.output
+    rows = json.loads(as_json.stdout)["plan"]["rows"]
+    assert {(r["config"], r["metric"]) for r in rows} == {
+        (f"#{i} batch_size={b}", m)
+        for i, b in ((1, 8), (2, 16))
+        for m in ("j_per_token", "tokens_per_s")
+    }
 
 
 def test_plan_from_applies_to_dry_runs_only(tmp_path: Path):
