@@ -163,9 +163,10 @@ def test_by_refuses_to_pool_configs_of_one_side_that_differ_only_in_that_field(t
     assert "would pool them" in result.output and "precision=bf16" in result.output
 
 
-def test_by_a_field_that_is_not_in_the_config_is_a_usage_error(tmp_path: Path):
+@pytest.mark.parametrize("field", ["presicion", "pytorch.bach_size"])
+def test_by_a_field_that_is_not_in_the_config_is_a_usage_error(tmp_path: Path, field: str):
     a = side(tmp_path / "a", tok_s=750, j=0.55, n=3, seed=13)
-    result = invoke(a, a, "--by", "presicion")
+    result = invoke(a, a, "--by", field)
     assert result.exit_code == 2 and "not a config field" in result.output
 
 

@@ -65,10 +65,17 @@ def _under(key: str, fields: Sequence[str]) -> bool:
 
 def check_by_fields(by: Sequence[str], runs: Sequence[Run]) -> None:
     """``ConfigError`` for a ``--by`` field that is not a config field."""
-    keys = {k for r in runs for k in _flat_config(r.result.config)}
+    flats = [_flat_config(r.result.config) for r in runs]
+    keys = {k for flat in flats for k in flat}
     known = set(ExperimentConfig.model_fields)
     for field in by:
-        if not (any(_under(k, [field]) for k in keys) or field.split(".", 1)[0] in known):
+        top = field.split(".", 1)[0]
+        # a nested field may be invisible where its section is unset (e.g. vllm: None)
+        unset_section = "." in field and any(flat.get(top, 0) is None for flat in flats)
+        if not (
+            any(_under(k, [field]) for k in keys)
+            or (top in known and ("." not in field or unset_section))
+        ):
             raise ConfigError(
                 f"llem compare: --by {field}: not a config field",
                 hint="name a dotted config key, e.g. --by precision or --by pytorch.batch_size",
