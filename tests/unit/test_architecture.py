@@ -6,7 +6,7 @@ Floors, lowest first::
     1  config, datasets
     2  energy, engines, results
     3  harness, online (a server under load: measured like harness measures an engine)
-    4  study, runners, report
+    4  study, runners, report, compare (reads results as the report does)
     5  api, cli
     6  llenergymeasure/__init__.py, __main__.py, testing (test doubles: nothing imports them)
 
@@ -40,6 +40,7 @@ FLOORS: dict[str, int] = {
     "study": 4,
     "runners": 4,
     "report": 4,
+    "compare": 4,
     "api": 5,
     "cli": 5,
     "__init__": 6,

@@ -12,7 +12,9 @@ import re
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
+import compare_data as data
 import pytest
 from typer.testing import CliRunner
 
@@ -102,9 +104,10 @@ def test_the_study_runner_writes_per_config_statistics_into_study_summary(study_
         assert config.runs_completed == config.runs_planned == 2
         assert config.cycles == [1, 2]
         tps = config.metrics["tokens_per_second"]
-        assert tps.n == 2 and tps.ci_method == "t" and tps.std is not None
-        assert tps.ci_low is not None and tps.ci_high is not None
-        assert tps.ci_low <= tps.mean <= tps.ci_high  # type: ignore[operator]
+        # two cycles: mean and spread, but no interval (and the reason why)
+        assert tps.n == 2 and tps.std is not None and tps.geometric_mean is not None
+        assert tps.ci_low is None and tps.ci_high is None and tps.ci_method is None
+        assert tps.ci_note == "2 cycles: no interval below 3"
         # baseline disabled: no adjusted energy in any run, so nothing to summarise
         assert config.metrics["energy_per_output_token_adjusted_j"].n == 0
     raw = json.loads((study_dir / "study_summary.json").read_text())
@@ -130,7 +133,8 @@ def test_a_study_report_is_one_offline_html_file_with_its_pngs_beside_it(
     assert text.count('src="data:image/png;base64,') == len(pngs)
     # what a reader needs: configs by what varies, Pareto marking, CI method, runs, phases
     assert "batch_size=1" in text and "batch_size=2" in text
-    assert "Pareto" in text and "(t)" in text
+    assert "Pareto" in text and "n/a (2 cycles: no interval below 3)" in text
+    assert "no interval below 3 cycles" in text  # the caption says why
     for run_dir in sorted(p for p in study_dir.iterdir() if p.is_dir()):
         assert run_dir.name in text
     assert "measurement window" in text
@@ -231,7 +235,8 @@ def test_an_experiment_directory_gets_a_summary_and_a_timeseries_plot(
     ):
         assert f"<td>{row}" in text, row
     assert_real_image(tmp_path / "one_timeseries.png")
-    assert "config 1" in result.stdout and "1 run(s) completed" in result.stdout
+    assert result.stdout.startswith("single run:") and "at least 3 cycles" in result.stdout
+    assert "CV %" not in result.stdout
 
 
 def test_a_result_json_path_is_reported_as_its_directory(study_dir: Path, tmp_path: Path):
@@ -267,13 +272,87 @@ def test_a_broken_result_json_is_a_usage_error(tmp_path: Path):
     assert result.exit_code == 2 and "not a valid llem result" in result.output
 
 
-def test_without_matplotlib_the_error_names_the_report_extra(
+def test_without_matplotlib_the_statistics_and_tables_are_complete_and_figures_left_out(
     study_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
     for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
-    result = cli.invoke(app, ["report", str(study_dir), "-o", str(tmp_path / "r.html")])
-    assert result.exit_code == 2
-    assert 'pip install "llenergymeasure[report]"' in result.output
-    assert not (tmp_path / "r.html").exists()
+    out = tmp_path / "r.html"
+    result = cli.invoke(app, ["report", str(study_dir), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "per-config statistics across cycles" in result.stdout
+    assert 'pip install -e ".[report]"' in result.stderr  # the note names the extra
+    text = out.read_text(encoding="utf-8")
+    assert "Figures are left out" in text and "<img" not in text
+    assert "Per-config statistics across cycles" in text and "<h2>Runs</h2>" in text
+    assert not list(tmp_path.glob("*.png"))
+    as_json = cli.invoke(app, ["report", str(study_dir), "-o", str(out), "--json"])
+    assert as_json.exit_code == 0, as_json.output
+    payload = json.loads(as_json.stdout)
+    assert payload["images"] == [] and payload["notes"]
+    assert len(payload["statistics"]["configs"]) == 2
+
+
+# --- intervals at 2, 3 and 10 cycles ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [2, 3, 10])
+def test_the_report_intervals_at_2_3_and_10_cycles(n: int, tmp_path: Path):
+    # tokens/s with a large spread: at 3 cycles a raw-scale t interval of the mean reaches
+    # below zero (as in the issue: [-2,671, 4,572]); the log-scale one cannot
+    values = {2: [500.0, 1500.0], 3: [300.0, 900.0, 3600.0]}.get(n) or data.cycles(
+        1000.0, 0.6, n, seed=n
+    )
+    study = data.write_study(tmp_path / "study", [data.result(tok_s=v) for v in values])
+    out = tmp_path / "r.html"
+    result = cli.invoke(app, ["report", str(study), "-o", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    (config,) = json.loads(result.stdout)["statistics"]["configs"]
+    tps = config["metrics"]["tokens_per_second"]
+    text = cli.invoke(app, ["report", str(study), "-o", str(out)]).stdout
+    line = next(x for x in text.splitlines() if x.strip().startswith("output tokens / s"))
+    if n == 2:
+        assert tps["ci_low"] is None and tps["ci_note"] == "2 cycles: no interval below 3"
+        assert line.endswith("n/a (2 cycles: no interval below 3)")
+        return
+    assert tps["ci_method"] == "log_t"
+    assert 0 < tps["ci_low"] < tps["geometric_mean"] < tps["ci_high"]
+    assert line.endswith("(log_t)") and "n/a" not in line
+    if n == 3:
+        from scipy import stats as sps
+
+        raw_low = sps.t.interval(0.95, 2, loc=np.mean(values), scale=sps.sem(values))[0]
+        assert raw_low < 0 < tps["ci_low"]
+    assert "too uncertain to bound the mean" in text
+
+
+def test_the_plots_draw_whiskers_from_the_interval_bounds_unclipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from llenergymeasure.report import plots
+
+    # a wide spread: the arithmetic mean lies off-centre in the geometric mean's interval
+    values = data.cycles(1000.0, 0.6, 3, seed=3)
+    study = data.write_study(tmp_path / "study", [data.result(tok_s=v) for v in values])
+    drawn: list[tuple[float, float]] = []
+    real_save = plots._save
+
+    def keep(fig: Any, path: Path) -> Path:
+        for ax in fig.axes:
+            for coll in ax.collections:
+                for seg in getattr(coll, "get_segments", lambda: [])():
+                    (x0, y0), (x1, y1) = seg[0], seg[-1]
+                    drawn.append(
+                        (min(x0, x1), max(x0, x1)) if y0 == y1 else (min(y0, y1), max(y0, y1))
+                    )
+        return real_save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", keep)
+    result = cli.invoke(app, ["report", str(study), "-o", str(tmp_path / "r.html"), "--json"])
+    assert result.exit_code == 0, result.output
+    tps = json.loads(result.stdout)["statistics"]["configs"][0]["metrics"]["tokens_per_second"]
+    assert any(
+        lo == pytest.approx(tps["ci_low"]) and hi == pytest.approx(tps["ci_high"])
+        for lo, hi in drawn
+    ), drawn

@@ -198,6 +198,21 @@ def run(
         bool,
         typer.Option("--detach", help="slurm runner: submit the jobs and return at once."),
     ] = False,
+    plan_from: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--plan-from",
+            metavar="DIR",
+            help="With --dry-run: how many cycles each config needs to detect --detect PCT, "
+            "from the spread of the runs in DIR (an earlier study or results).",
+        ),
+    ] = None,
+    detect: Annotated[
+        Optional[float],  # noqa: UP045
+        typer.Option(
+            "--detect", metavar="PCT", help="--plan-from: the difference to detect, % (5)."
+        ),
+    ] = None,
 ) -> None:
     """Run an experiment or a study (or preview it with --dry-run)."""
     from llenergymeasure.cli.run_cmd import RunOptions, execute_run
@@ -223,6 +238,8 @@ def run(
         runner=runner,
         detach=detach,
         as_json=as_json,
+        plan_from=plan_from,
+        detect_pct=detect,
     )
     try:
         code = execute_run(options)
@@ -270,7 +287,11 @@ def report_command(
         ),
     ] = False,
 ) -> None:
-    """Write an HTML report with plots (PNGs beside it) and print per-config statistics."""
+    """Write an HTML report with plots (PNGs beside it) and print per-config statistics.
+
+    The statistics need scipy and the plots matplotlib (the report extra); without matplotlib
+    the report is written without figures.
+    """
     from llenergymeasure.report.render import render_report
 
     try:
@@ -286,6 +307,7 @@ def report_command(
                         "html": str(outcome.html_path),
                         "images": [str(image) for image in outcome.images],
                         "statistics": stats.model_dump(mode="json") if stats else None,
+                        "notes": outcome.notes,
                     }
                 )
             )
@@ -294,7 +316,95 @@ def report_command(
             typer.echo(f"\nreport  {outcome.html_path}")
             for image in outcome.images:
                 typer.echo(f"        {image}")
+        for note in outcome.notes:
+            typer.echo(f"note: {note}", err=True)
         code = EXIT_OK
+    except (Exception, KeyboardInterrupt) as exc:
+        code = report_error(exc, verbose=verbose, as_json=as_json)
+    raise typer.Exit(code)
+
+
+@app.command("compare")
+def compare_command(
+    a: Annotated[
+        str,
+        typer.Argument(
+            help="Side A (the baseline): result.json, experiment or study directory, a folder "
+            "holding them, or a comma-separated list.",
+            show_default=False,
+            metavar="A",
+        ),
+    ],
+    b: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Argument(
+            help="Side B (the candidate), the same kinds.", show_default=False, metavar="B"
+        ),
+    ] = None,
+    by: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option(
+            "--by",
+            metavar="FIELD",
+            help="Match configs equal apart from this config field (repeatable), e.g. "
+            "--by precision. Default: equal measurement_config_hash.",
+        ),
+    ] = None,
+    fail_if_worse: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option(
+            "--fail-if-worse",
+            metavar="METRIC=PCT",
+            help="Exit 1 when B is worse than A by more than PCT % with confidence "
+            "(repeatable). Metrics: j_per_token, j_per_token_adjusted, tokens_per_s, "
+            "ttft_p50, ttft_p99, itl_p50, itl_p99, j_per_request, j_per_request_adjusted, "
+            "peak_memory.",
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the comparison (or the error) as JSON.")
+    ] = False,
+    markdown: Annotated[
+        bool, typer.Option("--markdown", help="Print Markdown tables (a pull-request comment).")
+    ] = False,
+    html: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--html", help="Also write the comparison as a self-contained HTML page."),
+    ] = None,
+    plan: Annotated[
+        bool,
+        typer.Option(
+            "--plan",
+            help="Print how many cycles a study needs to detect --detect PCT, from the spread "
+            "of A (and B).",
+        ),
+    ] = False,
+    detect: Annotated[
+        Optional[float],  # noqa: UP045
+        typer.Option("--detect", metavar="PCT", help="--plan: the difference to detect, % (5)."),
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Tracebacks on errors.")] = False,
+) -> None:
+    """Is B better than A? Ratios with confidence intervals, verdicts, and a CI gate.
+
+    Exit codes: 0 compared (gate passed), 1 gate failed (B worse than A by more than PCT with
+    confidence), 2 usage error (including a gated metric without an interval).
+    """
+    from llenergymeasure.cli.compare_cmd import CompareOptions, execute_compare
+
+    options = CompareOptions(
+        a=a,
+        b=b,
+        by=list(by or []),
+        fail_if_worse=list(fail_if_worse or []),
+        as_json=as_json,
+        markdown=markdown,
+        html=html,
+        plan=plan,
+        detect_pct=detect,
+    )
+    try:
+        code = execute_compare(options)
     except (Exception, KeyboardInterrupt) as exc:
         code = report_error(exc, verbose=verbose, as_json=as_json)
     raise typer.Exit(code)

@@ -32,3 +32,5 @@ class RunOptions:
     runner: str | None = None  # --runner for every backend of a study
     detach: bool = False  # slurm runner: submit and return
     as_json: bool = False  # --json: the summary (or error) as one JSON object on stdout
+    plan_from: Path | None = None  # --dry-run: plan cycles from an earlier study's spread
+    detect_pct: float | None = None  # --plan-from: the difference to detect, %

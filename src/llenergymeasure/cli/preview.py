@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -16,7 +17,10 @@ from llenergymeasure.harness.vram import (
     estimate_config_vram,
     weight_precision,
 )
-from llenergymeasure.results.stats import varying_fields
+from llenergymeasure.results.stats import config_labels, varying_fields
+
+if TYPE_CHECKING:
+    from llenergymeasure.compare.plan import Plan
 
 
 def _dataset_label(config: ExperimentConfig) -> str:
@@ -210,3 +214,42 @@ def _preview_engine_groups(study: StudyConfig) -> None:
     order = " ".join(f"#{r.config_index + 1}/c{r.cycle}" for r in shown)
     more = f" ... ({len(runs) - len(shown)} more)" if len(runs) > len(shown) else ""
     typer.echo(f"run order (experiment/cycle): {order}{more}")
+
+
+def preview_plan(
+    experiment: ExperimentConfig | None,
+    study: StudyConfig | None,
+    plan_from: Path,
+    detect_pct: float | None,
+) -> Plan:
+    """Cycles each config needs to detect ``detect_pct`` (default 5 %), from ``plan_from``."""
+    from llenergymeasure.compare.inputs import load_side
+    from llenergymeasure.compare.plan import DEFAULT_DETECT_PCT, plan_for_configs
+
+    configs = [experiment] if experiment is not None else list(study.experiments if study else [])
+    labels = [f"#{i} {label}" for i, label in enumerate(config_labels(configs), 1)]
+    previous = load_side([plan_from], "--plan-from")
+    return plan_for_configs(
+        [(label, measurement_config_hash(c)) for label, c in zip(labels, configs, strict=True)],
+        previous,
+        detect_pct=DEFAULT_DETECT_PCT if detect_pct is None else detect_pct,
+    )
+
+
+def print_plan(plan: Plan, n_cycles: int) -> None:
+    """The plan, and whether the study's ``n_cycles`` reach it."""
+    typer.echo(
+        f"\ncycles to detect a {plan.detect_pct:g} % difference ({plan.power * 100:g} % power, "
+        f"{(1 - plan.confidence) * 100:g} % level; llem compare's test), from the earlier runs' "
+        "spread:"
+    )
+    for row in plan.rows:
+        spread = "n/a" if row.spread_pct is None else f"{row.spread_pct:.2f} %"
+        if row.cycles_needed is None:
+            verdict = "n/a"
+        elif row.cycles_needed <= n_cycles:
+            verdict = f"{row.cycles_needed} (this study's {n_cycles} suffice)"
+        else:
+            verdict = f"{row.cycles_needed} (this study has {n_cycles}: too few)"
+        note = f"  ({row.note})" if row.note else ""
+        typer.echo(f"  {row.config}  {row.label}: spread {spread}, cycles {verdict}{note}")

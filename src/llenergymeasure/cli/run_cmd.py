@@ -174,6 +174,13 @@ def execute_run(opts: RunOptions) -> int:
             "--runner and --detach apply to studies; a single experiment runs in this process",
             hint="put the experiment in a study YAML to run it on SLURM",
         )
+    if (opts.plan_from is not None or opts.detect_pct is not None) and not opts.dry_run:
+        raise ConfigError(
+            "--plan-from and --detect apply to --dry-run",
+            hint="llem run study.yaml --dry-run --plan-from results/<earlier study>",
+        )
+    if opts.detect_pct is not None and opts.plan_from is None:
+        raise ConfigError("--detect needs --plan-from DIR (the runs whose spread to plan from)")
     configs = [resolved.experiment] if resolved.experiment is not None else []
     if resolved.study is not None:
         configs = list(resolved.study.experiments)
@@ -188,15 +195,33 @@ def execute_run(opts: RunOptions) -> int:
 
             raise PreFlightError(problems, hint="fix the dataset file, or use a smaller n")
     if opts.dry_run:
-        from llenergymeasure.cli.preview import preview_experiment, preview_json, preview_study
+        from llenergymeasure.cli.preview import (
+            preview_experiment,
+            preview_json,
+            preview_plan,
+            preview_study,
+        )
 
+        plan = (
+            preview_plan(resolved.experiment, resolved.study, opts.plan_from, opts.detect_pct)
+            if opts.plan_from is not None
+            else None
+        )
         if opts.as_json:
-            typer.echo(json.dumps(preview_json(resolved.experiment, resolved.study)))
-        elif resolved.study is not None:
+            data = preview_json(resolved.experiment, resolved.study)
+            if plan is not None:
+                data["plan"] = plan.model_dump(mode="json")
+            typer.echo(json.dumps(data))
+            return 0
+        if resolved.study is not None:
             preview_study(resolved.study)
         else:
             assert resolved.experiment is not None
             preview_experiment(resolved.experiment)
+        if plan is not None:
+            from llenergymeasure.cli.preview import print_plan
+
+            print_plan(plan, resolved.study.execution.n_cycles if resolved.study else 1)
         return 0
     if resolved.study is not None:
         return run_study_cli(resolved.study, opts)

@@ -1,9 +1,12 @@
 """``llem report``: study statistics, plots and a self-contained HTML report.
 
-``stats`` is pure Python (used by the study runner too); the plots need matplotlib, the
-``[report]`` extra, imported only when a report is rendered.
+The statistics come from ``results.stats`` (scipy, used by the study runner and ``llem compare``
+too); the figures need matplotlib. Both are the ``[report]`` extra; without matplotlib the
+report is written without figures, and its statistics are complete.
 """
 
 from __future__ import annotations
 
-REPORT_EXTRA_HINT = 'pip install "llenergymeasure[report]"'
+from llenergymeasure.results.stats import STATS_INSTALL_HINT
+
+REPORT_EXTRA_HINT = STATS_INSTALL_HINT

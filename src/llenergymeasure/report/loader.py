@@ -40,6 +40,7 @@ class Timeseries:
     phase: list[str]
     power_w: list[float | None]
     temperature_c: list[float | None]
+    sm_clock_mhz: list[float | None] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.t_s)
@@ -161,6 +162,7 @@ def read_timeseries(path: Path) -> Timeseries | None:
             phase=[str(v or "") for v in column("phase", "")],
             power_w=column("power_w"),
             temperature_c=column("temperature_c"),
+            sm_clock_mhz=column("sm_clock_mhz"),
         )
     except Exception:  # a damaged sidecar must not stop the report
         return None

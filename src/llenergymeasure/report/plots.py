@@ -29,6 +29,15 @@ PHASES: dict[str, tuple[str, str]] = {
 }
 
 
+def matplotlib_available() -> bool:
+    """Whether matplotlib can be imported (the report draws figures only then)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def require_matplotlib() -> Any:
     """Import matplotlib with the Agg backend and return ``pyplot``; ConfigError if missing."""
     try:
@@ -206,10 +215,20 @@ def _short(text: str, limit: int = 48) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _err(mean: float, ci: tuple[float, float] | None) -> list[list[float]] | None:
-    if ci is None:
-        return None
-    return [[max(mean - ci[0], 0.0)], [max(ci[1] - mean, 0.0)]]
+def _hwhisker(ax: Any, y: float, ci: tuple[float, float], colour: Any) -> None:
+    """A horizontal CI whisker from ``ci[0]`` to ``ci[1]`` at ``y``, with caps.
+
+    Drawn from the bounds themselves, not as an offset from the mean: a log-scale interval is
+    centred on the geometric mean, and nothing is clipped.
+    """
+    ax.hlines(y, ci[0], ci[1], colors=[colour], lw=1.2, zorder=3)
+    ax.scatter(list(ci), [y, y], marker="|", s=70, color=colour, lw=1.2, zorder=3)
+
+
+def _vwhisker(ax: Any, x: float, ci: tuple[float, float], colour: Any) -> None:
+    """A vertical CI whisker from ``ci[0]`` to ``ci[1]`` at ``x``, with caps."""
+    ax.vlines(x, ci[0], ci[1], colors=[colour], lw=1.2, zorder=3)
+    ax.scatter([x, x], list(ci), marker="_", s=70, color=colour, lw=1.2, zorder=3)
 
 
 def plot_efficiency(points: Sequence[ConfigPoint], path: Path, *, level: str = "95 %") -> Path:
@@ -226,20 +245,19 @@ def plot_efficiency(points: Sequence[ConfigPoint], path: Path, *, level: str = "
         xs = [x for x, y in p.runs if x is not None and y is not None]
         ys = [y for x, y in p.runs if x is not None and y is not None]
         ax.scatter(xs, ys, s=18, color=colour, alpha=0.35, lw=0, zorder=2)
-        ax.errorbar(
-            p.tps,
-            p.jpt,
-            xerr=_err(p.tps, p.tps_ci),
-            yerr=_err(p.jpt, p.jpt_ci),
-            fmt="o",
+        ax.plot(
+            [p.tps],
+            [p.jpt],
+            "o",
             ms=8,
             color=colour,
-            ecolor=colour,
-            elinewidth=1.2,
-            capsize=3,
             zorder=3,
             label=f"#{p.number} {_short(p.label)}",
         )
+        if p.tps_ci is not None:
+            _hwhisker(ax, p.jpt, p.tps_ci, colour)
+        if p.jpt_ci is not None:
+            _vwhisker(ax, p.tps, p.jpt_ci, colour)
         if p.number in front:
             ax.scatter(
                 [p.tps], [p.jpt], s=260, facecolors="none", edgecolors="black", lw=1.6, zorder=4
@@ -288,8 +306,8 @@ def plot_efficiency(points: Sequence[ConfigPoint], path: Path, *, level: str = "
     ax.set_xlabel("throughput: output tokens / s  (higher is better →)")
     ax.set_ylabel("energy per output token (J)  (← lower is better)")
     ax.set_title(
-        f"Energy vs throughput per config: large dot = mean across cycles, whiskers = {level} CI, "
-        "small dots = single cycles",
+        f"Energy vs throughput per config: large dot = mean, whiskers = {level} CI of the "
+        "geometric mean (none below 3 cycles), small dots = cycles",
         loc="left",
         fontsize=10,
     )
@@ -340,19 +358,11 @@ def plot_config_bars(points: Sequence[ConfigPoint], path: Path, *, level: str = 
             ci = getattr(p, f"{attr}_ci")
             ax.barh(y, mean, color=_colour(p.number - 1), alpha=0.75, height=0.6)
             if ci is not None:
-                ax.errorbar(
-                    mean,
-                    y,
-                    xerr=_err(mean, ci),
-                    fmt="none",
-                    ecolor="black",
-                    elinewidth=1.2,
-                    capsize=4,
-                )
+                _hwhisker(ax, y, ci, "black")
             idx = 1 if attr == "jpt" else 0
             values = [r[idx] for r in p.runs if r[idx] is not None]
             ax.scatter(values, [y] * len(values), s=14, color="black", zorder=3)
-            right = ci[1] if ci is not None else max([mean, *values])
+            right = max([mean, *values, *(ci or ())])
             ax.annotate(
                 f"{mean:.4g}",
                 (right, y),
@@ -368,8 +378,8 @@ def plot_config_bars(points: Sequence[ConfigPoint], path: Path, *, level: str = 
     axes[0].set_yticks(ys, [f"#{p.number} {_short(p.label, 40)}" for p in points])
     axes[0].invert_yaxis()
     fig.suptitle(
-        f"Per config: bar = mean across cycles, whisker = {level} CI (none when n = 1), "
-        "dots = single cycles",
+        f"Per config: bar = mean across cycles, whisker = {level} CI of the geometric mean "
+        "(none below 3 cycles), dots = single cycles",
         fontsize=10,
         x=0.01,
         ha="left",

@@ -659,9 +659,13 @@ class MetricStatistics(BaseModel):
     """One metric of one config across its cycles: n, mean, sample std, CV and a CI.
 
     ``n`` counts the runs that reported the metric (energy is None on machines without a GPU
-    sensor). ``std``/``cv``/CI are None when ``n < 2``; ``cv`` is None when the mean is 0.
-    ``ci_method``: ``"t"`` (Student t interval, ``n`` below ``StudyStatistics.t_interval_below_n``)
-    or ``"bootstrap"`` (seeded percentile bootstrap of the mean).
+    sensor). ``std``/``cv`` are None when ``n < 2``; ``cv`` is None when the mean is 0. The CI
+    needs at least ``StudyStatistics.min_cycles_for_interval`` runs (and scipy); ``ci_note``
+    says why it is missing. ``ci_method``: ``"log_t"`` (Student t on the logs: an interval of
+    the geometric mean, ``n`` below ``StudyStatistics.t_interval_below_n``) or
+    ``"log_bootstrap"`` (seeded BCa bootstrap of the mean log) for positive values;
+    ``"t"``/``"bootstrap"`` on the raw scale when a value is <= 0 (summaries written by older
+    versions hold raw-scale intervals of the mean even for positive values).
     """
 
     model_config = _FORBID
@@ -670,10 +674,20 @@ class MetricStatistics(BaseModel):
     mean: float | None = Field(description="Mean over the cycles.")
     std: float | None = Field(description="Sample standard deviation (None when n < 2).")
     cv: float | None = Field(description="std / mean (None when n < 2 or mean is 0).")
-    ci_low: float | None = Field(description="Lower bound of the confidence interval of the mean.")
-    ci_high: float | None = Field(description="Upper bound of the confidence interval of the mean.")
-    ci_method: Literal["t", "bootstrap"] | None = Field(
-        None, description="t (Student t interval) or bootstrap (seeded percentile bootstrap)."
+    geometric_mean: float | None = Field(
+        None,
+        description="Geometric mean over the cycles (None when a value is <= 0); the centre of a "
+        "log-scale interval.",
+    )
+    ci_low: float | None = Field(description="Lower bound of the confidence interval.")
+    ci_high: float | None = Field(description="Upper bound of the confidence interval.")
+    ci_method: Literal["t", "bootstrap", "log_t", "log_bootstrap"] | None = Field(
+        None,
+        description="log_t / log_bootstrap (interval of the geometric mean, from the logs) or "
+        "t / bootstrap (of the mean, raw scale, when a value is <= 0).",
+    )
+    ci_note: str | None = Field(
+        None, description="Why there is no interval (fewer than 3 cycles, scipy missing)."
     )
 
 
@@ -704,8 +718,11 @@ class StudyStatistics(BaseModel):
     model_config = _FORBID
 
     confidence_level: float = Field(0.95, description="Confidence level of the intervals.")
+    min_cycles_for_interval: int = Field(
+        3, description="Fewer runs of a config than this get no confidence interval."
+    )
     t_interval_below_n: int = Field(
-        30, description="A t interval for n below this, the seeded bootstrap otherwise."
+        30, description="A t interval (on the logs) for n below this, the bootstrap otherwise."
     )
     bootstrap_resamples: int = Field(10_000, description="Bootstrap resamples.")
     bootstrap_seed: int = Field(0, description="Bootstrap seed.")

@@ -1,19 +1,35 @@
-"""Study statistics in pure Python (no numpy/scipy): t and bootstrap CIs, Pareto set, labels.
+"""The one statistics layer of llem: intervals, ratios, power, and the study tables built on them.
 
-Used by the study runner at the end of a study (``study_summary.json``) and by ``llem report``,
-so it lives on the results floor below both.
-The Student t quantile comes from the regularised incomplete beta function (continued fraction)
-and bisection, accurate to ~1e-10; the tests check it against scipy.
+Used by the study runner at the end of a study (``study_summary.json``), by ``llem report`` and
+by ``llem compare``, so it lives on the results floor below all three.
+
+Every quantity llem summarises across cycles is positive (J per token, tokens/s, latencies,
+power), and its cycle-to-cycle spread is multiplicative, so intervals are computed on the
+log scale and mapped back: they never leave the range of the quantity.
+
+- ``describe``: n, mean, sample std, CV, geometric mean and a confidence interval of the
+  geometric mean: Student t on the logs for ``n < t_below_n`` cycles, a seeded BCa bootstrap of
+  the mean log otherwise. Below ``MIN_CYCLES_FOR_INTERVAL`` (3) cycles there is no interval,
+  and ``ci_note`` says why. Values that are not all positive (baseline-adjusted energy can come
+  out <= 0) get the same intervals on the raw scale, whose range includes them.
+- ``log_ratio``: B/A as the ratio of geometric means with a Welch t interval on the logs.
+- ``welch_power``, ``min_detectable_log_ratio``, ``cycles_needed``: how large a difference a
+  comparison can detect, and how many cycles a study needs for a chosen one.
+
+scipy (the ``report`` extra) does the distribution work; ``require_scipy`` raises a
+``ConfigError`` naming the install command when it is missing, and ``describe`` then leaves the
+interval out and says so (a study still finishes without the extra).
 """
 
 from __future__ import annotations
 
 import math
-import random
 import statistics
 from collections.abc import Collection, Mapping, Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
+from llenergymeasure.exceptions import ConfigError
 from llenergymeasure.results.models import (
     HEADLINE_METRICS,
     ConfigStatistics,
@@ -26,9 +42,17 @@ if TYPE_CHECKING:
     from llenergymeasure.results.models import ExperimentResult
 
 DEFAULT_CONFIDENCE = 0.95
+DEFAULT_POWER = 0.80
+MIN_CYCLES_FOR_INTERVAL = 3
 T_INTERVAL_BELOW_N = 30
 BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0
+#: ``cycles_needed`` gives up beyond this many cycles per side.
+MAX_PLANNED_CYCLES = 10_000
+
+#: Installing the statistics (and figures) from a checkout of this repository. The
+#: distribution name on PyPI belongs to another project, so never ``pip install <name>[...]``.
+STATS_INSTALL_HINT = 'pip install -e ".[report]"  (from the llenergymeasure checkout)'
 
 # Short names of the headline metrics, with units (tables and plots).
 METRIC_LABELS: dict[str, str] = {
@@ -41,123 +65,129 @@ METRIC_LABELS: dict[str, str] = {
     "ttft_mean_s": "TTFT mean (s)",
 }
 
-
-# --- Student t ---------------------------------------------------------------------------------
-
-
-def _betacf(a: float, b: float, x: float) -> float:
-    """Continued fraction of the incomplete beta function (modified Lentz)."""
-    tiny = 1e-300
-    qab, qap, qam = a + b, a + 1.0, a - 1.0
-    c, d = 1.0, 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 500):
-        m2 = 2 * m
-        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        h *= d * c
-        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        delta = d * c
-        h *= delta
-        if abs(delta - 1.0) < 1e-15:
-            break
-    return h
+CiMethod = Literal["t", "bootstrap", "log_t", "log_bootstrap"]
 
 
-def _betainc(a: float, b: float, x: float) -> float:
-    """Regularised incomplete beta function I_x(a, b)."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    log_front = (
-        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    )
-    front = math.exp(log_front)
-    if x < (a + 1.0) / (a + b + 2.0):
-        return front * _betacf(a, b, x) / a
-    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
+# --- scipy ---------------------------------------------------------------------------------------
 
 
-def t_cdf(t: float, df: float) -> float:
-    """Cumulative distribution function of Student's t with ``df`` degrees of freedom."""
-    if df <= 0:
-        raise ValueError("df must be positive")
-    tail = 0.5 * _betainc(df / 2.0, 0.5, df / (df + t * t))
-    return 1.0 - tail if t >= 0 else tail
+def scipy_available() -> bool:
+    """Whether ``scipy.stats`` can be imported."""
+    try:
+        import scipy.stats  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
-def t_quantile(p: float, df: float) -> float:
-    """Quantile (inverse CDF) of Student's t: the ``x`` with ``t_cdf(x, df) == p``."""
-    if not 0.0 < p < 1.0:
-        raise ValueError("p must be in (0, 1)")
-    if p == 0.5:
-        return 0.0
-    if p < 0.5:
-        return -t_quantile(1.0 - p, df)
-    lo, hi = 0.0, 1.0
-    while t_cdf(hi, df) < p:
-        lo, hi = hi, hi * 2.0
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if t_cdf(mid, df) < p:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo <= 1e-12 * max(1.0, hi):
-            break
-    return 0.5 * (lo + hi)
+def require_scipy(what: str = "llem's statistics") -> Any:
+    """Import and return ``scipy.stats``; ``ConfigError`` with the install command if missing."""
+    try:
+        import scipy.stats
+    except ImportError as exc:
+        raise ConfigError(
+            f"{what} need scipy, which is not installed ({exc})",
+            hint=f"install the report extra: {STATS_INSTALL_HINT}",
+        ) from None
+    return scipy.stats
 
 
 # --- intervals -----------------------------------------------------------------------------------
 
 
-def t_interval(
-    values: Sequence[float], confidence: float = DEFAULT_CONFIDENCE
-) -> tuple[float, float]:
-    """Student t confidence interval of the mean (needs at least 2 values)."""
+@dataclass(frozen=True)
+class Interval:
+    """A confidence interval and how it was computed."""
+
+    low: float
+    high: float
+    method: CiMethod
+
+
+def _t_bounds(values: Sequence[float], confidence: float) -> tuple[float, float]:
+    st = require_scipy()
     n = len(values)
-    if n < 2:
-        raise ValueError("a t interval needs at least 2 values")
     mean = statistics.fmean(values)
     sem = statistics.stdev(values) / math.sqrt(n)
-    half = t_quantile(0.5 + confidence / 2.0, n - 1) * sem
+    if sem == 0.0:
+        return mean, mean
+    half = float(st.t.ppf(0.5 + confidence / 2.0, n - 1)) * sem
     return mean - half, mean + half
 
 
-def _percentile(sorted_values: Sequence[float], q: float) -> float:
-    """Linear-interpolated percentile (``q`` in [0, 1]) of sorted values (numpy's default)."""
-    pos = q * (len(sorted_values) - 1)
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(sorted_values) - 1)
-    frac = pos - lo
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * frac
+def _bootstrap_bounds(
+    values: Sequence[float], confidence: float, resamples: int, seed: int
+) -> tuple[float, float]:
+    st = require_scipy()
+    import numpy as np
+
+    mean = statistics.fmean(values)
+    if statistics.stdev(values) == 0.0:
+        return mean, mean
+    ci = st.bootstrap(
+        (np.asarray(values, dtype=float),),
+        np.mean,
+        confidence_level=confidence,
+        n_resamples=resamples,
+        method="BCa",
+        random_state=np.random.default_rng(seed),
+    ).confidence_interval
+    return float(ci.low), float(ci.high)
 
 
-def bootstrap_interval(
+def mean_interval(
     values: Sequence[float],
     confidence: float = DEFAULT_CONFIDENCE,
     *,
+    t_below_n: int = T_INTERVAL_BELOW_N,
     resamples: int = BOOTSTRAP_RESAMPLES,
     seed: int = BOOTSTRAP_SEED,
-) -> tuple[float, float]:
-    """Percentile bootstrap confidence interval of the mean (seeded, deterministic)."""
+) -> Interval:
+    """Confidence interval of the centre of ``values`` (at least ``MIN_CYCLES_FOR_INTERVAL``).
+
+    All values positive: an interval of the geometric mean, from the logs (``log_t`` below
+    ``t_below_n`` values, ``log_bootstrap`` from there on), so it stays above zero. Otherwise an
+    interval of the arithmetic mean on the raw scale (``t`` / ``bootstrap``).
+    """
     n = len(values)
-    if n < 2:
-        raise ValueError("a bootstrap interval needs at least 2 values")
-    rng = random.Random(seed)
-    data = list(values)
-    means = sorted(math.fsum(rng.choices(data, k=n)) / n for _ in range(resamples))
-    alpha = 1.0 - confidence
-    return _percentile(means, alpha / 2.0), _percentile(means, 1.0 - alpha / 2.0)
+    if n < MIN_CYCLES_FOR_INTERVAL:
+        raise ValueError(f"an interval needs at least {MIN_CYCLES_FOR_INTERVAL} values, got {n}")
+    positive = all(v > 0 for v in values)
+    data = [math.log(v) for v in values] if positive else list(values)
+    if n < t_below_n:
+        low, high = _t_bounds(data, confidence)
+        method: CiMethod = "log_t" if positive else "t"
+    else:
+        low, high = _bootstrap_bounds(data, confidence, resamples, seed)
+        method = "log_bootstrap" if positive else "bootstrap"
+    if positive:
+        return Interval(math.exp(low), math.exp(high), method)
+    return Interval(low, high, method)
+
+
+def geometric_mean(values: Sequence[float]) -> float | None:
+    """Geometric mean of positive values (None when any value is <= 0 or there are none)."""
+    if not values or any(v <= 0 for v in values):
+        return None
+    return math.exp(statistics.fmean(math.log(v) for v in values))
+
+
+def log_spread(values: Sequence[float]) -> float | None:
+    """Sample standard deviation of the logs (close to the CV for small spreads): the spread
+    that ``log_ratio`` and ``cycles_needed`` work with. None below 2 values or when a value
+    is <= 0."""
+    if len(values) < 2 or any(v <= 0 for v in values):
+        return None
+    return statistics.stdev(math.log(v) for v in values)
+
+
+def no_interval_reason(n: int) -> str:
+    """Why ``n`` values get no interval (``n < MIN_CYCLES_FOR_INTERVAL``)."""
+    if n == 0:
+        return "not measured"
+    if n == 1:
+        return "single run: no spread, no interval"
+    return f"{n} cycles: no interval below {MIN_CYCLES_FOR_INTERVAL}"
 
 
 def describe(
@@ -168,29 +198,188 @@ def describe(
     resamples: int = BOOTSTRAP_RESAMPLES,
     seed: int = BOOTSTRAP_SEED,
 ) -> MetricStatistics:
-    """n, mean, sample std, CV and CI of the values that are not None.
+    """n, mean, sample std, CV, geometric mean and CI of the values that are not None.
 
-    The CI is a t interval for ``n < t_below_n`` and a seeded percentile bootstrap otherwise;
-    with ``n < 2`` std, CV and CI are None.
+    The CI is ``mean_interval``'s; with fewer than ``MIN_CYCLES_FOR_INTERVAL`` values, or
+    without scipy, it is None and ``ci_note`` says why. With ``n < 2`` std and CV are None.
     """
     data = [float(v) for v in values if v is not None and math.isfinite(v)]
     n = len(data)
     if n == 0:
-        return MetricStatistics(n=0, mean=None, std=None, cv=None, ci_low=None, ci_high=None)
+        return MetricStatistics(
+            n=0, mean=None, std=None, cv=None, ci_low=None, ci_high=None, ci_note="not measured"
+        )
     mean = statistics.fmean(data)
-    if n < 2:
-        return MetricStatistics(n=n, mean=mean, std=None, cv=None, ci_low=None, ci_high=None)
-    std = statistics.stdev(data)
-    cv = std / abs(mean) if mean != 0 else None
-    if n < t_below_n:
-        low, high = t_interval(data, confidence)
-        method = "t"
+    std = statistics.stdev(data) if n >= 2 else None
+    cv = std / abs(mean) if std is not None and mean != 0 else None
+    base: dict[str, Any] = {
+        "n": n,
+        "mean": mean,
+        "std": std,
+        "cv": cv,
+        "geometric_mean": geometric_mean(data),
+    }
+    if n < MIN_CYCLES_FOR_INTERVAL:
+        return MetricStatistics(**base, ci_low=None, ci_high=None, ci_note=no_interval_reason(n))
+    if not scipy_available():
+        return MetricStatistics(
+            **base,
+            ci_low=None,
+            ci_high=None,
+            ci_note=f"no interval: scipy is not installed ({STATS_INSTALL_HINT})",
+        )
+    ci = mean_interval(data, confidence, t_below_n=t_below_n, resamples=resamples, seed=seed)
+    return MetricStatistics(**base, ci_low=ci.low, ci_high=ci.high, ci_method=ci.method)
+
+
+# --- ratios, power, planning ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RatioEstimate:
+    """B/A as the ratio of geometric means, with a Welch t interval on the logs.
+
+    ``se_log``: standard error of the log ratio; ``df``: Welch-Satterthwaite degrees of freedom
+    (None when neither side varies: then the interval is the ratio itself).
+    """
+
+    ratio: float
+    low: float
+    high: float
+    se_log: float
+    df: float | None
+    sd_log_a: float
+    sd_log_b: float
+    n_a: int
+    n_b: int
+
+
+def _welch_df(var_a: float, n_a: int, var_b: float, n_b: int) -> float | None:
+    """Welch-Satterthwaite degrees of freedom of ``var_a/n_a + var_b/n_b`` (None when 0)."""
+    qa, qb = var_a / n_a, var_b / n_b
+    denom = qa * qa / (n_a - 1) + qb * qb / (n_b - 1)
+    return None if denom == 0.0 else (qa + qb) ** 2 / denom
+
+
+def log_ratio(
+    a: Sequence[float], b: Sequence[float], confidence: float = DEFAULT_CONFIDENCE
+) -> RatioEstimate:
+    """B/A of positive samples: ratio of geometric means, Welch t interval on the logs.
+
+    Needs ``MIN_CYCLES_FOR_INTERVAL`` values on each side, all positive (``ValueError``
+    otherwise). The interval is exp(d +- t * se) with d the difference of mean logs, so it is
+    positive and B/A and A/B get reciprocal intervals.
+    """
+    for name, side in (("A", a), ("B", b)):
+        if len(side) < MIN_CYCLES_FOR_INTERVAL:
+            raise ValueError(
+                f"{name} has {len(side)} values; a ratio interval needs "
+                f"{MIN_CYCLES_FOR_INTERVAL} on each side"
+            )
+        if any(v <= 0 for v in side):
+            raise ValueError(f"{name} has values <= 0: no log ratio")
+    la = [math.log(v) for v in a]
+    lb = [math.log(v) for v in b]
+    var_a, var_b = statistics.variance(la), statistics.variance(lb)
+    d = statistics.fmean(lb) - statistics.fmean(la)
+    se = math.sqrt(var_a / len(la) + var_b / len(lb))
+    df = _welch_df(var_a, len(la), var_b, len(lb))
+    if df is None:
+        low = high = d
     else:
-        low, high = bootstrap_interval(data, confidence, resamples=resamples, seed=seed)
-        method = "bootstrap"
-    return MetricStatistics(
-        n=n, mean=mean, std=std, cv=cv, ci_low=low, ci_high=high, ci_method=method
+        st = require_scipy()
+        half = float(st.t.ppf(0.5 + confidence / 2.0, df)) * se
+        low, high = d - half, d + half
+    return RatioEstimate(
+        ratio=math.exp(d),
+        low=math.exp(low),
+        high=math.exp(high),
+        se_log=se,
+        df=df,
+        sd_log_a=math.sqrt(var_a),
+        sd_log_b=math.sqrt(var_b),
+        n_a=len(la),
+        n_b=len(lb),
     )
+
+
+def welch_power(
+    delta_log: float, se_log: float, df: float, confidence: float = DEFAULT_CONFIDENCE
+) -> float:
+    """Power of the two-sided Welch test at level ``1 - confidence`` to see a true log ratio
+    ``delta_log`` when the log ratio's standard error is ``se_log`` (noncentral t)."""
+    st = require_scipy()
+    if se_log <= 0.0:
+        return 1.0 if delta_log != 0.0 else 0.0
+    t_crit = float(st.t.ppf(0.5 + confidence / 2.0, df))
+    ncp = abs(delta_log) / se_log
+    upper = float(st.nct.sf(t_crit, df, ncp))
+    lower = float(st.nct.cdf(-t_crit, df, ncp))
+    # scipy's noncentral t returns NaN deep in a tail at some (df, ncp): the tail is ~0 there
+    if not math.isfinite(upper):
+        upper = float(st.norm.sf(t_crit - ncp))
+    if not math.isfinite(lower):
+        lower = 0.0
+    return min(1.0, upper + lower)
+
+
+def min_detectable_log_ratio(
+    se_log: float,
+    df: float | None,
+    confidence: float = DEFAULT_CONFIDENCE,
+    power: float = DEFAULT_POWER,
+) -> float:
+    """The smallest |log(B/A)| that the two-sided Welch test detects with ``power``.
+
+    0 when neither side varies (``df`` None): any difference is then exact.
+    """
+    if df is None or se_log <= 0.0:
+        return 0.0
+    from scipy.optimize import brentq
+
+    hi = se_log
+    while welch_power(hi, se_log, df, confidence) < power:
+        hi *= 2.0
+    return float(brentq(lambda x: welch_power(x, se_log, df, confidence) - power, 0.0, hi))
+
+
+def cycles_needed(
+    sd_log_a: float,
+    sd_log_b: float,
+    detect_pct: float,
+    *,
+    confidence: float = DEFAULT_CONFIDENCE,
+    power: float = DEFAULT_POWER,
+    max_cycles: int = MAX_PLANNED_CYCLES,
+) -> int | None:
+    """Cycles per side for the Welch test to detect a ``detect_pct`` % difference (either way)
+    with ``power``, given the cycle-to-cycle spreads (sd of the logs, ~ the CV) of A and B.
+
+    At least ``MIN_CYCLES_FOR_INTERVAL``; None when more than ``max_cycles`` would be needed.
+    """
+    if detect_pct <= 0:
+        raise ValueError("detect_pct must be positive")
+    # the smaller of the two log distances, so that both +pct and -pct are detected
+    delta = min(math.log1p(detect_pct / 100.0), -math.log1p(-min(detect_pct, 99.9) / 100.0))
+    var_a, var_b = sd_log_a**2, sd_log_b**2
+
+    def enough(n: int) -> bool:
+        se = math.sqrt((var_a + var_b) / n)
+        df = _welch_df(var_a, n, var_b, n)
+        return df is None or welch_power(delta, se, df, confidence) >= power
+
+    n = MIN_CYCLES_FOR_INTERVAL
+    if enough(n):
+        return n
+    hi = n
+    while not enough(hi):
+        if hi >= max_cycles:
+            return None
+        n, hi = hi, min(hi * 2, max_cycles)
+    while hi - n > 1:  # enough(hi), not enough(n)
+        mid = (n + hi) // 2
+        n, hi = (n, mid) if enough(mid) else (mid, hi)
+    return hi
 
 
 # --- metrics, labels, Pareto -------------------------------------------------------------------
@@ -336,6 +525,7 @@ def study_statistics(
         )
     return StudyStatistics(
         confidence_level=confidence,
+        min_cycles_for_interval=MIN_CYCLES_FOR_INTERVAL,
         t_interval_below_n=T_INTERVAL_BELOW_N,
         bootstrap_resamples=resamples,
         bootstrap_seed=seed,
@@ -346,7 +536,8 @@ def study_statistics(
 # --- plain text --------------------------------------------------------------------------------
 
 
-def _fmt(value: float | None) -> str:
+def format_number(value: float | None) -> str:
+    """A figure for tables: 4 significant digits, thousands separated, "n/a" for None."""
     if value is None:
         return "n/a"
     if value == 0:
@@ -357,12 +548,47 @@ def _fmt(value: float | None) -> str:
     return f"{value:.4g}"
 
 
+_fmt = format_number
+
+
+def interval_text(m: MetricStatistics) -> str:
+    """``[low, high] (method)``, or ``n/a (why)`` when there is no interval."""
+    if m.ci_low is None or m.ci_high is None:
+        return f"n/a ({m.ci_note})" if m.ci_note else "n/a"
+    return f"[{_fmt(m.ci_low)}, {_fmt(m.ci_high)}] ({m.ci_method})"
+
+
+def method_text(stats: StudyStatistics) -> str:
+    """One sentence on how the intervals were computed (tables' captions)."""
+    level = f"{stats.confidence_level * 100:g} %"
+    return (
+        f"{level} CI of the geometric mean, computed on the logs so that it stays above zero: "
+        f"Student t for n < {stats.t_interval_below_n}, seeded BCa bootstrap "
+        f"({stats.bootstrap_resamples} resamples, seed {stats.bootstrap_seed}) otherwise; on the "
+        "raw scale (t, bootstrap) for a metric with a value <= 0; no interval below "
+        f"{stats.min_cycles_for_interval} cycles, where the spread of so few values is too "
+        "uncertain to bound the mean (from 2 values a t interval is +-12.7 standard errors wide)"
+    )
+
+
+def is_single_run(stats: StudyStatistics) -> bool:
+    """True when no config has more than one completed run (nothing to summarise across)."""
+    return all(c.runs_completed <= 1 for c in stats.configs)
+
+
 def format_statistics(stats: StudyStatistics) -> str:
-    """Plain-text table of the per-config statistics (what ``llem report`` prints)."""
+    """Plain-text table of the per-config statistics (what ``llem report`` prints).
+
+    A single run (no config with a second cycle) gets its values alone, and a line saying
+    that spread and intervals need a study of several cycles.
+    """
+    if stats.configs and is_single_run(stats):
+        return _format_single_runs(stats)
     level = f"{stats.confidence_level * 100:g} %"
     lines = [
-        f"per-config statistics across cycles (std = sample std, CV = std/mean, {level} CI: "
-        f"t interval for n < {stats.t_interval_below_n}, seeded bootstrap otherwise)"
+        "per-config statistics across cycles (std = sample std, CV = std/mean, geo mean = "
+        "geometric mean)",
+        method_text(stats),
     ]
     for number, cfg in enumerate(stats.configs, 1):
         planned = "" if cfg.runs_planned is None else f"/{cfg.runs_planned}"
@@ -370,19 +596,27 @@ def format_statistics(stats: StudyStatistics) -> str:
             "",
             f"config {number}  {cfg.label}  [{cfg.config_hash}]  "
             f"{cfg.runs_completed}{planned} run(s) completed",
-            f"  {'metric':<38} {'n':>3} {'mean':>11} {'std':>11} {'CV %':>7}  {level} CI",
+            f"  {'metric':<38} {'n':>3} {'mean':>11} {'std':>11} {'CV %':>7} "
+            f"{'geo mean':>11}  {level} CI",
         ]
         for key, m in cfg.metrics.items():
             cv = "n/a" if m.cv is None else f"{m.cv * 100:.2f}"
-            ci = (
-                "n/a"
-                if m.ci_low is None or m.ci_high is None
-                else f"[{_fmt(m.ci_low)}, {_fmt(m.ci_high)}] ({m.ci_method})"
-            )
             lines.append(
                 f"  {METRIC_LABELS.get(key, key):<38} {m.n:>3} {_fmt(m.mean):>11} "
-                f"{_fmt(m.std):>11} {cv:>7}  {ci}"
+                f"{_fmt(m.std):>11} {cv:>7} {_fmt(m.geometric_mean):>11}  {interval_text(m)}"
             )
     if not stats.configs:
         lines.append("  (no completed runs)")
+    return "\n".join(lines)
+
+
+def _format_single_runs(stats: StudyStatistics) -> str:
+    lines = [
+        "single run: the values of one measurement (spread and confidence intervals need a "
+        f"study that repeats each config over at least {stats.min_cycles_for_interval} cycles)"
+    ]
+    for number, cfg in enumerate(stats.configs, 1):
+        lines += ["", f"config {number}  {cfg.label}  [{cfg.config_hash}]"]
+        for key, m in cfg.metrics.items():
+            lines.append(f"  {METRIC_LABELS.get(key, key):<38} {_fmt(m.mean):>11}")
     return "\n".join(lines)
