@@ -6,6 +6,7 @@ has come waits for a free slot (arrivals stay on schedule; the queue grows). Eve
 request's record is returned in index order with the window: from the first request sent to the
 last response received. ``on_window_start`` runs just before the first measured request is sent
 and ``on_window_end`` just after the last one ends (the energy backend's ``begin``/``end``).
+The requests share the client's connection pool (keep-alive connections are reused).
 
 The driver records its own CPU time (``time.process_time`` over the measured phase) and the
 achieved send rate, so a run can show that the client was not the bottleneck.
@@ -120,36 +121,37 @@ async def run_load(
     if max_concurrency is not None and max_concurrency < 1:
         raise ValueError("max_concurrency must be >= 1")
 
-    warmup_records = [await client.send(req, index=i) for i, req in enumerate(warmup)]
+    async with client:  # one connection pool for the warmup and the load
+        warmup_records = [await client.send(req, index=i) for i, req in enumerate(warmup)]
 
-    slots = asyncio.Semaphore(max_concurrency) if max_concurrency else None
-    lags: list[float] = []
+        slots = asyncio.Semaphore(max_concurrency) if max_concurrency else None
+        lags: list[float] = []
 
-    async def one(index: int, request: StreamRequest) -> RequestRecord:
-        if slots is None:
-            return await client.send(request, index=index)
-        async with slots:
-            return await client.send(request, index=index)
+        async def one(index: int, request: StreamRequest) -> RequestRecord:
+            if slots is None:
+                return await client.send(request, index=index)
+            async with slots:
+                return await client.send(request, index=index)
 
-    if on_window_start is not None:
-        on_window_start()
-    cpu0 = time.process_time()
-    t0 = time.perf_counter()
-    tasks: list[asyncio.Task[RequestRecord]] = []
-    for index, (request, offset) in enumerate(zip(requests, offsets, strict=True)):
-        delay = t0 + offset - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        lags.append(max(0.0, time.perf_counter() - (t0 + offset)))
-        tasks.append(asyncio.create_task(one(index, request)))
-    try:
-        records = list(await asyncio.gather(*tasks))
-    finally:
-        for task in tasks:
-            task.cancel()
-    if on_window_end is not None:
-        on_window_end()
-    cpu = time.process_time() - cpu0
+        if on_window_start is not None:
+            on_window_start()
+        cpu0 = time.process_time()
+        t0 = time.perf_counter()
+        tasks: list[asyncio.Task[RequestRecord]] = []
+        for index, (request, offset) in enumerate(zip(requests, offsets, strict=True)):
+            delay = t0 + offset - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            lags.append(max(0.0, time.perf_counter() - (t0 + offset)))
+            tasks.append(asyncio.create_task(one(index, request)))
+        try:
+            records = list(await asyncio.gather(*tasks))
+        finally:
+            for task in tasks:
+                task.cancel()
+        if on_window_end is not None:
+            on_window_end()
+        cpu = time.process_time() - cpu0
 
     sends = sorted(r.send_time_s for r in records)
     span = sends[-1] - sends[0]
