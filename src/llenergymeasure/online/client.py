@@ -62,6 +62,7 @@ if TYPE_CHECKING:
     import httpx
 
 __all__ = [
+    "EndpointAuthError",
     "EndpointError",
     "OpenAIStreamClient",
     "RequestRecord",
@@ -191,6 +192,10 @@ class RequestRecord(BaseModel):
 
 class EndpointError(OSError):
     """A pre-flight call failed: unreachable, too slow (past its deadline), not HTTP, too large."""
+
+
+class EndpointAuthError(EndpointError):
+    """The server refused a pre-flight call for want of a valid API key (HTTP 401/403)."""
 
 
 class _RequestFailed(Exception):
@@ -733,13 +738,19 @@ def served_models(
     """Model ids the server lists at ``/v1/models``; ``None`` when it gives no such list.
 
     Raises ``EndpointError`` (an ``OSError``) when the server cannot be reached or does not
-    answer properly within ``timeout_s`` in all: the caller turns that into an error naming
-    the endpoint.
+    answer properly within ``timeout_s`` in all, ``EndpointAuthError`` when it refuses the
+    (missing) API key: the caller turns that into an error naming the endpoint.
     """
     parts = urlsplit(base_url)
     if parts.scheme not in {"http", "https"} or not parts.hostname:
         raise ValueError(f"base_url {base_url!r} is not an http(s) URL")
-    status, body = http_get(_models_url(base_url), timeout_s=timeout_s, api_key=api_key)
+    url = _models_url(base_url)
+    status, body = http_get(url, timeout_s=timeout_s, api_key=api_key)
+    if status in (401, 403):
+        raise EndpointAuthError(
+            f"GET {url} answered HTTP {status}: "
+            + ("the API key was refused" if api_key else "the server wants an API key")
+        )
     if status != 200:
         return None
     try:
