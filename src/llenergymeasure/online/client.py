@@ -520,7 +520,7 @@ class OpenAIStreamClient:
             return
         try:
             chunk = json.loads(data)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise _RequestFailed(
                 f"non-OpenAI response: data line is not JSON: {data[:80]!r}"
             ) from exc

@@ -412,8 +412,10 @@ def run_online(
         result.server_ready_s = ready_s
 
     if result.metrics.n_ok == 0:
+        first = next((r.error for r in result.load.records if r.error), None)
         raise OnlineRunFailed(
-            f"all {result.metrics.n_requests} requests failed: {result.metrics.errors}",
+            f"all {result.metrics.n_requests} requests failed: {result.metrics.errors}"
+            + (f" (first: {first})" if first else ""),
             result,
             hint=(
                 f"see the server log {result.server_log}"
