@@ -158,8 +158,10 @@ FAILING_PREFLIGHT = [
     ("models", "error", "reason"), FAILING_PREFLIGHT, ids=[m for m, _, _ in FAILING_PREFLIGHT]
 )
 def test_a_misbehaving_model_list_fails_pre_flight_within_its_deadline(models, error, reason):
+    # reading 8 MiB takes a while on a busy machine: the huge list gets a roomy deadline
+    timeout_s = 30.0 if models == "huge" else DEADLINE_S
     with HostileServer(models=models) as server, pytest.raises(error, match=reason):
-        served_models(server.url, timeout_s=DEADLINE_S)
+        served_models(server.url, timeout_s=timeout_s)
 
 
 def test_a_model_list_that_is_not_json_is_no_list():
@@ -170,14 +172,16 @@ def test_a_model_list_that_is_not_json_is_no_list():
 # ─── whole runs through `llem run` ──────────────────────────────────────────────────────────
 
 
-def experiment(tmp_path: Path, online: str, *, n: int = 3) -> Path:
+def experiment(
+    tmp_path: Path, online: str, *, n: int = 3, preflight_timeout_s: float = DEADLINE_S
+) -> Path:
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"q{i}"}) + "\n" for i in range(n)))
     path = tmp_path / "exp.yaml"
     path.write_text(
         f"model: m\nbackend: vllm\ndataset: {prompts}\nn: {n}\nmax_new_tokens: 5\n"
         f"mode: online\nonline:\n  n_warmup_requests: 0\n  request_timeout_s: {DEADLINE_S}\n"
-        f"  preflight_timeout_s: {DEADLINE_S}\n{online}"
+        f"  preflight_timeout_s: {preflight_timeout_s}\n{online}"
     )
     return path
 
@@ -203,7 +207,8 @@ def test_a_run_whose_endpoint_fails_pre_flight_ends_with_a_clear_error(
     tmp_path, models, code, message
 ):
     with HostileServer(models=models) as server:
-        config = experiment(tmp_path, f"  endpoint: {server.url}\n")
+        timeout_s = 30.0 if models == "huge" else DEADLINE_S
+        config = experiment(tmp_path, f"  endpoint: {server.url}\n", preflight_timeout_s=timeout_s)
         run = llem_run(config, tmp_path / "out")
     assert run.exit_code == code, run.output
     assert re.search(message, run.output), run.output

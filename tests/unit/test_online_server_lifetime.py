@@ -110,7 +110,7 @@ def test_the_servers_whole_group_goes_when_its_parent_dies(tmp_path, how, flags)
     parent, server, watchdog, child = start_parent(
         tmp_path, "os_exit" if how == "os_exit" else "wait", *flags
     )
-    with reaped(server, child, watchdog, parent.pid):
+    with reaped(server, child, watchdog, parent.pid), parent:
         assert group_members(server) and alive(child) and alive(watchdog)
         if how == "sigkill":
             parent.kill()
@@ -123,7 +123,7 @@ def test_the_servers_whole_group_goes_when_its_parent_dies(tmp_path, how, flags)
 def test_the_parent_death_signal_alone_ends_the_server(tmp_path):
     # without the watchdog (killed first), Linux's parent-death signal still stops the server
     parent, server, watchdog, child = start_parent(tmp_path, "wait")
-    with reaped(server, child, watchdog, parent.pid):
+    with reaped(server, child, watchdog, parent.pid), parent:
         os.kill(watchdog, signal.SIGKILL)
         eventually(lambda: not alive(watchdog), "the watchdog is gone")
         assert alive(server)
@@ -186,7 +186,7 @@ def llem_run_in_background(tmp_path: Path) -> tuple[subprocess.Popen[bytes], Pat
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
 def test_llem_run_stopped_mid_load_leaves_no_server_running(tmp_path, sig):
     llem, out, stderr = llem_run_in_background(tmp_path)
-    with reaped(llem.pid):
+    with reaped(llem.pid), llem:
         # the load is under way: requests of 200 tokens, 0.5 s apart, are streaming
         eventually(lambda: "sending 0 warmup + 4 requests" in stderr.read_text(), "the load starts")
         (server,) = [p for p in children(llem.pid) if str(FAKE) in _cmdline(p)]

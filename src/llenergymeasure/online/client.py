@@ -8,9 +8,9 @@ Failures (connection refused, HTTP status, timeout, a stream that is not OpenAI'
 cut short, a malformed or oversized response) are recorded on the record, never raised: a load
 run keeps going.
 
-HTTP is httpx (HTTP/1.1, connection pooling inside ``async with client:``; a bare ``send``
-uses a connection of its own) and SSE is httpx-sse's parser. What a server can make the client
-do is bounded:
+HTTP is httpx on aiohttp's transport (``httpx-aiohttp``: HTTP/1.1 parsed in C, connection
+pooling inside ``async with client:``; a bare ``send`` uses a connection of its own) and SSE is
+httpx-sse's parser. What a server can make the client do is bounded:
 
 - one deadline per request (``timeout_s``), whatever the server does: a server that sends a byte
   every few seconds, before or after its headers, cannot keep a request open past it;
@@ -386,8 +386,6 @@ class OpenAIStreamClient:
 
     async def send(self, request: StreamRequest, index: int = 0) -> RequestRecord:
         """Send one streaming request and record how it went (never raises on failure)."""
-        import httpx
-
         progress = _Progress(send_time_s=self._clock(), max_tokens=request.max_tokens)
         error: str | None = None
         try:
@@ -396,25 +394,12 @@ class OpenAIStreamClient:
             else:
                 async with _async_client(self.timeout_s, self.url) as pool:
                     await self._timed_exchange(pool, request, progress)
-        except (asyncio.TimeoutError, httpx.TimeoutException):
+        except asyncio.TimeoutError:
             error = progress.timeout_message(self.timeout_s)
         except _RequestFailed as exc:
             error = self._mask(str(exc))
-        except httpx.RemoteProtocolError as exc:
-            if progress.headers_received and "peer closed" in str(exc):
-                error = (
-                    "stream ended before [DONE]: the server closed the connection mid-stream"
-                    if progress.saw_data
-                    else "connection closed by the server mid-response"
-                )
-            elif "disconnected without sending" in str(exc):
-                error = "connection closed by the server before a response"
-            else:
-                error = self._mask(f"bad response: HTTP protocol error: {exc}")
-        except (httpx.TransportError, OSError) as exc:
-            error = f"connection failed: {type(exc).__name__}: {self._mask(str(exc))}"
-        except Exception as exc:  # a malformed response: this request fails, the load goes on
-            error = self._mask(f"bad response: {type(exc).__name__}: {exc}")
+        except Exception as exc:  # transport or malformed response: this request fails only
+            error = self._mask(_failure(exc, progress, self.timeout_s))
         end = self._clock()
         if error is None and not (progress.done or progress.finish_reason is not None):
             error = (
@@ -620,26 +605,75 @@ def _tls_context() -> ssl.SSLContext:
 
 
 def _async_client(timeout_s: float, url: str) -> httpx.AsyncClient:
-    """An httpx pool for ``url``'s server with no cap of its own (the load driver caps what is
-    in flight); TLS only for an https URL."""
-    import httpx
+    """An httpx client for ``url``'s server on aiohttp's connection pool, with no cap of its own
+    (the load driver caps what is in flight); TLS (verified) only for an https URL.
 
-    tls = urlsplit(url).scheme == "https"
-    return httpx.AsyncClient(
-        timeout=httpx.Timeout(timeout_s),
-        limits=httpx.Limits(
-            max_connections=None, max_keepalive_connections=1024, keepalive_expiry=_KEEPALIVE_S
-        ),
+    aiohttp's transport (``httpx-aiohttp``) parses HTTP in C: per streamed chunk it costs about
+    a third of httpx's own transport (``benchmarks/online_client.py``), and at high request
+    rates that CPU is what delays the clock readings.
+    """
+    import aiohttp
+    import httpx
+    from httpx_aiohttp import AiohttpTransport
+
+    connector = aiohttp.TCPConnector(
+        limit=0,  # no pool limit: a queued request would look like a slow server
+        keepalive_timeout=_KEEPALIVE_S,
+        ssl=_tls_context() if urlsplit(url).scheme == "https" else True,
+    )
+    session = aiohttp.ClientSession(
+        connector=connector,
         # proxies from the environment would sit between the server and the clock
         trust_env=False,
-        verify=_tls_context() if tls else False,
+        auto_decompress=False,
+        timeout=aiohttp.ClientTimeout(total=None),  # the caller's deadline is the limit
+    )
+    return httpx.AsyncClient(
+        transport=AiohttpTransport(client=session, verify=False),  # TLS is the session's
+        timeout=httpx.Timeout(timeout_s),
+        trust_env=False,
         follow_redirects=False,
     )
 
 
+def _failure(exc: BaseException, progress: _Progress, timeout_s: float) -> str:
+    """What an error out of the exchange means for the request, judged by the original aiohttp
+    error (httpx's aiohttp transport re-raises them as httpx errors of a kind that need not
+    match)."""
+    import aiohttp
+    import httpx
+
+    cause: BaseException = exc
+    while not isinstance(cause, aiohttp.ClientError) and cause.__cause__ is not None:
+        cause = cause.__cause__
+    text = str(cause) or type(cause).__name__
+    headers = progress.headers_received
+    if isinstance(cause, (TimeoutError, asyncio.TimeoutError, httpx.TimeoutException)):
+        return progress.timeout_message(timeout_s)
+    if isinstance(cause, aiohttp.ClientPayloadError):  # the body ended before its end
+        return (
+            "stream ended before [DONE]: the server closed the connection mid-stream"
+            if progress.saw_data
+            else "connection closed by the server mid-response"
+        )
+    if isinstance(cause, aiohttp.ServerDisconnectedError):
+        if not headers:
+            return "connection closed by the server before a response"
+        return (
+            "stream ended before [DONE]: the server closed the connection mid-stream"
+            if progress.saw_data
+            else "connection closed by the server mid-response"
+        )
+    if isinstance(cause, (aiohttp.ClientResponseError, aiohttp.ClientPayloadError)):
+        return f"bad response: HTTP protocol error: {text[:300]}"
+    if isinstance(cause, (aiohttp.ClientConnectionError, httpx.TransportError, OSError)):
+        return f"connection failed: {type(cause).__name__}: {text[:300]}"
+    return f"bad response: {type(cause).__name__}: {text[:300]}"
+
+
 async def _read_prefix(pieces: AsyncIterator[bytes], limit: int) -> str:
     """Up to ``limit`` bytes of a body (the rest is never read), as text."""
-    out = b""
+    out = bytearray()
     async for piece in pieces:
         out += piece
         if len(out) >= limit:
@@ -697,12 +731,12 @@ def http_get(
             _async_client(timeout_s, url) as pool,
             pool.stream("GET", url, headers=headers) as response,
         ):
-            body = b""
+            body = bytearray()
             async for piece in response.aiter_raw():
                 body += piece
                 if len(body) > max_bytes:
                     raise EndpointError(f"the answer to GET {url} is larger than {max_bytes} bytes")
-            return response.status_code, body
+            return response.status_code, bytes(body)
 
     async def bounded() -> tuple[int, bytes]:
         return await asyncio.wait_for(fetch(), timeout=timeout_s)
@@ -714,14 +748,18 @@ def http_get(
         return _run_sync(bounded)
     except EndpointError:
         raise
-    except (asyncio.TimeoutError, httpx.TimeoutException) as exc:
+    except (TimeoutError, asyncio.TimeoutError, httpx.TimeoutException) as exc:
         raise EndpointError(f"no complete answer to GET {url} within {timeout_s:g} s") from exc
-    except httpx.ConnectError as exc:
-        raise EndpointError(f"cannot connect: {masked(str(exc)) or type(exc).__name__}") from exc
-    except (httpx.HTTPError, OSError) as exc:
-        raise EndpointError(
-            f"not an HTTP server: {type(exc).__name__}: {masked(str(exc))}"
-        ) from exc
+    except Exception as exc:
+        import aiohttp
+
+        cause: BaseException = exc
+        while not isinstance(cause, aiohttp.ClientError) and cause.__cause__ is not None:
+            cause = cause.__cause__
+        text = masked(str(cause) or type(cause).__name__)[:300]
+        if isinstance(cause, (aiohttp.ClientConnectorError, httpx.ConnectError, OSError)):
+            raise EndpointError(f"cannot connect: {text}") from exc
+        raise EndpointError(f"not an HTTP server: {type(cause).__name__}: {text}") from exc
 
 
 def _models_url(base_url: str) -> str:
