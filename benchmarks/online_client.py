@@ -11,8 +11,10 @@ it wrote each chunk (``perf_counter`` is the system-wide monotonic clock on Linu
 client's and the server's times share one origin). At each request rate, two clients send the
 same constant-rate schedule for ``--seconds`` seconds, one after the other:
 
-- ``llem``: ``OpenAIStreamClient`` (httpx + httpx-sse, pooled) through the load driver
-  ``drive_load``, exactly as an online run sends its load;
+- ``llem``: ``OpenAIStreamClient`` (httpx on aiohttp's transport, httpx-sse, pooled) through
+  the load driver ``drive_load``, exactly as an online run sends its load;
+- ``llem (httpx transport)``: the same with httpx's own transport (httpcore, h11) in place of
+  aiohttp's, to show why llem uses the latter;
 - ``reference``: a bare asyncio-streams client, one connection a request, that stamps each read
   and splits events on blank lines without parsing anything.
 
@@ -42,7 +44,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _markdown import add_section_options, num, publish  # noqa: E402
+from _markdown import add_section_options, num, publish
 
 TITLE = "Online client accuracy (issue 27, CPU)"
 REPRODUCE = "python benchmarks/online_client.py"
@@ -224,22 +226,39 @@ def _sent(port: int) -> dict[str, list[float]]:
     return {k: list(v) for k, v in json.loads(body).items()}
 
 
+def _httpx_own_transport(timeout_s: float, url: str) -> object:
+    """llem's client pool as it would be on httpx's own transport (httpcore + h11)."""
+    import httpx
+
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(timeout_s),
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=1024),
+        trust_env=False,
+    )
+
+
+CLIENTS = ("llem", "llem (httpx transport)", "reference")
+
+
 def measure(rate: float, seconds: float, port: int, chunks: int, client: str, tag: str) -> Row:
+    from unittest import mock
+
+    from llenergymeasure.online import client as client_module
     from llenergymeasure.online.client import OpenAIStreamClient, StreamRequest
     from llenergymeasure.online.load import drive_load
 
     n = max(10, round(rate * seconds))
     prompts = [f"{tag} {client} {rate:g} {i}" for i in range(n)]
     offsets = [i / rate for i in range(n)]
-    if client == "llem":
-        load = drive_load(
-            OpenAIStreamClient(f"http://127.0.0.1:{port}", "m", include_usage=False),
-            [StreamRequest(p, chunks) for p in prompts],
-            offsets,
-        )
-        results = [
-            (prompts[r.index], r.send_time_s, list(r.chunk_times_s)) for r in load.records
-        ]
+    if client.startswith("llem"):
+        factory = client_module._async_client if client == "llem" else _httpx_own_transport
+        with mock.patch.object(client_module, "_async_client", factory):
+            load = drive_load(
+                OpenAIStreamClient(f"http://127.0.0.1:{port}", "m", include_usage=False),
+                [StreamRequest(p, chunks) for p in prompts],
+                offsets,
+            )
+        results = [(prompts[r.index], r.send_time_s, list(r.chunk_times_s)) for r in load.records]
         cpu = load.client_cpu_s
     else:
         ref, cpu = asyncio.run(_reference_load(port, prompts, offsets, chunks))
@@ -254,7 +273,9 @@ def render(rows: list[Row], args: argparse.Namespace, load: tuple[float, float])
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        ttft = "n/a" if r.ttft_err_ms is None else f"{r.ttft_err_ms[0]:.2f} / {r.ttft_err_ms[1]:.2f}"
+        ttft = (
+            "n/a" if r.ttft_err_ms is None else f"{r.ttft_err_ms[0]:.2f} / {r.ttft_err_ms[1]:.2f}"
+        )
         itl = "n/a" if r.itl_err_ms is None else f"{r.itl_err_ms[0]:.2f} / {r.itl_err_ms[1]:.2f}"
         lines.append(
             f"| {r.client} | {r.rate:g} | {num(r.achieved, '.1f')} | {r.n_ok}/{r.n} | {ttft} "
@@ -294,6 +315,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chunks", type=int, default=32)
     parser.add_argument("--ttft-ms", type=float, default=20.0)
     parser.add_argument("--gap-ms", type=float, default=10.0)
+    parser.add_argument("--clients", nargs="+", choices=CLIENTS, default=list(CLIENTS))
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)  # the server process
     add_section_options(parser)
     args = parser.parse_args(argv)
@@ -304,8 +326,10 @@ def main(argv: list[str] | None = None) -> None:
 
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, __file__, "--serve", str(port), "--chunks", str(args.chunks)]
-        + ["--ttft-ms", str(args.ttft_ms), "--gap-ms", str(args.gap_ms)],
+        [
+            *(sys.executable, __file__, "--serve", str(port), "--chunks", str(args.chunks)),
+            *("--ttft-ms", str(args.ttft_ms), "--gap-ms", str(args.gap_ms)),
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -313,11 +337,11 @@ def main(argv: list[str] | None = None) -> None:
         assert server.stdout is not None and server.stdout.readline().strip() == "ready"
         load_before = os.getloadavg()[0]
         rows: list[Row] = []
-        for rate in args.rates:
-            # alternate who goes first, so a drift in the machine's load favours neither
-            order = ["llem", "reference"] if len(rows) % 4 == 0 else ["reference", "llem"]
-            pair = {c: measure(rate, args.seconds, port, args.chunks, c, "b") for c in order}
-            rows += [pair["llem"], pair["reference"]]
+        for k, rate in enumerate(args.rates):
+            # alternate who goes first, so a drift in the machine's load favours no client
+            order = list(args.clients) if k % 2 == 0 else list(reversed(args.clients))
+            done = {c: measure(rate, args.seconds, port, args.chunks, c, "b") for c in order}
+            rows += [done[c] for c in args.clients]
         load_after = os.getloadavg()[0]
     finally:
         server.terminate()
