@@ -151,9 +151,13 @@ async def _reference_request(port: int, prompt: str, max_tokens: int) -> tuple[f
 
 async def _reference_load(
     port: int, prompts: list[str], offsets: list[float], max_tokens: int
-) -> tuple[list[tuple[float, list[float]]], float]:
+) -> tuple[list[tuple[float, list[float]]], float, float | None]:
+    from llenergymeasure.online.load import _p99, _probe_loop
+
     cpu0 = time.process_time()
     t0 = time.perf_counter()
+    lags: list[float] = []
+    probe = asyncio.create_task(_probe_loop(lags))  # the same event-loop probe as llem's driver
     tasks = []
     for prompt, offset in zip(prompts, offsets, strict=True):
         delay = t0 + offset - time.perf_counter()
@@ -161,7 +165,8 @@ async def _reference_load(
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(_reference_request(port, prompt, max_tokens)))
     results = list(await asyncio.gather(*tasks))
-    return results, time.process_time() - cpu0
+    probe.cancel()
+    return results, time.process_time() - cpu0, _p99(lags)
 
 
 # ─── measuring ─────────────────────────────────────────────────────────────────────────────
@@ -177,6 +182,7 @@ class Row:
     ttft_err_ms: tuple[float, float] | None
     itl_err_ms: tuple[float, float] | None
     cpu_s: float
+    loop_lag_p99_s: float | None
 
 
 def _p50_p99(values: list[float]) -> tuple[float, float] | None:
@@ -193,6 +199,7 @@ def _row(
     sent: dict[str, list[float]],
     cpu_s: float,
     chunks: int,
+    loop_lag_p99_s: float | None,
 ) -> Row:
     ttft_err: list[float] = []
     itl_err: list[float] = []
@@ -216,6 +223,7 @@ def _row(
         ttft_err_ms=_p50_p99(ttft_err),
         itl_err_ms=_p50_p99(itl_err),
         cpu_s=cpu_s,
+        loop_lag_p99_s=loop_lag_p99_s,
     )
 
 
@@ -259,18 +267,18 @@ def measure(rate: float, seconds: float, port: int, chunks: int, client: str, ta
                 offsets,
             )
         results = [(prompts[r.index], r.send_time_s, list(r.chunk_times_s)) for r in load.records]
-        cpu = load.client_cpu_s
+        cpu, loop_lag = load.client_cpu_s, load.loop_lag_p99_s
     else:
-        ref, cpu = asyncio.run(_reference_load(port, prompts, offsets, chunks))
+        ref, cpu, loop_lag = asyncio.run(_reference_load(port, prompts, offsets, chunks))
         results = [(p, send, arrivals) for p, (send, arrivals) in zip(prompts, ref, strict=True)]
-    return _row(client, rate, results, _sent(port), cpu, chunks)
+    return _row(client, rate, results, _sent(port), cpu, chunks, loop_lag)
 
 
 def render(rows: list[Row], args: argparse.Namespace, load: tuple[float, float]) -> str:
     lines = [
         "| client | rate asked (req/s) | achieved (req/s) | complete | TTFT error p50 / p99 (ms) "
-        "| ITL error p50 / p99 (ms) | client CPU (s) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| ITL error p50 / p99 (ms) | event-loop lag p99 (ms) | client CPU (s) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         ttft = (
@@ -279,7 +287,8 @@ def render(rows: list[Row], args: argparse.Namespace, load: tuple[float, float])
         itl = "n/a" if r.itl_err_ms is None else f"{r.itl_err_ms[0]:.2f} / {r.itl_err_ms[1]:.2f}"
         lines.append(
             f"| {r.client} | {r.rate:g} | {num(r.achieved, '.1f')} | {r.n_ok}/{r.n} | {ttft} "
-            f"| {itl} | {r.cpu_s:.2f} |"
+            f"| {itl} | {num(None if r.loop_lag_p99_s is None else r.loop_lag_p99_s * 1000, '.2f')} "
+            f"| {r.cpu_s:.2f} |"
         )
     import httpx
 
@@ -291,8 +300,9 @@ def render(rows: list[Row], args: argparse.Namespace, load: tuple[float, float])
         f"Server: {args.chunks} one-token chunks a request, first after {args.ttft_ms:g} ms, "
         f"then every {args.gap_ms:g} ms; {args.seconds:g} s of constant-rate load per row. "
         "TTFT error: client arrival - server write of the first chunk; ITL error: |change of "
-        "that lag between consecutive chunks|. `complete`: requests whose every chunk was "
-        f"seen. Reproduce: `{REPRODUCE}`."
+        "that lag between consecutive chunks|. Event-loop lag: how late the client's loop woke "
+        "(the probe llem's driver runs; it warns above 5 ms). `complete`: requests whose every "
+        f"chunk was seen. Reproduce: `{REPRODUCE}`."
     )
     return head + "\n\n" + "\n".join(lines) + "\n"
 
