@@ -182,3 +182,19 @@ def test_a_concurrency_cap_slowing_sends_is_not_the_clients_fault():
 
 def test_all_at_once_has_no_scheduled_rate():
     assert load_run([0.0, 0.0, 0.01], [0.0, 0.0, 0.0]).scheduled_rate_per_s is None
+
+
+def test_a_late_event_loop_is_flagged_as_late_token_times():
+    run = load_run([0.0, 0.1, 0.2, 0.3], [0.0, 0.1, 0.2, 0.3])
+    late = run.model_copy(update={"loop_lag_p99_s": 0.02})
+    (note,) = late.schedule_warnings()
+    assert note.startswith("the load client's event loop ran up to 20.0 ms late (p99)")
+    on_time = run.model_copy(update={"loop_lag_p99_s": 0.001})
+    assert on_time.schedule_warnings() == []
+    assert run.loop_lag_p99_s is None and run.schedule_warnings() == []  # older records
+
+
+def test_the_driver_measures_its_event_loop_lateness_over_the_window():
+    with FakeOpenAIServer(ttft_s=0.05) as server:
+        run = drive_load(OpenAIStreamClient(server.url, "m"), requests(3), [0.0, 0.02, 0.04])
+    assert run.loop_lag_p99_s is not None and run.loop_lag_p99_s >= 0.0

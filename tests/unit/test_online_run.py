@@ -20,6 +20,12 @@ FAKE = Path(__file__).with_name("fake_openai_server.py")
 PROMPTS = [f"prompt {i}" for i in range(20)]
 
 
+def server_notes(result) -> list[str]:
+    """The run's warnings less those about this machine's load on the client (a busy CI
+    machine may delay the client's event loop; that is reported, and not what is tested)."""
+    return [w for w in result.warnings if "load client" not in w]
+
+
 def config(online: dict[str, Any], backend: str = "vllm", **kw: Any) -> ExperimentConfig:
     kw.setdefault("n", 6)
     kw.setdefault("max_new_tokens", 4)
@@ -76,7 +82,7 @@ def test_endpoint_run_measures_energy_around_the_load(tmp_path):
     assert m.energy_per_output_token_j == pytest.approx(700.0 / 24)
     assert m.n_slo_met == 6 and m.energy_per_slo_request_j == pytest.approx(700.0 / 6)
     assert result.load.achieved_rate_per_s == pytest.approx(100.0, rel=0.25)
-    assert result.server_command is None and result.warnings == []
+    assert result.server_command is None and server_notes(result) == []
     assert result.request_model == "org/m" and result.endpoint == server.url
 
 
@@ -105,7 +111,7 @@ def test_a_vllm_run_times_tokens_that_decode_to_no_text(tmp_path):
     m = result.metrics
     assert m.ttft is not None and m.ttft.count == 6
     assert m.itl is not None and m.itl.count == 6 * 3
-    assert m.n_ok_without_token_chunks == 0 and result.warnings == []
+    assert m.n_ok_without_token_chunks == 0 and server_notes(result) == []
 
 
 @pytest.mark.parametrize("api", ["completions", "chat"])
@@ -128,7 +134,7 @@ def test_a_tensorrt_run_asks_for_the_running_count_and_times_tokens_without_text
     m = result.metrics
     assert m.ttft is not None and m.ttft.count == 6
     assert m.itl is not None and m.itl.count == 6 * 3
-    assert m.n_ok_without_token_chunks == 0 and result.warnings == []
+    assert m.n_ok_without_token_chunks == 0 and server_notes(result) == []
 
 
 def test_streams_without_visible_tokens_are_warned_about(tmp_path):
@@ -145,7 +151,7 @@ def test_streams_without_visible_tokens_are_warned_about(tmp_path):
     m = result.metrics
     assert m.n_ok == 6 and m.output_tokens == 24  # usage still counts them
     assert m.ttft is None and m.n_ok_without_token_chunks == 6
-    (warning,) = result.warnings
+    (warning,) = server_notes(result)
     assert warning.startswith("6 of 6 requests streamed no chunk with tokens")
     assert "TTFT and ITL cover only the other 0" in warning
     assert "online.continuous_usage: true" in warning
@@ -157,7 +163,7 @@ def test_a_server_ignoring_continuous_usage_is_warned_about_too(tmp_path):
             config({"endpoint": server.url, "n_warmup_requests": 0}), PROMPTS, output_dir=tmp_path
         )
     assert result.continuous_usage_sent
-    (warning,) = result.warnings
+    (warning,) = server_notes(result)
     assert "sent no running token count" in warning
 
 

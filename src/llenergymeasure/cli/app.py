@@ -1,6 +1,7 @@
 """``llem`` entry point: commands, exit codes and error display.
 
-Exit codes: 0 ok, 1 runtime error, 2 usage or config error, 130 interrupted.
+Exit codes: 0 ok, 1 runtime error, 2 usage or config error, 130 interrupted (Ctrl-C, or SIGTERM
+during ``llem run``).
 Heavy modules are imported inside commands so that ``llem --help`` stays fast.
 """
 
@@ -216,6 +217,7 @@ def run(
 ) -> None:
     """Run an experiment or a study (or preview it with --dry-run)."""
     from llenergymeasure.cli.run_cmd import RunOptions, execute_run
+    from llenergymeasure.cli.signals import sigterm_as_interrupt
 
     options = RunOptions(
         config=config,
@@ -242,7 +244,8 @@ def run(
         detect_pct=detect,
     )
     try:
-        code = execute_run(options)
+        with sigterm_as_interrupt():  # a scheduler's cancel ends the run as Ctrl-C does
+            code = execute_run(options)
     except (Exception, KeyboardInterrupt) as exc:
         code = report_error(exc, verbose=verbose, as_json=as_json)
     raise typer.Exit(code)

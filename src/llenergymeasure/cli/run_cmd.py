@@ -195,6 +195,7 @@ def execute_run(opts: RunOptions) -> int:
 
             raise PreFlightError(problems, hint="fix the dataset file, or use a smaller n")
     if opts.dry_run:
+        _check_online_environment(resolved)
         from llenergymeasure.cli.preview import (
             preview_experiment,
             preview_json,
@@ -229,6 +230,21 @@ def execute_run(opts: RunOptions) -> int:
     from llenergymeasure.cli.run_experiment_cmd import run_single
 
     return run_single(resolved.experiment, opts)
+
+
+def _check_online_environment(resolved: ResolvedRun) -> None:
+    """What a run's pre-flight checks in the environment for online mode (the API key's
+    variable), checked by ``--dry-run`` too."""
+    from llenergymeasure.online.run import api_key_problems
+
+    experiments = (
+        list(resolved.study.experiments) if resolved.study is not None else [resolved.experiment]
+    )
+    problems = sorted({p for e in experiments if e is not None for p in api_key_problems(e.online)})
+    if problems:
+        from llenergymeasure.exceptions import PreFlightError
+
+        raise PreFlightError(problems)
 
 
 def run_study_cli(study: StudyConfig, opts: RunOptions) -> int:

@@ -44,6 +44,7 @@ __all__ = [
     "PENALTY",
     "POLL_SECONDS",
     "PORT",
+    "PREFLIGHT_TIMEOUT_SECONDS",
     "PROMPTS",
     "PUE",
     "REQUEST_RATE",
@@ -209,6 +210,10 @@ RUN_TIMEOUT_SECONDS = Bound(
 #: Waiting for a server: its start (model load, engine build) and one request.
 WAIT_TIMEOUT_SECONDS = Bound(
     0, DAY_S, lower_open=True, unit="s", why="a day; a server that is not ready by then is broken"
+)
+#: One pre-flight call to a server (``GET /v1/models``): it answers at once or is unfit to measure.
+PREFLIGHT_TIMEOUT_SECONDS = Bound(
+    0, 3_600, lower_open=True, unit="s", why="an hour; a healthy server answers in well under 1 s"
 )
 #: Latency targets of an online run's SLO.
 LATENCY_TARGET_MS = Bound(0, DAY_S * 1_000, lower_open=True, unit="ms", why="a day")

@@ -10,6 +10,9 @@ or one llem starts from the experiment's engine fields (``server``). The load is
 from __future__ import annotations
 
 import math
+import os
+import re
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -40,6 +43,7 @@ OnlineApi = Literal["chat", "completions"]
 CONTINUOUS_USAGE_BACKENDS = frozenset({"vllm", "tensorrt"})
 
 _STRICT = STRICT_CONFIG
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
 
 
 class ServerConfig(BaseModel):
@@ -99,6 +103,11 @@ class OnlineConfig(BaseModel):
       whose ``transformers serve`` refuses unknown request fields.
     - ``served_model_name``: the ``model`` field of each request (default: the experiment's
       ``model``).
+    - ``api_key_env``: the name of the environment variable that holds the server's API key
+      (sent as ``Authorization: Bearer <key>``; the key is never written anywhere). Checked
+      to be set in pre-flight and by ``--dry-run``.
+    - ``preflight_timeout_s``: the deadline of each pre-flight call to the server
+      (``GET /v1/models``), for the whole answer, not per read.
     """
 
     model_config = _STRICT
@@ -168,6 +177,29 @@ class OnlineConfig(BaseModel):
     slo: SLOConfig | None = Field(
         None, description="Latency targets for goodput. None = no goodput."
     )
+    api_key_env: str | None = Field(
+        None,
+        description=(
+            "Name of the environment variable holding the server's API key, sent as "
+            "'Authorization: Bearer <key>' and never written anywhere. None = no key."
+        ),
+    )
+    preflight_timeout_s: Annotated[float, B.PREFLIGHT_TIMEOUT_SECONDS] = Field(
+        30.0,
+        description="Seconds one pre-flight call to the server (GET /v1/models) may take in all.",
+    )
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _check_api_key_env(cls, value: str | None) -> str | None:
+        # the message never repeats the value: a key pasted here by mistake stays unprinted
+        if value is not None and not _ENV_NAME.fullmatch(value):
+            raise ValueError(
+                "api_key_env takes the NAME of an environment variable (letters, digits and _, "
+                "not starting with a digit), not the key itself: e.g. api_key_env: "
+                "OPENAI_API_KEY, with the key exported in that variable"
+            )
+        return value
 
     @field_validator("request_rate", mode="before")
     @classmethod
@@ -241,6 +273,20 @@ class OnlineConfig(BaseModel):
                 f"online.burstiness applies to arrival: gamma only (arrival is {self.arrival!r})"
             )
         return self
+
+    def api_key(self, environ: Mapping[str, str] | None = None) -> str | None:
+        """The API key from ``api_key_env`` in ``environ`` (default ``os.environ``); ``None``
+        without ``api_key_env``. ``ValueError`` naming the variable when it is unset or empty."""
+        if self.api_key_env is None:
+            return None
+        env = os.environ if environ is None else environ
+        key = env.get(self.api_key_env, "")
+        if not key.strip():
+            raise ValueError(
+                f"online.api_key_env names {self.api_key_env}, which is not set (or empty) in "
+                "the environment"
+            )
+        return key.strip()
 
     @property
     def starts_server(self) -> bool:

@@ -61,6 +61,7 @@ from llenergymeasure.online.run import (
     SERVER_LOG_NAME,
     OnlineRunFailed,
     OnlineRunResult,
+    api_key_problems,
     metered_gpu_indices,
     run_online,
 )
@@ -98,11 +99,12 @@ def online_preflight(config: ExperimentConfig, energy: EnergyBackend | None) -> 
     """Every problem that would stop an online run, found before anything starts.
 
     A started server needs its program (``vllm``, ``transformers``, ``trtllm-serve``); the
-    PyTorch ``transformers serve`` also needs transformers' ``serving`` extra.
+    PyTorch ``transformers serve`` also needs transformers' ``serving`` extra; the variable
+    named by ``online.api_key_env`` must be set.
     """
-    problems: list[str] = []
     online = config.online
     assert online is not None
+    problems = api_key_problems(online)
     if online.starts_server:
         program = _SERVER_PROGRAMS[config.backend]
         if not _program_found(program):

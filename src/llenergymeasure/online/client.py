@@ -1,12 +1,25 @@
-"""A streaming OpenAI-compatible client on the standard library (asyncio streams).
+"""A streaming OpenAI-compatible client on httpx, with bounded reads and one deadline a request.
 
 ``OpenAIStreamClient.send`` posts one streaming request to ``/v1/completions`` or
 ``/v1/chat/completions`` and returns a ``RequestRecord``: when it was sent, when each streamed
 chunk that carried output tokens arrived and how many it carried (the first such chunk is the
 TTFT), when the stream ended, and how many output tokens the server's ``usage`` reports.
 Failures (connection refused, HTTP status, timeout, a stream that is not OpenAI's SSE, a stream
-cut short, a malformed response) are recorded on the record, never raised: a load run keeps
-going.
+cut short, a malformed or oversized response) are recorded on the record, never raised: a load
+run keeps going.
+
+HTTP is httpx on aiohttp's transport (``httpx-aiohttp``: HTTP/1.1 parsed in C, connection
+pooling inside ``async with client:``; a bare ``send`` uses a connection of its own) and SSE is
+httpx-sse's parser. What a server can make the client do is bounded:
+
+- one deadline per request (``timeout_s``), whatever the server does: a server that sends a byte
+  every few seconds, before or after its headers, cannot keep a request open past it;
+- one SSE line is at most ``max_line_bytes`` and one response body at most ``max_body_bytes``
+  (default: 16 MiB + 16 KiB per requested token); more fails the request;
+- an error body is read up to 4 KiB only; a stream with more tokens than ``max_tokens`` fails;
+- the server's ``usage`` is checked: a count that is not a non-negative integer, exceeds
+  ``max_tokens`` or is below the tokens the stream carried is not used (``usage_rejected`` on
+  the record says why; the stream's count stands).
 
 How many tokens a chunk carries, most exact first:
 
@@ -22,30 +35,52 @@ vocabulary larger than its tokenizer) and counts a chunk that merges several tok
 under load) as one: only the first two rules count those exactly.
 
 Times come from ``clock`` (``time.perf_counter`` by default) so they share one origin with the
-load driver. Each request opens its own HTTP/1.1 connection (``Connection: close``).
+load driver. A chunk's time is taken when the bytes that complete it come off the socket, before
+they are parsed. An API key (``api_key``) goes in an ``Authorization: Bearer`` header only; it
+is never part of a record, and a server that echoes it in an error has it masked.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
-import http.client
+import functools
 import json
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, model_validator
 
 from llenergymeasure.config.online import OnlineApi
 
-__all__ = ["OpenAIStreamClient", "RequestRecord", "StreamRequest", "served_models"]
+if TYPE_CHECKING:
+    import httpx
 
-_MAX_HEADER_BYTES = 64 * 1024
+__all__ = [
+    "EndpointAuthError",
+    "EndpointError",
+    "OpenAIStreamClient",
+    "RequestRecord",
+    "StreamRequest",
+    "http_get",
+    "served_models",
+]
+
+#: Longest SSE line accepted (bytes); a server sending more fails the request.
+MAX_LINE_BYTES = 1 << 20
+#: Body allowance of a streamed response: this much plus ``BODY_BYTES_PER_TOKEN`` a token.
+MIN_BODY_BYTES = 16 << 20
+BODY_BYTES_PER_TOKEN = 16 << 10
+#: Largest answer of a pre-flight GET (``/v1/models``, health) read.
+MAX_PREFLIGHT_BYTES = 8 << 20
 _MAX_ERROR_BODY = 4096
+_KEEPALIVE_S = 2.0  # below uvicorn's 5 s idle timeout, so a pooled connection is never stale
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -67,7 +102,8 @@ class RequestRecord(BaseModel):
     ``chunk_times_s`` holds the arrival time of every streamed chunk that carried output tokens
     and ``chunk_tokens`` how many each carried (see the module docstring; records written before
     it existed leave it empty, meaning one token a chunk); ``output_tokens_stream`` is their sum;
-    ``output_tokens_usage`` is the server's ``usage.completion_tokens`` when sent.
+    ``output_tokens_usage`` is the server's ``usage.completion_tokens`` when sent and believable;
+    when it is not (``usage_rejected`` says why) it is ``None`` and the stream's count is used.
     """
 
     model_config = {"extra": "forbid"}
@@ -85,6 +121,13 @@ class RequestRecord(BaseModel):
     output_tokens_usage: int | None = None
     prompt_tokens_usage: int | None = None
     finish_reason: str | None = None
+    usage_rejected: str | None = Field(
+        None,
+        description=(
+            "Why the server's usage was not used (negative, above max_tokens, fewer tokens than "
+            "the stream carried, not an integer); the token counts then come from the stream."
+        ),
+    )
 
     @model_validator(mode="after")
     def _check_chunk_tokens(self) -> RequestRecord:
@@ -147,11 +190,24 @@ class RequestRecord(BaseModel):
         return (self.end_time_s - self.first_token_time_s) / (tokens - 1)
 
 
+class EndpointError(OSError):
+    """A pre-flight call failed: unreachable, too slow (past its deadline), not HTTP, too large."""
+
+
+class EndpointAuthError(EndpointError):
+    """The server refused a pre-flight call for want of a valid API key (HTTP 401/403)."""
+
+
+class _RequestFailed(Exception):
+    """A failure to record on the request (not raised out of the client)."""
+
+
 @dataclass
 class _Progress:
     """Mutable state of a request in flight, kept when a timeout cancels it."""
 
     send_time_s: float
+    max_tokens: int
     http_status: int | None = None
     first_token_time_s: float | None = None
     chunk_times_s: list[float] = field(default_factory=list)
@@ -160,12 +216,76 @@ class _Progress:
     output_tokens_usage: int | None = None
     prompt_tokens_usage: int | None = None
     finish_reason: str | None = None
+    usage_rejected: str | None = None
     done: bool = False
     saw_data: bool = False
+    headers_received: bool = False
+
+    def reject_usage(self, reason: str) -> None:
+        """Stop believing the server's usage for this request: the stream's count stands."""
+        if self.usage_rejected is None:
+            self.usage_rejected = reason
+        self.output_tokens_usage = None
+
+    def timeout_message(self, timeout_s: float) -> str:
+        if not self.headers_received:
+            return f"timeout: no response headers within {timeout_s:g} s"
+        return (
+            f"timeout: the response was not complete within {timeout_s:g} s "
+            f"({self.output_tokens_stream} tokens received)"
+        )
 
 
-class _RequestFailed(Exception):
-    """A failure to record on the request (not raised out of the client)."""
+def _count(value: Any) -> int | None:
+    """``value`` if it is a JSON integer (not a bool), else ``None``."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+class _BoundedBody:
+    """The raw body as it arrives, stamped, with the line, body and deadline bounds enforced.
+
+    ``arrived_s`` is the ``clock`` time at which the last piece came off the socket: the time of
+    every event that piece completes.
+    """
+
+    def __init__(
+        self,
+        source: AsyncIterator[bytes],
+        *,
+        clock: Callable[[], float],
+        deadline: float,
+        max_line_bytes: int,
+        max_body_bytes: int,
+    ) -> None:
+        self._source = source
+        self._clock = clock
+        self._deadline = deadline
+        self._max_line = max_line_bytes
+        self._max_body = max_body_bytes
+        self.arrived_s = clock()
+        self.body_bytes = 0
+        self._line_bytes = 0
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._pieces()
+
+    async def _pieces(self) -> AsyncIterator[bytes]:
+        async for piece in self._source:
+            self.arrived_s = self._clock()
+            if time.monotonic() > self._deadline:
+                raise asyncio.TimeoutError
+            self.body_bytes += len(piece)
+            if self.body_bytes > self._max_body:
+                raise _RequestFailed(
+                    f"response too large: the server sent more than {self._max_body} bytes"
+                )
+            cut = max(piece.rfind(b"\n"), piece.rfind(b"\r"))
+            self._line_bytes = self._line_bytes + len(piece) if cut < 0 else len(piece) - cut - 1
+            if self._line_bytes > self._max_line:
+                raise _RequestFailed(
+                    f"response line too long: more than {self._max_line} bytes without a newline"
+                )
+            yield piece
 
 
 class OpenAIStreamClient:
@@ -179,6 +299,9 @@ class OpenAIStreamClient:
     (``stream_options.continuous_usage_stats``: vLLM, SGLang, trtllm-serve) and counts each
     chunk's tokens from it; it needs ``include_usage``, and servers that check request fields
     strictly refuse it (transformers serve answers HTTP 422; OpenAI's API has no such option).
+
+    ``async with client:`` keeps one connection pool for the requests sent inside it (the load
+    driver does); a ``send`` outside opens and closes its own connection.
     """
 
     def __init__(
@@ -193,6 +316,8 @@ class OpenAIStreamClient:
         sampling: dict[str, Any] | None = None,
         api_key: str | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        max_line_bytes: int = MAX_LINE_BYTES,
+        max_body_bytes: int | None = None,
     ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in {"http", "https"} or not parts.hostname:
@@ -201,6 +326,8 @@ class OpenAIStreamClient:
             raise ValueError("timeout_s must be > 0")
         if continuous_usage and not include_usage:
             raise ValueError("continuous_usage needs include_usage (servers ignore it alone)")
+        if max_line_bytes < 1 or (max_body_bytes is not None and max_body_bytes < 1):
+            raise ValueError("max_line_bytes and max_body_bytes must be >= 1")
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.api: OnlineApi = api
@@ -208,15 +335,31 @@ class OpenAIStreamClient:
         self.include_usage = include_usage
         self.continuous_usage = continuous_usage
         self.sampling = dict(sampling or {})
-        self._api_key = api_key
+        self.max_line_bytes = max_line_bytes
+        self.max_body_bytes = max_body_bytes
+        self._api_key = api_key or None
         self._clock = clock
-        self._host = parts.hostname
-        self._tls = parts.scheme == "https"
-        self._port = parts.port or (443 if self._tls else 80)
         prefix = parts.path.rstrip("/")
         if not prefix.endswith("/v1"):
             prefix += "/v1"
         self.path = prefix + ("/chat/completions" if api == "chat" else "/completions")
+        origin = f"{parts.scheme}://{parts.netloc}"
+        self.url = origin + self.path
+        self._pool: httpx.AsyncClient | None = None
+
+    def __repr__(self) -> str:  # never the key
+        return f"OpenAIStreamClient({self.base_url!r}, {self.model!r}, api={self.api!r})"
+
+    async def __aenter__(self) -> OpenAIStreamClient:
+        if self._pool is not None:
+            raise RuntimeError("the client's connection pool is already open")
+        self._pool = _async_client(self.timeout_s, self.url)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.aclose()
 
     def body(self, request: StreamRequest) -> dict[str, Any]:
         """The JSON body sent for ``request``."""
@@ -235,28 +378,40 @@ class OpenAIStreamClient:
         body.update(self.sampling)
         return body
 
+    def body_limit(self, max_tokens: int) -> int:
+        """Most bytes a streamed response to a request for ``max_tokens`` tokens may have."""
+        if self.max_body_bytes is not None:
+            return self.max_body_bytes
+        return MIN_BODY_BYTES + BODY_BYTES_PER_TOKEN * max(0, max_tokens)
+
     async def send(self, request: StreamRequest, index: int = 0) -> RequestRecord:
         """Send one streaming request and record how it went (never raises on failure)."""
-        progress = _Progress(send_time_s=self._clock())
+        progress = _Progress(send_time_s=self._clock(), max_tokens=request.max_tokens)
         error: str | None = None
         try:
-            await asyncio.wait_for(self._exchange(request, progress), timeout=self.timeout_s)
+            if self._pool is not None:
+                await self._timed_exchange(self._pool, request, progress)
+            else:
+                async with _async_client(self.timeout_s, self.url) as pool:
+                    await self._timed_exchange(pool, request, progress)
         except asyncio.TimeoutError:
-            error = f"timeout: no complete response within {self.timeout_s:g} s"
+            error = progress.timeout_message(self.timeout_s)
         except _RequestFailed as exc:
-            error = str(exc)
-        except (ConnectionError, OSError) as exc:
-            error = f"connection failed: {type(exc).__name__}: {exc}"
-        except asyncio.IncompleteReadError:
-            error = "connection closed by the server mid-response"
-        except Exception as exc:  # a malformed response: this request fails, the load goes on
-            error = f"bad response: {type(exc).__name__}: {exc}"
+            error = self._mask(str(exc))
+        except Exception as exc:  # transport or malformed response: this request fails only
+            error = self._mask(_failure(exc, progress, self.timeout_s))
         end = self._clock()
         if error is None and not (progress.done or progress.finish_reason is not None):
             error = (
                 "stream ended before [DONE]: the server closed the connection mid-stream"
                 if progress.saw_data
                 else "non-OpenAI response: no SSE 'data:' lines in the body"
+            )
+        usage = progress.output_tokens_usage
+        if usage is not None and usage < progress.output_tokens_stream:
+            progress.reject_usage(
+                f"usage.completion_tokens={usage} contradicts the stream, which carried "
+                f"{progress.output_tokens_stream} tokens"
             )
         return RequestRecord(
             index=index,
@@ -272,54 +427,85 @@ class OpenAIStreamClient:
             output_tokens_usage=progress.output_tokens_usage,
             prompt_tokens_usage=progress.prompt_tokens_usage,
             finish_reason=progress.finish_reason,
+            usage_rejected=progress.usage_rejected,
         )
 
-    async def _exchange(self, request: StreamRequest, progress: _Progress) -> None:
-        ctx = ssl.create_default_context() if self._tls else None
-        reader, writer = await asyncio.open_connection(self._host, self._port, ssl=ctx)
-        try:
-            payload = json.dumps(self.body(request)).encode()
-            head = [
-                f"POST {self.path} HTTP/1.1",
-                f"Host: {self._host}:{self._port}",
-                "Content-Type: application/json",
-                "Accept: text/event-stream",
-                f"Content-Length: {len(payload)}",
-                "Connection: close",
-            ]
-            if self._api_key:
-                head.append(f"Authorization: Bearer {self._api_key}")
-            writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + payload)
-            await writer.drain()
-            status, headers = await _read_head(reader)
-            progress.http_status = status
-            body = _body(reader, headers)
-            if status != 200:
-                text = await _collect(body, _MAX_ERROR_BODY)
-                raise _RequestFailed(f"HTTP {status}: {_error_message(text)}")
-            async for line in _lines(body):
-                self._on_line(line, progress)
-                if progress.done:
-                    break
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+    def _mask(self, text: str) -> str:
+        """``text`` with the API key masked (a server may echo the request's headers)."""
+        return text.replace(self._api_key, "***") if self._api_key else text
 
-    def _on_line(self, line: str, progress: _Progress) -> None:
-        if not line.startswith("data:"):
-            return  # blank separators, comments (':'), event:/id:/retry: fields
-        data = line[5:].strip()
+    def _headers(self) -> dict[str, str]:
+        headers = {"Accept": "text/event-stream", "Accept-Encoding": "identity"}
+        headers["Content-Type"] = "application/json"
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        return headers
+
+    async def _timed_exchange(
+        self, pool: httpx.AsyncClient, request: StreamRequest, progress: _Progress
+    ) -> None:
+        deadline = time.monotonic() + self.timeout_s
+        await asyncio.wait_for(
+            self._exchange(pool, request, progress, deadline), timeout=self.timeout_s
+        )
+
+    async def _exchange(
+        self,
+        pool: httpx.AsyncClient,
+        request: StreamRequest,
+        progress: _Progress,
+        deadline: float,
+    ) -> None:
+        import httpx
+        from httpx_sse import EventSource
+
+        payload = json.dumps(self.body(request)).encode()
+        async with pool.stream("POST", self.url, content=payload, headers=self._headers()) as r:
+            progress.headers_received = True
+            progress.http_status = r.status_code
+            if r.status_code != 200:
+                text = await _read_prefix(r.aiter_raw(), _MAX_ERROR_BODY)
+                raise _RequestFailed(f"HTTP {r.status_code}: {_error_message(text)}")
+            ctype = r.headers.get("content-type")
+            if ctype is not None and ctype.partition(";")[0].strip().lower() != (
+                "text/event-stream"
+            ):
+                raise _RequestFailed(
+                    f"non-OpenAI response: content-type {ctype[:60]!r}, not text/event-stream"
+                )
+            encoding = r.headers.get("content-encoding", "identity").strip().lower()
+            if encoding not in ("", "identity"):
+                raise _RequestFailed(
+                    f"non-OpenAI response: a {encoding[:20]!r}-encoded stream (identity was asked)"
+                )
+            body = _BoundedBody(
+                r.aiter_raw(),
+                clock=self._clock,
+                deadline=deadline,
+                max_line_bytes=self.max_line_bytes,
+                max_body_bytes=self.body_limit(request.max_tokens),
+            )
+            sse = httpx.Response(200, headers={"content-type": "text/event-stream"}, content=body)
+            events = EventSource(sse).aiter_sse()
+            try:
+                async for event in events:
+                    self._on_data(event.data, body.arrived_s, progress)
+                    if progress.done:
+                        break
+            finally:
+                await events.aclose()
+
+    def _on_data(self, data: str, now: float, progress: _Progress) -> None:
+        data = data.strip()
         if not data:
-            return
-        now = self._clock()
+            return  # an event without data (comments, keep-alives, event:/id:/retry: only)
         progress.saw_data = True
         if data == "[DONE]":
             progress.done = True
             return
         try:
             chunk = json.loads(data)
-        except json.JSONDecodeError as exc:
+        except (ValueError, RecursionError) as exc:
             raise _RequestFailed(
                 f"non-OpenAI response: data line is not JSON: {data[:80]!r}"
             ) from exc
@@ -328,34 +514,74 @@ class OpenAIStreamClient:
         if "error" in chunk or chunk.get("object") == "error":
             raise _RequestFailed(f"server error in stream: {_error_message(data)}")
         usage = chunk.get("usage")
-        completion_tokens: int | None = None
-        if isinstance(usage, dict):
-            if isinstance(usage.get("completion_tokens"), int):
-                completion_tokens = usage["completion_tokens"]
-                progress.output_tokens_usage = completion_tokens
-            if isinstance(usage.get("prompt_tokens"), int):
-                progress.prompt_tokens_usage = usage["prompt_tokens"]
+        completion_tokens = self._read_usage(usage, progress)
         choices = chunk.get("choices")
         if choices is None and usage is None:
             raise _RequestFailed(f"non-OpenAI response: chunk has no choices: {data[:80]!r}")
+        if choices is not None and not isinstance(choices, list):
+            raise _RequestFailed(f"non-OpenAI response: choices is not a list: {data[:80]!r}")
         tokens = 0
         for choice in choices or []:
             if not isinstance(choice, dict):
                 continue
             tokens += self._choice_tokens(choice)
             if choice.get("finish_reason"):
-                progress.finish_reason = str(choice["finish_reason"])
+                progress.finish_reason = str(choice["finish_reason"])[:64]
         if self.continuous_usage and choices and completion_tokens is not None:
             # the cumulative count is exact: it includes tokens that decode to no text. Its
             # increase over the tokens counted so far, not over the last count seen: chunks
             # that came without a count were counted by their text and must not count twice
             tokens = max(0, completion_tokens - progress.output_tokens_stream)
         if tokens > 0:
+            if progress.output_tokens_stream + tokens > progress.max_tokens:
+                raise _RequestFailed(
+                    f"the server streamed more than max_tokens={progress.max_tokens} tokens "
+                    f"({progress.output_tokens_stream + tokens})"
+                )
             if progress.first_token_time_s is None:
                 progress.first_token_time_s = now
             progress.chunk_times_s.append(now)
             progress.chunk_tokens.append(tokens)
             progress.output_tokens_stream += tokens
+
+    def _read_usage(self, usage: Any, progress: _Progress) -> int | None:
+        """Take a chunk's ``usage``; its ``completion_tokens`` when believable, else ``None``."""
+        if usage is None:
+            return None
+        if not isinstance(usage, dict):
+            progress.reject_usage(f"usage is not an object: {str(usage)[:40]!r}")
+            return None
+        if "prompt_tokens" in usage:
+            prompt = _count(usage["prompt_tokens"])
+            if prompt is None or prompt < 0:
+                progress.reject_usage(
+                    f"usage.prompt_tokens={str(usage['prompt_tokens'])[:40]} is not a "
+                    "non-negative integer"
+                )
+                progress.prompt_tokens_usage = None
+            elif progress.usage_rejected is None:
+                progress.prompt_tokens_usage = prompt
+        if "completion_tokens" not in usage or progress.usage_rejected is not None:
+            return None
+        raw = usage["completion_tokens"]
+        count = _count(raw)
+        if count is None or count < 0:
+            progress.reject_usage(
+                f"usage.completion_tokens={str(raw)[:40]} is not a non-negative integer"
+            )
+            return None
+        if count > progress.max_tokens:
+            progress.reject_usage(
+                f"usage.completion_tokens={count} is more than max_tokens={progress.max_tokens}"
+            )
+            return None
+        if progress.output_tokens_usage is not None and count < progress.output_tokens_usage:
+            progress.reject_usage(
+                f"usage.completion_tokens went down from {progress.output_tokens_usage} to {count}"
+            )
+            return None
+        progress.output_tokens_usage = count
+        return count
 
     def _choice_tokens(self, choice: dict[str, Any]) -> int:
         """Tokens one choice carries without continuous usage: its token ids, else 1 for text."""
@@ -364,76 +590,92 @@ class OpenAIStreamClient:
             return len(token_ids)
         if self.api == "chat":
             delta = choice.get("delta") or {}
+            if not isinstance(delta, dict):
+                raise _RequestFailed(f"non-OpenAI response: delta is not an object: {delta!r:.80}")
             text = delta.get("content") or delta.get("reasoning_content") or delta.get("reasoning")
         else:
             text = choice.get("text")
         return 1 if text else 0
 
 
-async def _read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
-    status_line = await reader.readline()
-    if not status_line:
-        raise _RequestFailed("connection closed by the server before a response")
-    parts = status_line.decode("latin-1").split(None, 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
-        raise _RequestFailed(f"non-HTTP response: {status_line[:80]!r}")
-    headers: dict[str, str] = {}
-    size = 0
-    while True:
-        line = await reader.readline()
-        size += len(line)
-        if size > _MAX_HEADER_BYTES:
-            raise _RequestFailed("response headers too large")
-        if line in (b"\r\n", b"\n", b""):
-            break
-        name, _, value = line.decode("latin-1").partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return int(parts[1]), headers
+@functools.lru_cache(maxsize=1)
+def _tls_context() -> ssl.SSLContext:
+    """The system's default TLS context, made once (loading the CA store takes milliseconds)."""
+    return ssl.create_default_context()
 
 
-async def _body(reader: asyncio.StreamReader, headers: dict[str, str]) -> AsyncIterator[bytes]:
-    """The response body as it arrives: de-chunked, length-bounded or up to EOF."""
-    if "chunked" in headers.get("transfer-encoding", "").lower():
-        while True:
-            size_line = await reader.readline()
-            if not size_line:
-                return  # cut short: the caller sees no [DONE]
-            try:
-                size = int(size_line.split(b";", 1)[0].strip(), 16)
-            except ValueError as exc:
-                raise _RequestFailed(f"bad chunked encoding: {size_line[:40]!r}") from exc
-            if size == 0:
-                return
-            yield await reader.readexactly(size)
-            await reader.readline()  # CRLF after the chunk
-    elif "content-length" in headers:
-        remaining = int(headers["content-length"])
-        while remaining > 0:
-            data = await reader.read(min(remaining, 65536))
-            if not data:
-                return
-            remaining -= len(data)
-            yield data
-    else:
-        while data := await reader.read(65536):
-            yield data
+def _async_client(timeout_s: float, url: str) -> httpx.AsyncClient:
+    """An httpx client for ``url``'s server on aiohttp's connection pool, with no cap of its own
+    (the load driver caps what is in flight); TLS (verified) only for an https URL.
+
+    aiohttp's transport (``httpx-aiohttp``) parses HTTP in C: per streamed chunk it costs about
+    a third of httpx's own transport (``benchmarks/online_client.py``), and at high request
+    rates that CPU is what delays the clock readings.
+    """
+    import aiohttp
+    import httpx
+    from httpx_aiohttp import AiohttpTransport
+
+    connector = aiohttp.TCPConnector(
+        limit=0,  # no pool limit: a queued request would look like a slow server
+        keepalive_timeout=_KEEPALIVE_S,
+        ssl=_tls_context() if urlsplit(url).scheme == "https" else True,
+    )
+    session = aiohttp.ClientSession(
+        connector=connector,
+        # proxies from the environment would sit between the server and the clock
+        trust_env=False,
+        auto_decompress=False,
+        timeout=aiohttp.ClientTimeout(total=None),  # the caller's deadline is the limit
+    )
+    return httpx.AsyncClient(
+        transport=AiohttpTransport(client=session, verify=False),  # TLS is the session's
+        timeout=httpx.Timeout(timeout_s),
+        trust_env=False,
+        follow_redirects=False,
+    )
 
 
-async def _lines(body: AsyncIterator[bytes]) -> AsyncIterator[str]:
-    buffer = b""
-    async for data in body:
-        buffer += data
-        while (cut := buffer.find(b"\n")) >= 0:
-            line, buffer = buffer[:cut], buffer[cut + 1 :]
-            yield line.rstrip(b"\r").decode("utf-8", errors="replace")
-    if buffer:
-        yield buffer.rstrip(b"\r").decode("utf-8", errors="replace")
+def _failure(exc: BaseException, progress: _Progress, timeout_s: float) -> str:
+    """What an error out of the exchange means for the request, judged by the original aiohttp
+    error (httpx's aiohttp transport re-raises them as httpx errors of a kind that need not
+    match)."""
+    import aiohttp
+    import httpx
+
+    cause: BaseException = exc
+    while not isinstance(cause, aiohttp.ClientError) and cause.__cause__ is not None:
+        cause = cause.__cause__
+    text = str(cause) or type(cause).__name__
+    headers = progress.headers_received
+    if isinstance(cause, (TimeoutError, asyncio.TimeoutError, httpx.TimeoutException)):
+        return progress.timeout_message(timeout_s)
+    if isinstance(cause, aiohttp.ClientPayloadError):  # the body ended before its end
+        return (
+            "stream ended before [DONE]: the server closed the connection mid-stream"
+            if progress.saw_data
+            else "connection closed by the server mid-response"
+        )
+    if isinstance(cause, aiohttp.ServerDisconnectedError):
+        if not headers:
+            return "connection closed by the server before a response"
+        return (
+            "stream ended before [DONE]: the server closed the connection mid-stream"
+            if progress.saw_data
+            else "connection closed by the server mid-response"
+        )
+    if isinstance(cause, (aiohttp.ClientResponseError, aiohttp.ClientPayloadError)):
+        return f"bad response: HTTP protocol error: {text[:300]}"
+    if isinstance(cause, (aiohttp.ClientConnectionError, httpx.TransportError, OSError)):
+        return f"connection failed: {type(cause).__name__}: {text[:300]}"
+    return f"bad response: {type(cause).__name__}: {text[:300]}"
 
 
-async def _collect(body: AsyncIterator[bytes], limit: int) -> str:
-    out = b""
-    async for data in body:
-        out += data
+async def _read_prefix(pieces: AsyncIterator[bytes], limit: int) -> str:
+    """Up to ``limit`` bytes of a body (the rest is never read), as text."""
+    out = bytearray()
+    async for piece in pieces:
+        out += piece
         if len(out) >= limit:
             break
     return out[:limit].decode("utf-8", errors="replace")
@@ -441,7 +683,7 @@ async def _collect(body: AsyncIterator[bytes], limit: int) -> str:
 
 def _error_message(text: str) -> str:
     """The ``message``/``detail`` of an OpenAI/FastAPI error body, else its start."""
-    with contextlib.suppress(ValueError):
+    with contextlib.suppress(ValueError, RecursionError):
         obj = json.loads(text)
         if isinstance(obj, dict):
             err = obj.get("error", obj)
@@ -456,42 +698,104 @@ def _error_message(text: str) -> str:
     return text.strip()[:300] or "(empty body)"
 
 
-def _models_path(base_url: str) -> str:
-    prefix = urlsplit(base_url).path.rstrip("/")
+def _run_sync(make: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
+    """Run a coroutine to completion from synchronous code, even under a running event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(make())
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(lambda: asyncio.run(make())).result()
+
+
+def http_get(
+    url: str,
+    *,
+    timeout_s: float,
+    api_key: str | None = None,
+    max_bytes: int = MAX_PREFLIGHT_BYTES,
+) -> tuple[int, bytes]:
+    """``GET url`` with one deadline for the whole exchange: ``(status, body)``.
+
+    ``EndpointError`` (an ``OSError``) when the server cannot be reached, does not answer in
+    HTTP, is not done within ``timeout_s`` (however it trickles its bytes) or sends more than
+    ``max_bytes``.
+    """
+    import httpx
+
+    async def fetch() -> tuple[int, bytes]:
+        headers = {"Accept": "application/json", "Accept-Encoding": "identity"}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        async with (
+            _async_client(timeout_s, url) as pool,
+            pool.stream("GET", url, headers=headers) as response,
+        ):
+            body = bytearray()
+            async for piece in response.aiter_raw():
+                body += piece
+                if len(body) > max_bytes:
+                    raise EndpointError(f"the answer to GET {url} is larger than {max_bytes} bytes")
+            return response.status_code, bytes(body)
+
+    async def bounded() -> tuple[int, bytes]:
+        return await asyncio.wait_for(fetch(), timeout=timeout_s)
+
+    def masked(text: str) -> str:
+        return text.replace(api_key, "***") if api_key else text
+
+    try:
+        return _run_sync(bounded)
+    except EndpointError:
+        raise
+    except (TimeoutError, asyncio.TimeoutError, httpx.TimeoutException) as exc:
+        raise EndpointError(f"no complete answer to GET {url} within {timeout_s:g} s") from exc
+    except Exception as exc:
+        import aiohttp
+
+        cause: BaseException = exc
+        while not isinstance(cause, aiohttp.ClientError) and cause.__cause__ is not None:
+            cause = cause.__cause__
+        text = masked(str(cause) or type(cause).__name__)[:300]
+        if isinstance(cause, (aiohttp.ClientConnectorError, httpx.ConnectError, OSError)):
+            raise EndpointError(f"cannot connect: {text}") from exc
+        raise EndpointError(f"not an HTTP server: {type(cause).__name__}: {text}") from exc
+
+
+def _models_url(base_url: str) -> str:
+    parts = urlsplit(base_url)
+    prefix = parts.path.rstrip("/")
     if not prefix.endswith("/v1"):
         prefix += "/v1"
-    return prefix + "/models"
+    return f"{parts.scheme}://{parts.netloc}{prefix}/models"
 
 
-def served_models(base_url: str, *, timeout_s: float = 10.0) -> list[str] | None:
+def served_models(
+    base_url: str, *, timeout_s: float = 10.0, api_key: str | None = None
+) -> list[str] | None:
     """Model ids the server lists at ``/v1/models``; ``None`` when it gives no such list.
 
-    Raises ``OSError`` (``ConnectionError``, ``TimeoutError``, ...) when the server cannot be
-    reached: the caller turns that into an error naming the endpoint.
+    Raises ``EndpointError`` (an ``OSError``) when the server cannot be reached or does not
+    answer properly within ``timeout_s`` in all, ``EndpointAuthError`` when it refuses the
+    (missing) API key: the caller turns that into an error naming the endpoint.
     """
     parts = urlsplit(base_url)
     if parts.scheme not in {"http", "https"} or not parts.hostname:
         raise ValueError(f"base_url {base_url!r} is not an http(s) URL")
-    conn: http.client.HTTPConnection
-    if parts.scheme == "https":
-        conn = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=timeout_s)
-    else:
-        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout_s)
-    try:
-        conn.request("GET", _models_path(base_url), headers={"Accept": "application/json"})
-        response = conn.getresponse()
-        body = response.read(1 << 20)
-    except http.client.HTTPException as exc:
-        raise ConnectionError(f"not an HTTP server: {exc}") from exc
-    finally:
-        conn.close()
-    if response.status != 200:
+    url = _models_url(base_url)
+    status, body = http_get(url, timeout_s=timeout_s, api_key=api_key)
+    if status in (401, 403):
+        raise EndpointAuthError(
+            f"GET {url} answered HTTP {status}: "
+            + ("the API key was refused" if api_key else "the server wants an API key")
+        )
+    if status != 200:
         return None
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     items = data.get("data") if isinstance(data, dict) else None
     if not isinstance(items, list):
         return None
-    return [str(m["id"]) for m in items if isinstance(m, dict) and "id" in m]
+    return [str(m["id"])[:256] for m in items if isinstance(m, dict) and "id" in m]

@@ -6,9 +6,13 @@ has come waits for a free slot (arrivals stay on schedule; the queue grows). Eve
 request's record is returned in index order with the window: from the first request sent to the
 last response received. ``on_window_start`` runs just before the first measured request is sent
 and ``on_window_end`` just after the last one ends (the energy backend's ``begin``/``end``).
+The requests share the client's connection pool (keep-alive connections are reused).
 
-The driver records its own CPU time (``time.process_time`` over the measured phase) and the
-achieved send rate, so a run can show that the client was not the bottleneck.
+The driver records its own CPU time (``time.process_time`` over the measured phase), the
+achieved send rate and how late its event loop ran (a probe task that sleeps ``LOOP_PROBE_S`` at
+a time and records by how much each wake-up overshot): chunk arrival times are read when the
+loop gets to them, so a late loop means late readings. A run can show with these that the
+client was not the bottleneck.
 """
 
 from __future__ import annotations
@@ -23,7 +27,10 @@ from pydantic import BaseModel, Field
 
 from llenergymeasure.online.client import OpenAIStreamClient, RequestRecord, StreamRequest
 
-__all__ = ["LoadRun", "drive_load", "run_load"]
+__all__ = ["LOOP_PROBE_S", "LoadRun", "drive_load", "run_load"]
+
+#: Sleep of the event-loop lag probe during the measured phase.
+LOOP_PROBE_S = 0.01
 
 
 class LoadRun(BaseModel):
@@ -48,6 +55,14 @@ class LoadRun(BaseModel):
     max_concurrency: int | None
     client_cpu_s: float
     max_schedule_lag_s: float
+    loop_lag_p99_s: float | None = Field(
+        None,
+        description=(
+            "99th percentile of the event loop's lateness during the measured phase (probe "
+            "wake-ups past their time): how late chunk arrival times may be read. None: not "
+            "measured (records written before it existed)."
+        ),
+    )
 
     @property
     def duration_s(self) -> float:
@@ -63,15 +78,26 @@ class LoadRun(BaseModel):
         return (len(offsets) - 1) / offsets[-1]
 
     def schedule_warnings(
-        self, *, max_lag_s: float = 0.1, min_rate_ratio: float = 0.9
+        self,
+        *,
+        max_lag_s: float = 0.1,
+        min_rate_ratio: float = 0.9,
+        max_loop_lag_s: float = 0.005,
     ) -> list[str]:
-        """Signs that the client, not the server, limited the load (empty when none).
+        """Signs that the client, not the server, limited the load or its timing (empty when
+        none).
 
-        A start more than ``max_lag_s`` behind schedule, or (without a concurrency cap, which
+        A start more than ``max_lag_s`` behind schedule, (without a concurrency cap, which
         delays sends on purpose) an achieved send rate below ``min_rate_ratio`` of the
-        scheduled one.
+        scheduled one, or an event loop late by more than ``max_loop_lag_s`` at its 99th
+        percentile (token times read that late).
         """
         notes: list[str] = []
+        if self.loop_lag_p99_s is not None and self.loop_lag_p99_s > max_loop_lag_s:
+            notes.append(
+                f"the load client's event loop ran up to {self.loop_lag_p99_s * 1000:.1f} ms "
+                "late (p99): token arrival times may be read that late (a busy CPU?)"
+            )
         if self.max_schedule_lag_s > max_lag_s:
             notes.append(
                 f"the load client fell {self.max_schedule_lag_s:.3f} s behind its schedule "
@@ -120,36 +146,39 @@ async def run_load(
     if max_concurrency is not None and max_concurrency < 1:
         raise ValueError("max_concurrency must be >= 1")
 
-    warmup_records = [await client.send(req, index=i) for i, req in enumerate(warmup)]
+    async with client:  # one connection pool for the warmup and the load
+        warmup_records = [await client.send(req, index=i) for i, req in enumerate(warmup)]
 
-    slots = asyncio.Semaphore(max_concurrency) if max_concurrency else None
-    lags: list[float] = []
+        slots = asyncio.Semaphore(max_concurrency) if max_concurrency else None
+        lags: list[float] = []
 
-    async def one(index: int, request: StreamRequest) -> RequestRecord:
-        if slots is None:
-            return await client.send(request, index=index)
-        async with slots:
-            return await client.send(request, index=index)
+        async def one(index: int, request: StreamRequest) -> RequestRecord:
+            if slots is None:
+                return await client.send(request, index=index)
+            async with slots:
+                return await client.send(request, index=index)
 
-    if on_window_start is not None:
-        on_window_start()
-    cpu0 = time.process_time()
-    t0 = time.perf_counter()
-    tasks: list[asyncio.Task[RequestRecord]] = []
-    for index, (request, offset) in enumerate(zip(requests, offsets, strict=True)):
-        delay = t0 + offset - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        lags.append(max(0.0, time.perf_counter() - (t0 + offset)))
-        tasks.append(asyncio.create_task(one(index, request)))
-    try:
-        records = list(await asyncio.gather(*tasks))
-    finally:
-        for task in tasks:
-            task.cancel()
-    if on_window_end is not None:
-        on_window_end()
-    cpu = time.process_time() - cpu0
+        if on_window_start is not None:
+            on_window_start()
+        cpu0 = time.process_time()
+        t0 = time.perf_counter()
+        loop_lags: list[float] = []
+        probe = asyncio.create_task(_probe_loop(loop_lags))
+        tasks: list[asyncio.Task[RequestRecord]] = []
+        for index, (request, offset) in enumerate(zip(requests, offsets, strict=True)):
+            delay = t0 + offset - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            lags.append(max(0.0, time.perf_counter() - (t0 + offset)))
+            tasks.append(asyncio.create_task(one(index, request)))
+        try:
+            records = list(await asyncio.gather(*tasks))
+        finally:
+            for task in [*tasks, probe]:
+                task.cancel()
+        if on_window_end is not None:
+            on_window_end()
+        cpu = time.process_time() - cpu0
 
     sends = sorted(r.send_time_s for r in records)
     span = sends[-1] - sends[0]
@@ -164,7 +193,23 @@ async def run_load(
         max_concurrency=max_concurrency,
         client_cpu_s=cpu,
         max_schedule_lag_s=max(lags),
+        loop_lag_p99_s=_p99(loop_lags),
     )
+
+
+async def _probe_loop(lags: list[float]) -> None:
+    """Record by how much each ``LOOP_PROBE_S`` sleep overshoots, until cancelled."""
+    while True:
+        start = time.perf_counter()
+        await asyncio.sleep(LOOP_PROBE_S)
+        lags.append(max(0.0, time.perf_counter() - start - LOOP_PROBE_S))
+
+
+def _p99(values: list[float]) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
 
 
 def _raise_open_file_limit(needed: int) -> None:

@@ -36,7 +36,14 @@ from llenergymeasure.energy.baseline import BaselineMeasurement
 from llenergymeasure.energy.sensors import visible_nvml_indices
 from llenergymeasure.exceptions import BackendError, ConfigError, ExperimentError
 from llenergymeasure.online.arrivals import arrival_offsets
-from llenergymeasure.online.client import OpenAIStreamClient, StreamRequest, served_models
+from llenergymeasure.online.client import (
+    EndpointAuthError,
+    EndpointError,
+    OpenAIStreamClient,
+    RequestRecord,
+    StreamRequest,
+    served_models,
+)
 from llenergymeasure.online.load import LoadRun, drive_load
 from llenergymeasure.online.metrics import OnlineMetrics, compute_online_metrics
 from llenergymeasure.online.server import ManagedServer, free_port, server_launch
@@ -45,8 +52,10 @@ from llenergymeasure.results.online import OnlineResult
 __all__ = [
     "OnlineRunFailed",
     "OnlineRunResult",
+    "api_key_problems",
     "check_endpoint",
     "metered_gpu_indices",
+    "online_api_key",
     "run_online",
 ]
 
@@ -129,27 +138,69 @@ def metered_gpu_indices(
     return visible_nvml_indices(",".join(str(g) for g in online.gpus), uuids_by_index)
 
 
-def check_endpoint(endpoint: str, model: str, *, timeout_s: float = 10.0) -> list[str]:
+def online_api_key(online: OnlineConfig) -> str | None:
+    """The API key named by ``online.api_key_env``; ``ConfigError`` when that variable is unset."""
+    try:
+        return online.api_key()
+    except ValueError as exc:
+        raise ConfigError(
+            str(exc), hint=f"export the key first: export {online.api_key_env}=..."
+        ) from None
+
+
+def api_key_problems(online: OnlineConfig | None) -> list[str]:
+    """Pre-flight problems of ``online.api_key_env`` (empty when fine or unset)."""
+    if online is None:
+        return []
+    try:
+        online.api_key()
+    except ValueError as exc:
+        return [f"{exc}: export the key in {online.api_key_env} first"]
+    return []
+
+
+def check_endpoint(
+    endpoint: str, model: str, *, timeout_s: float = 30.0, api_key: str | None = None
+) -> list[str]:
     """Make sure ``endpoint`` answers and serves ``model``; returns notes for the result.
 
-    ``BackendError`` when it cannot be reached; ``ConfigError`` when ``/v1/models`` lists other
-    models only. A server without a model list is accepted with a note.
+    One deadline, ``timeout_s``, covers the whole call. ``BackendError`` when the server cannot
+    be reached or does not answer in time; ``ConfigError`` when ``/v1/models`` lists other
+    models only or the server refuses the (missing) API key. A server without a model list is
+    accepted with a note.
     """
     try:
-        ids = served_models(endpoint, timeout_s=timeout_s)
-    except OSError as exc:
+        ids = served_models(endpoint, timeout_s=timeout_s, api_key=api_key)
+    except EndpointAuthError as exc:
+        raise ConfigError(
+            f"endpoint {endpoint} refused the request: {exc}",
+            hint="set online.api_key_env to the environment variable that holds the key",
+        ) from None
+    except EndpointError as exc:
         raise BackendError(
-            f"endpoint {endpoint} is unreachable: {type(exc).__name__}: {exc}",
-            hint="is the server running and listening there? check online.endpoint",
-        ) from exc
+            f"endpoint {endpoint} is unreachable or not answering: {exc}",
+            hint="is the server running and listening there? check online.endpoint "
+            "(online.preflight_timeout_s is the deadline of this check)",
+        ) from None
     if ids is None:
         return [f"{endpoint} lists no models at /v1/models; requests name {model!r}"]
     if ids and model not in ids:
         raise ConfigError(
-            f"{endpoint} serves {ids}, not {model!r}",
+            f"{endpoint} serves {ids[:20]}, not {model!r}",
             hint="set online.served_model_name to the name the server uses",
         )
     return []
+
+
+def _usage_warnings(records: Sequence[RequestRecord]) -> list[str]:
+    """A warning when servers reported token counts that could not be true."""
+    rejected = [r for r in records if r.usage_rejected is not None]
+    if not rejected:
+        return []
+    return [
+        f"{len(rejected)} of {len(records)} requests reported a usage that cannot be true "
+        f"(first: {rejected[0].usage_rejected}): their token counts come from the stream"
+    ]
 
 
 def _sampling(config: ExperimentConfig) -> dict[str, Any]:
@@ -214,6 +265,7 @@ def run_online(
             hint="lower n or use a larger dataset",
         )
     sampling = _sampling(config)
+    api_key = online_api_key(online)
     out = Path(output_dir)
     max_tokens = config.effective_max_new_tokens
 
@@ -248,7 +300,11 @@ def run_online(
         )
 
     def measure(endpoint: str) -> OnlineRunResult:
-        warnings.extend(check_endpoint(endpoint, request_model))
+        warnings.extend(
+            check_endpoint(
+                endpoint, request_model, timeout_s=online.preflight_timeout_s, api_key=api_key
+            )
+        )
         client = OpenAIStreamClient(
             endpoint,
             request_model,
@@ -257,6 +313,7 @@ def run_online(
             include_usage=online.include_usage,
             continuous_usage=continuous_usage,
             sampling=sampling,
+            api_key=api_key,
         )
         baseline = measure_baseline() if measure_baseline is not None else None
         requests = [StreamRequest(p, max_tokens, ignore_eos) for p in prompts[: config.n]]
@@ -311,6 +368,7 @@ def run_online(
                 f"{metrics.n_failed} of {metrics.n_requests} requests failed: {metrics.errors}"
             )
         warnings.extend(_token_chunk_warnings(metrics, continuous_usage))
+        warnings.extend(_usage_warnings(load.records))
         return OnlineRunResult(
             endpoint=endpoint,
             request_model=request_model,
@@ -354,8 +412,10 @@ def run_online(
         result.server_ready_s = ready_s
 
     if result.metrics.n_ok == 0:
+        first = next((r.error for r in result.load.records if r.error), None)
         raise OnlineRunFailed(
-            f"all {result.metrics.n_requests} requests failed: {result.metrics.errors}",
+            f"all {result.metrics.n_requests} requests failed: {result.metrics.errors}"
+            + (f" (first: {first})" if first else ""),
             result,
             hint=(
                 f"see the server log {result.server_log}"

@@ -20,12 +20,18 @@ appended last. ``online.gpus`` becomes ``CUDA_VISIBLE_DEVICES`` of the server.
 polls ``/health`` (then ``/v1/models``) until one answers 200, and stops the whole group:
 SIGTERM, then SIGKILL after a grace period. As a context manager it never leaves the server
 running, whether the block ends normally, raises, or is interrupted (KeyboardInterrupt).
+
+The server does not outlive llem even when llem cannot clean up (SIGKILL, a study worker's
+``os._exit``, a crash): it runs with a parent-death signal (SIGTERM when llem dies, Linux), and a
+watchdog process holding a pipe from llem stops the server's whole process group (SIGTERM, then
+SIGKILL after the grace period) when that pipe closes; see ``server_guard``. Start the server
+from a thread that lives as long as it should (Linux sends the parent-death signal when the
+thread that started it ends; llem starts it from the thread that runs the measurement).
 """
 
 from __future__ import annotations
 
 import contextlib
-import http.client
 import os
 import shutil
 import signal
@@ -37,6 +43,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import IO
 
 from pydantic import BaseModel
 
@@ -238,6 +245,14 @@ def _resolve_program(name: str) -> str:
     return str(beside) if beside.exists() else name
 
 
+_GUARD = str(Path(__file__).with_name("server_guard.py"))
+
+
+def _guard_argv(*args: str) -> list[str]:
+    """``server_guard.py`` run alone: isolated, no site (nothing of llem is imported)."""
+    return [sys.executable, "-I", "-S", _GUARD, *args]
+
+
 def _tail(path: Path, lines: int = 20) -> str:
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
@@ -280,13 +295,15 @@ class ManagedServer:
         self.poll_s = poll_s
         self.process: subprocess.Popen[bytes] | None = None
         self._pgid: int | None = None
+        self._watchdog: subprocess.Popen[bytes] | None = None
+        self._lifeline: int | None = None  # write end of the watchdog's pipe
 
     @property
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
     def start(self) -> None:
-        """Start the process group (does not wait for readiness).
+        """Start the process group and its watchdog (does not wait for readiness).
 
         A bare program name not on ``PATH`` is looked up beside this Python interpreter (the
         engines' console scripts live in the same environment's ``bin``).
@@ -294,17 +311,24 @@ class ManagedServer:
         if self.process is not None:
             raise RuntimeError("server already started")
         self.argv[0] = _resolve_program(self.argv[0])
+        env = {**os.environ, **self.env}
+        if shutil.which(self.argv[0], path=env.get("PATH")) is None:
+            raise BackendError(
+                f"could not start the server {self.argv[0]!r}: no such program",
+                hint="is the engine installed in this environment? "
+                "(vllm serve / transformers serve / trtllm-serve)",
+            )
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             log.write(f"$ {' '.join(self.argv)}\n".encode())
             log.flush()
             try:
                 self.process = subprocess.Popen(
-                    self.argv,
+                    _guard_argv("exec", str(os.getpid()), *self.argv),
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
-                    env={**os.environ, **self.env},
+                    env=env,
                     start_new_session=True,
                 )
             except OSError as exc:
@@ -313,19 +337,43 @@ class ManagedServer:
                     hint="is the engine installed in this environment? "
                     "(vllm serve / transformers serve / trtllm-serve)",
                 ) from exc
-        self._pgid = self.process.pid
+            self._pgid = self.process.pid
+            try:
+                self._start_watchdog(log)
+            except OSError as exc:
+                self.stop()
+                raise BackendError(
+                    f"could not start the watchdog that stops the server if llem dies: {exc}"
+                ) from exc
+
+    def _start_watchdog(self, log: IO[bytes]) -> None:
+        assert self._pgid is not None
+        read_end, write_end = os.pipe()  # neither end is inherited by later children
+        try:
+            self._watchdog = subprocess.Popen(
+                _guard_argv("watch", str(read_end), str(self._pgid), f"{self.grace_s:g}"),
+                pass_fds=(read_end,),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                start_new_session=True,
+            )
+        except OSError:
+            os.close(write_end)
+            raise
+        finally:
+            os.close(read_end)
+        self._lifeline = write_end
 
     def _healthy(self) -> bool:
+        from llenergymeasure.online.client import http_get
+
         for path in self.health_paths:
-            conn = http.client.HTTPConnection(self.host, self.port, timeout=2.0)
-            try:
-                conn.request("GET", path)
-                if conn.getresponse().status == 200:
+            with contextlib.suppress(OSError):
+                # one deadline for the whole answer: a server trickling bytes cannot stall this
+                status, _ = http_get(self.base_url + path, timeout_s=2.0, max_bytes=1 << 20)
+                if status == 200:
                     return True
-            except (OSError, http.client.HTTPException):
-                pass
-            finally:
-                conn.close()
         return False
 
     def wait_ready(self) -> float:
@@ -402,6 +450,20 @@ class ManagedServer:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=self.grace_s)
         self._pgid = None
+        self._release_watchdog()
+
+    def _release_watchdog(self) -> None:
+        """Close the watchdog's pipe (it finds the group gone and exits) and reap it."""
+        if self._lifeline is not None:
+            os.close(self._lifeline)
+            self._lifeline = None
+        watchdog, self._watchdog = self._watchdog, None
+        if watchdog is not None:
+            try:
+                watchdog.wait(timeout=self.grace_s + 5.0)
+            except subprocess.TimeoutExpired:
+                watchdog.kill()
+                watchdog.wait()
 
     def __enter__(self) -> ManagedServer:
         self.start()
