@@ -1,6 +1,11 @@
 """``llem`` entry point: commands, exit codes and error display.
 
-Exit codes: 0 ok, 1 runtime error, 2 usage or config error, 130 interrupted.
+Exit codes: 0 ok, 1 runtime error (or a study with failed runs), 2 usage or config error,
+3 a finished measurement could not be saved where asked and was saved to a rescue folder (the
+output names it), 4 environment error (disk full, read-only filesystem, permission denied, not
+a directory, a folder that vanished), 130 interrupted.
+Everything printed passes through ``llenergymeasure.redaction`` (the root callback wraps
+stdout and stderr), so no message can show a credential.
 Heavy modules are imported inside commands so that ``llem --help`` stays fast.
 """
 
@@ -16,9 +21,17 @@ import typer
 
 from llenergymeasure._version import __version__
 
+EXIT_CODES_HELP = (
+    "Exit codes: 0 ok; 1 runtime error or a study with failed runs; 2 usage, config or "
+    "pre-flight error; 3 a finished measurement was saved to a rescue folder (named in the "
+    "output) because it could not be saved where asked; 4 environment error (disk full, "
+    "read-only, permission denied, not a directory, folder gone); 130 interrupted."
+)
+
 app = typer.Typer(
     name="llem",
     help="Measure the energy and efficiency of LLM inference.",
+    epilog=EXIT_CODES_HELP,
     no_args_is_help=True,
     context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
@@ -26,6 +39,7 @@ app = typer.Typer(
 )
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_RESCUED, EXIT_ENVIRONMENT = 3, 4
 
 
 class CycleOrder(str, Enum):
@@ -69,6 +83,9 @@ def _root(
     ] = False,
 ) -> None:
     """Measure the energy and efficiency of LLM inference."""
+    from llenergymeasure.redaction import install_stream_redaction
+
+    install_stream_redaction()
 
 
 def report_error(exc: BaseException, *, verbose: bool, as_json: bool = False) -> int:
@@ -77,39 +94,98 @@ def report_error(exc: BaseException, *, verbose: bool, as_json: bool = False) ->
     With ``as_json`` the error is also one JSON object on stdout:
     ``{"error": message, "hint": hint or null, "exit_code": n}``.
     """
-    code = _show_error(exc, verbose=verbose)
+    from llenergymeasure.redaction import redact
+
+    shown = explain_error(exc)
+    code = _show_error(exc, shown, verbose=verbose)
     if as_json:
         import json
 
         from llenergymeasure.exceptions import LLEMError
 
-        message = exc.message if isinstance(exc, LLEMError) else str(exc) or type(exc).__name__
-        hint = exc.hint if isinstance(exc, LLEMError) else None
-        typer.echo(json.dumps({"error": message, "hint": hint, "exit_code": code}))
+        if isinstance(shown, LLEMError):
+            message, hint = shown.message, shown.hint
+        else:
+            message, hint = str(shown) or type(shown).__name__, None
+        typer.echo(json.dumps(redact({"error": message, "hint": hint, "exit_code": code})))
     return code
 
 
-def _show_error(exc: BaseException, *, verbose: bool) -> int:
+def explain_error(exc: BaseException) -> BaseException:
+    """The error as users should see it: an ``OSError`` (or another error caused by one) from
+    the machine becomes an ``EnvironmentProblem`` (exit 4) with a hint; a damaged model cache
+    gets a hint; a pydantic ``ValidationError`` becomes a ``ConfigError``."""
     from pydantic import ValidationError
 
-    from llenergymeasure.exceptions import ConfigError, LLEMError
+    from llenergymeasure.exceptions import LLEMError
 
-    if isinstance(exc, KeyboardInterrupt):
+    if isinstance(exc, ValidationError):
+        from llenergymeasure.config.loading import validation_config_error
+
+        return validation_config_error(exc, source=None)
+    if isinstance(exc, LLEMError | KeyboardInterrupt):
+        return exc
+    from llenergymeasure.files import environment_error
+
+    cause: BaseException | None = exc
+    seen: set[int] = set()
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, OSError) and cause.errno is not None:
+            return environment_error(cause)
+        cause = cause.__cause__ or cause.__context__
+    damaged = damaged_cache_error(exc)
+    return damaged if damaged is not None else exc
+
+
+_DAMAGED_CACHE_SIGNS = (
+    "error while deserializing header",
+    "metadataincompletebuffer",
+    "headertoolarge",
+    "invalidheaderdeserialization",
+    "unable to load weights",
+    "unexpected eof",
+    "file not fully covered",
+    "incomplete metadata",
+    "unexpected end of file",
+    "pytorchstreamreader failed",
+    "failed finding central directory",
+)
+
+
+def damaged_cache_error(exc: BaseException) -> BaseException | None:
+    """An ``EnvironmentProblem`` for what looks like a truncated or damaged model file (a
+    download or copy cut short, a full disk), with how to clear the Hugging Face cache."""
+    from llenergymeasure.exceptions import EnvironmentProblem
+
+    text = f"{type(exc).__name__}: {exc}".lower()
+    if not any(sign in text for sign in _DAMAGED_CACHE_SIGNS):
+        return None
+    return EnvironmentProblem(
+        f"a model file could not be read; it looks truncated or damaged ({type(exc).__name__}: "
+        f"{str(exc).splitlines()[0] if str(exc) else ''})",
+        hint="delete the model from the Hugging Face cache (huggingface-cli delete-cache, or "
+        "remove its folder under ~/.cache/huggingface/hub) and run again to download it anew; "
+        "builtin:tiny is checked and rebuilt automatically",
+    )
+
+
+def _show_error(exc: BaseException, shown: BaseException, *, verbose: bool) -> int:
+    from llenergymeasure.exceptions import ConfigError, LLEMError
+    from llenergymeasure.redaction import redact_text
+
+    if isinstance(shown, KeyboardInterrupt):
         typer.echo("interrupted", err=True)
         return EXIT_INTERRUPTED
     if verbose:
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
-    if isinstance(exc, ValidationError):
-        from llenergymeasure.config.loading import validation_config_error
-
-        exc = validation_config_error(exc, source=None)
-    if isinstance(exc, ConfigError):
-        typer.echo(f"error: {exc}", err=True)
+    if isinstance(shown, ConfigError):
+        typer.echo(redact_text(f"error: {shown}"), err=True)
         return EXIT_USAGE
-    if isinstance(exc, LLEMError):
-        typer.echo(f"error: {exc}", err=True)
-        return exc.exit_code
-    typer.echo(f"error: unexpected {type(exc).__name__}: {exc}", err=True)
+    if isinstance(shown, LLEMError):
+        typer.echo(redact_text(f"error: {shown}"), err=True)
+        return shown.exit_code
+    typer.echo(redact_text(f"error: unexpected {type(shown).__name__}: {shown}"), err=True)
     if not verbose:
         typer.echo("  (run again with --verbose for the traceback)", err=True)
     return EXIT_RUNTIME
@@ -188,6 +264,14 @@ def run(
         Optional[Path],  # noqa: UP045
         typer.Option("--resume", help="Continue an interrupted study directory."),
     ] = None,
+    rebuild_manifest: Annotated[
+        bool,
+        typer.Option(
+            "--rebuild-manifest",
+            help="With --resume: rebuild a damaged study_manifest.json from the results in the "
+            "directory (and the study file, when given), keeping the old one beside.",
+        ),
+    ] = False,
     runner: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option(
@@ -223,6 +307,7 @@ def run(
         runner=runner,
         detach=detach,
         as_json=as_json,
+        rebuild_manifest=rebuild_manifest,
     )
     try:
         code = execute_run(options)

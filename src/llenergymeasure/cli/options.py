@@ -32,3 +32,4 @@ class RunOptions:
     runner: str | None = None  # --runner for every backend of a study
     detach: bool = False  # slurm runner: submit and return
     as_json: bool = False  # --json: the summary (or error) as one JSON object on stdout
+    rebuild_manifest: bool = False  # with --resume: rebuild a damaged manifest from the results

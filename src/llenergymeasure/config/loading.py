@@ -34,6 +34,9 @@ def read_yaml_mapping(path: str | Path) -> tuple[dict[str, Any], str]:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config file {p}: {exc}") from exc
+    from llenergymeasure.files import register_input
+
+    register_input(p)  # no write of this command may replace it
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

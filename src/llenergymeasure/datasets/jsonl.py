@@ -30,6 +30,9 @@ def read_jsonl_prompts(path: Path) -> list[Prompt]:
         content = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"cannot read dataset file {path}: {err}") from err
+    from llenergymeasure.files import register_input
+
+    register_input(path)  # no write of this command may replace it
 
     prompts: list[Prompt] = []
     # split on "\n" only: str.splitlines() would also split on U+2028 inside JSON strings

@@ -32,6 +32,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -280,6 +281,7 @@ class ManagedServer:
         self.poll_s = poll_s
         self.process: subprocess.Popen[bytes] | None = None
         self._pgid: int | None = None
+        self._pump: threading.Thread | None = None
 
     @property
     def base_url(self) -> str:
@@ -294,26 +296,36 @@ class ManagedServer:
         if self.process is not None:
             raise RuntimeError("server already started")
         self.argv[0] = _resolve_program(self.argv[0])
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            log.write(f"$ {' '.join(self.argv)}\n".encode())
-            log.flush()
-            try:
-                self.process = subprocess.Popen(
-                    self.argv,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    env={**os.environ, **self.env},
-                    start_new_session=True,
-                )
-            except OSError as exc:
-                raise BackendError(
-                    f"could not start the server {self.argv[0]!r}: {exc}",
-                    hint="is the engine installed in this environment? "
-                    "(vllm serve / transformers serve / trtllm-serve)",
-                ) from exc
+        from llenergymeasure.files import open_log, pump_lines
+
+        # The server's output reaches its log through the redacting write path, line by line.
+        log = open_log(self.log_path)
+        log.write(f"$ {' '.join(self.argv)}\n")
+        log.flush()
+        try:
+            self.process = subprocess.Popen(
+                self.argv,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **self.env},
+                start_new_session=True,
+            )
+        except OSError as exc:
+            log.close()
+            raise BackendError(
+                f"could not start the server {self.argv[0]!r}: {exc}",
+                hint="is the engine installed in this environment? "
+                "(vllm serve / transformers serve / trtllm-serve)",
+            ) from exc
+        assert self.process.stdout is not None
+        self._pump = pump_lines(self.process.stdout, log)
         self._pgid = self.process.pid
+
+    def _drain_log(self, wait_s: float = 5.0) -> None:
+        """Let the log catch up with the output of a server that has exited."""
+        if self._pump is not None:
+            self._pump.join(wait_s)
 
     def _healthy(self) -> bool:
         for path in self.health_paths:
@@ -342,6 +354,7 @@ class ManagedServer:
             code = self.process.poll()
             if code is not None:
                 self.stop()
+                self._drain_log()
                 raise BackendError(
                     f"server exited with code {code} before it became ready; "
                     f"log {self.log_path}:\n{_tail(self.log_path)}",
@@ -402,6 +415,7 @@ class ManagedServer:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=self.grace_s)
         self._pgid = None
+        self._drain_log()
 
     def __enter__(self) -> ManagedServer:
         self.start()

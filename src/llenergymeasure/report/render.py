@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from llenergymeasure._version import __version__
+from llenergymeasure.files import write_text
 from llenergymeasure.report.loader import (
     ExperimentSource,
     RunRecord,
@@ -340,7 +341,7 @@ def _render_experiment(source: ExperimentSource, html_path: Path, prefix: str) -
         + "</pre></details>"
     )
     body.append(f'<p class="meta">{_e(r.reproducibility_notes)}</p>')
-    html_path.write_text(_page(f"llem report: {r.config.model}", "".join(body)), "utf-8")
+    write_text(html_path, _page(f"llem report: {r.config.model}", "".join(body)))
     stats = study_statistics([(r.measurement_config_hash, r.config)], [(1, r)])
     return ReportOutcome(
         html_path=html_path,
@@ -621,7 +622,7 @@ def _render_study(source: StudySource, html_path: Path, prefix: str) -> ReportOu
             f"{_e(env.engine)} {_e(env.engine_version or '')} · Python {_e(env.python_version)}"
             f' · {_e(env.os)}</p><p class="meta">{_e(first.reproducibility_notes)}</p>'
         )
-    html_path.write_text(_page(f"llem study report: {source.name}", "".join(body)), "utf-8")
+    write_text(html_path, _page(f"llem study report: {source.name}", "".join(body)))
     return ReportOutcome(
         html_path=html_path,
         images=images,
