@@ -3,11 +3,13 @@
 What counts as a secret:
 
 - the value of a **credential-like key** at any depth of a structure: a key is secret when one
-  of its ``_``/``-``/``.``-separated words is a credential word (``token``, ``password``,
-  ``secret``, ``auth``, ``cookie``, ...) or it contains a credential phrase (``api_key``,
-  ``access_key``, ``private_key``, ``secret_key``): ``hf_token``, ``use_auth_token``,
-  ``api_key``, ``client_secret``, ``Authorization`` are secret; ``max_tokens``,
-  ``tokenizer_mode`` and ``num_speculative_tokens`` are not;
+  of its ``_``/``-``/``.``-separated words is a credential word (``password``, ``secret``,
+  ``auth``, ``cookie``, ``credential``, ...), its last word is ``token``, or it contains a
+  credential phrase (``api_key``, ``access_key``, ``private_key``, ``secret_key``), unless it
+  has the word ``per`` (a rate): ``hf_token``, ``use_auth_token``, ``api_key``,
+  ``client_secret``, ``Authorization`` are secret; ``max_tokens``, ``tokenizer_mode``,
+  ``first_token_time_s`` and ``energy_per_output_token_j`` are not. A ``true``/``false`` or
+  empty value is kept (it says whether a credential is used, not what it is);
 - the **userinfo of any URL**, in any string: ``http://user:pass@host`` becomes
   ``http://<redacted>@host``;
 - the value after a **credential flag** in an argument list or a command line: ``--api-key X``,
@@ -61,7 +63,6 @@ MIN_KNOWN_SECRET_LEN = 6
 
 _SECRET_WORDS = frozenset(
     {
-        "token",
         "password",
         "passwd",
         "passphrase",
@@ -79,11 +80,21 @@ _SECRET_PHRASES = ("api_key", "access_key", "private_key", "secret_key")
 
 def is_secret_key(key: str) -> bool:
     """Whether an option, field, header or environment variable named ``key`` carries a
-    credential."""
+    credential.
+
+    ``token`` counts as the last word only (``hf_token``, ``access_token``; not
+    ``first_token_time_s``), and a key with the word ``per`` is a rate
+    (``energy_per_output_token_j``), never a credential.
+    """
     normalised = key.lower().replace("-", "_").replace(".", "_")
+    words = [w for w in re.split(r"_+", normalised) if w]
+    if "per" in words:
+        return False
     if any(phrase in normalised for phrase in _SECRET_PHRASES):
         return True
-    return any(word in _SECRET_WORDS for word in re.split(r"_+", normalised))
+    if words and words[-1] == "token":
+        return True
+    return any(word in _SECRET_WORDS for word in words)
 
 
 _FLAG = re.compile(r"-{1,2}([A-Za-z][A-Za-z0-9_.-]*)")
@@ -311,7 +322,8 @@ def redact(obj: Any) -> Any:
         out: dict[Any, Any] = {}
         for key, value in obj.items():
             if isinstance(key, str) and is_secret_key(key):
-                out[key] = value if value == REDACTED else _secret_value(value)
+                keep = value is None or isinstance(value, bool) or value in ("", REDACTED)
+                out[key] = value if keep else _secret_value(value)
             else:
                 out[redact_text(key) if isinstance(key, str) else key] = redact(value)
         return out
