@@ -57,6 +57,7 @@ __all__ = [
     "STALE_TMP_SECONDS",
     "LogFile",
     "SavedFiles",
+    "damaged_model_error",
     "environment_error",
     "failure_reason",
     "is_input",
@@ -171,7 +172,12 @@ def _write_fd(fd: int, data: bytes) -> None:
 def _open_directory(directory: Path, base: Path | None) -> int:
     """An fd of ``directory``, walked from ``base`` without following any link below it."""
     if base is None:
-        directory.mkdir(parents=True, exist_ok=True)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:  # a file where a folder of the path should be
+            raise NotADirectoryError(
+                errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(directory)
+            ) from None
         return os.open(directory, _O_DIR)
     try:
         rel = directory.relative_to(base)
@@ -663,3 +669,37 @@ def environment_error(exc: OSError, *, doing: str | None = None) -> EnvironmentP
     lead = ": ".join(parts)
     message = f"{lead}: {text}" if lead else text
     return EnvironmentProblem(message, hint=hint, errno_value=exc.errno)
+
+
+_DAMAGED_FILE_SIGNS = (
+    "error while deserializing header",
+    "metadataincompletebuffer",
+    "headertoolarge",
+    "invalid header length",
+    "incomplete metadata",
+    "file not fully covered",
+    "unable to load weights",
+    "pytorchstreamreader failed",
+    "failed finding central directory",
+    "unexpected end of file",
+    "unexpected eof",
+)
+
+
+def damaged_model_error(
+    exc: BaseException, *, model: str | None = None
+) -> EnvironmentProblem | None:
+    """An ``EnvironmentProblem`` (exit 4) when ``exc`` says a model file is truncated or damaged
+    (a download or copy cut short, a full disk), with how to clear the Hugging Face cache; None
+    for other errors."""
+    text = f"{type(exc).__name__}: {exc}"
+    if not any(sign in text.lower() for sign in _DAMAGED_FILE_SIGNS):
+        return None
+    first = text.splitlines()[0]
+    what = f"a file of model {model!r}" if model else "a model file"
+    return EnvironmentProblem(
+        f"{what} could not be read; it looks truncated or damaged ({first})",
+        hint="delete the model from the Hugging Face cache (huggingface-cli delete-cache, or "
+        "remove its folder under ~/.cache/huggingface/hub) or replace the local copy, and run "
+        "again; builtin:tiny is checked and rebuilt automatically",
+    )

@@ -134,40 +134,10 @@ def explain_error(exc: BaseException) -> BaseException:
         if isinstance(cause, OSError) and cause.errno is not None:
             return environment_error(cause)
         cause = cause.__cause__ or cause.__context__
-    damaged = damaged_cache_error(exc)
+    from llenergymeasure.files import damaged_model_error
+
+    damaged = damaged_model_error(exc)
     return damaged if damaged is not None else exc
-
-
-_DAMAGED_CACHE_SIGNS = (
-    "error while deserializing header",
-    "metadataincompletebuffer",
-    "headertoolarge",
-    "invalidheaderdeserialization",
-    "unable to load weights",
-    "unexpected eof",
-    "file not fully covered",
-    "incomplete metadata",
-    "unexpected end of file",
-    "pytorchstreamreader failed",
-    "failed finding central directory",
-)
-
-
-def damaged_cache_error(exc: BaseException) -> BaseException | None:
-    """An ``EnvironmentProblem`` for what looks like a truncated or damaged model file (a
-    download or copy cut short, a full disk), with how to clear the Hugging Face cache."""
-    from llenergymeasure.exceptions import EnvironmentProblem
-
-    text = f"{type(exc).__name__}: {exc}".lower()
-    if not any(sign in text for sign in _DAMAGED_CACHE_SIGNS):
-        return None
-    return EnvironmentProblem(
-        f"a model file could not be read; it looks truncated or damaged ({type(exc).__name__}: "
-        f"{str(exc).splitlines()[0] if str(exc) else ''})",
-        hint="delete the model from the Hugging Face cache (huggingface-cli delete-cache, or "
-        "remove its folder under ~/.cache/huggingface/hub) and run again to download it anew; "
-        "builtin:tiny is checked and rebuilt automatically",
-    )
 
 
 def _show_error(exc: BaseException, shown: BaseException, *, verbose: bool) -> int:

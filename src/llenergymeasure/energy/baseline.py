@@ -148,6 +148,11 @@ class BaselineCache:
     ) -> None:
         self.ttl_s = ttl_s
         self.path = Path(path) if path is not None else None
+        if self.path is not None:
+            # Its folder is made now, not at each save: a folder that vanishes later (a study's
+            # directory deleted mid-study) is not recreated by a cache write.
+            with contextlib.suppress(OSError):
+                self.path.parent.mkdir(parents=True, exist_ok=True)
         self._clock = clock
         self._lock = threading.Lock()
         self._entries: dict[str, _Entry] = {}

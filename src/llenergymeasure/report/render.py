@@ -643,7 +643,6 @@ def render_report(path: str | Path, output: str | Path | None = None) -> ReportO
     html_path = Path(output) if output is not None else source.directory / "report.html"
     if html_path.is_dir():
         html_path = html_path / "report.html"
-    html_path.parent.mkdir(parents=True, exist_ok=True)
     prefix = html_path.stem
     if isinstance(source, ExperimentSource):
         return _render_experiment(source, html_path, prefix)
