@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -75,11 +77,11 @@ def undo_mounts(path: Path) -> None:
     _umount(path)
 
 
-def tiny_yaml(directory: Path, name: str = "tiny.yaml", **overrides: Any) -> Path:
+def tiny_yaml(directory: Path, filename: str = "tiny.yaml", **overrides: Any) -> Path:
     """A tiny ``builtin:tiny`` experiment (or study) YAML with ``overrides``, written to
-    ``directory/name``."""
+    ``directory/filename``."""
     data = tiny_experiment(precision="fp32", **overrides)
-    path = directory / name
+    path = directory / filename
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     return path
 
@@ -113,3 +115,23 @@ def grep_outputs(secrets: Iterable[str], *roots: Path, **streams: str) -> list[s
     texts: dict[str, bytes | str] = {str(p): p.read_bytes() for p in files_under(*roots)}
     texts.update(streams)
     return leaks(secrets, texts)
+
+
+@dataclass(frozen=True)
+class LinkSwapWorker:
+    """The fake measurement of ``testing.study``; then, at the chosen positions, the run's
+    folder is swapped for a link to ``victim`` before the result is saved (picklable: it runs
+    in the study's spawned processes)."""
+
+    victim: str
+    at: frozenset[int]
+
+    def __call__(self, request: Any, progress: Any) -> Any:
+        from llenergymeasure.testing.study import fake_measure_worker
+
+        measured = fake_measure_worker(request, progress)
+        if request.position in self.at:
+            run_dir = Path(request.run_dir)
+            shutil.rmtree(run_dir)
+            run_dir.symlink_to(self.victim, target_is_directory=True)
+        return measured

@@ -148,7 +148,8 @@ def _show_error(exc: BaseException, shown: BaseException, *, verbose: bool) -> i
         typer.echo("interrupted", err=True)
         return EXIT_INTERRUPTED
     if verbose:
-        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        sys.stderr.write(redact_text(text))
     if isinstance(shown, ConfigError):
         typer.echo(redact_text(f"error: {shown}"), err=True)
         return EXIT_USAGE
