@@ -261,13 +261,24 @@ def _check_destination(path: Path, name: str, dir_fd: int, data: bytes) -> None:
         )
 
 
+#: Existing JSON files larger than this are not parsed to tell what they are.
+_MAX_IDENTITY_BYTES = 1 << 30
+
+
 def _read_existing(name: str, dir_fd: int) -> bytes | None:
+    """Enough of an existing file to tell what it is: its head, or all of it when it may be a
+    JSON measurement (which must be parsed)."""
     try:
         fd = os.open(name, os.O_RDONLY | _O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), dir_fd=dir_fd)
     except OSError:
         return None
     with os.fdopen(fd, "rb") as fh:
-        return fh.read()
+        head = fh.read(64)
+        if not head.lstrip().startswith(b"{"):
+            return head
+        if os.fstat(fh.fileno()).st_size > _MAX_IDENTITY_BYTES:
+            return None
+        return head + fh.read()
 
 
 def write_bytes(path: str | os.PathLike[str], data: bytes, *, base: Path | None = None) -> Path:

@@ -49,9 +49,8 @@ def fill(path: Path, leave_bytes: int = 2048) -> None:
     st = os.statvfs(path)
     free = st.f_bavail * st.f_frsize
     filler = path / "filler.bin"
-    with filler.open("wb") as fh:
-        with contextlib.suppress(OSError):
-            fh.write(b"\0" * max(free - leave_bytes, 0))
+    with filler.open("wb") as fh, contextlib.suppress(OSError):
+        fh.write(b"\0" * max(free - leave_bytes, 0))
 
 
 @contextlib.contextmanager
@@ -104,7 +103,9 @@ def leaks(secrets: Iterable[str], texts: dict[str, bytes | str]) -> list[str]:
     for secret in secrets:
         needle = secret.encode()
         for where, content in texts.items():
-            data = content.encode("utf-8", "surrogateescape") if isinstance(content, str) else content
+            data = (
+                content.encode("utf-8", "surrogateescape") if isinstance(content, str) else content
+            )
             if needle in data:
                 found.append(f"{secret} in {where}")
     return found

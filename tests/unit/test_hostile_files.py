@@ -22,7 +22,7 @@ import llenergymeasure.files as files
 from llenergymeasure.cli.app import EXIT_ENVIRONMENT, EXIT_RESCUED, app, explain_error
 from llenergymeasure.config.loading import read_yaml_mapping
 from llenergymeasure.exceptions import EnvironmentProblem, UnsafeWriteError
-from llenergymeasure.files import register_input, save_files, write_json, write_text
+from llenergymeasure.files import save_files, write_json, write_text
 from llenergymeasure.results.models import ExperimentResult
 
 cli = CliRunner()
@@ -333,9 +333,7 @@ def test_a_report_over_the_result_it_reads_is_refused_with_exit_2(tmp_path: Path
     assert (run_dir / "result.json").read_bytes() == before
 
 
-def test_a_report_to_a_read_only_or_full_place_is_an_environment_error(
-    tmp_path: Path, shared_tiny
-):
+def test_a_report_to_a_read_only_or_full_place_is_an_environment_error(tmp_path: Path, shared_tiny):
     out = tmp_path / "results"
     assert _run(tiny_yaml(tmp_path), out).exit_code == 0
     (run_dir,) = list(out.iterdir())

@@ -79,12 +79,15 @@ def test_an_offline_run_its_csv_json_summary_and_report_hold_no_secret(tmp_path:
     config_json = invoke("config", "--json")
     assert config_cmd.exit_code == 0 and config_json.exit_code == 0
 
-    assert grep_outputs(
-        ALL,
-        out,
-        tmp_path / "r2.html",
-        **streams(first, as_json, report, report_json, config_cmd, config_json),
-    ) == []
+    assert (
+        grep_outputs(
+            ALL,
+            out,
+            tmp_path / "r2.html",
+            **streams(first, as_json, report, report_json, config_cmd, config_json),
+        )
+        == []
+    )
     result = json.loads((run_dir / "result.json").read_text())
     assert result["effective_parameters"]["passthrough_kwargs"]["token"] == "<redacted>"
     assert result["config"]["passthrough_kwargs"] == {"token": "<redacted>", "revision": "main"}
@@ -94,9 +97,7 @@ def test_an_offline_run_its_csv_json_summary_and_report_hold_no_secret(tmp_path:
 def test_the_python_api_writes_no_secret_either(tmp_path: Path):
     import llenergymeasure as llem
 
-    result = llem.run_experiment(
-        tiny_yaml(tmp_path, passthrough_kwargs={"token": PASSTHROUGH})
-    )
+    result = llem.run_experiment(tiny_yaml(tmp_path, passthrough_kwargs={"token": PASSTHROUGH}))
     result.to_json(tmp_path / "api" / "result.json")
     result.to_csv(tmp_path / "api" / "result.csv")
     result.to_parquet(tmp_path / "api" / "result.parquet")
@@ -203,9 +204,10 @@ def test_errors_that_carry_a_secret_print_it_redacted(tmp_path: Path):
 
     code = report_error(Boom(f"token={PASSTHROUGH} url={dead}"), verbose=False)
     assert code == 1
-    assert grep_outputs(
-        ALL, tmp_path / "results", **streams(unreachable, unreachable_json, invalid)
-    ) == []
+    assert (
+        grep_outputs(ALL, tmp_path / "results", **streams(unreachable, unreachable_json, invalid))
+        == []
+    )
 
 
 def test_report_error_output_is_redacted(capsys):

@@ -301,9 +301,7 @@ def test_a_rebuild_with_the_study_file_plans_the_missing_runs_and_resume_runs_th
     )
     runner.run()
     manifest_path(runner.study_dir).write_text("{ not json")
-    again = StudyRunner.rebuild(
-        runner.study_dir, study=study, worker=ScriptedWorker(), quiet=True
-    )
+    again = StudyRunner.rebuild(runner.study_dir, study=study, worker=ScriptedWorker(), quiet=True)
     assert [r.status for r in again.manifest.runs] == ["completed", "pending"]
     result = again.run()
     assert result.ok and result.counts.completed == 2

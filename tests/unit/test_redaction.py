@@ -64,14 +64,23 @@ def test_credential_flags(flag: str, secret: bool):
     [
         ("http://user:pa55word@host:8000/v1", "http://<redacted>@host:8000/v1"),
         ("see https://alice@example.org/x", "see https://<redacted>@example.org/x"),
-        ("vllm serve m --api-key sk-AAAA1111 --port 1", "vllm serve m --api-key <redacted> --port 1"),
+        (
+            "vllm serve m --api-key sk-AAAA1111 --port 1",
+            "vllm serve m --api-key <redacted> --port 1",
+        ),
         ("serve --hf-token=hf_BBBB2222 --port 1", "serve --hf-token=<redacted> --port 1"),
-        ("['--api-key', 'sk-CCCC3333', '--port', '1']", "['--api-key', '<redacted>', '--port', '1']"),
+        (
+            "['--api-key', 'sk-CCCC3333', '--port', '1']",
+            "['--api-key', '<redacted>', '--port', '1']",
+        ),
         ("Authorization: Bearer abcdef123456", "Authorization: Bearer <redacted>"),
         ("x-api-key: k-DDDD4444\nnext", "x-api-key: <redacted>\nnext"),
         ("sent Bearer eyJhbGciOi.payload.sig", "sent Bearer <redacted>"),
         ("HF_TOKEN=hf_EEEE5555 llem run", "HF_TOKEN=<redacted> llem run"),
-        ("{'token': 'hf_FFFF6666', 'revision': 'main'}", "{'token': '<redacted>', 'revision': 'main'}"),
+        (
+            "{'token': 'hf_FFFF6666', 'revision': 'main'}",
+            "{'token': '<redacted>', 'revision': 'main'}",
+        ),
         ('{"api_key": "GGGG7777", "max_tokens": 4}', '{"api_key": "<redacted>", "max_tokens": 4}'),
         ("  password: HHHH8888\n  port: 1", "  password: <redacted>\n  port: 1"),
     ],
@@ -182,7 +191,9 @@ def test_the_config_hash_holds_no_credential_and_survives_a_round_trip():
 def test_a_redacting_stream_filters_writes_and_passes_everything_else_through():
     sink = io.StringIO()
     stream = RedactingStream(sink)
-    assert stream.write("endpoint http://a:PPPP6666@h/v1\n") == len("endpoint http://a:PPPP6666@h/v1\n")
+    assert stream.write("endpoint http://a:PPPP6666@h/v1\n") == len(
+        "endpoint http://a:PPPP6666@h/v1\n"
+    )
     stream.writelines(["--token QQQQ7777\n"])
     stream.flush()
     assert sink.getvalue() == "endpoint http://<redacted>@h/v1\n--token <redacted>\n"
