@@ -162,7 +162,7 @@ def _show_error(exc: BaseException, shown: BaseException, *, verbose: bool) -> i
     return EXIT_RUNTIME
 
 
-@app.command()
+@app.command(epilog=EXIT_CODES_HELP)
 def run(
     config: Annotated[
         Optional[Path],  # noqa: UP045 - typer needs Optional on 3.10
