@@ -33,6 +33,7 @@ no caller can forget it. Redaction is idempotent.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -78,6 +79,7 @@ _SECRET_WORDS = frozenset(
 _SECRET_PHRASES = ("api_key", "access_key", "private_key", "secret_key")
 
 
+@functools.lru_cache(maxsize=4096)
 def is_secret_key(key: str) -> bool:
     """Whether an option, field, header or environment variable named ``key`` carries a
     credential.
@@ -111,6 +113,7 @@ def is_credential_flag(arg: str) -> bool:
 _KNOWN_LIMIT = 512
 _known: dict[str, None] = {}  # insertion-ordered set of values found to be secret
 _known_lock = threading.Lock()
+_generation = 0  # bumped whenever a new secret is remembered
 
 
 def remember_secret(value: object) -> None:
@@ -120,8 +123,12 @@ def remember_secret(value: object) -> None:
     value = value.strip().strip("\"'")
     if len(value) < MIN_KNOWN_SECRET_LEN or _is_placeholder(value):
         return
+    global _generation
     with _known_lock:
+        if value in _known:
+            return
         _known[value] = None
+        _generation += 1
         while len(_known) > _KNOWN_LIMIT:
             del _known[next(iter(_known))]
 
@@ -266,17 +273,27 @@ def _sub_line_key(match: re.Match[str]) -> str:
 
 def redact_text(text: str) -> str:
     """``text`` with every secret the module docstring lists replaced by ``REDACTED``."""
+    return _redact_text(text, _known_secrets()) if text else text
+
+
+def _redact_text(text: str, secrets: list[str]) -> str:
+    """``redact_text`` with the known secrets given (computed once per structure)."""
     if not text:
         return text
-    text = _URL_USERINFO.sub(_sub_userinfo, text)
-    text = _FLAG_IN_LIST.sub(_sub_flag_in_list, text)
-    text = _FLAG_VALUE.sub(_sub_flag, text)
-    text = _HEADER.sub(_sub_header, text)
-    text = _QUOTED_KEY.sub(_sub_quoted_key, text)
-    text = _KEY_EQUALS.sub(_sub_key_equals, text)
-    text = _LINE_KEY.sub(_sub_line_key, text)
-    text = _SCHEME_CREDENTIAL.sub(_sub_scheme_credential, text)
-    for secret in _known_secrets():
+    generation = _generation
+    if ":" in text or "=" in text or "-" in text:  # every pattern but bare credentials needs one
+        text = _URL_USERINFO.sub(_sub_userinfo, text)
+        text = _FLAG_IN_LIST.sub(_sub_flag_in_list, text)
+        text = _FLAG_VALUE.sub(_sub_flag, text)
+        text = _HEADER.sub(_sub_header, text)
+        text = _QUOTED_KEY.sub(_sub_quoted_key, text)
+        text = _KEY_EQUALS.sub(_sub_key_equals, text)
+        text = _LINE_KEY.sub(_sub_line_key, text)
+    if "earer" in text or "Basic" in text:
+        text = _SCHEME_CREDENTIAL.sub(_sub_scheme_credential, text)
+    if generation != _generation:  # this text held secrets of its own: replace them everywhere
+        secrets = _known_secrets()
+    for secret in secrets:
         if secret in text:
             text = text.replace(secret, REDACTED)
     return text
@@ -285,7 +302,39 @@ def redact_text(text: str) -> str:
 # --- structures ---------------------------------------------------------------------------
 
 
-def _redact_sequence(items: Iterable[Any]) -> list[Any]:
+def _keeps(value: Any) -> bool:
+    """A credential key's value that is kept: it says whether, not what (None, a bool, empty)."""
+    return value is None or isinstance(value, bool) or value in ("", REDACTED)
+
+
+def _scan(obj: Any) -> None:
+    """Remember the secrets a structure holds where they stand (credential keys' values, values
+    after credential flags, URL userinfo) before anything is redacted, so that a value found
+    late in the structure is replaced where it appears earlier too."""
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key, value in item.items():
+                if isinstance(key, str) and is_secret_key(key):
+                    if not _keeps(value):
+                        _secret_value(value)
+                else:
+                    stack.append(value)
+        elif isinstance(item, list | tuple):
+            flag = False
+            for element in item:
+                if flag and isinstance(element, str) and not element.startswith("-"):
+                    remember_secret(element)
+                flag = isinstance(element, str) and element.startswith("-")
+                flag = flag and is_credential_flag(element)
+                stack.append(element)
+        elif isinstance(item, str) and "://" in item and "@" in item:
+            for match in _URL_USERINFO.finditer(item):
+                _sub_userinfo(match)
+
+
+def _redact_sequence(items: Iterable[Any], secrets: list[str]) -> list[Any]:
     out: list[Any] = []
     secret_next = False
     for item in items:
@@ -294,8 +343,8 @@ def _redact_sequence(items: Iterable[Any]) -> list[Any]:
             out.append(REDACTED)
             secret_next = False
             continue
-        secret_next = isinstance(item, str) and is_credential_flag(item)
-        out.append(redact(item))
+        secret_next = isinstance(item, str) and item.startswith("-") and is_credential_flag(item)
+        out.append(_redact(item, secrets))
     return out
 
 
@@ -318,21 +367,26 @@ def redact(obj: Any) -> Any:
     they are. A pydantic model is dumped (``mode="json"``) first."""
     if hasattr(obj, "model_dump") and not isinstance(obj, type):
         obj = obj.model_dump(mode="json")
+    _scan(obj)
+    return _redact(obj, _known_secrets())
+
+
+def _redact(obj: Any, secrets: list[str]) -> Any:
+    if isinstance(obj, str):
+        return _redact_text(obj, secrets)
     if isinstance(obj, dict):
         out: dict[Any, Any] = {}
         for key, value in obj.items():
             if isinstance(key, str) and is_secret_key(key):
-                keep = value is None or isinstance(value, bool) or value in ("", REDACTED)
-                out[key] = value if keep else _secret_value(value)
+                out[key] = value if _keeps(value) else _secret_value(value)
             else:
-                out[redact_text(key) if isinstance(key, str) else key] = redact(value)
+                name = _redact_text(key, secrets) if isinstance(key, str) else key
+                out[name] = _redact(value, secrets)
         return out
     if isinstance(obj, list):
-        return _redact_sequence(obj)
+        return _redact_sequence(obj, secrets)
     if isinstance(obj, tuple):
-        return tuple(_redact_sequence(obj))
-    if isinstance(obj, str):
-        return redact_text(obj)
+        return tuple(_redact_sequence(obj, secrets))
     return obj
 
 
