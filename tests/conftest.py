@@ -19,6 +19,7 @@ def isolated_user_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pyt
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "config"))
     monkeypatch.setenv("LLEM_CACHE_DIR", str(home / "llem-cache"))
     monkeypatch.setenv("HF_HUB_CACHE", str(home / "hf-cache"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(home / "data"))  # rescued results land here
     return home
 
 

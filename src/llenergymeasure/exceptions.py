@@ -1,7 +1,9 @@
 """Error hierarchy. Every error llem raises on purpose is an ``LLEMError``.
 
 The CLI maps them to exit codes: ``ConfigError``, ``PreFlightError`` (and pydantic validation
-errors) -> 2, other ``LLEMError`` -> 1, ``KeyboardInterrupt`` -> 130.
+errors) -> 2, ``EnvironmentProblem`` (and any ``OSError``) -> 4, other ``LLEMError`` -> 1,
+``KeyboardInterrupt`` -> 130; a run whose finished measurement had to be saved to a rescue
+folder exits 3.
 """
 
 from __future__ import annotations
@@ -30,6 +32,31 @@ class ConfigError(LLEMError):
     """Invalid configuration or usage: bad YAML, unknown key, wrong type, invalid combination."""
 
     exit_code = 2
+
+
+class UnsafeWriteError(ConfigError):
+    """A write llem refuses: through a symbolic link, over a file the same command reads, or
+    replacing a measurement with something else (exit 2: choose another path)."""
+
+
+class EnvironmentProblem(LLEMError):
+    """The machine stopped llem: disk full, read-only filesystem, permission denied, not a
+    directory, a folder that vanished, a corrupt cache. Exit 4; nothing finished was lost."""
+
+    exit_code = 4
+
+    def __init__(
+        self, message: str, *, hint: str | None = None, errno_value: int | None = None
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.errno = errno_value
+
+
+class MeasurementsRescued(LLEMError):
+    """llem had to stop or could not save where asked, but every finished measurement was
+    saved to a rescue folder that the message names (exit 3)."""
+
+    exit_code = 3
 
 
 class BackendError(LLEMError):

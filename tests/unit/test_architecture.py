@@ -2,7 +2,7 @@
 
 Floors, lowest first::
 
-    0  exceptions, _version
+    0  exceptions, _version, redaction (what is secret), files (the one write path)
     1  config, datasets
     2  energy, engines, results
     3  harness, online (a server under load: measured like harness measures an engine)
@@ -30,6 +30,8 @@ TOP = "llenergymeasure"
 FLOORS: dict[str, int] = {
     "exceptions": 0,
     "_version": 0,
+    "redaction": 0,
+    "files": 0,
     "config": 1,
     "datasets": 1,
     "energy": 2,

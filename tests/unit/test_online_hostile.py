@@ -47,7 +47,7 @@ def send(
 
 
 def deadline_for(reason: str) -> float:
-    return DEADLINE_S if "timeout" in reason else ROOMY_S
+    return DEADLINE_S if "timeout" in reason else ROOMY_S  # "timeout" in an alternative too
 
 
 # ─── one request against each misbehaviour ──────────────────────────────────────────────────
@@ -65,7 +65,9 @@ FAILING_STREAMS = [
     ("huge_chunk", r"^response line too long"),
     ("endless_tokens", r"^the server streamed more than max_tokens=5 tokens \(6\)$"),
     ("cut", r"^stream ended before \[DONE\]: the server closed the connection mid-stream$"),
-    ("bad_chunked", r"^bad response: HTTP protocol error"),
+    # aiohttp's parser does not always notice a chunk size that is not hex (seen here: about two
+    # tries in three it waits for more bytes): the request then ends at its deadline instead
+    ("bad_chunked", r"^(bad response: HTTP protocol error|timeout: .* within 0\.5 s)"),
     ("huge_headers", r"^bad response: HTTP protocol error"),
     ("gzip", r"^non-OpenAI response: a 'gzip'-encoded stream"),
     ("error_huge_body", r"^HTTP 500: E{300}$"),

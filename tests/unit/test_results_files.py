@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from llenergymeasure.cli.app import app
 from llenergymeasure.exceptions import ConfigError, ExperimentError
-from llenergymeasure.results.io import STALE_TMP_SECONDS, atomic_write_text, unique_directory
+from llenergymeasure.files import STALE_TMP_SECONDS, write_text
+from llenergymeasure.results.io import unique_directory
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 TINY_RUN = ("run", "--model", "builtin:tiny", "--dataset", "synthetic", "-n", "2")
@@ -84,9 +85,9 @@ def test_a_failed_run_leaves_no_empty_run_directory(tmp_path: Path, monkeypatch)
 def test_atomic_writes_respect_the_umask(tmp_path: Path):
     old = os.umask(0o022)
     try:
-        shared = atomic_write_text(tmp_path / "shared.json", "{}")
+        shared = write_text(tmp_path / "shared.json", "{}")
         os.umask(0o077)
-        private = atomic_write_text(tmp_path / "private.json", "{}")
+        private = write_text(tmp_path / "private.json", "{}")
     finally:
         os.umask(old)
     assert stat.S_IMODE(shared.stat().st_mode) == 0o644
@@ -100,6 +101,6 @@ def test_stale_temp_files_of_killed_writes_are_removed_at_the_next_write(tmp_pat
     os.utime(stale, (old, old))
     fresh = tmp_path / ".result.json.def456.tmp"  # a write that may still be in progress
     fresh.write_text("being written")
-    atomic_write_text(tmp_path / "other.json", "{}")
+    write_text(tmp_path / "other.json", "{}")
     assert not stale.exists()
     assert fresh.exists()

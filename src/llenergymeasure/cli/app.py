@@ -1,7 +1,12 @@
 """``llem`` entry point: commands, exit codes and error display.
 
-Exit codes: 0 ok, 1 runtime error, 2 usage or config error, 130 interrupted (Ctrl-C, or SIGTERM
+Exit codes: 0 ok, 1 runtime error (or a study with failed runs), 2 usage or config error,
+3 a finished measurement could not be saved where asked and was saved to a rescue folder (the
+output names it), 4 environment error (disk full, read-only filesystem, permission denied, not
+a directory, a folder that vanished), 130 interrupted (Ctrl-C, or SIGTERM
 during ``llem run``).
+Everything printed passes through ``llenergymeasure.redaction`` (the root callback wraps
+stdout and stderr), so no message can show a credential.
 Heavy modules are imported inside commands so that ``llem --help`` stays fast.
 """
 
@@ -17,9 +22,17 @@ import typer
 
 from llenergymeasure._version import __version__
 
+EXIT_CODES_HELP = (
+    "Exit codes: 0 ok; 1 runtime error or a study with failed runs; 2 usage, config or "
+    "pre-flight error; 3 a finished measurement was saved to a rescue folder (named in the "
+    "output) because it could not be saved where asked; 4 environment error (disk full, "
+    "read-only, permission denied, not a directory, folder gone); 130 interrupted."
+)
+
 app = typer.Typer(
     name="llem",
     help="Measure the energy and efficiency of LLM inference.",
+    epilog=EXIT_CODES_HELP,
     no_args_is_help=True,
     context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
@@ -27,6 +40,7 @@ app = typer.Typer(
 )
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_RESCUED, EXIT_ENVIRONMENT = 3, 4
 
 
 class CycleOrder(str, Enum):
@@ -70,6 +84,9 @@ def _root(
     ] = False,
 ) -> None:
     """Measure the energy and efficiency of LLM inference."""
+    from llenergymeasure.redaction import install_stream_redaction
+
+    install_stream_redaction()
 
 
 def report_error(exc: BaseException, *, verbose: bool, as_json: bool = False) -> int:
@@ -78,45 +95,75 @@ def report_error(exc: BaseException, *, verbose: bool, as_json: bool = False) ->
     With ``as_json`` the error is also one JSON object on stdout:
     ``{"error": message, "hint": hint or null, "exit_code": n}``.
     """
-    code = _show_error(exc, verbose=verbose)
+    from llenergymeasure.redaction import redact
+
+    shown = explain_error(exc)
+    code = _show_error(exc, shown, verbose=verbose)
     if as_json:
         import json
 
         from llenergymeasure.exceptions import LLEMError
 
-        message = exc.message if isinstance(exc, LLEMError) else str(exc) or type(exc).__name__
-        hint = exc.hint if isinstance(exc, LLEMError) else None
-        typer.echo(json.dumps({"error": message, "hint": hint, "exit_code": code}))
+        if isinstance(shown, LLEMError):
+            message, hint = shown.message, shown.hint
+        else:
+            message, hint = str(shown) or type(shown).__name__, None
+        typer.echo(json.dumps(redact({"error": message, "hint": hint, "exit_code": code})))
     return code
 
 
-def _show_error(exc: BaseException, *, verbose: bool) -> int:
+def explain_error(exc: BaseException) -> BaseException:
+    """The error as users should see it: an ``OSError`` (or another error caused by one) from
+    the machine becomes an ``EnvironmentProblem`` (exit 4) with a hint; a damaged model cache
+    gets a hint; a pydantic ``ValidationError`` becomes a ``ConfigError``."""
     from pydantic import ValidationError
 
-    from llenergymeasure.exceptions import ConfigError, LLEMError
+    from llenergymeasure.exceptions import LLEMError
 
-    if isinstance(exc, KeyboardInterrupt):
-        typer.echo("interrupted", err=True)
-        return EXIT_INTERRUPTED
-    if verbose:
-        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
     if isinstance(exc, ValidationError):
         from llenergymeasure.config.loading import validation_config_error
 
-        exc = validation_config_error(exc, source=None)
-    if isinstance(exc, ConfigError):
-        typer.echo(f"error: {exc}", err=True)
+        return validation_config_error(exc, source=None)
+    if isinstance(exc, LLEMError | KeyboardInterrupt):
+        return exc
+    from llenergymeasure.files import environment_error
+
+    cause: BaseException | None = exc
+    seen: set[int] = set()
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, OSError) and cause.errno is not None:
+            return environment_error(cause)
+        cause = cause.__cause__ or cause.__context__
+    from llenergymeasure.files import damaged_model_error
+
+    damaged = damaged_model_error(exc)
+    return damaged if damaged is not None else exc
+
+
+def _show_error(exc: BaseException, shown: BaseException, *, verbose: bool) -> int:
+    from llenergymeasure.exceptions import ConfigError, LLEMError
+    from llenergymeasure.redaction import redact_text
+
+    if isinstance(shown, KeyboardInterrupt):
+        typer.echo("interrupted", err=True)
+        return EXIT_INTERRUPTED
+    if verbose:
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        sys.stderr.write(redact_text(text))
+    if isinstance(shown, ConfigError):
+        typer.echo(redact_text(f"error: {shown}"), err=True)
         return EXIT_USAGE
-    if isinstance(exc, LLEMError):
-        typer.echo(f"error: {exc}", err=True)
-        return exc.exit_code
-    typer.echo(f"error: unexpected {type(exc).__name__}: {exc}", err=True)
+    if isinstance(shown, LLEMError):
+        typer.echo(redact_text(f"error: {shown}"), err=True)
+        return shown.exit_code
+    typer.echo(redact_text(f"error: unexpected {type(shown).__name__}: {shown}"), err=True)
     if not verbose:
         typer.echo("  (run again with --verbose for the traceback)", err=True)
     return EXIT_RUNTIME
 
 
-@app.command()
+@app.command(epilog=EXIT_CODES_HELP)
 def run(
     config: Annotated[
         Optional[Path],  # noqa: UP045 - typer needs Optional on 3.10
@@ -189,6 +236,14 @@ def run(
         Optional[Path],  # noqa: UP045
         typer.Option("--resume", help="Continue an interrupted study directory."),
     ] = None,
+    rebuild_manifest: Annotated[
+        bool,
+        typer.Option(
+            "--rebuild-manifest",
+            help="With --resume: rebuild a damaged study_manifest.json from the results in the "
+            "directory (and the study file, when given), keeping the old one beside.",
+        ),
+    ] = False,
     runner: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option(
@@ -242,6 +297,7 @@ def run(
         as_json=as_json,
         plan_from=plan_from,
         detect_pct=detect,
+        rebuild_manifest=rebuild_manifest,
     )
     try:
         with sigterm_as_interrupt():  # a scheduler's cancel ends the run as Ctrl-C does

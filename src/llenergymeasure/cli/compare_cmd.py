@@ -90,9 +90,9 @@ def execute_compare(opts: CompareOptions) -> int:
     if checks:
         comparison = evaluate_gate(comparison, checks)
     if opts.html is not None:
-        from llenergymeasure.results.io import atomic_write_text
+        from llenergymeasure.files import write_text
 
-        atomic_write_text(opts.html, comparison_page(comparison))
+        write_text(opts.html, comparison_page(comparison))
     if opts.as_json:
         typer.echo(json.dumps(comparison.model_dump(mode="json")))
     elif opts.markdown:

@@ -34,3 +34,4 @@ class RunOptions:
     as_json: bool = False  # --json: the summary (or error) as one JSON object on stdout
     plan_from: Path | None = None  # --dry-run: plan cycles from an earlier study's spread
     detect_pct: float | None = None  # --plan-from: the difference to detect, %
+    rebuild_manifest: bool = False  # with --resume: rebuild a damaged manifest from the results

@@ -168,6 +168,11 @@ def execute_run(opts: RunOptions) -> int:
     effective_settings()
     if opts.resume is not None:
         return resume_run(opts)
+    if opts.rebuild_manifest:
+        raise ConfigError(
+            "--rebuild-manifest applies to a study directory given with --resume",
+            hint="llem run --resume <study-dir> [study.yaml] --rebuild-manifest",
+        )
     resolved = resolve(opts)
     if resolved.study is None and (opts.runner is not None or opts.detach):
         raise ConfigError(
@@ -310,9 +315,8 @@ def resume_run(opts: RunOptions) -> int:
             hint="pass the study file with the same flags as the first run to check its design",
         )
     gaps = (0.0, 0.0) if opts.no_gaps else None
-    runner = StudyRunner.resume(
-        opts.resume, study=study, quiet=opts.quiet, gaps=gaps, detach=opts.detach
-    )
+    resume = StudyRunner.rebuild if opts.rebuild_manifest else StudyRunner.resume
+    runner = resume(opts.resume, study=study, quiet=opts.quiet, gaps=gaps, detach=opts.detach)
     if not opts.quiet:
         counts = runner.manifest.counts()
         typer.echo(
@@ -341,7 +345,9 @@ def _report_study(result: Any, runner: Any, opts: RunOptions) -> int:
 
     code = study_exit_code(result)
     if opts.as_json:
-        typer.echo(json.dumps({**result.model_dump(mode="json"), "exit_code": code}))
+        from llenergymeasure.redaction import redact
+
+        typer.echo(json.dumps(redact({**result.model_dump(mode="json"), "exit_code": code})))
     else:
         typer.echo(format_study_summary(result, runner.manifest))
     return code

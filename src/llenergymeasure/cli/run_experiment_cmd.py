@@ -12,6 +12,7 @@ import typer
 
 from llenergymeasure.cli.options import RunOptions
 from llenergymeasure.config.models import ExperimentConfig
+from llenergymeasure.redaction import redact
 from llenergymeasure.results.models import ExperimentResult
 from llenergymeasure.results.online import LatencyStats
 
@@ -218,7 +219,9 @@ def run_single(config: ExperimentConfig, opts: RunOptions) -> int:
             measured = measure(config, progress=progress, work_dir=directory)
         else:
             measured = measure(config, progress=progress)
-        path = measured.save(directory, export_csv=opts.export_csv)
+        # The results folder the user chose is the base: a run folder that became a link, or a
+        # results folder that vanished, is refused, and the measurement goes to a rescue folder.
+        path = measured.save(directory, export_csv=opts.export_csv, base=results_root)
     except BaseException:
         kept = sorted(p.name for p in directory.iterdir()) if directory.is_dir() else []
         if kept:
@@ -227,13 +230,31 @@ def run_single(config: ExperimentConfig, opts: RunOptions) -> int:
             with contextlib.suppress(OSError):
                 directory.rmdir()
         raise
+    saved = measured.saved
+    rescued = saved is not None and saved.rescued
+    if rescued:
+        assert saved is not None
+        with contextlib.suppress(OSError):
+            directory.rmdir()  # only if nothing landed in it
     if opts.verbose and not opts.quiet:
         typer.echo(format_timings(measured.result), err=True)
     if opts.as_json:
-        typer.echo(json.dumps(summary_dict(measured.result, path)))
+        summary = summary_dict(measured.result, path)
+        if rescued:
+            assert saved is not None
+            summary.update(
+                rescued_from=str(saved.rescued_from), rescue_reason=saved.reason, exit_code=3
+            )
+        typer.echo(json.dumps(redact(summary)))
     else:
         typer.echo(format_summary(measured.result, path))
-    return 0
+        if rescued:
+            assert saved is not None
+            typer.echo(
+                f"  RESCUED              could not save in {saved.rescued_from}: {saved.reason};"
+                f" the result was saved to {saved.directory} instead (exit code 3)"
+            )
+    return 3 if rescued else 0
 
 
 __all__ = ["format_summary", "format_timings", "online_summary_lines", "run_single", "summary_dict"]

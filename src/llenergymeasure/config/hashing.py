@@ -9,6 +9,7 @@ from typing import Any
 
 from llenergymeasure.config.models import ExperimentConfig
 from llenergymeasure.config.secrets import drop_secrets
+from llenergymeasure.redaction import redact
 
 
 def _canonical_json(obj: Any) -> str:
@@ -33,7 +34,10 @@ def _hash_payload(config: ExperimentConfig) -> dict[str, Any]:
     # before it existed keep their hash; `phase_split: true` changes the hash.
     if data.get("measurement") == {"phase_split": False}:
         data.pop("measurement", None)
-    return data
+    # No credential enters the hash (URL userinfo, credential flags in server arguments): a
+    # config read back from a written (redacted) file keeps its identity.
+    redacted: dict[str, Any] = redact(data)
+    return redacted
 
 
 def measurement_config_hash(config: ExperimentConfig) -> str:

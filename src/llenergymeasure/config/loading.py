@@ -34,6 +34,9 @@ def read_yaml_mapping(path: str | Path) -> tuple[dict[str, Any], str]:
     p = Path(path)
     document = read_yaml_file(p)
     data = document.data
+    from llenergymeasure.files import register_input
+
+    register_input(p)  # no write of this command may replace it
     if data is None:
         raise ConfigError(f"config file is empty: {p}", hint="see examples/experiment.yaml")
     if not isinstance(data, dict):

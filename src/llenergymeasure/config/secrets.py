@@ -1,64 +1,25 @@
-"""Secret-bearing option keys and the one function that redacts them.
+"""Secret-bearing config keys: what a config keeps, what identifies it, what is dropped.
 
-A ``passthrough_kwargs`` key is secret when one of its ``_``/``-``/``.``-separated words is a
-credential word (``token``, ``password``, ``secret``, ``auth``, ...) or it contains a
-credential phrase (``api_key``, ``access_key``, ``private_key``): ``hf_token``,
-``use_auth_token``, ``api_key``, ``client_secret`` are secret; ``max_tokens``,
-``tokenizer_mode`` and ``num_speculative_tokens`` are not.
-
-Everything llem writes (result.json, the study manifest, reports, CSV/parquet) serialises
-configs through ``redact_secrets``, so a secret never reaches a file. A config read back from
-such a file has no secret: the placeholder is dropped (``drop_redacted``) and the engine falls
-back to the environment's credentials (``HF_TOKEN``, ``huggingface-cli login``), which is also
-how studies run on SLURM, in containers or after ``--resume`` should get them.
+The rules of what is secret, and the redaction every written or printed byte passes through,
+live in ``llenergymeasure.redaction`` (one place); this module re-exports them for config code.
+A config serialises ``passthrough_kwargs`` redacted, and a config read back from a written
+file has no secret: the placeholder is dropped (``drop_redacted``) and the engine falls back to
+the environment's credentials (``HF_TOKEN``, ``huggingface-cli login``), which is also how
+studies run on SLURM, in containers or after ``--resume`` should get them.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
-#: What a secret's value is replaced with in everything written.
-REDACTED = "<redacted>"
+from llenergymeasure.redaction import REDACTED, is_secret_key, redact
 
-_SECRET_WORDS = frozenset(
-    {
-        "token",
-        "password",
-        "passwd",
-        "passphrase",
-        "secret",
-        "auth",
-        "authorization",
-        "apikey",
-        "credential",
-        "credentials",
-        "cookie",
-    }
-)
-_SECRET_PHRASES = ("api_key", "access_key", "private_key", "secret_key")
-
-
-def is_secret_key(key: str) -> bool:
-    """Whether an option named ``key`` carries a credential."""
-    normalised = key.lower().replace("-", "_").replace(".", "_")
-    if any(phrase in normalised for phrase in _SECRET_PHRASES):
-        return True
-    return any(word in _SECRET_WORDS for word in re.split(r"_+", normalised))
+__all__ = ["REDACTED", "drop_redacted", "drop_secrets", "is_secret_key", "redact_secrets"]
 
 
 def redact_secrets(value: Any) -> Any:
-    """A copy of ``value`` with the value of every secret key (at any depth) ``REDACTED``."""
-    if isinstance(value, dict):
-        return {
-            key: REDACTED if isinstance(key, str) and is_secret_key(key) else redact_secrets(item)
-            for key, item in value.items()
-        }
-    if isinstance(value, list):
-        return [redact_secrets(item) for item in value]
-    if isinstance(value, tuple):
-        return tuple(redact_secrets(item) for item in value)
-    return value
+    """A redacted copy of ``value`` (``llenergymeasure.redaction.redact``)."""
+    return redact(value)
 
 
 def drop_secrets(value: Any) -> Any:

@@ -71,6 +71,9 @@ def scan_jsonl(
                 f"dataset {path} is not a regular file (a directory, FIFO or device)",
                 hint="pass the path of a .jsonl file",
             )
+        from llenergymeasure.files import register_input
+
+        register_input(path)  # no write of this command may replace it
         with os.fdopen(fd, "rb", closefd=False) as stream:
             return _scan(stream, path, limit, max_line_bytes)
     except OSError as err:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -150,6 +148,11 @@ class BaselineCache:
     ) -> None:
         self.ttl_s = ttl_s
         self.path = Path(path) if path is not None else None
+        if self.path is not None:
+            # Its folder is made now, not at each save: a folder that vanishes later (a study's
+            # directory deleted mid-study) is not recreated by a cache write.
+            with contextlib.suppress(OSError):
+                self.path.parent.mkdir(parents=True, exist_ok=True)
         self._clock = clock
         self._lock = threading.Lock()
         self._entries: dict[str, _Entry] = {}
@@ -229,20 +232,15 @@ class BaselineCache:
                 self._entries[e.key] = e
 
     def _save(self) -> None:
+        """Write the cache file (its folder must exist: a vanished study folder is not
+        recreated); a cache that cannot be written costs a baseline later, not the run."""
+        from llenergymeasure.exceptions import UnsafeWriteError
+        from llenergymeasure.files import write_json
+
         assert self.path is not None
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         payload = _CacheFile(entries=list(self._entries.values())).model_dump(mode="json")
-        fd, tmp = tempfile.mkstemp(
-            prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
-        )
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(payload, f, indent=2)
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        with contextlib.suppress(OSError, UnsafeWriteError):
+            write_json(self.path, payload, base=self.path.parent)
 
 
 _DEFAULT_CACHE = BaselineCache()

@@ -6,9 +6,7 @@ The thread never raises into the caller: an exception stops sampling and is kept
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -288,19 +286,7 @@ class EnergySampler:
         return pa.Table.from_pydict(columns, schema=schema)
 
     def to_parquet(self, path: str | os.PathLike[str]) -> Path:
-        """Write the timeseries sidecar atomically (temp file in the same dir + ``os.replace``)."""
-        import pyarrow.parquet as pq
+        """Write the timeseries sidecar through the one write path (``llenergymeasure.files``)."""
+        from llenergymeasure.files import write_table
 
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        table = self.to_table()
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        os.close(fd)
-        try:
-            pq.write_table(table, tmp)
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        return target
+        return write_table(Path(path), self.to_table())

@@ -5,15 +5,21 @@ tokenizer. It is generated deterministically on first use, saved with ``save_pre
 user cache and loaded afterwards with ``from_pretrained``, so that
 ``llem run --model builtin:tiny --dataset synthetic`` works offline on CPU on a fresh machine.
 
+The marker written last into the folder lists every file's size and SHA-256; a cached folder
+whose files do not match it (truncated by a full disk, edited, partly deleted) or whose marker
+has no such list is set aside and built again, with a note on stderr.
+
 torch, transformers and tokenizers are imported lazily inside the builder.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -83,8 +89,67 @@ def resolve_builtin_model(name: str, cache_dir: str | os.PathLike[str] | None = 
         )
     target = llem_cache_root(cache_dir) / "models" / _BUILTIN_MODELS[key]
     if (target / MARKER_FILE).is_file():
-        return target
+        problem = cache_problem(target)
+        if problem is None:
+            return target
+        print(
+            f"[llem] the cached {name} at {target} is damaged ({problem}); building it again",
+            file=sys.stderr,
+        )
+        _set_aside(target)
     return _build_atomically(target, _write_tiny_model)
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _inventory(folder: Path) -> dict[str, dict[str, object]]:
+    """Size and SHA-256 of every file of a model folder (the marker excluded)."""
+    return {
+        str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": _file_digest(p)}
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != MARKER_FILE
+    }
+
+
+def cache_problem(folder: Path) -> str | None:
+    """Why the built model in ``folder`` cannot be trusted, or None when every file matches
+    the inventory its marker holds."""
+    try:
+        marker = json.loads((folder / MARKER_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return f"unreadable marker: {exc}"
+    files = marker.get("files") if isinstance(marker, dict) else None
+    if not isinstance(files, dict) or not files:
+        return "the marker lists no files (built by an older llem)"
+    for name, expected in files.items():
+        path = folder / name
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return f"{name} is missing"
+        if not isinstance(expected, dict) or size != expected.get("size"):
+            return f"{name} has {size} bytes, expected {expected.get('size')}"
+        try:
+            if _file_digest(path) != expected.get("sha256"):
+                return f"{name} does not match its checksum"
+        except OSError as exc:
+            return f"{name} is unreadable: {exc}"
+    return None
+
+
+def _set_aside(target: Path) -> None:
+    """Move a damaged model folder out of the way (then delete it); a concurrent builder may
+    have replaced it already."""
+    trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.broken-", dir=target.parent))
+    with contextlib.suppress(OSError):
+        target.rename(trash / target.name)
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def _build_atomically(target: Path, writer: Callable[[Path], None]) -> Path:
@@ -95,10 +160,7 @@ def _build_atomically(target: Path, writer: Callable[[Path], None]) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists() and not (target / MARKER_FILE).is_file():
         # Leftover from a non-atomic copy or manual tampering: move it aside, then rebuild.
-        trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.broken-", dir=target.parent))
-        with contextlib.suppress(OSError):  # someone else already moved or replaced it
-            target.rename(trash / target.name)
-        shutil.rmtree(trash, ignore_errors=True)
+        _set_aside(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         writer(tmp)
@@ -191,5 +253,12 @@ def _write_tiny_model(folder: Path) -> None:
     )
     model.save_pretrained(folder)
     build_tiny_tokenizer().save_pretrained(folder)  # type: ignore[attr-defined]
-    marker = {"name": "builtin:tiny", "version": _TINY_VERSION, "seed": _TINY_SEED}
-    (folder / MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+    from llenergymeasure.files import write_json
+
+    marker = {
+        "name": "builtin:tiny",
+        "version": _TINY_VERSION,
+        "seed": _TINY_SEED,
+        "files": _inventory(folder),
+    }
+    write_json(folder / MARKER_FILE, marker, base=folder)

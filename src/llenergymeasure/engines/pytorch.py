@@ -482,6 +482,13 @@ class PyTorchBackend:
             tokenizer = AutoTokenizer.from_pretrained(source, **tok_kw)
             model = AutoModelForCausalLM.from_pretrained(source, **model_kw)
         except Exception as e:
+            from llenergymeasure.files import damaged_model_error, environment_error
+
+            damaged = damaged_model_error(e, model=config.model)
+            if damaged is not None:
+                raise damaged from e
+            if isinstance(e, OSError) and e.errno is not None:  # the disk, not the model id
+                raise environment_error(e, doing=f"loading {config.model!r}") from e
             raise BackendError(
                 f"could not load model {config.model!r}: {type(e).__name__}: {e}",
                 hint=_offline_hint(),

@@ -316,33 +316,33 @@ class TensorRTBackend(OfflineLLMEngine):
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         try:
+            from llenergymeasure.files import write_json, write_text
+
             self._llm.save(str(tmp))
-            (tmp / "llem-build.json").write_text(
-                json.dumps(
-                    {
-                        "cache_key": self._cache_key,
-                        "tensorrt_llm_version": version,
-                        "compile_time": {
-                            "model": config.model,
-                            "precision": config.precision,
-                            "quantization": resolve_quantization(config),
-                            **{
-                                k: _trt_setting(config, k)
-                                for k in (
-                                    "max_batch_size",
-                                    "max_seq_len",
-                                    "tp_size",
-                                    "pp_size",
-                                    "kv_cache_type",
-                                )
-                            },
+            write_json(
+                tmp / "llem-build.json",
+                {
+                    "cache_key": self._cache_key,
+                    "tensorrt_llm_version": version,
+                    "compile_time": {
+                        "model": config.model,
+                        "precision": config.precision,
+                        "quantization": resolve_quantization(config),
+                        **{
+                            k: _trt_setting(config, k)
+                            for k in (
+                                "max_batch_size",
+                                "max_seq_len",
+                                "tp_size",
+                                "pp_size",
+                                "kv_cache_type",
+                            )
                         },
                     },
-                    indent=2,
-                ),
-                encoding="utf-8",
+                },
+                base=tmp,
             )
-            (tmp / MARKER_FILE).write_text("ok\n", encoding="utf-8")
+            write_text(tmp / MARKER_FILE, "ok\n", base=tmp)
             if target.exists():  # a concurrent build won: keep theirs
                 shutil.rmtree(tmp, ignore_errors=True)
                 return

@@ -487,11 +487,9 @@ def measure_online(
                 )
             except OnlineRunFailed as exc:
                 if work_dir is not None:
-                    from llenergymeasure.results.io import atomic_write_text
+                    from llenergymeasure.files import write_json
 
-                    atomic_write_text(
-                        out / REQUESTS_FILE_NAME, exc.result.model_dump_json(indent=1) + "\n"
-                    )
+                    write_json(out / REQUESTS_FILE_NAME, exc.result, base=out, indent=1)
                 raise
             if sampler is not None and sampler.running:
                 sampler.stop()

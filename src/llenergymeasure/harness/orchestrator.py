@@ -36,6 +36,7 @@ from llenergymeasure.energy.sensors import GpuSensor
 from llenergymeasure.engines.base import InferenceBackend, RequestRecord
 from llenergymeasure.engines.data_parallel import ProcessReporter
 from llenergymeasure.exceptions import PreFlightError
+from llenergymeasure.files import SavedFiles
 from llenergymeasure.harness.assemble import CollectedRun, assemble_result, trusts_remote_code
 from llenergymeasure.harness.energy_split import host_energy_components
 from llenergymeasure.harness.prefill_window import measure_prefill_window, split_from_windows
@@ -60,23 +61,25 @@ class MeasuredExperiment:
     result: ExperimentResult
     timeseries: Any = None
     artifacts: dict[str, bytes] = field(default_factory=dict)
+    saved: SavedFiles | None = None  # where save() put the files (a rescue folder?)
 
-    def save(self, directory: Path, *, export_csv: bool = False) -> Path:
+    def save(
+        self,
+        directory: Path,
+        *,
+        export_csv: bool = False,
+        base: Path | None = None,
+        rescue: bool = True,
+    ) -> Path:
         """Write ``result.json`` (+ ``timeseries.parquet``, ``result.csv``, artifacts) into
-        ``directory``."""
-        from llenergymeasure.results.io import atomic_write_bytes, write_table_parquet
+        ``directory``, or a rescue folder if that fails and ``rescue`` (``harness.saving``);
+        returns the ``result.json`` written, and ``saved`` says where and why."""
+        from llenergymeasure.harness.saving import save_measurement
 
-        directory.mkdir(parents=True, exist_ok=True)
-        result = self.result.model_copy(update={"output_dir": str(directory)})
-        for name, content in self.artifacts.items():
-            atomic_write_bytes(directory / name, content)
-        if self.timeseries is not None:
-            write_table_parquet(self.timeseries, directory / "timeseries.parquet")
-        if export_csv:
-            result.to_csv(directory / "result.csv")
-        result.to_json(directory / "result.json")
-        self.result = result
-        return directory / "result.json"
+        self.saved = save_measurement(
+            self, directory, export_csv=export_csv, base=base, rescue=rescue
+        )
+        return self.saved.directory / "result.json"
 
 
 def _noop(_: str) -> None:

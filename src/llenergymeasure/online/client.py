@@ -343,7 +343,7 @@ class OpenAIStreamClient:
         if not prefix.endswith("/v1"):
             prefix += "/v1"
         self.path = prefix + ("/chat/completions" if api == "chat" else "/completions")
-        origin = f"{parts.scheme}://{parts.netloc}"
+        origin, self._basic_auth = _without_userinfo(f"{parts.scheme}://{parts.netloc}")
         self.url = origin + self.path
         self._pool: httpx.AsyncClient | None = None
 
@@ -439,6 +439,8 @@ class OpenAIStreamClient:
         headers["Content-Type"] = "application/json"
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
+        elif self._basic_auth is not None:
+            headers["Authorization"] = self._basic_auth
         return headers
 
     async def _timed_exchange(
@@ -604,6 +606,28 @@ def _tls_context() -> ssl.SSLContext:
     return ssl.create_default_context()
 
 
+def _without_userinfo(url: str) -> tuple[str, str | None]:
+    """``url`` without ``user:pass@`` and the ``Authorization: Basic`` value it stood for.
+
+    aiohttp refuses a URL that carries credentials beside an Authorization header (which httpx
+    adds for them), so the credentials travel as the header alone.
+    """
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url, None
+    import base64
+    from urllib.parse import unquote
+
+    host = parts.hostname or ""
+    if ":" in host:  # an IPv6 literal
+        host = f"[{host}]"
+    netloc = host if parts.port is None else f"{host}:{parts.port}"
+    user = unquote(parts.username or "")
+    password = unquote(parts.password or "")
+    token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+    return parts._replace(netloc=netloc).geturl(), f"Basic {token}"
+
+
 def _async_client(timeout_s: float, url: str) -> httpx.AsyncClient:
     """An httpx client for ``url``'s server on aiohttp's connection pool, with no cap of its own
     (the load driver caps what is in flight); TLS (verified) only for an https URL.
@@ -723,13 +747,17 @@ def http_get(
     """
     import httpx
 
+    bare_url, basic_auth = _without_userinfo(url)
+
     async def fetch() -> tuple[int, bytes]:
         headers = {"Accept": "application/json", "Accept-Encoding": "identity"}
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
+        elif basic_auth is not None:
+            headers["Authorization"] = basic_auth
         async with (
-            _async_client(timeout_s, url) as pool,
-            pool.stream("GET", url, headers=headers) as response,
+            _async_client(timeout_s, bare_url) as pool,
+            pool.stream("GET", bare_url, headers=headers) as response,
         ):
             body = bytearray()
             async for piece in response.aiter_raw():

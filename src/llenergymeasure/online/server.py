@@ -38,12 +38,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO
 
 from pydantic import BaseModel
 
@@ -297,6 +297,7 @@ class ManagedServer:
         self._pgid: int | None = None
         self._watchdog: subprocess.Popen[bytes] | None = None
         self._lifeline: int | None = None  # write end of the watchdog's pipe
+        self._pump: threading.Thread | None = None
 
     @property
     def base_url(self) -> str:
@@ -318,35 +319,40 @@ class ManagedServer:
                 hint="is the engine installed in this environment? "
                 "(vllm serve / transformers serve / trtllm-serve)",
             )
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            log.write(f"$ {' '.join(self.argv)}\n".encode())
-            log.flush()
-            try:
-                self.process = subprocess.Popen(
-                    _guard_argv("exec", str(os.getpid()), *self.argv),
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    env=env,
-                    start_new_session=True,
-                )
-            except OSError as exc:
-                raise BackendError(
-                    f"could not start the server {self.argv[0]!r}: {exc}",
-                    hint="is the engine installed in this environment? "
-                    "(vllm serve / transformers serve / trtllm-serve)",
-                ) from exc
-            self._pgid = self.process.pid
-            try:
-                self._start_watchdog(log)
-            except OSError as exc:
-                self.stop()
-                raise BackendError(
-                    f"could not start the watchdog that stops the server if llem dies: {exc}"
-                ) from exc
+        from llenergymeasure.files import open_log, pump_lines
 
-    def _start_watchdog(self, log: IO[bytes]) -> None:
+        # The server's output reaches its log through the redacting write path, line by line.
+        log = open_log(self.log_path)
+        log.write(f"$ {' '.join(self.argv)}\n")
+        log.flush()
+        try:
+            self.process = subprocess.Popen(
+                _guard_argv("exec", str(os.getpid()), *self.argv),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            log.close()
+            raise BackendError(
+                f"could not start the server {self.argv[0]!r}: {exc}",
+                hint="is the engine installed in this environment? "
+                "(vllm serve / transformers serve / trtllm-serve)",
+            ) from exc
+        assert self.process.stdout is not None
+        self._pump = pump_lines(self.process.stdout, log)
+        self._pgid = self.process.pid
+        try:
+            self._start_watchdog()
+        except OSError as exc:
+            self.stop()
+            raise BackendError(
+                f"could not start the watchdog that stops the server if llem dies: {exc}"
+            ) from exc
+
+    def _start_watchdog(self) -> None:
         assert self._pgid is not None
         read_end, write_end = os.pipe()  # neither end is inherited by later children
         try:
@@ -355,7 +361,7 @@ class ManagedServer:
                 pass_fds=(read_end,),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
-                stderr=log,
+                stderr=subprocess.DEVNULL,
                 start_new_session=True,
             )
         except OSError:
@@ -364,6 +370,11 @@ class ManagedServer:
         finally:
             os.close(read_end)
         self._lifeline = write_end
+
+    def _drain_log(self, wait_s: float = 5.0) -> None:
+        """Let the log catch up with the output of a server that has exited."""
+        if self._pump is not None:
+            self._pump.join(wait_s)
 
     def _healthy(self) -> bool:
         from llenergymeasure.online.client import http_get
@@ -390,6 +401,7 @@ class ManagedServer:
             code = self.process.poll()
             if code is not None:
                 self.stop()
+                self._drain_log()
                 raise BackendError(
                     f"server exited with code {code} before it became ready; "
                     f"log {self.log_path}:\n{_tail(self.log_path)}",
@@ -451,6 +463,7 @@ class ManagedServer:
             self.process.wait(timeout=self.grace_s)
         self._pgid = None
         self._release_watchdog()
+        self._drain_log()
 
     def _release_watchdog(self) -> None:
         """Close the watchdog's pipe (it finds the group gone and exits) and reap it."""

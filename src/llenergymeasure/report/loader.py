@@ -148,6 +148,9 @@ def read_timeseries(path: Path) -> Timeseries | None:
     try:
         import pyarrow.parquet as pq
 
+        from llenergymeasure.files import register_input
+
+        register_input(path)
         table = pq.read_table(path)
         names = set(table.column_names)
 
@@ -191,6 +194,9 @@ def _load_study(directory: Path) -> StudySource:
     manifest: StudyManifest | None = None
     if (directory / MANIFEST_NAME).is_file():
         try:
+            from llenergymeasure.files import register_input
+
+            register_input(directory / MANIFEST_NAME)
             manifest = StudyManifest.model_validate_json(
                 (directory / MANIFEST_NAME).read_text(encoding="utf-8")
             )

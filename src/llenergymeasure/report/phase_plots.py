@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from llenergymeasure.report.plots import DPI, require_matplotlib
+from llenergymeasure.report.plots import require_matplotlib
 
 __all__ = ["plot_phase_bars", "plot_request_energy"]
 
@@ -23,12 +23,9 @@ DECODE_COLOUR = "#1e88e5"
 
 
 def _write(fig: Any, path: Path) -> Path:
-    import matplotlib.pyplot as plt
+    from llenergymeasure.report.plots import _save
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, facecolor="white")
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _usable(value: float | None) -> bool:

@@ -54,12 +54,15 @@ def require_matplotlib() -> Any:
 
 
 def _save(fig: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, facecolor="white")
+    """Write ``fig`` as a PNG through the one write path (its text redacted), then close it."""
     import matplotlib.pyplot as plt
 
-    plt.close(fig)
-    return path
+    from llenergymeasure.files import write_figure
+
+    try:
+        return write_figure(path, fig, dpi=DPI, facecolor="white")
+    finally:
+        plt.close(fig)
 
 
 def phase_spans(ts: Timeseries) -> list[tuple[str, float, float]]:

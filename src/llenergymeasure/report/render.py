@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from llenergymeasure.files import write_text
 from llenergymeasure.report.html import cell as _td
 from llenergymeasure.report.html import escape as _e
 from llenergymeasure.report.html import page as _page
@@ -313,7 +314,7 @@ def _render_experiment(
         + "</pre></details>"
     )
     body.append(f'<p class="meta">{_e(r.reproducibility_notes)}</p>')
-    html_path.write_text(_page(f"llem report: {r.config.model}", "".join(body)), "utf-8")
+    write_text(html_path, _page(f"llem report: {r.config.model}", "".join(body)))
     stats = study_statistics([(r.measurement_config_hash, r.config)], [(1, r)])
     return ReportOutcome(
         html_path=html_path,
@@ -601,7 +602,7 @@ def _render_study(
             f"{_e(env.engine)} {_e(env.engine_version or '')} · Python {_e(env.python_version)}"
             f' · {_e(env.os)}</p><p class="meta">{_e(first.reproducibility_notes)}</p>'
         )
-    html_path.write_text(_page(f"llem study report: {source.name}", "".join(body)), "utf-8")
+    write_text(html_path, _page(f"llem study report: {source.name}", "".join(body)))
     return ReportOutcome(
         html_path=html_path,
         images=images,
@@ -626,7 +627,6 @@ def render_report(path: str | Path, output: str | Path | None = None) -> ReportO
     html_path = Path(output) if output is not None else source.directory / "report.html"
     if html_path.is_dir():
         html_path = html_path / "report.html"
-    html_path.parent.mkdir(parents=True, exist_ok=True)
     prefix = html_path.stem
     if isinstance(source, ExperimentSource):
         return _render_experiment(source, html_path, prefix, figures=figures)

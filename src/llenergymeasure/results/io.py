@@ -1,76 +1,16 @@
-"""Writing results safely: atomic files, unique output directories, flat tables."""
+"""Result locations and flat tables: unique output directories, rows for parquet and CSV.
+
+Every byte is written by ``llenergymeasure.files`` (atomic, redacted, no links, no inputs).
+"""
 
 from __future__ import annotations
 
-import contextlib
-import csv
-import io
-import os
 import re
-import tempfile
-import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from llenergymeasure.exceptions import ConfigError
-
-#: A temp file of a write this old was left by a killed writer (a live write takes seconds).
-STALE_TMP_SECONDS = 300.0
-
-
-def _umask() -> int:
-    """The process umask (read without changing it where /proc allows)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def remove_stale_temp_files(directory: Path, *, older_than_s: float = STALE_TMP_SECONDS) -> None:
-    """Delete ``.<name>.<random>.tmp`` files of killed atomic writes in ``directory``."""
-    cutoff = time.time() - older_than_s
-    with contextlib.suppress(OSError):
-        for entry in os.scandir(directory):
-            if not (entry.name.startswith(".") and entry.name.endswith(".tmp")):
-                continue
-            with contextlib.suppress(OSError):
-                if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
-                    os.unlink(entry.path)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a temp file in the same directory and ``os.replace``.
-
-    The file gets the permissions a plain ``open()`` would (0666 less the umask), and temp
-    files that killed writes left in the directory are removed first.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temp_files(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def atomic_write_text(path: Path, text: str) -> Path:
-    """Atomic text write (UTF-8)."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def model_slug(model: str) -> str:
@@ -152,27 +92,22 @@ def _table(rows: list[dict[str, Any]]) -> Any:
     return pa.table(arrays)
 
 
-def write_table_parquet(table: Any, path: Path) -> Path:
-    """Write a ``pyarrow.Table`` as parquet, atomically."""
-    import pyarrow.parquet as pq
+def write_table_parquet(table: Any, path: Path, *, base: Path | None = None) -> Path:
+    """Write a ``pyarrow.Table`` as parquet through the one write path."""
+    from llenergymeasure.files import write_table
 
-    sink = io.BytesIO()
-    pq.write_table(table, sink)
-    return atomic_write_bytes(path, sink.getvalue())
+    return write_table(path, table, base=base)
 
 
-def write_rows_parquet(rows: list[dict[str, Any]], path: Path) -> Path:
-    """Write flat rows as a parquet table, atomically."""
-    return write_table_parquet(_table(rows), path)
+def write_rows_parquet(rows: list[dict[str, Any]], path: Path, *, base: Path | None = None) -> Path:
+    """Write flat rows as a parquet table through the one write path."""
+    from llenergymeasure.redaction import redact
+
+    return write_table_parquet(_table(redact(rows)), path, base=base)
 
 
-def write_rows_csv(rows: list[dict[str, Any]], path: Path) -> Path:
-    """Write flat rows as CSV, atomically."""
-    keys: list[str] = []
-    for row in rows:
-        keys.extend(k for k in row if k not in keys)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=keys)
-    writer.writeheader()
-    writer.writerows(rows)
-    return atomic_write_text(path, buf.getvalue())
+def write_rows_csv(rows: list[dict[str, Any]], path: Path, *, base: Path | None = None) -> Path:
+    """Write flat rows as CSV through the one write path."""
+    from llenergymeasure.files import write_csv
+
+    return write_csv(path, rows, base=base)

@@ -43,21 +43,30 @@ _M = TypeVar("_M", bound="JsonFileModel")
 class JsonFileModel(BaseModel):
     """A result model with JSON file round trips (atomic writes)."""
 
-    def to_json(self, path: str | Path | None = None, *, indent: int = 2) -> str:
-        """Serialise to JSON; with ``path``, also write it atomically."""
-        text = self.model_dump_json(indent=indent)
-        if path is not None:
-            from llenergymeasure.results.io import atomic_write_text
+    def to_json(
+        self, path: str | Path | None = None, *, indent: int = 2, base: Path | None = None
+    ) -> str:
+        """Serialise to JSON, redacted (``llenergymeasure.redaction``); with ``path``, also
+        write it through the one write path (atomic, never through a link or over an input;
+        ``base``: see ``llenergymeasure.files``)."""
+        from llenergymeasure.redaction import redact_json
 
-            atomic_write_text(Path(path), text + "\n")
+        text = redact_json(self, indent=indent)
+        if path is not None:
+            from llenergymeasure.files import write_bytes
+
+            write_bytes(Path(path), (text + "\n").encode("utf-8"), base=base)
         return text
 
     @classmethod
     def from_json(cls: type[_M], source: str | Path) -> _M:
-        """Load from a JSON string or a file path."""
+        """Load from a JSON string or a file path (registered as an input of this process)."""
         if isinstance(source, Path) or (
             isinstance(source, str) and not source.lstrip().startswith("{")
         ):
+            from llenergymeasure.files import register_input
+
+            register_input(source)
             source = Path(source).read_text(encoding="utf-8")
         return cls.model_validate_json(source)
 
@@ -512,17 +521,18 @@ class ExperimentResult(JsonFileModel):
             attribution = attribution.model_copy(update={"requests": _request_energies(self)})
         return phase_columns(self.phase_split, attribution, self.energy.components)
 
-    def to_parquet(self, path: str | Path) -> Path:
-        """Write the one-row summary table (config columns + metrics) as parquet, atomically."""
+    def to_parquet(self, path: str | Path, *, base: Path | None = None) -> Path:
+        """Write the one-row summary table (config columns + metrics) as parquet, through the
+        one write path (``llenergymeasure.files``)."""
         from llenergymeasure.results.io import write_rows_parquet
 
-        return write_rows_parquet([self.summary_row()], Path(path))
+        return write_rows_parquet([self.summary_row()], Path(path), base=base)
 
-    def to_csv(self, path: str | Path) -> Path:
-        """Write the one-row summary table as CSV, atomically."""
+    def to_csv(self, path: str | Path, *, base: Path | None = None) -> Path:
+        """Write the one-row summary table as CSV, through the one write path."""
         from llenergymeasure.results.io import write_rows_csv
 
-        return write_rows_csv([self.summary_row()], Path(path))
+        return write_rows_csv([self.summary_row()], Path(path), base=base)
 
 
 def _request_energies(result: ExperimentResult) -> list[Any]:
@@ -762,7 +772,17 @@ class StudyResult(JsonFileModel):
     )
     result_files: list[str] = Field(
         default_factory=list,
-        description="result.json of each completed run, relative to study_dir.",
+        description=(
+            "result.json of each completed run, relative to study_dir (absolute for a result "
+            "that had to be rescued elsewhere)."
+        ),
+    )
+    rescued: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Completed runs whose result could not be saved in the study directory and was "
+            "saved to a rescue folder: '<run_id>: <where and why>' (llem run exits 3)."
+        ),
     )
     results_table: str | None = Field(
         None, description="The flat one-row-per-run table (results.parquet), relative to study_dir."

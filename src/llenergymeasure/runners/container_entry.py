@@ -66,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress=lambda msg: print(msg, file=sys.stderr, flush=True),
             work_dir=out_dir,  # an online run's server log lands beside the result as it goes
         )
-        measured.save(out_dir)
+        measured.save(out_dir, rescue=False)  # a container's own disk dies with it
     except Exception as e:
         traceback.print_exc()
         _write_error(out_dir, e)
@@ -75,11 +75,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _write_error(out_dir: Path, exc: BaseException) -> None:
-    from llenergymeasure.results.io import atomic_write_text
+    from llenergymeasure.files import write_json
 
-    atomic_write_text(
-        out_dir / "error.json",
-        json.dumps({"type": type(exc).__name__, "message": str(exc) or repr(exc)}, indent=2),
+    write_json(
+        out_dir / "error.json", {"type": type(exc).__name__, "message": str(exc) or repr(exc)}
     )
 
 
@@ -146,7 +145,7 @@ def _serve_one(
             baseline_cache=cache,
             work_dir=out_dir,
         )
-        measured.save(out_dir)
+        measured.save(out_dir, rescue=False)  # a container's own disk dies with it
     except BaseException as exc:
         from llenergymeasure.harness.session import is_fatal
 

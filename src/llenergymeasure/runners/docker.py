@@ -219,18 +219,27 @@ class DockerRunner:
         name = f"llem-{uuid.uuid4().hex[:12]}"
         cmd = self.build_command(config, run_dir, name=name, env=env)
         proc_env = dict(os.environ if env is None else env)
+        from llenergymeasure.files import open_log, pump_lines
+
+        # The container's output reaches the log through the redacting write path.
+        log = open_log(log_path, base=run_dir)
         try:
-            with log_path.open("w", encoding="utf-8") as log:
-                log.write("$ " + " ".join(cmd) + "\n")
-                log.flush()
-                proc = subprocess.run(
-                    cmd,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=proc_env,
-                    timeout=timeout_s,
-                    check=False,
+            log.write("$ " + " ".join(cmd) + "\n")
+            try:
+                proc = subprocess.Popen(
+                    cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=proc_env
                 )
+            except OSError as e:
+                raise ExperimentError(f"could not start `{self.docker} run`: {e}") from e
+            assert proc.stdout is not None
+            pump = pump_lines(proc.stdout, log, close=False)
+            try:
+                returncode = proc.wait(timeout=timeout_s)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+                pump.join()
         except subprocess.TimeoutExpired:
             # Killing the docker client does not stop the container: stop it by name.
             subprocess.run(
@@ -240,17 +249,19 @@ class DockerRunner:
                 f"container {name} ({self.image}) ran past {timeout_s} s and was killed; "
                 f"log: {log_path}"
             ) from None
-        except OSError as e:
-            raise ExperimentError(f"could not start `{self.docker} run`: {e}") from e
+        except ExperimentError:
+            raise
         except BaseException:  # interrupted (Ctrl-C, the study's timeout): no orphan container
             subprocess.run(
                 [self.docker, "kill", name], capture_output=True, check=False, env=proc_env
             )
             raise
+        finally:
+            log.close()
 
         result_path = out_dir / "result.json"
-        if proc.returncode != 0 or not result_path.is_file():
-            raise ExperimentError(self._failure_message(proc.returncode, out_dir, log_path))
+        if returncode != 0 or not result_path.is_file():
+            raise ExperimentError(self._failure_message(returncode, out_dir, log_path))
         result = read_result(result_path, self.image, log_path)
         return DockerRunResult(
             result=result, result_path=result_path, log_path=log_path, command=cmd
@@ -268,13 +279,14 @@ class DockerRunner:
 def prepare_exchange(config: ExperimentConfig, run_dir: Path) -> Path:
     """Write ``config.json`` into ``run_dir`` and empty its ``out/`` of an earlier attempt's
     files (a resumed run must not read them back); returns ``out/``."""
-    from llenergymeasure.results.io import atomic_write_text
+    from llenergymeasure.files import write_json
 
     out_dir = Path(run_dir) / "out"
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in ("result.json", "timeseries.parquet", "error.json"):
         (out_dir / stale).unlink(missing_ok=True)
-    atomic_write_text(Path(run_dir) / "config.json", config.model_dump_json(indent=2))
+    # Redacted like every file: credentials reach a container through its environment.
+    write_json(Path(run_dir) / "config.json", config, base=Path(run_dir))
     return out_dir
 
 

@@ -49,6 +49,7 @@ from llenergymeasure.runners.docker import (
 
 if TYPE_CHECKING:
     from llenergymeasure.config.models import ExperimentConfig
+    from llenergymeasure.files import LogFile
 
 __all__ = ["FATAL_EXIT_S", "GROUP_STOP_S", "DockerEngineGroup"]
 
@@ -75,7 +76,7 @@ class DockerEngineGroup:
         self._proc: subprocess.Popen[bytes] | None = None
         self._replies: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self._reader: threading.Thread | None = None
-        self._log: IO[str] | None = None
+        self._log: LogFile | None = None
         self._log_lock = threading.Lock()
 
     @property
@@ -243,7 +244,9 @@ class DockerEngineGroup:
 
     def _switch_log(self, log_path: Path, run_id: str) -> None:
         """From now on the container's output goes to ``log_path`` (this run's log)."""
-        log = log_path.open("w", encoding="utf-8")
+        from llenergymeasure.files import open_log
+
+        log = open_log(log_path)  # redacted line by line, never through a link
         log.write("$ " + " ".join(self.command) + "\n")
         log.write(
             f"# engine group container {self.name} (started for run {self.started_for}): "

@@ -7,6 +7,7 @@ run (config x cycle) with its state, timestamps, attempts, result path and error
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -83,7 +84,18 @@ class RunEntry(BaseModel):
     started_at: datetime | None = Field(None, description="Start of the last attempt.")
     finished_at: datetime | None = Field(None, description="End of the last attempt.")
     result_path: str | None = Field(
-        None, description="Its result.json, relative to the study directory."
+        None,
+        description=(
+            "Its result.json, relative to the study directory (absolute when it had to be "
+            "rescued elsewhere, see rescued)."
+        ),
+    )
+    rescued: str | None = Field(
+        None,
+        description=(
+            "Why the result is not in the study directory: it could not be saved there and "
+            "was saved to result_path instead."
+        ),
     )
     error: RunError | None = Field(None, description="Why it failed.")
     pid: int | None = Field(None, description="Process that ran it (kept for audit).")
@@ -161,15 +173,65 @@ def manifest_path(study_dir: Path) -> Path:
 
 
 def write_manifest(manifest: StudyManifest, path: Path) -> None:
-    """Write the manifest atomically (temp file + rename), stamping ``updated_at``."""
-    from llenergymeasure.results.io import atomic_write_text
+    """Write the manifest through the one write path (atomic, redacted; its folder must exist,
+    and it never replaces another study's manifest), stamping ``updated_at``."""
+    from llenergymeasure.files import write_json
 
     manifest.updated_at = utc_now()
-    atomic_write_text(path, manifest.model_dump_json(indent=2) + "\n")
+    write_json(path, manifest, base=path.parent)
+
+
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def manifest_problems(manifest: StudyManifest) -> list[str]:
+    """What makes ``manifest`` unusable: duplicate or unsafe run ids, positions, cycles or
+    config indices out of range, entries whose config hash is not their config's, result
+    paths that leave the study directory. Empty when it is sound."""
+    from llenergymeasure.config.hashing import measurement_config_hash
+
+    problems: list[str] = []
+    n_configs, n_runs = len(manifest.experiments), len(manifest.runs)
+    hashes = [measurement_config_hash(c) for c in manifest.experiments]
+    seen_ids: set[str] = set()
+    seen_positions: set[int] = set()
+    for i, run in enumerate(manifest.runs):
+        label = f"runs[{i}] ({run.run_id!r})"
+        if not _RUN_ID.fullmatch(run.run_id) or run.run_id in (".", ".."):
+            problems.append(f"{label}: the run id is not a plain folder name")
+        if run.run_id in seen_ids:
+            problems.append(f"{label}: the run id appears twice")
+        seen_ids.add(run.run_id)
+        if not 1 <= run.position <= n_runs or run.position in seen_positions:
+            problems.append(
+                f"{label}: position {run.position} is out of range 1..{n_runs} or repeated"
+            )
+        seen_positions.add(run.position)
+        if not 0 <= run.config_index < n_configs:
+            problems.append(
+                f"{label}: config_index {run.config_index} is out of range 0..{n_configs - 1}"
+            )
+        elif run.config_hash != hashes[run.config_index]:
+            problems.append(
+                f"{label}: config_hash {run.config_hash} is not the hash of experiments"
+                f"[{run.config_index}] ({hashes[run.config_index]})"
+            )
+        if not 1 <= run.cycle <= manifest.execution.n_cycles:
+            problems.append(
+                f"{label}: cycle {run.cycle} is out of range 1..{manifest.execution.n_cycles}"
+            )
+        if run.result_path is not None:
+            result = Path(run.result_path)
+            if result.is_absolute() and run.rescued is None:
+                problems.append(f"{label}: result_path {run.result_path} is outside the study")
+            if not result.is_absolute() and ".." in result.parts:
+                problems.append(f"{label}: result_path {run.result_path} leaves the study")
+    return problems
 
 
 def load_manifest(study_dir: str | Path) -> StudyManifest:
-    """Read a study directory's manifest; ``ConfigError`` if it is missing or not a study."""
+    """Read and check a study directory's manifest; ``ConfigError`` if it is missing, not a
+    study, or unsound (``manifest_problems``), with the way to rebuild it."""
     directory = Path(study_dir)
     if not directory.exists():
         raise ConfigError(
@@ -184,11 +246,26 @@ def load_manifest(study_dir: str | Path) -> StudyManifest:
             f"--resume: {directory} is not a study directory (no {MANIFEST_NAME} in it)",
             hint="give the directory a study wrote, e.g. results/<study-name>_<timestamp>",
         )
+    rebuild = (
+        "rebuild it from the results that are there: "
+        f"llem run --resume {directory} --rebuild-manifest [study.yaml]"
+    )
     try:
-        return StudyManifest.model_validate_json(path.read_text(encoding="utf-8"))
+        manifest = StudyManifest.model_validate_json(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, ValidationError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(
             f"--resume: {path} is not a valid study manifest ({first})",
-            hint="the file was edited or written by an incompatible llem version",
+            hint=f"the file was damaged, edited or written by an incompatible llem version; "
+            f"{rebuild}",
         ) from None
+    problems = manifest_problems(manifest)
+    if problems:
+        shown = "\n".join(f"  - {p}" for p in problems[:10])
+        more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
+        raise ConfigError(
+            f"--resume: {path} is not a sound study manifest ({len(problems)} problem(s)):\n"
+            f"{shown}{more}",
+            hint=rebuild,
+        )
+    return manifest

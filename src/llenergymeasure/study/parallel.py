@@ -34,6 +34,7 @@ from llenergymeasure.study.planning import gap_before
 from llenergymeasure.study.processes import (
     START_ALLOWANCE_S,
     STOP_GRACE_S,
+    SavedRun,
     conclude,
     outcome_of,
     stop_process,
@@ -269,15 +270,15 @@ def _step(runner: StudyBookkeeping, active: list[_Active]) -> list[_Active]:
     return done
 
 
-def _annotate(outcome: Any, entry: RunEntry, others: list[_Span]) -> Any:
+def _annotate(outcome: SavedRun, entry: RunEntry, others: list[_Span]) -> SavedRun:
     """Add the concurrency note to a completed run's result (and rewrite its result.json)."""
-    result, path = outcome
+    result, path = outcome.result, outcome.path
     names = ", ".join(f"{o.run_id} on {o.device}" for o in others)
     note = f"{THERMAL_NOTE}; this run on {entry.device}; concurrent runs: {names}"
     warnings = [*result.measurement_warnings, note]
     result = result.model_copy(update={"measurement_warnings": warnings})
-    result.to_json(path)
-    return result, path
+    result.to_json(path, base=path.parent)
+    return SavedRun(result, path, outcome.rescue_reason)
 
 
 def _visible_slots() -> list[DeviceSlot]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from llenergymeasure.study.manifest import RunError
 __all__ = [
     "STOP_GRACE_S",
     "Outcome",
+    "SavedRun",
     "conclude",
     "describe_exit",
     "outcome_of",
@@ -29,7 +31,17 @@ __all__ = [
 
 STOP_GRACE_S = 5.0  # after terminate(), how long a run's process gets before kill()
 
-Outcome = RunError | tuple[ExperimentResult, Path]
+@dataclass(frozen=True)
+class SavedRun:
+    """A run that completed: its result and the ``result.json`` it was saved to
+    (``rescue_reason``: why that is a rescue folder instead of the run's own folder)."""
+
+    result: ExperimentResult
+    path: Path
+    rescue_reason: str | None = None
+
+
+Outcome = RunError | SavedRun
 Final = tuple[str, dict[str, Any]]
 
 
@@ -127,7 +139,8 @@ def outcome_of(final: Final | None, exitcode: int | None) -> Outcome:
         result = ExperimentResult.model_validate_json(text)
     except (OSError, ValueError, ValidationError) as exc:
         return RunError(type="InvalidResult", message=f"could not read {path}: {exc}")
-    return result, path
+    reason = payload.get("rescue_reason")
+    return SavedRun(result, path, str(reason) if reason else None)
 
 
 def conclude(proc: Any, final: Final | None) -> Outcome:

@@ -41,7 +41,13 @@ from pydantic import ValidationError
 from llenergymeasure._version import __version__
 from llenergymeasure.config.models import ExperimentConfig
 from llenergymeasure.config.study import StudyConfig
-from llenergymeasure.exceptions import ConfigError, StudyError
+from llenergymeasure.exceptions import (
+    ConfigError,
+    MeasurementsRescued,
+    StudyError,
+    UnsafeWriteError,
+)
+from llenergymeasure.files import failure_reason
 from llenergymeasure.results.models import ExperimentResult, StudyResult
 from llenergymeasure.study.executors import (
     EngineReuseExecutor,
@@ -120,6 +126,14 @@ def study_runner_kind(experiments: list[ExperimentConfig], runner: str | None) -
     return "slurm" if slurm else "local"
 
 
+def _identity_of(directory: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(directory)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
 def _detach_problem() -> ConfigError:
     return ConfigError(
         "--detach needs the slurm runner: a local study runs in this process",
@@ -130,33 +144,96 @@ def _detach_problem() -> ConfigError:
 # --- the study lock --------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _study_lock(study_dir: Path) -> Iterator[None]:
-    """Exclusive lock on the study directory for this process (released even on SIGKILL)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        yield
-        return
-    fd = os.open(study_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
+class StudyLock:
+    """Exclusive lock on a study directory, held while the study runs.
+
+    The lock is ``flock`` on an open descriptor of the study **directory itself**: deleting or
+    replacing files inside it cannot release it, and the kernel releases it when the process
+    ends (even on SIGKILL). On a filesystem without directory locks (some NFS or Lustre
+    mounts), a lock file ``.study.lock`` held open is the fallback; ``check`` (called before
+    every manifest write) stops the study if that file was deleted or replaced, since a second
+    process could then have locked a new one.
+    """
+
+    def __init__(self, study_dir: Path) -> None:
+        self.study_dir = study_dir
+        self._dir_fd: int | None = None
+        self._file_fd: int | None = None
+
+    def acquire(self) -> None:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            return
+        busy = StudyError(
+            f"{self.study_dir} is being run by another llem process",
+            hint="wait for it to finish, or stop it first",
+        )
+        try:
+            dir_fd = os.open(self.study_dir, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            raise StudyError(
+                f"the study directory {self.study_dir} does not exist (was it moved or deleted?)",
+                hint="give the directory a study wrote, e.g. results/<study-name>_<timestamp>",
+            ) from None
+        try:
+            fcntl.flock(dir_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(dir_fd)
+            raise busy from None
+        except OSError:  # no directory locks on this filesystem: a lock file held open
+            os.close(dir_fd)
+            self._acquire_file(fcntl, busy)
+            return
+        self._dir_fd = dir_fd
+
+    def _acquire_file(self, fcntl: Any, busy: StudyError) -> None:
+        fd = os.open(self.study_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            raise StudyError(
-                f"{study_dir} is being run by another llem process",
-                hint="wait for it to finish, or stop it first",
-            ) from None
+            os.close(fd)
+            raise busy from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
+        self._file_fd = fd
+
+    def check(self) -> None:
+        """``StudyError`` when a fallback lock file was deleted or replaced under this study."""
+        if self._file_fd is None:
+            return
+        held = os.fstat(self._file_fd)
         try:
-            yield
-        finally:
+            now = os.stat(self.study_dir / LOCK_NAME, follow_symlinks=False)
+        except OSError:
+            now = None
+        if now is None or (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino):
+            raise StudyError(
+                f"the lock file {self.study_dir / LOCK_NAME} was deleted or replaced while "
+                "this study ran; another llem process may be running it now, so this one stops",
+                hint=f"when no other llem runs it: llem run --resume {self.study_dir}",
+            )
+
+    def release(self) -> None:
+        if self._file_fd is not None:
             # Removed while still held, so no later process can lock the file being removed.
             with contextlib.suppress(OSError):
-                os.unlink(study_dir / LOCK_NAME)
-    finally:
-        os.close(fd)
+                held = os.fstat(self._file_fd)
+                now = os.stat(self.study_dir / LOCK_NAME, follow_symlinks=False)
+                if (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+                    os.unlink(self.study_dir / LOCK_NAME)
+            os.close(self._file_fd)
+            self._file_fd = None
+        if self._dir_fd is not None:
+            os.close(self._dir_fd)
+            self._dir_fd = None
+
+    def __enter__(self) -> StudyLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 @contextlib.contextmanager
@@ -223,6 +300,10 @@ class StudyRunner:
         self.slurm_options = slurm_options or {}  # SlurmStudyExecutor keyword arguments
         self.processes: list[Any] = []  # live child processes, stopped on Ctrl-C
         self._progress: StudyProgress | None = None
+        self._lock: StudyLock | None = None
+        # The study directory this runner works in (device, inode): a directory that vanished
+        # or was replaced under the same name stops the study instead of being written to.
+        self._dir_identity = _identity_of(self.study_dir)
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -287,11 +368,38 @@ class StudyRunner:
             print(f"[llem] {note}", file=runner.stream or sys.stderr)
         return runner
 
+    @classmethod
+    def rebuild(
+        cls, study_dir: Path, *, study: StudyConfig | None = None, **kwargs: Any
+    ) -> StudyRunner:
+        """Rebuild ``study_dir``'s manifest from its results (``study.rebuild``; under the
+        study lock), then continue the study like ``resume``."""
+        from llenergymeasure.study.rebuild import rebuild_manifest
+
+        study_dir = Path(study_dir)
+        with StudyLock(study_dir):
+            rebuilt = rebuild_manifest(study_dir, study)
+        runner = cls.resume(study_dir, study=study, **kwargs)
+        notes = [
+            f"rebuilt {manifest_path(study_dir)}: {rebuilt.completed} of "
+            f"{len(rebuilt.manifest.runs)} runs completed"
+        ]
+        if rebuilt.kept_damaged_as is not None:
+            notes.append(f"the old manifest is kept as {rebuilt.kept_damaged_as}")
+        notes += [f"not used: {item}" for item in rebuilt.skipped]
+        for note in notes:
+            runner._note(note)
+        return runner
+
     # -- running ------------------------------------------------------------------------------
     def run(self) -> StudyResult:
         """Run every run that is not completed; returns the study's ``StudyResult``."""
-        with _study_lock(self.study_dir), _sigterm_as_interrupt():
-            return self._run_locked()
+        with StudyLock(self.study_dir) as lock, _sigterm_as_interrupt():
+            self._lock = lock
+            try:
+                return self._run_locked()
+            finally:
+                self._lock = None
 
     def runner_kind(self) -> str:
         """``slurm`` when every backend of the study runs on SLURM, else ``local`` (runs in
@@ -405,12 +513,29 @@ class StudyRunner:
             entry.error = outcome
             self.progress.message(f"{entry.run_id} FAILED: {outcome.type}: {outcome.message}")
         else:
-            result, path = outcome
-            self.results[entry.run_id] = result
+            self.results[entry.run_id] = outcome.result
             entry.status = "completed"
-            entry.result_path = os.path.relpath(path, self.study_dir)
-            self.progress.message(f"{entry.run_id} completed")
+            self.place_result(entry, outcome.path, outcome.rescue_reason)
+            if entry.rescued:
+                self.progress.message(f"{entry.run_id} completed; {entry.rescued}")
+            else:
+                self.progress.message(f"{entry.run_id} completed")
         self.save()
+
+    def place_result(self, entry: RunEntry, path: Path, reason: str | None = None) -> None:
+        """Record where ``entry``'s result file is: relative inside the study directory, else
+        absolute with the reason it had to be rescued elsewhere."""
+        path = Path(path)
+        inside = os.path.abspath(path).startswith(os.path.abspath(self.study_dir) + os.sep)
+        if inside and reason is None:
+            entry.result_path = os.path.relpath(path, self.study_dir)
+            entry.rescued = None
+        else:
+            entry.result_path = str(Path(os.path.abspath(path)))
+            entry.rescued = (
+                f"could not be saved in the study directory ({reason or 'see the run log'}); "
+                f"saved to {entry.result_path}"
+            )
 
     def _interrupted(self, session: StudySession) -> None:
         """Ctrl-C: stop the current run, mark it interrupted, leave a valid manifest."""
@@ -442,22 +567,56 @@ class StudyRunner:
                 signal.signal(signal.SIGINT, previous)
 
     def load_completed(self) -> None:
-        """Read the results of runs completed earlier; a missing one is run again."""
+        """Read the results of runs completed earlier and check each against its manifest
+        entry: a missing one runs again; an unreadable one, or one measured with another
+        config (its hash differs from the entry's), is set aside (its run folder renamed,
+        never deleted) and runs again."""
         for entry in self.manifest.runs:
             if entry.status != "completed" or entry.run_id in self.results:
                 continue
-            path = self.study_dir / (entry.result_path or "")
+            path = self.study_dir / (entry.result_path or "")  # absolute when rescued
+            problem: str | None = None
             try:
-                self.results[entry.run_id] = ExperimentResult.from_json(path)
-            except (OSError, ValueError, ValidationError):
-                if not self.quiet:
-                    print(
-                        f"[llem] {entry.run_id}: result file {path} is missing or unreadable; "
-                        "it will run again",
-                        file=self.stream or sys.stderr,
+                result = ExperimentResult.from_json(path)
+            except (OSError, ValueError, ValidationError) as exc:
+                problem = "is missing" if isinstance(exc, FileNotFoundError) else "is unreadable"
+            else:
+                if result.measurement_config_hash != entry.config_hash:
+                    problem = (
+                        f"was measured with config hash {result.measurement_config_hash}, but "
+                        f"its manifest entry is config {entry.config_hash}"
                     )
-                entry.status = "pending"
-                entry.result_path = None
+                else:
+                    self.results[entry.run_id] = result
+                    continue
+            moved = self._set_aside(entry, path) if path.exists() else None
+            self._note(
+                f"{entry.run_id}: result file {path} {problem}"
+                + (f"; kept as {moved}" if moved else "")
+                + "; the run will run again"
+            )
+            entry.status = "pending"
+            entry.result_path = None
+            entry.rescued = None
+
+    def _set_aside(self, entry: RunEntry, path: Path) -> Path | None:
+        """Rename the run's folder (or the result file, outside it) out of the way."""
+        run_dir = self.study_dir / entry.run_id
+        target = run_dir if path.parent == run_dir else path
+        for i in range(1, 1000):
+            aside = target.with_name(f"{target.name}.set-aside-{i}")
+            if aside.exists() or aside.is_symlink():
+                continue
+            try:
+                target.rename(aside)
+            except OSError:
+                return None
+            return aside
+        return None
+
+    def _note(self, message: str) -> None:
+        if not self.quiet:
+            print(f"[llem] {message}", file=self.stream or sys.stderr)
 
     def finish(self) -> StudyResult:
         from llenergymeasure.study.summary import build_study_result, write_study_outputs
@@ -470,11 +629,79 @@ class StudyRunner:
             finished_at=utc_now(),
         )
         if self.persist:
-            write_study_outputs(self.study_dir, result, self.manifest, self.results)
+            self._check_study_dir()
+            try:
+                write_study_outputs(self.study_dir, result, self.manifest, self.results)
+            except (OSError, UnsafeWriteError) as exc:
+                raise self._rescue_study(
+                    f"the study's summary could not be written in {self.study_dir} "
+                    f"({failure_reason(exc)})"
+                ) from None
         return result
 
     def save(self) -> None:
-        self.write(self.manifest, manifest_path(self.study_dir))
+        """Write the manifest (checkpoint); a study directory that vanished, was replaced or
+        cannot be written stops the study, its manifest and results rescued elsewhere."""
+        self._check_study_dir()
+        try:
+            self.write(self.manifest, manifest_path(self.study_dir))
+        except (OSError, UnsafeWriteError) as exc:
+            raise self._rescue_study(
+                f"the study manifest could not be written in {self.study_dir} "
+                f"({failure_reason(exc)})"
+            ) from None
+
+    def _check_study_dir(self) -> None:
+        if self._lock is not None:
+            self._lock.check()
+        if self._dir_identity is None:
+            return
+        now = _identity_of(self.study_dir)
+        if now != self._dir_identity:
+            what = "disappeared" if now is None else "was replaced by another directory"
+            raise self._rescue_study(f"the study directory {self.study_dir} {what}")
+
+    def _rescue_study(self, reason: str) -> MeasurementsRescued | StudyError:
+        """Save the manifest and every finished result into a rescue folder (a study
+        directory that ``--resume`` continues); the error that stops the study."""
+        from llenergymeasure.files import rescue_folder, write_json
+
+        completed = [
+            e for e in self.manifest.runs if e.status == "completed" and e.run_id in self.results
+        ]
+        if not self.persist and not completed:
+            return StudyError(f"{reason} while the study ran")
+        manifest = self.manifest.model_copy(deep=True)
+        for entry in manifest.runs:
+            if entry.status == "running":
+                entry.status = "interrupted"
+                entry.error = RunError(type="StudyStopped", message=reason)
+
+        def fill(folder: Path) -> None:
+            for entry in manifest.runs:
+                if entry.status == "completed" and entry.run_id in self.results:
+                    path = folder / entry.run_id / "result.json"
+                    write_json(path, self.results[entry.run_id], base=folder)
+                    entry.result_path = os.path.relpath(path, folder)
+                    entry.rescued = None
+                elif entry.status == "completed":
+                    entry.status = "pending"
+                    entry.result_path = None
+            write_manifest(manifest, manifest_path(folder))
+
+        try:
+            folder = rescue_folder(self.study_dir.name, fill)
+        except (OSError, UnsafeWriteError) as exc:
+            return StudyError(
+                f"{reason}; the study stopped, and its state could not be saved anywhere "
+                f"({failure_reason(exc)})",
+                hint="free space or fix permissions, then rerun the study",
+            )
+        return MeasurementsRescued(
+            f"{reason}; the study stopped. Its manifest and the {len(completed)} finished "
+            f"result(s) were saved to {folder}",
+            hint=f"continue the study there: llem run --resume {folder}",
+        )
 
 
 # --- entry points ----------------------------------------------------------------------------

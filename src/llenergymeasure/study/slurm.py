@@ -431,13 +431,16 @@ class SlurmStudyExecutor:
         from llenergymeasure.study.manifest import SlurmJob, utc_now
 
         runner = self.runner
+        from llenergymeasure.files import write_text
+
         self.slurm_dir.mkdir(parents=True, exist_ok=True)
         k = len(list(self.slurm_dir.glob("submit_*.sh"))) + 1
         script = self.slurm_dir / f"submit_{k:03d}.sh"
         attempts = [e.attempts + 1 for e in entries]
-        script.write_text(
+        write_text(
+            script,
             batch_script(runner.study_dir, [e.position for e in entries], attempts, self.python),
-            encoding="utf-8",
+            base=runner.study_dir,
         )
         script.chmod(0o755)
         for entry in entries:
@@ -509,6 +512,8 @@ class SlurmStudyExecutor:
         if status is not None and status.get("job_id") not in (job, None):
             status = None  # another attempt's file
         result_path = run_dir / "result.json"
+        if status is not None and isinstance(status.get("rescued_to"), str):
+            result_path = Path(status["rescued_to"])  # could not be saved in the run's folder
         has_result = (
             status is not None and status.get("state") == "COMPLETED" and result_path.is_file()
         )
@@ -545,8 +550,8 @@ class SlurmStudyExecutor:
                 entry.error = RunError(type="InvalidResult", message=f"{result_path}: {exc}")
                 return True
             entry.status = "completed"
-            entry.result_path = os.path.relpath(result_path, self.runner.study_dir)
             self.runner.results[entry.run_id] = result
+            self.runner.place_result(entry, result_path, (status or {}).get("rescue_reason"))
             return True
         entry.status = "failed"
         error = (status or {}).get("error")

@@ -12,13 +12,14 @@ Exit code 0 on success, 1 on failure.
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from llenergymeasure.exceptions import UnsafeWriteError
 from llenergymeasure.study.slurm import STATUS_NAME
 from llenergymeasure.study.worker import RunRequest, Worker, measure_worker, short_traceback
 
@@ -33,9 +34,9 @@ def _job_id() -> str | None:
 
 
 def _write_status(run_dir: Path, data: dict[str, Any]) -> None:
-    from llenergymeasure.results.io import atomic_write_text
+    from llenergymeasure.files import write_json
 
-    atomic_write_text(run_dir / STATUS_NAME, json.dumps(data, indent=2) + "\n")
+    write_json(run_dir / STATUS_NAME, data, base=run_dir.parent)
 
 
 def main(argv: Sequence[str] | None = None, *, worker: Worker | None = None) -> int:
@@ -53,8 +54,12 @@ def main(argv: Sequence[str] | None = None, *, worker: Worker | None = None) -> 
     if entry is None:
         print(f"no run at position {position} in {study_dir}", file=sys.stderr)
         return 2
+    from llenergymeasure.files import make_directory
+    from llenergymeasure.redaction import install_stream_redaction
+
+    install_stream_redaction()  # the job's log (written by SLURM from our output) is redacted
     run_dir = study_dir / entry.run_id
-    run_dir.mkdir(parents=True, exist_ok=True)
+    make_directory(run_dir, base=study_dir)  # never recreates a study folder that vanished
     job = _job_id()
     host = os.uname().nodename
     _write_status(run_dir, {"job_id": job, "state": "RUNNING", "host": host})
@@ -72,14 +77,24 @@ def main(argv: Sequence[str] | None = None, *, worker: Worker | None = None) -> 
         measured = (worker or measure_worker)(
             request, lambda msg: print(f"{entry.run_id}: {msg}", file=sys.stderr, flush=True)
         )
-        measured.save(run_dir)
+        path = measured.save(run_dir, base=study_dir)
     except Exception as exc:
         print(short_traceback(exc), file=sys.stderr)
         error = {"type": type(exc).__name__, "message": str(exc) or repr(exc)}
         error["traceback"] = short_traceback(exc)
         _write_status(run_dir, {"job_id": job, "state": "FAILED", "host": host, "error": error})
         return 1
-    _write_status(run_dir, {"job_id": job, "state": "COMPLETED", "host": host})
+    done: dict[str, Any] = {"job_id": job, "state": "COMPLETED", "host": host}
+    saved = measured.saved
+    if saved is not None and saved.rescued:
+        print(
+            f"{entry.run_id}: the result could not be saved in {run_dir} ({saved.reason}); "
+            f"it was saved to {path}",
+            file=sys.stderr,
+        )
+        done.update(rescued_to=str(path), rescue_reason=saved.reason)
+    with contextlib.suppress(OSError, UnsafeWriteError):  # the log above says where it went
+        _write_status(run_dir, done)
     return 0
 
 

@@ -94,6 +94,7 @@ def build_study_result(
             for r in not_done
         ],
         result_files=[r.result_path for r in completed if r.result_path] if study_dir else [],
+        rescued=[f"{r.run_id}: {r.rescued}" for r in completed if r.rescued],
         results_table=RESULTS_TABLE_NAME if study_dir is not None and completed else None,
         statistics=statistics,
         results=ordered,
@@ -152,8 +153,8 @@ def write_study_outputs(
 
     rows = result_rows(manifest, results)
     if rows:
-        write_rows_parquet(rows, study_dir / RESULTS_TABLE_NAME)
-    result.to_json(study_dir / SUMMARY_NAME)
+        write_rows_parquet(rows, study_dir / RESULTS_TABLE_NAME, base=study_dir)
+    result.to_json(study_dir / SUMMARY_NAME, base=study_dir)
 
 
 # --- the table printed by ``llem run study.yaml`` ------------------------------------------
@@ -204,6 +205,9 @@ def format_study_summary(result: StudyResult, manifest: StudyManifest) -> str:
         for f in result.failed:
             message = f.message.strip().splitlines()[0] if f.message.strip() else ""
             lines.append(f"  {f.run_id}  [{f.status}] {f.error_type}: {message}")
+    if result.rescued:
+        lines += ["", "rescued results (not in the study directory):"]
+        lines += [f"  {item}" for item in result.rescued]
     if result.study_dir is not None:
         lines += ["", f"  saved     {Path(result.study_dir) / SUMMARY_NAME}"]
         if result.results_table:
@@ -212,5 +216,9 @@ def format_study_summary(result: StudyResult, manifest: StudyManifest) -> str:
 
 
 def study_exit_code(result: StudyResult) -> int:
-    """0 when every planned run completed, 1 when any failed or did not run."""
+    """3 when a finished result had to be saved to a rescue folder (even if others failed: the
+    output says where it went), else 0 when every planned run completed, 1 when any failed or
+    did not run."""
+    if result.rescued:
+        return 3
     return 0 if result.ok else 1

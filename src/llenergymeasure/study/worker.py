@@ -233,6 +233,9 @@ def _watch_parent(ppid: int) -> None:
 
 
 def _prepare_child(visible_devices: str | None, parent_pid: int | None) -> None:
+    from llenergymeasure.redaction import install_stream_redaction
+
+    install_stream_redaction()  # what this process prints is redacted like the study's own
     if visible_devices is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = visible_devices
     # The study process decides what Ctrl-C means (it terminates this run); SIGTERM unwinds.
@@ -251,12 +254,25 @@ def _measure_and_report(worker: Worker, request: RunRequest, conn: Connection) -
         _send(conn, ("progress", message))
 
     try:
+        from llenergymeasure.files import make_directory
+
+        run_dir = Path(request.run_dir)
+        # The run's folder is made inside the study's, which must still exist (a study folder
+        # that vanished is never recreated); the result is saved there or rescued.
+        make_directory(run_dir, base=run_dir.parent)
         measured = worker(request, progress)
-        path = measured.save(Path(request.run_dir))
+        path = measured.save(run_dir, base=run_dir.parent)
+        saved = measured.saved
+        if saved is not None and saved.rescued:
+            progress(
+                f"the result could not be saved in {run_dir} ({saved.reason}); "
+                f"it was saved to {saved.directory}"
+            )
         text = measured.result.model_dump_json()
         payload = {
             "result_path": str(path),
             "result_json": text if len(text.encode("utf-8")) <= PIPE_PAYLOAD_LIMIT else None,
+            "rescue_reason": saved.reason if saved is not None and saved.rescued else None,
         }
         _send(conn, ("ok", payload))
         return False
