@@ -126,17 +126,14 @@ def test_batch_of_unequal_prompts_gives_one_record_per_prompt_in_order(
     assert [r.output_tokens for r in records] == [6, 6, 6, 6]
 
 
-def test_the_batch_callback_hears_prompts_and_tokens_after_each_batch(
+def test_execute_reports_the_prompts_done_after_each_batch(
     backend: PyTorchBackend, model_dir: Path
 ) -> None:
     config = make_config(model_dir, pytorch={"batch_size": 3}, decoder={"ignore_eos": True})
-    heard: list[tuple[int, int]] = []
-    backend.batch_callback = lambda done, tokens: heard.append((done, tokens))
-    try:
-        backend.generate(prompts(None, None, None, None), config)
-    finally:
-        backend.batch_callback = None
-    assert heard == [(3, 18), (4, 24)]
+    heard: list[int] = []
+    prepared = backend.prepare(prompts(None, None, None, None), config)
+    backend.execute(prepared, on_batch=heard.append)
+    assert heard == [3, 4]
 
 
 def test_ignore_eos_forces_exactly_max_new_tokens_even_when_eos_is_generated(
@@ -280,7 +277,7 @@ def test_speculative_decoding_times_every_accepted_token(model_dir: Path) -> Non
     records = engine.generate(prompts(None), config)
     assert records[0].output_tokens == 6
     assert len(records[0].itl_s) == 5
-    assert engine.effective_parameters()["draft_model"] == str(model_dir)
+    assert engine.effective_parameters(config)["draft_model"] == str(model_dir)
     engine.unload()
 
 
@@ -288,9 +285,9 @@ def test_speculative_decoding_times_every_accepted_token(model_dir: Path) -> Non
 
 
 def test_effective_parameters_resolve_every_none_to_the_engine_default(
-    backend: PyTorchBackend,
+    backend: PyTorchBackend, model_dir: Path
 ) -> None:
-    params = backend.effective_parameters()
+    params = backend.effective_parameters(make_config(model_dir))
     assert params["batch_size"] == 1
     assert params["batching_strategy"] == "static"
     assert params["torch_compile"] is False
@@ -312,14 +309,13 @@ def test_effective_parameters_of_sampling_resolve_top_k_none_to_no_filtering(
     model_dir: Path,
 ) -> None:
     engine = PyTorchBackend()
-    engine.load(
-        make_config(
-            model_dir,
-            pytorch={"batch_size": 4, "batching_strategy": "dynamic"},
-            decoder={"decoding_strategy": "sampling", "temperature": 0.7, "top_p": 0.9},
-        )
+    config = make_config(
+        model_dir,
+        pytorch={"batch_size": 4, "batching_strategy": "dynamic"},
+        decoder={"decoding_strategy": "sampling", "temperature": 0.7, "top_p": 0.9},
     )
-    params = engine.effective_parameters()
+    engine.load(config)
+    params = engine.effective_parameters(config)
     assert params["batch_size"] == 4 and params["batching_strategy"] == "dynamic"
     assert params["do_sample"] is True
     assert (params["temperature"], params["top_p"], params["top_k"]) == (0.7, 0.9, 0)
@@ -329,7 +325,7 @@ def test_effective_parameters_of_sampling_resolve_top_k_none_to_no_filtering(
 
 def test_effective_parameters_before_load_is_an_error() -> None:
     with pytest.raises(BackendError):
-        PyTorchBackend().effective_parameters()
+        PyTorchBackend().effective_parameters(make_config("builtin:tiny"))
 
 
 # ─── Pre-flight ──────────────────────────────────────────────────────────────

@@ -18,7 +18,14 @@ from llenergymeasure.datasets import Prompt
 from llenergymeasure.energy.nvml_backend import NvmlEnergyBackend
 from llenergymeasure.energy.sampler import EnergySampler
 from llenergymeasure.engines import data_parallel as parallel
-from llenergymeasure.engines.base import InferenceBackend, LoadInfo, RequestRecord
+from llenergymeasure.engines.base import (
+    InferenceBackend,
+    LoadInfo,
+    PreparedRun,
+    RawRun,
+    RequestRecord,
+    prompt_limits,
+)
 from llenergymeasure.engines.data_parallel import (
     DataParallelEngine,
     DeviceSlot,
@@ -40,7 +47,7 @@ from llenergymeasure.testing.engines import FakeTokenizer
 # ─── Replica engines (run inside the spawned processes) ─────────────────────────
 
 
-class ScriptedReplica:
+class ScriptedReplica(InferenceBackend):
     """A replica whose per-request latency is scripted by prompt index.
 
     Prompts 0-2 take 1 s, later prompts 4 s; ``batch_index`` carries the pid of the process
@@ -72,15 +79,22 @@ class ScriptedReplica:
     def tokenizer(self) -> Any:
         return self._tokenizer
 
-    def generate(
+    def prepare(
         self, prompts: Sequence[Prompt], config: ExperimentConfig, *, phase: str = "measurement"
-    ) -> list[RequestRecord]:
-        records = []
-        for p in prompts:
+    ) -> PreparedRun:
+        return PreparedRun(list(prompts), config, phase, prompt_limits(prompts, config))
+
+    def execute(self, prepared: PreparedRun, *, on_batch: Any = None) -> RawRun:
+        for p in prepared.prompts:
             if p.index == self.fail_on_index:
                 raise BackendError(f"scripted failure on prompt {p.index}", hint="scripted hint")
             if p.index == self.exit_on_index:
                 os._exit(3)
+        return RawRun(prepared, os.getpid())
+
+    def records(self, raw: RawRun) -> list[RequestRecord]:
+        records = []
+        for p in raw.prepared.prompts:
             latency = 1.0 if p.index < 3 else 4.0
             records.append(
                 RequestRecord(
@@ -90,7 +104,7 @@ class ScriptedReplica:
                     latency_s=latency,
                     ttft_s=latency / 4,
                     itl_s=[latency / 4] * 3,
-                    batch_index=os.getpid(),
+                    batch_index=raw.payload,
                 )
             )
         return records
@@ -98,7 +112,7 @@ class ScriptedReplica:
     def synchronize(self) -> None:
         pass
 
-    def effective_parameters(self) -> dict[str, Any]:
+    def effective_parameters(self, config: ExperimentConfig) -> dict[str, Any]:
         return {"engine": "scripted", "device": self.device, "num_processes": 1}
 
     def reset_peak_memory(self) -> None:
