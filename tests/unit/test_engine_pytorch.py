@@ -415,3 +415,76 @@ def test_max_sequence_length_is_the_loaded_model_position_limit():
     assert engine.max_sequence_length() == 2048
     engine._model = SimpleNamespace(config=SimpleNamespace(n_positions=1024))
     assert engine.max_sequence_length() == 1024
+
+
+# ─── Nothing inside the window but generate and its clocks ─────────────────────
+
+
+class _CountingTokenizer:
+    """The loaded tokenizer behind a proxy that counts every call made through it."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.calls = 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        return self._inner(*args, **kwargs)
+
+    def encode(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        return self._inner.encode(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def test_prompts_are_tokenised_padded_and_on_the_device_before_execute_and_records_after(
+    backend: PyTorchBackend, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    import llenergymeasure.engines.pytorch as pytorch_engine
+
+    config = make_config(model_dir, pytorch={"batch_size": 3}, decoder={"ignore_eos": True})
+    tokenizer = _CountingTokenizer(backend.tokenizer)
+    monkeypatch.setattr(backend, "_tokenizer", tokenizer)
+    built: list[Any] = []
+    real = pytorch_engine.RequestRecord
+    monkeypatch.setattr(
+        pytorch_engine, "RequestRecord", lambda **kw: built.append(kw) or real(**kw)
+    )
+
+    prepared = backend.prepare(prompts(None, None, None, None), config)
+    assert tokenizer.calls == 1  # every prompt at once, before the window
+    for batch in prepared.payload:  # padded, with a mask, on the engine's device
+        assert isinstance(batch.input_ids, torch.Tensor)
+        assert batch.input_ids.device == backend._device
+        assert batch.input_ids.shape == batch.attention_mask.shape
+    raw = backend.execute(prepared)
+    assert tokenizer.calls == 1 and built == []  # nothing tokenised, no record in the window
+    records = backend.records(raw)
+    assert len(built) == len(records) == 4
+    assert [r.output_tokens for r in records] == [6, 6, 6, 6]
+
+
+def test_the_step_timer_does_nothing_per_step_but_read_the_clock() -> None:
+    from llenergymeasure.engines.pytorch import _StepTimer
+
+    timer = _StepTimer()
+    opaque = object()  # no .dim(), no .shape: put() must not look at the step's tokens
+    for _ in range(3):
+        timer.put(opaque)
+    assert len(timer.times) == 2 and timer.values == [opaque, opaque]  # the prompt call skipped
+
+
+def test_effective_parameters_come_from_the_config_passed_not_from_preflight(
+    backend: PyTorchBackend, model_dir: Path
+) -> None:
+    # a reused engine: loaded for one config, pre-flighted for another, asked about a third
+    other = make_config(model_dir, max_new_tokens=99, pytorch={"batch_size": 7})
+    assert backend.preflight(other) == []
+    params = backend.effective_parameters(make_config(model_dir))
+    assert (params["batch_size"], params["max_new_tokens"]) == (1, 6)
+    bigger = backend.effective_parameters(make_config(model_dir, pytorch={"batch_size": 4}))
+    assert bigger["batch_size"] == 4

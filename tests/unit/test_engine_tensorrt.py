@@ -361,3 +361,22 @@ def test_unload_shuts_the_llm_down(trt: ModuleType) -> None:
     engine, llm = loaded(trt, cfg())
     engine.unload()
     assert llm.shut_down and engine.handle is None
+
+
+def test_execute_stamps_responses_and_records_are_built_after_it(
+    trt: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import llenergymeasure.engines.tensorrt as trt_engine
+
+    built: list[Any] = []
+    real = trt_engine.RequestRecord
+    monkeypatch.setattr(trt_engine, "RequestRecord", lambda **kw: built.append(kw) or real(**kw))
+    config = cfg()
+    engine, _ = loaded(trt, config)
+    raw = engine.execute(engine.prepare(PROMPTS, config))
+    assert built == []  # inside the window: submissions and one stamp per response, no record
+    records = engine.records(raw)
+    assert len(built) == len(records) == len(PROMPTS)
+    assert [r.output_tokens for r in records] == [
+        len(s.final.outputs[0].token_ids) for s in raw.payload
+    ]

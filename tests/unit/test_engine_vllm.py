@@ -225,7 +225,9 @@ def test_without_the_step_loop_ttft_itl_and_latency_come_from_the_request_metric
     assert rec.ttft_s == pytest.approx(ttft)
     assert rec.latency_s == pytest.approx(ttft + 7 * step)
     assert rec.itl_s == pytest.approx([step] * 7)
-    assert any("mean inter-token interval" in n for n in engine.effective_parameters(config)["notes"])
+    assert any(
+        "mean inter-token interval" in n for n in engine.effective_parameters(config)["notes"]
+    )
 
 
 def test_missing_metrics_leave_ttft_empty_and_say_so(fake_vllm: ModuleType) -> None:
@@ -357,7 +359,9 @@ def test_per_token_timing_comes_from_the_engine_step_loop(fake_vllm: ModuleType)
     assert first.start_s is not None and second.start_s is not None
     assert 0 <= second.start_s - first.start_s < first.latency_s
     assert abs(first.start_s - time.monotonic()) < 60
-    assert any("engine core's iterations" in n for n in engine.effective_parameters(config)["notes"])
+    assert any(
+        "engine core's iterations" in n for n in engine.effective_parameters(config)["notes"]
+    )
 
 
 def test_each_prompt_is_rendered_just_before_it_is_added_as_llm_generate_does(
@@ -664,3 +668,48 @@ def test_tokens_accepted_together_keep_their_steps_stamp_for_the_energy_attribut
     assert {w.request: w.tokens for w in steps[1].work} == {0: 2, 1: 1}
     # ITL: the pair shares its iteration's interval evenly
     assert records[0].itl_s == pytest.approx([(s2 - s1) / 2, (s2 - s1) / 2, s3 - s2])
+
+
+class _Counter:
+    """Counts calls made through the functions it wraps."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def wrap(self, fn: Any) -> Any:
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
+            return fn(*args, **kwargs)
+
+        return counted
+
+
+@pytest.mark.parametrize(
+    "decoder", [{}, {"decoding_strategy": "beam", "num_beams": 2}], ids=["steps", "beam"]
+)
+def test_execute_neither_tokenises_nor_builds_records(
+    fake_vllm: ModuleType, monkeypatch: pytest.MonkeyPatch, decoder: dict[str, Any]
+) -> None:
+    # what llem does; vLLM's own front end renders each prompt as it is added (LLM.generate too)
+    import llenergymeasure.engines.vllm as vllm_engine
+
+    config = cfg(decoder=decoder)
+    engine = loaded(config)
+    built, tokenised = _Counter(), _Counter()
+    monkeypatch.setattr(vllm_engine, "RequestRecord", built.wrap(vllm_engine.RequestRecord))
+    monkeypatch.setattr(engine.tokenizer, "encode", tokenised.wrap(engine.tokenizer.encode))
+    prepared = engine.prepare(PROMPTS, config)
+    done_before = tokenised.calls
+    raw = engine.execute(prepared)
+    assert (built.calls, tokenised.calls) == (0, done_before)
+    records = engine.records(raw)
+    assert built.calls == len(records) == len(PROMPTS)
+
+
+def test_effective_parameters_come_from_the_config_passed_not_from_preflight(
+    fake_vllm: ModuleType,
+) -> None:
+    config = cfg(max_new_tokens=8)
+    engine = loaded(config)
+    assert engine.preflight(cfg(max_new_tokens=99)) == []  # the next run of a reused engine
+    assert engine.effective_parameters(config)["max_new_tokens"] == 8

@@ -434,3 +434,36 @@ def test_builtin_tiny_in_two_cpu_processes_matches_one_process() -> None:
     assert dp.effective_parameters["device"] == "cpu/0,cpu/1"
     # shard 0: batches [0,1],[2]; shard 1: batch [3,4] (batch indices are per process)
     assert [r.batch_index for r in dp.requests] == [0, 0, 1, 0, 0]
+
+
+def test_the_prefill_only_window_is_sharded_like_the_measurement_window_and_warmup_is_not() -> None:
+    # each process prefills its own shard in the one-token window, as it decoded it in the full
+    # one: running every prompt on every process would book N times the prefill work
+    engine = DataParallelEngine(
+        engine_factory=ScriptedReplica, devices=cpu_slots(2), allow_cpu_devices=True
+    )
+    config = dp_config()
+    engine.load(config)
+    try:
+        prefill = engine.generate(prompts(5), config, phase="prefill_window")
+        assert [r.index for r in prefill] == [0, 1, 2, 3, 4]
+        assert len({r.batch_index for r in prefill}) == 2  # both processes ran a shard
+        assert engine.record_process_indices() == [0, 0, 0, 1, 1]
+        warm = engine.generate(prompts(2), config, phase="warmup")
+        assert [r.index for r in warm] == [0, 1]  # process 0's copy of the full warmup
+    finally:
+        engine.unload()
+
+
+def test_effective_parameters_are_asked_of_process_0_for_the_config_given() -> None:
+    engine = DataParallelEngine(
+        engine_factory=ScriptedReplica, devices=cpu_slots(2), allow_cpu_devices=True
+    )
+    config = dp_config()
+    engine.load(config)
+    try:
+        params = engine.effective_parameters(config)
+    finally:
+        engine.unload()
+    assert params["engine"] == "scripted" and params["device"] == "cpu/0,cpu/1"
+    assert params["num_processes"] == 2 and params["data_parallel"] is True
