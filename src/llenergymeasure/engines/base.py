@@ -40,6 +40,7 @@ __all__ = [
     "PreparedRun",
     "RawRun",
     "RequestRecord",
+    "ServeCommand",
     "prompt_limits",
 ]
 
@@ -129,6 +130,20 @@ class RawRun:
 
     prepared: PreparedRun
     payload: Any = None
+
+
+@dataclass(frozen=True)
+class ServeCommand:
+    """How to start an engine's own OpenAI-compatible server (``mode: online``).
+
+    ``argv``: the command line, model, host and port included (``online.server.extra_args``
+    are appended by the caller); ``supports_ignore_eos``: whether the server takes vLLM's
+    ``ignore_eos`` extension; ``notes``: experiment settings the server decides itself.
+    """
+
+    argv: list[str]
+    supports_ignore_eos: bool = True
+    notes: list[str] = field(default_factory=list)
 
 
 class InferenceBackend(abc.ABC):
@@ -247,6 +262,16 @@ class InferenceBackend(abc.ABC):
         notes (what was cleared, or that the engine keeps no such state) for the result.
         """
         return [f"{self.name} engine keeps no cross-run cache that llem can clear"]
+
+    # ─── Online mode ────────────────────────────────────────────────────────
+    def serve_command(
+        self, config: ExperimentConfig, *, model: str, host: str, port: int
+    ) -> ServeCommand | None:
+        """The command line of this engine's own server for an online ``config``, serving
+        ``model`` (a hub id or local folder) on ``host:port``; ``ConfigError`` naming a field
+        the server has no flag for. None (default): the engine has no server llem can start.
+        Must not import the engine library (the server runs in its own process)."""
+        return None
 
     # ─── Several processes (data parallel) ──────────────────────────────────
     def process_results(self) -> list[dict[str, Any]]:

@@ -69,9 +69,10 @@ from llenergymeasure.engines.base import (
     PreparedRun,
     RawRun,
     RequestRecord,
+    ServeCommand,
     prompt_limits,
 )
-from llenergymeasure.exceptions import BackendError
+from llenergymeasure.exceptions import BackendError, ConfigError
 
 if TYPE_CHECKING:
     from llenergymeasure.config.models import ExperimentConfig
@@ -339,6 +340,39 @@ class PyTorchBackend(InferenceBackend):
         (Never raises: ``isinstance(x, InferenceBackend)`` reads it on Python 3.10/3.11.)
         """
         return self._tokenizer
+
+    # ─── Online mode ────────────────────────────────────────────────────────
+    def serve_command(
+        self, config: ExperimentConfig, *, model: str, host: str, port: int
+    ) -> ServeCommand:
+        """``transformers serve MODEL`` (the model is pinned): ``--dtype``,
+        ``--default-seed``, ``--attn-implementation``, ``--compile``, ``--quantization
+        bnb-4bit|bnb-8bit`` and ``--continuous-batching`` for ``batching_strategy: dynamic``.
+        transformers serve refuses unknown request fields, so ``ignore_eos`` is not sent, and
+        serves the model under its own name."""
+        online = config.online
+        if online is not None and online.served_model_name:
+            raise ConfigError(
+                "online.served_model_name is not supported with transformers serve "
+                "(it serves the model under its own name)",
+                hint="remove online.served_model_name",
+            )
+        argv = ["transformers", "serve", model, "--host", host, "--port", str(port)]
+        argv += ["--dtype", _PRECISION_TO_DTYPE.get(config.precision, "auto")]
+        argv += ["--default-seed", str(config.random_seed)]
+        p = config.pytorch
+        if p is not None:
+            if p.attn_implementation is not None:
+                argv += ["--attn-implementation", p.attn_implementation]
+            if p.torch_compile:
+                argv.append("--compile")
+            if p.load_in_4bit:
+                argv += ["--quantization", "bnb-4bit"]
+            elif p.load_in_8bit:
+                argv += ["--quantization", "bnb-8bit"]
+            if p.batching_strategy == "dynamic":
+                argv.append("--continuous-batching")
+        return ServeCommand(argv=argv, supports_ignore_eos=False)
 
     # ─── Pre-flight ─────────────────────────────────────────────────────────
     def preflight(self, config: ExperimentConfig) -> list[str]:

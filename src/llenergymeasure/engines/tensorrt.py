@@ -28,10 +28,12 @@ checked against ``TrtLlmArgs``: an unknown keyword is a ``ValueError``. The call
 
 Per-token timing: every prompt is submitted with ``generate_async(..., streaming=True)`` from
 one asyncio loop (the pattern of TensorRT-LLM's own streaming example); each streamed response
-is stamped with ``perf_counter()`` when it reaches llem, and tokens that arrive together share
-the interval since the previous stamp evenly. This gives true TTFT (from submission) and every
-inter-token gap; ``LLM.generate`` itself is the same ``generate_async`` per prompt without
-streaming, so the engine schedules the same requests either way.
+is stamped with ``perf_counter()`` when it reaches llem (with the request's token count so far;
+nothing else happens per response inside the window), and, when the records are built after
+the window, tokens that arrive together share the interval since the previous stamp evenly.
+This gives true TTFT (from submission) and every inter-token gap; ``LLM.generate`` itself is
+the same ``generate_async`` per prompt without streaming, so the engine schedules the same
+requests either way.
 
 Build or load:
 
@@ -69,9 +71,16 @@ from typing import TYPE_CHECKING, Any
 
 from llenergymeasure.config.catalogue import engine_spec
 from llenergymeasure.config.models import TENSORRT_PRECISION_QUANT
-from llenergymeasure.engines.base import BatchProgress, LoadInfo, PreparedRun, RawRun, RequestRecord
+from llenergymeasure.engines.base import (
+    BatchProgress,
+    LoadInfo,
+    PreparedRun,
+    RawRun,
+    RequestRecord,
+    ServeCommand,
+)
 from llenergymeasure.engines.offline import OfflineLLMEngine
-from llenergymeasure.exceptions import BackendError
+from llenergymeasure.exceptions import BackendError, ConfigError
 
 if TYPE_CHECKING:
     from llenergymeasure.config.models import ExperimentConfig
@@ -82,6 +91,7 @@ __all__ = [
     "INSTALL_HINT",
     "QUANT_ALGOS",
     "SUPPORTED_SERIES",
+    "TRTLLM_SERVE_FLAGS",
     "TRT_DEFAULTS",
     "TensorRTBackend",
     "engine_cache_dir",
@@ -117,6 +127,15 @@ TRT_DEFAULTS: dict[str, Any] = {
     "kv_cache_type": "paged",  # BuildConfig.kv_cache_type None -> PAGED
     "enable_block_reuse": False,  # llem's choice; KvCacheConfig's own default is True
     "kv_cache_free_gpu_memory_fraction": 0.9,  # KvCacheConfig.free_gpu_memory_fraction
+}
+
+#: ``TensorRTConfig`` field -> ``trtllm-serve`` flag; ``engine_path`` replaces the model.
+TRTLLM_SERVE_FLAGS: dict[str, str] = {
+    "tp_size": "--tp_size",
+    "pp_size": "--pp_size",
+    "max_batch_size": "--max_batch_size",
+    "max_seq_len": "--max_seq_len",
+    "kv_cache_free_gpu_memory_fraction": "--kv_cache_free_gpu_memory_fraction",
 }
 
 #: llem quantization name -> ``QuantAlgo`` member name.
@@ -202,6 +221,35 @@ class TensorRTBackend(OfflineLLMEngine):
         self._engine_dir: str | None = None
         self._engine_origin: str | None = None  # "engine_path" | "cache" | "built"
         self._cache_key: str | None = None
+
+    # ─── Online mode ────────────────────────────────────────────────────────
+    def serve_command(
+        self, config: ExperimentConfig, *, model: str, host: str, port: int
+    ) -> ServeCommand:
+        """``trtllm-serve MODEL_OR_ENGINE --backend tensorrt``: a built engine
+        (``tensorrt.engine_path``) replaces the model; ``--tp_size``, ``--pp_size``,
+        ``--max_batch_size``, ``--max_seq_len``, ``--kv_cache_free_gpu_memory_fraction`` from
+        the set ``tensorrt:`` fields. 1.x serves on its PyTorch backend unless told otherwise;
+        llem's TensorRT-LLM engine is the TensorRT-engine path."""
+        online = config.online
+        if online is not None and online.served_model_name:
+            raise ConfigError(
+                "online.served_model_name is not supported with trtllm-serve",
+                hint="remove online.served_model_name",
+            )
+        t = config.tensorrt
+        target = t.engine_path if t is not None and t.engine_path else model
+        argv = ["trtllm-serve", target, "--backend", "tensorrt"]
+        argv += ["--host", host, "--port", str(port)]
+        section = t.model_dump(exclude_none=True) if t is not None else {}
+        for name, value in section.items():
+            if name in TRTLLM_SERVE_FLAGS:
+                argv += [TRTLLM_SERVE_FLAGS[name], str(value)]
+        note = (
+            f"precision={config.precision} is not a trtllm-serve flag: the server runs at the "
+            "dtype of its checkpoint or built engine"
+        )
+        return ServeCommand(argv=argv, notes=[note])
 
     # ─── Pre-flight ─────────────────────────────────────────────────────────
     def _machine_problems(self, config: ExperimentConfig) -> list[str]:

@@ -16,7 +16,7 @@ length_penalty)``; ``vllm.lora.request.LoRARequest(lora_name, lora_int_id, lora_
 returning ``EngineCoreOutputs(outputs, timestamp)``). The CPU tests run against a fake
 ``vllm`` package that follows these signatures.
 
-How a run works (``VLLMBackend.generate``):
+How a run works (``prepare`` -> ``execute`` -> ``records``, see ``engines.base``):
 
 - Config -> engine arguments (``build_engine_args``): every ``vllm:`` field is passed under its
   own name when set; ``None`` is not passed, so vLLM's own default applies, and the effective
@@ -26,15 +26,17 @@ How a run works (``VLLMBackend.generate``):
   checkpoint and a method: int4 -> ``vllm.quantization: awq | gptq``; int8 ->
   ``vllm.quantization: gptq`` (8-bit GPTQ checkpoint); activations then run in float16.
   ``vllm.quantization: fp8`` is allowed with fp16 / bf16 (fp8 weights, 16-bit activations).
-- All prompts are added to the engine at once (vLLM schedules them itself, up to
-  ``max_num_seqs`` at a time) and the engine is stepped until they finish, the loop
-  ``LLM.generate`` runs, with its ``FINAL_ONLY`` outputs; each step's engine-core iteration
-  (``EngineCoreOutputs``: its ``timestamp`` and every request's new tokens) is read on its way
-  through ``engine_core.get_output``, so each token gets the engine core's time of the
-  iteration that produced it, giving true per-request TTFT and every inter-token gap
-  (``_generate_stepwise``, ``_CoreIterationLog``; where that cannot be read, ``DELTA`` outputs
-  stamped as each step returns). Where the engine has no such loop, one ``LLM.generate`` call
-  runs instead (timings from the request metrics).
+- ``prepare`` (before the window) builds the sampling parameters and request ids. ``execute``
+  (inside it) adds all prompts to the engine at once, each rendered by vLLM's front end as it
+  is added (vLLM schedules them itself, up to ``max_num_seqs`` at a time), and steps the engine
+  until they finish, the loop ``LLM.generate`` runs, with its ``FINAL_ONLY`` outputs; a
+  reference to each step's engine-core iteration (``EngineCoreOutputs``: its ``timestamp`` and
+  every request's new tokens) is kept on its way through ``engine_core.get_output``.
+  ``records`` (after the window) gives each token the engine core's time of the iteration that
+  produced it: true per-request TTFT and every inter-token gap (``_run_steps``,
+  ``_CoreIterationLog``, ``_step_records``; where the iterations cannot be read, ``DELTA``
+  outputs stamped as each step returns). Where the engine has no such loop, one
+  ``LLM.generate`` call runs instead (timings from the request metrics).
   One ``SamplingParams`` per prompt: greedy = temperature 0;
   sampling = temperature/top_p/top_k (-1 = off)/repetition_penalty/seed; ``max_tokens`` is the
   prompt's own limit or the experiment's; ``ignore_eos`` sets ``ignore_eos=True`` and
@@ -72,6 +74,7 @@ from llenergymeasure.engines.base import (
     PreparedRun,
     RawRun,
     RequestRecord,
+    ServeCommand,
     prompt_limits,
 )
 from llenergymeasure.engines.offline import OfflineLLMEngine, RequestTiming
@@ -87,6 +90,7 @@ __all__ = [
     "INSTALL_HINT",
     "LORA_NAME",
     "VLLM_DEFAULTS",
+    "VLLM_SERVE_FLAGS",
     "VLLMBackend",
     "build_engine_args",
     "request_timings",
@@ -123,6 +127,18 @@ _ENGINE_CONFIG_PATHS: dict[str, tuple[str, str]] = {
 }
 
 _PRECISION_TO_DTYPE = {"fp16": "float16", "bf16": "bfloat16", "int8": "float16", "int4": "float16"}
+
+#: ``VLLMConfig`` field -> ``vllm serve`` flag (booleans: ``--flag`` / ``--no-flag``).
+VLLM_SERVE_FLAGS: dict[str, str] = {
+    "max_num_seqs": "--max-num-seqs",
+    "tensor_parallel_size": "--tensor-parallel-size",
+    "gpu_memory_utilization": "--gpu-memory-utilization",
+    "enable_prefix_caching": "--enable-prefix-caching",
+    "block_size": "--block-size",
+    "quantization": "--quantization",
+    "enable_lora": "--enable-lora",
+    "max_lora_rank": "--max-lora-rank",
+}
 
 # passthrough_kwargs keys that have a config field of their own.
 _CONFLICTING_KEYS = {
@@ -316,6 +332,31 @@ class VLLMBackend(OfflineLLMEngine):
         self._lora_request: Any = None
         self._batch_seq = 0
         self._window_prefix_start: tuple[int, int] | None = None
+
+    # ─── Online mode ────────────────────────────────────────────────────────
+    def serve_command(
+        self, config: ExperimentConfig, *, model: str, host: str, port: int
+    ) -> ServeCommand:
+        """``vllm serve MODEL``: each set ``vllm:`` field as its flag (``VLLM_SERVE_FLAGS``),
+        ``--dtype`` from ``precision``, ``--seed`` from ``random_seed``, and
+        ``--served-model-name`` from ``online.served_model_name``."""
+        argv = ["vllm", "serve", model, "--host", host, "--port", str(port)]
+        argv += ["--dtype", _PRECISION_TO_DTYPE.get(config.precision, "auto")]
+        argv += ["--seed", str(config.random_seed)]
+        section = config.vllm.model_dump(exclude_none=True) if config.vllm is not None else {}
+        for name, value in section.items():
+            flag = VLLM_SERVE_FLAGS[name]
+            if isinstance(value, bool):
+                if value:
+                    argv.append(flag)
+                elif flag == "--enable-prefix-caching":
+                    argv.append("--no-enable-prefix-caching")
+            else:
+                argv += [flag, str(value)]
+        served = config.online.served_model_name if config.online is not None else None
+        if served:
+            argv += ["--served-model-name", served]
+        return ServeCommand(argv=argv)
 
     # ─── Pre-flight ─────────────────────────────────────────────────────────
     def _machine_problems(self, config: ExperimentConfig) -> list[str]:
