@@ -25,14 +25,18 @@ from pathlib import Path
 from typing import Any
 
 
-def _measure(energy: Any, engine: Any, fn: Any) -> dict[str, Any]:
-    engine.synchronize()
-    energy.begin()
-    t0 = time.perf_counter()
-    tokens = fn()
-    engine.synchronize()
-    seconds = time.perf_counter() - t0
-    m = energy.end()
+def _measure(energy: Any, engine: Any, run: tuple[Any, Any, Any]) -> dict[str, Any]:
+    """One window as llem opens it (``MeasurementWindow``) around ``inside``; ``before`` runs
+    before it opens, ``after`` (which counts the output tokens) after it closes."""
+    from llenergymeasure.energy.window import MeasurementWindow
+
+    before, inside, after = run
+    state = before()
+    window = MeasurementWindow(energy, device=engine)
+    with window:
+        raw = inside(state)
+    tokens = after(raw)
+    seconds, m = window.reading.duration_s, window.reading.energy
     joules = m.total_energy_j
     return {
         "seconds": seconds,
@@ -145,12 +149,17 @@ def main() -> None:
         max_tokens=max_tokens, min_tokens=max_tokens, ignore_eos=True, temperature=0.0
     )
 
-    def llem_pass() -> int:
-        return sum(r.output_tokens for r in engine.generate(prompts, config, phase="measurement"))
-
-    def bare_pass() -> int:
-        outs = llm.generate([p.text for p in prompts], params, use_tqdm=False)
-        return sum(len(o.outputs[0].token_ids) for o in outs)
+    # llem as its measurement window runs it: prepared before, records after
+    llem_pass = (
+        lambda: engine.prepare(prompts, config, phase="measurement"),
+        engine.execute,
+        lambda raw: sum(r.output_tokens for r in engine.records(raw)),
+    )
+    bare_pass = (
+        lambda: [p.text for p in prompts],
+        lambda texts: llm.generate(texts, params, use_tqdm=False),
+        lambda outs: sum(len(o.outputs[0].token_ids) for o in outs),
+    )
 
     out: dict[str, Any] = {
         "engine_start_s": start_s,

@@ -236,7 +236,7 @@ def _sub_header(match: re.Match[str]) -> str:
         return match.group(0)
     scheme = re.match(r"(?i)(bearer|basic|token|digest)\s+", value)
     if scheme:
-        remember_secret(value[scheme.end() :])
+        remember_secret(value[len(scheme.group(0)) :])
         return f"{match.group('head')}{match.group('sep')}{scheme.group(0)}{REDACTED}{trailing}"
     remember_secret(value)
     return f"{match.group('head')}{match.group('sep')}{REDACTED}{trailing}"

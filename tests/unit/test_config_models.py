@@ -346,11 +346,31 @@ def test_user_input_with_disagreeing_max_new_tokens_and_output_len_is_an_error()
     assert ExperimentConfig.model_validate(agreeing, context=models.USER_INPUT)
 
 
+def test_a_synthetic_output_len_is_recorded_as_the_configs_max_new_tokens():
+    # the config says what runs: 17 new tokens, not max_new_tokens's default of 128
+    config = build(dataset={"n": 10, "output_len": 17}, n=10)
+    assert config.max_new_tokens == 17 == config.effective_max_new_tokens
+    dumped = config.model_dump(mode="json")
+    assert dumped["max_new_tokens"] == dumped["dataset"]["output_len"] == 17
+    instance = build(dataset=SyntheticDatasetConfig(n=10, output_len=17), n=10)
+    assert instance.max_new_tokens == 17
+    from_top = build(dataset=SyntheticDatasetConfig(n=10), n=10, max_new_tokens=33)
+    assert from_top.dataset.output_len == 33 and from_top.effective_max_new_tokens == 33
+
+
 def test_stored_config_dump_with_both_lengths_stays_readable():
-    # A stored result's config carries max_new_tokens's default next to output_len.
+    # A result stored by an earlier version carries max_new_tokens's default next to output_len.
     stored = build(dataset={"n": 10, "output_len": 17}, n=10).model_dump(mode="json")
-    assert stored["max_new_tokens"] != 17
+    stored["max_new_tokens"] = 128
     assert ExperimentConfig.model_validate(stored).effective_max_new_tokens == 17
+
+
+def test_a_prompts_own_limit_overrides_the_runs():
+    config = build(max_new_tokens=64)
+    assert config.max_new_tokens_for(None) == 64
+    assert config.max_new_tokens_for(7) == 7
+    synthetic = build(dataset={"n": 10, "output_len": 5}, n=10)
+    assert synthetic.max_new_tokens_for(None) == 5
 
 
 def test_sampling_at_temperature_zero_is_a_config_error():

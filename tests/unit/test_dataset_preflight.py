@@ -269,14 +269,14 @@ def test_the_prompts_measured_are_the_first_n_rows(tmp_path: Path) -> None:
     path.write_text(_rows(10))
     engine = FakeEngine(output_tokens=1, seconds_per_token=0.0)
     measured: list[str] = []
-    original = engine.generate
+    original = engine.prepare
 
-    def generate(prompts: Any, config: Any, *, phase: str = "measurement") -> Any:
+    def prepare(prompts: Any, config: Any, *, phase: str = "measurement") -> Any:
         if phase == "measurement":
             measured.extend(p.text for p in prompts)
         return original(prompts, config, phase=phase)
 
-    engine.generate = generate  # type: ignore[method-assign]
+    engine.prepare = prepare  # type: ignore[method-assign]
     _orchestrator(engine).run(_config(path, n=3))
     assert measured == [f"prompt number {i}" for i in range(3)]
 

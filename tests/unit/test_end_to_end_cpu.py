@@ -17,7 +17,7 @@ from llenergymeasure.energy.sampler import EnergySampler
 from llenergymeasure.engines.pytorch import PyTorchBackend
 from llenergymeasure.harness.orchestrator import ExperimentOrchestrator, MeasurementSettings
 from llenergymeasure.results.models import ExperimentResult
-from llenergymeasure.testing.energy import FakeGpuSensor
+from llenergymeasure.testing.energy import FakeEnergyBackend, FakeGpuSensor
 
 SMALL = {
     "dataset": {"n": 6, "input_len": 24, "output_len": 8},
@@ -57,6 +57,31 @@ def own_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model.save_pretrained(folder)
     build_tiny_tokenizer().save_pretrained(folder)  # type: ignore[attr-defined]
     return folder
+
+
+def test_the_result_records_the_new_token_limit_that_ran() -> None:
+    # a synthetic output_len of 5 without max_new_tokens: the run generates 5 per prompt, and
+    # result.config.max_new_tokens and the effective parameters say 5 (not the default 128)
+    config = ExperimentConfig.model_validate(
+        {
+            **SMALL,
+            "model": "builtin:tiny",
+            "backend": "pytorch",
+            "dataset": {"n": 3, "input_len": 8, "output_len": 5},
+            "n": 3,
+            "baseline": {"enabled": False},
+        }
+    )
+    result = (
+        ExperimentOrchestrator(engine=PyTorchBackend(), energy_backend=FakeEnergyBackend())
+        .run(config)
+        .result
+    )
+    assert [r.output_tokens for r in result.requests] == [5, 5, 5]
+    assert result.config.max_new_tokens == 5
+    assert result.effective_parameters["max_new_tokens"] == 5
+    stored = ExperimentResult.model_validate_json(result.model_dump_json())
+    assert stored.config.max_new_tokens == stored.config.effective_max_new_tokens == 5
 
 
 def test_measured_run_of_builtin_tiny_with_fake_gpu_sensors(tmp_path: Path) -> None:

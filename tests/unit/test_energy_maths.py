@@ -12,6 +12,7 @@ from llenergymeasure.energy.maths import (
     EnergyCounterResetError,
     adjusted_energy_j,
     counter_delta_mj,
+    energy_per,
     integrate_power_j,
     mean_power_w,
     relative_difference,
@@ -187,3 +188,13 @@ def test_baseline_adjusted_energy_subtracts_idle_power_times_duration() -> None:
 
 def test_baseline_adjusted_energy_is_not_clipped_at_zero() -> None:
     assert adjusted_energy_j(100.0, 73.0, 10.0) == pytest.approx(-630.0)
+
+
+# -- energy per token / request ---------------------------------------------------------------
+
+
+def test_energy_per_unit_is_none_without_energy_or_without_units() -> None:
+    assert energy_per(300.0, 120) == pytest.approx(2.5)
+    assert energy_per(-30.0, 10) == pytest.approx(-3.0)  # adjusted energy is not clipped
+    assert energy_per(None, 10) is None
+    assert energy_per(300.0, 0) is None

@@ -29,10 +29,12 @@ from llenergymeasure.config.models import ExperimentConfig
 from llenergymeasure.engines.factory import create_engine
 from llenergymeasure.engines.registry import engine_installed
 from llenergymeasure.exceptions import BackendError
+from llenergymeasure.testing.engines import FakeEngine
 
 
-class DummyEngine:
-    """The class the dummy record names; the factory imports it by path."""
+class DummyEngine(FakeEngine):
+    """The class the dummy record names; the factory imports it by path. A complete engine
+    (the fake engine's hooks) as every catalogue engine must be."""
 
     name = "dummy"
 
@@ -282,3 +284,14 @@ def test_every_builtin_engine_implements_clear_run_state():
         module, _, name = spec.engine_class.partition(":")
         engine_class = getattr(importlib.import_module(module), name)
         assert callable(getattr(engine_class, "clear_run_state", None)), spec.name
+
+
+def test_online_mode_asks_the_engine_for_its_server_and_one_without_is_a_config_error(
+    dummy_engine,
+):
+    from llenergymeasure.exceptions import ConfigError
+    from llenergymeasure.online.server import server_launch
+
+    online = config(backend="dummy", precision="fp16", mode="online", online={})
+    with pytest.raises(ConfigError, match="no server of its own"):
+        server_launch(online, host="127.0.0.1", port=1)

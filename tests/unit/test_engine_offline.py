@@ -58,6 +58,9 @@ class ToyEngine(OfflineLLMEngine):
     def _shutdown_handle(self, llm: Any) -> None:
         llm.shut_down = True
 
+    def effective_parameters(self, config: ExperimentConfig) -> dict[str, Any]:
+        return {"engine": self.name, "max_new_tokens": config.max_new_tokens_for(None)}
+
 
 def spec(module: str) -> EngineSpec:
     return EngineSpec(

@@ -126,17 +126,14 @@ def test_batch_of_unequal_prompts_gives_one_record_per_prompt_in_order(
     assert [r.output_tokens for r in records] == [6, 6, 6, 6]
 
 
-def test_the_batch_callback_hears_prompts_and_tokens_after_each_batch(
+def test_execute_reports_the_prompts_done_after_each_batch(
     backend: PyTorchBackend, model_dir: Path
 ) -> None:
     config = make_config(model_dir, pytorch={"batch_size": 3}, decoder={"ignore_eos": True})
-    heard: list[tuple[int, int]] = []
-    backend.batch_callback = lambda done, tokens: heard.append((done, tokens))
-    try:
-        backend.generate(prompts(None, None, None, None), config)
-    finally:
-        backend.batch_callback = None
-    assert heard == [(3, 18), (4, 24)]
+    heard: list[int] = []
+    prepared = backend.prepare(prompts(None, None, None, None), config)
+    backend.execute(prepared, on_batch=heard.append)
+    assert heard == [3, 4]
 
 
 def test_ignore_eos_forces_exactly_max_new_tokens_even_when_eos_is_generated(
@@ -280,7 +277,7 @@ def test_speculative_decoding_times_every_accepted_token(model_dir: Path) -> Non
     records = engine.generate(prompts(None), config)
     assert records[0].output_tokens == 6
     assert len(records[0].itl_s) == 5
-    assert engine.effective_parameters()["draft_model"] == str(model_dir)
+    assert engine.effective_parameters(config)["draft_model"] == str(model_dir)
     engine.unload()
 
 
@@ -288,9 +285,9 @@ def test_speculative_decoding_times_every_accepted_token(model_dir: Path) -> Non
 
 
 def test_effective_parameters_resolve_every_none_to_the_engine_default(
-    backend: PyTorchBackend,
+    backend: PyTorchBackend, model_dir: Path
 ) -> None:
-    params = backend.effective_parameters()
+    params = backend.effective_parameters(make_config(model_dir))
     assert params["batch_size"] == 1
     assert params["batching_strategy"] == "static"
     assert params["torch_compile"] is False
@@ -312,14 +309,13 @@ def test_effective_parameters_of_sampling_resolve_top_k_none_to_no_filtering(
     model_dir: Path,
 ) -> None:
     engine = PyTorchBackend()
-    engine.load(
-        make_config(
-            model_dir,
-            pytorch={"batch_size": 4, "batching_strategy": "dynamic"},
-            decoder={"decoding_strategy": "sampling", "temperature": 0.7, "top_p": 0.9},
-        )
+    config = make_config(
+        model_dir,
+        pytorch={"batch_size": 4, "batching_strategy": "dynamic"},
+        decoder={"decoding_strategy": "sampling", "temperature": 0.7, "top_p": 0.9},
     )
-    params = engine.effective_parameters()
+    engine.load(config)
+    params = engine.effective_parameters(config)
     assert params["batch_size"] == 4 and params["batching_strategy"] == "dynamic"
     assert params["do_sample"] is True
     assert (params["temperature"], params["top_p"], params["top_k"]) == (0.7, 0.9, 0)
@@ -329,7 +325,7 @@ def test_effective_parameters_of_sampling_resolve_top_k_none_to_no_filtering(
 
 def test_effective_parameters_before_load_is_an_error() -> None:
     with pytest.raises(BackendError):
-        PyTorchBackend().effective_parameters()
+        PyTorchBackend().effective_parameters(make_config("builtin:tiny"))
 
 
 # ─── Pre-flight ──────────────────────────────────────────────────────────────
@@ -419,3 +415,76 @@ def test_max_sequence_length_is_the_loaded_model_position_limit():
     assert engine.max_sequence_length() == 2048
     engine._model = SimpleNamespace(config=SimpleNamespace(n_positions=1024))
     assert engine.max_sequence_length() == 1024
+
+
+# ─── Nothing inside the window but generate and its clocks ─────────────────────
+
+
+class _CountingTokenizer:
+    """The loaded tokenizer behind a proxy that counts every call made through it."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.calls = 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        return self._inner(*args, **kwargs)
+
+    def encode(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        return self._inner.encode(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def test_prompts_are_tokenised_padded_and_on_the_device_before_execute_and_records_after(
+    backend: PyTorchBackend, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    import llenergymeasure.engines.pytorch as pytorch_engine
+
+    config = make_config(model_dir, pytorch={"batch_size": 3}, decoder={"ignore_eos": True})
+    tokenizer = _CountingTokenizer(backend.tokenizer)
+    monkeypatch.setattr(backend, "_tokenizer", tokenizer)
+    built: list[Any] = []
+    real = pytorch_engine.RequestRecord
+    monkeypatch.setattr(
+        pytorch_engine, "RequestRecord", lambda **kw: built.append(kw) or real(**kw)
+    )
+
+    prepared = backend.prepare(prompts(None, None, None, None), config)
+    assert tokenizer.calls == 1  # every prompt at once, before the window
+    for batch in prepared.payload:  # padded, with a mask, on the engine's device
+        assert isinstance(batch.input_ids, torch.Tensor)
+        assert batch.input_ids.device == backend._device
+        assert batch.input_ids.shape == batch.attention_mask.shape
+    raw = backend.execute(prepared)
+    assert tokenizer.calls == 1 and built == []  # nothing tokenised, no record in the window
+    records = backend.records(raw)
+    assert len(built) == len(records) == 4
+    assert [r.output_tokens for r in records] == [6, 6, 6, 6]
+
+
+def test_the_step_timer_does_nothing_per_step_but_read_the_clock() -> None:
+    from llenergymeasure.engines.pytorch import _StepTimer
+
+    timer = _StepTimer()
+    opaque = object()  # no .dim(), no .shape: put() must not look at the step's tokens
+    for _ in range(3):
+        timer.put(opaque)
+    assert len(timer.times) == 2 and timer.values == [opaque, opaque]  # the prompt call skipped
+
+
+def test_effective_parameters_come_from_the_config_passed_not_from_preflight(
+    backend: PyTorchBackend, model_dir: Path
+) -> None:
+    # a reused engine: loaded for one config, pre-flighted for another, asked about a third
+    other = make_config(model_dir, max_new_tokens=99, pytorch={"batch_size": 7})
+    assert backend.preflight(other) == []
+    params = backend.effective_parameters(make_config(model_dir))
+    assert (params["batch_size"], params["max_new_tokens"]) == (1, 6)
+    bigger = backend.effective_parameters(make_config(model_dir, pytorch={"batch_size": 4}))
+    assert bigger["batch_size"] == 4

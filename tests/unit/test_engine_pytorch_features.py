@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.util
 import statistics
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ pytest.importorskip("transformers")
 from llenergymeasure.config.hashing import measurement_config_hash
 from llenergymeasure.config.models import DecoderConfig, ExperimentConfig, PyTorchConfig
 from llenergymeasure.datasets import Prompt
-from llenergymeasure.engines.base import RequestRecord
+from llenergymeasure.engines.base import PreparedRun, RawRun
 from llenergymeasure.engines.pytorch import PyTorchBackend
 from llenergymeasure.harness.orchestrator import ExperimentOrchestrator
 from llenergymeasure.testing.energy import FakeEnergyBackend
@@ -86,8 +86,9 @@ def test_num_beams_reaches_generate_and_none_resolves_to_the_engine_default(
     assert beam(None) == beam(4)  # None -> DEFAULT_NUM_BEAMS
 
     engine = PyTorchBackend()
-    engine.load(make_config(model_dir, decoder={"decoding_strategy": "beam"}))
-    assert engine.effective_parameters()["num_beams"] == 4
+    beam_config = make_config(model_dir, decoder={"decoding_strategy": "beam"})
+    engine.load(beam_config)
+    assert engine.effective_parameters(beam_config)["num_beams"] == 4
     engine.unload()
 
 
@@ -171,7 +172,7 @@ def test_lora_adapter_unmerged_and_merged_generate_the_same_tokens_unlike_the_ba
         assert engine.preflight(config) == []
         info = engine.load(config)
         assert isinstance(engine._model, PeftModel) is (not merge)
-        assert engine.effective_parameters()["lora"] == {
+        assert engine.effective_parameters(config)["lora"] == {
             "adapter": str(adapters[0]),
             "merge_weights": merge,
         }
@@ -253,7 +254,7 @@ def test_passthrough_keys_reach_from_pretrained_and_generate(
     # ... and generation keys to generate: no 1-gram may repeat
     ids = generated_ids(engine, routed, n=1)[0]
     assert len(ids) == 40 and len(set(ids)) == len(ids)
-    assert engine.effective_parameters()["passthrough_kwargs"]["no_repeat_ngram_size"] == 1
+    assert engine.effective_parameters(routed)["passthrough_kwargs"]["no_repeat_ngram_size"] == 1
     engine.unload()
 
 
@@ -296,20 +297,21 @@ def test_quantisation_without_bitsandbytes_is_a_preflight_error_naming_it(
 
 
 class CompilingEngine(FakeEngine):
-    """Its first generate takes ``compile_s`` longer, like transformers' compile-on-first-use."""
+    """Its first run takes ``compile_s`` longer, like transformers' compile-on-first-use."""
 
     def __init__(self, compile_s: float, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.compile_s = compile_s
         self.compiled = False
 
-    def generate(
-        self, prompts: Sequence[Any], config: ExperimentConfig, *, phase: str = "measurement"
-    ) -> list[RequestRecord]:
+    def compiles_on_first_run(self, config: ExperimentConfig) -> bool:
+        return bool(config.pytorch and config.pytorch.torch_compile)
+
+    def execute(self, prepared: PreparedRun, *, on_batch: Any = None) -> RawRun:
         if not self.compiled:
             time.sleep(self.compile_s)
             self.compiled = True
-        return super().generate(prompts, config, phase=phase)
+        return super().execute(prepared, on_batch=on_batch)
 
 
 def compile_config(n_warmup: int, torch_compile: bool = True) -> ExperimentConfig:
@@ -370,8 +372,9 @@ def test_torch_compile_on_cpu_uses_the_static_cache_and_says_it_did_not_compile(
     model_dir: Path,
 ) -> None:
     engine = PyTorchBackend()
-    info = engine.load(make_config(model_dir, pytorch={"torch_compile": True}))
-    params = engine.effective_parameters()
+    config = make_config(model_dir, pytorch={"torch_compile": True})
+    info = engine.load(config)
+    params = engine.effective_parameters(config)
     assert params["torch_compile"] is True and params["torch_compile_applied"] is False
     assert params["cache_implementation"] == "static"
     assert any("torch_compile" in note for note in info.notes)
@@ -384,9 +387,9 @@ def test_torch_compile_on_cpu_uses_the_static_cache_and_says_it_did_not_compile(
 
 
 def test_every_pytorch_and_decoder_field_is_reported_with_none_resolved(
-    backend: PyTorchBackend,
+    backend: PyTorchBackend, model_dir: Path
 ) -> None:
-    params = backend.effective_parameters()
+    params = backend.effective_parameters(make_config(model_dir))
     for name in PyTorchConfig.model_fields:
         assert name in params, name
         assert params[name] is not None, name  # None-sentinels resolved to the engine default

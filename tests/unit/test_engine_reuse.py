@@ -182,7 +182,7 @@ def test_one_engine_load_per_group_and_a_clean_state_before_every_window(tmp_pat
             for e in seen
             if e["run_id"] == run_id and e["event"] != "unload"
         ]
-        assert mine[-3:] == ["generate:warmup", "clear_run_state:", "generate:measurement"]
+        assert mine[-3:] == ["execute:warmup", "clear_run_state:", "execute:measurement"]
         # a reused engine is first told a new run begins (before that run's warmup)
         assert mine[0] in ("load:", "begin_reused_run:")
     # warmup prompts are never measured prompts

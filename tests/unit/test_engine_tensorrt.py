@@ -127,19 +127,19 @@ def test_first_load_builds_with_the_trt_engine_llm_and_caches_the_engine(
     assert llm.kwargs["quant_config"].quant_algo.value == "W4A16_AWQ"
     assert (llm.kwargs["dtype"], llm.kwargs["tensor_parallel_size"]) == ("float16", 2)
     assert llm.kwargs["pipeline_parallel_size"] == 1
-    key = engine.effective_parameters()["engine_cache_key"]
+    key = engine.effective_parameters(config)["engine_cache_key"]
     target = engine_cache_dir(key)
     assert llm.saved_to and (target / "rank0.engine").is_file()
     build = json.loads((target / "llem-build.json").read_text())
     assert build["compile_time"]["max_batch_size"] == 16
-    assert any("built TensorRT engine" in n for n in engine.effective_parameters()["notes"])
-    assert engine.effective_parameters()["engine_origin"] == "built"
+    assert any("built TensorRT engine" in n for n in engine.effective_parameters(config)["notes"])
+    assert engine.effective_parameters(config)["engine_origin"] == "built"
 
     again, reuse = loaded(trt, config)
     assert reuse.model == str(target)  # loaded from the cache, not rebuilt
     assert reuse.tokenizer_arg == "org/model"
     assert "build_config" not in reuse.kwargs and "quant_config" not in reuse.kwargs
-    assert again.effective_parameters()["engine_origin"] == "cache"
+    assert again.effective_parameters(config)["engine_origin"] == "cache"
 
 
 def test_the_pytorch_backend_llm_would_refuse_a_build_so_the_engine_never_uses_it(
@@ -189,11 +189,12 @@ def test_cache_key_covers_every_compile_time_field_and_nothing_else() -> None:
 
 def test_engine_path_is_loaded_without_building(trt: ModuleType, tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text("{}")
-    engine, llm = loaded(trt, cfg(tensorrt={"engine_path": str(tmp_path)}))
+    config = cfg(tensorrt={"engine_path": str(tmp_path)})
+    engine, llm = loaded(trt, config)
     assert (llm.model, llm.tokenizer_arg) == (str(tmp_path), "org/model")
     assert "build_config" not in llm.kwargs and llm.saved_to == []
     assert llm.kwargs["kv_cache_config"].enable_block_reuse is False
-    assert engine.effective_parameters()["engine_origin"] == "engine_path"
+    assert engine.effective_parameters(config)["engine_origin"] == "engine_path"
     bad = cfg(tensorrt={"engine_path": str(tmp_path / "missing")})
     (problem,) = TensorRTBackend().preflight(bad)
     assert "not a TensorRT-LLM engine folder" in problem
@@ -245,16 +246,15 @@ def test_kv_block_reuse_is_off_unless_asked_for_and_clear_run_state_says_which(
     assert isinstance(kv, sys.modules["tensorrt_llm.llmapi"].KvCacheConfig)
     assert kv.enable_block_reuse is False
     assert kv.free_gpu_memory_fraction == 0.9  # TensorRT-LLM's default, not passed
-    assert engine.effective_parameters()["enable_block_reuse"] is False
+    assert engine.effective_parameters(cfg())["enable_block_reuse"] is False
     (note,) = engine.clear_run_state()
     assert "block reuse is off" in note
 
-    engine, llm = loaded(
-        trt, cfg(tensorrt={"enable_block_reuse": True, "kv_cache_free_gpu_memory_fraction": 0.5})
-    )
+    reusing = cfg(tensorrt={"enable_block_reuse": True, "kv_cache_free_gpu_memory_fraction": 0.5})
+    engine, llm = loaded(trt, reusing)
     kv = llm.kwargs["kv_cache_config"]
     assert (kv.enable_block_reuse, kv.free_gpu_memory_fraction) == (True, 0.5)
-    params = engine.effective_parameters()
+    params = engine.effective_parameters(reusing)
     assert (params["enable_block_reuse"], params["kv_cache_free_gpu_memory_fraction"]) == (
         True,
         0.5,
@@ -266,9 +266,10 @@ def test_kv_block_reuse_is_off_unless_asked_for_and_clear_run_state_says_which(
 def test_a_passthrough_kv_cache_config_wins_and_is_what_gets_recorded(trt: ModuleType) -> None:
     from tensorrt_llm.llmapi import KvCacheConfig
 
-    engine, llm = loaded(trt, cfg(passthrough_kwargs={"kv_cache_config": KvCacheConfig()}))
+    config = cfg(passthrough_kwargs={"kv_cache_config": KvCacheConfig()})
+    engine, llm = loaded(trt, config)
     assert llm.kwargs["kv_cache_config"].enable_block_reuse is True
-    assert engine.effective_parameters()["enable_block_reuse"] is True
+    assert engine.effective_parameters(config)["enable_block_reuse"] is True
     assert "block reuse is on" in engine.clear_run_state()[0]
 
 
@@ -323,7 +324,7 @@ def test_ttft_and_every_inter_token_gap_come_from_the_streamed_responses(
     assert rec.ttft_s == pytest.approx(0.08)
     assert rec.itl_s == pytest.approx([0.02] * 5)
     assert rec.latency_s == pytest.approx(0.08 + 5 * 0.02)
-    notes = engine.effective_parameters()["notes"]
+    notes = engine.effective_parameters(config)["notes"]
     assert any("streaming generate_async" in n for n in notes)
 
 
@@ -360,3 +361,22 @@ def test_unload_shuts_the_llm_down(trt: ModuleType) -> None:
     engine, llm = loaded(trt, cfg())
     engine.unload()
     assert llm.shut_down and engine.handle is None
+
+
+def test_execute_stamps_responses_and_records_are_built_after_it(
+    trt: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import llenergymeasure.engines.tensorrt as trt_engine
+
+    built: list[Any] = []
+    real = trt_engine.RequestRecord
+    monkeypatch.setattr(trt_engine, "RequestRecord", lambda **kw: built.append(kw) or real(**kw))
+    config = cfg()
+    engine, _ = loaded(trt, config)
+    raw = engine.execute(engine.prepare(PROMPTS, config))
+    assert built == []  # inside the window: submissions and one stamp per response, no record
+    records = engine.records(raw)
+    assert len(built) == len(records) == len(PROMPTS)
+    assert [r.output_tokens for r in records] == [
+        len(s.final.outputs[0].token_ids) for s in raw.payload
+    ]

@@ -115,11 +115,12 @@ def test_every_vllm_field_reaches_the_engine_argument_it_names(fake_vllm: Module
 def test_unset_fields_are_not_passed_and_the_effective_value_is_read_back(
     fake_vllm: ModuleType,
 ) -> None:
-    engine = loaded(cfg())
+    config = cfg()
+    engine = loaded(config)
     kwargs = fake_vllm.instances[-1].kwargs
     for name in ("max_num_seqs", "enable_prefix_caching", "block_size", "enable_lora"):
         assert name not in kwargs
-    eff = engine.effective_parameters()
+    eff = engine.effective_parameters(config)
     assert eff["max_num_seqs"] == fake_vllm.ENGINE_MAX_NUM_SEQS  # engine's choice, not 256
     assert eff["effective_value_sources"]["max_num_seqs"] == "engine config"
     assert eff["block_size"] == 16
@@ -130,9 +131,10 @@ def test_unset_fields_are_not_passed_and_the_effective_value_is_read_back(
 def test_documented_defaults_are_recorded_when_the_engine_config_is_unreadable(
     fake_vllm: ModuleType,
 ) -> None:
-    engine = loaded(cfg(vllm={"block_size": 32}))
+    config = cfg(vllm={"block_size": 32})
+    engine = loaded(config)
     del fake_vllm.instances[-1].llm_engine.vllm_config
-    eff = engine.effective_parameters()
+    eff = engine.effective_parameters(config)
     assert (eff["max_num_seqs"], eff["effective_value_sources"]["max_num_seqs"]) == (
         256,
         "documented default",
@@ -223,7 +225,9 @@ def test_without_the_step_loop_ttft_itl_and_latency_come_from_the_request_metric
     assert rec.ttft_s == pytest.approx(ttft)
     assert rec.latency_s == pytest.approx(ttft + 7 * step)
     assert rec.itl_s == pytest.approx([step] * 7)
-    assert any("mean inter-token interval" in n for n in engine.effective_parameters()["notes"])
+    assert any(
+        "mean inter-token interval" in n for n in engine.effective_parameters(config)["notes"]
+    )
 
 
 def test_missing_metrics_leave_ttft_empty_and_say_so(fake_vllm: ModuleType) -> None:
@@ -235,7 +239,7 @@ def test_missing_metrics_leave_ttft_empty_and_say_so(fake_vllm: ModuleType) -> N
     assert [r.ttft_s for r in records] == [None, None]
     assert [r.itl_s for r in records] == [[], []]
     assert all(r.latency_s > 0 for r in records)
-    notes = engine.effective_parameters()["notes"]
+    notes = engine.effective_parameters(config)["notes"]
     assert any("no per-request metrics" in n for n in notes)
 
 
@@ -253,7 +257,7 @@ def test_lora_adapter_goes_with_every_request(fake_vllm: ModuleType, tmp_path: P
     assert {(r.lora_name, r.lora_int_id, r.lora_path) for r in lora} == {
         ("llem-adapter", 1, str(tmp_path))
     }
-    assert engine.effective_parameters()["max_lora_rank"] == 64
+    assert engine.effective_parameters(config)["max_lora_rank"] == 64
 
 
 def test_lora_hub_adapter_and_merge_refusal(fake_vllm: ModuleType, tmp_path: Path) -> None:
@@ -281,7 +285,7 @@ def test_beam_search_uses_the_engine_beam_search_api(fake_vllm: ModuleType) -> N
     assert [r.output_tokens for r in records] == [8, 5]  # beam tokens minus the prompt
     assert [r.input_tokens for r in records] == [3, 1]
     assert all(r.ttft_s is None and r.itl_s == [] for r in records)
-    assert engine.effective_parameters()["num_beams"] == 3
+    assert engine.effective_parameters(config)["num_beams"] == 3
 
 
 def test_speculative_decoding_builds_speculative_config(fake_vllm: ModuleType) -> None:
@@ -315,7 +319,7 @@ def test_generate_before_load_and_unload(fake_vllm: ModuleType) -> None:
     with pytest.raises(BackendError, match="before load"):
         engine.generate(PROMPTS, cfg())
     with pytest.raises(BackendError, match="before load"):
-        engine.effective_parameters()
+        engine.effective_parameters(cfg())
     engine.load(cfg())
     assert engine.tokenizer is not None
     assert engine.peak_memory_bytes() is None
@@ -355,7 +359,9 @@ def test_per_token_timing_comes_from_the_engine_step_loop(fake_vllm: ModuleType)
     assert first.start_s is not None and second.start_s is not None
     assert 0 <= second.start_s - first.start_s < first.latency_s
     assert abs(first.start_s - time.monotonic()) < 60
-    assert any("engine core's iterations" in n for n in engine.effective_parameters()["notes"])
+    assert any(
+        "engine core's iterations" in n for n in engine.effective_parameters(config)["notes"]
+    )
 
 
 def test_each_prompt_is_rendered_just_before_it_is_added_as_llm_generate_does(
@@ -444,7 +450,7 @@ def test_where_core_outputs_cannot_be_read_each_step_is_stamped_as_it_returns(
     assert kinds == ["DELTA", "DELTA"]  # new tokens reported by every step()
     assert first.token_times_s is not None and second.token_times_s is not None
     assert second.token_times_s[:4] == first.token_times_s
-    assert any("engine step loop" in n for n in engine.effective_parameters()["notes"])
+    assert any("engine step loop" in n for n in engine.effective_parameters(config)["notes"])
 
 
 def test_a_core_log_that_disagrees_with_the_outputs_gives_no_per_token_times(
@@ -466,7 +472,7 @@ def test_a_core_log_that_disagrees_with_the_outputs_gives_no_per_token_times(
     assert all(r.ttft_s is None and r.token_times_s is None for r in records)
     assert [r.output_tokens for r in records] == [4, 5]  # counts still from the outputs
     assert all(r.latency_s > 0 for r in records)  # until its final output reached llem
-    notes = engine.effective_parameters()["notes"]
+    notes = engine.effective_parameters(config)["notes"]
     assert any("no per-token timing" in n and "gave request 0 3 tokens" in n for n in notes)
 
 
@@ -485,14 +491,12 @@ def test_a_step_that_bypasses_the_core_client_gives_no_per_token_times_and_says_
     llm_engine.step = lambda: step(elsewhere)
     records = engine.generate(PROMPTS, config)
     assert all(r.ttft_s is None and r.latency_s > 0 for r in records)
-    notes = engine.effective_parameters()["notes"]
+    notes = engine.effective_parameters(config)["notes"]
     assert any("never called engine_core.get_output" in n for n in notes)
 
 
 def test_tokens_delivered_together_share_the_step_interval(fake_vllm: ModuleType) -> None:
     from types import SimpleNamespace
-
-    from vllm.sampling_params import SamplingParams
 
     class TwoTokenSteps:
         """Every step delivers two tokens (as speculative decoding can)."""
@@ -520,9 +524,7 @@ def test_tokens_delivered_together_share_the_step_interval(fake_vllm: ModuleType
 
     engine = VLLMBackend()
     engine._llm = SimpleNamespace(llm_engine=TwoTokenSteps())
-    (rec,) = engine._generate_stepwise(
-        engine._llm.llm_engine, [Prompt("a b", index=0)], [SamplingParams()]
-    )
+    (rec,) = engine.generate([Prompt("a b", index=0)], cfg())
     assert rec.output_tokens == 4 and len(rec.itl_s) == 3
     # the second step's pair, split evenly (to the float resolution of monotonic time)
     assert rec.itl_s[1] == pytest.approx(rec.itl_s[2], abs=1e-9)
@@ -537,7 +539,7 @@ def test_prefix_cache_hit_rate_covers_the_window_and_clear_run_state_empties_the
     def window() -> dict[str, Any]:
         engine.reset_peak_memory()  # the orchestrator calls it just before the window
         engine.generate(PROMPTS, config)
-        stats: dict[str, Any] = engine.effective_parameters()["prefix_cache"]
+        stats: dict[str, Any] = engine.effective_parameters(config)["prefix_cache"]
         return stats
 
     first = window()
@@ -556,7 +558,7 @@ def test_a_warmup_leaves_no_prefix_cache_behind_for_the_window(fake_vllm: Module
     assert fake_vllm.instances[-1].calls[-1] == {"method": "reset_prefix_cache"}
     engine.reset_peak_memory()
     engine.generate(PROMPTS, config)
-    stats = engine.effective_parameters()
+    stats = engine.effective_parameters(config)
     assert stats["prefix_cache"]["hits_tokens"] == 0
     assert "vllm: prefix cache reset (LLM.reset_prefix_cache), after every warmup" in str(stats)
 
@@ -606,8 +608,6 @@ def test_tokens_accepted_together_keep_their_steps_stamp_for_the_energy_attribut
     interval invents a step that only request 0 was in and hands it that part of the energy.
     The ITL gaps still share the interval evenly.
     """
-    from vllm.sampling_params import SamplingParams
-
     from llenergymeasure.energy.attribution import steps_from_token_times
     from llenergymeasure.harness.energy_split import token_timed_batches
 
@@ -657,9 +657,7 @@ def test_tokens_accepted_together_keep_their_steps_stamp_for_the_energy_attribut
     engine = VLLMBackend()
     llm_engine = SpeculativeSteps()
     engine._llm = SimpleNamespace(llm_engine=llm_engine)
-    records = engine._generate_stepwise(
-        llm_engine, [Prompt("a b", index=0), Prompt("c d", index=1)], [SamplingParams()] * 2
-    )
+    records = engine.generate([Prompt("a b", index=0), Prompt("c d", index=1)], cfg())
     s1, s2, s3 = llm_engine.stamps
     assert [r.output_tokens for r in records] == [4, 3]
     assert records[0].token_times_s == [s1, s2, s2, s3]
@@ -670,3 +668,48 @@ def test_tokens_accepted_together_keep_their_steps_stamp_for_the_energy_attribut
     assert {w.request: w.tokens for w in steps[1].work} == {0: 2, 1: 1}
     # ITL: the pair shares its iteration's interval evenly
     assert records[0].itl_s == pytest.approx([(s2 - s1) / 2, (s2 - s1) / 2, s3 - s2])
+
+
+class _Counter:
+    """Counts calls made through the functions it wraps."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def wrap(self, fn: Any) -> Any:
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
+            return fn(*args, **kwargs)
+
+        return counted
+
+
+@pytest.mark.parametrize(
+    "decoder", [{}, {"decoding_strategy": "beam", "num_beams": 2}], ids=["steps", "beam"]
+)
+def test_execute_neither_tokenises_nor_builds_records(
+    fake_vllm: ModuleType, monkeypatch: pytest.MonkeyPatch, decoder: dict[str, Any]
+) -> None:
+    # what llem does; vLLM's own front end renders each prompt as it is added (LLM.generate too)
+    import llenergymeasure.engines.vllm as vllm_engine
+
+    config = cfg(decoder=decoder)
+    engine = loaded(config)
+    built, tokenised = _Counter(), _Counter()
+    monkeypatch.setattr(vllm_engine, "RequestRecord", built.wrap(vllm_engine.RequestRecord))
+    monkeypatch.setattr(engine.tokenizer, "encode", tokenised.wrap(engine.tokenizer.encode))
+    prepared = engine.prepare(PROMPTS, config)
+    done_before = tokenised.calls
+    raw = engine.execute(prepared)
+    assert (built.calls, tokenised.calls) == (0, done_before)
+    records = engine.records(raw)
+    assert built.calls == len(records) == len(PROMPTS)
+
+
+def test_effective_parameters_come_from_the_config_passed_not_from_preflight(
+    fake_vllm: ModuleType,
+) -> None:
+    config = cfg(max_new_tokens=8)
+    engine = loaded(config)
+    assert engine.preflight(cfg(max_new_tokens=99)) == []  # the next run of a reused engine
+    assert engine.effective_parameters(config)["max_new_tokens"] == 8

@@ -186,8 +186,8 @@ def test_without_per_token_times_requests_have_no_energy_and_the_result_says_why
     sensor = LoadSensor()
 
     class NoTokenTimes(FakeEngine):
-        def generate(self, prompts, config, *, phase="measurement"):  # type: ignore[no-untyped-def]
-            records = super().generate(prompts, config, phase=phase)
+        def records(self, raw):  # type: ignore[no-untyped-def]
+            records = super().records(raw)
             for r in records:
                 r.ttft_s, r.itl_s = None, []
             return records
@@ -464,7 +464,7 @@ def test_engine_figures_of_the_result_are_read_before_the_prefill_window() -> No
     sensor = LoadSensor()
 
     class Reporting(FakeEngine):
-        def effective_parameters(self) -> dict[str, object]:
+        def effective_parameters(self, config: object) -> dict[str, object]:
             generated = [p for p, _ in self.calls if p != "clear_run_state"]
             return {"last_generate": generated[-1]}
 

@@ -12,9 +12,11 @@ import pytest
 import llenergymeasure
 
 SRC = Path(llenergymeasure.__file__).parent
-# online/ sits on the harness floor: it may use config, energy, engines, results, exceptions.
+# online/ sits on the harness floor: it may use config, datasets (the Prompt it sends), energy,
+# engines, results, exceptions.
 ALLOWED_FOR_ONLINE = {
     "config",
+    "datasets",
     "energy",
     "engines",
     "results",

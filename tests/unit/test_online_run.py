@@ -342,3 +342,17 @@ def test_metered_gpus_are_resolved_to_nvml_indices():
     assert metered_gpu_indices(OnlineConfig(gpus=[2, "GPU-bbbb"]), uuids) == [2, 1]
     with pytest.raises(BackendError, match="GPU-dddd"):
         metered_gpu_indices(OnlineConfig(gpus=["GPU-dddd"]), uuids)
+
+
+def test_a_prompts_own_new_token_limit_is_its_requests_max_tokens(tmp_path):
+    from llenergymeasure.datasets import Prompt
+
+    own = [Prompt("short one", max_new_tokens=2, index=0), Prompt("default", index=1)]
+    with FakeOpenAIServer() as server:
+        run_online(
+            config({"endpoint": server.url, "n_warmup_requests": 0}, n=2, max_new_tokens=4),
+            own,
+            output_dir=tmp_path,
+        )
+        limits = {b["prompt"]: b["max_tokens"] for b in server.bodies}
+    assert limits == {"short one": 2, "default": 4}

@@ -18,7 +18,14 @@ from llenergymeasure.datasets import Prompt
 from llenergymeasure.energy.nvml_backend import NvmlEnergyBackend
 from llenergymeasure.energy.sampler import EnergySampler
 from llenergymeasure.engines import data_parallel as parallel
-from llenergymeasure.engines.base import InferenceBackend, LoadInfo, RequestRecord
+from llenergymeasure.engines.base import (
+    InferenceBackend,
+    LoadInfo,
+    PreparedRun,
+    RawRun,
+    RequestRecord,
+    prompt_limits,
+)
 from llenergymeasure.engines.data_parallel import (
     DataParallelEngine,
     DeviceSlot,
@@ -40,7 +47,7 @@ from llenergymeasure.testing.engines import FakeTokenizer
 # ─── Replica engines (run inside the spawned processes) ─────────────────────────
 
 
-class ScriptedReplica:
+class ScriptedReplica(InferenceBackend):
     """A replica whose per-request latency is scripted by prompt index.
 
     Prompts 0-2 take 1 s, later prompts 4 s; ``batch_index`` carries the pid of the process
@@ -72,15 +79,22 @@ class ScriptedReplica:
     def tokenizer(self) -> Any:
         return self._tokenizer
 
-    def generate(
+    def prepare(
         self, prompts: Sequence[Prompt], config: ExperimentConfig, *, phase: str = "measurement"
-    ) -> list[RequestRecord]:
-        records = []
-        for p in prompts:
+    ) -> PreparedRun:
+        return PreparedRun(list(prompts), config, phase, prompt_limits(prompts, config))
+
+    def execute(self, prepared: PreparedRun, *, on_batch: Any = None) -> RawRun:
+        for p in prepared.prompts:
             if p.index == self.fail_on_index:
                 raise BackendError(f"scripted failure on prompt {p.index}", hint="scripted hint")
             if p.index == self.exit_on_index:
                 os._exit(3)
+        return RawRun(prepared, os.getpid())
+
+    def records(self, raw: RawRun) -> list[RequestRecord]:
+        records = []
+        for p in raw.prepared.prompts:
             latency = 1.0 if p.index < 3 else 4.0
             records.append(
                 RequestRecord(
@@ -90,7 +104,7 @@ class ScriptedReplica:
                     latency_s=latency,
                     ttft_s=latency / 4,
                     itl_s=[latency / 4] * 3,
-                    batch_index=os.getpid(),
+                    batch_index=raw.payload,
                 )
             )
         return records
@@ -98,7 +112,7 @@ class ScriptedReplica:
     def synchronize(self) -> None:
         pass
 
-    def effective_parameters(self) -> dict[str, Any]:
+    def effective_parameters(self, config: ExperimentConfig) -> dict[str, Any]:
         return {"engine": "scripted", "device": self.device, "num_processes": 1}
 
     def reset_peak_memory(self) -> None:
@@ -420,3 +434,36 @@ def test_builtin_tiny_in_two_cpu_processes_matches_one_process() -> None:
     assert dp.effective_parameters["device"] == "cpu/0,cpu/1"
     # shard 0: batches [0,1],[2]; shard 1: batch [3,4] (batch indices are per process)
     assert [r.batch_index for r in dp.requests] == [0, 0, 1, 0, 0]
+
+
+def test_the_prefill_only_window_is_sharded_like_the_measurement_window_and_warmup_is_not() -> None:
+    # each process prefills its own shard in the one-token window, as it decoded it in the full
+    # one: running every prompt on every process would book N times the prefill work
+    engine = DataParallelEngine(
+        engine_factory=ScriptedReplica, devices=cpu_slots(2), allow_cpu_devices=True
+    )
+    config = dp_config()
+    engine.load(config)
+    try:
+        prefill = engine.generate(prompts(5), config, phase="prefill_window")
+        assert [r.index for r in prefill] == [0, 1, 2, 3, 4]
+        assert len({r.batch_index for r in prefill}) == 2  # both processes ran a shard
+        assert engine.record_process_indices() == [0, 0, 0, 1, 1]
+        warm = engine.generate(prompts(2), config, phase="warmup")
+        assert [r.index for r in warm] == [0, 1]  # process 0's copy of the full warmup
+    finally:
+        engine.unload()
+
+
+def test_effective_parameters_are_asked_of_process_0_for_the_config_given() -> None:
+    engine = DataParallelEngine(
+        engine_factory=ScriptedReplica, devices=cpu_slots(2), allow_cpu_devices=True
+    )
+    config = dp_config()
+    engine.load(config)
+    try:
+        params = engine.effective_parameters(config)
+    finally:
+        engine.unload()
+    assert params["engine"] == "scripted" and params["device"] == "cpu/0,cpu/1"
+    assert params["num_processes"] == 2 and params["data_parallel"] is True

@@ -186,7 +186,7 @@ def test_a_study_killed_mid_way_is_completed_by_resume_without_rerunning_finishe
     resumed = start_driver(tmp_path, worker, "run", "--resume", str(study_dir), "--quiet")
     out, err = resumed.communicate(timeout=60)
 
-    assert resumed.returncode == 0, err
+    assert resumed.returncode == 0, (out, err)
     final = load_manifest(study_dir)
     assert [r.status for r in final.runs] == ["completed"] * 3
     assert final.runs[0].finished_at == killed.runs[0].finished_at

@@ -523,15 +523,17 @@ class ExperimentConfig(BaseModel):
         if isinstance(data, dict) and data.get("dataset") == "synthetic":
             n = data.get("n", 100)
             data = {**data, "dataset": {"n": n} if isinstance(n, int) and n >= 1 else {"n": 1}}
-        # Synthetic output_len and max_new_tokens are one quantity: an explicit max_new_tokens
-        # fills an unset output_len; both set and different is an error (validate_backend_...).
-        if (
-            isinstance(data, dict)
-            and isinstance(data.get("dataset"), dict)
-            and "output_len" not in data["dataset"]
-            and "max_new_tokens" in data
-        ):
-            data = {**data, "dataset": {**data["dataset"], "output_len": data["max_new_tokens"]}}
+        # Synthetic output_len and max_new_tokens are one quantity: whichever is given fills
+        # the other, so the config records what runs; both set and different is an error for
+        # user input (_check_output_len_agrees).
+        if isinstance(data, dict) and isinstance(data.get("dataset"), SyntheticDatasetConfig):
+            data = {**data, "dataset": data["dataset"].model_dump(exclude_unset=True)}
+        if isinstance(data, dict) and isinstance(data.get("dataset"), dict):
+            dataset = data["dataset"]
+            if "output_len" not in dataset and "max_new_tokens" in data:
+                data = {**data, "dataset": {**dataset, "output_len": data["max_new_tokens"]}}
+            elif "output_len" in dataset and "max_new_tokens" not in data:
+                data = {**data, "max_new_tokens": dataset["output_len"]}
         return data
 
     @field_validator("passthrough_kwargs")
@@ -698,10 +700,17 @@ class ExperimentConfig(BaseModel):
 
     @property
     def effective_max_new_tokens(self) -> int:
-        """Synthetic ``output_len`` sets max_new_tokens; otherwise the top-level value."""
+        """The run's new-token limit: a synthetic dataset's ``output_len``, else
+        ``max_new_tokens``. The two agree in every config built by this version; a stored
+        config of an older one may carry the default 128 beside its ``output_len``."""
         if isinstance(self.dataset, SyntheticDatasetConfig):
             return self.dataset.output_len
         return self.max_new_tokens
+
+    def max_new_tokens_for(self, prompt_limit: int | None) -> int:
+        """The new-token limit of one prompt: its own ``max_new_tokens`` (a JSONL row's),
+        else the run's (``effective_max_new_tokens``). The one place this rule lives."""
+        return self.effective_max_new_tokens if prompt_limit is None else int(prompt_limit)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> ExperimentConfig:

@@ -12,6 +12,7 @@ __all__ = [
     "EnergyCounterResetError",
     "adjusted_energy_j",
     "counter_delta_mj",
+    "energy_per",
     "integrate_power_j",
     "mean_power_w",
     "relative_difference",
@@ -147,6 +148,17 @@ def relative_difference(value: float, reference: float) -> float | None:
     if reference == 0:
         return None
     return (value - reference) / abs(reference)
+
+
+def energy_per(energy_j: float | None, count: int | None) -> float | None:
+    """Energy per unit: J per output token (``count`` = output tokens), J per request, ...
+
+    ``None`` when the energy is unknown or there is nothing to divide by (``count`` 0). The one
+    place every J/token and J/request figure (offline and online results) is computed.
+    """
+    if energy_j is None or not count or count <= 0:
+        return None
+    return energy_j / count
 
 
 def adjusted_energy_j(total_j: float, baseline_power_w: float, duration_s: float) -> float:

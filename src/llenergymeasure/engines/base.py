@@ -1,20 +1,55 @@
-"""The inference-engine contract: what the harness needs from an engine, and what it gets back.
+"""The inference-engine contract: every hook the harness calls, with defaults, and its results.
 
-Engines are structural: anything with these methods is an ``InferenceBackend`` (tests inject
-fakes). Importing this module imports no engine library.
+``InferenceBackend`` is an abstract base class: an engine subclasses it, implements the abstract
+methods and overrides the defaults it needs. The harness calls nothing else on an engine, and
+never probes one for optional methods (``tests/unit/test_engine_contract.py`` checks it).
+
+A run of prompts is three calls, so that nothing runs inside an energy window that the
+methodology does not name (``docs/methodology.md``, section 1, step 8)::
+
+    prepared = engine.prepare(prompts, config, phase=...)   # before the window: tokenise,
+                                                            # pad, move to the device, build
+                                                            # sampling parameters
+    with window:                                            # energy window open
+        raw = engine.execute(prepared)                      # the engine's own loop, timestamps
+    records = engine.records(raw)                           # after the window: one record per
+                                                            # prompt, from the raw outputs
+
+``generate`` chains the three for callers outside a window (warmup, tests).
+
+Importing this module imports no engine library.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import abc
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from llenergymeasure.config.models import ExperimentConfig
     from llenergymeasure.datasets import Prompt
 
-__all__ = ["InferenceBackend", "LoadInfo", "RequestRecord"]
+__all__ = [
+    "MEASUREMENT_PHASE",
+    "WARMUP_PHASE",
+    "BatchProgress",
+    "InferenceBackend",
+    "LoadInfo",
+    "PreparedRun",
+    "RawRun",
+    "RequestRecord",
+    "ServeCommand",
+    "prompt_limits",
+]
+
+#: Phase of the measurement window's run; a warmup run's phase.
+MEASUREMENT_PHASE = "measurement"
+WARMUP_PHASE = "warmup"
+
+#: Called by ``execute`` between batches with the number of prompts done (progress only).
+BatchProgress = Callable[[int], None]
 
 
 @dataclass
@@ -65,63 +100,159 @@ class LoadInfo:
     timing_parts: dict[str, float] = field(default_factory=dict)
 
 
-@runtime_checkable
-class InferenceBackend(Protocol):
-    """An inference engine the harness can drive.
+def prompt_limits(prompts: Sequence[Prompt], config: ExperimentConfig) -> list[int]:
+    """Each prompt's new-token limit (``ExperimentConfig.max_new_tokens_for``), in order."""
+    return [config.max_new_tokens_for(p.max_new_tokens) for p in prompts]
 
-    Call order: ``preflight`` -> ``load`` -> ``generate`` (warmup, then measurement) ->
-    ``unload``. A reused engine (a study's engine group) repeats ``preflight`` -> ``generate``
-    (warmup) -> ``clear_run_state`` -> ``generate`` (measurement) per run after one ``load``;
-    an engine may also define ``begin_reused_run(config) -> list[str]``, called before a reused
-    run's warmup to drop state that would make the run differ from one in a fresh process
-    (the PyTorch engine resets ``torch.compile``'s graphs there).
-    ``preflight`` must be cheap and must not load the model.
+
+@dataclass
+class PreparedRun:
+    """Prompts made ready for one engine run, before any energy window opens.
+
+    ``limits``: each prompt's new-token limit (``prompt_limits``). ``payload``: what the
+    engine built for ``execute`` (PyTorch: padded batches on the device and their generate
+    arguments; vLLM and TensorRT-LLM: sampling parameters and request ids); engine-specific.
     """
 
-    name: str
+    prompts: list[Prompt]
+    config: ExperimentConfig
+    phase: str
+    limits: list[int]
+    payload: Any = None
 
+
+@dataclass
+class RawRun:
+    """What ``execute`` kept from inside the window, read by ``records`` after it closes.
+
+    ``payload``: the engine's raw outputs and clock readings (engine-specific).
+    """
+
+    prepared: PreparedRun
+    payload: Any = None
+
+
+@dataclass(frozen=True)
+class ServeCommand:
+    """How to start an engine's own OpenAI-compatible server (``mode: online``).
+
+    ``argv``: the command line, model, host and port included (``online.server.extra_args``
+    are appended by the caller); ``supports_ignore_eos``: whether the server takes vLLM's
+    ``ignore_eos`` extension; ``notes``: experiment settings the server decides itself.
+    """
+
+    argv: list[str]
+    supports_ignore_eos: bool = True
+    notes: list[str] = field(default_factory=list)
+
+
+class InferenceBackend(abc.ABC):
+    """An inference engine the harness can drive: every hook, with defaults where one fits.
+
+    Call order: ``preflight`` -> ``load`` -> [warmup: ``generate``, ``after_warmup_run``] ->
+    ``prepare`` -> window(``execute``) -> ``records`` -> ``unload``. A reused engine (a
+    study's engine group) repeats, per run after one ``load``: ``preflight`` ->
+    ``begin_reused_run`` -> warmup -> ``clear_run_state`` -> ``prepare`` -> window(``execute``)
+    -> ``records``. ``preflight`` must be cheap and must not load the model; it keeps no state
+    that later calls read: ``effective_parameters`` is computed from the config passed to it.
+    """
+
+    #: Catalogue name of the engine ("pytorch", "vllm", ...).
+    name: str = ""
+
+    # ─── Lifecycle ──────────────────────────────────────────────────────────
     def version(self) -> str:
         """Version of the underlying engine library."""
-        ...
+        return "unknown"
 
+    @abc.abstractmethod
     def preflight(self, config: ExperimentConfig) -> list[str]:
-        """Problems that would stop ``config`` from running (empty list = ok)."""
-        ...
+        """Problems on this machine that would stop ``config`` from running (empty = ok)."""
 
+    @abc.abstractmethod
     def load(self, config: ExperimentConfig) -> LoadInfo:
         """Load model and tokenizer (and adapters, draft model, ...) for ``config``."""
-        ...
 
     @property
     def tokenizer(self) -> Any:
-        """The loaded HuggingFace tokenizer; None before ``load`` (must not raise)."""
-        ...
+        """The loaded Hugging Face tokenizer (``encode``, ``decode``); None before ``load``
+        or where the engine has none (must not raise)."""
+        return None
+
+    def max_sequence_length(self) -> int | None:
+        """Prompt + generated tokens the loaded model accepts; None where unknown."""
+        return None
+
+    def unload(self) -> None:  # noqa: B027 (a default: nothing to do)
+        """Release the model and free device memory (default: nothing to release)."""
+
+    # ─── A run of prompts ───────────────────────────────────────────────────
+    @abc.abstractmethod
+    def prepare(
+        self, prompts: Sequence[Prompt], config: ExperimentConfig, *, phase: str = MEASUREMENT_PHASE
+    ) -> PreparedRun:
+        """Everything that can be done before the window: tokenise, pad, move to the device,
+        build sampling parameters. Runs outside any energy window."""
+
+    @abc.abstractmethod
+    def execute(self, prepared: PreparedRun, *, on_batch: BatchProgress | None = None) -> RawRun:
+        """Run the prepared prompts: the only engine call inside an energy window.
+
+        The engine's own generation loop, with one clock read per step (per-token timing) and
+        per batch or request (the attribution's start times); no tokenising, no records.
+        ``on_batch(prompts_done)`` may be called between batches (progress).
+        """
+
+    @abc.abstractmethod
+    def records(self, raw: RawRun) -> list[RequestRecord]:
+        """One record per prompt of ``raw``, in prompt order. Runs after the window closed."""
 
     def generate(
-        self,
-        prompts: Sequence[Prompt],
-        config: ExperimentConfig,
-        *,
-        phase: str = "measurement",
+        self, prompts: Sequence[Prompt], config: ExperimentConfig, *, phase: str = MEASUREMENT_PHASE
     ) -> list[RequestRecord]:
-        """Run ``prompts`` and return one record per prompt, in prompt order."""
-        ...
+        """``prepare``, ``execute`` and ``records`` in one call, for use outside a window.
 
-    def synchronize(self) -> None:
-        """Wait for queued device work (``cuda.synchronize`` on GPU; no-op on CPU)."""
-        ...
+        After a ``warmup`` run, ``after_warmup_run`` follows.
+        """
+        records = self.records(self.execute(self.prepare(prompts, config, phase=phase)))
+        if phase == WARMUP_PHASE:
+            self.after_warmup_run()
+        return records
 
-    def effective_parameters(self) -> dict[str, Any]:
-        """Every parameter actually used, with None-sentinels resolved to the engine default."""
-        ...
+    def after_warmup_run(self) -> None:  # noqa: B027 (a default: nothing to do)
+        """Runs after every warmup run, outside any window (default: nothing).
 
-    def reset_peak_memory(self) -> None:
-        """Reset the device's peak-memory counter."""
-        ...
+        vLLM empties its prefix cache here, so no window reuses what a warmup computed.
+        """
+
+    def compiles_on_first_run(self, config: ExperimentConfig) -> bool:
+        """Whether the first run of ``config`` compiles (PyTorch ``torch_compile``): the
+        harness then forces one warmup run so that compilation never lands in a window."""
+        return False
+
+    def synchronize(self) -> None:  # noqa: B027 (a default: nothing to do)
+        """Wait for queued device work (``cuda.synchronize`` on GPU); default: no-op, for
+        engines whose ``execute`` returns only when every request has finished."""
+
+    @abc.abstractmethod
+    def effective_parameters(self, config: ExperimentConfig) -> dict[str, Any]:
+        """Every parameter ``config`` runs with on the loaded engine, None-sentinels resolved
+        to the engine's default. Computed from ``config``, never from state left by an
+        earlier call (``preflight``, another run of a reused engine)."""
+
+    # ─── Device memory ──────────────────────────────────────────────────────
+    def reset_peak_memory(self) -> None:  # noqa: B027 (a default: nothing to do)
+        """Reset the device's peak-memory counter (default: no counter in this process)."""
 
     def peak_memory_bytes(self) -> int | None:
-        """Peak device memory since the last reset, or None where not measurable (CPU)."""
-        ...
+        """Peak device memory since the last reset; None where not measurable (default)."""
+        return None
+
+    # ─── Engine reuse (a study's engine group) ──────────────────────────────
+    def begin_reused_run(self, config: ExperimentConfig) -> list[str]:
+        """Before a reused engine's next run (before its warmup): drop state that would make
+        the run differ from one in a fresh process; returns notes (default: nothing to drop)."""
+        return []
 
     def clear_run_state(self) -> list[str]:
         """Drop state that would carry work from one run into the next on a reused engine
@@ -130,8 +261,23 @@ class InferenceBackend(Protocol):
         Called before every measurement window of a study that reuses its engine; returns
         notes (what was cleared, or that the engine keeps no such state) for the result.
         """
-        ...
+        return [f"{self.name} engine keeps no cross-run cache that llem can clear"]
 
-    def unload(self) -> None:
-        """Release the model and free device memory."""
-        ...
+    # ─── Online mode ────────────────────────────────────────────────────────
+    def serve_command(
+        self, config: ExperimentConfig, *, model: str, host: str, port: int
+    ) -> ServeCommand | None:
+        """The command line of this engine's own server for an online ``config``, serving
+        ``model`` (a hub id or local folder) on ``host:port``; ``ConfigError`` naming a field
+        the server has no flag for. None (default): the engine has no server llem can start.
+        Must not import the engine library (the server runs in its own process)."""
+        return None
+
+    # ─── Several processes (data parallel) ──────────────────────────────────
+    def process_results(self) -> list[dict[str, Any]]:
+        """One summary per process of the last measured run (default: one process, none)."""
+        return []
+
+    def record_process_indices(self) -> list[int] | None:
+        """Process index of each record of the last measured run (None: one process)."""
+        return None

@@ -12,17 +12,20 @@ so the orchestrator drives it exactly like a single-process engine:
 - **Processes.** ``load`` spawns N processes (``multiprocessing.get_context("spawn")``, clean CUDA
   state). Each builds its engine with the injectable, picklable ``engine_factory(device)``
   (default ``pytorch_replica``), loads the model on its own device and reports its ``LoadInfo``
-  (process 0 also sends its tokenizer and effective parameters). Children ignore SIGINT: the
-  parent decides when they stop.
-- **Sharding.** Measurement prompts are split into N *contiguous* shards in dataset order,
-  sizes differing by at most one, the larger shards first (``shard_contiguous``): process k
-  runs prompts ``[start_k, end_k)``. Warmup prompts go to every process in full (each replica
-  warms its own model, caches and compiled graphs).
-- **Shared window.** The parent opens the energy window (the orchestrator's ``begin()``) while the
-  children wait, loaded and idle; ``generate`` sends every child its shard, the children meet at
-  a barrier and start generating together, each synchronises its device before reporting, and
-  the parent returns only when every child has reported (then the orchestrator closes the
-  window). ``synchronize`` in the parent is therefore a no-op.
+  (process 0 also sends its tokenizer). Children ignore SIGINT: the parent decides when they
+  stop.
+- **Sharding.** The prompts of a measured window (the measurement window, the prefill-only
+  window) are split into N *contiguous* shards in dataset order, sizes differing by at most one,
+  the larger shards first (``shard_contiguous``): process k runs prompts ``[start_k, end_k)``.
+  Warmup prompts go to every process in full (each replica warms its own model, caches and
+  compiled graphs).
+- **Shared window.** ``prepare`` (before the window) sends every child its shard, which it
+  prepares (tokenised, padded, on its device) and keeps. The parent opens the energy window
+  while the children wait, loaded and idle; ``execute`` tells every child to go, the children
+  meet at a barrier and run their prepared shard together, each synchronises its device before
+  reporting, and the parent returns only when every child has reported (then the window
+  closes). ``synchronize`` in the parent is therefore a no-op. ``records`` (after the window)
+  asks every child for its records.
 - **Late aggregation.** The children's raw ``RequestRecord`` lists are concatenated in process
   order, i.e. dataset order; the orchestrator computes every statistic over all of them (never
   an average of per-process averages) and energy is summed over the measured devices with the
@@ -43,14 +46,24 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
-from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from llenergymeasure.energy.devices import (
     DeviceSlot,
     cpu_slots,
     visible_gpu_slots,
 )
-from llenergymeasure.engines.base import InferenceBackend, LoadInfo, RequestRecord
+from llenergymeasure.engines.base import (
+    MEASUREMENT_PHASE,
+    WARMUP_PHASE,
+    BatchProgress,
+    InferenceBackend,
+    LoadInfo,
+    PreparedRun,
+    RawRun,
+    RequestRecord,
+    prompt_limits,
+)
 from llenergymeasure.engines.process_plan import device_problems, num_processes
 from llenergymeasure.exceptions import BackendError
 
@@ -62,7 +75,6 @@ __all__ = [
     "DataParallelEngine",
     "DeviceSlot",
     "EngineFactory",
-    "ProcessReporter",
     "cpu_slots",
     "data_parallel_nvml_indices",
     "device_problems",
@@ -78,19 +90,6 @@ _T = TypeVar("_T")
 #: Builds one replica's engine for a device string ("cuda:0", "cpu"). Must be picklable
 #: (a top-level function or class) because it is sent to spawned processes.
 EngineFactory = Callable[[str], InferenceBackend]
-
-
-@runtime_checkable
-class ProcessReporter(Protocol):
-    """An engine that ran the measurement in several processes and can say which did what."""
-
-    def process_results(self) -> list[dict[str, Any]]:
-        """One summary per process of the last measurement ``generate``."""
-        ...
-
-    def record_process_indices(self) -> list[int]:
-        """Process index of each record returned by the last measurement ``generate``."""
-        ...
 
 
 def single_process_view(config: ExperimentConfig) -> ExperimentConfig:
@@ -144,18 +143,20 @@ def _child_main(
     conn: Connection,
     barrier: Any,
 ) -> None:
-    """Load one replica, then serve ``generate`` / ``reset_peak`` / ``clear_run_state`` / ``stop``
-    until told to stop."""
+    """Load one replica, then serve ``prepare`` / ``execute`` / ``records`` / ``reset_peak`` /
+    ``clear_run_state`` / ``begin_reused_run`` / ``effective`` until told to ``stop``."""
     with contextlib.suppress(ValueError):  # not the main thread: keep the default handler
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us
     if slot.visible_devices is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = slot.visible_devices  # before CUDA initialises
     engine: InferenceBackend | None = None
+    prepared: PreparedRun | None = None
+    raw: RawRun | None = None
     try:
         engine = factory(slot.device)
         info = engine.load(config)
         tokenizer = engine.tokenizer if index == 0 else None
-        conn.send(("loaded", info, tokenizer, engine.effective_parameters()))
+        conn.send(("loaded", info, tokenizer))
         while True:
             command = conn.recv()
             kind = command[0]
@@ -167,16 +168,30 @@ def _child_main(
             elif kind == "clear_run_state":
                 conn.send(("cleared", engine.clear_run_state()))
             elif kind == "begin_reused_run":
-                begin = getattr(engine, "begin_reused_run", None)
-                conn.send(("cleared", list(begin(command[1])) if callable(begin) else []))
-            elif kind == "generate":
+                conn.send(("cleared", engine.begin_reused_run(command[1])))
+            elif kind == "effective":
+                conn.send(("effective", engine.effective_parameters(command[1])))
+            elif kind == "prepare":
                 _, prompts, run_config, phase = command
+                prepared, raw = engine.prepare(prompts, run_config, phase=phase), None
+                conn.send(("prepared",))
+            elif kind == "execute":
+                if prepared is None:
+                    raise BackendError("data-parallel worker: execute before prepare")
                 barrier.wait()  # every process starts generating together
                 t0 = time.perf_counter()
-                records = engine.generate(prompts, run_config, phase=phase)
+                raw = engine.execute(prepared)
                 engine.synchronize()
                 t1 = time.perf_counter()
-                conn.send(("done", records, t0, t1, engine.peak_memory_bytes()))
+                prepared = None
+                conn.send(("done", t0, t1))
+            elif kind == "records":
+                if raw is None:
+                    raise BackendError("data-parallel worker: records before execute")
+                records, raw = engine.records(raw), None
+                if command[1] == WARMUP_PHASE:
+                    engine.after_warmup_run()
+                conn.send(("records", records, engine.peak_memory_bytes()))
             else:
                 raise BackendError(f"data-parallel worker: unknown command {kind!r}")
     except BaseException as exc:  # reported to the parent, which raises
@@ -207,7 +222,16 @@ class _Child:
     conn: Connection
 
 
-class DataParallelEngine:
+@dataclass
+class _Shards:
+    """A prepared data-parallel run: each process's prompts, and whether they are shards of a
+    measured window (else every process runs every prompt: warmup)."""
+
+    shards: list[list[Prompt]]
+    measured: bool
+
+
+class DataParallelEngine(InferenceBackend):
     """``InferenceBackend`` running ``pytorch.num_processes`` replicas, one per GPU.
 
     ``engine_factory`` builds each replica in its child process (picklable; default
@@ -235,7 +259,6 @@ class DataParallelEngine:
         self._children: list[_Child] = []
         self._barrier: Any = None
         self._tokenizer: Any = None
-        self._effective: dict[str, Any] | None = None
         self._load_infos: list[LoadInfo] = []
         self._process_results: list[dict[str, Any]] = []
         self._record_processes: list[int] = []
@@ -315,7 +338,6 @@ class DataParallelEngine:
             raise
         self._load_infos = [r[1] for r in replies]
         self._tokenizer = replies[0][2]
-        self._effective = dict(replies[0][3])
         first = self._load_infos[0]
         labels = [c.slot.label for c in self._children]
         notes = [note for info in self._load_infos for note in info.notes]
@@ -334,35 +356,53 @@ class DataParallelEngine:
         )
 
     # ─── Generation ─────────────────────────────────────────────────────────
-    def generate(
+    def prepare(
         self,
         prompts: Sequence[Prompt],
         config: ExperimentConfig,
         *,
-        phase: str = "measurement",
-    ) -> list[RequestRecord]:
-        """Measurement: each process runs its contiguous shard; records come back in prompt order.
-
-        Other phases (warmup): every process runs all ``prompts``; process 0's records return.
-        """
+        phase: str = MEASUREMENT_PHASE,
+    ) -> PreparedRun:
+        """Each process prepares its contiguous shard (a warmup: all ``prompts``) and keeps it."""
         if not self._children:
             raise BackendError("data-parallel engine: generate() called before load()")
         n = len(self._children)
-        measuring = phase == "measurement"
-        shards = shard_contiguous(list(prompts), n) if measuring else [list(prompts)] * n
+        measured = phase != WARMUP_PHASE
+        shards = shard_contiguous(list(prompts), n) if measured else [list(prompts)] * n
         for child, shard in zip(self._children, shards, strict=True):
-            self._send(child, ("generate", shard, config, phase))
+            self._send(child, ("prepare", shard, config, phase))
+        self._collect("prepared")
+        return PreparedRun(
+            list(prompts), config, phase, prompt_limits(prompts, config), _Shards(shards, measured)
+        )
+
+    def execute(self, prepared: PreparedRun, *, on_batch: BatchProgress | None = None) -> RawRun:
+        """Every process runs its prepared shard, together; returns when all have finished."""
+        if not self._children:
+            raise BackendError("data-parallel engine: generate() called before load()")
+        for child in self._children:
+            self._send(child, ("execute",))
         replies = self._collect("done")
-        if not measuring:
+        return RawRun(prepared, [(r[1], r[2]) for r in replies])
+
+    def records(self, raw: RawRun) -> list[RequestRecord]:
+        """Measured window: every process's records, in prompt order, and per-process summaries.
+        Warmup: process 0's records."""
+        for child in self._children:
+            self._send(child, ("records", raw.prepared.phase))
+        replies = self._collect("records")
+        plan: _Shards = raw.prepared.payload
+        if not plan.measured:
             return list(replies[0][1])
 
+        spans: list[tuple[float, float]] = raw.payload
         records: list[RequestRecord] = []
         owners: list[int] = []
-        starts = [r[2] for r in replies]
+        starts = [t0 for t0, _ in spans]
         summaries = []
-        self._peaks = [r[4] for r in replies]
-        for k, (child, shard, reply) in enumerate(
-            zip(self._children, shards, replies, strict=True)
+        self._peaks = [r[2] for r in replies]
+        for k, (child, shard, reply, (t0, t1)) in enumerate(
+            zip(self._children, plan.shards, replies, spans, strict=True)
         ):
             part: list[RequestRecord] = list(reply[1])
             if [r.index for r in part] != [p.index for p in shard]:
@@ -372,7 +412,7 @@ class DataParallelEngine:
                 )
             records.extend(part)
             owners.extend([k] * len(part))
-            duration = reply[3] - reply[2]
+            duration = t1 - t0
             out_tokens = sum(r.output_tokens for r in part)
             summaries.append(
                 {
@@ -387,8 +427,8 @@ class DataParallelEngine:
                     "output_tokens": out_tokens,
                     "duration_s": duration,
                     "tokens_per_second": out_tokens / duration if duration > 0 else 0.0,
-                    "start_offset_s": reply[2] - min(starts),
-                    "peak_memory_bytes": reply[4],
+                    "start_offset_s": t0 - min(starts),
+                    "peak_memory_bytes": reply[2],
                     "load_time_s": self._load_infos[k].load_time_s if self._load_infos else None,
                 }
             )
@@ -400,17 +440,22 @@ class DataParallelEngine:
         """Per-process summaries of the last measurement (index, device, UUID, tokens, timing)."""
         return [dict(s) for s in self._process_results]
 
-    def record_process_indices(self) -> list[int]:
+    def record_process_indices(self) -> list[int] | None:
         """Which process produced each record of the last measurement."""
         return list(self._record_processes)
 
-    def effective_parameters(self) -> dict[str, Any]:
-        """Process 0's effective parameters plus the data-parallel layout."""
-        if self._effective is None:
+    def compiles_on_first_run(self, config: ExperimentConfig) -> bool:
+        """As the replicas' engine says (each compiles in its own first run)."""
+        return self._probe().compiles_on_first_run(single_process_view(config))
+
+    def effective_parameters(self, config: ExperimentConfig) -> dict[str, Any]:
+        """Process 0's effective parameters for ``config`` plus the data-parallel layout."""
+        if not self._children:
             raise BackendError(
                 "data-parallel engine: effective_parameters() requested before load()"
             )
-        params = dict(self._effective)
+        self._send(self._children[0], ("effective", single_process_view(config)))
+        params = dict(self._collect("effective", only=[0])[0][1])
         labels = [c.slot.label for c in self._children]
         params.update(
             {
@@ -483,9 +528,12 @@ class DataParallelEngine:
         except (BrokenPipeError, EOFError, OSError) as exc:
             self._fail(self._children.index(child), f"is gone ({type(exc).__name__})")
 
-    def _collect(self, expected: str) -> list[tuple[Any, ...]]:
-        """One ``expected`` reply from every child, in process order; raises on any failure."""
-        pending = dict(enumerate(self._children))
+    def _collect(
+        self, expected: str, *, only: Sequence[int] | None = None
+    ) -> list[tuple[Any, ...]]:
+        """One ``expected`` reply from every child (or the children ``only``), in process
+        order; raises on any failure."""
+        pending = {k: c for k, c in enumerate(self._children) if only is None or k in only}
         replies: dict[int, tuple[Any, ...]] = {}
         while pending:
             waitables: list[Any] = [c.conn for c in pending.values()]

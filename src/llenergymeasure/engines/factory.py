@@ -36,12 +36,25 @@ def create_engine(backend: str, config: ExperimentConfig | None = None) -> Infer
 
         if num_processes(config) > 1:
             return DataParallelEngine()
+    return engine_class(backend)()
+
+
+def engine_class(backend: str) -> type[InferenceBackend]:
+    """The engine class the catalogue names for ``backend``, imported now.
+
+    Engine modules import their library lazily, so this works where the engine is not
+    installed (online mode builds a server's command line from it).
+    """
+    spec = engine_spec(backend)
     module_name, _, class_name = spec.engine_class.partition(":")
     try:
-        engine_class = getattr(importlib.import_module(module_name), class_name)
+        cls = getattr(importlib.import_module(module_name), class_name)
     except (ImportError, AttributeError) as e:
         raise BackendError(
             f"engine '{backend}': cannot import {spec.engine_class}: {e}", hint=spec.install_hint
         ) from e
-    engine: InferenceBackend = engine_class()
-    return engine
+    if not (isinstance(cls, type) and issubclass(cls, InferenceBackend)):
+        raise BackendError(
+            f"engine '{backend}': {spec.engine_class} is not an InferenceBackend subclass"
+        )
+    return cls

@@ -4,9 +4,11 @@ vLLM and TensorRT-LLM (and an SGLang engine could) expose the same shape: an ``L
 started from engine arguments, its tokenizer, one ``generate(texts, params)`` call that returns
 one output per prompt with per-request timings, and worker processes that own the GPU memory.
 This base holds what they share: the handle and tokenizer, the notes, the pre-flight opening
-(is the library installed?), the generate-and-records loop, the memory methods (no-ops: the
-workers allocate, not this process), ``clear_run_state`` and shutdown. A subclass supplies the
-engine-specific parts through the ``_``-prefixed hooks below.
+(is the library installed?), the prepare / execute / records split of one ``generate`` call
+(sampling parameters built before the window, the engine call inside it, records after it),
+the memory methods (no-ops: the workers allocate, not this process), ``clear_run_state`` and
+shutdown. A subclass supplies the engine-specific parts through the ``_``-prefixed hooks below,
+and overrides ``prepare``/``execute``/``records`` where its engine call is not one ``generate``.
 
 Importing this module imports no engine library.
 """
@@ -17,29 +19,48 @@ import contextlib
 import gc
 import importlib.util
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from llenergymeasure.config.catalogue import engine_spec
-from llenergymeasure.engines.base import LoadInfo, RequestRecord
+from llenergymeasure.engines.base import (
+    MEASUREMENT_PHASE,
+    BatchProgress,
+    InferenceBackend,
+    LoadInfo,
+    PreparedRun,
+    RawRun,
+    RequestRecord,
+    prompt_limits,
+)
 from llenergymeasure.exceptions import BackendError
 
 if TYPE_CHECKING:
     from llenergymeasure.config.models import ExperimentConfig
     from llenergymeasure.datasets import Prompt
 
-__all__ = ["OfflineLLMEngine", "RequestTiming"]
+__all__ = ["GenerateCall", "OfflineLLMEngine", "RequestTiming"]
 
 #: (ttft_s, latency_s, itl_s) of one request, as an engine's output metrics give them.
 RequestTiming = tuple[float | None, float | None, list[float]]
 
 
-class OfflineLLMEngine:
+@dataclass
+class GenerateCall:
+    """The raw result of one ``LLM.generate`` call: its outputs and its wall time (s)."""
+
+    outputs: Sequence[Any]
+    wall_s: float
+
+
+class OfflineLLMEngine(InferenceBackend):
     """Base of engines on an offline ``LLM`` API; ``name`` must be a catalogue engine name.
 
     Subclasses implement ``_machine_problems``, ``_start`` (build the handle, return LoadInfo),
-    ``_sampling_params``, ``_run_generate`` (the engine call), ``_request_timing`` and
-    ``_shutdown_handle``; they may override ``_generate`` (e.g. for beam search) and
+    ``_sampling_params``, ``_run_generate`` (the engine call), ``_request_timing``,
+    ``effective_parameters`` and ``_shutdown_handle``; they may override ``prepare``,
+    ``execute`` and ``records`` together (another engine loop, beam search), and
     ``clear_run_state``.
     """
 
@@ -50,7 +71,6 @@ class OfflineLLMEngine:
     def __init__(self) -> None:
         self._llm: Any = None
         self._tokenizer: Any = None
-        self._config: ExperimentConfig | None = None
         self._notes: list[str] = []
         self.last_phase: str | None = None
 
@@ -84,10 +104,6 @@ class OfflineLLMEngine:
         """The pip command that installs this engine."""
         return engine_spec(self.name).install_hint
 
-    def effective_parameters(self) -> dict[str, Any]:
-        """Every parameter used, None-sentinels resolved (each engine says its own)."""
-        raise NotImplementedError
-
     # ─── Pre-flight and load ────────────────────────────────────────────────
     def preflight(self, config: ExperimentConfig) -> list[str]:
         """What on this machine would stop ``config`` from running (library, files, ...).
@@ -96,7 +112,6 @@ class OfflineLLMEngine:
         """
         if importlib.util.find_spec(engine_spec(self.name).import_module) is None:
             return [f"{self.name} engine is not installed: {self.install_hint}"]
-        self._config = config
         return self._machine_problems(config)
 
     def load(self, config: ExperimentConfig) -> LoadInfo:
@@ -104,40 +119,40 @@ class OfflineLLMEngine:
         problems = self.preflight(config)
         if problems:
             raise BackendError(f"{self.name} engine cannot run this config: " + "; ".join(problems))
-        self._config = config
         self._notes = []
         return self._start(config)
 
     # ─── Generation ─────────────────────────────────────────────────────────
-    def generate(
+    def prepare(
         self,
         prompts: Sequence[Prompt],
         config: ExperimentConfig,
         *,
-        phase: str = "measurement",
-    ) -> list[RequestRecord]:
-        """Run every prompt; one record per prompt, in prompt order."""
+        phase: str = MEASUREMENT_PHASE,
+    ) -> PreparedRun:
+        """Each prompt's sampling parameters (its own new-token limit), before the window."""
         if self._llm is None:
             raise BackendError(f"{self.name} engine: generate() called before load()")
         self.last_phase = phase
-        if not prompts:
-            return []
-        default_max = int(config.effective_max_new_tokens)
-        limits = [default_max if p.max_new_tokens is None else p.max_new_tokens for p in prompts]
-        records = self._generate(prompts, config, limits)
-        if phase == "warmup":
-            self._after_warmup()
-        return records
+        limits = prompt_limits(prompts, config)
+        params = [self._sampling_params(config, n) for n in limits] if prompts else []
+        return PreparedRun(list(prompts), config, phase, limits, payload=params)
 
-    def _generate(
-        self, prompts: Sequence[Prompt], config: ExperimentConfig, limits: list[int]
-    ) -> list[RequestRecord]:
-        """One engine call for all prompts, then one record per output."""
-        params = [self._sampling_params(config, n) for n in limits]
+    def execute(self, prepared: PreparedRun, *, on_batch: BatchProgress | None = None) -> RawRun:
+        """One engine call for every prompt, timed by its wall clock."""
+        if not prepared.prompts:
+            return RawRun(prepared, GenerateCall(outputs=[], wall_s=0.0))
         t0 = perf_counter()
         with self._generation_errors():
-            outputs = self._run_generate(prompts, params)
-        return self._records(prompts, outputs, perf_counter() - t0)
+            outputs = self._run_generate(prepared.prompts, prepared.payload)
+        return RawRun(prepared, GenerateCall(outputs=outputs, wall_s=perf_counter() - t0))
+
+    def records(self, raw: RawRun) -> list[RequestRecord]:
+        """One record per output of the engine call."""
+        call: GenerateCall = raw.payload
+        if not raw.prepared.prompts:
+            return []
+        return self._records(raw.prepared.prompts, call.outputs, call.wall_s)
 
     @contextlib.contextmanager
     def _generation_errors(self) -> Iterator[None]:
@@ -187,23 +202,11 @@ class OfflineLLMEngine:
             self._notes.append(note)
 
     # ─── Device housekeeping ────────────────────────────────────────────────
-    def synchronize(self) -> None:
-        """No-op: ``generate`` returns only when every request has finished."""
-
-    def reset_peak_memory(self) -> None:
-        """No-op: the engine's workers allocate in their own processes."""
-
-    def peak_memory_bytes(self) -> int | None:
-        """None: the engine preallocates GPU memory in worker processes, so this process's
-        allocator sees nothing; the sampler's memory readings apply."""
-        return None
-
-    def clear_run_state(self) -> list[str]:
-        """Drop state that would carry work from one run into the next on a reused engine.
-
-        The default: nothing to clear, said in a note. Engines with a cache override this.
-        """
-        return [f"{self.name} engine keeps no cross-run cache that llem can clear"]
+    # synchronize(): the base's no-op: generate returns only when every request has finished.
+    # reset_peak_memory(), peak_memory_bytes(): the base's no-op / None: the engine
+    # preallocates GPU memory in worker processes, so this process's allocator sees nothing;
+    # the sampler's memory readings apply. clear_run_state(): the base's note (nothing to
+    # clear); engines with a cache override it.
 
     def unload(self) -> None:
         """Shut the engine down and drop it."""
@@ -215,9 +218,6 @@ class OfflineLLMEngine:
         gc.collect()
 
     # ─── Hooks ──────────────────────────────────────────────────────────────
-    def _after_warmup(self) -> None:
-        """Runs after every warmup ``generate``, outside any window (default: nothing)."""
-
     def _machine_problems(self, config: ExperimentConfig) -> list[str]:
         """Engine-specific machine checks (files, passthrough keys); the library is present."""
         return []

@@ -2,12 +2,17 @@
 
 Importing this module imports neither torch nor transformers: both are imported inside methods.
 
-How a run works (see ``PyTorchBackend.generate``):
+How a run works (``prepare`` -> ``execute`` -> ``records``, see ``engines.base``):
 
-- Prompts are tokenised once, up front, and grouped into batches of ``pytorch.batch_size``
-  (default 1). ``static`` batching keeps dataset order; ``dynamic`` sorts prompts by token length
-  first (length-sorted buckets, less padding). Batches are left-padded with an attention mask and
-  moved to the device before any generation starts.
+- ``prepare`` (before the energy window): prompts are tokenised once and grouped into batches of
+  ``pytorch.batch_size`` (default 1). ``static`` batching keeps dataset order; ``dynamic`` sorts
+  prompts by token length first (length-sorted buckets, less padding). Batches are left-padded
+  with an attention mask and moved to the device, each with its generate arguments and its own
+  step timer.
+- ``execute`` (inside the window): one ``model.generate`` call per batch, the batch's start read
+  on two clocks, its generated ids copied to the host (which waits for the batch to finish), and
+  nothing else. ``records`` (after the window): output counts, per-token times and one
+  ``RequestRecord`` per prompt.
 - Each batch is one ``model.generate`` call. Its ``max_new_tokens`` is the largest limit of the
   requests in it (a prompt's own ``max_new_tokens`` overrides ``config.max_new_tokens``); each
   request's counted output is then trimmed to its own limit. With ``decoder.ignore_eos`` the
@@ -18,7 +23,8 @@ How a run works (see ``PyTorchBackend.generate``):
   batch completes. ``ttft_s`` is the time to the batch's first generated token; ``itl_s`` are the
   gaps between this request's successive tokens, up to its last counted token.
 - Per-token times come from a streamer (``_StepTimer``) that records one ``perf_counter`` per
-  decoding step and does nothing else. transformers already moves each step's new tokens to the
+  decoding step (and keeps a reference to the step's token tensor, read after the window) and
+  does nothing else. transformers already moves each step's new tokens to the
   host (one small ``[batch]`` copy, at a point where the loop synchronises anyway to check for
   EOS), so the timer adds no device synchronisation. Beam search cannot stream in transformers:
   its records carry ``ttft_s=None`` and no ``itl_s``.
@@ -47,14 +53,26 @@ import gc
 import importlib.util
 import itertools
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from time import monotonic, perf_counter
 from typing import TYPE_CHECKING, Any
 
-from llenergymeasure.engines.base import LoadInfo, RequestRecord
-from llenergymeasure.exceptions import BackendError
+from llenergymeasure.config.catalogue import run_concurrency
+from llenergymeasure.engines.base import (
+    MEASUREMENT_PHASE,
+    BatchProgress,
+    InferenceBackend,
+    LoadInfo,
+    PreparedRun,
+    RawRun,
+    RequestRecord,
+    ServeCommand,
+    prompt_limits,
+)
+from llenergymeasure.exceptions import BackendError, ConfigError
 
 if TYPE_CHECKING:
     from llenergymeasure.config.models import ExperimentConfig
@@ -62,7 +80,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_BATCHING_STRATEGY",
-    "DEFAULT_BATCH_SIZE",
     "DEFAULT_NUM_BEAMS",
     "ENGINE_PASSTHROUGH_KEYS",
     "LOAD_PASSTHROUGH_KEYS",
@@ -71,7 +88,7 @@ __all__ = [
 ]
 
 # ─── Engine defaults (what a None in the pytorch: section resolves to) ──────────
-DEFAULT_BATCH_SIZE = 1
+# batch_size: the catalogue's run_concurrency (the one place concurrency defaults live).
 DEFAULT_BATCHING_STRATEGY = "static"
 DEFAULT_TORCH_COMPILE = False
 DEFAULT_NUM_BEAMS = 4
@@ -216,12 +233,13 @@ class _StepTimer:
 
     transformers calls ``put`` once with the prompt ids, then once per step with that step's new
     tokens (shape ``[batch]``; assisted generation passes ``[1, k]`` for ``k`` accepted tokens),
-    then ``end``. The prompt call is skipped.
+    then ``end``. The prompt call is skipped. ``put`` keeps the time and a reference to the
+    step's tensor; how many tokens the step gave is read after the window (``token_times``).
     """
 
     def __init__(self) -> None:
         self.times: list[float] = []
-        self.sizes: list[int] = []
+        self.values: list[Any] = []
         self.end_time: float | None = None
         self._prompt_seen = False
 
@@ -231,17 +249,18 @@ class _StepTimer:
             self._prompt_seen = True
             return
         self.times.append(now)
-        self.sizes.append(int(value.shape[-1]) if value.dim() > 1 else 1)
+        self.values.append(value)
 
     def end(self) -> None:
         self.end_time = perf_counter()
 
     def token_times(self) -> list[float]:
         """One timestamp per generated position (tokens of one step share its time)."""
-        if all(n == 1 for n in self.sizes):
+        sizes = [int(v.shape[-1]) if v.dim() > 1 else 1 for v in self.values]
+        if all(n == 1 for n in sizes):
             return self.times
         out: list[float] = []
-        for t, n in zip(self.times, self.sizes, strict=True):
+        for t, n in zip(self.times, sizes, strict=True):
             out.extend([t] * n)
         return out
 
@@ -260,7 +279,33 @@ def _make_streamer() -> _StepTimer:
     return timer
 
 
-class PyTorchBackend:
+@dataclass
+class _Batch:
+    """One prepared batch: prompt positions, input lengths, padded ids and mask on the device,
+    its generate arguments (with its ``max_new_tokens``) and its step timer (None: beam search,
+    which transformers cannot stream)."""
+
+    positions: list[int]
+    input_lengths: list[int]
+    input_ids: Any
+    attention_mask: Any
+    kwargs: dict[str, Any]
+    streamer: _StepTimer | None
+
+
+@dataclass
+class _BatchRun:
+    """What ``execute`` kept of one batch: its start on the sampler's clock (``monotonic``),
+    its start and end on ``perf_counter``, and its generated ids (on the host)."""
+
+    batch: _Batch
+    start_s: float
+    t0: float
+    t_end: float
+    generated: Any
+
+
+class PyTorchBackend(InferenceBackend):
     """Inference through HuggingFace transformers ``generate`` on one device."""
 
     name = "pytorch"
@@ -272,7 +317,6 @@ class PyTorchBackend:
         self._draft: Any = None
         self._tokenizer: Any = None
         self._device: Any = None
-        self._config: ExperimentConfig | None = None
         self._gen_kwargs: dict[str, Any] = {}
         self._engine_kwargs: dict[str, Any] = {}
         self._eos_ids: list[int] = []
@@ -280,10 +324,6 @@ class PyTorchBackend:
         self._model_source: str | None = None
         self._last_outputs: list[tuple[list[int], Any, list[int]]] = []
         self.last_phase: str | None = None
-        #: Called after each batch with (prompts done, output tokens so far); set by the harness
-        #: for progress. Runs between batches on data already on the host: no sync, no per-token
-        #: work.
-        self.batch_callback: Callable[[int, int], None] | None = None
 
     # ─── Introspection ──────────────────────────────────────────────────────
     def version(self) -> str:
@@ -301,6 +341,39 @@ class PyTorchBackend:
         """
         return self._tokenizer
 
+    # ─── Online mode ────────────────────────────────────────────────────────
+    def serve_command(
+        self, config: ExperimentConfig, *, model: str, host: str, port: int
+    ) -> ServeCommand:
+        """``transformers serve MODEL`` (the model is pinned): ``--dtype``,
+        ``--default-seed``, ``--attn-implementation``, ``--compile``, ``--quantization
+        bnb-4bit|bnb-8bit`` and ``--continuous-batching`` for ``batching_strategy: dynamic``.
+        transformers serve refuses unknown request fields, so ``ignore_eos`` is not sent, and
+        serves the model under its own name."""
+        online = config.online
+        if online is not None and online.served_model_name:
+            raise ConfigError(
+                "online.served_model_name is not supported with transformers serve "
+                "(it serves the model under its own name)",
+                hint="remove online.served_model_name",
+            )
+        argv = ["transformers", "serve", model, "--host", host, "--port", str(port)]
+        argv += ["--dtype", _PRECISION_TO_DTYPE.get(config.precision, "auto")]
+        argv += ["--default-seed", str(config.random_seed)]
+        p = config.pytorch
+        if p is not None:
+            if p.attn_implementation is not None:
+                argv += ["--attn-implementation", p.attn_implementation]
+            if p.torch_compile:
+                argv.append("--compile")
+            if p.load_in_4bit:
+                argv += ["--quantization", "bnb-4bit"]
+            elif p.load_in_8bit:
+                argv += ["--quantization", "bnb-8bit"]
+            if p.batching_strategy == "dynamic":
+                argv.append("--continuous-batching")
+        return ServeCommand(argv=argv, supports_ignore_eos=False)
+
     # ─── Pre-flight ─────────────────────────────────────────────────────────
     def preflight(self, config: ExperimentConfig) -> list[str]:
         """What on this machine would stop ``config`` from running: libraries installed (torch,
@@ -314,7 +387,6 @@ class PyTorchBackend:
                 f'pytorch engine needs {", ".join(missing)}: pip install "llenergymeasure[pytorch]"'
             )
             return problems
-        self._config = config
 
         load_kw, _gen_kw, _engine_kw, pt_problems = split_passthrough_kwargs(
             config.passthrough_kwargs
@@ -448,7 +520,6 @@ class PyTorchBackend:
                 "data-parallel engine",
                 hint="build the engine with create_engine(config.backend, config)",
             )
-        self._config = config
         self._engine_kwargs = engine_kw
         self._load_notes = []
         if self._requested_device is not None:
@@ -569,8 +640,7 @@ class PyTorchBackend:
     # ─── Resolution of None-sentinels ──────────────────────────────────────
     @staticmethod
     def _batch_size(config: ExperimentConfig) -> int:
-        bs = config.pytorch.batch_size if config.pytorch is not None else None
-        return DEFAULT_BATCH_SIZE if bs is None else int(bs)
+        return run_concurrency(config)
 
     @staticmethod
     def _batching_strategy(config: ExperimentConfig) -> str:
@@ -627,13 +697,16 @@ class PyTorchBackend:
                 return value
         return None
 
-    def effective_parameters(self) -> dict[str, Any]:
-        """Every parameter the engine uses, None-sentinels resolved (needs ``load`` first)."""
-        if self._model is None or self._config is None:
+    def compiles_on_first_run(self, config: ExperimentConfig) -> bool:
+        """``pytorch.torch_compile``: transformers compiles in the first ``generate``."""
+        return self._torch_compile(config)
+
+    def effective_parameters(self, config: ExperimentConfig) -> dict[str, Any]:
+        """Every parameter ``config`` runs with on the loaded model, None-sentinels resolved."""
+        if self._model is None:
             raise BackendError("pytorch engine: effective_parameters() requested before load()")
         import torch
 
-        config = self._config
         pt = config.pytorch
         dec = config.decoder
         kw = self._decoding_kwargs(config)
@@ -673,7 +746,7 @@ class PyTorchBackend:
             "top_k": kw["top_k"] if sampling else None,
             "repetition_penalty": dec.repetition_penalty,
             "random_seed": config.random_seed if sampling else None,
-            "max_new_tokens": _default_max_new_tokens(config),
+            "max_new_tokens": config.max_new_tokens_for(None),
             "ignore_eos": dec.ignore_eos,
             "min_new_tokens": "max_new_tokens" if dec.ignore_eos else None,
             "speculative_decoding": dec.speculative_decoding,
@@ -701,31 +774,39 @@ class PyTorchBackend:
             raise BackendError("pytorch engine: generate() called before load()")
         return self._model, self._tokenizer
 
-    def _prepare_batches(
-        self, prompts: Sequence[Prompt], config: ExperimentConfig
-    ) -> list[tuple[list[int], list[int], Any, Any, int]]:
-        """Tokenise once, batch, left-pad, move to the device.
+    def prepare(
+        self,
+        prompts: Sequence[Prompt],
+        config: ExperimentConfig,
+        *,
+        phase: str = MEASUREMENT_PHASE,
+    ) -> PreparedRun:
+        """Tokenise once, batch, left-pad, move to the device; one step timer per batch.
 
-        Returns (prompt positions, input lengths, input_ids, attention_mask, max_new_tokens)
-        per batch.
+        Each batch's ``max_new_tokens`` is the largest limit of its requests (``ignore_eos``:
+        also its ``min_new_tokens``).
         """
         import torch
 
+        self._require_loaded()
+        self.last_phase = phase
+        limits = prompt_limits(prompts, config)
+        run = PreparedRun(list(prompts), config, phase, limits, payload=[])
+        if not prompts:
+            return run
         tokenizer = self._tokenizer
         encoded: list[list[int]] = tokenizer([p.text for p in prompts])["input_ids"]
         for p, ids in zip(prompts, encoded, strict=True):
             if not ids:
                 raise BackendError(f"prompt {p.index} tokenises to zero tokens")
-        default_max = _default_max_new_tokens(config)
-        limits = [
-            p.max_new_tokens if p.max_new_tokens is not None else default_max for p in prompts
-        ]
+        base_kw = self._decoding_kwargs(config)
+        stream = int(base_kw["num_beams"]) == 1  # transformers cannot stream beam search
         order = list(range(len(prompts)))
         if self._batching_strategy(config) == "dynamic":
             order.sort(key=lambda i: len(encoded[i]))
         bs = self._batch_size(config)
         pad_id = tokenizer.pad_token_id
-        batches = []
+        batches: list[_Batch] = []
         for start in range(0, len(order), bs):
             pos = order[start : start + bs]
             width = max(len(encoded[i]) for i in pos)
@@ -735,83 +816,85 @@ class PyTorchBackend:
                 n = len(encoded[i])
                 input_ids[row, width - n :] = torch.tensor(encoded[i], dtype=torch.long)
                 mask[row, width - n :] = 1
+            max_new = max(limits[i] for i in pos)
+            kw = dict(base_kw, max_new_tokens=max_new)
+            if config.decoder.ignore_eos:
+                kw["min_new_tokens"] = max_new
             batches.append(
-                (
-                    pos,
-                    [len(encoded[i]) for i in pos],
-                    input_ids.to(self._device),
-                    mask.to(self._device),
-                    max(limits[i] for i in pos),
+                _Batch(
+                    positions=pos,
+                    input_lengths=[len(encoded[i]) for i in pos],
+                    input_ids=input_ids.to(self._device),
+                    attention_mask=mask.to(self._device),
+                    kwargs=kw,
+                    streamer=_make_streamer() if stream else None,
                 )
             )
-        return batches
+        run.payload = batches
+        return run
 
-    def generate(
-        self,
-        prompts: Sequence[Prompt],
-        config: ExperimentConfig,
-        *,
-        phase: str = "measurement",
-    ) -> list[RequestRecord]:
-        """Run every prompt (batched as configured); one record per prompt, in prompt order."""
+    def execute(self, prepared: PreparedRun, *, on_batch: BatchProgress | None = None) -> RawRun:
+        """One ``model.generate`` per prepared batch; per batch: its start on two clocks, its
+        generated ids copied to the host (the copy waits for the batch), its end."""
         model, _ = self._require_loaded()
         import torch
 
-        self.last_phase = phase
-        if not prompts:
-            return []
-        base_kw = self._decoding_kwargs(config)
-        sampling = config.decoder.decoding_strategy == "sampling"
-        stream = int(base_kw["num_beams"]) == 1  # transformers cannot stream beam search
-        ignore_eos = config.decoder.ignore_eos
-        default_max = _default_max_new_tokens(config)
-        limits = [
-            p.max_new_tokens if p.max_new_tokens is not None else default_max for p in prompts
-        ]
-        batches = self._prepare_batches(prompts, config)
-        eos = torch.tensor(self._eos_ids, dtype=torch.long) if self._eos_ids else None
-
-        records: list[RequestRecord | None] = [None] * len(prompts)
-        self._last_outputs = []
-        done = tokens = 0
-        for batch_index, (pos, in_lens, input_ids, mask, max_new) in enumerate(batches):
-            kw = dict(base_kw, max_new_tokens=max_new)
-            if ignore_eos:
-                kw["min_new_tokens"] = max_new
-            streamer = _make_streamer() if stream else None
+        sampling = prepared.config.decoder.decoding_strategy == "sampling"
+        seed = prepared.config.random_seed
+        runs: list[_BatchRun] = []
+        done = 0
+        for batch in prepared.payload:
             if sampling:
-                torch.manual_seed(config.random_seed)
+                torch.manual_seed(seed)
             start = monotonic()  # the sampler's clock: places this batch on its timeline
             t0 = perf_counter()
             try:
                 out = model.generate(
-                    input_ids=input_ids, attention_mask=mask, streamer=streamer, **kw
+                    input_ids=batch.input_ids,
+                    attention_mask=batch.attention_mask,
+                    streamer=batch.streamer,
+                    **batch.kwargs,
                 )
                 seqs = getattr(out, "sequences", out)
-                gen = seqs[:, input_ids.shape[1] :].cpu()
+                gen = seqs[:, batch.input_ids.shape[1] :].cpu()
             except (RuntimeError, ValueError, TypeError) as e:
-                raise self._generation_error(e, len(pos)) from e
-            t_end = perf_counter()
+                raise self._generation_error(e, len(batch.positions)) from e
+            runs.append(_BatchRun(batch, start, t0, perf_counter(), gen))
+            if on_batch is not None:
+                done += len(batch.positions)
+                on_batch(done)
+        return RawRun(prepared, runs)
 
-            counts = [min(c, limits[i]) for c, i in zip(_output_counts(gen, eos), pos, strict=True)]
-            self._last_outputs.append((pos, gen, counts))
-            times = streamer.token_times() if streamer is not None else []
+    def records(self, raw: RawRun) -> list[RequestRecord]:
+        """One record per prompt, in prompt order: counted output tokens (up to and including
+        the first EOS, at most the prompt's own limit), latency, TTFT and ITL of its batch."""
+        import torch
+
+        prompts, limits = raw.prepared.prompts, raw.prepared.limits
+        eos = torch.tensor(self._eos_ids, dtype=torch.long) if self._eos_ids else None
+        records: list[RequestRecord | None] = [None] * len(prompts)
+        self._last_outputs = []
+        for batch_index, run in enumerate(raw.payload):
+            batch: _Batch = run.batch
+            pos = batch.positions
+            counts = [
+                min(c, limits[i])
+                for c, i in zip(_output_counts(run.generated, eos), pos, strict=True)
+            ]
+            self._last_outputs.append((pos, run.generated, counts))
+            times = batch.streamer.token_times() if batch.streamer is not None else []
             for row, i in enumerate(pos):
-                n_out = counts[row]
-                own = times[:n_out]
+                own = times[: counts[row]]
                 records[i] = RequestRecord(
                     index=prompts[i].index,
-                    input_tokens=in_lens[row],
-                    output_tokens=n_out,
-                    latency_s=t_end - t0,
-                    ttft_s=(own[0] - t0) if own else None,
+                    input_tokens=batch.input_lengths[row],
+                    output_tokens=counts[row],
+                    latency_s=run.t_end - run.t0,
+                    ttft_s=(own[0] - run.t0) if own else None,
                     itl_s=[b - a for a, b in itertools.pairwise(own)],
                     batch_index=batch_index,
-                    start_s=start,
+                    start_s=run.start_s,
                 )
-            if self.batch_callback is not None:
-                done, tokens = done + len(pos), tokens + sum(counts)
-                self.batch_callback(done, tokens)
         return [r for r in records if r is not None]
 
     def _generation_error(self, error: Exception, batch_len: int) -> BackendError:
@@ -926,12 +1009,6 @@ class PyTorchBackend:
 
 def _parameter_count(model: Any) -> int:
     return int(sum(p.numel() for p in model.parameters()))
-
-
-def _default_max_new_tokens(config: ExperimentConfig) -> int:
-    """The run's max_new_tokens (a synthetic dataset's ``output_len`` sets it)."""
-    value = getattr(config, "effective_max_new_tokens", None)
-    return int(value if value is not None else config.max_new_tokens)
 
 
 def _output_counts(gen: Any, eos: Any) -> list[int]:

@@ -28,10 +28,12 @@ checked against ``TrtLlmArgs``: an unknown keyword is a ``ValueError``. The call
 
 Per-token timing: every prompt is submitted with ``generate_async(..., streaming=True)`` from
 one asyncio loop (the pattern of TensorRT-LLM's own streaming example); each streamed response
-is stamped with ``perf_counter()`` when it reaches llem, and tokens that arrive together share
-the interval since the previous stamp evenly. This gives true TTFT (from submission) and every
-inter-token gap; ``LLM.generate`` itself is the same ``generate_async`` per prompt without
-streaming, so the engine schedules the same requests either way.
+is stamped with ``perf_counter()`` when it reaches llem (with the request's token count so far;
+nothing else happens per response inside the window), and, when the records are built after
+the window, tokens that arrive together share the interval since the previous stamp evenly.
+This gives true TTFT (from submission) and every inter-token gap; ``LLM.generate`` itself is
+the same ``generate_async`` per prompt without streaming, so the engine schedules the same
+requests either way.
 
 Build or load:
 
@@ -62,14 +64,23 @@ import re
 import shutil
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from time import monotonic, perf_counter
 from typing import TYPE_CHECKING, Any
 
+from llenergymeasure.config.catalogue import engine_spec
 from llenergymeasure.config.models import TENSORRT_PRECISION_QUANT
-from llenergymeasure.engines.base import LoadInfo, RequestRecord
+from llenergymeasure.engines.base import (
+    BatchProgress,
+    LoadInfo,
+    PreparedRun,
+    RawRun,
+    RequestRecord,
+    ServeCommand,
+)
 from llenergymeasure.engines.offline import OfflineLLMEngine
-from llenergymeasure.exceptions import BackendError
+from llenergymeasure.exceptions import BackendError, ConfigError
 
 if TYPE_CHECKING:
     from llenergymeasure.config.models import ExperimentConfig
@@ -80,6 +91,7 @@ __all__ = [
     "INSTALL_HINT",
     "QUANT_ALGOS",
     "SUPPORTED_SERIES",
+    "TRTLLM_SERVE_FLAGS",
     "TRT_DEFAULTS",
     "TensorRTBackend",
     "engine_cache_dir",
@@ -108,13 +120,22 @@ COMPILE_TIME_FIELDS: dict[str, str] = {
 #: What a None in the tensorrt: section resolves to (TensorRT-LLM 1.2 defaults, except
 #: enable_block_reuse, which llem turns off).
 TRT_DEFAULTS: dict[str, Any] = {
-    "max_batch_size": 2048,  # BuildConfig.max_batch_size
+    "max_batch_size": engine_spec("tensorrt").default_concurrency,  # BuildConfig's 2048
     "max_seq_len": None,  # None: derived from the model's max_position_embeddings at build
     "tp_size": 1,
     "pp_size": 1,
     "kv_cache_type": "paged",  # BuildConfig.kv_cache_type None -> PAGED
     "enable_block_reuse": False,  # llem's choice; KvCacheConfig's own default is True
     "kv_cache_free_gpu_memory_fraction": 0.9,  # KvCacheConfig.free_gpu_memory_fraction
+}
+
+#: ``TensorRTConfig`` field -> ``trtllm-serve`` flag; ``engine_path`` replaces the model.
+TRTLLM_SERVE_FLAGS: dict[str, str] = {
+    "tp_size": "--tp_size",
+    "pp_size": "--pp_size",
+    "max_batch_size": "--max_batch_size",
+    "max_seq_len": "--max_seq_len",
+    "kv_cache_free_gpu_memory_fraction": "--kv_cache_free_gpu_memory_fraction",
 }
 
 #: llem quantization name -> ``QuantAlgo`` member name.
@@ -200,6 +221,35 @@ class TensorRTBackend(OfflineLLMEngine):
         self._engine_dir: str | None = None
         self._engine_origin: str | None = None  # "engine_path" | "cache" | "built"
         self._cache_key: str | None = None
+
+    # ─── Online mode ────────────────────────────────────────────────────────
+    def serve_command(
+        self, config: ExperimentConfig, *, model: str, host: str, port: int
+    ) -> ServeCommand:
+        """``trtllm-serve MODEL_OR_ENGINE --backend tensorrt``: a built engine
+        (``tensorrt.engine_path``) replaces the model; ``--tp_size``, ``--pp_size``,
+        ``--max_batch_size``, ``--max_seq_len``, ``--kv_cache_free_gpu_memory_fraction`` from
+        the set ``tensorrt:`` fields. 1.x serves on its PyTorch backend unless told otherwise;
+        llem's TensorRT-LLM engine is the TensorRT-engine path."""
+        online = config.online
+        if online is not None and online.served_model_name:
+            raise ConfigError(
+                "online.served_model_name is not supported with trtllm-serve",
+                hint="remove online.served_model_name",
+            )
+        t = config.tensorrt
+        target = t.engine_path if t is not None and t.engine_path else model
+        argv = ["trtllm-serve", target, "--backend", "tensorrt"]
+        argv += ["--host", host, "--port", str(port)]
+        section = t.model_dump(exclude_none=True) if t is not None else {}
+        for name, value in section.items():
+            if name in TRTLLM_SERVE_FLAGS:
+                argv += [TRTLLM_SERVE_FLAGS[name], str(value)]
+        note = (
+            f"precision={config.precision} is not a trtllm-serve flag: the server runs at the "
+            "dtype of its checkpoint or built engine"
+        )
+        return ServeCommand(argv=argv, notes=[note])
 
     # ─── Pre-flight ─────────────────────────────────────────────────────────
     def _machine_problems(self, config: ExperimentConfig) -> list[str]:
@@ -359,11 +409,10 @@ class TensorRTBackend(OfflineLLMEngine):
         value = getattr(kv, "enable_block_reuse", None)
         return bool(value) if value is not None else None
 
-    def effective_parameters(self) -> dict[str, Any]:
-        """Every parameter used, None-sentinels resolved."""
-        if self._llm is None or self._config is None:
+    def effective_parameters(self, config: ExperimentConfig) -> dict[str, Any]:
+        """Every parameter ``config`` runs with, None-sentinels resolved."""
+        if self._llm is None:
             raise BackendError("tensorrt engine: effective_parameters() requested before load()")
-        config = self._config
         dec = config.decoder
         sampling = dec.decoding_strategy == "sampling"
         quant = resolve_quantization(config)
@@ -394,7 +443,7 @@ class TensorRTBackend(OfflineLLMEngine):
             "top_k": dec.top_k if sampling else 1,
             "repetition_penalty": dec.repetition_penalty,
             "random_seed": config.random_seed if sampling else None,
-            "max_new_tokens": int(config.effective_max_new_tokens),
+            "max_new_tokens": config.max_new_tokens_for(None),
             "ignore_eos": dec.ignore_eos,
             "timing_source": "streaming generate_async, one perf_counter stamp per response",
             "passthrough_kwargs": dict(config.passthrough_kwargs or {}),
@@ -423,23 +472,28 @@ class TensorRTBackend(OfflineLLMEngine):
             kw.update(ignore_eos=True, min_tokens=max_tokens)
         return SamplingParams(**kw)
 
-    def _generate(
-        self, prompts: Sequence[Prompt], config: ExperimentConfig, limits: list[int]
-    ) -> list[RequestRecord]:
+    def execute(self, prepared: PreparedRun, *, on_batch: BatchProgress | None = None) -> RawRun:
         """Stream every prompt at once through ``generate_async`` and stamp each response."""
-        params = [self._sampling_params(config, n) for n in limits]
+        if not prepared.prompts:
+            return RawRun(prepared, [])
         with self._generation_errors():
-            records = asyncio.run(self._stream_all(prompts, params))
-        self._add_note(
-            "tensorrt: per-token timing from streaming generate_async, one perf_counter stamp "
-            "per streamed response: ttft_s and every itl_s gap are measured (tokens of one "
-            "response share its interval evenly)"
-        )
+            streams = asyncio.run(self._stream_all(prepared.prompts, prepared.payload))
+        return RawRun(prepared, streams)
+
+    def records(self, raw: RawRun) -> list[RequestRecord]:
+        """One record per streamed request: tokens of one response share its interval."""
+        streams: list[_Stream] = raw.payload
+        prompts = raw.prepared.prompts
+        records = [_stream_record(p, st) for p, st in zip(prompts, streams, strict=True)]
+        if records:
+            self._add_note(
+                "tensorrt: per-token timing from streaming generate_async, one perf_counter "
+                "stamp per streamed response: ttft_s and every itl_s gap are measured (tokens "
+                "of one response share its interval evenly)"
+            )
         return records
 
-    async def _stream_all(
-        self, prompts: Sequence[Prompt], params: list[Any]
-    ) -> list[RequestRecord]:
+    async def _stream_all(self, prompts: Sequence[Prompt], params: list[Any]) -> list[_Stream]:
         """All requests in flight together, as ``LLM.generate`` submits them; prompt order kept."""
         return list(
             await asyncio.gather(
@@ -447,33 +501,19 @@ class TensorRTBackend(OfflineLLMEngine):
             )
         )
 
-    async def _stream_one(self, prompt: Prompt, sampling_params: Any) -> RequestRecord:
-        """One request: submit, then stamp every streamed response as it arrives."""
-        submitted_at = monotonic()  # the energy sampler's clock
-        t_in = perf_counter()
-        stream = self._llm.generate_async(
+    async def _stream_one(self, prompt: Prompt, sampling_params: Any) -> _Stream:
+        """One request: submit, then stamp every streamed response as it arrives (its time and
+        the request's token count so far; the per-token times are spread after the window)."""
+        stream = _Stream(submitted_at=monotonic(), t_in=perf_counter())  # monotonic: the sampler's
+        responses = self._llm.generate_async(
             prompt.text, sampling_params=sampling_params, streaming=True
         )
-        times: list[float] = []
         output: Any = None
-        async for output in stream:
-            now = perf_counter()
-            new = len(output.outputs[0].token_ids) - len(times)
-            if new > 0:
-                start = times[-1] if times else now
-                times.extend(start + (now - start) * (k + 1) / new for k in range(new))
-        if output is not None:  # the final output is authoritative (e.g. trimmed stop words)
-            del times[len(output.outputs[0].token_ids) :]
-        prompt_ids = getattr(output, "prompt_token_ids", None) if output is not None else None
-        return RequestRecord(
-            index=prompt.index,
-            input_tokens=len(prompt_ids or []),
-            output_tokens=len(times),
-            latency_s=(times[-1] - t_in) if times else perf_counter() - t_in,
-            ttft_s=(times[0] - t_in) if times else None,
-            itl_s=[b - a for a, b in itertools.pairwise(times)],
-            start_s=submitted_at,
-        )
+        async for output in responses:
+            stream.arrivals.append((perf_counter(), len(output.outputs[0].token_ids)))
+        stream.t_done = perf_counter()
+        stream.final = output
+        return stream
 
     # ─── Device housekeeping ────────────────────────────────────────────────
     def clear_run_state(self) -> list[str]:
@@ -496,3 +536,41 @@ class TensorRTBackend(OfflineLLMEngine):
 
     def _shutdown_handle(self, llm: Any) -> None:
         llm.shutdown()
+
+
+@dataclass
+class _Stream:
+    """One streamed request as ``execute`` saw it: submission (``time.monotonic`` and
+    ``perf_counter``), each response's arrival (``perf_counter``, tokens so far), the end of
+    the stream and the final output."""
+
+    submitted_at: float
+    t_in: float
+    arrivals: list[tuple[float, int]] = field(default_factory=list)
+    t_done: float = 0.0
+    final: Any = None
+
+
+def _stream_record(prompt: Prompt, stream: _Stream) -> RequestRecord:
+    """The record of one streamed request: tokens that arrive together share the interval
+    since the previous response evenly; the final output's count is authoritative (e.g.
+    trimmed stop words)."""
+    times: list[float] = []
+    for now, total in stream.arrivals:
+        new = total - len(times)
+        if new > 0:
+            start = times[-1] if times else now
+            times.extend(start + (now - start) * (k + 1) / new for k in range(new))
+    if stream.final is not None:
+        del times[len(stream.final.outputs[0].token_ids) :]
+    prompt_ids = getattr(stream.final, "prompt_token_ids", None) if stream.final else None
+    t_in = stream.t_in
+    return RequestRecord(
+        index=prompt.index,
+        input_tokens=len(prompt_ids or []),
+        output_tokens=len(times),
+        latency_s=(times[-1] - t_in) if times else stream.t_done - t_in,
+        ttft_s=(times[0] - t_in) if times else None,
+        itl_s=[b - a for a, b in itertools.pairwise(times)],
+        start_s=stream.submitted_at,
+    )

@@ -16,7 +16,7 @@ length_penalty)``; ``vllm.lora.request.LoRARequest(lora_name, lora_int_id, lora_
 returning ``EngineCoreOutputs(outputs, timestamp)``). The CPU tests run against a fake
 ``vllm`` package that follows these signatures.
 
-How a run works (``VLLMBackend.generate``):
+How a run works (``prepare`` -> ``execute`` -> ``records``, see ``engines.base``):
 
 - Config -> engine arguments (``build_engine_args``): every ``vllm:`` field is passed under its
   own name when set; ``None`` is not passed, so vLLM's own default applies, and the effective
@@ -26,15 +26,17 @@ How a run works (``VLLMBackend.generate``):
   checkpoint and a method: int4 -> ``vllm.quantization: awq | gptq``; int8 ->
   ``vllm.quantization: gptq`` (8-bit GPTQ checkpoint); activations then run in float16.
   ``vllm.quantization: fp8`` is allowed with fp16 / bf16 (fp8 weights, 16-bit activations).
-- All prompts are added to the engine at once (vLLM schedules them itself, up to
-  ``max_num_seqs`` at a time) and the engine is stepped until they finish, the loop
-  ``LLM.generate`` runs, with its ``FINAL_ONLY`` outputs; each step's engine-core iteration
-  (``EngineCoreOutputs``: its ``timestamp`` and every request's new tokens) is read on its way
-  through ``engine_core.get_output``, so each token gets the engine core's time of the
-  iteration that produced it, giving true per-request TTFT and every inter-token gap
-  (``_generate_stepwise``, ``_CoreIterationLog``; where that cannot be read, ``DELTA`` outputs
-  stamped as each step returns). Where the engine has no such loop, one ``LLM.generate`` call
-  runs instead (timings from the request metrics).
+- ``prepare`` (before the window) builds the sampling parameters and request ids. ``execute``
+  (inside it) adds all prompts to the engine at once, each rendered by vLLM's front end as it
+  is added (vLLM schedules them itself, up to ``max_num_seqs`` at a time), and steps the engine
+  until they finish, the loop ``LLM.generate`` runs, with its ``FINAL_ONLY`` outputs; a
+  reference to each step's engine-core iteration (``EngineCoreOutputs``: its ``timestamp`` and
+  every request's new tokens) is kept on its way through ``engine_core.get_output``.
+  ``records`` (after the window) gives each token the engine core's time of the iteration that
+  produced it: true per-request TTFT and every inter-token gap (``_run_steps``,
+  ``_CoreIterationLog``, ``_step_records``; where the iterations cannot be read, ``DELTA``
+  outputs stamped as each step returns). Where the engine has no such loop, one
+  ``LLM.generate`` call runs instead (timings from the request metrics).
   One ``SamplingParams`` per prompt: greedy = temperature 0;
   sampling = temperature/top_p/top_k (-1 = off)/repetition_penalty/seed; ``max_tokens`` is the
   prompt's own limit or the experiment's; ``ignore_eos`` sets ``ignore_eos=True`` and
@@ -59,11 +61,22 @@ import itertools
 import json
 import struct
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from time import monotonic, perf_counter
 from typing import TYPE_CHECKING, Any
 
-from llenergymeasure.engines.base import LoadInfo, RequestRecord
+from llenergymeasure.config.catalogue import engine_spec
+from llenergymeasure.engines.base import (
+    MEASUREMENT_PHASE,
+    BatchProgress,
+    LoadInfo,
+    PreparedRun,
+    RawRun,
+    RequestRecord,
+    ServeCommand,
+    prompt_limits,
+)
 from llenergymeasure.engines.offline import OfflineLLMEngine, RequestTiming
 from llenergymeasure.exceptions import BackendError
 
@@ -77,6 +90,7 @@ __all__ = [
     "INSTALL_HINT",
     "LORA_NAME",
     "VLLM_DEFAULTS",
+    "VLLM_SERVE_FLAGS",
     "VLLMBackend",
     "build_engine_args",
     "request_timings",
@@ -91,7 +105,7 @@ LORA_INT_ID = 1
 #: vLLM's documented defaults for the ``vllm:`` fields (recorded only when the engine config
 #: cannot be read back). V1 may raise max_num_seqs on large GPUs; the engine config then wins.
 VLLM_DEFAULTS: dict[str, Any] = {
-    "max_num_seqs": 256,
+    "max_num_seqs": engine_spec("vllm").default_concurrency,  # 256
     "tensor_parallel_size": 1,
     "gpu_memory_utilization": 0.9,
     "enable_prefix_caching": True,  # V1 default
@@ -113,6 +127,18 @@ _ENGINE_CONFIG_PATHS: dict[str, tuple[str, str]] = {
 }
 
 _PRECISION_TO_DTYPE = {"fp16": "float16", "bf16": "bfloat16", "int8": "float16", "int4": "float16"}
+
+#: ``VLLMConfig`` field -> ``vllm serve`` flag (booleans: ``--flag`` / ``--no-flag``).
+VLLM_SERVE_FLAGS: dict[str, str] = {
+    "max_num_seqs": "--max-num-seqs",
+    "tensor_parallel_size": "--tensor-parallel-size",
+    "gpu_memory_utilization": "--gpu-memory-utilization",
+    "enable_prefix_caching": "--enable-prefix-caching",
+    "block_size": "--block-size",
+    "quantization": "--quantization",
+    "enable_lora": "--enable-lora",
+    "max_lora_rank": "--max-lora-rank",
+}
 
 # passthrough_kwargs keys that have a config field of their own.
 _CONFLICTING_KEYS = {
@@ -246,6 +272,53 @@ def _count_safetensors_params(folder: Path) -> int:
     return total
 
 
+@dataclass
+class _StepPlan:
+    """The step loop's inputs, built before the window: one ``SamplingParams`` and one request
+    id per prompt, the engine and its renderer (``LLM._preprocess_cmpl``, where present)."""
+
+    engine: Any
+    params: list[Any]
+    request_ids: list[str]
+    preprocess: Any = None
+
+
+@dataclass
+class _StepOutputs:
+    """What the step loop kept inside the window, read by ``_step_records`` after it.
+
+    ``submitted``: each request's submission (``time.monotonic``); ``position``: request id ->
+    prompt position; ``stamps``: per request, each token's step stamp (``DELTA`` fallback);
+    ``final_tokens`` / ``done_at``: each ``FINAL_ONLY`` answer's token count and arrival;
+    ``log``: the engine core's iterations (None in the fallback).
+    """
+
+    log: _CoreIterationLog | None
+    position: dict[str, int]
+    stamps: list[list[float]]
+    prompt_tokens: list[int | None]
+    final_tokens: list[int | None]
+    done_at: list[float | None]
+    submitted: list[float] = field(default_factory=list)
+
+
+@dataclass
+class _BeamPlan:
+    """Beam search's inputs: each prompt's token ids, and (prompt positions, params) per
+    distinct max_tokens."""
+
+    ids: list[list[int]]
+    groups: list[tuple[list[int], Any]]
+
+
+@dataclass
+class _BeamOutputs:
+    """Each beam-search call's prompt positions, outputs and wall time (s)."""
+
+    ids: list[list[int]]
+    calls: list[tuple[list[int], Sequence[Any], float]]
+
+
 class VLLMBackend(OfflineLLMEngine):
     """Inference through vLLM's offline ``LLM`` engine."""
 
@@ -259,6 +332,31 @@ class VLLMBackend(OfflineLLMEngine):
         self._lora_request: Any = None
         self._batch_seq = 0
         self._window_prefix_start: tuple[int, int] | None = None
+
+    # ─── Online mode ────────────────────────────────────────────────────────
+    def serve_command(
+        self, config: ExperimentConfig, *, model: str, host: str, port: int
+    ) -> ServeCommand:
+        """``vllm serve MODEL``: each set ``vllm:`` field as its flag (``VLLM_SERVE_FLAGS``),
+        ``--dtype`` from ``precision``, ``--seed`` from ``random_seed``, and
+        ``--served-model-name`` from ``online.served_model_name``."""
+        argv = ["vllm", "serve", model, "--host", host, "--port", str(port)]
+        argv += ["--dtype", _PRECISION_TO_DTYPE.get(config.precision, "auto")]
+        argv += ["--seed", str(config.random_seed)]
+        section = config.vllm.model_dump(exclude_none=True) if config.vllm is not None else {}
+        for name, value in section.items():
+            flag = VLLM_SERVE_FLAGS[name]
+            if isinstance(value, bool):
+                if value:
+                    argv.append(flag)
+                elif flag == "--enable-prefix-caching":
+                    argv.append("--no-enable-prefix-caching")
+            else:
+                argv += [flag, str(value)]
+        served = config.online.served_model_name if config.online is not None else None
+        if served:
+            argv += ["--served-model-name", served]
+        return ServeCommand(argv=argv)
 
     # ─── Pre-flight ─────────────────────────────────────────────────────────
     def _machine_problems(self, config: ExperimentConfig) -> list[str]:
@@ -466,11 +564,11 @@ class VLLMBackend(OfflineLLMEngine):
             return requested, "config"
         return VLLM_DEFAULTS.get(name), "documented default"
 
-    def effective_parameters(self) -> dict[str, Any]:
-        """Every parameter used, None-sentinels resolved (engine config where readable)."""
-        if self._llm is None or self._config is None:
+    def effective_parameters(self, config: ExperimentConfig) -> dict[str, Any]:
+        """Every parameter ``config`` runs with, None-sentinels resolved (engine config where
+        readable)."""
+        if self._llm is None:
             raise BackendError("vllm engine: effective_parameters() requested before load()")
-        config = self._config
         v = config.vllm
         dec = config.decoder
         sampling = dec.decoding_strategy == "sampling"
@@ -498,7 +596,7 @@ class VLLMBackend(OfflineLLMEngine):
             "num_beams": (dec.num_beams or DEFAULT_NUM_BEAMS)
             if dec.decoding_strategy == "beam"
             else 1,
-            "max_new_tokens": int(config.effective_max_new_tokens),
+            "max_new_tokens": config.max_new_tokens_for(None),
             "ignore_eos": dec.ignore_eos,
             "min_tokens": "max_tokens" if dec.ignore_eos else 0,
             "speculative_config": self._engine_args.get("speculative_config"),
@@ -539,8 +637,8 @@ class VLLMBackend(OfflineLLMEngine):
             kw.update(ignore_eos=True, min_tokens=max_tokens)
         return SamplingParams(**kw)
 
-    def _after_warmup(self) -> None:
-        """Empty the prefix cache (``clear_run_state``) at the end of every warmup.
+    def after_warmup_run(self) -> None:
+        """Empty the prefix cache (``clear_run_state``) at the end of every warmup run.
 
         So the window after a warmup (the measurement window, or the prefill-only one of
         ``measurement.phase_split``) never reuses KV blocks the warmup computed, in a fresh
@@ -551,61 +649,106 @@ class VLLMBackend(OfflineLLMEngine):
         for note in self.clear_run_state():
             self._add_note(f"{note}, after every warmup")
 
-    def _generate(
-        self, prompts: Sequence[Prompt], config: ExperimentConfig, limits: list[int]
-    ) -> list[RequestRecord]:
+    def prepare(
+        self,
+        prompts: Sequence[Prompt],
+        config: ExperimentConfig,
+        *,
+        phase: str = MEASUREMENT_PHASE,
+    ) -> PreparedRun:
+        """Sampling parameters and request ids (beam search: token ids), before the window.
+
+        The step loop's prompts are rendered inside the window, one at a time as each is added,
+        as ``LLM.generate`` does (see ``_run_steps``): that rendering is vLLM's own front end.
+        """
+        if self._llm is None:
+            raise BackendError(f"{self.name} engine: generate() called before load()")
+        self.last_phase = phase
+        limits = prompt_limits(prompts, config)
+        run = PreparedRun(list(prompts), config, phase, limits)
+        if not prompts:
+            return run
         if config.decoder.decoding_strategy == "beam":
-            return self._generate_beam(prompts, config, limits)
+            run.payload = self._beam_plan(prompts, config, limits)
+            return run
         engine = getattr(self._llm, "llm_engine", None)
         if not all(
             callable(getattr(engine, m, None))
             for m in ("add_request", "step", "has_unfinished_requests")
         ):
-            return super()._generate(prompts, config, limits)  # one LLM.generate call
+            run.payload = [self._sampling_params(config, n) for n in limits]  # one LLM.generate
+            return run
         # one SamplingParams per distinct limit, shared as LLM.generate shares its one object
         by_limit = {n: self._sampling_params(config, n) for n in set(limits)}
-        params = [by_limit[n] for n in limits]
-        with self._generation_errors():
-            return self._generate_stepwise(engine, prompts, params)
+        self._batch_seq += 1
+        run.payload = _StepPlan(
+            engine=engine,
+            params=[by_limit[n] for n in limits],
+            request_ids=[f"llem-{self._batch_seq}-{i}" for i in range(len(prompts))],
+            preprocess=getattr(self._llm, "_preprocess_cmpl", None),
+        )
+        return run
 
-    def _generate_stepwise(
-        self, engine: Any, prompts: Sequence[Prompt], params: list[Any]
-    ) -> list[RequestRecord]:
-        """Run the engine loop ``LLM.generate`` runs, timing every new token.
+    def execute(self, prepared: PreparedRun, *, on_batch: BatchProgress | None = None) -> RawRun:
+        """The engine loop (``_run_steps``), the beam searches, or one ``LLM.generate``."""
+        plan = prepared.payload
+        if isinstance(plan, _StepPlan):
+            with self._generation_errors():
+                return RawRun(prepared, self._run_steps(plan, prepared.prompts))
+        if isinstance(plan, _BeamPlan):
+            return RawRun(prepared, self._run_beam(plan))
+        return super().execute(prepared, on_batch=on_batch)
+
+    def records(self, raw: RawRun) -> list[RequestRecord]:
+        """Records from the step loop's stamps, the beam outputs, or the call's metrics."""
+        if isinstance(raw.payload, _StepOutputs):
+            return self._step_records(raw.prepared.prompts, raw.payload)
+        if isinstance(raw.payload, _BeamOutputs):
+            return self._beam_records(raw.prepared.prompts, raw.payload)
+        return super().records(raw)
+
+    def _run_steps(self, plan: _StepPlan, prompts: Sequence[Prompt]) -> _StepOutputs:
+        """Run the engine loop ``LLM.generate`` runs, stamping every engine-core iteration.
 
         Requests go to ``llm_engine.add_request`` and ``llm_engine.step()`` is called until
         none is left, exactly as ``LLM._run_engine`` does. Each ``step()`` takes one engine-core
-        iteration's outputs (``engine_core.get_output()``); llem reads that iteration's
-        ``EngineCoreOutputs`` on its way (``_CoreIterationLog``): its ``timestamp`` (the engine
-        core's ``time.monotonic()`` when the iteration's tokens were sampled) and each request's
-        new tokens. The requests keep ``LLM.generate``'s ``FINAL_ONLY`` outputs, so the front end
-        does what it does for a bare ``LLM.generate``. Where the iteration outputs cannot be read
-        (another vLLM), the requests ask for ``DELTA`` outputs instead and each ``step()``'s
-        return is stamped. Every request's token of one iteration carries the same stamp
-        (``token_times_s``), so the time-resolved attribution sees the engine's steps exactly;
-        tokens that arrive together (speculative decoding) all carry that stamp there, and share
-        the iteration's interval evenly in the ITL gaps (``_spread``). TTFT counts from each
-        request's submission (``start_s``), ITL between its tokens.
+        iteration's outputs (``engine_core.get_output()``); llem keeps a reference to that
+        iteration's ``EngineCoreOutputs`` on its way (``_CoreIterationLog``): its ``timestamp``
+        (the engine core's ``time.monotonic()`` when the iteration's tokens were sampled) and
+        each request's new tokens, read after the window (``_step_records``). The requests keep
+        ``LLM.generate``'s ``FINAL_ONLY`` outputs, so the front end does what it does for a
+        bare ``LLM.generate``. Where the iteration outputs cannot be read (another vLLM), the
+        requests ask for ``DELTA`` outputs instead and each ``step()``'s return is stamped.
+        Every request's token of one iteration carries the same stamp (``token_times_s``), so
+        the time-resolved attribution sees the engine's steps exactly; tokens that arrive
+        together (speculative decoding) all carry that stamp there, and share the iteration's
+        interval evenly in the ITL gaps (``_spread``). TTFT counts from each request's
+        submission (``start_s``), ITL between its tokens.
         """
         from vllm.sampling_params import RequestOutputKind
 
+        engine, preprocess = plan.engine, plan.preprocess
         # rendered one at a time, each added as soon as it is rendered, as LLM.generate does:
         # the engine core starts on the first requests while the front end renders the rest
         # (rendering all 256 prompts first left the GPU idle inside the window)
-        preprocess = getattr(self._llm, "_preprocess_cmpl", None)
-        self._batch_seq += 1
-        ids = [f"llem-{self._batch_seq}-{i}" for i in range(len(prompts))]
         log = _CoreIterationLog.attach(getattr(engine, "engine_core", None))
         kind = RequestOutputKind.DELTA if log is None else RequestOutputKind.FINAL_ONLY
+        n = len(prompts)
         # one clock for submissions and token stamps: time.monotonic, the energy sampler's
-        submitted: list[float] = []
-        position = {rid: i for i, rid in enumerate(ids)}
-        stamps: list[list[float]] = [[] for _ in prompts]
-        prompt_tokens: list[int | None] = [None] * len(prompts)
-        final_tokens: list[int | None] = [None] * len(prompts)
-        done_at: list[float | None] = [None] * len(prompts)  # its final output reached llem
+        out = _StepOutputs(
+            log=log,
+            position={rid: i for i, rid in enumerate(plan.request_ids)},
+            stamps=[[] for _ in range(n)],
+            prompt_tokens=[None] * n,
+            final_tokens=[None] * n,
+            done_at=[None] * n,
+        )
+        position, stamps, submitted = out.position, out.stamps, out.submitted
+        prompt_tokens, final_tokens, done_at = out.prompt_tokens, out.final_tokens, out.done_at
         try:
-            for i, (rid, prompt, sp) in enumerate(zip(ids, prompts, params, strict=True)):
+            for i, (rid, prompt, sp) in enumerate(
+                zip(plan.request_ids, prompts, plan.params, strict=True)
+            ):
                 engine_input = preprocess([prompt.text])[0] if callable(preprocess) else prompt.text
                 sp.output_kind = kind
                 submitted.append(monotonic())
@@ -617,13 +760,13 @@ class VLLMBackend(OfflineLLMEngine):
             while engine.has_unfinished_requests():
                 step_outputs = engine.step()
                 now = monotonic()
-                for out in step_outputs:
-                    k = position.get(out.request_id)
+                for step_out in step_outputs:
+                    k = position.get(step_out.request_id)
                     if k is None:
                         continue
-                    if prompt_tokens[k] is None and out.prompt_token_ids is not None:
-                        prompt_tokens[k] = len(out.prompt_token_ids)
-                    new = len(out.outputs[0].token_ids) if out.outputs else 0
+                    if prompt_tokens[k] is None and step_out.prompt_token_ids is not None:
+                        prompt_tokens[k] = len(step_out.prompt_token_ids)
+                    new = len(step_out.outputs[0].token_ids) if step_out.outputs else 0
                     if log is not None:
                         final_tokens[k], done_at[k] = new, now  # FINAL_ONLY: the answer, once
                     elif new:
@@ -631,13 +774,18 @@ class VLLMBackend(OfflineLLMEngine):
         finally:
             if log is not None:
                 log.detach()
+        return out
+
+    def _step_records(self, prompts: Sequence[Prompt], out: _StepOutputs) -> list[RequestRecord]:
+        """Records of the step loop, from its stamps or the engine core's iteration log."""
+        stamps, final_tokens, done_at = out.stamps, out.final_tokens, out.done_at
         note = (
             "vllm: per-token timing from the engine step loop (llm_engine.step), one "
             "time.monotonic stamp per step shared by every request in it: ttft_s and every "
             "itl_s gap are measured"
         )
-        if log is not None:
-            stamps, why = log.token_times(position, final_tokens, submitted)
+        if out.log is not None:
+            stamps, why = out.log.token_times(out.position, final_tokens, out.submitted)
             note = (
                 "vllm: per-token timing from the engine core's iterations (EngineCoreOutputs."
                 "timestamp of each llm_engine.step, one stamp per iteration shared by every "
@@ -649,13 +797,13 @@ class VLLMBackend(OfflineLLMEngine):
         records: list[RequestRecord] = []
         for i, p in enumerate(prompts):
             times = stamps[i]  # each token: its step's stamp (the attribution's steps)
-            t_in = submitted[i]
+            t_in = out.submitted[i]
             n_out = len(times) if times or final_tokens[i] is None else final_tokens[i]
             done = times[-1] if times else done_at[i]
             records.append(
                 RequestRecord(
                     index=p.index,
-                    input_tokens=prompt_tokens[i] or 0,
+                    input_tokens=out.prompt_tokens[i] or 0,
                     output_tokens=n_out or 0,
                     latency_s=(done - t_in) if done is not None else 0.0,
                     ttft_s=(times[0] - t_in) if times else None,
@@ -689,35 +837,49 @@ class VLLMBackend(OfflineLLMEngine):
             "request's mean inter-token interval"
         )
 
-    def _generate_beam(
+    def _beam_plan(
         self, prompts: Sequence[Prompt], config: ExperimentConfig, limits: list[int]
-    ) -> list[RequestRecord]:
-        """``LLM.beam_search``, one call per distinct max_tokens; no TTFT/ITL."""
+    ) -> _BeamPlan:
+        """Token ids and one ``BeamSearchParams`` per distinct max_tokens (groups of prompts)."""
         from vllm.sampling_params import BeamSearchParams
 
         width = config.decoder.num_beams or DEFAULT_NUM_BEAMS
-        ids = [list(self._tokenizer.encode(p.text)) for p in prompts]
-        records: list[RequestRecord | None] = [None] * len(prompts)
-        for batch_index, max_tokens in enumerate(sorted(set(limits))):
+        groups = []
+        for max_tokens in sorted(set(limits)):
             pos = [i for i, n in enumerate(limits) if n == max_tokens]
             params = BeamSearchParams(
                 beam_width=width, max_tokens=max_tokens, ignore_eos=config.decoder.ignore_eos
             )
+            groups.append((pos, params))
+        ids = [list(self._tokenizer.encode(p.text)) for p in prompts]
+        return _BeamPlan(ids=ids, groups=groups)
+
+    def _run_beam(self, plan: _BeamPlan) -> _BeamOutputs:
+        """``LLM.beam_search``, one call per distinct max_tokens."""
+        results: list[tuple[list[int], Sequence[Any], float]] = []
+        for pos, params in plan.groups:
             lora = [self._lora_request] * len(pos) if self._lora_request is not None else None
             t0 = perf_counter()
             try:
                 outs = self._llm.beam_search(
-                    [{"prompt_token_ids": ids[i]} for i in pos], params, lora_request=lora
+                    [{"prompt_token_ids": plan.ids[i]} for i in pos], params, lora_request=lora
                 )
             except Exception as e:
                 raise BackendError(f"vllm beam search failed: {type(e).__name__}: {e}") from e
-            wall = perf_counter() - t0
-            for i, out in zip(pos, outs, strict=True):
-                best = out.sequences[0]
+            results.append((pos, outs, perf_counter() - t0))
+        return _BeamOutputs(ids=plan.ids, calls=results)
+
+    def _beam_records(self, prompts: Sequence[Prompt], out: _BeamOutputs) -> list[RequestRecord]:
+        """One record per prompt from the beam searches' best sequences; no TTFT/ITL."""
+        records: list[RequestRecord | None] = [None] * len(prompts)
+        for batch_index, (pos, outs, wall) in enumerate(out.calls):
+            for i, beam in zip(pos, outs, strict=True):
+                best = beam.sequences[0]
                 records[i] = RequestRecord(
                     index=prompts[i].index,
-                    input_tokens=len(ids[i]),
-                    output_tokens=max(0, len(best.tokens) - len(ids[i])),  # tokens include prompt
+                    input_tokens=len(out.ids[i]),
+                    # the sequence's tokens include the prompt's
+                    output_tokens=max(0, len(best.tokens) - len(out.ids[i])),
                     latency_s=wall,
                     ttft_s=None,
                     batch_index=batch_index,
@@ -770,8 +932,8 @@ def _spread(stamps: Sequence[float]) -> Sequence[float]:
     ``token_times_s`` (the attribution's step timeline); for the ITL gaps they share the step's
     interval evenly instead: the ``k``-th of ``n`` tokens stamped ``now`` after a previous
     stamp ``start`` is at ``start + (now - start) * k / n`` (all at ``now`` in the first step).
-    Stamps that are all distinct (one token per step) come back as they are: this runs inside
-    the measurement window, after the engine loop, for every request.
+    Stamps that are all distinct (one token per step) come back as they are (the common case,
+    checked cheaply for every request when the records are built after the window).
     """
     if len(set(stamps)) == len(stamps):  # stamps never decrease: no two equal, no shared step
         return stamps

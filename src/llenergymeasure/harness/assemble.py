@@ -19,7 +19,7 @@ from llenergymeasure.config.models import ExperimentConfig, SyntheticDatasetConf
 from llenergymeasure.energy.base import EnergyMeasurement
 from llenergymeasure.energy.baseline import BaselineMeasurement
 from llenergymeasure.energy.components import EnergyComponents
-from llenergymeasure.energy.maths import adjusted_energy_j
+from llenergymeasure.energy.maths import adjusted_energy_j, energy_per
 from llenergymeasure.energy.phase_split import PhaseSplit
 from llenergymeasure.energy.sampler import EnergySampler
 from llenergymeasure.engines.base import RequestRecord
@@ -129,10 +129,8 @@ def assemble_result(run: CollectedRun, settings: MeasurementSettings) -> Experim
         dataset=run.dataset if run.dataset is not None else dataset_provenance(config),
         energy_total_j=total,
         energy_adjusted_j=adjusted,
-        energy_per_output_token_j=total / out_tokens if total is not None and out_tokens else None,
-        energy_per_output_token_adjusted_j=(
-            adjusted / out_tokens if adjusted is not None and out_tokens else None
-        ),
+        energy_per_output_token_j=energy_per(total, out_tokens),
+        energy_per_output_token_adjusted_j=energy_per(adjusted, out_tokens),
         mean_power_w=total / duration if total is not None and duration > 0 else None,
         tokens_per_second=out_tokens / duration if duration > 0 else 0.0,
         requests_per_second=len(records) / duration if duration > 0 else 0.0,

@@ -39,14 +39,17 @@ from typing import Any
 
 from llenergymeasure.config.models import ExperimentConfig
 from llenergymeasure.config.online import OnlineConfig
-from llenergymeasure.energy.base import EnergyBackend, EnergyMeasurement
+from llenergymeasure.datasets import Prompt
+from llenergymeasure.energy.base import EnergyBackend
 from llenergymeasure.energy.baseline import (
     BaselineCache,
     BaselineMeasurement,
     get_or_measure_baseline,
 )
+from llenergymeasure.energy.maths import energy_per
 from llenergymeasure.energy.sampler import EnergySampler
 from llenergymeasure.energy.sensors import GpuSensor
+from llenergymeasure.energy.window import MeasurementWindow
 from llenergymeasure.energy.zeus_backend import ZeusEnergyBackend
 from llenergymeasure.exceptions import BackendError, PreFlightError
 from llenergymeasure.harness import metrics as m
@@ -123,36 +126,6 @@ def online_preflight(config: ExperimentConfig, energy: EnergyBackend | None) -> 
     if energy is not None and not energy.is_available():
         problems.append(f"energy backend '{energy.name}' is not available on this machine")
     return problems
-
-
-class _WindowedEnergy:
-    """The energy backend with the window's sampler clock times and phase marks around it."""
-
-    def __init__(self, inner: EnergyBackend, sampler: EnergySampler | None) -> None:
-        self.inner = inner
-        self.name = inner.name
-        self.sampler = sampler
-        self.window: tuple[float, float] = (0.0, 0.0)
-        self._t0 = 0.0
-
-    def version(self) -> str | None:
-        return self.inner.version()
-
-    def is_available(self) -> bool:
-        return self.inner.is_available()
-
-    def begin(self) -> None:
-        if self.sampler is not None:
-            self.sampler.set_phase("measurement")
-        self.inner.begin()
-        self._t0 = time.monotonic()
-
-    def end(self) -> EnergyMeasurement:
-        measurement = self.inner.end()
-        self.window = (self._t0, time.monotonic())
-        if self.sampler is not None:
-            self.sampler.set_phase("cooldown")
-        return measurement
 
 
 def _nvml_uuids() -> list[str]:
@@ -239,13 +212,13 @@ def _prepare_dataset(config: ExperimentConfig) -> tuple[Any, list[str]]:
         return None, [dataset_problem(exc)]
 
 
-def _prompts(config: ExperimentConfig, prepared: Any, model_source: str | None) -> list[str]:
+def _prompts(config: ExperimentConfig, prepared: Any, model_source: str | None) -> list[Prompt]:
     tokenizer: Any = None
     if prepared.rows is None:
         from transformers import AutoTokenizer  # synthetic prompts are sized in tokens
 
         tokenizer = AutoTokenizer.from_pretrained(model_source or config.model)
-    return [p.text for p in prepared.prompts(tokenizer)]
+    return prepared.prompts(tokenizer)
 
 
 def online_result(
@@ -324,10 +297,8 @@ def online_result(
         dataset=dataset if dataset is not None else dataset_provenance(config),
         energy_total_j=total,
         energy_adjusted_j=adjusted,
-        energy_per_output_token_j=total / out_tokens if total is not None and out_tokens else None,
-        energy_per_output_token_adjusted_j=(
-            adjusted / out_tokens if adjusted is not None and out_tokens else None
-        ),
+        energy_per_output_token_j=energy_per(total, out_tokens),
+        energy_per_output_token_adjusted_j=energy_per(adjusted, out_tokens),
         mean_power_w=total / window_s if total is not None and window_s > 0 else None,
         tokens_per_second=metrics.output_throughput_tok_per_s,
         requests_per_second=metrics.request_throughput_per_s,
@@ -436,7 +407,8 @@ def measure_online(
         sampler = getattr(energy, "sampler", None)
         if not isinstance(sampler, EnergySampler):
             sampler = None
-        windowed = _WindowedEnergy(energy, sampler)
+        # no device to synchronise: the server runs the work in its own processes
+        window = MeasurementWindow(energy, sampler=sampler)
 
         def measure_baseline() -> BaselineMeasurement | None:
             baseline = None
@@ -480,7 +452,7 @@ def measure_online(
                     config,
                     prompts,
                     output_dir=out,
-                    energy=windowed,
+                    window=window,
                     measure_baseline=measure_baseline,
                     model_source=model_source,
                     server_factory=server_factory,
@@ -508,7 +480,7 @@ def measure_online(
             settings=settings,
             environment=environment,
             sampler=sampler,
-            window=windowed.window,
+            window=window.reading.span,
             timings=timings,
             started=started,
             dataset=dict(prepared.provenance) if prepared.rows is not None else None,

@@ -1,9 +1,10 @@
 """Runs one experiment through the measurement protocol.
 
 pre-flight -> environment -> idle baseline -> load -> prompts -> warmup -> thermal floor ->
-measurement window (energy backend + background sampler, device sync before close; the host's
-RAPL counters read just outside it where the machine exposes them) -> [prefill-only window,
-``measurement.phase_split``] -> metrics.
+prompts prepared (tokenised, on the device) -> measurement window (``energy.window``: sync,
+energy backend, background sampler, the host's RAPL counters just outside it; inside it only
+the engine's ``execute``) -> records -> [prefill-only window, ``measurement.phase_split``] ->
+metrics.
 
 The engine, energy backend and GPU sensor are injected (protocols), so tests drive the whole
 protocol with fakes; ``default_components`` builds the real ones.
@@ -30,11 +31,17 @@ from llenergymeasure.energy.baseline import (
     get_or_measure_baseline,
 )
 from llenergymeasure.energy.phase_split import PhaseSplit
-from llenergymeasure.energy.rapl import HostEnergyMeasurement, RaplReader
+from llenergymeasure.energy.rapl import RaplReader
 from llenergymeasure.energy.sampler import EnergySampler
 from llenergymeasure.energy.sensors import GpuSensor
-from llenergymeasure.engines.base import InferenceBackend, RequestRecord
-from llenergymeasure.engines.data_parallel import ProcessReporter
+from llenergymeasure.energy.window import MeasurementWindow, WindowReading
+from llenergymeasure.engines.base import (
+    MEASUREMENT_PHASE,
+    WARMUP_PHASE,
+    InferenceBackend,
+    LoadInfo,
+    RequestRecord,
+)
 from llenergymeasure.exceptions import PreFlightError
 from llenergymeasure.files import SavedFiles
 from llenergymeasure.harness.assemble import CollectedRun, assemble_result, trusts_remote_code
@@ -97,16 +104,15 @@ class _WindowProgress:
     total: int
     say: Progress
     interval_s: float = 2.0
-    start: float = 0.0
+    start: float = field(default_factory=time.perf_counter)
     _last: float = 0.0
 
-    def __call__(self, done: int, tokens: int) -> None:
+    def __call__(self, done: int) -> None:
         now = time.perf_counter()
         if done < self.total and now - self._last < self.interval_s:
             return
         self._last = now
-        elapsed = max(now - self.start, 1e-9)
-        self.say(f"measuring: {done}/{self.total} prompts, {tokens / elapsed:.1f} tok/s so far")
+        self.say(f"measuring: {done}/{self.total} prompts, {now - self.start:.1f} s")
 
 
 @dataclass
@@ -130,7 +136,7 @@ class ExperimentOrchestrator:
     keep_engine_loaded: bool = False
     _loaded_key: str | None = field(default=None, init=False, repr=False)
     _loaded_by: str | None = field(default=None, init=False, repr=False)
-    _load_info: Any = field(default=None, init=False, repr=False)
+    _load_info: LoadInfo | None = field(default=None, init=False, repr=False)
     # (config, PreparedDataset) read by pre-flight: the prompts the run then uses
     _dataset: tuple[ExperimentConfig, Any] | None = field(default=None, init=False, repr=False)
 
@@ -281,124 +287,54 @@ class ExperimentOrchestrator:
         sampler: EnergySampler | None,
         run_id: str | None = None,
     ) -> MeasuredExperiment:
-        say = self.progress
-        if sampler is not None:
-            sampler.set_phase("baseline")
-            sampler.start()
-        baseline: BaselineMeasurement | None = None
-        if config.baseline.enabled and self.sensor is not None:
-            say(f"idle baseline ({config.baseline.duration_seconds:g} s)")
-            t = time.perf_counter()
-            baseline = get_or_measure_baseline(
-                self.sensor,
-                config.baseline.duration_seconds,
-                self.settings.sampling_interval_ms,
-                cache=self.baseline_cache,
-                ttl_s=self.settings.baseline_ttl_s,
-            )
-            timings.baseline_s = time.perf_counter() - t
-            if baseline.from_cache:
-                say(
-                    f"idle baseline {baseline.power_w:.1f} W "
-                    f"(cached, {baseline.cache_age_s:.0f} s old)"
-                )
-            else:
-                say(f"idle baseline {baseline.power_w:.1f} W")
-
+        baseline = self._baseline(config, timings, sampler)
         if sampler is not None:
             sampler.set_phase("load")
-
         load_info, reused_from, run_state_notes = self._load_or_reuse(config, timings, run_id)
-
-        t = time.perf_counter()
-        prompts = self._load_prompts(config)
-        timings.dataset_s = time.perf_counter() - t
-        too_long = self._length_problems(config, prompts)
-        if too_long:  # the second half of pre-flight: the limits are known once loaded
-            raise PreFlightError(
-                too_long, hint="use shorter prompts, a lower max_new_tokens or a longer model"
-            )
+        prompts = self._checked_prompts(config, timings)
 
         warmup = self._warmup(config, prompts, sampler)
         if reused_from is not None:
             warmup.notes.append(f"engine reused: loaded by run {reused_from}")
         timings.warmup_s = warmup.duration_s
-        if _torch_compile_requested(config):
+        if self.engine.compiles_on_first_run(config):
             timings.compile_s = _compile_time(warmup.latencies_s)
-
-        if config.warmup.thermal_floor_seconds > 0 and self.energy_backend.name == "none":
-            say("thermal floor skipped: no energy is being measured on this machine")
-        elif config.warmup.thermal_floor_seconds > 0:
-            if sampler is not None:
-                sampler.set_phase("thermal_floor")
-            say(f"thermal floor: waiting {config.warmup.thermal_floor_seconds:g} s")
-            t = time.perf_counter()
-            self.sleep(config.warmup.thermal_floor_seconds)
-            timings.thermal_floor_s = time.perf_counter() - t
+        self._thermal_floor(config, timings, sampler)
 
         if self.keep_engine_loaded:
             run_state_notes += list(self.engine.clear_run_state())
-        say(f"measuring {len(prompts)} prompts")
-        if sampler is not None:
-            sampler.set_phase("measurement")
-            sampler.sample_now()
-        self.engine.reset_peak_memory()
-        rapl, rapl_missing = self._rapl_begin()
-        window_progress = self._window_progress(len(prompts))
-        self.engine.synchronize()
-        self.energy_backend.begin()
-        w0 = self.clock()
-        p0 = time.perf_counter()
-        if window_progress is not None:
-            window_progress.start = p0
-        try:
-            records = self.engine.generate(prompts, config, phase="measurement")
-        finally:
-            if window_progress is not None:
-                cast(Any, self.engine).batch_callback = None
-        self.engine.synchronize()
-        p1 = time.perf_counter()
-        w1 = self.clock()
-        energy = self.energy_backend.end()
-        host = self._rapl_end(rapl, rapl_missing)
-        duration = p1 - p0
-        timings.measurement_s = duration
+        records, window = self._measurement_window(config, prompts, sampler)
+        timings.measurement_s = window.duration_s
         # read the backend's host figures (Zeus, CodeCarbon) before another window replaces them
-        components = host_energy_components(energy, host, self.energy_backend)
-        if sampler is not None:
-            sampler.set_phase("cooldown")
-            sampler.sample_now()
+        components = host_energy_components(window.energy, window.host, self.energy_backend)
         # everything the engine reports about the measurement window, read before the
         # prefill-only window runs another generate on it
         peak = self.engine.peak_memory_bytes()
-        effective = copy.deepcopy(self.engine.effective_parameters())  # notes grow later
-        process_results: list[dict[str, Any]] = []
-        record_processes: list[int] | None = None
-        if isinstance(self.engine, ProcessReporter):
-            process_results = self.engine.process_results()
-            record_processes = self.engine.record_process_indices()
+        effective = copy.deepcopy(self.engine.effective_parameters(config))  # notes grow later
+        process_results = self.engine.process_results()
+        record_processes = self.engine.record_process_indices()
 
         split, split_missing = None, None
         if config.measurement.phase_split:
             t = time.perf_counter()
             split, split_missing = self._phase_split(
-                config, prompts, records, energy, duration, baseline, sampler
+                config, prompts, records, window.energy, window.duration_s, baseline, sampler
             )
             timings.phase_split_s = time.perf_counter() - t
         if sampler is not None:
             sampler.stop()
             if sampler.error is not None:
-                say(f"warning: sampler error: {sampler.error!r}")
+                self.progress(f"warning: sampler error: {sampler.error!r}")
 
         result = assemble_result(
             CollectedRun(
                 config=config,
                 environment=environment,
                 records=records,
-                energy=energy,
+                energy=window.energy,
                 baseline=baseline,
-                duration_s=duration,
-                window=(w0, w1),
+                duration_s=window.duration_s,
+                window=window.span,
                 sampler=sampler,
                 warmup=warmup,
                 timings=timings,
@@ -428,34 +364,89 @@ class ExperimentOrchestrator:
         table = sampler.to_table() if sampler is not None and sampler.samples else None
         return MeasuredExperiment(result=result, timeseries=table)
 
-    # -- where the joules go (issue 16) ------------------------------------------------------
-    def _rapl_begin(self) -> tuple[RaplReader | None, str | None]:
-        """Start the RAPL reader when the host's counters are readable; else (None, why).
+    def _baseline(
+        self, config: ExperimentConfig, timings: PhaseTimings, sampler: EnergySampler | None
+    ) -> BaselineMeasurement | None:
+        """Start the sampler (phase ``baseline``) and take or reuse the idle baseline."""
+        if sampler is not None:
+            sampler.set_phase("baseline")
+            sampler.start()
+        if not config.baseline.enabled or self.sensor is None:
+            return None
+        say = self.progress
+        say(f"idle baseline ({config.baseline.duration_seconds:g} s)")
+        t = time.perf_counter()
+        baseline = get_or_measure_baseline(
+            self.sensor,
+            config.baseline.duration_seconds,
+            self.settings.sampling_interval_ms,
+            cache=self.baseline_cache,
+            ttl_s=self.settings.baseline_ttl_s,
+        )
+        timings.baseline_s = time.perf_counter() - t
+        if baseline.from_cache:
+            age = baseline.cache_age_s
+            say(f"idle baseline {baseline.power_w:.1f} W (cached, {age:.0f} s old)")
+        else:
+            say(f"idle baseline {baseline.power_w:.1f} W")
+        return baseline
 
-        Never fails the run: any error is kept as the reason the host share is missing.
-        """
-        reader = self.rapl_reader if self.rapl_reader is not None else RaplReader()
-        try:
-            ok, why = reader.available()
-            if not ok:
-                return None, why
-            reader.begin()
-        except Exception as exc:  # host energy is an extra: a broken reader never stops a run
-            return None, f"RAPL reader failed: {type(exc).__name__}: {exc}"
-        return reader, None
-
-    def _rapl_end(self, reader: RaplReader | None, missing: str | None) -> HostEnergyMeasurement:
-        if reader is None:
-            return HostEnergyMeasurement(available=False, reason=missing, duration_s=0.0)
-        try:
-            return reader.end()
-        except Exception as exc:  # see _rapl_begin
-            return HostEnergyMeasurement(
-                available=False,
-                reason=f"RAPL reader failed: {type(exc).__name__}: {exc}",
-                duration_s=0.0,
+    def _checked_prompts(self, config: ExperimentConfig, timings: PhaseTimings) -> list[Any]:
+        """The run's prompts; ``PreFlightError`` when one exceeds the loaded model's length."""
+        t = time.perf_counter()
+        prompts = self._load_prompts(config)
+        timings.dataset_s = time.perf_counter() - t
+        too_long = self._length_problems(config, prompts)
+        if too_long:  # the second half of pre-flight: the limits are known once loaded
+            raise PreFlightError(
+                too_long, hint="use shorter prompts, a lower max_new_tokens or a longer model"
             )
+        return prompts
 
+    def _thermal_floor(
+        self, config: ExperimentConfig, timings: PhaseTimings, sampler: EnergySampler | None
+    ) -> None:
+        """Wait ``warmup.thermal_floor_seconds`` (skipped when no energy is measured)."""
+        floor = config.warmup.thermal_floor_seconds
+        if floor <= 0:
+            return
+        if self.energy_backend.name == "none":
+            self.progress("thermal floor skipped: no energy is being measured on this machine")
+            return
+        if sampler is not None:
+            sampler.set_phase("thermal_floor")
+        self.progress(f"thermal floor: waiting {floor:g} s")
+        t = time.perf_counter()
+        self.sleep(floor)
+        timings.thermal_floor_s = time.perf_counter() - t
+
+    def _measurement_window(
+        self, config: ExperimentConfig, prompts: Sequence[Any], sampler: EnergySampler | None
+    ) -> tuple[list[RequestRecord], WindowReading]:
+        """The measurement window over every prompt: prepared before it opens, the engine's
+        ``execute`` alone inside it, the records built after it closes."""
+        self.progress(f"measuring {len(prompts)} prompts")
+        prepared = self.engine.prepare(prompts, config, phase=MEASUREMENT_PHASE)
+        on_batch = (
+            _WindowProgress(total=len(prompts), say=self.progress)
+            if self.progress is not _noop
+            else None
+        )
+        window = MeasurementWindow(
+            self.energy_backend,
+            phase=MEASUREMENT_PHASE,
+            sampler=sampler,
+            device=self.engine,
+            reset_peak_memory=True,
+            # the machine's own powercap tree unless a reader was injected (tests)
+            host=self.rapl_reader if self.rapl_reader is not None else RaplReader(),
+            clock=self.clock,
+        )
+        with window:
+            raw = self.engine.execute(prepared, on_batch=on_batch)
+        return self.engine.records(raw), window.reading
+
+    # -- where the joules go (issue 16) ------------------------------------------------------
     def _phase_split(
         self,
         config: ExperimentConfig,
@@ -505,20 +496,19 @@ class ExperimentOrchestrator:
 
     def _load_or_reuse(
         self, config: ExperimentConfig, timings: PhaseTimings, run_id: str | None
-    ) -> tuple[Any, str | None, list[str]]:
+    ) -> tuple[LoadInfo, str | None, list[str]]:
         """Load the engine, or reuse the kept one.
 
-        Returns (LoadInfo, run id that loaded it if reused, notes). A reused engine's optional
+        Returns (LoadInfo, run id that loaded it if reused, notes). A reused engine's
         ``begin_reused_run(config)`` hook runs here, before the warmup, so that state which
         would make this run differ from a fresh process's (compiled graphs specialised to an
         earlier run's shapes) is dropped before the warmup rebuilds it; its notes are returned.
         """
         key = engine_load_key(config) if self.keep_engine_loaded else None
-        if key is not None and key == self._loaded_key:
+        if key is not None and key == self._loaded_key and self._load_info is not None:
             self.progress(f"engine reused (loaded by run {self._loaded_by})")
             timings.load_s = 0.0
-            begin = getattr(self.engine, "begin_reused_run", None)
-            notes = list(begin(config)) if callable(begin) else []
+            notes = list(self.engine.begin_reused_run(config))
             return self._load_info, self._loaded_by or "an earlier run", notes
         if self._loaded_key is not None:  # a different engine was kept: drop it first
             self.close()
@@ -526,35 +516,26 @@ class ExperimentOrchestrator:
         t = time.perf_counter()
         load_info = self.engine.load(config)
         timings.load_s = time.perf_counter() - t
-        timings.load_parts = dict(getattr(load_info, "timing_parts", None) or {})
+        timings.load_parts = dict(load_info.timing_parts)
         if key is not None:
             self._loaded_key, self._loaded_by, self._load_info = key, run_id, load_info
         return load_info, None, []
 
-    def _window_progress(self, total: int) -> _WindowProgress | None:
-        """Per-batch progress for engines with a ``batch_callback`` (None: nothing to report)."""
-        if self.progress is _noop or not hasattr(self.engine, "batch_callback"):
-            return None
-        reporter = _WindowProgress(total=total, say=self.progress)
-        cast(Any, self.engine).batch_callback = reporter
-        return reporter
-
     def _length_problems(self, config: ExperimentConfig, prompts: Sequence[Any]) -> list[str]:
         """Prompts whose tokens + new tokens exceed the loaded engine's maximum length.
 
-        Engines report their limit with an optional ``max_sequence_length()``; without one (or
-        without a tokenizer that can ``encode``) nothing is checked.
+        Engines report their limit with ``max_sequence_length()``; where it is unknown (or the
+        engine has no tokenizer) nothing is checked.
         """
-        limit_of = getattr(self.engine, "max_sequence_length", None)
-        limit = limit_of() if callable(limit_of) else None
-        encode = getattr(self.engine.tokenizer, "encode", None)
-        if not isinstance(limit, int) or not callable(encode):
+        limit = self.engine.max_sequence_length()
+        tokenizer = self.engine.tokenizer
+        if limit is None or tokenizer is None:
             return []
         problems: list[str] = []
         over = 0
         for prompt in prompts:
-            n_in = len(encode(prompt.text))
-            n_new = prompt.max_new_tokens or config.effective_max_new_tokens
+            n_in = len(tokenizer.encode(prompt.text))
+            n_new = config.max_new_tokens_for(prompt.max_new_tokens)
             if n_in + n_new > limit:
                 over += 1
                 if len(problems) < 5:
@@ -579,7 +560,7 @@ class ExperimentOrchestrator:
         wc = config.warmup
         runs = wc.max_prompts if wc.convergence_detection else wc.n_warmup
         notes: list[str] = []
-        if runs == 0 and _torch_compile_requested(config):
+        if runs == 0 and self.engine.compiles_on_first_run(config):
             # compilation happens in the first generate: keep it out of the measurement window
             runs = 1
             notes.append(
@@ -596,7 +577,7 @@ class ExperimentOrchestrator:
         converged: bool | None = None
         cv: float | None = None
         if sampler is not None:
-            sampler.set_phase("warmup")
+            sampler.set_phase(WARMUP_PHASE)
         t0 = time.perf_counter()
         if runs > 0:
             self.progress(
@@ -605,7 +586,7 @@ class ExperimentOrchestrator:
             )
         for i in range(runs):
             s = time.perf_counter()
-            self.engine.generate(warm_prompts, config, phase="warmup")
+            self.engine.generate(warm_prompts, config, phase=WARMUP_PHASE)
             self.engine.synchronize()
             latencies.append(time.perf_counter() - s)
             if wc.convergence_detection and len(latencies) >= max(3, wc.n_warmup):
@@ -647,10 +628,6 @@ class ExperimentOrchestrator:
             tokenizer=self.engine.tokenizer,
             rows_after=rows_after,
         )
-
-
-def _torch_compile_requested(config: ExperimentConfig) -> bool:
-    return bool(config.backend == "pytorch" and config.pytorch and config.pytorch.torch_compile)
 
 
 def _compile_time(latencies: Sequence[float]) -> float | None:

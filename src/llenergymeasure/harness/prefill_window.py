@@ -2,8 +2,10 @@
 
 ``measure_prefill_window`` runs the same prompts through the same engine with
 ``max_new_tokens`` 1 (each request: its prefill and its first token), inside an energy window
-opened and closed exactly like the measurement window (sync, ``begin``, ``generate``, sync,
-``end``), after its own warmup run(s) of the one-token config and the same thermal floor.
+opened and closed like the measurement window (``energy.window.MeasurementWindow``: prompts
+prepared before it, sync, ``begin``, ``execute``, sync, ``end``, records after it; no peak-memory
+reset and no RAPL reading), after its own warmup run(s) of the one-token config and the same
+thermal floor.
 ``split_from_windows`` turns the full window and this one into a ``PhaseSplit`` (see
 ``energy.phase_split`` for the arithmetic).
 
@@ -20,10 +22,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from llenergymeasure.config.models import ExperimentConfig, SyntheticDatasetConfig
+from llenergymeasure.datasets import Prompt
 from llenergymeasure.energy.base import EnergyBackend, EnergyMeasurement
 from llenergymeasure.energy.phase_split import PhaseSplit, differential_phase_split
 from llenergymeasure.energy.sampler import EnergySampler
-from llenergymeasure.engines.base import InferenceBackend, RequestRecord
+from llenergymeasure.energy.window import MeasurementWindow
+from llenergymeasure.engines.base import WARMUP_PHASE, InferenceBackend, RequestRecord
 
 __all__ = [
     "PREFILL_WINDOW_PHASE",
@@ -58,26 +62,23 @@ def prefill_only_config(config: ExperimentConfig) -> ExperimentConfig:
     return config.model_copy(update=update)
 
 
-def prefill_only_prompts(prompts: Sequence[Any]) -> list[Any]:
+def prefill_only_prompts(prompts: Sequence[Prompt]) -> list[Prompt]:
     """The same prompts with their own ``max_new_tokens`` (where set) lowered to 1."""
-    out = []
-    for p in prompts:
-        if dataclasses.is_dataclass(p) and getattr(p, "max_new_tokens", None) is not None:
-            out.append(dataclasses.replace(p, max_new_tokens=1))  # type: ignore[type-var]
-        else:
-            out.append(p)
-    return out
+    return [
+        dataclasses.replace(p, max_new_tokens=1) if p.max_new_tokens is not None else p
+        for p in prompts
+    ]
 
 
 def measure_prefill_window(
     engine: InferenceBackend,
     energy_backend: EnergyBackend,
-    prompts: Sequence[Any],
+    prompts: Sequence[Prompt],
     config: ExperimentConfig,
     *,
     sampler: EnergySampler | None = None,
     warmup_runs: int = 1,
-    warmup_prompts: Sequence[Any] | None = None,
+    warmup_prompts: Sequence[Prompt] | None = None,
     thermal_floor_s: float = 0.0,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
@@ -96,31 +97,26 @@ def measure_prefill_window(
     run_prompts = prefill_only_prompts(prompts)
     if warmup_runs > 0:
         if sampler is not None:
-            sampler.set_phase("warmup")
+            sampler.set_phase(WARMUP_PHASE)
         warm = prefill_only_prompts(warmup_prompts) if warmup_prompts is not None else run_prompts
         for _ in range(warmup_runs):
-            engine.generate(warm, run_config, phase="warmup")
+            engine.generate(warm, run_config, phase=WARMUP_PHASE)
         engine.synchronize()
     if thermal_floor_s > 0:
         if sampler is not None:
             sampler.set_phase("thermal_floor")
         sleep(thermal_floor_s)
-    if sampler is not None:
-        sampler.set_phase(PREFILL_WINDOW_PHASE)
-        sampler.sample_now()
-    engine.synchronize()
-    energy_backend.begin()
-    w0 = clock()
-    p0 = time.perf_counter()
-    records = engine.generate(run_prompts, run_config, phase=PREFILL_WINDOW_PHASE)
-    engine.synchronize()
-    p1 = time.perf_counter()
-    w1 = clock()
-    energy = energy_backend.end()
-    if sampler is not None:
-        sampler.set_phase("cooldown")
-        sampler.sample_now()
-    return PrefillWindow(energy=energy, duration_s=p1 - p0, records=records, window=(w0, w1))
+    prepared = engine.prepare(run_prompts, run_config, phase=PREFILL_WINDOW_PHASE)
+    window = MeasurementWindow(
+        energy_backend, phase=PREFILL_WINDOW_PHASE, sampler=sampler, device=engine, clock=clock
+    )
+    with window:
+        raw = engine.execute(prepared)
+    records = engine.records(raw)
+    reading = window.reading
+    return PrefillWindow(
+        energy=reading.energy, duration_s=reading.duration_s, records=records, window=reading.span
+    )
 
 
 def split_from_windows(

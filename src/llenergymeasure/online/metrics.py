@@ -26,7 +26,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 from llenergymeasure.config.online import SLOConfig
-from llenergymeasure.energy.maths import adjusted_energy_j
+from llenergymeasure.energy.maths import adjusted_energy_j, energy_per
 from llenergymeasure.online.client import RequestRecord
 from llenergymeasure.results.online import LatencyStats, OnlineMetrics
 
@@ -91,10 +91,6 @@ def meets_slo(record: RequestRecord, slo: SLOConfig) -> bool:
         if tpot is not None and tpot * 1000 > slo.tpot_ms:
             return False
     return not (slo.e2e_ms is not None and record.e2e_s * 1000 > slo.e2e_ms)
-
-
-def _per(value: float | None, count: int) -> float | None:
-    return None if value is None or count <= 0 else value / count
 
 
 def compute_online_metrics(
@@ -165,10 +161,10 @@ def compute_online_metrics(
         baseline_power_w=baseline_power_w,
         adjusted_energy_j=adjusted,
         mean_power_w=None if energy_j is None else energy_j / energy_s,
-        energy_per_request_j=_per(energy_j, len(ok)),
-        adjusted_energy_per_request_j=_per(adjusted, len(ok)),
-        energy_per_output_token_j=_per(energy_j, output_tokens),
-        adjusted_energy_per_output_token_j=_per(adjusted, output_tokens),
-        energy_per_slo_request_j=_per(energy_j, n_slo_met or 0),
-        adjusted_energy_per_slo_request_j=_per(adjusted, n_slo_met or 0),
+        energy_per_request_j=energy_per(energy_j, len(ok)),
+        adjusted_energy_per_request_j=energy_per(adjusted, len(ok)),
+        energy_per_output_token_j=energy_per(energy_j, output_tokens),
+        adjusted_energy_per_output_token_j=energy_per(adjusted, output_tokens),
+        energy_per_slo_request_j=energy_per(energy_j, n_slo_met or 0),
+        adjusted_energy_per_slo_request_j=energy_per(adjusted, n_slo_met or 0),
     )

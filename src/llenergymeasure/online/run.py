@@ -9,8 +9,10 @@
    request;
 3. the load: ``online.n_warmup_requests`` warmup requests one at a time (never the measured
    prompts), then ``config.n`` streamed requests on the seeded arrival schedule under
-   ``max_concurrency``; the energy backend's ``begin`` runs just before the first measured send
-   and ``end`` just after the last response;
+   ``max_concurrency``, each asking for its prompt's new-token limit
+   (``ExperimentConfig.max_new_tokens_for``); the energy window
+   (``energy.window.MeasurementWindow``) opens just before the first measured send and closes
+   just after the last response;
 4. the metrics (``OnlineMetrics``) and, for a started server, its clean stop.
 
 Per-request failures are counted, not fatal; when every measured request fails the run raises
@@ -31,9 +33,11 @@ from pydantic import BaseModel, Field
 
 from llenergymeasure.config.models import ExperimentConfig
 from llenergymeasure.config.online import OnlineConfig
+from llenergymeasure.datasets import Prompt
 from llenergymeasure.energy.base import EnergyBackend, EnergyMeasurement
 from llenergymeasure.energy.baseline import BaselineMeasurement
 from llenergymeasure.energy.sensors import visible_nvml_indices
+from llenergymeasure.energy.window import MeasurementWindow
 from llenergymeasure.exceptions import BackendError, ConfigError, ExperimentError
 from llenergymeasure.online.arrivals import arrival_offsets
 from llenergymeasure.online.client import (
@@ -241,10 +245,11 @@ def _warmup_prompts(n: int) -> list[str]:
 
 def run_online(
     config: ExperimentConfig,
-    prompts: Sequence[str],
+    prompts: Sequence[str | Prompt],
     *,
     output_dir: str | Path,
     energy: EnergyBackend | None = None,
+    window: MeasurementWindow | None = None,
     measure_baseline: Callable[[], BaselineMeasurement | None] | None = None,
     model_source: str | None = None,
     warmup_prompts: Sequence[str] | None = None,
@@ -252,9 +257,12 @@ def run_online(
 ) -> OnlineRunResult:
     """Run one online measurement (see the module docstring); blocking.
 
-    ``prompts`` are the dataset's prompts (the first ``config.n`` are sent). ``model_source``
-    replaces ``config.model`` on a started server's command line (e.g. the local folder of a
-    ``builtin:`` model). ``server_factory`` builds the ``ManagedServer`` (tests inject one).
+    ``prompts`` are the dataset's prompts (the first ``config.n`` are sent; a ``Prompt``'s own
+    ``max_new_tokens`` is its request's limit). ``energy``: the backend to meter the load with
+    (a plain window around it), or ``window``: the measurement window itself (with its sampler;
+    the harness passes one). ``model_source`` replaces ``config.model`` on a started server's
+    command line (e.g. the local folder of a ``builtin:`` model). ``server_factory`` builds the
+    ``ManagedServer`` (tests inject one).
     """
     online = config.online
     if config.mode != "online" or online is None:
@@ -264,10 +272,15 @@ def run_online(
             f"n={config.n} requests but only {len(prompts)} prompts",
             hint="lower n or use a larger dataset",
         )
+    if energy is not None and window is not None:
+        raise ValueError("run_online takes an energy backend or a window, not both")
+    if window is None and energy is not None:
+        window = MeasurementWindow(energy)
+    energy_window = window  # read by measure() below
     sampling = _sampling(config)
     api_key = online_api_key(online)
     out = Path(output_dir)
-    max_tokens = config.effective_max_new_tokens
+    max_tokens = config.max_new_tokens_for(None)
 
     if online.starts_server:
         settings = online.effective_server
@@ -316,7 +329,12 @@ def run_online(
             api_key=api_key,
         )
         baseline = measure_baseline() if measure_baseline is not None else None
-        requests = [StreamRequest(p, max_tokens, ignore_eos) for p in prompts[: config.n]]
+        requests = [
+            StreamRequest(p, max_tokens, ignore_eos)
+            if isinstance(p, str)
+            else StreamRequest(p.text, config.max_new_tokens_for(p.max_new_tokens), ignore_eos)
+            for p in prompts[: config.n]
+        ]
         warm = [
             StreamRequest(p, max_tokens, ignore_eos)
             for p in (
@@ -332,29 +350,28 @@ def run_online(
             burstiness=online.effective_burstiness,
             seed=online.seed,
         )
-        measured: list[EnergyMeasurement] = []
         load = drive_load(
             client,
             requests,
             offsets,
             max_concurrency=online.max_concurrency,
             warmup=warm,
-            on_window_start=energy.begin if energy is not None else None,
-            on_window_end=(lambda: measured.append(energy.end())) if energy is not None else None,
+            on_window_start=energy_window.open if energy_window is not None else None,
+            on_window_end=energy_window.close if energy_window is not None else None,
         )
-        energy_m = measured[0] if measured else None
+        energy_m: EnergyMeasurement | None = (
+            energy_window.reading.energy if energy_window is not None else None
+        )
         energy_j = energy_m.total_energy_j if energy_m is not None else None
-        window = load.duration_s if load.duration_s > 0 else math.ulp(1.0)
-        energy_window = (
-            energy_m.duration_s if energy_m is not None and energy_m.duration_s > 0 else None
-        )
+        load_s = load.duration_s if load.duration_s > 0 else math.ulp(1.0)
+        energy_s = energy_m.duration_s if energy_m is not None and energy_m.duration_s > 0 else None
         metrics = compute_online_metrics(
             load.records,
-            window_s=window,
+            window_s=load_s,
             slo=online.slo,
             energy_j=energy_j,
             baseline_power_w=baseline.power_w if baseline is not None else None,
-            energy_window_s=energy_window if energy_j is not None else None,
+            energy_window_s=energy_s if energy_j is not None else None,
         )
         warnings.extend(load.schedule_warnings())
         failed_warmups = [w for w in load.warmup_records if not w.ok]

@@ -1,16 +1,8 @@
 """Start an engine's own OpenAI-compatible server, wait until it is ready, stop it cleanly.
 
-``server_launch`` turns an online experiment into the command line of the engine's server:
-
-- vLLM: ``vllm serve MODEL`` with each ``VLLMConfig`` field as its ``vllm serve`` flag
-  (``--max-num-seqs``, ``--tensor-parallel-size``, ``--gpu-memory-utilization``,
-  ``--[no-]enable-prefix-caching``, ``--block-size``, ``--quantization``, ``--enable-lora``,
-  ``--max-lora-rank``), ``--dtype`` from ``precision`` and ``--seed`` from ``random_seed``;
-- PyTorch: ``transformers serve MODEL`` (the model is pinned), ``--dtype``, ``--default-seed``,
-  ``--attn-implementation``, ``--compile``, ``--quantization bnb-4bit|bnb-8bit`` and
-  ``--continuous-batching`` for ``batching_strategy: dynamic``;
-- TensorRT-LLM: ``trtllm-serve MODEL_OR_ENGINE --backend tensorrt`` with ``--tp_size``,
-  ``--pp_size``, ``--max_batch_size``, ``--max_seq_len``, ``--kv_cache_free_gpu_memory_fraction``.
+``server_launch`` turns an online experiment into the command line of the engine's server,
+which the engine itself builds (``InferenceBackend.serve_command``: ``vllm serve``,
+``transformers serve``, ``trtllm-serve``; see each engine module).
 
 Engine fields that have no server flag, when set, are a ``ConfigError`` naming the field (a
 silently ignored setting would mislabel the measurement). ``online.server.extra_args`` are
@@ -45,42 +37,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from pydantic import BaseModel
-
 from llenergymeasure.config.models import ExperimentConfig
 from llenergymeasure.exceptions import BackendError, ConfigError
 
 __all__ = [
-    "VLLM_SERVE_FLAGS",
     "ManagedServer",
     "ServerLaunch",
     "free_port",
     "server_launch",
 ]
 
-#: ``VLLMConfig`` field -> ``vllm serve`` flag (booleans: ``--flag`` / ``--no-flag``).
-VLLM_SERVE_FLAGS: dict[str, str] = {
-    "max_num_seqs": "--max-num-seqs",
-    "tensor_parallel_size": "--tensor-parallel-size",
-    "gpu_memory_utilization": "--gpu-memory-utilization",
-    "enable_prefix_caching": "--enable-prefix-caching",
-    "block_size": "--block-size",
-    "quantization": "--quantization",
-    "enable_lora": "--enable-lora",
-    "max_lora_rank": "--max-lora-rank",
-}
-
-#: ``TensorRTConfig`` field -> ``trtllm-serve`` flag; ``engine_path`` replaces the model.
-TRTLLM_SERVE_FLAGS: dict[str, str] = {
-    "tp_size": "--tp_size",
-    "pp_size": "--pp_size",
-    "max_batch_size": "--max_batch_size",
-    "max_seq_len": "--max_seq_len",
-    "kv_cache_free_gpu_memory_fraction": "--kv_cache_free_gpu_memory_fraction",
-}
-
-_VLLM_DTYPE = {"fp16": "float16", "bf16": "bfloat16", "int8": "float16", "int4": "float16"}
-_TORCH_DTYPE = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 # Fields with no server counterpart: the reason shown when one is set.
 _NO_SERVER_FLAG = {
     "pytorch.batch_size": "the server batches requests itself; shape the load with "
@@ -116,13 +82,6 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def _set_fields(section: BaseModel | None, name: str) -> dict[str, object]:
-    if section is None:
-        return {}
-    values = section.model_dump()
-    return {f"{name}.{k}": v for k, v in values.items() if v is not None}
-
-
 def server_launch(
     config: ExperimentConfig,
     *,
@@ -153,78 +112,16 @@ def server_launch(
             "lora: is not supported in online mode yet",
             hint="serve the adapter yourself and point online.endpoint at that server",
         )
-    served = online.served_model_name
-    notes: list[str] = []
-    argv: list[str]
-    supports_ignore_eos = True
-    if config.backend == "vllm":
-        argv = ["vllm", "serve", model, "--host", host, "--port", str(port)]
-        argv += ["--dtype", _VLLM_DTYPE.get(config.precision, "auto")]
-        argv += ["--seed", str(config.random_seed)]
-        for key, value in _set_fields(config.vllm, "vllm").items():
-            flag = VLLM_SERVE_FLAGS[key.split(".", 1)[1]]
-            if isinstance(value, bool):
-                if value:
-                    argv.append(flag)
-                elif flag == "--enable-prefix-caching":
-                    argv.append("--no-enable-prefix-caching")
-            else:
-                argv += [flag, str(value)]
-        if served:
-            argv += ["--served-model-name", served]
-    elif config.backend == "pytorch":
-        supports_ignore_eos = False
-        argv = ["transformers", "serve", model, "--host", host, "--port", str(port)]
-        argv += ["--dtype", _TORCH_DTYPE.get(config.precision, "auto")]
-        argv += ["--default-seed", str(config.random_seed)]
-        p = config.pytorch
-        if p is not None:
-            if p.attn_implementation is not None:
-                argv += ["--attn-implementation", p.attn_implementation]
-            if p.torch_compile:
-                argv.append("--compile")
-            if p.load_in_4bit:
-                argv += ["--quantization", "bnb-4bit"]
-            elif p.load_in_8bit:
-                argv += ["--quantization", "bnb-8bit"]
-            if p.batching_strategy == "dynamic":
-                argv.append("--continuous-batching")
-        if served:
-            raise ConfigError(
-                "online.served_model_name is not supported with transformers serve "
-                "(it serves the model under its own name)",
-                hint="remove online.served_model_name",
-            )
-    elif config.backend == "tensorrt":
-        t = config.tensorrt
-        target = t.engine_path if t is not None and t.engine_path else model
-        # 1.x serves on its PyTorch backend unless told otherwise; llem's TensorRT-LLM engine is
-        # the TensorRT-engine path (a built engine folder or a checkpoint to build from)
-        argv = [
-            "trtllm-serve",
-            target,
-            "--backend",
-            "tensorrt",
-            "--host",
-            host,
-            "--port",
-            str(port),
-        ]
-        notes.append(
-            f"precision={config.precision} is not a trtllm-serve flag: the server runs at the "
-            "dtype of its checkpoint or built engine"
+    from llenergymeasure.engines.factory import engine_class
+
+    engine = engine_class(config.backend)()
+    command = engine.serve_command(config, model=model, host=host, port=port)
+    if command is None:
+        raise ConfigError(
+            f"the {config.backend} engine has no server of its own that llem can start",
+            hint="start a server yourself and set online.endpoint to it",
         )
-        for key, value in _set_fields(t, "tensorrt").items():
-            name = key.split(".", 1)[1]
-            if name in TRTLLM_SERVE_FLAGS:
-                argv += [TRTLLM_SERVE_FLAGS[name], str(value)]
-        if served:
-            raise ConfigError(
-                "online.served_model_name is not supported with trtllm-serve",
-                hint="remove online.served_model_name",
-            )
-    else:  # pragma: no cover - Backend is a closed Literal
-        raise ConfigError(f"no server known for backend {config.backend!r}")
+    argv = list(command.argv)
     argv += list(online.effective_server.extra_args)
     env: dict[str, str] = {}
     if online.gpus is not None:
@@ -232,9 +129,9 @@ def server_launch(
     return ServerLaunch(
         argv=argv,
         env=env,
-        request_model=served or model,
-        supports_ignore_eos=supports_ignore_eos,
-        notes=notes,
+        request_model=online.served_model_name or model,
+        supports_ignore_eos=command.supports_ignore_eos,
+        notes=list(command.notes),
     )
 
 

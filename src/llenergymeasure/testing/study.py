@@ -12,12 +12,12 @@ import json
 import os
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from llenergymeasure.config.models import ExperimentConfig
-from llenergymeasure.engines.base import LoadInfo, RequestRecord
+from llenergymeasure.engines.base import BatchProgress, LoadInfo, PreparedRun, RawRun
 from llenergymeasure.study.worker import RunRequest
 from llenergymeasure.testing.engines import FakeEngine
 
@@ -101,7 +101,7 @@ _GROUP_SESSION: dict[str, Any] = {}  # this process's kept orchestrator (one gro
 
 class LoggingFakeEngine(FakeEngine):
     """A ``FakeEngine`` that appends what happens to it (load, begin_reused_run,
-    clear_run_state, each generate with its prompt texts, unload) as JSON lines to
+    clear_run_state, each execute with its phase and prompt texts, unload) as JSON lines to
     ``log_path``, with this process's pid."""
 
     def __init__(self, log_path: str, **kwargs: Any) -> None:
@@ -127,11 +127,9 @@ class LoggingFakeEngine(FakeEngine):
         self._log("begin_reused_run")
         return ["fake: state of the previous run dropped"]
 
-    def generate(
-        self, prompts: Sequence[Any], config: ExperimentConfig, *, phase: str = "measurement"
-    ) -> list[RequestRecord]:
-        self._log("generate", phase=phase, texts=[p.text for p in prompts])
-        return super().generate(prompts, config, phase=phase)
+    def execute(self, prepared: PreparedRun, *, on_batch: BatchProgress | None = None) -> RawRun:
+        self._log("execute", phase=prepared.phase, texts=[p.text for p in prepared.prompts])
+        return super().execute(prepared, on_batch=on_batch)
 
     def unload(self) -> None:
         self._log("unload")
