@@ -77,6 +77,11 @@ stage_pt_fresh() { study reuse_pytorch_compiled pt_fresh --no-reuse-engine; }
 stage_pt_reuse() { study reuse_pytorch_compiled pt_reuse --reuse-engine; }
 stage_pt_256() { study phase_pytorch_256 pt_256; }
 stage_pt_phase() { study phase_pytorch pt_phase --reuse-engine; }  # issue 16: split + 2x output
+stage_pt_overhead() {  # issues 28/31: llem vs a bare generate loop after the window change
+  ensure_model
+  python3 benchmarks/harness_overhead.py --model "$model" --cases 8:32 --reps 5 --compile \
+    --out "$out/overhead" 2>&1 | tee "$out/overhead.log"
+}
 stage_pt_b8_fresh() { study reuse_pytorch_b8 pt_b8_fresh --no-reuse-engine; }  # issue 31 item 5
 stage_pt_b8_reuse() { study reuse_pytorch_b8 pt_b8_reuse --reuse-engine; }
 stage_pt_fast() {  # issue 16: the batch-8 split with 10 ms sampling
