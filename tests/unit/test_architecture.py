@@ -2,7 +2,7 @@
 
 Floors, lowest first::
 
-    0  exceptions, _version
+    0  exceptions, _version, hub
     1  config, datasets
     2  energy, engines, results
     3  harness, online (a server under load: measured like harness measures an engine)
@@ -30,6 +30,7 @@ TOP = "llenergymeasure"
 FLOORS: dict[str, int] = {
     "exceptions": 0,
     "_version": 0,
+    "hub": 0,
     "config": 1,
     "datasets": 1,
     "energy": 2,
