@@ -134,10 +134,12 @@ def hub_model_problem(
     *,
     revision: str | None = None,
     cache_dir: str | None = None,
+    filename: str = "config.json",
 ) -> str | None:
     """A pre-flight problem for the hub model ``name``, or None when it can be had.
 
-    In the HF cache (its ``config.json``): fine. Not cached and ``HF_HUB_OFFLINE`` set, or not
+    In the HF cache (its ``filename``: ``config.json``, ``adapter_config.json`` for an
+    adapter): fine. Not cached and ``HF_HUB_OFFLINE`` set, or not
     cached and the hub unreachable (one probe): a problem naming the field, with the offline
     hint. Reachable: None (the engine downloads it).
     """

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from llenergymeasure import hub
 from llenergymeasure.cli.app import app
-from llenergymeasure.config.models import ExperimentConfig
+from llenergymeasure.config.models import ExperimentConfig, LoRAConfig
 from llenergymeasure.datasets.aienergyscore import AIENERGYSCORE_REPO_ID, AIENERGYSCORE_REVISION
 from llenergymeasure.engines.pytorch import PyTorchBackend
 
@@ -128,6 +128,15 @@ def test_pytorch_pre_flight_names_the_unreachable_hub_and_the_way_offline(closed
     assert f"model: '{UNCACHED_MODEL}' is not in the HF cache" in problem
     assert "the HF hub is unreachable" in problem and closed_endpoint in problem
     assert "HF_HUB_OFFLINE=1" in problem and "local path" in problem
+
+
+def test_an_uncached_lora_adapter_is_checked_the_same_way(closed_endpoint: str, tiny_model_dir):
+    config = make_config(str(tiny_model_dir)).model_copy(
+        update={"lora": LoRAConfig(adapter_id="llem-test-org/no-adapter")}
+    )
+    (problem,) = PyTorchBackend().preflight(config)
+    assert problem.startswith("lora.adapter_id: 'llem-test-org/no-adapter' is not in the HF cache")
+    assert "HF_HUB_OFFLINE=1" in problem
 
 
 def test_a_reachable_hub_leaves_the_download_to_the_engine(answering_endpoint: str):

@@ -349,6 +349,13 @@ class PyTorchBackend:
             path = config.lora.adapter_path
             if path is not None and not Path(path).expanduser().is_dir():
                 problems.append(f"lora.adapter_path {path!r} is not a directory")
+            if config.lora.adapter_id is not None:
+                from llenergymeasure.hub import hub_model_problem
+
+                problem = hub_model_problem(
+                    config.lora.adapter_id, "lora.adapter_id", filename="adapter_config.json"
+                )
+                problems.extend([problem] if problem else [])
         return problems
 
     def _data_parallel_problems(self, config: ExperimentConfig) -> list[str]:
