@@ -2,7 +2,7 @@
 
 Floors, lowest first::
 
-    0  exceptions, _version, redaction (what is secret), files (the one write path)
+    0  exceptions, _version, redaction (what is secret), files (the one write path), hub
     1  config, datasets
     2  energy, engines, results
     3  harness, online (a server under load: measured like harness measures an engine)
@@ -32,6 +32,7 @@ FLOORS: dict[str, int] = {
     "_version": 0,
     "redaction": 0,
     "files": 0,
+    "hub": 0,
     "config": 1,
     "datasets": 1,
     "energy": 2,

@@ -120,6 +120,8 @@ CHANGES: list[tuple[str, dict[str, Any]]] = [
     ("mode", {"mode": "online", "online": {}}),
     ("online", {"mode": "online", "online": {"request_rate": 4}}),
     ("measurement", {"measurement": {"phase_split": True}}),
+    ("chat_template", {"chat_template": True}),
+    ("dataset", {"dataset": {"hf": "org/prompts", "split": "test"}}),
 ]
 
 
@@ -140,7 +142,7 @@ def test_offline_hash_leaves_out_the_default_mode_fields():
     # Hashes of offline configs are what they were before online mode existed.
     config = ExperimentConfig.model_validate(BASE)
     data = config.model_dump(mode="json")
-    del data["mode"], data["online"], data["measurement"]
+    del data["mode"], data["online"], data["measurement"], data["chat_template"]
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
     expected = hashlib.sha256(canonical.encode()).hexdigest()[:16]
     assert measurement_config_hash(config) == expected
@@ -151,11 +153,16 @@ def test_default_measurement_section_leaves_the_hash_as_before_it_existed():
     assert config_hash(explicit) == config_hash(BASE)
 
 
+def test_prompts_as_written_leave_the_hash_as_before_chat_template_existed():
+    explicit = deep_merge(BASE, {"chat_template": False})
+    assert config_hash(explicit) == config_hash(BASE)
+
+
 def test_unset_continuous_usage_leaves_online_hashes_as_before_it_existed():
     online = deep_merge(BASE, {"mode": "online", "online": {"request_rate": 4}})
     config = ExperimentConfig.model_validate(online)
     data = config.model_dump(mode="json")
-    del data["measurement"], data["online"]["continuous_usage"]
+    del data["measurement"], data["online"]["continuous_usage"], data["chat_template"]
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
     assert measurement_config_hash(config) == hashlib.sha256(canonical.encode()).hexdigest()[:16]
     set_on = deep_merge(online, {"online": {"continuous_usage": True}})

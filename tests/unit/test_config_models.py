@@ -321,9 +321,10 @@ def test_synthetic_dataset_larger_than_n_is_accepted():
     assert build(dataset={"n": 50}, n=10).n == 10
 
 
-def test_synthetic_dataset_requires_n():
-    with pytest.raises(ValidationError):
-        build(dataset={"input_len": 8})
+def test_synthetic_dataset_without_any_n_generates_the_default_n():
+    config = build(dataset={"input_len": 8})
+    assert isinstance(config.dataset, SyntheticDatasetConfig)
+    assert config.n == config.dataset.n == 100
 
 
 def test_synthetic_output_len_sets_effective_max_new_tokens():

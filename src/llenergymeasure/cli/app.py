@@ -21,6 +21,7 @@ from typing import Annotated, Optional
 import typer
 
 from llenergymeasure._version import __version__
+from llenergymeasure.cli.completion import complete_backend, complete_dataset, complete_precision
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 ok; 1 runtime error or a study with failed runs; 2 usage, config or "
@@ -59,6 +60,13 @@ def _backend_help() -> str:
 
     names = list(engine_names())
     return (", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]) + "."
+
+
+def _precision_help() -> str:
+    """``--precision`` help from the precision table ("fp32, fp16, ... (per engine: ...)")."""
+    from llenergymeasure.cli.completion import precision_values
+
+    return ", ".join(precision_values()) + " (each engine accepts a subset)."
 
 
 def _version_callback(value: bool) -> None:
@@ -175,15 +183,20 @@ def run(
     ] = None,
     backend: Annotated[
         Optional[str],  # noqa: UP045
-        typer.Option("--backend", "-b", help=_backend_help()),
+        typer.Option("--backend", "-b", help=_backend_help(), autocompletion=complete_backend),
     ] = None,
     dataset: Annotated[
         Optional[str],  # noqa: UP045
-        typer.Option("--dataset", "-d", help="aienergyscore, synthetic, or a .jsonl path."),
+        typer.Option(
+            "--dataset",
+            "-d",
+            help="aienergyscore, synthetic, or a .jsonl path (an HF dataset: --set dataset.hf=).",
+            autocompletion=complete_dataset,
+        ),
     ] = None,
     n: Annotated[
         Optional[int],  # noqa: UP045
-        typer.Option("-n", help="Number of prompts."),
+        typer.Option("-n", help="Number of prompts (a synthetic dataset generates as many)."),
     ] = None,
     batch_size: Annotated[
         Optional[int],  # noqa: UP045
@@ -191,7 +204,36 @@ def run(
     ] = None,
     precision: Annotated[
         Optional[str],  # noqa: UP045
-        typer.Option("--precision", help="fp32, fp16, bf16, int8, fp8, int4."),
+        typer.Option(
+            "--precision",
+            help=_precision_help(),
+            autocompletion=complete_precision,
+        ),
+    ] = None,
+    max_new_tokens: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option("--max-new-tokens", help="New tokens per prompt (max_new_tokens)."),
+    ] = None,
+    input_len: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option("--input-len", help="Synthetic prompts of this many tokens."),
+    ] = None,
+    output_len: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option("--output-len", help="Synthetic dataset: new tokens per prompt."),
+    ] = None,
+    seed: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option("--seed", help="random_seed: sampling and engine randomness."),
+    ] = None,
+    set_values: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option(
+            "--set",
+            metavar="KEY=VALUE",
+            help="Any config field, e.g. --set decoder.temperature=0.7 (repeatable; the value is "
+            "YAML; a study applies it to its base).",
+        ),
     ] = None,
     output: Annotated[
         Optional[Path],  # noqa: UP045
@@ -200,10 +242,12 @@ def run(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Validate and preview; run nothing.")
     ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", help="Only the final summary.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the final summary.")] = False,
     verbose: Annotated[
         bool,
-        typer.Option("--verbose", "-v", help="Phase timings on stderr, and tracebacks on errors."),
+        typer.Option(
+            "--verbose", "-v", "-V", help="Phase timings on stderr, and tracebacks on errors."
+        ),
     ] = False,
     as_json: Annotated[
         bool,
@@ -282,6 +326,11 @@ def run(
         n=n,
         batch_size=batch_size,
         precision=precision,
+        max_new_tokens=max_new_tokens,
+        input_len=input_len,
+        output_len=output_len,
+        seed=seed,
+        set_values=tuple(set_values or ()),
         output=output,
         dry_run=dry_run,
         quiet=quiet,

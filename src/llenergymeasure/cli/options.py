@@ -19,6 +19,11 @@ class RunOptions:
     n: int | None = None
     batch_size: int | None = None
     precision: str | None = None
+    max_new_tokens: int | None = None
+    input_len: int | None = None  # synthetic dataset: dataset.input_len
+    output_len: int | None = None  # synthetic dataset: dataset.output_len
+    seed: int | None = None  # random_seed
+    set_values: tuple[str, ...] = ()  # --set key.path=value, in order
     output: Path | None = None
     dry_run: bool = False
     quiet: bool = False

@@ -9,7 +9,11 @@ import typer
 
 from llenergymeasure.config.catalogue import run_concurrency
 from llenergymeasure.config.hashing import measurement_config_hash
-from llenergymeasure.config.models import ExperimentConfig, SyntheticDatasetConfig
+from llenergymeasure.config.models import (
+    ExperimentConfig,
+    HFDatasetConfig,
+    SyntheticDatasetConfig,
+)
 from llenergymeasure.config.study import StudyConfig
 from llenergymeasure.harness.vram import (
     VramEstimate,
@@ -27,7 +31,45 @@ def _dataset_label(config: ExperimentConfig) -> str:
     d = config.dataset
     if isinstance(d, SyntheticDatasetConfig):
         return f"synthetic({d.input_len}->{d.output_len})"
+    if isinstance(d, HFDatasetConfig):
+        parts = [f"split={d.split}" if d.split else "", f"column={d.column}" if d.column else ""]
+        shown = ", ".join(p for p in parts if p)
+        return f"hf:{d.hf}" + (f"[{shown}]" if shown else "")
     return d
+
+
+def network_needs(configs: list[ExperimentConfig]) -> list[str]:
+    """What the runs would download from the HF hub (not in the local cache), one line each:
+    the default dataset and hub models. HF datasets are read by the dry run itself."""
+    from llenergymeasure.hub import hub_offline, in_hub_cache, is_hub_id
+
+    offline = hub_offline()
+    outcome = (
+        "HF_HUB_OFFLINE is set, so the run would stop at pre-flight"
+        if offline
+        else "the run downloads it (needs the network)"
+    )
+    needs: list[str] = []
+    if any(c.dataset == "aienergyscore" for c in configs) and not _aienergyscore_cached():
+        needs.append(
+            f"dataset aienergyscore is not in the local HF cache: {outcome}; offline, use a "
+            ".jsonl or HF dataset on disk, or cache it once with network access"
+        )
+    for model in dict.fromkeys(c.model for c in configs):
+        if is_hub_id(model) and not in_hub_cache(model):
+            needs.append(f"model {model} is not in the local HF cache: {outcome}")
+    return needs
+
+
+def _aienergyscore_cached() -> bool:
+    from llenergymeasure.datasets.aienergyscore import fetch_aienergyscore
+    from llenergymeasure.exceptions import ConfigError
+
+    try:
+        fetch_aienergyscore(local_files_only=True)
+    except ConfigError:
+        return False
+    return True
 
 
 def _vram(
@@ -61,6 +103,8 @@ def preview_experiment(config: ExperimentConfig) -> None:
     typer.echo(f"  dataset          {_dataset_label(config)}  (n={config.n})")
     typer.echo(f"  max_new_tokens   {config.effective_max_new_tokens}")
     typer.echo(f"  decoding         {config.decoder.decoding_strategy}")
+    if config.chat_template:
+        typer.echo("  chat template    the tokenizer's, one user message per prompt")
     if config.online is not None:
         typer.echo(f"  online           {_online_label(config)}")
     else:
@@ -70,6 +114,8 @@ def preview_experiment(config: ExperimentConfig) -> None:
     typer.echo("  VRAM estimate    " + _vram_text(est))
     if est is None:
         typer.echo("  note: the model's config.json is not available locally, so no VRAM estimate")
+    for need in network_needs([config]):
+        typer.echo(f"  note: {need}")
     _note_missing_engines([config.backend])
 
 
@@ -102,6 +148,7 @@ def preview_json(experiment: ExperimentConfig | None, study: StudyConfig | None)
         "engines_not_installed": [
             b for b in dict.fromkeys(c.backend for c in configs) if not engine_installed(b)
         ],
+        "needs_network": network_needs(configs),
     }
     if study is not None:
         out.update(
@@ -176,6 +223,8 @@ def preview_study(study: StudyConfig) -> None:
         f"between cycles {_gap(ex.cycle_gap_seconds)}"
     )
     _preview_engine_groups(study)
+    for need in network_needs(list(study.experiments)):
+        typer.echo(f"note: {need}")
     _note_missing_engines([e.backend for e in study.experiments])
     if any(est is None for est in cache.values()):
         typer.echo("note: VRAM shown as n/a where the model's config.json is not available locally")

@@ -11,12 +11,14 @@ import typer
 
 from llenergymeasure.cli.options import RunOptions
 from llenergymeasure.config.models import ExperimentConfig
+from llenergymeasure.config.set_options import SetOverrides
 from llenergymeasure.config.study import StudyConfig
 from llenergymeasure.exceptions import ConfigError
 
 
 def cli_overrides(opts: RunOptions) -> dict[str, Any]:
-    """Nested config mapping of the flags that override YAML fields (CLI wins)."""
+    """Nested config mapping of the flags that override YAML fields (CLI wins); ``--set``
+    values are separate (``set_overrides``)."""
     out: dict[str, Any] = {}
     if opts.model is not None:
         out["model"] = opts.model
@@ -30,18 +32,88 @@ def cli_overrides(opts: RunOptions) -> dict[str, Any]:
         out["dataset"] = opts.dataset
     if opts.batch_size is not None:
         out["pytorch"] = {"batch_size": opts.batch_size}
+    if opts.max_new_tokens is not None:
+        out["max_new_tokens"] = opts.max_new_tokens
+    if opts.seed is not None:
+        out["random_seed"] = opts.seed
+    synthetic = {
+        key: value
+        for key, value in (("input_len", opts.input_len), ("output_len", opts.output_len))
+        if value is not None
+    }
+    if synthetic:
+        if opts.dataset is not None and opts.dataset.strip().lower() != "synthetic":
+            raise ConfigError(
+                f"--input-len/--output-len describe a synthetic dataset, but --dataset is "
+                f"{opts.dataset!r}",
+                hint="drop --dataset, or give --dataset synthetic",
+            )
+        out["dataset"] = synthetic
     return out
+
+
+#: The config field each flag of ``cli_overrides`` sets (to find ``--set`` of the same field).
+_FLAG_FIELDS: tuple[tuple[str, str], ...] = (
+    ("--model", "model"),
+    ("--backend", "backend"),
+    ("--precision", "precision"),
+    ("-n", "n"),
+    ("--dataset", "dataset"),
+    ("--batch-size", "pytorch.batch_size"),
+    ("--max-new-tokens", "max_new_tokens"),
+    ("--seed", "random_seed"),
+    ("--input-len", "dataset.input_len"),
+    ("--output-len", "dataset.output_len"),
+)
+
+
+def set_overrides(opts: RunOptions) -> SetOverrides:
+    """The ``--set`` options parsed (``ConfigError`` for a bad one, or one that sets what a
+    flag on the same command line sets)."""
+    from llenergymeasure.config.set_options import parse_set_options
+
+    parsed = parse_set_options(opts.set_values)
+    given = {
+        "--model": opts.model,
+        "--backend": opts.backend,
+        "--precision": opts.precision,
+        "-n": opts.n,
+        "--dataset": opts.dataset,
+        "--batch-size": opts.batch_size,
+        "--max-new-tokens": opts.max_new_tokens,
+        "--seed": opts.seed,
+        "--input-len": opts.input_len,
+        "--output-len": opts.output_len,
+    }
+    for key in parsed.keys:
+        for flag, field_path in _FLAG_FIELDS:
+            if given[flag] is not None and _overlaps(key, field_path):
+                raise ConfigError(
+                    f"--set {key} and {flag} both set {field_path}",
+                    hint=f"give it once: either {flag} or --set",
+                )
+    return parsed
+
+
+def _overlaps(a: str, b: str) -> bool:
+    """Whether two dotted key paths set the same field (equal, or one inside the other)."""
+    return a == b or a.startswith(b + ".") or b.startswith(a + ".")
 
 
 def _numeric_options(opts: RunOptions) -> list[tuple[str, int | None, Any]]:
     """(flag, value, the config field it sets) of every numeric ``llem run`` option."""
-    from llenergymeasure.config.models import PyTorchConfig
+    from llenergymeasure.config.models import PyTorchConfig, SyntheticDatasetConfig
     from llenergymeasure.config.study import ExecutionConfig
 
+    synthetic = SyntheticDatasetConfig.model_fields
     return [
         ("-n", opts.n, ExperimentConfig.model_fields["n"]),
         ("--batch-size", opts.batch_size, PyTorchConfig.model_fields["batch_size"]),
         ("--cycles", opts.cycles, ExecutionConfig.model_fields["n_cycles"]),
+        ("--max-new-tokens", opts.max_new_tokens, ExperimentConfig.model_fields["max_new_tokens"]),
+        ("--seed", opts.seed, ExperimentConfig.model_fields["random_seed"]),
+        ("--input-len", opts.input_len, synthetic["input_len"]),
+        ("--output-len", opts.output_len, synthetic["output_len"]),
     ]
 
 
@@ -73,31 +145,37 @@ def resolve(opts: RunOptions) -> ResolvedRun:
     """Load YAML (if any), apply CLI overrides, and validate everything."""
     from llenergymeasure.config.loading import (
         build_experiment_config,
+        deep_merge,
         is_study_mapping,
         merge_overrides,
         read_yaml_mapping,
     )
 
-    overrides = cli_overrides(opts)
     check_numeric_options(opts)
+    overrides = cli_overrides(opts)
+    sets = set_overrides(opts)
 
     if opts.config is None:
-        if opts.model is None:
+        if opts.model is None and "model" not in sets.values:
             raise ConfigError(
                 "nothing to run: give a config file or --model",
                 hint="llem run --model builtin:tiny --dataset synthetic -n 20",
             )
-        _check_batch_size_backend(merge_overrides({}, overrides), opts)
+        combined = deep_merge(sets.values, overrides)
+        _check_batch_size_backend(merge_overrides({}, combined), opts)
         return ResolvedRun(
-            experiment=build_experiment_config(None, overrides, overrides_label="command line"),
+            experiment=build_experiment_config(None, combined, overrides_label="command line"),
             study=None,
         )
 
     data, text = read_yaml_mapping(opts.config)
+    _check_synthetic_flags(opts, sets, data)
     if is_study_mapping(data):
         from llenergymeasure.study.design import expand_study_file
 
-        study = expand_study_file(opts.config, overrides, data=data, text=text)
+        study = expand_study_file(
+            opts.config, overrides, data=data, text=text, base_overrides=sets.values or None
+        )
         execution = study.execution
         cycles_from_yaml = "n_cycles" in execution.model_fields_set
         updates: dict[str, Any] = {}
@@ -134,9 +212,28 @@ def resolve(opts: RunOptions) -> ResolvedRun:
     ):
         if value is not None:
             raise ConfigError(f"{flag} applies to studies; {opts.config} is a single experiment")
-    _check_batch_size_backend(merge_overrides(data, overrides), opts)
-    experiment = build_experiment_config(opts.config, overrides, document=(data, text))
+    combined = deep_merge(sets.values, overrides)
+    _check_batch_size_backend(merge_overrides(data, combined), opts)
+    experiment = build_experiment_config(opts.config, combined, document=(data, text))
     return ResolvedRun(experiment=experiment, study=None)
+
+
+def _check_synthetic_flags(opts: RunOptions, sets: SetOverrides, data: dict[str, Any]) -> None:
+    """``--input-len``/``--output-len`` over a YAML whose dataset is not synthetic: an error
+    (they would silently replace a file or HF dataset with generated prompts)."""
+    if (opts.input_len is None and opts.output_len is None) or opts.dataset is not None:
+        return
+    dataset = sets.values.get("dataset", data.get("dataset"))
+    if dataset is None or dataset == "synthetic":
+        return
+    if isinstance(dataset, dict) and "hf" not in dataset:
+        return
+    shown = dataset.get("hf") if isinstance(dataset, dict) else dataset
+    raise ConfigError(
+        f"--input-len/--output-len describe a synthetic dataset, but {opts.config} uses "
+        f"dataset {shown!r}",
+        hint="give --dataset synthetic as well to replace it with generated prompts",
+    )
 
 
 def _check_batch_size_backend(data: dict[str, Any], opts: RunOptions) -> None:
@@ -198,7 +295,9 @@ def execute_run(opts: RunOptions) -> int:
         if problems:
             from llenergymeasure.exceptions import PreFlightError
 
-            raise PreFlightError(problems, hint="fix the dataset file, or use a smaller n")
+            raise PreFlightError(
+                problems, hint="fix the dataset (file, split or column), or use a smaller n"
+            )
     if opts.dry_run:
         _check_online_environment(resolved)
         from llenergymeasure.cli.preview import (
@@ -262,6 +361,7 @@ def run_study_cli(study: StudyConfig, opts: RunOptions) -> int:
         study,
         results_root,
         overrides=cli_overrides(opts) or None,
+        base_overrides=set_overrides(opts).values or None,
         runner=opts.runner,
         quiet=opts.quiet,
         detach=opts.detach,
@@ -309,9 +409,9 @@ def resume_run(opts: RunOptions) -> int:
             )
     if opts.config is not None:
         study = resolve(opts).study
-    elif cli_overrides(opts):
+    elif cli_overrides(opts) or opts.set_values:
         raise ConfigError(
-            "--resume without a study file takes no config flags (-m, -b, -d, -n, ...)",
+            "--resume without a study file takes no config flags (-m, -b, -d, -n, --set, ...)",
             hint="pass the study file with the same flags as the first run to check its design",
         )
     gaps = (0.0, 0.0) if opts.no_gaps else None

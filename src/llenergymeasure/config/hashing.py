@@ -34,6 +34,9 @@ def _hash_payload(config: ExperimentConfig) -> dict[str, Any]:
     # before it existed keep their hash; `phase_split: true` changes the hash.
     if data.get("measurement") == {"phase_split": False}:
         data.pop("measurement", None)
+    # And `chat_template: false` (prompts as written), the only behaviour before it existed.
+    if data.get("chat_template") is False:
+        data.pop("chat_template", None)
     # No credential enters the hash (URL userinfo, credential flags in server arguments): a
     # config read back from a written (redacted) file keeps its identity.
     redacted: dict[str, Any] = redact(data)

@@ -19,7 +19,12 @@ from pydantic import BaseModel, ValidationError
 
 from llenergymeasure.config.bounds import Bound, bound_of
 from llenergymeasure.config.catalogue import ENGINES
-from llenergymeasure.config.models import USER_INPUT, ExperimentConfig
+from llenergymeasure.config.models import (
+    USER_INPUT,
+    ExperimentConfig,
+    HFDatasetConfig,
+    SyntheticDatasetConfig,
+)
 from llenergymeasure.config.yaml_reader import ConfigLoader, node_lines, read_yaml_file
 from llenergymeasure.config.yaml_reader import KeyPath as KeyPath  # the study module uses it
 from llenergymeasure.exceptions import ConfigError
@@ -67,14 +72,30 @@ def _submodel(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
+def submodels(annotation: Any) -> list[type[BaseModel]]:
+    """Every model in ``annotation`` (each branch of a union), in order."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    found: list[type[BaseModel]] = []
+    for arg in get_args(annotation):
+        found.extend(m for m in submodels(arg) if m not in found)
+    return found
+
+
 def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The model at ``loc`` (a raw pydantic location: union tags pick the dataset branch)."""
     current: type[BaseModel] | None = model
+    previous: Any = None
     for part in loc:
         if current is None:
             return None
+        if previous == "dataset" and part in _DATASET_BRANCHES:
+            current, previous = _DATASET_BRANCHES[part], part
+            continue
         field = current.model_fields.get(str(part))
+        previous = part
         if field is None:
-            continue  # union tags ("synthetic") and list indices
+            continue  # other union tags and list indices
         current = _submodel(field.annotation)
     return current
 
@@ -102,10 +123,12 @@ def _all_field_homes(model: type[BaseModel], prefix: str = "") -> dict[str, list
     for name, field in model.model_fields.items():
         path = f"{prefix}{name}"
         homes.setdefault(name, []).append(path)
-        sub = _submodel(field.annotation)
-        if sub is not None and sub is not model:
+        for sub in submodels(field.annotation):
+            if sub is model:
+                continue
             for k, v in _all_field_homes(sub, f"{path}.").items():
-                homes.setdefault(k, []).extend(v)
+                homes.setdefault(k, [])
+                homes[k].extend(p for p in v if p not in homes[k])
     return homes
 
 
@@ -118,7 +141,12 @@ def suggest_key(bad: str, valid: list[str]) -> str | None:
     return lowered.get(bad.lower().replace("-", "_"))
 
 
-_UNION_TAGS = {"name", "synthetic"}
+_UNION_TAGS = {"name", "synthetic", "hf"}
+#: The mapping branches of ``dataset`` by their union tag.
+_DATASET_BRANCHES: dict[str, type[BaseModel]] = {
+    "synthetic": SyntheticDatasetConfig,
+    "hf": HFDatasetConfig,
+}
 
 
 #: How pydantic names the branch of a union in an error's location ("constrained-int", "str").
@@ -157,6 +185,34 @@ def _relevant_errors(exc: ValidationError) -> list[Any]:
     ]
 
 
+def unknown_key_message(
+    bad: str,
+    where: str,
+    valid: list[str],
+    homes: Mapping[str, list[str]],
+    *,
+    at: str = "",
+) -> str:
+    """ "unknown key 'x' in section (line n): did you mean 'y'?" (or where ``x`` belongs, or the
+    valid keys); ``homes`` maps each field name to the dotted paths where it is valid."""
+    msg = f"unknown key '{bad}' " + (f"in {where}" if where else "at the top level") + at
+    guess = suggest_key(bad, valid)
+    if guess and bad in homes:  # top-level n_warmup: close to 'warmup', valid elsewhere
+        msg += f": did you mean '{guess}'? ('{bad}' belongs under {' or '.join(homes[bad])})"
+    elif guess:
+        msg += f": did you mean '{guess}'?"
+    elif bad in homes:
+        msg += f": '{bad}' belongs under {' or '.join(homes[bad])}"
+    elif valid:
+        msg += f". Valid keys: {', '.join(valid)}"
+    return msg
+
+
+def field_homes(model: type[BaseModel] = ExperimentConfig) -> dict[str, list[str]]:
+    """Field name -> the dotted paths where it is valid in ``model``."""
+    return _all_field_homes(model)
+
+
 def describe_validation_error(
     exc: ValidationError,
     model: type[BaseModel] = ExperimentConfig,
@@ -175,22 +231,11 @@ def describe_validation_error(
         line = lines.get(tuple(str(p) if not isinstance(p, int) else p for p in full))
         at = f" (line {line})" if line else ""
         if err["type"] == "extra_forbidden":
-            parent = _model_at(model, loc[:-1])
-            bad = str(loc[-1]) if loc else "?"
-            where = ".".join(str(p) for p in (*prefix, *loc[:-1]))
-            msg = f"unknown key '{bad}' " + (f"in {where}" if where else "at the top level") + at
+            parent = _model_at(model, tuple(err["loc"])[:-1])
             valid = sorted(parent.model_fields) if parent is not None else []
-            guess = suggest_key(bad, valid)
-            if guess and bad in homes:  # top-level n_warmup: close to 'warmup', valid elsewhere
-                msg += f": did you mean '{guess}'? ('{bad}' belongs under "
-                msg += f"{' or '.join(homes[bad])})"
-            elif guess:
-                msg += f": did you mean '{guess}'?"
-            elif bad in homes:
-                msg += f": '{bad}' belongs under {' or '.join(homes[bad])}"
-            elif valid:
-                msg += f". Valid keys: {', '.join(valid)}"
-            messages.append(msg)
+            where = ".".join(str(p) for p in (*prefix, *loc[:-1]))
+            bad = str(loc[-1]) if loc else "?"
+            messages.append(unknown_key_message(bad, where, valid, homes, at=at))
             continue
         text = str(err["msg"])
         for lead in ("Value error, ", "Assertion failed, "):
@@ -255,14 +300,69 @@ def validate_experiment_dict(
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """Recursive dict merge; ``override`` wins; inputs are not mutated."""
+    """Recursive dict merge; ``override`` wins; inputs are not mutated.
+
+    A ``dataset`` mapping of the other kind (HF over synthetic, or the reverse) replaces the
+    base's instead of mixing into it: their fields are disjoint, so a mix is never valid.
+    """
     out = copy.deepcopy(base)
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        if (
+            isinstance(value, dict)
+            and isinstance(out.get(key), dict)
+            and not (key == "dataset" and _other_dataset_kind(out[key], value))
+        ):
             out[key] = deep_merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
     return out
+
+
+def _dataset_mapping_kind(value: dict[str, Any]) -> str | None:
+    if any(k in HFDatasetConfig.model_fields for k in value):
+        return "hf"
+    if any(k in SyntheticDatasetConfig.model_fields for k in value):
+        return "synthetic"
+    return None
+
+
+def _other_dataset_kind(base: dict[str, Any], override: dict[str, Any]) -> bool:
+    kinds = (_dataset_mapping_kind(base), _dataset_mapping_kind(override))
+    return None not in kinds and kinds[0] != kinds[1]
+
+
+def apply_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``data`` with ``overrides`` deep-merged over it, the overrides winning for the pairs of
+    fields that are one quantity in a synthetic dataset:
+
+    - ``n`` over a smaller ``dataset.n`` raises it to ``n`` (and ``dataset.n`` over a larger
+      ``n`` lowers ``n``);
+    - ``max_new_tokens`` sets ``dataset.output_len`` (and ``dataset.output_len`` sets
+      ``max_new_tokens``).
+
+    Without this, ``-n 50`` over a YAML's ``dataset: {n: 20}`` would be refused as a
+    disagreement that the command line was meant to settle.
+    """
+    merged = deep_merge(dict(data), dict(overrides))
+    dataset = merged.get("dataset")
+    if not isinstance(dataset, dict) or "hf" in dataset:
+        return merged
+    given = overrides.get("dataset")
+    given = given if isinstance(given, Mapping) else {}
+    if "n" in overrides and "n" not in given and _smaller(dataset.get("n"), overrides["n"]):
+        dataset["n"] = overrides["n"]
+    if "n" in given and "n" not in overrides and _smaller(given["n"], merged.get("n")):
+        merged["n"] = given["n"]
+    if "max_new_tokens" in overrides and "output_len" not in given and "output_len" in dataset:
+        dataset["output_len"] = overrides["max_new_tokens"]
+    if "output_len" in given and "max_new_tokens" not in overrides and "max_new_tokens" in merged:
+        merged["max_new_tokens"] = given["output_len"]
+    return merged
+
+
+def _smaller(a: Any, b: Any) -> bool:
+    numbers = all(isinstance(v, int) and not isinstance(v, bool) for v in (a, b))
+    return numbers and a < b
 
 
 def apply_default_backend(data: dict[str, Any]) -> dict[str, Any]:
@@ -281,7 +381,7 @@ def merge_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any]) -> di
     sections of the other engines are dropped (they would be invalid for the new backend),
     except sections the overrides set themselves.
     """
-    merged = deep_merge(dict(data), dict(overrides))
+    merged = apply_overrides(dict(data), overrides)
     backend = overrides.get("backend")
     if backend is not None and backend != data.get("backend"):
         own = ENGINES[backend].config_section if backend in ENGINES else None

@@ -165,13 +165,17 @@ class BaselineConfig(BaseModel):
 class SyntheticDatasetConfig(BaseModel):
     """``n`` generated prompts of exactly ``input_len`` tokens; ``output_len`` = max_new_tokens.
 
-    Unset, ``output_len`` takes the experiment's ``max_new_tokens`` when that is given; both set
-    to different values is a config error.
+    ``n`` is given once: in an experiment, ``dataset.n`` and the top-level ``n`` each take the
+    other's value when left out (both out: the default ``n``); both given, ``dataset.n`` must be
+    at least ``n``. Unset, ``output_len`` takes the experiment's ``max_new_tokens`` when that is
+    given; both set to different values is a config error.
     """
 
     model_config = _FORBID
 
-    n: Annotated[int, B.PROMPTS] = Field(description="Prompts generated.")
+    n: Annotated[int, B.PROMPTS] = Field(
+        description=("Prompts generated (the first n are measured); unset, the experiment's n.")
+    )
     input_len: Annotated[int, B.TOKENS] = Field(
         512, description="Tokens per prompt (exact, in the model's tokenizer)."
     )
@@ -180,6 +184,43 @@ class SyntheticDatasetConfig(BaseModel):
     )
     seed: Annotated[int, B.SEED] = Field(
         42, description="Seed of the prompt generator (warmup prompts use another seed)."
+    )
+
+
+class HFDatasetConfig(BaseModel):
+    """A dataset read with the ``datasets`` library: a hub name or a local folder.
+
+    The folder may be one written by ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk`` or
+    any folder ``datasets.load_dataset`` reads. The hub is used through the library's cache, so
+    ``HF_HUB_OFFLINE=1`` (or ``HF_DATASETS_OFFLINE=1``) reads a cached copy without network.
+    """
+
+    model_config = _FORBID
+
+    hf: str = Field(
+        min_length=1,
+        description=(
+            "Hub dataset name (e.g. org/name) or a local folder (save_to_disk output or data "
+            "files)."
+        ),
+    )
+    split: str | None = Field(
+        None,
+        description="Split to read. None = the only split, else 'train' (an error lists them).",
+    )
+    column: str | None = Field(
+        None,
+        description=(
+            "Column holding the prompts (strings). None = 'text', then 'prompt', then the only "
+            "string column."
+        ),
+    )
+    config: str | None = Field(
+        None, description="Dataset configuration (subset) name, for hub datasets that have several."
+    )
+    revision: str | None = Field(
+        None,
+        description="Hub revision (branch, tag or commit) to pin. None = the default branch.",
     )
 
 
@@ -394,7 +435,35 @@ def _non_finite_path(value: Any, path: str) -> str | None:
 
 
 def _dataset_kind(value: Any) -> str:
+    if isinstance(value, HFDatasetConfig) or (isinstance(value, dict) and "hf" in value):
+        return "hf"
     return "synthetic" if isinstance(value, (dict, SyntheticDatasetConfig)) else "name"
+
+
+def _is_synthetic_mapping(value: Any) -> bool:
+    return isinstance(value, dict) and "hf" not in value
+
+
+def _default_n() -> int:
+    return int(ExperimentConfig.model_fields["n"].default)
+
+
+def _one_n(data: dict[str, Any], dataset: dict[str, Any]) -> None:
+    """A synthetic dataset's ``n`` given once (the rule, in place): the top-level ``n`` and
+    ``dataset.n`` each take the other's value when left out; both left out, the default ``n``.
+    Both given, they stay as written (``dataset.n >= n`` is checked after validation)."""
+    if "n" in data and "n" not in dataset:
+        # an invalid n is reported once, against n, not again against dataset.n
+        dataset["n"] = data["n"] if _valid_count(data["n"]) else 1
+    elif "n" in dataset and "n" not in data:
+        if _valid_count(dataset["n"]):
+            data["n"] = dataset["n"]
+    elif "n" not in data:
+        dataset["n"] = _default_n()
+
+
+def _valid_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and B.PROMPTS.contains(value)
 
 
 # A dataset is a name/path string or a synthetic mapping; the discriminator keeps validation
@@ -421,7 +490,9 @@ class MeasurementConfig(BaseModel):
 
 
 DatasetSpec = Annotated[
-    Annotated[str, Tag("name")] | Annotated[SyntheticDatasetConfig, Tag("synthetic")],
+    Annotated[str, Tag("name")]
+    | Annotated[SyntheticDatasetConfig, Tag("synthetic")]
+    | Annotated[HFDatasetConfig, Tag("hf")],
     Discriminator(_dataset_kind),
 ]
 
@@ -450,14 +521,16 @@ class ExperimentConfig(BaseModel):
     dataset: DatasetSpec = Field(
         "aienergyscore",
         description=(
-            "aienergyscore, synthetic, a path to a .jsonl file, or a synthetic mapping {n, "
-            "input_len, output_len, seed}."
+            "aienergyscore, synthetic, a path to a .jsonl file, a synthetic mapping {n, "
+            "input_len, output_len, seed}, or an HF dataset {hf, split, column, config, "
+            "revision} (needs the datasets extra)."
         ),
     )
     n: Annotated[int, B.PROMPTS] = Field(
         100,
         description=(
-            "Prompts measured (taken from the dataset in order); in online mode, requests sent."
+            "Prompts measured (taken from the dataset in order); in online mode, requests sent. "
+            "Unset with a synthetic mapping: its n."
         ),
     )
     max_new_tokens: Annotated[int, B.TOKENS] = Field(
@@ -468,6 +541,14 @@ class ExperimentConfig(BaseModel):
     )
     random_seed: Annotated[int, B.SEED] = Field(
         42, description="Seed for sampling and any engine randomness."
+    )
+    chat_template: bool = Field(
+        False,
+        description=(
+            "Wrap each prompt (any dataset) in the tokenizer's chat template as one user message "
+            "with the generation prompt, before warmup and the window; a tokenizer without a "
+            "template is a pre-flight error."
+        ),
     )
 
     decoder: DecoderConfig = Field(
@@ -519,21 +600,24 @@ class ExperimentConfig(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _expand_synthetic_shorthand(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
         # `dataset: synthetic` is shorthand for a synthetic set of `n` prompts with defaults.
-        if isinstance(data, dict) and data.get("dataset") == "synthetic":
-            n = data.get("n", 100)
-            data = {**data, "dataset": {"n": n} if isinstance(n, int) and n >= 1 else {"n": 1}}
-        # Synthetic output_len and max_new_tokens are one quantity: whichever is given fills
-        # the other, so the config records what runs; both set and different is an error for
-        # user input (_check_output_len_agrees).
-        if isinstance(data, dict) and isinstance(data.get("dataset"), SyntheticDatasetConfig):
+        if data.get("dataset") == "synthetic":
+            data = {**data, "dataset": {}}
+        if isinstance(data.get("dataset"), SyntheticDatasetConfig):
             data = {**data, "dataset": data["dataset"].model_dump(exclude_unset=True)}
-        if isinstance(data, dict) and isinstance(data.get("dataset"), dict):
-            dataset = data["dataset"]
-            if "output_len" not in dataset and "max_new_tokens" in data:
-                data = {**data, "dataset": {**dataset, "output_len": data["max_new_tokens"]}}
-            elif "output_len" in dataset and "max_new_tokens" not in data:
-                data = {**data, "max_new_tokens": dataset["output_len"]}
+        dataset = data.get("dataset")
+        if _is_synthetic_mapping(dataset):
+            data = {**data, "dataset": dict(dataset)}
+            _one_n(data, data["dataset"])
+            # Synthetic output_len and max_new_tokens are one quantity: whichever is given fills
+            # the other, so the config records what runs; both set and different is an error
+            # for user input (_check_output_len_agrees).
+            if "output_len" not in data["dataset"] and "max_new_tokens" in data:
+                data["dataset"]["output_len"] = data["max_new_tokens"]
+            elif "output_len" in data["dataset"] and "max_new_tokens" not in data:
+                data["max_new_tokens"] = data["dataset"]["output_len"]
         return data
 
     @field_validator("passthrough_kwargs")
@@ -571,7 +655,8 @@ class ExperimentConfig(BaseModel):
             if value not in BUILTIN_DATASETS and not value.endswith(".jsonl"):
                 raise ValueError(
                     f"dataset {value!r} is not known: use 'aienergyscore', 'synthetic', "
-                    "a mapping {n, input_len, output_len, seed}, or a path to a .jsonl file"
+                    "a mapping {n, input_len, output_len, seed}, a path to a .jsonl file, or "
+                    f"an HF dataset {{hf: {value}, split: ..., column: ...}}"
                 )
         return value
 
@@ -635,7 +720,7 @@ class ExperimentConfig(BaseModel):
         if isinstance(self.dataset, SyntheticDatasetConfig) and self.dataset.n < self.n:
             raise ValueError(
                 f"n={self.n} prompts requested but the synthetic dataset generates only "
-                f"dataset.n={self.dataset.n}"
+                f"dataset.n={self.dataset.n} (give n once: either one alone sets both)"
             )
         return self
 

@@ -21,6 +21,7 @@ from llenergymeasure.config.catalogue import ENGINES, engine_names
 from llenergymeasure.config.hashing import measurement_config_hash, study_design_hash
 from llenergymeasure.config.loading import (
     KeyPath,
+    apply_overrides,
     deep_merge,
     describe_validation_error,
     is_study_mapping,
@@ -149,22 +150,24 @@ def dotted_to_nested(path: str, value: Any) -> dict[str, Any]:
 
 
 def _check_key_path(path: str, *, where: str) -> None:
-    """Fail fast (not skip) when a sweep/override key names no config field."""
-    model: type[BaseModel] | None = ExperimentConfig
+    """Fail fast (not skip) when a sweep/override key names no config field (a ``dataset.``
+    key may name a field of any dataset mapping: synthetic or HF)."""
+    from llenergymeasure.config.loading import submodels
+
+    models: list[type[BaseModel]] = [ExperimentConfig]
     walked: list[str] = []
     for part in path.split("."):
-        if model is None:
+        if not models:
             raise ConfigError(f"{where}: '{'.'.join(walked)}' has no sub-fields (key {path!r})")
-        if part not in model.model_fields:
-            valid = sorted(model.model_fields)
+        owner = next((m for m in models if part in m.model_fields), None)
+        if owner is None:
+            valid = sorted({f for m in models for f in m.model_fields})
             guess = suggest_key(part, valid)
             scope = ".".join(walked) or "the experiment config"
             msg = f"{where}: unknown key {path!r} ('{part}' is not a field of {scope})"
             raise ConfigError(msg, hint=f"did you mean '{guess}'?" if guess else None)
         walked.append(part)
-        from llenergymeasure.config.loading import _submodel
-
-        model = _submodel(model.model_fields[part].annotation)
+        models = submodels(owner.model_fields[part].annotation)
 
 
 def _drop_other_sections(data: dict[str, Any], backend: str) -> dict[str, Any]:
@@ -321,7 +324,7 @@ def expand_study(
     seen: dict[str, str] = {}
     for origin, shown, merged in candidates:
         if overrides:
-            merged = deep_merge(merged, _overrides_for(overrides, str(merged.get("backend"))))
+            merged = apply_overrides(merged, _overrides_for(overrides, str(merged.get("backend"))))
         try:
             config = ExperimentConfig.model_validate(merged, context=USER_INPUT)
         except ValidationError as exc:

@@ -13,13 +13,12 @@ With ``HF_HUB_OFFLINE=1`` nothing goes to the network: a cached snapshot is used
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlparse
 
 from llenergymeasure.datasets.prompt import Prompt
 from llenergymeasure.exceptions import ConfigError
+from llenergymeasure.hub import hub_offline, probe_hub
 
 AIENERGYSCORE = "aienergyscore"
 AIENERGYSCORE_REPO_ID = "AIEnergyScore/text_generation"
@@ -55,13 +54,15 @@ def hub_downloader(
 ) -> Path:
     """Default :class:`Downloader`: ``snapshot_download`` of the data files into the HF cache.
 
-    Online, the hub host is probed first so that an unreachable hub fails in seconds rather than
-    after the client's retries.
+    Online, the hub is probed first (``llenergymeasure.hub.probe_hub``: one bounded request) so
+    that an unreachable hub fails in seconds rather than after the client's retries.
     """
     from huggingface_hub import snapshot_download
 
     if not local_files_only:
-        probe_hub()
+        unreachable = probe_hub()
+        if unreachable is not None:
+            raise ConnectionError(unreachable)
 
     folder = snapshot_download(
         repo_id=repo_id,
@@ -74,27 +75,9 @@ def hub_downloader(
     return Path(folder)
 
 
-def probe_hub(timeout: float = 3.0) -> None:
-    """Raise ``ConnectionError`` if the HF hub host cannot be reached within ``timeout`` s.
-
-    Skipped (no error) when a proxy is configured: only the HTTP client can tell then.
-    """
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    parsed = urlparse(endpoint)
-    host = parsed.hostname or "huggingface.co"
-    port = parsed.port or (80 if parsed.scheme == "http" else 443)
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            pass
-    except OSError as err:
-        raise ConnectionError(f"cannot connect to {host}:{port}: {err}") from err
-
-
 def hf_offline() -> bool:
     """True if ``HF_HUB_OFFLINE`` is set to a true value (read now, not at import time)."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+    return hub_offline()
 
 
 def fetch_aienergyscore(

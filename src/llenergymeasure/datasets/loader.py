@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -16,6 +17,8 @@ from llenergymeasure.datasets.aienergyscore import (
     fetch_aienergyscore,
     read_prompt_column,
 )
+from llenergymeasure.datasets.chat import apply_chat_template, chat_template_record
+from llenergymeasure.datasets.hf import HFSpec, describe_hf, is_hf_spec, read_hf_dataset
 from llenergymeasure.datasets.jsonl import JsonlScan, scan_jsonl
 from llenergymeasure.datasets.prompt import Prompt, SyntheticSpec, TokenizerLike
 from llenergymeasure.datasets.synthetic import (
@@ -26,10 +29,14 @@ from llenergymeasure.datasets.synthetic import (
 )
 from llenergymeasure.exceptions import ConfigError
 
-DatasetSpec: TypeAlias = "str | os.PathLike[str] | SyntheticSpec"
-"""``"aienergyscore"``, ``"synthetic"``, a path to a ``.jsonl`` file, or a synthetic spec."""
+DatasetSpec: TypeAlias = "str | os.PathLike[str] | SyntheticSpec | HFSpec"
+"""``"aienergyscore"``, ``"synthetic"``, a path to a ``.jsonl`` file, a synthetic spec, or an HF
+dataset spec (``{hf, split, column, config, revision}``)."""
 
-_VALID = f"'{AIENERGYSCORE}', '{SYNTHETIC}', a path to a .jsonl file, or a synthetic config"
+_VALID = (
+    f"'{AIENERGYSCORE}', '{SYNTHETIC}', a path to a .jsonl file, a synthetic config, or an HF "
+    "dataset {hf: NAME_OR_PATH, ...}"
+)
 
 
 @dataclass(frozen=True)
@@ -39,19 +46,38 @@ class PreparedDataset:
     ``rows``: the first ``n + extra`` rows of a file or hub dataset (fewer when it has fewer;
     never fewer than ``n``), or None for a synthetic dataset, whose prompts need the model's
     tokenizer and are built after it loads. ``provenance``: the record kept in the result.
+    ``chat_template``: the measured prompts are wrapped in the tokenizer's chat template
+    (``prompts`` does it; ``format`` does it for other prompts of the run, e.g. warmup's).
     """
 
-    spec: Path | str | SyntheticSpec
+    spec: Path | str | SyntheticSpec | HFSpec
     n: int
     rows: tuple[Prompt, ...] | None
     provenance: dict[str, Any]
+    chat_template: bool = False
 
-    def prompts(self, tokenizer: TokenizerLike | None = None) -> list[Prompt]:
-        """The ``n`` measured prompts (synthetic ones built with ``tokenizer``)."""
+    def prompts(self, tokenizer: Any = None) -> list[Prompt]:
+        """The ``n`` measured prompts (synthetic ones built with ``tokenizer``), in the chat
+        template when asked."""
         if self.rows is not None:
-            return list(self.rows[: self.n])
-        assert not isinstance(self.spec, (Path, str))
-        return synthetic_prompts(self.spec, self.n, tokenizer)
+            return self.format(self.rows[: self.n], tokenizer)
+        synthetic: Any = self.spec  # rows are None only for a synthetic spec
+        return self.format(synthetic_prompts(synthetic, self.n, tokenizer), tokenizer)
+
+    def format(self, prompts: Sequence[Prompt], tokenizer: Any) -> list[Prompt]:
+        """``prompts`` in the tokenizer's chat template when ``chat_template`` (recorded in
+        ``provenance``), else unchanged. ``ConfigError`` when the tokenizer has none."""
+        if not self.chat_template:
+            return list(prompts)
+        formatted = apply_chat_template(prompts, tokenizer)
+        self.provenance["chat_template"] = chat_template_record(tokenizer)
+        return formatted
+
+    def formatter(self, tokenizer: Any) -> Callable[[Sequence[Prompt]], list[Prompt]] | None:
+        """``format`` bound to ``tokenizer``, or None when prompts are used as written."""
+        if not self.chat_template:
+            return None
+        return lambda prompts: self.format(prompts, tokenizer)
 
     def rows_after(self) -> list[Prompt] | None:
         """The rows after the measured ones (for warmup), or None for a synthetic dataset."""
@@ -65,13 +91,16 @@ def prepare_dataset(
     extra: int = 0,
     cache_dir: str | os.PathLike[str] | None = None,
     downloader: Downloader | None = None,
+    chat_template: bool = False,
 ) -> PreparedDataset:
     """Read and check ``dataset`` for a run of ``n`` prompts, keeping ``extra`` rows more.
 
     A JSONL file is streamed once and parsed only as far as ``n + extra`` prompts; the
-    ``aienergyscore`` set is fetched (see ``load_prompts``) and read once; a synthetic spec is
-    only checked. Raises ``ConfigError`` for a bad or missing file, a bad row (file and line
-    named) or fewer than ``n`` prompts.
+    ``aienergyscore`` set is fetched (see ``load_prompts``) and read once; an HF dataset is
+    opened and its first ``n + extra`` rows read (``datasets.hf``); a synthetic spec is only
+    checked. Raises ``ConfigError`` for a bad or missing file, a bad row (file and line named),
+    a missing split or column, or fewer than ``n`` prompts. ``chat_template``: the prompts are
+    wrapped in the tokenizer's chat template when taken (``PreparedDataset.prompts``).
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ConfigError(f"the number of prompts n must be a positive integer, got {n!r}")
@@ -80,7 +109,13 @@ def prepare_dataset(
     if isinstance(spec, Path):
         scan = scan_jsonl(spec, limit=n + extra)
         _check_enough(str(spec), len(scan.prompts), n, exact=scan.complete)
-        return PreparedDataset(spec, n, tuple(scan.prompts), _jsonl_record(scan))
+        return PreparedDataset(spec, n, tuple(scan.prompts), _jsonl_record(scan), chat_template)
+    if is_hf_spec(spec):
+        hf_spec: Any = spec
+        hf = read_hf_dataset(hf_spec, limit=n + extra)
+        _check_enough(f"{hf_spec.hf!r} (split {hf.record['split']!r})", hf.n_available, n)
+        rows = tuple(Prompt(text, index=i) for i, text in enumerate(hf.texts))
+        return PreparedDataset(spec, n, rows, hf.record, chat_template)
     if isinstance(spec, str):  # aienergyscore
         files = fetch_aienergyscore(cache_dir=cache_dir, downloader=downloader)
         record = _hub_record()
@@ -92,10 +127,12 @@ def prepare_dataset(
         record["n_available"] = len(texts)
         _check_enough(AIENERGYSCORE, len(texts), n)
         rows = tuple(Prompt(text, index=i) for i, text in enumerate(texts[: n + extra]))
-        return PreparedDataset(spec, n, rows, record)
-    _check_enough(f"{SYNTHETIC} (n={spec.n})", spec.n, n)
+        return PreparedDataset(spec, n, rows, record, chat_template)
+    synthetic: Any = spec
+    _check_enough(f"{SYNTHETIC} (n={synthetic.n})", synthetic.n, n)
     unsized = isinstance(dataset, str) and dataset.strip().lower() == SYNTHETIC
-    return PreparedDataset(spec, n, None, _synthetic_record(spec, unsized=unsized))
+    record = _synthetic_record(synthetic, unsized=unsized)
+    return PreparedDataset(spec, n, None, record, chat_template)
 
 
 def load_prompts(
@@ -124,15 +161,20 @@ def describe_dataset(
 ) -> dict[str, Any]:
     """A small provenance record of ``dataset`` for results; never touches the network.
 
-    Keys: ``kind`` (jsonl / synthetic / aienergyscore), then ``path``, ``sha256`` and
-    ``n_available`` for a file; ``n``, ``input_len``, ``output_len``, ``seed`` and ``generator``
-    for synthetic; ``hub_id`` and ``revision`` (plus ``files`` with sha256 and ``n_available``
-    when cached) for aienergyscore. A run records the same keys from its ``PreparedDataset``
+    Keys: ``kind`` (jsonl / synthetic / aienergyscore / hf), then ``path``, ``sha256`` and
+    ``n_available`` for a file; ``hf``, ``path``, ``split``, ``column``, ``config`` and
+    ``revision`` for an HF dataset (a run adds ``fingerprint`` and ``n_available``); ``n``,
+    ``input_len``, ``output_len``, ``seed`` and ``generator`` for synthetic; ``hub_id`` and
+    ``revision`` (plus ``files`` with sha256 and ``n_available`` when cached) for
+    aienergyscore. A run records the same keys from its ``PreparedDataset``
     (a file's ``n_available`` is None there when the run read only the rows it needed).
     """
     spec = _normalise(dataset, 0)
     if isinstance(spec, Path):
         return _jsonl_record(scan_jsonl(spec))
+    if is_hf_spec(spec):
+        hf_spec: Any = spec
+        return describe_hf(hf_spec)
     if isinstance(spec, str):
         record = _hub_record()
         try:
@@ -145,7 +187,8 @@ def describe_dataset(
             pass  # not cached: hub id + pinned revision identify it
         return record
     unsized = isinstance(dataset, str) and dataset.strip().lower() == SYNTHETIC
-    return _synthetic_record(spec, unsized=unsized)
+    synthetic: Any = spec
+    return _synthetic_record(synthetic, unsized=unsized)
 
 
 def _jsonl_record(scan: JsonlScan) -> dict[str, Any]:
@@ -176,8 +219,8 @@ def _synthetic_record(spec: SyntheticSpec, *, unsized: bool) -> dict[str, Any]:
     }
 
 
-def _normalise(dataset: DatasetSpec, n: int) -> Path | str | SyntheticSpec:
-    """A JSONL ``Path``, the string ``"aienergyscore"``, or a synthetic spec."""
+def _normalise(dataset: DatasetSpec, n: int) -> Path | str | SyntheticSpec | HFSpec:
+    """A JSONL ``Path``, the string ``"aienergyscore"``, a synthetic spec or an HF spec."""
     if isinstance(dataset, (str, os.PathLike)):
         name = os.fspath(dataset)
         if isinstance(dataset, str) and name.strip().lower() == AIENERGYSCORE:
@@ -189,6 +232,8 @@ def _normalise(dataset: DatasetSpec, n: int) -> Path | str | SyntheticSpec:
             return path
         raise ConfigError(f"unknown dataset {name!r}; valid: {_VALID}")
     if all(hasattr(dataset, a) for a in ("n", "input_len", "output_len", "seed")):
+        return dataset
+    if is_hf_spec(dataset):
         return dataset
     raise ConfigError(f"unsupported dataset {dataset!r}; valid: {_VALID}")
 

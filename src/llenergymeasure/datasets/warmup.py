@@ -14,7 +14,7 @@ make the window measure cached prefills; on a reused engine the effect would car
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from llenergymeasure.datasets.loader import DatasetSpec, load_prompts
@@ -41,7 +41,8 @@ def _is_synthetic(dataset: DatasetSpec) -> SyntheticSpec | None:
     if not isinstance(dataset, (str, os.PathLike)) and all(
         hasattr(dataset, a) for a in ("n", "input_len", "output_len", "seed")
     ):
-        return dataset
+        synthetic: SyntheticSpec = dataset  # type: ignore[assignment]
+        return synthetic
     return None
 
 
@@ -53,13 +54,19 @@ def warmup_prompts(
     measured: Sequence[Prompt],
     tokenizer: TokenizerLike | None = None,
     rows_after: Sequence[Prompt] | None = None,
+    formatter: Callable[[Sequence[Prompt]], list[Prompt]] | None = None,
 ) -> WarmupPrompts:
     """``k`` full-length warmup prompts for a run that measures the first ``n`` of ``dataset``.
 
     ``measured`` are the run's measured prompts (their lengths shape the fallback).
     ``rows_after``: the dataset's rows after the measured ones, when the run has read them
     already (``PreparedDataset.rows_after``); without them a file is read again.
+    ``formatter``: what the run did to its measured prompts (the chat template,
+    ``PreparedDataset.formatter``), done to warmup prompts taken from the dataset or the
+    synthetic generator too; the same-length fallback copies the lengths of the measured
+    prompts as they were formatted, so it is not formatted again.
     """
+    fmt = formatter or list
     k = max(0, k)
     if k == 0:
         return WarmupPrompts([], "no warmup prompts")
@@ -77,7 +84,7 @@ def warmup_prompts(
             for i in range(k)
         ]
         return WarmupPrompts(
-            prompts,
+            fmt(prompts),
             f"synthetic prompts with seed {seed} (the measured prompts use seed {synthetic.seed}), "
             f"same lengths ({synthetic.input_len} -> {synthetic.output_len} tokens)",
         )
@@ -88,7 +95,7 @@ def warmup_prompts(
             rows_after = []
     if len(rows_after) >= k:
         return WarmupPrompts(
-            list(rows_after[:k]), f"dataset rows {n}..{n + k - 1} (after the {n} measured)"
+            fmt(rows_after[:k]), f"dataset rows {n}..{n + k - 1} (after the {n} measured)"
         )
     return _same_length_synthetic(measured, k, tokenizer, n)
 

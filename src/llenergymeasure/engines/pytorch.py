@@ -52,7 +52,6 @@ import functools
 import gc
 import importlib.util
 import itertools
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
@@ -422,6 +421,13 @@ class PyTorchBackend(InferenceBackend):
             path = config.lora.adapter_path
             if path is not None and not Path(path).expanduser().is_dir():
                 problems.append(f"lora.adapter_path {path!r} is not a directory")
+            if config.lora.adapter_id is not None:
+                from llenergymeasure.hub import hub_model_problem
+
+                problem = hub_model_problem(
+                    config.lora.adapter_id, "lora.adapter_id", filename="adapter_config.json"
+                )
+                problems.extend([problem] if problem else [])
         return problems
 
     def _data_parallel_problems(self, config: ExperimentConfig) -> list[str]:
@@ -463,28 +469,15 @@ class PyTorchBackend(InferenceBackend):
             if not (path / "config.json").is_file():
                 return [f"{field_name}: {name!r} has no config.json (not a HF model folder)"]
             return []
-        # Hub id: fine if cached; offline and not cached is a problem; online it downloads.
-        load_kw = load_kw or {}
-        try:
-            from huggingface_hub import try_to_load_from_cache
+        # Hub id: fine if cached; else offline, or a hub that does not answer one bounded
+        # probe, is a problem now (the hub client would retry for about a minute at load)
+        from llenergymeasure.hub import hub_model_problem
 
-            cached = try_to_load_from_cache(
-                name,
-                "config.json",
-                cache_dir=load_kw.get("cache_dir"),
-                revision=load_kw.get("revision"),
-            )
-        except Exception as e:  # invalid repo id and the like
-            return [f"{field_name}: {name!r} is neither a local directory nor a hub id ({e})"]
-        if isinstance(cached, str):
-            return []
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-        if offline:
-            return [
-                f"{field_name}: {name!r} is not in the HF cache and HF_HUB_OFFLINE is set; "
-                "download it first or pass a local directory"
-            ]
-        return []
+        load_kw = load_kw or {}
+        problem = hub_model_problem(
+            name, field_name, revision=load_kw.get("revision"), cache_dir=load_kw.get("cache_dir")
+        )
+        return [problem] if problem else []
 
     # ─── Load ───────────────────────────────────────────────────────────────
     def _resolve_source(self, name: str) -> str:

@@ -1,9 +1,11 @@
 """A run's inputs, read and checked before anything expensive (pre-flight and ``--dry-run``).
 
 ``prepare_run_dataset`` is what a run's pre-flight calls: the dataset is read once (a JSONL file
-streamed only as far as the run needs) and the run then uses exactly what was read.
-``dataset_file_problems`` checks the JSONL files of one or many experiments the same way, for
-``llem run --dry-run`` and before a study starts, each file read once.
+streamed only as far as the run needs, an HF dataset's first rows) and the run then uses exactly
+what was read; with ``chat_template: true`` the model's tokenizer is checked for a template here
+when it can be opened without loading the model (else once the engine has loaded it).
+``dataset_file_problems`` checks the JSONL files and HF datasets of one or many experiments the
+same way, for ``llem run --dry-run`` and before a study starts, each read once.
 """
 
 from __future__ import annotations
@@ -14,11 +16,19 @@ from pathlib import Path
 from typing import Any
 
 from llenergymeasure.config.catalogue import run_concurrency
-from llenergymeasure.config.models import ExperimentConfig
+from llenergymeasure.config.models import ExperimentConfig, HFDatasetConfig
+from llenergymeasure.datasets.chat import NO_TEMPLATE_HINT, chat_template_of
+from llenergymeasure.datasets.hf import read_hf_dataset
 from llenergymeasure.datasets.loader import PreparedDataset, prepare_dataset
 from llenergymeasure.exceptions import ConfigError
 
-__all__ = ["dataset_file_problems", "dataset_problem", "prepare_run_dataset", "warmup_rows"]
+__all__ = [
+    "chat_template_problem",
+    "dataset_file_problems",
+    "dataset_problem",
+    "prepare_run_dataset",
+    "warmup_rows",
+]
 
 
 def warmup_rows(config: ExperimentConfig) -> int:
@@ -30,9 +40,51 @@ def warmup_rows(config: ExperimentConfig) -> int:
 
 
 def prepare_run_dataset(config: ExperimentConfig) -> PreparedDataset:
-    """The dataset of ``config`` read and checked for its run; ``ConfigError`` if it cannot be."""
+    """The dataset of ``config`` read and checked for its run; ``ConfigError`` if it cannot be
+    (or if ``chat_template`` is asked and the model's tokenizer has no template)."""
     dataset: Any = config.dataset
-    return prepare_dataset(dataset, config.n, extra=warmup_rows(config))
+    prepared = prepare_dataset(
+        dataset, config.n, extra=warmup_rows(config), chat_template=config.chat_template
+    )
+    problem = chat_template_problem(config)
+    if problem is not None:
+        raise ConfigError(problem, hint=NO_TEMPLATE_HINT)
+    return prepared
+
+
+def chat_template_problem(config: ExperimentConfig) -> str | None:
+    """With ``chat_template: true``: the problem when the model's tokenizer, opened from local
+    files only (a built-in model, a local folder, the HF cache), has no chat template. None when
+    it has one, or when it cannot be opened so (the template is then checked after the load)."""
+    if not config.chat_template:
+        return None
+    try:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(
+            _tokenizer_source(config), **_local_kwargs(config)
+        )
+    except Exception:  # not local, not a tokenizer folder, no transformers: checked after load
+        return None
+    if chat_template_of(tokenizer) is not None:
+        return None
+    return f"chat_template: true, but the tokenizer of {config.model!r} has no chat template"
+
+
+def _tokenizer_source(config: ExperimentConfig) -> str:
+    from llenergymeasure.engines.builtin import is_builtin_model, resolve_builtin_model
+
+    if is_builtin_model(config.model):
+        return str(resolve_builtin_model(config.model))
+    return os.path.expanduser(config.model)
+
+
+def _local_kwargs(config: ExperimentConfig) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"local_files_only": True}
+    revision = (config.passthrough_kwargs or {}).get("revision")
+    if isinstance(revision, str):
+        kwargs["revision"] = revision
+    return kwargs
 
 
 def dataset_problem(exc: ConfigError) -> str:
@@ -48,27 +100,43 @@ def _jsonl_path(config: ExperimentConfig) -> Path | None:
 
 
 def dataset_file_problems(configs: Iterable[ExperimentConfig]) -> list[str]:
-    """Problems of the JSONL datasets of ``configs``, each file read once as far as the
-    largest run needs (the hub and synthetic datasets are checked by each run's pre-flight)."""
+    """Problems of the JSONL files and HF datasets of ``configs``, each read once as far as the
+    largest run needs (aienergyscore and synthetic datasets are checked by each run's
+    pre-flight)."""
     from llenergymeasure.datasets.jsonl import scan_jsonl
 
-    by_file: dict[Path, list[ExperimentConfig]] = {}
+    sources: dict[Any, Path | HFDatasetConfig] = {}
+    by_source: dict[Any, list[ExperimentConfig]] = {}
     for config in configs:
         path = _jsonl_path(config)
+        dataset = config.dataset
         if path is not None:
-            by_file.setdefault(path, []).append(config)
+            key: Any = path
+            sources[key] = path
+        elif isinstance(dataset, HFDatasetConfig):
+            key = tuple(dataset.model_dump().items())
+            sources[key] = dataset
+        else:
+            continue
+        by_source.setdefault(key, []).append(config)
     problems: list[str] = []
-    for path, users in by_file.items():
+    for key, users in by_source.items():
+        source = sources[key]
         want = max(c.n + warmup_rows(c) for c in users)
         try:
-            scan = scan_jsonl(path, limit=want)
+            if isinstance(source, Path):
+                available = len(scan_jsonl(source, limit=want).prompts)
+                name = str(source)
+            else:
+                available = read_hf_dataset(source, limit=want).n_available
+                name = f"HF dataset {source.hf!r}"
         except ConfigError as exc:
             problems.append(dataset_problem(exc))
             continue
-        short = sorted({c.n for c in users if c.n > len(scan.prompts)})
+        short = sorted({c.n for c in users if c.n > available})
         if short:
             problems.append(
-                f"dataset: {path} has {len(scan.prompts)} prompts but n={short[-1]} were asked "
-                f"for (use n <= {len(scan.prompts)})"
+                f"dataset: {name} has {available} prompts but n={short[-1]} were asked "
+                f"for (use n <= {available})"
             )
     return problems

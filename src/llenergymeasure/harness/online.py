@@ -214,7 +214,7 @@ def _prepare_dataset(config: ExperimentConfig) -> tuple[Any, list[str]]:
 
 def _prompts(config: ExperimentConfig, prepared: Any, model_source: str | None) -> list[Prompt]:
     tokenizer: Any = None
-    if prepared.rows is None:
+    if prepared.rows is None or prepared.chat_template:
         from transformers import AutoTokenizer  # synthetic prompts are sized in tokens
 
         tokenizer = AutoTokenizer.from_pretrained(model_source or config.model)

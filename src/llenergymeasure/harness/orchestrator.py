@@ -185,9 +185,9 @@ class ExperimentOrchestrator:
         return self._dataset[1]
 
     def _file_provenance(self) -> dict[str, Any] | None:
-        """The provenance pre-flight recorded for a file or hub dataset (None: synthetic or an
-        injected loader, described from the config instead)."""
-        if self._dataset is None or self._dataset[1].rows is None:
+        """The provenance pre-flight recorded for the dataset, with the chat template when one
+        was applied (None: an injected loader, described from the config instead)."""
+        if self._dataset is None:
             return None
         return dict(self._dataset[1].provenance)
 
@@ -617,9 +617,10 @@ class ExperimentOrchestrator:
 
         k = max(1, min(run_concurrency(config), len(prompts)))
         dataset: Any = config.dataset
-        rows_after = None
+        rows_after, formatter = None, None
         if self.dataset_loader is None:
             rows_after = self._prepared(config).rows_after()
+            formatter = self._prepared(config).formatter(self.engine.tokenizer)
         return warmup_prompts(
             dataset,
             config.n,
@@ -627,6 +628,7 @@ class ExperimentOrchestrator:
             measured=prompts,
             tokenizer=self.engine.tokenizer,
             rows_after=rows_after,
+            formatter=formatter,
         )
 
 

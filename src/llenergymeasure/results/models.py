@@ -348,7 +348,11 @@ class ExperimentResult(JsonFileModel):
         )
     )
     dataset: dict[str, Any] = Field(
-        description="Dataset provenance (name, source, revision, prompt count, token lengths)."
+        description=(
+            "Dataset provenance: kind (aienergyscore, jsonl, synthetic, hf) and what identifies "
+            "it (path and sha256; hub id and revision; split, column, fingerprint; generator "
+            "parameters), rows available; chat_template (template sha256) when one was applied."
+        )
     )
 
     # Headline metrics

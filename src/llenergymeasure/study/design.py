@@ -17,15 +17,22 @@ def expand_study_file(
     *,
     data: dict[str, Any] | None = None,
     text: str | None = None,
+    base_overrides: dict[str, Any] | None = None,
 ) -> StudyConfig:
     """Expand a study YAML with command-line overrides (``backend``/``model`` replace the
-    study's own; the other fields apply to every point). ``data``/``text`` skip re-reading."""
-    from llenergymeasure.config.loading import key_lines, read_yaml_mapping
+    study's own; the other fields apply to every point). ``base_overrides`` (``--set``) are
+    merged into the study's base, below the sweep and the ``experiments:`` entries; setting a
+    key the sweep varies is a ``ConfigError``. ``data``/``text`` skip re-reading."""
+    from llenergymeasure.config.loading import deep_merge, key_lines, read_yaml_mapping
     from llenergymeasure.config.study import expand_study
 
     if data is None or text is None:
         data, text = read_yaml_mapping(path)
     study_data = dict(data)
+    if base_overrides:
+        _check_not_swept(base_overrides, study_data.get("sweep"), path)
+        inline = {k: v for k, v in study_data.items() if k not in _STUDY_ONLY}
+        study_data.update(deep_merge(inline, base_overrides))
     rest = copy.deepcopy(overrides or {})
     for key in ("backend", "model"):
         if key in rest:
@@ -37,6 +44,36 @@ def expand_study_file(
         lines=key_lines(text),
         overrides=rest or None,
     )
+
+
+#: Study keys that are not experiment fields (``--set`` cannot reach them).
+_STUDY_ONLY = ("name", "base", "sweep", "experiments", "execution")
+
+
+def _dotted_keys(values: dict[str, Any], prefix: str = "") -> list[str]:
+    keys: list[str] = []
+    for key, value in values.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            keys.extend(_dotted_keys(value, f"{path}."))
+        else:
+            keys.append(path)
+    return keys
+
+
+def _check_not_swept(base_overrides: dict[str, Any], sweep: Any, path: Path) -> None:
+    """``--set`` of a field the study sweeps would be replaced by the sweep: say so."""
+    if not isinstance(sweep, dict):
+        return
+    # a scoped key (pytorch.batch_size) is also the field's path: engine sections are named
+    # after their engine
+    for swept in map(str, sweep):
+        for key in _dotted_keys(base_overrides):
+            if key == swept or key.startswith(swept + ".") or swept.startswith(key + "."):
+                raise ConfigError(
+                    f"--set {key}: {path} sweeps {swept}, which would replace the value",
+                    hint="change the sweep in the study file, or drop this --set",
+                )
 
 
 def check_design(
@@ -67,7 +104,9 @@ def check_design(
             )
         where = str(source)
         try:
-            study = expand_study_file(source, manifest.overrides)
+            study = expand_study_file(
+                source, manifest.overrides, base_overrides=manifest.base_overrides
+            )
         except ConfigError as exc:
             raise ConfigError(
                 f"--resume: the study file {source} changed and no longer expands: {exc.message}",

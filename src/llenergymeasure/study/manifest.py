@@ -12,9 +12,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer
 
 from llenergymeasure.config.models import ExperimentConfig
+from llenergymeasure.config.secrets import redact_secrets
 from llenergymeasure.config.study import ExecutionConfig, SkippedExperiment
 from llenergymeasure.exceptions import ConfigError
 
@@ -143,6 +144,11 @@ class StudyManifest(BaseModel):
         None, description="Absolute path of the study YAML, if it came from one."
     )
     overrides: dict[str, Any] | None = Field(None, description="CLI flags applied to every point.")
+    base_overrides: dict[str, Any] | None = Field(
+        None,
+        description="--set values merged into the study's base (below the sweep); credentials "
+        "redacted.",
+    )
     runner: str | None = Field(
         None, description="--runner for every backend (local, slurm, docker:<image>)."
     )
@@ -158,6 +164,11 @@ class StudyManifest(BaseModel):
         default_factory=list,
         description="Each llem invocation that worked on the study (first run and resumes).",
     )
+
+    @field_serializer("base_overrides")
+    def _redact_base_overrides(self, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        # --set passthrough_kwargs.hf_token=... must not reach the manifest
+        return None if value is None else redact_secrets(value)
 
     def counts(self) -> dict[str, int]:
         """Runs per status."""

@@ -313,13 +313,15 @@ class StudyRunner:
         results_root: Path,
         *,
         overrides: dict[str, Any] | None = None,
+        base_overrides: dict[str, Any] | None = None,
         runner: str | None = None,
         **kwargs: Any,
     ) -> StudyRunner:
         """A new study directory ``<results_root>/<name>_<timestamp>/`` with its manifest.
 
         ``runner`` (``local``, ``slurm``, ``docker:<image>``) overrides the runner of every
-        backend for this study; it is kept in the manifest for ``--resume``."""
+        backend for this study; it is kept in the manifest for ``--resume``, as are the
+        ``overrides`` (flags) and ``base_overrides`` (``--set``) the study was expanded with."""
         from llenergymeasure.config.study import check_study_bounds
         from llenergymeasure.results.io import unique_directory
 
@@ -340,6 +342,7 @@ class StudyRunner:
             study_design_hash=study.study_design_hash,
             source_path=source,
             overrides=overrides or None,
+            base_overrides=base_overrides or None,
             runner=runner,
             created_at=now,
             updated_at=now,
