@@ -80,10 +80,11 @@ def latency_section(
     if not series or not figures.enabled:
         return None
     section = Section("Latency distribution")
+    whose = "Latency per config" if len(configs) > 1 else "Latency of the run"
     figure = figures.draw(
         "latency",
         lambda p: plot_latency_cdf(
-            series, p, title="Latency per config: CDF of every request, and stored ITL quantiles"
+            series, p, title=f"{whose}: CDF of every request, and stored ITL quantiles"
         ),
         "latency and time-to-first-token CDFs per config",
         LATENCY_CAPTION + "Right: " + ITL_NOTE + ".",

@@ -250,8 +250,9 @@ def plot_config_bars(
     meaning = (
         "bar = the single run of each config (no spread, no interval)"
         if single_run
-        else f"bar = mean across cycles, whisker = {level} CI of the geometric mean "
-        "(none below 3 cycles)," + ("\n" if narrow else " ") + "dots = single cycles"
+        else "bar = mean across cycles, dots = single cycles,"
+        + ("\n" if narrow else " ")
+        + f"whisker = {level} CI of the geometric mean (none below 3 cycles)"
     )
     fig.suptitle(f"Per config: {meaning}", fontsize=10, x=0.01, ha="left")
     return save_figure(fig, path)

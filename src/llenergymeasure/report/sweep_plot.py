@@ -172,7 +172,7 @@ def plot_sweep(
         else ""
     )
     if not layout.connected:
-        marks += f"; points not joined: they differ in more than {layout.x_name}"
+        marks += f"\npoints not joined: the configs differ in more than {layout.x_name}"
     fig.suptitle(
         f"Headline metrics against {layout.x_name}{lines}\n{marks}",
         fontsize=10,
