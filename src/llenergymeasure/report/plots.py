@@ -108,6 +108,34 @@ def spread_text(level: str, *, single_run: bool, mark: str = "large dot") -> str
     )
 
 
+def _efficiency_point(ax: Any, p: ConfigPoint, on_front: bool) -> None:
+    """One config: its cycles, mean, interval whiskers, Pareto ring and number."""
+    assert p.tps is not None and p.jpt is not None
+    colour = _colour(p.number - 1)
+    xs = [x for x, y in p.runs if x is not None and y is not None]
+    ys = [y for x, y in p.runs if x is not None and y is not None]
+    ax.scatter(xs, ys, s=18, color=colour, alpha=0.35, lw=0, zorder=2)
+    ax.plot(
+        [p.tps], [p.jpt], "o", ms=8, color=colour, zorder=3, label=f"#{p.number} {_short(p.label)}"
+    )
+    if p.tps_ci is not None:
+        _hwhisker(ax, p.jpt, p.tps_ci, colour)
+    if p.jpt_ci is not None:
+        _vwhisker(ax, p.tps, p.jpt_ci, colour)
+    if on_front:
+        ax.scatter([p.tps], [p.jpt], s=260, facecolors="none", edgecolors="black", lw=1.6, zorder=4)
+    ax.annotate(
+        f"#{p.number}",
+        (p.tps, p.jpt),
+        xytext=(9, 7),
+        textcoords="offset points",
+        fontsize=9,
+        weight="bold",
+        color=colour,
+        zorder=5,
+    )
+
+
 def plot_efficiency(
     points: Sequence[ConfigPoint], path: Path, *, level: str = "95 %", single_run: bool = False
 ) -> Path:
@@ -119,48 +147,11 @@ def plot_efficiency(
     usable = [p for p in points if p.tps is not None and p.jpt is not None]
     front = {usable[i].number for i in pareto_front([(p.tps, p.jpt) for p in usable])}
     for p in usable:
-        assert p.tps is not None and p.jpt is not None
-        colour = _colour(p.number - 1)
-        xs = [x for x, y in p.runs if x is not None and y is not None]
-        ys = [y for x, y in p.runs if x is not None and y is not None]
-        ax.scatter(xs, ys, s=18, color=colour, alpha=0.35, lw=0, zorder=2)
-        ax.plot(
-            [p.tps],
-            [p.jpt],
-            "o",
-            ms=8,
-            color=colour,
-            zorder=3,
-            label=f"#{p.number} {_short(p.label)}",
-        )
-        if p.tps_ci is not None:
-            _hwhisker(ax, p.jpt, p.tps_ci, colour)
-        if p.jpt_ci is not None:
-            _vwhisker(ax, p.tps, p.jpt_ci, colour)
-        if p.number in front:
-            ax.scatter(
-                [p.tps], [p.jpt], s=260, facecolors="none", edgecolors="black", lw=1.6, zorder=4
-            )
-        ax.annotate(
-            f"#{p.number}",
-            (p.tps, p.jpt),
-            xytext=(9, 7),
-            textcoords="offset points",
-            fontsize=9,
-            weight="bold",
-            color=colour,
-            zorder=5,
-        )
+        _efficiency_point(ax, p, p.number in front)
     ordered = sorted((p for p in usable if p.number in front), key=lambda p: p.tps or 0.0)
     if len(ordered) > 1:
-        ax.plot(
-            [p.tps for p in ordered],
-            [p.jpt for p in ordered],
-            color="black",
-            ls="--",
-            lw=1.0,
-            zorder=1,
-        )
+        xs, ys = [p.tps for p in ordered], [p.jpt for p in ordered]
+        ax.plot(xs, ys, color="black", ls="--", lw=1.0, zorder=1)
     handles, _labels = ax.get_legend_handles_labels()
     handles.append(
         Line2D(

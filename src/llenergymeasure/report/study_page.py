@@ -162,7 +162,7 @@ def runs_table(source: StudySource, numbers: dict[str, int], *, energy: bool) ->
 
 def _efficiency_section(
     figures: Figures, points: list[ConfigPoint], front: set[int], level: str, single: bool
-) -> Section:
+) -> Section | None:
     section = Section("Energy vs throughput")
     names = ", ".join(f"#{n}" for n in sorted(front))
     figure = figures.draw(
@@ -173,8 +173,9 @@ def _efficiency_section(
         "config has both higher throughput and lower energy per output token (means across "
         "cycles, raw J/token).",
     )
-    if figure is not None:
-        section.figures.append(figure)
+    if figure is None:
+        return None
+    section.figures.append(figure)
     return section
 
 
