@@ -23,7 +23,7 @@ from llenergymeasure.report.study_sections import (
     sweep_section,
 )
 from llenergymeasure.report.versions import engine_text
-from llenergymeasure.results.models import ExperimentResult, StudyStatistics
+from llenergymeasure.results.models import ExperimentResult, MetricStatistics, StudyStatistics
 from llenergymeasure.results.stats import (
     METRIC_LABELS,
     MIN_CYCLES_FOR_INTERVAL,
@@ -48,6 +48,10 @@ def config_runs(source: StudySource) -> dict[str, list[ExperimentResult]]:
     return out
 
 
+def _bounds(m: MetricStatistics) -> tuple[float, float] | None:
+    return None if m.ci_low is None or m.ci_high is None else (m.ci_low, m.ci_high)
+
+
 def config_points(
     source: StudySource, runs: dict[str, list[ExperimentResult]]
 ) -> list[ConfigPoint]:
@@ -62,12 +66,8 @@ def config_points(
                 label=cfg.label,
                 tps=tps.mean,
                 jpt=jpt.mean,
-                tps_ci=None
-                if tps.ci_low is None or tps.ci_high is None
-                else (tps.ci_low, tps.ci_high),
-                jpt_ci=None
-                if jpt.ci_low is None or jpt.ci_high is None
-                else (jpt.ci_low, jpt.ci_high),
+                tps_ci=_bounds(tps),
+                jpt_ci=_bounds(jpt),
                 runs=[
                     (x.tokens_per_second, x.energy_per_output_token_j)
                     for x in runs.get(cfg.config_hash, [])
