@@ -245,6 +245,10 @@ def test_an_unlimited_request_rate_sits_after_the_largest_rate():
     layout = SweepLayout("online.request_rate", [1.0, 4.0, 16.0, "inf"], True, [], [])
     xs, log = x_positions(layout)
     assert log and xs == {"1": 1.0, "4": 4.0, "16": 16.0, "inf": 32.0}
+    linear = SweepLayout("online.request_rate", [2.0, 4.0, 6.0, "inf"], True, [], [])
+    assert x_positions(linear) == ({"2": 2.0, "4": 4.0, "6": 6.0, "inf": 8.0}, False)
+    one = SweepLayout("online.request_rate", [20.0, "inf"], True, [], [])
+    assert x_positions(one) == ({"20": 20.0, "inf": 40.0}, False)
 
 
 # --- single runs ----------------------------------------------------------------------------

@@ -41,14 +41,18 @@ def x_positions(layout: SweepLayout) -> tuple[dict[str, float], bool]:
     log = bool(finite) and min(finite) > 0 and max(finite) / min(finite) >= 8
     out = {level_text(v): numeric_value(v) for v in layout.levels if v != "inf"}
     if "inf" in layout.levels:
-        if not finite:
-            beyond = 1.0
-        elif log:
-            beyond = max(finite) * 2
-        else:
-            beyond = max(finite) + (max(finite) - min(finite)) / max(len(finite) - 1, 1)
-        out["inf"] = beyond
+        out["inf"] = _beyond(finite, log)
     return out, log
+
+
+def _beyond(finite: Sequence[float], log: bool) -> float:
+    """Where an unlimited level sits: one step past the largest finite one."""
+    if not finite:
+        return 1.0
+    top, bottom = max(finite), min(finite)
+    if len(finite) > 1 and not log:
+        return top + (top - bottom) / (len(finite) - 1)
+    return top * 2 if top > 0 else top + 1
 
 
 def _draw_line(
