@@ -28,7 +28,7 @@ from llenergymeasure.cli.app import EXIT_RESCUED, app
 from llenergymeasure.config.study import StudyConfig
 from llenergymeasure.exceptions import ConfigError, MeasurementsRescued, StudyError
 from llenergymeasure.results.models import ExperimentResult
-from llenergymeasure.study.manifest import load_manifest, manifest_path
+from llenergymeasure.study.manifest import load_manifest, manifest_path, write_manifest
 from llenergymeasure.study.runner import StudyLock, StudyRunner, resume_study_dir
 from llenergymeasure.testing.configs import tiny_experiment
 from llenergymeasure.testing.study import ScriptedWorker
@@ -224,6 +224,45 @@ def test_resume_redoes_a_result_measured_with_another_config_and_keeps_it_aside(
     assert after.attempts == 2 and after.status == "completed"
     fresh = ExperimentResult.from_json(runner.study_dir / entry.run_id / "result.json")
     assert fresh.measurement_config_hash == entry.config_hash
+
+
+def _killed_after_saving(runner: StudyRunner, index: int) -> Any:
+    """The manifest as llem leaves it when killed between a run saving its result and the
+    manifest recording it: the run still says running."""
+    manifest = load_manifest(runner.study_dir)
+    entry = manifest.runs[index]
+    entry.status, entry.result_path, entry.finished_at = "running", None, None
+    write_manifest(manifest, manifest_path(runner.study_dir))
+    return entry
+
+
+def test_resume_keeps_a_result_its_killed_attempt_had_already_saved(tmp_path):
+    runner = finished_study(tmp_path)
+    entry = _killed_after_saving(runner, 1)
+    saved = (runner.study_dir / entry.run_id / "result.json").read_bytes()
+    stream = __import__("io").StringIO()
+    result = StudyRunner.resume(runner.study_dir, worker=ScriptedWorker(), stream=stream).run()
+    assert result.ok and result.counts.completed == 2
+    assert "kept the result its interrupted attempt had already saved" in stream.getvalue()
+    after = load_manifest(runner.study_dir).runs[1]
+    assert after.status == "completed" and after.attempts == entry.attempts  # not measured again
+    assert (runner.study_dir / entry.run_id / "result.json").read_bytes() == saved
+
+
+def test_resume_sets_aside_a_stray_result_of_another_config_before_running_again(tmp_path):
+    runner = finished_study(tmp_path)
+    entry = _killed_after_saving(runner, 1)
+    path = runner.study_dir / entry.run_id / "result.json"
+    data = json.loads(path.read_text())
+    data["measurement_config_hash"] = "e" * 16
+    path.write_text(json.dumps(data))
+    result = resume_study_dir(runner.study_dir, worker=ScriptedWorker(), quiet=True)
+    assert result.ok and result.counts.completed == 2
+    aside = runner.study_dir / f"{entry.run_id}.set-aside-1" / "result.json"
+    assert json.loads(aside.read_text())["measurement_config_hash"] == "e" * 16
+    after = load_manifest(runner.study_dir).runs[1]
+    assert after.attempts == entry.attempts + 1
+    assert ExperimentResult.from_json(path).measurement_config_hash == entry.config_hash
 
 
 def test_resume_redoes_an_unreadable_result_and_keeps_the_damaged_file(tmp_path):

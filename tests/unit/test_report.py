@@ -126,8 +126,9 @@ def test_a_study_report_is_one_offline_html_file_with_its_pngs_beside_it(
     text = out.read_text(encoding="utf-8")
     assert_offline_html(text)
     pngs = sorted(p.name for p in out.parent.glob("study_*.png"))
-    assert "study_efficiency.png" in pngs and "study_configs.png" in pngs
-    assert len([p for p in pngs if p.startswith("study_timeseries_")]) == 4  # one per run
+    assert {"study_efficiency.png", "study_configs.png", "study_sweep.png"} <= set(pngs)
+    assert "study_power.png" in pngs  # every run's power over time, one panel each
+    assert "study_latency.png" in pngs
     for name in pngs:
         assert_real_image(out.parent / name)
     assert text.count('src="data:image/png;base64,') == len(pngs)
@@ -336,7 +337,7 @@ def test_the_plots_draw_whiskers_from_the_interval_bounds_unclipped(
     values = data.cycles(1000.0, 0.6, 3, seed=3)
     study = data.write_study(tmp_path / "study", [data.result(tok_s=v) for v in values])
     drawn: list[tuple[float, float]] = []
-    real_save = plots._save
+    real_save = plots.save_figure
 
     def keep(fig: Any, path: Path) -> Path:
         for ax in fig.axes:
@@ -348,7 +349,7 @@ def test_the_plots_draw_whiskers_from_the_interval_bounds_unclipped(
                     )
         return real_save(fig, path)
 
-    monkeypatch.setattr(plots, "_save", keep)
+    monkeypatch.setattr(plots, "save_figure", keep)
     result = cli.invoke(app, ["report", str(study), "-o", str(tmp_path / "r.html"), "--json"])
     assert result.exit_code == 0, result.output
     tps = json.loads(result.stdout)["statistics"]["configs"][0]["metrics"]["tokens_per_second"]

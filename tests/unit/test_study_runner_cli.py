@@ -186,12 +186,16 @@ def test_a_study_killed_mid_way_is_completed_by_resume_without_rerunning_finishe
     resumed = start_driver(tmp_path, worker, "run", "--resume", str(study_dir), "--quiet")
     out, err = resumed.communicate(timeout=60)
 
-    assert resumed.returncode == 0, (out, err)
+    if resumed.returncode != 0:
+        pytest.fail(f"exit {resumed.returncode}\n{out}\n{err}", pytrace=False)
     final = load_manifest(study_dir)
     assert [r.status for r in final.runs] == ["completed"] * 3
     assert final.runs[0].finished_at == killed.runs[0].finished_at
     assert final.runs[0].attempts == 1
-    assert [r.attempts for r in final.runs[1:]] == [2, 1]
+    # the killed run measures again, unless it had saved its result just before the kill
+    # (a race the kill can win under load): that finished measurement is kept, not redone
+    kept = final.runs[1].started_at == killed.runs[1].started_at
+    assert [r.attempts for r in final.runs[1:]] == [1 if kept else 2, 1]
     assert [r.run_id for r in final.runs] == [r.run_id for r in killed.runs]
     assert len(pq.read_table(study_dir / "results.parquet")) == 3
     assert "3/3 completed" in out

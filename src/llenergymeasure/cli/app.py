@@ -387,6 +387,15 @@ def report_command(
             "--output", "-o", help="HTML file to write (default: <directory>/report.html)."
         ),
     ] = None,
+    x_field: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--x",
+            help="Study: the config field on the x axis of the swept-field figure, e.g. "
+            "pytorch.batch_size (default: found from what varies).",
+            metavar="FIELD",
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Tracebacks on errors.")] = False,
     as_json: Annotated[
         bool,
@@ -403,7 +412,7 @@ def report_command(
     from llenergymeasure.report.render import render_report
 
     try:
-        outcome = render_report(directory, output)
+        outcome = render_report(directory, output, x_field=x_field)
         if as_json:
             import json
 

@@ -1,65 +1,167 @@
-"""The report's HTML machinery: one self-contained page (inline CSS only), tables and cells.
+"""The report's HTML machinery: jinja2 templates (package data, autoescaped) and their cells.
 
-Shared by ``llem report`` and ``llem compare``'s HTML section. No scripts, fonts, stylesheets
-or links to anywhere, so a page opens offline and can be mailed around as one file.
+Pages are rendered from ``report/templates/``: ``base.html.j2`` (the self-contained page: inline
+CSS only, no scripts, fonts, stylesheets or links to anywhere, so it opens offline and can be
+mailed around as one file), ``macros.html.j2`` (tables, figures, notes) and one template per
+page. Every value reaches the page through jinja2's autoescaping; a cell that needs markup
+(a coloured status, a list of warnings) is given as ``Span`` parts, never as HTML text.
+
+``escape``, ``cell``, ``table`` and ``page`` keep the older string interface for
+``llem compare``'s HTML section; they render through the same templates.
 """
 
 from __future__ import annotations
 
-import html
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
 from llenergymeasure._version import __version__
 
-CSS = """
-body{font-family:-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;margin:24px auto;
-max-width:1200px;color:#222;padding:0 16px;line-height:1.4}
-h1{font-size:1.5em;margin-bottom:4px}
-h2{font-size:1.2em;margin-top:32px;border-bottom:1px solid #ddd;padding-bottom:4px}
-h3{font-size:1.0em;margin:18px 0 4px}
-.meta{color:#555;font-size:.9em}.note{background:#fff8e1;border-left:4px solid #ffb300;
-padding:6px 10px;margin:8px 0;font-size:.9em}
-table{border-collapse:collapse;font-size:.85em;margin:8px 0}
-th,td{border:1px solid #ddd;padding:3px 7px;text-align:left;vertical-align:top}
-th{background:#f5f5f5}td.num{text-align:right;font-variant-numeric:tabular-nums}
-tr.front td:first-child{font-weight:bold}tr.first td{border-top:2px solid #999}
-tr.differs td{background:#fff3e0}
-.warn{color:#b45309}.bad{color:#b91c1c}.ok{color:#15803d}
-img{max-width:100%;height:auto;border:1px solid #eee}
-figure{margin:8px 0 20px}figcaption{font-size:.85em;color:#555}
-pre{background:#f7f7f7;padding:8px;font-size:.8em;overflow-x:auto}
-details summary{cursor:pointer;color:#1f4e9a}
-"""
+if TYPE_CHECKING:
+    import jinja2
+
+TEMPLATE_PACKAGE = "llenergymeasure.report"
+TEMPLATE_FOLDER = "templates"
+
+
+@dataclass(frozen=True)
+class Span:
+    """Text in a cell, with an optional CSS class (``ok``, ``warn``, ``bad``)."""
+
+    text: str
+    css: str = ""
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One table cell: its parts (joined by ``sep``), right-aligned when ``num``."""
+
+    parts: tuple[Span, ...]
+    num: bool = False
+    sep: str = ", "
+
+
+@dataclass(frozen=True)
+class Row:
+    """One table row and its CSS class (``first``, ``front``, ``differs``)."""
+
+    cells: tuple[Cell, ...]
+    css: str = ""
+
+
+@dataclass(frozen=True)
+class Table:
+    """A table: header texts and rows."""
+
+    header: tuple[str, ...]
+    rows: tuple[Row, ...]
+
+
+@dataclass(frozen=True)
+class Figure:
+    """An inlined PNG (``data:`` URI), its alt text and caption."""
+
+    data_uri: str
+    alt: str
+    caption: str = ""
+    heading: str = ""
+
+
+@dataclass
+class Section:
+    """A heading, then notes, figures, tables and short paragraphs, in that order."""
+
+    heading: str
+    notes: list[str] = field(default_factory=list)
+    figures: list[Figure] = field(default_factory=list)
+    tables: list[Table] = field(default_factory=list)
+    meta: list[str] = field(default_factory=list)
+    details: list[tuple[str, str]] = field(default_factory=list)  # (summary, preformatted text)
+
+
+def text_cell(value: object, *, num: bool = False, css: str = "") -> Cell:
+    """A cell holding ``value`` as text (escaped when rendered)."""
+    return Cell((Span(str(value), css),), num=num)
+
+
+def spans_cell(spans: Sequence[Span], *, sep: str = ", ") -> Cell:
+    """A cell of several (coloured) parts."""
+    return Cell(tuple(spans), sep=sep)
+
+
+def make_table(
+    header: Sequence[str], rows: Sequence[Sequence[Cell]], css: Sequence[str] = ()
+) -> Table:
+    """A ``Table`` from header texts, rows of cells and an optional CSS class per row."""
+    classes = list(css) + [""] * (len(rows) - len(css))
+    return Table(
+        tuple(header), tuple(Row(tuple(r), c) for r, c in zip(rows, classes, strict=False))
+    )
+
+
+@cache
+def environment() -> jinja2.Environment:
+    """The jinja2 environment of the report templates (autoescape on, undefined names fail)."""
+    import jinja2
+
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader(TEMPLATE_PACKAGE, TEMPLATE_FOLDER),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+
+
+def render(template: str, context: Mapping[str, Any]) -> str:
+    """Render ``template`` (a file in ``report/templates``) with ``context`` and the page footer."""
+    generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return (
+        environment()
+        .get_template(template)
+        .render({"llem_version": __version__, "generated": generated, **context})
+    )
+
+
+# --- the string interface of llem compare's section ------------------------------------------
 
 
 def escape(value: object) -> str:
     """``value`` as HTML text (quotes escaped too)."""
-    return html.escape(str(value), quote=True)
+    from markupsafe import escape as _escape
 
-
-def table(header: list[str], rows: list[list[str]], classes: list[str] | None = None) -> str:
-    """A table; ``rows`` hold ready cells (``cell``), ``classes`` a CSS class per row."""
-    head = "".join(f"<th>{escape(h)}</th>" for h in header)
-    body = []
-    for i, row in enumerate(rows):
-        cls = f' class="{classes[i]}"' if classes and classes[i] else ""
-        body.append(f"<tr{cls}>" + "".join(row) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    return str(_escape(str(value)))
 
 
 def cell(value: object, *, num: bool = False, raw: bool = False) -> str:
     """One ``<td>``: escaped text (``raw``: HTML as given), right-aligned when ``num``."""
-    text = str(value) if raw else escape(value)
-    return f'<td class="num">{text}</td>' if num else f"<td>{text}</td>"
+    from markupsafe import Markup
+
+    content = Markup(str(value)) if raw else value
+    return _macro("raw_cell")(content, num)
+
+
+def table(header: list[str], rows: list[list[str]], classes: list[str] | None = None) -> str:
+    """A table; ``rows`` hold ready cells (``cell``), ``classes`` a CSS class per row."""
+    from markupsafe import Markup
+
+    marked = [[Markup(c) for c in row] for row in rows]
+    return _macro("raw_table")(header, marked, classes or [""] * len(rows))
 
 
 def page(title: str, body: str) -> str:
-    """A whole HTML document around ``body``, with the CSS and a generated-by line."""
-    generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f'<meta name="viewport" content="width=device-width,initial-scale=1">'
-        f"<title>{escape(title)}</title><style>{CSS}</style></head><body>"
-        f'{body}<hr><p class="meta">generated by llem {escape(__version__)} on {generated}</p>'
-        "</body></html>\n"
-    )
+    """A whole HTML document around ``body`` (HTML), with the CSS and a generated-by line."""
+    from markupsafe import Markup
+
+    return render("page.html.j2", {"title": title, "body": Markup(body)})
+
+
+def _macro(name: str) -> Any:
+    """A macro of ``macros.html.j2`` as a callable returning HTML text."""
+    module = environment().get_template("macros.html.j2").module
+    macro = getattr(module, name)
+    return lambda *args: str(macro(*args))

@@ -189,7 +189,7 @@ def _x_positions(points: Sequence[OnlineCurvePoint]) -> list[float]:
 
 def plot_online_curve(points: Sequence[OnlineCurvePoint], path: Path) -> Path:
     """Two panels over the request rate: energy and power on top, latency below; a PNG."""
-    from llenergymeasure.report.plots import _save, require_matplotlib
+    from llenergymeasure.report.plots import require_matplotlib, save_figure
 
     if not points:
         raise ValueError("no online runs to plot")
@@ -243,4 +243,4 @@ def plot_online_curve(points: Sequence[OnlineCurvePoint], path: Path) -> Path:
     bottom.set_xticklabels([p.rate_label for p in points])
     fig.suptitle("Energy and latency against request rate")
     fig.tight_layout()
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))

@@ -12,20 +12,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from llenergymeasure.report.plots import require_matplotlib
+from llenergymeasure.report.plots import require_matplotlib, save_figure
 
 __all__ = ["plot_phase_bars", "plot_request_energy"]
 
 PREFILL_COLOUR = "#ef6c00"
 DECODE_COLOUR = "#1e88e5"
-
-
-def _write(fig: Any, path: Path) -> Path:
-    from llenergymeasure.report.plots import _save
-
-    return _save(fig, path)
 
 
 def _usable(value: float | None) -> bool:
@@ -96,7 +89,7 @@ def plot_phase_bars(
         fontsize=8.5,
     )
     ax.set_title(title, fontsize=10, loc="left")
-    return _write(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_request_energy(
@@ -135,4 +128,4 @@ def plot_request_energy(
         ax_sc.set_ylabel("energy per request (J)")
         ax_sc.grid(alpha=0.3)
     fig.suptitle(title + (f"\n{note}" if note else ""), fontsize=10, x=0.01, ha="left")
-    return _write(fig, path)
+    return save_figure(fig, path)

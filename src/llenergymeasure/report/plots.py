@@ -1,7 +1,8 @@
-"""The report's figures (matplotlib, Agg backend), each written as a PNG.
+"""The report's per-config figures (matplotlib, Agg backend), each written as a PNG.
 
-``require_matplotlib`` raises ``ConfigError`` naming the ``[report]`` extra when matplotlib is
-not installed.
+``plot_efficiency`` (J/token against tokens/s, Pareto front) and ``plot_config_bars``; the
+shared helpers: ``require_matplotlib`` raises ``ConfigError`` naming the ``[report]`` extra when
+matplotlib is not installed, ``save_figure`` writes a PNG atomically.
 """
 
 from __future__ import annotations
@@ -13,20 +14,9 @@ from typing import Any
 
 from llenergymeasure.exceptions import ConfigError
 from llenergymeasure.report import REPORT_EXTRA_HINT
-from llenergymeasure.report.loader import Timeseries
 from llenergymeasure.results.stats import pareto_front
 
 DPI = 110
-
-# phase -> (label shown in the plot, colour of its shading)
-PHASES: dict[str, tuple[str, str]] = {
-    "baseline": ("idle baseline", "#bdbdbd"),
-    "load": ("model load", "#90caf9"),
-    "warmup": ("warmup", "#ffcc80"),
-    "thermal_floor": ("thermal floor", "#ce93d8"),
-    "measurement": ("measurement window", "#81c784"),
-    "cooldown": ("cooldown", "#eeeeee"),
-}
 
 
 def matplotlib_available() -> bool:
@@ -53,8 +43,8 @@ def require_matplotlib() -> Any:
     return plt
 
 
-def _save(fig: Any, path: Path) -> Path:
-    """Write ``fig`` as a PNG through the one write path (its text redacted), then close it."""
+def save_figure(fig: Any, path: Path) -> Path:
+    """Write ``fig`` as a PNG through the one write path (atomic, its text redacted); close it."""
     import matplotlib.pyplot as plt
 
     from llenergymeasure.files import write_figure
@@ -63,136 +53,6 @@ def _save(fig: Any, path: Path) -> Path:
         return write_figure(path, fig, dpi=DPI, facecolor="white")
     finally:
         plt.close(fig)
-
-
-def phase_spans(ts: Timeseries) -> list[tuple[str, float, float]]:
-    """Contiguous ``(phase, start_s, end_s)`` segments; a segment ends where the next begins."""
-    rows = sorted(zip(ts.t_s, ts.phase, strict=True), key=lambda r: r[0])
-    spans: list[list[Any]] = []
-    for t, phase in rows:
-        if spans and spans[-1][0] == phase:
-            spans[-1][2] = t
-        else:
-            if spans:
-                spans[-1][2] = t
-            spans.append([phase, t, t])
-    return [(str(p), float(a), float(b)) for p, a, b in spans]
-
-
-def plot_timeseries(
-    ts: Timeseries,
-    path: Path,
-    *,
-    title: str,
-    subtitle: str = "",
-    baseline_power_w: float | None = None,
-) -> Path:
-    """GPU power (left axis) and temperature (right axis) over time, phases shaded."""
-    plt = require_matplotlib()
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch
-
-    fig, ax = plt.subplots(figsize=(11, 4.2), layout="constrained")
-    spans = phase_spans(ts)
-    t_min, t_max = min(ts.t_s), max(ts.t_s)
-    width = max(t_max - t_min, 1e-9)
-    handles: list[Any] = []
-    seen: set[str] = set()
-    for phase, start, end in spans:
-        label, colour = PHASES.get(phase, (phase.replace("_", " "), "#e0e0e0"))
-        ax.axvspan(start, end, color=colour, alpha=0.45, lw=0)
-        if phase not in seen:
-            seen.add(phase)
-            handles.append(Patch(color=colour, alpha=0.6, label=label))
-        if (end - start) / width > 0.012 + 0.0075 * len(label):  # room for the text
-            ax.text(
-                (start + end) / 2,
-                0.98,
-                label,
-                transform=ax.get_xaxis_transform(),
-                ha="center",
-                va="top",
-                fontsize=8.5,
-                color="#333333",
-                clip_on=True,
-            )
-    devices = sorted(set(ts.device_index))
-    power_colours = ["#1f4e9a", "#2e7d32", "#6a1b9a", "#00838f", "#4e342e", "#37474f"]
-    max_power = 0.0
-    for k, device in enumerate(devices):
-        pts = [
-            (t, p)
-            for t, d, p in zip(ts.t_s, ts.device_index, ts.power_w, strict=True)
-            if d == device and p is not None
-        ]
-        pts.sort()
-        if not pts:
-            continue
-        max_power = max(max_power, max(p for _, p in pts))
-        name = "GPU power (W)" if len(devices) == 1 else f"GPU {device} power (W)"
-        (line,) = ax.plot(
-            [t for t, _ in pts],
-            [p for _, p in pts],
-            color=power_colours[k % len(power_colours)],
-            lw=1.3,
-            label=name,
-        )
-        handles.append(line)
-    if baseline_power_w is not None:
-        ax.axhline(baseline_power_w, color="#555555", ls=":", lw=1.2)
-        handles.append(
-            Line2D(
-                [],
-                [],
-                color="#555555",
-                ls=":",
-                label=f"idle baseline power {baseline_power_w:.0f} W",
-            )
-        )
-        max_power = max(max_power, baseline_power_w)
-    ax.set_xlim(t_min, t_max if t_max > t_min else t_min + 1)
-    ax.set_ylim(0, max_power * 1.18 if max_power > 0 else 1)
-    ax.set_xlabel("time since the experiment started (s)")
-    ax.set_ylabel("GPU power (W)")
-    temps = [(t, c) for t, c in zip(ts.t_s, ts.temperature_c, strict=True) if c is not None]
-    if temps:
-        ax2 = ax.twinx()
-        for k, device in enumerate(devices):
-            pts = sorted(
-                (t, c)
-                for t, d, c in zip(ts.t_s, ts.device_index, ts.temperature_c, strict=True)
-                if d == device and c is not None
-            )
-            if pts:
-                name = "GPU temperature (°C)" if len(devices) == 1 else f"GPU {device} temp (°C)"
-                (tline,) = ax2.plot(
-                    [t for t, _ in pts],
-                    [c for _, c in pts],
-                    color="#c62828",
-                    lw=1.0,
-                    ls="--",
-                    alpha=0.85 if k == 0 else 0.5,
-                    label=name,
-                )
-                handles.append(tline)
-        lo = min(c for _, c in temps)
-        hi = max(c for _, c in temps)
-        pad = max(3.0, (hi - lo) * 0.15)
-        ax2.set_ylim(lo - pad, hi + pad * 2.5)
-        ax2.set_ylabel("GPU temperature (°C)", color="#c62828")
-        ax2.tick_params(axis="y", colors="#c62828")
-    ax.set_title(title, loc="left", fontsize=11)
-    if subtitle:
-        ax.set_title(subtitle, loc="right", fontsize=9, color="#444444")
-    ax.grid(axis="y", alpha=0.3)
-    fig.legend(
-        handles=handles,
-        loc="outside lower center",
-        ncol=min(len(handles), 5),
-        fontsize=8.5,
-        frameon=False,
-    )
-    return _save(fig, path)
 
 
 @dataclass
@@ -234,7 +94,47 @@ def _vwhisker(ax: Any, x: float, ci: tuple[float, float], colour: Any) -> None:
     ax.scatter([x, x], list(ci), marker="_", s=70, color=colour, lw=1.2, zorder=3)
 
 
-def plot_efficiency(points: Sequence[ConfigPoint], path: Path, *, level: str = "95 %") -> Path:
+def spread_text(level: str, *, single_run: bool, mark: str = "large dot") -> str:
+    """What a figure's marks mean: mean, interval and cycles, or one run per config."""
+    if single_run:
+        return f"{mark} = the single run of each config (no spread, no interval)"
+    return (
+        f"{mark} = mean across cycles, whiskers = {level} CI of the geometric mean "
+        "(none below 3 cycles)"
+    )
+
+
+def _efficiency_point(ax: Any, p: ConfigPoint, on_front: bool) -> None:
+    """One config: its cycles, mean, interval whiskers, Pareto ring and number."""
+    assert p.tps is not None and p.jpt is not None
+    colour = _colour(p.number - 1)
+    xs = [x for x, y in p.runs if x is not None and y is not None]
+    ys = [y for x, y in p.runs if x is not None and y is not None]
+    ax.scatter(xs, ys, s=18, color=colour, alpha=0.35, lw=0, zorder=2)
+    ax.plot(
+        [p.tps], [p.jpt], "o", ms=8, color=colour, zorder=3, label=f"#{p.number} {_short(p.label)}"
+    )
+    if p.tps_ci is not None:
+        _hwhisker(ax, p.jpt, p.tps_ci, colour)
+    if p.jpt_ci is not None:
+        _vwhisker(ax, p.tps, p.jpt_ci, colour)
+    if on_front:
+        ax.scatter([p.tps], [p.jpt], s=260, facecolors="none", edgecolors="black", lw=1.6, zorder=4)
+    ax.annotate(
+        f"#{p.number}",
+        (p.tps, p.jpt),
+        xytext=(9, 7),
+        textcoords="offset points",
+        fontsize=9,
+        weight="bold",
+        color=colour,
+        zorder=5,
+    )
+
+
+def plot_efficiency(
+    points: Sequence[ConfigPoint], path: Path, *, level: str = "95 %", single_run: bool = False
+) -> Path:
     """J/output-token vs tokens/s per config (mean, CI bars, cycles), Pareto front marked."""
     plt = require_matplotlib()
     from matplotlib.lines import Line2D
@@ -243,48 +143,11 @@ def plot_efficiency(points: Sequence[ConfigPoint], path: Path, *, level: str = "
     usable = [p for p in points if p.tps is not None and p.jpt is not None]
     front = {usable[i].number for i in pareto_front([(p.tps, p.jpt) for p in usable])}
     for p in usable:
-        assert p.tps is not None and p.jpt is not None
-        colour = _colour(p.number - 1)
-        xs = [x for x, y in p.runs if x is not None and y is not None]
-        ys = [y for x, y in p.runs if x is not None and y is not None]
-        ax.scatter(xs, ys, s=18, color=colour, alpha=0.35, lw=0, zorder=2)
-        ax.plot(
-            [p.tps],
-            [p.jpt],
-            "o",
-            ms=8,
-            color=colour,
-            zorder=3,
-            label=f"#{p.number} {_short(p.label)}",
-        )
-        if p.tps_ci is not None:
-            _hwhisker(ax, p.jpt, p.tps_ci, colour)
-        if p.jpt_ci is not None:
-            _vwhisker(ax, p.tps, p.jpt_ci, colour)
-        if p.number in front:
-            ax.scatter(
-                [p.tps], [p.jpt], s=260, facecolors="none", edgecolors="black", lw=1.6, zorder=4
-            )
-        ax.annotate(
-            f"#{p.number}",
-            (p.tps, p.jpt),
-            xytext=(9, 7),
-            textcoords="offset points",
-            fontsize=9,
-            weight="bold",
-            color=colour,
-            zorder=5,
-        )
+        _efficiency_point(ax, p, p.number in front)
     ordered = sorted((p for p in usable if p.number in front), key=lambda p: p.tps or 0.0)
     if len(ordered) > 1:
-        ax.plot(
-            [p.tps for p in ordered],
-            [p.jpt for p in ordered],
-            color="black",
-            ls="--",
-            lw=1.0,
-            zorder=1,
-        )
+        xs, ys = [p.tps for p in ordered], [p.jpt for p in ordered]
+        ax.plot(xs, ys, color="black", ls="--", lw=1.0, zorder=1)
     handles, _labels = ax.get_legend_handles_labels()
     handles.append(
         Line2D(
@@ -309,14 +172,15 @@ def plot_efficiency(points: Sequence[ConfigPoint], path: Path, *, level: str = "
     ax.set_xlabel("throughput: output tokens / s  (higher is better →)")
     ax.set_ylabel("energy per output token (J)  (← lower is better)")
     ax.set_title(
-        f"Energy vs throughput per config: large dot = mean, whiskers = {level} CI of the "
-        "geometric mean (none below 3 cycles), small dots = cycles",
+        "Energy vs throughput per config: "
+        + spread_text(level, single_run=single_run)
+        + ("" if single_run else ", small dots = cycles"),
         loc="left",
         fontsize=10,
     )
     _pad_limits(ax, usable)
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _pad_limits(ax: Any, points: Sequence[ConfigPoint]) -> None:
@@ -341,50 +205,65 @@ def _pad_limits(ax: Any, points: Sequence[ConfigPoint]) -> None:
         setter(low if floor is None else max(floor, low), hi + span * 0.15)
 
 
-def plot_config_bars(points: Sequence[ConfigPoint], path: Path, *, level: str = "95 %") -> Path:
-    """Per-config bars of J/output-token and tokens/s with CI error bars and cycle dots."""
+def plot_config_bars(
+    points: Sequence[ConfigPoint], path: Path, *, level: str = "95 %", single_run: bool = False
+) -> Path:
+    """Per-config bars of J/output-token and tokens/s with CI whiskers and cycle dots.
+
+    The energy panel is left out when no config has energy (a machine without a sensor).
+    """
     plt = require_matplotlib()
 
     n = len(points)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 1.6 + 0.55 * n), sharey=True, layout="constrained")
-    ys = list(range(n))
-    panels = (
-        (axes[0], "jpt", "energy per output token (J)  — lower is better"),
-        (axes[1], "tps", "throughput (output tokens / s)  — higher is better"),
+    panels = [("tps", "throughput (output tokens / s)  — higher is better")]
+    if any(p.jpt is not None for p in points):
+        panels.insert(0, ("jpt", "energy per output token (J)  — lower is better"))
+    width = 11 if len(panels) == 2 else 7
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(width, 1.6 + 0.55 * n), sharey=True, layout="constrained"
     )
-    for ax, attr, xlabel in panels:
+    axes = list(axes) if len(panels) > 1 else [axes]
+    ys = list(range(n))
+    for ax, (attr, xlabel) in zip(axes, panels, strict=True):
         for y, p in zip(ys, points, strict=True):
-            mean = getattr(p, attr)
-            if mean is None:
-                ax.text(0, y, "  not measured", va="center", fontsize=8.5, color="#777777")
-                continue
-            ci = getattr(p, f"{attr}_ci")
-            ax.barh(y, mean, color=_colour(p.number - 1), alpha=0.75, height=0.6)
-            if ci is not None:
-                _hwhisker(ax, y, ci, "black")
-            idx = 1 if attr == "jpt" else 0
-            values = [r[idx] for r in p.runs if r[idx] is not None]
-            ax.scatter(values, [y] * len(values), s=14, color="black", zorder=3)
-            right = max([mean, *values, *(ci or ())])
-            ax.annotate(
-                f"{mean:.4g}",
-                (right, y),
-                xytext=(6, 0),
-                textcoords="offset points",
-                va="center",
-                fontsize=8.5,
-            )
+            _config_bar(ax, y, p, attr)
         ax.set_xlabel(xlabel)
         ax.grid(axis="x", alpha=0.3)
         ax.margins(x=0.18)
         ax.set_xlim(left=0)
     axes[0].set_yticks(ys, [f"#{p.number} {_short(p.label, 40)}" for p in points])
     axes[0].invert_yaxis()
-    fig.suptitle(
-        f"Per config: bar = mean across cycles, whisker = {level} CI of the geometric mean "
-        "(none below 3 cycles), dots = single cycles",
-        fontsize=10,
-        x=0.01,
-        ha="left",
+    narrow = len(panels) == 1
+    meaning = (
+        "bar = the single run of each config (no spread, no interval)"
+        if single_run
+        else "bar = mean across cycles, dots = single cycles,"
+        + ("\n" if narrow else " ")
+        + f"whisker = {level} CI of the geometric mean (none below 3 cycles)"
     )
-    return _save(fig, path)
+    fig.suptitle(f"Per config: {meaning}", fontsize=10, x=0.01, ha="left")
+    return save_figure(fig, path)
+
+
+def _config_bar(ax: Any, y: int, p: ConfigPoint, attr: str) -> None:
+    mean = getattr(p, attr)
+    if mean is None:
+        ax.text(0, y, "  not measured", va="center", fontsize=8.5, color="#777777")
+        return
+    ci = getattr(p, f"{attr}_ci")
+    ax.barh(y, mean, color=_colour(p.number - 1), alpha=0.75, height=0.6)
+    if ci is not None:
+        _hwhisker(ax, y, ci, "black")
+    idx = 1 if attr == "jpt" else 0
+    values = [r[idx] for r in p.runs if r[idx] is not None]
+    if len(values) > 1:
+        ax.scatter(values, [y] * len(values), s=14, color="black", zorder=3)
+    right = max([mean, *values, *(ci or ())])
+    ax.annotate(
+        f"{mean:.4g}",
+        (right, y),
+        xytext=(6, 0),
+        textcoords="offset points",
+        va="center",
+        fontsize=8.5,
+    )

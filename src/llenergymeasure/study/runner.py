@@ -575,6 +575,8 @@ class StudyRunner:
         config (its hash differs from the entry's), is set aside (its run folder renamed,
         never deleted) and runs again."""
         for entry in self.manifest.runs:
+            if entry.status in ("running", "interrupted") and entry.run_id not in self.results:
+                self._adopt_finished(entry)
             if entry.status != "completed" or entry.run_id in self.results:
                 continue
             path = self.study_dir / (entry.result_path or "")  # absolute when rescued
@@ -601,6 +603,36 @@ class StudyRunner:
             entry.status = "pending"
             entry.result_path = None
             entry.rescued = None
+
+    def _adopt_finished(self, entry: RunEntry) -> None:
+        """A run that was running when llem was killed may have saved its result just before:
+        that finished measurement (written atomically, measured with the entry's config) is
+        kept and recorded as completed instead of being measured again; any other file left in
+        its folder is set aside so the new attempt can save there."""
+        path = self.study_dir / entry.run_id / "result.json"
+        if not path.is_file():
+            return
+        try:
+            result = ExperimentResult.from_json(path)
+        except (OSError, ValueError, ValidationError):
+            result = None
+        if result is not None and result.measurement_config_hash == entry.config_hash:
+            self.results[entry.run_id] = result
+            entry.status = "completed"
+            entry.error = None
+            entry.result_path = os.path.relpath(path, self.study_dir)
+            entry.rescued = None
+            self._note(
+                f"{entry.run_id}: kept the result its interrupted attempt had already saved "
+                f"({path})"
+            )
+            return
+        moved = self._set_aside(entry, path)
+        self._note(
+            f"{entry.run_id}: {path} is not a result of this run's config"
+            + (f"; kept as {moved}" if moved else "")
+            + "; the run will run again"
+        )
 
     def _set_aside(self, entry: RunEntry, path: Path) -> Path | None:
         """Rename the run's folder (or the result file, outside it) out of the way."""
