@@ -55,6 +55,7 @@ from llenergymeasure.harness.assemble import (
     dataset_provenance,
     energy_breakdown,
 )
+from llenergymeasure.harness.environment import window_closed, window_opened
 from llenergymeasure.harness.orchestrator import MeasuredExperiment, energy_backend_for
 from llenergymeasure.harness.settings import MeasurementSettings
 from llenergymeasure.online.run import (
@@ -128,8 +129,11 @@ def online_preflight(config: ExperimentConfig, energy: EnergyBackend | None) -> 
 class _WindowedEnergy:
     """The energy backend with the window's sampler clock times and phase marks around it."""
 
-    def __init__(self, inner: EnergyBackend, sampler: EnergySampler | None) -> None:
+    def __init__(
+        self, inner: EnergyBackend, sampler: EnergySampler | None, environment: Any = None
+    ) -> None:
         self.inner = inner
+        self.environment = environment  # gets the host's CPU conditions around the window
         self.name = inner.name
         self.sampler = sampler
         self.window: tuple[float, float] = (0.0, 0.0)
@@ -144,12 +148,16 @@ class _WindowedEnergy:
     def begin(self) -> None:
         if self.sampler is not None:
             self.sampler.set_phase("measurement")
+        if self.environment is not None:
+            window_opened(self.environment)
         self.inner.begin()
         self._t0 = time.monotonic()
 
     def end(self) -> EnergyMeasurement:
         measurement = self.inner.end()
         self.window = (self._t0, time.monotonic())
+        if self.environment is not None:
+            window_closed(self.environment)
         if self.sampler is not None:
             self.sampler.set_phase("cooldown")
         return measurement
@@ -285,6 +293,7 @@ def online_result(
     breakdown = energy_breakdown(energy, run.baseline, window_s, sampler, window)
     samples = sampler.samples if sampler is not None else []
     w0, w1 = window
+    cpu = environment.cpu_conditions
     warnings = m.measurement_warnings(
         duration_s=duration,
         window_samples=[s for s in samples if w0 <= s.t <= w1],
@@ -293,6 +302,7 @@ def online_result(
         persistence_mode=environment.persistence_mode,
         counter_vs_poll_diff_pct=breakdown.counter_vs_poll_diff_pct,
         thermal_floor_seconds=0.0,
+        host_oversubscribed=bool(cpu and cpu.oversubscribed),
     )
     # no thermal floor in online mode: the server runs its warmup requests right before the load
     warnings = [w for w in warnings if w != "thermal_floor_below_recommended"]
@@ -436,7 +446,7 @@ def measure_online(
         sampler = getattr(energy, "sampler", None)
         if not isinstance(sampler, EnergySampler):
             sampler = None
-        windowed = _WindowedEnergy(energy, sampler)
+        windowed = _WindowedEnergy(energy, sampler, environment)
 
         def measure_baseline() -> BaselineMeasurement | None:
             baseline = None

@@ -38,6 +38,7 @@ from llenergymeasure.engines.data_parallel import ProcessReporter
 from llenergymeasure.exceptions import PreFlightError
 from llenergymeasure.harness.assemble import CollectedRun, assemble_result, trusts_remote_code
 from llenergymeasure.harness.energy_split import host_energy_components
+from llenergymeasure.harness.environment import LoadAverageReader, window_closed, window_opened
 from llenergymeasure.harness.prefill_window import measure_prefill_window, split_from_windows
 from llenergymeasure.harness.settings import MeasurementSettings
 from llenergymeasure.results.models import (
@@ -122,6 +123,8 @@ class ExperimentOrchestrator:
     # Host (CPU/DRAM) energy from RAPL around the window; None: the machine's own powercap
     # tree (/sys/class/powercap), read only when it is readable. Tests inject a fake tree.
     rapl_reader: RaplReader | None = None
+    # the host's load average at the window's start and end (None: os.getloadavg)
+    load_average: LoadAverageReader | None = None
     # Engine reuse (a study's engine group): keep the engine loaded after a run, so the next
     # run with the same engine_load_key skips loading; clear_run_state() before every window.
     keep_engine_loaded: bool = False
@@ -336,6 +339,7 @@ class ExperimentOrchestrator:
         if self.keep_engine_loaded:
             run_state_notes += list(self.engine.clear_run_state())
         say(f"measuring {len(prompts)} prompts")
+        window_opened(environment, self.load_average)
         if sampler is not None:
             sampler.set_phase("measurement")
             sampler.sample_now()
@@ -358,6 +362,7 @@ class ExperimentOrchestrator:
         w1 = self.clock()
         energy = self.energy_backend.end()
         host = self._rapl_end(rapl, rapl_missing)
+        window_closed(environment, self.load_average)
         duration = p1 - p0
         timings.measurement_s = duration
         # read the backend's host figures (Zeus, CodeCarbon) before another window replaces them
