@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _markdown import add_section_options, num, publish
 
 TITLE = "CPU threads and precision (issue 29, CPU)"
-REPRODUCE = "python benchmarks/cpu_threads.py"
+REPRODUCE = "python benchmarks/cpu_threads.py --model both"
 
 #: Window shape per model: prompts, prompt tokens, new tokens (fixed: ignore_eos).
 SHAPES: dict[str, tuple[int, int, int]] = {"tiny": (32, 64, 64), "smollm2": (4, 64, 32)}

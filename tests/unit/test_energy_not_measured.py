@@ -107,7 +107,7 @@ def test_a_cpu_run_with_codecarbon_keeps_its_host_estimates_marked_estimated() -
 def test_the_summary_says_not_measured_and_shows_the_host_estimate_apart() -> None:
     result = _run(_cpu_only_codecarbon())
     text = format_summary(result, None)
-    assert "energy               not measured (codecarbon: GPU energy not measured" in text
+    assert "energy               not measured (codecarbon: CodeCarbon tracked no GPU" in text
     assert "host (CPU/DRAM)      216 J  (estimated, codecarbon)" in text
     assert "energy (raw)" not in text and "energy / out token" not in text
     data = summary_dict(result, None)

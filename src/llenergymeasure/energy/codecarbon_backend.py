@@ -119,9 +119,7 @@ class CodeCarbonEnergyBackend:
                 total_energy_j=None,
                 duration_s=0.0,
                 notes=[*notes, "CodeCarbon returned no emissions data"],
-                not_measured_reason=(
-                    "GPU energy not measured: CodeCarbon returned no emissions data"
-                ),
+                not_measured_reason="CodeCarbon returned no emissions data",
             )
         all_kwh = getattr(data, "energy_consumed", None)
         if all_kwh is not None:
@@ -171,14 +169,14 @@ def _gpu_energy_j(data: Any) -> tuple[float, None] | tuple[None, str]:
     host_kept = "its CPU and RAM estimates are kept in energy.components"
     if gpu_count is not None and gpu_count <= 0:
         return None, (
-            "GPU energy not measured: CodeCarbon tracked no GPU (gpu_count 0), so its zero GPU "
-            f"energy is not a reading; {host_kept}"
+            "CodeCarbon tracked no GPU (gpu_count 0): its zero GPU energy is not a reading; "
+            f"{host_kept}"
         )
     if kwh is None:
-        return None, f"GPU energy not measured: CodeCarbon reported no GPU energy; {host_kept}"
+        return None, f"CodeCarbon reported no GPU energy; {host_kept}"
     if kwh <= 0:
         return None, (
-            "GPU energy not measured: CodeCarbon reported zero GPU energy (GPU not tracked, or "
-            f"a window shorter than its energy counter's update period); {host_kept}"
+            "CodeCarbon reported zero GPU energy (GPU not tracked, or a window shorter than "
+            f"its energy counter's update period): not a reading; {host_kept}"
         )
     return kwh * J_PER_KWH, None
