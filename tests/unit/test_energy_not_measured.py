@@ -28,7 +28,9 @@ def _cpu_only_codecarbon(**fake: object) -> CodeCarbonEnergyBackend:
         "total_kwh": CPU_KWH + RAM_KWH,
         **fake,
     }
-    return CodeCarbonEnergyBackend(tracker_factory=lambda **kw: FakeCodeCarbonTracker(**settings))
+    return CodeCarbonEnergyBackend(
+        tracker_factory=lambda **kw: FakeCodeCarbonTracker(**settings), available=lambda: True
+    )
 
 
 def _run(backend: object) -> ExperimentResult:
