@@ -50,7 +50,9 @@ def format_summary(result: ExperimentResult, path: Path | None) -> str:
             lines.append(f"  counter vs poll      {e.counter_vs_poll_diff_pct:+.2f} %")
         lines += _where_the_joules_go(result)
     else:
-        lines.append(f"  energy               not measured ({e.backend}: no GPU energy sensor)")
+        why = e.not_measured_reason or "no GPU energy sensor"
+        lines.append(f"  energy               not measured ({e.backend}: {why})")
+        lines += _host_estimate(result)
     if result.online is not None:
         lines += online_summary_lines(result)
     if result.carbon.co2_g is not None:
@@ -145,6 +147,17 @@ def _where_the_joules_go(result: ExperimentResult) -> list[str]:
             "above are GPU-only)"
         )
     return lines
+
+
+def _host_estimate(result: ExperimentResult) -> list[str]:
+    """The host's CPU/DRAM figure of a run without a GPU figure (never a headline)."""
+    c = result.energy.components
+    if c is None or c.host_energy_j is None:
+        return []
+    host = [x for x in c.components if x.component != "gpu" and x.energy_j is not None]
+    kind = "estimated" if any(x.estimated for x in host) else "measured"
+    methods = ", ".join(dict.fromkeys(x.method for x in host))
+    return [f"  host (CPU/DRAM)      {_fmt(c.host_energy_j, 'J', 5)}  ({kind}, {methods})"]
 
 
 def _ms(value: float | None) -> str:

@@ -69,8 +69,9 @@ class EnergyMeasurement(BaseModel):
     """What an energy backend measured between ``begin()`` and ``end()``.
 
     ``total_energy_j`` sums the devices (``None`` when energy was not measured for every
-    device). ``counter_vs_poll_diff_pct`` = (poll - counter) / counter x 100 over the
-    devices that have both.
+    device; ``not_measured_reason`` then says why). ``counter_vs_poll_diff_pct`` = (poll -
+    counter) / counter x 100 over the devices that have both. A backend never reports 0 J for
+    a device it cannot see: that is "not measured", not a measurement of zero.
     """
 
     model_config = {"extra": "forbid"}
@@ -86,6 +87,7 @@ class EnergyMeasurement(BaseModel):
     counter_vs_poll_diff_pct: float | None = None
     poll_power_source: str | None = None
     notes: list[str] = Field(default_factory=list)
+    not_measured_reason: str | None = None
 
 
 @runtime_checkable

@@ -5,6 +5,11 @@ Written against codecarbon 2.3 - 3.x: ``OfflineEmissionsTracker(country_iso_code
 ``EmissionsData`` with ``duration`` in s and ``gpu_energy`` / ``energy_consumed`` in kWh).
 The offline tracker makes no network calls. llem reports the GPU energy only (comparable with
 the other backends); CodeCarbon's CPU+GPU+RAM total is kept in the notes.
+
+CodeCarbon reports ``gpu_energy`` 0 for GPUs it does not track (a CPU-only machine: its
+``EmissionsData.gpu_count`` is 0). That zero is not a measurement: the window's GPU energy is
+then "not measured" (``total_energy_j`` None, with the reason), and CodeCarbon's CPU and RAM
+estimates still reach ``energy.components`` (``last_emissions_data``), marked estimated.
 """
 
 from __future__ import annotations
@@ -114,22 +119,64 @@ class CodeCarbonEnergyBackend:
                 total_energy_j=None,
                 duration_s=0.0,
                 notes=[*notes, "CodeCarbon returned no emissions data"],
+                not_measured_reason="CodeCarbon returned no emissions data",
             )
-        gpu_kwh = getattr(data, "gpu_energy", None)
         all_kwh = getattr(data, "energy_consumed", None)
-        total = float(gpu_kwh) * J_PER_KWH if gpu_kwh is not None else None
         if all_kwh is not None:
             notes.append(
                 f"CodeCarbon energy_consumed (CPU+GPU+RAM): {float(all_kwh) * J_PER_KWH:.3f} J"
             )
-        if total == 0.0:
-            notes.append("CodeCarbon reported zero GPU energy: did it detect the GPU?")
+        total, missing = _gpu_energy_j(data)
+        duration = float(getattr(data, "duration", 0.0) or 0.0)
+        if missing is not None:
+            return EnergyMeasurement(
+                backend=self.name,
+                backend_version=self.version(),
+                available=False,
+                method="unavailable",
+                total_energy_j=None,
+                duration_s=duration,
+                notes=[*notes, missing],
+                not_measured_reason=missing,
+            )
         return EnergyMeasurement(
             backend=self.name,
             backend_version=self.version(),
-            available=total is not None,
-            method="codecarbon" if total is not None else "unavailable",
+            available=True,
+            method="codecarbon",
             total_energy_j=total,
-            duration_s=float(getattr(data, "duration", 0.0) or 0.0),
+            duration_s=duration,
             notes=notes,
         )
+
+
+def _number(value: Any) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _gpu_energy_j(data: Any) -> tuple[float, None] | tuple[None, str]:
+    """CodeCarbon's GPU energy in J, or why it is not a measurement.
+
+    Not a measurement: no ``gpu_energy``; ``gpu_count`` 0 (CodeCarbon tracked no GPU); or
+    exactly 0 kWh (a GPU that ran for the window uses energy: a zero is CodeCarbon not
+    tracking it, or a window shorter than the energy counter's update period).
+    """
+    kwh = _number(getattr(data, "gpu_energy", None))
+    gpu_count = _number(getattr(data, "gpu_count", None))
+    host_kept = "its CPU and RAM estimates are kept in energy.components"
+    if gpu_count is not None and gpu_count <= 0:
+        return None, (
+            "CodeCarbon tracked no GPU (gpu_count 0): its zero GPU energy is not a reading; "
+            f"{host_kept}"
+        )
+    if kwh is None:
+        return None, f"CodeCarbon reported no GPU energy; {host_kept}"
+    if kwh <= 0:
+        return None, (
+            "CodeCarbon reported zero GPU energy (GPU not tracked, or a window shorter than "
+            f"its energy counter's update period): not a reading; {host_kept}"
+        )
+    return kwh * J_PER_KWH, None

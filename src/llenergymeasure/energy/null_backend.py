@@ -45,4 +45,5 @@ class NullEnergyBackend:
             total_energy_j=None,
             duration_s=duration,
             notes=[NULL_BACKEND_NOTE],
+            not_measured_reason=NULL_BACKEND_NOTE,
         )

@@ -80,7 +80,8 @@ class MeasurementWindow:
     synchronised at both edges (None: the work runs elsewhere, e.g. an online server).
     ``reset_peak_memory``: reset the device's peak-memory counter before opening. ``host``: a
     RAPL reader read just outside the window (None: host counters not read). ``clock``: the
-    sampler's clock.
+    sampler's clock. ``before_open`` / ``after_close``: called first in ``open`` and last in
+    ``close``, outside the energy edges (the harness reads the host's load there).
     """
 
     def __init__(
@@ -93,8 +94,12 @@ class MeasurementWindow:
         reset_peak_memory: bool = False,
         host: RaplReader | None = None,
         clock: Callable[[], float] = time.monotonic,
+        before_open: Callable[[], None] | None = None,
+        after_close: Callable[[], None] | None = None,
     ) -> None:
         self.energy_backend = energy_backend
+        self.before_open = before_open
+        self.after_close = after_close
         self.phase = phase
         self.sampler = sampler
         self.device = device
@@ -119,6 +124,8 @@ class MeasurementWindow:
         """Label, sample, reset the peak counter, read RAPL, sync, ``begin()``, start clocks."""
         if self._open or self._reading is not None:
             raise RuntimeError("a MeasurementWindow opens once")
+        if self.before_open is not None:
+            self.before_open()
         if self.sampler is not None:
             self.sampler.set_phase(self.phase)
             self.sampler.sample_now()
@@ -148,6 +155,8 @@ class MeasurementWindow:
         self._reading = WindowReading(
             energy=energy, duration_s=p1 - self._p0, span=(self._t0, t1), host=host
         )
+        if self.after_close is not None:
+            self.after_close()
 
     def abort(self) -> None:
         """Close an open window after a failure inside it, ignoring errors (nothing recorded)."""

@@ -108,6 +108,7 @@ def assemble_result(run: CollectedRun, settings: MeasurementSettings) -> Experim
     if attribution is not None:
         requests = with_request_energy(requests, attribution)
         attribution = attribution.model_copy(update={"requests": []})
+    cpu = run.environment.cpu_conditions
     warnings = m.measurement_warnings(
         duration_s=duration,
         window_samples=[s for s in samples if w0 <= s.t <= w1],
@@ -117,6 +118,7 @@ def assemble_result(run: CollectedRun, settings: MeasurementSettings) -> Experim
         counter_vs_poll_diff_pct=breakdown.counter_vs_poll_diff_pct,
         thermal_floor_seconds=config.warmup.thermal_floor_seconds,
         trust_remote_code=trusts_remote_code(config),
+        host_oversubscribed=bool(cpu and cpu.oversubscribed),
     )
     return ExperimentResult(
         llem_version=__version__,
@@ -206,8 +208,18 @@ def energy_breakdown(
         baseline_power_w=baseline_power,
         baseline_energy_j=baseline_j,
         adjusted_j=adjusted,
+        not_measured_reason=None if total is not None else _not_measured_reason(energy),
         notes=notes,
     )
+
+
+def _not_measured_reason(energy: EnergyMeasurement) -> str:
+    """Why the window has no energy figure: the backend's reason, else its last note."""
+    if energy.not_measured_reason:
+        return energy.not_measured_reason
+    if energy.notes:
+        return energy.notes[-1]
+    return f"energy backend '{energy.backend}' returned no energy figure"
 
 
 def _poll_energy_j(

@@ -182,9 +182,13 @@ def measurement_warnings(
     thermal_floor_seconds: float,
     throttled: bool = False,
     trust_remote_code: bool = False,
+    host_oversubscribed: bool = False,
 ) -> list[str]:
     """Warning flags for one measurement: conditions that make its numbers less trustworthy,
-    and ``trust_remote_code`` when code from the model repository ran."""
+    and ``trust_remote_code`` when code from the model repository ran.
+
+    ``host_oversubscribed``: a CPU run's host had more runnable work than CPUs, or the run
+    more compute threads than usable CPUs (``harness.environment.oversubscription``)."""
     warnings: list[str] = []
     if trust_remote_code:
         warnings.append("trust_remote_code")
@@ -211,4 +215,6 @@ def measurement_warnings(
             warnings.append("energy_counter_poll_disagreement")
     if thermal_floor_seconds < THERMAL_FLOOR_RECOMMENDED_S:
         warnings.append("thermal_floor_below_recommended")
+    if host_oversubscribed:
+        warnings.append("host_oversubscribed")
     return warnings

@@ -58,6 +58,7 @@ from llenergymeasure.harness.assemble import (
     dataset_provenance,
     energy_breakdown,
 )
+from llenergymeasure.harness.environment import window_closed, window_opened
 from llenergymeasure.harness.orchestrator import MeasuredExperiment, energy_backend_for
 from llenergymeasure.harness.settings import MeasurementSettings
 from llenergymeasure.online.run import (
@@ -258,6 +259,7 @@ def online_result(
     breakdown = energy_breakdown(energy, run.baseline, window_s, sampler, window)
     samples = sampler.samples if sampler is not None else []
     w0, w1 = window
+    cpu = environment.cpu_conditions
     warnings = m.measurement_warnings(
         duration_s=duration,
         window_samples=[s for s in samples if w0 <= s.t <= w1],
@@ -266,6 +268,7 @@ def online_result(
         persistence_mode=environment.persistence_mode,
         counter_vs_poll_diff_pct=breakdown.counter_vs_poll_diff_pct,
         thermal_floor_seconds=0.0,
+        host_oversubscribed=bool(cpu and cpu.oversubscribed),
     )
     # no thermal floor in online mode: the server runs its warmup requests right before the load
     warnings = [w for w in warnings if w != "thermal_floor_below_recommended"]
@@ -408,7 +411,12 @@ def measure_online(
         if not isinstance(sampler, EnergySampler):
             sampler = None
         # no device to synchronise: the server runs the work in its own processes
-        window = MeasurementWindow(energy, sampler=sampler)
+        window = MeasurementWindow(
+            energy,
+            sampler=sampler,
+            before_open=lambda: window_opened(environment),
+            after_close=lambda: window_closed(environment),
+        )
 
         def measure_baseline() -> BaselineMeasurement | None:
             baseline = None

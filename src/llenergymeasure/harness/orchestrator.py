@@ -46,6 +46,7 @@ from llenergymeasure.exceptions import PreFlightError
 from llenergymeasure.files import SavedFiles
 from llenergymeasure.harness.assemble import CollectedRun, assemble_result, trusts_remote_code
 from llenergymeasure.harness.energy_split import host_energy_components
+from llenergymeasure.harness.environment import LoadAverageReader, window_closed, window_opened
 from llenergymeasure.harness.prefill_window import measure_prefill_window, split_from_windows
 from llenergymeasure.harness.settings import MeasurementSettings
 from llenergymeasure.results.models import (
@@ -131,6 +132,8 @@ class ExperimentOrchestrator:
     # Host (CPU/DRAM) energy from RAPL around the window; None: the machine's own powercap
     # tree (/sys/class/powercap), read only when it is readable. Tests inject a fake tree.
     rapl_reader: RaplReader | None = None
+    # the host's load average at the window's start and end (None: os.getloadavg)
+    load_average: LoadAverageReader | None = None
     # Engine reuse (a study's engine group): keep the engine loaded after a run, so the next
     # run with the same engine_load_key skips loading; clear_run_state() before every window.
     keep_engine_loaded: bool = False
@@ -303,7 +306,7 @@ class ExperimentOrchestrator:
 
         if self.keep_engine_loaded:
             run_state_notes += list(self.engine.clear_run_state())
-        records, window = self._measurement_window(config, prompts, sampler)
+        records, window = self._measurement_window(config, prompts, sampler, environment)
         timings.measurement_s = window.duration_s
         # read the backend's host figures (Zeus, CodeCarbon) before another window replaces them
         components = host_energy_components(window.energy, window.host, self.energy_backend)
@@ -421,7 +424,11 @@ class ExperimentOrchestrator:
         timings.thermal_floor_s = time.perf_counter() - t
 
     def _measurement_window(
-        self, config: ExperimentConfig, prompts: Sequence[Any], sampler: EnergySampler | None
+        self,
+        config: ExperimentConfig,
+        prompts: Sequence[Any],
+        sampler: EnergySampler | None,
+        environment: Any,
     ) -> tuple[list[RequestRecord], WindowReading]:
         """The measurement window over every prompt: prepared before it opens, the engine's
         ``execute`` alone inside it, the records built after it closes."""
@@ -441,6 +448,9 @@ class ExperimentOrchestrator:
             # the machine's own powercap tree unless a reader was injected (tests)
             host=self.rapl_reader if self.rapl_reader is not None else RaplReader(),
             clock=self.clock,
+            # the host's CPU conditions (load, threads) read just outside the edges
+            before_open=lambda: window_opened(environment, self.load_average),
+            after_close=lambda: window_closed(environment, self.load_average),
         )
         with window:
             raw = self.engine.execute(prepared, on_batch=on_batch)

@@ -162,6 +162,13 @@ class EnergyBreakdown(BaseModel):
     adjusted_j: float | None = Field(
         None, description="total_j - baseline_energy_j, J: energy attributable to the workload."
     )
+    not_measured_reason: str | None = Field(
+        None,
+        description=(
+            "Why total_j is None (no GPU energy backend, or the backend saw no GPU); None when "
+            "energy was measured."
+        ),
+    )
     notes: list[str] = Field(default_factory=list, description="Caveats from the energy backend.")
     # gpu / cpu / dram, each with its method, and total_with_host_j; every figure above is
     # GPU-only (None: not collected, e.g. results written before it existed)
@@ -291,6 +298,66 @@ class RequestResult(BaseModel):
     decode_energy_j: float | None = Field(None, description="Its decode share, J.")
 
 
+class CpuConditions(BaseModel):
+    """The host's CPU side of the measurement window: threads, their settings, load, governor.
+
+    Read when the window opens (the load average again when it closes), so that a CPU run
+    records what its figures depend on. ``oversubscribed`` lists why the run got the
+    ``host_oversubscribed`` warning (empty: it did not; see the methodology page).
+    """
+
+    model_config = _FORBID
+
+    usable_cpus: int | None = Field(
+        description="Logical CPUs this process may run on (os.sched_getaffinity)."
+    )
+    host_cpus: int | None = Field(description="Logical CPUs of the host (os.cpu_count).")
+    cgroup_cpu_limit: float | None = Field(
+        None,
+        description=(
+            "CPU quota of the process's cgroup v2 (cpu.max quota / period), in CPUs; None = no "
+            "quota or not readable."
+        ),
+    )
+    torch_num_threads: int | None = Field(
+        None,
+        description=(
+            "torch.get_num_threads() at the window's start (intra-op threads); None = torch was "
+            "not loaded by this run."
+        ),
+    )
+    torch_num_interop_threads: int | None = Field(
+        None,
+        description="torch.get_num_interop_threads() at the window's start; None = no torch.",
+    )
+    thread_env: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "Thread settings in the environment, as set: OMP_*, MKL_*, KMP_*, OPENBLAS_* "
+            "variables (absent = not set)."
+        ),
+    )
+    cpu_governor: str = Field(
+        "unknown",
+        description=(
+            "CPU frequency governor of the usable CPUs (cpufreq scaling_governor; several "
+            "comma-separated when they differ; unknown where the kernel does not expose it)."
+        ),
+    )
+    load_average_start: list[float] | None = Field(
+        None,
+        description="Host load average (1, 5, 15 min) when the window opened; None = unknown.",
+    )
+    load_average_end: list[float] | None = Field(
+        None,
+        description="Host load average (1, 5, 15 min) when the window closed; None = unknown.",
+    )
+    oversubscribed: list[str] = Field(
+        default_factory=list,
+        description="Why the run carries host_oversubscribed (empty: it does not).",
+    )
+
+
 class EnvironmentSnapshot(BaseModel):
     """Machine and software the experiment ran on."""
 
@@ -323,6 +390,13 @@ class EnvironmentSnapshot(BaseModel):
     hostname: str | None = Field(None, description="Host name.")
     cuda_visible_devices: str | None = Field(
         None, description="CUDA_VISIBLE_DEVICES as the run saw it."
+    )
+    cpu_conditions: CpuConditions | None = Field(
+        None,
+        description=(
+            "Threads, thread settings, host load and CPU governor around the measurement window; "
+            "None = not recorded."
+        ),
     )
 
 

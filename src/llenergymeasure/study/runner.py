@@ -575,7 +575,11 @@ class StudyRunner:
         config (its hash differs from the entry's), is set aside (its run folder renamed,
         never deleted) and runs again."""
         for entry in self.manifest.runs:
-            if entry.status in ("running", "interrupted") and entry.run_id not in self.results:
+            if (
+                entry.status in ("running", "interrupted")
+                and entry.run_id not in self.results
+                and not entry.slurm_jobs  # SLURM runs are reconciled from their jobs' states
+            ):
                 self._adopt_finished(entry)
             if entry.status != "completed" or entry.run_id in self.results:
                 continue

@@ -364,13 +364,18 @@ class FakeZeusMonitor:
 
 @dataclass
 class FakeEmissionsData:
-    """The ``EmissionsData`` fields the adapter reads (energies in kWh)."""
+    """The ``EmissionsData`` fields the adapter reads (energies in kWh).
+
+    ``gpu_count``: GPUs CodeCarbon tracked (0 on a machine where it sees none; it then
+    reports ``gpu_energy`` 0).
+    """
 
     duration: float
     gpu_energy: float
     energy_consumed: float
     cpu_energy: float = 0.0
     ram_energy: float = 0.0
+    gpu_count: int = 1
 
 
 class FakeCodeCarbonTracker:
@@ -382,11 +387,19 @@ class FakeCodeCarbonTracker:
         gpu_kwh: float = 0.001,
         total_kwh: float = 0.0015,
         duration_s: float = 3.0,
+        gpu_count: int = 1,
+        cpu_kwh: float = 0.0,
+        ram_kwh: float = 0.0,
         **kwargs: Any,
     ) -> None:
         self.kwargs = kwargs
         self._data = FakeEmissionsData(
-            duration=duration_s, gpu_energy=gpu_kwh, energy_consumed=total_kwh
+            duration=duration_s,
+            gpu_energy=gpu_kwh,
+            energy_consumed=total_kwh,
+            cpu_energy=cpu_kwh,
+            ram_energy=ram_kwh,
+            gpu_count=gpu_count,
         )
         self.final_emissions_data: FakeEmissionsData | None = None
         self.started = False
