@@ -132,6 +132,9 @@ def test_the_environment_diff_comes_first_and_flags_what_differs(tmp_path: Path)
     assert flagged == {"driver", "measurement"}
     assert re.search(r"^    GPU\s+A: NVIDIA H200 x1\s+B: NVIDIA H200 x1$", out, re.MULTILINE)
     assert "thermal_throttling (3/3)" in out
+    # the engine's versions are labelled: torch and transformers, not a bare number
+    engine_line = next(line for line in out.splitlines() if line.split()[:1] == ["engine"])
+    assert "pytorch (" in engine_line and "transformers " in engine_line, engine_line
 
 
 # --- matching ---------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 
 from llenergymeasure.compare.inputs import Run
 from llenergymeasure.compare.models import EnvironmentRow
+from llenergymeasure.report.versions import engine_text
 
 CLOCK_TOLERANCE = 0.02
 TEMPERATURE_TOLERANCE_C = 5.0
@@ -52,7 +53,7 @@ _CATEGORICAL: tuple[tuple[str, Callable[[Run], str]], ...] = (
     ("CPU", lambda r: r.result.environment.cpu_model or "n/a"),
     (
         "engine",
-        lambda r: f"{r.result.environment.engine} {r.result.environment.engine_version or ''}",
+        lambda r: engine_text(r.result.environment),
     ),
     ("libraries", _libraries),
     ("llem", lambda r: r.result.llem_version),
