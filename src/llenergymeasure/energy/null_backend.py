@@ -9,7 +9,7 @@ from llenergymeasure.energy.base import EnergyMeasurement
 
 __all__ = ["NULL_BACKEND_NOTE", "NullEnergyBackend"]
 
-NULL_BACKEND_NOTE = "no GPU energy backend: energy not measured (CPU run)"
+NULL_BACKEND_NOTE = "no GPU energy sensor in use"
 
 
 class NullEnergyBackend:
