@@ -2,7 +2,7 @@
 
 Floors, lowest first::
 
-    0  exceptions, _version, redaction (what is secret), files (the one write path), hub
+    0  exceptions, _version, redaction (what is secret), files (the one write path), hub, install (hints)
     1  config, datasets
     2  energy, engines, results
     3  harness, online (a server under load: measured like harness measures an engine)
@@ -33,6 +33,7 @@ FLOORS: dict[str, int] = {
     "redaction": 0,
     "files": 0,
     "hub": 0,
+    "install": 0,
     "config": 1,
     "datasets": 1,
     "energy": 2,

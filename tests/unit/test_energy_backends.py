@@ -637,7 +637,7 @@ def test_explicit_nvml_without_gpu_names_the_problem() -> None:
 def test_explicit_zeus_not_installed_names_the_install_command() -> None:
     with pytest.raises(BackendError, match="'zeus'") as info:
         select_energy_backend("zeus", probes=_probes(zeus=False, codecarbon=True, gpu=True))
-    assert 'pip install "llenergymeasure[zeus]"' in str(info.value)
+    assert 'pip install -e ".[zeus]"' in str(info.value)
 
 
 def test_explicit_zeus_without_gpu_names_the_problem() -> None:
@@ -648,7 +648,7 @@ def test_explicit_zeus_without_gpu_names_the_problem() -> None:
 def test_explicit_codecarbon_not_installed_names_the_install_command() -> None:
     with pytest.raises(BackendError, match="'codecarbon'") as info:
         select_energy_backend("codecarbon", probes=_probes(zeus=True, codecarbon=False, gpu=True))
-    assert 'pip install "llenergymeasure[codecarbon]"' in str(info.value)
+    assert 'pip install -e ".[codecarbon]"' in str(info.value)
 
 
 def test_unknown_choice_is_a_config_error_listing_valid_values() -> None:

@@ -137,7 +137,7 @@ def test_factory_reports_an_uninstalled_engine_with_its_install_hint():
     )
     with register_engine(missing), pytest.raises(BackendError) as excinfo:
         create_engine("absent")
-    assert "llenergymeasure[absent]" in str(excinfo.value.hint)
+    assert str(excinfo.value.hint).endswith("[absent]\"") and "pip install -e" in str(excinfo.value.hint)
 
 
 def test_registered_engine_is_listed_in_run_help(dummy_engine):
@@ -149,7 +149,7 @@ def test_registered_engine_is_listed_in_run_help(dummy_engine):
 def test_registered_engine_is_listed_in_llem_config(dummy_engine):
     result = runner.invoke(app, ["config"])
     assert result.exit_code == 0
-    assert 'dummy     not installed  (pip install "llenergymeasure[dummy]")' in result.output
+    assert 'dummy     not installed  (pip install -e ".[dummy]")' in result.output
 
 
 def test_registered_engine_in_a_cli_run_with_a_bad_precision_exits_2(dummy_engine):

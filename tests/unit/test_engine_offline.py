@@ -114,7 +114,7 @@ def test_not_installed_engine_fails_preflight_with_its_install_hint():
         config = ExperimentConfig.model_validate(CONFIG_DATA)
         engine = ToyEngine()
         assert engine.preflight(config) == [
-            'toy engine is not installed: pip install "llenergymeasure[toy]"'
+            'toy engine is not installed: pip install -e ".[toy]"'
         ]
         with pytest.raises(BackendError, match="cannot run this config"):
             engine.load(config)

@@ -81,7 +81,7 @@ def test_importing_the_engine_module_imports_neither_tensorrt_llm_nor_torch() ->
 
 def test_missing_tensorrt_llm_is_a_preflight_problem_with_the_install_command() -> None:
     assert TensorRTBackend().preflight(cfg()) == [
-        'tensorrt engine is not installed: pip install "llenergymeasure[tensorrt]"'
+        'tensorrt engine is not installed: pip install -e ".[tensorrt]"'
     ]
 
 

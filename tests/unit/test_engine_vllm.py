@@ -78,11 +78,11 @@ def test_importing_the_engine_module_imports_neither_vllm_nor_torch() -> None:
 
 def test_missing_vllm_is_a_preflight_problem_with_the_install_command() -> None:
     assert VLLMBackend().preflight(cfg()) == [
-        'vllm engine is not installed: pip install "llenergymeasure[vllm]"'
+        'vllm engine is not installed: pip install -e ".[vllm]"'
     ]
     with pytest.raises(BackendError) as err:
         create_engine("vllm")
-    assert 'pip install "llenergymeasure[vllm]"' in str(err.value)
+    assert 'pip install -e ".[vllm]"' in str(err.value)
 
 
 def test_factory_returns_the_vllm_engine_when_installed(fake_vllm: ModuleType) -> None:

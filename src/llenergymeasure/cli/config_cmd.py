@@ -13,6 +13,7 @@ import typer
 from llenergymeasure.config.catalogue import engine_names, engine_spec
 from llenergymeasure.config.installed import engine_version
 from llenergymeasure.config.user_config import effective_settings, user_config_path
+from llenergymeasure.install import extra_install_hint
 
 
 def _gpus() -> tuple[list[str], str | None]:
@@ -121,7 +122,7 @@ def show_config(*, verbose: bool, as_json: bool = False) -> int:
 
     echo("\nNext steps")
     if not engines["pytorch"]:
-        echo('  - install the PyTorch engine: pip install "llenergymeasure[pytorch]"')
+        echo(f"  - install the PyTorch engine: {extra_install_hint('pytorch')}")
     if not gpus:
         echo("  - no GPU: energy will be labelled unavailable; use a machine with an NVIDIA GPU")
     if settings["measurement.carbon_intensity_gco2_kwh"].value is None:

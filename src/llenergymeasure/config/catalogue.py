@@ -41,7 +41,7 @@ class EngineSpec:
     - ``engine_class``: ``"package.module:ClassName"``, imported only when the engine is built.
     - ``import_module`` / ``distribution``: the module whose presence means "installed", and the
       distribution whose metadata gives its version.
-    - ``extra``: the ``llenergymeasure[<extra>]`` that installs it.
+    - ``extra``: the extra of the checkout that installs it.
     - ``config_section``: the ``ExperimentConfig`` attribute holding its settings (None: none).
     - ``isolated``: cannot share a process/environment with another isolated engine (separate
       CUDA runtimes and pinned torch versions).
@@ -72,7 +72,9 @@ class EngineSpec:
     @property
     def install_hint(self) -> str:
         """The pip command that installs this engine."""
-        return f'pip install "llenergymeasure[{self.extra}]"'
+        from llenergymeasure.install import extra_install_hint
+
+        return extra_install_hint(self.extra)
 
 
 _BUILTIN_ENGINES: tuple[EngineSpec, ...] = (

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 from llenergymeasure.exceptions import ConfigError
 from llenergymeasure.hub import datasets_offline, probe_hub
+from llenergymeasure.install import extra_install_hint
 
 __all__ = ["HF", "HF_INSTALL_HINT", "HFDatasetScan", "HFSpec", "read_hf_dataset"]
 
@@ -33,7 +34,7 @@ HF = "hf"
 """The ``kind`` of an HF dataset in provenance records."""
 
 HF_INSTALL_HINT = (
-    'install the datasets extra from the llenergymeasure checkout: pip install -e ".[datasets]"'
+    f'install the datasets extra: {extra_install_hint("datasets")}'
 )
 
 PROMPT_COLUMNS: tuple[str, ...] = ("text", "prompt")

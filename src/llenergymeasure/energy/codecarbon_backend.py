@@ -20,10 +20,11 @@ from typing import Any
 
 from llenergymeasure.energy.base import EnergyMeasurement, distribution_version
 from llenergymeasure.exceptions import BackendError
+from llenergymeasure.install import extra_install_hint
 
 __all__ = ["CodeCarbonEnergyBackend", "codecarbon_importable"]
 
-CODECARBON_INSTALL_HINT = 'pip install "llenergymeasure[codecarbon]"'
+CODECARBON_INSTALL_HINT = extra_install_hint("codecarbon")
 J_PER_KWH = 3.6e6
 
 

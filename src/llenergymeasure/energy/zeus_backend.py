@@ -16,10 +16,11 @@ from typing import Any
 from llenergymeasure.energy.base import DeviceEnergy, EnergyMeasurement, distribution_version
 from llenergymeasure.energy.devices import nvml_available
 from llenergymeasure.exceptions import BackendError
+from llenergymeasure.install import extra_install_hint
 
 __all__ = ["ZeusEnergyBackend", "zeus_importable"]
 
-ZEUS_INSTALL_HINT = 'pip install "llenergymeasure[zeus]"'
+ZEUS_INSTALL_HINT = extra_install_hint("zeus")
 
 
 def zeus_importable() -> bool:

@@ -72,6 +72,7 @@ from llenergymeasure.engines.base import (
     prompt_limits,
 )
 from llenergymeasure.exceptions import BackendError, ConfigError
+from llenergymeasure.install import extra_install_hint
 
 if TYPE_CHECKING:
     from llenergymeasure.config.models import ExperimentConfig
@@ -383,7 +384,7 @@ class PyTorchBackend(InferenceBackend):
         missing = [m for m in ("torch", "transformers") if importlib.util.find_spec(m) is None]
         if missing:
             problems.append(
-                f'pytorch engine needs {", ".join(missing)}: pip install "llenergymeasure[pytorch]"'
+                f'pytorch engine needs {", ".join(missing)}: {extra_install_hint("pytorch")}'
             )
             return problems
 

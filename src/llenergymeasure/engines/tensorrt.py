@@ -81,6 +81,7 @@ from llenergymeasure.engines.base import (
 )
 from llenergymeasure.engines.offline import OfflineLLMEngine
 from llenergymeasure.exceptions import BackendError, ConfigError
+from llenergymeasure.install import extra_install_hint
 
 if TYPE_CHECKING:
     from llenergymeasure.config.models import ExperimentConfig
@@ -100,7 +101,7 @@ __all__ = [
     "version_problem",
 ]
 
-INSTALL_HINT = 'pip install "llenergymeasure[tensorrt]"'
+INSTALL_HINT = extra_install_hint("tensorrt")
 MARKER_FILE = ".llem-engine-complete"
 #: The TensorRT-LLM release series this engine is written and tested (against a fake) for.
 SUPPORTED_SERIES = (1, 2)

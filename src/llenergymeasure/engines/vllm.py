@@ -79,6 +79,7 @@ from llenergymeasure.engines.base import (
 )
 from llenergymeasure.engines.offline import OfflineLLMEngine, RequestTiming
 from llenergymeasure.exceptions import BackendError
+from llenergymeasure.install import extra_install_hint
 
 if TYPE_CHECKING:
     from llenergymeasure.config.models import ExperimentConfig
@@ -96,7 +97,7 @@ __all__ = [
     "request_timings",
 ]
 
-INSTALL_HINT = 'pip install "llenergymeasure[vllm]"'
+INSTALL_HINT = extra_install_hint("vllm")
 DEFAULT_NUM_BEAMS = 4
 DEFAULT_NUM_SPECULATIVE_TOKENS = 5
 LORA_NAME = "llem-adapter"

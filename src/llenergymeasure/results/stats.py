@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from llenergymeasure.exceptions import ConfigError
+from llenergymeasure.install import extra_install_hint
 from llenergymeasure.results.models import (
     HEADLINE_METRICS,
     ConfigStatistics,
@@ -52,7 +53,7 @@ MAX_PLANNED_CYCLES = 10_000
 
 #: Installing the statistics (and figures) from a checkout of this repository. The
 #: distribution name on PyPI belongs to another project, so never ``pip install <name>[...]``.
-STATS_INSTALL_HINT = 'pip install -e ".[report]"  (from the llenergymeasure checkout)'
+STATS_INSTALL_HINT = extra_install_hint("report")
 
 # Short names of the headline metrics, with units (tables and plots).
 METRIC_LABELS: dict[str, str] = {
