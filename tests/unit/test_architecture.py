@@ -2,7 +2,8 @@
 
 Floors, lowest first::
 
-    0  exceptions, _version, redaction (what is secret), files (the one write path), hub, install (hints)
+    0  exceptions, _version, redaction (what is secret), files (the one write path), hub,
+       install (hints)
     1  config, datasets
     2  energy, engines, results
     3  harness, online (a server under load: measured like harness measures an engine)

@@ -137,7 +137,8 @@ def test_factory_reports_an_uninstalled_engine_with_its_install_hint():
     )
     with register_engine(missing), pytest.raises(BackendError) as excinfo:
         create_engine("absent")
-    assert str(excinfo.value.hint).endswith("[absent]\"") and "pip install -e" in str(excinfo.value.hint)
+    hint = str(excinfo.value.hint)
+    assert hint.startswith("pip install -e") and hint.endswith('[absent]"')
 
 
 def test_registered_engine_is_listed_in_run_help(dummy_engine):
