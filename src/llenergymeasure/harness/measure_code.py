@@ -219,12 +219,20 @@ def open_visible_gpus() -> GpuSensor | None:
     return NvmlSensor() if nvml_available() else None
 
 
+def runs_energy_backend(settings: MeasurementSettings, sensor: GpuSensor | None) -> EnergyBackend:
+    """The energy backend a run would use: ``harness.orchestrator.energy_backend_for``."""
+    from llenergymeasure.harness.orchestrator import energy_backend_for
+
+    return energy_backend_for(settings, sensor)
+
+
 @dataclass(frozen=True)
 class Machine:
     """What a ``measure()`` block reads of the machine; tests inject fakes.
 
     ``open_sensor``: opens the sensor over every visible GPU, position = CUDA ordinal (None:
-    no GPU); the block closes it. ``settings``: the machine-level settings (None: the user's
+    no GPU); the block closes it. ``choose_backend``: the energy backend over the sensor, as
+    runs choose it. ``settings``: the machine-level settings (None: the user's
     effective settings at the block's start). ``rapl``: the host's RAPL reader (None: the
     machine's powercap tree). ``device``: synchronised at the window's edges (None: torch's
     CUDA devices, where torch already initialised CUDA). ``clock``: the sampler's clock;
@@ -233,6 +241,9 @@ class Machine:
     """
 
     open_sensor: Callable[[], GpuSensor | None] = open_visible_gpus
+    choose_backend: Callable[[MeasurementSettings, GpuSensor | None], EnergyBackend] = (
+        runs_energy_backend
+    )
     settings: MeasurementSettings | None = None
     rapl: RaplReader | None = None
     device: WindowDevice | None = None
@@ -546,9 +557,7 @@ class MeasuredBlock:
         self, settings: MeasurementSettings, sensor: GpuSensor | None, gpus: list[int]
     ) -> EnergyBackend:
         """The backend a run would use on this machine, limited to ``gpus`` when given."""
-        from llenergymeasure.harness.orchestrator import energy_backend_for
-
-        energy = energy_backend_for(settings, sensor)
+        energy = self.machine.choose_backend(settings, sensor)
         if self._gpus is not None and sensor is not None:
             if isinstance(energy, ZeusEnergyBackend):
                 energy.gpu_indices = list(gpus)  # Zeus numbers GPUs by CUDA ordinal too
