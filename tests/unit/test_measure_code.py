@@ -378,7 +378,7 @@ def test_without_a_gpu_the_energy_is_none_with_a_reason_and_the_duration_is_meas
 ) -> None:
     none = MeasurementSettings(energy_backend="none")
     with MeasuredBlock(
-        baseline=40.0, machine=machine(clock, None, tmp_path=tmp_path, settings=none)
+        gpus=[0], baseline=40.0, machine=machine(clock, None, tmp_path=tmp_path, settings=none)
     ) as m:
         clock.advance(3.0)
 
@@ -388,6 +388,7 @@ def test_without_a_gpu_the_energy_is_none_with_a_reason_and_the_duration_is_meas
     assert m.per_token(10) is None
     assert m.duration_s == pytest.approx(3.0)
     assert m.gpus == [] and m.devices == []
+    assert "gpus=[0] not measured: this process sees no GPU" in m.notes
     assert "not measured" in str(m.measurement)
 
 

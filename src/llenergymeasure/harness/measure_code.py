@@ -485,6 +485,8 @@ class MeasuredBlock:
                 timer=self.machine.timer,
             )
             self._open = _Open(sensor, energy, sampler, window, gpus, baseline, baseline_w, source)
+            if sensor is None and self._gpus is not None:
+                notes.append(f"gpus={self._gpus} not measured: this process sees no GPU")
             self._open.notes.extend(notes)
             window.open()
         except BaseException:
