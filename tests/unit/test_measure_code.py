@@ -100,6 +100,8 @@ def test_a_block_reports_the_energy_and_duration_of_every_gpu_from_the_counters(
     assert m.measurement.backend == "nvml"
     assert m.not_measured_reason is None
     assert isinstance(m.measurement, Measurement)
+    assert "short_measurement_duration" in m.warnings  # the runs' flags, under 10 s
+    assert "energy_counter_poll_disagreement" not in m.warnings
 
 
 def test_the_energy_backend_is_chosen_by_the_code_runs_use(
@@ -214,6 +216,7 @@ def test_counter_and_poll_are_both_reported_with_their_disagreement(
     assert m.poll_energy_j == pytest.approx(1000.0)  # the background sampler's integral
     assert m.counter_vs_poll_diff_pct == pytest.approx((1000.0 - 1100.0) / 1100.0 * 100.0)
     assert m.energy_j == pytest.approx(1100.0)  # the counter is the figure
+    assert "energy_counter_poll_disagreement" in m.warnings  # as a run would flag it
     (device,) = m.devices
     assert (device.counter_energy_j, device.poll_energy_j) == (
         pytest.approx(1100.0),

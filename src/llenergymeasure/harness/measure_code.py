@@ -178,6 +178,12 @@ class Measurement(BaseModel):
     not_measured_reason: str | None = Field(
         None, description="Why energy_j is None (None when it was measured)."
     )
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="The runs' measurement_warnings flags that apply to a block "
+        "(short_measurement_duration, nvml_low_sample_count, gpu_persistence_mode_off, "
+        "thermal_drift_detected, energy_counter_poll_disagreement).",
+    )
     notes: list[str] = Field(default_factory=list, description="Caveats of this measurement.")
     started_at_utc: datetime = Field(description="When the window opened (UTC).")
 
@@ -405,6 +411,7 @@ class MeasuredBlock:
     components = _FromMeasurement[EnergyComponents]()
     host_energy_j = _FromMeasurement[float | None]()
     not_measured_reason = _FromMeasurement[str | None]()
+    warnings = _FromMeasurement[list[str]]()
     notes = _FromMeasurement[list[str]]()
 
     def __init__(
@@ -637,6 +644,7 @@ def _figures(held: _Open) -> Measurement:
     """The block's figures, computed by the code that builds a run's result."""
     from llenergymeasure.harness.assemble import energy_breakdown
     from llenergymeasure.harness.energy_split import host_energy_components
+    from llenergymeasure.harness.metrics import measurement_warnings
 
     reading = held.window.reading
     breakdown = energy_breakdown(
@@ -678,6 +686,19 @@ def _figures(held: _Open) -> Measurement:
         method=breakdown.method,
         components=host_energy_components(reading.energy, reading.host, held.energy),
         not_measured_reason=breakdown.not_measured_reason,
+        warnings=measurement_warnings(
+            duration_s=reading.duration_s,
+            window_samples=held.sampler.samples_between(*reading.span) if held.sampler else [],
+            n_devices=len(ordinals),
+            energy_available=breakdown.available,
+            persistence_mode=[
+                held.sensor.device_info(i).persistence_mode for i in range(len(ordinals))
+            ]
+            if held.sensor is not None
+            else [],
+            counter_vs_poll_diff_pct=breakdown.counter_vs_poll_diff_pct,
+            thermal_floor_seconds=math.inf,  # no thermal floor of llem's to judge in a block
+        ),
         notes=notes,
         started_at_utc=held.started,
     )
