@@ -187,6 +187,8 @@ def test_a_gpu_this_process_does_not_see_is_refused_and_the_sensor_closed(
         ran.append(True)
     assert ran == []  # the block never ran
     assert sensor.closed
+    with pytest.raises(MeasurementNotReadyError, match=r"window did not open .*ConfigError"):
+        _ = block.energy_j
 
 
 # ─── Counter vs poll ───────────────────────────────────────────────────────────────────────

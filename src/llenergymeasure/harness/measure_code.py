@@ -446,9 +446,7 @@ class MeasuredBlock:
         if self._measurement is not None:
             return self._measurement
         if self._state == "failed":
-            raise MeasurementNotReadyError(
-                f"the measured block raised ({self._failure}): nothing was recorded"
-            )
+            raise MeasurementNotReadyError(f"{self._failure}: nothing was recorded")
         raise MeasurementNotReadyError(
             "measure(): figures are read after the block ends",
             hint="read m.energy_j (and the rest) after the `with llem.measure() as m:` block",
@@ -496,9 +494,9 @@ class MeasuredBlock:
                 notes.append(f"gpus={self._gpus} not measured: this process sees no GPU")
             self._open.notes.extend(notes)
             window.open()
-        except BaseException:
+        except BaseException as error:
             self._state = "failed"
-            self._failure = "the window did not open"
+            self._failure = f"the window did not open ({type(error).__name__}: {error})"
             _release(sensor, sampler)
             raise
         return self
@@ -516,14 +514,14 @@ class MeasuredBlock:
         try:
             if exc_type is not None:
                 self._state = "failed"
-                self._failure = f"{exc_type.__name__}: {exc}"
+                self._failure = f"the measured block raised {exc_type.__name__}: {exc}"
                 held.window.abort()
                 return
             try:
                 held.window.close()
             except BaseException as close_error:
                 self._state = "failed"
-                self._failure = f"closing the window failed: {close_error!r}"
+                self._failure = f"closing the window failed ({close_error!r})"
                 raise
             if held.sampler is not None:
                 held.sampler.stop()
