@@ -9,6 +9,10 @@ Public API::
     study = llem.run_study("study.yaml")              # a grid x cycles, one process per run
     study = llem.resume_study("results/my-study_...")  # continue an interrupted study
 
+    with llem.measure() as m:                          # the energy of any block of code
+        outputs = model.generate(**inputs)
+    print(m.energy_j, m.duration_s, m.per_token(n_new_tokens))
+
 Functions:
     run_experiment(config=None, **fields) -> ExperimentResult
         Measure one experiment in this process; writes nothing to disk.
@@ -16,10 +20,13 @@ Functions:
         Run a study YAML or StudyConfig under a results directory.
     resume_study(study_dir, *, study=None, quiet=False) -> StudyResult
         Continue a study in its directory (the manifest holds the configs).
+    measure(gpus=None, baseline=None) -> block (``with``) or decorator (``@``)
+        Measure your own code through the same energy window as runs; figures in Measurement.
 
 Types:
     ExperimentConfig, StudyConfig       what to measure (pydantic models; from_yaml)
     ExperimentResult, StudyResult       what was measured (to_json / from_json)
+    Measurement                         what a measure() block measured
 
 Heavy modules (torch, engines) load lazily on first use; importing this package stays fast.
 """
@@ -31,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 from llenergymeasure._version import __version__
 
 if TYPE_CHECKING:
-    from llenergymeasure.api import resume_study, run_experiment, run_study
+    from llenergymeasure.api import Measurement, measure, resume_study, run_experiment, run_study
     from llenergymeasure.config.models import ExperimentConfig
     from llenergymeasure.config.study import StudyConfig
     from llenergymeasure.results.models import ExperimentResult, StudyResult
@@ -39,9 +46,11 @@ if TYPE_CHECKING:
 __all__ = [
     "ExperimentConfig",
     "ExperimentResult",
+    "Measurement",
     "StudyConfig",
     "StudyResult",
     "__version__",
+    "measure",
     "resume_study",
     "run_experiment",
     "run_study",
@@ -51,6 +60,8 @@ _LAZY = {
     "run_experiment": ("llenergymeasure.api", "run_experiment"),
     "run_study": ("llenergymeasure.api", "run_study"),
     "resume_study": ("llenergymeasure.api", "resume_study"),
+    "measure": ("llenergymeasure.api", "measure"),
+    "Measurement": ("llenergymeasure.api", "Measurement"),
     "ExperimentConfig": ("llenergymeasure.config.models", "ExperimentConfig"),
     "StudyConfig": ("llenergymeasure.config.study", "StudyConfig"),
     "ExperimentResult": ("llenergymeasure.results.models", "ExperimentResult"),

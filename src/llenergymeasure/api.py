@@ -1,4 +1,5 @@
-"""The public library API: ``run_experiment`` and ``run_study``."""
+"""The public library API: ``run_experiment``, ``run_study``, ``resume_study`` and ``measure``
+(the energy of any block of code, ``harness.measure_code``)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,13 @@ from typing import TYPE_CHECKING, Any
 
 from llenergymeasure.config.models import ExperimentConfig
 from llenergymeasure.exceptions import ConfigError
+from llenergymeasure.harness.measure_code import Measurement, measure
 from llenergymeasure.results.models import ExperimentResult, StudyResult
 
 if TYPE_CHECKING:
     from llenergymeasure.config.study import StudyConfig
+
+__all__ = ["Measurement", "measure", "resume_study", "run_experiment", "run_study"]
 
 
 def _build_config(

@@ -80,7 +80,8 @@ class MeasurementWindow:
     synchronised at both edges (None: the work runs elsewhere, e.g. an online server).
     ``reset_peak_memory``: reset the device's peak-memory counter before opening. ``host``: a
     RAPL reader read just outside the window (None: host counters not read). ``clock``: the
-    sampler's clock. ``before_open`` / ``after_close``: called first in ``open`` and last in
+    sampler's clock. ``timer``: the clock of ``duration_s`` (``time.perf_counter``; tests
+    inject a fake). ``before_open`` / ``after_close``: called first in ``open`` and last in
     ``close``, outside the energy edges (the harness reads the host's load there).
     """
 
@@ -94,6 +95,7 @@ class MeasurementWindow:
         reset_peak_memory: bool = False,
         host: RaplReader | None = None,
         clock: Callable[[], float] = time.monotonic,
+        timer: Callable[[], float] = time.perf_counter,
         before_open: Callable[[], None] | None = None,
         after_close: Callable[[], None] | None = None,
     ) -> None:
@@ -106,6 +108,7 @@ class MeasurementWindow:
         self.reset_peak_memory = reset_peak_memory
         self.host = host
         self.clock = clock
+        self.timer = timer
         self._host_reader: RaplReader | None = None
         self._host_missing: str | None = None
         self._open = False
@@ -137,7 +140,7 @@ class MeasurementWindow:
         self.energy_backend.begin()
         self._open = True
         self._t0 = self.clock()
-        self._p0 = time.perf_counter()
+        self._p0 = self.timer()
 
     def close(self) -> None:
         """Sync, stop the clocks, ``end()``, read RAPL, label ``cooldown`` and sample; the
@@ -146,7 +149,7 @@ class MeasurementWindow:
             raise RuntimeError("the measurement window is not open")
         if self.device is not None:
             self.device.synchronize()
-        p1 = time.perf_counter()
+        p1 = self.timer()
         t1 = self.clock()
         self._open = False
         energy = self.energy_backend.end()
