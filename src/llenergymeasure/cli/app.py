@@ -82,11 +82,11 @@ def _version_callback(value: bool) -> None:
         return
     from llenergymeasure.config.catalogue import engine_names
     from llenergymeasure.config.installed import engine_version
+    from llenergymeasure.text_table import render_table
 
     typer.echo(f"llem {__version__}")
-    for backend in engine_names():
-        version = engine_version(backend)
-        typer.echo(f"  {backend:<9} {version or 'not installed'}")
+    rows = [[backend, engine_version(backend) or "not installed"] for backend in engine_names()]
+    typer.echo(render_table(None, rows))
     raise typer.Exit(EXIT_OK)
 
 

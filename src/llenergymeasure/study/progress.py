@@ -19,9 +19,9 @@ logger = logging.getLogger(__name__)
 class StudyProgress:
     """Overall bar, and the study's messages as log records; no bar when ``quiet``.
 
-    On a stream that is not a terminal (SLURM logs, CI, pipes) there is no bar: a record for
-    each finished run instead of redraw frames (``plain``; None = decide from
-    ``stream.isatty()``).
+    On a stream that is not a terminal (SLURM logs, CI, pipes) there is no bar (``plain``;
+    None = decide from ``stream.isatty()``). Without a bar, each finished run and the first
+    status of each gap are INFO records instead of redraw frames.
     """
 
     def __init__(
@@ -54,7 +54,8 @@ class StudyProgress:
 
     @property
     def _lines(self) -> bool:
-        return self._plain and not self.quiet
+        """No bar: runs done and gap statuses are records too."""
+        return self._bar is None
 
     def message(self, text: str, *, level: int = logging.INFO, run_id: str | None = None) -> None:
         """A phase or status message of the study (of run ``run_id``), logged."""
