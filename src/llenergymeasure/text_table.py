@@ -67,12 +67,12 @@ def render_table(
         pad_edge=False,
         # two spaces between columns: the rule's divider is one of them
         padding=(0, 1, 0, 0) if boxed else (0, 1),
-        header_style="bold" if color else "",
+        header_style="",
         safe_box=True,
     )
     for i in range(n_columns):
         table.add_column(
-            Text(header[i]) if header is not None else "",
+            Text.assemble((header[i], "bold" if color else "")) if header is not None else "",
             justify=justify[i] if justify is not None else "left",
             no_wrap=True,
         )

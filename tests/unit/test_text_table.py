@@ -62,8 +62,15 @@ def test_colour_only_on_a_terminal_without_no_color(monkeypatch: pytest.MonkeyPa
     monkeypatch.delenv("TERM", raising=False)
     assert not wants_color(io.StringIO())
     assert wants_color(_Terminal())
-    styled = render_table(["metric"], [["tok/s"]], stream=_Terminal())
-    assert ANSI.search(styled) and ANSI.sub("", styled).splitlines() == ["  metric", "  tok/s"]
+    styled = render_table(["metric", "v"], [["tok/s", "1"], ["J/token per request", "2"]],
+                          stream=_Terminal())  # fmt: skip
+    assert ANSI.search(styled)
+    assert ANSI.sub("", styled).splitlines() == [
+        "  metric               v",
+        "  tok/s                1",
+        "  J/token per request  2",
+    ]
+    assert all(line == line.rstrip() for line in styled.splitlines())  # no styled padding
     monkeypatch.setenv("NO_COLOR", "1")
     assert not wants_color(_Terminal())
     assert not ANSI.search(render_table(["metric"], [["tok/s"]], stream=_Terminal()))

@@ -6,6 +6,7 @@ load); offline ones through the ``ExperimentOrchestrator``.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from llenergymeasure.config.models import ExperimentConfig
@@ -18,6 +19,8 @@ from llenergymeasure.harness.orchestrator import (
 )
 
 __all__ = ["measure"]
+
+logger = logging.getLogger(__name__)
 
 
 def measure(
@@ -41,6 +44,12 @@ def measure(
         return measure_online(config, baseline_cache=baseline_cache, work_dir=work_dir)
     settings = MeasurementSettings.from_user_config()
     engine, energy, sensor = default_components(config, settings)
+    logger.debug(
+        "engine %s, energy backend %s, GPU sensor %s",
+        type(engine).__name__,
+        energy.name,
+        type(sensor).__name__ if sensor is not None else None,
+    )
     orchestrator = ExperimentOrchestrator(
         engine=engine,
         energy_backend=energy,

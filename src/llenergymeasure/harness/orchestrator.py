@@ -444,7 +444,15 @@ class ExperimentOrchestrator:
         )
         with window:
             raw = self.engine.execute(prepared, on_batch=on_batch)
-        return self.engine.records(raw), window.reading
+        reading = window.reading
+        logger.debug(
+            "measurement window closed: %.3f s, GPU energy %s J (%s, %s)",
+            reading.duration_s,
+            reading.energy.total_energy_j,
+            reading.energy.backend,
+            reading.energy.method,
+        )
+        return self.engine.records(raw), reading
 
     # -- where the joules go (issue 16) ------------------------------------------------------
     def _phase_split(

@@ -452,8 +452,15 @@ class StudyRunner:
         self._progress = StudyProgress(
             len(self.manifest.runs), done, quiet=self.quiet, stream=self.stream
         )
+        executor = self.executor()
+        logger.debug(
+            "%d of %d runs to do with %s",
+            len(todo),
+            len(self.manifest.runs),
+            type(executor).__name__,
+        )
         try:
-            self.executor().execute(self, todo)
+            executor.execute(self, todo)
         except KeyboardInterrupt:
             self._interrupted(session)
             raise
