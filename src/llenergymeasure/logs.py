@@ -5,12 +5,13 @@ logger. Phase messages ("loading ...", "measuring 20 prompts") are INFO, problem
 stop a run WARNING, details DEBUG. The package itself only adds a ``NullHandler`` to the
 ``llenergymeasure`` logger: importing or using llem as a library prints no log line unless the
 application configures logging (``logging.basicConfig(level=logging.INFO)`` shows the phase
-messages). The ``llem`` command installs its handlers (``cli.logging_setup``).
+messages). The ``llem`` command installs its handlers with ``process_logging`` (below).
 
-Processes llem spawns (a study's run workers, a runner container, a SLURM job step) send their
-messages to the process that shows them: ``forward_messages(send)`` turns each record into
-one line of text (``"warning: ..."`` for a warning) and ``relay(logger, text, run_id=...)``
-logs such a line again at its level on the other side, marked with the run it came from.
+Processes llem spawns (a study's run workers, a runner container serving an engine group)
+send their messages to the process that shows them: ``forward_messages(send)`` turns each
+record from INFO up into one line of text (``"warning: ..."`` for a warning) and
+``relay(logger, text, run_id=...)`` logs such a line again at its level on the other side,
+marked with the run it came from.
 
 ``process_logging(quiet=, verbose=, log_file=)`` installs the handlers of a process of llem's
 own (the ``llem`` command, a SLURM job, a runner container) for the duration of a block:
