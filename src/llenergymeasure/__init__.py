@@ -29,13 +29,22 @@ Types:
     Measurement                         what a measure() block measured
 
 Heavy modules (torch, engines) load lazily on first use; importing this package stays fast.
+
+Logging: modules log to the ``llenergymeasure`` logger tree and the package adds only a
+``NullHandler``, so nothing is printed but progress bars until the application configures
+logging, e.g. ``logging.basicConfig(level=logging.INFO)`` for the phase messages.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from llenergymeasure._version import __version__
+
+# A library configures no logging: its records go nowhere until the application sets up
+# handlers (the ``llem`` command does; see ``llenergymeasure.logs``).
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 if TYPE_CHECKING:
     from llenergymeasure.api import Measurement, measure, resume_study, run_experiment, run_study

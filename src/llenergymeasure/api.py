@@ -63,7 +63,9 @@ def run_study(
     defaults to the user config ``output.results_dir``. ``output_dir=None`` keeps nothing on
     disk: files pass through a private temporary directory that is removed before returning,
     and the results are available only as ``StudyResult.results``. A study whose runs failed
-    still returns normally; check ``result.failed`` / ``result.ok``.
+    still returns normally; check ``result.failed`` / ``result.ok``. ``quiet``: no progress bar
+    (the study's messages are log records of ``llenergymeasure.study``, shown only where the
+    program configures logging).
     """
     from llenergymeasure.config.study import StudyConfig
     from llenergymeasure.study.runner import run_study_config

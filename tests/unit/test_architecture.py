@@ -3,7 +3,7 @@
 Floors, lowest first::
 
     0  exceptions, _version, redaction (what is secret), files (the one write path), hub,
-       install (hints)
+       install (hints), logs (the logger tree), text_table (aligned terminal tables)
     1  config, datasets
     2  energy, engines, results
     3  harness, online (a server under load: measured like harness measures an engine)
@@ -35,6 +35,8 @@ FLOORS: dict[str, int] = {
     "files": 0,
     "hub": 0,
     "install": 0,
+    "logs": 0,
+    "text_table": 0,
     "config": 1,
     "datasets": 1,
     "energy": 2,

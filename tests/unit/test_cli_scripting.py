@@ -23,7 +23,7 @@ TINY_RUN = ["run", "--model", "builtin:tiny", "--dataset", "synthetic", "-n", "3
 def fake_measure(monkeypatch):
     """``llem run`` measures with a fake engine (no model, no torch work)."""
 
-    def measure(config, *, progress=None, **_):
+    def measure(config, **_):
         orchestrator = ExperimentOrchestrator(
             engine=FakeEngine(), energy_backend=FakeEnergyBackend()
         )

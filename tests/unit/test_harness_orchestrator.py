@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pyarrow.parquet as pq
 import pytest
@@ -319,21 +320,23 @@ def test_prompts_within_the_model_length_run() -> None:
     assert orch.run(_config(baseline={"enabled": False})).result.n_requests == 6
 
 
-def test_trust_remote_code_warns_on_stderr_and_in_the_result(capsys) -> None:
+def test_trust_remote_code_is_a_logged_warning_and_in_the_result(caplog) -> None:
     orch = ExperimentOrchestrator(engine=FakeEngine(), energy_backend=FakeEnergyBackend())
     config = _config(baseline={"enabled": False}, passthrough_kwargs={"trust_remote_code": True})
     result = orch.run(config).result
     assert "trust_remote_code" in result.measurement_warnings
-    assert "trust_remote_code is set: code from the fake-model repository runs" in (
-        capsys.readouterr().err
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(
+        "trust_remote_code is set: code from the fake-model repository runs" in w
+        for w in warnings
     )
 
 
-def test_without_trust_remote_code_there_is_no_such_warning(capsys) -> None:
+def test_without_trust_remote_code_there_is_no_such_warning(caplog) -> None:
     orch = ExperimentOrchestrator(engine=FakeEngine(), energy_backend=FakeEnergyBackend())
     result = orch.run(_config(baseline={"enabled": False})).result
     assert "trust_remote_code" not in result.measurement_warnings
-    assert "trust_remote_code" not in capsys.readouterr().err
+    assert "trust_remote_code" not in caplog.text
 
 
 class _BatchingEngine(FakeEngine):
@@ -349,13 +352,12 @@ class _BatchingEngine(FakeEngine):
         return super().execute(prepared, on_batch=on_batch)
 
 
-def test_the_measurement_window_reports_progress_between_batches() -> None:
-    messages: list[str] = []
+def test_the_measurement_window_reports_progress_between_batches(caplog) -> None:
+    caplog.set_level(logging.INFO, logger="llenergymeasure")
     engine = _BatchingEngine()
-    orch = ExperimentOrchestrator(
-        engine=engine, energy_backend=FakeEnergyBackend(), progress=messages.append
-    )
+    orch = ExperimentOrchestrator(engine=engine, energy_backend=FakeEnergyBackend())
     orch.run(_config(baseline={"enabled": False}))
+    messages = [r.getMessage() for r in caplog.records]
     window = [m for m in messages if m.startswith("measuring: ")]
     assert window[-1].startswith("measuring: 6/6 prompts, ")  # the last batch always reports
     assert window[-1].endswith(" s")  # time in the window; tokens are counted after it
@@ -363,7 +365,8 @@ def test_the_measurement_window_reports_progress_between_batches() -> None:
     assert engine.callback_seen_in == ["measurement"]  # not during warmup
 
 
-def test_no_progress_callback_is_installed_without_a_progress_listener() -> None:
+def test_no_progress_callback_is_installed_when_info_records_go_nowhere(caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="llenergymeasure")
     engine = _BatchingEngine()
     ExperimentOrchestrator(engine=engine, energy_backend=FakeEnergyBackend()).run(
         _config(baseline={"enabled": False})

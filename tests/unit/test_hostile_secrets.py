@@ -188,10 +188,19 @@ def test_errors_that_carry_a_secret_print_it_redacted(tmp_path: Path):
     dead = f"http://bob:{ERROR_PASSWORD}@127.0.0.1:1/v1"
     config = _online_yaml(tmp_path, f"  endpoint: {dead}\n  n_warmup_requests: 0\n")
     out = tmp_path / "results"
-    unreachable = invoke("run", str(config), "-o", str(out))
-    unreachable_json = invoke("run", str(config), "-o", str(out), "--json", "--verbose")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    log = str(logs / "llem.log")
+    unreachable = invoke("run", str(config), "-o", str(out), "--log-file", log)
+    unreachable_json = invoke(
+        "run", str(config), "-o", str(out), "--json", "--verbose", "--log-file", log
+    )
     assert unreachable.exit_code != 0 and unreachable_json.exit_code != 0
     assert "127.0.0.1:1" in unreachable.stderr  # the error names the endpoint, redacted
+    # the log file holds the errors with their tracebacks, redacted as well
+    logged = (logs / "llem.log").read_text()
+    assert logged.count("Traceback (most recent call last)") == 2
+    assert "bob:<redacted>@127.0.0.1:1" in logged or "<redacted>@127.0.0.1:1" in logged
     both = _online_yaml(
         tmp_path, f"  endpoint: {dead}\n  server: {{extra_args: [--api-key, {FLAG_KEY}]}}\n"
     )
@@ -205,7 +214,9 @@ def test_errors_that_carry_a_secret_print_it_redacted(tmp_path: Path):
     code = report_error(Boom(f"token={PASSTHROUGH} url={dead}"), verbose=False)
     assert code == 1
     assert (
-        grep_outputs(ALL, tmp_path / "results", **streams(unreachable, unreachable_json, invalid))
+        grep_outputs(
+            ALL, tmp_path / "results", logs, **streams(unreachable, unreachable_json, invalid)
+        )
         == []
     )
 

@@ -207,17 +207,19 @@ def test_a_result_that_cannot_be_saved_in_its_run_folder_is_rescued_and_the_stud
 # --- resume checks each result against its manifest entry ---------------------------------------
 
 
-def test_resume_redoes_a_result_measured_with_another_config_and_keeps_it_aside(tmp_path):
+def test_resume_redoes_a_result_measured_with_another_config_and_keeps_it_aside(
+    tmp_path, caplog
+):
     runner = finished_study(tmp_path)
     entry = runner.manifest.runs[0]
     path = runner.study_dir / entry.run_id / "result.json"
     data = json.loads(path.read_text())
     data["measurement_config_hash"] = "f" * 16  # a result of some other config
     path.write_text(json.dumps(data))
-    stream = __import__("io").StringIO()
-    result = StudyRunner.resume(runner.study_dir, worker=ScriptedWorker(), stream=stream).run()
+    result = StudyRunner.resume(runner.study_dir, worker=ScriptedWorker()).run()
     assert result.ok and result.counts.completed == 2
-    assert "f" * 16 in stream.getvalue() and "will run again" in stream.getvalue()
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("f" * 16 in w and "will run again" in w for w in warned)
     aside = runner.study_dir / f"{entry.run_id}.set-aside-1"
     assert json.loads((aside / "result.json").read_text())["measurement_config_hash"] == "f" * 16
     after = load_manifest(runner.study_dir).runs[0]
@@ -236,14 +238,14 @@ def _killed_after_saving(runner: StudyRunner, index: int) -> Any:
     return entry
 
 
-def test_resume_keeps_a_result_its_killed_attempt_had_already_saved(tmp_path):
+def test_resume_keeps_a_result_its_killed_attempt_had_already_saved(tmp_path, caplog):
+    caplog.set_level("INFO", logger="llenergymeasure")
     runner = finished_study(tmp_path)
     entry = _killed_after_saving(runner, 1)
     saved = (runner.study_dir / entry.run_id / "result.json").read_bytes()
-    stream = __import__("io").StringIO()
-    result = StudyRunner.resume(runner.study_dir, worker=ScriptedWorker(), stream=stream).run()
+    result = StudyRunner.resume(runner.study_dir, worker=ScriptedWorker()).run()
     assert result.ok and result.counts.completed == 2
-    assert "kept the result its interrupted attempt had already saved" in stream.getvalue()
+    assert "kept the result its interrupted attempt had already saved" in caplog.text
     after = load_manifest(runner.study_dir).runs[1]
     assert after.status == "completed" and after.attempts == entry.attempts  # not measured again
     assert (runner.study_dir / entry.run_id / "result.json").read_bytes() == saved

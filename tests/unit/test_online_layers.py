@@ -24,6 +24,7 @@ ALLOWED_FOR_ONLINE = {
     "online",
     "files",  # floor 0: the one write path
     "redaction",  # floor 0
+    "logs",  # floor 0: the logger tree (a started server's environment)
 }
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import tempfile
 import time
 from pathlib import Path
@@ -105,7 +106,8 @@ def test_built_in_gap_defaults_are_60_and_300_seconds():
 # --- running through spawned subprocesses ----------------------------------------------------
 
 
-def test_a_2x2_grid_in_2_interleaved_cycles_runs_8_runs_in_order_with_gaps(tmp_path):
+def test_a_2x2_grid_in_2_interleaved_cycles_runs_8_runs_in_order_with_gaps(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="llenergymeasure")
     # reuse_engine: false keeps the pure cycle order (engine groups would regroup by precision)
     study = make_study(
         GRID_2X2,
@@ -145,11 +147,16 @@ def test_a_2x2_grid_in_2_interleaved_cycles_runs_8_runs_in_order_with_gaps(tmp_p
         assert result.measurement_config_hash == entry.config_hash
         assert (run_dir / "timeseries.parquet").is_file()
 
-    # config gap between runs, cycle gap between cycles; countdown on stderr
+    # config gap between runs, cycle gap between cycles; the countdown and the phase lines of
+    # the runs (forwarded from the children) are log records of the study
     assert sleeps == [0.5, 0.5, 0.5, 0.25, 0.5, 0.5, 0.5]
-    assert "config gap: 1 s" in stderr.getvalue()
-    assert "cycle gap: 1 s" in stderr.getvalue()
-    assert "pre-flight checks" in stderr.getvalue(), "phase lines forwarded from the child"
+    assert stderr.getvalue() == ""  # no bar on a stream that is not a terminal
+    messages = [r.getMessage() for r in caplog.records]
+    assert "config gap: 1 s" in messages
+    assert "cycle gap: 1 s" in messages
+    forwarded = [r for r in caplog.records if getattr(r, "llem_run", None)]
+    assert {r.llem_run for r in forwarded} == {e.run_id for e in manifest.runs}
+    assert "pre-flight checks" in {r.getMessage() for r in forwarded}
 
     summary = StudyResult.from_json(runner.study_dir / "study_summary.json")
     assert (summary.counts.runs_planned, summary.counts.completed, summary.counts.failed) == (

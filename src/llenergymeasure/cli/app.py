@@ -6,14 +6,20 @@ output names it), 4 environment error (disk full, read-only filesystem, permissi
 a directory, a folder that vanished), 130 interrupted (Ctrl-C, or SIGTERM
 during ``llem run``).
 Everything printed passes through ``llenergymeasure.redaction`` (the root callback wraps
-stdout and stderr), so no message can show a credential.
+stdout and stderr), so no message can show a credential. Each command installs llem's log
+handlers for its duration (``logs.process_logging``): phase messages on stderr, ``-q`` keeps
+warnings and errors only, ``-V`` adds debug lines, ``llem run --log-file`` (or the user
+config's ``output.log_file``) appends the log to a file.
 Heavy modules are imported inside commands so that ``llem --help`` stays fast.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sys
 import traceback
+from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -39,6 +45,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
+
+logger = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 EXIT_RESCUED, EXIT_ENVIRONMENT = 3, 4
@@ -74,11 +82,11 @@ def _version_callback(value: bool) -> None:
         return
     from llenergymeasure.config.catalogue import engine_names
     from llenergymeasure.config.installed import engine_version
+    from llenergymeasure.text_table import render_table
 
     typer.echo(f"llem {__version__}")
-    for backend in engine_names():
-        version = engine_version(backend)
-        typer.echo(f"  {backend:<9} {version or 'not installed'}")
+    rows = [[backend, engine_version(backend) or "not installed"] for backend in engine_names()]
+    typer.echo(render_table(None, rows))
     raise typer.Exit(EXIT_OK)
 
 
@@ -103,10 +111,20 @@ def report_error(exc: BaseException, *, verbose: bool, as_json: bool = False) ->
     With ``as_json`` the error is also one JSON object on stdout:
     ``{"error": message, "hint": hint or null, "exit_code": n}``.
     """
+    from llenergymeasure.logs import FILE_ONLY
     from llenergymeasure.redaction import redact
 
     shown = explain_error(exc)
     code = _show_error(exc, shown, verbose=verbose)
+    # the log file (if any) keeps the error with its traceback; stderr showed it already
+    logger.error(
+        "exit code %d: %s: %s",
+        code,
+        type(shown).__name__,
+        shown,
+        exc_info=(type(exc), exc, exc.__traceback__),
+        extra=FILE_ONLY,
+    )
     if as_json:
         import json
 
@@ -242,13 +260,28 @@ def run(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Validate and preview; run nothing.")
     ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the final summary.")] = False,
+    quiet: Annotated[
+        bool,
+        typer.Option("--quiet", "-q", help="Only the final summary (and warnings, errors)."),
+    ] = False,
     verbose: Annotated[
         bool,
         typer.Option(
-            "--verbose", "-v", "-V", help="Phase timings on stderr, and tracebacks on errors."
+            "--verbose",
+            "-v",
+            "-V",
+            help="Debug lines and phase timings on stderr, and tracebacks on errors.",
         ),
     ] = False,
+    log_file: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--log-file",
+            metavar="PATH",
+            help="Append the log (DEBUG and up, redacted) to PATH (default: the user config's "
+            "output.log_file, else none).",
+        ),
+    ] = None,
     as_json: Annotated[
         bool,
         typer.Option("--json", help="Print the summary (or the error) as one JSON object."),
@@ -348,12 +381,37 @@ def run(
         detect_pct=detect,
         rebuild_manifest=rebuild_manifest,
     )
-    try:
-        with sigterm_as_interrupt():  # a scheduler's cancel ends the run as Ctrl-C does
-            code = execute_run(options)
-    except (Exception, KeyboardInterrupt) as exc:
-        code = report_error(exc, verbose=verbose, as_json=as_json)
+    with contextlib.ExitStack() as logging_scope:
+        try:
+            logging_scope.enter_context(_run_logging(quiet, verbose, log_file))
+            with sigterm_as_interrupt():  # a scheduler's cancel ends the run as Ctrl-C does
+                code = execute_run(options)
+        except (Exception, KeyboardInterrupt) as exc:
+            code = report_error(exc, verbose=verbose, as_json=as_json)
     raise typer.Exit(code)
+
+
+def _run_logging(
+    quiet: bool, verbose: bool, log_file: Path | None
+) -> contextlib.AbstractContextManager[None]:
+    """``llem run``'s log handlers: ``--log-file``, else the user config's ``output.log_file``."""
+    from llenergymeasure.logs import process_logging
+
+    if log_file is None:
+        from llenergymeasure.config.user_config import setting
+
+        configured = setting("output.log_file")
+        log_file = Path(configured) if configured else None
+    return process_logging(quiet=quiet, verbose=verbose, log_file=log_file)
+
+
+@contextlib.contextmanager
+def _command_logging(verbose: bool) -> Iterator[None]:
+    """The log handlers of a command without ``--quiet`` or ``--log-file``."""
+    from llenergymeasure.logs import process_logging
+
+    with process_logging(verbose=verbose):
+        yield
 
 
 @app.command("config")
@@ -366,10 +424,11 @@ def config_command(
     """Show the environment, installed engines, energy backends and user config."""
     from llenergymeasure.cli.config_cmd import show_config
 
-    try:
-        code = show_config(verbose=verbose, as_json=as_json)
-    except (Exception, KeyboardInterrupt) as exc:
-        code = report_error(exc, verbose=verbose, as_json=as_json)
+    with _command_logging(verbose):
+        try:
+            code = show_config(verbose=verbose, as_json=as_json)
+        except (Exception, KeyboardInterrupt) as exc:
+            code = report_error(exc, verbose=verbose, as_json=as_json)
     raise typer.Exit(code)
 
 
@@ -411,33 +470,34 @@ def report_command(
     """
     from llenergymeasure.report.render import render_report
 
-    try:
-        outcome = render_report(directory, output, x_field=x_field)
-        if as_json:
-            import json
+    with _command_logging(verbose):
+        try:
+            outcome = render_report(directory, output, x_field=x_field)
+            if as_json:
+                import json
 
-            stats = outcome.statistics
-            typer.echo(
-                json.dumps(
-                    {
-                        "kind": outcome.kind,
-                        "html": str(outcome.html_path),
-                        "images": [str(image) for image in outcome.images],
-                        "statistics": stats.model_dump(mode="json") if stats else None,
-                        "notes": outcome.notes,
-                    }
+                stats = outcome.statistics
+                typer.echo(
+                    json.dumps(
+                        {
+                            "kind": outcome.kind,
+                            "html": str(outcome.html_path),
+                            "images": [str(image) for image in outcome.images],
+                            "statistics": stats.model_dump(mode="json") if stats else None,
+                            "notes": outcome.notes,
+                        }
+                    )
                 )
-            )
-        else:
-            typer.echo(outcome.statistics_text)
-            typer.echo(f"\nreport  {outcome.html_path}")
-            for image in outcome.images:
-                typer.echo(f"        {image}")
-        for note in outcome.notes:
-            typer.echo(f"note: {note}", err=True)
-        code = EXIT_OK
-    except (Exception, KeyboardInterrupt) as exc:
-        code = report_error(exc, verbose=verbose, as_json=as_json)
+            else:
+                typer.echo(outcome.statistics_text)
+                typer.echo(f"\nreport  {outcome.html_path}")
+                for image in outcome.images:
+                    typer.echo(f"        {image}")
+            for note in outcome.notes:
+                logger.info("note: %s", note)
+            code = EXIT_OK
+        except (Exception, KeyboardInterrupt) as exc:
+            code = report_error(exc, verbose=verbose, as_json=as_json)
     raise typer.Exit(code)
 
 
@@ -520,10 +580,11 @@ def compare_command(
         plan=plan,
         detect_pct=detect,
     )
-    try:
-        code = execute_compare(options)
-    except (Exception, KeyboardInterrupt) as exc:
-        code = report_error(exc, verbose=verbose, as_json=as_json)
+    with _command_logging(verbose):
+        try:
+            code = execute_compare(options)
+        except (Exception, KeyboardInterrupt) as exc:
+            code = report_error(exc, verbose=verbose, as_json=as_json)
     raise typer.Exit(code)
 
 

@@ -14,6 +14,7 @@ from llenergymeasure.config.catalogue import engine_names, engine_spec
 from llenergymeasure.config.installed import engine_version
 from llenergymeasure.config.user_config import effective_settings, user_config_path
 from llenergymeasure.install import extra_install_hint
+from llenergymeasure.text_table import render_table
 
 
 def _gpus() -> tuple[list[str], str | None]:
@@ -90,16 +91,29 @@ def show_config(*, verbose: bool, as_json: bool = False) -> int:
 
     echo("\nEngines")
     engines = {b: engine_version(b) for b in engine_names()}
-    for backend, version in engines.items():
-        shown = version or f"not installed  ({engine_spec(backend).install_hint})"
-        echo(f"  {backend:<9} {shown}")
+    echo(
+        render_table(
+            None,
+            [
+                [backend, version or f"not installed  ({engine_spec(backend).install_hint})"]
+                for backend, version in engines.items()
+            ],
+        )
+    )
 
     echo("\nEnergy backends")
     zeus = importlib.util.find_spec("zeus") is not None
     codecarbon = importlib.util.find_spec("codecarbon") is not None
-    echo(f"  nvml        {'available' if gpus else 'unavailable (no GPU)'}")
-    echo(f"  zeus        {'installed' if zeus else 'not installed'}")
-    echo(f"  codecarbon  {'installed' if codecarbon else 'not installed'}")
+    echo(
+        render_table(
+            None,
+            [
+                ["nvml", "available" if gpus else "unavailable (no GPU)"],
+                ["zeus", "installed" if zeus else "not installed"],
+                ["codecarbon", "installed" if codecarbon else "not installed"],
+            ],
+        )
+    )
 
     settings = effective_settings()
     path = user_config_path()
@@ -116,9 +130,11 @@ def show_config(*, verbose: bool, as_json: bool = False) -> int:
             "runners.pytorch",
         ]
     )
-    for key in keys:
-        s = settings[key]
-        echo(f"  {key:<40} {s.value!s:<14} [{s.source}]")
+    echo(
+        render_table(
+            None, [[key, settings[key].value, f"[{settings[key].source}]"] for key in keys]
+        )
+    )
 
     echo("\nNext steps")
     if not engines["pytorch"]:

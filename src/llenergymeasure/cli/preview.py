@@ -22,6 +22,7 @@ from llenergymeasure.harness.vram import (
     weight_precision,
 )
 from llenergymeasure.results.stats import config_labels, varying_fields
+from llenergymeasure.text_table import render_table
 
 if TYPE_CHECKING:
     from llenergymeasure.compare.plan import Plan
@@ -203,11 +204,7 @@ def preview_study(study: StudyConfig) -> None:
                 f"{est.total_gib:.2f} GiB" if est else "n/a",
             ]
         )
-    widths = [max(len(header[c]), *(len(r[c]) for r in rows)) for c in range(len(header))]
-    typer.echo("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
-    typer.echo("  ".join("-" * w for w in widths))
-    for r in rows:
-        typer.echo("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
+    typer.echo(render_table(header, rows, indent=0, rule=True))
     if study.skipped:
         typer.echo(f"\nSkipped ({len(study.skipped)}):")
         for s in study.skipped:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ from llenergymeasure.config.models import ExperimentConfig
 from llenergymeasure.config.set_options import SetOverrides
 from llenergymeasure.config.study import StudyConfig
 from llenergymeasure.exceptions import ConfigError
+
+logger = logging.getLogger(__name__)
 
 
 def cli_overrides(opts: RunOptions) -> dict[str, Any]:
@@ -366,8 +369,7 @@ def run_study_cli(study: StudyConfig, opts: RunOptions) -> int:
         quiet=opts.quiet,
         detach=opts.detach,
     )
-    if not opts.quiet:
-        typer.echo(f"[llem] study directory: {runner.study_dir}", err=True)
+    logger.info("study directory: %s", runner.study_dir)
     return _report_study(runner.run(), runner, opts)
 
 
@@ -417,13 +419,13 @@ def resume_run(opts: RunOptions) -> int:
     gaps = (0.0, 0.0) if opts.no_gaps else None
     resume = StudyRunner.rebuild if opts.rebuild_manifest else StudyRunner.resume
     runner = resume(opts.resume, study=study, quiet=opts.quiet, gaps=gaps, detach=opts.detach)
-    if not opts.quiet:
-        counts = runner.manifest.counts()
-        typer.echo(
-            f"[llem] resuming {runner.study_dir}: {counts['completed']} of "
-            f"{len(runner.manifest.runs)} runs already completed",
-            err=True,
-        )
+    counts = runner.manifest.counts()
+    logger.info(
+        "resuming %s: %d of %d runs already completed",
+        runner.study_dir,
+        counts["completed"],
+        len(runner.manifest.runs),
+    )
     return _report_study(runner.run(), runner, opts)
 
 
@@ -451,9 +453,3 @@ def _report_study(result: Any, runner: Any, opts: RunOptions) -> int:
     else:
         typer.echo(format_study_summary(result, runner.manifest))
     return code
-
-
-def echo_err(message: str, opts: RunOptions) -> None:
-    """Progress/phase message on stderr (suppressed by --quiet)."""
-    if not opts.quiet:
-        typer.echo(message, err=True)

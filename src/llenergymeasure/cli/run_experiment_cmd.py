@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ from llenergymeasure.config.models import ExperimentConfig
 from llenergymeasure.redaction import redact
 from llenergymeasure.results.models import ExperimentResult
 from llenergymeasure.results.online import LatencyStats
+
+logger = logging.getLogger(__name__)
 
 
 def _fmt(value: float | None, unit: str, digits: int = 3) -> str:
@@ -100,7 +103,7 @@ def summary_dict(result: ExperimentResult, path: Path | None) -> dict[str, Any]:
 
 
 def format_timings(result: ExperimentResult) -> str:
-    """Phase timings, one per line (``llem run --verbose``)."""
+    """Phase timings, one per line (logged at DEBUG: ``llem run --verbose``, the log file)."""
     t = result.timing
     phases = [
         ("pre-flight", t.preflight_s),
@@ -113,10 +116,10 @@ def format_timings(result: ExperimentResult) -> str:
         ("measurement window", t.measurement_s),
         ("total", t.total_s),
     ]
-    lines = ["[llem] phase timings"]
-    lines += [f"[llem]   {name:<19} {seconds:8.3f} s" for name, seconds in phases]
+    lines = ["phase timings"]
+    lines += [f"  {name:<19} {seconds:8.3f} s" for name, seconds in phases]
     if t.compile_s is not None:
-        lines.append(f"[llem]   {'(torch.compile)':<19} {t.compile_s:8.3f} s, part of warmup")
+        lines.append(f"  {'(torch.compile)':<19} {t.compile_s:8.3f} s, part of warmup")
     return "\n".join(lines)
 
 
@@ -209,10 +212,6 @@ def run_single(config: ExperimentConfig, opts: RunOptions) -> int:
     from llenergymeasure.harness.measure import measure
     from llenergymeasure.results.io import experiment_dir_name, unique_directory
 
-    def progress(message: str) -> None:
-        if not opts.quiet:
-            typer.echo(f"[llem] {message}", err=True)
-
     results_root = opts.output or Path(setting("output.results_dir"))
     if config.mode == "online":
         from llenergymeasure.harness.online import online_preflight
@@ -229,16 +228,16 @@ def run_single(config: ExperimentConfig, opts: RunOptions) -> int:
     directory = unique_directory(results_root, name)
     try:
         if config.mode == "online":
-            measured = measure(config, progress=progress, work_dir=directory)
+            measured = measure(config, work_dir=directory)
         else:
-            measured = measure(config, progress=progress)
+            measured = measure(config)
         # The results folder the user chose is the base: a run folder that became a link, or a
         # results folder that vanished, is refused, and the measurement goes to a rescue folder.
         path = measured.save(directory, export_csv=opts.export_csv, base=results_root)
     except BaseException:
         kept = sorted(p.name for p in directory.iterdir()) if directory.is_dir() else []
         if kept:
-            progress(f"kept {', '.join(kept)} in {directory}")
+            logger.info("kept %s in %s", ", ".join(kept), directory)
         else:
             with contextlib.suppress(OSError):
                 directory.rmdir()
@@ -249,8 +248,8 @@ def run_single(config: ExperimentConfig, opts: RunOptions) -> int:
         assert saved is not None
         with contextlib.suppress(OSError):
             directory.rmdir()  # only if nothing landed in it
-    if opts.verbose and not opts.quiet:
-        typer.echo(format_timings(measured.result), err=True)
+    for line in format_timings(measured.result).splitlines():
+        logger.debug("%s", line)
     if opts.as_json:
         summary = summary_dict(measured.result, path)
         if rescued:

@@ -25,6 +25,7 @@ from llenergymeasure.results.stats import (
     log_spread,
     require_scipy,
 )
+from llenergymeasure.text_table import render_table
 
 DEFAULT_DETECT_PCT = 5.0
 
@@ -162,17 +163,25 @@ def plan_text(plan: Plan) -> str:
         f"{plan.power * 100:g} % power at the {(1 - plan.confidence) * 100:g} % level "
         "(Welch t on the logs, as llem compare), from the spread of the earlier runs",
     ]
-    config = None
+    configs: dict[tuple[str, str], list[list[str]]] = {}
     for row in plan.rows:
-        if row.config != config:
-            config = row.config
-            lines += ["", f"config {row.config}  [{row.config_hash}]"]
-            lines.append(f"  {'metric':<40} {'runs':>5} {'spread %':>9} {'cycles':>7}")
-        spread = "n/a" if row.spread_pct is None else f"{row.spread_pct:.2f}"
-        cycles = "n/a" if row.cycles_needed is None else str(row.cycles_needed)
+        configs.setdefault((row.config, row.config_hash), []).append(
+            [
+                row.label,
+                str(row.runs),
+                "n/a" if row.spread_pct is None else f"{row.spread_pct:.2f}",
+                "n/a" if row.cycles_needed is None else str(row.cycles_needed),
+                f"({row.note})" if row.note else "",
+            ]
+        )
+    for (config, config_hash), rows in configs.items():
+        lines += ["", f"config {config}  [{config_hash}]"]
         lines.append(
-            f"  {row.label:<40} {row.runs:>5} {spread:>9} {cycles:>7}"
-            + (f"  ({row.note})" if row.note else "")
+            render_table(
+                ["metric", "runs", "spread %", "cycles", ""],
+                rows,
+                justify=["left", "right", "right", "right", "left"],
+            )
         )
     if not plan.rows:
         lines.append("  (no earlier runs to plan from)")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from llenergymeasure.compare.models import Comparison, GateCheck, MetricComparison, PairComparison
 from llenergymeasure.report.html import cell, escape, page, table
 from llenergymeasure.results.stats import format_number
+from llenergymeasure.text_table import Justify, render_table
 
 _VERDICT_TEXT = {
     "better": "better",
@@ -16,6 +17,11 @@ _VERDICT_TEXT = {
 
 
 _GATE_CSS = {"fail": "bad", "pass": "ok", "unevaluable": "warn"}
+
+# metric, A mean, B mean, B/A, CI, verdict, detectable, note
+_METRIC_COLUMNS: list[Justify] = [
+    "left", "right", "right", "right", "left", "left", "right", "left"
+]  # fmt: skip
 
 
 def _ratio(m: MetricComparison) -> str:
@@ -65,11 +71,16 @@ def comparison_text(c: Comparison) -> str:
         "",
         "environment (! = A and B differ)",
     ]
-    width = max((len(r.name) for r in c.environment), default=10)
-    col = min(max((len(r.a) for r in c.environment), default=10), 36)
-    for row in c.environment:
-        mark = "!" if row.differs else " "
-        lines.append(f"  {mark} {row.name:<{width}}  A: {row.a:<{col}}  B: {row.b}")
+    if c.environment:
+        lines.append(
+            render_table(
+                None,
+                [
+                    [f"{'!' if row.differs else ' '} {row.name}", f"A: {row.a}", f"B: {row.b}"]
+                    for row in c.environment
+                ],
+            )
+        )
     for note in [*c.notes, *c.a.notes, *c.b.notes]:
         lines.append(f"note: {note}")
     level = _level(c)
@@ -82,15 +93,24 @@ def comparison_text(c: Comparison) -> str:
         if pair.differs:
             lines.append(f"  A -> B: {_differs_text(pair)}")
         lines.append(
-            f"  {'metric':<40} {'A mean':>14} {'B mean':>14} {'B/A':>8}  {level + ' CI':<18} "
-            f"{'verdict':<18} {'detectable':>10}"
-        )
-        for m in pair.metrics:
-            lines.append(
-                f"  {m.label:<40} {_value(m.mean_a, m.unit):>14} {_value(m.mean_b, m.unit):>14} "
-                f"{_ratio(m):>8}  {_interval(m):<18} {_VERDICT_TEXT[m.verdict]:<18} {_mdd(m):>10}"
-                + (f"  ({m.note})" if m.note else "")
+            render_table(
+                ["metric", "A mean", "B mean", "B/A", f"{level} CI", "verdict", "detectable", ""],
+                [
+                    [
+                        m.label,
+                        _value(m.mean_a, m.unit),
+                        _value(m.mean_b, m.unit),
+                        _ratio(m),
+                        _interval(m),
+                        _VERDICT_TEXT[m.verdict],
+                        _mdd(m),
+                        f"({m.note})" if m.note else "",
+                    ]
+                    for m in pair.metrics
+                ],
+                justify=_METRIC_COLUMNS,
             )
+        )
     for label, configs in (("only in A", c.unmatched_a), ("only in B", c.unmatched_b)):
         for config in configs:
             lines.append(f"{label} (not compared): {config}")

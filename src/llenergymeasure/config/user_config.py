@@ -32,6 +32,13 @@ _RUNNER_RE = re.compile(rf"local|slurm|docker:{_IMAGE_RE}")
 class OutputSection(BaseModel):
     model_config = _FORBID
     results_dir: str = Field("./results", description="Directory results are written under.")
+    log_file: str | None = Field(
+        None,
+        description=(
+            "File every `llem run` appends its log to (llem's messages from DEBUG up, redacted);"
+            " `--log-file` wins. None = no log file."
+        ),
+    )
 
 
 EnergyBackendName = Literal["auto", "nvml", "zeus", "codecarbon", "none"]

@@ -6,6 +6,11 @@ Written against codecarbon 2.3 - 3.x: ``OfflineEmissionsTracker(country_iso_code
 The offline tracker makes no network calls. llem reports the GPU energy only (comparable with
 the other backends); CodeCarbon's CPU+GPU+RAM total is kept in the notes.
 
+CodeCarbon's own logging: it prints INFO lines through its own stderr handler, some of them
+before its ``log_level`` takes effect. The tracker is therefore built with the ``codecarbon``
+logger at ERROR, and afterwards its handler is removed and its records propagate to the
+application's handlers (the ``llem`` command's stderr and log file).
+
 CodeCarbon reports ``gpu_energy`` 0 for GPUs it does not track (a CPU-only machine: its
 ``EmissionsData.gpu_count`` is 0). That zero is not a measurement: the window's GPU energy is
 then "not measured" (``total_energy_j`` None, with the reason), and CodeCarbon's CPU and RAM
@@ -15,6 +20,7 @@ estimates still reach ``energy.components`` (``last_emissions_data``), marked es
 from __future__ import annotations
 
 import importlib.util
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -41,7 +47,23 @@ def _default_tracker_factory(**kwargs: Any) -> Any:
         from codecarbon import OfflineEmissionsTracker
     except ImportError as exc:
         raise BackendError("CodeCarbon is not installed", hint=CODECARBON_INSTALL_HINT) from exc
-    return OfflineEmissionsTracker(**kwargs)
+    codecarbon_logger = logging.getLogger("codecarbon")
+    codecarbon_logger.setLevel(logging.ERROR)  # its constructor logs before applying log_level
+    try:
+        return OfflineEmissionsTracker(**kwargs)
+    finally:
+        _route_codecarbon_logger(codecarbon_logger)
+
+
+def _route_codecarbon_logger(codecarbon_logger: logging.Logger) -> None:
+    """Drop the stderr handler CodeCarbon installs (again in every tracker's constructor) and
+    let its records reach the application's handlers instead."""
+    for handler in list(codecarbon_logger.handlers):
+        if isinstance(handler, logging.StreamHandler) and not isinstance(
+            handler, logging.FileHandler
+        ):
+            codecarbon_logger.removeHandler(handler)
+    codecarbon_logger.propagate = True
 
 
 class CodeCarbonEnergyBackend:

@@ -17,14 +17,16 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from llenergymeasure.exceptions import ConfigError
+
+logger = logging.getLogger(__name__)
 
 BUILTIN_PREFIX = "builtin:"
 """Model names starting with this prefix are built-in models."""
@@ -92,9 +94,8 @@ def resolve_builtin_model(name: str, cache_dir: str | os.PathLike[str] | None = 
         problem = cache_problem(target)
         if problem is None:
             return target
-        print(
-            f"[llem] the cached {name} at {target} is damaged ({problem}); building it again",
-            file=sys.stderr,
+        logger.warning(
+            "the cached %s at %s is damaged (%s); building it again", name, target, problem
         )
         _set_aside(target)
     return _build_atomically(target, _write_tiny_model)

@@ -6,7 +6,7 @@ load); offline ones through the ``ExperimentOrchestrator``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
 from pathlib import Path
 
 from llenergymeasure.config.models import ExperimentConfig
@@ -20,15 +20,18 @@ from llenergymeasure.harness.orchestrator import (
 
 __all__ = ["measure"]
 
+logger = logging.getLogger(__name__)
+
 
 def measure(
     config: ExperimentConfig,
     *,
-    progress: Callable[[str], None] | None = None,
     baseline_cache: BaselineCache | None = None,
     work_dir: str | Path | None = None,
 ) -> MeasuredExperiment:
     """Run one experiment with the components of this machine; returns its measurement.
+
+    Phase messages are log records of the ``llenergymeasure`` loggers (``llenergymeasure.logs``).
 
     ``baseline_cache`` replaces the per-process idle-baseline cache; the study runner passes one
     backed by a file so that its runs share one baseline. The NVML sensor is closed afterwards.
@@ -38,18 +41,21 @@ def measure(
     if config.mode == "online":
         from llenergymeasure.harness.online import measure_online
 
-        return measure_online(
-            config, progress=progress, baseline_cache=baseline_cache, work_dir=work_dir
-        )
+        return measure_online(config, baseline_cache=baseline_cache, work_dir=work_dir)
     settings = MeasurementSettings.from_user_config()
     engine, energy, sensor = default_components(config, settings)
+    logger.debug(
+        "engine %s, energy backend %s, GPU sensor %s",
+        type(engine).__name__,
+        energy.name,
+        type(sensor).__name__ if sensor is not None else None,
+    )
     orchestrator = ExperimentOrchestrator(
         engine=engine,
         energy_backend=energy,
         sensor=sensor,
         settings=settings,
         baseline_cache=baseline_cache,
-        progress=progress or (lambda _msg: None),
     )
     try:
         return orchestrator.run(config)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import logging
 import shutil
 import sys
 import tempfile
@@ -80,7 +81,7 @@ __all__ = [
     "zeus_gpu_indices",
 ]
 
-Progress = Callable[[str], None]
+logger = logging.getLogger(__name__)
 
 REQUESTS_FILE_NAME = "online_requests.json"
 SERVING_EXTRA_INSTALL = "pip install 'transformers[serving]'"
@@ -349,7 +350,6 @@ def online_result(
 def measure_online(
     config: ExperimentConfig,
     *,
-    progress: Progress | None = None,
     baseline_cache: BaselineCache | None = None,
     work_dir: str | Path | None = None,
     settings: MeasurementSettings | None = None,
@@ -362,7 +362,6 @@ def measure_online(
     default opens NVML over ``online.gpus``; it is closed afterwards). ``PreFlightError`` before
     anything starts when the run cannot go ahead; ``OnlineRunFailed`` when every request failed.
     """
-    say = progress or (lambda _msg: None)
     settings = settings or MeasurementSettings.from_user_config()
     online = config.online
     if config.mode != "online" or online is None:
@@ -388,7 +387,7 @@ def measure_online(
             energy.gpu_indices = zeus_gpu_indices(
                 online, _nvml_uuids(), effective_cuda_visible_devices()
             )
-        say("pre-flight checks")
+        logger.info("pre-flight checks")
         t = time.perf_counter()
         problems = online_preflight(config, energy)
         prepared, dataset_problems = _prepare_dataset(config)
@@ -421,7 +420,9 @@ def measure_online(
         def measure_baseline() -> BaselineMeasurement | None:
             baseline = None
             if config.baseline.enabled and gpu is not None:
-                say(f"idle baseline with the server up ({config.baseline.duration_seconds:g} s)")
+                logger.info(
+                    "idle baseline with the server up (%g s)", config.baseline.duration_seconds
+                )
                 t = time.perf_counter()
                 baseline = get_or_measure_baseline(
                     gpu,
@@ -437,16 +438,19 @@ def measure_online(
             if sampler is not None:
                 sampler.set_phase("warmup")
             cap = online.max_concurrency
-            say(
-                f"sending {online.n_warmup_requests} warmup + {config.n} requests at "
-                f"{online.request_rate} req/s" + (f", at most {cap} in flight" if cap else "")
+            logger.info(
+                "sending %d warmup + %d requests at %s req/s%s",
+                online.n_warmup_requests,
+                config.n,
+                online.request_rate,
+                f", at most {cap} in flight" if cap else "",
             )
             return baseline
 
         if online.starts_server:
-            say(f"starting the {config.backend} server for {config.model}")
+            logger.info("starting the %s server for %s", config.backend, config.model)
         else:
-            say(f"measuring the server at {online.endpoint}")
+            logger.info("measuring the server at %s", online.endpoint)
         with contextlib.ExitStack() as stack:
             out = Path(work_dir) if work_dir is not None else None
             if out is None:
@@ -478,7 +482,7 @@ def measure_online(
             if run.server_log is not None and log.is_file():
                 artifacts[SERVER_LOG_NAME] = log.read_bytes()
         for note in run.warnings:
-            say(f"warning: {note}")
+            logger.warning("%s", note)
         timings.load_s = run.server_ready_s or 0.0
         timings.warmup_s = sum(r.e2e_s for r in run.load.warmup_records)
         timings.measurement_s = run.metrics.duration_s

@@ -13,8 +13,8 @@ protocol with fakes; ``default_components`` builds the real ones.
 from __future__ import annotations
 
 import copy
+import logging
 import statistics
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -55,7 +55,7 @@ from llenergymeasure.results.models import (
     WarmupResult,
 )
 
-Progress = Callable[[str], None]
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -90,20 +90,16 @@ class MeasuredExperiment:
         return self.saved.directory / "result.json"
 
 
-def _noop(_: str) -> None:
-    pass
-
-
 @dataclass
 class _WindowProgress:
     """Progress inside the measurement window, called by the engine between batches.
 
     At most one line every ``interval_s`` (and one for the last batch): one clock read and a
-    comparison per batch otherwise, never a device sync or per-token work.
+    comparison per batch otherwise, never a device sync or per-token work. Installed only when
+    INFO records are shown (or forwarded) somewhere.
     """
 
     total: int
-    say: Progress
     interval_s: float = 2.0
     start: float = field(default_factory=time.perf_counter)
     _last: float = 0.0
@@ -113,7 +109,7 @@ class _WindowProgress:
         if done < self.total and now - self._last < self.interval_s:
             return
         self._last = now
-        self.say(f"measuring: {done}/{self.total} prompts, {now - self.start:.1f} s")
+        logger.info("measuring: %d/%d prompts, %.1f s", done, self.total, now - self.start)
 
 
 @dataclass
@@ -125,7 +121,6 @@ class ExperimentOrchestrator:
     sensor: GpuSensor | None = None
     settings: MeasurementSettings = field(default_factory=MeasurementSettings)
     baseline_cache: BaselineCache | None = None
-    progress: Progress = _noop
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.monotonic
     dataset_loader: Callable[..., Any] | None = None
@@ -233,18 +228,17 @@ class ExperimentOrchestrator:
         timings = PhaseTimings()
         t_start = time.perf_counter()
         started = datetime.now(timezone.utc)
-        say = self.progress
 
-        say("pre-flight checks")
+        logger.info("pre-flight checks")
         t = time.perf_counter()
         problems = self.preflight(config)
         if problems:
             raise PreFlightError(problems)
         if trusts_remote_code(config):
-            print(
-                f"[llem] warning: passthrough_kwargs.trust_remote_code is set: code from the "
-                f"{config.model} repository runs on this machine",
-                file=sys.stderr,
+            logger.warning(
+                "passthrough_kwargs.trust_remote_code is set: code from the %s repository "
+                "runs on this machine",
+                config.model,
             )
         timings.preflight_s = time.perf_counter() - t
 
@@ -327,7 +321,7 @@ class ExperimentOrchestrator:
         if sampler is not None:
             sampler.stop()
             if sampler.error is not None:
-                self.progress(f"warning: sampler error: {sampler.error!r}")
+                logger.warning("sampler error: %r", sampler.error)
 
         result = assemble_result(
             CollectedRun(
@@ -376,8 +370,7 @@ class ExperimentOrchestrator:
             sampler.start()
         if not config.baseline.enabled or self.sensor is None:
             return None
-        say = self.progress
-        say(f"idle baseline ({config.baseline.duration_seconds:g} s)")
+        logger.info("idle baseline (%g s)", config.baseline.duration_seconds)
         t = time.perf_counter()
         baseline = get_or_measure_baseline(
             self.sensor,
@@ -389,9 +382,9 @@ class ExperimentOrchestrator:
         timings.baseline_s = time.perf_counter() - t
         if baseline.from_cache:
             age = baseline.cache_age_s
-            say(f"idle baseline {baseline.power_w:.1f} W (cached, {age:.0f} s old)")
+            logger.info("idle baseline %.1f W (cached, %.0f s old)", baseline.power_w, age)
         else:
-            say(f"idle baseline {baseline.power_w:.1f} W")
+            logger.info("idle baseline %.1f W", baseline.power_w)
         return baseline
 
     def _checked_prompts(self, config: ExperimentConfig, timings: PhaseTimings) -> list[Any]:
@@ -414,11 +407,11 @@ class ExperimentOrchestrator:
         if floor <= 0:
             return
         if self.energy_backend.name == "none":
-            self.progress("thermal floor skipped: no energy is being measured on this machine")
+            logger.info("thermal floor skipped: no energy is being measured on this machine")
             return
         if sampler is not None:
             sampler.set_phase("thermal_floor")
-        self.progress(f"thermal floor: waiting {floor:g} s")
+        logger.info("thermal floor: waiting %g s", floor)
         t = time.perf_counter()
         self.sleep(floor)
         timings.thermal_floor_s = time.perf_counter() - t
@@ -432,13 +425,10 @@ class ExperimentOrchestrator:
     ) -> tuple[list[RequestRecord], WindowReading]:
         """The measurement window over every prompt: prepared before it opens, the engine's
         ``execute`` alone inside it, the records built after it closes."""
-        self.progress(f"measuring {len(prompts)} prompts")
+        logger.info("measuring %d prompts", len(prompts))
         prepared = self.engine.prepare(prompts, config, phase=MEASUREMENT_PHASE)
-        on_batch = (
-            _WindowProgress(total=len(prompts), say=self.progress)
-            if self.progress is not _noop
-            else None
-        )
+        shown = logger.isEnabledFor(logging.INFO)
+        on_batch = _WindowProgress(total=len(prompts)) if shown else None
         window = MeasurementWindow(
             self.energy_backend,
             phase=MEASUREMENT_PHASE,
@@ -454,7 +444,15 @@ class ExperimentOrchestrator:
         )
         with window:
             raw = self.engine.execute(prepared, on_batch=on_batch)
-        return self.engine.records(raw), window.reading
+        reading = window.reading
+        logger.debug(
+            "measurement window closed: %.3f s, GPU energy %s J (%s, %s)",
+            reading.duration_s,
+            reading.energy.total_energy_j,
+            reading.energy.backend,
+            reading.energy.method,
+        )
+        return self.engine.records(raw), reading
 
     # -- where the joules go (issue 16) ------------------------------------------------------
     def _phase_split(
@@ -475,7 +473,7 @@ class ExperimentOrchestrator:
         """
         if energy.total_energy_j is None:
             return None, "the measurement window has no energy figure"
-        self.progress("phase split: prefill-only window (max_new_tokens 1)")
+        logger.info("phase split: prefill-only window (max_new_tokens 1)")
         self.engine.clear_run_state()
         floor = config.warmup.thermal_floor_seconds
         try:
@@ -494,7 +492,7 @@ class ExperimentOrchestrator:
             )
         except Exception as exc:
             # the measurement window is complete: keep its result, say why the split is missing
-            self.progress(f"warning: prefill-only window failed: {exc}")
+            logger.warning("prefill-only window failed: %s", exc)
             return None, f"the prefill-only window failed: {type(exc).__name__}: {exc}"
         return split_from_windows(
             list(records),
@@ -516,13 +514,13 @@ class ExperimentOrchestrator:
         """
         key = engine_load_key(config) if self.keep_engine_loaded else None
         if key is not None and key == self._loaded_key and self._load_info is not None:
-            self.progress(f"engine reused (loaded by run {self._loaded_by})")
+            logger.info("engine reused (loaded by run %s)", self._loaded_by)
             timings.load_s = 0.0
             notes = list(self.engine.begin_reused_run(config))
             return self._load_info, self._loaded_by or "an earlier run", notes
         if self._loaded_key is not None:  # a different engine was kept: drop it first
             self.close()
-        self.progress(f"loading {config.model} ({config.backend}, {config.precision})")
+        logger.info("loading %s (%s, %s)", config.model, config.backend, config.precision)
         t = time.perf_counter()
         load_info = self.engine.load(config)
         timings.load_s = time.perf_counter() - t
@@ -577,7 +575,7 @@ class ExperimentOrchestrator:
                 "n_warmup=0 with pytorch.torch_compile: one warmup run forced so that "
                 "compilation happens before the measurement window"
             )
-            self.progress("warning: " + notes[-1])
+            logger.warning("%s", notes[-1])
         warm_prompts: list[Any] = []
         source: str | None = None
         if runs > 0:
@@ -590,9 +588,11 @@ class ExperimentOrchestrator:
             sampler.set_phase(WARMUP_PHASE)
         t0 = time.perf_counter()
         if runs > 0:
-            self.progress(
-                f"warmup: {'up to ' if wc.convergence_detection else ''}{runs} run(s) of "
-                f"{len(warm_prompts)} prompt(s)"
+            logger.info(
+                "warmup: %s%d run(s) of %d prompt(s)",
+                "up to " if wc.convergence_detection else "",
+                runs,
+                len(warm_prompts),
             )
         for i in range(runs):
             s = time.perf_counter()

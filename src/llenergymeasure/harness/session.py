@@ -16,7 +16,6 @@ serves a group ends the process (or container) instead of measuring the next run
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,10 +25,6 @@ if TYPE_CHECKING:
     from llenergymeasure.harness.orchestrator import MeasuredExperiment
 
 __all__ = ["EngineSession", "is_fatal"]
-
-
-def _noop(_: str) -> None:
-    pass
 
 
 class EngineSession:
@@ -48,7 +43,6 @@ class EngineSession:
         *,
         run_id: str | None = None,
         keep_engine: bool = False,
-        progress: Callable[[str], None] | None = None,
         baseline_cache: BaselineCache | None = None,
         work_dir: str | Path | None = None,
     ) -> MeasuredExperiment:
@@ -58,9 +52,8 @@ class EngineSession:
         the run for the next one; ``baseline_cache`` replaces the session's idle-baseline cache
         (a study passes its file-backed one); ``work_dir``: an online run's server log.
         """
-        say = progress or _noop
         if config.mode == "online":
-            return self._measure_online(config, say, baseline_cache, work_dir)
+            return self._measure_online(config, baseline_cache, work_dir)
         # Looked up on the module at call time (tests replace the real components there).
         from llenergymeasure.harness import orchestrator as orch
 
@@ -71,7 +64,6 @@ class EngineSession:
             orchestrator.energy_backend = orch.energy_backend_for(
                 orchestrator.settings, self._sensor
             )
-        orchestrator.progress = say
         if baseline_cache is not None:
             orchestrator.baseline_cache = baseline_cache
         measured: MeasuredExperiment = orchestrator.run(config, run_id=run_id)
@@ -80,14 +72,13 @@ class EngineSession:
     def _measure_online(
         self,
         config: ExperimentConfig,
-        progress: Callable[[str], None],
         baseline_cache: BaselineCache | None,
         work_dir: str | Path | None,
     ) -> MeasuredExperiment:
         from llenergymeasure.harness.measure import measure
 
         self.close()
-        return measure(config, progress=progress, baseline_cache=baseline_cache, work_dir=work_dir)
+        return measure(config, baseline_cache=baseline_cache, work_dir=work_dir)
 
     def _open(self, config: ExperimentConfig, keep_engine: bool) -> Any:
         from llenergymeasure.energy.baseline import BaselineCache

@@ -209,7 +209,9 @@ class ManagedServer:
         if self.process is not None:
             raise RuntimeError("server already started")
         self.argv[0] = _resolve_program(self.argv[0])
-        env = {**os.environ, **self.env}
+        from llenergymeasure.logs import environment_for_servers
+
+        env = {**environment_for_servers(), **self.env}
         if shutil.which(self.argv[0], path=env.get("PATH")) is None:
             raise BackendError(
                 f"could not start the server {self.argv[0]!r}: no such program",

@@ -37,6 +37,7 @@ from llenergymeasure.results.models import (
     MetricStatistics,
     StudyStatistics,
 )
+from llenergymeasure.text_table import render_table
 
 if TYPE_CHECKING:
     from llenergymeasure.config.models import ExperimentConfig
@@ -597,15 +598,23 @@ def format_statistics(stats: StudyStatistics) -> str:
             "",
             f"config {number}  {cfg.label}  [{cfg.config_hash}]  "
             f"{cfg.runs_completed}{planned} run(s) completed",
-            f"  {'metric':<38} {'n':>3} {'mean':>11} {'std':>11} {'CV %':>7} "
-            f"{'geo mean':>11}  {level} CI",
+            render_table(
+                ["metric", "n", "mean", "std", "CV %", "geo mean", f"{level} CI"],
+                [
+                    [
+                        METRIC_LABELS.get(key, key),
+                        str(m.n),
+                        _fmt(m.mean),
+                        _fmt(m.std),
+                        "n/a" if m.cv is None else f"{m.cv * 100:.2f}",
+                        _fmt(m.geometric_mean),
+                        interval_text(m),
+                    ]
+                    for key, m in cfg.metrics.items()
+                ],
+                justify=["left", "right", "right", "right", "right", "right", "left"],
+            ),
         ]
-        for key, m in cfg.metrics.items():
-            cv = "n/a" if m.cv is None else f"{m.cv * 100:.2f}"
-            lines.append(
-                f"  {METRIC_LABELS.get(key, key):<38} {m.n:>3} {_fmt(m.mean):>11} "
-                f"{_fmt(m.std):>11} {cv:>7} {_fmt(m.geometric_mean):>11}  {interval_text(m)}"
-            )
     if not stats.configs:
         lines.append("  (no completed runs)")
     return "\n".join(lines)
@@ -618,6 +627,6 @@ def _format_single_runs(stats: StudyStatistics) -> str:
     ]
     for number, cfg in enumerate(stats.configs, 1):
         lines += ["", f"config {number}  {cfg.label}  [{cfg.config_hash}]"]
-        for key, m in cfg.metrics.items():
-            lines.append(f"  {METRIC_LABELS.get(key, key):<38} {_fmt(m.mean):>11}")
+        rows = [[METRIC_LABELS.get(key, key), _fmt(m.mean)] for key, m in cfg.metrics.items()]
+        lines.append(render_table(None, rows, justify=["left", "right"]))
     return "\n".join(lines)

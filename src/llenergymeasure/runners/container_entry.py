@@ -19,9 +19,10 @@ wrote ``config.json`` there), or ``{"stop": true}``. Each run is measured by one
 process: one engine load for the group, ``engine_reused``/``engine_loaded_by`` in the results)
 and saved into ``ROOT/<dir>/out`` like a one-run container does (``result.json`` +
 ``timeseries.parquet``, or ``error.json``). Replies go to stdout, one line each, after
-``REPLY_MARKER``: ``{"run_id", "progress"}`` while a run goes, then ``{"run_id", "ok": true}``
-or ``{"run_id", "ok": false, "type", "message", "fatal"}``; everything else the container
-prints (stdout of libraries included) goes to stderr. A Python exception fails only its run;
+``REPLY_MARKER``: ``{"run_id", "progress"}`` while a run goes (its log records,
+``logs.forward_messages``), then ``{"run_id", "ok": true}`` or ``{"run_id", "ok": false,
+"type", "message", "fatal"}``; everything else the container prints (its log records,
+stdout of libraries included) goes to stderr. A Python exception fails only its run;
 a fatal one (CUDA, out of memory: ``is_fatal``) unloads and ends the container (exit code 1)
 so that the host starts a fresh one for the group's next run. When stdin closes (the host's
 process is gone) the container ends: at once if a run is being measured, else after unloading.
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import queue
 import sys
@@ -40,9 +42,12 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from llenergymeasure.logs import forward_messages, process_logging
 from llenergymeasure.runners.docker import REPLY_MARKER
 
 __all__ = ["main", "serve"]
+
+logger = logging.getLogger(__name__)
 
 HOST_GONE_EXIT = 70  # stdin closed while a run was being measured: nobody waits for it
 
@@ -51,8 +56,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Measure the experiment of the config JSON and save it into the out dir; exit code.
     ``--serve ROOT``: serve an engine group's runs from stdin (see the module docstring)."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] == "--serve":
-        return _serve_stdio(Path(args[1] if len(args) > 1 else "/llem"))
+    with process_logging():  # the container's log: its stderr
+        if args and args[0] == "--serve":
+            return _serve_stdio(Path(args[1] if len(args) > 1 else "/llem"))
+        return _measure_one(args)
+
+
+def _measure_one(args: list[str]) -> int:
     config_path = Path(args[0] if args else os.environ.get("LLEM_CONFIG_PATH", ""))
     out_dir = Path(args[1] if len(args) > 1 else "/llem/out")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -61,11 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from llenergymeasure.harness.measure import measure
 
         config = ExperimentConfig.model_validate_json(config_path.read_text(encoding="utf-8"))
-        measured = measure(
-            config,
-            progress=lambda msg: print(msg, file=sys.stderr, flush=True),
-            work_dir=out_dir,  # an online run's server log lands beside the result as it goes
-        )
+        # an online run's server log lands beside the result as it goes
+        measured = measure(config, work_dir=out_dir)
         measured.save(out_dir, rescue=False)  # a container's own disk dies with it
     except Exception as e:
         traceback.print_exc()
@@ -122,7 +129,6 @@ def _serve_one(
     out_dir: Path | None = None
 
     def progress(message: str) -> None:
-        print(f"[{run_id}] {message}", file=sys.stderr, flush=True)
         reply({"run_id": run_id, "progress": message})
 
     try:
@@ -137,14 +143,14 @@ def _serve_one(
         )
         cache_name = request.get("baseline_cache")
         cache = BaselineCache(path=_inside(root, cache_name)) if cache_name else None
-        measured = session.measure(
-            config,
-            run_id=run_id,
-            keep_engine=bool(request.get("keep_engine", True)),
-            progress=progress,
-            baseline_cache=cache,
-            work_dir=out_dir,
-        )
+        with forward_messages(progress):
+            measured = session.measure(
+                config,
+                run_id=run_id,
+                keep_engine=bool(request.get("keep_engine", True)),
+                baseline_cache=cache,
+                work_dir=out_dir,
+            )
         measured.save(out_dir, rescue=False)  # a container's own disk dies with it
     except BaseException as exc:
         from llenergymeasure.harness.session import is_fatal
@@ -191,8 +197,7 @@ class _HostLines:
                 return  # a graceful stop: the unload that follows must not be cut short
         if self._busy.is_set():
             try:  # the host that read our output may be gone too (a broken pipe)
-                print("[llem] stdin closed during a run: the host is gone", file=sys.stderr)
-                sys.stderr.flush()
+                logger.error("stdin closed during a run: the host is gone")
             finally:
                 os._exit(HOST_GONE_EXIT)
         self._lines.put(None)

@@ -28,16 +28,18 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import queue
 import subprocess
 import threading
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from llenergymeasure.exceptions import ExperimentError
+from llenergymeasure.logs import relay
 from llenergymeasure.runners.docker import (
     REPLY_MARKER,
     DockerRunner,
@@ -57,9 +59,7 @@ GROUP_STOP_S = 45.0  # after "stop", how long the container gets to unload befor
 FATAL_EXIT_S = 60.0  # after a fatal error, how long it gets to unload and exit by itself
 KILL_WAIT_S = 30.0  # how long `docker kill` and the client's exit may take
 
-
-def _noop(_: str) -> None:
-    pass
+logger = logging.getLogger(__name__)
 
 
 class DockerEngineGroup:
@@ -93,10 +93,10 @@ class DockerEngineGroup:
         run_id: str,
         keep_engine: bool = True,
         baseline_cache: str | Path | None = None,
-        progress: Callable[[str], None] | None = None,
     ) -> DockerRunResult:
         """Measure ``config`` as run ``run_id`` in the group's container (started when there is
         none, or when ``run_dir`` lies elsewhere); ``ExperimentError`` (logs kept) on failure.
+        The container's progress replies are logged here (``logs.relay``).
 
         ``baseline_cache``: the study's idle-baseline cache file, shared with the container
         when it lies in the mounted directory."""
@@ -118,7 +118,7 @@ class DockerEngineGroup:
         }
         try:
             self._send(request)
-            reply = self._wait_reply(run_id, progress or _noop)
+            reply = self._wait_reply(run_id)
         except BaseException:  # interrupted (Ctrl-C, the study's timeout): no orphan
             self.close(graceful=False)
             raise
@@ -173,7 +173,7 @@ class DockerEngineGroup:
         except (BrokenPipeError, OSError, ValueError):
             pass  # the container is gone: its output ends and the wait reports the exit
 
-    def _wait_reply(self, run_id: str, progress: Callable[[str], None]) -> dict[str, Any] | None:
+    def _wait_reply(self, run_id: str) -> dict[str, Any] | None:
         """The run's final reply; None when the container's output ended without one. (The
         study's ``experiment_timeout_seconds`` ends the group's process, which lands in the
         caller's ``except BaseException``.)"""
@@ -187,7 +187,7 @@ class DockerEngineGroup:
             if reply.get("run_id") != run_id:
                 continue  # a late message of an earlier run
             if "progress" in reply:
-                progress(str(reply["progress"]))
+                relay(logger, str(reply["progress"]))
                 continue
             return reply
 

@@ -187,7 +187,7 @@ class FreshProcessExecutor:
 
 
 def _relay(study: StudyBookkeeping, entry: RunEntry, message: str) -> None:
-    study.progress.message(f"{entry.run_id}: {message}")
+    study.progress.relay(entry.run_id, message)
 
 
 def _relayer(study: StudyBookkeeping, entry: RunEntry) -> Callable[[str], None]:

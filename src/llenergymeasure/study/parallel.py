@@ -249,7 +249,7 @@ def _step(runner: StudyBookkeeping, active: list[_Active]) -> list[_Active]:
                     item.closed = True
                     break
                 if kind == "progress":
-                    runner.progress.message(f"{item.entry.run_id}: {payload}")
+                    runner.progress.relay(item.entry.run_id, str(payload))
                 elif kind == "ready":  # the process is up: the run's own time starts now
                     timeout = runner.manifest.execution.experiment_timeout_seconds
                     if timeout is not None:

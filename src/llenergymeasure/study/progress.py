@@ -1,19 +1,27 @@
-"""Study progress on stderr: one tqdm bar (runs done/total, elapsed, ETA), phase lines, gaps."""
+"""Study progress: one tqdm bar on stderr (runs done/total, elapsed, ETA), and the study's
+phase lines as log records (``llenergymeasure.study.progress``; the CLI prints them above the
+bar, see ``cli.logging_setup``)."""
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 import time
 from collections.abc import Callable
 from typing import IO, Any
 
+from llenergymeasure.logs import RUN_ATTRIBUTE, relay
+
+logger = logging.getLogger(__name__)
+
 
 class StudyProgress:
-    """Overall bar plus per-run messages printed above it; silent when ``quiet``.
+    """Overall bar, and the study's messages as log records; no bar when ``quiet``.
 
-    On a stream that is not a terminal (SLURM logs, CI, pipes) there is no bar: plain lines
-    instead of redraw frames (``plain``; None = decide from ``stream.isatty()``).
+    On a stream that is not a terminal (SLURM logs, CI, pipes) there is no bar (``plain``;
+    None = decide from ``stream.isatty()``). Without a bar, each finished run and the first
+    status of each gap are INFO records instead of redraw frames.
     """
 
     def __init__(
@@ -46,17 +54,16 @@ class StudyProgress:
 
     @property
     def _lines(self) -> bool:
-        return self._plain and not self.quiet
+        """No bar: runs done and gap statuses are records too."""
+        return self._bar is None
 
-    def _print(self, text: str) -> None:
-        print(f"[llem] {text}", file=self.stream, flush=True)
+    def message(self, text: str, *, level: int = logging.INFO, run_id: str | None = None) -> None:
+        """A phase or status message of the study (of run ``run_id``), logged."""
+        logger.log(level, "%s", text, extra={RUN_ATTRIBUTE: run_id} if run_id else None)
 
-    def message(self, text: str) -> None:
-        """A phase or status line above the bar."""
-        if self._bar is not None:
-            self._bar.write(f"[llem] {text}", file=self.stream)
-        elif self._lines:
-            self._print(text)
+    def relay(self, run_id: str, text: str) -> None:
+        """A message a run's process sent (``logs.forward_messages``), logged at its level."""
+        relay(logger, text, run_id=run_id)
 
     def advance(self) -> None:
         """One more run finished (completed or failed)."""
@@ -65,19 +72,20 @@ class StudyProgress:
             self._bar.update(1)
         elif self._lines:
             elapsed = time.monotonic() - self._started
-            self._print(f"study: {self._done}/{self._total} runs done ({elapsed:.0f} s elapsed)")
+            self.message(f"study: {self._done}/{self._total} runs done ({elapsed:.0f} s elapsed)")
 
     def status(self, text: str) -> None:
         """Replace the bar's trailing status (used for the gap countdown).
 
-        Plain lines: only the first status of each label (``"<label>: N s"``), not every tick.
+        Without a bar: a message for the first status of each label (``"<label>: N s"``), not
+        for every tick.
         """
         if self._bar is not None:
             self._bar.set_postfix_str(text, refresh=True)
         elif self._lines:
             label = text.partition(":")[0] if text else None
             if label is not None and label != self._status_label:
-                self._print(text)
+                self.message(text)
             self._status_label = label
 
     def close(self) -> None:

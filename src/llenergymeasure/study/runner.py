@@ -24,10 +24,10 @@ interrupted, pending and stale ``running`` runs run again, in the same directory
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import signal
-import sys
 import tempfile
 import threading
 import time
@@ -95,6 +95,8 @@ __all__ = [
     "run_order",
     "run_study_config",
 ]
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_WORKER: Worker = measure_worker
 LOCK_NAME = ".study.lock"
@@ -367,8 +369,8 @@ class StudyRunner:
         manifest = load_manifest(study_dir)
         note = check_design(manifest, study_dir, study)
         runner = cls(study_dir, manifest, **kwargs)
-        if note and not runner.quiet:
-            print(f"[llem] {note}", file=runner.stream or sys.stderr)
+        if note:
+            logger.info("%s", note)
         return runner
 
     @classmethod
@@ -450,8 +452,15 @@ class StudyRunner:
         self._progress = StudyProgress(
             len(self.manifest.runs), done, quiet=self.quiet, stream=self.stream
         )
+        executor = self.executor()
+        logger.debug(
+            "%d of %d runs to do with %s",
+            len(todo),
+            len(self.manifest.runs),
+            type(executor).__name__,
+        )
         try:
-            self.executor().execute(self, todo)
+            executor.execute(self, todo)
         except KeyboardInterrupt:
             self._interrupted(session)
             raise
@@ -514,13 +523,17 @@ class StudyRunner:
         if isinstance(outcome, RunError):
             entry.status = "failed"
             entry.error = outcome
-            self.progress.message(f"{entry.run_id} FAILED: {outcome.type}: {outcome.message}")
+            self.progress.message(
+                f"{entry.run_id} FAILED: {outcome.type}: {outcome.message}", level=logging.WARNING
+            )
         else:
             self.results[entry.run_id] = outcome.result
             entry.status = "completed"
             self.place_result(entry, outcome.path, outcome.rescue_reason)
             if entry.rescued:
-                self.progress.message(f"{entry.run_id} completed; {entry.rescued}")
+                self.progress.message(
+                    f"{entry.run_id} completed; {entry.rescued}", level=logging.WARNING
+                )
             else:
                 self.progress.message(f"{entry.run_id} completed")
         self.save()
@@ -602,7 +615,8 @@ class StudyRunner:
             self._note(
                 f"{entry.run_id}: result file {path} {problem}"
                 + (f"; kept as {moved}" if moved else "")
-                + "; the run will run again"
+                + "; the run will run again",
+                logging.WARNING,
             )
             entry.status = "pending"
             entry.result_path = None
@@ -635,7 +649,8 @@ class StudyRunner:
         self._note(
             f"{entry.run_id}: {path} is not a result of this run's config"
             + (f"; kept as {moved}" if moved else "")
-            + "; the run will run again"
+            + "; the run will run again",
+            logging.WARNING,
         )
 
     def _set_aside(self, entry: RunEntry, path: Path) -> Path | None:
@@ -653,9 +668,8 @@ class StudyRunner:
             return aside
         return None
 
-    def _note(self, message: str) -> None:
-        if not self.quiet:
-            print(f"[llem] {message}", file=self.stream or sys.stderr)
+    def _note(self, message: str, level: int = logging.INFO) -> None:
+        logger.log(level, "%s", message)
 
     def finish(self) -> StudyResult:
         from llenergymeasure.study.summary import build_study_result, write_study_outputs

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import re
@@ -63,6 +64,8 @@ __all__ = [
     "format_time_limit",
     "sbatch_command",
 ]
+
+logger = logging.getLogger(__name__)
 
 STATUS_NAME = "slurm_status.json"  # written into the run directory by the job (slurm_entry)
 #: States of a job that is still queued or running.
@@ -403,7 +406,8 @@ class SlurmStudyExecutor:
                         progress.message(f"{entry.run_id} completed ({entry.slurm_job_id})")
                     elif entry.error is not None:
                         progress.message(
-                            f"{entry.run_id} FAILED: {entry.error.type}: {entry.error.message}"
+                            f"{entry.run_id} FAILED: {entry.error.type}: {entry.error.message}",
+                            level=logging.WARNING,
                         )
         except KeyboardInterrupt:
             session.finished_at = utc_now()
@@ -468,11 +472,7 @@ class SlurmStudyExecutor:
             entry.slurm_state = "PENDING"
             entry.slurm_jobs.append(SlurmJob(job_id=entry.slurm_job_id, attempt=entry.attempts))
         runner.save()
-        if not runner.quiet:
-            print(
-                f"[llem] submitted {len(entries)} run(s) as SLURM job array {array} ({script})",
-                file=runner.stream or sys.stderr,
-            )
+        logger.info("submitted %d run(s) as SLURM job array %s (%s)", len(entries), array, script)
         return array
 
     # -- collecting -----------------------------------------------------------------------------

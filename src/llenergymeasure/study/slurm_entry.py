@@ -7,12 +7,13 @@ only: the study process alone writes the manifest), measures it with the real wo
 ``result.json`` (+ ``timeseries.parquet``) into ``<study_dir>/<run_id>/``. Its own status goes
 to ``<run_dir>/slurm_status.json``: ``RUNNING`` at the start, then ``COMPLETED`` or ``FAILED``
 (with the exception), so the study process can settle the run even without ``sacct``.
-Exit code 0 on success, 1 on failure.
+Exit code 0 on success, 1 on failure. Its log records go to stderr (the job's log).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -20,10 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from llenergymeasure.exceptions import UnsafeWriteError
+from llenergymeasure.logs import process_logging, relay
 from llenergymeasure.study.slurm import STATUS_NAME
 from llenergymeasure.study.worker import RunRequest, Worker, measure_worker, short_traceback
 
 __all__ = ["main"]
+
+logger = logging.getLogger(__name__)
 
 
 def _job_id() -> str | None:
@@ -41,18 +45,22 @@ def _write_status(run_dir: Path, data: dict[str, Any]) -> None:
 
 def main(argv: Sequence[str] | None = None, *, worker: Worker | None = None) -> int:
     """Measure the run at ``position`` of the study in ``study_dir``; the exit code."""
+    with process_logging():
+        return _measure(list(sys.argv[1:] if argv is None else argv), worker)
+
+
+def _measure(args: list[str], worker: Worker | None) -> int:
     from llenergymeasure.study.manifest import load_manifest
     from llenergymeasure.study.planning import BASELINE_CACHE_NAME
 
-    args = list(sys.argv[1:] if argv is None else argv)
     if len(args) not in (2, 3):
-        print("usage: slurm_entry <study_dir> <position> [<attempt>]", file=sys.stderr)
+        logger.error("usage: slurm_entry <study_dir> <position> [<attempt>]")
         return 2
     study_dir, position = Path(args[0]), int(args[1])
     manifest = load_manifest(study_dir)
     entry = next((r for r in manifest.runs if r.position == position), None)
     if entry is None:
-        print(f"no run at position {position} in {study_dir}", file=sys.stderr)
+        logger.error("no run at position %d in %s", position, study_dir)
         return 2
     from llenergymeasure.files import make_directory
     from llenergymeasure.redaction import install_stream_redaction
@@ -75,11 +83,11 @@ def main(argv: Sequence[str] | None = None, *, worker: Worker | None = None) -> 
     )
     try:
         measured = (worker or measure_worker)(
-            request, lambda msg: print(f"{entry.run_id}: {msg}", file=sys.stderr, flush=True)
+            request, lambda text: relay(logger, text, run_id=entry.run_id)
         )
         path = measured.save(run_dir, base=study_dir)
     except Exception as exc:
-        print(short_traceback(exc), file=sys.stderr)
+        logger.error("%s", short_traceback(exc))
         error = {"type": type(exc).__name__, "message": str(exc) or repr(exc)}
         error["traceback"] = short_traceback(exc)
         _write_status(run_dir, {"job_id": job, "state": "FAILED", "host": host, "error": error})
@@ -87,10 +95,12 @@ def main(argv: Sequence[str] | None = None, *, worker: Worker | None = None) -> 
     done: dict[str, Any] = {"job_id": job, "state": "COMPLETED", "host": host}
     saved = measured.saved
     if saved is not None and saved.rescued:
-        print(
-            f"{entry.run_id}: the result could not be saved in {run_dir} ({saved.reason}); "
-            f"it was saved to {path}",
-            file=sys.stderr,
+        logger.warning(
+            "%s: the result could not be saved in %s (%s); it was saved to %s",
+            entry.run_id,
+            run_dir,
+            saved.reason,
+            path,
         )
         done.update(rescued_to=str(path), rescue_reason=saved.reason)
     with contextlib.suppress(OSError, UnsafeWriteError):  # the log above says where it went

@@ -19,6 +19,7 @@ from llenergymeasure.results.models import (
 )
 from llenergymeasure.results.stats import varying_fields
 from llenergymeasure.study.manifest import StudyManifest
+from llenergymeasure.text_table import render_table
 
 SUMMARY_NAME = "study_summary.json"
 RESULTS_TABLE_NAME = "results.parquet"
@@ -181,9 +182,7 @@ def format_study_summary(result: StudyResult, manifest: StudyManifest) -> str:
     by_hash: dict[str, list[ExperimentResult]] = {}
     for r in result.results:
         by_hash.setdefault(r.measurement_config_hash, []).append(r)
-    header = f"  {'#':>3}  {'config':<16}  {'backend':<8} {'prec':<5} {'runs':>5}  "
-    header += f"{'J/token':>10}  {'tok/s':>10}  varies"
-    lines += ["", header]
+    rows: list[list[str]] = []
     for i, config in enumerate(manifest.experiments, 1):
         h = next((r.config_hash for r in manifest.runs if r.config_index == i - 1), "?" * 16)
         planned = sum(1 for r in manifest.runs if r.config_index == i - 1)
@@ -191,13 +190,26 @@ def format_study_summary(result: StudyResult, manifest: StudyManifest) -> str:
         jpt = _mean([r.energy_per_output_token_j for r in done])
         tps = _mean([r.tokens_per_second for r in done])
         flat = flatten(config.model_dump(mode="json"))
-        varies = " ".join(f"{k}={flat.get(k)}" for k in varying)
-        lines.append(
-            f"  {i:>3}  {h:<16}  {config.backend:<8} {config.precision:<5} "
-            f"{f'{len(done)}/{planned}':>5}  "
-            f"{'n/a' if jpt is None else f'{jpt:.4g}':>10}  "
-            f"{'n/a' if tps is None else f'{tps:.1f}':>10}  {varies}".rstrip()
+        rows.append(
+            [
+                str(i),
+                h,
+                config.backend,
+                config.precision,
+                f"{len(done)}/{planned}",
+                "n/a" if jpt is None else f"{jpt:.4g}",
+                "n/a" if tps is None else f"{tps:.1f}",
+                " ".join(f"{k}={flat.get(k)}" for k in varying),
+            ]
         )
+    lines += [
+        "",
+        render_table(
+            ["#", "config", "backend", "prec", "runs", "J/token", "tok/s", "varies"],
+            rows,
+            justify=["right", "left", "left", "left", "right", "right", "right", "left"],
+        ),
+    ]
     if all(r.energy_per_output_token_j is None for r in result.results) and result.results:
         lines.append("  (energy not measured on this machine: no GPU energy sensor)")
     if result.failed:

@@ -5,7 +5,8 @@ worker measures one experiment and returns a ``MeasuredExperiment``; ``child_mai
 into the run's directory (``result.json`` + ``timeseries.parquet``) and sends a small status
 over the pipe: the result JSON itself when it is under ``PIPE_PAYLOAD_LIMIT`` bytes, otherwise
 only its path (the file is the fallback for large payloads). Phase messages go over the same
-pipe as ``("progress", text)``.
+pipe as ``("progress", text)``: the child's llem log records (``logs.forward_messages``) and
+whatever a worker passes to its ``progress`` callable; the study process logs them again.
 
 Engine reuse: ``group_child_main(worker, conn)`` serves a whole engine group in one process.
 It receives ``("run", request)`` messages, answers each like ``child_main`` does, and keeps
@@ -24,6 +25,7 @@ Workers must be picklable top-level callables (functions, or instances of top-le
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import threading
@@ -36,12 +38,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from llenergymeasure.config.models import ExperimentConfig
 from llenergymeasure.harness.session import EngineSession, is_fatal
+from llenergymeasure.logs import forward_messages
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
 
     from llenergymeasure.harness.orchestrator import MeasuredExperiment
     from llenergymeasure.runners import DockerRunResult
+
+logger = logging.getLogger(__name__)
 
 PIPE_PAYLOAD_LIMIT = 1_000_000  # bytes of result JSON sent over the pipe; larger: path only
 PARENT_POLL_S = 0.5  # how often a child checks that the study process is still alive
@@ -65,7 +70,8 @@ class RunRequest:
 
 
 class Worker(Protocol):
-    """Measures one run in the child process; ``progress`` forwards phase messages."""
+    """Measures one run in the child process; ``progress`` sends a line to the study's output
+    (the real worker logs instead: its records travel the same way)."""
 
     def __call__(
         self, request: RunRequest, progress: Callable[[str], None]
@@ -87,9 +93,7 @@ def measure_worker(request: RunRequest, progress: Callable[[str], None]) -> Meas
         worker.close()
 
 
-def _measure_in_container(
-    request: RunRequest, image: str, progress: Callable[[str], None]
-) -> MeasuredExperiment:
+def _measure_in_container(request: RunRequest, image: str) -> MeasuredExperiment:
     from llenergymeasure.runners import DockerRunner
 
     docker = DockerRunner(image)
@@ -98,7 +102,7 @@ def _measure_in_container(
         from llenergymeasure.exceptions import PreFlightError
 
         raise PreFlightError(problems)
-    progress(f"running in container {image}")
+    logger.info("running in container %s", image)
     return _measured_from(docker.run(request.config, Path(request.run_dir)))
 
 
@@ -152,8 +156,8 @@ class ReusingMeasureWorker:
         )
         if runner.kind == "docker" and runner.image:
             if request.reuse_engine:
-                return self._measure_in_group_container(request, runner.image, progress)
-            return _measure_in_container(request, runner.image, progress)
+                return self._measure_in_group_container(request, runner.image)
+            return _measure_in_container(request, runner.image)
         cache = (
             BaselineCache(path=request.baseline_cache_path)
             if request.baseline_cache_path is not None
@@ -163,14 +167,11 @@ class ReusingMeasureWorker:
             request.config,
             run_id=request.run_id,
             keep_engine=request.reuse_engine,
-            progress=progress,
             baseline_cache=cache,
             work_dir=request.run_dir,
         )
 
-    def _measure_in_group_container(
-        self, request: RunRequest, image: str, progress: Callable[[str], None]
-    ) -> MeasuredExperiment:
+    def _measure_in_group_container(self, request: RunRequest, image: str) -> MeasuredExperiment:
         """The run in the group's one container (started on the group's first run, and again
         after it died); the container keeps the engine loaded between the group's runs."""
         from llenergymeasure.runners import DockerEngineGroup, DockerRunner
@@ -188,14 +189,15 @@ class ReusingMeasureWorker:
 
                 raise PreFlightError(problems)
             group = self._container = DockerEngineGroup(docker)
-        progress(f"running in container {image} (engine group: one container for the group's runs)")
+        logger.info(
+            "running in container %s (engine group: one container for the group's runs)", image
+        )
         outcome = group.run(
             request.config,
             Path(request.run_dir),
             run_id=request.run_id,
             keep_engine=True,
             baseline_cache=request.baseline_cache_path,
-            progress=progress,
         )
         return _measured_from(outcome)
 
@@ -264,9 +266,11 @@ def _measure_and_report(worker: Worker, request: RunRequest, conn: Connection) -
         path = measured.save(run_dir, base=run_dir.parent)
         saved = measured.saved
         if saved is not None and saved.rescued:
-            progress(
-                f"the result could not be saved in {run_dir} ({saved.reason}); "
-                f"it was saved to {saved.directory}"
+            logger.warning(
+                "the result could not be saved in %s (%s); it was saved to %s",
+                run_dir,
+                saved.reason,
+                saved.directory,
             )
         text = measured.result.model_dump_json()
         payload = {
@@ -305,15 +309,8 @@ def group_child_main(
     _prepare_child(visible_devices, parent_pid)
     _send(conn, ("ready", os.getpid()))  # run timeouts count from here, not from the spawn
     try:
-        while True:
-            try:
-                kind, request = conn.recv()
-            except (EOFError, OSError):
-                break
-            if kind != "run":
-                break
-            if _measure_and_report(worker, request, conn):
-                break
+        with forward_messages(lambda text: _send(conn, ("progress", text))):
+            _serve_group(worker, conn)
     finally:
         close = getattr(worker, "close", None)
         try:
@@ -321,6 +318,16 @@ def group_child_main(
                 close()
         finally:
             conn.close()
+
+
+def _serve_group(worker: Worker, conn: Connection) -> None:
+    while True:
+        try:
+            kind, request = conn.recv()
+        except (EOFError, OSError):
+            return
+        if kind != "run" or _measure_and_report(worker, request, conn):
+            return
 
 
 def child_main(
@@ -336,6 +343,7 @@ def child_main(
     _prepare_child(request.visible_devices, parent_pid)
     _send(conn, ("ready", os.getpid()))  # the run's timeout counts from here, not the spawn
     try:
-        _measure_and_report(worker, request, conn)
+        with forward_messages(lambda text: _send(conn, ("progress", text))):
+            _measure_and_report(worker, request, conn)
     finally:
         conn.close()

@@ -46,9 +46,8 @@ def fake_measure_worker(
         sensor=FakeGpuSensor() if with_sensor else None,
         settings=MeasurementSettings(sampling_interval_ms=10),
         baseline_cache=cache,
-        progress=progress,
     )
-    return orchestrator.run(config)
+    return orchestrator.run(config)  # its log records travel to the study like the real ones
 
 
 @dataclass(frozen=True)
@@ -181,7 +180,6 @@ class ReusingFakeWorker:
             _GROUP_SESSION["orchestrator"] = orchestrator
             _GROUP_SESSION["engine"] = engine
         _GROUP_SESSION["engine"].run_id = request.run_id
-        orchestrator.progress = progress
         if position in self.fail_at:
             raise ValueError(f"scripted failure in run {position}")
         if position in self.fatal_at:
