@@ -24,6 +24,18 @@ def isolated_user_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pyt
 
 
 @pytest.fixture
+def reachable_hub(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The HF hub counts as reachable, and nothing is asked of the network: the bounded probe
+    answers "reachable" without a request. Pre-flight then lets hub ids that are not in the
+    (empty, per-test) HF cache through to the engine; for tests whose engine is a fake that
+    downloads nothing (``org/model`` and the like)."""
+    from llenergymeasure import hub
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hub, "probe_hub", lambda **_: None)
+
+
+@pytest.fixture
 def write_yaml(tmp_path: Path) -> Callable[..., Path]:
     """Write text to ``tmp_path/<name>`` and return the path."""
 

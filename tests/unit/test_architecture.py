@@ -2,7 +2,8 @@
 
 Floors, lowest first::
 
-    0  exceptions, _version, redaction (what is secret), files (the one write path), hub
+    0  exceptions, _version, redaction (what is secret), files (the one write path), hub,
+       gguf_files (GGUF model files: naming and header)
     1  config, datasets
     2  energy, engines, results
     3  harness, online (a server under load: measured like harness measures an engine)
@@ -33,6 +34,7 @@ FLOORS: dict[str, int] = {
     "redaction": 0,
     "files": 0,
     "hub": 0,
+    "gguf_files": 0,
     "config": 1,
     "datasets": 1,
     "energy": 2,

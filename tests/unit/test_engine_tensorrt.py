@@ -33,6 +33,10 @@ from llenergymeasure.engines.tensorrt import (
 )
 from llenergymeasure.exceptions import BackendError
 
+# The engines' pre-flight probes the hub for uncached hub ids: the fakes' `org/model`s
+# pass as reachable, and no test asks the network.
+pytestmark = pytest.mark.usefixtures("reachable_hub")
+
 FAKES = Path(__file__).resolve().parents[1] / "fakes"
 PROMPTS = [Prompt("a bb ccc", index=0), Prompt("dddd", max_new_tokens=4, index=1)]
 

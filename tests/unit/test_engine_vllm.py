@@ -29,6 +29,10 @@ from llenergymeasure.engines.factory import create_engine
 from llenergymeasure.engines.vllm import VLLMBackend
 from llenergymeasure.exceptions import BackendError
 
+# The engines' pre-flight probes the hub for uncached hub ids: the fakes' `org/model`s
+# pass as reachable, and no test asks the network.
+pytestmark = pytest.mark.usefixtures("reachable_hub")
+
 FAKES = Path(__file__).resolve().parents[1] / "fakes"
 
 

@@ -254,12 +254,16 @@ class TensorRTBackend(OfflineLLMEngine):
     # ─── Pre-flight ─────────────────────────────────────────────────────────
     def _machine_problems(self, config: ExperimentConfig) -> list[str]:
         """The installed TensorRT-LLM must be a 1.2.x; a given ``engine_path`` must be an
-        engine folder. Static config rules (precision, quantization, beam, LoRA, draft models)
-        are the config model's."""
+        engine folder; the model (built from, or the tokenizer of a given engine) must be a
+        local folder, or a hub id in the HF cache or on a hub that answers one bounded probe.
+        Static config rules (precision, quantization, beam, LoRA, draft models, GGUF) are the
+        config model's."""
         problems: list[str] = []
         version_issue = version_problem(self.version())
         if version_issue is not None:
             problems.append(version_issue)
+        extra = config.passthrough_kwargs or {}
+        problems.extend(self._check_hf_model(config.model, "model", extra.get("revision")))
         t = config.tensorrt
         if t is not None and t.engine_path is not None:
             path = Path(t.engine_path).expanduser()
