@@ -384,3 +384,13 @@ def test_execute_stamps_responses_and_records_are_built_after_it(
     assert [r.output_tokens for r in records] == [
         len(s.final.outputs[0].token_ids) for s in raw.payload
     ]
+
+
+def test_an_uncached_hub_model_fails_preflight_when_the_hub_cannot_be_reached(
+    trt: ModuleType, unreachable_hub: str
+) -> None:
+    (problem,) = TensorRTBackend().preflight(cfg(model="llem-test-org/uncached"))
+    assert problem.startswith(
+        "model: 'llem-test-org/uncached' is not in the HF cache and the HF hub is unreachable"
+    )
+    assert unreachable_hub in problem and "HF_HUB_OFFLINE=1" in problem
