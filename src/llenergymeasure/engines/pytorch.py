@@ -65,6 +65,7 @@ from llenergymeasure.engines.base import (
     BatchProgress,
     InferenceBackend,
     LoadInfo,
+    PassthroughKeys,
     PreparedRun,
     RawRun,
     RequestRecord,
@@ -89,7 +90,9 @@ __all__ = [
     "DEFAULT_NUM_BEAMS",
     "ENGINE_PASSTHROUGH_KEYS",
     "LOAD_PASSTHROUGH_KEYS",
+    "TOKENIZER_PASSTHROUGH_KEYS",
     "PyTorchBackend",
+    "generation_passthrough_keys",
     "split_passthrough_kwargs",
 ]
 
@@ -190,6 +193,16 @@ def _generation_config_keys() -> frozenset[str]:
     from transformers import GenerationConfig
 
     return frozenset(k for k in vars(GenerationConfig()) if not k.startswith("_"))
+
+
+def generation_passthrough_keys() -> tuple[str, frozenset[str]]:
+    """("transformers <version>", the keys ``split_passthrough_kwargs`` sends to ``generate``):
+    the installed ``GenerationConfig``'s fields less the keys it sorts elsewhere or refuses."""
+    import transformers
+
+    other = set(_CONFLICTING_KEYS) | _FORBIDDEN_GENERATE_KEYS
+    other |= ENGINE_PASSTHROUGH_KEYS | LOAD_PASSTHROUGH_KEYS
+    return f"transformers {transformers.__version__}", _generation_config_keys() - other
 
 
 def split_passthrough_kwargs(
@@ -387,6 +400,35 @@ class PyTorchBackend(InferenceBackend):
         (Never raises: ``isinstance(x, InferenceBackend)`` reads it on Python 3.10/3.11.)
         """
         return self._tokenizer
+
+    @classmethod
+    def passthrough_keys(cls) -> PassthroughKeys:
+        """``from_pretrained`` options (a fixed set), ``torch_compile_mode``, and any
+        ``GenerationConfig`` field of the installed transformers (``split_passthrough_kwargs``
+        sorts them the same way)."""
+        return PassthroughKeys(
+            engine=cls.name,
+            own={
+                "torch_compile_mode": "the `torch.compile` mode of transformers' compile path "
+                "(with `pytorch.torch_compile: true`)",
+            },
+            routes=(
+                ("`from_pretrained` of the model and the tokenizer", TOKENIZER_PASSTHROUGH_KEYS),
+                (
+                    "`from_pretrained` of the model",
+                    LOAD_PASSTHROUGH_KEYS - TOKENIZER_PASSTHROUGH_KEYS,
+                ),
+            ),
+            open_route=(
+                "`generate` when it is a field of the installed transformers' "
+                "`GenerationConfig`, else it is a pre-flight error"
+            ),
+            open_keys=generation_passthrough_keys,
+            refused={
+                **{k: f"set by `{field}`" for k, field in _CONFLICTING_KEYS.items()},
+                **{k: "would break one record per prompt" for k in _FORBIDDEN_GENERATE_KEYS},
+            },
+        )
 
     # ─── Online mode ────────────────────────────────────────────────────────
     def serve_command(

@@ -74,6 +74,7 @@ from llenergymeasure.config.models import TENSORRT_PRECISION_QUANT
 from llenergymeasure.engines.base import (
     BatchProgress,
     LoadInfo,
+    PassthroughKeys,
     PreparedRun,
     RawRun,
     RequestRecord,
@@ -136,6 +137,17 @@ TRTLLM_SERVE_FLAGS: dict[str, str] = {
     "max_batch_size": "--max_batch_size",
     "max_seq_len": "--max_seq_len",
     "kv_cache_free_gpu_memory_fraction": "--kv_cache_free_gpu_memory_fraction",
+}
+
+#: passthrough_kwargs keys that would replace an ``LLM(...)`` argument llem builds from a
+#: config field (the result would then record a value that did not run).
+_CONFLICTING_KEYS: dict[str, str] = {
+    "model": "model",
+    "dtype": "precision",
+    "tensor_parallel_size": "tensorrt.tp_size",
+    "pipeline_parallel_size": "tensorrt.pp_size",
+    "quant_config": "tensorrt.quantization",
+    "build_config": "tensorrt.max_batch_size / tensorrt.max_seq_len",
 }
 
 #: llem quantization name -> ``QuantAlgo`` member name.
@@ -222,6 +234,19 @@ class TensorRTBackend(OfflineLLMEngine):
         self._engine_origin: str | None = None  # "engine_path" | "cache" | "built"
         self._cache_key: str | None = None
 
+    @classmethod
+    def passthrough_keys(cls) -> PassthroughKeys:
+        """Any ``TrtLlmArgs`` field except those llem builds from a config field."""
+        return PassthroughKeys(
+            engine=cls.name,
+            open_route=(
+                "`tensorrt_llm._tensorrt_engine.LLM(...)` as a `TrtLlmArgs` field of "
+                "TensorRT-LLM 1.2 (e.g. `kv_cache_config`, which then replaces llem's and is "
+                "what gets recorded); TensorRT-LLM refuses an unknown one when the engine loads"
+            ),
+            refused={k: f"set by `{field}`" for k, field in _CONFLICTING_KEYS.items()},
+        )
+
     # ─── Online mode ────────────────────────────────────────────────────────
     def serve_command(
         self, config: ExperimentConfig, *, model: str, host: str, port: int
@@ -263,6 +288,12 @@ class TensorRTBackend(OfflineLLMEngine):
         if version_issue is not None:
             problems.append(version_issue)
         extra = config.passthrough_kwargs or {}
+        for key in extra:
+            if key in _CONFLICTING_KEYS:
+                problems.append(
+                    f"passthrough_kwargs.{key} is controlled by the config field "
+                    f"'{_CONFLICTING_KEYS[key]}'; set it there instead"
+                )
         problems.extend(self._check_hf_model(config.model, "model", extra.get("revision")))
         t = config.tensorrt
         if t is not None and t.engine_path is not None:

@@ -73,6 +73,7 @@ from llenergymeasure.engines.base import (
     MEASUREMENT_PHASE,
     BatchProgress,
     LoadInfo,
+    PassthroughKeys,
     PreparedRun,
     RawRun,
     RequestRecord,
@@ -388,6 +389,26 @@ class VLLMBackend(OfflineLLMEngine):
         self._lora_request: Any = None
         self._batch_seq = 0
         self._window_prefix_start: tuple[int, int] | None = None
+
+    @classmethod
+    def passthrough_keys(cls) -> PassthroughKeys:
+        """llem's own keys, and any ``EngineArgs`` field of the installed vLLM except those a
+        config field sets (``build_engine_args`` forwards the same way)."""
+        return PassthroughKeys(
+            engine=cls.name,
+            own={
+                "num_speculative_tokens": "draft tokens per step in `speculative_config` "
+                f"(default {DEFAULT_NUM_SPECULATIVE_TOKENS}; with `decoder.draft_model`)",
+                "gguf_file": "a GGUF file of the folder or hub repository `model:`; vLLM is "
+                "given its path as `model`",
+            },
+            open_route=(
+                "`vllm.LLM(...)` as an `EngineArgs` field of the installed vLLM (e.g. "
+                "`max_model_len`, `enforce_eager`, `tokenizer`); vLLM refuses an unknown one "
+                "when the engine starts"
+            ),
+            refused={k: f"set by `{field}`" for k, field in _CONFLICTING_KEYS.items()},
+        )
 
     # ─── Online mode ────────────────────────────────────────────────────────
     def serve_command(
