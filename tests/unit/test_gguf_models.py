@@ -368,3 +368,26 @@ def test_llem_run_measures_a_gguf_file_directly(tiny_gguf: Path, tmp_path: Path)
     assert data["effective_parameters"]["gguf"]["tensor_types"] == {"Q8_0": 16, "F32": 5}
     assert data["flops"]["parameter_count"] == TINY_PARAMETERS
     assert data["input_tokens"] == 2 * 9  # 8 synthetic tokens + BOS, tokenised by the file
+
+
+def test_online_synthetic_prompts_are_sized_by_the_tokenizer_in_the_gguf_file(tiny_gguf: Path):
+    from llenergymeasure.harness.inputs import prepare_run_dataset
+    from llenergymeasure.harness.online import _prompts
+
+    cfg = ExperimentConfig.model_validate(
+        {
+            "model": str(tiny_gguf),
+            "backend": "vllm",
+            "mode": "online",
+            "online": {"endpoint": "http://127.0.0.1:9"},
+            "dataset": {"n": 2, "input_len": 12, "output_len": 4},
+        }
+    )
+    prompts = _prompts(cfg, prepare_run_dataset(cfg), None)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_gguf.parent, gguf_file=tiny_gguf.name)
+    assert [len(tokenizer(p.text, add_special_tokens=False)["input_ids"]) for p in prompts] == [
+        12,
+        12,
+    ]
