@@ -241,14 +241,16 @@ def gguf_model(
     *,
     revision: str | None = None,
     cache_dir: str | None = None,
+    field: str = "model",
 ) -> GGUFModel | None:
     """The GGUF file ``model`` (with ``passthrough_kwargs``) names, or None for any other model.
+    ``field``: the config field ``model`` came from (``decoder.draft_model`` for a draft).
 
     A hub repository's file is looked up in the HF cache (no download, no network).
     """
     if is_gguf_path(model):
         path = Path(model).expanduser()
-        return GGUFModel(str(path.parent), path.name, path, on_hub=False, field="model")
+        return GGUFModel(str(path.parent), path.name, path, on_hub=False, field=field)
     named = (passthrough or {}).get(GGUF_FILE_KEY)
     if not isinstance(named, str) or model.startswith("builtin:"):
         return None

@@ -391,3 +391,12 @@ def test_online_synthetic_prompts_are_sized_by_the_tokenizer_in_the_gguf_file(ti
         12,
         12,
     ]
+
+
+def test_a_gguf_draft_model_is_checked_under_its_own_field(tiny_gguf: Path, tmp_path: Path):
+    missing = tmp_path / "draft.gguf"
+    spec = {"speculative_decoding": True, "draft_model": str(missing)}
+    cfg = config(str(tiny_gguf), decoder=spec, pytorch={"batch_size": 1})
+    assert PyTorchBackend().preflight(cfg) == [
+        f"decoder.draft_model: GGUF file {str(missing)!r} does not exist"
+    ]

@@ -552,7 +552,11 @@ class PyTorchBackend(InferenceBackend):
         its tensor data."""
         load_kw = load_kw or {}
         gguf = gguf_model(
-            name, passthrough, revision=load_kw.get("revision"), cache_dir=load_kw.get("cache_dir")
+            name,
+            passthrough,
+            revision=load_kw.get("revision"),
+            cache_dir=load_kw.get("cache_dir"),
+            field=field_name,
         )
         if gguf is not None:
             return _gguf_problems(gguf, load_kw)

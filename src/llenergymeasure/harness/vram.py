@@ -158,7 +158,10 @@ def estimate_gguf_vram(
 def config_gguf_header(config: ExperimentConfig) -> GGUFHeader | None:
     """The header of the GGUF file ``config`` names when it is on this machine and readable;
     None for other models (and for a file pre-flight reports as missing or damaged)."""
-    gguf = gguf_model(config.model, config.passthrough_kwargs, **_hub_kwargs(config))
+    revision, cache_dir = _hub_location(config)
+    gguf = gguf_model(
+        config.model, config.passthrough_kwargs, revision=revision, cache_dir=cache_dir
+    )
     if gguf is None or gguf.local_path is None:
         return None
     try:
@@ -167,13 +170,15 @@ def config_gguf_header(config: ExperimentConfig) -> GGUFHeader | None:
         return None
 
 
-def _hub_kwargs(config: ExperimentConfig) -> dict[str, str | None]:
+def _hub_location(config: ExperimentConfig) -> tuple[str | None, str | None]:
+    """(revision, cache folder) of a hub model from ``passthrough_kwargs`` (PyTorch's
+    ``cache_dir``, vLLM's ``download_dir``)."""
     extra = config.passthrough_kwargs or {}
     revision, cache = extra.get("revision"), extra.get("cache_dir") or extra.get("download_dir")
-    return {
-        "revision": revision if isinstance(revision, str) else None,
-        "cache_dir": cache if isinstance(cache, str) else None,
-    }
+    return (
+        revision if isinstance(revision, str) else None,
+        cache if isinstance(cache, str) else None,
+    )
 
 
 def config_sequence_length(config: ExperimentConfig) -> int:
