@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+from llenergymeasure.hub import probe_hub as _REAL_PROBE_HUB
 
 
 @pytest.fixture(autouse=True)
@@ -21,6 +24,36 @@ def isolated_user_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pyt
     monkeypatch.setenv("HF_HUB_CACHE", str(home / "hf-cache"))
     monkeypatch.setenv("XDG_DATA_HOME", str(home / "data"))  # rescued results land here
     return home
+
+
+@pytest.fixture
+def reachable_hub(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The HF hub counts as reachable, and nothing is asked of the network: the bounded probe
+    answers "reachable" without a request. Pre-flight then lets hub ids that are not in the
+    (empty, per-test) HF cache through to the engine; for tests whose engine is a fake that
+    downloads nothing (``org/model`` and the like)."""
+    from llenergymeasure import hub
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hub, "probe_hub", lambda **_: None)
+
+
+@pytest.fixture
+def unreachable_hub(monkeypatch: pytest.MonkeyPatch) -> str:
+    """``HF_ENDPOINT`` at a local port where nothing listens: the real bounded probe fails at
+    once (connection refused) and nothing leaves the machine. Returns the endpoint."""
+    from llenergymeasure import hub
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    endpoint = f"http://127.0.0.1:{port}"
+    for name in ("HF_HUB_OFFLINE", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    monkeypatch.setattr(hub, "_probes", {})
+    monkeypatch.setattr(hub, "probe_hub", _REAL_PROBE_HUB)  # over reachable_hub, if applied
+    return endpoint
 
 
 @pytest.fixture

@@ -112,18 +112,21 @@ def _why(err: Any) -> str:
 
 
 def is_hub_id(name: str) -> bool:
-    """Whether a ``model:`` value names a hub repository (not ``builtin:``, not a local path)."""
-    if name.startswith(("builtin:", "/", "./", "../", "~", ".\\")):
+    """Whether a ``model:`` value names a hub repository (not ``builtin:``, not a local path,
+    not a ``.gguf`` file)."""
+    from llenergymeasure.gguf_files import is_gguf_path
+
+    if name.startswith(("builtin:", "/", "./", "../", "~", ".\\")) or is_gguf_path(name):
         return False
     return not os.path.exists(os.path.expanduser(name))
 
 
-def in_hub_cache(name: str, *, revision: str | None = None) -> bool:
-    """Whether the hub model ``name`` is in the local HF cache (its ``config.json``)."""
+def in_hub_cache(name: str, *, revision: str | None = None, filename: str = "config.json") -> bool:
+    """Whether the hub model ``name`` is in the local HF cache (its ``filename``)."""
     try:
         from huggingface_hub import try_to_load_from_cache
 
-        return isinstance(try_to_load_from_cache(name, "config.json", revision=revision), str)
+        return isinstance(try_to_load_from_cache(name, filename, revision=revision), str)
     except Exception:
         return False
 
@@ -139,18 +142,20 @@ def hub_model_problem(
     """A pre-flight problem for the hub model ``name``, or None when it can be had.
 
     In the HF cache (its ``filename``: ``config.json``, ``adapter_config.json`` for an
-    adapter): fine. Not cached and ``HF_HUB_OFFLINE`` set, or not
-    cached and the hub unreachable (one probe): a problem naming the field, with the offline
-    hint. Reachable: None (the engine downloads it).
+    adapter, the ``.gguf`` file of a GGUF repository): fine. Not cached and ``HF_HUB_OFFLINE``
+    set, or not cached and the hub unreachable (one probe): a problem naming the field, with
+    the offline hint. Reachable: None (the engine downloads it).
     """
     try:
         from huggingface_hub import try_to_load_from_cache
 
-        cached = try_to_load_from_cache(name, "config.json", cache_dir=cache_dir, revision=revision)
+        cached = try_to_load_from_cache(name, filename, cache_dir=cache_dir, revision=revision)
     except Exception as err:  # an invalid repo id and the like
         return f"{field_name}: {name!r} is neither a local directory nor a hub id ({err})"
     if isinstance(cached, str):
         return None
+    if filename.lower().endswith(".gguf"):  # one file of a repository of several
+        name = f"{name}/{filename}"
     if hub_offline():
         return (
             f"{field_name}: {name!r} is not in the HF cache and HF_HUB_OFFLINE is set; download "

@@ -3,7 +3,8 @@
 Floors, lowest first::
 
     0  exceptions, _version, redaction (what is secret), files (the one write path), hub,
-       install (hints), logs (the logger tree), text_table (aligned terminal tables)
+       install (hints), logs (the logger tree), text_table (aligned terminal tables),
+       gguf_files (GGUF model files: naming and header)
     1  config, datasets
     2  energy, engines, results
     3  harness, online (a server under load: measured like harness measures an engine)
@@ -37,6 +38,7 @@ FLOORS: dict[str, int] = {
     "install": 0,
     "logs": 0,
     "text_table": 0,
+    "gguf_files": 0,
     "config": 1,
     "datasets": 1,
     "energy": 2,

@@ -33,6 +33,10 @@ from llenergymeasure.engines.tensorrt import (
 )
 from llenergymeasure.exceptions import BackendError
 
+# The engines' pre-flight probes the hub for uncached hub ids: the fakes' `org/model`s
+# pass as reachable, and no test asks the network.
+pytestmark = pytest.mark.usefixtures("reachable_hub")
+
 FAKES = Path(__file__).resolve().parents[1] / "fakes"
 PROMPTS = [Prompt("a bb ccc", index=0), Prompt("dddd", max_new_tokens=4, index=1)]
 
@@ -380,3 +384,13 @@ def test_execute_stamps_responses_and_records_are_built_after_it(
     assert [r.output_tokens for r in records] == [
         len(s.final.outputs[0].token_ids) for s in raw.payload
     ]
+
+
+def test_an_uncached_hub_model_fails_preflight_when_the_hub_cannot_be_reached(
+    trt: ModuleType, unreachable_hub: str
+) -> None:
+    (problem,) = TensorRTBackend().preflight(cfg(model="llem-test-org/uncached"))
+    assert problem.startswith(
+        "model: 'llem-test-org/uncached' is not in the HF cache and the HF hub is unreachable"
+    )
+    assert unreachable_hub in problem and "HF_HUB_OFFLINE=1" in problem

@@ -29,6 +29,10 @@ from llenergymeasure.engines.factory import create_engine
 from llenergymeasure.engines.vllm import VLLMBackend
 from llenergymeasure.exceptions import BackendError
 
+# The engines' pre-flight probes the hub for uncached hub ids: the fakes' `org/model`s
+# pass as reachable, and no test asks the network.
+pytestmark = pytest.mark.usefixtures("reachable_hub")
+
 FAKES = Path(__file__).resolve().parents[1] / "fakes"
 
 
@@ -713,3 +717,143 @@ def test_effective_parameters_come_from_the_config_passed_not_from_preflight(
     engine = loaded(config)
     assert engine.preflight(cfg(max_new_tokens=99)) == []  # the next run of a reused engine
     assert engine.effective_parameters(config)["max_new_tokens"] == 8
+
+
+# --- GGUF models (vLLM's GGUF API: LLM(model=<path>.gguf, tokenizer=...)) ---------------------
+
+
+def _gguf_file(path: Path) -> Path:
+    """A small complete GGUF file: a llama header and two F32 tensors (8 x 4 and 4 values)."""
+    from gguf_models import gguf_bytes, string, u32
+
+    path.write_bytes(
+        gguf_bytes(
+            {"general.architecture": string("llama"), "llama.context_length": u32(512)},
+            [("token_embd.weight", (4, 8), 0, 0), ("output_norm.weight", (4,), 0, 128)],
+            data=b"\0" * (128 + 16),
+        )
+    )
+    return path
+
+
+def test_a_gguf_file_is_given_to_vllm_as_its_path(fake_vllm: ModuleType, tmp_path: Path) -> None:
+    model = _gguf_file(tmp_path / "m-Q8_0.gguf")
+    engine = VLLMBackend()
+    info = engine.load(cfg(model=str(model), precision="fp16"))
+    llm = fake_vllm.instances[-1]
+    assert llm.model == str(model) and "tokenizer" not in llm.kwargs
+    assert info.parameter_count == 8 * 4 + 4  # from the GGUF header: FLOPs get it
+    (note,) = [n for n in info.notes if n.startswith("GGUF file")]
+    assert "vLLM runs the quantised blocks" in note and "converted from the file" in note
+    effective = engine.effective_parameters(cfg(model=str(model), precision="fp16"))
+    assert effective["gguf"]["parameter_count"] == 36
+    assert effective["gguf"]["tensor_types"] == {"F32": 2}
+    assert effective["model_source"] == str(model)
+
+
+def test_the_base_model_tokenizer_vllm_recommends_goes_through_passthrough(
+    fake_vllm: ModuleType, tmp_path: Path
+) -> None:
+    model = _gguf_file(tmp_path / "m.gguf")
+    extra = {"tokenizer": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+    info = VLLMBackend().load(cfg(model=str(model), passthrough_kwargs=extra))
+    assert fake_vllm.instances[-1].kwargs["tokenizer"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert any("tokenizer HuggingFaceTB/SmolLM2-135M-Instruct" in n for n in info.notes)
+
+
+def test_gguf_file_of_a_folder_becomes_the_file_path_not_an_engine_argument(
+    fake_vllm: ModuleType, tmp_path: Path
+) -> None:
+    _gguf_file(tmp_path / "m-Q4_K_M.gguf")
+    VLLMBackend().load(cfg(model=str(tmp_path), passthrough_kwargs={"gguf_file": "m-Q4_K_M.gguf"}))
+    llm = fake_vllm.instances[-1]
+    assert llm.model == str(tmp_path / "m-Q4_K_M.gguf") and "gguf_file" not in llm.kwargs
+
+
+def test_vllm_preflight_wants_the_gguf_plugin_and_a_complete_file(
+    fake_vllm: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    model = _gguf_file(tmp_path / "m.gguf")
+    assert VLLMBackend().preflight(cfg(model=str(model))) == []  # the fake plugin is there
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(model.read_bytes()[:-20])
+    (problem,) = VLLMBackend().preflight(cfg(model=str(cut)))
+    assert problem.startswith(f"model: GGUF file {str(cut)!r} is truncated: tensor ")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "vllm_gguf_plugin" else real(name, *a),
+    )
+    (problem,) = VLLMBackend().preflight(cfg(model=str(model)))
+    assert problem == (
+        "model: vLLM 0.26.0 loads GGUF files only with the vllm-gguf-plugin package, which is "
+        "not installed: pip install vllm-gguf-plugin"
+    )
+
+
+def test_only_vllm_releases_from_0_24_need_the_gguf_plugin() -> None:
+    from llenergymeasure.engines.vllm import _needs_gguf_plugin
+
+    assert _needs_gguf_plugin("0.26.0") and _needs_gguf_plugin("0.24.1")
+    assert not _needs_gguf_plugin("0.23.1") and not _needs_gguf_plugin("0.10.2")
+    assert _needs_gguf_plugin("unknown")  # the release this engine targets
+
+
+# --- hub models in pre-flight (one bounded probe, as the PyTorch engine does) ----------------
+
+
+def _cache_model(hf_cache: Path, repo: str, filename: str = "config.json") -> None:
+    """``repo`` in the HF cache as a download leaves it (a snapshot and refs/main)."""
+    folder = hf_cache / f"models--{repo.replace('/', '--')}"
+    (folder / "snapshots" / "abc123").mkdir(parents=True)
+    (folder / "snapshots" / "abc123" / filename).write_text("{}")
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text("abc123")
+
+
+def test_uncached_hub_models_fail_preflight_when_the_hub_cannot_be_reached(
+    fake_vllm: ModuleType, unreachable_hub: str
+) -> None:
+    spec = {"speculative_decoding": True, "draft_model": "llem-test-org/uncached-draft"}
+    problems = VLLMBackend().preflight(cfg(model="llem-test-org/uncached", decoder=spec))
+    assert [p.split(":", 1)[0] for p in problems] == ["model", "decoder.draft_model"]
+    for problem in problems:
+        assert "is not in the HF cache and the HF hub is unreachable" in problem
+        assert unreachable_hub in problem and "HF_HUB_OFFLINE=1" in problem
+
+
+def test_a_cached_hub_model_needs_no_probe(
+    fake_vllm: ModuleType, unreachable_hub: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import huggingface_hub.constants
+
+    from llenergymeasure import hub
+
+    # the hub client reads HF_HUB_CACHE once, when it is first imported
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    _cache_model(tmp_path / "hf-cache", "llem-test-org/cached")
+    monkeypatch.setattr(hub, "probe_hub", lambda **_: pytest.fail("the hub was probed"))
+    assert VLLMBackend().preflight(cfg(model="llem-test-org/cached")) == []
+
+
+def test_offline_an_uncached_lora_adapter_and_gguf_repo_file_are_problems(
+    fake_vllm: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    lora = cfg(
+        model="llem-test-org/uncached",
+        vllm={"enable_lora": True},
+        lora={"adapter_id": "llem-test-org/adapter"},
+    )
+    assert [p.split(":", 1)[0] for p in VLLMBackend().preflight(lora)] == [
+        "model",
+        "lora.adapter_id",
+    ]
+    gguf = cfg(model="llem-test-org/m-GGUF", passthrough_kwargs={"gguf_file": "m-Q4_0.gguf"})
+    (problem,) = VLLMBackend().preflight(gguf)
+    assert problem.startswith(
+        "model: 'llem-test-org/m-GGUF/m-Q4_0.gguf' is not in the HF cache and HF_HUB_OFFLINE"
+    )

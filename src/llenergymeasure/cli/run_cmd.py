@@ -290,17 +290,18 @@ def execute_run(opts: RunOptions) -> int:
     if resolved.study is not None:
         configs = list(resolved.study.experiments)
     if opts.dry_run or resolved.study is not None:
-        # dataset files are checked before anything runs or any study directory exists (a
-        # single run's pre-flight reads its dataset itself, once)
-        from llenergymeasure.harness.inputs import dataset_file_problems
+        # GGUF model files and dataset files are checked before anything runs or any study
+        # directory exists (a single run's pre-flight reads its dataset itself, once)
+        from llenergymeasure.exceptions import PreFlightError
+        from llenergymeasure.harness.inputs import dataset_file_problems, model_file_problems
 
-        problems = dataset_file_problems(configs)
-        if problems:
-            from llenergymeasure.exceptions import PreFlightError
-
-            raise PreFlightError(
-                problems, hint="fix the dataset (file, split or column), or use a smaller n"
-            )
+        model_problems = model_file_problems(configs)
+        dataset_problems = dataset_file_problems(configs)
+        if model_problems or dataset_problems:
+            hints = ["give the path of a complete .gguf file"] if model_problems else []
+            if dataset_problems:
+                hints.append("fix the dataset (file, split or column), or use a smaller n")
+            raise PreFlightError(model_problems + dataset_problems, hint="; ".join(hints))
     if opts.dry_run:
         _check_online_environment(resolved)
         from llenergymeasure.cli.preview import (

@@ -28,6 +28,7 @@ from llenergymeasure.config.catalogue import engine_names, engine_spec
 from llenergymeasure.config.online import OnlineConfig
 from llenergymeasure.config.secrets import drop_redacted, redact_secrets
 from llenergymeasure.config.strict import STRICT_CONFIG
+from llenergymeasure.gguf_files import gguf_naming_problem, names_gguf
 
 #: Validation context for configs a user wrote (YAML, CLI, study grid): enables the checks
 #: that only make sense on user input, e.g. max_new_tokens vs a synthetic output_len.
@@ -505,8 +506,9 @@ class ExperimentConfig(BaseModel):
     model: str = Field(
         min_length=1,
         description=(
-            "HF hub id, local path, or builtin:tiny (a small random-weight model generated "
-            "offline)."
+            "HF hub id, local path, a .gguf file (PyTorch, vLLM), or builtin:tiny (a small "
+            "random-weight model generated offline). A folder or hub repository holding "
+            "several GGUF files takes passthrough_kwargs.gguf_file: NAME."
         ),
     )
     backend: Backend = Field(
@@ -727,6 +729,7 @@ class ExperimentConfig(BaseModel):
     def _check_engine_specific_rules(self) -> None:
         """Static rules of one engine that go beyond its precisions and decoding strategies."""
         dec = self.decoder
+        self._check_gguf_rules()
         if self.backend == "pytorch" and dec.speculative_decoding:
             batch = self.pytorch.batch_size if self.pytorch else None
             if batch is not None and batch != 1:
@@ -760,6 +763,27 @@ class ExperimentConfig(BaseModel):
                     "decoder.speculative_decoding (draft model) is not supported with the "
                     "tensorrt engine in llem"
                 )
+
+    def _check_gguf_rules(self) -> None:
+        """A GGUF model (``model: x.gguf`` or ``passthrough_kwargs.gguf_file``): named once,
+        on an engine that loads GGUF, which takes its quantization from the file."""
+        problem = gguf_naming_problem(self.model, self.passthrough_kwargs)
+        if problem is not None:
+            raise ValueError(problem)
+        if not names_gguf(self.model, self.passthrough_kwargs):
+            return
+        if self.backend == "tensorrt":
+            raise ValueError(
+                "a GGUF model cannot be built into a TensorRT-LLM engine: use backend pytorch "
+                "or vllm, or give the original HF checkpoint as model:"
+            )
+        quant = self.vllm.quantization if self.vllm is not None else None
+        if self.backend == "vllm" and (quant or self.precision not in ("fp16", "bf16")):
+            raise ValueError(
+                f"precision={self.precision}, vllm.quantization={quant} with a GGUF model: the "
+                "file carries its own quantization (vLLM loads it as 'gguf'); use precision "
+                "fp16 or bf16 (the activation dtype) and leave vllm.quantization unset"
+            )
 
     def _check_mode_section(self) -> None:
         # Online mode needs its section; offline mode must not carry one (it would be ignored).

@@ -23,7 +23,7 @@ Importing this module imports no engine library.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +37,7 @@ __all__ = [
     "BatchProgress",
     "InferenceBackend",
     "LoadInfo",
+    "PassthroughKeys",
     "PreparedRun",
     "RawRun",
     "RequestRecord",
@@ -146,6 +147,26 @@ class ServeCommand:
     notes: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class PassthroughKeys:
+    """Which ``passthrough_kwargs`` keys an engine accepts, and where each one goes.
+
+    ``own``: keys the engine interprets itself, with what it does with each; ``routes``:
+    (destination, keys) for keys forwarded to a named call; ``open_route``: where any other
+    key goes (None: other keys are refused); ``open_keys``: where the installed library can
+    list them, a function giving (library and version, the keys); ``refused``: key -> why it
+    is refused (the config field that sets it, or what it would break). The engine validates
+    with the same sets, and the list in ``docs/guides/engines.md`` is generated from this.
+    """
+
+    engine: str
+    own: Mapping[str, str] = field(default_factory=dict)
+    routes: tuple[tuple[str, frozenset[str]], ...] = ()
+    open_route: str | None = None
+    open_keys: Callable[[], tuple[str, frozenset[str]]] | None = None
+    refused: Mapping[str, str] = field(default_factory=dict)
+
+
 class InferenceBackend(abc.ABC):
     """An inference engine the harness can drive: every hook, with defaults where one fits.
 
@@ -233,6 +254,12 @@ class InferenceBackend(abc.ABC):
     def synchronize(self) -> None:  # noqa: B027 (a default: nothing to do)
         """Wait for queued device work (``cuda.synchronize`` on GPU); default: no-op, for
         engines whose ``execute`` returns only when every request has finished."""
+
+    @classmethod
+    def passthrough_keys(cls) -> PassthroughKeys | None:
+        """Which ``passthrough_kwargs`` keys this engine accepts (the docs list them); None
+        (default): the engine does not describe them."""
+        return None
 
     @abc.abstractmethod
     def effective_parameters(self, config: ExperimentConfig) -> dict[str, Any]:

@@ -20,6 +20,7 @@ import gc
 import importlib.util
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
@@ -216,6 +217,37 @@ class OfflineLLMEngine(InferenceBackend):
                 self._shutdown_handle(llm)
         del llm
         gc.collect()
+
+    @staticmethod
+    def _check_hf_model(
+        name: str, field_name: str, revision: Any = None, cache_dir: Any = None
+    ) -> list[str]:
+        """Cheap check of an HF model the engine loads itself: a built-in name is known, a
+        local folder has a ``config.json``, a hub id is in the HF cache (``cache_dir``: the
+        engine's download folder) or on a hub that answers one bounded probe (the engine's own
+        download would retry for about a minute). Loads nothing."""
+        from llenergymeasure.engines import builtin
+
+        if builtin.is_builtin_model(name):
+            if name not in builtin.BUILTIN_MODELS:
+                return [
+                    f"{field_name}: unknown built-in model {name!r}; valid: "
+                    + ", ".join(builtin.BUILTIN_MODELS)
+                ]
+            return []
+        if name.startswith(("/", "./", "../", "~")) or Path(name).expanduser().exists():
+            if not (Path(name).expanduser() / "config.json").is_file():
+                return [f"{field_name}: {name!r} is not a HF model folder (no config.json)"]
+            return []
+        from llenergymeasure.hub import hub_model_problem
+
+        problem = hub_model_problem(
+            name,
+            field_name,
+            revision=revision if isinstance(revision, str) else None,
+            cache_dir=cache_dir if isinstance(cache_dir, str) else None,
+        )
+        return [problem] if problem else []
 
     # ─── Hooks ──────────────────────────────────────────────────────────────
     def _machine_problems(self, config: ExperimentConfig) -> list[str]:

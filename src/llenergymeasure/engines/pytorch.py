@@ -65,6 +65,7 @@ from llenergymeasure.engines.base import (
     BatchProgress,
     InferenceBackend,
     LoadInfo,
+    PassthroughKeys,
     PreparedRun,
     RawRun,
     RequestRecord,
@@ -72,6 +73,13 @@ from llenergymeasure.engines.base import (
     prompt_limits,
 )
 from llenergymeasure.exceptions import BackendError, ConfigError
+from llenergymeasure.gguf_files import (
+    GGUFError,
+    GGUFModel,
+    gguf_model,
+    gguf_model_problem,
+    read_gguf_header,
+)
 from llenergymeasure.install import extra_install_hint
 
 if TYPE_CHECKING:
@@ -83,7 +91,9 @@ __all__ = [
     "DEFAULT_NUM_BEAMS",
     "ENGINE_PASSTHROUGH_KEYS",
     "LOAD_PASSTHROUGH_KEYS",
+    "TOKENIZER_PASSTHROUGH_KEYS",
     "PyTorchBackend",
+    "generation_passthrough_keys",
     "split_passthrough_kwargs",
 ]
 
@@ -118,10 +128,20 @@ LOAD_PASSTHROUGH_KEYS = frozenset(
         "use_kernels",
         "key_mapping",
         "force_download",
+        "gguf_file",
     }
 )
-_TOKENIZER_LOAD_KEYS = frozenset(
-    {"revision", "trust_remote_code", "cache_dir", "local_files_only", "token", "force_download"}
+#: The subset of ``LOAD_PASSTHROUGH_KEYS`` also given to the tokenizer's ``from_pretrained``.
+TOKENIZER_PASSTHROUGH_KEYS = frozenset(
+    {
+        "revision",
+        "trust_remote_code",
+        "cache_dir",
+        "local_files_only",
+        "token",
+        "force_download",
+        "gguf_file",
+    }
 )
 
 #: ``passthrough_kwargs`` keys this engine interprets itself.
@@ -176,6 +196,16 @@ def _generation_config_keys() -> frozenset[str]:
     return frozenset(k for k in vars(GenerationConfig()) if not k.startswith("_"))
 
 
+def generation_passthrough_keys() -> tuple[str, frozenset[str]]:
+    """("transformers <version>", the keys ``split_passthrough_kwargs`` sends to ``generate``):
+    the installed ``GenerationConfig``'s fields less the keys it sorts elsewhere or refuses."""
+    import transformers
+
+    other = set(_CONFLICTING_KEYS) | _FORBIDDEN_GENERATE_KEYS
+    other |= ENGINE_PASSTHROUGH_KEYS | LOAD_PASSTHROUGH_KEYS
+    return f"transformers {transformers.__version__}", _generation_config_keys() - other
+
+
 def split_passthrough_kwargs(
     kwargs: dict[str, Any] | None,
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], list[str]]:
@@ -219,6 +249,36 @@ def split_passthrough_kwargs(
 
 def _looks_like_path(name: str) -> bool:
     return name.startswith(("/", "./", "../", "~", ".\\")) or Path(name).expanduser().exists()
+
+
+_GGUF_LOAD_HINT = (
+    "transformers loads GGUF files of the architectures its GGUF loader knows (llama, mistral, "
+    "qwen2, ...); for another one use backend vllm, or the original HF checkpoint"
+)
+
+
+def _gguf_problems(gguf: GGUFModel, load_kw: dict[str, Any]) -> list[str]:
+    """A GGUF model on this machine: the ``gguf`` package transformers reads it with, the file
+    complete (local, or in the HF cache), else a hub that answers."""
+    problems: list[str] = []
+    if importlib.util.find_spec("gguf") is None:
+        problems.append(
+            f"{gguf.field}: transformers reads GGUF files with the gguf package, which is not "
+            "installed: pip install gguf"
+        )
+    if gguf.on_hub and gguf.local_path is None:
+        from llenergymeasure.hub import hub_model_problem
+
+        problem = hub_model_problem(
+            gguf.source,
+            "model",
+            revision=load_kw.get("revision"),
+            cache_dir=load_kw.get("cache_dir"),
+            filename=gguf.filename,
+        )
+    else:
+        problem = gguf_model_problem(gguf)
+    return [*problems, problem] if problem else problems
 
 
 def _offline_hint() -> str:
@@ -322,6 +382,7 @@ class PyTorchBackend(InferenceBackend):
         self._eos_ids: list[int] = []
         self._load_notes: list[str] = []
         self._model_source: str | None = None
+        self._gguf_summary: dict[str, Any] | None = None
         self._last_outputs: list[tuple[list[int], Any, list[int]]] = []
         self.last_phase: str | None = None
 
@@ -340,6 +401,35 @@ class PyTorchBackend(InferenceBackend):
         (Never raises: ``isinstance(x, InferenceBackend)`` reads it on Python 3.10/3.11.)
         """
         return self._tokenizer
+
+    @classmethod
+    def passthrough_keys(cls) -> PassthroughKeys:
+        """``from_pretrained`` options (a fixed set), ``torch_compile_mode``, and any
+        ``GenerationConfig`` field of the installed transformers (``split_passthrough_kwargs``
+        sorts them the same way)."""
+        return PassthroughKeys(
+            engine=cls.name,
+            own={
+                "torch_compile_mode": "the `torch.compile` mode of transformers' compile path "
+                "(with `pytorch.torch_compile: true`)",
+            },
+            routes=(
+                ("`from_pretrained` of the model and the tokenizer", TOKENIZER_PASSTHROUGH_KEYS),
+                (
+                    "`from_pretrained` of the model",
+                    LOAD_PASSTHROUGH_KEYS - TOKENIZER_PASSTHROUGH_KEYS,
+                ),
+            ),
+            open_route=(
+                "`generate` when it is a field of the installed transformers' "
+                "`GenerationConfig`, else it is a pre-flight error"
+            ),
+            open_keys=generation_passthrough_keys,
+            refused={
+                **{k: f"set by `{field}`" for k, field in _CONFLICTING_KEYS.items()},
+                **{k: "would break one record per prompt" for k in _FORBIDDEN_GENERATE_KEYS},
+            },
+        )
 
     # ─── Online mode ────────────────────────────────────────────────────────
     def serve_command(
@@ -392,7 +482,9 @@ class PyTorchBackend(InferenceBackend):
             config.passthrough_kwargs
         )
         problems.extend(pt_problems)
-        problems.extend(self._check_model_source(config.model, "model", load_kw))
+        problems.extend(
+            self._check_model_source(config.model, "model", load_kw, config.passthrough_kwargs)
+        )
 
         pt = config.pytorch
         if pt is not None:
@@ -450,9 +542,25 @@ class PyTorchBackend(InferenceBackend):
         ]
 
     def _check_model_source(
-        self, name: str, field_name: str, load_kw: dict[str, Any] | None = None
+        self,
+        name: str,
+        field_name: str,
+        load_kw: dict[str, Any] | None = None,
+        passthrough: dict[str, Any] | None = None,
     ) -> list[str]:
-        """Cheap check that ``name`` can be resolved (no download, no model load)."""
+        """Cheap check that ``name`` can be resolved (no download, no model load); a GGUF
+        file (``name`` ending in ``.gguf``, or ``passthrough``'s ``gguf_file``) is read up to
+        its tensor data."""
+        load_kw = load_kw or {}
+        gguf = gguf_model(
+            name,
+            passthrough,
+            revision=load_kw.get("revision"),
+            cache_dir=load_kw.get("cache_dir"),
+            field=field_name,
+        )
+        if gguf is not None:
+            return _gguf_problems(gguf, load_kw)
         if name.startswith("builtin:"):
             try:
                 from llenergymeasure.engines import builtin
@@ -474,7 +582,6 @@ class PyTorchBackend(InferenceBackend):
         # probe, is a problem now (the hub client would retry for about a minute at load)
         from llenergymeasure.hub import hub_model_problem
 
-        load_kw = load_kw or {}
         problem = hub_model_problem(
             name, field_name, revision=load_kw.get("revision"), cache_dir=load_kw.get("cache_dir")
         )
@@ -540,9 +647,20 @@ class PyTorchBackend(InferenceBackend):
                 model_kw["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
         model_kw.update(load_kw)
 
-        source = self._resolve_source(config.model)
-        self._model_source = source
-        tok_kw = {k: v for k, v in load_kw.items() if k in _TOKENIZER_LOAD_KEYS}
+        gguf = gguf_model(
+            config.model,
+            config.passthrough_kwargs,
+            revision=load_kw.get("revision"),
+            cache_dir=load_kw.get("cache_dir"),
+        )
+        tok_kw = {k: v for k, v in load_kw.items() if k in TOKENIZER_PASSTHROUGH_KEYS}
+        if gguf is None:
+            source = self._resolve_source(config.model)
+            self._model_source = source
+        else:  # from_pretrained(folder or hub repo, gguf_file=name) for model and tokenizer
+            source = gguf.source
+            self._model_source = gguf.label
+            tok_kw["gguf_file"] = model_kw["gguf_file"] = gguf.filename
         try:
             tokenizer = AutoTokenizer.from_pretrained(source, **tok_kw)
             model = AutoModelForCausalLM.from_pretrained(source, **model_kw)
@@ -555,10 +673,14 @@ class PyTorchBackend(InferenceBackend):
             if isinstance(e, OSError) and e.errno is not None:  # the disk, not the model id
                 raise environment_error(e, doing=f"loading {config.model!r}") from e
             raise BackendError(
-                f"could not load model {config.model!r}: {type(e).__name__}: {e}",
-                hint=_offline_hint(),
+                f"could not load model {self._model_source or config.model!r}: "
+                f"{type(e).__name__}: {e}",
+                hint=_GGUF_LOAD_HINT if gguf is not None else _offline_hint(),
             ) from e
         model.eval()
+        self._gguf_summary = None
+        if gguf is not None:
+            self._gguf_summary = self._gguf_loaded(config, load_kw, model)
 
         tokenizer.padding_side = "left"
         if tokenizer.pad_token is None:
@@ -587,12 +709,14 @@ class PyTorchBackend(InferenceBackend):
 
         draft = None
         if config.decoder.speculative_decoding and config.decoder.draft_model:
-            draft_kw = {"device_map": str(device)}
+            draft_kw: dict[str, Any] = {"device_map": str(device)}
             draft_kw[_dtype_kwarg_name(transformers.__version__)] = dtype
+            draft_source = self._resolve_source(config.decoder.draft_model)
+            draft_gguf = gguf_model(config.decoder.draft_model)
+            if draft_gguf is not None:
+                draft_source, draft_kw["gguf_file"] = draft_gguf.source, draft_gguf.filename
             try:
-                draft = AutoModelForCausalLM.from_pretrained(
-                    self._resolve_source(config.decoder.draft_model), **draft_kw
-                )
+                draft = AutoModelForCausalLM.from_pretrained(draft_source, **draft_kw)
             except Exception as e:
                 raise BackendError(
                     f"could not load draft model {config.decoder.draft_model!r}: "
@@ -620,6 +744,41 @@ class PyTorchBackend(InferenceBackend):
             notes=list(self._load_notes),
             draft_parameter_count=_parameter_count(draft) if draft is not None else 0,
         )
+
+    def _gguf_loaded(
+        self, config: ExperimentConfig, load_kw: dict[str, Any], model: Any
+    ) -> dict[str, Any] | None:
+        """What the result records about a GGUF model just loaded, and a load note saying
+        what ran: transformers dequantises GGUF weights to the torch dtype (or, for the few
+        architectures it has GGUF kernels for, keeps them in blocks)."""
+        gguf = gguf_model(  # a hub file is in the HF cache now
+            config.model,
+            config.passthrough_kwargs,
+            revision=load_kw.get("revision"),
+            cache_dir=load_kw.get("cache_dir"),
+        )
+        header = None
+        if gguf is not None and gguf.local_path is not None:
+            try:
+                header = read_gguf_header(gguf.local_path)
+            except GGUFError:
+                header = None
+        dtype = str(model.dtype).removeprefix("torch.")
+        packed = len(getattr(getattr(model, "hf_quantizer", None), "packed_modules", None) or {})
+        weights = (
+            f"{packed} weight matrices kept in GGUF blocks (transformers' GGUF kernels), the "
+            f"rest dequantised to {dtype}"
+            if packed
+            else f"dequantised to {dtype} by transformers"
+        )
+        types = header.tensor_types() if header is not None else {}
+        shown = ", ".join(f"{n} {t}" for t, n in types.items()) or "tensor types unknown"
+        self._load_notes.append(
+            f"GGUF file {gguf.label if gguf else config.model} ({shown}): weights {weights}"
+            + ("" if packed else f"; the run measures {dtype} matmuls, not quantised kernels")
+        )
+        summary = header.summary() if header is not None else {"file": self._model_source}
+        return {**summary, "weights": weights}
 
     def _resolve_eos_ids(self, gen_kw: dict[str, Any]) -> list[int]:
         eos = gen_kw.get("eos_token_id")
@@ -712,6 +871,7 @@ class PyTorchBackend(InferenceBackend):
             "torch_version": torch.__version__,
             "model": config.model,
             "model_source": self._model_source,
+            "gguf": self._gguf_summary,
             "device": str(self._device),
             "precision": config.precision,
             "dtype": str(self._model.dtype).removeprefix("torch."),

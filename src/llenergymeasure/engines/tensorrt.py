@@ -74,6 +74,7 @@ from llenergymeasure.config.models import TENSORRT_PRECISION_QUANT
 from llenergymeasure.engines.base import (
     BatchProgress,
     LoadInfo,
+    PassthroughKeys,
     PreparedRun,
     RawRun,
     RequestRecord,
@@ -137,6 +138,17 @@ TRTLLM_SERVE_FLAGS: dict[str, str] = {
     "max_batch_size": "--max_batch_size",
     "max_seq_len": "--max_seq_len",
     "kv_cache_free_gpu_memory_fraction": "--kv_cache_free_gpu_memory_fraction",
+}
+
+#: passthrough_kwargs keys that would replace an ``LLM(...)`` argument llem builds from a
+#: config field (the result would then record a value that did not run).
+_CONFLICTING_KEYS: dict[str, str] = {
+    "model": "model",
+    "dtype": "precision",
+    "tensor_parallel_size": "tensorrt.tp_size",
+    "pipeline_parallel_size": "tensorrt.pp_size",
+    "quant_config": "tensorrt.quantization",
+    "build_config": "tensorrt.max_batch_size / tensorrt.max_seq_len",
 }
 
 #: llem quantization name -> ``QuantAlgo`` member name.
@@ -223,6 +235,19 @@ class TensorRTBackend(OfflineLLMEngine):
         self._engine_origin: str | None = None  # "engine_path" | "cache" | "built"
         self._cache_key: str | None = None
 
+    @classmethod
+    def passthrough_keys(cls) -> PassthroughKeys:
+        """Any ``TrtLlmArgs`` field except those llem builds from a config field."""
+        return PassthroughKeys(
+            engine=cls.name,
+            open_route=(
+                "`tensorrt_llm._tensorrt_engine.LLM(...)` as a `TrtLlmArgs` field of "
+                "TensorRT-LLM 1.2 (e.g. `kv_cache_config`, which then replaces llem's and is "
+                "what gets recorded); TensorRT-LLM refuses an unknown one when the engine loads"
+            ),
+            refused={k: f"set by `{field}`" for k, field in _CONFLICTING_KEYS.items()},
+        )
+
     # ─── Online mode ────────────────────────────────────────────────────────
     def serve_command(
         self, config: ExperimentConfig, *, model: str, host: str, port: int
@@ -255,12 +280,22 @@ class TensorRTBackend(OfflineLLMEngine):
     # ─── Pre-flight ─────────────────────────────────────────────────────────
     def _machine_problems(self, config: ExperimentConfig) -> list[str]:
         """The installed TensorRT-LLM must be a 1.2.x; a given ``engine_path`` must be an
-        engine folder. Static config rules (precision, quantization, beam, LoRA, draft models)
-        are the config model's."""
+        engine folder; the model (built from, or the tokenizer of a given engine) must be a
+        local folder, or a hub id in the HF cache or on a hub that answers one bounded probe.
+        Static config rules (precision, quantization, beam, LoRA, draft models, GGUF) are the
+        config model's."""
         problems: list[str] = []
         version_issue = version_problem(self.version())
         if version_issue is not None:
             problems.append(version_issue)
+        extra = config.passthrough_kwargs or {}
+        for key in extra:
+            if key in _CONFLICTING_KEYS:
+                problems.append(
+                    f"passthrough_kwargs.{key} is controlled by the config field "
+                    f"'{_CONFLICTING_KEYS[key]}'; set it there instead"
+                )
+        problems.extend(self._check_hf_model(config.model, "model", extra.get("revision")))
         t = config.tensorrt
         if t is not None and t.engine_path is not None:
             path = Path(t.engine_path).expanduser()

@@ -57,8 +57,10 @@ How a run works (``prepare`` -> ``execute`` -> ``records``, see ``engines.base``
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import json
+import re
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -71,6 +73,7 @@ from llenergymeasure.engines.base import (
     MEASUREMENT_PHASE,
     BatchProgress,
     LoadInfo,
+    PassthroughKeys,
     PreparedRun,
     RawRun,
     RequestRecord,
@@ -79,6 +82,16 @@ from llenergymeasure.engines.base import (
 )
 from llenergymeasure.engines.offline import OfflineLLMEngine, RequestTiming
 from llenergymeasure.exceptions import BackendError
+from llenergymeasure.gguf_files import (
+    GGUFError,
+    GGUFHeader,
+    GGUFModel,
+    gguf_model,
+    gguf_model_problem,
+    names_gguf,
+    read_gguf_header,
+)
+from llenergymeasure.hub import OFFLINE_HINT
 from llenergymeasure.install import extra_install_hint
 
 if TYPE_CHECKING:
@@ -156,17 +169,43 @@ _CONFLICTING_KEYS = {
     "max_lora_rank": "vllm.max_lora_rank",
     "speculative_config": "decoder.draft_model",
 }
-#: passthrough_kwargs keys this engine interprets itself (not engine arguments).
-ENGINE_PASSTHROUGH_KEYS = frozenset({"num_speculative_tokens"})
+#: passthrough_kwargs keys this engine interprets itself (not engine arguments):
+#: ``num_speculative_tokens`` (the draft length of ``speculative_config``) and ``gguf_file``
+#: (a GGUF file of the folder or hub repository ``model:``, given to vLLM as its path).
+ENGINE_PASSTHROUGH_KEYS = frozenset({"num_speculative_tokens", "gguf_file"})
+
+#: vLLM releases from 0.24 load GGUF files only with this plugin installed (vLLM's GGUF page).
+GGUF_PLUGIN_MODULE = "vllm_gguf_plugin"
+GGUF_PLUGIN_HINT = "pip install vllm-gguf-plugin"
 
 
-def _model_source(name: str) -> str:
-    """Local folder for ``builtin:`` models; anything else is passed to vLLM unchanged."""
+def _model_source(config: ExperimentConfig) -> str:
+    """What ``LLM(model=...)`` gets: the local folder of a ``builtin:`` model; the path of a
+    GGUF file (a hub repository's file downloaded into the HF cache first, outside any
+    window); anything else unchanged."""
     from llenergymeasure.engines import builtin
 
+    name = config.model
     if builtin.is_builtin_model(name):
         return str(builtin.resolve_builtin_model(name))
-    return name
+    extra = config.passthrough_kwargs or {}
+    gguf = gguf_model(
+        name, extra, revision=extra.get("revision"), cache_dir=extra.get("download_dir")
+    )
+    if gguf is None:
+        return name
+    if gguf.local_path is not None:
+        return str(gguf.local_path)
+    from huggingface_hub import hf_hub_download
+
+    return str(
+        hf_hub_download(
+            gguf.source,
+            gguf.filename,
+            revision=extra.get("revision"),
+            cache_dir=extra.get("download_dir"),
+        )
+    )
 
 
 def build_engine_args(config: ExperimentConfig, model_source: str | None = None) -> dict[str, Any]:
@@ -205,6 +244,23 @@ def build_engine_args(config: ExperimentConfig, model_source: str | None = None)
         if key not in ENGINE_PASSTHROUGH_KEYS and key not in _CONFLICTING_KEYS:
             args[key] = value
     return args
+
+
+def _gguf_header(config: ExperimentConfig, source: str) -> GGUFHeader | None:
+    """The header of the GGUF file vLLM is given (``source``), None for other models."""
+    if not names_gguf(config.model, config.passthrough_kwargs):
+        return None
+    try:
+        return read_gguf_header(source)
+    except GGUFError as e:
+        raise BackendError(f"vllm: GGUF file {source!r} {e}") from e
+
+
+def _needs_gguf_plugin(version: str) -> bool:
+    """Whether this vLLM release loads GGUF only through vllm-gguf-plugin (0.24 and later;
+    an unreadable version counts as the 0.26 this engine targets)."""
+    match = re.match(r"(\d+)\.(\d+)", version)
+    return match is None or (int(match[1]), int(match[2])) >= (0, 24)
 
 
 def _seconds(value: Any) -> float | None:
@@ -330,9 +386,30 @@ class VLLMBackend(OfflineLLMEngine):
         super().__init__()
         self._engine_args: dict[str, Any] = {}
         self._model_source: str | None = None
+        self._gguf_header: GGUFHeader | None = None
         self._lora_request: Any = None
         self._batch_seq = 0
         self._window_prefix_start: tuple[int, int] | None = None
+
+    @classmethod
+    def passthrough_keys(cls) -> PassthroughKeys:
+        """llem's own keys, and any ``EngineArgs`` field of the installed vLLM except those a
+        config field sets (``build_engine_args`` forwards the same way)."""
+        return PassthroughKeys(
+            engine=cls.name,
+            own={
+                "num_speculative_tokens": "draft tokens per step in `speculative_config` "
+                f"(default {DEFAULT_NUM_SPECULATIVE_TOKENS}; with `decoder.draft_model`)",
+                "gguf_file": "a GGUF file of the folder or hub repository `model:`; vLLM is "
+                "given its path as `model`",
+            },
+            open_route=(
+                "`vllm.LLM(...)` as an `EngineArgs` field of the installed vLLM (e.g. "
+                "`max_model_len`, `enforce_eager`, `tokenizer`); vLLM refuses an unknown one "
+                "when the engine starts"
+            ),
+            refused={k: f"set by `{field}`" for k, field in _CONFLICTING_KEYS.items()},
+        )
 
     # ─── Online mode ────────────────────────────────────────────────────────
     def serve_command(
@@ -361,51 +438,82 @@ class VLLMBackend(OfflineLLMEngine):
 
     # ─── Pre-flight ─────────────────────────────────────────────────────────
     def _machine_problems(self, config: ExperimentConfig) -> list[str]:
-        """Model and adapter files present, passthrough keys that clash with config fields.
-        Static config rules (precision, quantization, LoRA, beam) are the config model's."""
+        """Model and adapter files present (a hub model not in the HF cache: one bounded
+        probe of the hub), a GGUF file complete and vLLM's GGUF plugin installed, passthrough
+        keys that clash with config fields. Static config rules (precision, quantization,
+        LoRA, beam) are the config model's."""
         problems: list[str] = []
-        for key in config.passthrough_kwargs or {}:
+        extra = config.passthrough_kwargs or {}
+        for key in extra:
             if key in _CONFLICTING_KEYS:
                 problems.append(
                     f"passthrough_kwargs.{key} is controlled by the config field "
                     f"'{_CONFLICTING_KEYS[key]}'; set it there instead"
                 )
-        problems.extend(self._check_model(config.model, "model"))
+        revision, download_dir = extra.get("revision"), extra.get("download_dir")
+        gguf = gguf_model(config.model, extra, revision=revision, cache_dir=download_dir)
+        if gguf is not None:
+            problems.extend(self._gguf_problems(gguf, revision, download_dir))
+        else:
+            problems.extend(self._check_hf_model(config.model, "model", revision, download_dir))
         dec = config.decoder
         if dec.speculative_decoding and dec.draft_model:
-            problems.extend(self._check_model(dec.draft_model, "decoder.draft_model"))
+            problems.extend(self._check_hf_model(dec.draft_model, "decoder.draft_model"))
         if config.lora is not None:
             path = config.lora.adapter_path
             if path is not None and not Path(path).expanduser().is_dir():
                 problems.append(f"lora.adapter_path {path!r} is not a directory")
+            if config.lora.adapter_id is not None:
+                from llenergymeasure.hub import hub_model_problem
+
+                problem = hub_model_problem(
+                    config.lora.adapter_id, "lora.adapter_id", filename="adapter_config.json"
+                )
+                problems.extend([problem] if problem else [])
         return problems
 
-    @staticmethod
-    def _check_model(name: str, field_name: str) -> list[str]:
-        """Cheap check of a local model folder or built-in name (hub ids are vLLM's to fetch)."""
-        from llenergymeasure.engines import builtin
+    def _gguf_problems(self, gguf: GGUFModel, revision: Any, download_dir: Any) -> list[str]:
+        """A GGUF model: vLLM's GGUF plugin installed (vLLM >= 0.24), the file complete, or a
+        hub file not downloaded yet on a hub that answers."""
+        problems: list[str] = []
+        if (
+            _needs_gguf_plugin(self.version())
+            and importlib.util.find_spec(GGUF_PLUGIN_MODULE) is None
+        ):
+            problems.append(
+                f"{gguf.field}: vLLM {self.version()} loads GGUF files only with the "
+                f"vllm-gguf-plugin package, which is not installed: {GGUF_PLUGIN_HINT}"
+            )
+        if gguf.on_hub and gguf.local_path is None:
+            from llenergymeasure.hub import hub_model_problem
 
-        if builtin.is_builtin_model(name):
-            if name not in builtin.BUILTIN_MODELS:
-                return [
-                    f"{field_name}: unknown built-in model {name!r}; valid: "
-                    + ", ".join(builtin.BUILTIN_MODELS)
-                ]
-            return []
-        if name.startswith(("/", "./", "../", "~")):
-            path = Path(name).expanduser()
-            if not (path / "config.json").is_file():
-                return [f"{field_name}: {name!r} is not a HF model folder (no config.json)"]
-        return []
+            problem = hub_model_problem(
+                gguf.source,
+                "model",
+                revision=revision if isinstance(revision, str) else None,
+                cache_dir=download_dir if isinstance(download_dir, str) else None,
+                filename=gguf.filename,
+            )
+        else:
+            problem = gguf_model_problem(gguf)
+        return [*problems, problem] if problem else problems
 
     # ─── Load ───────────────────────────────────────────────────────────────
     def _start(self, config: ExperimentConfig) -> LoadInfo:
         """Start ``vllm.LLM`` with the engine arguments of ``config``."""
         from vllm import LLM
 
-        self._model_source = _model_source(config.model)
+        t0 = perf_counter()  # a hub GGUF file's download counts as load time, as in from_pretrained
+        try:
+            self._model_source = _model_source(config)
+        except Exception as e:
+            raise BackendError(
+                f"vllm: could not fetch the GGUF file of {config.model!r}: {type(e).__name__}: {e}",
+                hint=OFFLINE_HINT,
+            ) from e
+        self._gguf_header = _gguf_header(config, self._model_source)
         self._engine_args = build_engine_args(config, self._model_source)
-        t0 = perf_counter()
+        t_engine = perf_counter()
         try:
             self._llm = LLM(**self._engine_args)
         except TypeError as e:
@@ -418,8 +526,18 @@ class VLLMBackend(OfflineLLMEngine):
                 f"vllm failed to load {config.model}: {type(e).__name__}: {e}",
                 hint="lower vllm.gpu_memory_utilization or max_num_seqs if it ran out of memory",
             ) from e
-        started = perf_counter() - t0
+        started = perf_counter() - t_engine
         self._tokenizer = self._llm.get_tokenizer()
+        if self._gguf_header is not None:
+            types = ", ".join(f"{n} {t}" for t, n in self._gguf_header.tensor_types().items())
+            self._notes.append(
+                f"GGUF file {self._model_source} ({types}): vLLM runs the quantised blocks; "
+                + (
+                    f"tokenizer {self._engine_args['tokenizer']}"
+                    if "tokenizer" in self._engine_args
+                    else "tokenizer converted from the file by transformers"
+                )
+            )
         self._window_prefix_start = self._prefix_cache_counters()
         if config.lora is not None:
             from vllm.lora.request import LoRARequest
@@ -528,8 +646,11 @@ class VLLMBackend(OfflineLLMEngine):
         }
 
     def _parameter_count(self) -> int:
-        """Parameters from the safetensors headers of the local (or HF-cached) model folder."""
+        """Parameters from the GGUF header (the sum of its tensors' elements) or the
+        safetensors headers of the local (or HF-cached) model folder."""
         src = self._model_source or ""
+        if self._gguf_header is not None:
+            return self._gguf_header.parameter_count
         folder = Path(src).expanduser()
         try:
             if not folder.is_dir():
@@ -584,6 +705,11 @@ class VLLMBackend(OfflineLLMEngine):
             "engine_version": self.version(),
             "model": config.model,
             "model_source": self._model_source,
+            "gguf": (
+                {**self._gguf_header.summary(), "weights": "GGUF blocks (vLLM GGUF kernels)"}
+                if self._gguf_header is not None
+                else None
+            ),
             "precision": config.precision,
             "dtype": str(dtype).removeprefix("torch."),
             **engine,

@@ -5,7 +5,8 @@ streamed only as far as the run needs, an HF dataset's first rows) and the run t
 what was read; with ``chat_template: true`` the model's tokenizer is checked for a template here
 when it can be opened without loading the model (else once the engine has loaded it).
 ``dataset_file_problems`` checks the JSONL files and HF datasets of one or many experiments the
-same way, for ``llem run --dry-run`` and before a study starts, each read once.
+same way, for ``llem run --dry-run`` and before a study starts, each read once;
+``model_file_problems`` the GGUF model files.
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ from llenergymeasure.datasets.chat import NO_TEMPLATE_HINT, chat_template_of
 from llenergymeasure.datasets.hf import read_hf_dataset
 from llenergymeasure.datasets.loader import PreparedDataset, prepare_dataset
 from llenergymeasure.exceptions import ConfigError
+from llenergymeasure.gguf_files import GGUF_FILE_KEY, gguf_model, gguf_model_problem, names_gguf
 
 __all__ = [
     "chat_template_problem",
     "dataset_file_problems",
     "dataset_problem",
+    "model_file_problems",
     "prepare_run_dataset",
     "warmup_rows",
 ]
@@ -58,6 +61,13 @@ def chat_template_problem(config: ExperimentConfig) -> str | None:
     it has one, or when it cannot be opened so (the template is then checked after the load)."""
     if not config.chat_template:
         return None
+    if names_gguf(config.model, config.passthrough_kwargs):
+        from llenergymeasure.harness.vram import config_gguf_header
+
+        header = config_gguf_header(config)  # the template is in the header's metadata
+        if header is None or header.chat_template is not None:
+            return None
+        return f"chat_template: true, but the GGUF file of {config.model!r} has no chat template"
     try:
         from transformers import AutoTokenizer
 
@@ -85,6 +95,25 @@ def _local_kwargs(config: ExperimentConfig) -> dict[str, Any]:
     if isinstance(revision, str):
         kwargs["revision"] = revision
     return kwargs
+
+
+def model_file_problems(configs: Iterable[ExperimentConfig]) -> list[str]:
+    """Problems of the GGUF files ``configs`` name on this machine (missing, not GGUF, cut
+    short), each file read once: for ``llem run --dry-run`` and before a study starts (a
+    single run's engine pre-flight reads its own)."""
+    problems: list[str] = []
+    seen: set[tuple[str, str | None]] = set()
+    for config in configs:
+        named = (config.passthrough_kwargs or {}).get(GGUF_FILE_KEY)
+        key = (config.model, named if isinstance(named, str) else None)
+        if key in seen:
+            continue
+        seen.add(key)
+        gguf = gguf_model(config.model, config.passthrough_kwargs)
+        problem = gguf_model_problem(gguf) if gguf is not None else None
+        if problem is not None:
+            problems.append(problem)
+    return problems
 
 
 def dataset_problem(exc: ConfigError) -> str:

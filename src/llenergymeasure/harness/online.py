@@ -53,6 +53,7 @@ from llenergymeasure.energy.sensors import GpuSensor
 from llenergymeasure.energy.window import MeasurementWindow
 from llenergymeasure.energy.zeus_backend import ZeusEnergyBackend
 from llenergymeasure.exceptions import BackendError, PreFlightError
+from llenergymeasure.gguf_files import gguf_model
 from llenergymeasure.harness import metrics as m
 from llenergymeasure.harness.assemble import (
     carbon_estimate,
@@ -219,7 +220,11 @@ def _prompts(config: ExperimentConfig, prepared: Any, model_source: str | None) 
     if prepared.rows is None or prepared.chat_template:
         from transformers import AutoTokenizer  # synthetic prompts are sized in tokens
 
-        tokenizer = AutoTokenizer.from_pretrained(model_source or config.model)
+        gguf = gguf_model(config.model, config.passthrough_kwargs)
+        if gguf is not None:
+            tokenizer = AutoTokenizer.from_pretrained(gguf.source, gguf_file=gguf.filename)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(model_source or config.model)
     return prepared.prompts(tokenizer)
 
 

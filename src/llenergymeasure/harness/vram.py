@@ -1,8 +1,17 @@
-"""Rough GPU-memory estimate from a model's ``config.json`` (no weights, no torch).
+"""Rough GPU-memory estimate from a model's ``config.json`` or GGUF header (no weights, no
+torch).
 
 Used by ``--dry-run`` and pre-flight. Weights: parameter count from the architecture
 (decoder-only transformer shapes) x bytes per parameter; KV cache: 2 x layers x kv_heads x
 head_dim x bytes x (batch x sequence length). Activations and allocator slack are not counted.
+
+A GGUF model (``gguf_files``) is estimated from its header: the parameter count is the sum of
+the tensors' element counts and the attention shape comes from its metadata. The weights count
+as what the engine holds: PyTorch (transformers' GGUF loader) dequantises every tensor to the
+run's torch dtype, so parameters x bytes of ``precision``; vLLM runs the quantised blocks, so
+the file's tensor data as stored. (transformers 5.24 keeps the blocks packed instead for a few
+architectures when the ``kernels`` package and a published kernel are there; the dequantised
+figure is then an upper bound, the safe side for a memory check.)
 """
 
 from __future__ import annotations
@@ -16,6 +25,14 @@ from pydantic import BaseModel
 
 from llenergymeasure.config.catalogue import run_concurrency
 from llenergymeasure.config.models import ExperimentConfig, SyntheticDatasetConfig
+from llenergymeasure.gguf_files import (
+    GGUFError,
+    GGUFHeader,
+    gguf_model,
+    is_gguf_path,
+    names_gguf,
+    read_gguf_header,
+)
 
 BYTES_PER_PARAM = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}
 
@@ -27,7 +44,8 @@ class VramEstimate(BaseModel):
     weights_gib: float
     kv_cache_gib: float
     total_gib: float
-    source: str  # the config.json it came from
+    source: str  # the config.json or .gguf file it came from
+    basis: str | None = None  # how the weights were counted, where it is not config.json x dtype
 
 
 def find_local_model_config(model: str) -> Path | None:
@@ -108,6 +126,61 @@ def estimate_vram(
     )
 
 
+def estimate_gguf_vram(
+    header: GGUFHeader, precision: str, *, backend: str, batch_size: int = 1, seq_len: int = 640
+) -> VramEstimate:
+    """``estimate_vram`` for a GGUF file, from its header (see the module docstring)."""
+    params = header.parameter_count
+    if backend == "vllm":
+        weight_bytes = float(header.tensor_data_bytes)
+        basis = "GGUF tensor data as stored (vLLM runs the quantised blocks)"
+    else:
+        weight_bytes = params * BYTES_PER_PARAM.get(precision, 2.0)
+        basis = f"{params:,} GGUF parameters dequantised to {precision} (transformers)"
+    kv_bytes = 0.0
+    layers, kv_heads, head_dim = header.layers, header.kv_heads, header.head_dim
+    if layers and kv_heads and head_dim:
+        per_value = 4.0 if precision == "fp32" and backend != "vllm" else 2.0
+        kv_bytes = 2 * layers * kv_heads * head_dim * per_value * batch_size * seq_len
+    else:
+        basis += "; KV cache not estimated (no attention shape in the header)"
+    gib = 1024.0**3
+    return VramEstimate(
+        parameters=params,
+        weights_gib=round(weight_bytes / gib, 3),
+        kv_cache_gib=round(kv_bytes / gib, 3),
+        total_gib=round((weight_bytes + kv_bytes) / gib, 3),
+        source=header.path,
+        basis=basis,
+    )
+
+
+def config_gguf_header(config: ExperimentConfig) -> GGUFHeader | None:
+    """The header of the GGUF file ``config`` names when it is on this machine and readable;
+    None for other models (and for a file pre-flight reports as missing or damaged)."""
+    revision, cache_dir = _hub_location(config)
+    gguf = gguf_model(
+        config.model, config.passthrough_kwargs, revision=revision, cache_dir=cache_dir
+    )
+    if gguf is None or gguf.local_path is None:
+        return None
+    try:
+        return read_gguf_header(gguf.local_path)
+    except GGUFError:
+        return None
+
+
+def _hub_location(config: ExperimentConfig) -> tuple[str | None, str | None]:
+    """(revision, cache folder) of a hub model from ``passthrough_kwargs`` (PyTorch's
+    ``cache_dir``, vLLM's ``download_dir``)."""
+    extra = config.passthrough_kwargs or {}
+    revision, cache = extra.get("revision"), extra.get("cache_dir") or extra.get("download_dir")
+    return (
+        revision if isinstance(revision, str) else None,
+        cache if isinstance(cache, str) else None,
+    )
+
+
 def config_sequence_length(config: ExperimentConfig) -> int:
     """Tokens one request holds in the KV cache: synthetic input + output, else 512 + max_new."""
     if isinstance(config.dataset, SyntheticDatasetConfig):
@@ -119,8 +192,13 @@ _POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length
 
 
 def model_max_positions(model: str) -> int | None:
-    """The model's maximum sequence length from a locally available ``config.json`` (no
-    download, no torch), or None when neither the file nor a known key is there."""
+    """The model's maximum sequence length from a locally available ``config.json`` or GGUF
+    header (no download, no torch), or None when neither the file nor a known key is there."""
+    if is_gguf_path(model):
+        try:
+            return read_gguf_header(model).context_length
+        except GGUFError:
+            return None
     path = find_local_model_config(model)
     if path is None:
         return None
@@ -143,7 +221,8 @@ def synthetic_length_problems(config: ExperimentConfig) -> list[str]:
     dataset = config.dataset
     if not isinstance(dataset, SyntheticDatasetConfig):
         return []
-    limit = model_max_positions(config.model)
+    header = config_gguf_header(config)
+    limit = header.context_length if header is not None else model_max_positions(config.model)
     need = dataset.input_len + 1 + dataset.output_len
     if limit is None or need <= limit:
         return []
@@ -158,6 +237,17 @@ def estimate_config_vram(config: ExperimentConfig) -> VramEstimate | None:
     """``estimate_vram`` for a config: its weight precision, the engine's concurrency
     (``run_concurrency``) and sequence length. The ``--dry-run`` preview and pre-flight both
     use this, so they agree."""
+    if names_gguf(config.model, config.passthrough_kwargs):
+        header = config_gguf_header(config)
+        if header is None:
+            return None
+        return estimate_gguf_vram(
+            header,
+            weight_precision(config),
+            backend=config.backend,
+            batch_size=run_concurrency(config),
+            seq_len=config_sequence_length(config),
+        )
     return estimate_vram(
         config.model,
         weight_precision(config),
