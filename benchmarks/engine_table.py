@@ -13,8 +13,10 @@ batch size / ``max_num_seqs`` / ``max_batch_size`` the engine ran with); runs th
 2. side by side: J/output-token per concurrency (rows) and engine (columns), with each engine's
    ratio to PyTorch eager at the same concurrency;
 3. the NVML counter vs the 100 ms power poll on the windows of 10 s or more (issue 7's 2 %);
-4. with ``--bare-ratio JSON`` (written by ``benchmarks/vllm_engine_checks.py --out``): llem's
-   step loop vs bare ``LLM.generate`` on one vLLM engine, median ratios of tok/s and J/token.
+4. with ``--bare-ratio JSON [MACHINE]`` (written by ``benchmarks/vllm_engine_checks.py
+   --out``; repeatable): llem's step loop vs bare ``LLM.generate`` on one vLLM engine, median
+   ratios of tok/s and J/token, headed by the machine and date (from the file where it records
+   them, else ``MACHINE``).
 
     python benchmarks/engine_table.py --study PT_EAGER --study PT_COMPILED --study VLLM \\
         --bare-ratio VLLM_CHECKS_JSON --extra EXTRA_MD
@@ -408,12 +410,21 @@ READING = """### Reading these tables
   a range where a row has several runs."""
 
 
-def bare_ratio_block(path: Path) -> str:
+def bare_ratio_machine(out: dict[str, Any], label: str | None) -> str:
+    """The machine (and date) of a ``vllm_engine_checks.py`` output: from the file where it
+    records them, else ``label`` (given with ``--bare-ratio``), else "machine not recorded"."""
+    if "environment" in out:
+        when = str(out.get("measured_at_utc") or "")[:10]
+        return machine([out]) + (f"; {when}" if when else "")
+    return label or "machine not recorded"
+
+
+def bare_ratio_block(path: Path, label: str | None = None) -> str:
     """llem's step loop vs bare ``LLM.generate`` from ``vllm_engine_checks.py``'s JSON."""
     out = json.loads(path.read_text())
     windows = [p[side]["seconds"] for p in out["pairs"] for side in ("llem", "bare")]
     return (
-        "### llem vs bare vLLM\n\n"
+        f"### llem vs bare vLLM ({bare_ratio_machine(out, label)})\n\n"
         f"`benchmarks/vllm_engine_checks.py` (`{path}`): one loaded vLLM engine, "
         f"max_num_seqs {out.get('max_num_seqs', '?')}, {out.get('n', '?')} prompts; llem's "
         "step-driven `generate` (per-token timestamps) and a bare `LLM.generate` of the same "
@@ -425,7 +436,9 @@ def bare_ratio_block(path: Path) -> str:
 
 
 def build_body(
-    study_dirs: Sequence[Path], bare_ratio: Path | None = None, extra: Path | None = None
+    study_dirs: Sequence[Path],
+    bare_ratios: Sequence[tuple[Path, str | None]] = (),
+    extra: Path | None = None,
 ) -> str:
     every = [r for d in study_dirs for r in load_runs(d)]
     if not every:
@@ -443,8 +456,7 @@ def build_body(
         "### Side by side",
         side_by_side(rows),
     ]
-    if bare_ratio is not None:
-        parts.append(bare_ratio_block(bare_ratio))
+    parts += [bare_ratio_block(path, label) for path, label in bare_ratios]
     parts.append(READING)
     if extra is not None and extra.is_file():
         parts.append(extra.read_text().strip())
@@ -465,17 +477,25 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--bare-ratio",
-        type=Path,
-        metavar="JSON",
-        help="vllm_engine_checks.py's output: llem vs bare vLLM pairs",
+        nargs="+",
+        action="append",
+        default=[],
+        metavar=("JSON", "MACHINE"),
+        help="vllm_engine_checks.py's output: llem vs bare vLLM pairs, with the machine and date "
+        "where the file does not record them; repeat for more",
     )
     add_section_options(parser)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for values in args.bare_ratio:
+        if len(values) > 2:
+            parser.error(f"--bare-ratio takes JSON [MACHINE], got {len(values)} values")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    body = build_body(args.study, args.bare_ratio, args.extra)
+    bare = [(Path(v[0]), v[1] if len(v) > 1 else None) for v in args.bare_ratio]
+    body = build_body(args.study, bare, args.extra)
     publish(body, TITLE, args.no_write)
 
 

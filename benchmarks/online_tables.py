@@ -8,7 +8,8 @@ with ``.online``, as ``llem run`` writes it, is read too) and the offline run of
 (issue 20)" section of BENCHMARKS.md:
 
 1. the energy-vs-load curve, one row per rate (``inf`` last): ``report.online_curve``'s table
-   (J/request, J/token raw and adjusted, mean W, TTFT/ITL p50/p99, goodput);
+   (J/request, J/token raw and adjusted, mean W, TTFT/ITL p50/p99, goodput), with how many
+   completed requests of each rate have latencies;
 2. the ``inf`` point (every request sent at once) against the offline run of the same prompts:
    J/output-token raw and adjusted, tok/s, mean W, window, and the ratio online / offline.
 
@@ -196,6 +197,25 @@ def counter_vs_poll_line(runs: Sequence[OnlineRun]) -> str:
     )
 
 
+def latency_coverage_line(runs: Sequence[OnlineRun]) -> str:
+    """How many completed requests of each rate have a TTFT (and so their ITL gaps)."""
+    cells, complete = [], True
+    for r in runs:
+        m = r.online.metrics
+        timed = m.ttft.count if m.ttft is not None else 0
+        complete = complete and timed == m.n_ok
+        cells.append(f"{_rate_label(r.rate)}: {timed} of {m.n_ok}")
+    verdict = (
+        "every completed request at every rate"
+        if complete
+        else "**not every completed request** (the table marks those rates `(k of n)`)"
+    )
+    return (
+        "Latency coverage (completed requests with a first-token time; ITL from their gaps "
+        f"between streamed chunks): {verdict} ({', '.join(cells)})."
+    )
+
+
 def _rate_label(rate: float) -> str:
     return "inf" if math.isinf(rate) else f"{rate:g} req/s"
 
@@ -224,6 +244,7 @@ def build_body(online_dir: Path, offline_dir: Path | None, extra: Path | None = 
     parts = [
         f"### J per request and latency by request rate (`{online_dir}`)",
         online_curve_markdown(online_curve_points([r.online for r in online])).strip(),
+        latency_coverage_line(online),
         counter_vs_poll_line(online),
         machine_line(online, offline),
         "### All requests at once vs the offline run of the same prompts",

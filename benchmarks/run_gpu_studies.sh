@@ -24,16 +24,15 @@
 # Tables: benchmarks/reuse_tables.py (issue 14), engine_table.py (issue 15), phase_tables.py (16),
 # online_tables.py (20: --online $out/online --offline $out/vllm_offline_ref).
 #
-# What is left to run (after the third lease of 2026-12-02), one 30-min session, H200 minutes
-# measured that day:
-#   call 1 [.whl, p2]  machine start ~1 + model build 0.4 + pt_phase ~2.5   (issue 16: PyTorch
-#                      time-resolved split with the update-instant curve)
-#   call 2 [p0]        ~0.3;  call 3 [p1] unpack ~0.7, then:
-#   vllm_checks ~4 (the first vLLM start on a machine is ~3 of it: llem vs bare after the
-#   render-and-add change, target 0.99; any vLLM result shows timing.load_parts.compile_s or a
-#   note saying why not), vllm_online ~7 (server start 2-4 min when vLLM's compile cache is
-#   cold, then the five rates ~4; issue 20's latency columns with the token-counting fix) and its
-#   offline reference ~1.5, vllm_tests ~2 if time is left.
+# Run on 2026-12-07 (one H100; results in benchmarks/results/h100_1207.tar.xz): pt_phase,
+# pt_overhead, vllm_online with its offline reference, vllm_checks, and pt_b8_fresh cut after 2
+# of its 5 runs. What is left to run (issue 31), H100 minutes measured that day:
+#   pt_b8_fresh (5 runs of ~60 s each, a fresh process per run: on a new machine a new study;
+#   the 2 archived runs are another machine's and must not be resumed into it) then
+#   pt_b8_reuse (5 runs on one engine) on the SAME machine, then
+#   `llem compare <pt_b8_fresh study> <pt_b8_reuse study>`; flip PyTorch's reuse default
+#   (config/catalogue.py, reuse_proven) only if it holds;
+#   pt_tests (PyTorch GPU tests) and vllm_tests (~2 min on the H200) on this code.
 # The machine is handed back after 30 s idle: send the three calls back to back, decide nothing
 # between them. A machine lost between calls costs its start (~2 min) and all three transfers.
 set -uo pipefail
@@ -98,12 +97,14 @@ stage_vllm_checks() {  # prefix-cache reset and llem-vs-bare overhead on one eng
 }
 stage_vllm_online() {  # issue 20: `vllm serve` under load, one server for all rates
   ensure_model
-  if ! command -v vllm > /dev/null; then  # the unpacked site (gpu-vllm-pack.sh) has no bin/vllm
-    mkdir -p .devout/bin
-    printf '#!/bin/sh\nexec python3 -c "import sys; from vllm.entrypoints.cli.main import main; sys.argv[0] = \\"vllm\\"; sys.exit(main())" "$@"\n' > .devout/bin/vllm
-    chmod +x .devout/bin/vllm
-    export PATH=$PWD/.devout/bin:$PATH
-  fi
+  # `vllm` is always this shim, first on PATH: vLLM run by the python3 that runs llem. The
+  # unpacked site's own bin/vllm (gpu-vllm-pack.sh: pip --target on the packing machine) starts
+  # with that machine's interpreter (#!/root/.pyenv/versions/3.11.7/bin/python3), absent here,
+  # so exec fails with "No such file or directory" (the first attempt of 2026-12-07).
+  mkdir -p .devout/bin
+  printf '#!/bin/sh\nexec python3 -c "import sys; from vllm.entrypoints.cli.main import main; sys.argv[0] = \\"vllm\\"; sys.exit(main())" "$@"\n' > .devout/bin/vllm
+  chmod +x .devout/bin/vllm
+  export PATH=$PWD/.devout/bin:$PATH
   # each finished rate is written at once: a sweep cut by the call's deadline keeps those
   timeout -s INT -k 15 $(( $(left) - 20 )) python3 benchmarks/online_vllm_rates.py \
     --model "$model" --rates 1,4,16,64,inf --n 400 --n-at 1=60,4=120,16=240 \

@@ -21,6 +21,7 @@ import argparse
 import json
 import statistics
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +119,7 @@ def main() -> None:
     from llenergymeasure.energy.sampler import EnergySampler
     from llenergymeasure.energy.sensors import NvmlSensor
     from llenergymeasure.engines.factory import create_engine
+    from llenergymeasure.harness.environment import capture_environment
 
     config = ExperimentConfig(
         model=args.model,
@@ -161,10 +163,18 @@ def main() -> None:
         lambda outs: sum(len(o.outputs[0].token_ids) for o in outs),
     )
 
+    env = capture_environment("vllm", sensor)
     out: dict[str, Any] = {
         "engine_start_s": start_s,
         "n": args.n,
         "max_num_seqs": args.max_num_seqs,
+        # the machine, as a result's environment names it (benchmarks/_studies.machine)
+        "environment": {
+            "gpus": [{"name": g.get("name")} for g in env.gpus],
+            "driver_version": env.driver_version,
+            "engine_version": env.engine_version,
+        },
+        "measured_at_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     with sampler:
         engine.generate(warm, config, phase="warmup")

@@ -235,9 +235,37 @@ def render() -> dict[str, str]:
                     f" | {_cell(info.description or '')} |"
                 )
             lines.append("")
+        if page.filename == "study-config.md":
+            lines += render_reuse_defaults()
         out[page.filename] = "\n".join(lines)
     out["limits.md"] = render_limits()
     return out
+
+
+def render_reuse_defaults() -> list[str]:
+    """Each engine's default of ``execution.reuse_engine``, and why, from the engine catalogue."""
+    from llenergymeasure.config.catalogue import ENGINES
+
+    lines = [
+        "## Engine reuse by default",
+        "",
+        "With `execution.reuse_engine` unset here and in the user config, each engine gets its "
+        "own default from the engine catalogue (`llenergymeasure.config.catalogue`, "
+        "`EngineSpec.reuse_proven`): on only where sharing one loaded engine across a study's "
+        "runs was shown on hardware to measure the same as a fresh process per run; a study "
+        "mixing engines gets each engine's own default. `llem run study.yaml --dry-run` shows "
+        "the decision for each engine of the study and why; `--reuse-engine` / "
+        "`--no-reuse-engine` (or a value in the study or the user config) set it for every "
+        "engine.",
+        "",
+        "| Engine | Reuse by default | Why |",
+        "| --- | --- | --- |",
+    ]
+    for spec in ENGINES.values():
+        state = "on" if spec.reuse_proven else "off"
+        lines.append(f"| `{spec.name}` | {state} | {_cell(spec.reuse_evidence)} |")
+    lines.append("")
+    return lines
 
 
 def render_limits() -> str:

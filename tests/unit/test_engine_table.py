@@ -302,6 +302,19 @@ def test_the_bare_vllm_ratio_comes_from_vllm_engine_checks_json() -> None:
     assert "**median llem / bare tok/s 0.986, J/output-token 0.995**" in block
     assert "interleaved in 3 pairs" in block and "max_num_seqs 64, 256 prompts" in block
     assert "| median | | | **0.986** | | | **0.995** |" in block
+    assert block.startswith("### llem vs bare vLLM (machine not recorded)")
+
+
+def test_the_bare_ratio_names_its_machine_from_the_file_or_the_flag(tmp_path: Path) -> None:
+    labelled = et.bare_ratio_block(VLLM_CHECKS, "NVIDIA H100 80GB HBM3; 2026-12-07")
+    assert labelled.startswith("### llem vs bare vLLM (NVIDIA H100 80GB HBM3; 2026-12-07)")
+    data = json.loads(VLLM_CHECKS.read_text())
+    data["environment"] = {"gpus": [{"name": "NVIDIA H200"}], "driver_version": "580.159.04"}
+    data["measured_at_utc"] = "2026-12-08T01:02:03+00:00"
+    recorded = tmp_path / "checks.json"
+    recorded.write_text(json.dumps(data))
+    block = et.bare_ratio_block(recorded, "ignored: the file says")
+    assert block.startswith("### llem vs bare vLLM (NVIDIA H200, driver 580.159.04; 2026-12-08)")
 
 
 # -- the section ---------------------------------------------------------------------------

@@ -288,6 +288,32 @@ def test_a_missing_server_program_is_a_clear_error(tmp_path):
         pass
 
 
+def test_a_script_whose_interpreter_is_missing_is_named_with_it(tmp_path, monkeypatch):
+    # a console script written on another machine (pip --target): found on PATH, but exec would
+    # fail with only "No such file or directory"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "fake-serve-xyz"
+    script.write_text("#!/nonexistent/python3.11\nprint('never')\n")
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+    server = ManagedServer(
+        ["fake-serve-xyz", "serve"], host="127.0.0.1", port=1, log_path=tmp_path / "s.log"
+    )
+    with pytest.raises(BackendError, match=r"'#!/nonexistent/python3.11'") as info, server:
+        pass
+    assert str(script) in str(info.value) and server.process is None
+
+
+def test_a_script_with_an_env_interpreter_is_not_refused(tmp_path):
+    from llenergymeasure.online.server import _missing_interpreter
+
+    script = tmp_path / "ok"
+    script.write_text("#!/usr/bin/env python3\n")
+    assert _missing_interpreter(str(script)) is None
+    assert _missing_interpreter(sys.executable) is None  # a binary, no #! line
+
+
 def test_stop_is_idempotent_and_safe_before_start(tmp_path):
     server = fake_server(tmp_path)
     server.stop()

@@ -180,3 +180,18 @@ def test_counter_vs_poll_is_listed_per_rate_where_the_sweep_polled(online_dir: P
     line = ot.counter_vs_poll_line(polled)
     assert "4 req/s: +0.50 % (" in line and "16 req/s: -1.25 % (" in line
     assert "inf:" not in line and "1 rate(s) not polled" in line
+
+
+def test_latency_coverage_says_whether_every_completed_request_was_timed(
+    online_dir: Path, tmp_path: Path
+) -> None:
+    runs = ot.load_online(online_dir)
+    line = ot.latency_coverage_line(runs)
+    assert "every completed request at every rate" in line
+    assert "4 req/s: 5 of 5, 16 req/s: 5 of 5, inf: 5 of 5" in line
+    partial = json.loads((online_dir / "rate-16" / "result.json").read_text())
+    partial["metrics"]["ttft"]["count"] = 3  # two requests streamed no token chunk
+    (tmp_path / "rate-16").mkdir()
+    (tmp_path / "rate-16" / "result.json").write_text(json.dumps(partial))
+    line = ot.latency_coverage_line(ot.load_online(tmp_path))
+    assert "**not every completed request**" in line and "16 req/s: 3 of 5" in line

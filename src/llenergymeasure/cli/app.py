@@ -304,9 +304,10 @@ def run(
         Optional[bool],  # noqa: UP045
         typer.Option(
             "--reuse-engine/--no-reuse-engine",
-            help="Studies: runs with the same engine-load fields share one loaded engine, or "
-            "each run loads its own (default: execution.reuse_engine, else the user config, "
-            "else off).",
+            help="Studies, every engine: runs with the same engine-load fields share one loaded "
+            "engine, or each run loads its own (default: execution.reuse_engine, else the user "
+            "config, else each engine's default: on where proven equivalent on hardware, i.e. "
+            "vLLM; --dry-run shows which and why).",
         ),
     ] = None,
     resume: Annotated[

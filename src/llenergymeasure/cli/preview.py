@@ -27,6 +27,7 @@ from llenergymeasure.text_table import render_table
 
 if TYPE_CHECKING:
     from llenergymeasure.compare.plan import Plan
+    from llenergymeasure.study.manifest import RunEntry
 
 
 def _dataset_label(config: ExperimentConfig) -> str:
@@ -174,8 +175,20 @@ def preview_json(experiment: ExperimentConfig | None, study: StudyConfig | None)
             execution=study.execution.model_dump(mode="json"),
             skipped=[s.model_dump(mode="json") for s in study.skipped],
             runs=len(study.experiments) * study.execution.n_cycles,
+            engine_reuse=_engine_reuse_json(study),
         )
     return out
+
+
+def _engine_reuse_json(study: StudyConfig) -> dict[str, dict[str, Any]]:
+    """Per engine of the study's offline runs: reuse on/off, what decided it, and why."""
+    from llenergymeasure.study.planning import resolve_engine_reuse
+
+    offline = [e.backend for e in study.experiments if e.mode == "offline"]
+    return {
+        name: {"reuse": d.reuse, "source": d.source, "evidence": d.evidence or None}
+        for name, d in resolve_engine_reuse(study.execution, offline).items()
+    }
 
 
 def _online_label(config: ExperimentConfig) -> str:
@@ -254,27 +267,50 @@ ORDER_SHOWN = 40  # runs listed in the dry run's run order
 
 
 def _preview_engine_groups(study: StudyConfig) -> None:
-    """Engine groups (runs sharing one loaded engine), the number of loads, the run order."""
-    from llenergymeasure.study.planning import engine_groups, plan_runs, resolve_reuse_engine
+    """Engine reuse per engine and why, the engine groups, the number of loads, the run order."""
+    from llenergymeasure.study.planning import (
+        ENGINE_DEFAULT,
+        engine_groups,
+        plan_runs,
+        resolve_engine_reuse,
+    )
 
-    reuse = resolve_reuse_engine(study.execution)
+    offline = [e.backend for e in study.experiments if e.mode == "offline"]
+    decisions = resolve_engine_reuse(study.execution, offline)
+    reuse = {name: d.reuse for name, d in decisions.items()}
     runs = plan_runs(study, reuse=reuse)
-    if not reuse:
+
+    def reused(entry: RunEntry) -> bool:
+        config = study.experiments[entry.config_index]
+        return config.mode == "offline" and reuse.get(config.backend, False)
+
+    groups = engine_groups([r for r in runs if reused(r)])
+    fresh = sum(1 for r in runs if not reused(r))
+    on = [name for name, d in decisions.items() if d.reuse]
+    off = [name for name, d in decisions.items() if not d.reuse]
+    if not groups:
         typer.echo(f"engine reuse: off; {len(runs)} engine loads (one per run)")
-    else:
-        groups = engine_groups(runs)
+    elif not fresh:
         typer.echo(
             f"engine reuse: on; {len(groups)} engine group(s) = {len(groups)} engine loads for "
             f"{len(runs)} runs"
         )
-        for g, group in enumerate(groups, 1):
-            configs = sorted({r.config_index + 1 for r in group.runs})
-            names = ", ".join(f"#{c}" for c in configs[:ORDER_SHOWN])
-            if len(configs) > ORDER_SHOWN:
-                names += f" ... ({len(configs) - ORDER_SHOWN} more)"
-            typer.echo(
-                f"  group {g} (engine {group.key}): experiments {names}; {len(group.runs)} runs"
-            )
+    else:
+        typer.echo(
+            f"engine reuse: on for {', '.join(on)}, off for {', '.join(off) or 'online runs'}; "
+            f"{len(groups)} engine group(s) + {fresh} run(s) in a fresh process = "
+            f"{len(groups) + fresh} engine loads for {len(runs)} runs"
+        )
+    for decision in decisions.values():
+        typer.echo(f"  {decision.describe()}")
+    if any(d.source == ENGINE_DEFAULT for d in decisions.values()):
+        typer.echo("  (--reuse-engine / --no-reuse-engine set it for every engine of the study)")
+    for g, group in enumerate(groups, 1):
+        configs = sorted({r.config_index + 1 for r in group.runs})
+        names = ", ".join(f"#{c}" for c in configs[:ORDER_SHOWN])
+        if len(configs) > ORDER_SHOWN:
+            names += f" ... ({len(configs) - ORDER_SHOWN} more)"
+        typer.echo(f"  group {g} (engine {group.key}): experiments {names}; {len(group.runs)} runs")
     shown = runs[:ORDER_SHOWN]
     order = " ".join(f"#{r.config_index + 1}/c{r.cycle}" for r in shown)
     more = f" ... ({len(runs) - len(shown)} more)" if len(runs) > len(shown) else ""

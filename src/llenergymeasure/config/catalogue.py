@@ -52,6 +52,10 @@ class EngineSpec:
       max_new_tokens, dataset, warmup, seed, baseline...) is per-run.
     - ``concurrency_field`` / ``default_concurrency``: the section field that caps how many
       requests run at once, and what None in it means.
+    - ``reuse_proven``: whether sharing one loaded engine across a study's runs was shown on
+      hardware to measure the same as a fresh process per run. It is the engine's default of
+      ``execution.reuse_engine`` (on where proven, off elsewhere); ``reuse_evidence`` says
+      what showed it, or why it is not proven, and where the figures are.
     """
 
     name: str
@@ -68,6 +72,8 @@ class EngineSpec:
     section_load_fields: tuple[str, ...] | str = ()
     concurrency_field: str | None = None
     default_concurrency: int = 1
+    reuse_proven: bool = False
+    reuse_evidence: str = "not proven: never compared with a fresh process per run on hardware"
 
     @property
     def install_hint(self) -> str:
@@ -106,6 +112,13 @@ _BUILTIN_ENGINES: tuple[EngineSpec, ...] = (
         ),
         concurrency_field="batch_size",
         default_concurrency=1,
+        reuse_proven=False,
+        reuse_evidence=(
+            "not proven: on one H200 (torch_compile, batch 1/8/32/64 x 3 cycles) J/token agreed "
+            "within 2 %, but tok/s at batch 8 read 6 % higher with reuse, outside the 2 % band, "
+            "and the batch-8 re-run with 5 cycles is not complete (BENCHMARKS.md, "
+            '"Engine reuse (issue 14)")'
+        ),
     ),
     EngineSpec(
         name="vllm",
@@ -129,6 +142,12 @@ _BUILTIN_ENGINES: tuple[EngineSpec, ...] = (
         section_load_fields=ALL_SECTION_FIELDS,
         concurrency_field="max_num_seqs",
         default_concurrency=256,  # vLLM's documented default (see engines.vllm.VLLM_DEFAULTS)
+        reuse_proven=True,
+        reuse_evidence=(
+            "proven: vLLM 0.26 on one H200, max_num_seqs 64 and 256 x 3 cycles, J/token within "
+            "0.3 % and tok/s within 1.6 % of a fresh process per run, no prefix-cache hit in any "
+            'reused window (BENCHMARKS.md, "Engine reuse (issue 14)")'
+        ),
     ),
     EngineSpec(
         name="tensorrt",
@@ -145,6 +164,8 @@ _BUILTIN_ENGINES: tuple[EngineSpec, ...] = (
         section_load_fields=ALL_SECTION_FIELDS,
         concurrency_field="max_batch_size",
         default_concurrency=2048,  # BuildConfig default (see engines.tensorrt.TRT_DEFAULTS)
+        reuse_proven=False,
+        reuse_evidence="not proven: the engine has never run on hardware",
     ),
 )
 

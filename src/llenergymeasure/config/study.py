@@ -75,13 +75,16 @@ class ExecutionConfig(BaseModel):
         ),
     )
     # runs whose engine-load fields are equal share one loaded engine (one long-lived worker
-    # process per engine group); None -> user config execution.reuse_engine (default false)
+    # process per engine group); None -> user config execution.reuse_engine, and where that is
+    # None too, each engine's default (study.planning.resolve_engine_reuse)
     reuse_engine: bool | None = Field(
         None,
         description=(
             "True: runs with equal engine-load fields share one loaded engine (one process per "
             "engine group); False: a fresh process per run. None = the user config's "
-            "execution.reuse_engine (default false)."
+            "execution.reuse_engine, else each engine's default: on where reuse is proven "
+            "equivalent on hardware (vLLM), off elsewhere (PyTorch, TensorRT-LLM); a study "
+            "mixing engines gets each engine's own default."
         ),
     )
 

@@ -76,12 +76,15 @@ class ExecutionSection(BaseModel):
     cycle_gap_seconds: Annotated[float, B.GAP_SECONDS] = Field(
         300.0, description="Default idle seconds between a study's cycles."
     )
-    # off by default until the GPU comparison shows it equivalent (BENCHMARKS.md, "Engine reuse")
-    reuse_engine: bool = Field(
-        False,
+    # None: each engine's own default, on only where reuse is proven equivalent on hardware
+    # (config/catalogue.py, EngineSpec.reuse_proven)
+    reuse_engine: bool | None = Field(
+        None,
         description=(
             "Default of a study's execution.reuse_engine: runs with equal engine-load fields share"
-            " one loaded engine (opt-in)."
+            " one loaded engine. None = each engine's default: on where the engine catalogue "
+            "records reuse as proven equivalent on hardware (vLLM), off elsewhere (PyTorch, "
+            "TensorRT-LLM)."
         ),
     )
     # Bounded work: a study is refused before expansion beyond these (raise them deliberately).

@@ -142,6 +142,28 @@ def _resolve_program(name: str) -> str:
     return str(beside) if beside.exists() else name
 
 
+def _missing_interpreter(program: str) -> str | None:
+    """The ``#!`` interpreter of script ``program`` when it is an absolute path that does not
+    exist here (None otherwise). Such a script is found on ``PATH`` but cannot start: ``exec``
+    fails with "No such file or directory", naming only the script. It happens with console
+    scripts installed on another machine (``pip install --target`` writes that machine's
+    Python into them)."""
+    try:
+        with open(program, "rb") as f:
+            head = f.read(256)
+    except OSError:
+        return None
+    if not head.startswith(b"#!"):
+        return None
+    words = head[2:].split(b"\n", 1)[0].split()
+    if not words:
+        return None
+    interpreter = os.fsdecode(words[0])
+    if os.path.isabs(interpreter) and not os.access(interpreter, os.X_OK):
+        return interpreter
+    return None
+
+
 _GUARD = str(Path(__file__).with_name("server_guard.py"))
 
 
@@ -212,11 +234,21 @@ class ManagedServer:
         from llenergymeasure.logs import environment_for_servers
 
         env = {**environment_for_servers(), **self.env}
-        if shutil.which(self.argv[0], path=env.get("PATH")) is None:
+        found = shutil.which(self.argv[0], path=env.get("PATH"))
+        if found is None:
             raise BackendError(
                 f"could not start the server {self.argv[0]!r}: no such program",
                 hint="is the engine installed in this environment? "
                 "(vllm serve / transformers serve / trtllm-serve)",
+            )
+        interpreter = _missing_interpreter(found)
+        if interpreter is not None:
+            raise BackendError(
+                f"could not start the server {self.argv[0]!r}: {found} starts with "
+                f"'#!{interpreter}', which does not exist on this machine",
+                hint="the script was installed for another Python (pip --target on another "
+                "machine?): reinstall the engine here, or put a working program of that name "
+                "first on PATH",
             )
         from llenergymeasure.files import open_log, pump_lines
 

@@ -50,7 +50,10 @@ def _exec(parent_pid: int, argv: list[str]) -> None:
     try:
         os.execvp(argv[0], argv)
     except OSError as exc:
-        print(f"could not start {argv[0]!r}: {exc}", file=sys.stderr, flush=True)
+        why = ""
+        if isinstance(exc, FileNotFoundError):  # also what a script's missing #! interpreter gives
+            why = " (not on PATH, or a script whose #! interpreter does not exist here)"
+        print(f"could not start {argv[0]!r}: {exc}{why}", file=sys.stderr, flush=True)
         os._exit(127)
 
 

@@ -4,12 +4,14 @@ Every executor works only through the study's public bookkeeping (``StudyBookkee
 manifest, ``start``/``record``/``save``, progress, gaps, the live child processes), never
 through the runner's internals, and imports nothing from ``study.runner``:
 
-- ``FreshProcessExecutor``: each run in a fresh spawned process (``reuse_engine: false``).
+- ``FreshProcessExecutor``: each run in a fresh spawned process (no engine of the study
+  reuses).
 - ``EngineReuseExecutor``: each engine group (consecutive runs with the same
-  ``engine_load_key``) in one long-lived spawned process that loads the engine once
-  (``reuse_engine: true``, opt-in). A Python exception in one run is recorded and the
-  process serves the group's next run; a fatal error (CUDA, out of memory), a crash or a
-  timeout ends the process, and the group's remaining runs go on in a fresh one.
+  ``engine_load_key``) of an engine that reuses (``StudyBookkeeping.reuses``) in one
+  long-lived spawned process that loads the engine once; the other runs (engines that do not
+  reuse, online runs) each in a fresh process, as above. A Python exception in one run is
+  recorded and the process serves the group's next run; a fatal error (CUDA, out of memory), a
+  crash or a timeout ends the process, and the group's remaining runs go on in a fresh one.
 - ``study.parallel.PerGpuExecutor``: ``execution.parallel: per_gpu``, one run per GPU at a
   time; with reuse each GPU takes whole engine groups (one process per group on that GPU),
   without it a fresh process per run.
@@ -65,6 +67,7 @@ __all__ = [
     "GroupProcess",
     "StudyBookkeeping",
     "StudyExecutor",
+    "run_fresh",
     "spawn_run",
 ]
 
@@ -102,6 +105,10 @@ class StudyBookkeeping(Protocol):
 
     def attach_pid(self, entry: RunEntry, pid: int | None) -> None:
         """Record the process that runs ``entry`` (saved)."""
+        ...
+
+    def reuses(self, entry: RunEntry) -> bool:
+        """Whether ``entry`` runs on its engine group's shared engine."""
         ...
 
     def record(self, entry: RunEntry, outcome: Outcome) -> None:
@@ -158,31 +165,36 @@ def _timeout(study: StudyBookkeeping) -> float | None:
     return study.manifest.execution.experiment_timeout_seconds
 
 
+def run_fresh(study: StudyBookkeeping, entry: RunEntry) -> None:
+    """Measure ``entry`` in a fresh spawned process and record its outcome."""
+    request = study.start(entry)
+    proc, receiver = spawn_run(study, request)
+    study.processes.append(proc)
+    try:
+        study.attach_pid(entry, proc.pid)
+        final = receive_final(
+            proc,
+            receiver,
+            _timeout(study),
+            _relayer(study, entry),
+            start_allowance_s=START_ALLOWANCE_S,
+        )
+        outcome = final if isinstance(final, RunError) else conclude(proc, final)
+    finally:
+        receiver.close()
+    study.processes.remove(proc)
+    study.record(entry, outcome)
+    study.progress.advance()
+
+
 class FreshProcessExecutor:
-    """Each run in its own fresh spawned process, one after another (today's behaviour)."""
+    """Each run in its own fresh spawned process, one after another."""
 
     def execute(self, study: StudyBookkeeping, todo: list[RunEntry]) -> None:
         previous: RunEntry | None = None
         for entry in todo:
             wait_gap(study, previous, entry)
-            request = study.start(entry)
-            proc, receiver = spawn_run(study, request)
-            study.processes.append(proc)
-            try:
-                study.attach_pid(entry, proc.pid)
-                final = receive_final(
-                    proc,
-                    receiver,
-                    _timeout(study),
-                    _relayer(study, entry),
-                    start_allowance_s=START_ALLOWANCE_S,
-                )
-                outcome = final if isinstance(final, RunError) else conclude(proc, final)
-            finally:
-                receiver.close()
-            study.processes.remove(proc)
-            study.record(entry, outcome)
-            study.progress.advance()
+            run_fresh(study, entry)
             previous = entry
 
 
@@ -272,7 +284,8 @@ class GroupProcess:
 
 
 class EngineReuseExecutor:
-    """Each engine group in one long-lived process that loads its engine once."""
+    """Each engine group of a reusing engine in one long-lived process that loads its engine
+    once; every other run in a fresh process."""
 
     def execute(self, study: StudyBookkeeping, todo: list[RunEntry]) -> None:
         previous: RunEntry | None = None
@@ -280,6 +293,13 @@ class EngineReuseExecutor:
         try:
             for entry in todo:
                 wait_gap(study, previous, entry)
+                if not study.reuses(entry):
+                    if group is not None:  # no engine of two kinds on the GPU at once
+                        self._drop(study, group)
+                        group = None
+                    run_fresh(study, entry)
+                    previous = entry
+                    continue
                 key = entry.engine_group or entry.config_hash
                 if group is not None and (group.key != key or not group.alive):
                     self._drop(study, group)

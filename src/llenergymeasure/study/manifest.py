@@ -20,7 +20,7 @@ from llenergymeasure.config.study import ExecutionConfig, SkippedExperiment
 from llenergymeasure.exceptions import ConfigError
 
 MANIFEST_NAME = "study_manifest.json"
-MANIFEST_SCHEMA_VERSION = "1.0"
+MANIFEST_SCHEMA_VERSION = "1.1"  # 1.1: engine_reuse
 
 RunStatus = Literal["pending", "running", "completed", "failed", "interrupted"]
 
@@ -113,7 +113,7 @@ class RunEntry(BaseModel):
         None,
         description=(
             "Engine-load key of its config: runs with the same key share one engine when "
-            "reuse_engine is on."
+            "reuse is on for their engine (engine_reuse)."
         ),
     )
 
@@ -155,6 +155,16 @@ class StudyManifest(BaseModel):
     created_at: datetime = Field(description="When the study was created.")
     updated_at: datetime = Field(description="Last state change.")
     execution: ExecutionConfig = Field(description="The execution block.")
+    engine_reuse: dict[str, bool] | None = Field(
+        None,
+        description=(
+            "Per engine (backend name): whether its offline runs share one loaded engine, as "
+            "decided when the study was created (execution.reuse_engine, else the user config, "
+            "else the engine's default) and kept for --resume. None in manifests written before "
+            "per-engine defaults: execution.reuse_engine then holds the one setting of every "
+            "engine."
+        ),
+    )
     experiments: list[ExperimentConfig] = Field(description="The experiments, in design order.")
     skipped: list[SkippedExperiment] = Field(
         default_factory=list, description="Grid points not run, with the reason."

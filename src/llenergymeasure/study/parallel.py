@@ -4,9 +4,10 @@
   (``visible_gpu_slots``: ``CUDA_VISIBLE_DEVICES`` mapped to NVML devices by UUID). Each run's
   child gets ``CUDA_VISIBLE_DEVICES=<its GPU's UUID>`` before CUDA initialises, so its engine
   uses ``cuda:0`` and its sensor/energy backend measure only that GPU.
-- **Engine reuse** (``reuse_engine``, opt-in). Each GPU keeps one engine-group process
-  pinned to it; a run with that process's engine key is measured there without loading, a run
-  with another key replaces the process. Without reuse every run is a fresh process.
+- **Engine reuse** (for the engines that reuse, ``StudyBookkeeping.reuses``). Each GPU keeps
+  one engine-group process pinned to it; a run with that process's engine key is measured there
+  without loading, a run with another key replaces the process. Any other run is a fresh
+  process.
 - **Scheduling.** Runs start in run order on the first free GPU. A GPU that finished a run is
   free again after the gap (``config_gap_seconds`` / ``cycle_gap_seconds``, as in a sequential
   study, counted per GPU) without blocking the other GPUs.
@@ -62,6 +63,7 @@ class _Active:
     deadline: float | None
     final: tuple[str, dict[str, Any]] | RunError | None = None
     closed: bool = False  # the child's end of the pipe is closed (it exited or crashed)
+    reused: bool = False  # measured by the GPU's engine-group process (not a fresh one)
 
 
 @dataclass
@@ -87,14 +89,12 @@ def _slot_id(slot: DeviceSlot) -> str:
 
 
 class PerGpuExecutor:
-    """``execution.parallel: per_gpu`` as a ``StudyExecutor`` (see the module docstring);
-    ``reuse``: each GPU serves whole engine groups, one long-lived process per group."""
-
-    def __init__(self, *, reuse: bool = False) -> None:
-        self.reuse = reuse
+    """``execution.parallel: per_gpu`` as a ``StudyExecutor`` (see the module docstring): a
+    run whose engine reuses (``StudyBookkeeping.reuses``) goes to its GPU's engine-group
+    process, every other run to a fresh process."""
 
     def execute(self, study: StudyBookkeeping, todo: list[RunEntry]) -> None:
-        run_per_gpu(study, todo, reuse=self.reuse)
+        run_per_gpu(study, todo)
 
 
 @dataclass
@@ -104,13 +104,15 @@ class _SlotState:
     group: GroupProcess | None = None
 
 
-def run_per_gpu(runner: StudyBookkeeping, todo: list[RunEntry], *, reuse: bool = False) -> None:
+def run_per_gpu(runner: StudyBookkeeping, todo: list[RunEntry]) -> None:
     """Run ``todo`` on ``runner``'s GPUs, one run per GPU at a time (see the module docstring).
 
-    ``reuse``: each GPU keeps one engine-group process pinned to it: a run whose engine key
-    equals that process's is measured there without loading, another key replaces the process
-    (so a group spread over the GPUs loads at most once per GPU). A fatal error, crash or
-    timeout ends the process; the GPU's next run starts a fresh one.
+    A run whose engine reuses (``runner.reuses``): each GPU keeps one engine-group process
+    pinned to it: a run whose engine key equals that process's is measured there without
+    loading, another key replaces the process (so a group spread over the GPUs loads at most
+    once per GPU). A fatal error, crash or timeout ends the process; the GPU's next run starts
+    a fresh one. Any other run: a fresh process (the GPU's group process, if any, is closed
+    first).
     On Ctrl-C every child is stopped and ``KeyboardInterrupt`` propagates (the runner marks the
     running entries interrupted).
     """
@@ -148,6 +150,7 @@ def run_per_gpu(runner: StudyBookkeeping, todo: list[RunEntry], *, reuse: bool =
                     continue
                 entry = queue.popleft()
                 receiver: Any
+                reuse = runner.reuses(entry)
                 if reuse:
                     key = entry.engine_group or entry.config_hash
                     if st.group is not None and (st.group.key != key or not st.group.alive):
@@ -160,13 +163,14 @@ def run_per_gpu(runner: StudyBookkeeping, todo: list[RunEntry], *, reuse: bool =
                     if not st.group.send(request):
                         receiver = None  # it died before the run: _step reports the crash
                 else:
+                    drop(st)  # no engine group's process beside a fresh run on this GPU
                     request = runner.start(entry, slot=slot)
                     proc, receiver = spawn_run(runner, request)
                     runner.processes.append(proc)
                     runner.attach_pid(entry, proc.pid)
                 allowance = 0.0 if reuse else START_ALLOWANCE_S  # until the child is "ready"
                 deadline = None if timeout is None else time.monotonic() + timeout + allowance
-                item = _Active(entry, slot, proc, receiver, deadline)
+                item = _Active(entry, slot, proc, receiver, deadline, reused=reuse)
                 item.closed = receiver is None
                 active.append(item)
                 span = _Span(entry.run_id, entry.device, time.monotonic())
@@ -181,7 +185,7 @@ def run_per_gpu(runner: StudyBookkeeping, todo: list[RunEntry], *, reuse: bool =
                 st = state[_slot_id(item.slot)]
                 span = span_of[item.entry.run_id]
                 span.end = time.monotonic()
-                if reuse:
+                if item.reused:
                     outcome, ended = _group_outcome(item)
                     if ended:
                         drop(st, graceful=False)

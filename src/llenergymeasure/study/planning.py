@@ -3,12 +3,17 @@
 Order (``execution.cycle_order``): ``sequential`` = all cycles of A, then B...; ``interleaved``
 = A B C, A B C; ``shuffled`` = each cycle in a random order drawn from ``shuffle_seed``.
 
-Engine groups (``execution.reuse_engine``, opt-in): runs whose configs have the same
-``engine_load_key`` share one loaded engine. The groups run one after another, in the order in
-which each first appears in the cycle order; within a group the cycle order applies as it is.
-The manifest's positions (and run ids) are this order. Online runs (``mode: online``) belong to
-no engine group (each starts and stops its own server, or uses its endpoint) and keep their
-place in the cycle order.
+Engine reuse is decided per engine (``resolve_engine_reuse``): ``execution.reuse_engine`` of
+the study (or ``--reuse-engine`` / ``--no-reuse-engine``), else the user config's, else the
+engine's own default from the catalogue (on where reuse is proven equivalent on hardware,
+``EngineSpec.reuse_proven``). A study mixing engines may reuse one engine and not another.
+
+Engine groups (engines that reuse): runs whose configs have the same ``engine_load_key`` share
+one loaded engine. The groups run one after another, in the order in which each first appears
+in the cycle order; within a group the cycle order applies as it is. Runs of engines that do not
+reuse, and online runs (``mode: online``: each starts and stops its own server, or uses its
+endpoint), belong to no group and keep their place in the cycle order. The manifest's positions
+(and run ids) are this order.
 
 Gaps: before each run after the first of a session, ``cycle_gap_seconds`` when the run starts a
 new pass over the grid (its cycle differs from the previous run's, in interleaved/shuffled
@@ -18,10 +23,10 @@ order) and ``config_gap_seconds`` otherwise. ``None`` gaps come from the user co
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from llenergymeasure.config.catalogue import engine_load_key
+from llenergymeasure.config.catalogue import engine_load_key, engine_spec
 from llenergymeasure.config.hashing import measurement_config_hash
 from llenergymeasure.config.models import ExperimentConfig
 from llenergymeasure.config.study import ExecutionConfig, StudyConfig
@@ -30,12 +35,14 @@ from llenergymeasure.study.manifest import RunEntry
 __all__ = [
     "BASELINE_CACHE_NAME",
     "EngineGroup",
+    "ReuseDecision",
     "engine_groups",
     "gap_before",
     "plan_runs",
+    "resolve_engine_reuse",
     "resolve_gaps",
-    "resolve_reuse_engine",
     "reuse_key",
+    "reuse_map",
     "run_order",
 ]
 
@@ -60,13 +67,16 @@ def run_order(n_configs: int, execution: ExecutionConfig) -> list[tuple[int, int
 
 
 def grouped_order(
-    experiments: Sequence[ExperimentConfig], execution: ExecutionConfig, reuse: bool
+    experiments: Sequence[ExperimentConfig],
+    execution: ExecutionConfig,
+    reuse: bool | Mapping[str, bool],
 ) -> list[tuple[int, int]]:
-    """``run_order``, then (with ``reuse``) stably regrouped by engine-load key."""
+    """``run_order``, then stably regrouped by engine-load key for the engines that reuse
+    (``reuse``: every engine, or per engine name)."""
     order = run_order(len(experiments), execution)
-    if not reuse:
+    keys = [reuse_key(c) if _reuses(reuse, c) else None for c in experiments]
+    if all(key is None for key in keys):
         return order
-    keys = [reuse_key(c) for c in experiments]
     first: dict[str, int] = {}
     for position, (i, _) in enumerate(order):
         key = keys[i]
@@ -86,21 +96,77 @@ def reuse_key(config: ExperimentConfig) -> str | None:
     return None if config.mode == "online" else engine_load_key(config)
 
 
-def resolve_reuse_engine(execution: ExecutionConfig) -> bool:
-    """``execution.reuse_engine``, or the user config's when the study leaves it unset."""
+def _reuses(reuse: bool | Mapping[str, bool], config: ExperimentConfig) -> bool:
+    on = reuse if isinstance(reuse, bool) else reuse.get(config.backend, False)
+    return bool(on) and config.mode == "offline"
+
+
+#: ``ReuseDecision.source`` when no setting decided and the engine's catalogue default did.
+ENGINE_DEFAULT = "engine default"
+
+
+@dataclass(frozen=True)
+class ReuseDecision:
+    """Whether one engine's offline runs in a study share a loaded engine, and what decided it:
+    ``source`` names the setting, or is ``ENGINE_DEFAULT`` with the engine's ``evidence``."""
+
+    engine: str
+    reuse: bool
+    source: str
+    evidence: str = ""
+
+    def describe(self) -> str:
+        """One line for ``--dry-run``: ``vllm: on (engine default: proven: ...)``."""
+        state = "on" if self.reuse else "off"
+        if self.source == ENGINE_DEFAULT:
+            return f"{self.engine}: {state} ({ENGINE_DEFAULT}: {self.evidence})"
+        return f"{self.engine}: {state} ({self.source})"
+
+
+def resolve_engine_reuse(
+    execution: ExecutionConfig, engines: Iterable[str]
+) -> dict[str, ReuseDecision]:
+    """Per engine name: reuse on or off, and why (see the module docstring).
+
+    ``execution.reuse_engine`` (the study's, where ``--reuse-engine`` / ``--no-reuse-engine``
+    also land) applies to every engine; else the user config's ``execution.reuse_engine``;
+    where both are None, each engine's catalogue default (``EngineSpec.reuse_proven``).
+    """
+    names = list(dict.fromkeys(engines))
     if execution.reuse_engine is not None:
-        return execution.reuse_engine
+        source = "set for this study: execution.reuse_engine or --reuse-engine/--no-reuse-engine"
+        return {n: ReuseDecision(n, execution.reuse_engine, source) for n in names}
     from llenergymeasure.config.user_config import effective_settings
 
-    return bool(effective_settings()["execution.reuse_engine"].value)
+    setting = effective_settings()["execution.reuse_engine"]
+    if setting.value is not None:
+        source = f"execution.reuse_engine in the {setting.source}"
+        return {n: ReuseDecision(n, bool(setting.value), source) for n in names}
+    decisions: dict[str, ReuseDecision] = {}
+    for name in names:
+        spec = engine_spec(name)
+        decisions[name] = ReuseDecision(
+            name, spec.reuse_proven, ENGINE_DEFAULT, spec.reuse_evidence
+        )
+    return decisions
 
 
-def plan_runs(study: StudyConfig, *, reuse: bool | None = None) -> list[RunEntry]:
-    """One pending ``RunEntry`` per config x cycle, in run order (see the module docstring)."""
+def reuse_map(study: StudyConfig) -> dict[str, bool]:
+    """Engine name -> reuse on/off for ``study``'s engines (``resolve_engine_reuse``)."""
+    decisions = resolve_engine_reuse(study.execution, (c.backend for c in study.experiments))
+    return {name: d.reuse for name, d in decisions.items()}
+
+
+def plan_runs(
+    study: StudyConfig, *, reuse: bool | Mapping[str, bool] | None = None
+) -> list[RunEntry]:
+    """One pending ``RunEntry`` per config x cycle, in run order (see the module docstring).
+
+    ``reuse``: for every engine, or per engine name; None resolves it (``reuse_map``)."""
     from llenergymeasure.results.io import model_slug
 
     if reuse is None:
-        reuse = resolve_reuse_engine(study.execution)
+        reuse = reuse_map(study)
     hashes = [measurement_config_hash(c) for c in study.experiments]
     keys = [reuse_key(c) for c in study.experiments]
     runs: list[RunEntry] = []

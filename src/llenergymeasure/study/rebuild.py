@@ -92,7 +92,7 @@ def _keep_damaged(study_dir: Path) -> Path | None:
 
 def rebuild_manifest(study_dir: Path, study: StudyConfig | None = None) -> RebuiltManifest:
     """Write a new manifest for ``study_dir`` from its results (and ``study``, when given)."""
-    from llenergymeasure.study.planning import plan_runs, resolve_reuse_engine
+    from llenergymeasure.study.planning import plan_runs, reuse_map
 
     study_dir = Path(study_dir)
     if not study_dir.is_dir():
@@ -100,7 +100,7 @@ def rebuild_manifest(study_dir: Path, study: StudyConfig | None = None) -> Rebui
     found, skipped = _found_results(study_dir)
     now = utc_now()
     if study is not None:
-        reuse = resolve_reuse_engine(study.execution)
+        reuse = reuse_map(study)
         runs = plan_runs(study, reuse=reuse)
         for entry in runs:
             result = found.pop(entry.run_id, None)
@@ -119,7 +119,8 @@ def rebuild_manifest(study_dir: Path, study: StudyConfig | None = None) -> Rebui
             source_path=str(Path(study.source_path).resolve()) if study.source_path else None,
             created_at=now,
             updated_at=now,
-            execution=study.execution.model_copy(update={"reuse_engine": reuse}),
+            execution=study.execution,
+            engine_reuse=reuse,
             experiments=study.experiments,
             skipped=study.skipped,
             runs=runs,

@@ -1,11 +1,13 @@
 """Runs a study: every config x cycle in spawned subprocesses, checkpointed in a manifest.
 
 The plan (order, engine groups, gaps) is ``study.planning``; how runs are executed is a
-``StudyExecutor`` (``study.executors``): by default each engine group (runs whose engine-load
-fields are equal) shares one long-lived process that loads the engine once
-(``execution.reuse_engine``); with ``reuse_engine: false`` every run is a fresh process;
-``per_gpu`` and SLURM have their own executors. ``StudyRunner`` is the study's bookkeeping
-(manifest, lock, sessions, progress, results) that every executor works through.
+``StudyExecutor`` (``study.executors``): for an engine that reuses (``execution.reuse_engine``,
+else the user config, else the engine's proven default; decided per engine when the study is
+created and kept in the manifest's ``engine_reuse``) each engine group (runs whose engine-load
+fields are equal) shares one long-lived process that loads the engine once; the runs of other
+engines each get a fresh process; ``per_gpu`` and SLURM have their own executors.
+``StudyRunner`` is the study's bookkeeping (manifest, lock, sessions, progress, results) that
+every executor works through.
 
 Gaps: before each run after the first of a session, ``cycle_gap_seconds`` when the run starts a
 new pass over the grid (its cycle differs from the previous run's, in interleaved/shuffled
@@ -69,8 +71,9 @@ from llenergymeasure.study.planning import (
     BASELINE_CACHE_NAME,
     gap_before,
     plan_runs,
+    resolve_engine_reuse,
     resolve_gaps,
-    resolve_reuse_engine,
+    reuse_map,
     run_order,
 )
 from llenergymeasure.study.processes import Outcome, stop_process
@@ -258,6 +261,17 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 # --- the runner ------------------------------------------------------------------------------
 
 
+def manifest_engine_reuse(manifest: StudyManifest) -> dict[str, bool]:
+    """Engine name -> reuse on/off for the study of ``manifest``: its ``engine_reuse``, or for a
+    manifest without one (written before per-engine defaults) ``execution.reuse_engine`` for
+    every engine (resolved now only where that is None too)."""
+    if manifest.engine_reuse is not None:
+        return dict(manifest.engine_reuse)
+    engines = [c.backend for c in manifest.experiments]
+    decisions = resolve_engine_reuse(manifest.execution, engines)
+    return {name: d.reuse for name, d in decisions.items()}
+
+
 class StudyRunner:
     """Executes the runs of a study directory's manifest (see the module docstring)."""
 
@@ -279,11 +293,7 @@ class StudyRunner:
     ) -> None:
         self.study_dir = Path(study_dir)
         self.manifest = manifest
-        self.reuse_engine = (
-            resolve_reuse_engine(manifest.execution)
-            if manifest.execution.reuse_engine is None
-            else manifest.execution.reuse_engine
-        )
+        self.engine_reuse = manifest_engine_reuse(manifest)
         # a given worker serves both executors; the real one keeps its engine when reusing
         self.worker: Worker = (
             worker
@@ -336,8 +346,7 @@ class StudyRunner:
         study_dir = unique_directory(Path(results_root), f"{_slug(study.name)}_{stamp}")
         source = str(Path(study.source_path).resolve()) if study.source_path else None
         now = utc_now()
-        reuse = resolve_reuse_engine(study.execution)
-        execution = study.execution.model_copy(update={"reuse_engine": reuse})
+        reuse = reuse_map(study)
         manifest = StudyManifest(
             llem_version=__version__,
             study_name=study.name,
@@ -348,7 +357,8 @@ class StudyRunner:
             runner=runner,
             created_at=now,
             updated_at=now,
-            execution=execution,
+            execution=study.execution,
+            engine_reuse=reuse,
             experiments=study.experiments,
             skipped=study.skipped,
             runs=plan_runs(study, reuse=reuse),
@@ -424,7 +434,7 @@ class StudyRunner:
     def executor(self) -> StudyExecutor:
         """How this study's local runs execute (SLURM is chosen in ``run``)."""
         if self.manifest.execution.parallel == "per_gpu":
-            return PerGpuExecutor(reuse=self.reuse_engine)
+            return PerGpuExecutor()
         return EngineReuseExecutor() if self.reuse_engine else FreshProcessExecutor()
 
     def _run_locked(self) -> StudyResult:
@@ -502,7 +512,7 @@ class StudyRunner:
             runner=runner,
             device=entry.device,
             visible_devices=slot.visible_devices if slot is not None else None,
-            reuse_engine=self.reuse_engine and config.mode == "offline",
+            reuse_engine=self.reuses(entry),
         )
         on = f" on {entry.device}" if entry.device else ""
         self.progress.message(
@@ -511,6 +521,17 @@ class StudyRunner:
         )
         self.save()
         return request
+
+    @property
+    def reuse_engine(self) -> bool:
+        """Whether any engine of this study reuses its loaded engine."""
+        return any(self.engine_reuse.values())
+
+    def reuses(self, entry: RunEntry) -> bool:
+        """Whether ``entry`` runs on its engine group's shared engine (its engine reuses and
+        it is an offline run)."""
+        config = self.manifest.experiments[entry.config_index]
+        return config.mode == "offline" and self.engine_reuse.get(config.backend, False)
 
     def attach_pid(self, entry: RunEntry, pid: int | None) -> None:
         """Record the process that runs ``entry``."""
