@@ -95,6 +95,17 @@ def test_batch_size_flag_sets_the_concurrency_field_of_each_engine(write_yaml):
     assert field(result.stdout, "batch") == "8"  # tensorrt.max_batch_size, the YAML's section gone
 
 
+def test_batch_size_flag_on_a_study_sets_each_points_own_engine_field(write_yaml):
+    import json
+
+    path = write_yaml("model: m\nbackend: [pytorch, vllm]\nprecision: fp16\n")
+    result = llem("run", str(path), "--dry-run", "--json", "--batch-size", "4")
+    assert result.exit_code == 0, result.output
+    points = {e["backend"]: e for e in json.loads(result.stdout)["experiments"]}
+    assert points["pytorch"]["pytorch"]["batch_size"] == 4 and points["pytorch"]["vllm"] is None
+    assert points["vllm"]["vllm"]["max_num_seqs"] == 4 and points["vllm"]["pytorch"] is None
+
+
 def test_batch_size_flag_and_a_set_of_the_same_field_conflict():
     result = llem(
         "run", "--model", "m", "--backend", "vllm", "--batch-size", "4",
