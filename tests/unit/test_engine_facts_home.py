@@ -10,6 +10,7 @@ with a server llem starts, and ``llem report`` on what they wrote.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import re
 import sys
@@ -217,7 +218,7 @@ def test_a_registered_engine_runs_online_on_the_server_it_names(dummy_engine, tm
 
 
 def test_a_registered_engine_without_a_server_fails_online_pre_flight(reachable_hub, tmp_path):
-    no_server = EngineSpec(**{**DUMMY.__dict__, "server_program": None})
+    no_server = dataclasses.replace(DUMMY, server_program=None)
     online = "mode: online\nonline: {n_warmup_requests: 0}\n"
     config = quick_yaml(tmp_path, online, dataset=prompts_dataset(tmp_path))
     with register_engine(no_server):
@@ -236,9 +237,7 @@ def test_batch_size_on_an_engine_without_a_concurrency_field_is_an_error(dummy_e
 def test_batch_size_sets_a_registered_engines_concurrency_field(reachable_hub, tmp_path):
     """A registered engine with a config section and a concurrency field gets --batch-size
     there (here the dummy borrows vLLM's section, as a plugin could not add its own)."""
-    with_field = EngineSpec(
-        **{**DUMMY.__dict__, "config_section": "vllm", "concurrency_field": "max_num_seqs"}
-    )
+    with_field = dataclasses.replace(DUMMY, config_section="vllm", concurrency_field="max_num_seqs")
     with register_engine(with_field):
         run = runner.invoke(
             app, ["run", str(quick_yaml(tmp_path)), "--batch-size", "3", "--dry-run", "--json"]
