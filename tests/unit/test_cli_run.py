@@ -82,12 +82,37 @@ def test_backend_flag_replaces_the_yaml_engine_section():
     assert field(result.stdout, "batch") == "256"
 
 
-def test_batch_size_flag_for_a_vllm_experiment_is_an_error(write_yaml):
+def test_batch_size_flag_sets_the_concurrency_field_of_each_engine(write_yaml):
     path = write_yaml("model: m\nbackend: vllm\nprecision: fp16\n")
     result = llem("run", str(path), "--dry-run", "--batch-size", "4")
+    assert result.exit_code == 0, result.output
+    assert field(result.stdout, "batch") == "4"  # vllm.max_num_seqs
+    result = llem(
+        "run", EXPERIMENT, "--dry-run", "--backend", "tensorrt", "--precision", "fp16",
+        "--batch-size", "8",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert field(result.stdout, "batch") == "8"  # tensorrt.max_batch_size, the YAML's section gone
+
+
+def test_batch_size_flag_on_a_study_sets_each_points_own_engine_field(write_yaml):
+    import json
+
+    path = write_yaml("model: m\nbackend: [pytorch, vllm]\nprecision: fp16\n")
+    result = llem("run", str(path), "--dry-run", "--json", "--batch-size", "4")
+    assert result.exit_code == 0, result.output
+    points = {e["backend"]: e for e in json.loads(result.stdout)["experiments"]}
+    assert points["pytorch"]["pytorch"]["batch_size"] == 4 and points["pytorch"]["vllm"] is None
+    assert points["vllm"]["vllm"]["max_num_seqs"] == 4 and points["vllm"]["pytorch"] is None
+
+
+def test_batch_size_flag_and_a_set_of_the_same_field_conflict():
+    result = llem(
+        "run", "--model", "m", "--backend", "vllm", "--batch-size", "4",
+        "--set", "vllm.max_num_seqs=8", "--dry-run",
+    )  # fmt: skip
     assert result.exit_code == 2
-    assert "--batch-size sets pytorch.batch_size, but backend is 'vllm'" in result.stderr
-    assert "vllm.max_num_seqs" in result.stderr
+    assert "--set vllm.max_num_seqs and --batch-size both set vllm.max_num_seqs" in result.stderr
 
 
 def test_model_flag_alone_builds_an_experiment():

@@ -126,9 +126,12 @@ def test_llem_starts_the_server_runs_the_load_and_keeps_its_log(tmp_path, monkey
 
 
 def test_the_example_without_the_serving_extra_fails_pre_flight_with_the_install_hint(tmp_path):
-    from llenergymeasure.harness.online import _SERVING_MODULES, _module_found
+    from llenergymeasure.config.catalogue import ENGINES
+    from llenergymeasure.harness.online import _module_found
 
-    if all(_module_found(m) for m in _SERVING_MODULES):
+    extra = ENGINES["pytorch"].server_extra
+    assert extra is not None
+    if all(_module_found(m) for m in extra.modules):
         pytest.skip("transformers' serving extra is installed here")
     out = tmp_path / "results"
     run = cli.invoke(app, ["run", str(EXAMPLE), "-o", str(out)])  # transformers serve, builtin:tiny

@@ -77,6 +77,14 @@ def _precision_help() -> str:
     return ", ".join(precision_values()) + " (each engine accepts a subset)."
 
 
+def _batch_size_help() -> str:
+    """``--batch-size`` help: the concurrency field it sets for each engine (the catalogue)."""
+    from llenergymeasure.config.catalogue import concurrency_path, engine_names
+
+    fields = [p for b in engine_names() if (p := concurrency_path(b))]
+    return f"Requests the engine runs at once: sets {', '.join(fields)} (the backend's)."
+
+
 def _version_callback(value: bool) -> None:
     if not value:
         return
@@ -218,7 +226,7 @@ def run(
     ] = None,
     batch_size: Annotated[
         Optional[int],  # noqa: UP045
-        typer.Option("--batch-size", help="pytorch batch size."),
+        typer.Option("--batch-size", help=_batch_size_help()),
     ] = None,
     precision: Annotated[
         Optional[str],  # noqa: UP045

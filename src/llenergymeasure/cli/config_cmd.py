@@ -10,10 +10,9 @@ from typing import Any
 
 import typer
 
-from llenergymeasure.config.catalogue import engine_names, engine_spec
+from llenergymeasure.config.catalogue import DEFAULT_ENGINE, engine_names, engine_spec
 from llenergymeasure.config.installed import engine_version
 from llenergymeasure.config.user_config import effective_settings, user_config_path
-from llenergymeasure.install import extra_install_hint
 from llenergymeasure.text_table import render_table
 
 
@@ -127,7 +126,7 @@ def show_config(*, verbose: bool, as_json: bool = False) -> int:
             "measurement.carbon_intensity_gco2_kwh",
             "measurement.datacenter_pue",
             "measurement.sampling_interval_ms",
-            "runners.pytorch",
+            f"runners.{DEFAULT_ENGINE}",
         ]
     )
     echo(
@@ -137,8 +136,8 @@ def show_config(*, verbose: bool, as_json: bool = False) -> int:
     )
 
     echo("\nNext steps")
-    if not engines["pytorch"]:
-        echo(f"  - install the PyTorch engine: {extra_install_hint('pytorch')}")
+    if not engines[DEFAULT_ENGINE]:
+        echo(f"  - install the {DEFAULT_ENGINE} engine: {engine_spec(DEFAULT_ENGINE).install_hint}")
     if not gpus:
         echo("  - no GPU: energy will be labelled unavailable; use a machine with an NVIDIA GPU")
     if settings["measurement.carbon_intensity_gco2_kwh"].value is None:

@@ -11,6 +11,7 @@ from typing import Any
 import typer
 
 from llenergymeasure.cli.options import RunOptions
+from llenergymeasure.config.catalogue import ENGINES, concurrency_path, engine_names
 from llenergymeasure.config.models import ExperimentConfig
 from llenergymeasure.config.set_options import SetOverrides
 from llenergymeasure.config.study import StudyConfig
@@ -19,9 +20,13 @@ from llenergymeasure.exceptions import ConfigError
 logger = logging.getLogger(__name__)
 
 
-def cli_overrides(opts: RunOptions) -> dict[str, Any]:
+def cli_overrides(opts: RunOptions, backend: str | None = None) -> dict[str, Any]:
     """Nested config mapping of the flags that override YAML fields (CLI wins); ``--set``
-    values are separate (``set_overrides``)."""
+    values are separate (``set_overrides``).
+
+    ``--batch-size`` sets the concurrency field of ``backend`` (``ConfigError`` when that engine
+    has none); with no ``backend`` (a study) that of every engine, and each point keeps its own
+    engine's section."""
     out: dict[str, Any] = {}
     if opts.model is not None:
         out["model"] = opts.model
@@ -34,7 +39,7 @@ def cli_overrides(opts: RunOptions) -> dict[str, Any]:
     if opts.dataset is not None:
         out["dataset"] = opts.dataset
     if opts.batch_size is not None:
-        out["pytorch"] = {"batch_size": opts.batch_size}
+        out.update(_batch_size_fields(opts.batch_size, backend))
     if opts.max_new_tokens is not None:
         out["max_new_tokens"] = opts.max_new_tokens
     if opts.seed is not None:
@@ -55,19 +60,44 @@ def cli_overrides(opts: RunOptions) -> dict[str, Any]:
     return out
 
 
-#: The config field each flag of ``cli_overrides`` sets (to find ``--set`` of the same field).
-_FLAG_FIELDS: tuple[tuple[str, str], ...] = (
-    ("--model", "model"),
-    ("--backend", "backend"),
-    ("--precision", "precision"),
-    ("-n", "n"),
-    ("--dataset", "dataset"),
-    ("--batch-size", "pytorch.batch_size"),
-    ("--max-new-tokens", "max_new_tokens"),
-    ("--seed", "random_seed"),
-    ("--input-len", "dataset.input_len"),
-    ("--output-len", "dataset.output_len"),
-)
+def _batch_size_fields(value: int, backend: str | None) -> dict[str, Any]:
+    """``--batch-size`` as config fields: the catalogue's concurrency field of ``backend``, or
+    of every engine that has one when ``backend`` is None. An unknown ``backend`` gives none
+    (validation names it)."""
+    if backend is not None and backend not in ENGINES:
+        return {}
+    out: dict[str, Any] = {}
+    for name in engine_names() if backend is None else (backend,):
+        path = concurrency_path(name)
+        if path is None:
+            if backend is not None:
+                raise ConfigError(
+                    f"--batch-size sets the engine's concurrency field, but engine {name!r} "
+                    "has none",
+                    hint="drop --batch-size; shape the load in the engine's own settings",
+                )
+            continue
+        section, _, field = path.partition(".")
+        out[section] = {field: value}
+    return out
+
+
+def _flag_fields() -> list[tuple[str, str]]:
+    """The config field each flag of ``cli_overrides`` sets (to find ``--set`` of the same
+    field); ``--batch-size`` sets every engine's concurrency field."""
+    batch = [("--batch-size", p) for b in engine_names() if (p := concurrency_path(b))]
+    return [
+        ("--model", "model"),
+        ("--backend", "backend"),
+        ("--precision", "precision"),
+        ("-n", "n"),
+        ("--dataset", "dataset"),
+        *batch,
+        ("--max-new-tokens", "max_new_tokens"),
+        ("--seed", "random_seed"),
+        ("--input-len", "dataset.input_len"),
+        ("--output-len", "dataset.output_len"),
+    ]
 
 
 def set_overrides(opts: RunOptions) -> SetOverrides:
@@ -89,7 +119,7 @@ def set_overrides(opts: RunOptions) -> SetOverrides:
         "--output-len": opts.output_len,
     }
     for key in parsed.keys:
-        for flag, field_path in _FLAG_FIELDS:
+        for flag, field_path in _flag_fields():
             if given[flag] is not None and _overlaps(key, field_path):
                 raise ConfigError(
                     f"--set {key} and {flag} both set {field_path}",
@@ -105,13 +135,19 @@ def _overlaps(a: str, b: str) -> bool:
 
 def _numeric_options(opts: RunOptions) -> list[tuple[str, int | None, Any]]:
     """(flag, value, the config field it sets) of every numeric ``llem run`` option."""
-    from llenergymeasure.config.models import PyTorchConfig, SyntheticDatasetConfig
+    from llenergymeasure.config.models import ENGINE_SECTION_MODELS, SyntheticDatasetConfig
     from llenergymeasure.config.study import ExecutionConfig
 
     synthetic = SyntheticDatasetConfig.model_fields
+    batch = []  # every engine's concurrency field (the bound of each is checked)
+    for spec in ENGINES.values():
+        section = ENGINE_SECTION_MODELS.get(spec.config_section or "")
+        if section is not None and spec.concurrency_field in section.model_fields:
+            info = section.model_fields[spec.concurrency_field]
+            batch.append(("--batch-size", opts.batch_size, info))
     return [
         ("-n", opts.n, ExperimentConfig.model_fields["n"]),
-        ("--batch-size", opts.batch_size, PyTorchConfig.model_fields["batch_size"]),
+        *batch,
         ("--cycles", opts.cycles, ExecutionConfig.model_fields["n_cycles"]),
         ("--max-new-tokens", opts.max_new_tokens, ExperimentConfig.model_fields["max_new_tokens"]),
         ("--seed", opts.seed, ExperimentConfig.model_fields["random_seed"]),
@@ -150,12 +186,10 @@ def resolve(opts: RunOptions) -> ResolvedRun:
         build_experiment_config,
         deep_merge,
         is_study_mapping,
-        merge_overrides,
         read_yaml_mapping,
     )
 
     check_numeric_options(opts)
-    overrides = cli_overrides(opts)
     sets = set_overrides(opts)
 
     if opts.config is None:
@@ -164,8 +198,8 @@ def resolve(opts: RunOptions) -> ResolvedRun:
                 "nothing to run: give a config file or --model",
                 hint="llem run --model builtin:tiny --dataset synthetic -n 20",
             )
+        overrides = cli_overrides(opts, _experiment_backend({}, sets, opts))
         combined = deep_merge(sets.values, overrides)
-        _check_batch_size_backend(merge_overrides({}, combined), opts)
         return ResolvedRun(
             experiment=build_experiment_config(None, combined, overrides_label="command line"),
             study=None,
@@ -177,8 +211,14 @@ def resolve(opts: RunOptions) -> ResolvedRun:
         from llenergymeasure.study.design import expand_study_file
 
         study = expand_study_file(
-            opts.config, overrides, data=data, text=text, base_overrides=sets.values or None
+            opts.config,
+            cli_overrides(opts),
+            data=data,
+            text=text,
+            base_overrides=sets.values or None,
         )
+        if opts.batch_size is not None:
+            _check_batch_size_engines(study)
         execution = study.execution
         cycles_from_yaml = "n_cycles" in execution.model_fields_set
         updates: dict[str, Any] = {}
@@ -215,8 +255,8 @@ def resolve(opts: RunOptions) -> ResolvedRun:
     ):
         if value is not None:
             raise ConfigError(f"{flag} applies to studies; {opts.config} is a single experiment")
+    overrides = cli_overrides(opts, _experiment_backend(data, sets, opts))
     combined = deep_merge(sets.values, overrides)
-    _check_batch_size_backend(merge_overrides(data, combined), opts)
     experiment = build_experiment_config(opts.config, combined, document=(data, text))
     return ResolvedRun(experiment=experiment, study=None)
 
@@ -239,11 +279,24 @@ def _check_synthetic_flags(opts: RunOptions, sets: SetOverrides, data: dict[str,
     )
 
 
-def _check_batch_size_backend(data: dict[str, Any], opts: RunOptions) -> None:
-    if opts.batch_size is not None and data.get("backend") not in (None, "pytorch"):
+def _experiment_backend(data: dict[str, Any], sets: SetOverrides, opts: RunOptions) -> str | None:
+    """The backend one experiment runs on: ``--backend``, else ``--set backend=``, else the
+    YAML's, else the default (None when it is not a name; validation reports it)."""
+    from llenergymeasure.config.loading import apply_default_backend
+
+    chosen = opts.backend or sets.values.get("backend")
+    backend = apply_default_backend({**data, "backend": chosen} if chosen else data)["backend"]
+    return backend if isinstance(backend, str) else None
+
+
+def _check_batch_size_engines(study: StudyConfig) -> None:
+    """``--batch-size`` on a study: every point's engine must have a concurrency field."""
+    without = sorted({e.backend for e in study.experiments if concurrency_path(e.backend) is None})
+    if without:
         raise ConfigError(
-            f"--batch-size sets pytorch.batch_size, but backend is {data.get('backend')!r}",
-            hint="for vllm set vllm.max_num_seqs in the YAML; for tensorrt tensorrt.max_batch_size",
+            f"--batch-size sets the engine's concurrency field, but engine(s) {', '.join(without)} "
+            "in this study have none",
+            hint="drop --batch-size; shape the load in the engine's own settings",
         )
 
 

@@ -15,11 +15,13 @@ from collections.abc import Callable, Sequence
 
 from llenergymeasure.compare.inputs import Run
 from llenergymeasure.compare.models import EnvironmentRow
+from llenergymeasure.config.catalogue import ENGINES
 from llenergymeasure.report.versions import engine_text
 
 CLOCK_TOLERANCE = 0.02
 TEMPERATURE_TOLERANCE_C = 5.0
-_LIBRARIES = ("torch", "transformers", "vllm", "tensorrt-llm")
+#: Libraries shown beside the engines' own distributions (from the catalogue).
+_SHARED_LIBRARIES = ("torch",)
 
 
 def _gpus(run: Run) -> str:
@@ -38,7 +40,8 @@ def _power_limit(run: Run) -> str:
 
 def _libraries(run: Run) -> str:
     versions = run.result.environment.library_versions
-    return ", ".join(f"{k} {versions[k]}" for k in _LIBRARIES if versions.get(k)) or "n/a"
+    names = dict.fromkeys([*_SHARED_LIBRARIES, *(s.distribution for s in ENGINES.values())])
+    return ", ".join(f"{k} {versions[k]}" for k in names if versions.get(k)) or "n/a"
 
 
 def _reuse(run: Run) -> str:

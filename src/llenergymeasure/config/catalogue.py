@@ -19,19 +19,37 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "DEFAULT_ENGINE",
     "ENGINES",
     "EngineSpec",
+    "ServerExtra",
+    "concurrency_path",
     "engine_load_fields",
     "engine_load_key",
     "engine_names",
+    "engine_section",
     "engine_spec",
     "register_engine",
+    "registered_engines",
     "run_concurrency",
 ]
 
 #: Every section field of the engine is load-time (vLLM and TensorRT-LLM build their engine
 #: from all of them).
 ALL_SECTION_FIELDS = "*"
+
+#: The backend of a config that names none when not exactly one engine is installed.
+DEFAULT_ENGINE = "pytorch"
+
+
+@dataclass(frozen=True)
+class ServerExtra:
+    """Python modules an engine's server needs beyond the engine itself (checked by the online
+    pre-flight): ``problem`` says what is missing, ``install`` how to install it."""
+
+    modules: tuple[str, ...]
+    problem: str
+    install: str
 
 
 @dataclass(frozen=True)
@@ -56,6 +74,14 @@ class EngineSpec:
       hardware to measure the same as a fresh process per run. It is the engine's default of
       ``execution.reuse_engine`` (on where proven, off elsewhere); ``reuse_evidence`` says
       what showed it, or why it is not proven, and where the figures are.
+    - ``server_program``: the program online mode starts the engine's OpenAI-compatible server
+      with (the engine's ``serve_command`` builds its command line); None: llem starts no
+      server for this engine (online mode needs ``online.endpoint``).
+    - ``server_extra``: modules that server needs besides the engine (None: none).
+    - ``continuous_usage_stats``: the server takes ``stream_options.continuous_usage_stats``
+      and then puts the running ``usage.completion_tokens`` on every streamed chunk.
+    - ``gguf_as_stored``: a GGUF model's weights stay in the file's quantised blocks in GPU
+      memory (vLLM); False: they are dequantised to the run's precision (transformers).
     """
 
     name: str
@@ -74,6 +100,10 @@ class EngineSpec:
     default_concurrency: int = 1
     reuse_proven: bool = False
     reuse_evidence: str = "not proven: never compared with a fresh process per run on hardware"
+    server_program: str | None = None
+    server_extra: ServerExtra | None = None
+    continuous_usage_stats: bool = False
+    gguf_as_stored: bool = False
 
     @property
     def install_hint(self) -> str:
@@ -119,6 +149,15 @@ _BUILTIN_ENGINES: tuple[EngineSpec, ...] = (
             "and the batch-8 re-run with 5 cycles is not complete (BENCHMARKS.md, "
             '"Engine reuse (issue 14)")'
         ),
+        server_program="transformers",  # transformers serve
+        server_extra=ServerExtra(
+            modules=("fastapi", "uvicorn", "openai"),
+            problem="transformers serve needs transformers' serving extra",
+            install="pip install 'transformers[serving]'",
+        ),
+        # transformers serve refuses unknown request fields (HTTP 422)
+        continuous_usage_stats=False,
+        gguf_as_stored=False,  # transformers dequantises GGUF weights to the run's precision
     ),
     EngineSpec(
         name="vllm",
@@ -148,6 +187,9 @@ _BUILTIN_ENGINES: tuple[EngineSpec, ...] = (
             "0.3 % and tok/s within 1.6 % of a fresh process per run, no prefix-cache hit in any "
             'reused window (BENCHMARKS.md, "Engine reuse (issue 14)")'
         ),
+        server_program="vllm",  # vllm serve
+        continuous_usage_stats=True,
+        gguf_as_stored=True,  # vLLM runs the quantised GGUF blocks
     ),
     EngineSpec(
         name="tensorrt",
@@ -166,6 +208,11 @@ _BUILTIN_ENGINES: tuple[EngineSpec, ...] = (
         default_concurrency=2048,  # BuildConfig default (see engines.tensorrt.TRT_DEFAULTS)
         reuse_proven=False,
         reuse_evidence="not proven: the engine has never run on hardware",
+        server_program="trtllm-serve",
+        # serve/postprocess_handlers.py adds it to each chunk when include_usage is also on,
+        # alike in a pre-1.0 copy and in the current main branch (1.2 itself not read); its
+        # tests check it on the TensorRT-engine backend too
+        continuous_usage_stats=True,
     ),
 )
 
@@ -187,6 +234,13 @@ def engine_spec(name: str) -> EngineSpec:
         return _REGISTRY[name]
     except KeyError:
         raise KeyError(f"unknown engine {name!r}; known engines: {', '.join(_REGISTRY)}") from None
+
+
+def registered_engines() -> tuple[EngineSpec, ...]:
+    """The records ``register_engine`` added or replaced in this process (not built in): what a
+    spawned child process must register again to know the same engines."""
+    builtin = {spec.name: spec for spec in _BUILTIN_ENGINES}
+    return tuple(spec for name, spec in _REGISTRY.items() if builtin.get(name) != spec)
 
 
 class _Registration:
@@ -233,6 +287,22 @@ def _plain(value: Any) -> Any:
     if hasattr(value, "model_dump"):
         return value.model_dump(mode="json", exclude_none=True)
     return value
+
+
+def engine_section(config: Any) -> Any | None:
+    """The config section of ``config``'s engine (``config.vllm`` for vLLM), None when the
+    engine has none or it is not set."""
+    spec = engine_spec(config.backend)
+    return getattr(config, spec.config_section, None) if spec.config_section else None
+
+
+def concurrency_path(backend: str) -> str | None:
+    """The dotted config field that caps how many requests ``backend`` runs at once
+    (``"vllm.max_num_seqs"``; what ``--batch-size`` sets), None when the engine has none."""
+    spec = engine_spec(backend)
+    if spec.config_section is None or spec.concurrency_field is None:
+        return None
+    return f"{spec.config_section}.{spec.concurrency_field}"
 
 
 def engine_load_fields(config: Any) -> dict[str, Any]:

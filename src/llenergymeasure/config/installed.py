@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 
-from llenergymeasure.config.catalogue import engine_names, engine_spec
+from llenergymeasure.config.catalogue import DEFAULT_ENGINE, engine_names, engine_spec
 
 __all__ = ["default_backend", "engine_installed", "engine_version", "installed_engines"]
 
@@ -37,6 +37,7 @@ def engine_version(backend: str) -> str | None:
 
 
 def default_backend() -> str:
-    """The backend of a config that names none: the only installed engine, else pytorch."""
+    """The backend of a config that names none: the only installed engine, else the
+    catalogue's ``DEFAULT_ENGINE`` (pytorch)."""
     found = installed_engines()
-    return found[0] if len(found) == 1 else "pytorch"
+    return found[0] if len(found) == 1 else DEFAULT_ENGINE

@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import math
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -253,7 +253,25 @@ class LoRAConfig(BaseModel):
         return self
 
 
-class PyTorchConfig(BaseModel):
+class EngineSection(BaseModel):
+    """Base of an engine's config section (an ``ExperimentConfig`` field named by the
+    catalogue's ``config_section``): the engine's settings, and its rules across the whole
+    experiment, so that ``ExperimentConfig`` itself names no engine."""
+
+    model_config = _FORBID
+
+    @classmethod
+    def check_experiment(cls, config: ExperimentConfig) -> None:
+        """``ValueError`` for an experiment of this engine that it cannot run. Called for
+        every experiment whose backend is this engine, whether the section is set or not."""
+
+    def weight_precision(self) -> str | None:
+        """The precision the weights are stored in when a field here overrides ``precision``
+        (bitsandbytes loading); None: ``precision``."""
+        return None
+
+
+class PyTorchConfig(EngineSection):
     """transformers engine settings; ``None`` = engine default (see docstrings)."""
 
     model_config = _FORBID
@@ -300,8 +318,27 @@ class PyTorchConfig(BaseModel):
             raise ValueError("load_in_4bit and load_in_8bit are mutually exclusive")
         return self
 
+    def weight_precision(self) -> str | None:
+        """bitsandbytes 4/8-bit loading stores the weights in int4/int8."""
+        if self.load_in_4bit:
+            return "int4"
+        if self.load_in_8bit:
+            return "int8"
+        return None
 
-class VLLMConfig(BaseModel):
+    @classmethod
+    def check_experiment(cls, config: ExperimentConfig) -> None:
+        """Assisted generation runs one prompt at a time."""
+        if config.decoder.speculative_decoding:
+            batch = config.pytorch.batch_size if config.pytorch else None
+            if batch is not None and batch != 1:
+                raise ValueError(
+                    "decoder.speculative_decoding (assisted generation) needs "
+                    f"pytorch.batch_size=1, got {batch}"
+                )
+
+
+class VLLMConfig(EngineSection):
     """vLLM engine settings; ``None`` = vLLM's default."""
 
     model_config = _FORBID
@@ -346,8 +383,44 @@ class VLLMConfig(BaseModel):
         None, description="Largest LoRA rank vLLM allocates for. None = vLLM's default."
     )
 
+    @classmethod
+    def check_experiment(cls, config: ExperimentConfig) -> None:
+        """LoRA needs enable_lora and cannot be merged; a GGUF file brings its own
+        quantization; int4/int8 need a pre-quantized checkpoint; no beam search with a
+        draft model."""
+        section = config.vllm
+        quant = section.quantization if section else None
+        if config.lora is not None:
+            if not (section and section.enable_lora):
+                raise ValueError("lora: with backend vllm requires vllm.enable_lora: true")
+            if config.lora.merge_weights:
+                raise ValueError(
+                    "lora.merge_weights=true is not possible with vllm (adapters are applied "
+                    "unmerged through LoRARequest); merge with peft and set model: to the merged "
+                    "folder, or set merge_weights: false"
+                )
+        if names_gguf(config.model, config.passthrough_kwargs) and (
+            quant or config.precision not in ("fp16", "bf16")
+        ):
+            raise ValueError(
+                f"precision={config.precision}, vllm.quantization={quant} with a GGUF model: "
+                "the file carries its own quantization (vLLM loads it as 'gguf'); use precision "
+                "fp16 or bf16 (the activation dtype) and leave vllm.quantization unset"
+            )
+        allowed = VLLM_QUANT_FOR_PRECISION.get(config.precision)
+        if allowed is not None and quant not in allowed:
+            raise ValueError(
+                f"precision={config.precision} with vllm needs a pre-quantized checkpoint and "
+                f"vllm.quantization set to one of {list(allowed)} (got {quant!r})"
+            )
+        dec = config.decoder
+        if dec.decoding_strategy == "beam" and dec.speculative_decoding:
+            raise ValueError(
+                "decoder.speculative_decoding cannot be combined with beam search in vllm"
+            )
 
-class TensorRTConfig(BaseModel):
+
+class TensorRTConfig(EngineSection):
     """TensorRT-LLM settings. Compile-time fields change the built engine."""
 
     model_config = _FORBID
@@ -403,6 +476,35 @@ class TensorRTConfig(BaseModel):
         description="Directory of a pre-built engine; skips the build. None = build from model.",
     )
 
+    @classmethod
+    def check_experiment(cls, config: ExperimentConfig) -> None:
+        """Engines are built from a merged HF checkpoint (no LoRA, no GGUF); quantization
+        follows precision; no draft model."""
+        if config.lora is not None:
+            raise ValueError(
+                "lora: is not supported with backend tensorrt: TensorRT-LLM engines must be "
+                "pre-merged. Merge with peft (PeftModel.from_pretrained(base, adapter)"
+                ".merge_and_unload().save_pretrained('./merged')) and set model: ./merged"
+            )
+        if names_gguf(config.model, config.passthrough_kwargs):
+            raise ValueError(
+                "a GGUF model cannot be built into a TensorRT-LLM engine: use backend pytorch "
+                "or vllm, or give the original HF checkpoint as model:"
+            )
+        trt_quant = config.tensorrt.quantization if config.tensorrt else None
+        implied = TENSORRT_PRECISION_QUANT.get(config.precision)
+        if trt_quant is not None and implied != trt_quant:
+            want = next(p for p, q in TENSORRT_PRECISION_QUANT.items() if q == trt_quant)
+            raise ValueError(
+                f"tensorrt.quantization={trt_quant} needs precision: {want} "
+                f"(got precision: {config.precision})"
+            )
+        if config.decoder.speculative_decoding:
+            raise ValueError(
+                "decoder.speculative_decoding (draft model) is not supported with the "
+                "tensorrt engine in llem"
+            )
+
 
 #: Quantization methods that make precision int4 / int8 possible with vLLM.
 VLLM_QUANT_FOR_PRECISION: dict[str, tuple[str, ...]] = {"int4": ("awq", "gptq"), "int8": ("gptq",)}
@@ -413,9 +515,6 @@ TENSORRT_PRECISION_QUANT: dict[str, str | None] = {
     "int4": "int4_awq",
     "fp8": "fp8",
 }
-
-#: The ExperimentConfig attributes that are engine sections (each belongs to one engine).
-_ENGINE_SECTIONS: tuple[str, ...] = ("pytorch", "vllm", "tensorrt")
 
 
 def _non_finite_path(value: Any, path: str) -> str | None:
@@ -696,28 +795,18 @@ class ExperimentConfig(BaseModel):
                 f"{self.backend} does not support decoding_strategy="
                 f"{self.decoder.decoding_strategy!r}. Valid: {list(spec.decoding_strategies)}"
             )
-        for section in _ENGINE_SECTIONS:
+        for section in ENGINE_SECTION_MODELS:
             if getattr(self, section) is not None and spec.config_section != section:
                 raise ValueError(
                     f"{section}: config section provided but backend={self.backend!r}. "
                     f"Remove the {section}: section or set backend: {section}."
                 )
-        if self.lora is not None:
-            if self.backend == "tensorrt":
-                raise ValueError(
-                    "lora: is not supported with backend tensorrt: TensorRT-LLM engines must be "
-                    "pre-merged. Merge with peft (PeftModel.from_pretrained(base, adapter)"
-                    ".merge_and_unload().save_pretrained('./merged')) and set model: ./merged"
-                )
-            if self.backend == "vllm" and not (self.vllm and self.vllm.enable_lora):
-                raise ValueError("lora: with backend vllm requires vllm.enable_lora: true")
-            if self.backend == "vllm" and self.lora.merge_weights:
-                raise ValueError(
-                    "lora.merge_weights=true is not possible with vllm (adapters are applied "
-                    "unmerged through LoRARequest); merge with peft and set model: to the merged "
-                    "folder, or set merge_weights: false"
-                )
-        self._check_engine_specific_rules()
+        problem = gguf_naming_problem(self.model, self.passthrough_kwargs)
+        if problem is not None:
+            raise ValueError(problem)
+        section_model = ENGINE_SECTION_MODELS.get(spec.config_section or "")
+        if section_model is not None:
+            section_model.check_experiment(self)
         self._check_mode_section()
         if isinstance(self.dataset, SyntheticDatasetConfig) and self.dataset.n < self.n:
             raise ValueError(
@@ -725,65 +814,6 @@ class ExperimentConfig(BaseModel):
                 f"dataset.n={self.dataset.n} (give n once: either one alone sets both)"
             )
         return self
-
-    def _check_engine_specific_rules(self) -> None:
-        """Static rules of one engine that go beyond its precisions and decoding strategies."""
-        dec = self.decoder
-        self._check_gguf_rules()
-        if self.backend == "pytorch" and dec.speculative_decoding:
-            batch = self.pytorch.batch_size if self.pytorch else None
-            if batch is not None and batch != 1:
-                raise ValueError(
-                    "decoder.speculative_decoding (assisted generation) needs "
-                    f"pytorch.batch_size=1, got {batch}"
-                )
-        if self.backend == "vllm":
-            quant = self.vllm.quantization if self.vllm else None
-            allowed = VLLM_QUANT_FOR_PRECISION.get(self.precision)
-            if allowed is not None and quant not in allowed:
-                raise ValueError(
-                    f"precision={self.precision} with vllm needs a pre-quantized checkpoint and "
-                    f"vllm.quantization set to one of {list(allowed)} (got {quant!r})"
-                )
-            if dec.decoding_strategy == "beam" and dec.speculative_decoding:
-                raise ValueError(
-                    "decoder.speculative_decoding cannot be combined with beam search in vllm"
-                )
-        if self.backend == "tensorrt":
-            trt_quant = self.tensorrt.quantization if self.tensorrt else None
-            implied = TENSORRT_PRECISION_QUANT.get(self.precision)
-            if trt_quant is not None and implied != trt_quant:
-                want = next(p for p, q in TENSORRT_PRECISION_QUANT.items() if q == trt_quant)
-                raise ValueError(
-                    f"tensorrt.quantization={trt_quant} needs precision: {want} "
-                    f"(got precision: {self.precision})"
-                )
-            if dec.speculative_decoding:
-                raise ValueError(
-                    "decoder.speculative_decoding (draft model) is not supported with the "
-                    "tensorrt engine in llem"
-                )
-
-    def _check_gguf_rules(self) -> None:
-        """A GGUF model (``model: x.gguf`` or ``passthrough_kwargs.gguf_file``): named once,
-        on an engine that loads GGUF, which takes its quantization from the file."""
-        problem = gguf_naming_problem(self.model, self.passthrough_kwargs)
-        if problem is not None:
-            raise ValueError(problem)
-        if not names_gguf(self.model, self.passthrough_kwargs):
-            return
-        if self.backend == "tensorrt":
-            raise ValueError(
-                "a GGUF model cannot be built into a TensorRT-LLM engine: use backend pytorch "
-                "or vllm, or give the original HF checkpoint as model:"
-            )
-        quant = self.vllm.quantization if self.vllm is not None else None
-        if self.backend == "vllm" and (quant or self.precision not in ("fp16", "bf16")):
-            raise ValueError(
-                f"precision={self.precision}, vllm.quantization={quant} with a GGUF model: the "
-                "file carries its own quantization (vLLM loads it as 'gguf'); use precision "
-                "fp16 or bf16 (the activation dtype) and leave vllm.quantization unset"
-            )
 
     def _check_mode_section(self) -> None:
         # Online mode needs its section; offline mode must not carry one (it would be ignored).
@@ -827,3 +857,13 @@ class ExperimentConfig(BaseModel):
         from llenergymeasure.config.loading import load_experiment_config
 
         return load_experiment_config(path)
+
+
+#: The ``ExperimentConfig`` fields that are engine sections, with their models (each belongs to
+#: the one engine whose catalogue record names it as ``config_section``).
+ENGINE_SECTION_MODELS: dict[str, type[EngineSection]] = {
+    name: model
+    for name, info in ExperimentConfig.model_fields.items()
+    for model in get_args(info.annotation)
+    if isinstance(model, type) and issubclass(model, EngineSection)
+}

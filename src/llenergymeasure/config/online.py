@@ -19,10 +19,10 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from llenergymeasure.config import bounds as B
+from llenergymeasure.config.catalogue import ENGINES
 from llenergymeasure.config.strict import STRICT_CONFIG
 
 __all__ = [
-    "CONTINUOUS_USAGE_BACKENDS",
     "ArrivalProcess",
     "OnlineApi",
     "OnlineConfig",
@@ -32,15 +32,6 @@ __all__ = [
 
 ArrivalProcess = Literal["poisson", "constant", "gamma"]
 OnlineApi = Literal["chat", "completions"]
-
-#: Backends whose server takes ``stream_options.continuous_usage_stats`` and then puts the
-#: running ``usage.completion_tokens`` on every streamed chunk of /v1/completions and
-#: /v1/chat/completions: ``vllm serve``, and ``trtllm-serve`` (TensorRT-LLM's
-#: ``serve/postprocess_handlers.py`` adds it to each chunk when ``include_usage`` is also on,
-#: alike in a pre-1.0 copy and in the current main branch (1.2 itself not read); its tests
-#: check it on the TensorRT-engine backend too). Not ``transformers serve`` (backend
-#: ``pytorch``): it refuses unknown fields (HTTP 422).
-CONTINUOUS_USAGE_BACKENDS = frozenset({"vllm", "tensorrt"})
 
 _STRICT = STRICT_CONFIG
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
@@ -301,13 +292,14 @@ class OnlineConfig(BaseModel):
     def continuous_usage_for(self, backend: str) -> bool:
         """Whether to ask ``backend``'s server for continuous usage.
 
-        ``continuous_usage`` when set; unset, on for the backends whose servers take
-        ``stream_options.continuous_usage_stats`` (``CONTINUOUS_USAGE_BACKENDS``) when
+        ``continuous_usage`` when set; unset, on for the engines whose servers take
+        ``stream_options.continuous_usage_stats`` (``EngineSpec.continuous_usage_stats``) when
         ``include_usage`` is on (the servers read it only together with ``include_usage``).
         """
         if self.continuous_usage is not None:
             return self.continuous_usage
-        return backend in CONTINUOUS_USAGE_BACKENDS and self.include_usage
+        spec = ENGINES.get(backend)
+        return spec is not None and spec.continuous_usage_stats and self.include_usage
 
     @property
     def effective_burstiness(self) -> float:

@@ -364,7 +364,8 @@ def expand_study(
 
 
 def _overrides_for(overrides: dict[str, Any], backend: str) -> dict[str, Any]:
-    """CLI overrides minus other engines' sections (``--batch-size`` only touches pytorch)."""
+    """CLI overrides minus other engines' sections (``--batch-size`` sets every engine's
+    concurrency field; each point keeps its own engine's)."""
     return _drop_other_sections(overrides, backend)
 
 

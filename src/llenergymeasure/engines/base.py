@@ -25,7 +25,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from llenergymeasure.config.models import ExperimentConfig
@@ -181,6 +181,11 @@ class InferenceBackend(abc.ABC):
     #: Catalogue name of the engine ("pytorch", "vllm", ...).
     name: str = ""
 
+    #: Fields of the engine's config section (dotted, ``"section.field"``) that its server has
+    #: no flag for, with the reason shown when one is set in online mode (a silently ignored
+    #: setting would mislabel the measurement).
+    fields_without_server_flag: ClassVar[Mapping[str, str]] = {}
+
     # ─── Lifecycle ──────────────────────────────────────────────────────────
     def version(self) -> str:
         """Version of the underlying engine library."""
@@ -307,4 +312,9 @@ class InferenceBackend(abc.ABC):
 
     def record_process_indices(self) -> list[int] | None:
         """Process index of each record of the last measured run (None: one process)."""
+        return None
+
+    def metered_nvml_indices(self, config: ExperimentConfig) -> list[int] | None:
+        """NVML indices of the GPUs a run of ``config`` uses, so that only those are metered
+        (not idle GPUs that happen to be visible); None (default): every visible GPU."""
         return None

@@ -64,7 +64,11 @@ from llenergymeasure.engines.base import (
     RequestRecord,
     prompt_limits,
 )
-from llenergymeasure.engines.process_plan import device_problems, num_processes
+from llenergymeasure.engines.process_plan import (
+    data_parallel_nvml_indices,
+    device_problems,
+    num_processes,
+)
 from llenergymeasure.exceptions import BackendError
 
 if TYPE_CHECKING:
@@ -116,13 +120,6 @@ def shard_contiguous(items: Sequence[_T], n: int) -> list[list[_T]]:
         shards.append(list(items[start : start + size]))
         start += size
     return shards
-
-
-def data_parallel_nvml_indices(config: ExperimentConfig, *, nvml: Any | None = None) -> list[int]:
-    """NVML indices of the GPUs a pytorch run of ``config`` uses: the first ``num_processes``
-    visible ones (one for a single-process run). These are the devices to measure."""
-    slots = visible_gpu_slots(nvml=nvml)[: num_processes(config)]
-    return [s.nvml_index for s in slots if s.nvml_index is not None]
 
 
 def pytorch_replica(device: str) -> InferenceBackend:
@@ -443,6 +440,10 @@ class DataParallelEngine(InferenceBackend):
     def record_process_indices(self) -> list[int] | None:
         """Which process produced each record of the last measurement."""
         return list(self._record_processes)
+
+    def metered_nvml_indices(self, config: ExperimentConfig) -> list[int] | None:
+        """The replicas' GPUs: the first ``num_processes`` visible ones."""
+        return data_parallel_nvml_indices(config)
 
     def compiles_on_first_run(self, config: ExperimentConfig) -> bool:
         """As the replicas' engine says (each compiles in its own first run)."""

@@ -52,12 +52,12 @@ import functools
 import gc
 import importlib.util
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from time import monotonic, perf_counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from llenergymeasure.config.catalogue import run_concurrency
 from llenergymeasure.engines.base import (
@@ -369,6 +369,11 @@ class PyTorchBackend(InferenceBackend):
     """Inference through HuggingFace transformers ``generate`` on one device."""
 
     name = "pytorch"
+    fields_without_server_flag: ClassVar[Mapping[str, str]] = {
+        "pytorch.batch_size": "the server batches requests itself; shape the load with "
+        "online.max_concurrency / online.request_rate",
+        "pytorch.num_processes": "transformers serve runs one process",
+    }
 
     def __init__(self, device: str | None = None) -> None:
         """``device`` pins the engine (a data-parallel replica); None: ``cuda:0`` else CPU."""
@@ -431,6 +436,13 @@ class PyTorchBackend(InferenceBackend):
             },
         )
 
+    def metered_nvml_indices(self, config: ExperimentConfig) -> list[int] | None:
+        """The GPU(s) its process(es) use: the first ``num_processes`` visible ones (one for a
+        single-process run), mapped by UUID."""
+        from llenergymeasure.engines.process_plan import data_parallel_nvml_indices
+
+        return data_parallel_nvml_indices(config)
+
     # ─── Online mode ────────────────────────────────────────────────────────
     def serve_command(
         self, config: ExperimentConfig, *, model: str, host: str, port: int
@@ -474,7 +486,7 @@ class PyTorchBackend(InferenceBackend):
         missing = [m for m in ("torch", "transformers") if importlib.util.find_spec(m) is None]
         if missing:
             problems.append(
-                f'pytorch engine needs {", ".join(missing)}: {extra_install_hint("pytorch")}'
+                f"pytorch engine needs {', '.join(missing)}: {extra_install_hint('pytorch')}"
             )
             return problems
 

@@ -63,11 +63,11 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from time import monotonic, perf_counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from llenergymeasure.config.catalogue import engine_spec
 from llenergymeasure.config.models import TENSORRT_PRECISION_QUANT
@@ -227,6 +227,13 @@ class TensorRTBackend(OfflineLLMEngine):
 
     name = "tensorrt"
     display_name = "TensorRT-LLM"
+    fields_without_server_flag: ClassVar[Mapping[str, str]] = {
+        "tensorrt.quantization": "quantization is fixed when the engine is built; build it "
+        "first and set tensorrt.engine_path",
+        "tensorrt.enable_block_reuse": "trtllm-serve takes it only in an "
+        "--extra_llm_api_options YAML file (kv_cache_config.enable_block_reuse); pass that "
+        "file in online.server.extra_args",
+    }
 
     def __init__(self) -> None:
         super().__init__()

@@ -38,6 +38,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from llenergymeasure.config.catalogue import engine_spec
 from llenergymeasure.config.models import ExperimentConfig
 from llenergymeasure.config.online import OnlineConfig
 from llenergymeasure.datasets import Prompt
@@ -75,7 +76,6 @@ from llenergymeasure.online.server import ManagedServer
 
 __all__ = [
     "REQUESTS_FILE_NAME",
-    "SERVING_EXTRA_INSTALL",
     "measure_online",
     "online_preflight",
     "online_result",
@@ -85,9 +85,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 REQUESTS_FILE_NAME = "online_requests.json"
-SERVING_EXTRA_INSTALL = "pip install 'transformers[serving]'"
-_SERVER_PROGRAMS = {"vllm": "vllm", "pytorch": "transformers", "tensorrt": "trtllm-serve"}
-_SERVING_MODULES = ("fastapi", "uvicorn", "openai")
 
 
 def _program_found(name: str) -> bool:
@@ -104,26 +101,33 @@ def _module_found(name: str) -> bool:
 def online_preflight(config: ExperimentConfig, energy: EnergyBackend | None) -> list[str]:
     """Every problem that would stop an online run, found before anything starts.
 
-    A started server needs its program (``vllm``, ``transformers``, ``trtllm-serve``); the
-    PyTorch ``transformers serve`` also needs transformers' ``serving`` extra; the variable
-    named by ``online.api_key_env`` must be set.
+    A started server needs its program and the modules it needs besides the engine (the
+    catalogue's ``server_program`` and ``server_extra``: ``transformers serve`` needs
+    transformers' ``serving`` extra); the variable named by ``online.api_key_env`` must be set.
     """
     online = config.online
     assert online is not None
     problems = api_key_problems(online)
     if online.starts_server:
-        program = _SERVER_PROGRAMS[config.backend]
-        if not _program_found(program):
+        spec = engine_spec(config.backend)
+        program = spec.server_program
+        if program is None:
+            problems.append(
+                f"the {config.backend} engine has no server of its own that llem can start "
+                "(set online.endpoint to a running server)"
+            )
+        elif not _program_found(program):
             problems.append(
                 f"the {config.backend} server program {program!r} is not installed here "
                 "(online mode starts it; or set online.endpoint to a running server)"
             )
-        if config.backend == "pytorch":
-            missing = [name for name in _SERVING_MODULES if not _module_found(name)]
+        extra = spec.server_extra
+        if program is not None and extra is not None:
+            missing = [name for name in extra.modules if not _module_found(name)]
             if missing:
                 problems.append(
-                    "transformers serve needs transformers' serving extra (missing: "
-                    f"{', '.join(missing)}); install it with: {SERVING_EXTRA_INSTALL}"
+                    f"{extra.problem} (missing: {', '.join(missing)}); install it with: "
+                    f"{extra.install}"
                 )
     # the dataset is read and checked by measure_online's pre-flight (_prepare_dataset)
     if energy is not None and not energy.is_available():

@@ -662,11 +662,8 @@ def default_components(
     engine = create_engine(config.backend, config)
     sensor: GpuSensor | None = None
     if nvml_available():
-        from llenergymeasure.engines.data_parallel import data_parallel_nvml_indices
-
-        # pytorch: measure exactly the GPUs its process(es) use - the first num_processes
-        # visible ones, mapped by UUID - not idle GPUs that happen to be visible
-        in_use = data_parallel_nvml_indices(config) if config.backend == "pytorch" else None
+        # only the GPUs the engine says it uses (None: every visible one)
+        in_use = engine.metered_nvml_indices(config)
         sensor = NvmlSensor(devices=in_use or None)
     return engine, energy_backend_for(settings, sensor), sensor
 

@@ -7,11 +7,12 @@ head_dim x bytes x (batch x sequence length). Activations and allocator slack ar
 
 A GGUF model (``gguf_files``) is estimated from its header: the parameter count is the sum of
 the tensors' element counts and the attention shape comes from its metadata. The weights count
-as what the engine holds: PyTorch (transformers' GGUF loader) dequantises every tensor to the
-run's torch dtype, so parameters x bytes of ``precision``; vLLM runs the quantised blocks, so
-the file's tensor data as stored. (transformers 5.24 keeps the blocks packed instead for a few
-architectures when the ``kernels`` package and a published kernel are there; the dequantised
-figure is then an upper bound, the safe side for a memory check.)
+as what the engine holds (the catalogue's ``gguf_as_stored``): PyTorch (transformers' GGUF
+loader) dequantises every tensor to the run's torch dtype, so parameters x bytes of
+``precision``; vLLM runs the quantised blocks, so the file's tensor data as stored.
+(transformers 5.24 keeps the blocks packed instead for a few architectures when the ``kernels``
+package and a published kernel are there; the dequantised figure is then an upper bound, the
+safe side for a memory check.)
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from llenergymeasure.config.catalogue import run_concurrency
+from llenergymeasure.config.catalogue import engine_section, engine_spec, run_concurrency
 from llenergymeasure.config.models import ExperimentConfig, SyntheticDatasetConfig
 from llenergymeasure.gguf_files import (
     GGUFError,
@@ -131,16 +132,17 @@ def estimate_gguf_vram(
 ) -> VramEstimate:
     """``estimate_vram`` for a GGUF file, from its header (see the module docstring)."""
     params = header.parameter_count
-    if backend == "vllm":
+    as_stored = engine_spec(backend).gguf_as_stored
+    if as_stored:
         weight_bytes = float(header.tensor_data_bytes)
-        basis = "GGUF tensor data as stored (vLLM runs the quantised blocks)"
+        basis = f"GGUF tensor data as stored ({backend} runs the quantised blocks)"
     else:
         weight_bytes = params * BYTES_PER_PARAM.get(precision, 2.0)
-        basis = f"{params:,} GGUF parameters dequantised to {precision} (transformers)"
+        basis = f"{params:,} GGUF parameters dequantised to {precision} ({backend})"
     kv_bytes = 0.0
     layers, kv_heads, head_dim = header.layers, header.kv_heads, header.head_dim
     if layers and kv_heads and head_dim:
-        per_value = 4.0 if precision == "fp32" and backend != "vllm" else 2.0
+        per_value = 4.0 if precision == "fp32" and not as_stored else 2.0
         kv_bytes = 2 * layers * kv_heads * head_dim * per_value * batch_size * seq_len
     else:
         basis += "; KV cache not estimated (no attention shape in the header)"
@@ -256,11 +258,9 @@ def estimate_config_vram(config: ExperimentConfig) -> VramEstimate | None:
     )
 
 
-def weight_precision(config: object) -> str:
-    """Precision the weights are stored in: bitsandbytes 4/8-bit loading overrides ``precision``."""
-    pt = getattr(config, "pytorch", None)
-    if pt is not None and getattr(pt, "load_in_4bit", None):
-        return "int4"
-    if pt is not None and getattr(pt, "load_in_8bit", None):
-        return "int8"
-    return str(getattr(config, "precision", "bf16"))
+def weight_precision(config: ExperimentConfig) -> str:
+    """Precision the weights are stored in: the engine section's override (bitsandbytes 4/8-bit
+    loading), else ``precision``."""
+    section = engine_section(config)
+    override = section.weight_precision() if section is not None else None
+    return override or config.precision

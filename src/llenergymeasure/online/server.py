@@ -4,9 +4,10 @@
 which the engine itself builds (``InferenceBackend.serve_command``: ``vllm serve``,
 ``transformers serve``, ``trtllm-serve``; see each engine module).
 
-Engine fields that have no server flag, when set, are a ``ConfigError`` naming the field (a
-silently ignored setting would mislabel the measurement). ``online.server.extra_args`` are
-appended last. ``online.gpus`` becomes ``CUDA_VISIBLE_DEVICES`` of the server.
+Engine fields that have no server flag (the engine's ``fields_without_server_flag``), when
+set, are a ``ConfigError`` naming the field (a silently ignored setting would mislabel the
+measurement). ``online.server.extra_args`` are appended last. ``online.gpus`` becomes
+``CUDA_VISIBLE_DEVICES`` of the server.
 
 ``ManagedServer`` runs the command in its own process group with stdout and stderr in a log file,
 polls ``/health`` (then ``/v1/models``) until one answers 200, and stops the whole group:
@@ -46,17 +47,6 @@ __all__ = [
     "free_port",
     "server_launch",
 ]
-
-# Fields with no server counterpart: the reason shown when one is set.
-_NO_SERVER_FLAG = {
-    "pytorch.batch_size": "the server batches requests itself; shape the load with "
-    "online.max_concurrency / online.request_rate",
-    "pytorch.num_processes": "transformers serve runs one process",
-    "tensorrt.quantization": "quantization is fixed when the engine is built; build it first "
-    "and set tensorrt.engine_path",
-    "tensorrt.enable_block_reuse": "trtllm-serve takes it only in an --extra_llm_api_options "
-    "YAML file (kv_cache_config.enable_block_reuse); pass that file in online.server.extra_args",
-}
 
 
 @dataclass(frozen=True)
@@ -100,7 +90,10 @@ def server_launch(
     if not online.starts_server:
         raise ConfigError("online.endpoint is set: llem does not start a server for it")
     model = model_source if model_source is not None else config.model
-    for key, reason in _NO_SERVER_FLAG.items():
+    from llenergymeasure.engines.factory import engine_class
+
+    engine = engine_class(config.backend)()
+    for key, reason in engine.fields_without_server_flag.items():
         section, _, name = key.partition(".")
         if getattr(getattr(config, section), name, None) is not None:
             raise ConfigError(
@@ -112,9 +105,6 @@ def server_launch(
             "lora: is not supported in online mode yet",
             hint="serve the adapter yourself and point online.endpoint at that server",
         )
-    from llenergymeasure.engines.factory import engine_class
-
-    engine = engine_class(config.backend)()
     command = engine.serve_command(config, model=model, host=host, port=port)
     if command is None:
         raise ConfigError(

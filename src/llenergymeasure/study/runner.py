@@ -41,6 +41,7 @@ from typing import IO, TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from llenergymeasure._version import __version__
+from llenergymeasure.config.catalogue import registered_engines
 from llenergymeasure.config.models import ExperimentConfig
 from llenergymeasure.config.study import StudyConfig
 from llenergymeasure.exceptions import (
@@ -513,6 +514,7 @@ class StudyRunner:
             device=entry.device,
             visible_devices=slot.visible_devices if slot is not None else None,
             reuse_engine=self.reuses(entry),
+            engines=registered_engines(),
         )
         on = f" on {entry.device}" if entry.device else ""
         self.progress.message(

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from llenergymeasure.config.catalogue import ENGINES, EngineSpec, register_engine
 from llenergymeasure.config.models import ExperimentConfig
 from llenergymeasure.harness.session import EngineSession, is_fatal
 from llenergymeasure.logs import forward_messages
@@ -67,6 +68,9 @@ class RunRequest:
     device: str | None = None  # per_gpu: the GPU this run is pinned to (UUID)
     visible_devices: str | None = None  # per_gpu: the child's CUDA_VISIBLE_DEVICES
     reuse_engine: bool = False  # served by an engine group's process that keeps its engine
+    # engines registered in the study process (``register_engine``), registered again in the
+    # child so that it knows them too (a spawned process starts with the built-in ones only)
+    engines: tuple[EngineSpec, ...] = ()
 
 
 class Worker(Protocol):
@@ -258,6 +262,9 @@ def _measure_and_report(worker: Worker, request: RunRequest, conn: Connection) -
     try:
         from llenergymeasure.files import make_directory
 
+        for spec in request.engines:
+            if ENGINES.get(spec.name) != spec:
+                register_engine(spec)
         run_dir = Path(request.run_dir)
         # The run's folder is made inside the study's, which must still exist (a study folder
         # that vanished is never recreated); the result is saved there or rescued.
