@@ -24,7 +24,8 @@ from llenergymeasure.engines.data_parallel import DataParallelEngine
 from llenergymeasure.engines.offline import OfflineLLMEngine
 from llenergymeasure.engines.pytorch import PyTorchBackend
 from llenergymeasure.engines.tensorrt import TRT_DEFAULTS, TensorRTBackend
-from llenergymeasure.engines.vllm import VLLM_DEFAULTS, VLLMBackend
+from llenergymeasure.engines.vllm.engine import VLLMBackend
+from llenergymeasure.engines.vllm.engine_args import VLLM_DEFAULTS
 from llenergymeasure.testing.engines import FakeEngine
 from llenergymeasure.testing.study import LoggingFakeEngine
 
