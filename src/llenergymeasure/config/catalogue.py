@@ -86,7 +86,7 @@ class EngineSpec:
 _BUILTIN_ENGINES: tuple[EngineSpec, ...] = (
     EngineSpec(
         name="pytorch",
-        engine_class="llenergymeasure.engines.pytorch:PyTorchBackend",
+        engine_class="llenergymeasure.engines.pytorch.engine:PyTorchBackend",
         import_module="transformers",
         distribution="transformers",
         extra="pytorch",
@@ -151,7 +151,7 @@ _BUILTIN_ENGINES: tuple[EngineSpec, ...] = (
     ),
     EngineSpec(
         name="tensorrt",
-        engine_class="llenergymeasure.engines.tensorrt:TensorRTBackend",
+        engine_class="llenergymeasure.engines.tensorrt.engine:TensorRTBackend",
         import_module="tensorrt_llm",
         distribution="tensorrt-llm",
         extra="tensorrt",
@@ -163,7 +163,7 @@ _BUILTIN_ENGINES: tuple[EngineSpec, ...] = (
         load_fields=("model", "precision", "passthrough_kwargs"),
         section_load_fields=ALL_SECTION_FIELDS,
         concurrency_field="max_batch_size",
-        default_concurrency=2048,  # BuildConfig default (see engines.tensorrt.TRT_DEFAULTS)
+        default_concurrency=2048,  # BuildConfig default (see engines.tensorrt.build.TRT_DEFAULTS)
         reuse_proven=False,
         reuse_evidence="not proven: the engine has never run on hardware",
     ),

@@ -127,7 +127,7 @@ def data_parallel_nvml_indices(config: ExperimentConfig, *, nvml: Any | None = N
 
 def pytorch_replica(device: str) -> InferenceBackend:
     """The default replica: a ``PyTorchBackend`` bound to ``device``."""
-    from llenergymeasure.engines.pytorch import PyTorchBackend
+    from llenergymeasure.engines.pytorch.engine import PyTorchBackend
 
     return PyTorchBackend(device=device)
 
