@@ -141,7 +141,7 @@ def run_one(setting: Setting, model_path: str, shape: tuple[int, int, int]) -> d
     import torch
 
     from llenergymeasure.energy.null_backend import NullEnergyBackend
-    from llenergymeasure.engines.pytorch import PyTorchBackend
+    from llenergymeasure.engines.pytorch.engine import PyTorchBackend
     from llenergymeasure.harness.orchestrator import ExperimentOrchestrator
 
     torch.set_num_threads(setting.threads)

@@ -40,7 +40,7 @@ from vllm_engine_checks import pairs_table
 
 from llenergymeasure.config.catalogue import engine_spec, run_concurrency
 from llenergymeasure.config.models import ExperimentConfig
-from llenergymeasure.engines.pytorch import DEFAULT_TORCH_COMPILE
+from llenergymeasure.engines.pytorch.engine_args import DEFAULT_TORCH_COMPILE
 from llenergymeasure.harness.metrics import POLL_DISAGREEMENT_TIGHT_PCT, POLL_TIGHT_WINDOW_S
 
 TITLE = "Engines side by side (issue 15)"

@@ -133,7 +133,7 @@ def main() -> None:
     from llenergymeasure.energy.nvml_backend import NvmlEnergyBackend
     from llenergymeasure.energy.sampler import EnergySampler
     from llenergymeasure.energy.sensors import NvmlSensor
-    from llenergymeasure.engines.pytorch import PyTorchBackend
+    from llenergymeasure.engines.pytorch.engine import PyTorchBackend
     from llenergymeasure.harness.orchestrator import ExperimentOrchestrator, MeasurementSettings
 
     cases = [tuple(int(x) for x in c.split(":")) for c in args.cases.split(",")]
@@ -330,7 +330,7 @@ def cpu_main(args: argparse.Namespace) -> None:
     from llenergymeasure.datasets import load_prompts
     from llenergymeasure.energy.nvml_backend import NvmlEnergyBackend
     from llenergymeasure.energy.sampler import EnergySampler
-    from llenergymeasure.engines.pytorch import PyTorchBackend
+    from llenergymeasure.engines.pytorch.engine import PyTorchBackend
     from llenergymeasure.harness.orchestrator import ExperimentOrchestrator, MeasurementSettings
     from llenergymeasure.testing.energy import FakeGpuSensor
 

@@ -196,12 +196,12 @@ def test_a_study_with_a_bad_dataset_stops_before_its_directory_exists(tmp_path: 
 def test_a_cli_run_stops_at_the_dataset_before_the_model_loads(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from llenergymeasure.engines import pytorch
+    from llenergymeasure.engines.pytorch.engine import PyTorchBackend
 
     def no_load(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr(pytorch.PyTorchBackend, "load", no_load)
+    monkeypatch.setattr(PyTorchBackend, "load", no_load)
     data = tmp_path / "prompts.jsonl"
     _bad_json(data)
     config = tmp_path / "exp.yaml"

@@ -14,7 +14,7 @@ from llenergymeasure.config.hashing import measurement_config_hash
 from llenergymeasure.config.models import ExperimentConfig
 from llenergymeasure.energy.nvml_backend import NvmlEnergyBackend
 from llenergymeasure.energy.sampler import EnergySampler
-from llenergymeasure.engines.pytorch import PyTorchBackend
+from llenergymeasure.engines.pytorch.engine import PyTorchBackend
 from llenergymeasure.harness.orchestrator import ExperimentOrchestrator, MeasurementSettings
 from llenergymeasure.results.models import ExperimentResult
 from llenergymeasure.testing.energy import FakeEnergyBackend, FakeGpuSensor

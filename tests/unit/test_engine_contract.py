@@ -22,9 +22,12 @@ from llenergymeasure.datasets import Prompt
 from llenergymeasure.engines.base import InferenceBackend, prompt_limits
 from llenergymeasure.engines.data_parallel import DataParallelEngine
 from llenergymeasure.engines.offline import OfflineLLMEngine
-from llenergymeasure.engines.pytorch import PyTorchBackend
-from llenergymeasure.engines.tensorrt import TRT_DEFAULTS, TensorRTBackend
-from llenergymeasure.engines.vllm import VLLM_DEFAULTS, VLLMBackend
+from llenergymeasure.engines.pytorch.engine import PyTorchBackend
+from llenergymeasure.engines.pytorch.engine_args import batch_size
+from llenergymeasure.engines.tensorrt.build import TRT_DEFAULTS
+from llenergymeasure.engines.tensorrt.engine import TensorRTBackend
+from llenergymeasure.engines.vllm.engine import VLLMBackend
+from llenergymeasure.engines.vllm.engine_args import VLLM_DEFAULTS
 from llenergymeasure.testing.engines import FakeEngine
 from llenergymeasure.testing.study import LoggingFakeEngine
 
@@ -140,11 +143,11 @@ def test_a_prompts_new_token_limit_is_one_rule_for_every_engine() -> None:
 
 
 def test_concurrency_defaults_come_from_the_catalogue() -> None:
-    assert PyTorchBackend._batch_size(ExperimentConfig(model="m", backend="pytorch")) == 1
+    assert batch_size(ExperimentConfig(model="m", backend="pytorch")) == 1
     for backend, defaults, name in (
         ("vllm", VLLM_DEFAULTS, "max_num_seqs"),
         ("tensorrt", TRT_DEFAULTS, "max_batch_size"),
     ):
         assert defaults[name] == engine_spec(backend).default_concurrency
     config = ExperimentConfig(model="m", backend="pytorch", pytorch={"batch_size": 8})
-    assert PyTorchBackend._batch_size(config) == run_concurrency(config) == 8
+    assert batch_size(config) == run_concurrency(config) == 8

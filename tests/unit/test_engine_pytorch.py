@@ -24,7 +24,7 @@ pytest.importorskip("transformers")
 from llenergymeasure.config.models import ExperimentConfig
 from llenergymeasure.datasets import Prompt
 from llenergymeasure.engines.base import InferenceBackend, LoadInfo, RequestRecord
-from llenergymeasure.engines.pytorch import PyTorchBackend
+from llenergymeasure.engines.pytorch.engine import PyTorchBackend
 from llenergymeasure.exceptions import BackendError
 
 TEXTS = ["hello there, how are you today?", "a", "the quick brown fox", "x y z"]
@@ -77,9 +77,12 @@ def test_engine_satisfies_the_inference_backend_protocol() -> None:
     assert PyTorchBackend.name == "pytorch"
 
 
-def test_importing_the_engine_module_does_not_import_torch_or_transformers() -> None:
+def test_importing_the_engine_modules_does_not_import_torch_or_transformers() -> None:
     code = (
-        "import sys, llenergymeasure.engines.pytorch, llenergymeasure.engines.base\n"
+        "import importlib, pkgutil, sys, llenergymeasure.engines.base\n"
+        "import llenergymeasure.engines.pytorch as package\n"
+        "for m in pkgutil.iter_modules(package.__path__, package.__name__ + '.'):\n"
+        "    importlib.import_module(m.name)\n"
         "bad = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )
@@ -444,16 +447,14 @@ def test_prompts_are_tokenised_padded_and_on_the_device_before_execute_and_recor
 ) -> None:
     import torch
 
-    import llenergymeasure.engines.pytorch as pytorch_engine
+    from llenergymeasure.engines.pytorch import batching
 
     config = make_config(model_dir, pytorch={"batch_size": 3}, decoder={"ignore_eos": True})
     tokenizer = _CountingTokenizer(backend.tokenizer)
     monkeypatch.setattr(backend, "_tokenizer", tokenizer)
     built: list[Any] = []
-    real = pytorch_engine.RequestRecord
-    monkeypatch.setattr(
-        pytorch_engine, "RequestRecord", lambda **kw: built.append(kw) or real(**kw)
-    )
+    real = batching.RequestRecord
+    monkeypatch.setattr(batching, "RequestRecord", lambda **kw: built.append(kw) or real(**kw))
 
     prepared = backend.prepare(prompts(None, None, None, None), config)
     assert tokenizer.calls == 1  # every prompt at once, before the window
@@ -469,9 +470,9 @@ def test_prompts_are_tokenised_padded_and_on_the_device_before_execute_and_recor
 
 
 def test_the_step_timer_does_nothing_per_step_but_read_the_clock() -> None:
-    from llenergymeasure.engines.pytorch import _StepTimer
+    from llenergymeasure.engines.pytorch.batching import StepTimer
 
-    timer = _StepTimer()
+    timer = StepTimer()
     opaque = object()  # no .dim(), no .shape: put() must not look at the step's tokens
     for _ in range(3):
         timer.put(opaque)

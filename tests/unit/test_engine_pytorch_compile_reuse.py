@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from llenergymeasure.config.models import ExperimentConfig
-from llenergymeasure.engines.pytorch import PyTorchBackend
+from llenergymeasure.engines.pytorch.engine import PyTorchBackend
 
 torch = pytest.importorskip("torch")
 

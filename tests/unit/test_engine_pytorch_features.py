@@ -24,7 +24,7 @@ from llenergymeasure.config.hashing import measurement_config_hash
 from llenergymeasure.config.models import DecoderConfig, ExperimentConfig, PyTorchConfig
 from llenergymeasure.datasets import Prompt
 from llenergymeasure.engines.base import PreparedRun, RawRun
-from llenergymeasure.engines.pytorch import PyTorchBackend
+from llenergymeasure.engines.pytorch.engine import PyTorchBackend
 from llenergymeasure.harness.orchestrator import ExperimentOrchestrator
 from llenergymeasure.testing.energy import FakeEnergyBackend
 from llenergymeasure.testing.engines import FakeEngine

@@ -22,15 +22,16 @@ from pydantic import ValidationError
 
 from llenergymeasure.config.models import ExperimentConfig
 from llenergymeasure.datasets import Prompt
-from llenergymeasure.engines import tensorrt as trt_engine
 from llenergymeasure.engines.factory import create_engine
-from llenergymeasure.engines.tensorrt import (
+from llenergymeasure.engines.tensorrt import engine as trt_engine
+from llenergymeasure.engines.tensorrt import streaming
+from llenergymeasure.engines.tensorrt.build import (
     COMPILE_TIME_FIELDS,
-    TensorRTBackend,
     engine_cache_dir,
     engine_cache_key,
     version_problem,
 )
+from llenergymeasure.engines.tensorrt.engine import TensorRTBackend
 from llenergymeasure.exceptions import BackendError
 
 # The engines' pre-flight probes the hub for uncached hub ids: the fakes' `org/model`s
@@ -56,7 +57,8 @@ def trt(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
 
     engine_mod.reset()
     monkeypatch.setattr(engine_mod, "TOKENS_PER_RESPONSE", 1)
-    monkeypatch.setattr(trt_engine, "perf_counter", engine_mod.clock)
+    for module in (trt_engine, streaming):  # load time; each streamed response's stamp
+        monkeypatch.setattr(module, "perf_counter", engine_mod.clock)
     yield engine_mod
     _purge("tensorrt_llm")
 
@@ -74,9 +76,11 @@ def loaded(trt: ModuleType, config: ExperimentConfig) -> tuple[TensorRTBackend, 
 
 
 # ─── Import, install, version ───────────────────────────────────────────────
-def test_importing_the_engine_module_imports_neither_tensorrt_llm_nor_torch() -> None:
+def test_importing_the_engine_modules_imports_neither_tensorrt_llm_nor_torch() -> None:
     code = (
-        "import sys, llenergymeasure.engines.tensorrt; "
+        "import importlib, pkgutil, sys, llenergymeasure.engines.tensorrt as package; "
+        "[importlib.import_module(m.name) "
+        "for m in pkgutil.iter_modules(package.__path__, package.__name__ + '.')]; "
         "print(sorted(m for m in ('tensorrt_llm', 'torch', 'vllm') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -370,11 +374,9 @@ def test_unload_shuts_the_llm_down(trt: ModuleType) -> None:
 def test_execute_stamps_responses_and_records_are_built_after_it(
     trt: ModuleType, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import llenergymeasure.engines.tensorrt as trt_engine
-
     built: list[Any] = []
-    real = trt_engine.RequestRecord
-    monkeypatch.setattr(trt_engine, "RequestRecord", lambda **kw: built.append(kw) or real(**kw))
+    real = streaming.RequestRecord
+    monkeypatch.setattr(streaming, "RequestRecord", lambda **kw: built.append(kw) or real(**kw))
     config = cfg()
     engine, _ = loaded(trt, config)
     raw = engine.execute(engine.prepare(PROMPTS, config))

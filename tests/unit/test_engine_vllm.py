@@ -26,7 +26,7 @@ from llenergymeasure.config.models import ExperimentConfig
 from llenergymeasure.datasets import Prompt
 from llenergymeasure.engines.base import InferenceBackend
 from llenergymeasure.engines.factory import create_engine
-from llenergymeasure.engines.vllm import VLLMBackend
+from llenergymeasure.engines.vllm.engine import VLLMBackend
 from llenergymeasure.exceptions import BackendError
 
 # The engines' pre-flight probes the hub for uncached hub ids: the fakes' `org/model`s
@@ -71,9 +71,11 @@ def loaded(config: ExperimentConfig) -> VLLMBackend:
     return engine
 
 
-def test_importing_the_engine_module_imports_neither_vllm_nor_torch() -> None:
+def test_importing_the_engine_modules_imports_neither_vllm_nor_torch() -> None:
     code = (
-        "import sys, llenergymeasure.engines.vllm; "
+        "import importlib, pkgutil, sys, llenergymeasure.engines.vllm as package; "
+        "[importlib.import_module(m.name) "
+        "for m in pkgutil.iter_modules(package.__path__, package.__name__ + '.')]; "
         "print(sorted(m for m in ('vllm', 'torch') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -460,16 +462,16 @@ def test_where_core_outputs_cannot_be_read_each_step_is_stamped_as_it_returns(
 def test_a_core_log_that_disagrees_with_the_outputs_gives_no_per_token_times(
     fake_vllm: ModuleType, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from llenergymeasure.engines import vllm as vllm_engine
+    from llenergymeasure.engines.vllm.step_loop import CoreIterationLog
 
-    record = vllm_engine._CoreIterationLog.record
+    record = CoreIterationLog.record
 
     def record_missing_the_first_iteration(self: Any, outputs: Any) -> None:
         if not self.iterations:
             outputs = type(outputs)([], outputs.timestamp)
         record(self, outputs)
 
-    monkeypatch.setattr(vllm_engine._CoreIterationLog, "record", record_missing_the_first_iteration)
+    monkeypatch.setattr(CoreIterationLog, "record", record_missing_the_first_iteration)
     config = cfg(max_new_tokens=4, decoder={"ignore_eos": True}, vllm={"max_num_seqs": 2})
     engine = loaded(config)
     records = engine.generate(PROMPTS, config)
@@ -695,12 +697,13 @@ def test_execute_neither_tokenises_nor_builds_records(
     fake_vllm: ModuleType, monkeypatch: pytest.MonkeyPatch, decoder: dict[str, Any]
 ) -> None:
     # what llem does; vLLM's own front end renders each prompt as it is added (LLM.generate too)
-    import llenergymeasure.engines.vllm as vllm_engine
+    from llenergymeasure.engines.vllm import beam_search, step_loop
 
     config = cfg(decoder=decoder)
     engine = loaded(config)
     built, tokenised = _Counter(), _Counter()
-    monkeypatch.setattr(vllm_engine, "RequestRecord", built.wrap(vllm_engine.RequestRecord))
+    for module in (step_loop, beam_search):  # where the two paths build their records
+        monkeypatch.setattr(module, "RequestRecord", built.wrap(module.RequestRecord))
     monkeypatch.setattr(engine.tokenizer, "encode", tokenised.wrap(engine.tokenizer.encode))
     prepared = engine.prepare(PROMPTS, config)
     done_before = tokenised.calls
@@ -795,11 +798,11 @@ def test_vllm_preflight_wants_the_gguf_plugin_and_a_complete_file(
 
 
 def test_only_vllm_releases_from_0_24_need_the_gguf_plugin() -> None:
-    from llenergymeasure.engines.vllm import _needs_gguf_plugin
+    from llenergymeasure.engines.vllm.model_files import needs_gguf_plugin
 
-    assert _needs_gguf_plugin("0.26.0") and _needs_gguf_plugin("0.24.1")
-    assert not _needs_gguf_plugin("0.23.1") and not _needs_gguf_plugin("0.10.2")
-    assert _needs_gguf_plugin("unknown")  # the release this engine targets
+    assert needs_gguf_plugin("0.26.0") and needs_gguf_plugin("0.24.1")
+    assert not needs_gguf_plugin("0.23.1") and not needs_gguf_plugin("0.10.2")
+    assert needs_gguf_plugin("unknown")  # the release this engine targets
 
 
 # --- hub models in pre-flight (one bounded probe, as the PyTorch engine does) ----------------

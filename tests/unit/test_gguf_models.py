@@ -21,7 +21,8 @@ from typer.testing import CliRunner
 from llenergymeasure.cli.app import app
 from llenergymeasure.config.models import ExperimentConfig
 from llenergymeasure.datasets import Prompt
-from llenergymeasure.engines.pytorch import PyTorchBackend, split_passthrough_kwargs
+from llenergymeasure.engines.pytorch.engine import PyTorchBackend
+from llenergymeasure.engines.pytorch.passthrough import split_passthrough_kwargs
 from llenergymeasure.gguf_files import GGUFError, gguf_model, read_gguf_header
 from llenergymeasure.harness.vram import (
     estimate_config_vram,

@@ -23,7 +23,7 @@ from llenergymeasure import hub
 from llenergymeasure.cli.app import app
 from llenergymeasure.config.models import ExperimentConfig, LoRAConfig
 from llenergymeasure.datasets.aienergyscore import AIENERGYSCORE_REPO_ID, AIENERGYSCORE_REVISION
-from llenergymeasure.engines.pytorch import PyTorchBackend
+from llenergymeasure.engines.pytorch.engine import PyTorchBackend
 
 cli = CliRunner()
 UNCACHED_MODEL = "llem-test-org/not-a-cached-model"

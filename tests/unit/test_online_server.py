@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from llenergymeasure.config.models import ExperimentConfig, VLLMConfig
-from llenergymeasure.engines.vllm import VLLM_SERVE_FLAGS
+from llenergymeasure.engines.vllm.engine_args import VLLM_SERVE_FLAGS
 from llenergymeasure.exceptions import BackendError, ConfigError
 from llenergymeasure.online.client import OpenAIStreamClient, StreamRequest
 from llenergymeasure.online.server import (

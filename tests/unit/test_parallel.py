@@ -268,7 +268,7 @@ def test_preflight_also_runs_the_replica_check_on_a_single_process_view_and_chec
 
 def test_the_single_process_pytorch_engine_refuses_num_processes_on_cpu(no_gpus: None) -> None:
     pytest.importorskip("transformers")
-    from llenergymeasure.engines.pytorch import PyTorchBackend
+    from llenergymeasure.engines.pytorch.engine import PyTorchBackend
 
     problems = PyTorchBackend().preflight(dp_config(model="builtin:tiny"))
     assert any("data parallel needs one GPU per process" in p for p in problems)
@@ -277,7 +277,7 @@ def test_the_single_process_pytorch_engine_refuses_num_processes_on_cpu(no_gpus:
 def test_the_engine_factory_routes_num_processes_to_the_data_parallel_engine() -> None:
     pytest.importorskip("transformers")
     from llenergymeasure.engines.factory import create_engine
-    from llenergymeasure.engines.pytorch import PyTorchBackend
+    from llenergymeasure.engines.pytorch.engine import PyTorchBackend
 
     assert isinstance(create_engine("pytorch", dp_config()), DataParallelEngine)
     assert isinstance(
@@ -391,7 +391,7 @@ def test_a_replica_that_cannot_load_fails_the_load_with_its_message() -> None:
 
 def test_builtin_tiny_in_two_cpu_processes_matches_one_process() -> None:
     pytest.importorskip("transformers")
-    from llenergymeasure.engines.pytorch import PyTorchBackend
+    from llenergymeasure.engines.pytorch.engine import PyTorchBackend
 
     config = dp_config(
         model="builtin:tiny",

@@ -14,9 +14,11 @@ import pytest
 from llenergymeasure.config.catalogue import engine_names
 from llenergymeasure.config.models import ExperimentConfig
 from llenergymeasure.engines.factory import engine_class
-from llenergymeasure.engines.pytorch import PyTorchBackend, split_passthrough_kwargs
-from llenergymeasure.engines.tensorrt import TensorRTBackend
-from llenergymeasure.engines.vllm import VLLMBackend, build_engine_args
+from llenergymeasure.engines.pytorch.engine import PyTorchBackend
+from llenergymeasure.engines.pytorch.passthrough import split_passthrough_kwargs
+from llenergymeasure.engines.tensorrt.engine import TensorRTBackend
+from llenergymeasure.engines.vllm.engine import VLLMBackend
+from llenergymeasure.engines.vllm.engine_args import build_engine_args
 
 ROOT = Path(__file__).resolve().parents[2]
 GENERATOR = ROOT / "docs" / "gen_reference.py"

@@ -68,7 +68,7 @@ def _chat_prompts(tokenizer: object) -> list[Prompt]:
 
 
 def test_real_chat_model_stops_at_its_eos_and_counts_it(smollm2: Path) -> None:
-    from llenergymeasure.engines.pytorch import PyTorchBackend
+    from llenergymeasure.engines.pytorch.engine import PyTorchBackend
 
     engine = PyTorchBackend()
     config = _config(smollm2)
@@ -90,7 +90,7 @@ def test_real_chat_model_stops_at_its_eos_and_counts_it(smollm2: Path) -> None:
 
 
 def test_ignore_eos_forces_full_length_on_a_real_model(smollm2: Path) -> None:
-    from llenergymeasure.engines.pytorch import PyTorchBackend
+    from llenergymeasure.engines.pytorch.engine import PyTorchBackend
 
     engine = PyTorchBackend()
     config = _config(smollm2, ignore_eos=True)

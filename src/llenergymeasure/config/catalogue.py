@@ -7,7 +7,7 @@ engine factory, the CLI (``--backend`` choices, ``llem config``, ``--version``),
 config section, and one ``EngineSpec`` here.
 
 This module sits on the config floor: it imports no engine. The engine class is named by a
-dotted path (``"llenergymeasure.engines.vllm:VLLMBackend"``) that the factory imports lazily.
+dotted path (``"llenergymeasure.engines.vllm.engine:VLLMBackend"``) that the factory imports lazily.
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ class EngineSpec:
 _BUILTIN_ENGINES: tuple[EngineSpec, ...] = (
     EngineSpec(
         name="pytorch",
-        engine_class="llenergymeasure.engines.pytorch:PyTorchBackend",
+        engine_class="llenergymeasure.engines.pytorch.engine:PyTorchBackend",
         import_module="transformers",
         distribution="transformers",
         extra="pytorch",
@@ -161,7 +161,7 @@ _BUILTIN_ENGINES: tuple[EngineSpec, ...] = (
     ),
     EngineSpec(
         name="vllm",
-        engine_class="llenergymeasure.engines.vllm:VLLMBackend",
+        engine_class="llenergymeasure.engines.vllm.engine:VLLMBackend",
         import_module="vllm",
         distribution="vllm",
         extra="vllm",
@@ -180,7 +180,7 @@ _BUILTIN_ENGINES: tuple[EngineSpec, ...] = (
         ),
         section_load_fields=ALL_SECTION_FIELDS,
         concurrency_field="max_num_seqs",
-        default_concurrency=256,  # vLLM's documented default (see engines.vllm.VLLM_DEFAULTS)
+        default_concurrency=256,  # vLLM's documented default (engines.vllm.engine_args)
         reuse_proven=True,
         reuse_evidence=(
             "proven: vLLM 0.26 on one H200, max_num_seqs 64 and 256 x 3 cycles, J/token within "
@@ -193,7 +193,7 @@ _BUILTIN_ENGINES: tuple[EngineSpec, ...] = (
     ),
     EngineSpec(
         name="tensorrt",
-        engine_class="llenergymeasure.engines.tensorrt:TensorRTBackend",
+        engine_class="llenergymeasure.engines.tensorrt.engine:TensorRTBackend",
         import_module="tensorrt_llm",
         distribution="tensorrt-llm",
         extra="tensorrt",
@@ -205,7 +205,7 @@ _BUILTIN_ENGINES: tuple[EngineSpec, ...] = (
         load_fields=("model", "precision", "passthrough_kwargs"),
         section_load_fields=ALL_SECTION_FIELDS,
         concurrency_field="max_batch_size",
-        default_concurrency=2048,  # BuildConfig default (see engines.tensorrt.TRT_DEFAULTS)
+        default_concurrency=2048,  # BuildConfig default (see engines.tensorrt.build.TRT_DEFAULTS)
         reuse_proven=False,
         reuse_evidence="not proven: the engine has never run on hardware",
         server_program="trtllm-serve",

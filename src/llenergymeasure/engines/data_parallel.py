@@ -13,7 +13,7 @@ so the orchestrator drives it exactly like a single-process engine:
   state). Each builds its engine with the injectable, picklable ``engine_factory(device)``
   (default ``pytorch_replica``), loads the model on its own device and reports its ``LoadInfo``
   (process 0 also sends its tokenizer). Children ignore SIGINT: the parent decides when they
-  stop.
+  stop. The child's side is ``engines.data_parallel_worker``.
 - **Sharding.** The prompts of a measured window (the measurement window, the prefill-only
   window) are split into N *contiguous* shards in dataset order, sizes differing by at most one,
   the larger shards first (``shard_contiguous``): process k runs prompts ``[start_k, end_k)``.
@@ -39,11 +39,8 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
-import os
-import signal
 import time
-import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
@@ -64,6 +61,7 @@ from llenergymeasure.engines.base import (
     RequestRecord,
     prompt_limits,
 )
+from llenergymeasure.engines.data_parallel_worker import EngineFactory, worker_main
 from llenergymeasure.engines.process_plan import (
     data_parallel_nvml_indices,
     device_problems,
@@ -90,10 +88,6 @@ __all__ = [
 ]
 
 _T = TypeVar("_T")
-
-#: Builds one replica's engine for a device string ("cuda:0", "cpu"). Must be picklable
-#: (a top-level function or class) because it is sent to spawned processes.
-EngineFactory = Callable[[str], InferenceBackend]
 
 
 def single_process_view(config: ExperimentConfig) -> ExperimentConfig:
@@ -124,89 +118,9 @@ def shard_contiguous(items: Sequence[_T], n: int) -> list[list[_T]]:
 
 def pytorch_replica(device: str) -> InferenceBackend:
     """The default replica: a ``PyTorchBackend`` bound to ``device``."""
-    from llenergymeasure.engines.pytorch import PyTorchBackend
+    from llenergymeasure.engines.pytorch.engine import PyTorchBackend
 
     return PyTorchBackend(device=device)
-
-
-# ─── The child process ──────────────────────────────────────────────────────────
-
-
-def _child_main(
-    index: int,
-    slot: DeviceSlot,
-    factory: EngineFactory,
-    config: ExperimentConfig,
-    conn: Connection,
-    barrier: Any,
-) -> None:
-    """Load one replica, then serve ``prepare`` / ``execute`` / ``records`` / ``reset_peak`` /
-    ``clear_run_state`` / ``begin_reused_run`` / ``effective`` until told to ``stop``."""
-    with contextlib.suppress(ValueError):  # not the main thread: keep the default handler
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us
-    if slot.visible_devices is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = slot.visible_devices  # before CUDA initialises
-    engine: InferenceBackend | None = None
-    prepared: PreparedRun | None = None
-    raw: RawRun | None = None
-    try:
-        engine = factory(slot.device)
-        info = engine.load(config)
-        tokenizer = engine.tokenizer if index == 0 else None
-        conn.send(("loaded", info, tokenizer))
-        while True:
-            command = conn.recv()
-            kind = command[0]
-            if kind == "stop":
-                break
-            if kind == "reset_peak":
-                engine.reset_peak_memory()
-                conn.send(("ok",))
-            elif kind == "clear_run_state":
-                conn.send(("cleared", engine.clear_run_state()))
-            elif kind == "begin_reused_run":
-                conn.send(("cleared", engine.begin_reused_run(command[1])))
-            elif kind == "effective":
-                conn.send(("effective", engine.effective_parameters(command[1])))
-            elif kind == "prepare":
-                _, prompts, run_config, phase = command
-                prepared, raw = engine.prepare(prompts, run_config, phase=phase), None
-                conn.send(("prepared",))
-            elif kind == "execute":
-                if prepared is None:
-                    raise BackendError("data-parallel worker: execute before prepare")
-                barrier.wait()  # every process starts generating together
-                t0 = time.perf_counter()
-                raw = engine.execute(prepared)
-                engine.synchronize()
-                t1 = time.perf_counter()
-                prepared = None
-                conn.send(("done", t0, t1))
-            elif kind == "records":
-                if raw is None:
-                    raise BackendError("data-parallel worker: records before execute")
-                records, raw = engine.records(raw), None
-                if command[1] == WARMUP_PHASE:
-                    engine.after_warmup_run()
-                conn.send(("records", records, engine.peak_memory_bytes()))
-            else:
-                raise BackendError(f"data-parallel worker: unknown command {kind!r}")
-    except BaseException as exc:  # reported to the parent, which raises
-        with contextlib.suppress(Exception):
-            conn.send(
-                (
-                    "error",
-                    type(exc).__name__,
-                    getattr(exc, "message", str(exc)),
-                    getattr(exc, "hint", None),
-                    traceback.format_exc(limit=8),
-                )
-            )
-    finally:
-        if engine is not None:
-            with contextlib.suppress(Exception):
-                engine.unload()
-        conn.close()
 
 
 # ─── The engine the orchestrator sees ───────────────────────────────────────────
@@ -321,7 +235,7 @@ class DataParallelEngine(InferenceBackend):
             for k, slot in enumerate(slots):
                 parent_end, child_end = ctx.Pipe(duplex=True)
                 process = ctx.Process(
-                    target=_child_main,
+                    target=worker_main,
                     args=(k, slot, self._factory, config, child_end, self._barrier),
                     name=f"llem-dp-{k}",
                     daemon=True,
