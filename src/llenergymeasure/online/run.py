@@ -40,16 +40,11 @@ from llenergymeasure.energy.sensors import visible_nvml_indices
 from llenergymeasure.energy.window import MeasurementWindow
 from llenergymeasure.exceptions import BackendError, ConfigError, ExperimentError
 from llenergymeasure.online.arrivals import arrival_offsets
-from llenergymeasure.online.client import (
-    EndpointAuthError,
-    EndpointError,
-    OpenAIStreamClient,
-    RequestRecord,
-    StreamRequest,
-    served_models,
-)
+from llenergymeasure.online.client import OpenAIStreamClient
+from llenergymeasure.online.http import EndpointAuthError, EndpointError, served_models
 from llenergymeasure.online.load import LoadRun, drive_load
 from llenergymeasure.online.metrics import OnlineMetrics, compute_online_metrics
+from llenergymeasure.online.records import RequestRecord, StreamRequest
 from llenergymeasure.online.server import ManagedServer, free_port, server_launch
 from llenergymeasure.results.online import OnlineResult
 

@@ -308,7 +308,7 @@ class ManagedServer:
             self._pump.join(wait_s)
 
     def _healthy(self) -> bool:
-        from llenergymeasure.online.client import http_get
+        from llenergymeasure.online.http import http_get
 
         for path in self.health_paths:
             with contextlib.suppress(OSError):
