@@ -228,7 +228,7 @@ def _row(
 
 
 def _sent(port: int) -> dict[str, list[float]]:
-    from llenergymeasure.online.client import http_get
+    from llenergymeasure.online.http import http_get
 
     _, body = http_get(f"http://127.0.0.1:{port}/_sent", timeout_s=30, max_bytes=1 << 28)
     return {k: list(v) for k, v in json.loads(body).items()}
@@ -252,15 +252,16 @@ def measure(rate: float, seconds: float, port: int, chunks: int, client: str, ta
     from unittest import mock
 
     from llenergymeasure.online import client as client_module
-    from llenergymeasure.online.client import OpenAIStreamClient, StreamRequest
+    from llenergymeasure.online.client import OpenAIStreamClient
     from llenergymeasure.online.load import drive_load
+    from llenergymeasure.online.records import StreamRequest
 
     n = max(10, round(rate * seconds))
     prompts = [f"{tag} {client} {rate:g} {i}" for i in range(n)]
     offsets = [i / rate for i in range(n)]
     if client.startswith("llem"):
-        factory = client_module._async_client if client == "llem" else _httpx_own_transport
-        with mock.patch.object(client_module, "_async_client", factory):
+        factory = client_module.async_client if client == "llem" else _httpx_own_transport
+        with mock.patch.object(client_module, "async_client", factory):
             load = drive_load(
                 OpenAIStreamClient(f"http://127.0.0.1:{port}", "m", include_usage=False),
                 [StreamRequest(p, chunks) for p in prompts],

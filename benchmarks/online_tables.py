@@ -30,7 +30,7 @@ from pathlib import Path
 from _markdown import add_section_options, num, publish
 from _studies import Run, load_runs, machine
 
-from llenergymeasure.online.run import OnlineRunResult
+from llenergymeasure.online.run_result import OnlineRunResult
 from llenergymeasure.report.online_curve import online_curve_markdown, online_curve_points
 from llenergymeasure.results.models import ExperimentResult
 from llenergymeasure.results.online import OnlineResult

@@ -106,7 +106,8 @@ def main() -> None:
     from llenergymeasure.energy.sampler import EnergySampler
     from llenergymeasure.energy.sensors import NvmlSensor
     from llenergymeasure.exceptions import ConfigError
-    from llenergymeasure.online.run import OnlineRunResult, run_online
+    from llenergymeasure.online.run import run_online
+    from llenergymeasure.online.run_result import OnlineRunResult
     from llenergymeasure.online.server import ManagedServer, free_port, server_launch
     from llenergymeasure.report.online_curve import (
         online_curve_markdown,

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from llenergymeasure.config.models import ExperimentConfig
-from llenergymeasure.online.run import OnlineRunResult, run_online
+from llenergymeasure.online.run import run_online
+from llenergymeasure.online.run_result import OnlineRunResult
 from llenergymeasure.testing.energy import FakeEnergyBackend, idle_baseline
 
 

@@ -127,7 +127,7 @@ def test_llem_starts_the_server_runs_the_load_and_keeps_its_log(tmp_path, monkey
 
 def test_the_example_without_the_serving_extra_fails_pre_flight_with_the_install_hint(tmp_path):
     from llenergymeasure.config.catalogue import ENGINES
-    from llenergymeasure.harness.online import _module_found
+    from llenergymeasure.online.preflight import _module_found
 
     extra = ENGINES["pytorch"].server_extra
     assert extra is not None
@@ -331,6 +331,7 @@ def test_zeus_meters_the_online_gpus_not_every_gpu_this_process_sees(tmp_path, m
     from llenergymeasure.energy.zeus_backend import ZeusEnergyBackend
     from llenergymeasure.harness import online as harness_online
     from llenergymeasure.harness.settings import MeasurementSettings
+    from llenergymeasure.online import gpus
     from llenergymeasure.testing.energy import FakeGpuSensor
 
     metered: list[list[int] | None] = []
@@ -348,7 +349,7 @@ def test_zeus_meters_the_online_gpus_not_every_gpu_this_process_sees(tmp_path, m
 
     zeus = ZeusEnergyBackend(monitor_factory=Monitor, available=lambda: True)
     monkeypatch.setattr(harness_online, "energy_backend_for", lambda settings, sensor: zeus)
-    monkeypatch.setattr(harness_online, "_nvml_uuids", lambda: [f"GPU-{i}" for i in range(4)])
+    monkeypatch.setattr(gpus, "nvml_uuids", lambda: [f"GPU-{i}" for i in range(4)])
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     with FakeOpenAIServer() as server:
         config = online_config(
@@ -373,7 +374,7 @@ def test_zeus_meters_the_online_gpus_not_every_gpu_this_process_sees(tmp_path, m
 def test_zeus_gpu_indices_are_this_processs_cuda_ordinals_of_the_online_gpus():
     from llenergymeasure.config.online import OnlineConfig
     from llenergymeasure.exceptions import BackendError
-    from llenergymeasure.harness.online import zeus_gpu_indices
+    from llenergymeasure.online.gpus import zeus_gpu_indices
 
     uuids = ["GPU-a0", "GPU-b1", "GPU-c2", "GPU-d3"]
     online = OnlineConfig(endpoint="http://127.0.0.1:8000", gpus=[3, "GPU-b1"])

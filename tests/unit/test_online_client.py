@@ -9,7 +9,8 @@ import socket
 import pytest
 from fake_openai_server import FakeOpenAIServer
 
-from llenergymeasure.online.client import OpenAIStreamClient, RequestRecord, StreamRequest
+from llenergymeasure.online.client import OpenAIStreamClient
+from llenergymeasure.online.records import RequestRecord, StreamRequest
 
 
 def send(
@@ -266,7 +267,7 @@ def test_a_bad_base_url_is_refused(url):
 
 
 def test_served_models_lists_the_ids_or_none():
-    from llenergymeasure.online.client import served_models
+    from llenergymeasure.online.http import served_models
 
     with FakeOpenAIServer(models=["a", "b"]) as s:
         assert served_models(s.url) == ["a", "b"]
@@ -276,7 +277,7 @@ def test_served_models_lists_the_ids_or_none():
 
 
 def test_served_models_raises_oserror_when_nothing_listens():
-    from llenergymeasure.online.client import served_models
+    from llenergymeasure.online.http import served_models
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

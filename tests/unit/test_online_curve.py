@@ -9,7 +9,7 @@ import pytest
 from fake_openai_server import FakeOpenAIServer
 from online_runs import five_request_run
 
-from llenergymeasure.online.run import OnlineRunResult
+from llenergymeasure.online.run_result import OnlineRunResult
 from llenergymeasure.report.online_curve import (
     online_curve_markdown,
     online_curve_points,

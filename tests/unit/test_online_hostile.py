@@ -24,14 +24,9 @@ from hostile_openai_server import MB, HostileServer
 from typer.testing import CliRunner
 
 from llenergymeasure.cli.app import app
-from llenergymeasure.online.client import (
-    EndpointAuthError,
-    EndpointError,
-    OpenAIStreamClient,
-    RequestRecord,
-    StreamRequest,
-    served_models,
-)
+from llenergymeasure.online.client import OpenAIStreamClient
+from llenergymeasure.online.http import EndpointAuthError, EndpointError, served_models
+from llenergymeasure.online.records import RequestRecord, StreamRequest
 
 HOSTILE = Path(__file__).with_name("hostile_openai_server.py")
 DEADLINE_S = 0.5  # where the deadline is what is tested

@@ -11,8 +11,9 @@ import pytest
 from fake_openai_server import FakeOpenAIServer
 
 from llenergymeasure.online.arrivals import arrival_offsets
-from llenergymeasure.online.client import OpenAIStreamClient, StreamRequest
+from llenergymeasure.online.client import OpenAIStreamClient
 from llenergymeasure.online.load import drive_load
+from llenergymeasure.online.records import StreamRequest
 
 
 def requests(n: int, prompt: str = "p", max_tokens: int = 3) -> list[StreamRequest]:
@@ -142,8 +143,8 @@ def test_hundreds_of_requests_at_once_all_complete():
 
 
 def load_run(sends: list[float], offsets: list[float], *, lag: float = 0.0, cap=None):
-    from llenergymeasure.online.client import RequestRecord
     from llenergymeasure.online.load import LoadRun
+    from llenergymeasure.online.records import RequestRecord
 
     records = [
         RequestRecord(index=i, ok=True, send_time_s=t, end_time_s=t + 0.1)

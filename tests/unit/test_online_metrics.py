@@ -7,13 +7,13 @@ import math
 import pytest
 
 from llenergymeasure.config.online import SLOConfig
-from llenergymeasure.online.client import RequestRecord
 from llenergymeasure.online.metrics import (
     OnlineMetrics,
     compute_online_metrics,
     meets_slo,
     percentile,
 )
+from llenergymeasure.online.records import RequestRecord
 
 
 def record(

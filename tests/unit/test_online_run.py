@@ -12,7 +12,8 @@ from fake_openai_server import FakeOpenAIServer
 from llenergymeasure.config.models import ExperimentConfig
 from llenergymeasure.energy.baseline import BaselineMeasurement
 from llenergymeasure.exceptions import BackendError, ConfigError
-from llenergymeasure.online.run import OnlineRunFailed, run_online
+from llenergymeasure.online.run import run_online
+from llenergymeasure.online.run_result import OnlineRunFailed
 from llenergymeasure.online.server import ManagedServer
 from llenergymeasure.testing.energy import FakeEnergyBackend, idle_baseline
 
@@ -335,7 +336,7 @@ def test_bad_setups_are_config_errors(tmp_path, cfg, prompts, message):
 
 def test_metered_gpus_are_resolved_to_nvml_indices():
     from llenergymeasure.config.online import OnlineConfig
-    from llenergymeasure.online.run import metered_gpu_indices
+    from llenergymeasure.online.gpus import metered_gpu_indices
 
     uuids = ["GPU-aaaa-0", "GPU-bbbb-1", "GPU-cccc-2"]
     assert metered_gpu_indices(OnlineConfig(), uuids) is None

@@ -15,7 +15,8 @@ import pytest
 from llenergymeasure.config.models import ExperimentConfig, VLLMConfig
 from llenergymeasure.engines.vllm.engine_args import VLLM_SERVE_FLAGS
 from llenergymeasure.exceptions import BackendError, ConfigError
-from llenergymeasure.online.client import OpenAIStreamClient, StreamRequest
+from llenergymeasure.online.client import OpenAIStreamClient
+from llenergymeasure.online.records import StreamRequest
 from llenergymeasure.online.server import (
     ManagedServer,
     free_port,

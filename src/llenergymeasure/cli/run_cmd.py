@@ -396,7 +396,7 @@ def execute_run(opts: RunOptions) -> int:
 def _check_online_environment(resolved: ResolvedRun) -> None:
     """What a run's pre-flight checks in the environment for online mode (the API key's
     variable), checked by ``--dry-run`` too."""
-    from llenergymeasure.online.run import api_key_problems
+    from llenergymeasure.online.preflight import api_key_problems
 
     experiments = (
         list(resolved.study.experiments) if resolved.study is not None else [resolved.experiment]

@@ -214,7 +214,7 @@ def run_single(config: ExperimentConfig, opts: RunOptions) -> int:
 
     results_root = opts.output or Path(setting("output.results_dir"))
     if config.mode == "online":
-        from llenergymeasure.harness.online import online_preflight
+        from llenergymeasure.online.preflight import online_preflight
 
         problems = online_preflight(config, None)  # before a directory is made for nothing
         if problems:

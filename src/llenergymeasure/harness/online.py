@@ -20,40 +20,34 @@ Beside ``result.json`` the run keeps ``server.log`` (a started server's output) 
 ``MeasuredExperiment.save``. With ``work_dir`` the server log is written there as the run goes,
 so a failed run leaves it (and ``online_requests.json`` when every request failed) behind.
 
+Online mode itself lives in ``online/`` (pre-flight, the server, the client, the load, the
+metrics, the run); this module is the harness's side of it: the measurement settings, the
+energy backend, the environment, the dataset's pre-flight and the result's assembly are the
+harness's, shared with offline runs, so ``online/`` (which may not import the harness) leaves
+them here.
+
 Engine reuse does not apply: each online run starts and stops its own server (or uses the
 endpoint), and nothing stays loaded in this process.
 """
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
 import logging
-import shutil
-import sys
-import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from llenergymeasure.config.catalogue import engine_spec
 from llenergymeasure.config.models import ExperimentConfig
-from llenergymeasure.config.online import OnlineConfig
 from llenergymeasure.datasets import Prompt
-from llenergymeasure.energy.base import EnergyBackend
-from llenergymeasure.energy.baseline import (
-    BaselineCache,
-    BaselineMeasurement,
-    get_or_measure_baseline,
-)
+from llenergymeasure.energy.base import EnergyBackend, EnergyMeasurement
+from llenergymeasure.energy.baseline import BaselineCache
 from llenergymeasure.energy.maths import energy_per
 from llenergymeasure.energy.sampler import EnergySampler
 from llenergymeasure.energy.sensors import GpuSensor
 from llenergymeasure.energy.window import MeasurementWindow
-from llenergymeasure.energy.zeus_backend import ZeusEnergyBackend
-from llenergymeasure.exceptions import BackendError, PreFlightError
+from llenergymeasure.exceptions import PreFlightError
 from llenergymeasure.gguf_files import gguf_model
 from llenergymeasure.harness import metrics as m
 from llenergymeasure.harness.assemble import (
@@ -64,147 +58,16 @@ from llenergymeasure.harness.assemble import (
 from llenergymeasure.harness.environment import window_closed, window_opened
 from llenergymeasure.harness.orchestrator import MeasuredExperiment, energy_backend_for
 from llenergymeasure.harness.settings import MeasurementSettings
-from llenergymeasure.online.run import (
-    SERVER_LOG_NAME,
-    OnlineRunFailed,
-    OnlineRunResult,
-    api_key_problems,
-    metered_gpu_indices,
-    run_online,
-)
-from llenergymeasure.online.server import ManagedServer
+from llenergymeasure.online.gpus import default_sensor, meter_server_gpus
+from llenergymeasure.online.measured_run import baseline_step, run_with_files
+from llenergymeasure.online.preflight import online_preflight
+from llenergymeasure.online.run_result import OnlineRunResult
+from llenergymeasure.online.server import ManagedServer, builtin_model_source
+from llenergymeasure.results.models import EnergyBreakdown, PhaseTimings
 
-__all__ = [
-    "REQUESTS_FILE_NAME",
-    "measure_online",
-    "online_preflight",
-    "online_result",
-    "zeus_gpu_indices",
-]
+__all__ = ["measure_online", "online_result"]
 
 logger = logging.getLogger(__name__)
-
-REQUESTS_FILE_NAME = "online_requests.json"
-
-
-def _program_found(name: str) -> bool:
-    return shutil.which(name) is not None or (Path(sys.executable).parent / name).exists()
-
-
-def _module_found(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):
-        return False
-
-
-def online_preflight(config: ExperimentConfig, energy: EnergyBackend | None) -> list[str]:
-    """Every problem that would stop an online run, found before anything starts.
-
-    A started server needs its program and the modules it needs besides the engine (the
-    catalogue's ``server_program`` and ``server_extra``: ``transformers serve`` needs
-    transformers' ``serving`` extra); the variable named by ``online.api_key_env`` must be set.
-    """
-    online = config.online
-    assert online is not None
-    problems = api_key_problems(online)
-    if online.starts_server:
-        spec = engine_spec(config.backend)
-        program = spec.server_program
-        if program is None:
-            problems.append(
-                f"the {config.backend} engine has no server of its own that llem can start "
-                "(set online.endpoint to a running server)"
-            )
-        elif not _program_found(program):
-            problems.append(
-                f"the {config.backend} server program {program!r} is not installed here "
-                "(online mode starts it; or set online.endpoint to a running server)"
-            )
-        extra = spec.server_extra
-        if program is not None and extra is not None:
-            missing = [name for name in extra.modules if not _module_found(name)]
-            if missing:
-                problems.append(
-                    f"{extra.problem} (missing: {', '.join(missing)}); install it with: "
-                    f"{extra.install}"
-                )
-    # the dataset is read and checked by measure_online's pre-flight (_prepare_dataset)
-    if energy is not None and not energy.is_available():
-        problems.append(f"energy backend '{energy.name}' is not available on this machine")
-    return problems
-
-
-def _nvml_uuids() -> list[str]:
-    from llenergymeasure.energy.devices import import_pynvml, nvml_str
-
-    lib = import_pynvml()
-    lib.nvmlInit()
-    try:
-        count = int(lib.nvmlDeviceGetCount())
-        return [
-            nvml_str(lib.nvmlDeviceGetUUID(lib.nvmlDeviceGetHandleByIndex(i))) for i in range(count)
-        ]
-    finally:
-        with contextlib.suppress(Exception):
-            lib.nvmlShutdown()
-
-
-def zeus_gpu_indices(
-    online: OnlineConfig,
-    uuids_by_index: Sequence[str],
-    cuda_visible_devices: str | None,
-) -> list[int] | None:
-    """What Zeus meters for ``online.gpus``: their CUDA ordinals in this process; None = all.
-
-    Zeus counts GPUs after this process's ``CUDA_VISIBLE_DEVICES`` (``cuda_visible_devices``),
-    while ``online.gpus`` names the server's GPUs by NVML index or UUID. ``BackendError`` when
-    one of them is hidden from this process (Zeus cannot meter it; the NVML backend can).
-    """
-    from llenergymeasure.energy.devices import visible_nvml_indices
-
-    metered = metered_gpu_indices(online, uuids_by_index)
-    if metered is None:
-        return None
-    visible = visible_nvml_indices(cuda_visible_devices, uuids_by_index)
-    hidden = [i for i in metered if i not in visible]
-    if hidden:
-        raise BackendError(
-            f"online.gpus {hidden} (NVML indices) are not visible to this process "
-            f"(CUDA_VISIBLE_DEVICES={cuda_visible_devices}), so Zeus cannot meter them",
-            hint="unset CUDA_VISIBLE_DEVICES for llem or set measurement.energy_backend: nvml",
-        )
-    return [visible.index(i) for i in metered]
-
-
-def _baseline_context(config: ExperimentConfig) -> str:
-    """The idle state an online baseline is taken in, for the baseline cache: the server up."""
-    online = config.online
-    assert online is not None
-    server = online.endpoint or f"{config.backend} {config.model}"
-    return f"online server up: {server}"
-
-
-def _default_sensor(config: ExperimentConfig) -> GpuSensor | None:
-    """NVML over the GPUs to meter (``online.gpus``; all visible when unset), or None."""
-    from llenergymeasure.energy.devices import nvml_available
-    from llenergymeasure.energy.sensors import NvmlSensor
-
-    if not nvml_available():
-        return None
-    assert config.online is not None
-    indices = metered_gpu_indices(config.online, _nvml_uuids())
-    return NvmlSensor(devices=indices)
-
-
-def _model_source(config: ExperimentConfig) -> str | None:
-    """The local folder of a ``builtin:`` model that llem's own server will load."""
-    from llenergymeasure.engines.builtin import is_builtin_model, resolve_builtin_model
-
-    assert config.online is not None
-    if config.online.starts_server and is_builtin_model(config.model):
-        return str(resolve_builtin_model(config.model))
-    return None
 
 
 def _prepare_dataset(config: ExperimentConfig) -> tuple[Any, list[str]]:
@@ -232,6 +95,32 @@ def _prompts(config: ExperimentConfig, prepared: Any, model_source: str | None) 
     return prepared.prompts(tokenizer)
 
 
+def _result_warnings(
+    run: OnlineRunResult,
+    breakdown: EnergyBreakdown,
+    environment: Any,
+    sampler: EnergySampler | None,
+    window: tuple[float, float],
+) -> list[str]:
+    """``measurement_warnings`` of an online run: the harness's checks, then online mode's."""
+    samples = sampler.samples if sampler is not None else []
+    w0, w1 = window
+    cpu = environment.cpu_conditions
+    warnings = m.measurement_warnings(
+        duration_s=run.metrics.duration_s,
+        window_samples=[s for s in samples if w0 <= s.t <= w1],
+        n_devices=len({s.device_index for s in samples}),
+        energy_available=breakdown.available,
+        persistence_mode=environment.persistence_mode,
+        counter_vs_poll_diff_pct=breakdown.counter_vs_poll_diff_pct,
+        thermal_floor_seconds=0.0,
+        host_oversubscribed=bool(cpu and cpu.oversubscribed),
+    )
+    # no thermal floor in online mode: the server runs its warmup requests right before the load
+    warnings = [w for w in warnings if w != "thermal_floor_below_recommended"]
+    return warnings + run.warning_codes()
+
+
 def online_result(
     config: ExperimentConfig,
     run: OnlineRunResult,
@@ -252,8 +141,7 @@ def online_result(
 
     from llenergymeasure._version import __version__
     from llenergymeasure.config.hashing import measurement_config_hash
-    from llenergymeasure.energy.base import EnergyMeasurement
-    from llenergymeasure.results.models import ExperimentResult, RequestResult, WarmupResult
+    from llenergymeasure.results.models import ExperimentResult
 
     metrics = run.metrics
     ok = [r for r in run.load.records if r.ok]
@@ -268,29 +156,8 @@ def online_result(
     window_s = energy.duration_s if run.energy is not None and energy.duration_s else duration
     breakdown = energy_breakdown(energy, run.baseline, window_s, sampler, window)
     samples = sampler.samples if sampler is not None else []
-    w0, w1 = window
-    cpu = environment.cpu_conditions
-    warnings = m.measurement_warnings(
-        duration_s=duration,
-        window_samples=[s for s in samples if w0 <= s.t <= w1],
-        n_devices=len({s.device_index for s in samples}),
-        energy_available=breakdown.available,
-        persistence_mode=environment.persistence_mode,
-        counter_vs_poll_diff_pct=breakdown.counter_vs_poll_diff_pct,
-        thermal_floor_seconds=0.0,
-        host_oversubscribed=bool(cpu and cpu.oversubscribed),
-    )
-    # no thermal floor in online mode: the server runs its warmup requests right before the load
-    warnings = [w for w in warnings if w != "thermal_floor_below_recommended"]
-    if metrics.n_failed:
-        warnings.append("online_requests_failed")
-    if run.load.schedule_warnings():
-        warnings.append("online_client_behind_schedule")
-    if metrics.n_ok_without_token_chunks:
-        warnings.append("online_token_chunks_missing")  # TTFT/ITL leave those requests out
     total, adjusted = breakdown.total_j, breakdown.adjusted_j
     out_tokens = metrics.output_tokens
-    warm = run.load.warmup_records
     return ExperimentResult(
         llem_version=__version__,
         experiment_id=uuid.uuid4().hex[:12],
@@ -298,15 +165,7 @@ def online_result(
         finished_at_utc=datetime.now(timezone.utc),
         config=config,
         measurement_config_hash=measurement_config_hash(config),
-        effective_parameters={
-            "mode": "online",
-            "endpoint": run.endpoint,
-            "request_model": run.request_model,
-            "api": run.api,
-            "server_command": run.server_command,
-            "ignore_eos_sent": run.ignore_eos_sent,
-            "continuous_usage_sent": run.continuous_usage_sent,
-        },
+        effective_parameters=run.effective_parameters(),
         dataset=dataset if dataset is not None else dataset_provenance(config),
         energy_total_j=total,
         energy_adjusted_j=adjusted,
@@ -327,33 +186,52 @@ def online_result(
         flops=None,
         carbon=carbon_estimate(total, settings),
         environment=environment,
-        warmup=WarmupResult(
-            runs=len(warm),
-            prompts_per_run=1,
-            duration_s=sum(r.e2e_s for r in warm),
-            latencies_s=[r.e2e_s for r in warm],
-            convergence_detection=False,
-            thermal_floor_seconds=0.0,
-            notes=["online: warmup requests sent one at a time before the load"],
-            prompt_source="llem's warmup prompts" if warm else None,
-        ),
+        warmup=run.warmup_result(),
         timing=timings,
-        measurement_warnings=warnings,
+        measurement_warnings=_result_warnings(run, breakdown, environment, sampler, window),
         timeseries_samples=len(samples),
         warmup_excluded_samples=len([s for s in samples if s.phase == "warmup"]),
-        requests=[
-            RequestResult(
-                index=r.index,
-                input_tokens=r.prompt_tokens_usage or 0,
-                output_tokens=r.output_tokens,
-                latency_s=r.e2e_s,
-                ttft_s=r.ttft_s,
-                batch_index=0,
-            )
-            for r in ok
-        ],
+        requests=run.request_results(),
         online=run.summary(),
     )
+
+
+def _preflight(
+    config: ExperimentConfig, energy: EnergyBackend, gpu: GpuSensor | None, timings: PhaseTimings
+) -> tuple[Any, Any]:
+    """Pre-flight (``PreFlightError`` naming every problem), then the environment's snapshot:
+    the prepared dataset and the snapshot."""
+    logger.info("pre-flight checks")
+    t = time.perf_counter()
+    problems = online_preflight(config, energy)
+    prepared, dataset_problems = _prepare_dataset(config)
+    problems += dataset_problems
+    if problems:
+        raise PreFlightError(problems)
+    timings.preflight_s = time.perf_counter() - t
+    from llenergymeasure.harness.environment import capture_environment
+
+    t = time.perf_counter()
+    environment = capture_environment(config.backend, gpu)
+    timings.environment_s = time.perf_counter() - t
+    return prepared, environment
+
+
+def _window(
+    energy: EnergyBackend, environment: Any
+) -> tuple[MeasurementWindow, EnergySampler | None]:
+    """The energy window of the load, and the backend's sampler (None without one)."""
+    sampler = getattr(energy, "sampler", None)
+    if not isinstance(sampler, EnergySampler):
+        sampler = None
+    # no device to synchronise: the server runs the work in its own processes
+    window = MeasurementWindow(
+        energy,
+        sampler=sampler,
+        before_open=lambda: window_opened(environment),
+        after_close=lambda: window_closed(environment),
+    )
+    return window, sampler
 
 
 def measure_online(
@@ -362,7 +240,7 @@ def measure_online(
     baseline_cache: BaselineCache | None = None,
     work_dir: str | Path | None = None,
     settings: MeasurementSettings | None = None,
-    sensor: GpuSensor | Callable[[ExperimentConfig], GpuSensor | None] | None = _default_sensor,
+    sensor: GpuSensor | Callable[[ExperimentConfig], GpuSensor | None] | None = default_sensor,
     server_factory: Callable[..., ManagedServer] = ManagedServer,
 ) -> MeasuredExperiment:
     """Measure an online ``config``: pre-flight, idle baseline, load, result (module docstring).
@@ -375,8 +253,6 @@ def measure_online(
     online = config.online
     if config.mode != "online" or online is None:
         raise PreFlightError(["measure_online needs an experiment with mode: online"])
-    from llenergymeasure.results.models import PhaseTimings
-
     timings = PhaseTimings()
     t_start = time.perf_counter()
     started = datetime.now(timezone.utc)
@@ -384,112 +260,33 @@ def measure_online(
     owns_sensor = callable(sensor)
     try:
         energy = energy_backend_for(settings, gpu)
-        if (
-            isinstance(energy, ZeusEnergyBackend)
-            and energy.gpu_indices is None
-            and online.gpus is not None
-        ):
-            # Zeus meters every GPU this process sees unless told: meter the server's, as the
-            # sensor (and so the idle baseline) does
-            from llenergymeasure.energy.devices import effective_cuda_visible_devices
-
-            energy.gpu_indices = zeus_gpu_indices(
-                online, _nvml_uuids(), effective_cuda_visible_devices()
-            )
-        logger.info("pre-flight checks")
-        t = time.perf_counter()
-        problems = online_preflight(config, energy)
-        prepared, dataset_problems = _prepare_dataset(config)
-        problems += dataset_problems
-        if problems:
-            raise PreFlightError(problems)
-        timings.preflight_s = time.perf_counter() - t
-        from llenergymeasure.harness.environment import capture_environment
-
-        t = time.perf_counter()
-        environment = capture_environment(config.backend, gpu)
-        timings.environment_s = time.perf_counter() - t
-
-        model_source = _model_source(config)
+        meter_server_gpus(energy, online)
+        prepared, environment = _preflight(config, energy, gpu, timings)
+        model_source = builtin_model_source(config)
         t = time.perf_counter()
         prompts = _prompts(config, prepared, model_source)
         timings.dataset_s = time.perf_counter() - t
 
-        sampler = getattr(energy, "sampler", None)
-        if not isinstance(sampler, EnergySampler):
-            sampler = None
-        # no device to synchronise: the server runs the work in its own processes
-        window = MeasurementWindow(
-            energy,
+        window, sampler = _window(energy, environment)
+        measure_baseline = baseline_step(
+            config,
+            gpu,
+            sampling_interval_ms=settings.sampling_interval_ms,
+            ttl_s=settings.baseline_ttl_s,
+            cache=baseline_cache,
             sampler=sampler,
-            before_open=lambda: window_opened(environment),
-            after_close=lambda: window_closed(environment),
+            timings=timings,
         )
-
-        def measure_baseline() -> BaselineMeasurement | None:
-            baseline = None
-            if config.baseline.enabled and gpu is not None:
-                logger.info(
-                    "idle baseline with the server up (%g s)", config.baseline.duration_seconds
-                )
-                t = time.perf_counter()
-                baseline = get_or_measure_baseline(
-                    gpu,
-                    config.baseline.duration_seconds,
-                    settings.sampling_interval_ms,
-                    cache=baseline_cache,
-                    ttl_s=settings.baseline_ttl_s,
-                    # idle with this server up: not an offline run's (no engine loaded yet)
-                    # nor another server's
-                    context=_baseline_context(config),
-                )
-                timings.baseline_s = time.perf_counter() - t
-            if sampler is not None:
-                sampler.set_phase("warmup")
-            cap = online.max_concurrency
-            logger.info(
-                "sending %d warmup + %d requests at %s req/s%s",
-                online.n_warmup_requests,
-                config.n,
-                online.request_rate,
-                f", at most {cap} in flight" if cap else "",
-            )
-            return baseline
-
-        if online.starts_server:
-            logger.info("starting the %s server for %s", config.backend, config.model)
-        else:
-            logger.info("measuring the server at %s", online.endpoint)
-        with contextlib.ExitStack() as stack:
-            out = Path(work_dir) if work_dir is not None else None
-            if out is None:
-                out = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="llem-online-")))
-            if sampler is not None:
-                sampler.set_phase("load")
-                sampler.start()
-                stack.callback(lambda: sampler.stop() if sampler.running else None)
-            try:
-                run = run_online(
-                    config,
-                    prompts,
-                    output_dir=out,
-                    window=window,
-                    measure_baseline=measure_baseline,
-                    model_source=model_source,
-                    server_factory=server_factory,
-                )
-            except OnlineRunFailed as exc:
-                if work_dir is not None:
-                    from llenergymeasure.files import write_json
-
-                    write_json(out / REQUESTS_FILE_NAME, exc.result, base=out, indent=1)
-                raise
-            if sampler is not None and sampler.running:
-                sampler.stop()
-            artifacts = {REQUESTS_FILE_NAME: run.model_dump_json(indent=1).encode()}
-            log = out / SERVER_LOG_NAME
-            if run.server_log is not None and log.is_file():
-                artifacts[SERVER_LOG_NAME] = log.read_bytes()
+        run, artifacts = run_with_files(
+            config,
+            prompts,
+            window=window,
+            sampler=sampler,
+            measure_baseline=measure_baseline,
+            work_dir=work_dir,
+            model_source=model_source,
+            server_factory=server_factory,
+        )
         for note in run.warnings:
             logger.warning("%s", note)
         timings.load_s = run.server_ready_s or 0.0

@@ -1,16 +1,18 @@
 """A streaming OpenAI-compatible client on httpx, with bounded reads and one deadline a request.
 
 ``OpenAIStreamClient.send`` posts one streaming request to ``/v1/completions`` or
-``/v1/chat/completions`` and returns a ``RequestRecord``: when it was sent, when each streamed
-chunk that carried output tokens arrived and how many it carried (the first such chunk is the
-TTFT), when the stream ended, and how many output tokens the server's ``usage`` reports.
+``/v1/chat/completions`` and returns a ``RequestRecord`` (``online.records``): when it was
+sent, when each streamed chunk that carried output tokens arrived and how many it carried (the
+first such chunk is the TTFT), when the stream ended, and how many output tokens the server's
+``usage`` reports.
 Failures (connection refused, HTTP status, timeout, a stream that is not OpenAI's SSE, a stream
 cut short, a malformed or oversized response) are recorded on the record, never raised: a load
 run keeps going.
 
 HTTP is httpx on aiohttp's transport (``httpx-aiohttp``: HTTP/1.1 parsed in C, connection
 pooling inside ``async with client:``; a bare ``send`` uses a connection of its own) and SSE is
-httpx-sse's parser. What a server can make the client do is bounded:
+httpx-sse's parser (the pool and the pre-flight GETs are ``online.http``'s). What a server can
+make the client do is bounded:
 
 - one deadline per request (``timeout_s``), whatever the server does: a server that sends a byte
   every few seconds, before or after its headers, cannot keep a request open past it;
@@ -43,159 +45,28 @@ is never part of a record, and a server that echoes it in an error has it masked
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import contextlib
-import functools
 import json
-import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, model_validator
-
 from llenergymeasure.config.online import OnlineApi
+from llenergymeasure.online.http import async_client, error_message, read_prefix, without_userinfo
+from llenergymeasure.online.records import RequestRecord, StreamRequest
 
 if TYPE_CHECKING:
     import httpx
 
-__all__ = [
-    "EndpointAuthError",
-    "EndpointError",
-    "OpenAIStreamClient",
-    "RequestRecord",
-    "StreamRequest",
-    "http_get",
-    "served_models",
-]
+__all__ = ["OpenAIStreamClient"]
 
 #: Longest SSE line accepted (bytes); a server sending more fails the request.
 MAX_LINE_BYTES = 1 << 20
 #: Body allowance of a streamed response: this much plus ``BODY_BYTES_PER_TOKEN`` a token.
 MIN_BODY_BYTES = 16 << 20
 BODY_BYTES_PER_TOKEN = 16 << 10
-#: Largest answer of a pre-flight GET (``/v1/models``, health) read.
-MAX_PREFLIGHT_BYTES = 8 << 20
 _MAX_ERROR_BODY = 4096
-_KEEPALIVE_S = 2.0  # below uvicorn's 5 s idle timeout, so a pooled connection is never stale
-_T = TypeVar("_T")
-
-
-@dataclass(frozen=True)
-class StreamRequest:
-    """One request to send: the prompt, its output budget and whether to force the length.
-
-    ``ignore_eos`` is vLLM's extension (also TensorRT-LLM's); send it only to servers that take
-    it (transformers serve refuses unknown fields with HTTP 422).
-    """
-
-    prompt: str
-    max_tokens: int
-    ignore_eos: bool = False
-
-
-class RequestRecord(BaseModel):
-    """What happened to one streamed request. Times are ``clock`` seconds (perf_counter).
-
-    ``chunk_times_s`` holds the arrival time of every streamed chunk that carried output tokens
-    and ``chunk_tokens`` how many each carried (see the module docstring; records written before
-    it existed leave it empty, meaning one token a chunk); ``output_tokens_stream`` is their sum;
-    ``output_tokens_usage`` is the server's ``usage.completion_tokens`` when sent and believable;
-    when it is not (``usage_rejected`` says why) it is ``None`` and the stream's count is used.
-    """
-
-    model_config = {"extra": "forbid"}
-
-    index: int
-    ok: bool
-    error: str | None = None
-    http_status: int | None = None
-    send_time_s: float
-    first_token_time_s: float | None = None
-    chunk_times_s: list[float] = Field(default_factory=list)
-    chunk_tokens: list[int] = Field(default_factory=list)
-    end_time_s: float
-    output_tokens_stream: int = 0
-    output_tokens_usage: int | None = None
-    prompt_tokens_usage: int | None = None
-    finish_reason: str | None = None
-    usage_rejected: str | None = Field(
-        None,
-        description=(
-            "Why the server's usage was not used (negative, above max_tokens, fewer tokens than "
-            "the stream carried, not an integer); the token counts then come from the stream."
-        ),
-    )
-
-    @model_validator(mode="after")
-    def _check_chunk_tokens(self) -> RequestRecord:
-        if self.chunk_tokens and len(self.chunk_tokens) != len(self.chunk_times_s):
-            raise ValueError(
-                f"chunk_tokens has {len(self.chunk_tokens)} counts for "
-                f"{len(self.chunk_times_s)} chunk times"
-            )
-        if any(n < 1 for n in self.chunk_tokens):
-            raise ValueError("chunk_tokens: every recorded chunk carries at least one token")
-        return self
-
-    @property
-    def tokens_per_chunk(self) -> list[int]:
-        """Tokens each chunk of ``chunk_times_s`` carried (1 each for records without counts)."""
-        return list(self.chunk_tokens) if self.chunk_tokens else [1] * len(self.chunk_times_s)
-
-    @property
-    def output_tokens(self) -> int:
-        """Output tokens: the server's ``usage`` when given, else those counted in the stream."""
-        if self.output_tokens_usage is not None:
-            return self.output_tokens_usage
-        return self.output_tokens_stream
-
-    @property
-    def ttft_s(self) -> float | None:
-        """Time to first token (send -> first chunk that carried a token)."""
-        if self.first_token_time_s is None:
-            return None
-        return self.first_token_time_s - self.send_time_s
-
-    @property
-    def e2e_s(self) -> float:
-        """End-to-end latency (send -> end of stream)."""
-        return self.end_time_s - self.send_time_s
-
-    @property
-    def itls_s(self) -> list[float]:
-        """Inter-token latencies: gaps between consecutive chunks that carried tokens.
-
-        A chunk may carry several tokens (servers merge them under load): its gap is counted
-        once, not split between its tokens, as vLLM's own ``vllm bench serve`` does.
-        """
-        t = self.chunk_times_s
-        return [t[i + 1] - t[i] for i in range(len(t) - 1)]
-
-    @property
-    def tpot_s(self) -> float | None:
-        """Time per output token after the first: (end - first token) / (tokens - 1).
-
-        The usual serving-benchmark definition ((e2e - TTFT) / (output tokens - 1)); it holds
-        when a server bundles several tokens in a chunk or streams a final chunk without text.
-        ``None`` when fewer than two tokens came back (no decode step to time).
-        """
-        if self.first_token_time_s is None:
-            return None
-        tokens = self.output_tokens
-        if tokens < 2:
-            return None
-        return (self.end_time_s - self.first_token_time_s) / (tokens - 1)
-
-
-class EndpointError(OSError):
-    """A pre-flight call failed: unreachable, too slow (past its deadline), not HTTP, too large."""
-
-
-class EndpointAuthError(EndpointError):
-    """The server refused a pre-flight call for want of a valid API key (HTTP 401/403)."""
 
 
 class _RequestFailed(Exception):
@@ -343,7 +214,7 @@ class OpenAIStreamClient:
         if not prefix.endswith("/v1"):
             prefix += "/v1"
         self.path = prefix + ("/chat/completions" if api == "chat" else "/completions")
-        origin, self._basic_auth = _without_userinfo(f"{parts.scheme}://{parts.netloc}")
+        origin, self._basic_auth = without_userinfo(f"{parts.scheme}://{parts.netloc}")
         self.url = origin + self.path
         self._pool: httpx.AsyncClient | None = None
 
@@ -353,7 +224,7 @@ class OpenAIStreamClient:
     async def __aenter__(self) -> OpenAIStreamClient:
         if self._pool is not None:
             raise RuntimeError("the client's connection pool is already open")
-        self._pool = _async_client(self.timeout_s, self.url)
+        self._pool = async_client(self.timeout_s, self.url)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -392,7 +263,7 @@ class OpenAIStreamClient:
             if self._pool is not None:
                 await self._timed_exchange(self._pool, request, progress)
             else:
-                async with _async_client(self.timeout_s, self.url) as pool:
+                async with async_client(self.timeout_s, self.url) as pool:
                     await self._timed_exchange(pool, request, progress)
         except asyncio.TimeoutError:
             error = progress.timeout_message(self.timeout_s)
@@ -466,8 +337,8 @@ class OpenAIStreamClient:
             progress.headers_received = True
             progress.http_status = r.status_code
             if r.status_code != 200:
-                text = await _read_prefix(r.aiter_raw(), _MAX_ERROR_BODY)
-                raise _RequestFailed(f"HTTP {r.status_code}: {_error_message(text)}")
+                text = await read_prefix(r.aiter_raw(), _MAX_ERROR_BODY)
+                raise _RequestFailed(f"HTTP {r.status_code}: {error_message(text)}")
             ctype = r.headers.get("content-type")
             if ctype is not None and ctype.partition(";")[0].strip().lower() != (
                 "text/event-stream"
@@ -514,7 +385,7 @@ class OpenAIStreamClient:
         if not isinstance(chunk, dict):
             raise _RequestFailed(f"non-OpenAI response: data line is not an object: {data[:80]!r}")
         if "error" in chunk or chunk.get("object") == "error":
-            raise _RequestFailed(f"server error in stream: {_error_message(data)}")
+            raise _RequestFailed(f"server error in stream: {error_message(data)}")
         usage = chunk.get("usage")
         completion_tokens = self._read_usage(usage, progress)
         choices = chunk.get("choices")
@@ -600,66 +471,6 @@ class OpenAIStreamClient:
         return 1 if text else 0
 
 
-@functools.lru_cache(maxsize=1)
-def _tls_context() -> ssl.SSLContext:
-    """The system's default TLS context, made once (loading the CA store takes milliseconds)."""
-    return ssl.create_default_context()
-
-
-def _without_userinfo(url: str) -> tuple[str, str | None]:
-    """``url`` without ``user:pass@`` and the ``Authorization: Basic`` value it stood for.
-
-    aiohttp refuses a URL that carries credentials beside an Authorization header (which httpx
-    adds for them), so the credentials travel as the header alone.
-    """
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url, None
-    import base64
-    from urllib.parse import unquote
-
-    host = parts.hostname or ""
-    if ":" in host:  # an IPv6 literal
-        host = f"[{host}]"
-    netloc = host if parts.port is None else f"{host}:{parts.port}"
-    user = unquote(parts.username or "")
-    password = unquote(parts.password or "")
-    token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
-    return parts._replace(netloc=netloc).geturl(), f"Basic {token}"
-
-
-def _async_client(timeout_s: float, url: str) -> httpx.AsyncClient:
-    """An httpx client for ``url``'s server on aiohttp's connection pool, with no cap of its own
-    (the load driver caps what is in flight); TLS (verified) only for an https URL.
-
-    aiohttp's transport (``httpx-aiohttp``) parses HTTP in C: per streamed chunk it costs about
-    a third of httpx's own transport (``benchmarks/online_client.py``), and at high request
-    rates that CPU is what delays the clock readings.
-    """
-    import aiohttp
-    import httpx
-    from httpx_aiohttp import AiohttpTransport
-
-    connector = aiohttp.TCPConnector(
-        limit=0,  # no pool limit: a queued request would look like a slow server
-        keepalive_timeout=_KEEPALIVE_S,
-        ssl=_tls_context() if urlsplit(url).scheme == "https" else True,
-    )
-    session = aiohttp.ClientSession(
-        connector=connector,
-        # proxies from the environment would sit between the server and the clock
-        trust_env=False,
-        auto_decompress=False,
-        timeout=aiohttp.ClientTimeout(total=None),  # the caller's deadline is the limit
-    )
-    return httpx.AsyncClient(
-        transport=AiohttpTransport(client=session, verify=False),  # TLS is the session's
-        timeout=httpx.Timeout(timeout_s),
-        trust_env=False,
-        follow_redirects=False,
-    )
-
-
 def _failure(exc: BaseException, progress: _Progress, timeout_s: float) -> str:
     """What an error out of the exchange means for the request, judged by the original aiohttp
     error (httpx's aiohttp transport re-raises them as httpx errors of a kind that need not
@@ -693,137 +504,3 @@ def _failure(exc: BaseException, progress: _Progress, timeout_s: float) -> str:
     if isinstance(cause, (aiohttp.ClientConnectionError, httpx.TransportError, OSError)):
         return f"connection failed: {type(cause).__name__}: {text[:300]}"
     return f"bad response: {type(cause).__name__}: {text[:300]}"
-
-
-async def _read_prefix(pieces: AsyncIterator[bytes], limit: int) -> str:
-    """Up to ``limit`` bytes of a body (the rest is never read), as text."""
-    out = bytearray()
-    async for piece in pieces:
-        out += piece
-        if len(out) >= limit:
-            break
-    return out[:limit].decode("utf-8", errors="replace")
-
-
-def _error_message(text: str) -> str:
-    """The ``message``/``detail`` of an OpenAI/FastAPI error body, else its start."""
-    with contextlib.suppress(ValueError, RecursionError):
-        obj = json.loads(text)
-        if isinstance(obj, dict):
-            err = obj.get("error", obj)
-            if isinstance(err, dict):
-                for key in ("message", "detail"):
-                    if key in err:
-                        return str(err[key])[:300]
-            elif isinstance(err, str):
-                return err[:300]
-            if "detail" in obj:
-                return str(obj["detail"])[:300]
-    return text.strip()[:300] or "(empty body)"
-
-
-def _run_sync(make: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
-    """Run a coroutine to completion from synchronous code, even under a running event loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(make())
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(lambda: asyncio.run(make())).result()
-
-
-def http_get(
-    url: str,
-    *,
-    timeout_s: float,
-    api_key: str | None = None,
-    max_bytes: int = MAX_PREFLIGHT_BYTES,
-) -> tuple[int, bytes]:
-    """``GET url`` with one deadline for the whole exchange: ``(status, body)``.
-
-    ``EndpointError`` (an ``OSError``) when the server cannot be reached, does not answer in
-    HTTP, is not done within ``timeout_s`` (however it trickles its bytes) or sends more than
-    ``max_bytes``.
-    """
-    import httpx
-
-    bare_url, basic_auth = _without_userinfo(url)
-
-    async def fetch() -> tuple[int, bytes]:
-        headers = {"Accept": "application/json", "Accept-Encoding": "identity"}
-        if api_key:
-            headers["Authorization"] = f"Bearer {api_key}"
-        elif basic_auth is not None:
-            headers["Authorization"] = basic_auth
-        async with (
-            _async_client(timeout_s, bare_url) as pool,
-            pool.stream("GET", bare_url, headers=headers) as response,
-        ):
-            body = bytearray()
-            async for piece in response.aiter_raw():
-                body += piece
-                if len(body) > max_bytes:
-                    raise EndpointError(f"the answer to GET {url} is larger than {max_bytes} bytes")
-            return response.status_code, bytes(body)
-
-    async def bounded() -> tuple[int, bytes]:
-        return await asyncio.wait_for(fetch(), timeout=timeout_s)
-
-    def masked(text: str) -> str:
-        return text.replace(api_key, "***") if api_key else text
-
-    try:
-        return _run_sync(bounded)
-    except EndpointError:
-        raise
-    except (TimeoutError, asyncio.TimeoutError, httpx.TimeoutException) as exc:
-        raise EndpointError(f"no complete answer to GET {url} within {timeout_s:g} s") from exc
-    except Exception as exc:
-        import aiohttp
-
-        cause: BaseException = exc
-        while not isinstance(cause, aiohttp.ClientError) and cause.__cause__ is not None:
-            cause = cause.__cause__
-        text = masked(str(cause) or type(cause).__name__)[:300]
-        if isinstance(cause, (aiohttp.ClientConnectorError, httpx.ConnectError, OSError)):
-            raise EndpointError(f"cannot connect: {text}") from exc
-        raise EndpointError(f"not an HTTP server: {type(cause).__name__}: {text}") from exc
-
-
-def _models_url(base_url: str) -> str:
-    parts = urlsplit(base_url)
-    prefix = parts.path.rstrip("/")
-    if not prefix.endswith("/v1"):
-        prefix += "/v1"
-    return f"{parts.scheme}://{parts.netloc}{prefix}/models"
-
-
-def served_models(
-    base_url: str, *, timeout_s: float = 10.0, api_key: str | None = None
-) -> list[str] | None:
-    """Model ids the server lists at ``/v1/models``; ``None`` when it gives no such list.
-
-    Raises ``EndpointError`` (an ``OSError``) when the server cannot be reached or does not
-    answer properly within ``timeout_s`` in all, ``EndpointAuthError`` when it refuses the
-    (missing) API key: the caller turns that into an error naming the endpoint.
-    """
-    parts = urlsplit(base_url)
-    if parts.scheme not in {"http", "https"} or not parts.hostname:
-        raise ValueError(f"base_url {base_url!r} is not an http(s) URL")
-    url = _models_url(base_url)
-    status, body = http_get(url, timeout_s=timeout_s, api_key=api_key)
-    if status in (401, 403):
-        raise EndpointAuthError(
-            f"GET {url} answered HTTP {status}: "
-            + ("the API key was refused" if api_key else "the server wants an API key")
-        )
-    if status != 200:
-        return None
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):
-        return None
-    items = data.get("data") if isinstance(data, dict) else None
-    if not isinstance(items, list):
-        return None
-    return [str(m["id"])[:256] for m in items if isinstance(m, dict) and "id" in m]

@@ -25,7 +25,8 @@ from collections.abc import Callable, Sequence
 
 from pydantic import BaseModel, Field
 
-from llenergymeasure.online.client import OpenAIStreamClient, RequestRecord, StreamRequest
+from llenergymeasure.online.client import OpenAIStreamClient
+from llenergymeasure.online.records import RequestRecord, StreamRequest
 
 __all__ = ["LOOP_PROBE_S", "LoadRun", "drive_load", "run_load"]
 

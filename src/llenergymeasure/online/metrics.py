@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 from llenergymeasure.config.online import SLOConfig
 from llenergymeasure.energy.maths import adjusted_energy_j, energy_per
-from llenergymeasure.online.client import RequestRecord
+from llenergymeasure.online.records import RequestRecord
 from llenergymeasure.results.online import LatencyStats, OnlineMetrics
 
 __all__ = [

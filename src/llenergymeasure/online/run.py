@@ -18,182 +18,53 @@
 Per-request failures are counted, not fatal; when every measured request fails the run raises
 ``OnlineRunFailed`` carrying the full result (nothing is lost). A started server that exits
 during the load is reported in ``warnings``. ``harness.online.measure_online`` builds the energy
-backend for ``online.gpus`` and the baseline callable from its sensor, and turns the result
-into an ``ExperimentResult`` (``llem run``, ``run_experiment`` and studies go through it).
+backend for ``online.gpus`` and the baseline callable from its sensor (``online.measured_run``),
+and turns the result into an ``ExperimentResult`` (``llem run``, ``run_experiment`` and
+studies go through it).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
-
-from pydantic import BaseModel, Field
+from typing import Any
 
 from llenergymeasure.config.models import ExperimentConfig
 from llenergymeasure.config.online import OnlineConfig
 from llenergymeasure.datasets import Prompt
 from llenergymeasure.energy.base import EnergyBackend, EnergyMeasurement
 from llenergymeasure.energy.baseline import BaselineMeasurement
-from llenergymeasure.energy.sensors import visible_nvml_indices
 from llenergymeasure.energy.window import MeasurementWindow
-from llenergymeasure.exceptions import BackendError, ConfigError, ExperimentError
+from llenergymeasure.exceptions import ConfigError
 from llenergymeasure.online.arrivals import arrival_offsets
-from llenergymeasure.online.client import (
-    EndpointAuthError,
-    EndpointError,
-    OpenAIStreamClient,
-    RequestRecord,
-    StreamRequest,
-    served_models,
-)
+from llenergymeasure.online.client import OpenAIStreamClient
 from llenergymeasure.online.load import LoadRun, drive_load
 from llenergymeasure.online.metrics import OnlineMetrics, compute_online_metrics
+from llenergymeasure.online.preflight import check_endpoint, online_api_key
+from llenergymeasure.online.records import RequestRecord, StreamRequest
+from llenergymeasure.online.run_result import OnlineRunFailed, OnlineRunResult
 from llenergymeasure.online.server import ManagedServer, free_port, server_launch
-from llenergymeasure.results.online import OnlineResult
 
-__all__ = [
-    "OnlineRunFailed",
-    "OnlineRunResult",
-    "api_key_problems",
-    "check_endpoint",
-    "metered_gpu_indices",
-    "online_api_key",
-    "run_online",
-]
+__all__ = ["SERVER_LOG_NAME", "run_online"]
 
 SERVER_LOG_NAME = "server.log"
 
 
-class OnlineRunResult(BaseModel):
-    """Everything one online run measured, with how it was set up.
+@dataclass
+class _Plan:
+    """What every request of one run shares, settled before the server starts."""
 
-    ``load`` holds every request record (warmup ones separately); ``energy`` is the backend's
-    measurement over the window (``None`` without a backend); ``server_command`` and
-    ``server_log`` are set when llem started the server.
-    """
-
-    model_config = {"extra": "forbid"}
-
-    endpoint: str
+    config: ExperimentConfig
+    online: OnlineConfig
     request_model: str
-    api: Literal["chat", "completions"]
-    arrival: str
-    burstiness: float | None
-    request_rate: float | Literal["inf"]
-    max_concurrency: int | None
+    api_key: str | None
+    sampling: dict[str, Any]
     max_tokens: int
-    ignore_eos_sent: bool
-    continuous_usage_sent: bool = False
-    server_command: list[str] | None = None
-    server_log: str | None = None
-    server_ready_s: float | None = None
-    baseline: BaselineMeasurement | None = None
-    energy: EnergyMeasurement | None = None
-    metrics: OnlineMetrics
-    load: LoadRun
-    warnings: list[str] = Field(default_factory=list)
-
-    def summary(self) -> OnlineResult:
-        """What an ``ExperimentResult`` keeps of this run (every request record stays here)."""
-        return OnlineResult(
-            endpoint=self.endpoint,
-            request_model=self.request_model,
-            api=self.api,
-            arrival=self.arrival,
-            burstiness=self.burstiness,
-            request_rate=self.request_rate,
-            max_concurrency=self.max_concurrency,
-            max_tokens=self.max_tokens,
-            ignore_eos_sent=self.ignore_eos_sent,
-            continuous_usage_sent=self.continuous_usage_sent,
-            achieved_rate_per_s=self.load.achieved_rate_per_s,
-            scheduled_rate_per_s=self.load.scheduled_rate_per_s,
-            client_cpu_s=self.load.client_cpu_s,
-            max_schedule_lag_s=self.load.max_schedule_lag_s,
-            n_warmup_requests=len(self.load.warmup_records),
-            server_command=self.server_command,
-            server_log=Path(self.server_log).name if self.server_log else None,
-            server_ready_s=self.server_ready_s,
-            metrics=self.metrics,
-            warnings=list(self.warnings),
-        )
-
-
-class OnlineRunFailed(ExperimentError):
-    """Every measured request failed; ``result`` keeps what was recorded."""
-
-    def __init__(self, message: str, result: OnlineRunResult, *, hint: str | None = None) -> None:
-        super().__init__(message, hint=hint)
-        self.result = result
-
-
-def metered_gpu_indices(
-    online: OnlineConfig, uuids_by_index: Sequence[str] | Mapping[int, str]
-) -> list[int] | None:
-    """NVML indices of ``online.gpus`` (indices or UUID prefixes); ``None`` = all visible.
-
-    Pass the result as ``NvmlSensor(devices=...)`` for the energy backend and the baseline.
-    Unknown, ambiguous or repeated GPUs raise ``BackendError`` naming them.
-    """
-    if online.gpus is None:
-        return None
-    return visible_nvml_indices(",".join(str(g) for g in online.gpus), uuids_by_index)
-
-
-def online_api_key(online: OnlineConfig) -> str | None:
-    """The API key named by ``online.api_key_env``; ``ConfigError`` when that variable is unset."""
-    try:
-        return online.api_key()
-    except ValueError as exc:
-        raise ConfigError(
-            str(exc), hint=f"export the key first: export {online.api_key_env}=..."
-        ) from None
-
-
-def api_key_problems(online: OnlineConfig | None) -> list[str]:
-    """Pre-flight problems of ``online.api_key_env`` (empty when fine or unset)."""
-    if online is None:
-        return []
-    try:
-        online.api_key()
-    except ValueError as exc:
-        return [f"{exc}: export the key in {online.api_key_env} first"]
-    return []
-
-
-def check_endpoint(
-    endpoint: str, model: str, *, timeout_s: float = 30.0, api_key: str | None = None
-) -> list[str]:
-    """Make sure ``endpoint`` answers and serves ``model``; returns notes for the result.
-
-    One deadline, ``timeout_s``, covers the whole call. ``BackendError`` when the server cannot
-    be reached or does not answer in time; ``ConfigError`` when ``/v1/models`` lists other
-    models only or the server refuses the (missing) API key. A server without a model list is
-    accepted with a note.
-    """
-    try:
-        ids = served_models(endpoint, timeout_s=timeout_s, api_key=api_key)
-    except EndpointAuthError as exc:
-        raise ConfigError(
-            f"endpoint {endpoint} refused the request: {exc}",
-            hint="set online.api_key_env to the environment variable that holds the key",
-        ) from None
-    except EndpointError as exc:
-        raise BackendError(
-            f"endpoint {endpoint} is unreachable or not answering: {exc}",
-            hint="is the server running and listening there? check online.endpoint "
-            "(online.preflight_timeout_s is the deadline of this check)",
-        ) from None
-    if ids is None:
-        return [f"{endpoint} lists no models at /v1/models; requests name {model!r}"]
-    if ids and model not in ids:
-        raise ConfigError(
-            f"{endpoint} serves {ids[:20]}, not {model!r}",
-            hint="set online.served_model_name to the name the server uses",
-        )
-    return []
+    ignore_eos: bool
+    continuous_usage: bool
+    warnings: list[str]
 
 
 def _usage_warnings(records: Sequence[RequestRecord]) -> list[str]:
@@ -276,12 +147,36 @@ def run_online(
         raise ValueError("run_online takes an energy backend or a window, not both")
     if window is None and energy is not None:
         window = MeasurementWindow(energy)
-    energy_window = window  # read by measure() below
     sampling = _sampling(config)
     api_key = online_api_key(online)
-    out = Path(output_dir)
-    max_tokens = config.max_new_tokens_for(None)
+    server, plan = _plan(
+        config, online, sampling, api_key, Path(output_dir), model_source, server_factory
+    )
 
+    def measure(endpoint: str) -> OnlineRunResult:
+        return _measure_at(endpoint, plan, prompts, window, measure_baseline, warmup_prompts)
+
+    if server is None:
+        assert online.endpoint is not None
+        result = measure(online.endpoint)
+    else:
+        result = _measure_with_server(server, measure)
+    if result.metrics.n_ok == 0:
+        raise _all_failed(result, plan.request_model)
+    return result
+
+
+def _plan(
+    config: ExperimentConfig,
+    online: OnlineConfig,
+    sampling: dict[str, Any],
+    api_key: str | None,
+    out: Path,
+    model_source: str | None,
+    server_factory: Callable[..., ManagedServer],
+) -> tuple[ManagedServer | None, _Plan]:
+    """The server to start (None: ``online.endpoint`` is measured) and what its requests share."""
+    max_tokens = config.max_new_tokens_for(None)
     if online.starts_server:
         settings = online.effective_server
         port = settings.port if settings.port is not None else free_port(settings.host)
@@ -311,133 +206,180 @@ def run_online(
             f"decoder.ignore_eos is not sent: the {config.backend} server does not take it, so "
             "outputs may stop before max_new_tokens"
         )
+    plan = _Plan(
+        config=config,
+        online=online,
+        request_model=request_model,
+        api_key=api_key,
+        sampling=sampling,
+        max_tokens=max_tokens,
+        ignore_eos=ignore_eos,
+        continuous_usage=continuous_usage,
+        warnings=warnings,
+    )
+    return server, plan
 
-    def measure(endpoint: str) -> OnlineRunResult:
-        warnings.extend(
-            check_endpoint(
-                endpoint, request_model, timeout_s=online.preflight_timeout_s, api_key=api_key
-            )
-        )
-        client = OpenAIStreamClient(
-            endpoint,
-            request_model,
-            api=online.api,
-            timeout_s=online.request_timeout_s,
-            include_usage=online.include_usage,
-            continuous_usage=continuous_usage,
-            sampling=sampling,
-            api_key=api_key,
-        )
-        baseline = measure_baseline() if measure_baseline is not None else None
-        requests = [
-            StreamRequest(p, max_tokens, ignore_eos)
-            if isinstance(p, str)
-            else StreamRequest(p.text, config.max_new_tokens_for(p.max_new_tokens), ignore_eos)
-            for p in prompts[: config.n]
-        ]
-        warm = [
-            StreamRequest(p, max_tokens, ignore_eos)
-            for p in (
-                warmup_prompts[: online.n_warmup_requests]
-                if warmup_prompts is not None
-                else _warmup_prompts(online.n_warmup_requests)
-            )
-        ]
-        offsets = arrival_offsets(
-            config.n,
-            online.rate_per_s,
-            online.arrival,
-            burstiness=online.effective_burstiness,
-            seed=online.seed,
-        )
-        load = drive_load(
-            client,
-            requests,
-            offsets,
-            max_concurrency=online.max_concurrency,
-            warmup=warm,
-            on_window_start=energy_window.open if energy_window is not None else None,
-            on_window_end=energy_window.close if energy_window is not None else None,
-        )
-        energy_m: EnergyMeasurement | None = (
-            energy_window.reading.energy if energy_window is not None else None
-        )
-        energy_j = energy_m.total_energy_j if energy_m is not None else None
-        load_s = load.duration_s if load.duration_s > 0 else math.ulp(1.0)
-        energy_s = energy_m.duration_s if energy_m is not None and energy_m.duration_s > 0 else None
-        metrics = compute_online_metrics(
-            load.records,
-            window_s=load_s,
-            slo=online.slo,
-            energy_j=energy_j,
-            baseline_power_w=baseline.power_w if baseline is not None else None,
-            energy_window_s=energy_s if energy_j is not None else None,
-        )
-        warnings.extend(load.schedule_warnings())
-        failed_warmups = [w for w in load.warmup_records if not w.ok]
-        if failed_warmups:
-            warnings.append(
-                f"{len(failed_warmups)} of {len(load.warmup_records)} warmup requests failed "
-                f"(first: {failed_warmups[0].error})"
-            )
-        if metrics.n_failed:
-            warnings.append(
-                f"{metrics.n_failed} of {metrics.n_requests} requests failed: {metrics.errors}"
-            )
-        warnings.extend(_token_chunk_warnings(metrics, continuous_usage))
-        warnings.extend(_usage_warnings(load.records))
-        return OnlineRunResult(
-            endpoint=endpoint,
-            request_model=request_model,
-            api=online.api,
-            arrival=online.arrival,
-            burstiness=online.effective_burstiness if online.arrival == "gamma" else None,
-            request_rate=online.request_rate,
-            max_concurrency=online.max_concurrency,
-            max_tokens=max_tokens,
-            ignore_eos_sent=ignore_eos,
-            continuous_usage_sent=continuous_usage,
-            baseline=baseline,
-            energy=energy_m,
-            metrics=metrics,
-            load=load,
-            warnings=warnings,
-        )
 
-    if server is None:
-        assert online.endpoint is not None
-        result = measure(online.endpoint)
-    else:
-        server.start()
-        try:
-            ready_s = server.wait_ready()
-            result = measure(server.base_url)
-            # Lost connections may mean the server died: give its exit a moment to land.
-            lost = any(
-                (r.error or "").startswith(("connection", "stream ended"))
-                for r in result.load.records
-            )
-            code = server.exit_code(wait_s=2.0 if lost else 0.0)
-            if code is not None:
-                result.warnings.append(
-                    f"the server exited with code {code} during the load; see {server.log_path}"
-                )
-        finally:
-            server.stop()
-        result.server_command = list(server.argv)
-        result.server_log = str(server.log_path)
-        result.server_ready_s = ready_s
-
-    if result.metrics.n_ok == 0:
-        first = next((r.error for r in result.load.records if r.error), None)
-        raise OnlineRunFailed(
-            f"all {result.metrics.n_requests} requests failed: {result.metrics.errors}"
-            + (f" (first: {first})" if first else ""),
-            result,
-            hint=(
-                f"see the server log {result.server_log}"
-                if result.server_log
-                else f"is {result.endpoint} an OpenAI-compatible server serving {request_model!r}?"
-            ),
+def _measure_with_server(
+    server: ManagedServer, measure: Callable[[str], OnlineRunResult]
+) -> OnlineRunResult:
+    """Start ``server``, measure it once ready, stop it; the result says how it went."""
+    server.start()
+    try:
+        ready_s = server.wait_ready()
+        result = measure(server.base_url)
+        # Lost connections may mean the server died: give its exit a moment to land.
+        lost = any(
+            (r.error or "").startswith(("connection", "stream ended")) for r in result.load.records
         )
+        code = server.exit_code(wait_s=2.0 if lost else 0.0)
+        if code is not None:
+            result.warnings.append(
+                f"the server exited with code {code} during the load; see {server.log_path}"
+            )
+    finally:
+        server.stop()
+    result.server_command = list(server.argv)
+    result.server_log = str(server.log_path)
+    result.server_ready_s = ready_s
     return result
+
+
+def _all_failed(result: OnlineRunResult, request_model: str) -> OnlineRunFailed:
+    first = next((r.error for r in result.load.records if r.error), None)
+    return OnlineRunFailed(
+        f"all {result.metrics.n_requests} requests failed: {result.metrics.errors}"
+        + (f" (first: {first})" if first else ""),
+        result,
+        hint=(
+            f"see the server log {result.server_log}"
+            if result.server_log
+            else f"is {result.endpoint} an OpenAI-compatible server serving {request_model!r}?"
+        ),
+    )
+
+
+def _requests(
+    plan: _Plan, prompts: Sequence[str | Prompt], warmup_prompts: Sequence[str] | None
+) -> tuple[list[StreamRequest], list[StreamRequest]]:
+    """The measured requests (the first ``config.n`` prompts) and the warmup ones."""
+    config, online = plan.config, plan.online
+    max_tokens, ignore_eos = plan.max_tokens, plan.ignore_eos
+    requests = [
+        StreamRequest(p, max_tokens, ignore_eos)
+        if isinstance(p, str)
+        else StreamRequest(p.text, config.max_new_tokens_for(p.max_new_tokens), ignore_eos)
+        for p in prompts[: config.n]
+    ]
+    warm = [
+        StreamRequest(p, max_tokens, ignore_eos)
+        for p in (
+            warmup_prompts[: online.n_warmup_requests]
+            if warmup_prompts is not None
+            else _warmup_prompts(online.n_warmup_requests)
+        )
+    ]
+    return requests, warm
+
+
+def _measure_at(
+    endpoint: str,
+    plan: _Plan,
+    prompts: Sequence[str | Prompt],
+    window: MeasurementWindow | None,
+    measure_baseline: Callable[[], BaselineMeasurement | None] | None,
+    warmup_prompts: Sequence[str] | None,
+) -> OnlineRunResult:
+    """Check ``endpoint``, take the idle baseline, drive the load in the window, sum it up."""
+    config, online, warnings = plan.config, plan.online, plan.warnings
+    warnings.extend(
+        check_endpoint(
+            endpoint, plan.request_model, timeout_s=online.preflight_timeout_s, api_key=plan.api_key
+        )
+    )
+    client = OpenAIStreamClient(
+        endpoint,
+        plan.request_model,
+        api=online.api,
+        timeout_s=online.request_timeout_s,
+        include_usage=online.include_usage,
+        continuous_usage=plan.continuous_usage,
+        sampling=plan.sampling,
+        api_key=plan.api_key,
+    )
+    baseline = measure_baseline() if measure_baseline is not None else None
+    requests, warm = _requests(plan, prompts, warmup_prompts)
+    offsets = arrival_offsets(
+        config.n,
+        online.rate_per_s,
+        online.arrival,
+        burstiness=online.effective_burstiness,
+        seed=online.seed,
+    )
+    load = drive_load(
+        client,
+        requests,
+        offsets,
+        max_concurrency=online.max_concurrency,
+        warmup=warm,
+        on_window_start=window.open if window is not None else None,
+        on_window_end=window.close if window is not None else None,
+    )
+    energy_m: EnergyMeasurement | None = window.reading.energy if window is not None else None
+    metrics = _metrics(load, online, energy_m, baseline)
+    warnings.extend(_load_warnings(load, metrics, plan.continuous_usage))
+    return OnlineRunResult(
+        endpoint=endpoint,
+        request_model=plan.request_model,
+        api=online.api,
+        arrival=online.arrival,
+        burstiness=online.effective_burstiness if online.arrival == "gamma" else None,
+        request_rate=online.request_rate,
+        max_concurrency=online.max_concurrency,
+        max_tokens=plan.max_tokens,
+        ignore_eos_sent=plan.ignore_eos,
+        continuous_usage_sent=plan.continuous_usage,
+        baseline=baseline,
+        energy=energy_m,
+        metrics=metrics,
+        load=load,
+        warnings=warnings,
+    )
+
+
+def _metrics(
+    load: LoadRun,
+    online: OnlineConfig,
+    energy_m: EnergyMeasurement | None,
+    baseline: BaselineMeasurement | None,
+) -> OnlineMetrics:
+    """The load's metrics, with the window's energy and the idle baseline when measured."""
+    energy_j = energy_m.total_energy_j if energy_m is not None else None
+    load_s = load.duration_s if load.duration_s > 0 else math.ulp(1.0)
+    energy_s = energy_m.duration_s if energy_m is not None and energy_m.duration_s > 0 else None
+    return compute_online_metrics(
+        load.records,
+        window_s=load_s,
+        slo=online.slo,
+        energy_j=energy_j,
+        baseline_power_w=baseline.power_w if baseline is not None else None,
+        energy_window_s=energy_s if energy_j is not None else None,
+    )
+
+
+def _load_warnings(load: LoadRun, metrics: OnlineMetrics, continuous_usage: bool) -> list[str]:
+    """What went wrong in the load: schedule, failed warmups and requests, token counts."""
+    warnings = list(load.schedule_warnings())
+    failed_warmups = [w for w in load.warmup_records if not w.ok]
+    if failed_warmups:
+        warnings.append(
+            f"{len(failed_warmups)} of {len(load.warmup_records)} warmup requests failed "
+            f"(first: {failed_warmups[0].error})"
+        )
+    if metrics.n_failed:
+        warnings.append(
+            f"{metrics.n_failed} of {metrics.n_requests} requests failed: {metrics.errors}"
+        )
+    warnings.extend(_token_chunk_warnings(metrics, continuous_usage))
+    warnings.extend(_usage_warnings(load.records))
+    return warnings

@@ -44,6 +44,7 @@ from llenergymeasure.exceptions import BackendError, ConfigError
 __all__ = [
     "ManagedServer",
     "ServerLaunch",
+    "builtin_model_source",
     "free_port",
     "server_launch",
 ]
@@ -72,6 +73,16 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def builtin_model_source(config: ExperimentConfig) -> str | None:
+    """The local folder of a ``builtin:`` model that llem's own server will load."""
+    from llenergymeasure.engines.builtin import is_builtin_model, resolve_builtin_model
+
+    assert config.online is not None
+    if config.online.starts_server and is_builtin_model(config.model):
+        return str(resolve_builtin_model(config.model))
+    return None
+
+
 def server_launch(
     config: ExperimentConfig,
     *,
@@ -82,7 +93,7 @@ def server_launch(
     """The server command line for an online ``config`` (``ConfigError`` when it cannot be).
 
     ``model_source`` replaces ``config.model`` on the command line (a local folder for
-    ``builtin:`` models, resolved by the caller).
+    ``builtin:`` models: ``builtin_model_source``).
     """
     online = config.online
     if config.mode != "online" or online is None:
@@ -298,7 +309,7 @@ class ManagedServer:
             self._pump.join(wait_s)
 
     def _healthy(self) -> bool:
-        from llenergymeasure.online.client import http_get
+        from llenergymeasure.online.http import http_get
 
         for path in self.health_paths:
             with contextlib.suppress(OSError):

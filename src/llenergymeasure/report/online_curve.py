@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from llenergymeasure.online.run import OnlineRunResult
+from llenergymeasure.online.run_result import OnlineRunResult
 from llenergymeasure.results.online import OnlineResult
 
 __all__ = [

@@ -2,7 +2,7 @@
 
 These models live with the other result models so that ``ExperimentResult.online`` can name them
 (results sit below the harness floor, where the online measurement itself runs).
-``online.metrics`` computes ``OnlineMetrics``; ``online.run`` summarises a run as
+``online.metrics`` computes ``OnlineMetrics``; ``online.run_result`` summarises a run as
 ``OnlineResult``.
 """
 
