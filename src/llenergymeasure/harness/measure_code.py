@@ -26,7 +26,7 @@ A block goes through the parts of an offline run, in this order:
 4. the block runs;
 5. the window closes (sync, clocks, ``end()``, RAPL, label ``cooldown`` and one sample); the
    sampler stops and the sensor closes; the figures are computed by the code that builds a
-   run's result (``assemble.energy_breakdown``, ``energy_split.host_energy_components``).
+   run's result (``assemble.energy_breakdown``, ``energy.components.host_energy_components``).
 
 A block that raises closes the window (the backend's errors then ignored), records nothing and
 re-raises. Figures are read after the block: reading one earlier raises
@@ -640,8 +640,8 @@ def _release(sensor: GpuSensor | None, sampler: EnergySampler | None) -> None:
 
 def _figures(held: _Open) -> Measurement:
     """The block's figures, computed by the code that builds a run's result."""
+    from llenergymeasure.energy.components import host_energy_components
     from llenergymeasure.harness.assemble import energy_breakdown
-    from llenergymeasure.harness.energy_split import host_energy_components
     from llenergymeasure.harness.metrics import measurement_warnings
 
     reading = held.window.reading

@@ -30,7 +30,7 @@ from llenergymeasure.energy.baseline import (
     BaselineMeasurement,
     get_or_measure_baseline,
 )
-from llenergymeasure.energy.phase_split import PhaseSplit
+from llenergymeasure.energy.components import host_energy_components
 from llenergymeasure.energy.rapl import RaplReader
 from llenergymeasure.energy.sampler import EnergySampler
 from llenergymeasure.energy.sensors import GpuSensor
@@ -45,10 +45,10 @@ from llenergymeasure.engines.base import (
 from llenergymeasure.exceptions import PreFlightError
 from llenergymeasure.files import SavedFiles
 from llenergymeasure.harness.assemble import CollectedRun, assemble_result, trusts_remote_code
-from llenergymeasure.harness.energy_split import host_energy_components
 from llenergymeasure.harness.environment import LoadAverageReader, window_closed, window_opened
-from llenergymeasure.harness.prefill_window import measure_prefill_window, split_from_windows
 from llenergymeasure.harness.settings import MeasurementSettings
+from llenergymeasure.phase_split.differential import PhaseSplit
+from llenergymeasure.phase_split.prefill_window import measure_prefill_window, split_from_windows
 from llenergymeasure.results.models import (
     ExperimentResult,
     PhaseTimings,
