@@ -263,6 +263,51 @@ def attribute_energy(
     curve_list = [curves] if isinstance(curves, EnergyCurve) else list(curves)
     if not curve_list:
         raise ValueError("attribution needs at least one energy curve")
+    working, (t0, t1) = _working_steps(steps, window)
+    charged = _ChargedIntervals(working, curve_list, t0, t1, total_energy_j)
+    requests = _request_energies(working, charged.interval_j)
+    sampling = _largest(c.sampling_interval_s(t0, t1) for c in curve_list)
+    update = _largest(c.update_interval_s(t0, t1) for c in curve_list)
+    median_step = _median_step_s(working)
+    sources = {c.source for c in curve_list}
+    reading = (
+        _READING_NAMES.get(next(iter(sources)), "sensor reading")
+        if len(sources) == 1
+        else "sensor reading"
+    )
+    confidence, reason = attribution_confidence(
+        sampling,
+        median_step,
+        min(c.samples_within(t0, t1) for c in curve_list),
+        update_interval_s=update,
+        reading=reading,
+        longest_gap_s=max(c.longest_gap_s(t0, t1) for c in curve_list),
+        window_s=t1 - t0,
+    )
+    return EnergyAttribution(
+        source=sources.pop() if len(sources) == 1 else "mixed",
+        window_start_s=t0,
+        window_end_s=t1,
+        energy_j=math.fsum(charged.interval_j),
+        curve_energy_j=charged.curve_energy_j,
+        scale_factor=charged.scale,
+        energy_prefill_j=math.fsum(r.prefill_energy_j for r in requests),
+        energy_decode_j=math.fsum(r.decode_energy_j for r in requests),
+        between_steps_energy_j=charged.between_steps_j(),
+        n_steps=len(working),
+        sampling_interval_s=sampling,
+        sensor_update_interval_s=update,
+        median_step_s=median_step,
+        confidence=confidence,
+        confidence_reason=reason,
+        requests=requests,
+    )
+
+
+def _working_steps(
+    steps: Sequence[EngineStep], window: tuple[float, float] | None
+) -> tuple[list[EngineStep], tuple[float, float]]:
+    """The steps that did work, in order, and the window; ``ValueError`` on a bad timeline."""
     ordered = sorted(steps, key=lambda s: (s.start_s, s.end_s))
     working = [s for s in ordered if s.tokens > 0]
     if not working:
@@ -285,34 +330,56 @@ def attribute_energy(
             f"steps span [{ordered[0].start_s}, {ordered[-1].end_s}], outside the window "
             f"[{t0}, {t1}]"
         )
+    return working, (t0, t1)
 
-    def energy_at(t: float) -> float:
-        return sum(c.energy_at(t) for c in curve_list)
 
-    cuts = [t0] + [s.end_s for s in working[:-1]] + [t1]
-    e_cuts = [energy_at(t) for t in cuts]
-    interval_j = [e_cuts[j + 1] - e_cuts[j] for j in range(len(working))]
-    curve_energy = e_cuts[-1] - e_cuts[0]
+class _ChargedIntervals:
+    """The window cut at the end of every working step (rule 2), each interval's energy
+    scaled to ``total_energy_j`` when given (rule 4)."""
 
-    scale = 1.0
-    if total_energy_j is not None:
-        if curve_energy <= 0:
-            raise ValueError(
-                f"the samples give {curve_energy} J over the window: cannot scale the "
-                f"attribution to {total_energy_j} J"
-            )
-        scale = total_energy_j / curve_energy
-        interval_j = [e * scale for e in interval_j]
+    def __init__(
+        self,
+        working: Sequence[EngineStep],
+        curves: Sequence[EnergyCurve],
+        t0: float,
+        t1: float,
+        total_energy_j: float | None,
+    ) -> None:
+        self.working, self.curves, self.t1 = working, curves, t1
+        self.cuts = [t0] + [s.end_s for s in working[:-1]] + [t1]
+        self.e_cuts = [self.energy_at(t) for t in self.cuts]
+        interval_j = [self.e_cuts[j + 1] - self.e_cuts[j] for j in range(len(working))]
+        self.curve_energy_j = self.e_cuts[-1] - self.e_cuts[0]
+        self.scale = 1.0
+        if total_energy_j is not None:
+            if self.curve_energy_j <= 0:
+                raise ValueError(
+                    f"the samples give {self.curve_energy_j} J over the window: cannot scale "
+                    f"the attribution to {total_energy_j} J"
+                )
+            self.scale = total_energy_j / self.curve_energy_j
+            interval_j = [e * self.scale for e in interval_j]
+        self.interval_j = interval_j
 
-    between = 0.0
-    for j, s in enumerate(working):
-        gap_start = cuts[j]
-        if s.start_s > gap_start:
-            between += (energy_at(s.start_s) - e_cuts[j]) * scale
-    tail_start = working[-1].end_s
-    if t1 > tail_start:
-        between += (e_cuts[-1] - energy_at(tail_start)) * scale
+    def energy_at(self, t: float) -> float:
+        return sum(c.energy_at(t) for c in self.curves)
 
+    def between_steps_j(self) -> float:
+        """The (scaled) energy of the gaps before each step and of the tail after the last."""
+        between = 0.0
+        for j, s in enumerate(self.working):
+            if s.start_s > self.cuts[j]:
+                between += (self.energy_at(s.start_s) - self.e_cuts[j]) * self.scale
+        tail_start = self.working[-1].end_s
+        if self.t1 > tail_start:
+            between += (self.e_cuts[-1] - self.energy_at(tail_start)) * self.scale
+        return between
+
+
+def _request_energies(
+    working: Sequence[EngineStep], interval_j: Sequence[float]
+) -> list[RequestEnergy]:
+    """Each step's energy shared among its requests by the tokens each processed (rule 3)."""
     acc: dict[int, list[float]] = {}  # request -> [prefill J, decode J, prefill tok, decode tok]
     for s, energy in zip(working, interval_j, strict=True):
         total_tokens = s.tokens
@@ -325,7 +392,7 @@ def attribute_energy(
             else:
                 row[1] += part
                 row[3] += w.tokens
-    requests = [
+    return [
         RequestEnergy(
             request=r,
             energy_j=row[0] + row[1],
@@ -336,8 +403,10 @@ def attribute_energy(
         )
         for r, row in sorted(acc.items())
     ]
-    sampling = _largest(c.sampling_interval_s(t0, t1) for c in curve_list)
-    update = _largest(c.update_interval_s(t0, t1) for c in curve_list)
+
+
+def _median_step_s(working: Sequence[EngineStep]) -> float | None:
+    """The median step length; ``ValueError`` when it is too short to be a step (rule 6)."""
     durations = [s.end_s - s.start_s for s in working]
     median_step = statistics.median(durations) if durations else None
     if median_step is not None and len(working) > 1 and median_step < MIN_STEP_S:
@@ -348,40 +417,7 @@ def attribute_energy(
             "times (stamped per request, not per step) and a time-resolved split would "
             "hand each step's energy to whichever token came first"
         )
-    inside = min(c.samples_within(t0, t1) for c in curve_list)
-    sources = {c.source for c in curve_list}
-    reading = (
-        _READING_NAMES.get(next(iter(sources)), "sensor reading")
-        if len(sources) == 1
-        else "sensor reading"
-    )
-    confidence, reason = attribution_confidence(
-        sampling,
-        median_step,
-        inside,
-        update_interval_s=update,
-        reading=reading,
-        longest_gap_s=max(c.longest_gap_s(t0, t1) for c in curve_list),
-        window_s=t1 - t0,
-    )
-    return EnergyAttribution(
-        source=sources.pop() if len(sources) == 1 else "mixed",
-        window_start_s=t0,
-        window_end_s=t1,
-        energy_j=math.fsum(interval_j),
-        curve_energy_j=curve_energy,
-        scale_factor=scale,
-        energy_prefill_j=math.fsum(r.prefill_energy_j for r in requests),
-        energy_decode_j=math.fsum(r.decode_energy_j for r in requests),
-        between_steps_energy_j=between,
-        n_steps=len(working),
-        sampling_interval_s=sampling,
-        sensor_update_interval_s=update,
-        median_step_s=median_step,
-        confidence=confidence,
-        confidence_reason=reason,
-        requests=requests,
-    )
+    return median_step
 
 
 def attribute_run(
