@@ -61,7 +61,8 @@ from llenergymeasure.harness.assemble import (
     energy_breakdown,
 )
 from llenergymeasure.harness.environment import window_closed, window_opened
-from llenergymeasure.harness.orchestrator import MeasuredExperiment, energy_backend_for
+from llenergymeasure.harness.orchestrator import energy_backend_for
+from llenergymeasure.harness.saving import MeasuredExperiment
 from llenergymeasure.harness.settings import MeasurementSettings
 from llenergymeasure.online.run import (
     SERVER_LOG_NAME,
