@@ -17,7 +17,12 @@ from typing import Any
 
 import typer
 
-from llenergymeasure.cli.completion import complete_backend, complete_dataset, complete_precision
+from llenergymeasure.cli.completion import (
+    complete_backend,
+    complete_dataset,
+    complete_precision,
+    precision_values,
+)
 
 __all__ = ["CompareFlags", "CycleOrder", "RunFlags", "RunOptions"]
 
@@ -38,8 +43,6 @@ def backend_help() -> str:
 
 def precision_help() -> str:
     """``--precision`` help from the precision table ("fp32, fp16, ... (per engine: ...)")."""
-    from llenergymeasure.cli.completion import precision_values
-
     return ", ".join(precision_values()) + " (each engine accepts a subset)."
 
 
