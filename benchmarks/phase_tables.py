@@ -35,7 +35,7 @@ from _studies import Run, flat, load_runs, machine
 
 # the library's rule: results written before llem refused sliver timelines hold a split that is
 # not one
-from llenergymeasure.energy.attribution import MIN_STEP_S
+from llenergymeasure.phase_split.attribution import MIN_STEP_S
 
 TITLE = "Where the joules go (issue 16)"
 AGREE_TOLERANCE = 0.10  # time-resolved vs differential prefill energy (the issue's criterion)
@@ -525,7 +525,7 @@ def prediction_block(p: Prediction) -> str:
         f"({num(baselines, '.1f')} W, mean) x that window's duration. Predicted = prefill + 2 x "
         f"decode. Token-scaled = prefill + J per decode token x the longer run's {long_decode} "
         f"decode tokens (2 x {split_decode} + {long_decode - 2 * split_decode}, "
-        "`energy.phase_split.predict_energy_j`). Error = (predicted - measured) / measured. "
+        "`phase_split.differential.predict_energy_j`). Error = (predicted - measured) / measured. "
         "Window s: the same arithmetic on the window durations."
     )
     extra = " ".join(f"Note: {x}." for x in p.notes)

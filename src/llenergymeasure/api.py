@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 from llenergymeasure.config.models import ExperimentConfig
 from llenergymeasure.exceptions import ConfigError
-from llenergymeasure.harness.measure_code import Measurement, measure
+from llenergymeasure.harness.block_measurement import Measurement
+from llenergymeasure.harness.measure_code import measure
 from llenergymeasure.results.models import ExperimentResult, StudyResult
 
 if TYPE_CHECKING:

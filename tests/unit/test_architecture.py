@@ -6,7 +6,7 @@ Floors, lowest first::
        install (hints), logs (the logger tree), text_table (aligned terminal tables),
        gguf_files (GGUF model files: naming and header)
     1  config, datasets
-    2  energy, engines, results
+    2  energy, engines, results, phase_split (the prefill/decode split: results hold its models)
     3  harness, online (a server under load: measured like harness measures an engine)
     4  study, runners, report, compare (reads results as the report does)
     5  api, cli
@@ -44,6 +44,7 @@ FLOORS: dict[str, int] = {
     "energy": 2,
     "engines": 2,
     "results": 2,
+    "phase_split": 2,
     "harness": 3,
     "online": 3,
     "study": 4,

@@ -614,8 +614,8 @@ def test_tokens_accepted_together_keep_their_steps_stamp_for_the_energy_attribut
     interval invents a step that only request 0 was in and hands it that part of the energy.
     The ITL gaps still share the interval evenly.
     """
-    from llenergymeasure.energy.attribution import steps_from_token_times
-    from llenergymeasure.harness.energy_split import token_timed_batches
+    from llenergymeasure.phase_split.records import token_timed_batches
+    from llenergymeasure.phase_split.timeline import steps_from_token_times
 
     class SpeculativeSteps:
         """Two requests; tokens per iteration: (1, 1), (2, 1), (1, 1)."""

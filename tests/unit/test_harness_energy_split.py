@@ -17,10 +17,10 @@ from llenergymeasure.energy.nvml_backend import NvmlEnergyBackend
 from llenergymeasure.energy.rapl import RaplReader
 from llenergymeasure.energy.sampler import EnergySampler, Sample
 from llenergymeasure.engines.base import RequestRecord
-from llenergymeasure.harness.energy_split import time_resolved_attribution, token_timed_batches
 from llenergymeasure.harness.orchestrator import ExperimentOrchestrator, MeasurementSettings
+from llenergymeasure.phase_split.columns import PHASE_COLUMNS
+from llenergymeasure.phase_split.records import time_resolved_attribution, token_timed_batches
 from llenergymeasure.results.models import ExperimentResult
-from llenergymeasure.results.phase_columns import PHASE_COLUMNS
 from llenergymeasure.testing.energy import FakeEnergyBackend, SwitchingSensor
 from llenergymeasure.testing.engines import FakeEngine
 

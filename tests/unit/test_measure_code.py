@@ -27,15 +27,9 @@ from llenergymeasure.energy.rapl import RaplReader
 from llenergymeasure.energy.sensors import GpuSensor, SensorReading
 from llenergymeasure.energy.zeus_backend import ZeusEnergyBackend
 from llenergymeasure.exceptions import BackendError, ConfigError
-from llenergymeasure.harness.measure_code import (
-    Machine,
-    MeasuredBlock,
-    MeasuredFunction,
-    Measurement,
-    MeasurementNotReadyError,
-    TorchCudaIfLoaded,
-    runs_energy_backend,
-)
+from llenergymeasure.harness.block_machine import Machine, TorchCudaIfLoaded, runs_energy_backend
+from llenergymeasure.harness.block_measurement import Measurement, MeasurementNotReadyError
+from llenergymeasure.harness.measure_code import MeasuredBlock, MeasuredFunction
 from llenergymeasure.harness.orchestrator import energy_backend_for
 from llenergymeasure.harness.settings import MeasurementSettings
 from llenergymeasure.testing.energy import (

@@ -24,8 +24,8 @@ from benchmark_scripts import (
 )
 
 from llenergymeasure.config.models import MeasurementConfig
-from llenergymeasure.energy.attribution import EnergyAttribution
-from llenergymeasure.energy.phase_split import differential_phase_split, predict_energy_j
+from llenergymeasure.phase_split.attribution import EnergyAttribution
+from llenergymeasure.phase_split.differential import differential_phase_split, predict_energy_j
 from llenergymeasure.results.models import ExperimentResult
 
 TEMPLATE = (

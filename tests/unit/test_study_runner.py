@@ -170,7 +170,7 @@ def test_a_2x2_grid_in_2_interleaved_cycles_runs_8_runs_in_order_with_gaps(tmp_p
     assert [row["cycle"] for row in table] == [1, 1, 1, 1, 2, 2, 2, 2]
     assert [row["measurement_config_hash"] for row in table] == hashes + hashes
     # where the joules go: the same flat columns on every row, filled where measured
-    from llenergymeasure.results.phase_columns import PHASE_COLUMNS
+    from llenergymeasure.phase_split.columns import PHASE_COLUMNS
 
     assert all(set(PHASE_COLUMNS) <= set(row) for row in table)
 

@@ -20,14 +20,13 @@ import logging
 import sys
 import traceback
 from collections.abc import Iterator
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from llenergymeasure._version import __version__
-from llenergymeasure.cli.completion import complete_backend, complete_dataset, complete_precision
+from llenergymeasure.cli.options import CompareFlags, CycleOrder, RunFlags, RunOptions
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 ok; 1 runtime error or a study with failed runs; 2 usage, config or "
@@ -50,39 +49,6 @@ logger = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 EXIT_RESCUED, EXIT_ENVIRONMENT = 3, 4
-
-
-class CycleOrder(str, Enum):
-    sequential = "sequential"
-    interleaved = "interleaved"
-    shuffled = "shuffled"
-
-
-def _backend_help() -> str:
-    """``--backend`` help from the engine catalogue ("pytorch, vllm or tensorrt.").
-
-    Typer evaluates the (postponed) annotations each time the CLI is built, so engines
-    registered at run time are listed too.
-    """
-    from llenergymeasure.config.catalogue import engine_names
-
-    names = list(engine_names())
-    return (", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]) + "."
-
-
-def _precision_help() -> str:
-    """``--precision`` help from the precision table ("fp32, fp16, ... (per engine: ...)")."""
-    from llenergymeasure.cli.completion import precision_values
-
-    return ", ".join(precision_values()) + " (each engine accepts a subset)."
-
-
-def _batch_size_help() -> str:
-    """``--batch-size`` help: the concurrency field it sets for each engine (the catalogue)."""
-    from llenergymeasure.config.catalogue import concurrency_path, engine_names
-
-    fields = [p for b in engine_names() if (p := concurrency_path(b))]
-    return f"Requests the engine runs at once: sets {', '.join(fields)} (the backend's)."
 
 
 def _version_callback(value: bool) -> None:
@@ -199,197 +165,41 @@ def _show_error(exc: BaseException, shown: BaseException, *, verbose: bool) -> i
 
 @app.command(epilog=EXIT_CODES_HELP)
 def run(
-    config: Annotated[
-        Optional[Path],  # noqa: UP045 - typer needs Optional on 3.10
-        typer.Argument(help="Experiment or study YAML.", show_default=False),
-    ] = None,
-    model: Annotated[
-        Optional[str],  # noqa: UP045
-        typer.Option("--model", "-m", help="HF model id, local path, or builtin:tiny."),
-    ] = None,
-    backend: Annotated[
-        Optional[str],  # noqa: UP045
-        typer.Option("--backend", "-b", help=_backend_help(), autocompletion=complete_backend),
-    ] = None,
-    dataset: Annotated[
-        Optional[str],  # noqa: UP045
-        typer.Option(
-            "--dataset",
-            "-d",
-            help="aienergyscore, synthetic, or a .jsonl path (an HF dataset: --set dataset.hf=).",
-            autocompletion=complete_dataset,
-        ),
-    ] = None,
-    n: Annotated[
-        Optional[int],  # noqa: UP045
-        typer.Option("-n", help="Number of prompts (a synthetic dataset generates as many)."),
-    ] = None,
-    batch_size: Annotated[
-        Optional[int],  # noqa: UP045
-        typer.Option("--batch-size", help=_batch_size_help()),
-    ] = None,
-    precision: Annotated[
-        Optional[str],  # noqa: UP045
-        typer.Option(
-            "--precision",
-            help=_precision_help(),
-            autocompletion=complete_precision,
-        ),
-    ] = None,
-    max_new_tokens: Annotated[
-        Optional[int],  # noqa: UP045
-        typer.Option("--max-new-tokens", help="New tokens per prompt (max_new_tokens)."),
-    ] = None,
-    input_len: Annotated[
-        Optional[int],  # noqa: UP045
-        typer.Option("--input-len", help="Synthetic prompts of this many tokens."),
-    ] = None,
-    output_len: Annotated[
-        Optional[int],  # noqa: UP045
-        typer.Option("--output-len", help="Synthetic dataset: new tokens per prompt."),
-    ] = None,
-    seed: Annotated[
-        Optional[int],  # noqa: UP045
-        typer.Option("--seed", help="random_seed: sampling and engine randomness."),
-    ] = None,
-    set_values: Annotated[
-        Optional[list[str]],  # noqa: UP045
-        typer.Option(
-            "--set",
-            metavar="KEY=VALUE",
-            help="Any config field, e.g. --set decoder.temperature=0.7 (repeatable; the value is "
-            "YAML; a study applies it to its base).",
-        ),
-    ] = None,
-    output: Annotated[
-        Optional[Path],  # noqa: UP045
-        typer.Option("--output", "-o", help="Results directory."),
-    ] = None,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Validate and preview; run nothing.")
-    ] = False,
-    quiet: Annotated[
-        bool,
-        typer.Option("--quiet", "-q", help="Only the final summary (and warnings, errors)."),
-    ] = False,
-    verbose: Annotated[
-        bool,
-        typer.Option(
-            "--verbose",
-            "-v",
-            "-V",
-            help="Debug lines and phase timings on stderr, and tracebacks on errors.",
-        ),
-    ] = False,
-    log_file: Annotated[
-        Optional[Path],  # noqa: UP045
-        typer.Option(
-            "--log-file",
-            metavar="PATH",
-            help="Append the log (DEBUG and up, redacted) to PATH (default: the user config's "
-            "output.log_file, else none).",
-        ),
-    ] = None,
-    as_json: Annotated[
-        bool,
-        typer.Option("--json", help="Print the summary (or the error) as one JSON object."),
-    ] = False,
-    export_csv: Annotated[
-        bool, typer.Option("--export-csv", help="Also write the result as CSV.")
-    ] = False,
-    cycles: Annotated[
-        Optional[int],  # noqa: UP045
-        typer.Option("--cycles", help="Study cycles (default 3 unless the YAML sets it)."),
-    ] = None,
-    order: Annotated[
-        Optional[CycleOrder],  # noqa: UP045
-        typer.Option("--order", help="Cycle order."),
-    ] = None,
-    no_gaps: Annotated[
-        bool, typer.Option("--no-gaps", help="No thermal gaps between runs.")
-    ] = False,
-    reuse_engine: Annotated[
-        Optional[bool],  # noqa: UP045
-        typer.Option(
-            "--reuse-engine/--no-reuse-engine",
-            help="Studies, every engine: runs with the same engine-load fields share one loaded "
-            "engine, or each run loads its own (default: execution.reuse_engine, else the user "
-            "config, else each engine's default: on where proven equivalent on hardware, i.e. "
-            "vLLM; --dry-run shows which and why).",
-        ),
-    ] = None,
-    resume: Annotated[
-        Optional[Path],  # noqa: UP045
-        typer.Option("--resume", help="Continue an interrupted study directory."),
-    ] = None,
-    rebuild_manifest: Annotated[
-        bool,
-        typer.Option(
-            "--rebuild-manifest",
-            help="With --resume: rebuild a damaged study_manifest.json from the results in the "
-            "directory (and the study file, when given), keeping the old one beside.",
-        ),
-    ] = False,
-    runner: Annotated[
-        Optional[str],  # noqa: UP045
-        typer.Option(
-            "--runner", help="Runner for every backend of a study: local, slurm, docker:<image>."
-        ),
-    ] = None,
-    detach: Annotated[
-        bool,
-        typer.Option("--detach", help="slurm runner: submit the jobs and return at once."),
-    ] = False,
-    plan_from: Annotated[
-        Optional[Path],  # noqa: UP045
-        typer.Option(
-            "--plan-from",
-            metavar="DIR",
-            help="With --dry-run: how many cycles each config needs to detect --detect PCT, "
-            "from the spread of the runs in DIR (an earlier study or results).",
-        ),
-    ] = None,
-    detect: Annotated[
-        Optional[float],  # noqa: UP045
-        typer.Option(
-            "--detect", metavar="PCT", help="--plan-from: the difference to detect, % (5)."
-        ),
-    ] = None,
+    config: Annotated[Optional[Path], RunFlags.config()] = None,  # noqa: UP045
+    model: Annotated[Optional[str], RunFlags.model()] = None,  # noqa: UP045
+    backend: Annotated[Optional[str], RunFlags.backend()] = None,  # noqa: UP045
+    dataset: Annotated[Optional[str], RunFlags.dataset()] = None,  # noqa: UP045
+    n: Annotated[Optional[int], RunFlags.n()] = None,  # noqa: UP045
+    batch_size: Annotated[Optional[int], RunFlags.batch_size()] = None,  # noqa: UP045
+    precision: Annotated[Optional[str], RunFlags.precision()] = None,  # noqa: UP045
+    max_new_tokens: Annotated[Optional[int], RunFlags.max_new_tokens()] = None,  # noqa: UP045
+    input_len: Annotated[Optional[int], RunFlags.input_len()] = None,  # noqa: UP045
+    output_len: Annotated[Optional[int], RunFlags.output_len()] = None,  # noqa: UP045
+    seed: Annotated[Optional[int], RunFlags.seed()] = None,  # noqa: UP045
+    set_values: Annotated[Optional[list[str]], RunFlags.set_values()] = None,  # noqa: UP045
+    output: Annotated[Optional[Path], RunFlags.output()] = None,  # noqa: UP045
+    dry_run: Annotated[bool, RunFlags.dry_run()] = False,
+    quiet: Annotated[bool, RunFlags.quiet()] = False,
+    verbose: Annotated[bool, RunFlags.verbose()] = False,
+    log_file: Annotated[Optional[Path], RunFlags.log_file()] = None,  # noqa: UP045
+    as_json: Annotated[bool, RunFlags.as_json()] = False,
+    export_csv: Annotated[bool, RunFlags.export_csv()] = False,
+    cycles: Annotated[Optional[int], RunFlags.cycles()] = None,  # noqa: UP045
+    order: Annotated[Optional[CycleOrder], RunFlags.order()] = None,  # noqa: UP045
+    no_gaps: Annotated[bool, RunFlags.no_gaps()] = False,
+    reuse_engine: Annotated[Optional[bool], RunFlags.reuse_engine()] = None,  # noqa: UP045
+    resume: Annotated[Optional[Path], RunFlags.resume()] = None,  # noqa: UP045
+    rebuild_manifest: Annotated[bool, RunFlags.rebuild_manifest()] = False,
+    runner: Annotated[Optional[str], RunFlags.runner()] = None,  # noqa: UP045
+    detach: Annotated[bool, RunFlags.detach()] = False,
+    plan_from: Annotated[Optional[Path], RunFlags.plan_from()] = None,  # noqa: UP045
+    detect: Annotated[Optional[float], RunFlags.detect()] = None,  # noqa: UP045
 ) -> None:
     """Run an experiment or a study (or preview it with --dry-run)."""
-    from llenergymeasure.cli.run_cmd import RunOptions, execute_run
+    options = RunOptions.from_command(locals())
+    from llenergymeasure.cli.run_cmd import execute_run
     from llenergymeasure.cli.signals import sigterm_as_interrupt
 
-    options = RunOptions(
-        config=config,
-        model=model,
-        backend=backend,
-        dataset=dataset,
-        n=n,
-        batch_size=batch_size,
-        precision=precision,
-        max_new_tokens=max_new_tokens,
-        input_len=input_len,
-        output_len=output_len,
-        seed=seed,
-        set_values=tuple(set_values or ()),
-        output=output,
-        dry_run=dry_run,
-        quiet=quiet,
-        verbose=verbose,
-        export_csv=export_csv,
-        cycles=cycles,
-        order=order.value if order else None,
-        no_gaps=no_gaps,
-        reuse_engine=reuse_engine,
-        resume=resume,
-        runner=runner,
-        detach=detach,
-        as_json=as_json,
-        plan_from=plan_from,
-        detect_pct=detect,
-        rebuild_manifest=rebuild_manifest,
-    )
     with contextlib.ExitStack() as logging_scope:
         try:
             logging_scope.enter_context(_run_logging(quiet, verbose, log_file))
@@ -512,64 +322,16 @@ def report_command(
 
 @app.command("compare")
 def compare_command(
-    a: Annotated[
-        str,
-        typer.Argument(
-            help="Side A (the baseline): result.json, experiment or study directory, a folder "
-            "holding them, or a comma-separated list.",
-            show_default=False,
-            metavar="A",
-        ),
-    ],
-    b: Annotated[
-        Optional[str],  # noqa: UP045
-        typer.Argument(
-            help="Side B (the candidate), the same kinds.", show_default=False, metavar="B"
-        ),
-    ] = None,
-    by: Annotated[
-        Optional[list[str]],  # noqa: UP045
-        typer.Option(
-            "--by",
-            metavar="FIELD",
-            help="Match configs equal apart from this config field (repeatable), e.g. "
-            "--by precision. Default: equal measurement_config_hash.",
-        ),
-    ] = None,
-    fail_if_worse: Annotated[
-        Optional[list[str]],  # noqa: UP045
-        typer.Option(
-            "--fail-if-worse",
-            metavar="METRIC=PCT",
-            help="Exit 1 when B is worse than A by more than PCT % with confidence "
-            "(repeatable). Metrics: j_per_token, j_per_token_adjusted, tokens_per_s, "
-            "ttft_p50, ttft_p99, itl_p50, itl_p99, j_per_request, j_per_request_adjusted, "
-            "peak_memory.",
-        ),
-    ] = None,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print the comparison (or the error) as JSON.")
-    ] = False,
-    markdown: Annotated[
-        bool, typer.Option("--markdown", help="Print Markdown tables (a pull-request comment).")
-    ] = False,
-    html: Annotated[
-        Optional[Path],  # noqa: UP045
-        typer.Option("--html", help="Also write the comparison as a self-contained HTML page."),
-    ] = None,
-    plan: Annotated[
-        bool,
-        typer.Option(
-            "--plan",
-            help="Print how many cycles a study needs to detect --detect PCT, from the spread "
-            "of A (and B).",
-        ),
-    ] = False,
-    detect: Annotated[
-        Optional[float],  # noqa: UP045
-        typer.Option("--detect", metavar="PCT", help="--plan: the difference to detect, % (5)."),
-    ] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Tracebacks on errors.")] = False,
+    a: Annotated[str, CompareFlags.a()],
+    b: Annotated[Optional[str], CompareFlags.b()] = None,  # noqa: UP045
+    by: Annotated[Optional[list[str]], CompareFlags.by()] = None,  # noqa: UP045
+    fail_if_worse: Annotated[Optional[list[str]], CompareFlags.fail_if_worse()] = None,  # noqa: UP045
+    as_json: Annotated[bool, CompareFlags.as_json()] = False,
+    markdown: Annotated[bool, CompareFlags.markdown()] = False,
+    html: Annotated[Optional[Path], CompareFlags.html()] = None,  # noqa: UP045
+    plan: Annotated[bool, CompareFlags.plan()] = False,
+    detect: Annotated[Optional[float], CompareFlags.detect()] = None,  # noqa: UP045
+    verbose: Annotated[bool, CompareFlags.verbose()] = False,
 ) -> None:
     """Is B better than A? Ratios with confidence intervals, verdicts, and a CI gate.
 

@@ -306,14 +306,7 @@ def execute_run(opts: RunOptions) -> int:
     Studies exit 0 when every run completed and 1 when any run failed (the study itself always
     runs to the end); 2 for config/usage errors, 130 when interrupted.
     """
-    if opts.runner is not None:
-        from llenergymeasure.config.user_config import valid_runner
-
-        if not valid_runner(opts.runner):
-            raise ConfigError(
-                f"--runner {opts.runner!r} is not a runner",
-                hint="use local, slurm or docker:<image>",
-            )
+    _check_runner(opts.runner)
     # The user config and the LLEM_* variables, validated here for every path (--dry-run
     # included) by the one function a run reads them with.
     from llenergymeasure.config.user_config import effective_settings
@@ -327,6 +320,39 @@ def execute_run(opts: RunOptions) -> int:
             hint="llem run --resume <study-dir> [study.yaml] --rebuild-manifest",
         )
     resolved = resolve(opts)
+    _check_flags_apply(opts, resolved)
+    configs = [resolved.experiment] if resolved.experiment is not None else []
+    if resolved.study is not None:
+        configs = list(resolved.study.experiments)
+    if opts.dry_run or resolved.study is not None:
+        # GGUF model files and dataset files are checked before anything runs or any study
+        # directory exists (a single run's pre-flight reads its dataset itself, once)
+        _check_input_files(configs)
+    if opts.dry_run:
+        return _dry_run(opts, resolved)
+    if resolved.study is not None:
+        return run_study_cli(resolved.study, opts)
+    assert resolved.experiment is not None
+    from llenergymeasure.cli.run_experiment_cmd import run_single
+
+    return run_single(resolved.experiment, opts)
+
+
+def _check_runner(runner: str | None) -> None:
+    """``--runner`` names a runner (local, slurm, docker:<image>)."""
+    if runner is None:
+        return
+    from llenergymeasure.config.user_config import valid_runner
+
+    if not valid_runner(runner):
+        raise ConfigError(
+            f"--runner {runner!r} is not a runner",
+            hint="use local, slurm or docker:<image>",
+        )
+
+
+def _check_flags_apply(opts: RunOptions, resolved: ResolvedRun) -> None:
+    """Study-only and --dry-run-only flags given where they do not apply."""
     if resolved.study is None and (opts.runner is not None or opts.detach):
         raise ConfigError(
             "--runner and --detach apply to studies; a single experiment runs in this process",
@@ -339,58 +365,53 @@ def execute_run(opts: RunOptions) -> int:
         )
     if opts.detect_pct is not None and opts.plan_from is None:
         raise ConfigError("--detect needs --plan-from DIR (the runs whose spread to plan from)")
-    configs = [resolved.experiment] if resolved.experiment is not None else []
-    if resolved.study is not None:
-        configs = list(resolved.study.experiments)
-    if opts.dry_run or resolved.study is not None:
-        # GGUF model files and dataset files are checked before anything runs or any study
-        # directory exists (a single run's pre-flight reads its dataset itself, once)
-        from llenergymeasure.exceptions import PreFlightError
-        from llenergymeasure.harness.inputs import dataset_file_problems, model_file_problems
 
-        model_problems = model_file_problems(configs)
-        dataset_problems = dataset_file_problems(configs)
-        if model_problems or dataset_problems:
-            hints = ["give the path of a complete .gguf file"] if model_problems else []
-            if dataset_problems:
-                hints.append("fix the dataset (file, split or column), or use a smaller n")
-            raise PreFlightError(model_problems + dataset_problems, hint="; ".join(hints))
-    if opts.dry_run:
-        _check_online_environment(resolved)
-        from llenergymeasure.cli.preview import (
-            preview_experiment,
-            preview_json,
-            preview_plan,
-            preview_study,
-        )
 
-        plan = (
-            preview_plan(resolved.experiment, resolved.study, opts.plan_from, opts.detect_pct)
-            if opts.plan_from is not None
-            else None
-        )
-        if opts.as_json:
-            data = preview_json(resolved.experiment, resolved.study)
-            if plan is not None:
-                data["plan"] = plan.model_dump(mode="json")
-            typer.echo(json.dumps(data))
-            return 0
-        if resolved.study is not None:
-            preview_study(resolved.study)
-        else:
-            assert resolved.experiment is not None
-            preview_experiment(resolved.experiment)
+def _check_input_files(configs: list[ExperimentConfig]) -> None:
+    """``PreFlightError`` naming every GGUF model file and dataset file that cannot be used."""
+    from llenergymeasure.exceptions import PreFlightError
+    from llenergymeasure.harness.inputs import dataset_file_problems, model_file_problems
+
+    model_problems = model_file_problems(configs)
+    dataset_problems = dataset_file_problems(configs)
+    if model_problems or dataset_problems:
+        hints = ["give the path of a complete .gguf file"] if model_problems else []
+        if dataset_problems:
+            hints.append("fix the dataset (file, split or column), or use a smaller n")
+        raise PreFlightError(model_problems + dataset_problems, hint="; ".join(hints))
+
+
+def _dry_run(opts: RunOptions, resolved: ResolvedRun) -> int:
+    """``--dry-run``: the preview (and the cycle plan with ``--plan-from``); runs nothing."""
+    _check_online_environment(resolved)
+    from llenergymeasure.cli.preview import (
+        preview_experiment,
+        preview_json,
+        preview_plan,
+        preview_study,
+    )
+
+    plan = (
+        preview_plan(resolved.experiment, resolved.study, opts.plan_from, opts.detect_pct)
+        if opts.plan_from is not None
+        else None
+    )
+    if opts.as_json:
+        data = preview_json(resolved.experiment, resolved.study)
         if plan is not None:
-            from llenergymeasure.cli.preview import print_plan
-
-            print_plan(plan, resolved.study.execution.n_cycles if resolved.study else 1)
+            data["plan"] = plan.model_dump(mode="json")
+        typer.echo(json.dumps(data))
         return 0
     if resolved.study is not None:
-        return run_study_cli(resolved.study, opts)
-    assert resolved.experiment is not None
-    from llenergymeasure.cli.run_experiment_cmd import run_single
+        preview_study(resolved.study)
+    else:
+        assert resolved.experiment is not None
+        preview_experiment(resolved.experiment)
+    if plan is not None:
+        from llenergymeasure.cli.preview import print_plan
 
-    return run_single(resolved.experiment, opts)
+        print_plan(plan, resolved.study.execution.n_cycles if resolved.study else 1)
+    return 0
 
 
 def _check_online_environment(resolved: ResolvedRun) -> None:

@@ -31,6 +31,7 @@ __all__ = [
     "EnergyComponent",
     "EnergyComponents",
     "energy_components",
+    "host_energy_components",
     "host_readings_from_codecarbon",
     "host_readings_from_rapl",
     "host_readings_from_zeus",
@@ -240,3 +241,28 @@ def energy_components(
         host_energy_j=host,
         total_with_host_j=total,
     )
+
+
+def host_energy_components(
+    gpu: EnergyMeasurement,
+    rapl: HostEnergyMeasurement | None,
+    energy_backend: Any = None,
+) -> EnergyComponents:
+    """``energy_components`` of a run's window: the GPU figure, then cpu/dram from RAPL, Zeus,
+    CodeCarbon.
+
+    ``rapl``: the RAPL reading of the window (``None``: not read). ``energy_backend``: the
+    run's backend; a Zeus backend's last ``Measurement`` (``last_window``) and a CodeCarbon
+    backend's ``last_emissions_data`` are read for their CPU/RAM figures. Read this right
+    after the measurement window, before the backend measures another one.
+    """
+    sources: list[list[HostEnergyReading]] = []
+    if rapl is not None:
+        sources.append(host_readings_from_rapl(rapl))
+    zeus_window = getattr(energy_backend, "last_window", None)
+    if zeus_window is not None:
+        sources.append(host_readings_from_zeus(zeus_window))
+    emissions = getattr(energy_backend, "last_emissions_data", None)
+    if emissions is not None:
+        sources.append(host_readings_from_codecarbon(emissions))
+    return energy_components(gpu, *sources)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -20,13 +21,14 @@ from llenergymeasure.energy.base import EnergyMeasurement
 from llenergymeasure.energy.baseline import BaselineMeasurement
 from llenergymeasure.energy.components import EnergyComponents
 from llenergymeasure.energy.maths import adjusted_energy_j, energy_per
-from llenergymeasure.energy.phase_split import PhaseSplit
 from llenergymeasure.energy.sampler import EnergySampler
 from llenergymeasure.engines.base import RequestRecord
 from llenergymeasure.exceptions import ExperimentError
 from llenergymeasure.harness import metrics as m
-from llenergymeasure.harness.energy_split import time_resolved_attribution, with_request_energy
 from llenergymeasure.harness.settings import MeasurementSettings
+from llenergymeasure.phase_split.attribution import EnergyAttribution
+from llenergymeasure.phase_split.differential import PhaseSplit
+from llenergymeasure.phase_split.records import time_resolved_attribution
 from llenergymeasure.results.models import (
     EnergyBreakdown,
     EnvironmentSnapshot,
@@ -42,6 +44,7 @@ __all__ = [
     "carbon_estimate",
     "dataset_provenance",
     "energy_breakdown",
+    "with_request_energy",
 ]
 
 
@@ -312,3 +315,26 @@ def _request_results(
         )
         for i, r in enumerate(records)
     ]
+
+
+def with_request_energy(
+    requests: Sequence[RequestResult], attribution: EnergyAttribution
+) -> list[RequestResult]:
+    """``requests`` with ``energy_j`` (and its prefill/decode parts) from ``attribution``."""
+    by_index = {e.request: e for e in attribution.requests}
+    out = []
+    for r in requests:
+        e = by_index.get(r.index)
+        if e is None:
+            out.append(r)
+            continue
+        out.append(
+            r.model_copy(
+                update={
+                    "energy_j": e.energy_j,
+                    "prefill_energy_j": e.prefill_energy_j,
+                    "decode_energy_j": e.decode_energy_j,
+                }
+            )
+        )
+    return out

@@ -6,30 +6,36 @@ what was read; with ``chat_template: true`` the model's tokenizer is checked for
 when it can be opened without loading the model (else once the engine has loaded it).
 ``dataset_file_problems`` checks the JSONL files and HF datasets of one or many experiments the
 same way, for ``llem run --dry-run`` and before a study starts, each read once;
-``model_file_problems`` the GGUF model files.
+``model_file_problems`` the GGUF model files. ``prompt_length_problems``: the second half of a
+run's pre-flight, once the engine is loaded and its length limit known.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llenergymeasure.config.catalogue import run_concurrency
 from llenergymeasure.config.models import ExperimentConfig, HFDatasetConfig
 from llenergymeasure.datasets.chat import NO_TEMPLATE_HINT, chat_template_of
 from llenergymeasure.datasets.hf import read_hf_dataset
 from llenergymeasure.datasets.loader import PreparedDataset, prepare_dataset
-from llenergymeasure.exceptions import ConfigError
+from llenergymeasure.exceptions import ConfigError, PreFlightError
 from llenergymeasure.gguf_files import GGUF_FILE_KEY, gguf_model, gguf_model_problem, names_gguf
 
+if TYPE_CHECKING:
+    from llenergymeasure.engines.base import InferenceBackend
+
 __all__ = [
+    "PreflightDataset",
     "chat_template_problem",
     "dataset_file_problems",
     "dataset_problem",
     "model_file_problems",
     "prepare_run_dataset",
+    "prompt_length_problems",
     "warmup_rows",
 ]
 
@@ -169,3 +175,69 @@ def dataset_file_problems(configs: Iterable[ExperimentConfig]) -> list[str]:
                 f"for (use n <= {available})"
             )
     return problems
+
+
+def prompt_length_problems(
+    engine: InferenceBackend, config: ExperimentConfig, prompts: Sequence[Any]
+) -> list[str]:
+    """Prompts whose tokens + new tokens exceed the loaded engine's maximum length.
+
+    Engines report their limit with ``max_sequence_length()``; where it is unknown (or the
+    engine has no tokenizer) nothing is checked.
+    """
+    limit = engine.max_sequence_length()
+    tokenizer = engine.tokenizer
+    if limit is None or tokenizer is None:
+        return []
+    problems: list[str] = []
+    over = 0
+    for prompt in prompts:
+        n_in = len(tokenizer.encode(prompt.text))
+        n_new = config.max_new_tokens_for(prompt.max_new_tokens)
+        if n_in + n_new > limit:
+            over += 1
+            if len(problems) < 5:
+                problems.append(
+                    f"prompt {prompt.index}: {n_in} prompt tokens + {n_new} new tokens = "
+                    f"{n_in + n_new} exceeds the maximum sequence length {limit} of "
+                    f"{config.model}"
+                )
+    if over > len(problems):
+        problems.append(f"... and {over - len(problems)} more prompts over the limit")
+    return problems
+
+
+class PreflightDataset:
+    """The dataset a run's pre-flight read, kept for the run: its file is read once per run."""
+
+    def __init__(self) -> None:
+        self._read: tuple[ExperimentConfig, PreparedDataset] | None = None
+
+    def clear(self) -> None:
+        self._read = None
+
+    def check(self, config: ExperimentConfig) -> list[str]:
+        """Read and check the dataset of ``config`` now and keep it; its problems (none when
+        fine)."""
+        self._read = None
+        try:
+            self._read = (config, prepare_run_dataset(config))
+        except ConfigError as exc:
+            return [dataset_problem(exc)]
+        return []
+
+    def prepared(self, config: ExperimentConfig) -> PreparedDataset:
+        """What was read for ``config`` (read now if pre-flight did not run)."""
+        if self._read is None or self._read[0] is not config:
+            problems = self.check(config)
+            if problems:
+                raise PreFlightError(problems)
+        assert self._read is not None
+        return self._read[1]
+
+    def provenance(self) -> dict[str, Any] | None:
+        """The provenance pre-flight recorded, with the chat template when one was applied
+        (None: nothing read, e.g. an injected loader, described from the config instead)."""
+        if self._read is None:
+            return None
+        return dict(self._read[1].provenance)

@@ -26,7 +26,7 @@ A block goes through the parts of an offline run, in this order:
 4. the block runs;
 5. the window closes (sync, clocks, ``end()``, RAPL, label ``cooldown`` and one sample); the
    sampler stops and the sensor closes; the figures are computed by the code that builds a
-   run's result (``assemble.energy_breakdown``, ``energy_split.host_energy_components``).
+   run's result (``assemble.energy_breakdown``, ``energy.components.host_energy_components``).
 
 A block that raises closes the window (the backend's errors then ignored), records nothing and
 re-raises. Figures are read after the block: reading one earlier raises
@@ -39,6 +39,9 @@ read at the edges, never reset, so blocks that overlap in time each get their ow
 A block measures its GPUs, not its code: an inner block's energy is part of the outer block's,
 and so is any other process's work on those GPUs. CodeCarbon 2.7 - 2.x refuses a second
 tracker running at once on a machine (a lock file); with that backend, do not nest.
+
+What a block measured is a ``Measurement`` (``harness.block_measurement``); what it reads of the
+machine, a ``Machine`` (``harness.block_machine``).
 """
 
 from __future__ import annotations
@@ -46,45 +49,41 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-import sys
-import time
 import types
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
 from types import TracebackType
 from typing import Any, Generic, Literal, ParamSpec, TypeVar, cast, overload
-
-from pydantic import BaseModel, Field
 
 from llenergymeasure.config import bounds as B
 from llenergymeasure.config.models import BaselineConfig
 from llenergymeasure.energy.base import DeviceEnergy, EnergyBackend
 from llenergymeasure.energy.baseline import (
-    BaselineCache,
     BaselineMeasurement,
     get_or_measure_baseline,
     measure_idle_baseline,
 )
 from llenergymeasure.energy.codecarbon_backend import CodeCarbonEnergyBackend
 from llenergymeasure.energy.components import EnergyComponents
-from llenergymeasure.energy.maths import adjusted_energy_j, energy_per
 from llenergymeasure.energy.rapl import RaplReader
 from llenergymeasure.energy.sampler import EnergySampler
-from llenergymeasure.energy.sensors import DeviceInfo, GpuSensor, SensorReading
-from llenergymeasure.energy.window import MeasurementWindow, WindowDevice
+from llenergymeasure.energy.sensors import GpuSensor
+from llenergymeasure.energy.window import MeasurementWindow
 from llenergymeasure.energy.zeus_backend import ZeusEnergyBackend
-from llenergymeasure.exceptions import ConfigError, LLEMError
+from llenergymeasure.exceptions import ConfigError
+from llenergymeasure.harness.block_machine import Machine, SelectedGpus, TorchCudaIfLoaded
+from llenergymeasure.harness.block_measurement import (
+    Measurement,
+    MeasurementNotReadyError,
+    OpenBlock,
+    block_figures,
+)
 from llenergymeasure.harness.settings import MeasurementSettings
 
 __all__ = [
     "BASELINE_CONTEXT",
     "Baseline",
-    "Machine",
     "MeasuredBlock",
     "MeasuredFunction",
-    "Measurement",
-    "MeasurementNotReadyError",
     "measure",
 ]
 
@@ -100,209 +99,8 @@ BASELINE_CONTEXT = "llem.measure()"
 #: Seconds of idle polling for ``baseline="measure"``: a run's default.
 DEFAULT_BASELINE_SECONDS = BaselineConfig().duration_seconds
 
-NEGATIVE_ADJUSTED_NOTE = (
-    "energy_adjusted_j is negative: the idle baseline exceeded the measured draw"
-)
-
 #: What ``baseline=`` accepts: watts, ``"measure"``, a measured baseline, or nothing.
 Baseline = float | Literal["measure"] | BaselineMeasurement | None
-
-
-class MeasurementNotReadyError(LLEMError, RuntimeError):
-    """A figure of a ``measure()`` block was read before the block finished (or it raised)."""
-
-
-class Measurement(BaseModel):
-    """What one ``measure()`` block measured (read it after the block).
-
-    ``energy_j`` is GPU energy, summed over the measured GPUs, as a run's headline; the host
-    (CPU package, DRAM) is in ``components``. ``None`` figures were not measured;
-    ``not_measured_reason`` says why for ``energy_j``.
-    """
-
-    model_config = {"extra": "forbid", "frozen": True}
-
-    energy_j: float | None = Field(
-        description="GPU energy over the block, J, summed over the measured GPUs (None: not "
-        "measured, see not_measured_reason)."
-    )
-    duration_s: float = Field(
-        description="Seconds from just after the backend's begin() to the end of the closing "
-        "device sync (time.perf_counter)."
-    )
-    energy_adjusted_j: float | None = Field(
-        None,
-        description="energy_j - baseline_power_w x duration_s, J: the energy above idle (None "
-        "without a baseline or an energy figure; may be negative, never clipped).",
-    )
-    baseline_power_w: float | None = Field(None, description="Idle power subtracted, W.")
-    baseline_energy_j: float | None = Field(None, description="baseline_power_w x duration_s, J.")
-    baseline_source: Literal["given", "measured", "cached", "passed"] | None = Field(
-        None,
-        description="Where the baseline came from: given (watts passed), measured (idle polled "
-        "before this block), cached (an idle baseline of this process reused), passed (a "
-        "BaselineMeasurement passed in).",
-    )
-    baseline: BaselineMeasurement | None = Field(
-        None, description="The idle baseline measurement used, where it was one."
-    )
-    gpus: list[int] = Field(
-        default_factory=list,
-        description="CUDA ordinals of the GPUs measured (positions among this process's visible "
-        "GPUs); empty when no GPU was measured.",
-    )
-    devices: list[DeviceEnergy] = Field(
-        default_factory=list,
-        description="Each measured GPU's energy (counter and poll), device_index = CUDA ordinal.",
-    )
-    counter_energy_j: float | None = Field(
-        None, description="Total-energy counter difference, J (GPUs that have the counter)."
-    )
-    poll_energy_j: float | None = Field(
-        None, description="Integral of the background sampler's polled power, J."
-    )
-    counter_vs_poll_diff_pct: float | None = Field(
-        None, description="(poll - counter) / counter x 100: the cross-check, as runs report it."
-    )
-    poll_power_source: str | None = Field(None, description="Which NVML power reading was polled.")
-    backend: str = Field(description="Energy backend used (nvml, zeus, codecarbon, none).")
-    backend_version: str | None = Field(None, description="Version of the backend's library.")
-    method: str = Field(
-        description="How energy_j was obtained (nvml_counter, nvml_power_integration, zeus, "
-        "codecarbon, unavailable)."
-    )
-    components: EnergyComponents = Field(
-        description="GPU, CPU package and DRAM energy; host figures from RAPL (measured) or "
-        "Zeus / CodeCarbon (CodeCarbon's marked estimated)."
-    )
-    not_measured_reason: str | None = Field(
-        None, description="Why energy_j is None (None when it was measured)."
-    )
-    warnings: list[str] = Field(
-        default_factory=list,
-        description="The runs' measurement_warnings flags that apply to a block "
-        "(short_measurement_duration, nvml_low_sample_count, gpu_persistence_mode_off, "
-        "thermal_drift_detected, energy_counter_poll_disagreement).",
-    )
-    notes: list[str] = Field(default_factory=list, description="Caveats of this measurement.")
-    started_at_utc: datetime = Field(description="When the window opened (UTC).")
-
-    @property
-    def host_energy_j(self) -> float | None:
-        """Measured or estimated CPU package + DRAM energy, J (None: none available)."""
-        return self.components.host_energy_j
-
-    def per_token(self, n: int, *, adjusted: bool = False) -> float | None:
-        """Joules per token for ``n`` tokens (``adjusted``: of ``energy_adjusted_j``).
-
-        ``None`` when the energy was not measured (or, with ``adjusted``, no baseline).
-        """
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"per_token(n): n is a whole number of tokens >= 1, got {n!r}")
-        return energy_per(self.energy_adjusted_j if adjusted else self.energy_j, n)
-
-    def __str__(self) -> str:
-        what = f"{len(self.gpus)} GPU(s)" if self.gpus else "no GPU"
-        if self.energy_j is None:
-            return (
-                f"energy not measured over {self.duration_s:.3f} s ({what}): "
-                f"{self.not_measured_reason}"
-            )
-        text = f"{self.energy_j:.3f} J over {self.duration_s:.3f} s ({what}, {self.method})"
-        if self.energy_adjusted_j is not None:
-            text += f", {self.energy_adjusted_j:.3f} J above idle"
-        return text
-
-
-# ─── The machine a block reads ───────────────────────────────────────────────────────────
-
-
-def open_visible_gpus() -> GpuSensor | None:
-    """NVML over the GPUs this process sees (CUDA ordinal order), or None without NVML."""
-    from llenergymeasure.energy.devices import nvml_available
-    from llenergymeasure.energy.sensors import NvmlSensor
-
-    return NvmlSensor() if nvml_available() else None
-
-
-def runs_energy_backend(settings: MeasurementSettings, sensor: GpuSensor | None) -> EnergyBackend:
-    """The energy backend a run would use: ``harness.orchestrator.energy_backend_for``."""
-    from llenergymeasure.harness.orchestrator import energy_backend_for
-
-    return energy_backend_for(settings, sensor)
-
-
-@dataclass(frozen=True)
-class Machine:
-    """What a ``measure()`` block reads of the machine; tests inject fakes.
-
-    ``open_sensor``: opens the sensor over every visible GPU, position = CUDA ordinal (None:
-    no GPU); the block closes it. ``choose_backend``: the energy backend over the sensor, as
-    runs choose it. ``settings``: the machine-level settings (None: the user's
-    effective settings at the block's start). ``rapl``: the host's RAPL reader (None: the
-    machine's powercap tree). ``device``: synchronised at the window's edges (None: torch's
-    CUDA devices, where torch already initialised CUDA). ``clock``: the sampler's clock;
-    ``timer``: the clock of ``duration_s``; ``sleep``: the idle baseline's waits.
-    ``baseline_cache``: where ``baseline="measure"`` keeps its baseline (None: this process's).
-    """
-
-    open_sensor: Callable[[], GpuSensor | None] = open_visible_gpus
-    choose_backend: Callable[[MeasurementSettings, GpuSensor | None], EnergyBackend] = (
-        runs_energy_backend
-    )
-    settings: MeasurementSettings | None = None
-    rapl: RaplReader | None = None
-    device: WindowDevice | None = None
-    clock: Callable[[], float] = time.monotonic
-    timer: Callable[[], float] = time.perf_counter
-    sleep: Callable[[float], None] = time.sleep
-    baseline_cache: BaselineCache | None = None
-
-
-class SelectedGpus:
-    """A ``GpuSensor`` over some positions of another: position ``k`` is ``positions[k]``."""
-
-    def __init__(self, sensor: GpuSensor, positions: Sequence[int]) -> None:
-        self.sensor = sensor
-        self.positions = list(positions)
-
-    def device_count(self) -> int:
-        return len(self.positions)
-
-    def device_info(self, i: int) -> DeviceInfo:
-        return replace(self.sensor.device_info(self.positions[i]), index=i)
-
-    def read(self, i: int) -> SensorReading:
-        return self.sensor.read(self.positions[i])
-
-    def close(self) -> None:
-        self.sensor.close()
-
-
-class TorchCudaIfLoaded:
-    """Syncs torch's CUDA devices, only where the process already imported torch and
-    initialised CUDA (work queued elsewhere cannot be waited for; torch is never imported).
-
-    ``ordinals``: the devices to sync (None: every device torch sees); a device on which torch
-    holds no context is skipped, so that the sync never creates one.
-    """
-
-    def __init__(self, ordinals: Sequence[int] | None = None) -> None:
-        self.ordinals = list(ordinals) if ordinals is not None else None
-
-    def synchronize(self) -> None:
-        torch = sys.modules.get("torch")
-        cuda = getattr(torch, "cuda", None) if torch is not None else None
-        if torch is None or cuda is None or not cuda.is_initialized():
-            return
-        ordinals = self.ordinals if self.ordinals is not None else range(cuda.device_count())
-        has_context = getattr(torch._C, "_cuda_hasPrimaryContext", None)
-        for i in ordinals:
-            if has_context is None or has_context(i):
-                cuda.synchronize(i)
-
-    def reset_peak_memory(self) -> None:
-        """Not used by a block (nothing of its memory is reported)."""
 
 
 # ─── Arguments ───────────────────────────────────────────────────────────────────────────
@@ -373,22 +171,6 @@ class _FromMeasurement(Generic[T]):
         return getattr(block.measurement, self.name)
 
 
-@dataclass
-class _Open:
-    """What an open block holds until it closes."""
-
-    sensor: GpuSensor | None
-    energy: EnergyBackend
-    sampler: EnergySampler | None
-    window: MeasurementWindow
-    gpus: list[int]
-    baseline: BaselineMeasurement | None
-    baseline_w: float | None
-    baseline_source: str | None
-    notes: list[str] = field(default_factory=list)
-    started: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
-
-
 class MeasuredBlock:
     """The energy window of one ``with llem.measure(...) as m:`` block, and its figures.
 
@@ -427,7 +209,7 @@ class MeasuredBlock:
         self._baseline_seconds = float(baseline_seconds)
         self.machine = machine or Machine()
         self._state: Literal["new", "open", "done", "failed"] = "new"
-        self._open: _Open | None = None
+        self._open: OpenBlock | None = None
         self._measurement: Measurement | None = None
         self._failure: str | None = None
 
@@ -489,7 +271,9 @@ class MeasuredBlock:
                 clock=self.machine.clock,
                 timer=self.machine.timer,
             )
-            self._open = _Open(sensor, energy, sampler, window, gpus, baseline, baseline_w, source)
+            self._open = OpenBlock(
+                sensor, energy, sampler, window, gpus, baseline, baseline_w, source
+            )
             if sensor is None and self._gpus is not None:
                 notes.append(f"gpus={self._gpus} not measured: this process sees no GPU")
             self._open.notes.extend(notes)
@@ -525,7 +309,7 @@ class MeasuredBlock:
                 raise
             if held.sampler is not None:
                 held.sampler.stop()
-            self._measurement = _figures(held)
+            self._measurement = block_figures(held)
             self._state = "done"
         finally:
             _release(held.sensor, held.sampler)
@@ -636,70 +420,6 @@ def _release(sensor: GpuSensor | None, sampler: EnergySampler | None) -> None:
         sampler.stop()
     if sensor is not None:
         sensor.close()
-
-
-def _figures(held: _Open) -> Measurement:
-    """The block's figures, computed by the code that builds a run's result."""
-    from llenergymeasure.harness.assemble import energy_breakdown
-    from llenergymeasure.harness.energy_split import host_energy_components
-    from llenergymeasure.harness.metrics import measurement_warnings
-
-    reading = held.window.reading
-    breakdown = energy_breakdown(
-        reading.energy, held.baseline, reading.duration_s, held.sampler, reading.span
-    )
-    notes = [*held.notes, *breakdown.notes]
-    adjusted, baseline_j = breakdown.adjusted_j, breakdown.baseline_energy_j
-    if held.baseline is None and held.baseline_w is not None:  # watts given by the caller
-        baseline_j = held.baseline_w * reading.duration_s
-        if breakdown.total_j is not None:
-            adjusted = adjusted_energy_j(breakdown.total_j, held.baseline_w, reading.duration_s)
-            if adjusted < 0:
-                notes.append(NEGATIVE_ADJUSTED_NOTE)
-    ordinals = held.gpus
-    devices = list(breakdown.per_device)
-    if not isinstance(held.energy, ZeusEnergyBackend):  # Zeus numbers by CUDA ordinal already
-        devices = [  # sensor position -> CUDA ordinal
-            d.model_copy(update={"device_index": ordinals[d.device_index]})
-            if d.device_index < len(ordinals)
-            else d
-            for d in devices
-        ]
-    return Measurement(
-        energy_j=breakdown.total_j,
-        duration_s=reading.duration_s,
-        energy_adjusted_j=adjusted,
-        baseline_power_w=held.baseline_w,
-        baseline_energy_j=baseline_j,
-        baseline_source=cast(Any, held.baseline_source),
-        baseline=held.baseline,
-        gpus=list(ordinals),
-        devices=devices,
-        counter_energy_j=breakdown.counter_energy_j,
-        poll_energy_j=breakdown.poll_energy_j,
-        counter_vs_poll_diff_pct=breakdown.counter_vs_poll_diff_pct,
-        poll_power_source=breakdown.poll_power_source,
-        backend=breakdown.backend,
-        backend_version=breakdown.backend_version,
-        method=breakdown.method,
-        components=host_energy_components(reading.energy, reading.host, held.energy),
-        not_measured_reason=breakdown.not_measured_reason,
-        warnings=measurement_warnings(
-            duration_s=reading.duration_s,
-            window_samples=held.sampler.samples_between(*reading.span) if held.sampler else [],
-            n_devices=len(ordinals),
-            energy_available=breakdown.available,
-            persistence_mode=[
-                held.sensor.device_info(i).persistence_mode for i in range(len(ordinals))
-            ]
-            if held.sensor is not None
-            else [],
-            counter_vs_poll_diff_pct=breakdown.counter_vs_poll_diff_pct,
-            thermal_floor_seconds=math.inf,  # no thermal floor of llem's to judge in a block
-        ),
-        notes=notes,
-        started_at_utc=held.started,
-    )
 
 
 # ─── The decorator ───────────────────────────────────────────────────────────────────────

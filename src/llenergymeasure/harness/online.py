@@ -56,7 +56,8 @@ from llenergymeasure.harness.assemble import (
     energy_breakdown,
 )
 from llenergymeasure.harness.environment import window_closed, window_opened
-from llenergymeasure.harness.orchestrator import MeasuredExperiment, energy_backend_for
+from llenergymeasure.harness.orchestrator import energy_backend_for
+from llenergymeasure.harness.saving import MeasuredExperiment
 from llenergymeasure.harness.settings import MeasurementSettings
 from llenergymeasure.online.gpus import default_sensor, meter_server_gpus
 from llenergymeasure.online.measured_run import baseline_step, run_with_files

@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import copy
 import logging
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, cast
 
-from llenergymeasure.config.catalogue import engine_load_key, run_concurrency
+from llenergymeasure.config.catalogue import engine_load_key
 from llenergymeasure.config.models import ExperimentConfig
 from llenergymeasure.energy.base import EnergyBackend, EnergyMeasurement
 from llenergymeasure.energy.baseline import (
@@ -30,7 +28,7 @@ from llenergymeasure.energy.baseline import (
     BaselineMeasurement,
     get_or_measure_baseline,
 )
-from llenergymeasure.energy.phase_split import PhaseSplit
+from llenergymeasure.energy.components import host_energy_components
 from llenergymeasure.energy.rapl import RaplReader
 from llenergymeasure.energy.sampler import EnergySampler
 from llenergymeasure.energy.sensors import GpuSensor
@@ -43,51 +41,22 @@ from llenergymeasure.engines.base import (
     RequestRecord,
 )
 from llenergymeasure.exceptions import PreFlightError
-from llenergymeasure.files import SavedFiles
 from llenergymeasure.harness.assemble import CollectedRun, assemble_result, trusts_remote_code
-from llenergymeasure.harness.energy_split import host_energy_components
 from llenergymeasure.harness.environment import LoadAverageReader, window_closed, window_opened
-from llenergymeasure.harness.prefill_window import measure_prefill_window, split_from_windows
+from llenergymeasure.harness.inputs import PreflightDataset, prompt_length_problems
+from llenergymeasure.harness.saving import MeasuredExperiment
 from llenergymeasure.harness.settings import MeasurementSettings
-from llenergymeasure.results.models import (
-    ExperimentResult,
-    PhaseTimings,
-    WarmupResult,
+from llenergymeasure.harness.warmup import (
+    compile_time,
+    planned_warmup_runs,
+    run_warmup,
+    warmup_prompts_for,
 )
+from llenergymeasure.phase_split.differential import PhaseSplit
+from llenergymeasure.phase_split.prefill_window import measure_prefill_window, split_from_windows
+from llenergymeasure.results.models import PhaseTimings, WarmupResult
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class MeasuredExperiment:
-    """A result and its timeseries (pyarrow table, or None when nothing was sampled).
-
-    ``artifacts``: other files kept beside ``result.json`` (name -> content), e.g. an online
-    run's ``server.log`` and ``online_requests.json``.
-    """
-
-    result: ExperimentResult
-    timeseries: Any = None
-    artifacts: dict[str, bytes] = field(default_factory=dict)
-    saved: SavedFiles | None = None  # where save() put the files (a rescue folder?)
-
-    def save(
-        self,
-        directory: Path,
-        *,
-        export_csv: bool = False,
-        base: Path | None = None,
-        rescue: bool = True,
-    ) -> Path:
-        """Write ``result.json`` (+ ``timeseries.parquet``, ``result.csv``, artifacts) into
-        ``directory``, or a rescue folder if that fails and ``rescue`` (``harness.saving``);
-        returns the ``result.json`` written, and ``saved`` says where and why."""
-        from llenergymeasure.harness.saving import save_measurement
-
-        self.saved = save_measurement(
-            self, directory, export_csv=export_csv, base=base, rescue=rescue
-        )
-        return self.saved.directory / "result.json"
 
 
 @dataclass
@@ -135,8 +104,8 @@ class ExperimentOrchestrator:
     _loaded_key: str | None = field(default=None, init=False, repr=False)
     _loaded_by: str | None = field(default=None, init=False, repr=False)
     _load_info: LoadInfo | None = field(default=None, init=False, repr=False)
-    # (config, PreparedDataset) read by pre-flight: the prompts the run then uses
-    _dataset: tuple[ExperimentConfig, Any] | None = field(default=None, init=False, repr=False)
+    # the dataset read by pre-flight: the prompts the run then uses
+    _dataset: PreflightDataset = field(default_factory=PreflightDataset, init=False, repr=False)
 
     # -- pre-flight -----------------------------------------------------------------------
     def preflight(self, config: ExperimentConfig) -> list[str]:
@@ -151,9 +120,10 @@ class ExperimentOrchestrator:
             problems.append(
                 f"energy backend '{self.energy_backend.name}' is not available on this machine"
             )
+        from llenergymeasure.harness.vram import synthetic_length_problems, vram_problems
+
         if not self._engine_kept_for(config):  # a kept engine already holds its memory
-            problems.extend(self._vram_problems(config))
-        from llenergymeasure.harness.vram import synthetic_length_problems
+            problems.extend(vram_problems(self.sensor, config))
 
         problems.extend(synthetic_length_problems(config))
         return problems
@@ -161,33 +131,10 @@ class ExperimentOrchestrator:
     def _prepare_dataset(self, config: ExperimentConfig) -> list[str]:
         """Read and check the dataset now, before the baseline and the load; keep it for
         the run (a file is read once per run). Returns its problems (none when fine)."""
-        self._dataset = None
+        self._dataset.clear()
         if self.dataset_loader is not None:
             return []  # an injected loader reads the prompts after the load
-        from llenergymeasure.exceptions import ConfigError
-        from llenergymeasure.harness.inputs import dataset_problem, prepare_run_dataset
-
-        try:
-            self._dataset = (config, prepare_run_dataset(config))
-        except ConfigError as exc:
-            return [dataset_problem(exc)]
-        return []
-
-    def _prepared(self, config: ExperimentConfig) -> Any:
-        """The dataset pre-flight read for ``config`` (read now if pre-flight did not run)."""
-        if self._dataset is None or self._dataset[0] is not config:
-            problems = self._prepare_dataset(config)
-            if problems:
-                raise PreFlightError(problems)
-        assert self._dataset is not None
-        return self._dataset[1]
-
-    def _file_provenance(self) -> dict[str, Any] | None:
-        """The provenance pre-flight recorded for the dataset, with the chat template when one
-        was applied (None: an injected loader, described from the config instead)."""
-        if self._dataset is None:
-            return None
-        return dict(self._dataset[1].provenance)
+        return self._dataset.check(config)
 
     def _engine_kept_for(self, config: ExperimentConfig) -> bool:
         """Whether a kept (reused) engine is loaded for ``config``'s engine-load fields."""
@@ -196,26 +143,6 @@ class ExperimentOrchestrator:
             and self._loaded_key is not None
             and self._loaded_key == engine_load_key(config)
         )
-
-    def _vram_problems(self, config: ExperimentConfig) -> list[str]:
-        """Estimated weights + KV cache vs free memory of the first GPU (when both are known)."""
-        if self.sensor is None or self.sensor.device_count() == 0:
-            return []
-        from llenergymeasure.harness.vram import estimate_config_vram
-
-        estimate = estimate_config_vram(config)
-        info = self.sensor.device_info(0)
-        used = self.sensor.read(0).memory_used_bytes
-        if estimate is None or info.total_memory_bytes is None or used is None:
-            return []
-        free_gib = (info.total_memory_bytes - used) / 1024**3
-        if estimate.total_gib > free_gib:
-            return [
-                f"estimated GPU memory {estimate.total_gib:.1f} GiB (weights "
-                f"{estimate.weights_gib:.1f} + KV cache {estimate.kv_cache_gib:.1f}) exceeds the "
-                f"{free_gib:.1f} GiB free on {info.name}"
-            ]
-        return []
 
     # -- the protocol ---------------------------------------------------------------------
     def run(self, config: ExperimentConfig, *, run_id: str | None = None) -> MeasuredExperiment:
@@ -289,28 +216,14 @@ class ExperimentOrchestrator:
             sampler.set_phase("load")
         load_info, reused_from, run_state_notes = self._load_or_reuse(config, timings, run_id)
         prompts = self._checked_prompts(config, timings)
-
-        warmup = self._warmup(config, prompts, sampler)
-        if reused_from is not None:
-            warmup.notes.append(f"engine reused: loaded by run {reused_from}")
-        timings.warmup_s = warmup.duration_s
-        if self.engine.compiles_on_first_run(config):
-            timings.compile_s = _compile_time(warmup.latencies_s)
+        warmup = self._warmup(config, prompts, sampler, timings, reused_from)
         self._thermal_floor(config, timings, sampler)
 
         if self.keep_engine_loaded:
             run_state_notes += list(self.engine.clear_run_state())
         records, window = self._measurement_window(config, prompts, sampler, environment)
         timings.measurement_s = window.duration_s
-        # read the backend's host figures (Zeus, CodeCarbon) before another window replaces them
-        components = host_energy_components(window.energy, window.host, self.energy_backend)
-        # everything the engine reports about the measurement window, read before the
-        # prefill-only window runs another generate on it
-        peak = self.engine.peak_memory_bytes()
-        effective = copy.deepcopy(self.engine.effective_parameters(config))  # notes grow later
-        process_results = self.engine.process_results()
-        record_processes = self.engine.record_process_indices()
-
+        read_after = self._read_after_window(config, window)
         split, split_missing = None, None
         if config.measurement.phase_split:
             t = time.perf_counter()
@@ -338,14 +251,10 @@ class ExperimentOrchestrator:
                 started=started,
                 parameter_count=load_info.parameter_count,
                 draft_parameter_count=load_info.draft_parameter_count,
-                peak_memory_bytes=peak,
-                effective_parameters=effective,
-                process_results=process_results,
-                record_processes=record_processes,
-                components=components,
                 phase_split=split,
                 phase_split_unavailable=split_missing,
-                dataset=self._file_provenance(),
+                dataset=self._dataset.provenance(),
+                **read_after,
             ),
             self.settings,
         )
@@ -360,6 +269,19 @@ class ExperimentOrchestrator:
         )
         table = sampler.to_table() if sampler is not None and sampler.samples else None
         return MeasuredExperiment(result=result, timeseries=table)
+
+    def _read_after_window(self, config: ExperimentConfig, window: WindowReading) -> dict[str, Any]:
+        """What the backend and the engine report about the measurement window (``CollectedRun``
+        fields), read before the prefill-only window runs another window and ``generate``."""
+        return {
+            # the backend's host figures (Zeus, CodeCarbon), before another window replaces them
+            "components": host_energy_components(window.energy, window.host, self.energy_backend),
+            "peak_memory_bytes": self.engine.peak_memory_bytes(),
+            # a copy: its notes grow later
+            "effective_parameters": copy.deepcopy(self.engine.effective_parameters(config)),
+            "process_results": self.engine.process_results(),
+            "record_processes": self.engine.record_process_indices(),
+        }
 
     def _baseline(
         self, config: ExperimentConfig, timings: PhaseTimings, sampler: EnergySampler | None
@@ -392,7 +314,7 @@ class ExperimentOrchestrator:
         t = time.perf_counter()
         prompts = self._load_prompts(config)
         timings.dataset_s = time.perf_counter() - t
-        too_long = self._length_problems(config, prompts)
+        too_long = prompt_length_problems(self.engine, config, prompts)
         if too_long:  # the second half of pre-flight: the limits are known once loaded
             raise PreFlightError(
                 too_long, hint="use shorter prompts, a lower max_new_tokens or a longer model"
@@ -529,61 +451,30 @@ class ExperimentOrchestrator:
             self._loaded_key, self._loaded_by, self._load_info = key, run_id, load_info
         return load_info, None, []
 
-    def _length_problems(self, config: ExperimentConfig, prompts: Sequence[Any]) -> list[str]:
-        """Prompts whose tokens + new tokens exceed the loaded engine's maximum length.
-
-        Engines report their limit with ``max_sequence_length()``; where it is unknown (or the
-        engine has no tokenizer) nothing is checked.
-        """
-        limit = self.engine.max_sequence_length()
-        tokenizer = self.engine.tokenizer
-        if limit is None or tokenizer is None:
-            return []
-        problems: list[str] = []
-        over = 0
-        for prompt in prompts:
-            n_in = len(tokenizer.encode(prompt.text))
-            n_new = config.max_new_tokens_for(prompt.max_new_tokens)
-            if n_in + n_new > limit:
-                over += 1
-                if len(problems) < 5:
-                    problems.append(
-                        f"prompt {prompt.index}: {n_in} prompt tokens + {n_new} new tokens = "
-                        f"{n_in + n_new} exceeds the maximum sequence length {limit} of "
-                        f"{config.model}"
-                    )
-        if over > len(problems):
-            problems.append(f"... and {over - len(problems)} more prompts over the limit")
-        return problems
-
     def _load_prompts(self, config: ExperimentConfig) -> list[Any]:
         if self.dataset_loader is not None:
             dataset: Any = config.dataset
             return list(self.dataset_loader(dataset, config.n, tokenizer=self.engine.tokenizer))
-        return list(self._prepared(config).prompts(self.engine.tokenizer))
+        return list(self._dataset.prepared(config).prompts(self.engine.tokenizer))
 
     def _warmup(
-        self, config: ExperimentConfig, prompts: Sequence[Any], sampler: EnergySampler | None
+        self,
+        config: ExperimentConfig,
+        prompts: Sequence[Any],
+        sampler: EnergySampler | None,
+        timings: PhaseTimings,
+        reused_from: str | None,
     ) -> WarmupResult:
+        """The warmup runs (``harness.warmup``); their time, and the compile time they show."""
         wc = config.warmup
-        runs = wc.max_prompts if wc.convergence_detection else wc.n_warmup
-        notes: list[str] = []
-        if runs == 0 and self.engine.compiles_on_first_run(config):
-            # compilation happens in the first generate: keep it out of the measurement window
-            runs = 1
-            notes.append(
-                "n_warmup=0 with pytorch.torch_compile: one warmup run forced so that "
-                "compilation happens before the measurement window"
-            )
-            logger.warning("%s", notes[-1])
+        runs, notes = planned_warmup_runs(config, self.engine)
+        for note in notes:
+            logger.warning("%s", note)
         warm_prompts: list[Any] = []
         source: str | None = None
         if runs > 0:
             warm = self._warmup_prompts(config, prompts)
             warm_prompts, source = list(warm.prompts), warm.source
-        latencies: list[float] = []
-        converged: bool | None = None
-        cv: float | None = None
         if sampler is not None:
             sampler.set_phase(WARMUP_PHASE)
         t0 = time.perf_counter()
@@ -594,61 +485,30 @@ class ExperimentOrchestrator:
                 runs,
                 len(warm_prompts),
             )
-        for i in range(runs):
-            s = time.perf_counter()
-            self.engine.generate(warm_prompts, config, phase=WARMUP_PHASE)
-            self.engine.synchronize()
-            latencies.append(time.perf_counter() - s)
-            if wc.convergence_detection and len(latencies) >= max(3, wc.n_warmup):
-                window = latencies[-3:]
-                mean = statistics.fmean(window)
-                cv = statistics.pstdev(window) / mean if mean > 0 else 0.0
-                if cv <= wc.cv_target:
-                    converged = True
-                    break
-            if wc.convergence_detection and i == runs - 1:
-                converged = False
-        return WarmupResult(
-            runs=len(latencies),
+        done = run_warmup(self.engine, warm_prompts, config, runs)
+        warmup = WarmupResult(
+            runs=len(done.latencies_s),
             prompts_per_run=len(warm_prompts),
             duration_s=time.perf_counter() - t0,
-            latencies_s=latencies,
+            latencies_s=done.latencies_s,
             convergence_detection=wc.convergence_detection,
-            converged=converged,
-            final_cv=cv,
+            converged=done.converged,
+            final_cv=done.final_cv,
             thermal_floor_seconds=wc.thermal_floor_seconds,
             notes=notes,
             prompt_source=source,
         )
+        if reused_from is not None:
+            warmup.notes.append(f"engine reused: loaded by run {reused_from}")
+        timings.warmup_s = warmup.duration_s
+        if self.engine.compiles_on_first_run(config):
+            timings.compile_s = compile_time(warmup.latencies_s)
+        return warmup
 
     def _warmup_prompts(self, config: ExperimentConfig, prompts: Sequence[Any]) -> Any:
         """As many prompts as the run keeps in flight (at most n), never the measured ones."""
-        from llenergymeasure.datasets.warmup import warmup_prompts
-
-        k = max(1, min(run_concurrency(config), len(prompts)))
-        dataset: Any = config.dataset
-        rows_after, formatter = None, None
-        if self.dataset_loader is None:
-            rows_after = self._prepared(config).rows_after()
-            formatter = self._prepared(config).formatter(self.engine.tokenizer)
-        return warmup_prompts(
-            dataset,
-            config.n,
-            k,
-            measured=prompts,
-            tokenizer=self.engine.tokenizer,
-            rows_after=rows_after,
-            formatter=formatter,
-        )
-
-
-def _compile_time(latencies: Sequence[float]) -> float | None:
-    """First warmup run's excess over the median later run (all of it when it ran alone)."""
-    if not latencies:
-        return None
-    if len(latencies) == 1:
-        return latencies[0]
-    return max(0.0, latencies[0] - statistics.median(latencies[1:]))
+        prepared = self._dataset.prepared(config) if self.dataset_loader is None else None
+        return warmup_prompts_for(config, prompts, self.engine.tokenizer, prepared)
 
 
 def default_components(

@@ -1,4 +1,5 @@
-"""Saving a finished measurement: where it was asked for, else a rescue folder.
+"""A finished measurement (``MeasuredExperiment``) and saving it: where it was asked for,
+else a rescue folder.
 
 A measurement's files (``result.json`` last, so its presence means the rest is there) go
 through the one write path (``llenergymeasure.files``): redacted, atomic, never through a link,
@@ -12,25 +13,48 @@ works (``files.rescue_roots``), ``result.json``'s ``output_dir`` says where, and
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from llenergymeasure.files import FileWriter, SavedFiles, save_files, write_bytes, write_json
 from llenergymeasure.redaction import redact_text
 from llenergymeasure.results.models import ExperimentResult
 
-
-class MeasuredExperiment(Protocol):
-    """What is saved: a result, its timeseries table (or None) and other files by name."""
-
-    result: ExperimentResult
-    timeseries: Any
-    artifacts: dict[str, bytes]
-
-__all__ = ["RESULT_NAME", "TIMESERIES_NAME", "save_measurement"]
+__all__ = ["RESULT_NAME", "TIMESERIES_NAME", "MeasuredExperiment", "save_measurement"]
 
 RESULT_NAME = "result.json"
 TIMESERIES_NAME = "timeseries.parquet"
+
+
+@dataclass
+class MeasuredExperiment:
+    """A result and its timeseries (pyarrow table, or None when nothing was sampled).
+
+    ``artifacts``: other files kept beside ``result.json`` (name -> content), e.g. an online
+    run's ``server.log`` and ``online_requests.json``.
+    """
+
+    result: ExperimentResult
+    timeseries: Any = None
+    artifacts: dict[str, bytes] = field(default_factory=dict)
+    saved: SavedFiles | None = None  # where save() put the files (a rescue folder?)
+
+    def save(
+        self,
+        directory: Path,
+        *,
+        export_csv: bool = False,
+        base: Path | None = None,
+        rescue: bool = True,
+    ) -> Path:
+        """Write ``result.json`` (+ ``timeseries.parquet``, ``result.csv``, artifacts) into
+        ``directory``, or a rescue folder if that fails and ``rescue``;
+        returns the ``result.json`` written, and ``saved`` says where and why."""
+        self.saved = save_measurement(
+            self, directory, export_csv=export_csv, base=base, rescue=rescue
+        )
+        return self.saved.directory / "result.json"
 
 
 def _artifact_writer(name: str, content: bytes) -> FileWriter:

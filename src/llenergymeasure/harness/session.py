@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from llenergymeasure.config.models import ExperimentConfig
     from llenergymeasure.energy.baseline import BaselineCache
-    from llenergymeasure.harness.orchestrator import MeasuredExperiment
+    from llenergymeasure.harness.saving import MeasuredExperiment
 
 __all__ = ["EngineSession", "is_fatal"]
 

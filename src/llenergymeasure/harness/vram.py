@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
@@ -34,6 +34,9 @@ from llenergymeasure.gguf_files import (
     names_gguf,
     read_gguf_header,
 )
+
+if TYPE_CHECKING:
+    from llenergymeasure.energy.sensors import GpuSensor
 
 BYTES_PER_PARAM = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}
 
@@ -264,3 +267,22 @@ def weight_precision(config: ExperimentConfig) -> str:
     section = engine_section(config)
     override = section.weight_precision() if section is not None else None
     return override or config.precision
+
+
+def vram_problems(sensor: GpuSensor | None, config: ExperimentConfig) -> list[str]:
+    """Estimated weights + KV cache vs free memory of the first GPU (when both are known)."""
+    if sensor is None or sensor.device_count() == 0:
+        return []
+    estimate = estimate_config_vram(config)
+    info = sensor.device_info(0)
+    used = sensor.read(0).memory_used_bytes
+    if estimate is None or info.total_memory_bytes is None or used is None:
+        return []
+    free_gib = (info.total_memory_bytes - used) / 1024**3
+    if estimate.total_gib > free_gib:
+        return [
+            f"estimated GPU memory {estimate.total_gib:.1f} GiB (weights "
+            f"{estimate.weights_gib:.1f} + KV cache {estimate.kv_cache_gib:.1f}) exceeds the "
+            f"{free_gib:.1f} GiB free on {info.name}"
+        ]
+    return []

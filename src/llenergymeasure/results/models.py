@@ -15,11 +15,11 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from llenergymeasure.config.models import ExperimentConfig
-from llenergymeasure.energy.attribution import EnergyAttribution
 from llenergymeasure.energy.base import DeviceEnergy
 from llenergymeasure.energy.baseline import BaselineMeasurement
 from llenergymeasure.energy.components import EnergyComponents
-from llenergymeasure.energy.phase_split import PhaseSplit
+from llenergymeasure.phase_split.attribution import EnergyAttribution
+from llenergymeasure.phase_split.differential import PhaseSplit
 from llenergymeasure.results.online import OnlineResult
 
 SCHEMA_VERSION = "1.0"
@@ -590,9 +590,9 @@ class ExperimentResult(JsonFileModel):
         return row
 
     def phase_columns(self) -> dict[str, Any]:
-        """The flat columns of where the joules go (``results.phase_columns.PHASE_COLUMNS``);
+        """The flat columns of where the joules go (``phase_split.columns.PHASE_COLUMNS``);
         the same keys for every result, ``None`` where a figure was not measured."""
-        from llenergymeasure.results.phase_columns import phase_columns
+        from llenergymeasure.phase_split.columns import phase_columns
 
         attribution = self.energy_attribution
         if attribution is not None and not attribution.requests:
@@ -614,7 +614,7 @@ class ExperimentResult(JsonFileModel):
 
 
 def _request_energies(result: ExperimentResult) -> list[Any]:
-    from llenergymeasure.energy.attribution import RequestEnergy
+    from llenergymeasure.phase_split.attribution import RequestEnergy
 
     return [
         RequestEnergy(

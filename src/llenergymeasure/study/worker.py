@@ -44,7 +44,7 @@ from llenergymeasure.logs import forward_messages
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
 
-    from llenergymeasure.harness.orchestrator import MeasuredExperiment
+    from llenergymeasure.harness.saving import MeasuredExperiment
     from llenergymeasure.runners import DockerRunResult
 
 logger = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ def _measure_in_container(request: RunRequest, image: str) -> MeasuredExperiment
 
 def _measured_from(outcome: DockerRunResult) -> MeasuredExperiment:
     """A containerised run's result and its timeseries (``timeseries.parquet`` beside it)."""
-    from llenergymeasure.harness.orchestrator import MeasuredExperiment
+    from llenergymeasure.harness.saving import MeasuredExperiment
 
     timeseries = None
     sidecar = outcome.result_path.parent / "timeseries.parquet"

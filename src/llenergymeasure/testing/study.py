@@ -22,7 +22,7 @@ from llenergymeasure.study.worker import RunRequest
 from llenergymeasure.testing.engines import FakeEngine
 
 if TYPE_CHECKING:
-    from llenergymeasure.harness.orchestrator import MeasuredExperiment
+    from llenergymeasure.harness.saving import MeasuredExperiment
 
 
 def fake_measure_worker(

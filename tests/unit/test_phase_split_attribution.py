@@ -1,4 +1,4 @@
-"""Specification of time-resolved energy attribution (``llenergymeasure.energy.attribution``).
+"""Specification of time-resolved energy attribution (``llenergymeasure.phase_split``).
 
 Hand-made timelines with hand-computed energies: a step's energy (counter difference,
 interpolated at its boundaries) is shared among its requests in proportion to the tokens each
@@ -15,22 +15,23 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llenergymeasure.energy.attribution import (
-    BatchTokenTimes,
-    EnergyAttribution,
-    EnergyCurve,
-    EngineStep,
-    RequestEnergy,
-    RequestTokenTimes,
-    RequestWork,
-    attribute_energy,
-    attribution_confidence,
-    batches_from_records,
-    curves_from_samples,
-    steps_from_token_times,
-)
 from llenergymeasure.energy.maths import EnergyCounterResetError, integrate_power_j
 from llenergymeasure.energy.sampler import Sample
+from llenergymeasure.phase_split.attribution import (
+    EnergyAttribution,
+    RequestEnergy,
+    attribute_energy,
+    attribution_confidence,
+)
+from llenergymeasure.phase_split.curves import EnergyCurve, curves_from_samples
+from llenergymeasure.phase_split.timeline import (
+    BatchTokenTimes,
+    EngineStep,
+    RequestTokenTimes,
+    RequestWork,
+    batches_from_records,
+    steps_from_token_times,
+)
 
 
 def constant_power_counter(power_w: float, t0: float, t1: float, dt: float) -> EnergyCurve:
@@ -654,9 +655,9 @@ def test_records_without_first_token_time_or_batch_start_are_rejected() -> None:
 
 
 def test_attribute_run_chains_records_sampler_samples_and_the_backend_total() -> None:
-    from llenergymeasure.energy.attribution import attribute_run
     from llenergymeasure.energy.sampler import EnergySampler
     from llenergymeasure.engines.base import RequestRecord
+    from llenergymeasure.phase_split.attribution import attribute_run
     from llenergymeasure.testing.energy import FakeClock, FakeGpuSensor
 
     clock = FakeClock(start=100.0)

@@ -1,21 +1,21 @@
-"""Specification of the flat-table columns for issue 16 (``results.phase_columns``)."""
+"""Specification of the flat-table columns for issue 16 (``phase_split.columns``)."""
 
 from __future__ import annotations
 
 import pytest
 
-from llenergymeasure.energy.attribution import (
-    BatchTokenTimes,
-    EnergyCurve,
-    RequestTokenTimes,
-    attribute_energy,
-    steps_from_token_times,
-)
 from llenergymeasure.energy.base import EnergyMeasurement
 from llenergymeasure.energy.components import energy_components
-from llenergymeasure.energy.phase_split import differential_phase_split
 from llenergymeasure.energy.rapl import HostEnergyReading
-from llenergymeasure.results.phase_columns import PHASE_COLUMNS, phase_columns
+from llenergymeasure.phase_split.attribution import attribute_energy
+from llenergymeasure.phase_split.columns import PHASE_COLUMNS, phase_columns
+from llenergymeasure.phase_split.curves import EnergyCurve
+from llenergymeasure.phase_split.differential import differential_phase_split
+from llenergymeasure.phase_split.timeline import (
+    BatchTokenTimes,
+    RequestTokenTimes,
+    steps_from_token_times,
+)
 
 
 def test_without_any_measurement_every_column_is_present_and_empty() -> None:

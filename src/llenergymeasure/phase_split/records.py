@@ -1,54 +1,34 @@
-"""Where a run's joules go (issue 16), from what the run recorded: the time-resolved
-prefill/decode split with per-request energy, and the host's share.
+"""The time-resolved prefill/decode split of a run, from what the run recorded (issue 16).
 
 Everything here runs after the measurement window has closed; the only thing the engines add
 inside the window is one ``time.monotonic()`` per batch (PyTorch) or per submitted request
 (vLLM step loop): ``RequestRecord.start_s``.
 
-- ``time_resolved_attribution``: each record's token times (``start_s + ttft_s`` then the
-  ``itl_s`` gaps) mark the engine steps on the sampler's clock; ``energy.attribution`` splits
-  the window's energy over them by the rule written there (each step's energy shared among
-  its requests in proportion to the tokens each processed in it: prompt tokens in the step of
-  its first token, one per decode token), scaled so that the requests sum to the backend's
-  window energy. ``(None, reason)`` when it cannot be done (no per-token times, no samples,
-  data-parallel processes).
-- ``host_energy_components``: ``energy.components`` from the GPU measurement, the RAPL reading
-  (when the machine exposes RAPL) and what Zeus / CodeCarbon reported for CPU and RAM.
+``time_resolved_attribution``: each record's token times (``start_s + ttft_s`` then the
+``itl_s`` gaps) mark the engine steps on the sampler's clock; ``phase_split.attribution``
+splits the window's energy over them by the rule written there (each step's energy shared
+among its requests in proportion to the tokens each processed in it: prompt tokens in the step
+of its first token, one per decode token), scaled so that the requests sum to the backend's
+window energy. ``(None, reason)`` when it cannot be done (no per-token times, no samples,
+data-parallel processes).
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from typing import Any
 
-from llenergymeasure.energy.attribution import (
-    BatchTokenTimes,
-    EnergyAttribution,
-    RequestTokenTimes,
-    attribute_energy,
-    curves_from_samples,
-    steps_from_token_times,
-)
-from llenergymeasure.energy.base import EnergyMeasurement
-from llenergymeasure.energy.components import (
-    EnergyComponents,
-    energy_components,
-    host_readings_from_codecarbon,
-    host_readings_from_rapl,
-    host_readings_from_zeus,
-)
-from llenergymeasure.energy.rapl import HostEnergyMeasurement, HostEnergyReading
 from llenergymeasure.energy.sampler import Sample
 from llenergymeasure.engines.base import RequestRecord
-from llenergymeasure.results.models import RequestResult
+from llenergymeasure.phase_split.attribution import EnergyAttribution, attribute_energy
+from llenergymeasure.phase_split.curves import curves_from_samples
+from llenergymeasure.phase_split.timeline import (
+    BatchTokenTimes,
+    RequestTokenTimes,
+    steps_from_token_times,
+)
 
-__all__ = [
-    "host_energy_components",
-    "time_resolved_attribution",
-    "token_timed_batches",
-    "with_request_energy",
-]
+__all__ = ["time_resolved_attribution", "token_timed_batches"]
 
 
 def token_timed_batches(records: Sequence[RequestRecord]) -> list[BatchTokenTimes]:
@@ -123,50 +103,3 @@ def time_resolved_attribution(
     except ValueError as exc:
         return None, str(exc)
     return attribution, None
-
-
-def with_request_energy(
-    requests: Sequence[RequestResult], attribution: EnergyAttribution
-) -> list[RequestResult]:
-    """``requests`` with ``energy_j`` (and its prefill/decode parts) from ``attribution``."""
-    by_index = {e.request: e for e in attribution.requests}
-    out = []
-    for r in requests:
-        e = by_index.get(r.index)
-        if e is None:
-            out.append(r)
-            continue
-        out.append(
-            r.model_copy(
-                update={
-                    "energy_j": e.energy_j,
-                    "prefill_energy_j": e.prefill_energy_j,
-                    "decode_energy_j": e.decode_energy_j,
-                }
-            )
-        )
-    return out
-
-
-def host_energy_components(
-    gpu: EnergyMeasurement,
-    rapl: HostEnergyMeasurement | None,
-    energy_backend: Any = None,
-) -> EnergyComponents:
-    """``energy.components``: the GPU figure, then cpu/dram from RAPL, Zeus, CodeCarbon.
-
-    ``rapl``: the RAPL reading of the window (``None``: not read). ``energy_backend``: the
-    run's backend; a Zeus backend's last ``Measurement`` (``last_window``) and a CodeCarbon
-    backend's ``last_emissions_data`` are read for their CPU/RAM figures. Read this right
-    after the measurement window, before the backend measures another one.
-    """
-    sources: list[list[HostEnergyReading]] = []
-    if rapl is not None:
-        sources.append(host_readings_from_rapl(rapl))
-    zeus_window = getattr(energy_backend, "last_window", None)
-    if zeus_window is not None:
-        sources.append(host_readings_from_zeus(zeus_window))
-    emissions = getattr(energy_backend, "last_emissions_data", None)
-    if emissions is not None:
-        sources.append(host_readings_from_codecarbon(emissions))
-    return energy_components(gpu, *sources)

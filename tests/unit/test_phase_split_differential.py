@@ -1,4 +1,4 @@
-"""Specification of the differential prefill/decode split (``energy.phase_split``).
+"""Specification of the differential prefill/decode split (``phase_split.differential``).
 
 Full window: 8 requests, 4 000 input tokens, 8 x 128 output tokens, 1 000 J in 10 s.
 Prefill-only window (max_new_tokens 1): 120 J in 1 s. Idle baseline: 50 W.
@@ -10,7 +10,7 @@ import math
 
 import pytest
 
-from llenergymeasure.energy.phase_split import (
+from llenergymeasure.phase_split.differential import (
     PhaseSplit,
     differential_phase_split,
     predict_energy_j,

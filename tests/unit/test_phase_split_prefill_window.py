@@ -1,4 +1,4 @@
-"""Specification of the prefill-only window (``harness.prefill_window``).
+"""Specification of the prefill-only window (``phase_split.prefill_window``).
 
 Same prompts, same engine, ``max_new_tokens`` 1, opened and closed like the measurement
 window; its energy and the full window's give the differential prefill/decode split.
@@ -12,7 +12,7 @@ from llenergymeasure.config.models import ExperimentConfig
 from llenergymeasure.datasets import Prompt
 from llenergymeasure.energy.sampler import EnergySampler
 from llenergymeasure.engines.base import RequestRecord
-from llenergymeasure.harness.prefill_window import (
+from llenergymeasure.phase_split.prefill_window import (
     PREFILL_WINDOW_PHASE,
     measure_prefill_window,
     prefill_only_config,

@@ -12,14 +12,14 @@ import math
 
 import pytest
 
-from llenergymeasure.energy.attribution import (
+from llenergymeasure.phase_split.attribution import attribute_energy
+from llenergymeasure.phase_split.curves import EnergyCurve
+from llenergymeasure.phase_split.differential import differential_phase_split, predict_energy_j
+from llenergymeasure.phase_split.timeline import (
     BatchTokenTimes,
-    EnergyCurve,
     RequestTokenTimes,
-    attribute_energy,
     steps_from_token_times,
 )
-from llenergymeasure.energy.phase_split import differential_phase_split, predict_energy_j
 
 PREFILL_S_PER_TOKEN, PREFILL_W = 0.00005, 800.0
 DECODE_STEP_S, DECODE_W = 0.020, 400.0

@@ -118,32 +118,16 @@ def differential_phase_split(
     requests``, right when every request generated at least one token).
     Returns ``(split, None)``, or ``(None, reason)`` when the numbers cannot give a split.
     """
-    for name, value in (
-        ("total_energy_j", total_energy_j),
-        ("total_duration_s", total_duration_s),
-        ("prefill_energy_j", prefill_energy_j),
-        ("prefill_duration_s", prefill_duration_s),
-    ):
-        problem = _finite(name, value)
-        if problem:
-            return None, problem
-    if requests <= 0:
-        return None, f"no request was run (requests = {requests})"
-    if input_tokens <= 0:
-        return None, f"the prompts have no input tokens (input_tokens = {input_tokens})"
-    if prefill_energy_j < 0 or total_energy_j < 0:
-        return None, "a window has negative energy"
-    if prefill_energy_j > total_energy_j:
-        return None, (
-            f"the prefill-only window used more energy ({prefill_energy_j:.3f} J) than the "
-            f"full run ({total_energy_j:.3f} J): the two windows are not comparable "
-            "(noise larger than the decode energy, or a different workload)"
-        )
-    if prefill_duration_s > total_duration_s:
-        return None, (
-            f"the prefill-only window lasted longer ({prefill_duration_s:.3f} s) than the "
-            f"full run ({total_duration_s:.3f} s)"
-        )
+    refused = _windows_refusal(
+        total_energy_j,
+        total_duration_s,
+        prefill_energy_j,
+        prefill_duration_s,
+        requests,
+        input_tokens,
+    )
+    if refused:
+        return None, refused
     if decode_tokens is None:
         decode_tokens = output_tokens - requests
     if decode_tokens <= 0:
@@ -152,35 +136,15 @@ def differential_phase_split(
             "(the first token of each belongs to prefill)"
         )
     decode_j = total_energy_j - prefill_energy_j
-    decode_s = total_duration_s - prefill_duration_s
-    notes: list[str] = []
-    adjusted: dict[str, float | None] = {
-        "energy_total_adjusted_j": None,
-        "energy_prefill_adjusted_j": None,
-        "energy_decode_adjusted_j": None,
-        "j_per_input_token_prefill_adjusted": None,
-        "j_per_decode_token_adjusted": None,
-        "share_prefill_adjusted": None,
-        "share_decode_adjusted": None,
-    }
-    if baseline_power_w is not None:
-        total_adj = total_energy_j - baseline_power_w * total_duration_s
-        prefill_adj = prefill_energy_j - baseline_power_w * prefill_duration_s
-        decode_adj = total_adj - prefill_adj
-        adjusted.update(
-            energy_total_adjusted_j=total_adj,
-            energy_prefill_adjusted_j=prefill_adj,
-            energy_decode_adjusted_j=decode_adj,
-            j_per_input_token_prefill_adjusted=prefill_adj / input_tokens,
-            j_per_decode_token_adjusted=decode_adj / decode_tokens,
-            share_prefill_adjusted=prefill_adj / total_adj if total_adj else None,
-            share_decode_adjusted=decode_adj / total_adj if total_adj else None,
-        )
-        if min(prefill_adj, decode_adj) < 0:
-            notes.append(
-                "a baseline-adjusted phase energy is negative: the idle baseline "
-                f"({baseline_power_w:.1f} W) exceeds that phase's mean draw"
-            )
+    adjusted, notes = _baseline_adjusted(
+        baseline_power_w,
+        total_energy_j,
+        total_duration_s,
+        prefill_energy_j,
+        prefill_duration_s,
+        input_tokens,
+        decode_tokens,
+    )
     return (
         PhaseSplit(
             requests=requests,
@@ -192,7 +156,7 @@ def differential_phase_split(
             energy_decode_j=decode_j,
             duration_total_s=total_duration_s,
             duration_prefill_s=prefill_duration_s,
-            duration_decode_s=decode_s,
+            duration_decode_s=total_duration_s - prefill_duration_s,
             j_per_input_token_prefill=prefill_energy_j / input_tokens,
             j_per_decode_token=decode_j / decode_tokens,
             share_prefill=prefill_energy_j / total_energy_j if total_energy_j else 0.0,
@@ -203,6 +167,86 @@ def differential_phase_split(
         ),
         None,
     )
+
+
+def _windows_refusal(
+    total_energy_j: float,
+    total_duration_s: float,
+    prefill_energy_j: float,
+    prefill_duration_s: float,
+    requests: int,
+    input_tokens: int,
+) -> str | None:
+    """Why the two windows cannot give a split (``None`` when they can)."""
+    for name, value in (
+        ("total_energy_j", total_energy_j),
+        ("total_duration_s", total_duration_s),
+        ("prefill_energy_j", prefill_energy_j),
+        ("prefill_duration_s", prefill_duration_s),
+    ):
+        problem = _finite(name, value)
+        if problem:
+            return problem
+    if requests <= 0:
+        return f"no request was run (requests = {requests})"
+    if input_tokens <= 0:
+        return f"the prompts have no input tokens (input_tokens = {input_tokens})"
+    if prefill_energy_j < 0 or total_energy_j < 0:
+        return "a window has negative energy"
+    if prefill_energy_j > total_energy_j:
+        return (
+            f"the prefill-only window used more energy ({prefill_energy_j:.3f} J) than the "
+            f"full run ({total_energy_j:.3f} J): the two windows are not comparable "
+            "(noise larger than the decode energy, or a different workload)"
+        )
+    if prefill_duration_s > total_duration_s:
+        return (
+            f"the prefill-only window lasted longer ({prefill_duration_s:.3f} s) than the "
+            f"full run ({total_duration_s:.3f} s)"
+        )
+    return None
+
+
+def _baseline_adjusted(
+    baseline_power_w: float | None,
+    total_energy_j: float,
+    total_duration_s: float,
+    prefill_energy_j: float,
+    prefill_duration_s: float,
+    input_tokens: int,
+    decode_tokens: int,
+) -> tuple[dict[str, float | None], list[str]]:
+    """The ``*_adjusted_*`` fields (``None`` without a baseline) and their notes."""
+    notes: list[str] = []
+    adjusted: dict[str, float | None] = {
+        "energy_total_adjusted_j": None,
+        "energy_prefill_adjusted_j": None,
+        "energy_decode_adjusted_j": None,
+        "j_per_input_token_prefill_adjusted": None,
+        "j_per_decode_token_adjusted": None,
+        "share_prefill_adjusted": None,
+        "share_decode_adjusted": None,
+    }
+    if baseline_power_w is None:
+        return adjusted, notes
+    total_adj = total_energy_j - baseline_power_w * total_duration_s
+    prefill_adj = prefill_energy_j - baseline_power_w * prefill_duration_s
+    decode_adj = total_adj - prefill_adj
+    adjusted.update(
+        energy_total_adjusted_j=total_adj,
+        energy_prefill_adjusted_j=prefill_adj,
+        energy_decode_adjusted_j=decode_adj,
+        j_per_input_token_prefill_adjusted=prefill_adj / input_tokens,
+        j_per_decode_token_adjusted=decode_adj / decode_tokens,
+        share_prefill_adjusted=prefill_adj / total_adj if total_adj else None,
+        share_decode_adjusted=decode_adj / total_adj if total_adj else None,
+    )
+    if min(prefill_adj, decode_adj) < 0:
+        notes.append(
+            "a baseline-adjusted phase energy is negative: the idle baseline "
+            f"({baseline_power_w:.1f} W) exceeds that phase's mean draw"
+        )
+    return adjusted, notes
 
 
 def predict_energy_j(

@@ -72,393 +72,37 @@ Clocks: sample times and token times must come from the same clock. The NVML sam
 
 from __future__ import annotations
 
-import itertools
 import math
 import statistics
-from bisect import bisect_right
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Literal, Protocol, TypeVar
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from llenergymeasure.energy.maths import EnergyCounterResetError, counter_delta_mj
 from llenergymeasure.energy.sampler import Sample
+from llenergymeasure.phase_split.curves import EnergyCurve, curves_from_samples
+from llenergymeasure.phase_split.timeline import (
+    EngineStep,
+    TokenTimedRecord,
+    batches_from_records,
+    steps_from_token_times,
+)
 
 __all__ = [
-    "BatchTokenTimes",
     "Confidence",
     "EnergyAttribution",
-    "EnergyCurve",
-    "EngineStep",
     "RequestEnergy",
-    "RequestTokenTimes",
-    "RequestWork",
-    "StepPhase",
     "attribute_energy",
     "attribute_run",
     "attribution_confidence",
-    "batches_from_records",
-    "curves_from_samples",
-    "steps_from_token_times",
 ]
 
-StepPhase = Literal["prefill", "decode"]
 Confidence = Literal["high", "medium", "low"]
-CurveSource = Literal["counter", "power_integration"]
-_V = TypeVar("_V", int, float)
 
 HIGH_CONFIDENCE_RATIO = 0.1
 LOW_CONFIDENCE_RATIO = 0.5
 MIN_STEP_S = 50e-6
 """A median engine step shorter than this is no forward pass: the timeline is not per step."""
-
-
-# -- timeline -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RequestWork:
-    """Tokens one request processed in one step: prompt tokens (prefill) or generated ones."""
-
-    request: int
-    tokens: int
-    phase: StepPhase
-
-
-@dataclass(frozen=True)
-class EngineStep:
-    """One engine step (a forward pass over the batch), from ``start_s`` to ``end_s``."""
-
-    start_s: float
-    end_s: float
-    work: tuple[RequestWork, ...]
-
-    @property
-    def tokens(self) -> int:
-        return sum(w.tokens for w in self.work)
-
-
-@dataclass(frozen=True)
-class RequestTokenTimes:
-    """One request's prompt length and the time each of its generated tokens appeared."""
-
-    request: int
-    prompt_tokens: int
-    token_times_s: Sequence[float]
-
-
-@dataclass(frozen=True)
-class BatchTokenTimes:
-    """Requests generated together, from the engine call's start ``start_s``.
-
-    A static batch (PyTorch ``generate``): every request shares the batch's step times, a
-    request that stopped early simply has fewer. A continuous-batching engine loop can be
-    given as one "batch" whose requests have their own token times.
-    """
-
-    start_s: float
-    requests: Sequence[RequestTokenTimes]
-
-
-def steps_from_token_times(batches: Sequence[BatchTokenTimes]) -> list[EngineStep]:
-    """The step timeline of a run from per-request token timestamps.
-
-    Per batch, every distinct token time ends a step; the first step starts at the batch's
-    ``start_s`` and each next one where the previous ended. A request's first token ends its
-    prefill step (its ``prompt_tokens`` are the work it did there); each later token time
-    is one decode token of that request (tokens sharing a time count together). A request
-    without any token (nothing generated) is counted in the batch's first step with its
-    prompt. Batches must not overlap in time.
-    """
-    steps: list[EngineStep] = []
-    previous_end: float | None = None
-    for b, batch in enumerate(sorted(batches, key=lambda x: x.start_s)):
-        if previous_end is not None and batch.start_s < previous_end:
-            raise ValueError(
-                f"batch {b} starts at {batch.start_s} before the previous batch's last token "
-                f"at {previous_end}: batches must not overlap"
-            )
-        per_request: list[tuple[RequestTokenTimes, Counter[float], float | None]] = []
-        ends: set[float] = set()
-        for r in batch.requests:
-            times = [float(t) for t in r.token_times_s]
-            if any(b_ < a_ for a_, b_ in itertools.pairwise(times)):
-                raise ValueError(f"request {r.request}: token times must not decrease")
-            if times and times[0] < batch.start_s:
-                raise ValueError(
-                    f"request {r.request}: first token at {times[0]} is before its batch "
-                    f"started at {batch.start_s}"
-                )
-            if r.prompt_tokens < 0:
-                raise ValueError(f"request {r.request}: prompt_tokens must be >= 0")
-            ends.update(times)
-            per_request.append((r, Counter(times), times[0] if times else None))
-        if not ends:
-            raise ValueError(
-                f"batch {b} has no token timestamps (beam search cannot stream): "
-                "its steps cannot be reconstructed"
-            )
-        first_end = min(ends)
-        start = batch.start_s
-        for end in sorted(ends):
-            work: list[RequestWork] = []
-            for r, counts, first in per_request:
-                n = counts.get(end, 0)
-                if first == end or (first is None and end == first_end):
-                    work.append(RequestWork(r.request, r.prompt_tokens, "prefill"))
-                    n -= 1 if first == end else 0  # its first token came with the prefill
-                if n > 0:
-                    work.append(RequestWork(r.request, n, "decode"))
-            steps.append(EngineStep(start_s=start, end_s=end, work=tuple(work)))
-            start = end
-        previous_end = start
-    return steps
-
-
-class TokenTimedRecord(Protocol):
-    """What ``batches_from_records`` reads of an engine's ``RequestRecord``."""
-
-    @property
-    def index(self) -> int: ...
-
-    @property
-    def input_tokens(self) -> int: ...
-
-    @property
-    def ttft_s(self) -> float | None: ...
-
-    @property
-    def itl_s(self) -> Sequence[float]: ...
-
-    @property
-    def batch_index(self) -> int: ...
-
-
-def batches_from_records(
-    records: Sequence[TokenTimedRecord], batch_start_s: Mapping[int, float]
-) -> list[BatchTokenTimes]:
-    """Per-batch token times rebuilt from engine records and each batch's start time.
-
-    A record's token times are ``start + ttft_s`` and then each ``itl_s`` gap added in turn
-    (the PyTorch engine's records: ``ttft_s`` from the start of the batch's ``generate``,
-    ``itl_s`` the gaps between its tokens). ``batch_start_s`` maps ``batch_index`` to the
-    absolute start of that batch on the sampler's clock. Records of one static batch share
-    the same gaps, so their rebuilt times coincide exactly and they share steps.
-    """
-    grouped: dict[int, list[RequestTokenTimes]] = {}
-    for r in records:
-        if r.ttft_s is None:
-            raise ValueError(
-                f"request {r.index} has no first-token time (beam search cannot stream): "
-                "its steps cannot be reconstructed"
-            )
-        if r.batch_index not in batch_start_s:
-            raise ValueError(f"no start time for batch {r.batch_index} (request {r.index})")
-        t = batch_start_s[r.batch_index] + r.ttft_s
-        times = [t]
-        for gap in r.itl_s:
-            t += gap
-            times.append(t)
-        grouped.setdefault(r.batch_index, []).append(
-            RequestTokenTimes(r.index, r.input_tokens, times)
-        )
-    return [
-        BatchTokenTimes(batch_start_s[b], reqs)
-        for b, reqs in sorted(grouped.items(), key=lambda kv: batch_start_s[kv[0]])
-    ]
-
-
-# -- energy curves ------------------------------------------------------------------------
-
-
-class EnergyCurve:
-    """Cumulative energy ``E(t)`` (J) of one device, from its samples. See the module rule.
-
-    ``times_s`` are the knots (the sensor's update instants, see ``from_counter`` and
-    ``from_power``); ``sample_times_s`` every sample's time (default: the knots), for the
-    sampling interval and the samples in a window.
-    """
-
-    def __init__(
-        self,
-        times_s: Sequence[float],
-        cumulative_j: Sequence[float],
-        *,
-        source: CurveSource,
-        powers_w: Sequence[float] | None = None,
-        sample_times_s: Sequence[float] | None = None,
-    ) -> None:
-        if len(times_s) != len(cumulative_j) or not times_s:
-            raise ValueError("an energy curve needs matching, non-empty times and energies")
-        if any(b < a for a, b in itertools.pairwise(times_s)):
-            raise ValueError("sample times must not decrease")
-        self.times_s = [float(t) for t in times_s]
-        self.cumulative_j = [float(e) for e in cumulative_j]
-        self.source: CurveSource = source
-        self._powers = None if powers_w is None else [float(p) for p in powers_w]
-        if source == "counter" and len(self.times_s) < 2:
-            raise ValueError("a counter curve needs at least two samples")
-        samples = self.times_s if sample_times_s is None else [float(t) for t in sample_times_s]
-        if any(b < a for a, b in itertools.pairwise(samples)):
-            raise ValueError("sample times must not decrease")
-        self.sample_times_s = samples
-
-    @classmethod
-    def from_counter(cls, times_s: Sequence[float], energy_mj: Sequence[int | None]) -> EnergyCurve:
-        """From total-energy counter readings (mJ); ``None`` readings are dropped.
-
-        The knots are the first sample and each sample whose reading differs from the one
-        before (the counter's update instants); a counter that never changed keeps its first
-        and last sample. Each increment (wrap-aware) is spread linearly since the previous
-        update. Raises ``EnergyCounterResetError`` when the counter was reset between two
-        samples.
-        """
-        pairs = [
-            (float(t), int(e)) for t, e in zip(times_s, energy_mj, strict=True) if e is not None
-        ]
-        pairs.sort(key=lambda p: p[0])
-        if len(pairs) < 2:
-            raise ValueError("a counter curve needs at least two samples with a counter")
-        knots = _update_instants(pairs)
-        if len(knots) < 2:
-            knots = [pairs[0], pairs[-1]]
-        cumulative = [0.0]
-        for (_, a), (_, b) in itertools.pairwise(knots):
-            cumulative.append(cumulative[-1] + counter_delta_mj(a, b) / 1000.0)
-        return cls(
-            [t for t, _ in knots],
-            cumulative,
-            source="counter",
-            sample_times_s=[t for t, _ in pairs],
-        )
-
-    @classmethod
-    def from_power(cls, times_s: Sequence[float], power_w: Sequence[float | None]) -> EnergyCurve:
-        """From instantaneous power samples (W); ``None``/NaN readings are dropped.
-
-        The knots are the first sample and each sample whose power differs from the one
-        before (the sensor's update instants): the trapezoid integral runs over them, power
-        linear between updates, the last power held beyond the last one.
-        """
-        pairs = sorted(
-            (float(t), float(p))
-            for t, p in zip(times_s, power_w, strict=True)
-            if p is not None and math.isfinite(p) and math.isfinite(t)
-        )
-        if not pairs:
-            raise ValueError("a power curve needs at least one sample with a power reading")
-        knots = _update_instants(pairs)
-        ts = [t for t, _ in knots]
-        ps = [p for _, p in knots]
-        cumulative = [0.0]
-        for k in range(1, len(ts)):
-            cumulative.append(cumulative[-1] + (ts[k] - ts[k - 1]) * (ps[k] + ps[k - 1]) / 2.0)
-        return cls(
-            ts,
-            cumulative,
-            source="power_integration",
-            powers_w=ps,
-            sample_times_s=[t for t, _ in pairs],
-        )
-
-    def energy_at(self, t: float) -> float:
-        """``E(t)`` in joules (relative to the first sample)."""
-        ts, es = self.times_s, self.cumulative_j
-        if self._powers is not None:
-            ps = self._powers
-            if t <= ts[0]:
-                return es[0] - (ts[0] - t) * ps[0]
-            if t >= ts[-1]:
-                return es[-1] + (t - ts[-1]) * ps[-1]
-            k = bisect_right(ts, t) - 1
-            span = ts[k + 1] - ts[k]
-            p_t = ps[k] if span == 0 else ps[k] + (ps[k + 1] - ps[k]) * (t - ts[k]) / span
-            return es[k] + (t - ts[k]) * (ps[k] + p_t) / 2.0
-        if t <= ts[0]:
-            k = 0
-        elif t >= ts[-1]:
-            k = len(ts) - 2
-        else:
-            k = bisect_right(ts, t) - 1
-        span = ts[k + 1] - ts[k]
-        slope = 0.0 if span == 0 else (es[k + 1] - es[k]) / span
-        return es[k] + slope * (t - ts[k])
-
-    def energy_between(self, t0: float, t1: float) -> float:
-        """Energy over ``[t0, t1]`` (J)."""
-        return self.energy_at(t1) - self.energy_at(t0)
-
-    def sampling_interval_s(self, t0: float | None = None, t1: float | None = None) -> float | None:
-        """Median spacing of the samples; ``None`` with a single sample.
-
-        With a window ``[t0, t1]``: of the spacings that overlap it (all of them when none does).
-        """
-        return _median_gap(self.sample_times_s, t0, t1)
-
-    def update_interval_s(self, t0: float | None = None, t1: float | None = None) -> float | None:
-        """Median spacing of the knots (the sensor's update interval); ``None`` with one knot.
-
-        Equal to ``sampling_interval_s`` when every sample is a new reading. With a window
-        ``[t0, t1]``: of the spacings that overlap it (all of them when none does).
-        """
-        return _median_gap(self.times_s, t0, t1)
-
-    def samples_within(self, t0: float, t1: float) -> int:
-        return sum(1 for t in self.sample_times_s if t0 <= t <= t1)
-
-    def longest_gap_s(self, t0: float, t1: float) -> float:
-        """The longest stretch of ``[t0, t1]`` without a sample (its edges count as bounds
-        only where no sample lies beyond them), seconds."""
-        ts = self.sample_times_s
-        bounds = [t0] if ts[0] > t0 else []
-        bounds += [min(max(t, t0), t1) for t in ts]
-        bounds += [t1] if ts[-1] < t1 else []
-        return max((b - a for a, b in itertools.pairwise(bounds)), default=t1 - t0)
-
-
-def _update_instants(pairs: Sequence[tuple[float, _V]]) -> list[tuple[float, _V]]:
-    """The first ``(t, value)`` and each whose value differs from the one before it."""
-    return [pairs[k] for k in range(len(pairs)) if k == 0 or pairs[k][1] != pairs[k - 1][1]]
-
-
-def _median_gap(times: Sequence[float], t0: float | None, t1: float | None) -> float | None:
-    gaps = list(itertools.pairwise(times))
-    if not gaps:
-        return None
-    if t0 is not None and t1 is not None:
-        overlapping = [(a, b) for a, b in gaps if b > t0 and a < t1]
-        gaps = overlapping or gaps
-    return statistics.median([b - a for a, b in gaps])
-
-
-def curves_from_samples(samples: Sequence[Sample]) -> dict[int, EnergyCurve]:
-    """One ``EnergyCurve`` per device of an ``EnergySampler``'s samples.
-
-    Counter curve where every sample of the device has a counter reading and the counter
-    was not reset; power curve otherwise. Devices with neither are left out. Either curve's
-    knots are the sensor's update instants (repeated readings dropped; module rule, point 1).
-    """
-    by_device: dict[int, list[Sample]] = {}
-    for s in samples:
-        by_device.setdefault(s.device_index, []).append(s)
-    curves: dict[int, EnergyCurve] = {}
-    for device, rows in sorted(by_device.items()):
-        rows.sort(key=lambda s: s.t)
-        times = [s.t for s in rows]
-        if len(rows) >= 2 and all(s.energy_mj is not None for s in rows):
-            try:
-                curves[device] = EnergyCurve.from_counter(times, [s.energy_mj for s in rows])
-                continue
-            except EnergyCounterResetError:
-                pass
-        if any(s.power_w is not None for s in rows):
-            curves[device] = EnergyCurve.from_power(times, [s.power_w for s in rows])
-    return curves
-
-
-# -- attribution --------------------------------------------------------------------------
 
 
 class RequestEnergy(BaseModel):
@@ -619,6 +263,51 @@ def attribute_energy(
     curve_list = [curves] if isinstance(curves, EnergyCurve) else list(curves)
     if not curve_list:
         raise ValueError("attribution needs at least one energy curve")
+    working, (t0, t1) = _working_steps(steps, window)
+    charged = _ChargedIntervals(working, curve_list, t0, t1, total_energy_j)
+    requests = _request_energies(working, charged.interval_j)
+    sampling = _largest(c.sampling_interval_s(t0, t1) for c in curve_list)
+    update = _largest(c.update_interval_s(t0, t1) for c in curve_list)
+    median_step = _median_step_s(working)
+    sources = {c.source for c in curve_list}
+    reading = (
+        _READING_NAMES.get(next(iter(sources)), "sensor reading")
+        if len(sources) == 1
+        else "sensor reading"
+    )
+    confidence, reason = attribution_confidence(
+        sampling,
+        median_step,
+        min(c.samples_within(t0, t1) for c in curve_list),
+        update_interval_s=update,
+        reading=reading,
+        longest_gap_s=max(c.longest_gap_s(t0, t1) for c in curve_list),
+        window_s=t1 - t0,
+    )
+    return EnergyAttribution(
+        source=sources.pop() if len(sources) == 1 else "mixed",
+        window_start_s=t0,
+        window_end_s=t1,
+        energy_j=math.fsum(charged.interval_j),
+        curve_energy_j=charged.curve_energy_j,
+        scale_factor=charged.scale,
+        energy_prefill_j=math.fsum(r.prefill_energy_j for r in requests),
+        energy_decode_j=math.fsum(r.decode_energy_j for r in requests),
+        between_steps_energy_j=charged.between_steps_j(),
+        n_steps=len(working),
+        sampling_interval_s=sampling,
+        sensor_update_interval_s=update,
+        median_step_s=median_step,
+        confidence=confidence,
+        confidence_reason=reason,
+        requests=requests,
+    )
+
+
+def _working_steps(
+    steps: Sequence[EngineStep], window: tuple[float, float] | None
+) -> tuple[list[EngineStep], tuple[float, float]]:
+    """The steps that did work, in order, and the window; ``ValueError`` on a bad timeline."""
     ordered = sorted(steps, key=lambda s: (s.start_s, s.end_s))
     working = [s for s in ordered if s.tokens > 0]
     if not working:
@@ -641,34 +330,56 @@ def attribute_energy(
             f"steps span [{ordered[0].start_s}, {ordered[-1].end_s}], outside the window "
             f"[{t0}, {t1}]"
         )
+    return working, (t0, t1)
 
-    def energy_at(t: float) -> float:
-        return sum(c.energy_at(t) for c in curve_list)
 
-    cuts = [t0] + [s.end_s for s in working[:-1]] + [t1]
-    e_cuts = [energy_at(t) for t in cuts]
-    interval_j = [e_cuts[j + 1] - e_cuts[j] for j in range(len(working))]
-    curve_energy = e_cuts[-1] - e_cuts[0]
+class _ChargedIntervals:
+    """The window cut at the end of every working step (rule 2), each interval's energy
+    scaled to ``total_energy_j`` when given (rule 4)."""
 
-    scale = 1.0
-    if total_energy_j is not None:
-        if curve_energy <= 0:
-            raise ValueError(
-                f"the samples give {curve_energy} J over the window: cannot scale the "
-                f"attribution to {total_energy_j} J"
-            )
-        scale = total_energy_j / curve_energy
-        interval_j = [e * scale for e in interval_j]
+    def __init__(
+        self,
+        working: Sequence[EngineStep],
+        curves: Sequence[EnergyCurve],
+        t0: float,
+        t1: float,
+        total_energy_j: float | None,
+    ) -> None:
+        self.working, self.curves, self.t1 = working, curves, t1
+        self.cuts = [t0] + [s.end_s for s in working[:-1]] + [t1]
+        self.e_cuts = [self.energy_at(t) for t in self.cuts]
+        interval_j = [self.e_cuts[j + 1] - self.e_cuts[j] for j in range(len(working))]
+        self.curve_energy_j = self.e_cuts[-1] - self.e_cuts[0]
+        self.scale = 1.0
+        if total_energy_j is not None:
+            if self.curve_energy_j <= 0:
+                raise ValueError(
+                    f"the samples give {self.curve_energy_j} J over the window: cannot scale "
+                    f"the attribution to {total_energy_j} J"
+                )
+            self.scale = total_energy_j / self.curve_energy_j
+            interval_j = [e * self.scale for e in interval_j]
+        self.interval_j = interval_j
 
-    between = 0.0
-    for j, s in enumerate(working):
-        gap_start = cuts[j]
-        if s.start_s > gap_start:
-            between += (energy_at(s.start_s) - e_cuts[j]) * scale
-    tail_start = working[-1].end_s
-    if t1 > tail_start:
-        between += (e_cuts[-1] - energy_at(tail_start)) * scale
+    def energy_at(self, t: float) -> float:
+        return sum(c.energy_at(t) for c in self.curves)
 
+    def between_steps_j(self) -> float:
+        """The (scaled) energy of the gaps before each step and of the tail after the last."""
+        between = 0.0
+        for j, s in enumerate(self.working):
+            if s.start_s > self.cuts[j]:
+                between += (self.energy_at(s.start_s) - self.e_cuts[j]) * self.scale
+        tail_start = self.working[-1].end_s
+        if self.t1 > tail_start:
+            between += (self.e_cuts[-1] - self.energy_at(tail_start)) * self.scale
+        return between
+
+
+def _request_energies(
+    working: Sequence[EngineStep], interval_j: Sequence[float]
+) -> list[RequestEnergy]:
+    """Each step's energy shared among its requests by the tokens each processed (rule 3)."""
     acc: dict[int, list[float]] = {}  # request -> [prefill J, decode J, prefill tok, decode tok]
     for s, energy in zip(working, interval_j, strict=True):
         total_tokens = s.tokens
@@ -681,7 +392,7 @@ def attribute_energy(
             else:
                 row[1] += part
                 row[3] += w.tokens
-    requests = [
+    return [
         RequestEnergy(
             request=r,
             energy_j=row[0] + row[1],
@@ -692,8 +403,10 @@ def attribute_energy(
         )
         for r, row in sorted(acc.items())
     ]
-    sampling = _largest(c.sampling_interval_s(t0, t1) for c in curve_list)
-    update = _largest(c.update_interval_s(t0, t1) for c in curve_list)
+
+
+def _median_step_s(working: Sequence[EngineStep]) -> float | None:
+    """The median step length; ``ValueError`` when it is too short to be a step (rule 6)."""
     durations = [s.end_s - s.start_s for s in working]
     median_step = statistics.median(durations) if durations else None
     if median_step is not None and len(working) > 1 and median_step < MIN_STEP_S:
@@ -704,40 +417,7 @@ def attribute_energy(
             "times (stamped per request, not per step) and a time-resolved split would "
             "hand each step's energy to whichever token came first"
         )
-    inside = min(c.samples_within(t0, t1) for c in curve_list)
-    sources = {c.source for c in curve_list}
-    reading = (
-        _READING_NAMES.get(next(iter(sources)), "sensor reading")
-        if len(sources) == 1
-        else "sensor reading"
-    )
-    confidence, reason = attribution_confidence(
-        sampling,
-        median_step,
-        inside,
-        update_interval_s=update,
-        reading=reading,
-        longest_gap_s=max(c.longest_gap_s(t0, t1) for c in curve_list),
-        window_s=t1 - t0,
-    )
-    return EnergyAttribution(
-        source=sources.pop() if len(sources) == 1 else "mixed",
-        window_start_s=t0,
-        window_end_s=t1,
-        energy_j=math.fsum(interval_j),
-        curve_energy_j=curve_energy,
-        scale_factor=scale,
-        energy_prefill_j=math.fsum(r.prefill_energy_j for r in requests),
-        energy_decode_j=math.fsum(r.decode_energy_j for r in requests),
-        between_steps_energy_j=between,
-        n_steps=len(working),
-        sampling_interval_s=sampling,
-        sensor_update_interval_s=update,
-        median_step_s=median_step,
-        confidence=confidence,
-        confidence_reason=reason,
-        requests=requests,
-    )
+    return median_step
 
 
 def attribute_run(

@@ -11,9 +11,9 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from llenergymeasure.energy.attribution import EnergyAttribution
 from llenergymeasure.energy.components import ComponentName, EnergyComponents
-from llenergymeasure.energy.phase_split import PhaseSplit
+from llenergymeasure.phase_split.attribution import EnergyAttribution
+from llenergymeasure.phase_split.differential import PhaseSplit
 
 __all__ = ["PHASE_COLUMNS", "phase_columns"]
 

@@ -7,7 +7,7 @@ prepared before it, sync, ``begin``, ``execute``, sync, ``end``, records after i
 reset and no RAPL reading), after its own warmup run(s) of the one-token config and the same
 thermal floor.
 ``split_from_windows`` turns the full window and this one into a ``PhaseSplit`` (see
-``energy.phase_split`` for the arithmetic).
+``phase_split.differential`` for the arithmetic).
 
 The caller (the orchestrator) runs it after the measurement window on the loaded, warmed-up
 engine; nothing here runs inside the measurement window.
@@ -24,10 +24,10 @@ from typing import Any
 from llenergymeasure.config.models import ExperimentConfig, SyntheticDatasetConfig
 from llenergymeasure.datasets import Prompt
 from llenergymeasure.energy.base import EnergyBackend, EnergyMeasurement
-from llenergymeasure.energy.phase_split import PhaseSplit, differential_phase_split
 from llenergymeasure.energy.sampler import EnergySampler
 from llenergymeasure.energy.window import MeasurementWindow
 from llenergymeasure.engines.base import WARMUP_PHASE, InferenceBackend, RequestRecord
+from llenergymeasure.phase_split.differential import PhaseSplit, differential_phase_split
 
 __all__ = [
     "PREFILL_WINDOW_PHASE",
