@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 from llenergymeasure.config.models import ExperimentConfig
 from llenergymeasure.exceptions import ConfigError
 from llenergymeasure.harness.measure_code import Measurement, measure
-from llenergymeasure.results.models import ExperimentResult, StudyResult
+from llenergymeasure.results.models import ExperimentResult
+from llenergymeasure.results.study import StudyResult
 
 if TYPE_CHECKING:
     from llenergymeasure.config.study import StudyConfig

@@ -27,14 +27,14 @@ from llenergymeasure.exceptions import ExperimentError
 from llenergymeasure.harness import metrics as m
 from llenergymeasure.harness.energy_split import time_resolved_attribution, with_request_energy
 from llenergymeasure.harness.settings import MeasurementSettings
-from llenergymeasure.results.models import (
+from llenergymeasure.results.environment import EnvironmentSnapshot
+from llenergymeasure.results.measurements import (
     EnergyBreakdown,
-    EnvironmentSnapshot,
-    ExperimentResult,
     PhaseTimings,
     RequestResult,
     WarmupResult,
 )
+from llenergymeasure.results.models import ExperimentResult
 
 __all__ = [
     "CollectedRun",

@@ -18,7 +18,8 @@ from pydantic import ValidationError
 
 from llenergymeasure.config.models import ExperimentConfig
 from llenergymeasure.exceptions import ConfigError
-from llenergymeasure.results.models import ExperimentResult, StudyResult, StudyStatistics
+from llenergymeasure.results.models import ExperimentResult
+from llenergymeasure.results.study import StudyResult, StudyStatistics
 
 RESULT_NAME = "result.json"
 TIMESERIES_NAME = "timeseries.parquet"

@@ -23,7 +23,7 @@ from llenergymeasure.report.study_sections import (
     sweep_section,
 )
 from llenergymeasure.report.versions import engine_text
-from llenergymeasure.results.models import ExperimentResult, MetricStatistics, StudyStatistics
+from llenergymeasure.results.models import ExperimentResult
 from llenergymeasure.results.stats import (
     METRIC_LABELS,
     MIN_CYCLES_FOR_INTERVAL,
@@ -32,6 +32,7 @@ from llenergymeasure.results.stats import (
     method_text,
     pareto_front,
 )
+from llenergymeasure.results.study import MetricStatistics, StudyStatistics
 
 SINGLE_RUN_STUDY_NOTE = (
     "One run per config: each figure is a single measurement, without spread or confidence "

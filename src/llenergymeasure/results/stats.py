@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from llenergymeasure.exceptions import ConfigError
 from llenergymeasure.install import extra_install_hint
-from llenergymeasure.results.models import (
+from llenergymeasure.results.study import (
     HEADLINE_METRICS,
     ConfigStatistics,
     MetricStatistics,

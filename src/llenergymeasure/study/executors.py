@@ -57,7 +57,8 @@ from llenergymeasure.study.worker import RunRequest, Worker, child_main, group_c
 
 if TYPE_CHECKING:
     from llenergymeasure.energy.devices import DeviceSlot
-    from llenergymeasure.results.models import ExperimentResult, StudyResult
+    from llenergymeasure.results.models import ExperimentResult
+    from llenergymeasure.results.study import StudyResult
 
 __all__ = [
     "GROUP_CLOSE_S",

@@ -50,7 +50,8 @@ from llenergymeasure.exceptions import (
     UnsafeWriteError,
 )
 from llenergymeasure.files import failure_reason
-from llenergymeasure.results.models import ExperimentResult, StudyResult
+from llenergymeasure.results.models import ExperimentResult
+from llenergymeasure.results.study import StudyResult
 from llenergymeasure.study.executors import (
     EngineReuseExecutor,
     FreshProcessExecutor,

@@ -48,7 +48,7 @@ from llenergymeasure.exceptions import StudyError
 
 if TYPE_CHECKING:
     from llenergymeasure.config.user_config import SlurmSection
-    from llenergymeasure.results.models import StudyResult
+    from llenergymeasure.results.study import StudyResult
     from llenergymeasure.study.executors import StudyBookkeeping
     from llenergymeasure.study.manifest import RunEntry
 

@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from llenergymeasure._version import __version__
-from llenergymeasure.results.models import (
-    ExperimentResult,
+from llenergymeasure.results.models import ExperimentResult
+from llenergymeasure.results.stats import varying_fields
+from llenergymeasure.results.study import (
     StudyCounts,
     StudyFailedRun,
     StudyProtocol,
@@ -17,7 +18,6 @@ from llenergymeasure.results.models import (
     StudySkipped,
     StudyStatistics,
 )
-from llenergymeasure.results.stats import varying_fields
 from llenergymeasure.study.manifest import StudyManifest
 from llenergymeasure.text_table import render_table
 
