@@ -17,18 +17,16 @@ import pytest
 from llenergymeasure.config.models import ExperimentConfig
 from llenergymeasure.results.stats import (
     STATS_INSTALL_HINT,
-    config_labels,
     cycles_needed,
     describe,
-    format_statistics,
     log_ratio,
     log_spread,
     mean_interval,
     min_detectable_log_ratio,
-    pareto_front,
     welch_power,
 )
 from llenergymeasure.results.study import ConfigStatistics, StudyStatistics
+from llenergymeasure.results.study_statistics import config_labels, format_statistics, pareto_front
 
 scipy_stats = pytest.importorskip("scipy.stats")
 np = pytest.importorskip("numpy")

@@ -130,7 +130,7 @@ def config_differences(a: ExperimentConfig, b: ExperimentConfig) -> dict[str, li
 
 def labels_without(configs: Sequence[ExperimentConfig], by: Sequence[str]) -> list[str]:
     from llenergymeasure.results.io import model_slug
-    from llenergymeasure.results.stats import varying_fields
+    from llenergymeasure.results.study_statistics import varying_fields
 
     keys = [k for k in varying_fields(configs) if not _under(k, by)]
     if not keys:

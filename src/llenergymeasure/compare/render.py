@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from llenergymeasure.compare.models import Comparison, GateCheck, MetricComparison, PairComparison
 from llenergymeasure.report.html import cell, escape, page, table
-from llenergymeasure.results.stats import format_number
+from llenergymeasure.results.study_statistics import format_number
 from llenergymeasure.text_table import Justify, render_table
 
 _VERDICT_TEXT = {

@@ -182,7 +182,7 @@ def _find_result(directory: Path, run_id: str, result_path: str | None) -> Path 
 
 def _load_study(directory: Path) -> StudySource:
     from llenergymeasure.config.hashing import measurement_config_hash
-    from llenergymeasure.results.stats import study_statistics
+    from llenergymeasure.results.study_statistics import study_statistics
     from llenergymeasure.study.manifest import StudyManifest
 
     summary: StudyResult | None = None

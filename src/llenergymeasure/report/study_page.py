@@ -24,15 +24,15 @@ from llenergymeasure.report.study_sections import (
 )
 from llenergymeasure.report.versions import engine_text
 from llenergymeasure.results.models import ExperimentResult
-from llenergymeasure.results.stats import (
+from llenergymeasure.results.stats import MIN_CYCLES_FOR_INTERVAL
+from llenergymeasure.results.study import MetricStatistics, StudyStatistics
+from llenergymeasure.results.study_statistics import (
     METRIC_LABELS,
-    MIN_CYCLES_FOR_INTERVAL,
     interval_text,
     is_single_run,
     method_text,
     pareto_front,
 )
-from llenergymeasure.results.study import MetricStatistics, StudyStatistics
 
 SINGLE_RUN_STUDY_NOTE = (
     "One run per config: each figure is a single measurement, without spread or confidence "

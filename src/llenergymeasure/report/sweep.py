@@ -28,8 +28,8 @@ from typing import Any
 
 from llenergymeasure.exceptions import ConfigError
 from llenergymeasure.results.models import ExperimentResult
-from llenergymeasure.results.stats import metric_value
 from llenergymeasure.results.study import ConfigStatistics, MetricStatistics
+from llenergymeasure.results.study_statistics import metric_value
 
 __all__ = ["SweepLayout", "SweepLine", "SweepPoint", "short_name", "sweep_layout"]
 
