@@ -49,7 +49,7 @@ from llenergymeasure.exceptions import (
     StudyError,
     UnsafeWriteError,
 )
-from llenergymeasure.files import failure_reason
+from llenergymeasure.os_errors import failure_reason
 from llenergymeasure.results.models import ExperimentResult
 from llenergymeasure.results.study import StudyResult
 from llenergymeasure.study.executors import (
@@ -739,7 +739,8 @@ class StudyRunner:
     def _rescue_study(self, reason: str) -> MeasurementsRescued | StudyError:
         """Save the manifest and every finished result into a rescue folder (a study
         directory that ``--resume`` continues); the error that stops the study."""
-        from llenergymeasure.files import rescue_folder, write_json
+        from llenergymeasure.files import write_json
+        from llenergymeasure.rescue import rescue_folder
 
         completed = [
             e for e in self.manifest.runs if e.status == "completed" and e.run_id in self.results
