@@ -28,8 +28,9 @@ from llenergymeasure.cli.app import EXIT_RESCUED, app
 from llenergymeasure.config.study import StudyConfig
 from llenergymeasure.exceptions import ConfigError, MeasurementsRescued, StudyError
 from llenergymeasure.results.models import ExperimentResult
+from llenergymeasure.study.lock import StudyLock
 from llenergymeasure.study.manifest import load_manifest, manifest_path, write_manifest
-from llenergymeasure.study.runner import StudyLock, StudyRunner, resume_study_dir
+from llenergymeasure.study.runner import StudyRunner, resume_study_dir
 from llenergymeasure.testing.configs import tiny_experiment
 from llenergymeasure.testing.study import ScriptedWorker
 
