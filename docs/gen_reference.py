@@ -48,7 +48,8 @@ def pages() -> list[Page]:
     from llenergymeasure.config.online import OnlineConfig
     from llenergymeasure.config.study import ExecutionConfig, StudyConfig
     from llenergymeasure.config.user_config import UserConfig
-    from llenergymeasure.results.models import ExperimentResult, StudyResult
+    from llenergymeasure.results.models import ExperimentResult
+    from llenergymeasure.results.study import StudyResult
     from llenergymeasure.study.manifest import StudyManifest
 
     return [

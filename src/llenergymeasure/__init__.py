@@ -50,7 +50,8 @@ if TYPE_CHECKING:
     from llenergymeasure.api import Measurement, measure, resume_study, run_experiment, run_study
     from llenergymeasure.config.models import ExperimentConfig
     from llenergymeasure.config.study import StudyConfig
-    from llenergymeasure.results.models import ExperimentResult, StudyResult
+    from llenergymeasure.results.models import ExperimentResult
+    from llenergymeasure.results.study import StudyResult
 
 __all__ = [
     "ExperimentConfig",
@@ -74,7 +75,7 @@ _LAZY = {
     "ExperimentConfig": ("llenergymeasure.config.models", "ExperimentConfig"),
     "StudyConfig": ("llenergymeasure.config.study", "StudyConfig"),
     "ExperimentResult": ("llenergymeasure.results.models", "ExperimentResult"),
-    "StudyResult": ("llenergymeasure.results.models", "StudyResult"),
+    "StudyResult": ("llenergymeasure.results.study", "StudyResult"),
 }
 
 

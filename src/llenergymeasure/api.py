@@ -10,7 +10,8 @@ from llenergymeasure.config.models import ExperimentConfig
 from llenergymeasure.exceptions import ConfigError
 from llenergymeasure.harness.block_measurement import Measurement
 from llenergymeasure.harness.measure_code import measure
-from llenergymeasure.results.models import ExperimentResult, StudyResult
+from llenergymeasure.results.models import ExperimentResult
+from llenergymeasure.results.study import StudyResult
 
 if TYPE_CHECKING:
     from llenergymeasure.config.study import StudyConfig

@@ -23,10 +23,10 @@ Every write here is:
 
 A refusal is ``UnsafeWriteError`` (exit 2); operating-system failures (disk full, read-only,
 permission denied, not a directory, folder gone) are ``OSError`` for the caller to handle:
-``save_files`` (used to save a finished measurement) tries the place asked for, then the
-rescue folders (``rescue_roots``), and reports where the files went, so a finished measurement
-is never thrown away. ``environment_error`` turns an ``OSError`` into a clear message with a
-hint (exit 4).
+``llenergymeasure.rescue.save_files`` (used to save a finished measurement) tries the place
+asked for, then the rescue folders, and reports where the files went, so a finished
+measurement is never thrown away. ``llenergymeasure.os_errors.environment_error`` turns an
+``OSError`` into a clear message with a hint (exit 4).
 
 Logs that grow while a process runs (a started server's output) are appended through
 ``open_log`` (``O_NOFOLLOW``, redacted line by line), not atomically: they must survive a crash.
@@ -41,34 +41,23 @@ import json
 import os
 import secrets
 import stat
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from llenergymeasure.exceptions import EnvironmentProblem, UnsafeWriteError
+from llenergymeasure.exceptions import UnsafeWriteError
 from llenergymeasure.redaction import REDACTED, is_secret_key, redact, redact_json, redact_text
 
 __all__ = [
-    "RESCUE_DIR_ENV",
     "STALE_TMP_SECONDS",
     "LogFile",
-    "SavedFiles",
-    "damaged_model_error",
-    "environment_error",
-    "failure_reason",
     "is_input",
     "make_directory",
     "open_log",
     "pump_lines",
     "register_input",
     "remove_stale_temp_files",
-    "rescue_folder",
-    "rescue_roots",
-    "save_files",
     "write_bytes",
     "write_csv",
     "write_figure",
@@ -80,8 +69,6 @@ __all__ = [
 #: A temp file of a write this old was left by a killed writer (a live write takes seconds).
 STALE_TMP_SECONDS = 300.0
 
-#: Environment variable naming the first folder a measurement is rescued to.
-RESCUE_DIR_ENV = "LLEM_RESCUE_DIR"
 
 _O_DIR = os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0)
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -510,207 +497,3 @@ def pump_lines(source: IO[bytes], log: LogFile, *, close: bool = True) -> thread
     thread = threading.Thread(target=run, name=f"llem-log-{log.path.name}", daemon=True)
     thread.start()
     return thread
-
-
-# --- saving a finished measurement: the place asked for, else a rescue folder ---------------
-
-
-def rescue_roots() -> list[Path]:
-    """Where a measurement that cannot be saved where asked goes, in order: ``$LLEM_RESCUE_DIR``,
-    the user data folder's ``rescued/``, then the temp folder's ``llenergymeasure-rescued/``."""
-    roots: list[Path] = []
-    env = os.environ.get(RESCUE_DIR_ENV)
-    if env:
-        roots.append(Path(env).expanduser())
-    with contextlib.suppress(Exception):
-        import platformdirs
-
-        roots.append(Path(platformdirs.user_data_dir("llenergymeasure")) / "rescued")
-    roots.append(Path(tempfile.gettempdir()) / f"llenergymeasure-rescued-{os.getuid()}")
-    return roots
-
-
-@dataclass
-class SavedFiles:
-    """Where a measurement's files went: ``directory`` (the one asked for, or a rescue folder)."""
-
-    directory: Path
-    rescued_from: Path | None = None
-    reason: str | None = None
-    files: list[Path] = field(default_factory=list)
-
-    @property
-    def rescued(self) -> bool:
-        return self.rescued_from is not None
-
-
-#: A file of a measurement: its name and a function that writes it given (path, base).
-FileWriter = Callable[[Path, Path | None], Path]
-
-
-def save_files(
-    directory: Path,
-    writers: Mapping[str, FileWriter] | Iterable[tuple[str, FileWriter]],
-    *,
-    base: Path | None = None,
-    rescue: bool = True,
-) -> SavedFiles:
-    """Write a finished measurement's files into ``directory``; if any write fails (a refusal
-    or an operating-system error), write them all into a fresh folder of the first rescue root
-    that works and say so. Raises the first error when ``rescue`` is off or no place at all
-    could take them.
-    """
-    items = list(writers.items()) if isinstance(writers, Mapping) else list(writers)
-    try:
-        return SavedFiles(directory, files=[w(directory / name, base) for name, w in items])
-    except (OSError, UnsafeWriteError) as exc:
-        if not rescue:
-            raise
-        first: BaseException = exc
-        reason = failure_reason(exc)
-    for root in rescue_roots():
-        try:
-            target = _fresh_folder(root, directory.name or "measurement")
-            files = [w(target / name, target) for name, w in items]
-        except (OSError, UnsafeWriteError):
-            continue
-        return SavedFiles(target, rescued_from=directory, reason=reason, files=files)
-    raise first
-
-
-def rescue_folder(name: str, fill: Callable[[Path], object]) -> Path:
-    """A fresh folder named after ``name`` under the first rescue root where ``fill(folder)``
-    (which writes into it) succeeds; the first error when none does."""
-    first: BaseException | None = None
-    for root in rescue_roots():
-        try:
-            target = _fresh_folder(root, name)
-            fill(target)
-        except (OSError, UnsafeWriteError) as exc:
-            first = first or exc
-            continue
-        return target
-    assert first is not None
-    raise first
-
-
-def _fresh_folder(root: Path, name: str) -> Path:
-    root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    for i in range(1000):
-        candidate = root / (name if i == 0 else f"{name}_{i}")
-        try:
-            candidate.mkdir()
-        except FileExistsError:
-            continue
-        return candidate
-    raise FileExistsError(errno.EEXIST, "no free rescue folder name", str(root / name))
-
-
-def failure_reason(exc: BaseException) -> str:
-    """One line saying why a write failed."""
-    if isinstance(exc, OSError):
-        return environment_error(exc).message
-    return getattr(exc, "message", None) or str(exc)
-
-
-# --- operating-system errors, explained -------------------------------------------------------
-
-_ERRNO_TEXT: dict[int, tuple[str, str]] = {
-    errno.ENOSPC: (
-        "no space left on the device",
-        "free space (or choose another folder with -o / output.results_dir) and run again",
-    ),
-    errno.EDQUOT: (
-        "disk quota exceeded",
-        "free space within your quota or choose another folder with -o",
-    ),
-    errno.EROFS: (
-        "the filesystem is read-only",
-        "choose a writable folder with -o / output.results_dir",
-    ),
-    errno.EACCES: (
-        "permission denied",
-        "check the folder's owner and permissions, or choose another folder with -o",
-    ),
-    errno.EPERM: (
-        "operation not permitted",
-        "check the folder's owner and permissions, or choose another folder with -o",
-    ),
-    errno.ENOTDIR: (
-        "a part of the path is a file, not a directory",
-        "remove or rename the file that is in the way, or choose another path",
-    ),
-    errno.EISDIR: (
-        "the path is a directory, not a file",
-        "give a file path, or remove the directory that is in the way",
-    ),
-    errno.ENOENT: (
-        "no such file or directory (was the folder moved or deleted?)",
-        "check that the folder still exists; llem does not recreate a folder that vanished",
-    ),
-    errno.ELOOP: (
-        "too many levels of symbolic links (or a link where none is allowed)",
-        "remove the symbolic link from the path",
-    ),
-    errno.EMFILE: (
-        "too many open files",
-        "raise the open-file limit (ulimit -n) and run again",
-    ),
-    errno.ENAMETOOLONG: ("the file name is too long", "choose a shorter path"),
-    errno.EIO: (
-        "input/output error from the device",
-        "check the disk or filesystem (dmesg) and run again",
-    ),
-    errno.EFBIG: ("the file is too large for the filesystem", "choose another filesystem"),
-}
-
-
-def environment_error(exc: OSError, *, doing: str | None = None) -> EnvironmentProblem:
-    """A clear ``EnvironmentProblem`` (exit 4) for an operating-system error ``exc``."""
-    text, hint = _ERRNO_TEXT.get(
-        exc.errno if exc.errno is not None else -1,
-        (exc.strerror or str(exc) or type(exc).__name__, "check the path and run again"),
-    )
-    where = exc.filename if exc.filename is not None else None
-    if where is None and exc.filename2 is not None:
-        where = exc.filename2
-    parts = [doing] if doing else []
-    if where is not None:
-        parts.append(str(where))
-    lead = ": ".join(parts)
-    message = f"{lead}: {text}" if lead else text
-    return EnvironmentProblem(message, hint=hint, errno_value=exc.errno)
-
-
-_DAMAGED_FILE_SIGNS = (
-    "error while deserializing header",
-    "metadataincompletebuffer",
-    "headertoolarge",
-    "invalid header length",
-    "incomplete metadata",
-    "file not fully covered",
-    "unable to load weights",
-    "pytorchstreamreader failed",
-    "failed finding central directory",
-    "unexpected end of file",
-    "unexpected eof",
-)
-
-
-def damaged_model_error(
-    exc: BaseException, *, model: str | None = None
-) -> EnvironmentProblem | None:
-    """An ``EnvironmentProblem`` (exit 4) when ``exc`` says a model file is truncated or damaged
-    (a download or copy cut short, a full disk), with how to clear the Hugging Face cache; None
-    for other errors."""
-    text = f"{type(exc).__name__}: {exc}"
-    if not any(sign in text.lower() for sign in _DAMAGED_FILE_SIGNS):
-        return None
-    first = text.splitlines()[0]
-    what = f"a file of model {model!r}" if model else "a model file"
-    return EnvironmentProblem(
-        f"{what} could not be read; it looks truncated or damaged ({first})",
-        hint="delete the model from the Hugging Face cache (huggingface-cli delete-cache, or "
-        "remove its folder under ~/.cache/huggingface/hub) or replace the local copy, and run "
-        "again; builtin:tiny is checked and rebuilt automatically",
-    )

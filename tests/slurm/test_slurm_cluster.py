@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from llenergymeasure.runners.slurm import slurm_settings
 from llenergymeasure.study.manifest import StudyManifest, load_manifest
 from llenergymeasure.study.runner import StudyRunner
-from llenergymeasure.study.slurm import SlurmStudyExecutor, slurm_settings
+from llenergymeasure.study.slurm_executor import SlurmStudyExecutor
 from llenergymeasure.testing.configs import tiny_batch_study_yaml
 
 pytestmark = pytest.mark.slurm

@@ -17,12 +17,8 @@ from typing import Any
 
 from llenergymeasure.config.hashing import measurement_config_hash
 from llenergymeasure.config.models import ExperimentConfig
-from llenergymeasure.results.models import (
-    ExperimentResult,
-    StudyCounts,
-    StudyProtocol,
-    StudyResult,
-)
+from llenergymeasure.results.models import ExperimentResult
+from llenergymeasure.results.study import StudyCounts, StudyProtocol, StudyResult
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = (

@@ -4,7 +4,8 @@ Floors, lowest first::
 
     0  exceptions, _version, redaction (what is secret), files (the one write path), hub,
        install (hints), logs (the logger tree), text_table (aligned terminal tables),
-       gguf_files (GGUF model files: naming and header)
+       gguf_files (GGUF model files: naming and header), rescue (saving a finished
+       measurement, else a rescue folder), os_errors (operating-system errors explained)
     1  config, datasets
     2  energy, engines, results, phase_split (the prefill/decode split: results hold its models)
     3  harness, online (a server under load: measured like harness measures an engine)
@@ -39,6 +40,8 @@ FLOORS: dict[str, int] = {
     "logs": 0,
     "text_table": 0,
     "gguf_files": 0,
+    "rescue": 0,
+    "os_errors": 0,
     "config": 1,
     "datasets": 1,
     "energy": 2,

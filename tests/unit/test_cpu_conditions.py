@@ -23,7 +23,8 @@ from llenergymeasure.harness.environment import (
     torch_threads,
 )
 from llenergymeasure.harness.orchestrator import ExperimentOrchestrator, MeasurementSettings
-from llenergymeasure.results.models import CpuConditions, ExperimentResult
+from llenergymeasure.results.environment import CpuConditions
+from llenergymeasure.results.models import ExperimentResult
 from llenergymeasure.testing.energy import SwitchingSensor
 from llenergymeasure.testing.engines import FakeEngine
 

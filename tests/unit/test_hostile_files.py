@@ -19,10 +19,12 @@ from hostile import fill, make_read_only, small_tmpfs, tiny_yaml, undo_mounts
 from typer.testing import CliRunner
 
 import llenergymeasure.files as files
+import llenergymeasure.rescue as rescue
 from llenergymeasure.cli.app import EXIT_ENVIRONMENT, EXIT_RESCUED, app, explain_error
 from llenergymeasure.config.loading import read_yaml_mapping
 from llenergymeasure.exceptions import EnvironmentProblem, UnsafeWriteError
-from llenergymeasure.files import save_files, write_json, write_text
+from llenergymeasure.files import write_json, write_text
+from llenergymeasure.rescue import save_files
 from llenergymeasure.results.models import ExperimentResult
 
 cli = CliRunner()
@@ -37,7 +39,7 @@ def shared_tiny(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def rescue_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     root = tmp_path / "rescue"
-    monkeypatch.setenv(files.RESCUE_DIR_ENV, str(root))
+    monkeypatch.setenv(rescue.RESCUE_DIR_ENV, str(root))
     return root
 
 
@@ -170,7 +172,7 @@ def test_a_real_full_disk_is_enospc_explained_with_a_hint(tmp_path: Path):
 def test_save_files_rescues_to_the_next_root_that_works(tmp_path: Path, monkeypatch):
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("x")
-    monkeypatch.setenv(files.RESCUE_DIR_ENV, str(blocker / "rescue"))  # unusable: ENOTDIR
+    monkeypatch.setenv(rescue.RESCUE_DIR_ENV, str(blocker / "rescue"))  # unusable: ENOTDIR
     target = tmp_path / "gone" / "run_1"
     saved = save_files(
         target,

@@ -23,13 +23,14 @@ import pytest
 from hostile import LinkSwapWorker, tiny_yaml
 from typer.testing import CliRunner
 
-import llenergymeasure.files as files
+import llenergymeasure.rescue as rescue
 from llenergymeasure.cli.app import EXIT_RESCUED, app
 from llenergymeasure.config.study import StudyConfig
 from llenergymeasure.exceptions import ConfigError, MeasurementsRescued, StudyError
 from llenergymeasure.results.models import ExperimentResult
+from llenergymeasure.study.lock import StudyLock
 from llenergymeasure.study.manifest import load_manifest, manifest_path, write_manifest
-from llenergymeasure.study.runner import StudyLock, StudyRunner, resume_study_dir
+from llenergymeasure.study.runner import StudyRunner, resume_study_dir
 from llenergymeasure.testing.configs import tiny_experiment
 from llenergymeasure.testing.study import ScriptedWorker
 
@@ -56,7 +57,7 @@ def finished_study(root: Path, **kwargs: Any) -> StudyRunner:
 @pytest.fixture
 def rescue_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     root = tmp_path / "rescue"
-    monkeypatch.setenv(files.RESCUE_DIR_ENV, str(root))
+    monkeypatch.setenv(rescue.RESCUE_DIR_ENV, str(root))
     return root
 
 
@@ -207,9 +208,7 @@ def test_a_result_that_cannot_be_saved_in_its_run_folder_is_rescued_and_the_stud
 # --- resume checks each result against its manifest entry ---------------------------------------
 
 
-def test_resume_redoes_a_result_measured_with_another_config_and_keeps_it_aside(
-    tmp_path, caplog
-):
+def test_resume_redoes_a_result_measured_with_another_config_and_keeps_it_aside(tmp_path, caplog):
     runner = finished_study(tmp_path)
     entry = runner.manifest.runs[0]
     path = runner.study_dir / entry.run_id / "result.json"

@@ -22,7 +22,7 @@ from llenergymeasure.cli.app import app
 from llenergymeasure.config.study import StudyConfig
 from llenergymeasure.exceptions import ConfigError
 from llenergymeasure.report.loader import StudySource, load_source
-from llenergymeasure.results.models import HEADLINE_METRICS, StudyResult
+from llenergymeasure.results.study import HEADLINE_METRICS, StudyResult
 from llenergymeasure.study.runner import run_study_config
 from llenergymeasure.testing.configs import tiny_experiment
 from llenergymeasure.testing.study import ScriptedWorker

@@ -15,20 +15,18 @@ import sys
 import pytest
 
 from llenergymeasure.config.models import ExperimentConfig
-from llenergymeasure.results.models import ConfigStatistics, StudyStatistics
 from llenergymeasure.results.stats import (
     STATS_INSTALL_HINT,
-    config_labels,
     cycles_needed,
     describe,
-    format_statistics,
     log_ratio,
     log_spread,
     mean_interval,
     min_detectable_log_ratio,
-    pareto_front,
     welch_power,
 )
+from llenergymeasure.results.study import ConfigStatistics, StudyStatistics
+from llenergymeasure.results.study_statistics import config_labels, format_statistics, pareto_front
 
 scipy_stats = pytest.importorskip("scipy.stats")
 np = pytest.importorskip("numpy")
@@ -347,7 +345,7 @@ def test_a_single_config_is_labelled_by_model_backend_and_precision() -> None:
 
 
 def test_format_statistics_prints_every_metric_and_the_ci_method() -> None:
-    from llenergymeasure.results.models import ConfigStatistics, StudyStatistics
+    from llenergymeasure.results.study import ConfigStatistics, StudyStatistics
 
     stats = StudyStatistics(
         configs=[

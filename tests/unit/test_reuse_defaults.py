@@ -23,11 +23,12 @@ from llenergymeasure.config.study import ExecutionConfig, StudyConfig
 from llenergymeasure.study.manifest import load_manifest, manifest_path
 from llenergymeasure.study.planning import (
     ENGINE_DEFAULT,
+    manifest_engine_reuse,
     plan_runs,
     resolve_engine_reuse,
     reuse_map,
 )
-from llenergymeasure.study.runner import StudyRunner, manifest_engine_reuse
+from llenergymeasure.study.runner import StudyRunner
 from llenergymeasure.testing.study import ReusingFakeWorker
 
 BASE: dict[str, Any] = {

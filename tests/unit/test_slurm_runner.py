@@ -25,15 +25,15 @@ from llenergymeasure.config.study import StudyConfig
 from llenergymeasure.config.user_config import SlurmSection, load_user_config
 from llenergymeasure.exceptions import StudyError
 from llenergymeasure.runners import resolve_runner
-from llenergymeasure.study.manifest import load_manifest
-from llenergymeasure.study.runner import StudyRunner
-from llenergymeasure.study.slurm import (
+from llenergymeasure.runners.slurm import (
     STATUS_NAME,
     SlurmClient,
     batch_script,
     format_time_limit,
     sbatch_command,
 )
+from llenergymeasure.study.manifest import load_manifest
+from llenergymeasure.study.runner import StudyRunner
 from llenergymeasure.study.slurm_entry import main as entry_main
 from llenergymeasure.testing.configs import tiny_experiment
 from llenergymeasure.testing.study import ScriptedWorker, fake_measure_worker

@@ -18,7 +18,8 @@ import pyarrow.parquet as pq
 
 from llenergymeasure.config.hashing import measurement_config_hash
 from llenergymeasure.config.study import ExecutionConfig, StudyConfig
-from llenergymeasure.results.models import ExperimentResult, StudyResult
+from llenergymeasure.results.models import ExperimentResult
+from llenergymeasure.results.study import StudyResult
 from llenergymeasure.study.manifest import StudyManifest, load_manifest, write_manifest
 from llenergymeasure.study.runner import (
     StudyRunner,

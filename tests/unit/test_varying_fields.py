@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from llenergymeasure.config.models import ExperimentConfig
-from llenergymeasure.results.stats import varying_fields
+from llenergymeasure.results.study_statistics import varying_fields
 
 
 def _config(precision: str = "fp32", **pytorch: object) -> ExperimentConfig:

@@ -126,7 +126,7 @@ def explain_error(exc: BaseException) -> BaseException:
         return validation_config_error(exc, source=None)
     if isinstance(exc, LLEMError | KeyboardInterrupt):
         return exc
-    from llenergymeasure.files import environment_error
+    from llenergymeasure.os_errors import environment_error
 
     cause: BaseException | None = exc
     seen: set[int] = set()
@@ -135,7 +135,7 @@ def explain_error(exc: BaseException) -> BaseException:
         if isinstance(cause, OSError) and cause.errno is not None:
             return environment_error(cause)
         cause = cause.__cause__ or cause.__context__
-    from llenergymeasure.files import damaged_model_error
+    from llenergymeasure.os_errors import damaged_model_error
 
     damaged = damaged_model_error(exc)
     return damaged if damaged is not None else exc

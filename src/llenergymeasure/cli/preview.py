@@ -22,7 +22,7 @@ from llenergymeasure.harness.vram import (
     estimate_config_vram,
     weight_precision,
 )
-from llenergymeasure.results.stats import config_labels, varying_fields
+from llenergymeasure.results.study_statistics import config_labels, varying_fields
 from llenergymeasure.text_table import render_table
 
 if TYPE_CHECKING:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from llenergymeasure.compare.environment import environment_diff
 from llenergymeasure.compare.inputs import Run, Side
@@ -130,7 +130,7 @@ def config_differences(a: ExperimentConfig, b: ExperimentConfig) -> dict[str, li
 
 def labels_without(configs: Sequence[ExperimentConfig], by: Sequence[str]) -> list[str]:
     from llenergymeasure.results.io import model_slug
-    from llenergymeasure.results.stats import varying_fields
+    from llenergymeasure.results.study_statistics import varying_fields
 
     keys = [k for k in varying_fields(configs) if not _under(k, by)]
     if not keys:
@@ -242,50 +242,14 @@ def compare_sides(
     by = list(dict.fromkeys(by))
     check_by_fields(by, [*a.runs, *b.runs])
     groups_a, groups_b = group_runs(a, by), group_runs(b, by)
-    keys = [k for k in groups_a if k in groups_b]
     notes: list[str] = []
-    pairs_keys: list[tuple[str, str]] = [(k, k) for k in keys]
-    if not keys:
-        if len(groups_a) == 1 and len(groups_b) == 1:
-            (ka,), (kb,) = list(groups_a), list(groups_b)
-            pairs_keys = [(ka, kb)]
-            differs = config_differences(
-                groups_a[ka][0].result.config, groups_b[kb][0].result.config
-            )
-            notes.append(
-                "A and B hold one config each and they do not match; compared anyway. They "
-                f"differ in: {', '.join(differs) or 'nothing but the hash'}"
-            )
-        else:
-            raise ConfigError(
-                f"llem compare: no config of A matches a config of B (A has {len(groups_a)}, "
-                f"B has {len(groups_b)} distinct configs"
-                + (f" without {', '.join(by)}" if by else "")
-                + ")",
-                hint="--by FIELD compares configs that are equal apart from FIELD "
-                "(e.g. --by precision)",
-            )
+    pairs_keys = _matched_keys(groups_a, groups_b, by, notes)
     configs = [groups_a[ka][0].result.config for ka, _ in pairs_keys]
     labels = labels_without(configs, by)
-    pairs: list[PairComparison] = []
-    for (ka, kb), label in zip(pairs_keys, labels, strict=True):
-        ra, rb = groups_a[ka], groups_b[kb]
-        rows = [
-            row
-            for m in metrics
-            if (row := compare_metric(m, ra, rb, confidence=confidence, power=power)) is not None
-        ]
-        pairs.append(
-            PairComparison(
-                label=label,
-                hash_a=ra[0].result.measurement_config_hash,
-                hash_b=rb[0].result.measurement_config_hash,
-                differs=config_differences(ra[0].result.config, rb[0].result.config),
-                runs_a=len(ra),
-                runs_b=len(rb),
-                metrics=rows,
-            )
-        )
+    pairs = [
+        _compare_pair(groups_a[ka], groups_b[kb], label, metrics, confidence, power)
+        for (ka, kb), label in zip(pairs_keys, labels, strict=True)
+    ]
     matched_a = {ka for ka, _ in pairs_keys}
     matched_b = {kb for _, kb in pairs_keys}
     unmatched_a = [k for k in groups_a if k not in matched_a]
@@ -309,6 +273,64 @@ def compare_sides(
         unmatched_a=[_unmatched_label(groups_a[k]) for k in unmatched_a],
         unmatched_b=[_unmatched_label(groups_b[k]) for k in unmatched_b],
         notes=notes,
+    )
+
+
+def _matched_keys(
+    groups_a: Mapping[str, Sequence[Run]],
+    groups_b: Mapping[str, Sequence[Run]],
+    by: Sequence[str],
+    notes: list[str],
+) -> list[tuple[str, str]]:
+    """The (A, B) group keys to compare: the keys both sides hold, else the one config of each
+    side (with a note saying how they differ); ``ConfigError`` when neither applies."""
+    keys = [k for k in groups_a if k in groups_b]
+    pairs_keys: list[tuple[str, str]] = [(k, k) for k in keys]
+    if not keys:
+        if len(groups_a) == 1 and len(groups_b) == 1:
+            (ka,), (kb,) = list(groups_a), list(groups_b)
+            pairs_keys = [(ka, kb)]
+            differs = config_differences(
+                groups_a[ka][0].result.config, groups_b[kb][0].result.config
+            )
+            notes.append(
+                "A and B hold one config each and they do not match; compared anyway. They "
+                f"differ in: {', '.join(differs) or 'nothing but the hash'}"
+            )
+        else:
+            raise ConfigError(
+                f"llem compare: no config of A matches a config of B (A has {len(groups_a)}, "
+                f"B has {len(groups_b)} distinct configs"
+                + (f" without {', '.join(by)}" if by else "")
+                + ")",
+                hint="--by FIELD compares configs that are equal apart from FIELD "
+                "(e.g. --by precision)",
+            )
+    return pairs_keys
+
+
+def _compare_pair(
+    ra: Sequence[Run],
+    rb: Sequence[Run],
+    label: str,
+    metrics: Sequence[CompareMetric],
+    confidence: float,
+    power: float,
+) -> PairComparison:
+    """One matched config's runs on each side, compared on ``metrics``."""
+    rows = [
+        row
+        for m in metrics
+        if (row := compare_metric(m, ra, rb, confidence=confidence, power=power)) is not None
+    ]
+    return PairComparison(
+        label=label,
+        hash_a=ra[0].result.measurement_config_hash,
+        hash_b=rb[0].result.measurement_config_hash,
+        differs=config_differences(ra[0].result.config, rb[0].result.config),
+        runs_a=len(ra),
+        runs_b=len(rb),
+        metrics=rows,
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from llenergymeasure.compare.models import Comparison, GateCheck, MetricComparison, PairComparison
 from llenergymeasure.report.html import cell, escape, page, table
-from llenergymeasure.results.stats import format_number
+from llenergymeasure.results.study_statistics import format_number
 from llenergymeasure.text_table import Justify, render_table
 
 _VERDICT_TEXT = {
@@ -201,68 +201,61 @@ def comparison_html(c: Comparison) -> str:
     ]
     for note in [*c.notes, *c.a.notes, *c.b.notes]:
         body.append(f'<p class="note">{escape(note)}</p>')
-    css = {"better": "ok", "worse": "bad", "no_difference": "", "insufficient_data": "warn"}
     for pair in c.pairs:
-        body.append(
-            f"<h3>{escape(pair.label)}</h3>"
-            f'<p class="meta">A {pair.runs_a} runs [{escape(pair.hash_a)}] · B {pair.runs_b} runs '
-            f"[{escape(pair.hash_b)}]"
-            + (f" · A → B: {escape(_differs_text(pair))}" if pair.differs else "")
-            + "</p>"
-        )
-        rows = []
-        for m in pair.metrics:
-            verdict = escape(_VERDICT_TEXT[m.verdict])
-            if css[m.verdict]:
-                verdict = f'<span class="{css[m.verdict]}">{verdict}</span>'
-            rows.append(
-                [
-                    cell(m.label),
-                    cell(_value(m.mean_a, m.unit), num=True),
-                    cell(_value(m.mean_b, m.unit), num=True),
-                    cell(_ratio(m), num=True),
-                    cell(_interval(m), num=True),
-                    cell(verdict, raw=True),
-                    cell(_mdd(m), num=True),
-                    cell(m.note or ""),
-                ]
-            )
-        body.append(
-            table(
-                [
-                    "metric",
-                    "A mean",
-                    "B mean",
-                    "B/A",
-                    f"{level} CI",
-                    "verdict",
-                    "detectable",
-                    "note",
-                ],
-                rows,
-            )
-        )
+        body.append(_pair_html(pair, level))
     if c.gate:
-        body.append("<h3>Gate</h3>")
-        body.append(
-            table(
-                ["check", "config", "status", "why"],
-                [
-                    [
-                        cell(f"{g.metric} worse by > {g.pct:g} %"),
-                        cell(g.pair),
-                        cell(
-                            f'<span class="{_GATE_CSS[g.status]}">{escape(g.status)}</span>',
-                            raw=True,
-                        ),
-                        cell(g.reason),
-                    ]
-                    for g in c.gate
-                ],
-            )
-        )
+        body.append(_gate_html(c.gate))
     body.append(f'<p class="meta">{escape(c.method)}</p>')
     return "".join(body)
+
+
+_VERDICT_CSS = {"better": "ok", "worse": "bad", "no_difference": "", "insufficient_data": "warn"}
+
+
+def _pair_html(pair: PairComparison, level: str) -> str:
+    """One matched config: its heading and its metrics table."""
+    head = (
+        f"<h3>{escape(pair.label)}</h3>"
+        f'<p class="meta">A {pair.runs_a} runs [{escape(pair.hash_a)}] · B {pair.runs_b} runs '
+        f"[{escape(pair.hash_b)}]"
+        + (f" · A → B: {escape(_differs_text(pair))}" if pair.differs else "")
+        + "</p>"
+    )
+    rows = []
+    for m in pair.metrics:
+        verdict = escape(_VERDICT_TEXT[m.verdict])
+        if _VERDICT_CSS[m.verdict]:
+            verdict = f'<span class="{_VERDICT_CSS[m.verdict]}">{verdict}</span>'
+        rows.append(
+            [
+                cell(m.label),
+                cell(_value(m.mean_a, m.unit), num=True),
+                cell(_value(m.mean_b, m.unit), num=True),
+                cell(_ratio(m), num=True),
+                cell(_interval(m), num=True),
+                cell(verdict, raw=True),
+                cell(_mdd(m), num=True),
+                cell(m.note or ""),
+            ]
+        )
+    headers = ["metric", "A mean", "B mean", "B/A", f"{level} CI", "verdict", "detectable", "note"]
+    return head + table(headers, rows)
+
+
+def _gate_html(gate: list[GateCheck]) -> str:
+    """The gate's checks and their status."""
+    return "<h3>Gate</h3>" + table(
+        ["check", "config", "status", "why"],
+        [
+            [
+                cell(f"{g.metric} worse by > {g.pct:g} %"),
+                cell(g.pair),
+                cell(f'<span class="{_GATE_CSS[g.status]}">{escape(g.status)}</span>', raw=True),
+                cell(g.reason),
+            ]
+            for g in gate
+        ],
+    )
 
 
 def comparison_page(c: Comparison) -> str:

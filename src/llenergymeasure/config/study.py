@@ -211,6 +211,11 @@ def check_study_bounds(grid_points: int, n_cycles: int, *, where: str = "study")
         )
 
 
+#: A grid point to validate: where it came from, what it sets (shown when skipped), the merged
+#: experiment mapping.
+Candidate = tuple[str, dict[str, Any], dict[str, Any]]
+
+
 def expand_study(
     data: dict[str, Any],
     *,
@@ -224,15 +229,7 @@ def expand_study(
     ``overrides`` (nested mapping, e.g. from CLI flags) is applied last to every point.
     """
     where = str(source) if source else "study"
-    unknown = [k for k in data if k not in STUDY_KEYS and k not in ExperimentConfig.model_fields]
-    for key in unknown:
-        guess = suggest_key(key, [*STUDY_KEYS, *ExperimentConfig.model_fields])
-        line = (lines or {}).get((key,))
-        at = f" (line {line})" if line else ""
-        raise ConfigError(
-            f"{where}: unknown key '{key}' at the top level{at}",
-            hint=f"did you mean '{guess}'?" if guess else "see examples/study.yaml",
-        )
+    _check_top_level_keys(data, where, lines)
 
     name = data.get("name") or _default_name()
     if not isinstance(name, str):
@@ -258,23 +255,7 @@ def expand_study(
     if not isinstance(experiments, list):
         raise ConfigError(f"{where}: experiments: must be a list of mappings")
 
-    universal: dict[str, list[Any]] = {}
-    scoped: dict[str, dict[str, list[Any]]] = {}
-    for key, values in sweep.items():
-        key = str(key)
-        head, _, rest = key.partition(".")
-        if head in engine_names() and rest:
-            _check_key_path(key, where=f"{where}: sweep")
-            scoped.setdefault(head, {})[key] = _as_values(key, values)
-        else:
-            if key == "backend":
-                raise ConfigError(
-                    f"{where}: sweep over backend is written as a top-level list",
-                    hint="backend: [pytorch, vllm]",
-                )
-            _check_key_path(key, where=f"{where}: sweep")
-            universal[key] = _as_values(key, values)
-
+    universal, scoped = _sweep_dimensions(sweep, where)
     backends = _resolve_backends(fixed.get("backend"), scoped, experiments, where=where)
     for b in scoped:
         if b not in backends:
@@ -292,18 +273,92 @@ def expand_study(
             )
     check_study_bounds(grid_points, execution.n_cycles, where=where)
 
-    candidates: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
+    candidates: list[Candidate] = []
     if sweep or not experiments:
-        for backend in backends:
-            dims = {**universal, **scoped.get(backend, {})}
-            keys = list(dims)
-            for combo in itertools.product(*(dims[k] for k in keys)):
-                point = dict(zip(keys, combo, strict=True))
-                merged = deep_merge(_drop_other_sections(fixed, backend), {"backend": backend})
-                for k, v in point.items():
-                    merged = deep_merge(merged, dotted_to_nested(k, v))
-                candidates.append(("sweep", {"backend": backend, **point}, merged))
+        candidates += _sweep_candidates(fixed, backends, universal, scoped)
+    candidates += _experiment_candidates(experiments, fixed, backends, where)
+    valid, skipped = _validate_candidates(candidates, overrides)
+    if not valid:
+        reasons = "\n".join(f"  - {s.source} {s.overrides}: {s.reason}" for s in skipped[:10])
+        more = f"\n  ... and {len(skipped) - 10} more" if len(skipped) > 10 else ""
+        raise ConfigError(
+            f"{where}: every experiment of the study is invalid ({len(skipped)} skipped):\n"
+            f"{reasons}{more}"
+        )
 
+    return StudyConfig(
+        name=name,
+        experiments=valid,
+        skipped=skipped,
+        execution=execution,
+        study_design_hash=study_design_hash(valid),
+        source_path=str(source) if source else None,
+    )
+
+
+def _check_top_level_keys(
+    data: dict[str, Any], where: str, lines: dict[KeyPath, int] | None
+) -> None:
+    """``ConfigError`` for a top-level key that is neither a study key nor an experiment field."""
+    unknown = [k for k in data if k not in STUDY_KEYS and k not in ExperimentConfig.model_fields]
+    for key in unknown:
+        guess = suggest_key(key, [*STUDY_KEYS, *ExperimentConfig.model_fields])
+        line = (lines or {}).get((key,))
+        at = f" (line {line})" if line else ""
+        raise ConfigError(
+            f"{where}: unknown key '{key}' at the top level{at}",
+            hint=f"did you mean '{guess}'?" if guess else "see examples/study.yaml",
+        )
+
+
+def _sweep_dimensions(
+    sweep: dict[str, Any], where: str
+) -> tuple[dict[str, list[Any]], dict[str, dict[str, list[Any]]]]:
+    """The sweep's keys and values: those of every backend, and ``<engine>.*`` keys by engine."""
+    universal: dict[str, list[Any]] = {}
+    scoped: dict[str, dict[str, list[Any]]] = {}
+    for key, values in sweep.items():
+        key = str(key)
+        head, _, rest = key.partition(".")
+        if head in engine_names() and rest:
+            _check_key_path(key, where=f"{where}: sweep")
+            scoped.setdefault(head, {})[key] = _as_values(key, values)
+        else:
+            if key == "backend":
+                raise ConfigError(
+                    f"{where}: sweep over backend is written as a top-level list",
+                    hint="backend: [pytorch, vllm]",
+                )
+            _check_key_path(key, where=f"{where}: sweep")
+            universal[key] = _as_values(key, values)
+    return universal, scoped
+
+
+def _sweep_candidates(
+    fixed: dict[str, Any],
+    backends: list[str],
+    universal: dict[str, list[Any]],
+    scoped: dict[str, dict[str, list[Any]]],
+) -> list[Candidate]:
+    """Every point of the sweep's grid, for each backend."""
+    candidates: list[Candidate] = []
+    for backend in backends:
+        dims = {**universal, **scoped.get(backend, {})}
+        keys = list(dims)
+        for combo in itertools.product(*(dims[k] for k in keys)):
+            point = dict(zip(keys, combo, strict=True))
+            merged = deep_merge(_drop_other_sections(fixed, backend), {"backend": backend})
+            for k, v in point.items():
+                merged = deep_merge(merged, dotted_to_nested(k, v))
+            candidates.append(("sweep", {"backend": backend, **point}, merged))
+    return candidates
+
+
+def _experiment_candidates(
+    experiments: list[Any], fixed: dict[str, Any], backends: list[str], where: str
+) -> list[Candidate]:
+    """The entries of ``experiments:``, each merged over the study's fixed values."""
+    candidates: list[Candidate] = []
     for i, entry in enumerate(experiments):
         if not isinstance(entry, dict):
             raise ConfigError(f"{where}: experiments[{i}] must be a mapping, got {entry!r}")
@@ -321,7 +376,13 @@ def expand_study(
         )
         merged = deep_merge(merged, entry)
         candidates.append((f"experiments[{i}]", entry, merged))
+    return candidates
 
+
+def _validate_candidates(
+    candidates: list[Candidate], overrides: dict[str, Any] | None
+) -> tuple[list[ExperimentConfig], list[SkippedExperiment]]:
+    """The valid, distinct experiments, and the points skipped (invalid or duplicates)."""
     valid: list[ExperimentConfig] = []
     skipped: list[SkippedExperiment] = []
     seen: dict[str, str] = {}
@@ -344,23 +405,7 @@ def expand_study(
             continue
         seen[h] = origin
         valid.append(config)
-
-    if not valid:
-        reasons = "\n".join(f"  - {s.source} {s.overrides}: {s.reason}" for s in skipped[:10])
-        more = f"\n  ... and {len(skipped) - 10} more" if len(skipped) > 10 else ""
-        raise ConfigError(
-            f"{where}: every experiment of the study is invalid ({len(skipped)} skipped):\n"
-            f"{reasons}{more}"
-        )
-
-    return StudyConfig(
-        name=name,
-        experiments=valid,
-        skipped=skipped,
-        execution=execution,
-        study_design_hash=study_design_hash(valid),
-        source_path=str(source) if source else None,
-    )
+    return valid, skipped
 
 
 def _overrides_for(overrides: dict[str, Any], backend: str) -> dict[str, Any]:

@@ -29,14 +29,14 @@ from llenergymeasure.harness.settings import MeasurementSettings
 from llenergymeasure.phase_split.attribution import EnergyAttribution
 from llenergymeasure.phase_split.differential import PhaseSplit
 from llenergymeasure.phase_split.records import time_resolved_attribution
-from llenergymeasure.results.models import (
+from llenergymeasure.results.environment import EnvironmentSnapshot
+from llenergymeasure.results.measurements import (
     EnergyBreakdown,
-    EnvironmentSnapshot,
-    ExperimentResult,
     PhaseTimings,
     RequestResult,
     WarmupResult,
 )
+from llenergymeasure.results.models import ExperimentResult
 
 __all__ = [
     "CollectedRun",

@@ -25,7 +25,7 @@ from llenergymeasure.config.catalogue import ENGINES
 from llenergymeasure.config.installed import engine_version
 from llenergymeasure.energy.devices import effective_cuda_visible_devices
 from llenergymeasure.energy.sensors import GpuSensor
-from llenergymeasure.results.models import CpuConditions, EnvironmentSnapshot
+from llenergymeasure.results.environment import CpuConditions, EnvironmentSnapshot
 
 LoadAverageReader = Callable[[], tuple[float, float, float] | None]
 """Returns the host's (1, 5, 15)-minute load averages, or None where unknown."""

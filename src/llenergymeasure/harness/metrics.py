@@ -9,7 +9,7 @@ import math
 from collections.abc import Sequence
 
 from llenergymeasure.energy.sampler import Sample
-from llenergymeasure.results.models import (
+from llenergymeasure.results.measurements import (
     CarbonEstimate,
     DistributionStats,
     FlopsEstimate,

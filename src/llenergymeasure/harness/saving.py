@@ -6,7 +6,7 @@ through the one write path (``llenergymeasure.files``): redacted, atomic, never 
 never over an input or another measurement. If any of them cannot be written where asked
 (disk full, read-only, permission denied, the folder gone or replaced by a file, a refused
 destination), all of them are written into a fresh folder under the first rescue root that
-works (``files.rescue_roots``), ``result.json``'s ``output_dir`` says where, and the returned
+works (``rescue.rescue_roots``), ``result.json``'s ``output_dir`` says where, and the returned
 ``SavedFiles`` says why, so the caller can tell the user (``llem run`` exits 3).
 """
 
@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llenergymeasure.files import FileWriter, SavedFiles, save_files, write_bytes, write_json
+from llenergymeasure.files import write_bytes, write_json
 from llenergymeasure.redaction import redact_text
+from llenergymeasure.rescue import FileWriter, SavedFiles, save_files
 from llenergymeasure.results.models import ExperimentResult
 
 __all__ = ["RESULT_NAME", "TIMESERIES_NAME", "MeasuredExperiment", "save_measurement"]

@@ -26,6 +26,7 @@ __all__ = [
     "online_preflight",
 ]
 
+
 def _program_found(name: str) -> bool:
     return shutil.which(name) is not None or (Path(sys.executable).parent / name).exists()
 

@@ -17,7 +17,8 @@ from llenergymeasure.report.loader import ExperimentSource, RunRecord
 from llenergymeasure.report.phase_section import phase_summary_rows
 from llenergymeasure.report.versions import engine_text
 from llenergymeasure.results.models import ExperimentResult
-from llenergymeasure.results.stats import MIN_CYCLES_FOR_INTERVAL, format_number
+from llenergymeasure.results.stats import MIN_CYCLES_FOR_INTERVAL
+from llenergymeasure.results.study_statistics import format_number
 
 TIMESERIES_CAPTION = (
     "GPU power (solid, left axis) and temperature (dashed, right axis) sampled during the "

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from llenergymeasure.report.plots import require_matplotlib, save_figure
-from llenergymeasure.results.models import DistributionStats, ExperimentResult
+from llenergymeasure.results.measurements import DistributionStats
+from llenergymeasure.results.models import ExperimentResult
 
 __all__ = ["LatencySeries", "latency_series", "plot_latency_cdf"]
 

@@ -12,13 +12,17 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from llenergymeasure.config.models import ExperimentConfig
 from llenergymeasure.exceptions import ConfigError
-from llenergymeasure.results.models import ExperimentResult, StudyResult, StudyStatistics
+from llenergymeasure.results.models import ExperimentResult
+from llenergymeasure.results.study import StudyResult, StudyStatistics
+
+if TYPE_CHECKING:
+    from llenergymeasure.study.manifest import StudyManifest
 
 RESULT_NAME = "result.json"
 TIMESERIES_NAME = "timeseries.parquet"
@@ -180,12 +184,46 @@ def _find_result(directory: Path, run_id: str, result_path: str | None) -> Path 
 
 
 def _load_study(directory: Path) -> StudySource:
-    from llenergymeasure.config.hashing import measurement_config_hash
-    from llenergymeasure.results.stats import study_statistics
+    from llenergymeasure.results.study_statistics import study_statistics
+
+    notes: list[str] = []
+    summary, manifest = _read_study_files(directory, notes)
+    configs: list[tuple[str, ExperimentConfig]] = []
+    planned: dict[str, int] | None = None
+    if manifest is not None:
+        configs, runs = _runs_from_manifest(directory, manifest, notes)
+        name, design = manifest.study_name, manifest.study_design_hash
+        finished = bool(manifest.sessions) and manifest.sessions[-1].outcome == "finished"
+        planned = dict(Counter(e.config_hash for e in manifest.runs))
+    else:
+        assert summary is not None
+        runs = _runs_from_summary(directory, summary, notes)
+        name, design, finished = summary.study_name, summary.study_design_hash, True
+    done = [(r.cycle, r.result) for r in runs if r.result is not None]
+    statistics = study_statistics(configs, done, planned=planned)
+    if not finished:
+        notes.append("the study has not finished: this report covers the runs completed so far")
+    return StudySource(
+        directory=directory,
+        name=name,
+        design_hash=design,
+        summary=summary,
+        configs=configs,
+        runs=runs,
+        statistics=statistics,
+        finished=finished,
+        notes=notes,
+    )
+
+
+def _read_study_files(
+    directory: Path, notes: list[str]
+) -> tuple[StudyResult | None, StudyManifest | None]:
+    """The study's summary and manifest (each None when missing or unreadable, with a note);
+    ``ConfigError`` when neither can be read."""
     from llenergymeasure.study.manifest import StudyManifest
 
     summary: StudyResult | None = None
-    notes: list[str] = []
     if (directory / SUMMARY_NAME).is_file():
         try:
             summary = StudyResult.from_json(directory / SUMMARY_NAME)
@@ -207,76 +245,62 @@ def _load_study(directory: Path) -> StudySource:
             f"llem report: {directory} has no readable {MANIFEST_NAME} or {SUMMARY_NAME}",
             hint=_HINT,
         )
+    return summary, manifest
 
+
+def _runs_from_manifest(
+    directory: Path, manifest: StudyManifest, notes: list[str]
+) -> tuple[list[tuple[str, ExperimentConfig]], list[RunRecord]]:
+    """The study's configs (with their hashes) and every planned run, in position order."""
+    from llenergymeasure.config.hashing import measurement_config_hash
+
+    hashes: dict[int, str] = {}
+    for entry in manifest.runs:
+        hashes.setdefault(entry.config_index, entry.config_hash)
+    configs = [
+        (hashes.get(i) or measurement_config_hash(c), c) for i, c in enumerate(manifest.experiments)
+    ]
     runs: list[RunRecord] = []
-    configs: list[tuple[str, ExperimentConfig]] = []
-    if manifest is not None:
-        hashes: dict[int, str] = {}
-        for entry in manifest.runs:
-            hashes.setdefault(entry.config_index, entry.config_hash)
-        configs = [
-            (hashes.get(i) or measurement_config_hash(c), c)
-            for i, c in enumerate(manifest.experiments)
-        ]
-        for entry in sorted(manifest.runs, key=lambda r: r.position):
-            run = RunRecord(
-                run_id=entry.run_id,
-                config_index=entry.config_index,
-                config_hash=entry.config_hash,
-                cycle=entry.cycle,
-                status=entry.status,
-                error=f"{entry.error.type}: {entry.error.message}" if entry.error else None,
-            )
-            if entry.status == "completed":
-                _attach_result(directory, run, entry.result_path, notes)
-            runs.append(run)
-        name, design = manifest.study_name, manifest.study_design_hash
-        finished = bool(manifest.sessions) and manifest.sessions[-1].outcome == "finished"
-        planned: dict[str, int] | None = dict(Counter(e.config_hash for e in manifest.runs))
-    else:
-        assert summary is not None
-        for rel in summary.result_files:
-            run_id = Path(rel).parent.name or Path(rel).stem
-            run = RunRecord(
-                run_id=run_id, config_index=None, config_hash="?", cycle=1, status="completed"
-            )
-            _attach_result(directory, run, rel, notes)
-            if run.result is not None:
-                run.config_hash = run.result.measurement_config_hash
-                run.cycle = 1 + sum(1 for r in runs if r.config_hash == run.config_hash)
-            runs.append(run)
-        for f in summary.failed:
-            runs.append(
-                RunRecord(
-                    run_id=f.run_id,
-                    config_index=None,
-                    config_hash=f.config_hash,
-                    cycle=f.cycle,
-                    status=f.status,
-                    error=f"{f.error_type}: {f.message}",
-                )
-            )
-        name, design, finished, planned = (
-            summary.study_name,
-            summary.study_design_hash,
-            True,
-            None,
+    for entry in sorted(manifest.runs, key=lambda r: r.position):
+        run = RunRecord(
+            run_id=entry.run_id,
+            config_index=entry.config_index,
+            config_hash=entry.config_hash,
+            cycle=entry.cycle,
+            status=entry.status,
+            error=f"{entry.error.type}: {entry.error.message}" if entry.error else None,
         )
-    done = [(r.cycle, r.result) for r in runs if r.result is not None]
-    statistics = study_statistics(configs, done, planned=planned)
-    if not finished:
-        notes.append("the study has not finished: this report covers the runs completed so far")
-    return StudySource(
-        directory=directory,
-        name=name,
-        design_hash=design,
-        summary=summary,
-        configs=configs,
-        runs=runs,
-        statistics=statistics,
-        finished=finished,
-        notes=notes,
-    )
+        if entry.status == "completed":
+            _attach_result(directory, run, entry.result_path, notes)
+        runs.append(run)
+    return configs, runs
+
+
+def _runs_from_summary(directory: Path, summary: StudyResult, notes: list[str]) -> list[RunRecord]:
+    """Without a manifest: the completed runs the summary lists, then its failed runs."""
+    runs: list[RunRecord] = []
+    for rel in summary.result_files:
+        run_id = Path(rel).parent.name or Path(rel).stem
+        run = RunRecord(
+            run_id=run_id, config_index=None, config_hash="?", cycle=1, status="completed"
+        )
+        _attach_result(directory, run, rel, notes)
+        if run.result is not None:
+            run.config_hash = run.result.measurement_config_hash
+            run.cycle = 1 + sum(1 for r in runs if r.config_hash == run.config_hash)
+        runs.append(run)
+    for f in summary.failed:
+        runs.append(
+            RunRecord(
+                run_id=f.run_id,
+                config_index=None,
+                config_hash=f.config_hash,
+                cycle=f.cycle,
+                status=f.status,
+                error=f"{f.error_type}: {f.message}",
+            )
+        )
+    return runs
 
 
 def _attach_result(

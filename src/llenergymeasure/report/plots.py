@@ -14,7 +14,7 @@ from typing import Any
 
 from llenergymeasure.exceptions import ConfigError
 from llenergymeasure.report import REPORT_EXTRA_HINT
-from llenergymeasure.results.stats import pareto_front
+from llenergymeasure.results.study_statistics import pareto_front
 
 DPI = 110
 

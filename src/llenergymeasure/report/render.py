@@ -14,8 +14,9 @@ from pathlib import Path
 from llenergymeasure.report.figures import Figures
 from llenergymeasure.report.html import render
 from llenergymeasure.report.loader import ExperimentSource, load_source
-from llenergymeasure.results.models import StudyStatistics
-from llenergymeasure.results.stats import STATS_INSTALL_HINT, format_statistics, study_statistics
+from llenergymeasure.results.stats import STATS_INSTALL_HINT
+from llenergymeasure.results.study import StudyStatistics
+from llenergymeasure.results.study_statistics import format_statistics, study_statistics
 
 #: Shown in place of the figures when matplotlib is missing (statistics need no matplotlib).
 NO_FIGURES_NOTE = (

@@ -23,10 +23,11 @@ from llenergymeasure.report.study_sections import (
     sweep_section,
 )
 from llenergymeasure.report.versions import engine_text
-from llenergymeasure.results.models import ExperimentResult, MetricStatistics, StudyStatistics
-from llenergymeasure.results.stats import (
+from llenergymeasure.results.models import ExperimentResult
+from llenergymeasure.results.stats import MIN_CYCLES_FOR_INTERVAL
+from llenergymeasure.results.study import MetricStatistics, StudyStatistics
+from llenergymeasure.results.study_statistics import (
     METRIC_LABELS,
-    MIN_CYCLES_FOR_INTERVAL,
     interval_text,
     is_single_run,
     method_text,

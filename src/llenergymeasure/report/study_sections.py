@@ -12,7 +12,7 @@ from llenergymeasure.report.html import Section, make_table, text_cell
 from llenergymeasure.report.loader import StudySource
 from llenergymeasure.report.timeline_plots import MAX_GRID_PANELS, PowerPanel, plot_power_grid
 from llenergymeasure.results.models import ExperimentResult
-from llenergymeasure.results.stats import format_number, is_single_run
+from llenergymeasure.results.study_statistics import format_number, is_single_run
 
 #: The power grid wraps a config's runs after this many columns.
 GRID_COLUMNS = 6

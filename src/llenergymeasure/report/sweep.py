@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llenergymeasure.exceptions import ConfigError
-from llenergymeasure.results.models import ConfigStatistics, ExperimentResult, MetricStatistics
-from llenergymeasure.results.stats import metric_value
+from llenergymeasure.results.models import ExperimentResult
+from llenergymeasure.results.study import ConfigStatistics, MetricStatistics
+from llenergymeasure.results.study_statistics import metric_value
 
 __all__ = ["SweepLayout", "SweepLine", "SweepPoint", "short_name", "sweep_layout"]
 

@@ -8,7 +8,7 @@ mislead; the report names every version with its package: "pytorch (torch 2.11.0
 
 from __future__ import annotations
 
-from llenergymeasure.results.models import EnvironmentSnapshot
+from llenergymeasure.results.environment import EnvironmentSnapshot
 
 #: Shown first for every engine that has it installed: the built-in engines all run on torch.
 BASE_LIBRARY = "torch"

@@ -5,11 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from llenergymeasure.config.catalogue import ENGINES, engine_names
+from llenergymeasure.exceptions import StudyError
 
-__all__ = ["RunnerSpec", "check_runner_isolation", "resolve_runner"]
+if TYPE_CHECKING:
+    from llenergymeasure.config.models import ExperimentConfig
+
+__all__ = ["RunnerSpec", "check_runner_isolation", "resolve_runner", "study_runner_kind"]
 
 
 @dataclass(frozen=True)
@@ -68,3 +72,21 @@ def check_runner_isolation(
         "set runners.vllm: docker:<image> (or runners.tensorrt) in the user config, or "
         "LLEM_RUNNER_VLLM=docker:<image> / LLEM_RUNNER_TENSORRT=docker:<image>"
     ]
+
+
+def study_runner_kind(experiments: list[ExperimentConfig], runner: str | None) -> str:
+    """``slurm`` when every backend of ``experiments`` runs on SLURM (``runner`` overrides
+    every backend's), else ``local``. Mixing is a ``StudyError``."""
+    backends = sorted({c.backend for c in experiments})
+    specs = [
+        RunnerSpec.parse(b, runner, "--runner") if runner is not None else resolve_runner(b)
+        for b in backends
+    ]
+    slurm = [s.backend for s in specs if s.kind == "slurm"]
+    if slurm and len(slurm) != len(specs):
+        others = ", ".join(f"{s.backend}: {s.value} ({s.source})" for s in specs)
+        raise StudyError(
+            f"a study runs either entirely on SLURM or not at all; runners: {others}",
+            hint="use --runner slurm, or set runners.<backend>: slurm for every backend",
+        )
+    return "slurm" if slurm else "local"

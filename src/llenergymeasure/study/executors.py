@@ -23,8 +23,8 @@ through the runner's internals, and imports nothing from ``study.runner``:
   its run only; a crash, fatal error or timeout ends the container, and the group goes on in a
   fresh one; Ctrl-C and timeouts kill it by name). With ``per_gpu`` each GPU's group process
   keeps its own container, pinned to that GPU.
-- SLURM: ``study.slurm.SlurmStudyExecutor`` (one job per run) drives the whole study through
-  the same bookkeeping.
+- SLURM: ``study.slurm_executor.SlurmStudyExecutor`` (one job per run, submitted and watched
+  through ``runners.slurm``) drives the whole study through the same bookkeeping.
 
 Ctrl-C: an executor stops its child processes on the way out (they are also listed in
 ``StudyBookkeeping.processes`` so the runner can stop them) and lets ``KeyboardInterrupt``
@@ -57,7 +57,8 @@ from llenergymeasure.study.worker import RunRequest, Worker, child_main, group_c
 
 if TYPE_CHECKING:
     from llenergymeasure.energy.devices import DeviceSlot
-    from llenergymeasure.results.models import ExperimentResult, StudyResult
+    from llenergymeasure.results.models import ExperimentResult
+    from llenergymeasure.results.study import StudyResult
 
 __all__ = [
     "GROUP_CLOSE_S",

@@ -116,6 +116,56 @@ def run_per_gpu(runner: StudyBookkeeping, todo: list[RunEntry]) -> None:
     On Ctrl-C every child is stopped and ``KeyboardInterrupt`` propagates (the runner marks the
     running entries interrupted).
     """
+    slots = _slots(runner)
+    timeout = runner.manifest.execution.experiment_timeout_seconds
+    queue = deque(todo)
+    state = {_slot_id(s): _SlotState() for s in slots}
+    free_at = {_slot_id(s): 0.0 for s in slots}  # monotonic time from which a GPU is free
+    active: list[_Active] = []
+    spans: list[_Span] = []
+    span_of: dict[str, _Span] = {}
+    try:
+        while queue or active:
+            now = time.monotonic()
+            for slot in slots:
+                sid = _slot_id(slot)
+                if not queue or any(a.slot is slot for a in active) or free_at[sid] > now:
+                    continue
+                item = _start(runner, queue.popleft(), slot, state[sid], timeout)
+                active.append(item)
+                span = _Span(item.entry.run_id, item.entry.device, time.monotonic())
+                spans.append(span)
+                span_of[item.entry.run_id] = span
+            if not active:  # every free GPU is in its gap
+                waits = [t for t in free_at.values() if t > now]
+                runner.sleep(max(0.0, min(waits) - now) if waits else 0.05)
+                continue
+            for item in _step(runner, active):
+                active.remove(item)
+                span = span_of[item.entry.run_id]
+                span.end = time.monotonic()
+                _record(runner, item, state[_slot_id(item.slot)], span, spans)
+                if queue:
+                    _, seconds = gap_before(
+                        item.entry, queue[0], runner.manifest.execution.cycle_order, runner.gaps
+                    )
+                    free_at[_slot_id(item.slot)] = time.monotonic() + seconds
+        for st in state.values():
+            _drop(runner, st)
+    finally:
+        for item in active:
+            stop_process(item.proc)
+            if item.receiver is not None:
+                item.receiver.close()
+            if item.proc in runner.processes:
+                runner.processes.remove(item.proc)
+        for st in state.values():
+            _drop(runner, st, graceful=False)
+
+
+def _slots(runner: StudyBookkeeping) -> list[DeviceSlot]:
+    """The GPUs to run on (the runner's, else every visible one); ``StudyError`` when there
+    are none or one is listed twice."""
     slots = list(runner.devices) if runner.devices is not None else _visible_slots()
     if not slots:
         raise StudyError(
@@ -125,102 +175,73 @@ def run_per_gpu(runner: StudyBookkeeping, todo: list[RunEntry]) -> None:
     ids = [_slot_id(s) for s in slots]
     if len(set(ids)) != len(ids):
         raise StudyError(f"per_gpu: the same GPU is listed twice: {ids}")
-    timeout = runner.manifest.execution.experiment_timeout_seconds
-    queue = deque(todo)
-    state = {_slot_id(s): _SlotState() for s in slots}
-    free_at = {_slot_id(s): 0.0 for s in slots}  # monotonic time from which a GPU is free
-    active: list[_Active] = []
-    spans: list[_Span] = []
-    span_of: dict[str, _Span] = {}
+    return slots
 
-    def drop(st: _SlotState, *, graceful: bool = True) -> None:
-        if st.group is not None:
-            st.group.close(graceful=graceful)
-            if st.group.proc in runner.processes:
-                runner.processes.remove(st.group.proc)
-            st.group = None
 
-    try:
-        while queue or active:
-            now = time.monotonic()
-            for slot in slots:
-                sid = _slot_id(slot)
-                st = state[sid]
-                if not queue or any(a.slot is slot for a in active) or free_at[sid] > now:
-                    continue
-                entry = queue.popleft()
-                receiver: Any
-                reuse = runner.reuses(entry)
-                if reuse:
-                    key = entry.engine_group or entry.config_hash
-                    if st.group is not None and (st.group.key != key or not st.group.alive):
-                        drop(st)
-                    if st.group is None:
-                        st.group = GroupProcess(runner, key, visible_devices=slot.visible_devices)
-                        runner.processes.append(st.group.proc)
-                    request = runner.start(entry, slot=slot, pid=st.group.proc.pid)
-                    proc, receiver = st.group.proc, st.group.conn
-                    if not st.group.send(request):
-                        receiver = None  # it died before the run: _step reports the crash
-                else:
-                    drop(st)  # no engine group's process beside a fresh run on this GPU
-                    request = runner.start(entry, slot=slot)
-                    proc, receiver = spawn_run(runner, request)
-                    runner.processes.append(proc)
-                    runner.attach_pid(entry, proc.pid)
-                allowance = 0.0 if reuse else START_ALLOWANCE_S  # until the child is "ready"
-                deadline = None if timeout is None else time.monotonic() + timeout + allowance
-                item = _Active(entry, slot, proc, receiver, deadline, reused=reuse)
-                item.closed = receiver is None
-                active.append(item)
-                span = _Span(entry.run_id, entry.device, time.monotonic())
-                spans.append(span)
-                span_of[entry.run_id] = span
-            if not active:  # every free GPU is in its gap
-                waits = [t for t in free_at.values() if t > now]
-                runner.sleep(max(0.0, min(waits) - now) if waits else 0.05)
-                continue
-            for item in _step(runner, active):
-                active.remove(item)
-                st = state[_slot_id(item.slot)]
-                span = span_of[item.entry.run_id]
-                span.end = time.monotonic()
-                if item.reused:
-                    outcome, ended = _group_outcome(item)
-                    if ended:
-                        drop(st, graceful=False)
-                else:
-                    runner.processes.remove(item.proc)
-                    item.receiver.close()
-                    outcome = (
-                        item.final
-                        if isinstance(item.final, RunError)
-                        else conclude(item.proc, item.final)
-                    )
-                others = overlapping(span, spans)
-                item.entry.concurrent_runs = [
-                    ConcurrentRun(run_id=o.run_id, device=o.device) for o in others
-                ]
-                if others and not isinstance(outcome, RunError):
-                    outcome = _annotate(outcome, item.entry, others)
-                runner.record(item.entry, outcome)
-                runner.progress.advance()
-                if queue:
-                    _, seconds = gap_before(
-                        item.entry, queue[0], runner.manifest.execution.cycle_order, runner.gaps
-                    )
-                    free_at[_slot_id(item.slot)] = time.monotonic() + seconds
-        for st in state.values():
-            drop(st)
-    finally:
-        for item in active:
-            stop_process(item.proc)
-            if item.receiver is not None:
-                item.receiver.close()
-            if item.proc in runner.processes:
-                runner.processes.remove(item.proc)
-        for st in state.values():
-            drop(st, graceful=False)
+def _drop(runner: StudyBookkeeping, st: _SlotState, *, graceful: bool = True) -> None:
+    """Close the GPU's engine-group process, if it has one."""
+    if st.group is not None:
+        st.group.close(graceful=graceful)
+        if st.group.proc in runner.processes:
+            runner.processes.remove(st.group.proc)
+        st.group = None
+
+
+def _start(
+    runner: StudyBookkeeping,
+    entry: RunEntry,
+    slot: DeviceSlot,
+    st: _SlotState,
+    timeout: float | None,
+) -> _Active:
+    """Start ``entry`` on ``slot``: in the GPU's engine-group process when its engine reuses
+    (a new process for another engine key), else in a fresh process."""
+    receiver: Any
+    reuse = runner.reuses(entry)
+    if reuse:
+        key = entry.engine_group or entry.config_hash
+        if st.group is not None and (st.group.key != key or not st.group.alive):
+            _drop(runner, st)
+        if st.group is None:
+            st.group = GroupProcess(runner, key, visible_devices=slot.visible_devices)
+            runner.processes.append(st.group.proc)
+        request = runner.start(entry, slot=slot, pid=st.group.proc.pid)
+        proc, receiver = st.group.proc, st.group.conn
+        if not st.group.send(request):
+            receiver = None  # it died before the run: _step reports the crash
+    else:
+        _drop(runner, st)  # no engine group's process beside a fresh run on this GPU
+        request = runner.start(entry, slot=slot)
+        proc, receiver = spawn_run(runner, request)
+        runner.processes.append(proc)
+        runner.attach_pid(entry, proc.pid)
+    allowance = 0.0 if reuse else START_ALLOWANCE_S  # until the child is "ready"
+    deadline = None if timeout is None else time.monotonic() + timeout + allowance
+    item = _Active(entry, slot, proc, receiver, deadline, reused=reuse)
+    item.closed = receiver is None
+    return item
+
+
+def _record(
+    runner: StudyBookkeeping, item: _Active, st: _SlotState, span: _Span, spans: list[_Span]
+) -> None:
+    """Record a finished run's outcome, with the runs that overlapped it on other GPUs."""
+    if item.reused:
+        outcome, ended = _group_outcome(item)
+        if ended:
+            _drop(runner, st, graceful=False)
+    else:
+        runner.processes.remove(item.proc)
+        item.receiver.close()
+        outcome = (
+            item.final if isinstance(item.final, RunError) else conclude(item.proc, item.final)
+        )
+    others = overlapping(span, spans)
+    item.entry.concurrent_runs = [ConcurrentRun(run_id=o.run_id, device=o.device) for o in others]
+    if others and not isinstance(outcome, RunError):
+        outcome = _annotate(outcome, item.entry, others)
+    runner.record(item.entry, outcome)
+    runner.progress.advance()
 
 
 def _group_outcome(item: _Active) -> tuple[Any, bool]:

@@ -30,7 +30,7 @@ from llenergymeasure.config.catalogue import engine_load_key, engine_spec
 from llenergymeasure.config.hashing import measurement_config_hash
 from llenergymeasure.config.models import ExperimentConfig
 from llenergymeasure.config.study import ExecutionConfig, StudyConfig
-from llenergymeasure.study.manifest import RunEntry
+from llenergymeasure.study.manifest import RunEntry, StudyManifest
 
 __all__ = [
     "BASELINE_CACHE_NAME",
@@ -38,6 +38,7 @@ __all__ = [
     "ReuseDecision",
     "engine_groups",
     "gap_before",
+    "manifest_engine_reuse",
     "plan_runs",
     "resolve_engine_reuse",
     "resolve_gaps",
@@ -149,6 +150,17 @@ def resolve_engine_reuse(
             name, spec.reuse_proven, ENGINE_DEFAULT, spec.reuse_evidence
         )
     return decisions
+
+
+def manifest_engine_reuse(manifest: StudyManifest) -> dict[str, bool]:
+    """Engine name -> reuse on/off for the study of ``manifest``: its ``engine_reuse``, or for a
+    manifest without one (written before per-engine defaults) ``execution.reuse_engine`` for
+    every engine (resolved now only where that is None too)."""
+    if manifest.engine_reuse is not None:
+        return dict(manifest.engine_reuse)
+    engines = [c.backend for c in manifest.experiments]
+    decisions = resolve_engine_reuse(manifest.execution, engines)
+    return {name: d.reuse for name, d in decisions.items()}
 
 
 def reuse_map(study: StudyConfig) -> dict[str, bool]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from llenergymeasure._version import __version__
@@ -92,84 +93,99 @@ def _keep_damaged(study_dir: Path) -> Path | None:
 
 def rebuild_manifest(study_dir: Path, study: StudyConfig | None = None) -> RebuiltManifest:
     """Write a new manifest for ``study_dir`` from its results (and ``study``, when given)."""
-    from llenergymeasure.study.planning import plan_runs, reuse_map
-
     study_dir = Path(study_dir)
     if not study_dir.is_dir():
         raise ConfigError(f"--rebuild-manifest: {study_dir} is not a directory")
     found, skipped = _found_results(study_dir)
     now = utc_now()
     if study is not None:
-        reuse = reuse_map(study)
-        runs = plan_runs(study, reuse=reuse)
-        for entry in runs:
-            result = found.pop(entry.run_id, None)
-            if result is None:
-                continue
-            if result.measurement_config_hash != entry.config_hash:
-                skipped.append(f"{entry.run_id}: measured another config than the study plans")
-                continue
-            entry.status, entry.attempts = "completed", 1
-            entry.result_path = f"{entry.run_id}/result.json"
-        skipped += [f"{name}: not a run of this study" for name in found]
-        manifest = StudyManifest(
-            llem_version=__version__,
-            study_name=study.name,
-            study_design_hash=study.study_design_hash,
-            source_path=str(Path(study.source_path).resolve()) if study.source_path else None,
-            created_at=now,
-            updated_at=now,
-            execution=study.execution,
-            engine_reuse=reuse,
-            experiments=study.experiments,
-            skipped=study.skipped,
-            runs=runs,
-        )
+        manifest = _manifest_from_study(study, found, skipped, now)
     else:
-        if not found:
-            raise ConfigError(
-                f"--rebuild-manifest: no readable result in {study_dir} to rebuild from",
-                hint="pass the study file as well to rebuild the whole plan: "
-                f"llem run --resume {study_dir} study.yaml --rebuild-manifest",
-            )
-        experiments: list[ExperimentConfig] = []
-        index: dict[str, int] = {}
-        runs = []
-        ordered = sorted(found.items(), key=lambda item: _run_position(item[0]))
-        for position, (name, result) in enumerate(ordered, 1):
-            h = result.measurement_config_hash
-            if h not in index:
-                index[h] = len(experiments)
-                experiments.append(result.config)
-            match = _RUN_DIR.fullmatch(name)
-            runs.append(
-                RunEntry(
-                    run_id=name,
-                    position=position,
-                    config_index=index[h],
-                    config_hash=h,
-                    cycle=int(match.group("cycle")) if match else 1,
-                    status="completed",
-                    attempts=1,
-                    result_path=f"{name}/result.json",
-                )
-            )
-        manifest = StudyManifest(
-            llem_version=__version__,
-            study_name=study_dir.name,
-            study_design_hash=study_design_hash(experiments),
-            created_at=now,
-            updated_at=now,
-            execution=ExecutionConfig(
-                n_cycles=max(r.cycle for r in runs),
-                config_gap_seconds=0.0,
-                cycle_gap_seconds=0.0,
-                reuse_engine=False,
-            ),
-            experiments=experiments,
-            runs=runs,
-        )
+        manifest = _manifest_from_results(study_dir, found, now)
     kept = _keep_damaged(study_dir)
     write_manifest(manifest, manifest_path(study_dir))
     completed = sum(1 for r in manifest.runs if r.status == "completed")
     return RebuiltManifest(manifest, completed, kept, skipped)
+
+
+def _manifest_from_study(
+    study: StudyConfig, found: dict[str, ExperimentResult], skipped: list[str], now: datetime
+) -> StudyManifest:
+    """The study's whole plan, its runs completed where ``found`` holds their result (taken out
+    of ``found``; results that do not fit go to ``skipped``)."""
+    from llenergymeasure.study.planning import plan_runs, reuse_map
+
+    reuse = reuse_map(study)
+    runs = plan_runs(study, reuse=reuse)
+    for entry in runs:
+        result = found.pop(entry.run_id, None)
+        if result is None:
+            continue
+        if result.measurement_config_hash != entry.config_hash:
+            skipped.append(f"{entry.run_id}: measured another config than the study plans")
+            continue
+        entry.status, entry.attempts = "completed", 1
+        entry.result_path = f"{entry.run_id}/result.json"
+    skipped += [f"{name}: not a run of this study" for name in found]
+    return StudyManifest(
+        llem_version=__version__,
+        study_name=study.name,
+        study_design_hash=study.study_design_hash,
+        source_path=str(Path(study.source_path).resolve()) if study.source_path else None,
+        created_at=now,
+        updated_at=now,
+        execution=study.execution,
+        engine_reuse=reuse,
+        experiments=study.experiments,
+        skipped=study.skipped,
+        runs=runs,
+    )
+
+
+def _manifest_from_results(
+    study_dir: Path, found: dict[str, ExperimentResult], now: datetime
+) -> StudyManifest:
+    """Without the study file: one config per distinct result config, every run completed."""
+    if not found:
+        raise ConfigError(
+            f"--rebuild-manifest: no readable result in {study_dir} to rebuild from",
+            hint="pass the study file as well to rebuild the whole plan: "
+            f"llem run --resume {study_dir} study.yaml --rebuild-manifest",
+        )
+    experiments: list[ExperimentConfig] = []
+    index: dict[str, int] = {}
+    runs = []
+    ordered = sorted(found.items(), key=lambda item: _run_position(item[0]))
+    for position, (name, result) in enumerate(ordered, 1):
+        h = result.measurement_config_hash
+        if h not in index:
+            index[h] = len(experiments)
+            experiments.append(result.config)
+        match = _RUN_DIR.fullmatch(name)
+        runs.append(
+            RunEntry(
+                run_id=name,
+                position=position,
+                config_index=index[h],
+                config_hash=h,
+                cycle=int(match.group("cycle")) if match else 1,
+                status="completed",
+                attempts=1,
+                result_path=f"{name}/result.json",
+            )
+        )
+    return StudyManifest(
+        llem_version=__version__,
+        study_name=study_dir.name,
+        study_design_hash=study_design_hash(experiments),
+        created_at=now,
+        updated_at=now,
+        execution=ExecutionConfig(
+            n_cycles=max(r.cycle for r in runs),
+            config_gap_seconds=0.0,
+            cycle_gap_seconds=0.0,
+            reuse_engine=False,
+        ),
+        experiments=experiments,
+        runs=runs,
+    )

@@ -25,7 +25,6 @@ interrupted, pending and stale ``running`` runs run again, in the same directory
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
@@ -33,16 +32,13 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from pydantic import ValidationError
-
 from llenergymeasure._version import __version__
 from llenergymeasure.config.catalogue import registered_engines
-from llenergymeasure.config.models import ExperimentConfig
 from llenergymeasure.config.study import StudyConfig
 from llenergymeasure.exceptions import (
     ConfigError,
@@ -50,13 +46,16 @@ from llenergymeasure.exceptions import (
     StudyError,
     UnsafeWriteError,
 )
-from llenergymeasure.files import failure_reason
-from llenergymeasure.results.models import ExperimentResult, StudyResult
+from llenergymeasure.os_errors import failure_reason
+from llenergymeasure.results.models import ExperimentResult
+from llenergymeasure.results.study import StudyResult
+from llenergymeasure.study.directory import directory_identity, rescue_study
 from llenergymeasure.study.executors import (
     EngineReuseExecutor,
     FreshProcessExecutor,
     StudyExecutor,
 )
+from llenergymeasure.study.lock import StudyLock, sigterm_as_interrupt
 from llenergymeasure.study.manifest import (
     RunEntry,
     RunError,
@@ -71,14 +70,15 @@ from llenergymeasure.study.parallel import PerGpuExecutor
 from llenergymeasure.study.planning import (
     BASELINE_CACHE_NAME,
     gap_before,
+    manifest_engine_reuse,
     plan_runs,
-    resolve_engine_reuse,
     resolve_gaps,
     reuse_map,
     run_order,
 )
 from llenergymeasure.study.processes import Outcome, stop_process
 from llenergymeasure.study.progress import StudyProgress
+from llenergymeasure.study.reconcile import load_completed
 from llenergymeasure.study.worker import (
     ReusingMeasureWorker,
     RunRequest,
@@ -103,41 +103,12 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFAULT_WORKER: Worker = measure_worker
-LOCK_NAME = ".study.lock"
 
 ManifestWriter = Callable[[StudyManifest, Path], None]
 
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:80] or "study"
-
-
-def study_runner_kind(experiments: list[ExperimentConfig], runner: str | None) -> str:
-    """``slurm`` when every backend of ``experiments`` runs on SLURM (``runner`` overrides
-    every backend's), else ``local``. Mixing is a ``StudyError``."""
-    from llenergymeasure.runners import RunnerSpec, resolve_runner
-
-    backends = sorted({c.backend for c in experiments})
-    specs = [
-        RunnerSpec.parse(b, runner, "--runner") if runner is not None else resolve_runner(b)
-        for b in backends
-    ]
-    slurm = [s.backend for s in specs if s.kind == "slurm"]
-    if slurm and len(slurm) != len(specs):
-        others = ", ".join(f"{s.backend}: {s.value} ({s.source})" for s in specs)
-        raise StudyError(
-            f"a study runs either entirely on SLURM or not at all; runners: {others}",
-            hint="use --runner slurm, or set runners.<backend>: slurm for every backend",
-        )
-    return "slurm" if slurm else "local"
-
-
-def _identity_of(directory: Path) -> tuple[int, int] | None:
-    try:
-        st = os.stat(directory)
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino)
 
 
 def _detach_problem() -> ConfigError:
@@ -147,130 +118,7 @@ def _detach_problem() -> ConfigError:
     )
 
 
-# --- the study lock --------------------------------------------------------------------------
-
-
-class StudyLock:
-    """Exclusive lock on a study directory, held while the study runs.
-
-    The lock is ``flock`` on an open descriptor of the study **directory itself**: deleting or
-    replacing files inside it cannot release it, and the kernel releases it when the process
-    ends (even on SIGKILL). On a filesystem without directory locks (some NFS or Lustre
-    mounts), a lock file ``.study.lock`` held open is the fallback; ``check`` (called before
-    every manifest write) stops the study if that file was deleted or replaced, since a second
-    process could then have locked a new one.
-    """
-
-    def __init__(self, study_dir: Path) -> None:
-        self.study_dir = study_dir
-        self._dir_fd: int | None = None
-        self._file_fd: int | None = None
-
-    def acquire(self) -> None:
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - not POSIX
-            return
-        busy = StudyError(
-            f"{self.study_dir} is being run by another llem process",
-            hint="wait for it to finish, or stop it first",
-        )
-        try:
-            dir_fd = os.open(self.study_dir, os.O_RDONLY | os.O_DIRECTORY)
-        except FileNotFoundError:
-            raise StudyError(
-                f"the study directory {self.study_dir} does not exist (was it moved or deleted?)",
-                hint="give the directory a study wrote, e.g. results/<study-name>_<timestamp>",
-            ) from None
-        try:
-            fcntl.flock(dir_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(dir_fd)
-            raise busy from None
-        except OSError:  # no directory locks on this filesystem: a lock file held open
-            os.close(dir_fd)
-            self._acquire_file(fcntl, busy)
-            return
-        self._dir_fd = dir_fd
-
-    def _acquire_file(self, fcntl: Any, busy: StudyError) -> None:
-        fd = os.open(self.study_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise busy from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._file_fd = fd
-
-    def check(self) -> None:
-        """``StudyError`` when a fallback lock file was deleted or replaced under this study."""
-        if self._file_fd is None:
-            return
-        held = os.fstat(self._file_fd)
-        try:
-            now = os.stat(self.study_dir / LOCK_NAME, follow_symlinks=False)
-        except OSError:
-            now = None
-        if now is None or (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino):
-            raise StudyError(
-                f"the lock file {self.study_dir / LOCK_NAME} was deleted or replaced while "
-                "this study ran; another llem process may be running it now, so this one stops",
-                hint=f"when no other llem runs it: llem run --resume {self.study_dir}",
-            )
-
-    def release(self) -> None:
-        if self._file_fd is not None:
-            # Removed while still held, so no later process can lock the file being removed.
-            with contextlib.suppress(OSError):
-                held = os.fstat(self._file_fd)
-                now = os.stat(self.study_dir / LOCK_NAME, follow_symlinks=False)
-                if (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
-                    os.unlink(self.study_dir / LOCK_NAME)
-            os.close(self._file_fd)
-            self._file_fd = None
-        if self._dir_fd is not None:
-            os.close(self._dir_fd)
-            self._dir_fd = None
-
-    def __enter__(self) -> StudyLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (e.g. a batch scheduler's cancel) ends the study like Ctrl-C does."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 # --- the runner ------------------------------------------------------------------------------
-
-
-def manifest_engine_reuse(manifest: StudyManifest) -> dict[str, bool]:
-    """Engine name -> reuse on/off for the study of ``manifest``: its ``engine_reuse``, or for a
-    manifest without one (written before per-engine defaults) ``execution.reuse_engine`` for
-    every engine (resolved now only where that is None too)."""
-    if manifest.engine_reuse is not None:
-        return dict(manifest.engine_reuse)
-    engines = [c.backend for c in manifest.experiments]
-    decisions = resolve_engine_reuse(manifest.execution, engines)
-    return {name: d.reuse for name, d in decisions.items()}
 
 
 class StudyRunner:
@@ -316,7 +164,7 @@ class StudyRunner:
         self._lock: StudyLock | None = None
         # The study directory this runner works in (device, inode): a directory that vanished
         # or was replaced under the same name stops the study instead of being written to.
-        self._dir_identity = _identity_of(self.study_dir)
+        self._dir_identity = directory_identity(self.study_dir)
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -341,6 +189,8 @@ class StudyRunner:
         # --cycles may have changed n_cycles after expansion: check before the directory exists.
         check_study_bounds(len(study.experiments), study.execution.n_cycles, where=study.name)
         # Runner problems are usage errors found before the study directory exists.
+        from llenergymeasure.runners import study_runner_kind
+
         if kwargs.get("detach") and study_runner_kind(study.experiments, runner) != "slurm":
             raise _detach_problem()
         stamp = datetime.now().strftime("%Y-%m-%dT%H-%M-%S")
@@ -410,7 +260,7 @@ class StudyRunner:
     # -- running ------------------------------------------------------------------------------
     def run(self) -> StudyResult:
         """Run every run that is not completed; returns the study's ``StudyResult``."""
-        with StudyLock(self.study_dir) as lock, _sigterm_as_interrupt():
+        with StudyLock(self.study_dir) as lock, sigterm_as_interrupt():
             self._lock = lock
             try:
                 return self._run_locked()
@@ -420,6 +270,8 @@ class StudyRunner:
     def runner_kind(self) -> str:
         """``slurm`` when every backend of the study runs on SLURM, else ``local`` (runs in
         subprocesses here, which may start containers). Mixing is a ``StudyError``."""
+        from llenergymeasure.runners import study_runner_kind
+
         return study_runner_kind(self.manifest.experiments, self.manifest.runner)
 
     @property
@@ -440,7 +292,8 @@ class StudyRunner:
 
     def _run_locked(self) -> StudyResult:
         if self.runner_kind() == "slurm":
-            from llenergymeasure.study.slurm import SlurmStudyExecutor, slurm_settings
+            from llenergymeasure.runners.slurm import slurm_settings
+            from llenergymeasure.study.slurm_executor import SlurmStudyExecutor
 
             options = {"settings": slurm_settings(), **self.slurm_options}
             return SlurmStudyExecutor(self, detach=self.detach, **options).run()
@@ -607,89 +460,8 @@ class StudyRunner:
 
     def load_completed(self) -> None:
         """Read the results of runs completed earlier and check each against its manifest
-        entry: a missing one runs again; an unreadable one, or one measured with another
-        config (its hash differs from the entry's), is set aside (its run folder renamed,
-        never deleted) and runs again."""
-        for entry in self.manifest.runs:
-            if (
-                entry.status in ("running", "interrupted")
-                and entry.run_id not in self.results
-                and not entry.slurm_jobs  # SLURM runs are reconciled from their jobs' states
-            ):
-                self._adopt_finished(entry)
-            if entry.status != "completed" or entry.run_id in self.results:
-                continue
-            path = self.study_dir / (entry.result_path or "")  # absolute when rescued
-            problem: str | None = None
-            try:
-                result = ExperimentResult.from_json(path)
-            except (OSError, ValueError, ValidationError) as exc:
-                problem = "is missing" if isinstance(exc, FileNotFoundError) else "is unreadable"
-            else:
-                if result.measurement_config_hash != entry.config_hash:
-                    problem = (
-                        f"was measured with config hash {result.measurement_config_hash}, but "
-                        f"its manifest entry is config {entry.config_hash}"
-                    )
-                else:
-                    self.results[entry.run_id] = result
-                    continue
-            moved = self._set_aside(entry, path) if path.exists() else None
-            self._note(
-                f"{entry.run_id}: result file {path} {problem}"
-                + (f"; kept as {moved}" if moved else "")
-                + "; the run will run again",
-                logging.WARNING,
-            )
-            entry.status = "pending"
-            entry.result_path = None
-            entry.rescued = None
-
-    def _adopt_finished(self, entry: RunEntry) -> None:
-        """A run that was running when llem was killed may have saved its result just before:
-        that finished measurement (written atomically, measured with the entry's config) is
-        kept and recorded as completed instead of being measured again; any other file left in
-        its folder is set aside so the new attempt can save there."""
-        path = self.study_dir / entry.run_id / "result.json"
-        if not path.is_file():
-            return
-        try:
-            result = ExperimentResult.from_json(path)
-        except (OSError, ValueError, ValidationError):
-            result = None
-        if result is not None and result.measurement_config_hash == entry.config_hash:
-            self.results[entry.run_id] = result
-            entry.status = "completed"
-            entry.error = None
-            entry.result_path = os.path.relpath(path, self.study_dir)
-            entry.rescued = None
-            self._note(
-                f"{entry.run_id}: kept the result its interrupted attempt had already saved "
-                f"({path})"
-            )
-            return
-        moved = self._set_aside(entry, path)
-        self._note(
-            f"{entry.run_id}: {path} is not a result of this run's config"
-            + (f"; kept as {moved}" if moved else "")
-            + "; the run will run again",
-            logging.WARNING,
-        )
-
-    def _set_aside(self, entry: RunEntry, path: Path) -> Path | None:
-        """Rename the run's folder (or the result file, outside it) out of the way."""
-        run_dir = self.study_dir / entry.run_id
-        target = run_dir if path.parent == run_dir else path
-        for i in range(1, 1000):
-            aside = target.with_name(f"{target.name}.set-aside-{i}")
-            if aside.exists() or aside.is_symlink():
-                continue
-            try:
-                target.rename(aside)
-            except OSError:
-                return None
-            return aside
-        return None
+        entry (``study.reconcile.load_completed``)."""
+        load_completed(self.study_dir, self.manifest, self.results, self._note)
 
     def _note(self, message: str, level: int = logging.INFO) -> None:
         logger.log(level, "%s", message)
@@ -709,7 +481,7 @@ class StudyRunner:
             try:
                 write_study_outputs(self.study_dir, result, self.manifest, self.results)
             except (OSError, UnsafeWriteError) as exc:
-                raise self._rescue_study(
+                raise self._rescue(
                     f"the study's summary could not be written in {self.study_dir} "
                     f"({failure_reason(exc)})"
                 ) from None
@@ -722,62 +494,27 @@ class StudyRunner:
         try:
             self.write(self.manifest, manifest_path(self.study_dir))
         except (OSError, UnsafeWriteError) as exc:
-            raise self._rescue_study(
+            raise self._rescue(
                 f"the study manifest could not be written in {self.study_dir} "
                 f"({failure_reason(exc)})"
             ) from None
+
+    def _rescue(self, reason: str) -> MeasurementsRescued | StudyError:
+        """Save the manifest and every finished result into a rescue folder; the error that
+        stops the study (``study.directory.rescue_study``)."""
+        return rescue_study(
+            self.study_dir, self.manifest, self.results, reason, persist=self.persist
+        )
 
     def _check_study_dir(self) -> None:
         if self._lock is not None:
             self._lock.check()
         if self._dir_identity is None:
             return
-        now = _identity_of(self.study_dir)
+        now = directory_identity(self.study_dir)
         if now != self._dir_identity:
             what = "disappeared" if now is None else "was replaced by another directory"
-            raise self._rescue_study(f"the study directory {self.study_dir} {what}")
-
-    def _rescue_study(self, reason: str) -> MeasurementsRescued | StudyError:
-        """Save the manifest and every finished result into a rescue folder (a study
-        directory that ``--resume`` continues); the error that stops the study."""
-        from llenergymeasure.files import rescue_folder, write_json
-
-        completed = [
-            e for e in self.manifest.runs if e.status == "completed" and e.run_id in self.results
-        ]
-        if not self.persist and not completed:
-            return StudyError(f"{reason} while the study ran")
-        manifest = self.manifest.model_copy(deep=True)
-        for entry in manifest.runs:
-            if entry.status == "running":
-                entry.status = "interrupted"
-                entry.error = RunError(type="StudyStopped", message=reason)
-
-        def fill(folder: Path) -> None:
-            for entry in manifest.runs:
-                if entry.status == "completed" and entry.run_id in self.results:
-                    path = folder / entry.run_id / "result.json"
-                    write_json(path, self.results[entry.run_id], base=folder)
-                    entry.result_path = os.path.relpath(path, folder)
-                    entry.rescued = None
-                elif entry.status == "completed":
-                    entry.status = "pending"
-                    entry.result_path = None
-            write_manifest(manifest, manifest_path(folder))
-
-        try:
-            folder = rescue_folder(self.study_dir.name, fill)
-        except (OSError, UnsafeWriteError) as exc:
-            return StudyError(
-                f"{reason}; the study stopped, and its state could not be saved anywhere "
-                f"({failure_reason(exc)})",
-                hint="free space or fix permissions, then rerun the study",
-            )
-        return MeasurementsRescued(
-            f"{reason}; the study stopped. Its manifest and the {len(completed)} finished "
-            f"result(s) were saved to {folder}",
-            hint=f"continue the study there: llem run --resume {folder}",
-        )
+            raise self._rescue(f"the study directory {self.study_dir} {what}")
 
 
 # --- entry points ----------------------------------------------------------------------------

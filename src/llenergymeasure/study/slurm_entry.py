@@ -22,7 +22,7 @@ from typing import Any
 
 from llenergymeasure.exceptions import UnsafeWriteError
 from llenergymeasure.logs import process_logging, relay
-from llenergymeasure.study.slurm import STATUS_NAME
+from llenergymeasure.runners.slurm import STATUS_NAME
 from llenergymeasure.study.worker import RunRequest, Worker, measure_worker, short_traceback
 
 __all__ = ["main"]

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from llenergymeasure._version import __version__
-from llenergymeasure.results.models import (
-    ExperimentResult,
+from llenergymeasure.results.models import ExperimentResult
+from llenergymeasure.results.study import (
     StudyCounts,
     StudyFailedRun,
     StudyProtocol,
@@ -17,7 +17,7 @@ from llenergymeasure.results.models import (
     StudySkipped,
     StudyStatistics,
 )
-from llenergymeasure.results.stats import varying_fields
+from llenergymeasure.results.study_statistics import varying_fields
 from llenergymeasure.study.manifest import StudyManifest
 from llenergymeasure.text_table import render_table
 
@@ -109,7 +109,7 @@ def manifest_statistics(
     from collections import Counter
 
     from llenergymeasure.config.hashing import measurement_config_hash
-    from llenergymeasure.results.stats import study_statistics
+    from llenergymeasure.results.study_statistics import study_statistics
 
     hashes: dict[int, str] = {}
     for run in manifest.runs:

@@ -134,7 +134,7 @@ def load_model_and_tokenizer(
         tokenizer = AutoTokenizer.from_pretrained(source, **tok_kw)
         model = AutoModelForCausalLM.from_pretrained(source, **model_kw)
     except Exception as e:
-        from llenergymeasure.files import damaged_model_error, environment_error
+        from llenergymeasure.os_errors import damaged_model_error, environment_error
 
         damaged = damaged_model_error(e, model=config.model)
         if damaged is not None:
