@@ -392,7 +392,9 @@ def _config_models() -> list[type[BaseModel]]:
     return [
         obj
         for _, obj in inspect.getmembers(models, inspect.isclass)
-        if issubclass(obj, BaseModel) and obj is not BaseModel and obj.__module__ == models.__name__
+        if issubclass(obj, BaseModel)
+        and obj is not BaseModel
+        and obj.__module__.startswith("llenergymeasure.config.")
     ]
 
 

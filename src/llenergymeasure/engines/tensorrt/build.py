@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llenergymeasure.config.catalogue import engine_spec
-from llenergymeasure.config.models import TENSORRT_PRECISION_QUANT
+from llenergymeasure.config.engine_sections import TENSORRT_PRECISION_QUANT
 from llenergymeasure.install import extra_install_hint
 
 if TYPE_CHECKING:
