@@ -123,6 +123,8 @@ class ExperimentOrchestrator:
     baseline_cache: BaselineCache | None = None
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.monotonic
+    # times the warmup runs and the window's duration_s (tests inject a FakeClock)
+    timer: Callable[[], float] = time.perf_counter
     dataset_loader: Callable[..., Any] | None = None
     # Host (CPU/DRAM) energy from RAPL around the window; None: the machine's own powercap
     # tree (/sys/class/powercap), read only when it is readable. Tests inject a fake tree.
@@ -438,6 +440,7 @@ class ExperimentOrchestrator:
             # the machine's own powercap tree unless a reader was injected (tests)
             host=self.rapl_reader if self.rapl_reader is not None else RaplReader(),
             clock=self.clock,
+            timer=self.timer,
             # the host's CPU conditions (load, threads) read just outside the edges
             before_open=lambda: window_opened(environment, self.load_average),
             after_close=lambda: window_closed(environment, self.load_average),
@@ -595,10 +598,10 @@ class ExperimentOrchestrator:
                 len(warm_prompts),
             )
         for i in range(runs):
-            s = time.perf_counter()
+            s = self.timer()
             self.engine.generate(warm_prompts, config, phase=WARMUP_PHASE)
             self.engine.synchronize()
-            latencies.append(time.perf_counter() - s)
+            latencies.append(self.timer() - s)
             if wc.convergence_detection and len(latencies) >= max(3, wc.n_warmup):
                 window = latencies[-3:]
                 mean = statistics.fmean(window)
