@@ -16,7 +16,7 @@ from llenergymeasure.energy.sensors import DeviceInfo, SensorReading
 from llenergymeasure.testing.energy import FakeClock, FakeGpuSensor
 
 
-def _wait_for(predicate: Callable[[], bool], timeout_s: float = 2.0) -> None:
+def _wait_for(predicate: Callable[[], bool], timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if predicate():
