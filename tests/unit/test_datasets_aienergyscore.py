@@ -52,11 +52,13 @@ def test_offline_with_an_empty_cache_is_a_quick_clear_error_naming_the_jsonl_alt
 
     tried: list[object] = []
 
-    def no_network(sock: socket.socket, address: object) -> None:
-        tried.append(address)
+    def no_network(*args: object) -> None:
+        tried.append(args)
         raise OSError("network unreachable (test)")
 
-    # quick: no connection is even tried (a timeout to wait out would be the slow path)
+    # quick: no name lookup or connection is even tried (a timeout to wait out would be the slow
+    # path; with HF_HUB_OFFLINE unset this list fills)
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
     monkeypatch.setattr(socket.socket, "connect", no_network)
     monkeypatch.setattr(socket.socket, "connect_ex", no_network)
     with pytest.raises(ConfigError) as err:
