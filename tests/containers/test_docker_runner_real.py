@@ -122,14 +122,29 @@ def test_a_failure_inside_the_container_is_reported_with_its_reason_and_log(
     assert not (run_dir / "out" / "result.json").exists()
 
 
+# A run that cannot end within its 20 s timeout on any machine: one sequence at a time, each
+# forced to its full 1,920 new tokens (64 + 1 + 1,920 fits the tiny model's 2,048 positions),
+# after 1,000 warmup runs of the same: about 3.8 million sequential decode steps, each a whole
+# forward pass (tens of ms of CPU here; even at 10 us it would take over 30 s). The container is
+# still loading or generating when the timeout fires however fast the machine is. (400 prompts
+# x 400 tokens in batches once finished inside the timeout on a fast runner.)
+ENDLESS = {
+    **TINY,
+    "n": 1000,
+    "dataset": {"n": 1000, "input_len": 64, "output_len": 1920},
+    "decoder": {"ignore_eos": True},
+    "pytorch": {"batch_size": 1},
+    "warmup": {"n_warmup": 1000, "thermal_floor_seconds": 0},
+}
+
+
 def test_a_container_past_its_timeout_is_killed_by_name(
     engine: str, offline: None, tmp_path: Path
 ) -> None:
-    endless = {**TINY, "n": 400, "dataset": {"n": 400, "input_len": 64, "output_len": 400}}
     run_dir = tmp_path / "run"
     started = time.monotonic()
     with pytest.raises(ExperimentError) as err:
-        DockerRunner(engine).run(ExperimentConfig.model_validate(endless), run_dir, timeout_s=20)
+        DockerRunner(engine).run(ExperimentConfig.model_validate(ENDLESS), run_dir, timeout_s=20)
     text = str(err.value)
     match = re.search(r"container (llem-[0-9a-f]{12}) \(.*\) ran past 20 s and was killed", text)
     assert match, text

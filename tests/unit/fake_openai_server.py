@@ -71,6 +71,8 @@ class FakeOpenAIServer:
         health: bool = True,
         done_marker: bool = True,  # False: end like transformers serve (finish_reason, no [DONE])
         models: list[str] | None = None,  # ids listed at /v1/models (None: an empty list)
+        # no first token until this many requests were in flight at once (60 s hang guard)
+        hold_until_in_flight: int | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
@@ -87,6 +89,7 @@ class FakeOpenAIServer:
         self.health = health
         self.done_marker = done_marker
         self.models = list(models or [])
+        self.hold_until_in_flight = hold_until_in_flight
         self.bodies: list[dict[str, Any]] = []
         self.paths: list[str] = []
         self.arrivals: list[float] = []
@@ -129,6 +132,15 @@ class FakeOpenAIServer:
             self.bodies.append(body)
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+    def hold(self) -> None:
+        """Wait until ``hold_until_in_flight`` requests were in flight at once (if set)."""
+        deadline = time.monotonic() + 60.0
+        while self.hold_until_in_flight is not None and time.monotonic() < deadline:
+            with self._lock:
+                if self.max_in_flight >= self.hold_until_in_flight:
+                    return
+            time.sleep(0.005)
 
     def _leave(self) -> None:
         with self._lock:
@@ -240,6 +252,7 @@ def _make_handler(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
             n = server.n_tokens if server.n_tokens is not None else int(body["max_tokens"])
             if prompt == "CUT":
                 n = 2
+            server.hold()
             time.sleep(server.ttft_s)
             sent = 0
             sizes = iter(server.chunk_sizes)

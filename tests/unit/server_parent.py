@@ -3,7 +3,9 @@ and then waits to be killed (or leaves by ``os._exit``, as a study worker whose 
 
     python server_parent.py LOG_PATH GRACE_S {wait,os_exit} SERVER_ARGV...
 
-Once the server is ready it prints one JSON line: ``{"server": pid, "watchdog": pid}``.
+Once the server is ready it prints one JSON line: ``{"server": pid, "watchdog": pid}``. With
+``os_exit`` it then waits for a line on stdin (or its end) before leaving, so that the test sees
+the server alive first, however slowly it gets to look.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ def main(argv: list[str]) -> None:
     assert server.process is not None and server._watchdog is not None
     print(json.dumps({"server": server.process.pid, "watchdog": server._watchdog.pid}), flush=True)
     if how == "os_exit":
+        sys.stdin.readline()
         os._exit(70)  # no clean-up at all, like a study worker whose parent died
     while True:
         time.sleep(1)

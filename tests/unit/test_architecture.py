@@ -15,6 +15,12 @@ Floors, lowest first::
 
 Every ``import`` and ``from`` statement counts, wherever it stands: at module level, inside a
 function (lazy imports of heavy engines are still dependencies) and under ``if TYPE_CHECKING:``.
+So do imports by name: a string naming a module of the package (``"llenergymeasure.x.y"`` or
+``"llenergymeasure.x.y:Name"``, as in ``importlib.import_module("...")``, ``__init__``'s lazy
+table or ``python -m``), the static prefix of an f-string given to ``import_module`` /
+``__import__``, and the catalogue's ``EngineSpec.engine_class`` paths, which count as imports by
+the engine factory that imports them. ``import llenergymeasure`` (or ``from llenergymeasure
+import name``) imports the package's ``__init__`` (floor 6).
 Between packages the dependencies must also form no cycle, even on one floor, and modules must
 not import each other in a circle (known cycles are listed with their reason and may only go).
 """
@@ -22,6 +28,10 @@ not import each other in a circle (known cycles are listed with their reason and
 from __future__ import annotations
 
 import ast
+import json
+import re
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,6 +75,29 @@ FLOORS: dict[str, int] = {
 # An entry that is no longer a cycle fails the test, so this list only ever shrinks.
 KNOWN_PACKAGE_CYCLES: dict[frozenset[str], str] = {}
 
+
+# Modules whose module-path strings another module imports: the strings count as imports by that
+# module (the catalogue only names engine classes; the factory imports them).
+STRINGS_IMPORTED_BY: dict[str, str] = {
+    "llenergymeasure.config.catalogue": "llenergymeasure.engines.factory",
+}
+
+# Module-path strings that name a program to run in another process (``python -m``), not an
+# import: the module depends on it being there, but does not load it.
+RUN_NOT_IMPORTED: dict[str, str] = {
+    "llenergymeasure.runners.container_entry": "runners.docker runs it in the container",
+}
+
+# Modules that call ``import_module``/``__import__`` with a name known only at run time, and where
+# the names come from. A new such call must be listed (and its names seen by the checks).
+DYNAMIC_IMPORTS: dict[str, str] = {
+    "llenergymeasure": "the lazy table _LAZY: module-path strings of the same module",
+    "llenergymeasure.engines.factory": "EngineSpec.engine_class (see STRINGS_IMPORTED_BY)",
+    "llenergymeasure.engines.registry": "EngineSpec.import_module: the engine's own library",
+}
+
+# Third-party modules that ``import llenergymeasure`` must not load (heavy or optional).
+HEAVY_MODULES = ("torch", "transformers", "vllm", "tensorrt_llm")
 
 # Module cycles inside one package that are known and still to be broken, with the reason.
 KNOWN_MODULE_CYCLES: dict[frozenset[str], str] = {
@@ -123,6 +156,90 @@ def all_modules() -> set[str]:
     return {module_name(p) for p in PACKAGE_ROOT.rglob("*.py")}
 
 
+_DOTTED = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+")
+_IMPORT_FUNCTIONS = ("import_module", "__import__")
+
+
+def _called_name(node: ast.Call) -> str | None:
+    func = node.func
+    if isinstance(func, ast.Attribute):
+        return func.attr
+    return func.id if isinstance(func, ast.Name) else None
+
+
+def _static_prefix(node: ast.JoinedStr) -> str | None:
+    """The module named by an f-string's leading text: ``f"a.b.{x}"`` and ``f"a.b.c{x}"`` give
+    ``a.b`` (a partly written last part is dropped)."""
+    first = node.values[0] if node.values else None
+    if not (isinstance(first, ast.Constant) and isinstance(first.value, str)):
+        return None
+    text = first.value
+    if len(node.values) > 1:
+        text = text[:-1] if text.endswith(".") else text.rpartition(".")[0]
+    return text if _DOTTED.fullmatch(text) or text == TOP else None
+
+
+def module_path_strings(tree: ast.AST) -> list[tuple[int, str, str]]:
+    """``(line, module name, source text)`` of every module-path string of this package: a
+    string constant ``"llenergymeasure.x[.y][:Name]"`` anywhere, and the static prefix of an
+    f-string given to ``import_module``/``__import__``."""
+    found = []
+    # the text parts of f-strings are not names on their own
+    parts = {id(v) for n in ast.walk(tree) if isinstance(n, ast.JoinedStr) for v in n.values}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            name = node.value.partition(":")[0]
+            if (
+                id(node) not in parts
+                and name.startswith(TOP + ".")
+                and _DOTTED.fullmatch(name)
+                and name not in RUN_NOT_IMPORTED
+            ):
+                found.append((node.lineno, name, repr(node.value)))
+        elif isinstance(node, ast.Call) and _called_name(node) in _IMPORT_FUNCTIONS:
+            arg = node.args[0] if node.args else None
+            if isinstance(arg, ast.JoinedStr):
+                prefix = _static_prefix(arg)
+                if prefix is not None and prefix.split(".")[0] == TOP:
+                    found.append((node.lineno, prefix, ast.unparse(node)))
+    return found
+
+
+def dynamic_import_calls(tree: ast.AST) -> list[str]:
+    """``import_module``/``__import__`` calls whose name is neither a string nor an f-string with
+    a static prefix (where it comes from must be known: ``DYNAMIC_IMPORTS``)."""
+    calls = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and _called_name(node) in _IMPORT_FUNCTIONS and node.args:
+            arg = node.args[0]
+            if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+                continue
+            if isinstance(arg, ast.JoinedStr) and _static_prefix(arg) is not None:
+                continue
+            calls.append(ast.unparse(node))
+    return calls
+
+
+def imports_in(tree: ast.AST, path: Path, modules: set[str]) -> list[tuple[int, str, str]]:
+    """``(line, absolute module name, source text)`` of every import of ``tree`` (the module at
+    ``path``): statements, and module-path strings. ``llenergymeasure`` itself is the package's
+    ``__init__``; a name below a module lands in that module."""
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Import | ast.ImportFrom):
+            continue
+        names = imported_modules(node, path)
+        if isinstance(node, ast.ImportFrom) and node.module is not None:
+            # from package import submodule: the submodule is what is imported
+            names = [
+                f"{names[0]}.{a.name}" if f"{names[0]}.{a.name}" in modules else names[0]
+                for a in node.names
+            ]
+        found += [(node.lineno, name, ast.unparse(node)) for name in names]
+    found += module_path_strings(tree)
+    return [(line, name, text) for line, name, text in found if name.split(".")[0] == TOP]
+
+
 def nearest_module(name: str, modules: set[str]) -> str:
     """The module a dotted import name lands in (``a.b.func`` -> ``a.b``)."""
     while name not in modules and "." in name:
@@ -130,37 +247,53 @@ def nearest_module(name: str, modules: set[str]) -> str:
     return name
 
 
+def package_of_module(name: str) -> str:
+    """Floor key of a module name: its top package, ``__init__`` for ``llenergymeasure``."""
+    parts = name.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def imports_of(path: Path, tree: ast.AST, modules: set[str]) -> list[Import]:
+    """Every internal import of the module at ``path`` (see ``imports_in``), attributed to the
+    module that really imports it (``STRINGS_IMPORTED_BY``)."""
+    importer = module_name(path)
+    strings = {(line, text) for line, _, text in module_path_strings(tree)}
+    found = []
+    for line, name, text in imports_in(tree, path, modules):
+        source_module = importer
+        if (line, text) in strings:
+            source_module = STRINGS_IMPORTED_BY.get(importer, importer)
+        found.append(
+            Import(
+                file=path,
+                line=line,
+                source=package_of_module(source_module),
+                target=package_of_module(name),
+                statement=text,
+                source_module=source_module,
+                target_module=nearest_module(name, modules),
+            )
+        )
+    return found
+
+
 def internal_imports() -> list[Import]:
     modules = all_modules()
     found = []
     for path in sorted(PACKAGE_ROOT.rglob("*.py")):
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-        for node in ast.walk(tree):
-            if not isinstance(node, ast.Import | ast.ImportFrom):
-                continue
-            names = imported_modules(node, path)
-            if isinstance(node, ast.ImportFrom) and node.module is not None:
-                # from package import submodule: the submodule is what is imported
-                names = [
-                    f"{names[0]}.{a.name}" if f"{names[0]}.{a.name}" in modules else names[0]
-                    for a in node.names
-                ]
-            for name in names:
-                parts = name.split(".")
-                if parts[0] != TOP or len(parts) < 2:
-                    continue
-                found.append(
-                    Import(
-                        file=path,
-                        line=node.lineno,
-                        source=package_of_file(path),
-                        target=parts[1],
-                        statement=ast.unparse(node),
-                        source_module=module_name(path),
-                        target_module=nearest_module(name, modules),
-                    )
-                )
+        found += imports_of(path, tree, modules)
     return found
+
+
+def upward(imports: list[Import]) -> list[str]:
+    """The imports from a higher floor, one line each."""
+    return [
+        f"{imp.where()}: {imp.source} (floor {FLOORS[imp.source]}) imports {imp.target} "
+        f"(floor {FLOORS[imp.target]}): `{imp.statement}`"
+        for imp in imports
+        if imp.source in FLOORS and imp.target in FLOORS and FLOORS[imp.target] > FLOORS[imp.source]
+    ]
 
 
 def package_cycles(edges: dict[str, set[str]]) -> list[frozenset[str]]:
@@ -205,13 +338,8 @@ def test_every_package_has_a_floor() -> None:
 
 
 def test_no_module_imports_from_a_higher_floor() -> None:
-    upward = [
-        f"{imp.where()}: {imp.source} (floor {FLOORS[imp.source]}) imports {imp.target} "
-        f"(floor {FLOORS[imp.target]}): `{imp.statement}`"
-        for imp in internal_imports()
-        if imp.source in FLOORS and imp.target in FLOORS and FLOORS[imp.target] > FLOORS[imp.source]
-    ]
-    assert not upward, "imports from a higher floor:\n" + "\n".join(upward)
+    found = upward(internal_imports())
+    assert not found, "imports from a higher floor:\n" + "\n".join(found)
 
 
 def _unexplained_cycles(
@@ -265,3 +393,116 @@ def test_the_checks_see_imports_inside_functions_and_relative_imports() -> None:
 def test_a_cycle_is_found_even_on_one_floor() -> None:
     edges = {"study": {"report", "config"}, "report": {"study"}, "config": set()}
     assert package_cycles(edges) == [frozenset({"study", "report"})]
+
+
+def _imports_of_source(source: str, path: Path) -> list[Import]:
+    """The checks' view of ``source`` as if it were the module at ``path`` (never written)."""
+    modules = all_modules() | {module_name(path)}
+    return imports_of(path, ast.parse(source), modules)
+
+
+def test_the_checks_see_the_package_itself_and_imports_by_name() -> None:
+    source = (
+        "import importlib\n"
+        "import llenergymeasure\n"
+        "from llenergymeasure import run_experiment\n"
+        "def f(name):\n"
+        "    importlib.import_module('llenergymeasure.cli.app')\n"
+        "    __import__(f'llenergymeasure.study.{name}')\n"
+        "    return import_module(f'llenergymeasure.harness.orch{name}')\n"
+        "LAZY = {'report': ('llenergymeasure.report.html', 'render')}\n"
+        "RUNNER = 'llenergymeasure.runners.docker:DockerRunner'\n"
+        "PROSE = 'llenergymeasure.engines are lazy'  # not a module path\n"
+    )
+    path = PACKAGE_ROOT / "config" / "example.py"  # never written: parsed from the string
+    imports = _imports_of_source(source, path)
+    assert sorted((imp.target, imp.target_module) for imp in imports) == [
+        ("__init__", "llenergymeasure"),
+        ("__init__", "llenergymeasure"),
+        ("cli", "llenergymeasure.cli.app"),
+        ("harness", "llenergymeasure.harness"),
+        ("report", "llenergymeasure.report.html"),
+        ("runners", "llenergymeasure.runners.docker"),
+        ("study", "llenergymeasure.study"),
+    ]
+    # every one of them is an import from a higher floor than config's
+    assert len(upward(imports)) == len(imports)
+
+
+def test_engine_class_paths_of_the_catalogue_count_as_imports_by_the_factory() -> None:
+    catalogue = PACKAGE_ROOT / "config" / "catalogue.py"
+    seen = [imp for imp in internal_imports() if imp.file == catalogue and "engines" in imp.target]
+    assert {imp.target_module for imp in seen} >= {
+        "llenergymeasure.engines.pytorch.engine",
+        "llenergymeasure.engines.tensorrt.engine",
+    }
+    assert {imp.source_module for imp in seen} == {"llenergymeasure.engines.factory"}
+    # and the factory is the module that imports them, by name
+    factory = PACKAGE_ROOT / "engines" / "factory.py"
+    calls = dynamic_import_calls(ast.parse(factory.read_text(encoding="utf-8")))
+    assert calls == ["importlib.import_module(module_name)"]
+    # without the attribution they would be config (floor 1) importing engines (floor 2)
+    source = 'PATH = "llenergymeasure.engines.pytorch:PyTorchBackend"\n'
+    assert upward(_imports_of_source(source, PACKAGE_ROOT / "config" / "example.py"))
+
+
+def test_module_path_strings_name_modules_that_exist() -> None:
+    modules = all_modules()
+    gone = sorted(set(RUN_NOT_IMPORTED) - modules)
+    assert not gone, f"RUN_NOT_IMPORTED names modules that are gone: {gone}"
+    stale = [
+        f"{path.relative_to(PACKAGE_ROOT.parent)}:{line}: {text}"
+        for path in sorted(PACKAGE_ROOT.rglob("*.py"))
+        for line, name, text in module_path_strings(ast.parse(path.read_text(encoding="utf-8")))
+        if name not in modules
+    ]
+    assert not stale, "module-path strings naming no module (moved or renamed?):\n" + "\n".join(
+        stale
+    )
+
+
+def test_every_import_by_a_run_time_name_is_accounted_for() -> None:
+    calls = {
+        module_name(path): found
+        for path in sorted(PACKAGE_ROOT.rglob("*.py"))
+        if (found := dynamic_import_calls(ast.parse(path.read_text(encoding="utf-8"))))
+    }
+    unknown = {m: c for m, c in calls.items() if m not in DYNAMIC_IMPORTS}
+    assert not unknown, (
+        f"import_module/__import__ of a run-time name: add the module to DYNAMIC_IMPORTS in "
+        f"{__file__} saying where its names come from (and make the checks see them): {unknown}"
+    )
+    gone = sorted(set(DYNAMIC_IMPORTS) - set(calls))
+    assert not gone, f"no longer imports by a run-time name, remove from DYNAMIC_IMPORTS: {gone}"
+
+
+def test_the_package_init_imports_only_the_lowest_floor_at_import_time() -> None:
+    """What ``import llenergymeasure`` runs: the ``__init__``'s module-level imports (not its
+    lazy table or ``TYPE_CHECKING`` block) are floor-0 modules."""
+    init = PACKAGE_ROOT / "__init__.py"
+    tree = ast.parse(init.read_text(encoding="utf-8"))
+    eager = [
+        name
+        for node in tree.body
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for name in imported_modules(node, init)
+        if name.split(".")[0] == TOP
+    ]
+    assert eager, "the checks no longer see __init__'s imports"
+    above = [name for name in eager if FLOORS[package_of_module(name)] > 0]
+    assert not above, f"`import llenergymeasure` imports above floor 0: {above}"
+
+
+def test_importing_the_package_loads_no_heavy_library_and_only_floor_0_modules() -> None:
+    code = "import json, sys\nimport llenergymeasure\nprint(json.dumps(sorted(sys.modules)))\n"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    loaded = json.loads(result.stdout)
+    heavy = [m for m in HEAVY_MODULES if m in loaded]
+    assert not heavy, f"`import llenergymeasure` imports {heavy}"
+    ours = [m for m in loaded if m.split(".")[0] == TOP]
+    assert TOP in ours
+    above = [m for m in ours if m != TOP and FLOORS[package_of_module(m)] > 0]
+    assert not above, f"`import llenergymeasure` loads modules above floor 0: {above}"

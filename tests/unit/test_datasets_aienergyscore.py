@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+import socket
 from pathlib import Path
 
 import pyarrow as pa
@@ -49,10 +49,21 @@ def test_offline_with_an_empty_cache_is_a_quick_clear_error_naming_the_jsonl_alt
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    start = time.monotonic()
+
+    tried: list[object] = []
+
+    def no_network(*args: object) -> None:
+        tried.append(args)
+        raise OSError("network unreachable (test)")
+
+    # quick: no name lookup or connection is even tried (a timeout to wait out would be the slow
+    # path; with HF_HUB_OFFLINE unset this list fills)
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket.socket, "connect_ex", no_network)
     with pytest.raises(ConfigError) as err:
         load_prompts("aienergyscore", 10, cache_dir=tmp_path / "empty-cache")
-    assert time.monotonic() - start < 10
+    assert tried == []
     assert "dataset 'aienergyscore' is not cached and the HF hub is unreachable" in str(err.value)
     assert err.value.hint is not None
     assert "--dataset path/to/prompts.jsonl" in err.value.hint

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import statistics
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,8 @@ from llenergymeasure.datasets import Prompt
 from llenergymeasure.engines.base import PreparedRun, RawRun
 from llenergymeasure.engines.pytorch.engine import PyTorchBackend
 from llenergymeasure.harness.orchestrator import ExperimentOrchestrator
-from llenergymeasure.testing.energy import FakeEnergyBackend
+from llenergymeasure.results.models import ExperimentResult
+from llenergymeasure.testing.energy import FakeClock, FakeEnergyBackend
 from llenergymeasure.testing.engines import FakeEngine
 
 TEXTS = ["hello there, how are you today?", "the quick brown fox", "x y z"]
@@ -297,20 +297,22 @@ def test_quantisation_without_bitsandbytes_is_a_preflight_error_naming_it(
 
 
 class CompilingEngine(FakeEngine):
-    """Its first run takes ``compile_s`` longer, like transformers' compile-on-first-use."""
+    """Its first run takes ``compile_s`` longer, like transformers' compile-on-first-use; time
+    is a fake clock's, so latencies are exact. ``compiled_in``: the phase that compiled."""
 
     def __init__(self, compile_s: float, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+        self.clock = FakeClock()
+        super().__init__(timer=self.clock, sleep=self.clock.sleep, **kwargs)
         self.compile_s = compile_s
-        self.compiled = False
+        self.compiled_in: str | None = None
 
     def compiles_on_first_run(self, config: ExperimentConfig) -> bool:
         return bool(config.pytorch and config.pytorch.torch_compile)
 
     def execute(self, prepared: PreparedRun, *, on_batch: Any = None) -> RawRun:
-        if not self.compiled:
-            time.sleep(self.compile_s)
-            self.compiled = True
+        if self.compiled_in is None:
+            self.compiled_in = prepared.phase
+            self.sleep(self.compile_s)
         return super().execute(prepared, on_batch=on_batch)
 
 
@@ -325,45 +327,44 @@ def compile_config(n_warmup: int, torch_compile: bool = True) -> ExperimentConfi
     )
 
 
+def compile_run(engine: CompilingEngine, config: ExperimentConfig) -> ExperimentResult:
+    """The run timed on the engine's fake clock (warmup latencies and the window)."""
+    orchestrator = ExperimentOrchestrator(
+        engine=engine, energy_backend=FakeEnergyBackend(), timer=engine.clock
+    )
+    return orchestrator.run(config).result
+
+
 def test_torch_compile_with_no_warmup_forces_one_so_compilation_stays_out_of_the_window(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     engine = CompilingEngine(0.3, output_tokens=4, seconds_per_token=0.001)
-    result = (
-        ExperimentOrchestrator(engine=engine, energy_backend=FakeEnergyBackend())
-        .run(compile_config(n_warmup=0))
-        .result
-    )
+    result = compile_run(engine, compile_config(n_warmup=0))
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
 
     assert [phase for phase, _ in engine.calls] == ["warmup", "measurement"]
     assert result.warmup.runs == 1
     assert any("torch_compile" in n for n in result.warmup.notes)
     assert any("torch_compile" in m for m in warnings)
+    assert engine.compiled_in == "warmup"
     assert result.timing.compile_s is not None and result.timing.compile_s >= 0.3
-    assert result.duration_s < 0.3  # the compile time is not in the measurement window
+    # the compile time is not in the measurement window: 3 prompts x 4 tokens x 1 ms
+    assert result.duration_s == pytest.approx(0.012)
 
 
 def test_compile_time_is_the_first_warmup_runs_excess_over_the_later_ones() -> None:
     engine = CompilingEngine(0.3, output_tokens=4, seconds_per_token=0.001)
-    result = (
-        ExperimentOrchestrator(engine=engine, energy_backend=FakeEnergyBackend())
-        .run(compile_config(n_warmup=3))
-        .result
-    )
+    result = compile_run(engine, compile_config(n_warmup=3))
     assert result.warmup.runs == 3 and result.warmup.notes == []
     first, *rest = result.warmup.latencies_s
+    assert rest == [pytest.approx(0.004)] * 2 and first == pytest.approx(0.304)
     assert result.timing.compile_s == pytest.approx(first - statistics.median(rest), abs=1e-9)
-    assert 0.3 <= result.timing.compile_s < first
+    assert result.timing.compile_s == pytest.approx(0.3)
 
 
 def test_without_torch_compile_nothing_is_forced_and_no_compile_time_is_recorded() -> None:
     engine = CompilingEngine(0.0, output_tokens=4, seconds_per_token=0.001)
-    result = (
-        ExperimentOrchestrator(engine=engine, energy_backend=FakeEnergyBackend())
-        .run(compile_config(n_warmup=0, torch_compile=False))
-        .result
-    )
+    result = compile_run(engine, compile_config(n_warmup=0, torch_compile=False))
     assert result.warmup.runs == 0 and [p for p, _ in engine.calls] == ["measurement"]
     assert result.timing.compile_s is None
 

@@ -124,10 +124,12 @@ def test_ttft_is_the_first_token_not_the_first_text():
         by_text = send(OpenAIStreamClient(s.url, "m"), max_tokens=4)
     assert exact.chunk_tokens == [1, 1, 1, 1]
     assert by_text.chunk_tokens == [1, 1]  # two tokens never seen by the text rule
-    # the text rule's TTFT waits for the third token: two of the server's 20 ms steps late
+    # the text rule's TTFT waits for the third token, which the server sends two of its 20 ms
+    # steps after the first (a lower bound: the client cannot read it sooner)
     assert by_text.ttft_s is not None and by_text.ttft_s >= 0.039
-    assert exact.first_token_time_s is not None
-    assert exact.chunk_times_s[2] - exact.first_token_time_s >= 0.039
+    # the exact count's first token is the first chunk's (the gap the client sees between
+    # chunks is not asserted: a busy client may read several at once)
+    assert exact.first_token_time_s == exact.chunk_times_s[0] <= exact.chunk_times_s[2]
 
 
 @pytest.mark.parametrize("api", ["completions", "chat"])

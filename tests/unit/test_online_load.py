@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import math
 import statistics
-import time
 
 import pytest
 from fake_openai_server import FakeOpenAIServer
@@ -14,6 +14,7 @@ from llenergymeasure.online.arrivals import arrival_offsets
 from llenergymeasure.online.client import OpenAIStreamClient
 from llenergymeasure.online.load import drive_load
 from llenergymeasure.online.records import StreamRequest
+from llenergymeasure.testing.energy import FakeClock
 
 
 def requests(n: int, prompt: str = "p", max_tokens: int = 3) -> list[StreamRequest]:
@@ -22,26 +23,79 @@ def requests(n: int, prompt: str = "p", max_tokens: int = 3) -> list[StreamReque
     ]
 
 
+class ClockedClient:
+    """Stands in for ``OpenAIStreamClient`` on a ``FakeClock``: each request is sent at the
+    clock's time and answered at once. With ``fake_sleep`` the driver's schedule is exact,
+    however busy the machine."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+
+    async def __aenter__(self) -> ClockedClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    async def send(self, request: StreamRequest, *, index: int):
+        from llenergymeasure.online.records import RequestRecord
+
+        sent = self.clock()
+        await asyncio.sleep(0)  # other tasks run, as while a real request streams
+        return RequestRecord(index=index, ok=True, send_time_s=sent, end_time_s=self.clock())
+
+
+def fake_sleep(clock: FakeClock):
+    async def sleep(seconds: float) -> None:
+        await asyncio.sleep(0)  # requests already started read the clock before it moves on
+        clock.advance(seconds)
+
+    return sleep
+
+
+def clocked_load(offsets, n: int | None = None, **kwargs):
+    clock = FakeClock()
+    reqs = requests(n if n is not None else len(offsets))
+    run = drive_load(
+        ClockedClient(clock), reqs, offsets, clock=clock, sleep=fake_sleep(clock), **kwargs
+    )
+    return run, clock
+
+
 def test_constant_rate_is_kept_by_the_driver():
-    with FakeOpenAIServer(token_delay_s=0.001) as server:
-        offsets = arrival_offsets(30, 50.0, "constant")
-        run = drive_load(OpenAIStreamClient(server.url, "m"), requests(30), offsets)
-        arrivals = sorted(server.arrivals)
+    offsets = arrival_offsets(30, 50.0, "constant")
+    run, _ = clocked_load(offsets)
+    sends = [r.send_time_s for r in run.records]
+    assert sends == pytest.approx([1000.0 + o for o in offsets])
     assert run.n_ok == 30 and run.n_failed == 0
-    assert run.achieved_rate_per_s == pytest.approx(50.0, rel=0.1)
-    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
-    assert statistics.median(gaps) == pytest.approx(0.02, abs=0.007)
-    assert run.max_schedule_lag_s < 0.05
+    assert run.achieved_rate_per_s == pytest.approx(50.0)
+    gaps = [b - a for a, b in itertools.pairwise(sends)]
+    assert statistics.median(gaps) == pytest.approx(0.02)
+    assert run.max_schedule_lag_s == pytest.approx(0.0)
 
 
 def test_poisson_achieved_rate_matches_its_schedule():
     n, rate = 120, 200.0
     offsets = arrival_offsets(n, rate, "poisson", seed=3)
-    with FakeOpenAIServer() as server:
-        run = drive_load(OpenAIStreamClient(server.url, "m"), requests(n, max_tokens=1), offsets)
+    run, _ = clocked_load(offsets)
     scheduled = (n - 1) / offsets[-1]
-    assert run.achieved_rate_per_s == pytest.approx(scheduled, rel=0.1)
+    assert run.achieved_rate_per_s == pytest.approx(scheduled)
+    assert run.scheduled_rate_per_s == pytest.approx(scheduled)
     assert run.client_cpu_s >= 0
+
+
+def test_a_late_driver_records_its_lag_and_keeps_sending():
+    clock = FakeClock()
+
+    async def slow_sleep(seconds: float) -> None:  # every wait overshoots by 30 ms
+        await asyncio.sleep(0)
+        clock.advance(seconds + 0.03)
+
+    run = drive_load(
+        ClockedClient(clock), requests(3), [0.0, 0.1, 0.2], clock=clock, sleep=slow_sleep
+    )
+    assert run.max_schedule_lag_s == pytest.approx(0.03)
+    assert [r.send_time_s for r in run.records] == pytest.approx([1000.0, 1000.13, 1000.23])
 
 
 def peak_open_requests(records) -> int:
@@ -66,13 +120,15 @@ def test_concurrency_cap_bounds_requests_in_flight():
 
 
 def test_infinite_rate_without_a_cap_sends_everything_at_once():
-    with FakeOpenAIServer(ttft_s=0.3) as server:
+    # the server answers none before all ten are in flight: only sending all at once finishes
+    with FakeOpenAIServer(hold_until_in_flight=10) as server:
         run = drive_load(OpenAIStreamClient(server.url, "m"), requests(10), [0.0] * 10)
         peak = server.max_in_flight
-    assert peak == 10
-    sends = [r.send_time_s for r in run.records]
-    assert max(sends) - min(sends) < 0.1
-    assert run.achieved_rate_per_s is None or run.achieved_rate_per_s > 100
+    assert peak == 10 and run.n_ok == 10
+    # on the driver's own clock, every send is at the same instant
+    clocked, _ = clocked_load([0.0] * 10)
+    assert {r.send_time_s for r in clocked.records} == {1000.0}
+    assert clocked.achieved_rate_per_s is None and clocked.max_schedule_lag_s == 0.0
 
 
 def test_warmup_requests_go_first_and_are_not_measured():
@@ -93,20 +149,26 @@ def test_warmup_requests_go_first_and_are_not_measured():
 
 def test_window_runs_from_first_send_to_last_response_and_hooks_bracket_it():
     marks: dict[str, float] = {}
-    with FakeOpenAIServer(token_delay_s=0.01) as server:
-        run = drive_load(
-            OpenAIStreamClient(server.url, "m"),
-            requests(5),
-            arrival_offsets(5, 40.0, "constant"),
-            on_window_start=lambda: marks.setdefault("start", time.perf_counter()),
-            on_window_end=lambda: marks.setdefault("end", time.perf_counter()),
-        )
+    clock = FakeClock()
+
+    def mark(name: str) -> None:
+        marks[name] = clock()
+
+    run = drive_load(
+        ClockedClient(clock),
+        requests(5),
+        arrival_offsets(5, 40.0, "constant"),
+        on_window_start=lambda: mark("start"),
+        on_window_end=lambda: mark("end"),
+        clock=clock,
+        sleep=fake_sleep(clock),
+    )
     assert run.window_start_s == min(r.send_time_s for r in run.records)
     assert run.window_end_s == max(r.end_time_s for r in run.records)
     assert marks["start"] <= run.window_start_s
     assert marks["end"] >= run.window_end_s
     assert run.duration_s == pytest.approx(run.window_end_s - run.window_start_s)
-    assert run.duration_s >= 4 / 40.0
+    assert run.duration_s == pytest.approx(4 / 40.0)  # to the last send, answered at once
 
 
 def test_failed_requests_are_counted_and_the_run_goes_on():

@@ -88,7 +88,12 @@ def start_parent(tmp_path: Path, how: str, *flags: str, grace_s: float = 1.0):
     argv = [sys.executable, str(PARENT), str(log), str(grace_s), how]
     argv += [sys.executable, str(FAKE), "--child", *flags]
     parent = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        argv,
+        stdin=subprocess.PIPE,  # a line on it lets an ``os_exit`` parent leave
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     assert parent.stdout is not None
     line = parent.stdout.readline()
@@ -114,6 +119,10 @@ def test_the_servers_whole_group_goes_when_its_parent_dies(tmp_path, how, flags)
         assert group_members(server) and alive(child) and alive(watchdog)
         if how == "sigkill":
             parent.kill()
+        else:  # the parent leaves by os._exit once told to (after the checks above)
+            assert parent.stdin is not None
+            parent.stdin.write("exit\n")
+            parent.stdin.flush()
         assert parent.wait(timeout=BOUND_S) in (-signal.SIGKILL, 70)
         eventually(lambda: not group_members(server), "the server's process group is gone")
         assert not alive(child)

@@ -23,12 +23,14 @@ HUGE_SWEEP = {
 
 
 def test_a_huge_sweep_is_refused_quickly_naming_its_size_and_the_limit():
-    started = time.perf_counter()
+    # CPU time of this thread, which other processes loading the machine do not stretch:
+    # expanding the sweep would spend minutes of it
+    started = time.thread_time()
     with pytest.raises(
         ConfigError, match=r"100,000,000 experiments, more than the limit of 10,000"
     ):
         StudyConfig.from_dict({**BASE, "sweep": HUGE_SWEEP})
-    assert time.perf_counter() - started < 2.0
+    assert time.thread_time() - started < 2.0
 
 
 def test_too_many_cycles_are_refused():

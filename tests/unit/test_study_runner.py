@@ -10,7 +10,6 @@ import io
 import json
 import logging
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -208,11 +207,10 @@ def test_failed_crashed_and_killed_runs_are_recorded_and_the_study_continues(tmp
 
 def test_a_run_past_its_timeout_is_terminated_and_recorded_as_a_timeout(tmp_path):
     # the timeout counts from the child's "ready", so 3 s is ample for a fake run, even on a
-    # loaded machine, and the hang (60 s) is still cut short
+    # loaded machine; the hang (60 s) cut short is what makes the first run a TimeoutError
+    # (waited out, it would have completed)
     study = make_study(TWO_CONFIGS, experiment_timeout_seconds=3.0)
-    t0 = time.monotonic()
     runner = run(study, tmp_path, worker=ScriptedWorker(hang_at=frozenset({1}), hang_s=60))
-    assert time.monotonic() - t0 < 20
 
     first, second = load_manifest(runner.study_dir).runs
     assert first.status == "failed" and first.error is not None

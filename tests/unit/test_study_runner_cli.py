@@ -181,7 +181,7 @@ def test_a_study_killed_mid_way_is_completed_by_resume_without_rerunning_finishe
     assert killed is not None
     study_dir = next((tmp_path / "out").iterdir())
     assert [r.status for r in killed.runs] == ["completed", "running", "pending"]
-    wait_for(lambda: not pid_alive(killed.runs[1].pid or 0), timeout=10)  # child follows parent
+    wait_for(lambda: not pid_alive(killed.runs[1].pid or 0))  # child follows parent
 
     resumed = start_driver(tmp_path, worker, "run", "--resume", str(study_dir), "--quiet")
     out, err = resumed.communicate(timeout=60)

@@ -21,7 +21,7 @@ from llenergymeasure.energy.sensors import GpuSensor
 if TYPE_CHECKING:
     import pyarrow as pa
 
-__all__ = ["TIMESERIES_COLUMNS", "EnergySampler", "Sample"]
+__all__ = ["TIMESERIES_COLUMNS", "EnergySampler", "Sample", "next_tick"]
 
 TIMESERIES_COLUMNS: tuple[str, ...] = (
     "t_s",
@@ -54,6 +54,14 @@ class Sample:
     utilization_pct: float | None
     memory_used_bytes: int | None
     power_avg_w: float | None = None  # NVML's 1 s averaged power, where read separately
+
+
+def next_tick(deadline: float, now: float, interval_s: float) -> float:
+    """The sampler's next deadline after ``deadline``: one interval on, or, when that has
+    already passed at ``now`` (the thread fell behind), one interval from now, so missed ticks
+    are skipped, not bunched."""
+    deadline += interval_s
+    return now + interval_s if deadline < now else deadline
 
 
 class EnergySampler:
@@ -177,10 +185,8 @@ class EnergySampler:
                 self._sample_once(devices)
                 if self._stop_event.is_set():
                     break
-                next_deadline += self.interval_s
                 now = time.monotonic()
-                if next_deadline < now:  # fell behind: skip missed ticks
-                    next_deadline = now + self.interval_s
+                next_deadline = next_tick(next_deadline, now, self.interval_s)
                 if self._stop_event.wait(next_deadline - now):
                     self._sample_once(devices)  # final reading brackets the window end
                     break

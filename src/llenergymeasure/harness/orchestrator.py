@@ -92,6 +92,8 @@ class ExperimentOrchestrator:
     baseline_cache: BaselineCache | None = None
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.monotonic
+    # times the warmup runs and the window's duration_s (tests inject a FakeClock)
+    timer: Callable[[], float] = time.perf_counter
     dataset_loader: Callable[..., Any] | None = None
     # Host (CPU/DRAM) energy from RAPL around the window; None: the machine's own powercap
     # tree (/sys/class/powercap), read only when it is readable. Tests inject a fake tree.
@@ -360,6 +362,7 @@ class ExperimentOrchestrator:
             # the machine's own powercap tree unless a reader was injected (tests)
             host=self.rapl_reader if self.rapl_reader is not None else RaplReader(),
             clock=self.clock,
+            timer=self.timer,
             # the host's CPU conditions (load, threads) read just outside the edges
             before_open=lambda: window_opened(environment, self.load_average),
             after_close=lambda: window_closed(environment, self.load_average),
@@ -485,7 +488,7 @@ class ExperimentOrchestrator:
                 runs,
                 len(warm_prompts),
             )
-        done = run_warmup(self.engine, warm_prompts, config, runs)
+        done = run_warmup(self.engine, warm_prompts, config, runs, timer=self.timer)
         warmup = WarmupResult(
             runs=len(done.latencies_s),
             prompts_per_run=len(warm_prompts),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,17 +81,23 @@ class WarmupRuns:
 
 
 def run_warmup(
-    engine: InferenceBackend, prompts: list[Any], config: ExperimentConfig, runs: int
+    engine: InferenceBackend,
+    prompts: list[Any],
+    config: ExperimentConfig,
+    runs: int,
+    *,
+    timer: Callable[[], float] = time.perf_counter,
 ) -> WarmupRuns:
-    """Up to ``runs`` warmup generates over ``prompts``; with convergence detection, stop once
-    the coefficient of variation of the last three latencies is at most ``cv_target``."""
+    """Up to ``runs`` warmup generates over ``prompts``, each timed by ``timer``; with
+    convergence detection, stop once the coefficient of variation of the last three latencies
+    is at most ``cv_target``."""
     wc = config.warmup
     done = WarmupRuns([])
     for i in range(runs):
-        s = time.perf_counter()
+        s = timer()
         engine.generate(prompts, config, phase=WARMUP_PHASE)
         engine.synchronize()
-        done.latencies_s.append(time.perf_counter() - s)
+        done.latencies_s.append(timer() - s)
         if wc.convergence_detection and len(done.latencies_s) >= max(3, wc.n_warmup):
             window = done.latencies_s[-3:]
             mean = statistics.fmean(window)

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from pydantic import BaseModel, Field
 
@@ -136,8 +136,13 @@ async def run_load(
     warmup: Sequence[StreamRequest] = (),
     on_window_start: Callable[[], None] | None = None,
     on_window_end: Callable[[], None] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+    sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
 ) -> LoadRun:
-    """Send ``warmup`` one by one, then ``requests`` at ``offsets``; see the module docstring."""
+    """Send ``warmup`` one by one, then ``requests`` at ``offsets``; see the module docstring.
+
+    ``clock`` (the client's clock) and ``sleep`` keep the schedule; tests inject fakes.
+    """
     if len(offsets) != len(requests):
         raise ValueError(f"{len(requests)} requests but {len(offsets)} send offsets")
     if not requests:
@@ -162,15 +167,15 @@ async def run_load(
         if on_window_start is not None:
             on_window_start()
         cpu0 = time.process_time()
-        t0 = time.perf_counter()
+        t0 = clock()
         loop_lags: list[float] = []
         probe = asyncio.create_task(_probe_loop(loop_lags))
         tasks: list[asyncio.Task[RequestRecord]] = []
         for index, (request, offset) in enumerate(zip(requests, offsets, strict=True)):
-            delay = t0 + offset - time.perf_counter()
+            delay = t0 + offset - clock()
             if delay > 0:
-                await asyncio.sleep(delay)
-            lags.append(max(0.0, time.perf_counter() - (t0 + offset)))
+                await sleep(delay)
+            lags.append(max(0.0, clock() - (t0 + offset)))
             tasks.append(asyncio.create_task(one(index, request)))
         try:
             records = list(await asyncio.gather(*tasks))
@@ -236,6 +241,8 @@ def drive_load(
     warmup: Sequence[StreamRequest] = (),
     on_window_start: Callable[[], None] | None = None,
     on_window_end: Callable[[], None] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+    sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
 ) -> LoadRun:
     """``run_load`` on a fresh event loop (blocking); for callers outside asyncio.
 
@@ -253,5 +260,7 @@ def drive_load(
             warmup=warmup,
             on_window_start=on_window_start,
             on_window_end=on_window_end,
+            clock=clock,
+            sleep=sleep,
         )
     )

@@ -70,7 +70,8 @@ class FakeEngine(InferenceBackend):
     ``on_generate(phase)`` is called at the start of each ``execute`` and ``on_generate_end``
     at its end (tests use them to change the fake sensor's power draw); ``problems`` are
     returned by ``preflight``; ``on_event(name)`` is called on each contract call (tests check
-    the order of calls).
+    the order of calls). ``timer``/``sleep`` (``time.perf_counter``/``time.sleep``) measure and
+    spend each request's time; a ``FakeClock``'s ``clock``/``clock.sleep`` make latencies exact.
     """
 
     name = "fake"
@@ -86,8 +87,12 @@ class FakeEngine(InferenceBackend):
         on_generate_end: Callable[[str], None] | None = None,
         fail_in_generate: BaseException | None = None,
         on_event: Callable[[str], None] | None = None,
+        timer: Callable[[], float] = time.perf_counter,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.output_tokens = output_tokens
+        self.timer = timer
+        self.sleep = sleep
         self.seconds_per_token = seconds_per_token
         self.parameter_count = parameter_count
         self.problems = list(problems)
@@ -148,9 +153,9 @@ class FakeEngine(InferenceBackend):
         for limit in prepared.limits:
             out = min(self.output_tokens, limit)
             start_s = time.monotonic()  # the sampler's clock, like the real engines
-            start = time.perf_counter()
-            time.sleep(self.seconds_per_token * out)
-            done.append(_FakeRequest(start_s, time.perf_counter() - start, out))
+            start = self.timer()
+            self.sleep(self.seconds_per_token * out)
+            done.append(_FakeRequest(start_s, self.timer() - start, out))
             if on_batch is not None:
                 on_batch(len(done))
         if self.on_generate_end:
