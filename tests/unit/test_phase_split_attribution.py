@@ -703,3 +703,19 @@ def test_a_sampler_that_stops_mid_window_gives_low_confidence_not_high() -> None
     full = [99.9 + k * 0.01 for k in range(216)]
     sampled = EnergyCurve.from_counter(full, [energy_mj(t) for t in full])
     assert attribute_energy(steps, sampled, window=(100.0, 102.0)).confidence == "high"
+
+
+def test_a_counter_curve_with_two_readings_at_almost_the_same_instant_stays_finite() -> None:
+    # hypothesis found this: a span of 5e-324 s made the end slope infinite (energy inf, nan)
+    curve = EnergyCurve.from_counter([0.0, 5e-324, 1.0], [0, 10_000, 20_000])
+    assert curve.energy_between(0.0, 1.0) == pytest.approx(20.0)
+    assert curve.energy_at(0.5) == pytest.approx(15.0)
+    # before the short first span: the whole curve's mean power (20 W), not an infinite slope;
+    # after the last (normal) span: that span's power (10 W)
+    assert curve.energy_between(-0.5, 3.0) == pytest.approx(20.0 + 0.5 * 20.0 + 2.0 * 10.0)
+
+
+def test_beyond_a_normal_end_span_a_counter_curve_extends_that_spans_power() -> None:
+    curve = EnergyCurve.from_counter([0.0, 1.0, 2.0], [0, 10_000, 30_000])
+    assert curve.energy_between(-1.0, 0.0) == pytest.approx(10.0)
+    assert curve.energy_between(2.0, 3.0) == pytest.approx(20.0)

@@ -22,6 +22,11 @@ CurveSource = Literal["counter", "power_integration"]
 _V = TypeVar("_V", int, float)
 
 
+#: Spans shorter than this give no slope to extrapolate with (two readings stamped at almost
+#: the same instant; real sensors are read milliseconds apart).
+_MIN_SLOPE_SPAN_S = 1e-6
+
+
 class EnergyCurve:
     """Cumulative energy ``E(t)`` (J) of one device, from its samples (rule 1 of
     ``phase_split.attribution``).
@@ -126,15 +131,24 @@ class EnergyCurve:
             span = ts[k + 1] - ts[k]
             p_t = ps[k] if span == 0 else ps[k] + (ps[k + 1] - ps[k]) * (t - ts[k]) / span
             return es[k] + (t - ts[k]) * (ps[k] + p_t) / 2.0
-        if t <= ts[0]:
-            k = 0
-        elif t >= ts[-1]:
-            k = len(ts) - 2
-        else:
+        if ts[0] < t < ts[-1]:
             k = bisect_right(ts, t) - 1
+            span = ts[k + 1] - ts[k]
+            # the fraction of the span, not a slope: bounded however short the span is
+            return es[k] + (es[k + 1] - es[k]) * ((t - ts[k]) / span if span > 0 else 0.0)
+        k = 0 if t <= ts[0] else len(ts) - 2
+        return es[k] + self._end_slope(k) * (t - ts[k])
+
+    def _end_slope(self, k: int) -> float:
+        """Power (W) used beyond an end of a counter curve: that end span's, unless the span is
+        too short to give one (timestamps closer than ``_MIN_SLOPE_SPAN_S``), then the whole
+        curve's, else 0."""
+        ts, es = self.times_s, self.cumulative_j
         span = ts[k + 1] - ts[k]
-        slope = 0.0 if span == 0 else (es[k + 1] - es[k]) / span
-        return es[k] + slope * (t - ts[k])
+        if span >= _MIN_SLOPE_SPAN_S:
+            return (es[k + 1] - es[k]) / span
+        whole = ts[-1] - ts[0]
+        return (es[-1] - es[0]) / whole if whole >= _MIN_SLOPE_SPAN_S else 0.0
 
     def energy_between(self, t0: float, t1: float) -> float:
         """Energy over ``[t0, t1]`` (J)."""
