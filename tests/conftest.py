@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,13 @@ from llenergymeasure.hub import probe_hub as _REAL_PROBE_HUB
 settings.register_profile("repeatable", derandomize=True)
 settings.register_profile("explore", max_examples=1000)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
+
+# The Ctrl-C tests send SIGINT to pytest or to the llem processes it starts. A suite launched
+# as a background job of a non-interactive shell inherits SIGINT ignored, which exec keeps, so
+# every such process would shrug the signal off; a Python handler here is reset to the default
+# in each started process instead.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)
