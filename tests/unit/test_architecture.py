@@ -52,6 +52,7 @@ FLOORS: dict[str, int] = {
     "gguf_files": 0,
     "rescue": 0,
     "os_errors": 0,
+    "signals": 0,
     "config": 1,
     "datasets": 1,
     "energy": 2,

@@ -198,7 +198,7 @@ def run(
     """Run an experiment or a study (or preview it with --dry-run)."""
     options = RunOptions.from_command(locals())
     from llenergymeasure.cli.run_cmd import execute_run
-    from llenergymeasure.cli.signals import sigterm_as_interrupt
+    from llenergymeasure.signals import sigterm_as_interrupt
 
     with contextlib.ExitStack() as logging_scope:
         try:

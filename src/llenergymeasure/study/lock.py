@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from llenergymeasure.exceptions import StudyError
 
-__all__ = ["LOCK_NAME", "StudyLock", "sigterm_as_interrupt"]
+__all__ = ["LOCK_NAME", "StudyLock"]
 
 LOCK_NAME = ".study.lock"
 
@@ -108,20 +105,3 @@ class StudyLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (e.g. a batch scheduler's cancel) ends the study like Ctrl-C does."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

@@ -49,13 +49,14 @@ from llenergymeasure.exceptions import (
 from llenergymeasure.os_errors import failure_reason
 from llenergymeasure.results.models import ExperimentResult
 from llenergymeasure.results.study import StudyResult
+from llenergymeasure.signals import sigterm_as_interrupt
 from llenergymeasure.study.directory import directory_identity, rescue_study
 from llenergymeasure.study.executors import (
     EngineReuseExecutor,
     FreshProcessExecutor,
     StudyExecutor,
 )
-from llenergymeasure.study.lock import StudyLock, sigterm_as_interrupt
+from llenergymeasure.study.lock import StudyLock
 from llenergymeasure.study.manifest import (
     RunEntry,
     RunError,

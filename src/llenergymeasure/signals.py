@@ -1,4 +1,4 @@
-"""Signals of ``llem`` itself: SIGTERM ends a run as Ctrl-C does."""
+"""Signals of ``llem`` itself: SIGTERM ends a run or a study as Ctrl-C does."""
 
 from __future__ import annotations
 
